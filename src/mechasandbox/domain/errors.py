@@ -1,0 +1,143 @@
+"""Every way a run can fail, as typed values. `SandboxError` is their union.
+
+A non-zero exit status is not here: it is a successful `RunResult`. Timeout and limit
+errors carry the partial result captured before the run was stopped.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+
+from mechasandbox.domain.capabilities import Protection
+from mechasandbox.domain.result import RunResult
+
+
+@attrs.frozen(kw_only=True)
+class ConfigInvalid:
+    kind: ClassVar[str] = "config_invalid"
+    problem: str
+    source: str | None = None  # file (or "--option") the bad value came from
+    field: str | None = None  # dotted path inside it
+
+    @property
+    def message(self) -> str:
+        where = ": ".join(part for part in (self.source, self.field) if part)
+        return f"{where}: {self.problem}" if where else self.problem
+
+
+@attrs.frozen(kw_only=True)
+class BackendUnavailable:
+    kind: ClassVar[str] = "backend_unavailable"
+    backend: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"backend {self.backend!r} is unavailable: {self.reason}"
+
+
+@attrs.frozen(kw_only=True)
+class PolicyUnsupported:
+    kind: ClassVar[str] = "policy_unsupported"
+    backend: str
+    missing: tuple[Protection, ...]
+
+    @property
+    def message(self) -> str:
+        names = ", ".join(p.value for p in self.missing)
+        return (
+            f"backend {self.backend!r} cannot enforce: {names} "
+            "(choose a stronger backend, relax the policy, or pass --best-effort)"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class SpawnFailed:
+    """The command never started. `exit_status` is 127 (not found) or 126 (not executable)."""
+
+    kind: ClassVar[str] = "spawn_failed"
+    command: str
+    reason: str
+    exit_status: int = 126
+
+    @property
+    def message(self) -> str:
+        return f"cannot run {self.command!r}: {self.reason}"
+
+
+@attrs.frozen(kw_only=True)
+class Timeout:
+    kind: ClassVar[str] = "timeout"
+    timeout_s: float
+    partial: RunResult
+
+    @property
+    def message(self) -> str:
+        return f"wall-clock timeout of {self.timeout_s:g}s reached; the process tree was killed"
+
+
+@attrs.frozen(kw_only=True)
+class LimitExceeded:
+    """Common shape of the resource-limit errors: what was exceeded, and the partial result."""
+
+    kind: ClassVar[str] = "limit"
+    detail: str
+    partial: RunResult
+
+    @property
+    def message(self) -> str:
+        return self.detail
+
+
+@attrs.frozen(kw_only=True)
+class MemoryLimit(LimitExceeded):
+    kind: ClassVar[str] = "memory_limit"
+
+
+@attrs.frozen(kw_only=True)
+class CpuLimit(LimitExceeded):
+    kind: ClassVar[str] = "cpu_limit"
+
+
+@attrs.frozen(kw_only=True)
+class ProcessLimit(LimitExceeded):
+    kind: ClassVar[str] = "process_limit"
+
+
+@attrs.frozen(kw_only=True)
+class FileSizeLimit(LimitExceeded):
+    kind: ClassVar[str] = "file_size_limit"
+
+
+@attrs.frozen(kw_only=True)
+class BackendFailed:
+    kind: ClassVar[str] = "backend_failed"
+    backend: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"backend {self.backend!r} failed: {self.reason}"
+
+
+SandboxError = (
+    ConfigInvalid
+    | BackendUnavailable
+    | PolicyUnsupported
+    | SpawnFailed
+    | Timeout
+    | MemoryLimit
+    | CpuLimit
+    | ProcessLimit
+    | FileSizeLimit
+    | BackendFailed
+)
+
+
+def partial_result(error: SandboxError) -> RunResult | None:
+    """The output captured before a timeout or limit stopped the run, if any."""
+    if isinstance(error, Timeout | LimitExceeded):
+        return error.partial
+    return None

@@ -1,0 +1,52 @@
+"""Resource limits of one run: a pure value, validated at construction."""
+
+from __future__ import annotations
+
+import attrs
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+# Upper bounds that reject absurd values early (a typo such as `--memory 5t` must not
+# silently mean "unlimited"). Each is generous for a coding agent's command.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_MEMORY_BYTES = 1024 * GIB
+MAX_PROCESSES = 1_000_000
+MAX_OPEN_FILES = 1_048_576
+MAX_OUTPUT_BYTES = 1 * GIB
+
+
+def _positive_or_none(limit: float) -> attrs._ValidatorType[float | int | None]:
+    def check(_instance: object, attribute: attrs.Attribute[object], value: float | None) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{attribute.name} must be a number, got {value!r}")
+        if not value > 0:
+            raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+        if value > limit:
+            raise ValueError(f"{attribute.name} = {value!r} exceeds the maximum {limit!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """What one run may consume. `None` means "no limit of this kind"."""
+
+    timeout_s: float | None = attrs.field(default=120.0, validator=_positive_or_none(MAX_TIMEOUT_S))
+    cpu_time_s: float | None = attrs.field(default=None, validator=_positive_or_none(MAX_TIMEOUT_S))
+    memory_bytes: int | None = attrs.field(
+        default=4 * GIB, validator=_positive_or_none(MAX_MEMORY_BYTES)
+    )
+    max_processes: int | None = attrs.field(default=512, validator=_positive_or_none(MAX_PROCESSES))
+    max_open_files: int | None = attrs.field(
+        default=1024, validator=_positive_or_none(MAX_OPEN_FILES)
+    )
+    max_file_size_bytes: int | None = attrs.field(
+        default=1 * GIB, validator=_positive_or_none(MAX_MEMORY_BYTES)
+    )
+    max_output_bytes: int = attrs.field(
+        default=4 * MIB, validator=_positive_or_none(MAX_OUTPUT_BYTES)
+    )

@@ -1,0 +1,115 @@
+"""The policy model: one pure value that every backend compiles to its own launch plan."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from mechasandbox.domain.limits import Limits
+
+
+class NetworkMode(enum.Enum):
+    NONE = "none"
+    ALLOWLIST = "allowlist"
+    FULL = "full"
+
+
+class Enforcement(enum.Enum):
+    """Strict refuses a run the backend cannot fully confine; best-effort runs and warns."""
+
+    STRICT = "strict"
+    BEST_EFFORT = "best-effort"
+
+
+def _str_tuple(values: object) -> tuple[str, ...]:
+    """Typed converter: a bare `converter=tuple` would erase the element type for mypy."""
+    if isinstance(values, str):
+        return (values,)
+    if not isinstance(values, list | tuple | set | frozenset):
+        raise TypeError(f"expected a list of strings, got {values!r}")
+    result = tuple(str(v) for v in values)
+    return result
+
+
+# Secrets under the home directory that stay unreadable even where a backend exposes the
+# home directory read-only (`~` is expanded against the host's HOME at compile time).
+DEFAULT_DENY_READ: tuple[str, ...] = (
+    "~/.ssh",
+    "~/.aws",
+    "~/.azure",
+    "~/.config/gcloud",
+    "~/.config/gh",
+    "~/.docker",
+    "~/.kube",
+    "~/.gnupg",
+    "~/.netrc",
+    "~/.git-credentials",
+    "~/.npmrc",
+    "~/.pypirc",
+    "~/.password-store",
+)
+
+# Paths inside the workspace whose content runs later, outside the sandbox: writing them
+# would let a command plant code that the user's tools execute unconfined.
+DEFAULT_PROTECTED: tuple[str, ...] = (
+    ".git/hooks",
+    ".git/config",
+    ".git/info",
+    ".gitmodules",
+    ".vscode",
+    ".idea",
+    ".envrc",
+    ".env",
+    ".bashrc",
+    ".bash_profile",
+    ".profile",
+    ".zshrc",
+    ".zprofile",
+    ".mechasandbox.toml",
+    ".openagents",
+)
+
+
+@attrs.frozen(kw_only=True)
+class FilesystemPolicy:
+    """Where a command may read and write, beyond the workspace and the system roots.
+
+    Relative `protected` entries are relative to the workspace; everything else is an
+    absolute path or starts with `~`. Deny rules win over allow rules.
+    """
+
+    readable: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    writable: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    deny_read: tuple[str, ...] = attrs.field(default=DEFAULT_DENY_READ, converter=_str_tuple)
+    deny_write: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    protected: tuple[str, ...] = attrs.field(default=DEFAULT_PROTECTED, converter=_str_tuple)
+
+
+@attrs.frozen(kw_only=True)
+class NetworkPolicy:
+    mode: NetworkMode = NetworkMode.NONE
+    allow: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    deny: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+
+
+# Variables a typical toolchain needs and that carry no secrets.
+DEFAULT_ENV_ALLOW: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
+
+
+@attrs.frozen(kw_only=True)
+class EnvironmentPolicy:
+    """The command sees only `allow`ed host variables, `pass_through` ones, and `set` ones."""
+
+    allow: tuple[str, ...] = attrs.field(default=DEFAULT_ENV_ALLOW, converter=_str_tuple)
+    pass_through: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    set: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Policy:
+    filesystem: FilesystemPolicy = FilesystemPolicy()
+    network: NetworkPolicy = NetworkPolicy()
+    limits: Limits = Limits()
+    environment: EnvironmentPolicy = EnvironmentPolicy()
+    enforcement: Enforcement = Enforcement.STRICT

@@ -1,0 +1,36 @@
+"""What a completed run produced."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class Usage:
+    cpu_s: float = 0.0
+    max_rss_bytes: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Violation:
+    """Something the sandbox stopped, written for the agent to read (kind: network, ...)."""
+
+    kind: str
+    detail: str
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    """A run that completed, whatever its exit status: a non-zero exit is data, not an error."""
+
+    backend: str
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration_s: float = 0.0
+    usage: Usage = Usage()
+    violations: tuple[Violation, ...] = ()
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,68 @@
+"""Length-prefixed JSON frames over a unix stream socket, with file descriptors attached.
+
+Shared by the spawn helper and its client. Stream sockets (not SEQPACKET) because macOS
+has no SEQPACKET unix sockets. File descriptors travel with a frame's first byte.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import socket
+import struct
+from typing import Any
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 8 * 1024 * 1024
+MAX_FDS = 64
+
+
+class FrameError(Exception):
+    """The peer closed the socket or sent something that is not a frame."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    if len(payload) > MAX_FRAME:
+        raise FrameError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(payload)) + payload
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = encode(message)
+    if fds:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        sent = sock.sendmsg([data], ancillary)
+    else:
+        sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+def _recv_exact(sock: socket.socket, count: int, fds: list[int]) -> bytes:
+    chunks: list[bytes] = []
+    remaining = count
+    while remaining:
+        data, ancillary, _flags, _addr = sock.recvmsg(remaining, socket.CMSG_SPACE(MAX_FDS * 4))
+        for level, kind, blob in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(blob[: len(blob) - (len(blob) % received.itemsize)])
+                fds.extend(received)
+        if not data:
+            raise FrameError("peer closed the socket")
+        chunks.append(data)
+        remaining -= len(data)
+    return b"".join(chunks)
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """Read one frame from a blocking socket; returns the message and any attached fds."""
+    fds: list[int] = []
+    (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, fds))
+    if length > MAX_FRAME:
+        raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    message = json.loads(_recv_exact(sock, length, fds))
+    if not isinstance(message, dict):
+        raise FrameError("frame is not a JSON object")
+    return message, fds

@@ -1,0 +1,61 @@
+"""What the runner is asked to spawn, and what it reports back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from mechasandbox.domain.result import Usage
+
+
+@attrs.frozen(kw_only=True)
+class RlimitSetting:
+    """One `setrlimit` call: resource name as in the `resource` module, soft and hard."""
+
+    resource: str
+    soft: int
+    hard: int
+
+
+@attrs.frozen(kw_only=True)
+class ChildHook:
+    """A function the spawn helper calls in the child just before exec (Landlock, seccomp).
+
+    `target` is "module:function"; `argument` must be JSON-serialisable.
+    """
+
+    target: str
+    argument: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class SpawnSpec:
+    """One process to start. The runner does exactly this and nothing implicit (no shell)."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    cwd: str
+    stdin: bytes | None = None
+    timeout_s: float | None = None
+    max_output_bytes: int = 4 * 1024 * 1024
+    umask: int = 0o077
+    rlimits: tuple[RlimitSetting, ...] = ()
+    cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files the child joins before exec
+    hooks: tuple[ChildHook, ...] = ()
+    executable: str | None = None  # resolved path; argv[0] searched on env PATH when None
+
+
+@attrs.frozen(kw_only=True)
+class ProcessOutcome:
+    """How the process ended. `timed_out` means the runner killed the tree at the deadline."""
+
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_s: float
+    usage: Usage
+    timed_out: bool = False
