@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 KIB = 1024
@@ -17,8 +20,8 @@ MAX_OPEN_FILES = 1_048_576
 MAX_OUTPUT_BYTES = 1 * GIB
 
 
-def _positive_or_none(limit: float) -> attrs._ValidatorType[float | int | None]:
-    def check(_instance: object, attribute: attrs.Attribute[object], value: float | None) -> None:
+def _positive_or_none(limit: float) -> Callable[[object, Any, Any], None]:
+    def check(_instance: object, attribute: Any, value: Any) -> None:
         if value is None:
             return
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -78,7 +78,7 @@ def _child(request: dict[str, Any], stdio: list[int], hooks: list[tuple[ChildHoo
         # Keep only 0-2 and the report pipe (close-on-exec): nothing of the host leaks in.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 65536)
-        for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         stage = "chdir"
@@ -263,14 +263,15 @@ class Helper:
         while True:
             self._reap()
             by_fd = {run.sock.fileno(): run for run in self.runs.values()}
-            readable, _, _ = select.select([self.control, self.wake_r, *by_fd], [], [])
+            watched: list[int] = [self.control.fileno(), self.wake_r, *by_fd]
+            readable, _, _ = select.select(watched, [], [])
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
             for fd in readable:
                 if fd in by_fd and by_fd[fd].pid in self.runs:
                     self._on_run_message(by_fd[fd])
-            if self.control in readable:
+            if self.control.fileno() in readable:
                 try:
                     request, fds = framing.receive(self.control)
                 except (framing.FrameError, OSError):

@@ -190,4 +190,5 @@ class HelperProcessRunner:
         with contextlib.suppress(OSError):
             framing.send(sock, {"op": "kill"})
         with anyio.CancelScope(shield=True):
-            return await _receive(sock)
+            message = await _receive(sock)
+        return message

@@ -1,0 +1,1 @@
+"""Sandbox backends: one policy, compiled per backend. Platform modules import lazily."""

@@ -1,0 +1,155 @@
+"""The `Backend` protocol and the pieces every backend shares."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import sys
+from collections.abc import Mapping
+from typing import Protocol
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.domain.errors import (
+    BackendUnavailable,
+    ConfigInvalid,
+    PolicyUnsupported,
+    SandboxError,
+    SpawnFailed,
+)
+from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+
+
+@attrs.frozen(kw_only=True)
+class HostContext:
+    """The facts about the host a compiler needs, captured once so compilers stay pure."""
+
+    env: tuple[tuple[str, str], ...]
+    home: str
+    uid: int
+    gid: int
+    platform: str
+
+    @staticmethod
+    def current() -> HostContext:
+        home = os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+        return HostContext(
+            env=tuple(sorted(os.environ.items())),
+            home=home,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            platform=sys.platform,
+        )
+
+    def expand(self, path: str) -> str:
+        """`~` against this host's home; the path itself is not resolved."""
+        if path == "~" or path.startswith("~/"):
+            return self.home + path[1:]
+        return path
+
+
+@attrs.frozen(kw_only=True)
+class LaunchPlan:
+    """What a backend would do, rendered for `mechasandbox policy` and golden tests.
+
+    `sections` are (title, text) pairs: the bwrap argv, the SBPL profile, the rlimits...
+    """
+
+    backend: str
+    sections: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...] = ()
+
+
+class Backend(Protocol):
+    """A sandbox backend. Probing never raises; compiling is pure; running returns a Result."""
+
+    @property
+    def name(self) -> str: ...
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]: ...
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]: ...
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]: ...
+
+
+def scrubbed_environment(policy: EnvironmentPolicy, host_env: Mapping[str, str]) -> dict[str, str]:
+    """The command's environment: allowlisted and passed host variables, then explicit sets.
+
+    Everything else of the host (API keys, tokens, cloud credentials) stays out.
+    """
+    env = {name: host_env[name] for name in policy.allow if name in host_env}
+    env.update({name: host_env[name] for name in policy.pass_through if name in host_env})
+    env.update(dict(policy.set))
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+def check_enforcement(
+    capabilities: Capabilities, policy: Policy
+) -> Result[tuple[str, ...], PolicyUnsupported]:
+    """Strict: refuse when a required protection is missing. Best-effort: one warning each."""
+    missing = capabilities.missing(policy)
+    if not missing:
+        return Success(capabilities.warnings)
+    if policy.enforcement is Enforcement.STRICT:
+        return Failure(PolicyUnsupported(backend=capabilities.backend, missing=missing))
+    warnings = tuple(
+        f"not enforced by {capabilities.backend}: {p.value}"
+        + (f" ({reason})" if (reason := capabilities.detail(p)) else "")
+        for p in missing
+    )
+    return Success(capabilities.warnings + warnings)
+
+
+def check_workspace(request: RunRequest) -> Result[str, ConfigInvalid]:
+    """The workspace must be an existing directory; returned as an absolute real path."""
+    real = os.path.realpath(request.workspace)
+    if not os.path.isdir(real):
+        return Failure(
+            ConfigInvalid(
+                problem=f"workspace {request.workspace!r} is not an existing directory",
+                field="workspace",
+            )
+        )
+    return Success(real)
+
+
+def resolve_command(argv0: str, env: Mapping[str, str], cwd: str) -> Result[str, SpawnFailed]:
+    """Find the executable as the sandboxed command would (its PATH, its cwd).
+
+    Answers 127/126 before anything is spawned, so that "not found" is never confused with
+    a command that itself exits 127.
+    """
+    if os.sep in argv0:
+        path = argv0 if os.path.isabs(argv0) else os.path.join(cwd, argv0)
+        if not os.path.exists(path):
+            return Failure(SpawnFailed(command=argv0, reason="command not found", exit_status=127))
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            return Failure(SpawnFailed(command=argv0, reason="not executable", exit_status=126))
+        return Success(path)
+    found = shutil.which(argv0, path=env.get("PATH", ""))
+    if found is None:
+        return Failure(
+            SpawnFailed(command=argv0, reason="command not found on PATH", exit_status=127)
+        )
+    return Success(found)
+
+
+ALL_LIMIT_PROTECTIONS = frozenset(
+    {
+        Protection.TIMEOUT,
+        Protection.CPU,
+        Protection.MEMORY,
+        Protection.PROCESSES,
+        Protection.OPEN_FILES,
+        Protection.FILE_SIZE,
+    }
+)

@@ -1,0 +1,77 @@
+"""The run sequence shared by every backend that spawns through the process runner."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import attrs
+from returns.result import Failure, Result
+
+from mechasandbox.backends.base import check_enforcement, check_workspace
+from mechasandbox.backends.outcome import classify, run_result
+from mechasandbox.domain.capabilities import Capabilities
+from mechasandbox.domain.errors import BackendFailed, SandboxError
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult, Violation
+from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
+from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.spec import SpawnSpec
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.base import Backend
+
+
+def prepare_run(
+    backend: Backend, request: RunRequest, policy: Policy
+) -> Result[tuple[tuple[str, ...], str], SandboxError]:
+    """Probe, check the policy against what the backend enforces, check the workspace.
+
+    Gives the warnings to attach (best-effort gaps) and the workspace's real path.
+    """
+    probed: Result[Capabilities, SandboxError] = backend.probe()
+    checked: Result[tuple[str, ...], SandboxError] = probed.bind(
+        lambda capabilities: check_enforcement(capabilities, policy)
+    )
+    workspace: Result[str, SandboxError] = check_workspace(request)
+    return checked.bind(lambda warnings: workspace.map(lambda path: (warnings, path)))
+
+
+async def execute_spec(
+    backend: str,
+    runner: ProcessRunner,
+    spec: SpawnSpec,
+    policy: Policy,
+    *,
+    warnings: tuple[str, ...] = (),
+    violations: tuple[Violation, ...] = (),
+    cgroups: CgroupManager | str | None = None,
+) -> Result[RunResult, SandboxError]:
+    """Run `spec` (inside a fresh cgroup when there is a manager) and classify the outcome."""
+    manager = cgroups if isinstance(cgroups, CgroupManager) else None
+    cgroup_run: CgroupRun | None = None
+    if manager is not None:
+        try:
+            cgroup_run = manager.create(policy.limits)
+        except OSError as error:
+            return Failure(BackendFailed(backend=backend, reason=f"cgroup: {error}"))
+        spec = attrs.evolve(spec, cgroup_procs=spec.cgroup_procs + cgroup_run.procs_files)
+    events: CgroupEvents | None = None
+    try:
+        outcome = await runner.run(spec)
+        if manager is not None and cgroup_run is not None:
+            events = manager.events(cgroup_run)
+    finally:
+        if manager is not None and cgroup_run is not None:
+            with contextlib.suppress(OSError):
+                manager.destroy(cgroup_run)
+    if isinstance(outcome, Failure):
+        return Failure(outcome.failure())
+    finished = outcome.unwrap()
+    return classify(
+        run_result(backend, finished, warnings=warnings, violations=violations),
+        limits=policy.limits,
+        timed_out=finished.timed_out,
+        events=events,
+    )

@@ -1,0 +1,120 @@
+"""Backend names, the auto-selection order, and choosing the backend for a policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, check_enforcement
+from mechasandbox.domain.capabilities import Capabilities
+from mechasandbox.domain.errors import BackendUnavailable, PolicyUnsupported, SandboxError
+from mechasandbox.domain.policy import Enforcement, Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+
+BACKEND_NAMES = (
+    "auto",
+    "none",
+    "process",
+    "landlock",
+    "bubblewrap",
+    "docker",
+    "podman",
+    "seatbelt",
+    "apple-container",
+)
+
+# Strongest first among those cheap enough to wrap every command; `none` never appears.
+AUTO_ORDER = (
+    "bubblewrap",
+    "landlock",
+    "seatbelt",
+    "apple-container",
+    "docker",
+    "podman",
+    "process",
+)
+
+
+@attrs.frozen(kw_only=True)
+class MissingBackend:
+    """A backend name this build or host cannot offer; it answers `backend_unavailable`."""
+
+    backend_name: str
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return self.backend_name
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        return Failure(BackendUnavailable(backend=self.backend_name, reason=self.reason))
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        return Failure(BackendUnavailable(backend=self.backend_name, reason=self.reason))
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        return Failure(BackendUnavailable(backend=self.backend_name, reason=self.reason))
+
+
+def choose(candidates: Sequence[Backend], policy: Policy) -> Result[Backend, SandboxError]:
+    """The first candidate (strongest first) that is available and enforces `policy`.
+
+    Best-effort policies take the strongest available backend even if it leaves gaps.
+    """
+    available: list[tuple[Backend, Capabilities]] = []
+    reasons: list[str] = []
+    for backend in candidates:
+        probed = backend.probe()
+        if isinstance(probed, Failure):
+            reasons.append(f"{backend.name}: {probed.failure().reason}")
+            continue
+        capabilities = probed.unwrap()
+        if isinstance(check_enforcement(capabilities, policy), Success) and not capabilities.missing(
+            policy
+        ):
+            return Success(backend)
+        available.append((backend, capabilities))
+    if available:
+        strongest, capabilities = available[0]
+        if policy.enforcement is Enforcement.BEST_EFFORT:
+            return Success(strongest)
+        return Failure(PolicyUnsupported(backend="auto", missing=capabilities.missing(policy)))
+    return Failure(
+        BackendUnavailable(backend="auto", reason="no sandbox backend available: " + "; ".join(reasons))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class AutoBackend:
+    """Picks, per run, the strongest available backend that enforces the run's policy."""
+
+    candidates: tuple[Backend, ...]
+
+    @property
+    def name(self) -> str:
+        return "auto"
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        for backend in self.candidates:
+            probed = backend.probe()
+            if isinstance(probed, Success):
+                return probed
+        return Failure(BackendUnavailable(backend="auto", reason="no sandbox backend available"))
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        return choose(self.candidates, policy).bind(
+            lambda backend: backend.plan(request, policy, host)
+        )
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        chosen = choose(self.candidates, policy)
+        if isinstance(chosen, Failure):
+            return Failure(chosen.failure())
+        return await chosen.unwrap().run(request, policy)

@@ -1,0 +1,1 @@
+"""Resource limits: the pure rlimit applier and cgroup handling."""
