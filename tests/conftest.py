@@ -1,0 +1,34 @@
+"""Shared fixtures: a runner per test session, and backends that skip with a reason when
+missing on a laptop but fail in CI, where MECHASANDBOX_REQUIRE_BACKENDS names them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from returns.result import Failure
+
+from mechasandbox.backends.base import Backend
+from mechasandbox.runner.runner import HelperProcessRunner
+
+
+def required_backends() -> frozenset[str]:
+    return frozenset(os.environ.get("MECHASANDBOX_REQUIRE_BACKENDS", "").replace(",", " ").split())
+
+
+def require_available(backend: Backend) -> None:
+    """Skip (or fail, when CI requires this backend) unless `backend` probes available here."""
+    probed = backend.probe()
+    if isinstance(probed, Failure):
+        reason = probed.failure().message
+        if backend.name in required_backends():
+            pytest.fail(f"required backend {backend.name!r} unavailable: {reason}")
+        pytest.skip(f"backend {backend.name!r} unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def runner() -> Iterator[HelperProcessRunner]:
+    process_runner = HelperProcessRunner()
+    yield process_runner
+    process_runner.close()
