@@ -43,15 +43,37 @@ _LOCATIONS = {
     "Application": "mechasandbox.containers",
     "Sandbox": "mechasandbox.sandbox",
 }
-_DOMAIN = (
-    "BackendFailed BackendUnavailable Capabilities ConfigInvalid CpuLimit Enforcement "
-    "EnvironmentPolicy FileSizeLimit FilesystemPolicy Limits MemoryLimit NetworkMode "
-    "NetworkPolicy Policy PolicyUnsupported ProcessLimit Protection RunRequest RunResult "
-    "SandboxError SpawnFailed Timeout Usage Violation"
-).split()
-_LOCATIONS.update(dict.fromkeys(_DOMAIN, "mechasandbox.domain"))
 
-__all__ = sorted(_LOCATIONS)
+__all__ = [
+    "Application",
+    "BackendFailed",
+    "BackendUnavailable",
+    "Capabilities",
+    "ConfigInvalid",
+    "CpuLimit",
+    "Enforcement",
+    "EnvironmentPolicy",
+    "FileSizeLimit",
+    "FilesystemPolicy",
+    "Limits",
+    "MemoryLimit",
+    "NetworkMode",
+    "NetworkPolicy",
+    "Policy",
+    "PolicyUnsupported",
+    "ProcessLimit",
+    "Protection",
+    "RunRequest",
+    "RunResult",
+    "Sandbox",
+    "SandboxError",
+    "SpawnFailed",
+    "Timeout",
+    "Usage",
+    "Violation",
+]
+_DOMAIN = [name for name in __all__ if name not in _LOCATIONS]
+_LOCATIONS.update(dict.fromkeys(_DOMAIN, "mechasandbox.domain"))
 __version__ = "0.1.0"
 
 

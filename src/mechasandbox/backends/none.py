@@ -19,7 +19,7 @@ from mechasandbox.backends.base import (
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
-from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import ProcessRunner
@@ -49,7 +49,9 @@ class NoneBackend:
             )
         )
 
-    def _spec(self, request: RunRequest, policy: Policy, workspace: str) -> Result[SpawnSpec, SandboxError]:
+    def _spec(
+        self, request: RunRequest, policy: Policy, workspace: str
+    ) -> Result[SpawnSpec, SandboxError]:
         env = scrubbed_environment(policy.environment, dict(self.host.env))
         return resolve_command(request.argv[0], env, workspace).map(
             lambda executable: SpawnSpec(
@@ -68,9 +70,7 @@ class NoneBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(
-            lambda workspace: self._spec(request, policy, workspace)
-        ).map(
+        return workspace.bind(lambda workspace: self._spec(request, policy, workspace)).map(
             lambda spec: LaunchPlan(
                 backend=self.name,
                 sections=(("argv", " ".join(spec.argv)), ("cwd", spec.cwd)),
@@ -79,7 +79,9 @@ class NoneBackend:
         )
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = prepare_run(self, request, policy)
+        # Naming `none` is the opt-in: every gap becomes a warning instead of a refusal.
+        unconfined = attrs.evolve(policy, enforcement=Enforcement.BEST_EFFORT)
+        prepared = prepare_run(self, request, unconfined)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         warnings, workspace = prepared.unwrap()

@@ -1,0 +1,7 @@
+"""`python -m mechasandbox`."""
+
+import sys
+
+from mechasandbox.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""`mechasandbox doctor`: what each backend enforces on this host, and what `auto` picks."""
+
+from __future__ import annotations
+
+import json
+import platform
+from typing import Any
+
+from returns.result import Failure
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.registry import AUTO_ORDER, choose
+from mechasandbox.cli.verify import plant_environment_secret, verify_backends
+from mechasandbox.containers import Application
+from mechasandbox.domain.capabilities import Protection
+from mechasandbox.domain.policy import Policy
+
+# The columns of the doctor table, in the order CLI.md lists them.
+SHOWN = (
+    Protection.FILESYSTEM_READ,
+    Protection.FILESYSTEM_WRITE,
+    Protection.PROTECTED_PATHS,
+    Protection.NETWORK_NONE,
+    Protection.NETWORK_ALLOWLIST,
+    Protection.PID_ISOLATION,
+    Protection.MEMORY,
+    Protection.CPU,
+    Protection.PROCESSES,
+    Protection.OPEN_FILES,
+    Protection.ENVIRONMENT,
+    Protection.TREE_TEARDOWN,
+)
+
+
+def report(app: Application, host: HostContext) -> dict[str, Any]:
+    backends: list[dict[str, Any]] = []
+    names = ("none", *AUTO_ORDER)
+    for name in names:
+        backend = getattr(app.backends, name.replace("-", "_"))()
+        probed = backend.probe()
+        if isinstance(probed, Failure):
+            backends.append({"name": name, "available": False, "reason": probed.failure().reason})
+            continue
+        capabilities = probed.unwrap()
+        backends.append(
+            {
+                "name": name,
+                "available": True,
+                "enforces": {p.value: p in capabilities.enforced for p in Protection},
+                "details": {p.value: text for p, text in capabilities.details},
+                "warnings": list(capabilities.warnings),
+            }
+        )
+    candidates = [getattr(app.backends, n.replace("-", "_"))() for n in AUTO_ORDER]
+    chosen = choose(candidates, Policy())
+    return {
+        "platform": f"{platform.system()} {platform.release()} ({host.platform})",
+        "auto": chosen.unwrap().name if not isinstance(chosen, Failure) else None,
+        "auto_reason": chosen.failure().message if isinstance(chosen, Failure) else None,
+        "backends": backends,
+    }
+
+
+def _table(data: dict[str, Any]) -> str:
+    lines = [f"platform: {data['platform']}"]
+    header = ["backend", *[p.value for p in SHOWN]]
+    lines.append("  ".join(header))
+    for entry in data["backends"]:
+        if not entry["available"]:
+            lines.append(f"{entry['name']}: unavailable - {entry['reason']}")
+            continue
+        marks = ["yes" if entry["enforces"][p.value] else "NO" for p in SHOWN]
+        lines.append(
+            f"{entry['name']}: "
+            + ", ".join(f"{p.value}={mark}" for p, mark in zip(SHOWN, marks, strict=True))
+        )
+        lines.extend(f"    warning: {w}" for w in entry["warnings"])
+    if data["auto"]:
+        lines.append(f"auto picks: {data['auto']}")
+    else:
+        lines.append(f"auto picks nothing for the default policy: {data['auto_reason']}")
+    return "\n".join(lines)
+
+
+def main(*, as_json: bool, verify: bool, host: HostContext) -> int:
+    if verify:
+        plant_environment_secret()
+    app = Application()
+    app.config.from_dict({"backend": "auto"})
+    try:
+        data = report(app, host)
+        if verify:
+            data["verify"] = verify_backends(app)
+        print(json.dumps(data) if as_json else _table(data))
+        if verify and not as_json:
+            for name, checks in data["verify"].items():
+                for check in checks:
+                    print(f"verify {name}: {check['attack']}: {check['outcome']}")
+        return 0
+    finally:
+        app.shutdown_resources()

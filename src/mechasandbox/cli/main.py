@@ -1,0 +1,142 @@
+"""`mechasandbox run | doctor | policy` (the contract is CLI.md; keep it stable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from returns.result import Failure, Result
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.cli import doctor
+from mechasandbox.cli.options import Parser, UsageError, add_run_options, apply_options, command_of
+from mechasandbox.cli.output import exit_status, result_object, signal_name
+from mechasandbox.containers import Application
+from mechasandbox.domain.errors import ConfigInvalid, SandboxError
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.result import RunResult
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="mechasandbox", description="Run a command under an OS-level sandbox.")
+    commands = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    run = commands.add_parser("run", help="run a command in the sandbox")
+    add_run_options(run)
+    policy = commands.add_parser("policy", help="print what the backend would do; run nothing")
+    add_run_options(policy)
+    doctor_parser = commands.add_parser("doctor", help="what each backend enforces here")
+    doctor_parser.add_argument("--json", action="store_true")
+    doctor_parser.add_argument("--verify", action="store_true", help="run built-in attacks")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Result[tuple[Policy, str], ConfigInvalid]:
+    """The policy (defaults, then configuration files, then options) and the backend name."""
+    from mechasandbox.cli.settings import load_settings
+
+    return load_settings(args).bind(
+        lambda loaded: apply_options(loaded[0], args).map(lambda policy: (policy, loaded[1]))
+    )
+
+
+def _application(backend: str, args: argparse.Namespace) -> Application:
+    app = Application()
+    app.config.from_dict({"backend": backend, "image": getattr(args, "image", None)})
+    return app
+
+
+def _fail(error: SandboxError, *, as_json: bool, backend: str) -> int:
+    if as_json:
+        print(json.dumps(result_object(None, error, backend)))
+    else:
+        print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
+    return exit_status(None, error)
+
+
+def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: str) -> int:
+    finished = result.value_or(None)
+    error = result.failure() if isinstance(result, Failure) else None
+    if as_json:
+        print(json.dumps(result_object(finished, error, backend)))
+        return exit_status(finished, error)
+    shown = finished or (getattr(error, "partial", None))
+    if shown is not None:
+        sys.stdout.buffer.write(shown.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(shown.stderr)
+        for warning in shown.warnings:
+            print(f"mechasandbox: warning: {warning}", file=sys.stderr)
+        for violation in shown.violations:
+            print(f"mechasandbox: blocked ({violation.kind}): {violation.detail}", file=sys.stderr)
+        if shown.stdout_truncated or shown.stderr_truncated:
+            print("mechasandbox: output truncated at --max-output", file=sys.stderr)
+        if shown.signal is not None and error is None:
+            print(f"mechasandbox: killed by {signal_name(shown.signal)}", file=sys.stderr)
+    if error is not None:
+        print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
+    return exit_status(finished, error)
+
+
+def _run_or_plan(args: argparse.Namespace) -> int:
+    as_json = bool(getattr(args, "json", False))
+    command = command_of(args)
+    if not command:
+        return _fail(
+            ConfigInvalid(problem="no command given (mechasandbox run [OPTIONS] -- COMMAND)"),
+            as_json=as_json,
+            backend=args.backend or "auto",
+        )
+    settings = _settings(args)
+    if isinstance(settings, Failure):
+        return _fail(settings.failure(), as_json=as_json, backend=args.backend or "auto")
+    policy, backend = settings.unwrap()
+    app = _application(backend, args)
+    try:
+        sandbox = app.services.sandbox()
+        workspace = args.workspace or os.getcwd()
+        if args.verb == "policy":
+            planned = sandbox.plan(command, workspace=workspace, policy=policy)
+            if isinstance(planned, Failure):
+                return _fail(planned.failure(), as_json=as_json, backend=backend)
+            plan = planned.unwrap()
+            if as_json:
+                print(
+                    json.dumps(
+                        {
+                            "backend": plan.backend,
+                            "sections": dict(plan.sections),
+                            "warnings": list(plan.warnings),
+                        }
+                    )
+                )
+            else:
+                print(f"# backend: {plan.backend}")
+                for title, text in plan.sections:
+                    print(f"## {title}\n{text}")
+                for warning in plan.warnings:
+                    print(f"# warning: {warning}")
+            return 0
+        result = sandbox.run_sync(command, workspace=workspace, policy=policy)
+        return _report(result, as_json=as_json, backend=backend)
+    finally:
+        app.shutdown_resources()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(raw)
+    except UsageError as error:
+        problem = ConfigInvalid(problem=str(error), source="command line")
+        return _fail(problem, as_json="--json" in raw, backend="auto")
+    try:
+        if args.verb == "doctor":
+            return doctor.main(as_json=args.json, verify=args.verify, host=HostContext.current())
+        return _run_or_plan(args)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): not an error of the run.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

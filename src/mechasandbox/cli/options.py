@@ -1,0 +1,160 @@
+"""Argument parsing for `run` and `policy`, and turning options into a policy.
+
+Parse errors never print a traceback: they become `ConfigInvalid` naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.registry import BACKEND_NAMES
+from mechasandbox.domain.errors import ConfigInvalid
+from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
+from mechasandbox.policy.units import parse_duration, parse_size
+
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """Raised by the parser instead of exiting, so the CLI can answer with exit 125."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--backend", default=None, choices=BACKEND_NAMES, help="sandbox backend (default: auto)")
+    add("--workspace", default=None, help="working directory and writable tree (default: .)")
+    add("--network", default=None, choices=[m.value for m in NetworkMode])
+    add("--allow-domain", action="append", default=[], metavar="PATTERN")
+    add("--deny-domain", action="append", default=[], metavar="PATTERN")
+    add("--allow-read", action="append", default=[], metavar="PATH")
+    add("--allow-write", action="append", default=[], metavar="PATH")
+    add("--deny-read", action="append", default=[], metavar="PATH")
+    add("--deny-write", action="append", default=[], metavar="PATH")
+    add("--timeout", default=None, metavar="DURATION")
+    add("--cpu-time", default=None, metavar="DURATION")
+    add("--memory", default=None, metavar="SIZE")
+    add("--max-processes", default=None, metavar="N")
+    add("--max-open-files", default=None, metavar="N")
+    add("--max-file-size", default=None, metavar="SIZE")
+    add("--max-output", default=None, metavar="SIZE")
+    add("--env", action="append", default=[], metavar="NAME=VALUE")
+    add("--pass-env", action="append", default=[], metavar="NAME")
+    add("--image", default=None, help="container image (docker, podman, apple-container)")
+    add("--config", action="append", default=[], metavar="FILE")
+    add("--best-effort", action="store_true")
+    add("--json", action="store_true", help="print one JSON object instead of the output")
+    add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+
+
+def _field(option: str, parsed: Result[T, str]) -> Result[T, ConfigInvalid]:
+    return parsed.alt(lambda problem: ConfigInvalid(problem=problem, source=option))
+
+
+def _count(option: str, text: str) -> Result[int, ConfigInvalid]:
+    if text.isdigit() and int(text) > 0:
+        return Success(int(text))
+    return Failure(
+        ConfigInvalid(problem=f"expected a positive whole number, got {text!r}", source=option)
+    )
+
+
+def _optional(
+    option: str, text: str | None, parse: Callable[[str, str], Result[T, ConfigInvalid]]
+) -> Result[T | None, ConfigInvalid]:
+    if text is None:
+        return Success(None)
+    return parse(option, text)
+
+
+def _size(option: str, text: str) -> Result[int, ConfigInvalid]:
+    return _field(option, parse_size(text))
+
+
+def _duration(option: str, text: str) -> Result[float, ConfigInvalid]:
+    return _field(option, parse_duration(text))
+
+
+def _env_pairs(values: Sequence[str]) -> Result[tuple[tuple[str, str], ...], ConfigInvalid]:
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        name, sep, content = value.partition("=")
+        if not sep or not name or not name.replace("_", "a").isalnum():
+            return Failure(
+                ConfigInvalid(problem=f"expected NAME=VALUE, got {value!r}", source="--env")
+            )
+        pairs.append((name, content))
+    return Success(tuple(pairs))
+
+
+def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, ConfigInvalid]:
+    """`base` with every option the user gave applied (explicit options may widen)."""
+    limit_options = (
+        ("timeout_s", "--timeout", args.timeout, _duration),
+        ("cpu_time_s", "--cpu-time", args.cpu_time, _duration),
+        ("memory_bytes", "--memory", args.memory, _size),
+        ("max_processes", "--max-processes", args.max_processes, _count),
+        ("max_open_files", "--max-open-files", args.max_open_files, _count),
+        ("max_file_size_bytes", "--max-file-size", args.max_file_size, _size),
+        ("max_output_bytes", "--max-output", args.max_output, _size),
+    )
+    changes: dict[str, Any] = {}
+    for field, option, text, parse in limit_options:
+        parsed = _optional(option, text, parse)
+        if isinstance(parsed, Failure):
+            return Failure(parsed.failure())
+        if parsed.unwrap() is not None:
+            changes[field] = parsed.unwrap()
+    try:
+        limits = attrs.evolve(base.limits, **changes)
+    except (TypeError, ValueError) as error:
+        return Failure(ConfigInvalid(problem=str(error), source="command line"))
+    env_pairs = _env_pairs(args.env)
+    if isinstance(env_pairs, Failure):
+        return Failure(env_pairs.failure())
+    fs = base.filesystem
+    filesystem = attrs.evolve(
+        fs,
+        readable=fs.readable + tuple(args.allow_read),
+        writable=fs.writable + tuple(args.allow_write),
+        deny_read=fs.deny_read + tuple(args.deny_read),
+        deny_write=fs.deny_write + tuple(args.deny_write),
+    )
+    net = base.network
+    network = attrs.evolve(
+        net,
+        mode=NetworkMode(args.network) if args.network else net.mode,
+        allow=net.allow + tuple(args.allow_domain),
+        deny=net.deny + tuple(args.deny_domain),
+    )
+    environment = attrs.evolve(
+        base.environment,
+        pass_through=base.environment.pass_through + tuple(args.pass_env),
+        set=base.environment.set + env_pairs.unwrap(),
+    )
+    enforcement = Enforcement.BEST_EFFORT if args.best_effort else base.enforcement
+    return Success(
+        Policy(
+            filesystem=filesystem,
+            network=network,
+            limits=limits,
+            environment=environment,
+            enforcement=enforcement,
+        )
+    )
+
+
+def command_of(args: argparse.Namespace) -> list[str]:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return command

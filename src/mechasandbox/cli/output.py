@@ -1,0 +1,65 @@
+"""Results and errors as the CLI contract writes them: the JSON object and exit statuses."""
+
+from __future__ import annotations
+
+import signal as signals
+from typing import Any
+
+from mechasandbox.domain.errors import SandboxError, SpawnFailed, Timeout, partial_result
+from mechasandbox.domain.result import RunResult
+
+EXIT_TIMEOUT = 124
+EXIT_SANDBOX_FAILED = 125
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def result_object(
+    result: RunResult | None, error: SandboxError | None, backend: str
+) -> dict[str, Any]:
+    """Exactly the JSON object of CLI.md (partial output included on timeouts and limits)."""
+    shown = result or (partial_result(error) if error is not None else None)
+    return {
+        "backend": shown.backend if shown else backend,
+        "exit_code": shown.exit_code if shown else None,
+        "signal": shown.signal if shown else None,
+        "stdout": _text(shown.stdout) if shown else "",
+        "stderr": _text(shown.stderr) if shown else "",
+        "stdout_truncated": shown.stdout_truncated if shown else False,
+        "stderr_truncated": shown.stderr_truncated if shown else False,
+        "duration_s": round(shown.duration_s, 6) if shown else 0.0,
+        "usage": {
+            "cpu_s": round(shown.usage.cpu_s, 6) if shown else 0.0,
+            "max_rss_bytes": shown.usage.max_rss_bytes if shown else 0,
+        },
+        "violations": [{"kind": v.kind, "detail": v.detail} for v in shown.violations]
+        if shown
+        else [],
+        "warnings": list(shown.warnings) if shown else [],
+        "error": {"kind": error.kind, "message": error.message} if error is not None else None,
+    }
+
+
+def exit_status(result: RunResult | None, error: SandboxError | None) -> int:
+    """The command's status, 128+N for signal N, 124 timeout, 125 sandbox failure, 126/127."""
+    if isinstance(error, Timeout):
+        return EXIT_TIMEOUT
+    if isinstance(error, SpawnFailed):
+        return error.exit_status
+    shown = result or (partial_result(error) if error is not None else None)
+    if shown is None:
+        return EXIT_SANDBOX_FAILED
+    if shown.signal is not None:
+        return 128 + shown.signal
+    if shown.exit_code is not None:
+        return shown.exit_code
+    return EXIT_SANDBOX_FAILED
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return str(number)

@@ -1,0 +1,121 @@
+"""The composition root: dependency-injector containers built from configuration.
+
+    app = Application()
+    app.config.from_dict({"backend": "auto"})
+    sandbox = app.services.sandbox()
+    ...
+    app.shutdown_resources()        # kills anything still running, stops the spawn helper
+
+Tests swap pieces with provider overrides, e.g. ``app.core.runner.override(fake_runner)``
+or ``app.backends.selected.override(fake_backend)``. Providers stay synchronous because
+dependency-injector's async providers are asyncio-only and this library runs on anyio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+from dependency_injector import containers, providers
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.none import NoneBackend
+from mechasandbox.backends.process import ProcessBackend
+from mechasandbox.backends.registry import AutoBackend, MissingBackend
+from mechasandbox.domain.limits import Limits
+from mechasandbox.domain.policy import NetworkPolicy, Policy
+from mechasandbox.runner.runner import HelperProcessRunner, ProcessRunner
+from mechasandbox.sandbox import Sandbox
+
+NOT_BUILT = "not available in this version of mechasandbox"
+
+
+def _runner() -> Iterator[ProcessRunner]:
+    runner = HelperProcessRunner()
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def _by_name(
+    backends: dict[str, providers.Provider[Any]],
+) -> dict[str, providers.Provider[Any]]:
+    """Selector keys are backend names, some of which (`apple-container`) are not identifiers."""
+    return backends
+
+
+def _compose_policy(base: Policy, limits: Limits, network: NetworkPolicy) -> Policy:
+    return attrs.evolve(base, limits=limits, network=network)
+
+
+class Core(containers.DeclarativeContainer):
+    """Host facts, the one process runner, the configured base policy."""
+
+    config = providers.Configuration(strict=True)
+    host = providers.Singleton(HostContext.current)
+    runner = providers.Resource(_runner)
+    base_policy = providers.Object(Policy())
+
+
+class Backends(containers.DeclarativeContainer):
+    """Every backend, and `selected`: the one the configuration's `backend` names."""
+
+    config = providers.Configuration(strict=True)
+    core = providers.DependenciesContainer()
+
+    none = providers.Singleton(NoneBackend, runner=core.runner, host=core.host)
+    process = providers.Singleton(ProcessBackend, runner=core.runner, host=core.host)
+    bubblewrap = providers.Singleton(MissingBackend, backend_name="bubblewrap", reason=NOT_BUILT)
+    landlock = providers.Singleton(MissingBackend, backend_name="landlock", reason=NOT_BUILT)
+    docker = providers.Singleton(MissingBackend, backend_name="docker", reason=NOT_BUILT)
+    podman = providers.Singleton(MissingBackend, backend_name="podman", reason=NOT_BUILT)
+    seatbelt = providers.Singleton(MissingBackend, backend_name="seatbelt", reason=NOT_BUILT)
+    apple_container = providers.Singleton(
+        MissingBackend, backend_name="apple-container", reason=NOT_BUILT
+    )
+
+    # Strongest first; `none` is never a candidate.
+    auto = providers.Singleton(
+        AutoBackend,
+        candidates=providers.List(
+            bubblewrap, landlock, seatbelt, apple_container, docker, podman, process
+        ),
+    )
+
+    selected = providers.Selector(
+        config.backend,
+        **_by_name(
+            {
+                "auto": auto,
+                "none": none,
+                "process": process,
+                "bubblewrap": bubblewrap,
+                "landlock": landlock,
+                "docker": docker,
+                "podman": podman,
+                "seatbelt": seatbelt,
+                "apple-container": apple_container,
+            }
+        ),
+    )
+
+
+class Services(containers.DeclarativeContainer):
+    """The policy pieces (each overridable) and the sandbox facade."""
+
+    core = providers.DependenciesContainer()
+    backends = providers.DependenciesContainer()
+
+    limits = providers.Callable(lambda policy: policy.limits, core.base_policy)
+    network = providers.Callable(lambda policy: policy.network, core.base_policy)
+    policy = providers.Callable(_compose_policy, core.base_policy, limits, network)
+    sandbox = providers.Singleton(Sandbox, backend=backends.selected, policy=policy)
+
+
+class Application(containers.DeclarativeContainer):
+    config = providers.Configuration(strict=True)
+    core = providers.Container(Core, config=config)
+    backends = providers.Container(Backends, core=core, config=config)
+    services = providers.Container(Services, core=core, backends=backends)

@@ -1,0 +1,80 @@
+"""The facade agent code calls: one backend, one default policy, runs as `FutureResult`s."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import anyio
+import attrs
+from returns.future import FutureResult
+from returns.result import Failure, Result
+
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
+from mechasandbox.domain.errors import ConfigInvalid, SandboxError
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+
+
+@attrs.frozen(kw_only=True)
+class Sandbox:
+    """Runs commands through `backend` under `policy` unless a call passes its own."""
+
+    backend: Backend
+    policy: Policy = Policy()
+
+    def request(
+        self, argv: Sequence[str], *, workspace: str | None = None, stdin: bytes | None = None
+    ) -> Result[RunRequest, SandboxError]:
+        try:
+            return Result.from_value(
+                RunRequest(argv=tuple(argv), workspace=workspace or os.getcwd(), stdin=stdin)
+            )
+        except (TypeError, ValueError) as error:
+            return Failure(ConfigInvalid(problem=str(error), field="argv"))
+
+    async def run_async(
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: str | None = None,
+        stdin: bytes | None = None,
+        policy: Policy | None = None,
+    ) -> Result[RunResult, SandboxError]:
+        request = self.request(argv, workspace=workspace, stdin=stdin)
+        if isinstance(request, Failure):
+            return Failure(request.failure())
+        return await self.backend.run(request.unwrap(), policy or self.policy)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: str | None = None,
+        stdin: bytes | None = None,
+        policy: Policy | None = None,
+    ) -> FutureResult[RunResult, SandboxError]:
+        """The composable form: `sandbox.run([...]).bind(...)`, awaited once at the end."""
+        return FutureResult(self.run_async(argv, workspace=workspace, stdin=stdin, policy=policy))
+
+    def run_sync(
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: str | None = None,
+        stdin: bytes | None = None,
+        policy: Policy | None = None,
+    ) -> Result[RunResult, SandboxError]:
+        """For scripts and the CLI: runs its own event loop."""
+        return anyio.run(
+            lambda: self.run_async(argv, workspace=workspace, stdin=stdin, policy=policy)
+        )
+
+    def plan(
+        self, argv: Sequence[str], *, workspace: str | None = None, policy: Policy | None = None
+    ) -> Result[LaunchPlan, SandboxError]:
+        """What the backend would do, without running anything."""
+        return self.request(argv, workspace=workspace).bind(
+            lambda request: self.backend.plan(request, policy or self.policy, HostContext.current())
+        )

@@ -1,0 +1,194 @@
+"""The backend contract suite: behaviour every backend must show, run against a real one.
+
+Subclass it in a pytest module and provide the `backend` fixture::
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        def backend(self, runner):
+            return MyBackend(runner=runner)
+
+Each test runs real commands in the real sandbox; a backend that cannot run here should
+skip in its fixture (or fail, where the environment requires it).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import secrets
+import sys
+import time
+
+import anyio
+import attrs
+import pytest
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import Backend
+from mechasandbox.domain.capabilities import Protection
+from mechasandbox.domain.errors import (
+    ConfigInvalid,
+    CpuLimit,
+    SandboxError,
+    SpawnFailed,
+    Timeout,
+)
+from mechasandbox.domain.limits import MIB, Limits
+from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+
+
+def _alive_with_marker(marker: str) -> list[int]:
+    """Host pids whose command line contains `marker` (zombies excluded)."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+class BackendContract:
+    """Functional behaviour, limits, timeouts and teardown, bad input."""
+
+    def policy(self) -> Policy:
+        """The policy the suite runs under; best-effort so weak backends can run it too."""
+        return Policy(enforcement=Enforcement.BEST_EFFORT)
+
+    def run(
+        self,
+        backend: Backend,
+        argv: list[str],
+        workspace: pathlib.Path,
+        *,
+        policy: Policy | None = None,
+        stdin: bytes | None = None,
+    ) -> Result[RunResult, SandboxError]:
+        request = RunRequest(argv=tuple(argv), workspace=str(workspace), stdin=stdin)
+        return anyio.run(backend.run, request, policy or self.policy())
+
+    def test_echo_and_exit_code(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        result = self.run(backend, ["sh", "-c", "echo out; echo err >&2; exit 7"], tmp_path)
+        finished = result.unwrap()
+        assert finished.stdout == b"out\n"
+        assert finished.stderr == b"err\n"
+        assert finished.exit_code == 7
+        assert finished.signal is None
+        assert finished.backend == backend.name
+
+    def test_signal_is_decoded(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        finished = self.run(backend, ["sh", "-c", "kill -TERM $$"], tmp_path).unwrap()
+        assert finished.exit_code is None
+        assert finished.signal == 15
+
+    def test_stdin_reaches_the_command(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        data = b"line\n" * 50_000
+        finished = self.run(backend, ["wc", "-c"], tmp_path, stdin=data).unwrap()
+        assert finished.stdout.strip() == str(len(data)).encode()
+
+    def test_workspace_writes_reach_the_host(
+        self, backend: Backend, tmp_path: pathlib.Path
+    ) -> None:
+        self.run(backend, ["sh", "-c", "echo hello > made.txt"], tmp_path).unwrap()
+        made = tmp_path / "made.txt"
+        assert made.read_text() == "hello\n"
+        assert made.stat().st_uid == os.getuid()
+
+    def test_environment_is_scrubbed(
+        self, backend: Backend, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CONTRACT_API_KEY", "sk-secret-value")
+        policy = attrs.evolve(
+            self.policy(),
+            environment=EnvironmentPolicy(set=(("GIVEN", "yes"),)),
+        )
+        out = self.run(backend, ["env"], tmp_path, policy=policy).unwrap().stdout
+        assert b"sk-secret-value" not in out
+        assert b"GIVEN=yes" in out
+
+    def test_timeout_kills_the_whole_tree(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        marker = f"contract-{secrets.token_hex(4)}"
+        script = (
+            f"sleep 300 {marker} & setsid sleep 301 {marker} & "
+            f"(setsid sh -c 'sleep 302 {marker} &'); echo started; wait"
+        )
+        # `sleep` ignores extra arguments on busybox but not coreutils: run through sh -c.
+        script = script.replace(f"sleep 300 {marker}", f"sh -c 'sleep 300' {marker}")
+        script = script.replace(f"sleep 301 {marker}", f"sh -c 'sleep 301' {marker}")
+        script = script.replace(f"sleep 302 {marker}", f"sh -c 'sleep 302' {marker}")
+        policy = attrs.evolve(self.policy(), limits=Limits(timeout_s=1.0))
+        started = time.monotonic()
+        result = self.run(backend, ["sh", "-c", script], tmp_path, policy=policy)
+        assert time.monotonic() - started < 3.0
+        assert isinstance(result, Failure)
+        error = result.failure()
+        assert isinstance(error, Timeout)
+        assert error.partial.stdout == b"started\n"
+        time.sleep(0.2)
+        assert _alive_with_marker(marker) == []
+
+    def test_output_is_capped(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        policy = attrs.evolve(self.policy(), limits=Limits(max_output_bytes=1 * MIB))
+        finished = self.run(
+            backend, ["sh", "-c", "yes | head -c 50000000"], tmp_path, policy=policy
+        ).unwrap()
+        assert len(finished.stdout) == 1 * MIB
+        assert finished.stdout_truncated
+        assert finished.exit_code == 0
+
+    def test_cpu_limit(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        policy = attrs.evolve(self.policy(), limits=Limits(cpu_time_s=1, timeout_s=20))
+        result = self.run(backend, ["sh", "-c", "while :; do :; done"], tmp_path, policy=policy)
+        assert isinstance(result, Failure)
+        assert isinstance(result.failure(), CpuLimit)
+
+    def test_command_not_found(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        result = self.run(backend, ["no-such-command-xyz"], tmp_path)
+        error = result.failure() if isinstance(result, Failure) else None
+        assert isinstance(error, SpawnFailed)
+        assert error.exit_status == 127
+
+    def test_missing_workspace(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        result = self.run(backend, ["true"], tmp_path / "absent")
+        assert isinstance(result, Failure)
+        assert isinstance(result.failure(), ConfigInvalid)
+        assert "absent" in result.failure().message
+
+    def test_no_inherited_descriptors(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        leaked = os.open(sys.executable, os.O_RDONLY)
+        os.set_inheritable(leaked, True)
+        try:
+            out = self.run(backend, ["ls", "/proc/self/fd"], tmp_path).unwrap().stdout
+        finally:
+            os.close(leaked)
+        # 0-2, plus the one `ls` opens to list the directory.
+        assert sorted(int(fd) for fd in out.split()) in ([0, 1, 2], [0, 1, 2, 3])
+
+    def test_strict_refuses_what_it_cannot_enforce(
+        self, backend: Backend, tmp_path: pathlib.Path
+    ) -> None:
+        capabilities = backend.probe().unwrap()
+        strict = attrs.evolve(self.policy(), enforcement=Enforcement.STRICT)
+        missing = capabilities.missing(strict)
+        result = self.run(backend, ["true"], tmp_path, policy=strict)
+        if missing:
+            assert isinstance(result, Failure)
+            assert result.failure().kind == "policy_unsupported"
+        else:
+            assert isinstance(result, Success)
+        best = self.run(
+            backend,
+            ["true"],
+            tmp_path,
+            policy=attrs.evolve(strict, enforcement=Enforcement.BEST_EFFORT),
+        ).unwrap()
+        for protection in missing:
+            assert any(protection.value in warning for warning in best.warnings)
+        assert Protection.ENVIRONMENT in capabilities.enforced
