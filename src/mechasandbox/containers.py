@@ -80,7 +80,7 @@ class Backends(containers.DeclarativeContainer):
     auto = providers.Singleton(
         AutoBackend,
         candidates=providers.List(
-            bubblewrap, landlock, seatbelt, apple_container, docker, podman, process
+            bubblewrap, landlock, apple_container, seatbelt, docker, podman, process
         ),
     )
 

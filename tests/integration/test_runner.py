@@ -11,9 +11,9 @@ import anyio
 import pytest
 
 from mechasandbox.domain.limits import MIB
+from mechasandbox.runner.proctable import alive_with_marker
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
-from mechasandbox.testing.contract import _alive_with_marker
 
 ENV = (("PATH", "/usr/local/bin:/usr/bin:/bin"),)
 
@@ -42,7 +42,7 @@ def test_timeout_kills_tree_including_setsid_children(runner: HelperProcessRunne
     assert finished.signal == 9
     assert finished.stdout == b"ready\n"
     time.sleep(0.1)
-    assert _alive_with_marker(marker) == []
+    assert alive_with_marker(marker) == []
 
 
 def test_cancelling_the_callers_scope_kills_the_tree(runner: HelperProcessRunner) -> None:
@@ -57,7 +57,7 @@ def test_cancelling_the_callers_scope_kills_the_tree(runner: HelperProcessRunner
     elapsed = anyio.run(main)
     assert elapsed < 3.0
     time.sleep(0.1)
-    assert _alive_with_marker(marker) == []
+    assert alive_with_marker(marker) == []
 
 
 def test_leftovers_die_when_the_command_exits(runner: HelperProcessRunner) -> None:
@@ -66,7 +66,7 @@ def test_leftovers_die_when_the_command_exits(runner: HelperProcessRunner) -> No
     finished = anyio.run(runner.run, spec("sh", "-c", script)).unwrap()
     assert finished.stdout == b"done\n"
     time.sleep(0.1)
-    assert _alive_with_marker(marker) == []
+    assert alive_with_marker(marker) == []
 
 
 def test_no_zombies_are_left(runner: HelperProcessRunner) -> None:
@@ -149,12 +149,12 @@ def test_closing_the_runner_kills_running_commands() -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(own.run, spec("sh", "-c", escaping_script(marker), timeout_s=60))
             await anyio.sleep(0.5)
-            assert _alive_with_marker(marker)
+            assert alive_with_marker(marker)
             own.close()
 
     anyio.run(main)
     time.sleep(0.2)
-    assert _alive_with_marker(marker) == []
+    assert alive_with_marker(marker) == []
 
 
 @pytest.mark.parametrize("exit_code", [0, 1, 42, 255])

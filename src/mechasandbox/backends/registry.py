@@ -26,12 +26,13 @@ BACKEND_NAMES = (
     "apple-container",
 )
 
-# Strongest first among those cheap enough to wrap every command; `none` never appears.
+# Strongest first; `none` never appears. On macOS this is Apple Container (when its
+# service runs and an image is configured), then Seatbelt, then the container engines.
 AUTO_ORDER = (
     "bubblewrap",
     "landlock",
-    "seatbelt",
     "apple-container",
+    "seatbelt",
     "docker",
     "podman",
     "process",

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from returns.result import Failure, Result
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.cli import doctor
 from mechasandbox.cli.options import Parser, UsageError, add_run_options, apply_options, command_of
 from mechasandbox.cli.output import exit_status, result_object, signal_name
 from mechasandbox.containers import Application
@@ -134,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(problem, as_json="--json" in raw, backend="auto")
     try:
         if args.verb == "doctor":
+            from mechasandbox.cli import doctor
+
             return doctor.main(as_json=args.json, verify=args.verify, host=HostContext.current())
         return _run_or_plan(args)
     except BrokenPipeError:

@@ -31,7 +31,7 @@ from mechasandbox.containers import Application
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
-from mechasandbox.testing.contract import _alive_with_marker
+from mechasandbox.runner.proctable import alive_with_marker
 
 POLICY = Policy(enforcement=Enforcement.BEST_EFFORT)
 
@@ -139,7 +139,7 @@ def outlive_the_run(backend: Backend, arena: Arena) -> bool | str:
     if isinstance(outcome, str):
         return outcome
     time.sleep(0.2)
-    survivors = _alive_with_marker(marker)
+    survivors = alive_with_marker(marker)
     for pid in survivors:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)

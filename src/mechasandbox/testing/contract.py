@@ -37,22 +37,7 @@ from mechasandbox.domain.limits import MIB, Limits
 from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
-
-
-def _alive_with_marker(marker: str) -> list[int]:
-    """Host pids whose command line contains `marker` (zombies excluded)."""
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
+from mechasandbox.runner.proctable import alive_with_marker
 
 
 class BackendContract:
@@ -132,7 +117,7 @@ class BackendContract:
         assert isinstance(error, Timeout)
         assert error.partial.stdout == b"started\n"
         time.sleep(0.2)
-        assert _alive_with_marker(marker) == []
+        assert alive_with_marker(marker) == []
 
     def test_output_is_capped(self, backend: Backend, tmp_path: pathlib.Path) -> None:
         policy = attrs.evolve(self.policy(), limits=Limits(max_output_bytes=1 * MIB))
