@@ -49,9 +49,7 @@ class NoneBackend:
             )
         )
 
-    def _spec(
-        self, request: RunRequest, policy: Policy, workspace: str
-    ) -> Result[SpawnSpec, SandboxError]:
+    def _spec(self, request: RunRequest, policy: Policy, workspace: str) -> Result[SpawnSpec, SandboxError]:
         env = scrubbed_environment(policy.environment, dict(self.host.env))
         return resolve_command(request.argv[0], env, workspace).map(
             lambda executable: SpawnSpec(
@@ -70,7 +68,9 @@ class NoneBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(lambda workspace: self._spec(request, policy, workspace)).map(
+        return workspace.bind(
+            lambda workspace: self._spec(request, policy, workspace)
+        ).map(
             lambda spec: LaunchPlan(
                 backend=self.name,
                 sections=(("argv", " ".join(spec.argv)), ("cwd", spec.cwd)),

@@ -63,10 +63,7 @@ class ProcessBackend:
         }
         details = [
             (Protection.FILESYSTEM_READ, "no filesystem isolation: the command reads what you can"),
-            (
-                Protection.FILESYSTEM_WRITE,
-                "no filesystem isolation: the command writes where you can",
-            ),
+            (Protection.FILESYSTEM_WRITE, "no filesystem isolation: the command writes where you can"),
             (Protection.PROTECTED_PATHS, "no filesystem isolation"),
             (Protection.NETWORK_NONE, "no network isolation"),
             (Protection.NETWORK_ALLOWLIST, "no network isolation"),
@@ -157,9 +154,9 @@ class ProcessBackend:
             )
 
         workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(lambda workspace: self._spec(request, policy, host, workspace)).map(
-            render
-        )
+        return workspace.bind(
+            lambda workspace: self._spec(request, policy, host, workspace)
+        ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)

@@ -74,9 +74,9 @@ def choose(candidates: Sequence[Backend], policy: Policy) -> Result[Backend, San
             reasons.append(f"{backend.name}: {probed.failure().reason}")
             continue
         capabilities = probed.unwrap()
-        if isinstance(
-            check_enforcement(capabilities, policy), Success
-        ) and not capabilities.missing(policy):
+        if isinstance(check_enforcement(capabilities, policy), Success) and not capabilities.missing(
+            policy
+        ):
             return Success(backend)
         available.append((backend, capabilities))
     if available:
@@ -85,9 +85,7 @@ def choose(candidates: Sequence[Backend], policy: Policy) -> Result[Backend, San
             return Success(strongest)
         return Failure(PolicyUnsupported(backend="auto", missing=capabilities.missing(policy)))
     return Failure(
-        BackendUnavailable(
-            backend="auto", reason="no sandbox backend available: " + "; ".join(reasons)
-        )
+        BackendUnavailable(backend="auto", reason="no sandbox backend available: " + "; ".join(reasons))
     )
 
 

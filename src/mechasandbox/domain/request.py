@@ -23,8 +23,6 @@ class RunRequest:
     stdin: bytes | None = None
 
     @argv.validator
-    def _non_empty(
-        self, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
-    ) -> None:
+    def _non_empty(self, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
         if not value or not value[0]:
             raise ValueError("argv must name a command")

@@ -59,10 +59,8 @@ def _own_cgroup(controller: str | None) -> str:
     """This process's cgroup path in the v1 hierarchy of `controller` (v2 when None)."""
     for line in _read(Path("/proc/self/cgroup")).splitlines():
         _id, controllers, path = line.split(":", 2)
-        if (
-            controller is None
-            and controllers == ""
-            or (controller is not None and controller in controllers.split(","))
+        if controller is None and controllers == "" or (
+            controller is not None and controller in controllers.split(",")
         ):
             return path
     return "/"

@@ -64,9 +64,8 @@ class _ChildSetupError(Exception):
         self.errno = error.errno or errno.EIO
 
 
-def _child(
-    request: dict[str, Any], stdio: list[int], hooks: list[tuple[ChildHook, Any]], report_fd: int
-) -> None:
+def _child(request: dict[str, Any], stdio: list[int], hooks: list[tuple[ChildHook, Any]],
+           report_fd: int) -> None:
     """Runs in the forked child: set everything up, then exec. Never returns."""
     stage = "setsid"
     try:
@@ -236,15 +235,12 @@ class Helper:
             self._kill_tree([pid, *self._strays()])
             maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
             with contextlib.suppress(OSError):
-                framing.send(
-                    run.sock,
-                    {
-                        "event": "exited",
-                        "status": status,
-                        "cpu_s": usage.ru_utime + usage.ru_stime,
-                        "max_rss_bytes": maxrss,
-                    },
-                )
+                framing.send(run.sock, {
+                    "event": "exited",
+                    "status": status,
+                    "cpu_s": usage.ru_utime + usage.ru_stime,
+                    "max_rss_bytes": maxrss,
+                })
             run.sock.close()
 
     def _on_run_message(self, run: _Run) -> None:
