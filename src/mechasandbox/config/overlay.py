@@ -1,0 +1,148 @@
+"""Laying one `Settings` layer over a `Policy`: the merge step shared by every layer.
+
+Lists replace the list below them (so a layer can remove entries, which is exactly what
+`narrow` then forbids a project file to do); the `environment.set` table merges by name.
+Limits are rebuilt one at a time so that a value the domain refuses (`Limits` validates
+its bounds) is reported under its own key instead of as an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.config.schema import BackendName, BackendSettings, Settings, Unlimited
+from mechasandbox.domain.errors import ConfigInvalid
+from mechasandbox.domain.limits import (
+    MAX_MEMORY_BYTES,
+    MAX_OPEN_FILES,
+    MAX_OUTPUT_BYTES,
+    MAX_PROCESSES,
+    MAX_TIMEOUT_S,
+    Limits,
+)
+from mechasandbox.domain.policy import (
+    EnvironmentPolicy,
+    FilesystemPolicy,
+    NetworkPolicy,
+    Policy,
+)
+from mechasandbox.policy.units import format_duration, format_size
+
+
+@attrs.frozen(kw_only=True)
+class BackendChoice:
+    """Which backend runs the command, and for containers which image and runtime."""
+
+    name: BackendName = BackendName.AUTO
+    image: str | None = None
+    runtime: str | None = None
+
+
+# settings key -> (Limits attribute, how to show a value of it)
+LIMIT_FIELDS: dict[str, tuple[str, Callable[[float], str]]] = {
+    "timeout": ("timeout_s", format_duration),
+    "cpu_time": ("cpu_time_s", format_duration),
+    "memory": ("memory_bytes", lambda v: format_size(int(v))),
+    "max_processes": ("max_processes", lambda v: str(int(v))),
+    "max_open_files": ("max_open_files", lambda v: str(int(v))),
+    "max_file_size": ("max_file_size_bytes", lambda v: format_size(int(v))),
+    "max_output": ("max_output_bytes", lambda v: format_size(int(v))),
+}
+
+
+# The domain's upper bounds, checked here first so the message can use file spelling.
+_BOUNDS: dict[str, float] = {
+    "timeout_s": MAX_TIMEOUT_S,
+    "cpu_time_s": MAX_TIMEOUT_S,
+    "memory_bytes": MAX_MEMORY_BYTES,
+    "max_processes": MAX_PROCESSES,
+    "max_open_files": MAX_OPEN_FILES,
+    "max_file_size_bytes": MAX_MEMORY_BYTES,
+    "max_output_bytes": MAX_OUTPUT_BYTES,
+}
+
+
+def _apply_limits(limits: Limits, settings: Settings, source: str) -> Result[Limits, ConfigInvalid]:
+    for key, (attribute, show) in LIMIT_FIELDS.items():
+        value = getattr(settings.limits, key)
+        if value is None:
+            continue
+        new = None if isinstance(value, Unlimited) else value
+        if isinstance(new, int | float) and not isinstance(new, bool) and new > _BOUNDS[attribute]:
+            return Failure(
+                ConfigInvalid(
+                    problem=f"{show(new)} is above the maximum {show(_BOUNDS[attribute])}",
+                    source=source,
+                    field=f"limits.{key}",
+                )
+            )
+        try:
+            changes: dict[str, Any] = {attribute: new}
+            limits = attrs.evolve(limits, **changes)
+        except (TypeError, ValueError) as exc:  # the domain's own validators
+            return Failure(ConfigInvalid(problem=str(exc), source=source, field=f"limits.{key}"))
+    return Success(limits)
+
+
+def _pick(new: tuple[str, ...] | None, old: tuple[str, ...]) -> tuple[str, ...]:
+    return old if new is None else new
+
+
+def _merge_set(
+    old: tuple[tuple[str, str], ...], new: tuple[tuple[str, str], ...] | None
+) -> tuple[tuple[str, str], ...]:
+    if new is None:
+        return old
+    merged = dict(old)
+    merged.update(new)
+    return tuple(merged.items())
+
+
+def apply_settings(
+    policy: Policy, settings: Settings, source: str
+) -> Result[Policy, ConfigInvalid]:
+    """`policy` with every key `settings` sets replaced (lists) or merged (`environment.set`)."""
+    fs, net, env = settings.filesystem, settings.network, settings.environment
+    limits = _apply_limits(policy.limits, settings, source)
+    if isinstance(limits, Failure):
+        return limits
+    try:
+        result = Policy(
+            filesystem=FilesystemPolicy(
+                readable=_pick(fs.readable, policy.filesystem.readable),
+                writable=_pick(fs.writable, policy.filesystem.writable),
+                deny_read=_pick(fs.deny_read, policy.filesystem.deny_read),
+                deny_write=_pick(fs.deny_write, policy.filesystem.deny_write),
+                protected=_pick(fs.protected, policy.filesystem.protected),
+            ),
+            network=NetworkPolicy(
+                mode=policy.network.mode if net.mode is None else net.mode,
+                allow=_pick(net.allow, policy.network.allow),
+                deny=_pick(net.deny, policy.network.deny),
+            ),
+            limits=limits.unwrap(),
+            environment=EnvironmentPolicy(
+                allow=_pick(env.allow, policy.environment.allow),
+                pass_through=_pick(env.pass_, policy.environment.pass_through),
+                set=_merge_set(policy.environment.set, env.set),
+            ),
+            enforcement=(
+                policy.enforcement if settings.enforcement is None else settings.enforcement
+            ),
+        )
+    except (TypeError, ValueError) as exc:  # settings built in code, bypassing the hooks
+        return Failure(ConfigInvalid(problem=f"invalid settings: {exc}", source=source))
+    return Success(result)
+
+
+def apply_backend(choice: BackendChoice, settings: BackendSettings) -> BackendChoice:
+    """`choice` with whatever `settings` sets; backend keys never fail once structured."""
+    return BackendChoice(
+        name=choice.name if settings.name is None else settings.name,
+        image=choice.image if settings.image is None else settings.image,
+        runtime=choice.runtime if settings.runtime is None else settings.runtime,
+    )

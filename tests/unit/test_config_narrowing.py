@@ -1,0 +1,298 @@
+"""The project rule: every way to narrow is accepted, every way to widen is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from returns.pipeline import is_successful
+
+from mechasandbox.config import (
+    BackendChoice,
+    BackendName,
+    BackendSettings,
+    Settings,
+    narrow,
+    narrow_backend,
+    pattern_covers,
+    structure_settings,
+)
+from mechasandbox.domain import (
+    ConfigInvalid,
+    Enforcement,
+    EnvironmentPolicy,
+    FilesystemPolicy,
+    Limits,
+    NetworkMode,
+    NetworkPolicy,
+    Policy,
+)
+from mechasandbox.domain.policy import DEFAULT_DENY_READ, DEFAULT_PROTECTED
+
+WS = "/home/dev/project"
+SOURCE = "/home/dev/project/.mechasandbox.toml"
+
+BASE = Policy(
+    filesystem=FilesystemPolicy(readable=("/opt/sdk",), writable=("/tmp/build",)),
+    network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=("*.github.com", "pypi.org:443")),
+    environment=EnvironmentPolicy(pass_through=("HOME",), set=(("CI", "1"),)),
+)
+
+
+def project(data: dict[str, Any]) -> Settings:
+    return structure_settings(data, SOURCE).unwrap()
+
+
+def narrowed(data: dict[str, Any], base: Policy = BASE) -> Policy:
+    result = narrow(base, project(data), SOURCE, workspace=WS)
+    assert is_successful(result), result
+    return result.unwrap()
+
+
+def widened(data: dict[str, Any], base: Policy = BASE) -> ConfigInvalid:
+    result = narrow(base, project(data), SOURCE, workspace=WS)
+    assert not is_successful(result), result
+    error = result.failure()
+    assert error.source == SOURCE
+    assert "would widen the policy" in error.problem
+    return error
+
+
+def test_empty_project_changes_nothing() -> None:
+    assert narrowed({}) == BASE
+
+
+# Narrowing: accepted ------------------------------------------------------------------
+
+
+def test_add_deny_entries() -> None:
+    policy = narrowed(
+        {
+            "filesystem": {
+                "deny_read": [*DEFAULT_DENY_READ, "/home/dev/project/secrets"],
+                "deny_write": ["/home/dev/project/vendor"],
+                "protected": [*DEFAULT_PROTECTED, "Makefile"],
+            }
+        }
+    )
+    assert policy.filesystem.deny_read[-1] == "/home/dev/project/secrets"
+    assert policy.filesystem.deny_write == ("/home/dev/project/vendor",)
+    assert "Makefile" in policy.filesystem.protected
+
+
+def test_a_broader_deny_entry_replaces_the_ones_it_covers() -> None:
+    policy = narrowed({"filesystem": {"deny_read": ["~"]}})
+    assert policy.filesystem.deny_read == ("~",)
+
+
+def test_protected_may_be_spelled_absolute_inside_the_workspace() -> None:
+    absolute = [f"{WS}/{entry}" for entry in DEFAULT_PROTECTED]
+    assert narrowed({"filesystem": {"protected": absolute}}).filesystem.protected == tuple(absolute)
+
+
+def test_lower_limits() -> None:
+    policy = narrowed(
+        {
+            "limits": {
+                "timeout": "30s",
+                "cpu_time": "10s",  # base has no cpu limit: adding one narrows
+                "memory": "512m",
+                "max_processes": 10,
+                "max_open_files": 64,
+                "max_file_size": "10m",
+                "max_output": "64k",
+            }
+        }
+    )
+    assert policy.limits == Limits(
+        timeout_s=30.0,
+        cpu_time_s=10.0,
+        memory_bytes=512 * 1024**2,
+        max_processes=10,
+        max_open_files=64,
+        max_file_size_bytes=10 * 1024**2,
+        max_output_bytes=64 * 1024,
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (NetworkMode.FULL, "allowlist"),
+        (NetworkMode.FULL, "none"),
+        (NetworkMode.ALLOWLIST, "none"),
+        (NetworkMode.NONE, "none"),
+    ],
+)
+def test_network_may_step_down(before: NetworkMode, after: str) -> None:
+    base = attrs.evolve(BASE, network=NetworkPolicy(mode=before))
+    assert narrowed({"network": {"mode": after}}, base).network.mode.value == after
+
+
+def test_allowlist_may_narrow_to_covered_patterns() -> None:
+    policy = narrowed(
+        {"network": {"allow": ["api.github.com", "*.api.github.com", "pypi.org:443"]}}
+    )
+    assert policy.network.allow == ("api.github.com", "*.api.github.com", "pypi.org:443")
+
+
+def test_allowlist_from_full_network_may_name_anything() -> None:
+    base = attrs.evolve(BASE, network=NetworkPolicy(mode=NetworkMode.FULL))
+    policy = narrowed({"network": {"mode": "allowlist", "allow": ["example.com"]}}, base)
+    assert policy.network.mode is NetworkMode.ALLOWLIST
+
+
+def test_add_network_deny() -> None:
+    assert narrowed({"network": {"deny": ["evil.example"]}}).network.deny == ("evil.example",)
+
+
+def test_best_effort_to_strict() -> None:
+    base = attrs.evolve(BASE, enforcement=Enforcement.BEST_EFFORT)
+    assert narrowed({"enforcement": "strict"}, base).enforcement is Enforcement.STRICT
+
+
+def test_readable_inside_the_workspace_is_not_a_widening() -> None:
+    policy = narrowed({"filesystem": {"readable": [f"{WS}/docs", "/opt/sdk/lib"]}})
+    assert policy.filesystem.readable == (f"{WS}/docs", "/opt/sdk/lib")
+
+
+def test_fewer_writable_paths_and_env_variables() -> None:
+    policy = narrowed(
+        {"filesystem": {"writable": []}, "environment": {"allow": ["PATH"], "pass": []}}
+    )
+    assert policy.filesystem.writable == ()
+    assert policy.environment.allow == ("PATH",)
+    assert policy.environment.pass_through == ()
+
+
+def test_env_set_may_add_new_variables() -> None:
+    policy = narrowed({"environment": {"set": {"NO_COLOR": "1"}}})
+    assert policy.environment.set == (("CI", "1"), ("NO_COLOR", "1"))
+
+
+# Widening: refused -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "fragment"),
+    [
+        ({"filesystem": {"writable": ["/tmp/build", "/var"]}}, "filesystem.writable", "'/var'"),
+        ({"filesystem": {"readable": ["/etc/shadow"]}}, "filesystem.readable", "outside"),
+        ({"filesystem": {"readable": ["~/.ssh"]}}, "filesystem.readable", "outside"),
+        ({"filesystem": {"readable": [f"{WS}/../other"]}}, "filesystem.readable", "outside"),
+        ({"filesystem": {"deny_read": ["~/.aws"]}}, "filesystem.deny_read", "drops '~/.ssh'"),
+        ({"filesystem": {"deny_read": []}}, "filesystem.deny_read", "drops"),
+        ({"filesystem": {"protected": [".git/config"]}}, "filesystem.protected", ".git/hooks"),
+        ({"limits": {"memory": "8g"}}, "limits.memory", "8g is above the inherited 4g"),
+        ({"limits": {"timeout": "1h"}}, "limits.timeout", "above the inherited 2m"),
+        ({"limits": {"timeout": "unlimited"}}, "limits.timeout", "removes the inherited"),
+        ({"limits": {"max_processes": 513}}, "limits.max_processes", "above"),
+        ({"limits": {"max_open_files": "unlimited"}}, "limits.max_open_files", "removes"),
+        ({"limits": {"max_file_size": "2g"}}, "limits.max_file_size", "above"),
+        ({"limits": {"max_output": "8m"}}, "limits.max_output", "above"),
+        ({"network": {"mode": "full"}}, "network.mode", "'full' is wider than"),
+        ({"network": {"allow": ["github.com"]}}, "network.allow", "'github.com'"),
+        ({"network": {"allow": ["evil-github.com"]}}, "network.allow", "evil-github.com"),
+        ({"network": {"allow": ["pypi.org"]}}, "network.allow", "'pypi.org'"),
+        ({"network": {"allow": ["pypi.org:80"]}}, "network.allow", "pypi.org:80"),
+        ({"environment": {"allow": ["AWS_SECRET_ACCESS_KEY"]}}, "environment.allow", "AWS"),
+        ({"environment": {"pass": ["GITHUB_TOKEN"]}}, "environment.pass", "GITHUB_TOKEN"),
+        ({"environment": {"set": {"CI": "0"}}}, "environment.set", "changes CI"),
+        ({"enforcement": "best-effort"}, "enforcement", "weaker"),
+    ],
+)
+def test_widening_is_refused(data: dict[str, Any], field: str, fragment: str) -> None:
+    error = widened(data)
+    assert error.field == field
+    assert fragment in error.problem
+    assert "project file may only narrow" in error.problem
+
+
+def test_network_none_to_full_or_allowlist() -> None:
+    base = attrs.evolve(BASE, network=NetworkPolicy(mode=NetworkMode.NONE))
+    assert widened({"network": {"mode": "full"}}, base).field == "network.mode"
+    assert widened({"network": {"mode": "allowlist"}}, base).field == "network.mode"
+
+
+def test_allow_entries_need_the_user_allowlist_even_with_network_off() -> None:
+    # A later `--network allowlist` from the user must not pick up the project's domains.
+    base = attrs.evolve(BASE, network=NetworkPolicy(mode=NetworkMode.NONE))
+    assert widened({"network": {"allow": ["example.com"]}}, base).field == "network.allow"
+
+
+def test_removing_a_network_deny_entry() -> None:
+    base = attrs.evolve(
+        BASE, network=NetworkPolicy(mode=NetworkMode.FULL, deny=("evil.example", "bad.example"))
+    )
+    assert widened({"network": {"deny": ["bad.example"]}}, base).field == "network.deny"
+
+
+def test_removing_a_deny_write_entry() -> None:
+    base = attrs.evolve(BASE, filesystem=FilesystemPolicy(deny_write=("/srv",)))
+    assert widened({"filesystem": {"deny_write": []}}, base).field == "filesystem.deny_write"
+
+
+def test_bounds_are_still_checked_for_project_values() -> None:
+    base = attrs.evolve(BASE, limits=Limits(memory_bytes=None))
+    result = narrow(base, project({"limits": {"memory": "2t"}}), SOURCE, workspace=WS)
+    error = result.failure()
+    assert error.field == "limits.memory"
+    assert "above the maximum" in error.problem
+
+
+# Backend choice --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [BackendName.NONE, BackendName.PROCESS])
+def test_project_may_not_choose_an_unconfined_backend(name: BackendName) -> None:
+    result = narrow_backend(BackendChoice(), BackendSettings(name=name), SOURCE)
+    error = result.failure()
+    assert error.field == "backend.name"
+    assert "would widen the policy" in error.problem
+
+
+def test_project_fills_in_what_the_user_left_open() -> None:
+    result = narrow_backend(
+        BackendChoice(),
+        BackendSettings(name=BackendName.DOCKER, image="img:1", runtime="runsc"),
+        SOURCE,
+    ).unwrap()
+    assert result.choice == BackendChoice(name=BackendName.DOCKER, image="img:1", runtime="runsc")
+    assert result.warnings == ()
+
+
+def test_users_choice_stands_and_the_project_choice_is_reported() -> None:
+    user = BackendChoice(name=BackendName.BUBBLEWRAP, runtime="runsc")
+    result = narrow_backend(
+        user, BackendSettings(name=BackendName.DOCKER, runtime="runc", image="x"), SOURCE
+    ).unwrap()
+    assert result.choice == BackendChoice(name=BackendName.BUBBLEWRAP, runtime="runsc", image="x")
+    assert len(result.warnings) == 2
+    assert "backend.name = 'docker' ignored" in result.warnings[0]
+    assert "backend.runtime = 'runc' ignored" in result.warnings[1]
+
+
+# Pattern coverage ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wider", "narrower", "covered"),
+    [
+        ("example.com", "example.com", True),
+        ("Example.COM.", "example.com", True),
+        ("example.com", "example.com:443", True),
+        ("example.com:443", "example.com", False),
+        ("example.com:443", "example.com:443", True),
+        ("*.example.com", "api.example.com", True),
+        ("*.example.com", "*.api.example.com", True),
+        ("*.example.com", "example.com", False),
+        ("*.example.com", "evil-example.com", False),
+        ("example.com", "*.example.com", False),
+        ("[::1]:8080", "[::1]:8080", True),
+        ("[::1]:8080", "[::1]:9090", False),
+        ("127.0.0.1:8080", "127.0.0.1:8080", True),
+    ],
+)
+def test_pattern_covers(wider: str, narrower: str, covered: bool) -> None:
+    assert pattern_covers(wider, narrower) is covered
