@@ -99,7 +99,7 @@ def _number_text(value: int | float, kind: str, help_text: str) -> Result[str, s
     return Success(format(Decimal(repr(value)), "f"))
 
 
-def parse_size(text: str | int) -> Result[int, str]:  # noqa: PLR0911 - one exit per fault
+def parse_size(text: str | int) -> Result[int, str]:
     """Bytes in `text`: `512m`, `2g`, `1.5GiB`, `1048576` (bytes when there is no unit).
 
     Fractions are allowed when they land on a whole byte count (`1.5k` is 1536); zero is
@@ -149,7 +149,7 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-def parse_duration(text: str | int | float) -> Result[float, str]:  # noqa: PLR0911 - one exit per fault
+def parse_duration(text: str | int | float) -> Result[float, str]:
     """Seconds in `text`: `30`, `1.5`, `500ms`, `2m`, `1h` (seconds when there is no unit).
 
     Zero is refused: a zero timeout would kill every command before it starts.
