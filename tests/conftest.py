@@ -27,6 +27,14 @@ def require_available(backend: Backend) -> None:
         pytest.skip(f"backend {backend.name!r} unavailable: {reason}")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_user_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A developer's own ~/.config/mechasandbox must not change what the tests see."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+
+
 @pytest.fixture(scope="session")
 def runner() -> Iterator[HelperProcessRunner]:
     process_runner = HelperProcessRunner()

@@ -250,3 +250,62 @@ def test_policy_prints_the_plan(capsys: pytest.CaptureFixture[str], tmp_path: pa
     out = capsys.readouterr().out
     assert "RLIMIT_NOFILE" in out
     assert "# backend: process" in out
+
+
+def test_project_file_may_not_widen(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / ".mechasandbox.toml").write_text('[limits]\nmemory = "64g"\n')
+    code, obj = cli(
+        capsys,
+        "run",
+        "--backend",
+        "process",
+        "--best-effort",
+        "--json",
+        "--workspace",
+        str(tmp_path),
+        "--",
+        "true",
+    )
+    assert code == 125
+    error = obj["error"]
+    assert isinstance(error, dict)
+    assert error["kind"] == "config_invalid"
+    assert ".mechasandbox.toml" in error["message"]
+    assert "limits.memory" in error["message"]
+
+
+def test_project_file_may_narrow(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / ".mechasandbox.toml").write_text('[limits]\ntimeout = "1s"\n')
+    code, obj = cli(
+        capsys,
+        "run",
+        "--backend",
+        "process",
+        "--best-effort",
+        "--json",
+        "--workspace",
+        str(tmp_path),
+        "--",
+        "sleep",
+        "5",
+    )
+    assert code == 124
+    assert obj["error"]["kind"] == "timeout"  # type: ignore[index]
+
+
+def test_config_file_errors_name_file_and_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[network]\nmood = 'none'\n")
+    code, obj = cli(
+        capsys, "run", "--json", "--config", str(bad), "--workspace", str(tmp_path), "--", "true"
+    )
+    assert code == 125
+    message = obj["error"]["message"]  # type: ignore[index]
+    assert "bad.toml" in message
+    assert "network.mood" in message

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from returns.result import Failure, Result
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.cli.options import Parser, UsageError, add_run_options, apply_options, command_of
+from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
 from mechasandbox.cli.output import exit_status, result_object, signal_name
+from mechasandbox.cli.settings import load_settings
+from mechasandbox.config import ResolvedConfig
 from mechasandbox.containers import Application
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError
-from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.result import RunResult
 
 
@@ -32,18 +33,11 @@ def build_parser() -> Parser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Result[tuple[Policy, str], ConfigInvalid]:
-    """The policy (defaults, then configuration files, then options) and the backend name."""
-    from mechasandbox.cli.settings import load_settings
-
-    return load_settings(args).bind(
-        lambda loaded: apply_options(loaded[0], args).map(lambda policy: (policy, loaded[1]))
-    )
-
-
-def _application(backend: str, args: argparse.Namespace) -> Application:
+def _application(resolved: ResolvedConfig) -> Application:
     app = Application()
-    app.config.from_dict({"backend": backend, "image": getattr(args, "image", None)})
+    app.config.from_dict(
+        {"backend": resolved.backend, "image": resolved.image, "runtime": resolved.runtime}
+    )
     return app
 
 
@@ -88,11 +82,14 @@ def _run_or_plan(args: argparse.Namespace) -> int:
             as_json=as_json,
             backend=args.backend or "auto",
         )
-    settings = _settings(args)
+    settings = load_settings(args)
     if isinstance(settings, Failure):
         return _fail(settings.failure(), as_json=as_json, backend=args.backend or "auto")
-    policy, backend = settings.unwrap()
-    app = _application(backend, args)
+    resolved = settings.unwrap()
+    policy, backend = resolved.policy, resolved.backend
+    for warning in resolved.warnings:
+        print(f"mechasandbox: warning: {warning}", file=sys.stderr)
+    app = _application(resolved)
     try:
         sandbox = app.services.sandbox()
         workspace = args.workspace or os.getcwd()

@@ -53,9 +53,7 @@ def _invalid(problem: str, source: str, field: str | None) -> Failure[ConfigInva
     return Failure(ConfigInvalid(problem=problem, source=source, field=field))
 
 
-def openagents_layer(
-    document: object, source: str
-) -> Result[OpenAgentsLayer, ConfigInvalid]:
+def openagents_layer(document: object, source: str) -> Result[OpenAgentsLayer, ConfigInvalid]:
     """The project layer described by a parsed `.openagents/project.json`."""
     if not isinstance(document, dict):
         return _invalid("expected a JSON object at the top level", source, None)
