@@ -1,0 +1,559 @@
+"""The proxy against real loopback upstreams started here; names resolve through a fake.
+
+Traffic goes only to 127.0.0.1 and unix sockets: the resolver below maps test names to
+loopback servers (or to addresses the proxy must refuse without connecting).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import struct
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+from anyio.abc import ByteStream, SocketAttribute
+from anyio.streams.buffered import BufferedByteStream
+
+from mechasandbox.domain.policy import NetworkMode, NetworkPolicy
+from mechasandbox.network.addresses import AddressRules
+from mechasandbox.network.patterns import IPAddress
+from mechasandbox.network.proxy import (
+    InvalidProxyPolicyError,
+    ProxySettings,
+    RunningProxy,
+    serve_proxy,
+)
+
+pytestmark = pytest.mark.anyio
+
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+METADATA = ipaddress.IPv4Address("169.254.169.254")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # Short path: unix socket paths are limited to ~108 bytes.
+    with tempfile.TemporaryDirectory(prefix="msp-", dir="/tmp") as directory:
+        yield Path(directory)
+
+
+@attrs.define
+class FakeResolver:
+    table: dict[str, tuple[IPAddress, ...]]
+    lookups: list[str] = attrs.Factory(list)
+
+    async def resolve(self, host: str) -> Sequence[IPAddress]:
+        self.lookups.append(host)
+        if host not in self.table:
+            raise OSError(f"unknown test name {host}")
+        return self.table[host]
+
+
+@attrs.define
+class Upstream:
+    port: int
+    heads: list[bytes]
+
+
+@asynccontextmanager
+async def http_upstream() -> AsyncIterator[Upstream]:
+    """A loopback HTTP server answering every request with its own request head."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    bound = listener.extra_attributes[SocketAttribute.local_address]()
+    assert isinstance(bound, tuple)
+    upstream = Upstream(port=int(bound[1]), heads=[])
+
+    async def handle(stream: ByteStream) -> None:
+        async with stream:
+            buffered = BufferedByteStream(stream)
+            try:
+                head = await buffered.receive_until(b"\r\n\r\n", 65536)
+            except (anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.BrokenResourceError):
+                return
+            upstream.heads.append(head)
+            body = b"hello from upstream\n" + head
+            await buffered.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + body
+            )
+
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, handle)
+        yield upstream
+        group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def proxy(
+    socket_dir: Path,
+    *,
+    allow: tuple[str, ...] = (),
+    deny: tuple[str, ...] = (),
+    table: dict[str, tuple[IPAddress, ...]] | None = None,
+    mode: NetworkMode = NetworkMode.ALLOWLIST,
+    settings: ProxySettings | None = None,
+    rules: AddressRules | None = None,
+) -> AsyncIterator[tuple[RunningProxy, FakeResolver]]:
+    resolver = FakeResolver(table or {})
+    async with serve_proxy(
+        NetworkPolicy(mode=mode, allow=allow, deny=deny),
+        socket_path=socket_dir / "proxy.sock",
+        resolver=resolver,
+        settings=settings,
+        address_rules=rules,
+        interface_addresses=lambda: (),
+    ) as running:
+        yield running, resolver
+
+
+async def read_all(stream: ByteStream, timeout: float = 2.0) -> bytes:
+    data = bytearray()
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                data.extend(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return bytes(data)
+
+
+async def exchange(running: RunningProxy, request: bytes) -> bytes:
+    async with await anyio.connect_unix(running.socket_path) as stream:
+        await stream.send(request)
+        return await read_all(stream)
+
+
+async def open_connect(running: RunningProxy, authority: str) -> tuple[BufferedByteStream, bytes]:
+    stream = BufferedByteStream(await anyio.connect_unix(running.socket_path))
+    await stream.send(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    with anyio.fail_after(2):
+        head = await stream.receive_until(b"\r\n\r\n", 65536)
+    return stream, head
+
+
+def get(port: int, host: str = "api.test") -> bytes:
+    return f"GET /through HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+
+
+def details(running: RunningProxy) -> list[str]:
+    return [v.detail for v in running.violations()]
+
+
+# -- allowed traffic ---------------------------------------------------------------------
+
+
+async def test_plain_http_to_an_allowed_name(socket_dir: Path) -> None:
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir, allow=("api.test", f"127.0.0.1:{up.port}"), table={"api.test": (LOOPBACK,)}
+        ) as (running, resolver),
+    ):
+        answer = await exchange(
+            running,
+            f"GET http://api.test:{up.port}/hello?x=1 HTTP/1.1\r\nHost: api.test\r\n"
+            f"Proxy-Connection: keep-alive\r\n\r\n".encode(),
+        )
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert up.heads == [
+            f"GET /hello?x=1 HTTP/1.1\r\nHost: api.test:{up.port}\r\nConnection: close".encode()
+        ]
+        assert running.violations() == ()
+        assert resolver.lookups == ["api.test"]
+        stats = running.stats()
+        assert stats.tunnels == 1
+        assert stats.bytes_down == len(answer)
+
+
+async def test_connect_tunnel_through_the_unix_socket(socket_dir: Path) -> None:
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir, allow=("api.test", f"127.0.0.1:{up.port}"), table={"api.test": (LOOPBACK,)}
+        ) as (running, _),
+    ):
+        stream, head = await open_connect(running, f"api.test:{up.port}")
+        async with stream:
+            assert head == b"HTTP/1.1 200 Connection Established"
+            await stream.send(get(up.port))
+            answer = await read_all(stream)
+        assert b"hello from upstream" in answer
+        assert running.violations() == ()
+
+
+async def socks_connect(
+    running: RunningProxy,
+    address: bytes,
+    port: int,
+    *,
+    command: int = 1,
+    methods: bytes = b"\x00",
+    credentials: tuple[bytes, bytes] | None = None,
+    stream: ByteStream | None = None,
+) -> tuple[BufferedByteStream, bytes]:
+    """Run a SOCKS5 handshake; returns the stream and the reply (or method refusal)."""
+    raw = stream or await anyio.connect_unix(running.socket_path)
+    client = BufferedByteStream(raw)
+    with anyio.fail_after(2):
+        await client.send(bytes((5, len(methods))) + methods)
+        choice = await client.receive_exactly(2)
+        if choice[1] == 0xFF:
+            return client, choice
+        if choice[1] == 2:
+            user, password = credentials or (b"", b"")
+            await client.send(bytes((1, len(user))) + user + bytes((len(password),)) + password)
+            status = await client.receive_exactly(2)
+            if status[1] != 0:
+                return client, status
+        await client.send(bytes((5, command, 0)) + address + struct.pack("!H", port))
+        return client, await client.receive_exactly(10)
+
+
+def socks_name(name: str) -> bytes:
+    return bytes((3, len(name))) + name.encode()
+
+
+async def test_socks5_connect_allowed(socket_dir: Path) -> None:
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir, allow=("api.test", f"127.0.0.1:{up.port}"), table={"api.test": (LOOPBACK,)}
+        ) as (running, _),
+    ):
+        client, reply = await socks_connect(running, socks_name("api.test"), up.port)
+        async with client:
+            assert reply[:2] == b"\x05\x00"
+            await client.send(get(up.port))
+            assert b"hello from upstream" in await read_all(client)
+        assert running.violations() == ()
+
+
+async def test_socks5_connect_blocked(socket_dir: Path) -> None:
+    async with proxy(socket_dir, allow=("api.test",)) as (running, resolver):
+        client, reply = await socks_connect(running, socks_name("evil.test"), 443)
+        await client.aclose()
+        assert reply[1] == 0x02  # connection not allowed by ruleset
+        assert details(running) == ["blocked SOCKS5 CONNECT evil.test:443: not in the allowlist"]
+        assert resolver.lookups == []
+
+
+@pytest.mark.parametrize(("command", "name"), [(2, "BIND"), (3, "UDP ASSOCIATE")])
+async def test_socks5_bind_and_udp_are_refused(socket_dir: Path, command: int, name: str) -> None:
+    async with proxy(socket_dir, allow=("api.test",)) as (running, _):
+        client, reply = await socks_connect(running, socks_name("api.test"), 443, command=command)
+        await client.aclose()
+        assert reply[1] == 0x07
+        assert details(running) == [f"refused SOCKS5 {name}: only CONNECT is supported"]
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+
+async def test_unlisted_domain_is_blocked(socket_dir: Path) -> None:
+    async with proxy(socket_dir, allow=("api.test",)) as (running, resolver):
+        stream, head = await open_connect(running, "evil.example:443")
+        body = await read_all(stream)
+        await stream.aclose()
+        assert head.startswith(b"HTTP/1.1 403 Forbidden")
+        assert b"not in the allowlist" in body
+        assert details(running) == ["blocked CONNECT evil.example:443: not in the allowlist"]
+        assert resolver.lookups == []
+
+
+async def test_look_alikes_are_blocked(socket_dir: Path) -> None:
+    async with proxy(socket_dir, allow=("*.github.test",)) as (running, _):
+        for authority in ("evil-github.test:443", "github.test.evil.test:443", "github.test:443"):
+            stream, head = await open_connect(running, authority)
+            await stream.aclose()
+            assert head.startswith(b"HTTP/1.1 403"), authority
+        assert len(running.violations()) == 3
+
+
+async def test_ip_literal_blocked_unless_listed(socket_dir: Path) -> None:
+    async with http_upstream() as up:
+        async with proxy(socket_dir, allow=("api.test",)) as (running, _):
+            stream, head = await open_connect(running, f"127.0.0.1:{up.port}")
+            await stream.aclose()
+            assert head.startswith(b"HTTP/1.1 403")
+            assert details(running) == [
+                f"blocked CONNECT 127.0.0.1:{up.port}: IP literals are refused unless listed "
+                "as IP:port in the allowlist"
+            ]
+        async with proxy(socket_dir, allow=(f"127.0.0.1:{up.port}",)) as (running, _):
+            stream, head = await open_connect(running, f"127.0.0.1:{up.port}")
+            async with stream:
+                assert head == b"HTTP/1.1 200 Connection Established"
+                await stream.send(get(up.port, "127.0.0.1"))
+                assert b"hello from upstream" in await read_all(stream)
+
+
+async def test_allowed_name_resolving_to_loopback_is_blocked(socket_dir: Path) -> None:
+    async with (
+        http_upstream() as up,
+        proxy(socket_dir, allow=("api.test",), table={"api.test": (LOOPBACK,)}) as (running, _),
+    ):
+        stream, head = await open_connect(running, f"api.test:{up.port}")
+        body = await read_all(stream)
+        await stream.aclose()
+        assert head.startswith(b"HTTP/1.1 403")
+        assert b"loopback" in body
+        assert details(running) == [
+            f"blocked CONNECT api.test:{up.port}: it resolves to 127.0.0.1, a loopback address "
+            f"(list 127.0.0.1:{up.port} to allow it)"
+        ]
+        assert up.heads == []
+
+
+async def test_metadata_address_is_blocked(socket_dir: Path) -> None:
+    async with proxy(socket_dir, allow=("meta.test",), table={"meta.test": (METADATA,)}) as (
+        running,
+        _,
+    ):
+        answer = await exchange(running, b"GET http://meta.test/latest/ HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 403")
+        assert "cloud metadata" in details(running)[0]
+        assert running.stats().upstream_failures == 0  # refused before any connect
+
+
+async def test_only_the_address_that_passed_is_used(socket_dir: Path) -> None:
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir,
+            allow=("api.test", f"127.0.0.1:{up.port}"),
+            table={"api.test": (METADATA, LOOPBACK)},
+        ) as (running, resolver),
+    ):
+        answer = await exchange(
+            running, f"GET http://api.test:{up.port}/ HTTP/1.1\r\n\r\n".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert resolver.lookups == ["api.test"]  # resolved once, no second lookup
+
+
+async def test_deny_wins(socket_dir: Path) -> None:
+    async with proxy(socket_dir, allow=("*.corp.test",), deny=("secret.corp.test",)) as (
+        running,
+        _,
+    ):
+        stream, head = await open_connect(running, "secret.corp.test:443")
+        await stream.aclose()
+        assert head.startswith(b"HTTP/1.1 403")
+        assert details(running) == [
+            "blocked CONNECT secret.corp.test:443: denied by pattern 'secret.corp.test'"
+        ]
+
+
+async def test_network_none_refuses_everything(socket_dir: Path) -> None:
+    async with proxy(socket_dir, mode=NetworkMode.NONE, allow=("api.test",)) as (running, _):
+        stream, head = await open_connect(running, "api.test:443")
+        await stream.aclose()
+        assert head.startswith(b"HTTP/1.1 403")
+        assert "network access is off" in details(running)[0]
+
+
+async def test_decision_depends_only_on_the_target(socket_dir: Path) -> None:
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir,
+            allow=("relay.test", f"127.0.0.1:{up.port}"),
+            table={"relay.test": (LOOPBACK,)},
+        ) as (running, resolver),
+    ):
+        # The Host header cannot make an unlisted target acceptable...
+        answer = await exchange(
+            running, b"GET http://evil.test/ HTTP/1.1\r\nHost: relay.test\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 403")
+        # ...nor steer an allowed request to another virtual host upstream.
+        await exchange(
+            running,
+            f"GET http://relay.test:{up.port}/ HTTP/1.1\r\nHost: evil.test\r\n\r\n".encode(),
+        )
+        assert up.heads[-1].split(b"\r\n")[1] == f"Host: relay.test:{up.port}".encode()
+        # A second hop inside a tunnel is only bytes for the allowed upstream to judge.
+        stream, head = await open_connect(running, f"relay.test:{up.port}")
+        async with stream:
+            assert head == b"HTTP/1.1 200 Connection Established"
+            await stream.send(b"CONNECT evil.test:443 HTTP/1.1\r\n\r\n")
+            assert b"hello from upstream" in await read_all(stream)
+        assert up.heads[-1] == b"CONNECT evil.test:443 HTTP/1.1"
+        assert "evil.test" not in resolver.lookups
+        assert details(running) == ["blocked GET evil.test:80: not in the allowlist"]
+
+
+# -- bounds and bad input ----------------------------------------------------------------
+
+
+async def test_connection_bound_is_enforced(socket_dir: Path) -> None:
+    settings = ProxySettings(max_connections=1)
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir,
+            allow=("api.test", f"127.0.0.1:{up.port}"),
+            table={"api.test": (LOOPBACK,)},
+            settings=settings,
+        ) as (running, _),
+    ):
+        held, head = await open_connect(running, f"api.test:{up.port}")
+        assert head == b"HTTP/1.1 200 Connection Established"
+        answer = await exchange(
+            running, f"GET http://api.test:{up.port}/ HTTP/1.1\r\n\r\n".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 503")
+        assert "too many open proxy connections (limit 1)" in details(running)[0]
+        await held.aclose()
+        with anyio.fail_after(2):
+            while running.stats().active:
+                await anyio.sleep(0.01)
+        answer = await exchange(
+            running, f"GET http://api.test:{up.port}/ HTTP/1.1\r\n\r\n".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_idle_tunnel_is_closed(socket_dir: Path) -> None:
+    settings = ProxySettings(idle_timeout_s=0.2)
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir,
+            allow=("api.test", f"127.0.0.1:{up.port}"),
+            table={"api.test": (LOOPBACK,)},
+            settings=settings,
+        ) as (running, _),
+    ):
+        stream, head = await open_connect(running, f"api.test:{up.port}")
+        async with stream:
+            assert head == b"HTTP/1.1 200 Connection Established"
+            started = anyio.current_time()
+            assert await read_all(stream, timeout=2) == b""  # closed by the proxy
+            assert anyio.current_time() - started < 1.5
+        assert running.stats().idle_closed == 1
+
+
+async def test_silent_client_is_dropped_after_the_handshake_timeout(socket_dir: Path) -> None:
+    settings = ProxySettings(handshake_timeout_s=0.2)
+    async with proxy(socket_dir, settings=settings) as (running, _):
+        stream = await anyio.connect_unix(running.socket_path)
+        async with stream:
+            await stream.send(b"GET http://a.test/ HTTP/1.1\r\n")  # never finishes
+            assert await read_all(stream) == b""
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "problem"),
+    [
+        (b"\x16\x03\x01\x00\xa5garbage\r\n\r\n", b"malformed request line"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"not an absolute http:// URL"),
+        (b"GET http://a.test/ HTTP/1.1\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\n", b"larger than"),
+        (b"CONNECT [::1 HTTP/1.1\r\n\r\n", b"missing ']'"),
+        (b"CONNECT a.test HTTP/1.1\r\n\r\n", b"a port is required"),
+    ],
+)
+async def test_bad_requests_get_400_and_the_proxy_survives(
+    socket_dir: Path, request_bytes: bytes, problem: bytes
+) -> None:
+    settings = ProxySettings(max_header_bytes=1024)
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir,
+            allow=("api.test", f"127.0.0.1:{up.port}"),
+            table={"api.test": (LOOPBACK,)},
+            settings=settings,
+        ) as (running, _),
+    ):
+        answer = await exchange(running, request_bytes)
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request")
+        assert problem in answer
+        assert details(running)[0].startswith("refused ")
+        answer = await exchange(
+            running, f"GET http://api.test:{up.port}/ HTTP/1.1\r\n\r\n".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert running.stats().internal_errors == 0
+
+
+# -- the TCP listener and its token ------------------------------------------------------
+
+
+async def test_tcp_listener_requires_the_token(socket_dir: Path) -> None:
+    async with (
+        http_upstream() as up,
+        proxy(
+            socket_dir,
+            allow=("api.test", f"127.0.0.1:{up.port}"),
+            table={"api.test": (LOOPBACK,)},
+            settings=ProxySettings(listen_tcp=True),
+        ) as (running, _),
+    ):
+        assert running.tcp_address is not None
+        host, port = running.tcp_address
+        assert host == "127.0.0.1"
+        assert running.tcp_url == f"http://sandbox:{running.token}@127.0.0.1:{port}"
+        request = f"GET http://api.test:{up.port}/ HTTP/1.1\r\n"
+        for credential, status in ((None, b"407"), ("wrong", b"407"), (running.token, b"200")):
+            async with await anyio.connect_tcp(host, port) as stream:
+                auth = ""
+                if credential is not None:
+                    token = base64.b64encode(f"sandbox:{credential}".encode()).decode()
+                    auth = f"Proxy-Authorization: Basic {token}\r\n"
+                await stream.send(f"{request}{auth}\r\n".encode())
+                answer = await read_all(stream)
+            assert answer.startswith(b"HTTP/1.1 " + status), credential
+        # SOCKS5 over TCP: no-auth is not offered, user/password must carry the token.
+        stream = await anyio.connect_tcp(host, port)
+        client, reply = await socks_connect(running, socks_name("api.test"), up.port, stream=stream)
+        await client.aclose()
+        assert reply == b"\x05\xff"
+        stream = await anyio.connect_tcp(host, port)
+        client, reply = await socks_connect(
+            running,
+            socks_name("api.test"),
+            up.port,
+            stream=stream,
+            methods=b"\x02",
+            credentials=(b"sandbox", b"wrong"),
+        )
+        await client.aclose()
+        assert reply == b"\x01\x01"
+        stream = await anyio.connect_tcp(host, port)
+        client, reply = await socks_connect(
+            running,
+            socks_name("api.test"),
+            up.port,
+            stream=stream,
+            methods=b"\x00\x02",
+            credentials=(b"sandbox", running.token.encode()),
+        )
+        async with client:
+            assert reply[:2] == b"\x05\x00"
+            await client.send(get(up.port))
+            assert b"hello from upstream" in await read_all(client)
+        assert sum("token" in d or "credentials" in d for d in details(running)) == 4
+
+
+async def test_socket_file_is_private_and_removed(socket_dir: Path) -> None:
+    async with proxy(socket_dir) as (running, _):
+        assert running.socket_path.stat().st_mode & 0o777 == 0o600
+        assert running.tcp_address is None
+    assert not running.socket_path.exists()
+
+
+async def test_invalid_policy_is_refused(socket_dir: Path) -> None:
+    with pytest.raises(InvalidProxyPolicyError, match=r"\*\.com"):
+        async with proxy(socket_dir, allow=("*.com",)):
+            pass
