@@ -395,11 +395,18 @@ def capabilities_for(
         (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
         (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
     ]
-    warnings: list[str] = []
+    warnings: list[str] = [
+        "landlock: file metadata (chmod, utimes, xattrs) of host files the user owns is not "
+        "confined; contents are"
+    ]
     if abi >= 3:
         enforced.add(Protection.FILESYSTEM_WRITE)
         details.append(
-            (Protection.FILESYSTEM_WRITE, "Landlock: writes only in the workspace and private tmp")
+            (
+                Protection.FILESYSTEM_WRITE,
+                "Landlock: contents and directory entries change only in the workspace and "
+                "private tmp (metadata such as chmod/utimes is not a Landlock right)",
+            )
         )
         if carve_protected:
             enforced.add(Protection.PROTECTED_PATHS)
