@@ -77,14 +77,29 @@ class _CapData(ctypes.Structure):
     )
 
 
-_libc: ctypes.CDLL | None = None
+def _load_libc() -> ctypes.CDLL | None:
+    """Loaded at import, in the spawn helper, so each forked child does not pay for it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.prctl.argtypes = (
+            ctypes.c_int,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        )
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _load_libc()
 
 
 def _lib() -> ctypes.CDLL:
-    global _libc  # noqa: PLW0603 - loaded once per helper, on first use
     if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
+        raise OSError(errno.ENOSYS, "libc with syscall() and prctl() is required")
     return _libc
 
 
@@ -96,13 +111,7 @@ def _check(result: int, what: str) -> int:
 
 
 def _prctl(option: int, arg2: int, arg3: int = 0, what: str = "prctl") -> int:
-    result: int = _lib().prctl(
-        ctypes.c_int(option),
-        ctypes.c_ulong(arg2),
-        ctypes.c_ulong(arg3),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-    )
+    result: int = _lib().prctl(option, arg2, arg3, 0, 0)
     return _check(result, what)
 
 
@@ -266,13 +275,7 @@ def install_seccomp(program: bytes) -> None:
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len=len(program) // 8, filter=ctypes.addressof(buffer))
     _check(
-        _lib().prctl(
-            ctypes.c_int(_PR_SET_SECCOMP),
-            ctypes.c_ulong(_SECCOMP_MODE_FILTER),
-            ctypes.byref(fprog),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
-        ),
+        _lib().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
         "seccomp",
     )
 

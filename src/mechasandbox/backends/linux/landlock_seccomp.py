@@ -17,6 +17,7 @@ Pure: returns bytes (an array of `struct sock_filter`), installed by `landlock_h
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 
 import attrs
@@ -238,6 +239,7 @@ def _argument_block(nr: int, offset: int, test: list[bytes]) -> list[bytes]:
     return [_jump(_JEQ_K, nr, 0, len(test) + 1), _stmt(_LD_W_ABS, offset), *test]
 
 
+@functools.cache
 def build_filter(machine: str, socket_families: tuple[int, ...]) -> SeccompProgram:
     """The filter for `machine` ("x86_64" or "aarch64") allowing `socket_families`."""
     if machine not in AUDIT_ARCH:
