@@ -1,0 +1,599 @@
+"""The `landlock` backend: Landlock + seccomp + no_new_privs, for hosts without namespaces.
+
+Inside a container (or on a hardened kernel) user namespaces are often refused, so
+bubblewrap cannot start. Landlock needs no privilege and no namespace: the spawn helper's
+child restricts itself just before exec (`landlock_hook.confine`). What it enforces depends
+on the kernel's Landlock ABI; `probe` says exactly what, and `Capabilities` lists the rest
+as missing so a strict policy refuses honestly. See docs/backends-landlock.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import functools
+import os
+import platform
+import shutil
+import sys
+import tempfile
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import (
+    HostContext,
+    LaunchPlan,
+    check_workspace,
+    resolve_command,
+    scrubbed_environment,
+)
+from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.linux import landlock_seccomp as seccomp
+from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.domain.errors import BackendUnavailable, SandboxError
+from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+from mechasandbox.limits.cgroup import CgroupManager
+from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.spec import ChildHook, SpawnSpec
+
+HOOK_TARGET = "mechasandbox.backends.linux.landlock_hook:confine"
+UMASK = 0o077
+
+# --- the Landlock ABI (include/uapi/linux/landlock.h) ---------------------------------------
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+FS_IOCTL_DEV = 1 << 15  # ABI 5
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+_FS_NAMES = (
+    (FS_EXECUTE, "execute"),
+    (FS_WRITE_FILE, "write_file"),
+    (FS_READ_FILE, "read_file"),
+    (FS_READ_DIR, "read_dir"),
+    (FS_REMOVE_DIR, "remove_dir"),
+    (FS_REMOVE_FILE, "remove_file"),
+    (FS_MAKE_CHAR, "make_char"),
+    (FS_MAKE_DIR, "make_dir"),
+    (FS_MAKE_REG, "make_reg"),
+    (FS_MAKE_SOCK, "make_sock"),
+    (FS_MAKE_FIFO, "make_fifo"),
+    (FS_MAKE_BLOCK, "make_block"),
+    (FS_MAKE_SYM, "make_sym"),
+    (FS_REFER, "refer"),
+    (FS_TRUNCATE, "truncate"),
+    (FS_IOCTL_DEV, "ioctl_dev"),
+)
+
+
+def handled_fs_for(abi: int) -> int:
+    """Every filesystem right the ABI knows: all of them are denied unless a rule grants."""
+    handled = (1 << 13) - 1
+    if abi >= 2:
+        handled |= FS_REFER
+    if abi >= 3:
+        handled |= FS_TRUNCATE
+    if abi >= 5:
+        handled |= FS_IOCTL_DEV
+    return handled
+
+
+READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+# Writable trees: everything but device nodes (and fifos/sockets, which seccomp denies
+# through mknod anyway), and never ioctl on devices.
+WRITE = (
+    READ
+    | FS_WRITE_FILE
+    | FS_REMOVE_DIR
+    | FS_REMOVE_FILE
+    | FS_MAKE_DIR
+    | FS_MAKE_REG
+    | FS_MAKE_SYM
+    | FS_MAKE_SOCK
+    | FS_MAKE_FIFO
+    | FS_REFER
+    | FS_TRUNCATE
+)
+DEVICE_RW = FS_READ_FILE | FS_WRITE_FILE
+
+# Read-only, executable system roots; missing ones are skipped at spawn time.
+SYSTEM_ROOTS: tuple[str, ...] = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+)
+# /proc is readable (not executable): many tools read /proc/self, /proc/cpuinfo, /proc/meminfo.
+# Other processes' environ/mem/fd are still refused by Landlock's ptrace rules; their
+# command lines are not (see docs).
+PROC_ROOTS: tuple[str, ...] = ("/proc",)
+DEVICES: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+TMP_PLACEHOLDER = "<per-run tmp dir>"
+
+
+def format_access(access: int) -> str:
+    names = [name for bit, name in _FS_NAMES if access & bit]
+    if access == READ:
+        return "read+exec"
+    if access == WRITE:
+        return "read+write+exec"
+    return "|".join(names) or "none"
+
+
+@attrs.frozen(kw_only=True)
+class PathRule:
+    """Grant `access` beneath `path`, except `exclusions` (paths inside it) which keep only
+    their residual rights. `required`: fail the spawn when missing (else skip)."""
+
+    path: str
+    access: int
+    required: bool = False
+    exclusions: tuple[tuple[str, int], ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class LandlockRuleset:
+    """Everything the child-side hook needs, computed purely from request, policy and host."""
+
+    abi: int
+    handled_fs: int
+    handled_net: int
+    scoped: int
+    rules: tuple[PathRule, ...]
+    net_rules: tuple[tuple[int, int], ...]
+    seccomp: seccomp.SeccompProgram
+    env: tuple[tuple[str, str], ...]
+    tmp_dir: str
+    drop_capabilities: bool = True
+
+    def to_hook_argument(self) -> dict[str, object]:
+        return {
+            "abi": self.abi,
+            "handled_fs": self.handled_fs,
+            "handled_net": self.handled_net,
+            "scoped": self.scoped,
+            "rules": [
+                [r.path, r.access, r.required, [[p, a] for p, a in r.exclusions]]
+                for r in self.rules
+            ],
+            "net_rules": [[port, access] for port, access in self.net_rules],
+            "seccomp": base64.b64encode(self.seccomp.instructions).decode(),
+            "drop_capabilities": self.drop_capabilities,
+            "restrict_flags": 0,
+        }
+
+    def render_rules(self) -> str:
+        lines = []
+        for rule in self.rules:
+            flag = " (required)" if rule.required else ""
+            lines.append(f"{rule.path}: {format_access(rule.access)}{flag}")
+            lines.extend(
+                f"  except {path}: {format_access(access)}" for path, access in rule.exclusions
+            )
+        return "\n".join(lines)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _normal(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def compile_landlock_rules(
+    request: RunRequest,
+    policy: Policy,
+    host: HostContext,
+    *,
+    abi: int = 7,
+    machine: str = "x86_64",
+    workspace: str | None = None,
+    tmp_dir: str = TMP_PLACEHOLDER,
+    carve_protected: bool = True,
+) -> LandlockRuleset:
+    """The ruleset for one run. Pure: no filesystem access, golden-testable.
+
+    `workspace` is the workspace's real path (the request's path when not given);
+    `tmp_dir` the per-run private tmp created by the host. `carve_protected`: keep
+    protected paths read-only by granting the workspace child by child (see docs).
+    """
+    fs = policy.filesystem
+    root = _normal(workspace or request.workspace)
+    deny_read = tuple(_normal(host.expand(p)) for p in fs.deny_read)
+    deny_write = tuple(_normal(host.expand(p)) for p in fs.deny_write)
+    protected = tuple(
+        p
+        for p in (_normal(os.path.join(root, host.expand(rel))) for rel in fs.protected)
+        if _inside(p, root) and p != root
+    )
+
+    def rule(path: str, access: int, *, required: bool = False) -> PathRule | None:
+        path = _normal(path)
+        if any(_inside(path, denied) for denied in deny_read):
+            return None  # deny wins: nothing of it is granted
+        exclusions = [(d, 0) for d in deny_read if _inside(d, path) and d != path]
+        if access & ~READ:
+            if any(_inside(path, denied) for denied in deny_write):
+                access &= READ
+            else:
+                exclusions += [(d, READ) for d in deny_write if _inside(d, path) and d != path]
+        return PathRule(
+            path=path, access=access, required=required, exclusions=tuple(sorted(exclusions))
+        )
+
+    candidates: list[PathRule | None] = [rule(p, READ) for p in SYSTEM_ROOTS]
+    candidates += [rule(p, FS_READ_FILE | FS_READ_DIR) for p in PROC_ROOTS]
+    candidates += [rule(p, DEVICE_RW) for p in DEVICES]
+    candidates += [rule(host.expand(p), READ) for p in fs.readable]
+    candidates += [rule(host.expand(p), WRITE) for p in fs.writable]
+    candidates.append(rule(tmp_dir, WRITE, required=True))
+    workspace_rule = rule(root, WRITE, required=True)
+    if workspace_rule is not None and carve_protected and protected:
+        extra = tuple(sorted((p, READ) for p in protected))
+        workspace_rule = attrs.evolve(
+            workspace_rule, exclusions=tuple(sorted(workspace_rule.exclusions + extra))
+        )
+    candidates.append(workspace_rule)
+    rules = tuple(r for r in candidates if r is not None)
+
+    handled_fs = handled_fs_for(abi)
+    rules = tuple(
+        attrs.evolve(
+            r,
+            access=r.access & handled_fs,
+            exclusions=tuple((p, a & handled_fs) for p, a in r.exclusions),
+        )
+        for r in rules
+    )
+    mode = policy.network.mode
+    handled_net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 and mode is not NetworkMode.FULL else 0
+    scoped = SCOPE_SIGNAL if abi >= 6 else 0
+    if abi >= 6 and mode is not NetworkMode.FULL:
+        scoped |= SCOPE_ABSTRACT_UNIX_SOCKET
+    # Landlock (ABI <= 7) cannot stop connect() to a named unix socket (docker.sock,
+    # ssh-agent): with no network, socket() is refused for every family. socketpair stays.
+    families: tuple[int, ...] = ()
+    if mode is NetworkMode.FULL:
+        families = (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
+    program = seccomp.build_filter(machine, families)
+
+    env = scrubbed_environment(policy.environment, dict(host.env))
+    for name in ("TMPDIR", "TMP", "TEMP"):
+        env[name] = tmp_dir
+    return LandlockRuleset(
+        abi=abi,
+        handled_fs=handled_fs,
+        handled_net=handled_net,
+        scoped=scoped,
+        rules=rules,
+        net_rules=(),
+        seccomp=program,
+        env=tuple(sorted(env.items())),
+        tmp_dir=tmp_dir,
+    )
+
+
+# --- probing --------------------------------------------------------------------------------
+_ABI_ERRORS = {
+    errno.ENOSYS: "the kernel has no Landlock (landlock_create_ruleset: ENOSYS; needs >= 5.13)",
+    errno.EOPNOTSUPP: "Landlock is disabled at boot (add 'landlock' to the lsm= kernel parameter)",
+}
+
+
+@functools.cache
+def probe_abi() -> int | str:
+    """The Landlock ABI here, or why there is none (probed once: the kernel does not change)."""
+    if not sys.platform.startswith("linux"):
+        return "Landlock exists only on Linux"
+    machine = platform.machine()
+    if machine not in seccomp.AUDIT_ARCH:
+        return f"no seccomp syscall table for {machine}"
+    from mechasandbox.backends.linux import landlock_hook  # noqa: PLC0415 - Linux only
+
+    try:
+        return landlock_hook.abi_version()
+    except OSError as error:
+        default = f"landlock_create_ruleset failed: {error.strerror}"
+        return _ABI_ERRORS.get(error.errno or 0, default)
+    except AttributeError as error:  # libc without syscall()/prctl
+        return f"libc: {error}"
+
+
+@functools.cache
+def _default_cgroups() -> CgroupManager | str:
+    if not sys.platform.startswith("linux"):
+        return "cgroups exist only on Linux"
+    return CgroupManager.probe()
+
+
+ABI_FEATURES = (
+    (1, "filesystem access rights (read, write, execute, make, remove) on path hierarchies"),
+    (2, "refer: link/rename across directories (ABI 1 refuses them all)"),
+    (3, "truncate: truncate(2) and O_TRUNC are access rights (before: unconfined)"),
+    (4, "TCP bind and connect by port"),
+    (5, "ioctl on device files"),
+    (6, "scopes: abstract unix sockets and signals to processes outside the sandbox"),
+    (7, "audit logging of denials"),
+)
+
+
+def describe_abi(abi: int) -> str:
+    """What each Landlock ABI level up to `abi` adds, one line each (for `plan`)."""
+    return "\n".join(f"ABI {level}: {text}" for level, text in ABI_FEATURES if level <= abi)
+
+
+def capabilities_for(
+    abi: int, cgroups: CgroupManager | str, uid: int, *, carve_protected: bool = True
+) -> Capabilities:
+    """What Landlock at `abi` + seccomp + the spawn helper give; pure (golden-testable)."""
+    enforced = {
+        Protection.FILESYSTEM_READ,
+        Protection.NETWORK_NONE,
+        Protection.ENVIRONMENT,
+        Protection.TIMEOUT,
+        Protection.TREE_TEARDOWN,
+        Protection.CPU,
+        Protection.OPEN_FILES,
+        Protection.FILE_SIZE,
+    }
+    details: list[tuple[Protection, str]] = [
+        (
+            Protection.FILESYSTEM_READ,
+            "Landlock allow-list: system roots, /proc (read), workspace, private tmp; "
+            "home and everything else unreadable",
+        ),
+        (
+            Protection.NETWORK_NONE,
+            "seccomp refuses socket() for every family (socketpair only)"
+            + ("; Landlock denies TCP bind/connect" if abi >= 4 else "")
+            + ("; abstract unix sockets scoped" if abi >= 6 else ""),
+        ),
+        (
+            Protection.NETWORK_ALLOWLIST,
+            "no proxy integration: Landlock filters TCP ports, not destinations",
+        ),
+        (
+            Protection.PID_ISOLATION,
+            "no pid namespace: host processes are listed in /proc with their command lines"
+            + (
+                "; signals outside are blocked (Landlock scope)"
+                if abi >= 6
+                else "; they can be signalled (Landlock ABI < 6)"
+            )
+            + "; ptrace, environ and mem are refused (Landlock ptrace rules, seccomp)",
+        ),
+        (Protection.ENVIRONMENT, "scrubbed environment; no inherited descriptors"),
+        (Protection.TREE_TEARDOWN, "spawn helper is child subreaper; kills the whole tree"),
+        (Protection.CPU, "RLIMIT_CPU; capabilities dropped so it cannot be raised"),
+        (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
+        (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
+    ]
+    warnings: list[str] = [
+        "landlock: file metadata (chmod, utimes, xattrs) of host files the user owns is not "
+        "confined; contents are"
+    ]
+    if abi >= 3:
+        enforced.add(Protection.FILESYSTEM_WRITE)
+        details.append(
+            (
+                Protection.FILESYSTEM_WRITE,
+                "Landlock: contents and directory entries change only in the workspace and "
+                "private tmp (metadata such as chmod/utimes is not a Landlock right)",
+            )
+        )
+        if carve_protected:
+            enforced.add(Protection.PROTECTED_PATHS)
+            details.append(
+                (
+                    Protection.PROTECTED_PATHS,
+                    "workspace granted entry by entry around protected paths; the workspace "
+                    "top level and the directories holding protected paths accept no new "
+                    "entries",
+                )
+            )
+        else:
+            details.append(
+                (
+                    Protection.PROTECTED_PATHS,
+                    "Landlock cannot take a right back below a granted directory "
+                    "(carving disabled)",
+                )
+            )
+    else:
+        reason = f"Landlock ABI {abi} < 3 does not handle truncate: files can be emptied"
+        details.append((Protection.FILESYSTEM_WRITE, reason))
+        details.append((Protection.PROTECTED_PATHS, reason))
+    cgroup = cgroups if isinstance(cgroups, CgroupManager) else None
+    if cgroup is not None:
+        enforced |= {Protection.MEMORY, Protection.PROCESSES}
+        details.append((Protection.MEMORY, cgroup.describe()))
+        details.append((Protection.PROCESSES, cgroup.describe()))
+    else:
+        enforced.add(Protection.MEMORY)
+        details.append((Protection.MEMORY, "RLIMIT_AS (address space)"))
+        warnings.append(f"no cgroup: {cgroups}")
+        if uid == 0:
+            details.append(
+                (Protection.PROCESSES, "RLIMIT_NPROC does not apply to root and no cgroup")
+            )
+        else:
+            enforced.add(Protection.PROCESSES)
+            details.append((Protection.PROCESSES, "RLIMIT_NPROC (counts all the user's processes)"))
+    if abi < 6:
+        warnings.append(f"Landlock ABI {abi}: host processes of the same user can be signalled")
+    return Capabilities(
+        backend="landlock",
+        enforced=frozenset(enforced),
+        details=tuple(details),
+        warnings=tuple(warnings),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class LandlockBackend:
+    """Landlock + seccomp + no_new_privs + rlimits/cgroup, spawned by the helper.
+
+    `carve_protected`: keep the policy's protected paths read-only by granting the
+    workspace entry by entry (the top level then accepts no new entries). False grants the
+    whole workspace and reports PROTECTED_PATHS as not enforced.
+    """
+
+    runner: ProcessRunner
+    cgroups: CgroupManager | str = attrs.field(factory=_default_cgroups)
+    host: HostContext = attrs.field(factory=HostContext.current)
+    carve_protected: bool = True
+    tmp_parent: str | None = None  # where per-run tmp dirs go (default: the host's temp dir)
+
+    @property
+    def name(self) -> str:
+        return "landlock"
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        abi = probe_abi()
+        if isinstance(abi, str):
+            return Failure(BackendUnavailable(backend=self.name, reason=abi))
+        return Success(
+            capabilities_for(abi, self.cgroups, self.host.uid, carve_protected=self.carve_protected)
+        )
+
+    def _abi(self) -> int:
+        abi = probe_abi()
+        return abi if isinstance(abi, int) else 7
+
+    def _spec(
+        self, request: RunRequest, policy: Policy, workspace: str, tmp_dir: str
+    ) -> Result[tuple[SpawnSpec, LandlockRuleset], SandboxError]:
+        ruleset = compile_landlock_rules(
+            request,
+            policy,
+            self.host,
+            abi=self._abi(),
+            machine=platform.machine(),
+            workspace=workspace,
+            tmp_dir=tmp_dir,
+            carve_protected=self.carve_protected,
+        )
+        env = dict(ruleset.env)
+        by_cgroup = isinstance(self.cgroups, CgroupManager)
+        rlimits = rlimits_for(
+            policy.limits, memory_by_rlimit=not by_cgroup, processes_by_rlimit=not by_cgroup
+        )
+        return resolve_command(request.argv[0], env, workspace).map(
+            lambda executable: (
+                SpawnSpec(
+                    argv=request.argv,
+                    env=ruleset.env,
+                    cwd=workspace,
+                    stdin=request.stdin,
+                    timeout_s=policy.limits.timeout_s,
+                    max_output_bytes=policy.limits.max_output_bytes,
+                    umask=UMASK,
+                    rlimits=rlimits,
+                    hooks=(ChildHook(target=HOOK_TARGET, argument=ruleset.to_hook_argument()),),
+                    executable=executable,
+                ),
+                ruleset,
+            )
+        )
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        def render(built: tuple[SpawnSpec, LandlockRuleset]) -> LaunchPlan:
+            spec, ruleset = built
+            cgroup = (
+                self.cgroups.describe()
+                if isinstance(self.cgroups, CgroupManager)
+                else f"none ({self.cgroups})"
+            )
+            return LaunchPlan(
+                backend=self.name,
+                sections=(
+                    ("argv", " ".join(spec.argv)),
+                    ("executable", spec.executable or ""),
+                    ("cwd", spec.cwd),
+                    ("environment", " ".join(name for name, _ in spec.env)),
+                    ("landlock abi", describe_abi(ruleset.abi)),
+                    ("landlock handled", render_handled(ruleset)),
+                    ("landlock rules", ruleset.render_rules()),
+                    ("seccomp", ruleset.seccomp.summary()),
+                    ("capabilities", "all dropped (bounding, ambient, effective, permitted)"),
+                    ("umask", f"{spec.umask:04o}"),
+                    ("rlimits", describe(spec.rlimits)),
+                    ("cgroup", cgroup),
+                ),
+            )
+
+        workspace: Result[str, SandboxError] = check_workspace(request)
+        backend = attrs.evolve(self, host=host)
+        return workspace.bind(
+            lambda path: backend._spec(request, policy, path, TMP_PLACEHOLDER)
+        ).map(render)
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        prepared = prepare_run(self, request, policy)
+        if isinstance(prepared, Failure):
+            return Failure(prepared.failure())
+        warnings, workspace = prepared.unwrap()
+        tmp_dir = os.path.realpath(
+            tempfile.mkdtemp(prefix="mechasandbox-landlock-", dir=self.tmp_parent)
+        )
+        try:
+            built = self._spec(request, policy, workspace, tmp_dir)
+            if isinstance(built, Failure):
+                return Failure(built.failure())
+            spec, _ruleset = built.unwrap()
+            return await execute_spec(
+                self.name, self.runner, spec, policy, warnings=warnings, cgroups=self.cgroups
+            )
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def render_handled(ruleset: LandlockRuleset) -> str:
+    net = []
+    if ruleset.handled_net & NET_BIND_TCP:
+        net.append("bind_tcp")
+    if ruleset.handled_net & NET_CONNECT_TCP:
+        net.append("connect_tcp")
+    scopes = []
+    if ruleset.scoped & SCOPE_ABSTRACT_UNIX_SOCKET:
+        scopes.append("abstract_unix_socket")
+    if ruleset.scoped & SCOPE_SIGNAL:
+        scopes.append("signal")
+    names = "|".join(name for bit, name in _FS_NAMES if ruleset.handled_fs & bit)
+    return "\n".join(
+        (
+            f"fs: {names}",
+            "net: " + (" ".join(net) + " (no port allowed)" if net else "not handled"),
+            "scoped: " + (" ".join(scopes) or "none"),
+        )
+    )

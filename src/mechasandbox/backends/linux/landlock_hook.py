@@ -1,0 +1,291 @@
+"""The child-side half of the `landlock` backend: runs in the spawn helper's forked child
+just before exec (see `runner.helper`), so it imports only the standard library and ctypes.
+
+Order matters:
+1. drop every capability (bounding set, ambient, effective/permitted/inheritable): when the
+   host runs as root the command would otherwise keep CAP_SYS_RESOURCE (raise its rlimits),
+   CAP_SYS_ADMIN, CAP_NET_ADMIN...; with an empty bounding set even exec of a root-owned
+   setuid binary gains nothing;
+2. PR_SET_NO_NEW_PRIVS, required by Landlock and seccomp for unprivileged callers;
+3. build the Landlock ruleset (open each rule's path with O_PATH, expand "carved" rules by
+   listing their directory) and `landlock_restrict_self`;
+4. install the seccomp filter last, so it cannot get in the way of the steps above.
+
+Any failure raises OSError; the helper reports it as a spawn failure at stage "hook" and the
+command never runs unconfined.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import os
+import stat
+from typing import Any
+
+SYS_LANDLOCK_CREATE_RULESET = 444  # same number on x86_64 and aarch64
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2
+
+# Rights that mean something on a non-directory; a rule on a file with others is EINVAL.
+FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+READ_DIR = 1 << 3
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = (
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    )
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+
+
+class _NetPortAttr(ctypes.Structure):
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    """Loaded at import, in the spawn helper, so each forked child does not pay for it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.prctl.argtypes = (
+            ctypes.c_int,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        )
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _load_libc()
+
+
+def _lib() -> ctypes.CDLL:
+    if _libc is None:
+        raise OSError(errno.ENOSYS, "libc with syscall() and prctl() is required")
+    return _libc
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno() or errno.EIO
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _prctl(option: int, arg2: int, arg3: int = 0, what: str = "prctl") -> int:
+    result: int = _lib().prctl(option, arg2, arg3, 0, 0)
+    return _check(result, what)
+
+
+def abi_version() -> int:
+    """The Landlock ABI of the running kernel; OSError (ENOSYS, EOPNOTSUPP) when absent."""
+    result: int = _lib().syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    return _check(result, "landlock_create_ruleset")
+
+
+def _last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 63
+
+
+def drop_capabilities() -> None:
+    """Leave the process with no capability now and after exec, whatever its uid."""
+    for cap in range(_last_capability() + 1):
+        try:
+            _prctl(_PR_CAPBSET_DROP, cap, what="PR_CAPBSET_DROP")
+        except OSError as error:
+            # EPERM: no CAP_SETPCAP, so nothing to drop from a bounding set we cannot use.
+            if error.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+    try:
+        _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT")
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+    header = _CapHeader(version=_CAPABILITY_VERSION_3, pid=0)
+    data = (_CapData * 2)()
+    _check(_lib().capset(ctypes.byref(header), data), "capset")
+
+
+def expand_rules(
+    rules: list[list[Any]],
+) -> list[tuple[str, int]]:
+    """Rules `[path, access, required, exclusions]` -> concrete `(path, access)` pairs.
+
+    Landlock grants a right on a whole subtree and cannot take it back below. A rule with
+    `exclusions` (`[[path, residual_access], ...]` strictly inside it) is therefore carved:
+    the directory itself keeps only the rights every excluded path keeps (plus READ_DIR,
+    so it can still be listed), and each child is granted in turn: whole when no exclusion
+    lies inside it, carved again when one does, with its residual rights when excluded.
+    Symlinks are skipped: a rule on one would apply to its target, wherever that is.
+    Missing optional paths are skipped; a missing required one is an error.
+    """
+    result: list[tuple[str, int]] = []
+
+    def grant(path: str, access: int, exclusions: dict[str, int]) -> None:
+        if path in exclusions:
+            access &= exclusions.pop(path)
+            if not access:
+                return
+        inside = {p: a for p, a in exclusions.items() if p.startswith(path.rstrip("/") + "/")}
+        if not inside:
+            result.append((path, access))
+            return
+        own = access
+        for residual in inside.values():
+            own &= residual
+        own |= access & READ_DIR
+        if own:
+            result.append((path, own))
+        try:
+            entries = sorted(os.scandir(path), key=lambda entry: entry.name)
+        except NotADirectoryError:
+            return
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            grant(entry.path, access, dict(inside))
+
+    for path, access, required, exclusions in rules:
+        if not required and not os.path.lexists(path):
+            continue
+        grant(path, int(access), {str(p): int(a) for p, a in exclusions})
+    return result
+
+
+def _open_path(path: str) -> tuple[int, bool]:
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    return fd, stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+def restrict_self(argument: dict[str, Any]) -> None:
+    """Create the ruleset of `argument` (see `LandlockRuleset.to_hook_argument`), enforce it."""
+    attr = _RulesetAttr(
+        handled_access_fs=int(argument["handled_fs"]),
+        handled_access_net=int(argument["handled_net"]),
+        scoped=int(argument["scoped"]),
+    )
+    # The attr struct grew with the ABI: 8 bytes at ABI 1-3, 16 at 4-5, 24 from 6.
+    abi = int(argument["abi"])
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    lib = _lib()
+    ruleset = _check(
+        lib.syscall(
+            ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+            ctypes.byref(attr),
+            ctypes.c_size_t(size),
+            ctypes.c_uint32(0),
+        ),
+        "landlock_create_ruleset",
+    )
+    try:
+        for path, access in expand_rules(argument["rules"]):
+            try:
+                fd, is_dir = _open_path(path)
+            except FileNotFoundError:
+                continue  # vanished between listing and opening: nothing to grant
+            try:
+                beneath = _PathBeneathAttr(
+                    allowed_access=access if is_dir else access & FILE_RIGHTS, parent_fd=fd
+                )
+                if beneath.allowed_access:
+                    _check(
+                        lib.syscall(
+                            ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+                            ctypes.c_int(ruleset),
+                            ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                            ctypes.byref(beneath),
+                            ctypes.c_uint32(0),
+                        ),
+                        f"landlock_add_rule({path})",
+                    )
+            finally:
+                os.close(fd)
+        for port, access in argument["net_rules"]:
+            net = _NetPortAttr(allowed_access=int(access), port=int(port))
+            _check(
+                lib.syscall(
+                    ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+                    ctypes.c_int(ruleset),
+                    ctypes.c_int(LANDLOCK_RULE_NET_PORT),
+                    ctypes.byref(net),
+                    ctypes.c_uint32(0),
+                ),
+                f"landlock_add_rule(port {port})",
+            )
+        _check(
+            lib.syscall(
+                ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF),
+                ctypes.c_int(ruleset),
+                ctypes.c_uint32(int(argument.get("restrict_flags", 0))),
+            ),
+            "landlock_restrict_self",
+        )
+    finally:
+        os.close(ruleset)
+
+
+def install_seccomp(program: bytes) -> None:
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len=len(program) // 8, filter=ctypes.addressof(buffer))
+    _check(
+        _lib().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+        "seccomp",
+    )
+
+
+def confine(argument: dict[str, Any]) -> None:
+    """The ChildHook target: everything above, in order."""
+    if argument.get("drop_capabilities", True):
+        drop_capabilities()
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+    restrict_self(argument)
+    seccomp = argument.get("seccomp")
+    if seccomp:
+        install_seccomp(base64.b64decode(seccomp))

@@ -1,0 +1,422 @@
+"""The landlock backend against the threat model, with the real sandbox.
+
+Each attack test asserts that the attack failed inside the sandbox AND that the host shows
+no effect. Network tests touch loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.linux.landlock import LandlockBackend
+from mechasandbox.domain import (
+    GIB,
+    MIB,
+    CpuLimit,
+    Enforcement,
+    FilesystemPolicy,
+    Limits,
+    MemoryLimit,
+    Policy,
+    PolicyUnsupported,
+    ProcessLimit,
+    Protection,
+    RunRequest,
+    RunResult,
+    SandboxError,
+    Timeout,
+)
+from mechasandbox.runner.runner import HelperProcessRunner
+from tests.conftest import require_available
+
+pytestmark = pytest.mark.backend("landlock")
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex
+POLICY = Policy(enforcement=Enforcement.BEST_EFFORT, limits=Limits(timeout_s=20))
+
+
+@attrs.frozen
+class Sandbox:
+    backend: LandlockBackend
+    workspace: Path
+    home: Path
+
+    def run(
+        self, *argv: str, policy: Policy = POLICY, stdin: bytes | None = None
+    ) -> Result[RunResult, SandboxError]:
+        request = RunRequest(argv=list(argv), workspace=str(self.workspace), stdin=stdin)
+        return anyio.run(self.backend.run, request, policy)
+
+    def sh(self, script: str, policy: Policy = POLICY) -> RunResult:
+        result = self.run("/bin/sh", "-c", script, policy=policy)
+        assert isinstance(result, Success), result
+        run: RunResult = result.unwrap()
+        return run
+
+
+@pytest.fixture
+def sandbox(runner: HelperProcessRunner, tmp_path: Path) -> Sandbox:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text(SECRET)
+    (home / "notes.txt").write_text(SECRET)
+    (home / ".bashrc").write_text("# original\n")
+    workspace = tmp_path / "workspace"
+    (workspace / "src").mkdir(parents=True)
+    (workspace / ".git" / "hooks").mkdir(parents=True)
+    (workspace / ".git" / "objects").mkdir()
+    (workspace / ".git" / "config").write_text("[core]\n")
+    (workspace / "README").write_text("readme\n")
+    host = HostContext(
+        env=(("HOME", str(home)), ("MY_API_KEY", SECRET), ("PATH", "/usr/bin:/bin")),
+        home=str(home),
+        uid=os.getuid(),
+        gid=os.getgid(),
+        platform="linux",
+    )
+    backend = LandlockBackend(runner=runner, host=host)
+    require_available(backend)
+    return Sandbox(backend=backend, workspace=workspace, home=home)
+
+
+def out(result: RunResult) -> str:
+    return (result.stdout + result.stderr).decode(errors="replace")
+
+
+# --- functional -------------------------------------------------------------------------------
+def test_echo_exit_code_and_stdin(sandbox: Sandbox) -> None:
+    result = sandbox.run("/bin/sh", "-c", "cat; echo hi; exit 3", stdin=b"from stdin\n")
+    assert isinstance(result, Success)
+    run = result.unwrap()
+    assert (run.exit_code, run.stdout) == (3, b"from stdin\nhi\n")
+    assert run.backend == "landlock"
+    assert any("pid-isolation" in w for w in run.warnings)
+
+
+def test_strict_policy_refuses_honestly(sandbox: Sandbox) -> None:
+    result = sandbox.run("true", policy=Policy())
+    assert isinstance(result, Failure)
+    error = result.failure()
+    assert isinstance(error, PolicyUnsupported)
+    assert error.missing == (Protection.PID_ISOLATION,)
+
+
+def test_workspace_writes_visible_on_host(sandbox: Sandbox) -> None:
+    run = sandbox.sh("echo made > src/new.txt && mkdir -p src/a/b && mv src/new.txt src/a/b/")
+    assert run.exit_code == 0, out(run)
+    assert (sandbox.workspace / "src/a/b/new.txt").read_text() == "made\n"
+    # Existing top-level files stay writable in place; the top level takes no new entries.
+    run = sandbox.sh("echo more >> README; echo x > newtop")
+    assert "newtop" in out(run)
+    assert (sandbox.workspace / "README").read_text() == "readme\nmore\n"
+    assert not (sandbox.workspace / "newtop").exists()
+
+
+def test_top_level_writable_when_nothing_is_protected(sandbox: Sandbox) -> None:
+    policy = attrs.evolve(POLICY, filesystem=FilesystemPolicy(protected=()))
+    run = sandbox.sh("echo x > newtop && rm README", policy=policy)
+    assert run.exit_code == 0, out(run)
+    assert (sandbox.workspace / "newtop").exists()
+
+
+def test_private_tmp(sandbox: Sandbox) -> None:
+    run = sandbox.sh('echo t > "$TMPDIR/f" && cat "$TMPDIR/f" && echo "$TMPDIR"')
+    assert run.exit_code == 0, out(run)
+    tmpdir = run.stdout.decode().splitlines()[1]
+    assert tmpdir.startswith("/tmp/mechasandbox-landlock-")
+    assert not os.path.exists(tmpdir)  # removed after the run
+
+
+def test_timeout_kills_the_tree(sandbox: Sandbox) -> None:
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=1))
+    result = sandbox.run("/bin/sh", "-c", "sleep 100 & echo $! > src/pid; wait", policy=policy)
+    assert isinstance(result, Failure)
+    assert isinstance(result.failure(), Timeout)
+    pid = int((sandbox.workspace / "src/pid").read_text())
+    assert not _alive(pid)
+
+
+# --- filesystem -------------------------------------------------------------------------------
+def test_home_secrets_unreadable(sandbox: Sandbox) -> None:
+    run = sandbox.sh(
+        f"cat {sandbox.home}/.ssh/id_ed25519; cat {sandbox.home}/notes.txt; ls {sandbox.home}"
+    )
+    assert SECRET not in out(run)
+    assert "Permission denied" in out(run)
+
+
+def test_dotdot_escape(sandbox: Sandbox) -> None:
+    run = sandbox.sh("cat ../home/notes.txt; cat src/../../home/.ssh/id_ed25519")
+    assert SECRET not in out(run)
+    assert run.exit_code != 0
+
+
+def test_symlink_planted_in_workspace(sandbox: Sandbox) -> None:
+    os.symlink(sandbox.home / ".ssh" / "id_ed25519", sandbox.workspace / "src" / "key")
+    run = sandbox.sh(f"cat src/key; ln -s {sandbox.home}/notes.txt src/n2; cat src/n2")
+    assert SECRET not in out(run)
+
+
+def test_hardlinks(sandbox: Sandbox) -> None:
+    # Made by the command: refused (Landlock's refer rule: a link may not gain rights).
+    run = sandbox.sh(f"ln {sandbox.home}/notes.txt src/stolen")
+    assert run.exit_code != 0
+    assert not (sandbox.workspace / "src/stolen").exists()
+    # Planted by someone on the host beforehand: Landlock checks the path used, so a
+    # hardlink inside the workspace IS readable. This is the documented truth.
+    os.link(sandbox.home / "notes.txt", sandbox.workspace / "src" / "planted")
+    run = sandbox.sh("cat src/planted")
+    assert SECRET in out(run)
+
+
+def test_writes_outside_the_workspace_fail(sandbox: Sandbox) -> None:
+    name = f"mechasandbox-{uuid.uuid4().hex}"
+    run = sandbox.sh(
+        f"echo x > /etc/{name}; echo x > /tmp/{name}; echo evil >> {sandbox.home}/.bashrc; "
+        f"mkdir /tmp/{name}.d; : > /etc/hostname"
+    )
+    assert run.exit_code != 0
+    assert not Path(f"/etc/{name}").exists()
+    assert not Path(f"/tmp/{name}").exists()
+    assert not Path(f"/tmp/{name}.d").exists()
+    assert (sandbox.home / ".bashrc").read_text() == "# original\n"
+    assert Path("/etc/hostname").stat().st_size > 0
+
+
+def test_protected_paths_and_rename_tricks(sandbox: Sandbox) -> None:
+    ws = sandbox.workspace
+    run = sandbox.sh(
+        "echo evil > .git/hooks/pre-commit; echo evil >> .git/config; "
+        "echo evil > .envrc; mkdir .vscode; mv .git g; mv .git/hooks .git/h; "
+        "rm -rf .git/hooks; ln .git/config src/cfg; echo evil >> src/cfg; "
+        "mv .git/config src/; cp -r .git src/g2 && mv src/g2 .git2; "
+        "echo ok > .git/objects/ok; truncate -s 0 .git/config"
+    )
+    assert "Permission denied" in out(run) or "Operation not permitted" in out(run)
+    assert not (ws / ".git/hooks/pre-commit").exists()
+    assert (ws / ".git/config").read_text() == "[core]\n"
+    assert not (ws / ".envrc").exists()
+    assert not (ws / ".vscode").exists()
+    assert not (ws / "g").exists()
+    assert not (ws / ".git2").exists()
+    assert (ws / ".git/hooks").is_dir()
+    assert (ws / ".git/config").stat().st_nlink == 1  # `ln` refused (refer)
+    assert (ws / ".git/objects/ok").exists()  # the rest of .git stays writable for git
+
+
+def test_metadata_outside_is_not_confined(sandbox: Sandbox) -> None:
+    """The documented gap: mode and times are not Landlock rights. Contents stay safe."""
+    target = sandbox.home / "notes.txt"
+    target.chmod(0o600)
+    run = sandbox.sh(f"chmod 644 {target}; chmod u+s {target}")
+    assert run.exit_code != 0  # the setuid half is refused by seccomp
+    assert target.stat().st_mode & 0o7777 == 0o644
+    assert target.read_text() == SECRET
+
+
+def test_devices_mount_unshare_chroot(sandbox: Sandbox) -> None:
+    for command in (
+        "mknod src/null c 1 3",
+        "mkfifo src/fifo",
+        "mount -t tmpfs none src",
+        "unshare -U true",
+        "unshare -n true",
+        "chroot / true",
+        "cp /bin/sh src/sh && chmod u+s src/sh && ls -l src/sh | grep -q rws",
+    ):
+        run = sandbox.sh(command)
+        assert run.exit_code != 0, command
+    assert not (sandbox.workspace / "src/null").exists()
+    assert not (sandbox.workspace / "src/fifo").exists()
+
+
+def test_capabilities_dropped_and_no_new_privs(sandbox: Sandbox) -> None:
+    run = sandbox.sh("grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")
+    assert run.stdout.decode().split() == [
+        "CapEff:",
+        "0000000000000000",
+        "CapBnd:",
+        "0000000000000000",
+        "NoNewPrivs:",
+        "1",
+        "Seccomp:",
+        "2",
+    ]
+
+
+# --- processes --------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def host_sleep() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(["sleep", "60"], env={"HOST_TOKEN": SECRET, "PATH": "/usr/bin:/bin"})
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_cannot_signal_host_process(sandbox: Sandbox, host_sleep: subprocess.Popen[bytes]) -> None:
+    run = sandbox.sh(f"kill -9 {host_sleep.pid}; kill -STOP {host_sleep.pid}")
+    assert run.exit_code != 0
+    time.sleep(0.1)
+    assert host_sleep.poll() is None
+    assert _alive(host_sleep.pid)
+
+
+def test_cannot_ptrace_or_read_host_environ(
+    sandbox: Sandbox, host_sleep: subprocess.Popen[bytes]
+) -> None:
+    run = sandbox.sh(
+        f"strace -p {host_sleep.pid} -e trace=none & sleep 0.5; kill $! 2>/dev/null; "
+        f"cat /proc/{host_sleep.pid}/environ; head -c 64 /proc/{host_sleep.pid}/mem"
+    )
+    assert SECRET not in out(run)
+    assert "Operation not permitted" in out(run) or "Permission denied" in out(run)
+    assert _alive(host_sleep.pid)
+
+
+def test_daemons_do_not_outlive_the_run(sandbox: Sandbox) -> None:
+    run = sandbox.sh(
+        "setsid sleep 60 > /dev/null 2>&1 & echo $! > src/p1; "
+        "(sh -c 'sleep 61 & echo $! > src/p2' &); sleep 0.3; "
+        "nohup sleep 62 > /dev/null 2>&1 & echo $! > src/p3; exit 0"
+    )
+    assert run.exit_code == 0, out(run)
+    time.sleep(0.2)
+    for name in ("p1", "p2", "p3"):
+        pid = int((sandbox.workspace / "src" / name).read_text())
+        assert not _alive(pid), name
+
+
+def test_fork_bomb_is_a_process_limit(sandbox: Sandbox) -> None:
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=20, max_processes=32))
+    result = sandbox.run(
+        "/bin/sh", "-c", "for i in $(seq 200); do sleep 3 & done; wait", policy=policy
+    )
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), ProcessLimit)
+
+
+def test_memory_bomb_is_a_memory_limit(sandbox: Sandbox) -> None:
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=20, memory_bytes=64 * MIB))
+    result = sandbox.run(
+        "/usr/bin/python3",
+        "-c",
+        "b = bytearray(1 << 30); b[::4096] = b'x' * (1 << 18)",
+        policy=policy,
+    )
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), MemoryLimit)
+
+
+def test_cpu_spin_is_a_cpu_limit(sandbox: Sandbox) -> None:
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=20, cpu_time_s=1, memory_bytes=GIB))
+    result = sandbox.run("/bin/sh", "-c", "while :; do :; done", policy=policy)
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), CpuLimit)
+
+
+# --- environment ------------------------------------------------------------------------------
+def test_environment_secrets_absent(sandbox: Sandbox) -> None:
+    run = sandbox.sh("env")
+    assert SECRET not in out(run)
+    assert "MY_API_KEY" not in out(run)
+    assert "HOME=" not in out(run)
+
+
+def test_no_inherited_descriptors(sandbox: Sandbox) -> None:
+    run = sandbox.sh("ls /proc/self/fd")
+    # 0-2 and the descriptor `ls` opened to list the directory
+    assert run.stdout.decode().split() == ["0", "1", "2", "3"]
+
+
+# --- network (loopback only) ------------------------------------------------------------------
+@pytest.fixture
+def tcp_server() -> Iterator[socket.socket]:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    yield server
+    server.close()
+
+
+def _accepted(server: socket.socket) -> bool:
+    try:
+        connection, _ = server.accept()
+    except BlockingIOError:
+        return False
+    connection.close()
+    return True
+
+
+def test_tcp_to_loopback_refused(sandbox: Sandbox, tcp_server: socket.socket) -> None:
+    port = tcp_server.getsockname()[1]
+    run = sandbox.sh(
+        f"echo x > /dev/tcp/127.0.0.1/{port}; "
+        f"/usr/bin/python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}))\""
+    )
+    assert run.exit_code != 0
+    assert not _accepted(tcp_server)
+
+
+def test_tcp_bind_refused(sandbox: Sandbox) -> None:
+    run = sandbox.sh(
+        "/usr/bin/python3 -c \"import socket; socket.socket().bind(('127.0.0.1', 0))\""
+    )
+    assert run.exit_code != 0
+
+
+def test_udp_to_loopback_refused(sandbox: Sandbox) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        port = receiver.getsockname()[1]
+        run = sandbox.sh(f"echo x > /dev/udp/127.0.0.1/{port}")
+        assert run.exit_code != 0
+        with pytest.raises(BlockingIOError):
+            receiver.recv(64)
+
+
+def test_unix_sockets_unreachable(sandbox: Sandbox, tmp_path: Path) -> None:
+    name = f"mechasandbox-test-{uuid.uuid4().hex}"
+    path = sandbox.workspace / "src" / "agent.sock"
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for address in ("\0" + name, str(path)):
+            server = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            server.bind(address)
+            server.listen(1)
+            server.setblocking(False)
+            servers.append(server)
+        run = sandbox.sh(
+            f"socat -u - ABSTRACT-CONNECT:{name} </dev/null; "
+            f"socat -u - UNIX-CONNECT:src/agent.sock </dev/null"
+        )
+        assert run.exit_code != 0
+        assert not any(_accepted(server) for server in servers)
+
+
+def test_signal_sent_from_inside_to_itself_still_works(sandbox: Sandbox) -> None:
+    run = sandbox.sh("sleep 30 & kill $!; wait $!; echo status=$?")
+    assert f"status={128 + signal.SIGTERM}" in out(run)
