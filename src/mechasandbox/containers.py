@@ -39,6 +39,13 @@ def _runner() -> Iterator[ProcessRunner]:
         runner.close()
 
 
+def _landlock(runner: ProcessRunner, host: HostContext) -> Any:
+    """Imported on first use: Linux-only modules stay out of other platforms' imports."""
+    from mechasandbox.backends.linux.landlock import LandlockBackend
+
+    return LandlockBackend(runner=runner, host=host)
+
+
 def _by_name(
     backends: dict[str, providers.Provider[Any]],
 ) -> dict[str, providers.Provider[Any]]:
@@ -68,7 +75,7 @@ class Backends(containers.DeclarativeContainer):
     none = providers.Singleton(NoneBackend, runner=core.runner, host=core.host)
     process = providers.Singleton(ProcessBackend, runner=core.runner, host=core.host)
     bubblewrap = providers.Singleton(MissingBackend, backend_name="bubblewrap", reason=NOT_BUILT)
-    landlock = providers.Singleton(MissingBackend, backend_name="landlock", reason=NOT_BUILT)
+    landlock = providers.Singleton(_landlock, runner=core.runner, host=core.host)
     docker = providers.Singleton(MissingBackend, backend_name="docker", reason=NOT_BUILT)
     podman = providers.Singleton(MissingBackend, backend_name="podman", reason=NOT_BUILT)
     seatbelt = providers.Singleton(MissingBackend, backend_name="seatbelt", reason=NOT_BUILT)

@@ -31,6 +31,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import landlock_seccomp as seccomp
+from mechasandbox.backends.process import default_cgroups
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
@@ -315,7 +316,7 @@ def probe_abi() -> int | str:
     machine = platform.machine()
     if machine not in seccomp.AUDIT_ARCH:
         return f"no seccomp syscall table for {machine}"
-    from mechasandbox.backends.linux import landlock_hook  # noqa: PLC0415 - Linux only
+    from mechasandbox.backends.linux import landlock_hook
 
     try:
         return landlock_hook.abi_version()
@@ -324,13 +325,6 @@ def probe_abi() -> int | str:
         return _ABI_ERRORS.get(error.errno or 0, default)
     except AttributeError as error:  # libc without syscall()/prctl
         return f"libc: {error}"
-
-
-@functools.cache
-def _default_cgroups() -> CgroupManager | str:
-    if not sys.platform.startswith("linux"):
-        return "cgroups exist only on Linux"
-    return CgroupManager.probe()
 
 
 ABI_FEATURES = (
@@ -466,7 +460,7 @@ class LandlockBackend:
     """
 
     runner: ProcessRunner
-    cgroups: CgroupManager | str = attrs.field(factory=_default_cgroups)
+    cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
     host: HostContext = attrs.field(factory=HostContext.current)
     carve_protected: bool = True
     tmp_parent: str | None = None  # where per-run tmp dirs go (default: the host's temp dir)
