@@ -29,6 +29,7 @@ from mechasandbox.domain import (
     CpuLimit,
     Enforcement,
     FilesystemPolicy,
+    HostProcesses,
     Limits,
     MemoryLimit,
     Policy,
@@ -104,7 +105,7 @@ def test_echo_exit_code_and_stdin(sandbox: Sandbox) -> None:
     run = result.unwrap()
     assert (run.exit_code, run.stdout) == (3, b"from stdin\nhi\n")
     assert run.backend == "landlock"
-    assert any("pid-isolation" in w for w in run.warnings)
+    assert any("host-processes-hidden" in w for w in run.warnings)
 
 
 def test_strict_policy_refuses_honestly(sandbox: Sandbox) -> None:
@@ -112,7 +113,12 @@ def test_strict_policy_refuses_honestly(sandbox: Sandbox) -> None:
     assert isinstance(result, Failure)
     error = result.failure()
     assert isinstance(error, PolicyUnsupported)
-    assert error.missing == (Protection.PID_ISOLATION,)
+    assert error.missing == (Protection.HOST_PROCESSES_HIDDEN,)
+
+
+def test_strict_policy_runs_when_host_processes_may_be_visible(sandbox: Sandbox) -> None:
+    result = sandbox.run("true", policy=Policy(host_processes=HostProcesses.VISIBLE))
+    assert isinstance(result, Success), result
 
 
 def test_workspace_writes_visible_on_host(sandbox: Sandbox) -> None:

@@ -293,11 +293,13 @@ def test_expand_rules_residual_none_keeps_listing_only(tmp_path: Path) -> None:
 # --- capabilities per ABI ---------------------------------------------------------------------
 def test_capabilities_follow_the_abi() -> None:
     full = capabilities_for(7, "no cgroup here", 1000)
-    assert Protection.PID_ISOLATION not in full.enforced
+    assert Protection.PID_ISOLATION in full.enforced  # signal scope at ABI >= 6
+    assert Protection.HOST_PROCESSES_HIDDEN not in full.enforced
     assert Protection.NETWORK_ALLOWLIST not in full.enforced
     assert {Protection.FILESYSTEM_WRITE, Protection.PROTECTED_PATHS} <= full.enforced
     old = capabilities_for(2, "no cgroup here", 1000)
     assert Protection.FILESYSTEM_WRITE not in old.enforced
+    assert Protection.PID_ISOLATION not in old.enforced
     assert "truncate" in (old.detail(Protection.FILESYSTEM_WRITE) or "")
     assert any("signalled" in w for w in old.warnings)
     root = capabilities_for(7, "no cgroup here", 0)

@@ -32,7 +32,7 @@ from mechasandbox.config.schema import (
     Unlimited,
 )
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.policy import Enforcement, NetworkMode
+from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode
 from mechasandbox.policy.units import parse_duration, parse_size
 
 T = TypeVar("T")
@@ -240,6 +240,7 @@ def converter() -> cattrs.Converter:
         },
         Settings: {
             "enforcement": override(struct_hook=_choice(Enforcement, "enforcement")),
+            "host_processes": override(struct_hook=_choice(HostProcesses, "host_processes")),
         },
     }
     for cls, fields in hooks.items():

@@ -23,7 +23,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.config.overlay import LIMIT_FIELDS, BackendChoice, apply_settings
 from mechasandbox.config.schema import BackendName, BackendSettings, Settings
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
+from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode, Policy
 
 _ADVICE = (
     " (a project file may only narrow the user's policy; put wider settings in the user "
@@ -197,6 +197,15 @@ def _check_enforcement(base: Policy, new: Policy) -> _Widening | None:
     return None
 
 
+def _check_host_processes(base: Policy, new: Policy) -> _Widening | None:
+    if base.host_processes is HostProcesses.HIDDEN and new.host_processes is HostProcesses.VISIBLE:
+        return _Widening(
+            field="host_processes",
+            detail="'visible' is weaker than the inherited 'hidden'",
+        )
+    return None
+
+
 def narrow(
     base: Policy, project: Settings, source: str, *, workspace: str
 ) -> Result[Policy, ConfigInvalid]:
@@ -215,6 +224,7 @@ def narrow(
         lambda: _check_limits(base, new),
         lambda: _check_environment(base, new),
         lambda: _check_enforcement(base, new),
+        lambda: _check_host_processes(base, new),
     )
     for check in checks:
         widening = check()

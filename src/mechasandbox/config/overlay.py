@@ -133,6 +133,11 @@ def apply_settings(
             enforcement=(
                 policy.enforcement if settings.enforcement is None else settings.enforcement
             ),
+            host_processes=(
+                policy.host_processes
+                if settings.host_processes is None
+                else settings.host_processes
+            ),
         )
     except (TypeError, ValueError) as exc:  # settings built in code, bypassing the hooks
         return Failure(ConfigInvalid(problem=f"invalid settings: {exc}", source=source))

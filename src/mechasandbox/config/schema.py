@@ -13,7 +13,7 @@ import enum
 
 import attrs
 
-from mechasandbox.domain.policy import Enforcement, NetworkMode
+from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode
 
 
 class BackendName(enum.Enum):
@@ -93,3 +93,4 @@ class Settings:
     limits: LimitsSettings = LimitsSettings()
     environment: EnvironmentSettings = EnvironmentSettings()
     enforcement: Enforcement | None = None
+    host_processes: HostProcesses | None = None

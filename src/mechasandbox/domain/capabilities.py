@@ -6,7 +6,7 @@ import enum
 
 import attrs
 
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.policy import HostProcesses, NetworkMode, Policy
 
 
 class Protection(enum.Enum):
@@ -17,7 +17,10 @@ class Protection(enum.Enum):
     PROTECTED_PATHS = "protected-paths"  # "runs later" files in the workspace not writable
     NETWORK_NONE = "network-none"  # no egress at all
     NETWORK_ALLOWLIST = "network-allowlist"  # egress only through the allowlist proxy
-    PID_ISOLATION = "pid-isolation"  # host processes invisible and unsignalable
+    # Host processes cannot be signalled, traced, or have their environment/memory read.
+    PID_ISOLATION = "pid-isolation"
+    # Host processes are not even listed (a pid namespace); see `HostProcesses`.
+    HOST_PROCESSES_HIDDEN = "host-processes-hidden"
     ENVIRONMENT = "environment"  # the command sees only the scrubbed environment
     TIMEOUT = "timeout"
     TREE_TEARDOWN = "tree-teardown"  # nothing outlives the run, setsid'd children included
@@ -37,6 +40,8 @@ def required_protections(policy: Policy) -> frozenset[Protection]:
         Protection.ENVIRONMENT,
         Protection.TREE_TEARDOWN,
     }
+    if policy.host_processes is HostProcesses.HIDDEN:
+        required.add(Protection.HOST_PROCESSES_HIDDEN)
     if policy.filesystem.protected:
         required.add(Protection.PROTECTED_PATHS)
     if policy.network.mode is NetworkMode.NONE:

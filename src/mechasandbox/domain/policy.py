@@ -15,6 +15,18 @@ class NetworkMode(enum.Enum):
     FULL = "full"
 
 
+class HostProcesses(enum.Enum):
+    """Whether the command may see the host's process list (command lines included).
+
+    Signalling, tracing and reading another process's environment or memory are never
+    allowed; this only decides whether listing host processes must be prevented too.
+    `hidden` needs a pid namespace (bubblewrap, containers); `visible` lets Landlock run.
+    """
+
+    HIDDEN = "hidden"
+    VISIBLE = "visible"
+
+
 class Enforcement(enum.Enum):
     """Strict refuses a run the backend cannot fully confine; best-effort runs and warns."""
 
@@ -113,3 +125,4 @@ class Policy:
     limits: Limits = Limits()
     environment: EnvironmentPolicy = EnvironmentPolicy()
     enforcement: Enforcement = Enforcement.STRICT
+    host_processes: HostProcesses = HostProcesses.HIDDEN

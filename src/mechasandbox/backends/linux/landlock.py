@@ -375,13 +375,17 @@ def capabilities_for(
         ),
         (
             Protection.PID_ISOLATION,
-            "no pid namespace: host processes are listed in /proc with their command lines"
-            + (
-                "; signals outside are blocked (Landlock scope)"
+            (
+                "signals outside the sandbox blocked (Landlock scope); "
                 if abi >= 6
-                else "; they can be signalled (Landlock ABI < 6)"
+                else "host processes of the user can be signalled (Landlock ABI < 6); "
             )
-            + "; ptrace, environ and mem are refused (Landlock ptrace rules, seccomp)",
+            + "ptrace, environ and mem of host processes refused (Landlock ptrace rules)",
+        ),
+        (
+            Protection.HOST_PROCESSES_HIDDEN,
+            "no pid namespace: host processes are listed in /proc with their command lines "
+            '(set host_processes = "visible" to accept this)',
         ),
         (Protection.ENVIRONMENT, "scrubbed environment; no inherited descriptors"),
         (Protection.TREE_TEARDOWN, "spawn helper is child subreaper; kills the whole tree"),
@@ -440,7 +444,9 @@ def capabilities_for(
         else:
             enforced.add(Protection.PROCESSES)
             details.append((Protection.PROCESSES, "RLIMIT_NPROC (counts all the user's processes)"))
-    if abi < 6:
+    if abi >= 6:
+        enforced.add(Protection.PID_ISOLATION)
+    else:
         warnings.append(f"Landlock ABI {abi}: host processes of the same user can be signalled")
     return Capabilities(
         backend="landlock",
