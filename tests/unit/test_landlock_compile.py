@@ -31,6 +31,7 @@ from mechasandbox.backends.linux.landlock_hook import expand_rules
 from mechasandbox.domain import (
     EnvironmentPolicy,
     FilesystemPolicy,
+    HostProcesses,
     NetworkMode,
     NetworkPolicy,
     Policy,
@@ -307,4 +308,5 @@ def test_capabilities_follow_the_abi() -> None:
     uncarved = capabilities_for(7, "no cgroup here", 1000, carve_protected=False)
     assert Protection.PROTECTED_PATHS not in uncarved.enforced
     assert Policy().enforcement.value == "strict"
-    assert full.missing(Policy()) == (Protection.PID_ISOLATION,)
+    assert full.missing(Policy()) == (Protection.HOST_PROCESSES_HIDDEN,)
+    assert full.missing(Policy(host_processes=HostProcesses.VISIBLE)) == ()
