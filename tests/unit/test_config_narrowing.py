@@ -296,3 +296,18 @@ def test_users_choice_stands_and_the_project_choice_is_reported() -> None:
 )
 def test_pattern_covers(wider: str, narrower: str, covered: bool) -> None:
     assert pattern_covers(wider, narrower) is covered
+
+
+def test_project_may_hide_host_processes_but_not_reveal_them() -> None:
+    from mechasandbox.config import Settings, narrow
+    from mechasandbox.domain import HostProcesses, Policy
+
+    visible = Policy(host_processes=HostProcesses.VISIBLE)
+    hidden = narrow(
+        visible, Settings(host_processes=HostProcesses.HIDDEN), "p.toml", workspace="/w"
+    )
+    assert hidden.unwrap().host_processes is HostProcesses.HIDDEN
+    widened = narrow(
+        Policy(), Settings(host_processes=HostProcesses.VISIBLE), "p.toml", workspace="/w"
+    )
+    assert "host_processes" in widened.failure().message
