@@ -284,7 +284,9 @@ class OciBackend:
             executable=executable,
         )
 
-    def _probe_engine(self)  # noqa: PLR0911 - one early return per reason to be unavailable -> Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable]:
+    def _probe_engine(  # noqa: PLR0911 - one early return per reason to be unavailable
+        self,
+    ) -> Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable]:
         executable = self._find_executable()
         if executable is None:
             return Failure(
