@@ -251,6 +251,10 @@ class OciBackend:
     def _parse_info(self, document: Any) -> EngineInfo | str:
         raise NotImplementedError
 
+    def _label_template(self, key: str) -> str:
+        """A Go template printing label `key` in `ps --format` (the engines differ)."""
+        return f'{{{{.Label "{key}"}}}}'
+
     # -- probing --------------------------------------------------------------------------
 
     def _unavailable(self, reason: str) -> BackendUnavailable:
@@ -637,7 +641,7 @@ class OciBackend:
                     "--filter",
                     f"label={LABEL_RUN}",
                     "--format",
-                    f'{{{{.Names}}}}\t{{{{.Label "{LABEL_OWNER}"}}}}',
+                    "{{.Names}}\t" + self._label_template(LABEL_OWNER),
                 ),
             )
         )

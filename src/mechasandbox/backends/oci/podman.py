@@ -51,6 +51,9 @@ class PodmanBackend(OciBackend):
         init, init_path = find_init()
         return EngineTraits.podman(init=init, init_path=init_path, rootless=os.getuid() != 0)
 
+    def _label_template(self, key: str) -> str:
+        return f'{{{{index .Labels "{key}"}}}}'
+
     def _parse_info(self, document: Any) -> EngineInfo | str:
         host = document["host"]
         rootless = bool(host.get("security", {}).get("rootless", False))
