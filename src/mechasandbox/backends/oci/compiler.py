@@ -1,0 +1,217 @@
+"""The pure compiler: a request and a policy -> the `docker run` / `podman run` arguments.
+
+Nothing here touches the host: every fact the compiler needs (the workspace's real path,
+which protected paths exist, the engine's quirks) is passed in, so the argv is
+golden-testable on any machine.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from mechasandbox.backends.base import HostContext, scrubbed_environment
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.limits.rlimits import rlimits_for
+
+LABEL_RUN = "mechasandbox.run"
+LABEL_OWNER = "mechasandbox.owner"
+NAME_PREFIX = "mechasandbox-"
+
+# The home directory the command sees: the host's does not exist in the image, and the
+# read-only root leaves /tmp (a private tmpfs) as the one writable place outside the workspace.
+CONTAINER_HOME = "/tmp"
+
+_ULIMIT_NAMES = {
+    "RLIMIT_CORE": "core",
+    "RLIMIT_CPU": "cpu",
+    "RLIMIT_NOFILE": "nofile",
+    "RLIMIT_FSIZE": "fsize",
+    "RLIMIT_NPROC": "nproc",
+}
+
+
+class EngineKind(enum.Enum):
+    DOCKER = "docker"
+    PODMAN = "podman"
+
+
+class Runtime(enum.Enum):
+    """The OCI runtime: the engine's default (runc/crun) or gVisor's `runsc`."""
+
+    DEFAULT = "default"
+    RUNC = "runc"
+    RUNSC = "runsc"
+
+
+@attrs.frozen(kw_only=True)
+class EngineTraits:
+    """How one engine differs from the other, as the compiler needs to know it.
+
+    `init`: whether `--init` can be used (podman needs an init binary on the host).
+    `init_path`: podman's `--init` needs catatonit; where it is missing we point it at tini.
+    `nproc_ulimit`: rootful podman raises RLIMIT_NPROC to 4194304 unless told otherwise,
+    which fails without CAP_SYS_RESOURCE; we set it to the process limit instead.
+    `runtime_network_flag`: podman hands runtime flags per run (`--runtime-flag`), docker
+    only through the daemon's runtime registration (`runtimeArgs`), which the probe checks.
+    `keep_id`: rootless podman maps the host uid to itself so workspace files stay the user's.
+    """
+
+    kind: EngineKind
+    init: bool = True
+    init_path: str | None = None
+    nproc_ulimit: bool = False
+    runtime_network_flag: bool = False
+    keep_id: bool = False
+
+    @staticmethod
+    def docker() -> EngineTraits:
+        return EngineTraits(kind=EngineKind.DOCKER)
+
+    @staticmethod
+    def podman(
+        *, init: bool = True, init_path: str | None = None, rootless: bool = False
+    ) -> EngineTraits:
+        return EngineTraits(
+            kind=EngineKind.PODMAN,
+            init=init,
+            init_path=init_path,
+            nproc_ulimit=True,
+            runtime_network_flag=True,
+            keep_id=rootless,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ContainerRun:
+    """The impure facts of one run, gathered before compiling.
+
+    `workspace` is the real path; `protected` the protected entries that exist in it
+    (relative paths, in policy order); `owner` identifies this host process for reaping.
+    """
+
+    run_id: str
+    owner: str
+    workspace: str
+    protected: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return NAME_PREFIX + self.run_id
+
+
+def container_environment(policy: Policy, host: HostContext) -> dict[str, str]:
+    """The scrubbed environment, adapted to a container.
+
+    The host's PATH names host directories, so PATH comes from the image unless the policy
+    sets it explicitly; HOME points at the private /tmp unless the policy sets it.
+    """
+    env = scrubbed_environment(policy.environment, dict(host.env))
+    explicit = dict(policy.environment.set)
+    if "PATH" not in explicit:
+        env.pop("PATH", None)
+    env.setdefault("HOME", CONTAINER_HOME)
+    return env
+
+
+def _ulimits(policy: Policy, engine: EngineTraits) -> list[str]:
+    settings = rlimits_for(
+        policy.limits,
+        memory_by_rlimit=False,  # the memory cgroup (--memory) bounds the container
+        processes_by_rlimit=engine.nproc_ulimit,
+    )
+    args: list[str] = []
+    for setting in settings:
+        name = _ULIMIT_NAMES.get(setting.resource)
+        if name is not None:
+            args += ["--ulimit", f"{name}={setting.soft}:{setting.hard}"]
+    return args
+
+
+def _bind(source: str, target: str, *, readonly: bool) -> list[str]:
+    spec = f"type=bind,source={source},target={target}"
+    return ["--mount", spec + (",readonly" if readonly else "")]
+
+
+def compile_container_args(  # noqa: PLR0917 - the compiler's inputs, in a fixed order
+    request: RunRequest,
+    policy: Policy,
+    host: HostContext,
+    image: str,
+    runtime: Runtime,
+    engine: EngineTraits,
+    *,
+    run: ContainerRun,
+    cpus: float | None = None,
+) -> tuple[str, ...]:
+    """The arguments after the engine executable: `run ... IMAGE ARGS...`.
+
+    The workspace is bind-mounted at the same path it has on the host, so paths the agent
+    saw (in compiler errors, stack traces, its own notes) mean the same on both sides.
+    The container runs as the host's uid:gid so files it writes belong to the user.
+    """
+    limits = policy.limits
+    workspace = run.workspace
+    args: list[str] = [
+        "run",
+        "--name",
+        run.name,
+        "--label",
+        f"{LABEL_RUN}={run.run_id}",
+        "--label",
+        f"{LABEL_OWNER}={run.owner}",
+        "--pull",
+        "never",  # never reach a registry: the image must already be there
+        "--log-driver",
+        "none",  # output goes to us only, not also to an unbounded log on the engine's disk
+    ]
+    if engine.init:
+        # A real PID 1 that reaps zombies and forwards signals; the command is its child.
+        args.append("--init")
+        if engine.init_path is not None:
+            args += ["--init-path", engine.init_path]
+    if request.stdin is not None:
+        args.append("--interactive")
+    args += [
+        "--network",
+        "none",
+        "--ipc",
+        "private",
+        "--hostname",
+        "sandbox",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,nosuid,nodev,mode=1777",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        f"{host.uid}:{host.gid}",
+    ]
+    if engine.keep_id:
+        args += ["--userns", "keep-id"]
+    args += _bind(workspace, workspace, readonly=False)
+    for relative in run.protected:
+        path = f"{workspace}/{relative.strip('/')}"
+        args += _bind(path, path, readonly=True)
+    args += ["--workdir", workspace]
+    if limits.memory_bytes is not None:
+        memory = str(limits.memory_bytes)
+        args += ["--memory", memory, "--memory-swap", memory]
+    if limits.max_processes is not None:
+        args += ["--pids-limit", str(limits.max_processes)]
+    if cpus is not None:
+        args += ["--cpus", f"{cpus:g}"]
+    args += _ulimits(policy, engine)
+    if runtime is not Runtime.DEFAULT:
+        args += ["--runtime", runtime.value]
+        if runtime is Runtime.RUNSC and engine.runtime_network_flag:
+            args += ["--runtime-flag", "network=none"]
+    for name, value in sorted(container_environment(policy, host).items()):
+        args += ["--env", f"{name}={value}"]
+    # The entrypoint is the command itself: an image's ENTRYPOINT must not wrap it.
+    args += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
+    return tuple(args)

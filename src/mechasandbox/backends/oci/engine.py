@@ -1,0 +1,684 @@
+"""What docker and podman share: probing an engine, running one container, cleaning up.
+
+Everything is driven through the engine's CLI, spawned by the injected `ProcessRunner`
+(why the CLI and not docker-py: see docs/backends-containers.md). The container is run
+with a name and without `--rm`, so that after it ends we can ask the engine whether it was
+OOM-killed or never started, and then remove it ourselves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import json
+import os
+import queue
+import secrets
+import shlex
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import anyio
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
+from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.oci.compiler import (
+    LABEL_OWNER,
+    LABEL_RUN,
+    ContainerRun,
+    EngineTraits,
+    Runtime,
+    compile_container_args,
+)
+from mechasandbox.backends.outcome import classify
+from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.domain.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    ConfigInvalid,
+    MemoryLimit,
+    SandboxError,
+    SpawnFailed,
+)
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult, Usage
+from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+
+# The image the recipes in config/images build (Dockerfile online, busybox offline).
+DEFAULT_IMAGE = "mechasandbox/sandbox:latest"
+
+# Host variables the engine CLI itself needs (where the engine is, its config and
+# credentials). The CLI gets these and nothing else, so that a bare `--env NAME` can never
+# pick up a host secret; the command's environment is passed as explicit NAME=VALUE pairs.
+CLI_ENV_NAMES = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_API_VERSION",
+    "CONTAINER_HOST",
+    "CONTAINER_CONNECTION",
+    "CONTAINER_SSHKEY",
+    "CONTAINERS_CONF",
+    "CONTAINERS_STORAGE_CONF",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+)
+
+_CLI_TIMEOUT_S = 60.0
+_CLI_OUTPUT_BYTES = 1024 * 1024
+_SIGNAL_BASE = 128  # the engine reports "killed by signal N" as exit status 128 + N
+_ENGINE_ERROR = 125  # the engine failed before or while starting the container
+_PROBE_TTL_S = 30.0
+_REMOVE_ATTEMPTS = 4
+
+
+def cli_environment(host_env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    env = {name: host_env[name] for name in CLI_ENV_NAMES if name in host_env}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return tuple(sorted(env.items()))
+
+
+class _BlockingWorker:
+    """One long-lived daemon thread that runs specs to completion for synchronous callers.
+
+    Long-lived on purpose: the spawn helper dies with the thread that started it (its
+    parent-death signal follows the thread), so a throw-away thread would take the helper,
+    and every run in it, down when it ends. A daemon thread also still works inside atexit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: (
+            queue.SimpleQueue[tuple[ProcessRunner, SpawnSpec, concurrent.futures.Future[Any]]]
+            | None
+        ) = None
+
+    def _loop(self) -> None:
+        assert self._jobs is not None
+        while True:
+            runner, spec, future = self._jobs.get()
+            try:
+                future.set_result(anyio.run(runner.run, spec))
+            except BaseException as error:  # handed to the waiting caller
+                future.set_exception(error)
+
+    def run(self, runner: ProcessRunner, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
+        with self._lock:
+            if self._jobs is None:
+                self._jobs = queue.SimpleQueue()
+                threading.Thread(target=self._loop, name="mechasandbox-oci", daemon=True).start()
+            jobs = self._jobs
+        future: concurrent.futures.Future[Result[ProcessOutcome, SpawnFailed]] = (
+            concurrent.futures.Future()
+        )
+        jobs.put((runner, spec, future))
+        return future.result()
+
+
+_WORKER = _BlockingWorker()
+
+
+def run_blocking(runner: ProcessRunner, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
+    """Run `spec` to completion from synchronous code, even inside a running event loop.
+
+    `Backend.probe` and the exit handler are synchronous; the worker thread has its own
+    event loop, so they can still spawn through the injected runner.
+    """
+    return _WORKER.run(runner, spec)
+
+
+@attrs.frozen(kw_only=True)
+class EngineInfo:
+    """What the probe learnt about the engine."""
+
+    version: str
+    runtimes: frozenset[str]
+    traits: EngineTraits
+    memory: bool = True
+    pids: bool = True
+    runsc_problem: str | None = None  # why runsc cannot be used, when it is registered
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.define
+class _ProbeCache:
+    at: float = 0.0
+    value: Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable] | None = None
+
+
+# Containers of runs still going in this process: removed at interpreter exit.
+_LIVE: dict[str, tuple[ProcessRunner, str, tuple[tuple[str, str], ...]]] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _remove_live_at_exit() -> None:
+    with _LIVE_LOCK:
+        live = list(_LIVE.items())
+        _LIVE.clear()
+    for name, (runner, executable, env) in live:
+        spec = SpawnSpec(argv=(executable, "rm", "--force", name), env=env, cwd="/", timeout_s=30.0)
+        with contextlib.suppress(Exception):
+            run_blocking(runner, spec)
+
+
+atexit.register(_remove_live_at_exit)
+
+
+def owner_id() -> str:
+    """This host process, as written into every container's owner label."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _tail(data: bytes, limit: int = 500) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text[-limit:] if text else "(no output)"
+
+
+def _is_init_exec_failure(stderr: bytes) -> bool:
+    """tini (docker --init, podman-init) could not exec the command."""
+    return b"[FATAL tini (" in stderr and b"exec " in stderr and b" failed: " in stderr
+
+
+def _existing_protected(workspace: str, protected: tuple[str, ...]) -> tuple[str, ...]:
+    """Protected entries present in the workspace (not symlinks: a bind mount would follow)."""
+    present: list[str] = []
+    for relative in protected:
+        if os.path.isabs(relative) or relative.startswith("~"):
+            continue
+        clean = os.path.normpath(relative)
+        if clean.startswith(".."):
+            continue
+        path = os.path.join(workspace, clean)
+        if os.path.exists(path) and not os.path.islink(path):
+            present.append(clean)
+    return tuple(present)
+
+
+def _mask_env(args: tuple[str, ...]) -> tuple[str, ...]:
+    """The argv for display: environment values hidden (passed-through tokens stay private)."""
+    masked = list(args)
+    for index in range(1, len(masked)):
+        if masked[index - 1] == "--env":
+            masked[index] = masked[index].partition("=")[0] + "=…"
+    return tuple(masked)
+
+
+@attrs.frozen(kw_only=True)
+class OciBackend:
+    """A container backend driven through an engine CLI; docker and podman subclass it.
+
+    `image` must already be present in the engine (`--pull never`): see config/images.
+    `runtime` picks the OCI runtime (`Runtime.RUNSC` for gVisor). `executable` overrides
+    the CLI found on PATH. `cpus` optionally caps CPU bandwidth (`--cpus`).
+    """
+
+    kind: ClassVar[str] = "oci"
+
+    runner: ProcessRunner
+    image: str = DEFAULT_IMAGE
+    runtime: Runtime = Runtime.DEFAULT
+    executable: str | None = None
+    cpus: float | None = None
+    host: HostContext = attrs.field(factory=HostContext.current)
+    probe_ttl_s: float = _PROBE_TTL_S
+    _cache: _ProbeCache = attrs.field(factory=_ProbeCache, init=False, eq=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    # -- engine-specific hooks ------------------------------------------------------------
+
+    def _info_args(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _parse_info(self, document: Any) -> EngineInfo | str:
+        raise NotImplementedError
+
+    def _label_template(self, key: str) -> str:
+        """A Go template printing label `key` in `ps --format` (the engines differ)."""
+        return f'{{{{.Label "{key}"}}}}'
+
+    # -- probing --------------------------------------------------------------------------
+
+    def _unavailable(self, reason: str) -> BackendUnavailable:
+        return BackendUnavailable(backend=self.name, reason=reason)
+
+    def _cli_env(self) -> tuple[tuple[str, str], ...]:
+        return cli_environment(dict(self.host.env))
+
+    def _find_executable(self) -> str | None:
+        command = self.executable or self.kind
+        if os.sep in command:
+            return command if os.access(command, os.X_OK) else None
+        return shutil.which(command, path=dict(self.host.env).get("PATH", os.defpath))
+
+    def _cli_spec(
+        self,
+        executable: str,
+        args: tuple[str, ...],
+        *,
+        stdin: bytes | None = None,
+        timeout_s: float | None = _CLI_TIMEOUT_S,
+        max_output_bytes: int = _CLI_OUTPUT_BYTES,
+    ) -> SpawnSpec:
+        return SpawnSpec(
+            argv=(executable, *args),
+            env=self._cli_env(),
+            cwd="/",
+            stdin=stdin,
+            timeout_s=timeout_s,
+            max_output_bytes=max_output_bytes,
+            executable=executable,
+        )
+
+    def _probe_engine(  # noqa: PLR0911 - one early return per reason to be unavailable
+        self,
+    ) -> Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable]:
+        executable = self._find_executable()
+        if executable is None:
+            return Failure(
+                self._unavailable(f"{self.executable or self.kind} CLI not found on PATH")
+            )
+        info = run_blocking(
+            self.runner, self._cli_spec(executable, self._info_args(), timeout_s=20.0)
+        )
+        if isinstance(info, Failure):
+            return Failure(self._unavailable(f"cannot run {executable}: {info.failure().reason}"))
+        outcome = info.unwrap()
+        if outcome.exit_code != 0:
+            return Failure(self._unavailable(f"engine not reachable: {_tail(outcome.stderr)}"))
+        try:
+            parsed = self._parse_info(json.loads(outcome.stdout))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return Failure(self._unavailable(f"cannot read the engine's info: {error!r}"))
+        if isinstance(parsed, str):
+            return Failure(self._unavailable(parsed))
+        if self.runtime is Runtime.RUNSC:
+            if "runsc" not in parsed.runtimes:
+                return Failure(self._unavailable("gVisor runtime 'runsc' is not registered"))
+            if parsed.runsc_problem is not None:
+                return Failure(self._unavailable(parsed.runsc_problem))
+        elif self.runtime is not Runtime.DEFAULT and self.runtime.value not in parsed.runtimes:
+            return Failure(self._unavailable(f"runtime {self.runtime.value!r} is not registered"))
+        image = run_blocking(
+            self.runner,
+            self._cli_spec(
+                executable, ("image", "inspect", "--format", "{{.Id}}", self.image), timeout_s=20.0
+            ),
+        )
+        if isinstance(image, Failure) or image.unwrap().exit_code != 0:
+            return Failure(
+                self._unavailable(
+                    f"image {self.image!r} is not present in the engine (it is never pulled): "
+                    "build it with scripts/ci-engines.sh or config/images/"
+                )
+            )
+        return Success((self._capabilities(parsed), parsed, executable))
+
+    def _engine(self) -> Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable]:
+        now = time.monotonic()
+        cached = self._cache.value
+        if cached is None or now - self._cache.at > self.probe_ttl_s:
+            cached = self._probe_engine()
+            self._cache.value, self._cache.at = cached, now
+        return cached
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        return self._engine().map(lambda found: found[0])
+
+    def _capabilities(self, info: EngineInfo) -> Capabilities:
+        runtime = {
+            Runtime.DEFAULT: "the engine's default runtime",
+            Runtime.RUNC: "runc",
+            Runtime.RUNSC: "gVisor (runsc): a user-space kernel between the command and the host",
+        }[self.runtime]
+        enforced = {
+            Protection.FILESYSTEM_READ,
+            Protection.FILESYSTEM_WRITE,
+            Protection.PROTECTED_PATHS,
+            Protection.NETWORK_NONE,
+            Protection.PID_ISOLATION,
+            Protection.ENVIRONMENT,
+            Protection.TIMEOUT,
+            Protection.TREE_TEARDOWN,
+            Protection.CPU,
+            Protection.OPEN_FILES,
+            Protection.FILE_SIZE,
+        }
+        details = [
+            (
+                Protection.FILESYSTEM_READ,
+                "only the image, the workspace mount and a private /tmp exist",
+            ),
+            (Protection.FILESYSTEM_WRITE, "read-only root; writable: workspace mount, tmpfs /tmp"),
+            (
+                Protection.PROTECTED_PATHS,
+                "existing protected paths are re-mounted read-only over the workspace",
+            ),
+            (Protection.NETWORK_NONE, "--network none: loopback only"),
+            (
+                Protection.NETWORK_ALLOWLIST,
+                "not yet: needs the allowlist proxy bridged in over a unix socket",
+            ),
+            (Protection.PID_ISOLATION, f"own PID namespace; runtime: {runtime}"),
+            (Protection.ENVIRONMENT, "only the scrubbed environment, as explicit --env pairs"),
+            (Protection.TREE_TEARDOWN, "the container is force-removed on timeout, cancel, exit"),
+            (Protection.CPU, "--ulimit cpu (RLIMIT_CPU per process)"),
+            (Protection.OPEN_FILES, "--ulimit nofile"),
+            (Protection.FILE_SIZE, "--ulimit fsize"),
+        ]
+        if info.memory:
+            enforced.add(Protection.MEMORY)
+            details.append((Protection.MEMORY, "--memory with --memory-swap equal (cgroup)"))
+        else:
+            details.append((Protection.MEMORY, "the engine reports no memory cgroup support"))
+        if info.pids:
+            enforced.add(Protection.PROCESSES)
+            details.append(
+                (Protection.PROCESSES, "--pids-limit (pids cgroup; forks beyond it fail)")
+            )
+        else:
+            details.append((Protection.PROCESSES, "the engine reports no pids cgroup support"))
+        warnings = (*info.warnings, f"{self.kind} {info.version}, image {self.image}")
+        return Capabilities(
+            backend=self.name,
+            enforced=frozenset(enforced),
+            details=tuple(details),
+            warnings=warnings,
+        )
+
+    # -- compiling ------------------------------------------------------------------------
+
+    def _container_run(self, workspace: str, policy: Policy) -> ContainerRun:
+        return ContainerRun(
+            run_id=secrets.token_hex(8),
+            owner=owner_id(),
+            workspace=workspace,
+            protected=_existing_protected(workspace, policy.filesystem.protected),
+        )
+
+    def _check_mountable(self, workspace: str) -> Result[str, SandboxError]:
+        if any(char in workspace for char in ",\n\"'"):
+            return Failure(
+                ConfigInvalid(
+                    problem=(
+                        f"workspace {workspace!r}: a container mount path cannot contain "
+                        "commas, quotes or newlines"
+                    ),
+                    field="workspace",
+                )
+            )
+        return Success(workspace)
+
+    def _traits(self) -> EngineTraits:
+        engine = self._engine()
+        if isinstance(engine, Failure):
+            return self._default_traits()
+        info: EngineInfo = engine.unwrap()[1]
+        return info.traits
+
+    def _default_traits(self) -> EngineTraits:
+        raise NotImplementedError
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        def render(workspace: str) -> LaunchPlan:
+            run = self._container_run(workspace, policy)
+            args = compile_container_args(
+                request,
+                policy,
+                host,
+                self.image,
+                self.runtime,
+                self._traits(),
+                run=run,
+                cpus=self.cpus,
+            )
+            return LaunchPlan(
+                backend=self.name,
+                sections=(
+                    ("engine", self.executable or self.kind),
+                    ("image", self.image),
+                    ("runtime", self.runtime.value),
+                    ("argv", shlex.join((self.executable or self.kind, *_mask_env(args)))),
+                ),
+            )
+
+        workspace: Result[str, SandboxError] = check_workspace(request)
+        return workspace.bind(self._check_mountable).map(render)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        prepared = prepare_run(self, request, policy)
+        if isinstance(prepared, Failure):
+            return Failure(prepared.failure())
+        warnings, workspace = prepared.unwrap()
+        mountable = self._check_mountable(workspace)
+        if isinstance(mountable, Failure):
+            return Failure(mountable.failure())
+        _capabilities, info, executable = self._engine().unwrap()
+        run = self._container_run(workspace, policy)
+        args = compile_container_args(
+            request,
+            policy,
+            self.host,
+            self.image,
+            self.runtime,
+            info.traits,
+            run=run,
+            cpus=self.cpus,
+        )
+        spec = self._cli_spec(
+            executable,
+            args,
+            stdin=request.stdin,
+            timeout_s=policy.limits.timeout_s,
+            max_output_bytes=policy.limits.max_output_bytes,
+        )
+        with _LIVE_LOCK:
+            _LIVE[run.name] = (self.runner, executable, self._cli_env())
+        interrupted = True
+        try:
+            launched = await self.runner.run(spec)
+            if isinstance(launched, Failure):
+                interrupted = False
+                return Failure(BackendFailed(backend=self.name, reason=launched.failure().message))
+            outcome = launched.unwrap()
+            if outcome.timed_out:
+                # Killing the CLI client does not stop the container: the finally removes it.
+                result = self._result(outcome, warnings, exit_code=None, signal=None)
+                return classify(result, limits=policy.limits, timed_out=True)
+            interrupted = False
+            return await self._conclude(
+                executable,
+                run=run,
+                request=request,
+                policy=policy,
+                outcome=outcome,
+                warnings=warnings,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._remove(executable, run, thorough=interrupted)
+            with _LIVE_LOCK:
+                _LIVE.pop(run.name, None)
+
+    def _result(
+        self,
+        outcome: ProcessOutcome,
+        warnings: tuple[str, ...],
+        *,
+        exit_code: int | None,
+        signal: int | None,
+    ) -> RunResult:
+        # The CLI's rusage is not the container's: report none rather than a wrong figure.
+        return RunResult(
+            backend=self.name,
+            exit_code=exit_code,
+            signal=signal,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            duration_s=outcome.duration_s,
+            usage=Usage(),
+            warnings=warnings,
+        )
+
+    async def _state(self, executable: str, run: ContainerRun) -> dict[str, Any] | None:
+        """The container's `.State` (OOMKilled, Error, ExitCode), or None if it was never made."""
+        inspected = await self.runner.run(
+            self._cli_spec(executable, ("inspect", "--format", "{{json .State}}", run.name))
+        )
+        if isinstance(inspected, Failure) or inspected.unwrap().exit_code != 0:
+            return None
+        try:
+            state = json.loads(inspected.unwrap().stdout)
+        except ValueError:
+            return None
+        return state if isinstance(state, dict) else None
+
+    async def _conclude(
+        self,
+        executable: str,
+        *,
+        run: ContainerRun,
+        request: RunRequest,
+        policy: Policy,
+        outcome: ProcessOutcome,
+        warnings: tuple[str, ...],
+    ) -> Result[RunResult, SandboxError]:
+        code: int | None = outcome.exit_code
+        signal: int | None = outcome.signal
+        if code is not None and _SIGNAL_BASE < code <= _SIGNAL_BASE + 64:
+            signal = code - _SIGNAL_BASE
+            code = None
+        result = self._result(outcome, warnings, exit_code=code, signal=signal)
+        status = outcome.exit_code
+        if status in (_ENGINE_ERROR, 126, 127) or signal is not None:
+            state = await self._state(executable, run)
+            never_started = state is None or bool(state.get("Error"))
+            if state is not None and state.get("OOMKilled") and policy.limits.memory_bytes:
+                detail = (
+                    f"memory limit of {policy.limits.memory_bytes} bytes exceeded; "
+                    "the container was OOM-killed"
+                )
+                return Failure(MemoryLimit(detail=detail, partial=result))
+            if status == _ENGINE_ERROR and never_started:
+                return Failure(BackendFailed(backend=self.name, reason=_tail(outcome.stderr)))
+            if status in (126, 127) and (never_started or _is_init_exec_failure(outcome.stderr)):
+                reason = "command not found" if status == 127 else "not executable"
+                return Failure(
+                    SpawnFailed(
+                        command=request.argv[0],
+                        reason=f"{reason} in image {self.image!r}: {_tail(outcome.stderr, 200)}",
+                        exit_status=status,
+                    )
+                )
+        return classify(result, limits=policy.limits, timed_out=False)
+
+    async def _remove(self, executable: str, run: ContainerRun, *, thorough: bool) -> None:
+        """Force-remove the container (kills what still runs in it).
+
+        `thorough` is for a run we interrupted: the CLI may have died while the engine was
+        still creating the container, so look again until no container carries the label.
+        """
+        for attempt in range(_REMOVE_ATTEMPTS if thorough else 1):
+            await self.runner.run(self._cli_spec(executable, ("rm", "--force", run.name)))
+            if not thorough:
+                return
+            listed = await self.runner.run(
+                self._cli_spec(
+                    executable,
+                    ("ps", "--all", "--quiet", "--filter", f"label={LABEL_RUN}={run.run_id}"),
+                )
+            )
+            if (
+                isinstance(listed, Success)
+                and listed.unwrap().exit_code == 0
+                and not listed.unwrap().stdout.strip()
+            ):
+                return
+            await anyio.sleep(0.25 * (attempt + 1))
+
+    async def reap_leftovers(
+        self, *, include_live: bool = False
+    ) -> Result[tuple[str, ...], SandboxError]:
+        """Remove labelled containers whose owner process is gone (after a host crash).
+
+        Containers of another live process on this host are kept unless `include_live`;
+        those of another host (a shared remote engine) are kept unless `include_live`.
+        """
+        engine = self._engine()
+        if isinstance(engine, Failure):
+            return Failure(engine.failure())
+        executable = engine.unwrap()[2]
+        listed = await self.runner.run(
+            self._cli_spec(
+                executable,
+                (
+                    "ps",
+                    "--all",
+                    "--filter",
+                    f"label={LABEL_RUN}",
+                    "--format",
+                    "{{.Names}}\t" + self._label_template(LABEL_OWNER),
+                ),
+            )
+        )
+        if isinstance(listed, Failure):
+            return Failure(BackendFailed(backend=self.name, reason=listed.failure().message))
+        if listed.unwrap().exit_code != 0:
+            return Failure(BackendFailed(backend=self.name, reason=_tail(listed.unwrap().stderr)))
+        doomed: list[str] = []
+        for line in listed.unwrap().stdout.decode().splitlines():
+            name, _, owner = line.partition("\t")
+            if name and (include_live or _owner_gone(owner.strip())):
+                doomed.append(name.strip())
+        for name in doomed:
+            await self.runner.run(self._cli_spec(executable, ("rm", "--force", name)))
+        return Success(tuple(doomed))
+
+
+def _owner_gone(owner: str, *, alive: Callable[[int], bool] | None = None) -> bool:
+    hostname, _, pid_text = owner.rpartition(":")
+    if hostname != socket.gethostname() or not pid_text.isdigit():
+        return False
+    check = alive or _pid_alive
+    return not check(int(pid_text))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def reap_leftovers(
+    engine: OciBackend, *, include_live: bool = False
+) -> Result[tuple[str, ...], SandboxError]:
+    """Remove containers left by mechasandbox processes that died (see `OciBackend`)."""
+    return await engine.reap_leftovers(include_live=include_live)

@@ -1,0 +1,317 @@
+"""The container contract, run against a real engine and a real container.
+
+Subclassed per engine (test_docker.py, test_podman.py). Needs the test image built by
+scripts/ci-engines.sh (`MECHASANDBOX_TEST_IMAGE`, default mechasandbox-test:busybox).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+from typing import ClassVar
+
+import anyio
+import attrs
+import pytest
+from returns.result import Failure, Success
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.oci import OciBackend, Runtime
+from mechasandbox.backends.oci.compiler import LABEL_OWNER, LABEL_RUN
+from mechasandbox.backends.oci.engine import owner_id
+from mechasandbox.domain import (
+    MIB,
+    BackendUnavailable,
+    CpuLimit,
+    FileSizeLimit,
+    Limits,
+    MemoryLimit,
+    Policy,
+    RunRequest,
+    RunResult,
+    SandboxError,
+    SpawnFailed,
+    Timeout,
+)
+from mechasandbox.runner.runner import HelperProcessRunner
+from tests.conftest import require_available
+
+TEST_IMAGE = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
+
+pytestmark = [pytest.mark.anyio]
+
+
+def policy(**limits: object) -> Policy:
+    base = {"timeout_s": 30.0}
+    base.update(limits)  # type: ignore[arg-type]
+    return Policy(limits=Limits(**base))  # type: ignore[arg-type]
+
+
+def ok(result: object) -> RunResult:
+    assert isinstance(result, Success), result
+    value = result.unwrap()
+    assert isinstance(value, RunResult)
+    return value
+
+
+def failed(result: object) -> SandboxError:
+    assert isinstance(result, Failure), result
+    error: SandboxError = result.failure()
+    return error
+
+
+class OciContract:
+    """Shared tests; a subclass names the backend class and engine CLI."""
+
+    backend_class: ClassVar[type[OciBackend]]
+    cli: ClassVar[str]
+
+    @pytest.fixture
+    def backend(self, runner: HelperProcessRunner) -> OciBackend:
+        backend = self.backend_class(runner=runner, image=TEST_IMAGE)
+        require_available(backend)
+        return backend
+
+    def leftovers(self) -> list[str]:
+        """Containers of this test process still known to the engine."""
+        listed = subprocess.run(
+            [self.cli, "ps", "--all", "--quiet", "--filter", f"label={LABEL_OWNER}={owner_id()}"],
+            capture_output=True,
+            check=True,
+            text=True,
+        )
+        return listed.stdout.split()
+
+    async def test_echo_and_exit_code(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(
+            argv=["sh", "-c", "echo hello; echo oops >&2; exit 3"], workspace=str(tmp_path)
+        )
+        result = ok(await backend.run(request, policy()))
+        assert (result.exit_code, result.signal) == (3, None)
+        assert result.stdout == b"hello\n"
+        assert result.stderr == b"oops\n"
+        assert result.backend == backend.name
+        assert self.leftovers() == []
+
+    async def test_stdin_reaches_the_command(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(argv=["cat"], workspace=str(tmp_path), stdin=b"line one\nline two\n")
+        assert ok(await backend.run(request, policy())).stdout == b"line one\nline two\n"
+
+    async def test_workspace_write_visible_on_host_and_owned_by_user(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        request = RunRequest(argv=["sh", "-c", "pwd; echo made > out.txt"], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy()))
+        assert result.stdout.decode().strip() == str(tmp_path.resolve())  # same path inside
+        written = tmp_path / "out.txt"
+        assert written.read_text() == "made\n"
+        assert (written.stat().st_uid, written.stat().st_gid) == (os.getuid(), os.getgid())
+
+    async def test_files_belong_to_the_hosts_uid_not_root(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        if os.getuid() != 0:
+            pytest.skip("needs root to hand the workspace to another uid")
+        tmp_path.chmod(0o777)
+        host = attrs.evolve(HostContext.current(), uid=4242, gid=4343)
+        as_user = attrs.evolve(backend, host=host)
+        request = RunRequest(argv=["sh", "-c", "id -u; touch mine"], workspace=str(tmp_path))
+        result = ok(await as_user.run(request, policy()))
+        assert result.stdout == b"4242\n"
+        assert ((tmp_path / "mine").stat().st_uid, (tmp_path / "mine").stat().st_gid) == (
+            4242,
+            4343,
+        )
+
+    async def test_secret_outside_workspace_unreadable(
+        self, backend: OciBackend, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        secret = tmp_path_factory.mktemp("home") / "credentials"
+        secret.write_text("hunter2")
+        workspace = tmp_path / "ws"
+        workspace.mkdir()
+        (workspace / "link").symlink_to(secret)
+        request = RunRequest(
+            argv=["sh", "-c", f"cat {secret}; cat link; cat /root/.ssh/id_rsa; ls /home"],
+            workspace=str(workspace),
+        )
+        result = ok(await backend.run(request, policy()))
+        assert b"hunter2" not in result.stdout
+        assert result.exit_code != 0
+
+    async def test_write_to_etc_and_root_fails(self, backend: OciBackend, tmp_path: Path) -> None:
+        script = (
+            "echo x > /etc/evil || echo etc-denied; touch /bin/evil || echo bin-denied;"
+            " touch /tmp/ok && echo tmp-ok"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy()))
+        assert result.stdout == b"etc-denied\nbin-denied\ntmp-ok\n"
+
+    async def test_network_is_loopback_only(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(
+            argv=["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"],
+            workspace=str(tmp_path),
+        )
+        assert ok(await backend.run(request, policy())).stdout == b"lo\n"
+
+    async def test_host_environment_secret_absent(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        host = HostContext.current()
+        leaky = attrs.evolve(
+            backend, host=attrs.evolve(host, env=(*host.env, ("SECRET_API_KEY", "hunter2")))
+        )
+        request = RunRequest(argv=["env"], workspace=str(tmp_path))
+        result = ok(await leaky.run(request, policy()))
+        assert b"SECRET_API_KEY" not in result.stdout
+        assert b"hunter2" not in result.stdout
+
+    async def test_protected_paths_not_writable(self, backend: OciBackend, tmp_path: Path) -> None:
+        (tmp_path / ".git" / "hooks").mkdir(parents=True)
+        (tmp_path / ".git" / "config").write_text("[core]\n")
+        script = (
+            "echo evil > .git/hooks/post-commit || echo hook-denied;"
+            "echo '[core] fsmonitor=evil' >> .git/config || echo config-denied;"
+            "rm -f .git/config || echo rm-denied;"
+            "echo fine > .git/HEAD && echo head-ok"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy()))
+        assert result.stdout == b"hook-denied\nconfig-denied\nrm-denied\nhead-ok\n"
+        assert (tmp_path / ".git" / "config").read_text() == "[core]\n"
+        assert not (tmp_path / ".git" / "hooks" / "post-commit").exists()
+
+    async def test_command_not_found_is_spawn_failure(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        request = RunRequest(argv=["no-such-command-here"], workspace=str(tmp_path))
+        error = failed(await backend.run(request, policy()))
+        assert isinstance(error, SpawnFailed)
+        assert error.exit_status == 127
+        assert self.leftovers() == []
+
+    async def test_exit_127_of_the_command_is_data(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        request = RunRequest(argv=["sh", "-c", "exit 127"], workspace=str(tmp_path))
+        assert ok(await backend.run(request, policy())).exit_code == 127
+
+    async def test_killed_by_signal_is_decoded(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(argv=["sh", "-c", "kill -9 $$"], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy()))
+        assert (result.exit_code, result.signal) == (None, 9)
+
+    async def test_timeout_removes_the_container(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(argv=["sh", "-c", "echo started; sleep 60"], workspace=str(tmp_path))
+        started = anyio.current_time()
+        error = failed(await backend.run(request, policy(timeout_s=2.0)))
+        assert isinstance(error, Timeout)
+        assert anyio.current_time() - started < 20
+        assert error.partial.stdout == b"started\n"
+        assert self.leftovers() == []
+
+    async def test_cancellation_removes_the_container(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        request = RunRequest(argv=["sleep", "60"], workspace=str(tmp_path))
+        with anyio.move_on_after(2.0):
+            await backend.run(request, policy())
+        assert self.leftovers() == []
+
+    async def test_memory_bomb_is_memory_limit(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(
+            argv=["sh", "-c", "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived"],
+            workspace=str(tmp_path),
+        )
+        error = failed(await backend.run(request, policy(memory_bytes=48 * MIB)))
+        assert isinstance(error, MemoryLimit), error
+        assert self.leftovers() == []
+
+    async def test_processes_beyond_pids_limit_cannot_fork(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        script = "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; echo all-forked"
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy(max_processes=16)))
+        # The shell gets EAGAIN from fork and gives up: an ordinary (non-zero) exit.
+        assert b"all-forked" not in result.stdout
+        assert b"can't fork" in result.stderr
+        assert result.exit_code not in (None, 0)
+        assert self.leftovers() == []
+
+    async def test_fork_bomb_is_contained_and_removed(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        request = RunRequest(
+            argv=["sh", "-c", "b() { b | b & }; b; sleep 60"], workspace=str(tmp_path)
+        )
+        result = await backend.run(request, policy(max_processes=32, timeout_s=4.0))
+        # Forks beyond the limit fail (EAGAIN); the bomb then runs until the deadline.
+        assert isinstance(result, Failure | Success)
+        if isinstance(result, Failure):
+            assert isinstance(result.failure(), Timeout)
+        assert self.leftovers() == []
+
+    async def test_cpu_time_limit(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(argv=["sh", "-c", "while :; do :; done"], workspace=str(tmp_path))
+        error = failed(await backend.run(request, policy(cpu_time_s=1.0, timeout_s=30.0)))
+        assert isinstance(error, CpuLimit), error
+
+    async def test_file_size_limit(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(
+            argv=["dd", "if=/dev/zero", "of=big", "bs=1024", "count=4096"], workspace=str(tmp_path)
+        )
+        error = failed(await backend.run(request, policy(max_file_size_bytes=1 * MIB)))
+        assert isinstance(error, FileSizeLimit), error
+
+    async def test_reap_leftovers_removes_containers_of_dead_owners(
+        self, backend: OciBackend, runner: HelperProcessRunner
+    ) -> None:
+        dead = f"{owner_id().rpartition(':')[0]}:{2**22 + 12345}"
+        name = "mechasandbox-reaptest-" + secrets.token_hex(4)
+        subprocess.run(
+            [self.cli, "create", "--network", "none", "--name", name, "--label",
+             f"{LABEL_RUN}=reaptest", "--label", f"{LABEL_OWNER}={dead}", TEST_IMAGE, "true"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        reaped = await backend.reap_leftovers()
+        assert isinstance(reaped, Success)
+        assert name in reaped.unwrap()
+        remaining = subprocess.run(
+            [self.cli, "ps", "--all", "--quiet", "--filter", f"name={name}"],
+            capture_output=True, check=True, text=True,
+        )  # fmt: skip
+        assert remaining.stdout.strip() == ""
+
+    async def test_gvisor_runtime(self, runner: HelperProcessRunner, tmp_path: Path) -> None:
+        backend = self.backend_class(runner=runner, image=TEST_IMAGE, runtime=Runtime.RUNSC)
+        probed = backend.probe()
+        if isinstance(probed, Failure):
+            pytest.skip(f"gVisor unavailable: {probed.failure().reason}")
+        request = RunRequest(
+            argv=["sh", "-c", "dmesg | head -n 1; echo x > f"], workspace=str(tmp_path)
+        )
+        result = ok(await backend.run(request, policy()))
+        assert b"gVisor" in result.stdout
+        assert (tmp_path / "f").read_text() == "x\n"
+        assert self.leftovers() == []
+
+    def test_missing_image_is_unavailable(self, runner: HelperProcessRunner) -> None:
+        if shutil.which(self.cli) is None:
+            pytest.skip(f"{self.cli} not installed")
+        backend = self.backend_class(runner=runner, image="mechasandbox-absent:never")
+        probed = backend.probe()
+        if isinstance(probed, Failure) and "not reachable" in probed.failure().reason:
+            pytest.skip(probed.failure().reason)
+        assert isinstance(probed, Failure)
+        assert "never pulled" in probed.failure().reason
+
+    def test_missing_cli_is_unavailable(self, runner: HelperProcessRunner) -> None:
+        backend = self.backend_class(runner=runner, executable="/nonexistent/engine-cli")
+        probed = backend.probe()
+        assert isinstance(probed, Failure)
+        assert isinstance(probed.failure(), BackendUnavailable)

@@ -1,0 +1,172 @@
+"""Golden tests of the pure container compiler: exact argv, no engine needed."""
+
+from __future__ import annotations
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.oci import ContainerRun, EngineTraits, Runtime, compile_container_args
+from mechasandbox.domain import MIB, EnvironmentPolicy, Limits, Policy, RunRequest
+
+HOST = HostContext(
+    env=(
+        ("AWS_SECRET_ACCESS_KEY", "hunter2"),
+        ("HOME", "/home/dev"),
+        ("LANG", "C.UTF-8"),
+        ("OPENAI_API_KEY", "sk-secret"),
+        ("PATH", "/home/dev/.venv/bin:/usr/bin"),
+    ),
+    home="/home/dev",
+    uid=1000,
+    gid=1000,
+    platform="linux",
+)
+RUN = ContainerRun(
+    run_id="0123456789abcdef",
+    owner="devbox:4242",
+    workspace="/home/dev/project",
+    protected=(".git/hooks", ".git/config"),
+)
+REQUEST = RunRequest(argv=["python3", "-c", "print(1)"], workspace="/home/dev/project")
+
+
+def test_docker_default_policy_golden() -> None:
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=RUN
+    )
+    assert args == (
+        "run",
+        "--name", "mechasandbox-0123456789abcdef",
+        "--label", "mechasandbox.run=0123456789abcdef",
+        "--label", "mechasandbox.owner=devbox:4242",
+        "--pull", "never",
+        "--log-driver", "none",
+        "--init",
+        "--network", "none",
+        "--ipc", "private",
+        "--hostname", "sandbox",
+        "--read-only",
+        "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+        "--user", "1000:1000",
+        "--mount", "type=bind,source=/home/dev/project,target=/home/dev/project",
+        "--mount",
+        "type=bind,source=/home/dev/project/.git/hooks,target=/home/dev/project/.git/hooks,readonly",
+        "--mount",
+        "type=bind,source=/home/dev/project/.git/config,target=/home/dev/project/.git/config,readonly",
+        "--workdir", "/home/dev/project",
+        "--memory", str(4 * 1024 * MIB),
+        "--memory-swap", str(4 * 1024 * MIB),
+        "--pids-limit", "512",
+        "--ulimit", "core=0:0",
+        "--ulimit", "nofile=1024:1024",
+        "--ulimit", f"fsize={1024 * MIB}:{1024 * MIB}",
+        "--env", "HOME=/tmp",
+        "--env", "LANG=C.UTF-8",
+        "--entrypoint", "python3",
+        "img:1",
+        "-c", "print(1)",
+    )  # fmt: skip
+
+
+def test_podman_gvisor_stdin_and_limits_golden() -> None:
+    policy = Policy(
+        limits=Limits(
+            timeout_s=5,
+            cpu_time_s=2.5,
+            memory_bytes=64 * MIB,
+            max_processes=32,
+            max_open_files=None,
+            max_file_size_bytes=None,
+        ),
+        environment=EnvironmentPolicy(
+            allow=("LANG",), pass_through=("OPENAI_API_KEY",), set=(("PATH", "/opt/bin:/bin"),)
+        ),
+    )
+    request = RunRequest(argv=["cat"], workspace="/w", stdin=b"data")
+    run = ContainerRun(run_id="r1", owner="h:1", workspace="/w")
+    traits = EngineTraits.podman(init_path="/usr/bin/tini-static", rootless=True)
+    args = compile_container_args(
+        request, policy, HOST, "img:1", Runtime.RUNSC, traits, run=run, cpus=1.5
+    )
+    assert args == (
+        "run",
+        "--name", "mechasandbox-r1",
+        "--label", "mechasandbox.run=r1",
+        "--label", "mechasandbox.owner=h:1",
+        "--pull", "never",
+        "--log-driver", "none",
+        "--init",
+        "--init-path", "/usr/bin/tini-static",
+        "--interactive",
+        "--network", "none",
+        "--ipc", "private",
+        "--hostname", "sandbox",
+        "--read-only",
+        "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+        "--user", "1000:1000",
+        "--userns", "keep-id",
+        "--mount", "type=bind,source=/w,target=/w",
+        "--workdir", "/w",
+        "--memory", str(64 * MIB),
+        "--memory-swap", str(64 * MIB),
+        "--pids-limit", "32",
+        "--cpus", "1.5",
+        "--ulimit", "core=0:0",
+        "--ulimit", "cpu=3:4",
+        "--ulimit", "nproc=32:32",
+        "--runtime", "runsc",
+        "--runtime-flag", "network=none",
+        "--env", "HOME=/tmp",
+        "--env", "LANG=C.UTF-8",
+        "--env", "OPENAI_API_KEY=sk-secret",
+        "--env", "PATH=/opt/bin:/bin",
+        "--entrypoint", "cat",
+        "img:1",
+    )  # fmt: skip
+
+
+def test_no_limits_no_limit_flags_and_network_always_none() -> None:
+    policy = Policy(
+        limits=Limits(
+            timeout_s=None,
+            memory_bytes=None,
+            max_processes=None,
+            max_open_files=None,
+            max_file_size_bytes=None,
+        )
+    )
+    args = compile_container_args(
+        REQUEST, policy, HOST, "img", Runtime.DEFAULT, EngineTraits.docker(), run=RUN
+    )
+    for flag in ("--memory", "--memory-swap", "--pids-limit", "--cpus", "--runtime"):
+        assert flag not in args
+    assert args[args.index("--network") + 1] == "none"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--ulimit"] == ["core=0:0"]
+
+
+def test_host_secrets_never_reach_the_container() -> None:
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img", Runtime.DEFAULT, EngineTraits.docker(), run=RUN
+    )
+    joined = "\n".join(args)
+    assert "hunter2" not in joined
+    assert "sk-secret" not in joined
+    assert "/home/dev/.venv/bin" not in joined  # the host's PATH means nothing in the image
+    # Every --env carries its value: a bare NAME would be filled in from the CLI's env.
+    assert all("=" in args[i + 1] for i, a in enumerate(args) if a == "--env")
+
+
+def test_podman_without_init_binary_runs_without_init() -> None:
+    args = compile_container_args(
+        REQUEST,
+        Policy(),
+        HOST,
+        "img",
+        Runtime.DEFAULT,
+        EngineTraits.podman(init=False),
+        run=RUN,
+    )
+    assert "--init" not in args
+    assert "--init-path" not in args
