@@ -46,6 +46,27 @@ def _landlock(runner: ProcessRunner, host: HostContext) -> Any:
     return LandlockBackend(runner=runner, host=host)
 
 
+def _container_engine(
+    engine: str, *, runner: ProcessRunner, host: HostContext, image: str | None, runtime: str | None
+) -> Any:
+    """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor)."""
+    from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
+
+    backend_class = DockerBackend if engine == "docker" else PodmanBackend
+    options: dict[str, Any] = {"runner": runner, "host": host}
+    if image:
+        options["image"] = image
+    if runtime:
+        try:
+            options["runtime"] = Runtime(runtime)
+        except ValueError:
+            known = ", ".join(r.value for r in Runtime)
+            return MissingBackend(
+                backend_name=engine, reason=f"unknown OCI runtime {runtime!r} (known: {known})"
+            )
+    return backend_class(**options)
+
+
 def _by_name(
     backends: dict[str, providers.Provider[Any]],
 ) -> dict[str, providers.Provider[Any]]:
@@ -76,8 +97,22 @@ class Backends(containers.DeclarativeContainer):
     process = providers.Singleton(ProcessBackend, runner=core.runner, host=core.host)
     bubblewrap = providers.Singleton(MissingBackend, backend_name="bubblewrap", reason=NOT_BUILT)
     landlock = providers.Singleton(_landlock, runner=core.runner, host=core.host)
-    docker = providers.Singleton(MissingBackend, backend_name="docker", reason=NOT_BUILT)
-    podman = providers.Singleton(MissingBackend, backend_name="podman", reason=NOT_BUILT)
+    docker = providers.Singleton(
+        _container_engine,
+        "docker",
+        runner=core.runner,
+        host=core.host,
+        image=config.image,
+        runtime=config.runtime,
+    )
+    podman = providers.Singleton(
+        _container_engine,
+        "podman",
+        runner=core.runner,
+        host=core.host,
+        image=config.image,
+        runtime=config.runtime,
+    )
     seatbelt = providers.Singleton(MissingBackend, backend_name="seatbelt", reason=NOT_BUILT)
     apple_container = providers.Singleton(
         MissingBackend, backend_name="apple-container", reason=NOT_BUILT
@@ -121,8 +156,11 @@ class Services(containers.DeclarativeContainer):
     sandbox = providers.Singleton(Sandbox, backend=backends.selected, policy=policy)
 
 
+CONFIG_DEFAULTS = {"backend": "auto", "image": None, "runtime": None}
+
+
 class Application(containers.DeclarativeContainer):
-    config = providers.Configuration(strict=True)
+    config = providers.Configuration(strict=True, default=CONFIG_DEFAULTS)
     core = providers.Container(Core, config=config)
     backends = providers.Container(Backends, core=core, config=config)
     services = providers.Container(Services, core=core, backends=backends)

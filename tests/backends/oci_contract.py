@@ -26,10 +26,13 @@ from mechasandbox.domain import (
     MIB,
     BackendUnavailable,
     CpuLimit,
+    Enforcement,
     FileSizeLimit,
     Limits,
     MemoryLimit,
     Policy,
+    PolicyUnsupported,
+    Protection,
     RunRequest,
     RunResult,
     SandboxError,
@@ -45,9 +48,11 @@ pytestmark = [pytest.mark.anyio]
 
 
 def policy(**limits: object) -> Policy:
+    """Best-effort: the engines leave protected paths only partly enforced (see
+    `test_strict_policy_names_the_gap`); every other protection is asserted by a test."""
     base = {"timeout_s": 30.0}
     base.update(limits)  # type: ignore[arg-type]
-    return Policy(limits=Limits(**base))  # type: ignore[arg-type]
+    return Policy(limits=Limits(**base), enforcement=Enforcement.BEST_EFFORT)  # type: ignore[arg-type]
 
 
 def ok(result: object) -> RunResult:
@@ -84,6 +89,14 @@ class OciContract:
             text=True,
         )
         return listed.stdout.split()
+
+    async def test_strict_policy_names_the_gap(self, backend: OciBackend, tmp_path: Path) -> None:
+        request = RunRequest(argv=["true"], workspace=str(tmp_path))
+        result = await backend.run(request, Policy())
+        assert isinstance(result, Failure)
+        error = result.failure()
+        assert isinstance(error, PolicyUnsupported)
+        assert error.missing == (Protection.PROTECTED_PATHS,)
 
     async def test_echo_and_exit_code(self, backend: OciBackend, tmp_path: Path) -> None:
         request = RunRequest(

@@ -286,7 +286,8 @@ class Helper:
 
 def main() -> None:
     control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the host died: so do we (and our runs)
+    # No PR_SET_PDEATHSIG here: it follows the host *thread* that started us, not the host
+    # process. The host dying closes the control socket, and that ends us (and our runs).
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the host, which tells us
     Helper(control).serve()

@@ -135,7 +135,7 @@ def _bind(source: str, target: str, *, readonly: bool) -> list[str]:
     return ["--mount", spec + (",readonly" if readonly else "")]
 
 
-def compile_container_args(  # noqa: PLR0917 - the compiler's inputs, in a fixed order
+def compile_container_args(
     request: RunRequest,
     policy: Policy,
     host: HostContext,

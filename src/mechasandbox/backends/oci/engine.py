@@ -97,9 +97,9 @@ def cli_environment(host_env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 class _BlockingWorker:
     """One long-lived daemon thread that runs specs to completion for synchronous callers.
 
-    Long-lived on purpose: the spawn helper dies with the thread that started it (its
-    parent-death signal follows the thread), so a throw-away thread would take the helper,
-    and every run in it, down when it ends. A daemon thread also still works inside atexit.
+    It has its own event loop, so `probe` and the exit handler can spawn through the
+    injected runner even when called from inside a running loop; being a daemon thread,
+    it still works inside atexit.
     """
 
     def __init__(self) -> None:
@@ -288,7 +288,7 @@ class OciBackend:
             executable=executable,
         )
 
-    def _probe_engine(  # noqa: PLR0911 - one early return per reason to be unavailable
+    def _probe_engine(
         self,
     ) -> Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable]:
         executable = self._find_executable()
@@ -352,9 +352,9 @@ class OciBackend:
         enforced = {
             Protection.FILESYSTEM_READ,
             Protection.FILESYSTEM_WRITE,
-            Protection.PROTECTED_PATHS,
             Protection.NETWORK_NONE,
             Protection.PID_ISOLATION,
+            Protection.HOST_PROCESSES_HIDDEN,
             Protection.ENVIRONMENT,
             Protection.TIMEOUT,
             Protection.TREE_TEARDOWN,
@@ -370,7 +370,8 @@ class OciBackend:
             (Protection.FILESYSTEM_WRITE, "read-only root; writable: workspace mount, tmpfs /tmp"),
             (
                 Protection.PROTECTED_PATHS,
-                "existing protected paths are re-mounted read-only over the workspace",
+                "only partly: existing protected paths are re-mounted read-only, but missing "
+                "ones (.envrc, .vscode/...) can be created and `mv .git g` gets around them",
             ),
             (Protection.NETWORK_NONE, "--network none: loopback only"),
             (
@@ -378,6 +379,7 @@ class OciBackend:
                 "not yet: needs the allowlist proxy bridged in over a unix socket",
             ),
             (Protection.PID_ISOLATION, f"own PID namespace; runtime: {runtime}"),
+            (Protection.HOST_PROCESSES_HIDDEN, "own PID namespace"),
             (Protection.ENVIRONMENT, "only the scrubbed environment, as explicit --env pairs"),
             (Protection.TREE_TEARDOWN, "the container is force-removed on timeout, cancel, exit"),
             (Protection.CPU, "--ulimit cpu (RLIMIT_CPU per process)"),
