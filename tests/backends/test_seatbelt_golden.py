@@ -75,7 +75,8 @@ def compile_ok(
         proxy_port=proxy_port,
     )
     assert isinstance(result, Success), result
-    return result.unwrap()
+    profile: SbplProfile = result.unwrap()
+    return profile
 
 
 RESTRICTIVE = Policy(

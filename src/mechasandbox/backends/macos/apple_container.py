@@ -101,7 +101,9 @@ Mount = tuple[str, bool]  # (host path, read-only)
 def _mounts(
     request: RunRequest, policy: Policy, host: HostContext, realpath: Callable[[str], str]
 ) -> Result[tuple[Mount, ...], SandboxError]:
-    """The workspace read-write, then the policy's readable (read-only) and writable paths."""
+    """The workspace read-write, then the policy's readable (read-only) and writable paths.
+
+    The CLI mounts directories only (virtiofs); a file path fails when the run starts."""
     fs = policy.filesystem
     wanted = [("workspace", request.workspace, False)]
     wanted += [("filesystem.readable", host.expand(p), True) for p in fs.readable]
@@ -146,10 +148,11 @@ def _container_env(policy: Policy, host: HostContext) -> Result[str, SandboxErro
     if "PATH" not in dict(policy.environment.set):
         env["PATH"] = LINUX_PATH
     for key, value in env.items():
-        if "\n" in value or "\n" in key or "=" in key:
+        # The CLI splits its env-file on every Unicode line break, and on the first "=".
+        if len(f"{key}={value}".splitlines()) != 1 or "=" in key:
             return Failure(
                 ConfigInvalid(
-                    problem=f"environment variable {key!r} cannot be passed (newline or '=')",
+                    problem=f"environment variable {key!r} cannot be passed (line break or '=')",
                     field="environment",
                 )
             )
