@@ -9,8 +9,9 @@ How the profile is built, and why:
 - **No path is ever spliced into the profile text.** Every host path (workspace, private
   tmp, readable/writable roots, secrets, protected paths) is passed as a `-D NAME=value`
   parameter and referenced as `(param "NAME")`. A workspace named `a") (allow default) ;`
-  therefore stays data: the profile text is the same for every path, and golden tests can
-  check it. The only values written inline are fixed constants and the proxy port (an int).
+  therefore stays data: the text depends on how many paths there are, never on what they
+  say, and golden tests can check it. The only values written inline are fixed constants
+  and the proxy port (an int).
 - Seatbelt matches the *real* path of a vnode (`/private/tmp/x`, never `/tmp/x`), so every
   path is resolved with the host's `realpath` before it becomes a parameter; for deny rules
   the unresolved spelling is kept too. `realpath` is injected so the compiler stays pure.
