@@ -1,0 +1,430 @@
+"""The `apple-container` backend: Apple's `container` CLI, one lightweight Linux VM per run.
+
+What it enforces: the command sees only the image and the mounts we give it (the
+workspace read-write at its own path, the policy's extra paths), so host secrets are out
+of reach and writes land only in the workspace or the VM's throw-away disk; host processes
+are in another kernel; `--network none` leaves the VM without a network interface;
+`--memory` bounds the whole VM. Timeouts and cancellation kill and delete the container.
+
+What it does not: protected paths *inside* the workspace (the mount is one read-write
+tree), `deny_read`/`deny_write` paths inside a mount, the network allowlist (no bridge to
+the host proxy yet), and per-run CPU time, process count, open files and file size (the
+command runs as root in its VM, where rlimits do not bind; the VM boundary contains the
+damage, but no limit is enforced). Its capabilities say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import posixpath
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+
+import anyio
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import (
+    HostContext,
+    LaunchPlan,
+    check_workspace,
+    scrubbed_environment,
+)
+from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.domain.errors import (
+    BackendUnavailable,
+    ConfigInvalid,
+    PolicyUnsupported,
+    SandboxError,
+)
+from mechasandbox.domain.limits import MIB
+from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.spec import SpawnSpec
+
+DEFAULT_IMAGE = "docker.io/library/debian:stable-slim"
+MIN_MACOS = (26,)
+# Inside the Linux VM the host's PATH (/opt/homebrew/bin, ...) means nothing.
+LINUX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NAME_PREFIX = "mechasandbox-"
+_CLEANUP_TIMEOUT_S = 30.0
+_STATUS_TTL_S = 30.0
+# `-v`/`--mount` values are split on these: a path holding one cannot be passed safely.
+_MOUNT_SEPARATORS = (":", ",", "=", "\n", "\x00")
+
+_status_ok_until: dict[str, float] = {}
+
+
+@attrs.frozen(kw_only=True)
+class ContainerInvocation:
+    """`container run` arguments plus the env-file they refer to (kept off the argv, where
+    other local users could read values with `ps`)."""
+
+    argv: tuple[str, ...]
+    name: str
+    env_file: str
+    warnings: tuple[str, ...] = ()
+
+
+def _mount_path(path: str, field: str) -> Result[str, ConfigInvalid]:
+    bad = next((sep for sep in _MOUNT_SEPARATORS if sep in path), None)
+    if bad is not None:
+        return Failure(
+            ConfigInvalid(
+                problem=f"path {path!r} contains {bad!r}, which container mount syntax "
+                "cannot carry",
+                field=field,
+            )
+        )
+    if not posixpath.isabs(path):
+        return Failure(ConfigInvalid(problem=f"path {path!r} must be absolute", field=field))
+    return Success(posixpath.normpath(path))
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+Mount = tuple[str, bool]  # (host path, read-only)
+
+
+def _mounts(
+    request: RunRequest, policy: Policy, host: HostContext, realpath: Callable[[str], str]
+) -> Result[tuple[Mount, ...], SandboxError]:
+    """The workspace read-write, then the policy's readable (read-only) and writable paths.
+
+    The CLI mounts directories only (virtiofs); a file path fails when the run starts."""
+    fs = policy.filesystem
+    wanted = [("workspace", request.workspace, False)]
+    wanted += [("filesystem.readable", host.expand(p), True) for p in fs.readable]
+    wanted += [("filesystem.writable", host.expand(p), False) for p in fs.writable]
+    mounts: list[Mount] = []
+    for field, path, readonly in wanted:
+        if not posixpath.isabs(path):  # before realpath, which would use our own cwd
+            return Failure(ConfigInvalid(problem=f"path {path!r} must be absolute", field=field))
+        checked = _mount_path(realpath(path), field)
+        if isinstance(checked, Failure):
+            return Failure(checked.failure())
+        mounts.append((checked.unwrap(), readonly))
+    return Success(tuple(mounts))
+
+
+def _carve_outs(
+    policy: Policy, host: HostContext, mounts: tuple[Mount, ...], realpath: Callable[[str], str]
+) -> Result[tuple[str, ...], SandboxError]:
+    """deny_read/deny_write paths inside a mount cannot be carved out of it: refuse (strict)
+    or warn (best-effort)."""
+    workspace = mounts[0][0]
+    fs = policy.filesystem
+    checks = [("deny_read", e, Protection.FILESYSTEM_READ, False) for e in fs.deny_read]
+    checks += [("deny_write", e, Protection.FILESYSTEM_WRITE, True) for e in fs.deny_write]
+    warnings: list[str] = []
+    for label, entry, protection, writable_only in checks:
+        path = realpath(posixpath.join(workspace, host.expand(entry)))
+        exposed = any(
+            _within(path, mount) for mount, readonly in mounts if not (writable_only and readonly)
+        )
+        if not exposed:
+            continue
+        if policy.enforcement is Enforcement.STRICT:
+            return Failure(PolicyUnsupported(backend="apple-container", missing=(protection,)))
+        warnings.append(f"not enforced by apple-container: {label} {entry!r} is inside a mount")
+    return Success(tuple(warnings))
+
+
+def _container_env(policy: Policy, host: HostContext) -> Result[str, SandboxError]:
+    """The env-file content: the scrubbed environment, with a Linux PATH unless set."""
+    env = scrubbed_environment(policy.environment, dict(host.env))
+    if "PATH" not in dict(policy.environment.set):
+        env["PATH"] = LINUX_PATH
+    for key, value in env.items():
+        # The CLI splits its env-file on every Unicode line break, and on the first "=".
+        if len(f"{key}={value}".splitlines()) != 1 or "=" in key:
+            return Failure(
+                ConfigInvalid(
+                    problem=f"environment variable {key!r} cannot be passed (line break or '=')",
+                    field="environment",
+                )
+            )
+    return Success("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
+
+
+def compile_args(
+    request: RunRequest,
+    policy: Policy,
+    host: HostContext,
+    *,
+    cli: str,
+    image: str,
+    name: str,
+    env_file: str,
+    cpus: int | None = None,
+    realpath: Callable[[str], str] = posixpath.normpath,
+) -> Result[ContainerInvocation, SandboxError]:
+    """The `container run` argv for `request` under `policy` (pure; `realpath` injected).
+
+    The workspace is mounted read-write at its own host path, so paths the agent prints
+    mean the same inside and out; extra readable/writable paths likewise, read-only or not.
+    `--entrypoint` is the command itself, so an image's entrypoint never wraps it.
+    """
+    if policy.network.mode is NetworkMode.ALLOWLIST:
+        return Failure(
+            PolicyUnsupported(backend="apple-container", missing=(Protection.NETWORK_ALLOWLIST,))
+        )
+    mounted = _mounts(request, policy, host, realpath)
+    if isinstance(mounted, Failure):
+        return Failure(mounted.failure())
+    mounts = mounted.unwrap()
+    warnings = _carve_outs(policy, host, mounts, realpath)
+    content = _container_env(policy, host)
+    if isinstance(warnings, Failure):
+        return Failure(warnings.failure())
+    if isinstance(content, Failure):
+        return Failure(content.failure())
+
+    argv: list[str] = [cli, "run", "--rm", "--name", name]
+    if policy.network.mode is NetworkMode.NONE:
+        argv += ["--network", "none"]
+    if policy.limits.memory_bytes is not None:
+        argv += ["--memory", f"{max(1, math.ceil(policy.limits.memory_bytes / MIB))}M"]
+    if cpus is not None:
+        argv += ["--cpus", str(cpus)]
+    for path, readonly in mounts:
+        suffix = ",readonly" if readonly else ""
+        argv += ["--mount", f"type=bind,source={path},target={path}{suffix}"]
+    argv += ["--workdir", mounts[0][0], "--env-file", env_file]
+    argv += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
+    return Success(
+        ContainerInvocation(
+            argv=tuple(argv), name=name, env_file=content.unwrap(), warnings=warnings.unwrap()
+        )
+    )
+
+
+def _macos_version() -> tuple[int, ...]:
+    release = platform.mac_ver()[0]
+    return tuple(int(part) for part in release.split(".") if part.isdigit())
+
+
+def _system_status(cli: str) -> str | None:
+    """None when `container system status` says the services run, else why not."""
+    now = time.monotonic()
+    if _status_ok_until.get(cli, 0.0) > now:
+        return None
+    try:
+        completed = subprocess.run(
+            [cli, "system", "status"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"`container system status` failed: {error}"
+    if completed.returncode != 0:
+        output = (completed.stdout + completed.stderr).decode(errors="replace").strip()
+        return f"container services are not running (`container system start`): {output}"
+    _status_ok_until[cli] = now + _STATUS_TTL_S
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class AppleContainerBackend:
+    """Runs each command as `container run --rm … IMAGE argv` in a fresh VM.
+
+    `image` must provide the command's toolchain; `cpus` sets the VM's CPU count. The
+    callables are injection points for tests (CLI lookup, macOS version, service status).
+    """
+
+    runner: ProcessRunner
+    host: HostContext = attrs.field(factory=HostContext.current)
+    image: str = DEFAULT_IMAGE
+    cpus: int | None = None
+    realpath: Callable[[str], str] = os.path.realpath
+    which: Callable[[str], str | None] = shutil.which
+    macos_version: Callable[[], tuple[int, ...]] = _macos_version
+    system_status: Callable[[str], str | None] = _system_status
+
+    @property
+    def name(self) -> str:
+        return "apple-container"
+
+    def _cli(self) -> Result[str, BackendUnavailable]:
+        def unavailable(reason: str) -> Result[str, BackendUnavailable]:
+            return Failure(BackendUnavailable(backend=self.name, reason=reason))
+
+        if self.host.platform != "darwin":
+            return unavailable(f"needs macOS 26+ (this host is {self.host.platform})")
+        version = self.macos_version()
+        if version < MIN_MACOS:
+            shown = ".".join(map(str, version)) or "unknown"
+            return unavailable(f"needs macOS 26+ (this is macOS {shown})")
+        cli = self.which("container")
+        if cli is None:
+            return unavailable("the `container` CLI is not installed (github.com/apple/container)")
+        problem = self.system_status(cli)
+        if problem is not None:
+            return unavailable(problem)
+        return Success(cli)
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        return self._cli().map(lambda _cli: self._capabilities())
+
+    def _capabilities(self) -> Capabilities:
+        vm = "not limited per run; the VM boundary contains the damage"
+        return Capabilities(
+            backend=self.name,
+            enforced=frozenset(
+                {
+                    Protection.FILESYSTEM_READ,
+                    Protection.FILESYSTEM_WRITE,
+                    Protection.NETWORK_NONE,
+                    Protection.PID_ISOLATION,
+                    Protection.ENVIRONMENT,
+                    Protection.TIMEOUT,
+                    Protection.TREE_TEARDOWN,
+                    Protection.MEMORY,
+                }
+            ),
+            details=(
+                (Protection.FILESYSTEM_READ, "VM sees only the image and the mounts"),
+                (Protection.FILESYSTEM_WRITE, "only the mounts reach the host; VM disk discarded"),
+                (Protection.PROTECTED_PATHS, "the workspace is one read-write mount"),
+                (Protection.NETWORK_NONE, "--network none: no interface in the VM"),
+                (Protection.NETWORK_ALLOWLIST, "no bridge from the VM to the host proxy"),
+                (Protection.PID_ISOLATION, "separate kernel per run"),
+                (Protection.TREE_TEARDOWN, "container kill + delete on timeout/cancel"),
+                (Protection.MEMORY, "--memory of the VM"),
+                (Protection.CPU, f"CPU time {vm}"),
+                (Protection.PROCESSES, f"process count {vm}"),
+                (Protection.OPEN_FILES, f"open files {vm}"),
+                (Protection.FILE_SIZE, f"file size {vm}"),
+            ),
+        )
+
+    def compile(
+        self,
+        request: RunRequest,
+        policy: Policy,
+        host: HostContext,
+        *,
+        cli: str,
+        name: str,
+        env_file: str,
+    ) -> Result[ContainerInvocation, SandboxError]:
+        return compile_args(
+            request,
+            policy,
+            host,
+            cli=cli,
+            image=self.image,
+            name=name,
+            env_file=env_file,
+            cpus=self.cpus,
+            realpath=self.realpath,
+        )
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        cli = self.which("container") or "container"
+
+        def render(invocation: ContainerInvocation) -> LaunchPlan:
+            names = " ".join(line.split("=", 1)[0] for line in invocation.env_file.splitlines())
+            return LaunchPlan(
+                backend=self.name,
+                sections=(
+                    ("argv", " ".join(invocation.argv)),
+                    ("environment", names),
+                    ("image", self.image),
+                ),
+                warnings=invocation.warnings,
+            )
+
+        workspace: Result[str, SandboxError] = check_workspace(request)
+        return workspace.bind(
+            lambda path: self.compile(
+                attrs.evolve(request, workspace=path),
+                policy,
+                host,
+                cli=cli,
+                name=NAME_PREFIX + "<run-id>",
+                env_file="<private env file>",
+            )
+        ).map(render)
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        prepared = prepare_run(self, request, policy)
+        if isinstance(prepared, Failure):
+            return Failure(prepared.failure())
+        warnings, workspace = prepared.unwrap()
+        cli_found = self._cli()
+        if isinstance(cli_found, Failure):
+            return Failure(cli_found.failure())
+        cli = cli_found.unwrap()
+        name = NAME_PREFIX + uuid.uuid4().hex[:16]
+        with tempfile.TemporaryDirectory(prefix=NAME_PREFIX) as private:
+            env_path = os.path.join(private, "env")
+            compiled = self.compile(
+                attrs.evolve(request, workspace=workspace),
+                policy,
+                self.host,
+                cli=cli,
+                name=name,
+                env_file=env_path,
+            )
+            if isinstance(compiled, Failure):
+                return Failure(compiled.failure())
+            invocation = compiled.unwrap()
+            fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(invocation.env_file)
+            spec = SpawnSpec(
+                argv=invocation.argv,
+                env=self._cli_env(),
+                cwd=workspace,
+                stdin=request.stdin,
+                timeout_s=policy.limits.timeout_s,
+                max_output_bytes=policy.limits.max_output_bytes,
+                executable=cli,
+            )
+            finished = False
+            try:
+                result = await execute_spec(
+                    self.name,
+                    self.runner,
+                    spec,
+                    policy,
+                    warnings=warnings + invocation.warnings,
+                )
+                finished = isinstance(result, Success) and result.unwrap().exit_code is not None
+            finally:
+                if not finished:
+                    with anyio.CancelScope(shield=True):
+                        await self._remove(cli, name, workspace)
+        return result
+
+    def _cli_env(self) -> tuple[tuple[str, str], ...]:
+        """The CLI itself needs little: it talks to the container services over XPC."""
+        host_env = dict(self.host.env)
+        keep = ("HOME", "PATH", "TMPDIR", "USER")
+        return tuple(sorted((k, host_env[k]) for k in keep if k in host_env))
+
+    async def _remove(self, cli: str, name: str, cwd: str) -> None:
+        """Kill and delete the container: killing the CLI alone leaves the VM running."""
+        for argv in ((cli, "kill", name), (cli, "delete", "--force", name)):
+            spec = SpawnSpec(
+                argv=argv,
+                env=self._cli_env(),
+                cwd=cwd,
+                timeout_s=_CLEANUP_TIMEOUT_S,
+                executable=cli,
+            )
+            with contextlib.suppress(Exception):
+                await self.runner.run(spec)

@@ -1,0 +1,311 @@
+"""The `seatbelt` backend: `/usr/bin/sandbox-exec` with a profile compiled from the policy.
+
+What it enforces: reads and writes confined to the system trees, the workspace, a private
+per-run TMPDIR and the policy's extra paths; secrets (`deny_read`) unreadable; protected
+"runs later" paths unwritable and their parents not renameable; no network, or only the
+allowlist proxy's loopback port; signals only to processes of the same sandbox; rlimits
+applied by the spawn helper (`setrlimit` in the child, inherited through `sandbox-exec`).
+
+What it does not: host processes stay visible (`ps`); a child that calls `setsid` leaves
+the process group the runner kills at the end (no subreaper, no cgroup on macOS);
+RLIMIT_AS is best-effort on macOS; RLIMIT_NPROC counts every process of the user, so the
+limit is set to the user's current count plus the policy's allowance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import posixpath
+import resource
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import (
+    HostContext,
+    LaunchPlan,
+    check_workspace,
+    resolve_command,
+    scrubbed_environment,
+)
+from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
+from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.domain.errors import BackendFailed, BackendUnavailable, SandboxError
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.spec import RlimitSetting, SpawnSpec
+
+# Only the system's copy: a `sandbox-exec` earlier on PATH could be anything.
+SANDBOX_EXEC = "/usr/bin/sandbox-exec"
+UMASK = 0o077
+TMP_PREFIX = "mechasandbox-"
+DEPRECATION_NOTE = (
+    "sandbox-exec is deprecated by Apple (still shipped and used by browsers and coding "
+    "agents); its profile language is undocumented"
+)
+MEMORY_NOTE = "memory limit is RLIMIT_AS, which macOS may not enforce against every mapping"
+
+# <sys/sysctl.h>: CTL_KERN, KERN_PROC, KERN_PROC_UID; sizeof(struct kinfo_proc) on 64-bit.
+_CTL_KERN, _KERN_PROC, _KERN_PROC_UID = 1, 14, 5
+_KINFO_PROC_SIZE = 648
+_IS_DARWIN = sys.platform == "darwin"
+
+
+def darwin_user_process_count(uid: int) -> int | None:
+    """How many processes `uid` owns now, from `sysctl kern.proc.uid` (macOS only).
+
+    The size query over-estimates a little, which only adds headroom. None elsewhere.
+    """
+    if not _IS_DARWIN:
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        mib = (ctypes.c_int * 4)(_CTL_KERN, _KERN_PROC, _KERN_PROC_UID, uid)
+        size = ctypes.c_size_t(0)
+        if libc.sysctl(mib, 4, None, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int(size.value) // _KINFO_PROC_SIZE
+
+
+def _nproc_hard_limit() -> int | None:
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    except (OSError, ValueError):
+        return None
+    return None if hard == resource.RLIM_INFINITY else int(hard)
+
+
+def _sandbox_exec_present() -> bool:
+    return os.access(SANDBOX_EXEC, os.X_OK)
+
+
+def _default_tmp_root() -> str:
+    return os.path.realpath(tempfile.gettempdir())
+
+
+def seatbelt_rlimits(
+    policy: Policy,
+    *,
+    uid: int,
+    user_processes: int | None,
+    nproc_hard: int | None,
+) -> tuple[RlimitSetting, ...]:
+    """The policy's rlimits, with RLIMIT_NPROC shifted by the user's current process count.
+
+    RLIMIT_NPROC is checked against every process of the user, and a Mac user typically
+    runs several hundred: a bare `max_processes=512` would leave the command no fork at
+    all. The allowance is added on top of what runs now, capped by the hard limit we have.
+    """
+    settings = rlimits_for(policy.limits)
+    max_processes = policy.limits.max_processes
+    if max_processes is None:
+        return settings
+    if uid == 0:  # RLIMIT_NPROC does not bind root: leave it out rather than pretend
+        return tuple(s for s in settings if s.resource != "RLIMIT_NPROC")
+    allowance = max_processes + (user_processes or 0)
+    if nproc_hard is not None:
+        allowance = min(allowance, nproc_hard)
+    return tuple(
+        RlimitSetting(resource=s.resource, soft=allowance, hard=allowance)
+        if s.resource == "RLIMIT_NPROC"
+        else s
+        for s in settings
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SeatbeltBackend:
+    """Runs each command under `sandbox-exec -p PROFILE -D… -- argv`.
+
+    `proxy_port` is the loopback port of the network allowlist proxy; without it a policy
+    with `network.mode = allowlist` is refused (fail closed). The remaining fields are
+    injection points for tests: how paths are resolved, where per-run TMPDIRs go, whether
+    `sandbox-exec` exists, how many processes the user runs.
+    """
+
+    runner: ProcessRunner
+    host: HostContext = attrs.field(factory=HostContext.current)
+    proxy_port: int | None = None
+    realpath: Callable[[str], str] = os.path.realpath
+    tmp_root: str = attrs.field(factory=_default_tmp_root)
+    sandbox_exec_present: Callable[[], bool] = _sandbox_exec_present
+    process_count: Callable[[int], int | None] = darwin_user_process_count
+
+    @property
+    def name(self) -> str:
+        return "seatbelt"
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        if self.host.platform != "darwin":
+            return Failure(
+                BackendUnavailable(
+                    backend=self.name, reason=f"needs macOS (this host is {self.host.platform})"
+                )
+            )
+        if not self.sandbox_exec_present():
+            return Failure(
+                BackendUnavailable(backend=self.name, reason=f"{SANDBOX_EXEC} is missing")
+            )
+        enforced = {
+            Protection.FILESYSTEM_READ,
+            Protection.FILESYSTEM_WRITE,
+            Protection.PROTECTED_PATHS,
+            Protection.NETWORK_NONE,
+            Protection.ENVIRONMENT,
+            Protection.TIMEOUT,
+            Protection.CPU,
+            Protection.MEMORY,
+            Protection.OPEN_FILES,
+            Protection.FILE_SIZE,
+        }
+        details = [
+            (Protection.FILESYSTEM_READ, "SBPL: system trees, workspace, TMPDIR; deny_read last"),
+            (Protection.FILESYSTEM_WRITE, "SBPL: workspace, private TMPDIR, policy paths"),
+            (Protection.PROTECTED_PATHS, "SBPL deny file-write* + no unlink/rename of parents"),
+            (Protection.NETWORK_NONE, "SBPL: no network rule (deny default)"),
+            (Protection.PID_ISOLATION, "host processes are visible; signals only same-sandbox"),
+            (Protection.TREE_TEARDOWN, "process group only: a setsid'd child can escape"),
+            (Protection.CPU, "RLIMIT_CPU"),
+            (Protection.MEMORY, "RLIMIT_AS (best-effort on macOS)"),
+            (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
+            (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
+        ]
+        if self.proxy_port is not None:
+            enforced.add(Protection.NETWORK_ALLOWLIST)
+            details.append(
+                (Protection.NETWORK_ALLOWLIST, f"SBPL: only localhost:{self.proxy_port} (proxy)")
+            )
+        else:
+            details.append((Protection.NETWORK_ALLOWLIST, "no allowlist proxy configured"))
+        if self.host.uid == 0:
+            details.append((Protection.PROCESSES, "RLIMIT_NPROC does not apply to root"))
+        else:
+            enforced.add(Protection.PROCESSES)
+            details.append(
+                (Protection.PROCESSES, "RLIMIT_NPROC over the user's current process count")
+            )
+        return Success(
+            Capabilities(
+                backend=self.name,
+                enforced=frozenset(enforced),
+                details=tuple(details),
+                warnings=(MEMORY_NOTE,),
+            )
+        )
+
+    def compile(
+        self, request: RunRequest, policy: Policy, host: HostContext, tmpdir: str
+    ) -> Result[SbplProfile, SandboxError]:
+        return compile_profile(
+            request,
+            policy,
+            host,
+            tmpdir=tmpdir,
+            realpath=self.realpath,
+            proxy_port=self.proxy_port,
+        )
+
+    def _spec(
+        self,
+        request: RunRequest,
+        policy: Policy,
+        host: HostContext,
+        workspace: str,
+        tmpdir: str,
+    ) -> Result[tuple[SpawnSpec, SbplProfile], SandboxError]:
+        env = scrubbed_environment(policy.environment, dict(host.env))
+        env["TMPDIR"] = tmpdir
+        rlimits = seatbelt_rlimits(
+            policy,
+            uid=host.uid,
+            user_processes=self.process_count(host.uid),
+            nproc_hard=_nproc_hard_limit(),
+        )
+        located = attrs.evolve(request, workspace=workspace)
+        profile = self.compile(located, policy, host, tmpdir)
+        if isinstance(profile, Failure):
+            return Failure(profile.failure())
+        compiled = profile.unwrap()
+        resolved: Result[str, SandboxError] = resolve_command(request.argv[0], env, workspace)
+        return resolved.map(
+            lambda _executable: (
+                SpawnSpec(
+                    argv=(SANDBOX_EXEC, *compiled.sandbox_exec_args(), "--", *request.argv),
+                    env=tuple(sorted(env.items())),
+                    cwd=workspace,
+                    stdin=request.stdin,
+                    timeout_s=policy.limits.timeout_s,
+                    max_output_bytes=policy.limits.max_output_bytes,
+                    umask=UMASK,
+                    rlimits=rlimits,
+                    executable=SANDBOX_EXEC,
+                ),
+                compiled,
+            )
+        )
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        tmpdir = posixpath.join(self.tmp_root, TMP_PREFIX + "XXXXXXXX")
+
+        def render(built: tuple[SpawnSpec, SbplProfile]) -> LaunchPlan:
+            spec, profile = built
+            command = spec.argv[spec.argv.index("--") + 1 :]
+            return LaunchPlan(
+                backend=self.name,
+                sections=(
+                    ("argv", f"{SANDBOX_EXEC} -p PROFILE -D... -- " + " ".join(command)),
+                    ("cwd", spec.cwd),
+                    ("environment", " ".join(name for name, _ in spec.env)),
+                    ("umask", f"{spec.umask:04o}"),
+                    ("rlimits", describe(spec.rlimits)),
+                    ("sbpl", profile.render()),
+                ),
+                warnings=(MEMORY_NOTE, DEPRECATION_NOTE),
+            )
+
+        workspace: Result[str, SandboxError] = check_workspace(request)
+        return workspace.bind(lambda path: self._spec(request, policy, host, path, tmpdir)).map(
+            render
+        )
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        prepared = prepare_run(self, request, policy)
+        if isinstance(prepared, Failure):
+            return Failure(prepared.failure())
+        warnings, workspace = prepared.unwrap()
+        try:
+            tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
+        except OSError as error:
+            return Failure(BackendFailed(backend=self.name, reason=f"private TMPDIR: {error}"))
+        try:
+            built = self._spec(request, policy, self.host, workspace, tmpdir)
+            if isinstance(built, Failure):
+                return Failure(built.failure())
+            spec, _profile = built.unwrap()
+            result = await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmpdir, ignore_errors=True)
+        return result.bind(self._profile_rejected)
+
+    def _profile_rejected(self, result: RunResult) -> Result[RunResult, SandboxError]:
+        """`sandbox-exec` refusing the profile is our failure, not the command's exit."""
+        if not result.stdout and result.stderr.startswith(b"sandbox-exec: "):
+            reason = result.stderr.decode(errors="replace").strip().splitlines()[0]
+            return Failure(BackendFailed(backend=self.name, reason=reason))
+        return Success(result)
