@@ -46,6 +46,20 @@ def _landlock(runner: ProcessRunner, host: HostContext) -> Any:
     return LandlockBackend(runner=runner, host=host)
 
 
+def _seatbelt(runner: ProcessRunner, host: HostContext) -> Any:
+    from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
+
+    return SeatbeltBackend(runner=runner, host=host)
+
+
+def _apple_container(runner: ProcessRunner, host: HostContext, image: str | None) -> Any:
+    from mechasandbox.backends.macos.apple_container import AppleContainerBackend
+
+    if image:
+        return AppleContainerBackend(runner=runner, host=host, image=image)
+    return AppleContainerBackend(runner=runner, host=host)
+
+
 def _container_engine(
     engine: str, *, runner: ProcessRunner, host: HostContext, image: str | None, runtime: str | None
 ) -> Any:
@@ -113,9 +127,9 @@ class Backends(containers.DeclarativeContainer):
         image=config.image,
         runtime=config.runtime,
     )
-    seatbelt = providers.Singleton(MissingBackend, backend_name="seatbelt", reason=NOT_BUILT)
+    seatbelt = providers.Singleton(_seatbelt, runner=core.runner, host=core.host)
     apple_container = providers.Singleton(
-        MissingBackend, backend_name="apple-container", reason=NOT_BUILT
+        _apple_container, runner=core.runner, host=core.host, image=config.image
     )
 
     # Strongest first; `none` is never a candidate.
