@@ -17,9 +17,14 @@ def required_backends() -> frozenset[str]:
     return frozenset(os.environ.get("MECHASANDBOX_REQUIRE_BACKENDS", "").replace(",", " ").split())
 
 
+_PROVEN: set[str] = set()
+
+
 def require_available(backend: Backend) -> None:
     """Skip (or fail, when CI requires this backend) unless `backend` probes available here."""
     probed = backend.probe()
+    if not isinstance(probed, Failure):
+        _PROVEN.add(backend.name)
     if isinstance(probed, Failure):
         reason = probed.failure().message
         if backend.name in required_backends():
@@ -40,3 +45,17 @@ def runner() -> Iterator[HelperProcessRunner]:
     process_runner = HelperProcessRunner()
     yield process_runner
     process_runner.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A required backend whose tests never ran (deselected, renamed, collected nowhere)
+    fails the run too: CI must not go green without having exercised it."""
+    if exitstatus != 0 or session.config.option.collectonly:
+        return
+    if session.config.invocation_params.args:
+        return  # a deliberate subset (paths, -k, -m): only the full run is held to it
+    sandbox_backends = required_backends() - {"none", "process"}
+    unproven = sorted(sandbox_backends - _PROVEN)
+    if unproven:
+        print(f"\nrequired backends never exercised: {', '.join(unproven)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
