@@ -140,11 +140,14 @@ class HostLayout:
 
     facts: tuple[tuple[str, PathFact], ...]
     etc_secrets: tuple[str, ...] = ()  # existing paths matching ETC_SECRETS
+    _index: Mapping[str, PathFact] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_index", dict(self.facts))
 
     def fact(self, path: str) -> PathFact:
         """The fact for `path`; a KeyError means the survey missed a path (a bug)."""
-        by_path: Mapping[str, PathFact] = dict(self.facts)
-        return by_path[path]
+        return self._index[path]
 
     @staticmethod
     def survey(paths: Iterable[str], etc_patterns: Iterable[str] = ETC_SECRETS) -> HostLayout:
@@ -236,11 +239,7 @@ def _depth(path: str) -> int:
 def _covering(mounts: Iterable[_Mount], path: str) -> _Mount | None:
     """The mount that decides what `path` is: the last one at or above it (later mounts
     cover earlier ones, and deeper ones are mounted after their parents)."""
-    found = None
-    for mount in mounts:
-        if _under(path, mount.dest):
-            found = mount
-    return found
+    return next((mount for mount in reversed(tuple(mounts)) if _under(path, mount.dest)), None)
 
 
 def _absolute(path: str, host: HostContext, workspace: str) -> str:
