@@ -6,6 +6,7 @@ Usage: PYTHONPATH=src python bench/bwrap_latency.py [runs]   (default 200 runs e
 from __future__ import annotations
 
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -57,8 +58,6 @@ def main() -> None:
         request = RunRequest(argv=["true"], workspace=workspace)
         plan = backend.plan(request, policy, backend.host).unwrap()
         argv = dict(plan.sections)["bwrap"]
-        import shlex
-
         bwrap_argv = shlex.split(argv)
         program = seccomp_program()
 
