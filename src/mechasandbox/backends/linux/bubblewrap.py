@@ -1,0 +1,832 @@
+"""The `bubblewrap` backend: namespaces, bind mounts, a capability drop and a seccomp filter.
+
+A run is `bwrap <argv compiled from the policy> -- <command>` spawned through the process
+runner, so rlimits, the cgroup and whole-tree teardown work as for every other backend.
+
+What the compiled argv builds (in this order, since later mounts cover earlier ones):
+
+1. a new user, pid, network, ipc, uts and cgroup namespace; no capabilities, no further
+   user namespaces, a new session (no TIOCSTI into the caller's terminal), death with the
+   parent, and the seccomp program read from file descriptor 3;
+2. an empty root with the system roots read-only (`/usr`, `/etc`, `/opt`, the `/lib*` and
+   `/bin` trees or their merged-usr symlinks), fresh `/proc` and `/dev`, private `/tmp`,
+   `/var/tmp` and `/dev/shm`;
+3. the home directory hidden under an empty tmpfs, then (shallowest first) the policy's
+   readable paths read-only, its writable paths and the workspace read-write, each at its
+   own path;
+4. protected "runs later" paths pinned: an existing one re-bound read-only onto itself (a
+   mount point can be neither written nor renamed nor unlinked), its existing parent
+   directories inside the writable tree re-bound onto themselves (so `mv .git g` fails), and
+   a missing one covered by an empty read-only directory, so that it cannot be created;
+   those placeholders appear on the host during the run and are removed afterwards;
+5. `deny_read` paths (and the secrets of `/etc`: shadow, ssh host keys...) masked: an empty
+   read-only tmpfs over a directory, `/dev/null` over a file.
+
+The compiler is pure: `compile_bwrap` takes the request, the policy, the host facts and a
+`HostLayout` (what exists at the paths the compiler asks about, surveyed just before the
+run), and returns the argv. Golden tests feed it a hand-written layout.
+
+The environment goes to bwrap as its own process environment (which bwrap hands on), not as
+`--setenv` arguments: arguments are world-readable in the host's /proc, environments are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import glob
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+from collections.abc import Iterable, Mapping
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.base import (
+    HostContext,
+    LaunchPlan,
+    check_workspace,
+    resolve_command,
+    scrubbed_environment,
+)
+from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.process import UMASK, default_cgroups
+from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.domain.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    ConfigInvalid,
+    SandboxError,
+    SpawnFailed,
+)
+from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+from mechasandbox.limits.cgroup import CgroupManager
+from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
+
+NAME = "bubblewrap"
+SECCOMP_FD = 3
+MINIMUM_VERSION = (0, 5, 0)  # --perms
+DISABLE_USERNS_VERSION = (0, 8, 0)
+_PROBE_TIMEOUT_S = 10.0
+
+# Read-only system trees. Merged-usr symlinks (/bin -> usr/bin) are recreated as symlinks.
+SYSTEM_ROOTS: tuple[str, ...] = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+    "/nix/store",
+)
+
+# Secrets of the system that a sandboxed uid 0 (root on the host maps to root in the
+# sandbox) could otherwise read through the read-only /etc. Globs are expanded at survey.
+ETC_SECRETS: tuple[str, ...] = (
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/security/opasswd",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssh/ssh_host_*_key",
+    "/etc/ssl/private",
+    "/etc/wireguard",
+    "/etc/NetworkManager/system-connections",
+    "/etc/credstore",
+    "/etc/credstore.encrypted",
+)
+
+_PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+# --- host facts -----------------------------------------------------------------------------
+class PathKind(enum.Enum):
+    DIRECTORY = "dir"
+    FILE = "file"  # regular files and anything else that is not a directory (fifo, device)
+    SYMLINK = "symlink"
+    MISSING = "missing"
+
+
+@attrs.frozen(kw_only=True)
+class PathFact:
+    """What is at one path (not following a final symlink), and where a symlink leads."""
+
+    kind: PathKind
+    link: str | None = None  # readlink() text, for symlinks
+    real: str | None = None  # realpath, for symlinks
+    real_kind: PathKind = PathKind.MISSING  # what the symlink resolves to
+
+
+@attrs.frozen(kw_only=True)
+class HostLayout:
+    """The filesystem facts the compiler needs, captured once so the compiler stays pure."""
+
+    facts: tuple[tuple[str, PathFact], ...]
+    etc_secrets: tuple[str, ...] = ()  # existing paths matching ETC_SECRETS
+    _index: Mapping[str, PathFact] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_index", dict(self.facts))
+
+    def fact(self, path: str) -> PathFact:
+        """The fact for `path`; a KeyError means the survey missed a path (a bug)."""
+        return self._index[path]
+
+    @staticmethod
+    def survey(paths: Iterable[str], etc_patterns: Iterable[str] = ETC_SECRETS) -> HostLayout:
+        facts = {path: _lstat_fact(path) for path in sorted(set(paths))}
+        secrets: list[str] = []
+        for pattern in etc_patterns:
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            for path in matches:
+                fact = _lstat_fact(path)
+                if fact.kind in (PathKind.DIRECTORY, PathKind.FILE):
+                    secrets.append(path)
+                    facts[path] = fact
+        return HostLayout(facts=tuple(sorted(facts.items())), etc_secrets=tuple(secrets))
+
+
+def _kind(mode: int) -> PathKind:
+    if stat.S_ISDIR(mode):
+        return PathKind.DIRECTORY
+    if stat.S_ISLNK(mode):
+        return PathKind.SYMLINK
+    return PathKind.FILE
+
+
+def _lstat_fact(path: str) -> PathFact:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return PathFact(kind=PathKind.MISSING)
+    kind = _kind(mode)
+    if kind is not PathKind.SYMLINK:
+        return PathFact(kind=kind)
+    real = os.path.realpath(path)
+    try:
+        real_kind = _kind(os.stat(real).st_mode)
+    except OSError:
+        real_kind = PathKind.MISSING
+    return PathFact(kind=kind, link=os.readlink(path), real=real, real_kind=real_kind)
+
+
+@attrs.frozen(kw_only=True)
+class BwrapFeatures:
+    """The bwrap executable and what its version supports."""
+
+    path: str = "bwrap"
+    version: tuple[int, ...] = DISABLE_USERNS_VERSION
+
+    @property
+    def disable_userns(self) -> bool:
+        return self.version >= DISABLE_USERNS_VERSION
+
+
+# --- the pure compiler ----------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class _Mount:
+    """One mount of the sandbox tree. `exposes`: the host content at `dest` is visible;
+    `writable`: and writable."""
+
+    dest: str
+    args: tuple[str, ...]
+    exposes: bool
+    writable: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class BwrapCommand:
+    """A compiled run: bwrap's argv (command included), and what the run leaves to undo."""
+
+    argv: tuple[str, ...]
+    # Missing protected paths covered for the run: bwrap creates them as empty directories
+    # on the host; they are removed after the run.
+    placeholders: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    mounts: tuple[_Mount, ...] = ()
+
+    def visible(self, path: str) -> bool:
+        """Whether the host's `path` (a real path) can be seen inside the sandbox."""
+        covering = _covering(self.mounts, path)
+        return covering is not None and covering.exposes
+
+
+def _under(path: str, root: str) -> bool:
+    return root in (path, "/") or path.startswith(root.rstrip("/") + "/")
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.rstrip("/").count("/")
+
+
+def _covering(mounts: Iterable[_Mount], path: str) -> _Mount | None:
+    """The mount that decides what `path` is: the last one at or above it (later mounts
+    cover earlier ones, and deeper ones are mounted after their parents)."""
+    return next((mount for mount in reversed(tuple(mounts)) if _under(path, mount.dest)), None)
+
+
+def _absolute(path: str, host: HostContext, workspace: str) -> str:
+    """`~` against the host's home, relative paths against the workspace; normalised."""
+    expanded = host.expand(path)
+    if not posixpath.isabs(expanded):
+        expanded = posixpath.join(workspace, expanded)
+    return posixpath.normpath(expanded)
+
+
+def _real(layout: HostLayout, path: str) -> tuple[str, PathKind]:
+    fact = layout.fact(path)
+    if fact.kind is PathKind.SYMLINK:
+        return fact.real or path, fact.real_kind
+    return path, fact.kind
+
+
+def _home(host: HostContext) -> str:
+    return posixpath.normpath(host.home) if host.home else "/"
+
+
+def paths_to_survey(workspace: str, policy: Policy, host: HostContext) -> tuple[str, ...]:
+    """Every path `compile_bwrap` will ask the layout about."""
+    fs = policy.filesystem
+    paths: list[str] = [*SYSTEM_ROOTS, _home(host), workspace]
+    paths.extend(
+        _absolute(entry, host, workspace) for entry in (*fs.readable, *fs.writable, *fs.deny_read)
+    )
+    for entry in (*fs.protected, *fs.deny_write):
+        target = _absolute(entry, host, workspace)
+        # every prefix: the compiler walks down from the writable root above it
+        parts = target.strip("/").split("/")
+        paths.extend("/" + "/".join(parts[: i + 1]) for i in range(len(parts)))
+    return tuple(dict.fromkeys(paths))
+
+
+def _base_mounts(layout: HostLayout) -> list[_Mount]:
+    mounts: list[_Mount] = []
+    for root in SYSTEM_ROOTS:
+        fact = layout.fact(root)
+        if fact.kind is PathKind.DIRECTORY:
+            mounts.append(_Mount(dest=root, args=("--ro-bind", root, root), exposes=True))
+        elif fact.kind is PathKind.SYMLINK and fact.link is not None:
+            mounts.append(_Mount(dest=root, args=("--symlink", fact.link, root), exposes=False))
+    mounts += [
+        _Mount(dest="/proc", args=("--proc", "/proc"), exposes=False),
+        _Mount(dest="/dev", args=("--dev", "/dev"), exposes=False),
+    ]
+    mounts += [
+        _Mount(dest=path, args=("--perms", "1777", "--tmpfs", path), exposes=False)
+        for path in _PRIVATE_TMP
+    ]
+    return mounts
+
+
+def _tree_mounts(
+    workspace: str, policy: Policy, host: HostContext, layout: HostLayout
+) -> list[_Mount]:
+    """Home hidden, readable/writable paths and the workspace: shallowest first, so that a
+    workspace inside the home directory shows through the tmpfs that hides the rest of it,
+    and a home inside a broader workspace is still hidden."""
+    fs = policy.filesystem
+    wanted: list[tuple[int, _Mount]] = []
+    home, home_kind = _real(layout, _home(host))
+    if home_kind is PathKind.DIRECTORY and home != "/":
+        tmpfs = ("--perms", "0700", "--tmpfs", home)
+        wanted.append((0, _Mount(dest=home, args=tmpfs, exposes=False)))
+    for priority, entries, writable in ((1, fs.readable, False), (2, fs.writable, True)):
+        for entry in entries:
+            path, kind = _real(layout, _absolute(entry, host, workspace))
+            if kind is PathKind.MISSING:
+                continue
+            option = "--bind" if writable else "--ro-bind"
+            mount = _Mount(dest=path, args=(option, path, path), exposes=True, writable=writable)
+            wanted.append((priority, mount))
+    ws_args = ("--bind", workspace, workspace)
+    wanted.append((3, _Mount(dest=workspace, args=ws_args, exposes=True, writable=True)))
+    # Same destination: the highest priority wins (the workspace over a readable entry).
+    best: dict[str, tuple[int, _Mount]] = {}
+    for priority, mount in wanted:
+        if mount.dest not in best or best[mount.dest][0] <= priority:
+            best[mount.dest] = (priority, mount)
+    ordered = sorted(best.values(), key=lambda item: (_depth(item[1].dest), item[0]))
+    return [mount for _, mount in ordered]
+
+
+@attrs.frozen(kw_only=True)
+class _Protection:
+    mounts: tuple[_Mount, ...] = ()
+    placeholders: tuple[str, ...] = ()
+    problem: str | None = None
+
+
+def _protect(target: str, mounts: list[_Mount], layout: HostLayout) -> _Protection:
+    """Make `target` unwritable, unrenameable and uncreatable where the sandbox can write.
+
+    Walk down from the writable mount above it: existing directories on the way are pinned
+    (bound onto themselves), the target or the first non-directory is re-bound read-only,
+    and the first missing component gets an empty read-only directory."""
+    covering = _covering(mounts, target)
+    if covering is None or not covering.writable:
+        return _Protection()  # read-only or hidden already
+    root = covering.dest
+    rest = target[len(root) :].strip("/").split("/") if target != root else []
+    if not rest:
+        return _Protection(problem=f"{target} is a writable root itself")
+    added: list[_Mount] = []
+    path = root
+    for index, part in enumerate(rest):
+        path = posixpath.join(path, part)
+        fact = layout.fact(path)
+        last = index == len(rest) - 1
+        if fact.kind is PathKind.SYMLINK:
+            return _Protection(
+                problem=(
+                    f"{path} is a symlink: its target can be made read-only but the link "
+                    "itself could be replaced"
+                )
+            )
+        if fact.kind is PathKind.MISSING:
+            placeholder = ("--perms", "0555", "--tmpfs", path, "--remount-ro", path)
+            added.append(_Mount(dest=path, args=placeholder, exposes=False))
+            return _Protection(mounts=tuple(added), placeholders=(path,))
+        if last or fact.kind is not PathKind.DIRECTORY:
+            added.append(_Mount(dest=path, args=("--ro-bind", path, path), exposes=True))
+            return _Protection(mounts=tuple(added))
+        added.append(_Mount(dest=path, args=("--bind", path, path), exposes=True, writable=True))
+    return _Protection(mounts=tuple(added))
+
+
+def _mask(path: str, kind: PathKind) -> _Mount:
+    if kind is PathKind.DIRECTORY:
+        return _Mount(
+            dest=path,
+            args=("--perms", "0000", "--tmpfs", path, "--remount-ro", path),
+            exposes=False,
+        )
+    return _Mount(dest=path, args=("--ro-bind", "/dev/null", path), exposes=False)
+
+
+def _check_workspace_placement(
+    workspace: str, policy: Policy, host: HostContext
+) -> ConfigInvalid | None:
+    if workspace == "/":
+        return ConfigInvalid(problem="the workspace cannot be /", field="workspace")
+    for entry in policy.filesystem.deny_read:
+        denied = _absolute(entry, host, workspace)
+        if _under(workspace, denied):
+            return ConfigInvalid(
+                problem=f"the workspace {workspace} is inside the denied path {denied}",
+                field="filesystem.deny_read",
+            )
+    return None
+
+
+def _protections(
+    workspace: str, policy: Policy, host: HostContext, layout: HostLayout, mounts: list[_Mount]
+) -> tuple[list[str], list[str]] | ConfigInvalid:
+    """Adds the protection mounts to `mounts`; gives the placeholders and warnings. A path
+    that cannot be protected refuses a strict run and warns in a best-effort one."""
+    fs = policy.filesystem
+    placeholders: list[str] = []
+    warnings: list[str] = []
+    strict = policy.enforcement is Enforcement.STRICT
+    for field, entries in (("filesystem.protected", fs.protected), ("deny_write", fs.deny_write)):
+        for entry in entries:
+            outcome = _protect(_absolute(entry, host, workspace), mounts, layout)
+            if outcome.problem is not None:
+                if strict:
+                    return ConfigInvalid(problem=outcome.problem, field=field)
+                warnings.append(f"not protected: {outcome.problem}")
+            mounts += outcome.mounts
+            placeholders += outcome.placeholders
+    return placeholders, warnings
+
+
+def _masks(
+    workspace: str, policy: Policy, host: HostContext, layout: HostLayout, mounts: list[_Mount]
+) -> list[_Mount]:
+    """Masks for deny_read entries and /etc secrets that would otherwise be visible."""
+    masks: dict[str, _Mount] = {}
+    for entry in policy.filesystem.deny_read:
+        path, kind = _real(layout, _absolute(entry, host, workspace))
+        covering = _covering(mounts, path)
+        if kind is not PathKind.MISSING and covering is not None and covering.exposes:
+            masks[path] = _mask(path, kind)
+    for path in layout.etc_secrets:
+        covering = _covering(mounts, path)
+        if covering is not None and covering.exposes:
+            masks[path] = _mask(path, layout.fact(path).kind)
+    return sorted(masks.values(), key=lambda mount: (_depth(mount.dest), mount.dest))
+
+
+def compile_bwrap(
+    request: RunRequest,
+    policy: Policy,
+    host: HostContext,
+    *,
+    workspace: str,
+    layout: HostLayout,
+    features: BwrapFeatures = BwrapFeatures(),
+) -> Result[BwrapCommand, ConfigInvalid]:
+    """The bwrap command line for one run. Pure: everything it knows is in its arguments.
+
+    `workspace` is the real path of the request's workspace (see `check_workspace`).
+    """
+    checked = _check_workspace_placement(workspace, policy, host)
+    if checked is not None:
+        return Failure(checked)
+    mounts = _base_mounts(layout) + _tree_mounts(workspace, policy, host, layout)
+    protected = _protections(workspace, policy, host, layout, mounts)
+    if isinstance(protected, ConfigInvalid):
+        return Failure(protected)
+    placeholders, warnings = protected
+    mounts += _masks(workspace, policy, host, layout, mounts)
+
+    argv: list[str] = [features.path, "--unshare-user", "--unshare-all"]
+    if policy.network.mode is NetworkMode.FULL:
+        argv.append("--share-net")
+    if features.disable_userns:
+        argv.append("--disable-userns")
+    argv += [
+        "--cap-drop", "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--seccomp", str(SECCOMP_FD),
+        "--chdir", workspace,
+    ]  # fmt: skip
+    for mount in mounts:
+        argv += mount.args
+    argv += ["--", *request.argv]
+    return Success(
+        BwrapCommand(
+            argv=tuple(argv),
+            placeholders=tuple(placeholders),
+            warnings=tuple(warnings),
+            mounts=tuple(mounts),
+        )
+    )
+
+
+def compile_bwrap_argv(
+    request: RunRequest,
+    policy: Policy,
+    host: HostContext,
+    *,
+    workspace: str,
+    layout: HostLayout,
+    features: BwrapFeatures = BwrapFeatures(),
+) -> Result[tuple[str, ...], ConfigInvalid]:
+    """Just the argv of `compile_bwrap`."""
+    compiled = compile_bwrap(
+        request, policy, host, workspace=workspace, layout=layout, features=features
+    )
+    return compiled.map(lambda command: command.argv)
+
+
+# --- probing --------------------------------------------------------------------------------
+@functools.cache
+def seccomp_program() -> bytes:
+    return seccomp.build_filter()
+
+
+def seccomp_hook() -> ChildHook:
+    return ChildHook(
+        target="mechasandbox.backends.linux.seccomp:pass_program_fd",
+        argument={"fd": SECCOMP_FD, "program": seccomp_program().hex()},
+    )
+
+
+def _parse_version(text: str) -> tuple[int, ...] | None:
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        return None
+    return tuple(int(part) for part in match.groups(default="0"))
+
+
+@functools.cache
+def probe_bwrap(path: str) -> BwrapFeatures | str:
+    """The features of the bwrap at `path`, or why it cannot sandbox here. Runs `bwrap` twice
+    (version, then a real sandbox with our namespace flags and seccomp program); cached."""
+    try:
+        version_run = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"cannot run {path}: {error}"
+    version = _parse_version(version_run.stdout.decode(errors="replace"))
+    if version is None:
+        return f"cannot read the version of {path}"
+    if version < MINIMUM_VERSION:
+        needed = ".".join(map(str, MINIMUM_VERSION))
+        return f"bwrap {'.'.join(map(str, version))} is older than {needed}"
+    features = BwrapFeatures(path=path, version=version)
+    trial = [path, "--unshare-user", "--unshare-all"]
+    if features.disable_userns:
+        trial.append("--disable-userns")
+    trial += ["--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, seccomp_program())
+        os.close(write_end)
+        write_end = -1
+        trial += ["--seccomp", str(read_end), "--ro-bind", "/", "/", "--proc", "/proc"]
+        trial += ["--dev", "/dev", "--", "true"]
+        ran = subprocess.run(
+            trial,
+            capture_output=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+            pass_fds=(read_end,),
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"cannot run {path}: {error}"
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if ran.returncode != 0:
+        reason = ran.stderr.decode(errors="replace").strip() or f"exit status {ran.returncode}"
+        return f"bwrap cannot create its namespaces here: {reason}"
+    return features
+
+
+def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
+    """bwrap's pid-1 reports a command killed by signal N as exit status 128+N (as a shell
+    does); turn it back into the signal so that limit classification sees SIGXCPU, SIGKILL."""
+    code = outcome.exit_code
+    if outcome.signal is None and code is not None and 128 < code <= 128 + signal.NSIG - 1:
+        return attrs.evolve(outcome, exit_code=None, signal=code - 128)
+    return outcome
+
+
+@attrs.frozen
+class _DecodingRunner:
+    inner: ProcessRunner
+
+    async def run(self, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
+        outcome = await self.inner.run(spec)
+        return outcome.map(_signal_decoded)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+_BWRAP_PREFIX = b"bwrap: "
+
+
+def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
+    """bwrap's own failures (a mount it could not make, an exec that failed inside) end with
+    status 1 and a `bwrap: ` message before the command ever ran."""
+    if result.exit_code != 1 or not result.stderr.startswith(_BWRAP_PREFIX):
+        return None
+    message = result.stderr.decode(errors="replace").strip()
+    if message.startswith("bwrap: execvp"):
+        status = 127 if "No such file" in message else 126
+        return SpawnFailed(command=command, reason=message, exit_status=status)
+    return BackendFailed(backend=NAME, reason=message)
+
+
+def _remove_placeholders(paths: Iterable[str]) -> None:
+    """Remove the empty directories bwrap created as mount points; anything else (someone on
+    the host put content there meanwhile) stays."""
+    for path in sorted(paths, key=_depth, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+# --- the backend ----------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class BubblewrapBackend:
+    """Runs each command in a fresh bubblewrap sandbox. `bwrap`: the executable (default:
+    found on the host's PATH)."""
+
+    runner: ProcessRunner
+    cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
+    host: HostContext = attrs.field(factory=HostContext.current)
+    bwrap: str | None = None
+
+    @property
+    def name(self) -> str:
+        return NAME
+
+    def _executable(self) -> str | None:
+        if self.bwrap is not None:
+            return self.bwrap
+        path = dict(self.host.env).get("PATH") or "/usr/local/bin:/usr/bin:/bin"
+        return shutil.which("bwrap", path=path)
+
+    def _features(self) -> BwrapFeatures | str:
+        if not self.host.platform.startswith("linux"):
+            return "bubblewrap needs Linux namespaces"
+        executable = self._executable()
+        if executable is None:
+            return "bwrap not found on PATH (install the bubblewrap package)"
+        return probe_bwrap(executable)
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        features = self._features()
+        if isinstance(features, str):
+            return Failure(BackendUnavailable(backend=NAME, reason=features))
+        version = ".".join(map(str, features.version))
+        cgroup = self.cgroups if isinstance(self.cgroups, CgroupManager) else None
+        enforced = {
+            Protection.FILESYSTEM_READ,
+            Protection.FILESYSTEM_WRITE,
+            Protection.PROTECTED_PATHS,
+            Protection.NETWORK_NONE,
+            Protection.PID_ISOLATION,
+            Protection.ENVIRONMENT,
+            Protection.TIMEOUT,
+            Protection.TREE_TEARDOWN,
+            Protection.CPU,
+            Protection.OPEN_FILES,
+            Protection.FILE_SIZE,
+        }
+        details = [
+            (
+                Protection.FILESYSTEM_READ,
+                f"bwrap {version}: empty root, system trees read-only, home hidden, "
+                "deny_read and /etc secrets masked",
+            ),
+            (
+                Protection.FILESYSTEM_WRITE,
+                "mount namespace: only the workspace, writable paths and private tmpfs",
+            ),
+            (
+                Protection.PROTECTED_PATHS,
+                "read-only self-binds; parents pinned against rename; missing paths covered",
+            ),
+            (Protection.NETWORK_NONE, "network namespace with loopback only"),
+            (
+                Protection.NETWORK_ALLOWLIST,
+                "not yet: the allowlist proxy bridge is missing; best-effort runs with no "
+                "network at all",
+            ),
+            (Protection.PID_ISOLATION, "pid namespace; ptrace denied by seccomp"),
+            (Protection.ENVIRONMENT, "scrubbed environment"),
+            (
+                Protection.TREE_TEARDOWN,
+                "pid namespace (its init's death kills all), --die-with-parent, subreaper",
+            ),
+            (Protection.CPU, "RLIMIT_CPU"),
+            (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
+            (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
+        ]
+        warnings: list[str] = []
+        if cgroup is not None:
+            enforced |= {Protection.MEMORY, Protection.PROCESSES}
+            details += [
+                (Protection.MEMORY, cgroup.describe()),
+                (Protection.PROCESSES, cgroup.describe()),
+            ]
+        else:
+            enforced.add(Protection.MEMORY)
+            details.append((Protection.MEMORY, "RLIMIT_AS (address space)"))
+            warnings.append(f"no cgroup: {self.cgroups}")
+            if self.host.uid == 0:
+                details.append(
+                    (Protection.PROCESSES, "RLIMIT_NPROC does not apply to root and no cgroup")
+                )
+            else:
+                enforced.add(Protection.PROCESSES)
+                details.append(
+                    (Protection.PROCESSES, "RLIMIT_NPROC (counts all of the user's processes)")
+                )
+        return Success(
+            Capabilities(
+                backend=NAME,
+                enforced=frozenset(enforced),
+                details=tuple(details),
+                warnings=tuple(warnings),
+            )
+        )
+
+    def _compile(
+        self,
+        request: RunRequest,
+        policy: Policy,
+        host: HostContext,
+        workspace: str,
+        features: BwrapFeatures,
+    ) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
+        layout = HostLayout.survey(paths_to_survey(workspace, policy, host))
+        compiled: Result[BwrapCommand, SandboxError] = compile_bwrap(
+            request, policy, host, workspace=workspace, layout=layout, features=features
+        )
+        env = scrubbed_environment(policy.environment, dict(host.env))
+        by_cgroup = isinstance(self.cgroups, CgroupManager)
+        rlimits = rlimits_for(
+            policy.limits, memory_by_rlimit=not by_cgroup, processes_by_rlimit=not by_cgroup
+        )
+
+        def resolved(command: BwrapCommand) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
+            found = resolve_command(request.argv[0], env, workspace)
+            if isinstance(found, Failure):
+                return Failure(found.failure())
+            executable = os.path.realpath(found.unwrap())
+            if not command.visible(executable):
+                return Failure(
+                    SpawnFailed(
+                        command=request.argv[0],
+                        reason=f"{executable} is not visible inside the sandbox",
+                        exit_status=127,
+                    )
+                )
+            spec = SpawnSpec(
+                argv=command.argv,
+                env=tuple(sorted(env.items())),
+                cwd=workspace,
+                stdin=request.stdin,
+                timeout_s=policy.limits.timeout_s,
+                max_output_bytes=policy.limits.max_output_bytes,
+                umask=UMASK,
+                rlimits=rlimits,
+                hooks=(seccomp_hook(),),
+                executable=features.path,
+            )
+            return Success((command, spec))
+
+        return compiled.bind(resolved)
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        found = self._features()
+        features = found if isinstance(found, BwrapFeatures) else BwrapFeatures()
+        unavailable = (
+            (f"bubblewrap is unavailable here: {found}",) if isinstance(found, str) else ()
+        )
+
+        def render(compiled: tuple[BwrapCommand, SpawnSpec]) -> LaunchPlan:
+            command, spec = compiled
+            cgroup = (
+                self.cgroups.describe()
+                if isinstance(self.cgroups, CgroupManager)
+                else f"none ({self.cgroups})"
+            )
+            return LaunchPlan(
+                backend=NAME,
+                sections=(
+                    ("bwrap", shlex.join(command.argv)),
+                    ("environment", " ".join(name for name, _ in spec.env)),
+                    ("seccomp (fd 3)", seccomp.summary()),
+                    ("placeholders", "\n".join(command.placeholders) or "none"),
+                    ("umask", f"{spec.umask:04o}"),
+                    ("rlimits", describe(spec.rlimits)),
+                    ("cgroup", cgroup),
+                ),
+                warnings=unavailable + command.warnings,
+            )
+
+        workspace: Result[str, SandboxError] = check_workspace(request)
+        return workspace.bind(
+            lambda path: self._compile(request, policy, host, path, features)
+        ).map(render)
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        prepared = prepare_run(self, request, policy)
+        if isinstance(prepared, Failure):
+            return Failure(prepared.failure())
+        warnings, workspace = prepared.unwrap()
+        features = self._features()
+        if isinstance(features, str):  # probed fine a moment ago; cached, so not reached
+            return Failure(BackendUnavailable(backend=NAME, reason=features))
+        compiled = self._compile(request, policy, self.host, workspace, features)
+        if isinstance(compiled, Failure):
+            return Failure(compiled.failure())
+        command, spec = compiled.unwrap()
+        try:
+            result = await execute_spec(
+                NAME,
+                _DecodingRunner(self.runner),
+                spec,
+                policy,
+                warnings=warnings + command.warnings,
+                cgroups=self.cgroups,
+            )
+        finally:
+            _remove_placeholders(command.placeholders)
+        if isinstance(result, Success):
+            failed = _setup_failure(result.unwrap(), request.argv[0])
+            if failed is not None:
+                return Failure(failed)
+        return result

@@ -1,0 +1,224 @@
+"""The bwrap argv compiler, fed hand-written host facts: no bwrap, no filesystem."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from collections.abc import Mapping
+
+import attrs
+from returns.result import Failure, Success
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.linux.bubblewrap import (
+    BwrapCommand,
+    BwrapFeatures,
+    HostLayout,
+    PathFact,
+    PathKind,
+    _signal_decoded,
+    compile_bwrap,
+    compile_bwrap_argv,
+    paths_to_survey,
+)
+from mechasandbox.domain.errors import ConfigInvalid
+from mechasandbox.domain.policy import (
+    Enforcement,
+    FilesystemPolicy,
+    NetworkMode,
+    NetworkPolicy,
+    Policy,
+)
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import Usage
+from mechasandbox.runner.spec import ProcessOutcome
+
+HOST = HostContext(
+    env=(("HOME", "/home/ada"),), home="/home/ada", uid=1000, gid=1000, platform="linux"
+)
+WS = "/home/ada/proj"
+DIR = PathFact(kind=PathKind.DIRECTORY)
+FILE = PathFact(kind=PathKind.FILE)
+MISSING = PathFact(kind=PathKind.MISSING)
+FEATURES = BwrapFeatures(path="/usr/bin/bwrap", version=(0, 8, 0))
+SMALL = FilesystemPolicy(
+    deny_read=("~/.ssh", "~/.netrc"), protected=(".git/hooks", ".git/config", ".envrc")
+)
+
+
+def layout(
+    policy: Policy, workspace: str = WS, overrides: Mapping[str, PathFact] | None = None
+) -> HostLayout:
+    """Every surveyed path missing, except the merged-usr system and what is given."""
+    facts = dict.fromkeys(paths_to_survey(workspace, policy, HOST), MISSING)
+    facts.update(
+        {
+            "/usr": DIR,
+            "/etc": DIR,
+            "/bin": PathFact(
+                kind=PathKind.SYMLINK, link="usr/bin", real="/usr/bin", real_kind=PathKind.DIRECTORY
+            ),
+            "/lib": PathFact(
+                kind=PathKind.SYMLINK, link="usr/lib", real="/usr/lib", real_kind=PathKind.DIRECTORY
+            ),
+            "/home/ada": DIR,
+            "/etc/shadow": FILE,
+            workspace: DIR,
+        }
+    )
+    facts.update(overrides or {})
+    return HostLayout(facts=tuple(sorted(facts.items())), etc_secrets=("/etc/shadow",))
+
+
+def compile_ok(policy: Policy, facts: HostLayout, workspace: str = WS) -> BwrapCommand:
+    request = RunRequest(argv=["echo", "hi"], workspace=workspace)
+    compiled = compile_bwrap(
+        request, policy, HOST, workspace=workspace, layout=facts, features=FEATURES
+    )
+    assert isinstance(compiled, Success), compiled
+    command: BwrapCommand = compiled.unwrap()
+    return command
+
+
+GOLDEN = """
+/usr/bin/bwrap --unshare-user --unshare-all --disable-userns --cap-drop ALL --die-with-parent
+--new-session --seccomp 3 --chdir /home/ada/proj
+--ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --ro-bind /etc /etc
+--proc /proc --dev /dev
+--perms 1777 --tmpfs /tmp --perms 1777 --tmpfs /var/tmp --perms 1777 --tmpfs /dev/shm
+--perms 0700 --tmpfs /home/ada
+--bind /home/ada/proj /home/ada/proj
+--bind /home/ada/proj/.git /home/ada/proj/.git
+--ro-bind /home/ada/proj/.git/hooks /home/ada/proj/.git/hooks
+--ro-bind /home/ada/proj/.git/config /home/ada/proj/.git/config
+--perms 0555 --tmpfs /home/ada/proj/.envrc --remount-ro /home/ada/proj/.envrc
+--ro-bind /dev/null /etc/shadow
+-- echo hi
+"""
+
+
+def test_golden_argv_for_a_git_workspace_in_home() -> None:
+    policy = Policy(filesystem=SMALL)
+    facts = layout(
+        policy,
+        overrides={
+            "/home/ada/proj/.git": DIR,
+            "/home/ada/proj/.git/hooks": DIR,
+            "/home/ada/proj/.git/config": FILE,
+        },
+    )
+    request = RunRequest(argv=["echo", "hi"], workspace=WS)
+    argv = compile_bwrap_argv(request, policy, HOST, workspace=WS, layout=facts, features=FEATURES)
+    assert argv == Success(tuple(shlex.split(GOLDEN)))
+
+
+def test_missing_protected_paths_get_placeholders_at_the_first_missing_component() -> None:
+    command = compile_ok(Policy(filesystem=SMALL), layout(Policy(filesystem=SMALL)))
+    # no .git at all: .git itself is covered, so `git init` cannot plant hooks or config
+    assert command.placeholders == ("/home/ada/proj/.git", "/home/ada/proj/.envrc")
+    argv = " ".join(command.argv)
+    assert "--perms 0555 --tmpfs /home/ada/proj/.git --remount-ro /home/ada/proj/.git" in argv
+    assert "--bind /home/ada/proj/.git" not in argv
+
+
+def test_symlinked_protected_path_is_refused_in_strict_and_warned_in_best_effort() -> None:
+    link = PathFact(kind=PathKind.SYMLINK, link="../x", real="/home/ada/x", real_kind=PathKind.FILE)
+    strict = Policy(filesystem=SMALL)
+    facts = layout(strict, overrides={"/home/ada/proj/.envrc": link})
+    request = RunRequest(argv=["true"], workspace=WS)
+    refused = compile_bwrap(request, strict, HOST, workspace=WS, layout=facts)
+    assert isinstance(refused, Failure)
+    assert isinstance(refused.failure(), ConfigInvalid)
+    assert "symlink" in refused.failure().message
+    relaxed = attrs.evolve(strict, enforcement=Enforcement.BEST_EFFORT)
+    command = compile_ok(relaxed, facts)
+    assert any("symlink" in warning for warning in command.warnings)
+
+
+def test_deny_read_is_masked_when_the_workspace_exposes_it() -> None:
+    policy = Policy(filesystem=SMALL)
+    facts = layout(
+        policy, workspace="/home/ada", overrides={"/home/ada/.ssh": DIR, "/home/ada/.netrc": FILE}
+    )
+    command = compile_ok(policy, facts, workspace="/home/ada")
+    argv = " ".join(command.argv)
+    assert "--perms 0000 --tmpfs /home/ada/.ssh --remount-ro /home/ada/.ssh" in argv
+    assert "--ro-bind /dev/null /home/ada/.netrc" in argv
+    assert not command.visible("/home/ada/.ssh/id_rsa")
+    assert command.visible("/home/ada/src/main.py")
+
+
+def test_deny_read_is_not_mounted_where_home_is_hidden_anyway() -> None:
+    policy = Policy(filesystem=SMALL)
+    command = compile_ok(policy, layout(policy, overrides={"/home/ada/.ssh": DIR}))
+    assert "/home/ada/.ssh" not in command.argv
+    assert not command.visible("/home/ada/.ssh/id_rsa")
+    assert command.visible("/home/ada/proj/main.py")
+    assert command.visible("/usr/bin/env")
+
+
+def test_home_inside_a_broader_workspace_stays_hidden() -> None:
+    policy = Policy(filesystem=FilesystemPolicy(deny_read=(), protected=()))
+    command = compile_ok(policy, layout(policy, workspace="/home"), workspace="/home")
+    argv = command.argv
+    assert argv.index("/home") < argv.index("/home/ada")  # the bind first, then the tmpfs
+    assert not command.visible("/home/ada/.bashrc")
+    assert command.visible("/home/bob/notes")
+
+
+def test_workspace_root_and_workspace_inside_denied_path_are_refused() -> None:
+    policy = Policy(filesystem=SMALL)
+    request = RunRequest(argv=["true"], workspace="/")
+    root = compile_bwrap(request, policy, HOST, workspace="/", layout=layout(policy, workspace="/"))
+    assert isinstance(root, Failure)
+    inside = "/home/ada/.ssh/keys"
+    facts = layout(policy, workspace=inside)
+    denied = compile_bwrap(request, policy, HOST, workspace=inside, layout=facts)
+    assert isinstance(denied, Failure)
+    assert "inside the denied path" in denied.failure().message
+
+
+def test_network_full_shares_the_network_and_none_does_not() -> None:
+    none = Policy(filesystem=SMALL)
+    full = attrs.evolve(none, network=NetworkPolicy(mode=NetworkMode.FULL))
+    assert "--share-net" not in compile_ok(none, layout(none)).argv
+    assert "--share-net" in compile_ok(full, layout(full)).argv
+
+
+def test_readable_and_writable_paths_are_bound_at_their_own_paths() -> None:
+    policy = Policy(
+        filesystem=FilesystemPolicy(readable=("~/.cargo",), writable=("/data/cache",), protected=())
+    )
+    facts = layout(policy, overrides={"/home/ada/.cargo": DIR, "/data/cache": DIR})
+    argv = " ".join(compile_ok(policy, facts).argv)
+    assert "--ro-bind /home/ada/.cargo /home/ada/.cargo" in argv
+    assert "--bind /data/cache /data/cache" in argv
+
+
+def test_old_bwrap_gets_no_disable_userns() -> None:
+    policy = Policy(filesystem=SMALL)
+    request = RunRequest(argv=["true"], workspace=WS)
+    old = BwrapFeatures(path="bwrap", version=(0, 6, 1))
+    argv = compile_bwrap_argv(
+        request, policy, HOST, workspace=WS, layout=layout(policy), features=old
+    )
+    assert "--disable-userns" not in argv.unwrap()
+
+
+def _outcome(exit_code: int | None, sig: int | None) -> ProcessOutcome:
+    return ProcessOutcome(
+        exit_code=exit_code,
+        signal=sig,
+        stdout=b"",
+        stderr=b"",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        duration_s=0.0,
+        usage=Usage(),
+    )
+
+
+def test_bwrap_128_plus_n_statuses_become_signals() -> None:
+    assert _signal_decoded(_outcome(128 + signal.SIGXCPU, None)).signal == signal.SIGXCPU
+    assert _signal_decoded(_outcome(3, None)).exit_code == 3
+    assert _signal_decoded(_outcome(None, signal.SIGKILL)).signal == signal.SIGKILL

@@ -1,0 +1,505 @@
+"""The bubblewrap backend against the threat model, with a real sandbox: each attack must
+fail inside AND leave no trace on the host. Also the shared functional checks."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+from returns.result import Failure, Result, Success
+
+import mechasandbox
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.domain.errors import (
+    CpuLimit,
+    MemoryLimit,
+    PolicyUnsupported,
+    ProcessLimit,
+    SandboxError,
+    SpawnFailed,
+    Timeout,
+)
+from mechasandbox.domain.limits import MIB, Limits
+from mechasandbox.domain.policy import Enforcement, NetworkMode, NetworkPolicy, Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.runner.spec import SpawnSpec
+from tests.conftest import require_available
+
+pytestmark = [
+    pytest.mark.backend("bubblewrap"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only"),
+]
+
+SECRET = "BEGIN-FAKE-PRIVATE-KEY-" + secrets.token_hex(8)
+API_KEY = "sk-test-" + secrets.token_hex(8)
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[HelperProcessRunner]:
+    """A runner whose spawn helper imports this checkout's package.
+
+    The helper starts as `python -E -m ...`: -E drops the PYTHONPATH it is given, so it
+    imports whichever mechasandbox is installed unless its working directory (sys.path[0]
+    for -m) holds this checkout. Starting it from the package's parent directory makes the
+    seccomp child hook importable; the shared fixture is enough once both agree.
+    """
+    process_runner = HelperProcessRunner()
+    src = Path(mechasandbox.__file__).resolve().parents[1]
+    previous = os.getcwd()
+    os.chdir(src)
+    try:
+        spec = SpawnSpec(argv=("true",), env=(("PATH", "/usr/bin:/bin"),), cwd="/")
+        anyio.run(process_runner.run, spec)
+    finally:
+        os.chdir(previous)
+    yield process_runner
+    process_runner.close()
+
+
+@attrs.frozen
+class Box:
+    backend: BubblewrapBackend
+    home: Path
+    workspace: Path
+
+    def run(
+        self, *argv: str, policy: Policy | None = None, stdin: bytes | None = None
+    ) -> Result[RunResult, SandboxError]:
+        request = RunRequest(argv=argv, workspace=str(self.workspace), stdin=stdin)
+        chosen = policy or Policy(limits=Limits(timeout_s=30))
+        return anyio.run(self.backend.run, request, chosen)
+
+    def ok(self, *argv: str, policy: Policy | None = None, stdin: bytes | None = None) -> RunResult:
+        result = self.run(*argv, policy=policy, stdin=stdin)
+        assert isinstance(result, Success), result
+        value: RunResult = result.unwrap()
+        return value
+
+    def sh(self, script: str, policy: Policy | None = None) -> RunResult:
+        return self.ok("sh", "-c", script, policy=policy)
+
+
+def make_box(runner: HelperProcessRunner, root: Path, *, workspace_in_home: bool = True) -> Box:
+    home = root / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text(SECRET)
+    (home / ".netrc").write_text(SECRET)
+    workspace = home / "proj" if workspace_in_home else root / "ws"
+    workspace.mkdir()
+    current = HostContext.current()
+    env = (
+        ("HOME", str(home)),
+        ("LANG", "C.UTF-8"),
+        ("OPENAI_API_KEY", API_KEY),
+        ("GITHUB_TOKEN", API_KEY),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    )
+    host = attrs.evolve(current, env=env, home=str(home))
+    backend = BubblewrapBackend(runner=runner, host=host)
+    require_available(backend)
+    return Box(backend=backend, home=home, workspace=workspace)
+
+
+@pytest.fixture
+def box(runner: HelperProcessRunner, tmp_path: Path) -> Box:
+    return make_box(runner, tmp_path)
+
+
+def out(result: RunResult) -> str:
+    return (result.stdout + result.stderr).decode(errors="replace")
+
+
+# --- filesystem: reading secrets ----------------------------------------------------------
+def test_home_secrets_unreadable_directly_and_through_dotdot(box: Box) -> None:
+    result = box.sh(
+        f"cat {box.home}/.ssh/id_rsa; cat ../.ssh/id_rsa; cat ../../home/.netrc; "
+        f"ls -a {box.home} {box.home}/.ssh; cat ~/.ssh/id_rsa"
+    )
+    assert SECRET not in out(result)
+    assert result.exit_code != 0
+    assert (box.home / ".ssh" / "id_rsa").read_text() == SECRET
+
+
+def test_deny_read_masks_secrets_when_the_workspace_is_home(
+    runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    box = make_box(runner, tmp_path)
+    home_box = attrs.evolve(box, workspace=box.home)
+    result = home_box.sh("cat .ssh/id_rsa; cat .netrc; ls -a .ssh; echo done")
+    assert SECRET not in out(result)
+    assert "done" in out(result)
+    assert (box.home / ".ssh" / "id_rsa").read_text() == SECRET
+
+
+def test_planted_symlink_and_hardlink_do_not_reach_the_secret(box: Box) -> None:
+    secret = box.home / ".ssh" / "id_rsa"
+    (box.workspace / "planted").symlink_to(secret)
+    result = box.sh(
+        f"cat planted; ln -s {secret} mine; cat mine; ln {secret} hard; cat hard; "
+        "ln -s ../.ssh/id_rsa rel; cat rel"
+    )
+    assert SECRET not in out(result)
+    assert not (box.workspace / "hard").exists()
+    assert secret.read_text() == SECRET
+
+
+# --- filesystem: writing outside the workspace --------------------------------------------
+def test_writes_outside_the_workspace_leave_nothing_on_the_host(box: Box) -> None:
+    marker = "mechasandbox-" + secrets.token_hex(6)
+    result = box.sh(
+        f"echo x > /etc/{marker}; echo x > /tmp/{marker}; echo x > /usr/{marker}; "
+        f"echo x > {box.home}/.bashrc; mkdir -p {box.home}/.local/bin; "
+        f"echo x > {box.home}/.local/bin/{marker}; echo x > /var/tmp/{marker}; "
+        f"echo x > {box.workspace.parent}/{marker}; echo end"
+    )
+    assert "end" in out(result)
+    for path in (
+        Path("/etc") / marker,
+        Path("/tmp") / marker,
+        Path("/usr") / marker,
+        Path("/var/tmp") / marker,
+        box.home / ".bashrc",
+        box.home / ".local",
+        box.workspace.parent / marker,
+    ):
+        assert not path.exists(), path
+
+
+def test_git_hooks_config_and_rename_trick_blocked(box: Box) -> None:
+    git = box.workspace / ".git"
+    (git / "hooks").mkdir(parents=True)
+    (git / "config").write_text("[core]\n\tbare = false\n")
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    result = box.sh(
+        "echo evil > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit; "
+        "printf '[core]\\n\\tfsmonitor = evil\\n' >> .git/config; "
+        "mv .git/config .git/config.old; rm -f .git/config; rm -rf .git/hooks; "
+        "mv .git g; mkdir -p g2 && mv g2 .git; "
+        "cp -r .git /tmp/g && mv .git .git-old; echo end"
+    )
+    assert "end" in out(result)
+    assert (git / "config").read_text() == "[core]\n\tbare = false\n"
+    assert not (git / "hooks" / "pre-commit").exists()
+    assert (git / "hooks").is_dir()
+    assert not (git / "config.old").exists()
+    assert not (box.workspace / "g").exists()
+    assert not (box.workspace / ".git-old").exists()
+    assert (git / "HEAD").exists()
+
+
+def test_missing_protected_paths_cannot_be_created_and_leave_no_placeholder(box: Box) -> None:
+    result = box.sh(
+        "git init -q . 2>&1; mkdir -p .git/hooks; echo evil > .git/hooks/pre-commit; "
+        "echo 'eval evil' > .envrc; mkdir .vscode; echo '{}' > .vscode/tasks.json; "
+        "echo ok > notes.txt; echo end"
+    )
+    assert "end" in out(result)
+    assert sorted(os.listdir(box.workspace)) == ["notes.txt"]
+
+
+def test_devices_fifos_setuid_copies_mount_unshare_chroot_fail(box: Box) -> None:
+    result = box.sh(
+        "mknod dev c 1 3; echo mknod=$?; mkfifo fifo; echo mkfifo=$?; "
+        "cp /bin/true suid; chmod u+s suid; echo chmod=$?; chmod g+s suid; echo chmodg=$?; "
+        "mkdir m; mount -t tmpfs none m; echo mount=$?; mount --bind / m; echo bind=$?; "
+        "unshare -U true; echo unshareU=$?; unshare -m true; echo unsharem=$?; "
+        "unshare -n true; echo unsharen=$?; chroot / true; echo chroot=$?"
+    )
+    statuses = dict(
+        line.split("=", 1) for line in result.stdout.decode().splitlines() if "=" in line
+    )
+    assert set(statuses) == {
+        "mknod", "mkfifo", "chmod", "chmodg", "mount", "bind",
+        "unshareU", "unsharem", "unsharen", "chroot",
+    }  # fmt: skip
+    assert all(value != "0" for value in statuses.values()), statuses
+    assert not (box.workspace / "dev").exists()
+    assert not (box.workspace / "fifo").exists()
+    mode = (box.workspace / "suid").stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID)
+
+
+# --- processes ----------------------------------------------------------------------------
+def test_host_processes_are_invisible_and_unkillable(box: Box) -> None:
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        result = box.sh(
+            f"ls /proc | grep -x {victim.pid}; echo listed=$?; "
+            f"cat /proc/{victim.pid}/environ; kill -9 {victim.pid}; echo kill=$?; "
+            "ps -e -o pid= | wc -l"
+        )
+        text = result.stdout.decode()
+        assert "listed=1" in text
+        assert "kill=0" not in text
+        assert int(text.split()[-1]) <= 5  # bwrap's init, sh, ps (and a pipe's wc)
+        time.sleep(0.2)
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_ptrace_is_denied(box: Box) -> None:
+    script = (
+        "import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+        "print(libc.ptrace(0, 0, 0, 0), ctypes.get_errno())"
+    )
+    result = box.ok(PYTHON, "-c", script)
+    assert result.stdout.split() == [b"-1", str(errno.EPERM).encode()]
+
+
+def _host_processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(int(entry))
+    return found
+
+
+def test_daemons_do_not_outlive_the_run(box: Box) -> None:
+    marker = f"{secrets.randbelow(10**6) + 10**6}.5"
+    box.sh(
+        f"setsid sleep {marker} & nohup sleep {marker} >/dev/null 2>&1 & "
+        f"(sleep {marker} &) ; sh -c 'sleep {marker} &' ; echo started"
+    )
+    deadline = time.monotonic() + 5
+    while _host_processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _host_processes_with(marker) == []
+
+
+def test_timeout_kills_the_whole_tree(box: Box) -> None:
+    marker = f"{secrets.randbelow(10**6) + 10**6}.25"
+    policy = Policy(limits=Limits(timeout_s=1))
+    result = box.run("sh", "-c", f"setsid sleep {marker} & sleep {marker}", policy=policy)
+    assert isinstance(result, Failure)
+    assert isinstance(result.failure(), Timeout)
+    deadline = time.monotonic() + 5
+    while _host_processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _host_processes_with(marker) == []
+
+
+def test_fork_bomb_is_a_process_limit(box: Box) -> None:
+    policy = Policy(limits=Limits(timeout_s=30, max_processes=20))
+    result = box.run("sh", "-c", "for i in $(seq 60); do sleep 1 & done; wait", policy=policy)
+    assert isinstance(result, Failure)
+    assert isinstance(result.failure(), ProcessLimit)
+
+
+def test_memory_bomb_is_a_memory_limit(box: Box) -> None:
+    policy = Policy(limits=Limits(timeout_s=30, memory_bytes=64 * MIB))
+    script = "b = []\nwhile True:\n    b.append(bytearray(8 * 1024 * 1024))"
+    result = box.run(PYTHON, "-c", script, policy=policy)
+    assert isinstance(result, Failure)
+    assert isinstance(result.failure(), MemoryLimit)
+
+
+def test_cpu_spin_is_a_cpu_limit(box: Box) -> None:
+    policy = Policy(limits=Limits(timeout_s=30, cpu_time_s=1))
+    result = box.run("sh", "-c", "while :; do :; done", policy=policy)
+    assert isinstance(result, Failure)
+    assert isinstance(result.failure(), CpuLimit)
+
+
+def test_endless_output_is_capped(box: Box) -> None:
+    policy = Policy(limits=Limits(timeout_s=30, max_output_bytes=64 * 1024))
+    result = box.ok("head", "-c", "20000000", "/dev/zero", policy=policy)
+    assert result.stdout_truncated
+    assert len(result.stdout) <= 64 * 1024
+
+
+def test_new_session_and_tiocsti_denied(box: Box) -> None:
+    plan = box.backend.plan(
+        RunRequest(argv=["true"], workspace=str(box.workspace)), Policy(), box.backend.host
+    )
+    assert "--new-session" in dict(plan.unwrap().sections)["bwrap"].split()
+    script = (
+        "import fcntl, os, termios\n"
+        "print(os.getsid(0))\n"
+        "try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\nexcept OSError as e:\n    print(e.errno)"
+    )
+    result = box.ok(PYTHON, "-c", script)
+    session, ioctl_errno = result.stdout.split()
+    # A session led inside the sandbox's pid namespace (a host session would read as 0).
+    assert 0 < int(session) <= 2
+    assert ioctl_errno == str(errno.EPERM).encode()
+
+
+# --- environment --------------------------------------------------------------------------
+def test_host_environment_secrets_are_absent(box: Box) -> None:
+    result = box.ok("env")
+    assert API_KEY.encode() not in result.stdout
+    assert b"OPENAI_API_KEY" not in result.stdout
+    assert b"GITHUB_TOKEN" not in result.stdout
+    assert b"LANG=C.UTF-8" in result.stdout
+
+
+def test_no_file_descriptors_beyond_stdio(box: Box) -> None:
+    script = (
+        "import os\n"
+        "def is_open(fd):\n"
+        "    try:\n        os.fstat(fd)\n        return True\n"
+        "    except OSError:\n        return False\n"
+        "print([fd for fd in range(1024) if is_open(fd)])"
+    )
+    result = box.ok(PYTHON, "-c", script)
+    assert result.stdout.strip() == b"[0, 1, 2]"
+
+
+# --- network ------------------------------------------------------------------------------
+def _refused(box: Box, family: str, address: str) -> RunResult:
+    script = (
+        "import socket, sys\n"
+        f"s = socket.socket(socket.{family}, socket.SOCK_STREAM)\n"
+        "s.settimeout(3)\n"
+        f"try:\n    s.connect({address})\n    print('CONNECTED')\n"
+        "except OSError as e:\n    print('refused', e.errno)\n"
+    )
+    return box.ok(PYTHON, "-c", script)
+
+
+def _accepts_nothing(server: socket.socket) -> None:
+    server.setblocking(False)
+    try:
+        connection, _ = server.accept()
+    except BlockingIOError:
+        return
+    connection.close()
+    pytest.fail("the host server saw a connection from the sandbox")
+
+
+def test_network_none_cannot_reach_a_host_loopback_server(box: Box) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        result = _refused(box, "AF_INET", f"('127.0.0.1', {port})")
+        assert b"CONNECTED" not in result.stdout
+        _accepts_nothing(server)
+
+
+def test_network_none_cannot_reach_a_host_abstract_unix_socket(box: Box) -> None:
+    name = "mechasandbox-test-" + secrets.token_hex(6)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind("\0" + name)
+        server.listen()
+        result = _refused(box, "AF_UNIX", repr("\0" + name))
+        assert b"CONNECTED" not in result.stdout
+        _accepts_nothing(server)
+
+
+def test_unix_socket_outside_the_workspace_is_unreachable(box: Box, tmp_path: Path) -> None:
+    path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen()
+        result = _refused(box, "AF_UNIX", repr(str(path)))
+        assert b"CONNECTED" not in result.stdout
+        _accepts_nothing(server)
+
+
+def test_vsock_and_packet_sockets_are_denied(box: Box) -> None:
+    script = (
+        "import socket\n"
+        "for family, kind in ((socket.AF_VSOCK, socket.SOCK_STREAM), "
+        "(socket.AF_PACKET, socket.SOCK_RAW)):\n"
+        "    try:\n        socket.socket(family, kind).close()\n        print('OPEN')\n"
+        "    except OSError as e:\n        print(e.errno)"
+    )
+    result = box.ok(PYTHON, "-c", script)
+    assert b"OPEN" not in result.stdout
+
+
+def test_loopback_inside_the_sandbox_works(box: Box) -> None:
+    script = (
+        "import socket\n"
+        "with socket.socket() as s, socket.socket() as c:\n"
+        "    s.bind(('127.0.0.1', 0)); s.listen(); c.connect(s.getsockname()); print('ok')"
+    )
+    assert box.ok(PYTHON, "-c", script).stdout.strip() == b"ok"
+
+
+def test_allowlist_is_refused_in_strict_mode(box: Box) -> None:
+    policy = Policy(network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=("example.com",)))
+    result = box.run("true", policy=policy)
+    assert isinstance(result, Failure)
+    assert isinstance(result.failure(), PolicyUnsupported)
+    relaxed = attrs.evolve(policy, enforcement=Enforcement.BEST_EFFORT)
+    ran = box.ok("true", policy=relaxed)
+    assert any("network-allowlist" in warning for warning in ran.warnings)
+
+
+# --- functional ---------------------------------------------------------------------------
+def test_echo(box: Box) -> None:
+    result = box.ok("echo", "hello")
+    assert result.stdout == b"hello\n"
+    assert result.exit_code == 0
+    assert result.backend == "bubblewrap"
+
+
+def test_exit_codes_and_signals(box: Box) -> None:
+    assert box.sh("exit 3").exit_code == 3
+    killed = box.sh("kill -TERM $$")
+    assert killed.signal == 15
+    assert killed.exit_code is None
+
+
+def test_stdin(box: Box) -> None:
+    assert box.ok("cat", stdin=b"some input").stdout == b"some input"
+
+
+def test_workspace_writes_are_visible_on_the_host_and_owned_by_the_host_uid(box: Box) -> None:
+    box.sh("mkdir -p sub && echo data > sub/file.txt")
+    written = box.workspace / "sub" / "file.txt"
+    assert written.read_text() == "data\n"
+    assert written.stat().st_uid == os.getuid()
+    assert written.stat().st_gid == os.getgid()
+
+
+def test_command_not_found_and_hidden_executables(box: Box) -> None:
+    missing = box.run("no-such-command-xyz")
+    assert isinstance(missing, Failure)
+    assert isinstance(missing.failure(), SpawnFailed)
+    assert missing.failure().exit_status == 127
+    tool = box.home / "tool"
+    tool.write_text("#!/bin/sh\necho hi\n")
+    tool.chmod(0o755)
+    hidden = box.run(str(tool))
+    assert isinstance(hidden, Failure)
+    assert "not visible" in hidden.failure().message
+
+
+def test_probe_reports_a_missing_bwrap(runner: HelperProcessRunner) -> None:
+    backend = BubblewrapBackend(runner=runner, bwrap="/nonexistent/bwrap")
+    probed = backend.probe()
+    assert isinstance(probed, Failure)
+    assert "cannot run" in probed.failure().reason
+
+
+def test_plan_shows_argv_and_rlimits(box: Box) -> None:
+    plan = box.backend.plan(
+        RunRequest(argv=["echo", "hi"], workspace=str(box.workspace)), Policy(), box.backend.host
+    )
+    sections = dict(plan.unwrap().sections)
+    assert sections["bwrap"].endswith("-- echo hi")
+    assert "RLIMIT_NOFILE" in sections["rlimits"]
+    assert "OPENAI_API_KEY" not in sections["environment"]
