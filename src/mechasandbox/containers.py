@@ -28,8 +28,6 @@ from mechasandbox.domain.policy import NetworkPolicy, Policy
 from mechasandbox.runner.runner import HelperProcessRunner, ProcessRunner
 from mechasandbox.sandbox import Sandbox
 
-NOT_BUILT = "not available in this version of mechasandbox"
-
 
 def _runner() -> Iterator[ProcessRunner]:
     runner = HelperProcessRunner()
@@ -37,6 +35,12 @@ def _runner() -> Iterator[ProcessRunner]:
         yield runner
     finally:
         runner.close()
+
+
+def _bubblewrap(runner: ProcessRunner, host: HostContext) -> Any:
+    from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+
+    return BubblewrapBackend(runner=runner, host=host)
 
 
 def _landlock(runner: ProcessRunner, host: HostContext) -> Any:
@@ -109,7 +113,7 @@ class Backends(containers.DeclarativeContainer):
 
     none = providers.Singleton(NoneBackend, runner=core.runner, host=core.host)
     process = providers.Singleton(ProcessBackend, runner=core.runner, host=core.host)
-    bubblewrap = providers.Singleton(MissingBackend, backend_name="bubblewrap", reason=NOT_BUILT)
+    bubblewrap = providers.Singleton(_bubblewrap, runner=core.runner, host=core.host)
     landlock = providers.Singleton(_landlock, runner=core.runner, host=core.host)
     docker = providers.Singleton(
         _container_engine,

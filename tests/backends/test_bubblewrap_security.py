@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -20,7 +19,6 @@ import attrs
 import pytest
 from returns.result import Failure, Result, Success
 
-import mechasandbox
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 from mechasandbox.domain.errors import (
@@ -37,7 +35,6 @@ from mechasandbox.domain.policy import Enforcement, NetworkMode, NetworkPolicy, 
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
-from mechasandbox.runner.spec import SpawnSpec
 from tests.conftest import require_available
 
 pytestmark = [
@@ -48,28 +45,6 @@ pytestmark = [
 SECRET = "BEGIN-FAKE-PRIVATE-KEY-" + secrets.token_hex(8)
 API_KEY = "sk-test-" + secrets.token_hex(8)
 PYTHON = "/usr/bin/python3"
-
-
-@pytest.fixture(scope="module")
-def runner() -> Iterator[HelperProcessRunner]:
-    """A runner whose spawn helper imports this checkout's package.
-
-    The helper starts as `python -E -m ...`: -E drops the PYTHONPATH it is given, so it
-    imports whichever mechasandbox is installed unless its working directory (sys.path[0]
-    for -m) holds this checkout. Starting it from the package's parent directory makes the
-    seccomp child hook importable; the shared fixture is enough once both agree.
-    """
-    process_runner = HelperProcessRunner()
-    src = Path(mechasandbox.__file__).resolve().parents[1]
-    previous = os.getcwd()
-    os.chdir(src)
-    try:
-        spec = SpawnSpec(argv=("true",), env=(("PATH", "/usr/bin:/bin"),), cwd="/")
-        anyio.run(process_runner.run, spec)
-    finally:
-        os.chdir(previous)
-    yield process_runner
-    process_runner.close()
 
 
 @attrs.frozen

@@ -12,6 +12,8 @@ import pytest
 
 from mechasandbox.cli.main import main
 
+UNAVAILABLE_HERE = "seatbelt" if sys.platform.startswith("linux") else "bubblewrap"
+
 JSON_KEYS = {
     "backend",
     "exit_code",
@@ -131,7 +133,7 @@ def test_strict_refusal_is_125(capsys: pytest.CaptureFixture[str], tmp_path: pat
         (["--memory", "999999g"], "config_invalid", 125, "memory"),
         (["--backend", "nosuch"], "config_invalid", 125, "nosuch"),
         (["--env", "NOEQUALS"], "config_invalid", 125, "--env"),
-        (["--backend", "bubblewrap"], None, 125, None),
+        (["--backend", UNAVAILABLE_HERE], "backend_unavailable", 125, UNAVAILABLE_HERE),
     ],
 )
 def test_bad_input(

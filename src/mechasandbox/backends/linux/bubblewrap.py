@@ -654,6 +654,7 @@ class BubblewrapBackend:
             Protection.PROTECTED_PATHS,
             Protection.NETWORK_NONE,
             Protection.PID_ISOLATION,
+            Protection.HOST_PROCESSES_HIDDEN,
             Protection.ENVIRONMENT,
             Protection.TIMEOUT,
             Protection.TREE_TEARDOWN,
@@ -682,6 +683,7 @@ class BubblewrapBackend:
                 "network at all",
             ),
             (Protection.PID_ISOLATION, "pid namespace; ptrace denied by seccomp"),
+            (Protection.HOST_PROCESSES_HIDDEN, "pid namespace with a fresh /proc"),
             (Protection.ENVIRONMENT, "scrubbed environment"),
             (
                 Protection.TREE_TEARDOWN,
