@@ -23,6 +23,7 @@ SHOWN = (
     Protection.NETWORK_NONE,
     Protection.NETWORK_ALLOWLIST,
     Protection.PID_ISOLATION,
+    Protection.HOST_PROCESSES_HIDDEN,
     Protection.MEMORY,
     Protection.CPU,
     Protection.PROCESSES,
@@ -61,24 +62,48 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
     }
 
 
+_SHORT = {
+    Protection.FILESYSTEM_READ: "fs-read",
+    Protection.FILESYSTEM_WRITE: "fs-write",
+    Protection.PROTECTED_PATHS: "protect",
+    Protection.NETWORK_NONE: "net-none",
+    Protection.NETWORK_ALLOWLIST: "net-allow",
+    Protection.PID_ISOLATION: "pid",
+    Protection.HOST_PROCESSES_HIDDEN: "pid-hide",
+    Protection.MEMORY: "memory",
+    Protection.CPU: "cpu",
+    Protection.PROCESSES: "procs",
+    Protection.OPEN_FILES: "files",
+    Protection.ENVIRONMENT: "env",
+    Protection.TREE_TEARDOWN: "teardown",
+}
+
+
 def _table(data: dict[str, Any]) -> str:
-    lines = [f"platform: {data['platform']}"]
-    header = ["backend", *[p.value for p in SHOWN]]
-    lines.append("  ".join(header))
+    """A grid: one row per backend, one column per protection (`+` enforced, `-` not)."""
+    shown = [p for p in SHOWN if p in _SHORT]
+    width = max(len(entry["name"]) for entry in data["backends"]) + 2
+    header = "".ljust(width) + " ".join(_SHORT[p].rjust(len(_SHORT[p])) for p in shown)
+    lines = [f"platform: {data['platform']}", "", header]
+    unavailable: list[str] = []
+    notes: list[str] = []
     for entry in data["backends"]:
         if not entry["available"]:
-            lines.append(f"{entry['name']}: unavailable - {entry['reason']}")
+            unavailable.append(f"  {entry['name']}: {entry['reason']}")
             continue
-        marks = ["yes" if entry["enforces"][p.value] else "NO" for p in SHOWN]
-        lines.append(
-            f"{entry['name']}: "
-            + ", ".join(f"{p.value}={mark}" for p, mark in zip(SHOWN, marks, strict=True))
-        )
-        lines.extend(f"    warning: {w}" for w in entry["warnings"])
+        cells = [("+" if entry["enforces"][p.value] else "-").center(len(_SHORT[p])) for p in shown]
+        lines.append(entry["name"].ljust(width) + " ".join(cells))
+        notes.extend(f"  {entry['name']}: {warning}" for warning in entry["warnings"])
+    if unavailable:
+        lines += ["", "unavailable here:", *unavailable]
+    if notes:
+        lines += ["", "warnings:", *notes]
+    lines.append("")
     if data["auto"]:
-        lines.append(f"auto picks: {data['auto']}")
+        lines.append(f"auto picks: {data['auto']} (for the default policy)")
     else:
         lines.append(f"auto picks nothing for the default policy: {data['auto_reason']}")
+    lines.append("details: mechasandbox doctor --json; attacks: mechasandbox doctor --verify")
     return "\n".join(lines)
 
 

@@ -1,0 +1,49 @@
+"""`doctor --verify`: its checks detect a real escape (on `process`) and see protections hold
+(on bubblewrap), so a "held" is never a check that could not have failed."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from mechasandbox.backends.process import ProcessBackend
+from mechasandbox.cli.verify import ENV_SECRET_NAME, plant_environment_secret, verify_backend
+from mechasandbox.runner.runner import HelperProcessRunner
+from tests.conftest import require_available
+
+ESCAPES_ON_PROCESS = {
+    "read a secret outside the workspace (directly and via a planted symlink)",
+    "write outside the workspace",
+    "plant a git hook (directly and by renaming .git)",
+    "kill a host process",
+    "connect to a loopback TCP server of the host",
+}
+
+
+@pytest.fixture(autouse=True)
+def _planted_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_SECRET_NAME, raising=False)
+    plant_environment_secret()
+    monkeypatch.setenv(ENV_SECRET_NAME, os.environ[ENV_SECRET_NAME])  # undone after the test
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_checks_catch_the_escapes_of_an_unconfined_backend(runner: HelperProcessRunner) -> None:
+    outcomes = {c["attack"]: c["outcome"] for c in verify_backend(ProcessBackend(runner=runner))}
+    for attack in ESCAPES_ON_PROCESS:
+        assert outcomes[attack] == "FAILED", attack
+    # What `process` does enforce is seen to hold:
+    assert outcomes["read a host API key from the environment"] == "held"
+    assert outcomes["leave a setsid/nohup process running after the run"] == "held"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only")
+def test_every_check_holds_on_bubblewrap(runner: HelperProcessRunner) -> None:
+    from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+
+    backend = BubblewrapBackend(runner=runner)
+    require_available(backend)
+    outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
+    assert set(outcomes.values()) == {"held"}, outcomes
