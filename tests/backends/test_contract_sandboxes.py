@@ -45,7 +45,7 @@ class TestLandlockContract(BackendContract):
 
         return available(LandlockBackend(runner=runner))
 
-    def test_workspace_writes_reach_the_host(  # type: ignore[override]
+    def test_workspace_writes_reach_the_host(
         self, backend: Backend, tmp_path: pathlib.Path
     ) -> None:
         """Landlock cannot take a right back below a granted directory, so to keep missing
