@@ -311,3 +311,32 @@ def test_config_file_errors_name_file_and_field(
     message = obj["error"]["message"]  # type: ignore[index]
     assert "bad.toml" in message
     assert "network.mood" in message
+
+
+def test_host_processes_option_lets_landlock_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("landlock is Linux-only")
+    code, obj = cli(
+        capsys, "run", "--backend", "landlock", "--json", "--workspace", str(tmp_path), "--", "true"
+    )
+    if obj["error"] and obj["error"]["kind"] == "backend_unavailable":  # type: ignore[index]
+        pytest.skip("landlock unavailable here")
+    assert code == 125
+    assert "--host-processes visible" in obj["error"]["message"]  # type: ignore[index]
+    code, obj = cli(
+        capsys,
+        "run",
+        "--backend",
+        "landlock",
+        "--host-processes",
+        "visible",
+        "--json",
+        "--workspace",
+        str(tmp_path),
+        "--",
+        "true",
+    )
+    assert code == 0, obj
+    assert obj["backend"] == "landlock"

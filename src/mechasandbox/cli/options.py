@@ -14,7 +14,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.registry import BACKEND_NAMES
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
+from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode, Policy
 from mechasandbox.policy.units import parse_duration, parse_size
 
 T = TypeVar("T")
@@ -51,6 +51,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--pass-env", action="append", default=[], metavar="NAME")
     add("--image", default=None, help="container image (docker, podman, apple-container)")
     add("--config", action="append", default=[], metavar="FILE")
+    add(
+        "--host-processes",
+        default=None,
+        choices=[h.value for h in HostProcesses],
+        help="hidden (default; needs a pid namespace) or visible (lets landlock run)",
+    )
     add("--best-effort", action="store_true")
     add("--json", action="store_true", help="print one JSON object instead of the output")
     add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
@@ -142,6 +148,9 @@ def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, Conf
         set=base.environment.set + env_pairs.unwrap(),
     )
     enforcement = Enforcement.BEST_EFFORT if args.best_effort else base.enforcement
+    host_processes = (
+        HostProcesses(args.host_processes) if args.host_processes else base.host_processes
+    )
     return Success(
         Policy(
             filesystem=filesystem,
@@ -149,6 +158,7 @@ def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, Conf
             limits=limits,
             environment=environment,
             enforcement=enforcement,
+            host_processes=host_processes,
         )
     )
 

@@ -38,6 +38,14 @@ class BackendUnavailable:
         return f"backend {self.backend!r} is unavailable: {self.reason}"
 
 
+# How a user would stop asking for a protection, when that is a reasonable choice.
+RELAX_HINTS = {
+    Protection.HOST_PROCESSES_HIDDEN: '--host-processes visible, or host_processes = "visible"',
+    Protection.NETWORK_NONE: "--network full",
+    Protection.PROTECTED_PATHS: "filesystem.protected = []",
+}
+
+
 @attrs.frozen(kw_only=True)
 class PolicyUnsupported:
     kind: ClassVar[str] = "policy_unsupported"
@@ -47,9 +55,11 @@ class PolicyUnsupported:
     @property
     def message(self) -> str:
         names = ", ".join(p.value for p in self.missing)
+        hints = [RELAX_HINTS[p] for p in self.missing if p in RELAX_HINTS]
+        relax = f"relax the policy ({'; '.join(hints)})" if hints else "relax the policy"
         return (
             f"backend {self.backend!r} cannot enforce: {names} "
-            "(choose a stronger backend, relax the policy, or pass --best-effort)"
+            f"(choose a stronger backend, {relax}, or pass --best-effort)"
         )
 
 
