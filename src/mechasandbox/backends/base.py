@@ -12,7 +12,7 @@ from typing import Protocol
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import (
     BackendUnavailable,
     ConfigInvalid,
@@ -141,15 +141,3 @@ def resolve_command(argv0: str, env: Mapping[str, str], cwd: str) -> Result[str,
             SpawnFailed(command=argv0, reason="command not found on PATH", exit_status=127)
         )
     return Success(found)
-
-
-ALL_LIMIT_PROTECTIONS = frozenset(
-    {
-        Protection.TIMEOUT,
-        Protection.CPU,
-        Protection.MEMORY,
-        Protection.PROCESSES,
-        Protection.OPEN_FILES,
-        Protection.FILE_SIZE,
-    }
-)

@@ -16,7 +16,7 @@ from mechasandbox.cli.output import exit_status, result_object, signal_name
 from mechasandbox.cli.settings import load_settings
 from mechasandbox.config import ResolvedConfig
 from mechasandbox.containers import Application
-from mechasandbox.domain.errors import ConfigInvalid, SandboxError
+from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
 from mechasandbox.domain.result import RunResult
 
 
@@ -55,7 +55,7 @@ def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: 
     if as_json:
         print(json.dumps(result_object(finished, error, backend)))
         return exit_status(finished, error)
-    shown = finished or (getattr(error, "partial", None))
+    shown = finished or (partial_result(error) if error is not None else None)
     if shown is not None:
         sys.stdout.buffer.write(shown.stdout)
         sys.stdout.flush()

@@ -27,6 +27,7 @@ from returns.result import Failure
 from mechasandbox.backends.base import Backend
 from mechasandbox.backends.registry import AUTO_ORDER
 from mechasandbox.containers import Application
+from mechasandbox.domain.errors import partial_result
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
@@ -48,8 +49,8 @@ def _run(backend: Backend, arena: Arena, argv: list[str]) -> RunResult | str:
     result = anyio.run(backend.run, request, POLICY)
     if isinstance(result, Failure):
         error = result.failure()
-        partial = getattr(error, "partial", None)
-        return partial if isinstance(partial, RunResult) else f"{error.kind}: {error.message}"
+        partial = partial_result(error)
+        return partial if partial is not None else f"{error.kind}: {error.message}"
     return result.unwrap()
 
 
