@@ -52,10 +52,10 @@ def _landlock(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> 
     return LandlockBackend(runner=runner, host=host, egress=egress)
 
 
-def _seatbelt(runner: ProcessRunner, host: HostContext) -> Any:
+def _seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Any:
     from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
 
-    return SeatbeltBackend(runner=runner, host=host)
+    return SeatbeltBackend(runner=runner, host=host, egress=egress)
 
 
 def _apple_container(runner: ProcessRunner, host: HostContext, image: str | None) -> Any:
@@ -141,7 +141,9 @@ class Backends(containers.DeclarativeContainer):
         image=config.image,
         runtime=config.runtime,
     )
-    seatbelt = providers.Singleton(_seatbelt, runner=core.runner, host=core.host)
+    seatbelt = providers.Singleton(
+        _seatbelt, runner=core.runner, host=core.host, egress=core.egress
+    )
     apple_container = providers.Singleton(
         _apple_container, runner=core.runner, host=core.host, image=config.image
     )
