@@ -25,6 +25,8 @@ from mechasandbox.backends.process import ProcessBackend
 from mechasandbox.backends.registry import AutoBackend, MissingBackend
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import NetworkPolicy, Policy
+from mechasandbox.network.proxy import SystemResolver
+from mechasandbox.network.session import EgressProxy
 from mechasandbox.runner.runner import HelperProcessRunner, ProcessRunner
 from mechasandbox.sandbox import Sandbox
 
@@ -37,23 +39,23 @@ def _runner() -> Iterator[ProcessRunner]:
         runner.close()
 
 
-def _bubblewrap(runner: ProcessRunner, host: HostContext) -> Any:
+def _bubblewrap(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Any:
     from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 
-    return BubblewrapBackend(runner=runner, host=host)
+    return BubblewrapBackend(runner=runner, host=host, egress=egress)
 
 
-def _landlock(runner: ProcessRunner, host: HostContext) -> Any:
+def _landlock(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Any:
     """Imported on first use: Linux-only modules stay out of other platforms' imports."""
     from mechasandbox.backends.linux.landlock import LandlockBackend
 
-    return LandlockBackend(runner=runner, host=host)
+    return LandlockBackend(runner=runner, host=host, egress=egress)
 
 
-def _seatbelt(runner: ProcessRunner, host: HostContext) -> Any:
+def _seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Any:
     from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
 
-    return SeatbeltBackend(runner=runner, host=host)
+    return SeatbeltBackend(runner=runner, host=host, egress=egress)
 
 
 def _apple_container(runner: ProcessRunner, host: HostContext, image: str | None) -> Any:
@@ -103,6 +105,10 @@ class Core(containers.DeclarativeContainer):
     host = providers.Singleton(HostContext.current)
     runner = providers.Resource(_runner)
     base_policy = providers.Object(Policy())
+    # Names the allowlist proxy resolves; tests override it with a fake mapping names to
+    # loopback servers they started.
+    resolver = providers.Singleton(SystemResolver)
+    egress = providers.Singleton(EgressProxy, resolver=resolver)
 
 
 class Backends(containers.DeclarativeContainer):
@@ -113,8 +119,12 @@ class Backends(containers.DeclarativeContainer):
 
     none = providers.Singleton(NoneBackend, runner=core.runner, host=core.host)
     process = providers.Singleton(ProcessBackend, runner=core.runner, host=core.host)
-    bubblewrap = providers.Singleton(_bubblewrap, runner=core.runner, host=core.host)
-    landlock = providers.Singleton(_landlock, runner=core.runner, host=core.host)
+    bubblewrap = providers.Singleton(
+        _bubblewrap, runner=core.runner, host=core.host, egress=core.egress
+    )
+    landlock = providers.Singleton(
+        _landlock, runner=core.runner, host=core.host, egress=core.egress
+    )
     docker = providers.Singleton(
         _container_engine,
         "docker",
@@ -131,7 +141,9 @@ class Backends(containers.DeclarativeContainer):
         image=config.image,
         runtime=config.runtime,
     )
-    seatbelt = providers.Singleton(_seatbelt, runner=core.runner, host=core.host)
+    seatbelt = providers.Singleton(
+        _seatbelt, runner=core.runner, host=core.host, egress=core.egress
+    )
     apple_container = providers.Singleton(
         _apple_container, runner=core.runner, host=core.host, image=config.image
     )

@@ -413,7 +413,8 @@ def test_loopback_inside_the_sandbox_works(box: Box) -> None:
     assert box.ok(PYTHON, "-c", script).stdout.strip() == b"ok"
 
 
-def test_allowlist_is_refused_in_strict_mode(box: Box) -> None:
+def test_allowlist_without_a_forwarder_is_refused_in_strict_mode(box: Box) -> None:
+    box = attrs.evolve(box, backend=attrs.evolve(box.backend, socat="/nonexistent/socat"))
     policy = Policy(network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=("example.com",)))
     result = box.run("true", policy=policy)
     assert isinstance(result, Failure)

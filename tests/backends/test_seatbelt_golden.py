@@ -30,6 +30,7 @@ from mechasandbox.domain import (
     Protection,
     RunRequest,
 )
+from mechasandbox.network.session import EgressProxy
 from mechasandbox.runner.runner import HelperProcessRunner
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -228,11 +229,13 @@ def backend(
     host: HostContext = HOST,
     present: bool = True,
     proxy_port: int | None = None,
+    egress: EgressProxy | None = None,
 ) -> SeatbeltBackend:
     return SeatbeltBackend(
         runner=runner,
         host=host,
         proxy_port=proxy_port,
+        egress=egress,
         realpath=fake_realpath,
         tmp_root="/private/var/folders/zz/abc/T",
         sandbox_exec_present=lambda: present,
@@ -267,6 +270,8 @@ def test_capabilities_are_honest(runner: HelperProcessRunner) -> None:
     assert Protection.PID_ISOLATION in capabilities.missing(Policy())
     with_proxy = backend(runner, proxy_port=8877).probe().unwrap()
     assert Protection.NETWORK_ALLOWLIST in with_proxy.enforced
+    with_egress = backend(runner, egress=EgressProxy()).probe().unwrap()
+    assert Protection.NETWORK_ALLOWLIST in with_egress.enforced
     root = HostContext(env=(), home="/var/root", uid=0, gid=0, platform="darwin")
     assert Protection.PROCESSES not in backend(runner, host=root).probe().unwrap().enforced
 
@@ -317,3 +322,21 @@ def test_run_off_macos_is_unavailable(runner: HelperProcessRunner, tmp_path: Pat
     result = anyio.run(backend(runner, host=linux).run, request, Policy())
     assert isinstance(result, Failure)
     assert isinstance(result.failure(), BackendUnavailable)
+
+
+def test_the_runs_proxy_port_and_token_reach_profile_and_environment(
+    runner: HelperProcessRunner,
+) -> None:
+    """The per-run proxy (port and token) is wired into the SBPL rule and the variables."""
+    seatbelt = backend(runner, egress=EgressProxy())
+    url = "http://sandbox:TOKEN@127.0.0.1:41234"
+    built = seatbelt._spec(
+        RunRequest(argv=["true"], workspace="/w"), RESTRICTIVE, HOST, "/w", TMPDIR, (41234, url)
+    )
+    assert isinstance(built, Success), built
+    spec, profile = built.unwrap()
+    assert '(allow network-outbound (remote ip "localhost:41234"))' in profile.text
+    assert "(allow network*)" not in profile.text
+    env = dict(spec.env)
+    assert env["http_proxy"] == env["HTTPS_PROXY"] == url
+    assert env["NO_PROXY"] == ""

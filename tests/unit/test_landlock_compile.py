@@ -296,11 +296,13 @@ def test_capabilities_follow_the_abi() -> None:
     full = capabilities_for(7, "no cgroup here", 1000)
     assert Protection.PID_ISOLATION in full.enforced  # signal scope at ABI >= 6
     assert Protection.HOST_PROCESSES_HIDDEN not in full.enforced
-    assert Protection.NETWORK_ALLOWLIST not in full.enforced
+    assert Protection.NETWORK_ALLOWLIST in full.enforced  # TCP port rules at ABI >= 4
+    assert "ports, not addresses" in (full.detail(Protection.NETWORK_ALLOWLIST) or "")
     assert {Protection.FILESYSTEM_WRITE, Protection.PROTECTED_PATHS} <= full.enforced
     old = capabilities_for(2, "no cgroup here", 1000)
     assert Protection.FILESYSTEM_WRITE not in old.enforced
     assert Protection.PID_ISOLATION not in old.enforced
+    assert Protection.NETWORK_ALLOWLIST not in old.enforced
     assert "truncate" in (old.detail(Protection.FILESYSTEM_WRITE) or "")
     assert any("signalled" in w for w in old.warnings)
     root = capabilities_for(7, "no cgroup here", 0)

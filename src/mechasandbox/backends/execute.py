@@ -16,6 +16,7 @@ from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
+from mechasandbox.network.session import validate_network
 from mechasandbox.runner.runner import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
@@ -28,12 +29,15 @@ def prepare_run(
 ) -> Result[tuple[tuple[str, ...], str], SandboxError]:
     """Probe, check the policy against what the backend enforces, check the workspace.
 
-    Gives the warnings to attach (best-effort gaps) and the workspace's real path.
+    Gives the warnings to attach (best-effort gaps) and the workspace's real path. Bad
+    allow/deny patterns are a `ConfigInvalid` naming the pattern, before anything starts.
     """
     probed: Result[Capabilities, SandboxError] = backend.probe()
     checked: Result[tuple[str, ...], SandboxError] = probed.bind(
         lambda capabilities: check_enforcement(capabilities, policy)
     )
+    network: Result[None, SandboxError] = validate_network(policy.network)
+    checked = network.bind(lambda _: checked)
     workspace: Result[str, SandboxError] = check_workspace(request)
     return checked.bind(lambda warnings: workspace.map(lambda path: (warnings, path)))
 

@@ -72,6 +72,9 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.network.environment import proxy_environment
+from mechasandbox.network.proxy import RunningProxy
+from mechasandbox.network.session import EgressProxy, run_with_proxy
 from mechasandbox.runner.runner import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
 
@@ -114,6 +117,16 @@ ETC_SECRETS: tuple[str, ...] = (
 )
 
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+# The allowlist bridge: the run's proxy socket appears here inside the sandbox, and a
+# forwarder listens on the sandbox's own loopback (its network namespace has nothing else).
+PROXY_SOCKET = "/run/mechasandbox/proxy.sock"
+PROXY_PORT = 3128
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
+BRIDGE_FAILED = 125
+_BRIDGE_PREFIX = b"mechasandbox-bridge: "
+_FORWARDER_SEARCH = "/usr/local/bin:/usr/bin:/bin"
 
 
 # --- host facts -----------------------------------------------------------------------------
@@ -197,6 +210,36 @@ class BwrapFeatures:
     @property
     def disable_userns(self) -> bool:
         return self.version >= DISABLE_USERNS_VERSION
+
+
+@attrs.frozen(kw_only=True)
+class ProxyBridge:
+    """Where the run's proxy socket is on the host, and the forwarder (socat) to run."""
+
+    socket: str
+    socat: str
+    port: int = PROXY_PORT
+
+
+def bridge_script(bridge: ProxyBridge) -> str:
+    """`sh -c` text: start socat detached (reparented to the sandbox's init, so it is never
+    the command's child), wait until it listens (read from the sandbox's own
+    /proc/net/tcp), then exec the command with the script's arguments."""
+    listening = f"0100007F:{bridge.port:04X} 00000000:0000 0A"
+    return (
+        f"({shlex.quote(bridge.socat)} TCP-LISTEN:{bridge.port},bind=127.0.0.1,reuseaddr,fork "
+        f"UNIX-CONNECT:{PROXY_SOCKET} </dev/null >/dev/null 2>&1 &)\n"
+        "i=0\n"
+        f"until PATH=/usr/bin:/bin grep -q '{listening}' /proc/net/tcp; do\n"
+        "  i=$((i+1))\n"
+        "  if [ $i -gt 2000 ]; then\n"
+        f"    echo '{_BRIDGE_PREFIX.decode()}the proxy forwarder did not start' >&2\n"
+        f"    exit {BRIDGE_FAILED}\n"
+        "  fi\n"
+        "  PATH=/usr/bin:/bin sleep 0.005\n"
+        "done\n"
+        'exec "$@"\n'
+    )
 
 
 # --- the pure compiler ----------------------------------------------------------------------
@@ -441,10 +484,13 @@ def compile_bwrap(
     workspace: str,
     layout: HostLayout,
     features: BwrapFeatures = BwrapFeatures(),
+    bridge: ProxyBridge | None = None,
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
     `workspace` is the real path of the request's workspace (see `check_workspace`).
+    `bridge`: in allowlist mode, the proxy socket to bind in and the forwarder to start
+    before the command (the network namespace stays empty but for loopback).
     """
     checked = _check_workspace_placement(workspace, policy, host)
     if checked is not None:
@@ -470,7 +516,12 @@ def compile_bwrap(
     ]  # fmt: skip
     for mount in mounts:
         argv += mount.args
-    argv += ["--", *request.argv]
+    if bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST:
+        argv += ["--ro-bind", bridge.socket, PROXY_SOCKET]
+        argv += ["--", "/bin/sh", "-c", bridge_script(bridge), "mechasandbox-bridge"]
+        argv += request.argv
+    else:
+        argv += ["--", *request.argv]
     return Success(
         BwrapCommand(
             argv=tuple(argv),
@@ -489,10 +540,17 @@ def compile_bwrap_argv(
     workspace: str,
     layout: HostLayout,
     features: BwrapFeatures = BwrapFeatures(),
+    bridge: ProxyBridge | None = None,
 ) -> Result[tuple[str, ...], ConfigInvalid]:
     """Just the argv of `compile_bwrap`."""
     compiled = compile_bwrap(
-        request, policy, host, workspace=workspace, layout=layout, features=features
+        request,
+        policy,
+        host,
+        workspace=workspace,
+        layout=layout,
+        features=features,
+        bridge=bridge,
     )
     return compiled.map(lambda command: command.argv)
 
@@ -595,7 +653,11 @@ _BWRAP_PREFIX = b"bwrap: "
 
 def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
     """bwrap's own failures (a mount it could not make, an exec that failed inside) end with
-    status 1 and a `bwrap: ` message before the command ever ran."""
+    status 1 and a `bwrap: ` message before the command ever ran; the bridge's, with 125
+    and its own prefix."""
+    if result.exit_code == BRIDGE_FAILED and result.stderr.startswith(_BRIDGE_PREFIX):
+        message = result.stderr.decode(errors="replace").strip()
+        return BackendFailed(backend=NAME, reason=message)
     if result.exit_code != 1 or not result.stderr.startswith(_BWRAP_PREFIX):
         return None
     message = result.stderr.decode(errors="replace").strip()
@@ -623,10 +685,20 @@ class BubblewrapBackend:
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
     host: HostContext = attrs.field(factory=HostContext.current)
     bwrap: str | None = None
+    egress: EgressProxy = attrs.field(factory=EgressProxy)
+    socat: str | None = None  # the allowlist forwarder (default: found in the system roots)
 
     @property
     def name(self) -> str:
         return NAME
+
+    def _socat(self) -> str | None:
+        """socat's real path, if it is inside the read-only system trees the sandbox sees."""
+        found = self.socat or shutil.which("socat", path=_FORWARDER_SEARCH)
+        if found is None:
+            return None
+        real = os.path.realpath(found)
+        return real if any(_under(real, root) for root in SYSTEM_ROOTS) else None
 
     def _executable(self) -> str | None:
         if self.bwrap is not None:
@@ -677,11 +749,7 @@ class BubblewrapBackend:
                 "read-only self-binds; parents pinned against rename; missing paths covered",
             ),
             (Protection.NETWORK_NONE, "network namespace with loopback only"),
-            (
-                Protection.NETWORK_ALLOWLIST,
-                "not yet: the allowlist proxy bridge is missing; best-effort runs with no "
-                "network at all",
-            ),
+            self._allowlist_detail(),
             (Protection.PID_ISOLATION, "pid namespace; ptrace denied by seccomp"),
             (Protection.HOST_PROCESSES_HIDDEN, "pid namespace with a fresh /proc"),
             (Protection.ENVIRONMENT, "scrubbed environment"),
@@ -693,6 +761,8 @@ class BubblewrapBackend:
             (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
             (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
         ]
+        if self._socat() is not None:
+            enforced.add(Protection.NETWORK_ALLOWLIST)
         warnings: list[str] = []
         if cgroup is not None:
             enforced |= {Protection.MEMORY, Protection.PROCESSES}
@@ -722,6 +792,26 @@ class BubblewrapBackend:
             )
         )
 
+    def _allowlist_detail(self) -> tuple[Protection, str]:
+        socat = self._socat()
+        if socat is None:
+            return (
+                Protection.NETWORK_ALLOWLIST,
+                "needs socat in the system trees (Debian package socat) for the bridge to "
+                "the proxy; best-effort runs with no network at all",
+            )
+        return (
+            Protection.NETWORK_ALLOWLIST,
+            "network namespace with loopback only; the run's proxy socket bound in and "
+            f"{socat} forwarding 127.0.0.1:{PROXY_PORT} to it; no route, no DNS inside",
+        )
+
+    def _bridge(self, policy: Policy, socket: str) -> ProxyBridge | None:
+        socat = self._socat()
+        if policy.network.mode is not NetworkMode.ALLOWLIST or socat is None:
+            return None
+        return ProxyBridge(socket=socket, socat=socat)
+
     def _compile(
         self,
         request: RunRequest,
@@ -729,12 +819,22 @@ class BubblewrapBackend:
         host: HostContext,
         workspace: str,
         features: BwrapFeatures,
+        proxy_socket: str = PROXY_SOCKET_PLACEHOLDER,
     ) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
         layout = HostLayout.survey(paths_to_survey(workspace, policy, host))
+        bridge = self._bridge(policy, proxy_socket)
         compiled: Result[BwrapCommand, SandboxError] = compile_bwrap(
-            request, policy, host, workspace=workspace, layout=layout, features=features
+            request,
+            policy,
+            host,
+            workspace=workspace,
+            layout=layout,
+            features=features,
+            bridge=bridge,
         )
         env = scrubbed_environment(policy.environment, dict(host.env))
+        if bridge is not None:
+            env.update(proxy_environment(PROXY_URL))
         by_cgroup = isinstance(self.cgroups, CgroupManager)
         rlimits = rlimits_for(
             policy.limits, memory_by_rlimit=not by_cgroup, processes_by_rlimit=not by_cgroup
@@ -812,23 +912,30 @@ class BubblewrapBackend:
         features = self._features()
         if isinstance(features, str):  # probed fine a moment ago; cached, so not reached
             return Failure(BackendUnavailable(backend=NAME, reason=features))
-        compiled = self._compile(request, policy, self.host, workspace, features)
-        if isinstance(compiled, Failure):
-            return Failure(compiled.failure())
-        command, spec = compiled.unwrap()
-        try:
-            result = await execute_spec(
-                NAME,
-                _DecodingRunner(self.runner),
-                spec,
-                policy,
-                warnings=warnings + command.warnings,
-                cgroups=self.cgroups,
-            )
-        finally:
-            _remove_placeholders(command.placeholders)
-        if isinstance(result, Success):
-            failed = _setup_failure(result.unwrap(), request.argv[0])
-            if failed is not None:
-                return Failure(failed)
-        return result
+
+        async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
+            socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
+            compiled = self._compile(request, policy, self.host, workspace, features, socket)
+            if isinstance(compiled, Failure):
+                return Failure(compiled.failure())
+            command, spec = compiled.unwrap()
+            try:
+                result = await execute_spec(
+                    NAME,
+                    _DecodingRunner(self.runner),
+                    spec,
+                    policy,
+                    warnings=warnings + command.warnings,
+                    cgroups=self.cgroups,
+                )
+            finally:
+                _remove_placeholders(command.placeholders)
+            if isinstance(result, Success):
+                failed = _setup_failure(result.unwrap(), request.argv[0])
+                if failed is not None:
+                    return Failure(failed)
+            return result
+
+        if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
+            return await body(None)  # no bridge: best-effort allowlist runs with no network
+        return await run_with_proxy(self.egress, policy.network, body)

@@ -39,6 +39,9 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.network.environment import proxy_environment
+from mechasandbox.network.proxy import RunningProxy
+from mechasandbox.network.session import EgressProxy, run_with_proxy
 from mechasandbox.runner.runner import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, SpawnSpec
 
@@ -136,6 +139,9 @@ PROC_ROOTS: tuple[str, ...] = ("/proc",)
 DEVICES: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 TMP_PLACEHOLDER = "<per-run tmp dir>"
+# `plan` runs no proxy: its port and token are shown as placeholders.
+PROXY_PORT_PLACEHOLDER = 0
+PROXY_URL_PLACEHOLDER = "http://sandbox:<per-run token>@127.0.0.1:<per-run port>"
 
 
 def format_access(access: int) -> str:
@@ -218,12 +224,16 @@ def compile_landlock_rules(
     workspace: str | None = None,
     tmp_dir: str = TMP_PLACEHOLDER,
     carve_protected: bool = True,
+    proxy: tuple[int, str] | None = None,
 ) -> LandlockRuleset:
     """The ruleset for one run. Pure: no filesystem access, golden-testable.
 
     `workspace` is the workspace's real path (the request's path when not given);
     `tmp_dir` the per-run private tmp created by the host. `carve_protected`: keep
     protected paths read-only by granting the workspace child by child (see docs).
+    `proxy`: in allowlist mode (ABI >= 4), the run's proxy port on 127.0.0.1 and its URL
+    (with the per-run token): TCP connect is granted to that port only, sockets are
+    AF_INET TCP only, and the proxy variables are set.
     """
     fs = policy.filesystem
     root = _normal(workspace or request.workspace)
@@ -281,11 +291,20 @@ def compile_landlock_rules(
     # Landlock (ABI <= 7) cannot stop connect() to a named unix socket (docker.sock,
     # ssh-agent): with no network, socket() is refused for every family. socketpair stays.
     families: tuple[int, ...] = ()
+    net_rules: tuple[tuple[int, int], ...] = ()
+    bridged = mode is NetworkMode.ALLOWLIST and abi >= 4 and proxy is not None
     if mode is NetworkMode.FULL:
         families = (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
-    program = seccomp.build_filter(machine, families)
+    elif bridged and proxy is not None:
+        # Only what reaching 127.0.0.1:PORT needs: IPv4 TCP sockets, connect to that port.
+        # No AF_UNIX (Landlock cannot stop connect() to docker.sock and the like), no UDP.
+        families = (seccomp.AF_INET,)
+        net_rules = ((proxy[0], NET_CONNECT_TCP),)
+    program = seccomp.build_filter(machine, families, stream_only=bridged)
 
     env = scrubbed_environment(policy.environment, dict(host.env))
+    if bridged and proxy is not None:
+        env.update(proxy_environment(proxy[1]))
     for name in ("TMPDIR", "TMP", "TEMP"):
         env[name] = tmp_dir
     return LandlockRuleset(
@@ -294,7 +313,7 @@ def compile_landlock_rules(
         handled_net=handled_net,
         scoped=scoped,
         rules=rules,
-        net_rules=(),
+        net_rules=net_rules,
         seccomp=program,
         env=tuple(sorted(env.items())),
         tmp_dir=tmp_dir,
@@ -371,7 +390,16 @@ def capabilities_for(
         ),
         (
             Protection.NETWORK_ALLOWLIST,
-            "no proxy integration: Landlock filters TCP ports, not destinations",
+            (
+                "the run's proxy on 127.0.0.1:PORT (random per run, token required); Landlock "
+                "grants TCP connect to PORT only and seccomp allows only IPv4 TCP sockets (no "
+                "UDP, no DNS, no unix sockets). Landlock matches ports, not addresses: a "
+                "connection to PORT on another address (a catch-all server prepared outside) "
+                "is not stopped"
+                if abi >= 4
+                else f"Landlock ABI {abi} < 4 has no TCP rules to confine the command to the "
+                "proxy; best-effort runs with no network at all"
+            ),
         ),
         (
             Protection.PID_ISOLATION,
@@ -444,6 +472,8 @@ def capabilities_for(
         else:
             enforced.add(Protection.PROCESSES)
             details.append((Protection.PROCESSES, "RLIMIT_NPROC (counts all the user's processes)"))
+    if abi >= 4:
+        enforced.add(Protection.NETWORK_ALLOWLIST)
     if abi >= 6:
         enforced.add(Protection.PID_ISOLATION)
     else:
@@ -470,6 +500,7 @@ class LandlockBackend:
     host: HostContext = attrs.field(factory=HostContext.current)
     carve_protected: bool = True
     tmp_parent: str | None = None  # where per-run tmp dirs go (default: the host's temp dir)
+    egress: EgressProxy = attrs.field(factory=EgressProxy)
 
     @property
     def name(self) -> str:
@@ -488,8 +519,15 @@ class LandlockBackend:
         return abi if isinstance(abi, int) else 7
 
     def _spec(
-        self, request: RunRequest, policy: Policy, workspace: str, tmp_dir: str
+        self,
+        request: RunRequest,
+        policy: Policy,
+        workspace: str,
+        tmp_dir: str,
+        proxy: tuple[int, str] | None = None,
     ) -> Result[tuple[SpawnSpec, LandlockRuleset], SandboxError]:
+        if proxy is None and policy.network.mode is NetworkMode.ALLOWLIST:
+            proxy = (PROXY_PORT_PLACEHOLDER, PROXY_URL_PLACEHOLDER)  # `plan` only
         ruleset = compile_landlock_rules(
             request,
             policy,
@@ -499,6 +537,7 @@ class LandlockBackend:
             workspace=workspace,
             tmp_dir=tmp_dir,
             carve_protected=self.carve_protected,
+            proxy=proxy,
         )
         env = dict(ruleset.env)
         by_cgroup = isinstance(self.cgroups, CgroupManager)
@@ -565,14 +604,23 @@ class LandlockBackend:
         tmp_dir = os.path.realpath(
             tempfile.mkdtemp(prefix="mechasandbox-landlock-", dir=self.tmp_parent)
         )
-        try:
-            built = self._spec(request, policy, workspace, tmp_dir)
+
+        async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
+            proxy: tuple[int, str] | None = None
+            if running is not None and running.tcp_address is not None and running.tcp_url:
+                proxy = (running.tcp_address[1], running.tcp_url)
+            built = self._spec(request, policy, workspace, tmp_dir, proxy)
             if isinstance(built, Failure):
                 return Failure(built.failure())
             spec, _ruleset = built.unwrap()
             return await execute_spec(
                 self.name, self.runner, spec, policy, warnings=warnings, cgroups=self.cgroups
             )
+
+        try:
+            if self._abi() < 4:
+                return await body(None)  # no TCP rules: best-effort allowlist runs offline
+            return await run_with_proxy(self.egress, policy.network, body, listen_tcp=True)
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -593,7 +641,19 @@ def render_handled(ruleset: LandlockRuleset) -> str:
     return "\n".join(
         (
             f"fs: {names}",
-            "net: " + (" ".join(net) + " (no port allowed)" if net else "not handled"),
+            "net: "
+            + (
+                " ".join(net)
+                + (
+                    "; connect allowed to port "
+                    + " ".join(str(port) for port, _ in ruleset.net_rules)
+                    + (" (the proxy's, chosen per run)" if ruleset.net_rules[0][0] == 0 else "")
+                    if ruleset.net_rules
+                    else " (no port allowed)"
+                )
+                if net
+                else "not handled"
+            ),
             "scoped: " + (" ".join(scopes) or "none"),
         )
     )

@@ -27,6 +27,7 @@ _LD_W_ABS = 0x20
 _JEQ_K = 0x15
 _JGE_K = 0x35
 _JSET_K = 0x45
+_AND_K = 0x54
 _RET_K = 0x06
 
 _RET_KILL_PROCESS = 0x80000000
@@ -49,6 +50,9 @@ _X32_SYSCALL_BIT = 0x40000000
 AF_UNIX = 1
 AF_INET = 2
 AF_INET6 = 10
+SOCK_STREAM = 1
+SOCK_TYPE_MASK = 0xF
+IPPROTO_TCP = 6
 
 # Namespace flags of clone(2): CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID
 # | NEWNET.
@@ -200,6 +204,7 @@ class SeccompProgram:
     instructions: bytes
     socket_families: tuple[int, ...]
     denied: tuple[str, ...]
+    stream_only: bool = False
 
     @property
     def length(self) -> int:
@@ -210,7 +215,9 @@ class SeccompProgram:
         return "\n".join(
             (
                 f"arch {self.machine} only (any other arch: kill process); default allow",
-                f"socket(): only {families or 'no family'} (others: EPERM); socketpair allowed",
+                f"socket(): only {families or 'no family'}"
+                + (" and only TCP (SOCK_STREAM, protocol 0 or 6)" if self.stream_only else "")
+                + " (others: EPERM); socketpair allowed",
                 "clone(): namespace flags -> EPERM; clone3() -> ENOSYS (libc falls back)",
                 "ioctl(TIOCSTI, TIOCLINUX) -> EPERM; chmod setuid/setgid bits -> EPERM",
                 "EPERM: " + " ".join(self.denied),
@@ -240,8 +247,15 @@ def _argument_block(nr: int, offset: int, test: list[bytes]) -> list[bytes]:
 
 
 @functools.cache
-def build_filter(machine: str, socket_families: tuple[int, ...]) -> SeccompProgram:
-    """The filter for `machine` ("x86_64" or "aarch64") allowing `socket_families`."""
+def build_filter(
+    machine: str, socket_families: tuple[int, ...], *, stream_only: bool = False
+) -> SeccompProgram:
+    """The filter for `machine` ("x86_64" or "aarch64") allowing `socket_families`.
+
+    `stream_only`: those families only as TCP (`SOCK_STREAM` with protocol 0 or
+    IPPROTO_TCP), the one transport Landlock's port rules cover: no UDP (so no DNS), no
+    SCTP or MPTCP streams, no raw sockets.
+    """
     if machine not in AUDIT_ARCH:
         raise ValueError(f"no seccomp syscall table for architecture {machine!r}")
     eperm = _errno(errno.EPERM)
@@ -274,7 +288,21 @@ def build_filter(machine: str, socket_families: tuple[int, ...]) -> SeccompProgr
     ]
     socket_nr = syscall_number("socket", machine)
     assert socket_nr is not None
-    program += _argument_block(socket_nr, _arg(0), [*family_checks, deny, allow])
+    if stream_only:
+        # matched family -> type & SOCK_TYPE_MASK == SOCK_STREAM -> protocol in (0, TCP)
+        stream_checks = [
+            _stmt(_LD_W_ABS, _arg(1)),
+            _stmt(_AND_K, SOCK_TYPE_MASK),
+            _jump(_JEQ_K, SOCK_STREAM, 0, 3),
+            _stmt(_LD_W_ABS, _arg(2)),
+            _jump(_JEQ_K, 0, 2, 0),
+            _jump(_JEQ_K, IPPROTO_TCP, 1, 0),
+            deny,
+        ]
+        socket_test = [*family_checks, deny, *stream_checks, allow]
+    else:
+        socket_test = [*family_checks, deny, allow]
+    program += _argument_block(socket_nr, _arg(0), socket_test)
     clone_nr = syscall_number("clone", machine)
     assert clone_nr is not None
     program += _argument_block(
@@ -299,4 +327,5 @@ def build_filter(machine: str, socket_families: tuple[int, ...]) -> SeccompProgr
         instructions=b"".join(program),
         socket_families=socket_families,
         denied=tuple(denied),
+        stream_only=stream_only,
     )

@@ -39,10 +39,13 @@ from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendFailed, BackendUnavailable, SandboxError
-from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.network.environment import proxy_environment
+from mechasandbox.network.proxy import RunningProxy
+from mechasandbox.network.session import EgressProxy, run_with_proxy
 from mechasandbox.runner.runner import ProcessRunner
 from mechasandbox.runner.spec import RlimitSetting, SpawnSpec
 
@@ -54,6 +57,9 @@ DEPRECATION_NOTE = (
     "sandbox-exec is deprecated by Apple (still shipped and used by browsers and coding "
     "agents); its profile language is undocumented"
 )
+# `plan` runs no proxy: its port and token are placeholders.
+PLAN_PROXY_PORT = 3128
+PLAN_PROXY_URL = "http://sandbox:<per-run token>@127.0.0.1:<per-run port>"
 MEMORY_NOTE = "memory limit is RLIMIT_AS, which macOS may not enforce against every mapping"
 
 # <sys/sysctl.h>: CTL_KERN, KERN_PROC, KERN_PROC_UID; sizeof(struct kinfo_proc) on 64-bit.
@@ -130,8 +136,10 @@ def seatbelt_rlimits(
 class SeatbeltBackend:
     """Runs each command under `sandbox-exec -p PROFILE -D… -- argv`.
 
-    `proxy_port` is the loopback port of the network allowlist proxy; without it a policy
-    with `network.mode = allowlist` is refused (fail closed). The remaining fields are
+    `egress`: start the allowlist proxy per run on a random loopback port with the run's
+    token (the profile then allows only `localhost:PORT`, and the proxy variables carry the
+    token). `proxy_port`: a proxy someone else runs on that loopback port. With neither, a
+    policy with `network.mode = allowlist` is refused (fail closed). The remaining fields are
     injection points for tests: how paths are resolved, where per-run TMPDIRs go, whether
     `sandbox-exec` exists, how many processes the user runs.
     """
@@ -139,6 +147,7 @@ class SeatbeltBackend:
     runner: ProcessRunner
     host: HostContext = attrs.field(factory=HostContext.current)
     proxy_port: int | None = None
+    egress: EgressProxy | None = None
     realpath: Callable[[str], str] = os.path.realpath
     tmp_root: str = attrs.field(factory=_default_tmp_root)
     sandbox_exec_present: Callable[[], bool] = _sandbox_exec_present
@@ -183,7 +192,16 @@ class SeatbeltBackend:
             (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
             (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
         ]
-        if self.proxy_port is not None:
+        if self.egress is not None:
+            enforced.add(Protection.NETWORK_ALLOWLIST)
+            details.append(
+                (
+                    Protection.NETWORK_ALLOWLIST,
+                    "SBPL: only localhost:PORT, the run's own proxy (random port, per-run "
+                    "token in the proxy variables)",
+                )
+            )
+        elif self.proxy_port is not None:
             enforced.add(Protection.NETWORK_ALLOWLIST)
             details.append(
                 (Protection.NETWORK_ALLOWLIST, f"SBPL: only localhost:{self.proxy_port} (proxy)")
@@ -207,7 +225,12 @@ class SeatbeltBackend:
         )
 
     def compile(
-        self, request: RunRequest, policy: Policy, host: HostContext, tmpdir: str
+        self,
+        request: RunRequest,
+        policy: Policy,
+        host: HostContext,
+        tmpdir: str,
+        proxy_port: int | None = None,
     ) -> Result[SbplProfile, SandboxError]:
         return compile_profile(
             request,
@@ -215,7 +238,7 @@ class SeatbeltBackend:
             host,
             tmpdir=tmpdir,
             realpath=self.realpath,
-            proxy_port=self.proxy_port,
+            proxy_port=proxy_port if proxy_port is not None else self.proxy_port,
         )
 
     def _spec(
@@ -225,9 +248,13 @@ class SeatbeltBackend:
         host: HostContext,
         workspace: str,
         tmpdir: str,
+        proxy: tuple[int, str] | None = None,
     ) -> Result[tuple[SpawnSpec, SbplProfile], SandboxError]:
+        """`proxy`: the run's proxy port and URL (token included) in allowlist mode."""
         env = scrubbed_environment(policy.environment, dict(host.env))
         env["TMPDIR"] = tmpdir
+        if proxy is not None and policy.network.mode is NetworkMode.ALLOWLIST:
+            env.update(proxy_environment(proxy[1]))
         rlimits = seatbelt_rlimits(
             policy,
             uid=host.uid,
@@ -235,7 +262,7 @@ class SeatbeltBackend:
             nproc_hard=_nproc_hard_limit(),
         )
         located = attrs.evolve(request, workspace=workspace)
-        profile = self.compile(located, policy, host, tmpdir)
+        profile = self.compile(located, policy, host, tmpdir, proxy[0] if proxy else None)
         if isinstance(profile, Failure):
             return Failure(profile.failure())
         compiled = profile.unwrap()
@@ -278,10 +305,13 @@ class SeatbeltBackend:
                 warnings=(MEMORY_NOTE, DEPRECATION_NOTE),
             )
 
+        proxy = None
+        if self.egress is not None and policy.network.mode is NetworkMode.ALLOWLIST:
+            proxy = (PLAN_PROXY_PORT, PLAN_PROXY_URL)  # chosen per run
         workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(lambda path: self._spec(request, policy, host, path, tmpdir)).map(
-            render
-        )
+        return workspace.bind(
+            lambda path: self._spec(request, policy, host, path, tmpdir, proxy)
+        ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
@@ -292,12 +322,22 @@ class SeatbeltBackend:
             tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
         except OSError as error:
             return Failure(BackendFailed(backend=self.name, reason=f"private TMPDIR: {error}"))
-        try:
-            built = self._spec(request, policy, self.host, workspace, tmpdir)
+
+        async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
+            proxy = None
+            if running is not None and running.tcp_address is not None and running.tcp_url:
+                proxy = (running.tcp_address[1], running.tcp_url)
+            built = self._spec(request, policy, self.host, workspace, tmpdir, proxy)
             if isinstance(built, Failure):
                 return Failure(built.failure())
             spec, _profile = built.unwrap()
-            result = await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
+            return await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
+
+        try:
+            if self.egress is None:
+                result = await body(None)
+            else:
+                result = await run_with_proxy(self.egress, policy.network, body, listen_tcp=True)
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmpdir, ignore_errors=True)

@@ -376,7 +376,8 @@ class OciBackend:
             (Protection.NETWORK_NONE, "--network none: loopback only"),
             (
                 Protection.NETWORK_ALLOWLIST,
-                "not yet: needs the allowlist proxy bridged in over a unix socket",
+                "not bridged: the container would need a forwarder from loopback to the "
+                "proxy's unix socket, and the default image has none (see docs/network.md)",
             ),
             (Protection.PID_ISOLATION, f"own PID namespace; runtime: {runtime}"),
             (Protection.HOST_PROCESSES_HIDDEN, "own PID namespace"),
