@@ -23,6 +23,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 
 import attrs
@@ -36,6 +37,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendFailed, BackendUnavailable, SandboxError
@@ -55,6 +57,13 @@ DEPRECATION_NOTE = (
     "agents); its profile language is undocumented"
 )
 MEMORY_NOTE = "memory limit is RLIMIT_AS, which macOS may not enforce against every mapping"
+VIOLATIONS_NOTE = (
+    "violations are read from the unified log (`log stream`): best-effort, needs a user "
+    "allowed to stream the log, and adds up to "
+    f"{violations.READY_S + violations.DRAIN_S:g}s per run"
+)
+TAG_PREFIX = "mechasandbox-"
+PLAN_TAG = TAG_PREFIX + "RUNID"
 
 # <sys/sysctl.h>: CTL_KERN, KERN_PROC, KERN_PROC_UID; sizeof(struct kinfo_proc) on 64-bit.
 _CTL_KERN, _KERN_PROC, _KERN_PROC_UID = 1, 14, 5
@@ -133,7 +142,9 @@ class SeatbeltBackend:
     `proxy_port` is the loopback port of the network allowlist proxy; without it a policy
     with `network.mode = allowlist` is refused (fail closed). The remaining fields are
     injection points for tests: how paths are resolved, where per-run TMPDIRs go, whether
-    `sandbox-exec` exists, how many processes the user runs.
+    `sandbox-exec` exists, how many processes the user runs. With `report_violations`,
+    each run's denials are read from the unified log (`log_command stream`) and attached
+    to its result; turn it off to save the bounded wait that costs.
     """
 
     runner: ProcessRunner
@@ -143,6 +154,8 @@ class SeatbeltBackend:
     tmp_root: str = attrs.field(factory=_default_tmp_root)
     sandbox_exec_present: Callable[[], bool] = _sandbox_exec_present
     process_count: Callable[[int], int | None] = darwin_user_process_count
+    report_violations: bool = True
+    log_command: str = violations.LOG_COMMAND
 
     @property
     def name(self) -> str:
@@ -202,12 +215,19 @@ class SeatbeltBackend:
                 backend=self.name,
                 enforced=frozenset(enforced),
                 details=tuple(details),
-                warnings=(MEMORY_NOTE,),
+                warnings=(MEMORY_NOTE, VIOLATIONS_NOTE)
+                if self.report_violations
+                else (MEMORY_NOTE,),
             )
         )
 
     def compile(
-        self, request: RunRequest, policy: Policy, host: HostContext, tmpdir: str
+        self,
+        request: RunRequest,
+        policy: Policy,
+        host: HostContext,
+        tmpdir: str,
+        log_tag: str | None = None,
     ) -> Result[SbplProfile, SandboxError]:
         return compile_profile(
             request,
@@ -216,6 +236,7 @@ class SeatbeltBackend:
             tmpdir=tmpdir,
             realpath=self.realpath,
             proxy_port=self.proxy_port,
+            log_tag=log_tag,
         )
 
     def _spec(
@@ -225,6 +246,7 @@ class SeatbeltBackend:
         host: HostContext,
         workspace: str,
         tmpdir: str,
+        log_tag: str | None = None,
     ) -> Result[tuple[SpawnSpec, SbplProfile], SandboxError]:
         env = scrubbed_environment(policy.environment, dict(host.env))
         env["TMPDIR"] = tmpdir
@@ -235,7 +257,7 @@ class SeatbeltBackend:
             nproc_hard=_nproc_hard_limit(),
         )
         located = attrs.evolve(request, workspace=workspace)
-        profile = self.compile(located, policy, host, tmpdir)
+        profile = self.compile(located, policy, host, tmpdir, log_tag)
         if isinstance(profile, Failure):
             return Failure(profile.failure())
         compiled = profile.unwrap()
@@ -279,9 +301,10 @@ class SeatbeltBackend:
             )
 
         workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(lambda path: self._spec(request, policy, host, path, tmpdir)).map(
-            render
-        )
+        tag = PLAN_TAG if self.report_violations else None
+        return workspace.bind(
+            lambda path: self._spec(request, policy, host, path, tmpdir, tag)
+        ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
@@ -292,12 +315,20 @@ class SeatbeltBackend:
             tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
         except OSError as error:
             return Failure(BackendFailed(backend=self.name, reason=f"private TMPDIR: {error}"))
+        tag = TAG_PREFIX + uuid.uuid4().hex[:16] if self.report_violations else None
         try:
-            built = self._spec(request, policy, self.host, workspace, tmpdir)
+            built = self._spec(request, policy, self.host, workspace, tmpdir, tag)
             if isinstance(built, Failure):
                 return Failure(built.failure())
             spec, _profile = built.unwrap()
-            result = await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
+            if tag is None:
+                result = await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
+            else:
+                async with violations.watch_denials(tag, command=self.log_command) as log:
+                    result = await execute_spec(
+                        self.name, self.runner, spec, policy, warnings=warnings
+                    )
+                result = result.map(lambda finished: _with_denials(finished, log))
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmpdir, ignore_errors=True)
@@ -309,3 +340,12 @@ class SeatbeltBackend:
             reason = result.stderr.decode(errors="replace").strip().splitlines()[0]
             return Failure(BackendFailed(backend=self.name, reason=reason))
         return Success(result)
+
+
+def _with_denials(result: RunResult, log: violations.DenialLog) -> RunResult:
+    """`result` with the run's sandbox denials, or a warning saying why there are none."""
+    if log.problem is not None:
+        return attrs.evolve(
+            result, warnings=(*result.warnings, f"violations not reported: {log.problem}")
+        )
+    return attrs.evolve(result, violations=(*result.violations, *log.violations()))
