@@ -6,8 +6,9 @@ per-run TMPDIR and the policy's extra paths; secrets (`deny_read`) unreadable; p
 allowlist proxy's loopback port; signals only to processes of the same sandbox; rlimits
 applied by the spawn helper (`setrlimit` in the child, inherited through `sandbox-exec`).
 
-What it does not: host processes stay visible (`ps`); a child that calls `setsid` leaves
-the process group the runner kills at the end (no subreaper, no cgroup on macOS);
+What it does not: host processes stay visible (`ps`); teardown walks the process table
+(no subreaper, no cgroup on macOS), so a child that calls `setsid` and is orphaned to
+launchd before the run ends is no longer known to be the run's and escapes;
 RLIMIT_AS is best-effort on macOS; RLIMIT_NPROC counts every process of the user, so the
 limit is set to the user's current count plus the policy's allowance.
 """
@@ -190,7 +191,12 @@ class SeatbeltBackend:
             (Protection.PROTECTED_PATHS, "SBPL deny file-write* + no unlink/rename of parents"),
             (Protection.NETWORK_NONE, "SBPL: no network rule (deny default)"),
             (Protection.PID_ISOLATION, "host processes are visible; signals only same-sandbox"),
-            (Protection.TREE_TEARDOWN, "process group only: a setsid'd child can escape"),
+            (
+                Protection.TREE_TEARDOWN,
+                "descendants from the sysctl process table, and the run's process group "
+                "after its root exits; a child that left the group (setsid) and was "
+                "orphaned to launchd before teardown escapes",
+            ),
             (Protection.CPU, "RLIMIT_CPU"),
             (Protection.MEMORY, "RLIMIT_AS (best-effort on macOS)"),
             (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
