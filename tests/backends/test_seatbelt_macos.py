@@ -24,6 +24,7 @@ from mechasandbox.domain import (
     RunResult,
 )
 from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.testing import BackendContract
 from tests.conftest import require_available
 
 pytestmark = pytest.mark.backend("seatbelt")
@@ -177,3 +178,13 @@ def test_denials_become_violations(
     assert any(
         v.kind == "filesystem" and str(secret.name) in v.detail for v in result.violations
     ), result.violations
+
+
+class TestSeatbeltContract(BackendContract):
+    """The shared contract suite, on the real sandbox."""
+
+    @pytest.fixture
+    def backend(self, runner: HelperProcessRunner) -> SeatbeltBackend:
+        backend = SeatbeltBackend(runner=runner)
+        require_available(backend)
+        return backend

@@ -77,3 +77,16 @@ def test_sysctl_table_agrees_with_ps() -> None:
     assert all(from_ps[p.pid] == p for p in common if p.pid == os.getpid())
     agreeing = sum(from_ps[p.pid] == p for p in common)
     assert agreeing >= 0.9 * len(common)  # processes may come and go between the reads
+
+
+def test_ps_marker_lines_are_parsed() -> None:
+    from mechasandbox.runner.proctable import parse_ps_marker
+
+    text = (
+        "  501 S    sh -c sleep 300 mark-1\n"
+        "  502 Z    (sh)\n"
+        "  503 Z+   sh mark-1\n"
+        "  504 Ss   /bin/zsh -l\n"
+        "  505 R+   sleep 301 mark-1 extra\n"
+    )
+    assert parse_ps_marker(text, "mark-1") == [501, 505]
