@@ -31,9 +31,9 @@ def parse_ps_marker(text: str, marker: str) -> list[int]:
     found = []
     for line in text.splitlines():
         fields = line.split(None, 2)
-        if len(fields) == 3 and fields[0].isdigit() and not fields[1].startswith("Z"):
-            if marker in fields[2]:
-                found.append(int(fields[0]))
+        live = len(fields) == 3 and fields[0].isdigit() and not fields[1].startswith("Z")
+        if live and marker in fields[2]:
+            found.append(int(fields[0]))
     return found
 
 
