@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+_IS_LINUX = sys.platform.startswith("linux")
+
 
 def _alive_linux(marker: str) -> list[int]:
     found = []
@@ -46,6 +48,6 @@ def _alive_ps(marker: str) -> list[int]:
 
 def alive_with_marker(marker: str) -> list[int]:
     """Pids of live (non-zombie) host processes whose command line contains `marker`."""
-    if sys.platform.startswith("linux"):
+    if _IS_LINUX:
         return _alive_linux(marker)
     return _alive_ps(marker)
