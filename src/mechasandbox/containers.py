@@ -59,11 +59,10 @@ def _seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> 
 
 
 def _apple_container(runner: ProcessRunner, host: HostContext, image: str | None) -> Any:
+    """Unavailable (with the reason) until an image is configured: no implicit default."""
     from mechasandbox.backends.macos.apple_container import AppleContainerBackend
 
-    if image:
-        return AppleContainerBackend(runner=runner, host=host, image=image)
-    return AppleContainerBackend(runner=runner, host=host)
+    return AppleContainerBackend(runner=runner, host=host, image=image or None)
 
 
 def _container_engine(

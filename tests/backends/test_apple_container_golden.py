@@ -232,10 +232,12 @@ def make_backend(
     version: tuple[int, ...] = (26, 0),
     which: Callable[[str], str | None] = lambda _name: "/usr/local/bin/container",
     status: str | None = None,
+    image: str | None = "docker.io/library/debian:stable-slim",
 ) -> AppleContainerBackend:
     return AppleContainerBackend(
         runner=runner,
         host=host,
+        image=image,
         which=which,
         macos_version=lambda: version,
         system_status=lambda _cli: status,
@@ -252,6 +254,7 @@ def make_backend(
         ({"version": (15, 5)}, "needs macOS 26+ (this is macOS 15.5)"),
         ({"which": lambda _name: None}, "the `container` CLI is not installed"),
         ({"status": "container services are not running"}, "services are not running"),
+        ({"image": None}, "no image configured"),
     ],
 )
 def test_probe_says_why_unavailable(kwargs: dict[str, object], reason: str) -> None:
@@ -310,3 +313,12 @@ def test_plan_shows_the_arguments(tmp_path: Path) -> None:
     sections = dict(plan.sections)
     assert sections["argv"].startswith("/usr/local/bin/container run --rm")
     assert sections["environment"] == "LANG PATH"
+
+
+def test_plan_without_an_image_still_shows_what_would_run(tmp_path: Path) -> None:
+    backend = make_backend(RecordingRunner(outcome()), image=None)
+    request = RunRequest(argv=["echo", "hi"], workspace=str(tmp_path))
+    plan = backend.plan(request, Policy(), HOST).unwrap()
+    sections = dict(plan.sections)
+    assert "<no image configured> hi" in sections["argv"]
+    assert any("no image configured" in w for w in plan.warnings)

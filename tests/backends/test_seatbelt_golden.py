@@ -16,7 +16,12 @@ from returns.result import Failure, Success
 
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
-from mechasandbox.backends.macos.seatbelt import SANDBOX_EXEC, SeatbeltBackend, seatbelt_rlimits
+from mechasandbox.backends.macos.seatbelt import (
+    PLAN_TAG,
+    SANDBOX_EXEC,
+    SeatbeltBackend,
+    seatbelt_rlimits,
+)
 from mechasandbox.domain import (
     BackendUnavailable,
     ConfigInvalid,
@@ -299,7 +304,7 @@ def test_plan_renders_the_profile_and_scrubs_the_environment(
     sections = dict(plan.sections)
     assert sections["argv"].startswith(f"{SANDBOX_EXEC} -p PROFILE")
     assert sections["argv"].endswith("-- ls -la")
-    assert "(deny default)" in sections["sbpl"]
+    assert f'(deny default (with message "{PLAN_TAG}"))' in sections["sbpl"]
     assert sections["environment"].split() == ["PATH", "TMPDIR"]
     assert "RLIMIT_NPROC soft=912" in sections["rlimits"]  # 400 running + 512 allowed
 

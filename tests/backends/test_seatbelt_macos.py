@@ -24,6 +24,7 @@ from mechasandbox.domain import (
     RunResult,
 )
 from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.testing import BackendContract
 from tests.conftest import require_available
 
 pytestmark = pytest.mark.backend("seatbelt")
@@ -163,3 +164,27 @@ def test_environment_is_scrubbed(seatbelt: SeatbeltBackend, workspace: Path) -> 
     finally:
         del os.environ["MECHASANDBOX_TEST_API_KEY"]
     assert b"sk-leak" not in result.stdout
+
+
+def test_denials_become_violations(
+    seatbelt: SeatbeltBackend, workspace: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "violation-secret.txt"
+    secret.write_text("TOP-SECRET\n")
+    result = sh(seatbelt, workspace, f"cat '{secret}'")
+    assert result.exit_code != 0
+    if any(w.startswith("violations not reported") for w in result.warnings):
+        pytest.skip(f"the unified log is not readable here: {result.warnings}")
+    assert any(
+        v.kind == "filesystem" and str(secret.name) in v.detail for v in result.violations
+    ), result.violations
+
+
+class TestSeatbeltContract(BackendContract):
+    """The shared contract suite, on the real sandbox."""
+
+    @pytest.fixture
+    def backend(self, runner: HelperProcessRunner) -> SeatbeltBackend:
+        backend = SeatbeltBackend(runner=runner)
+        require_available(backend)
+        return backend

@@ -85,3 +85,15 @@ def test_compose_runs_functionally(tmp_path: pathlib.Path) -> None:
         assert isinstance(unsafe_perform_io(failed.failure()), Timeout)
     finally:
         app.shutdown_resources()
+
+
+def test_apple_container_gets_only_the_configured_image() -> None:
+    """No implicit public image: unset stays None (the backend then says it is unavailable)."""
+    for config, expected in (({}, None), ({"image": "ghcr.io/me/tools:1"}, "ghcr.io/me/tools:1")):
+        app = Application()
+        app.config.from_dict({"backend": "apple-container", **config})
+        app.core.runner.override(FakeRunner())
+        try:
+            assert app.backends.apple_container().image == expected
+        finally:
+            app.shutdown_resources()

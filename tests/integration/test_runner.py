@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+import sys
 import time
 
 import anyio
@@ -16,6 +17,9 @@ from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
 ENV = (("PATH", "/usr/local/bin:/usr/bin:/bin"),)
+LINUX_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc (Linux only)"
+)
 
 
 def spec(*argv: str, **changes: object) -> SpawnSpec:
@@ -69,6 +73,7 @@ def test_leftovers_die_when_the_command_exits(runner: HelperProcessRunner) -> No
     assert alive_with_marker(marker) == []
 
 
+@LINUX_ONLY
 def test_no_zombies_are_left(runner: HelperProcessRunner) -> None:
     marker = f"zombie-{secrets.token_hex(4)}"
     anyio.run(runner.run, spec("sh", "-c", escaping_script(marker), timeout_s=0.5))
@@ -94,6 +99,7 @@ def _rss_bytes() -> int:
     raise AssertionError("no VmRSS")
 
 
+@LINUX_ONLY
 def test_output_cap_keeps_draining_without_growing_memory(runner: HelperProcessRunner) -> None:
     before = _rss_bytes()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

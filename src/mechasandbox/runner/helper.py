@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mechasandbox.runner import framing
+from mechasandbox.runner import framing, proctree_darwin
 
 CONTROL_FD_ENV = "MECHASANDBOX_HELPER_FD"
 _PR_SET_PDEATHSIG = 1
@@ -130,6 +130,8 @@ class Helper:
     # --- process tree ---------------------------------------------------------------------
     @staticmethod
     def _children(pid: int) -> list[int]:
+        if sys.platform == "darwin":  # no /proc: the sysctl process table
+            return proctree_darwin.children_of(pid)
         if not _IS_LINUX:
             return []
         found: list[int] = []

@@ -150,7 +150,9 @@ class BackendContract:
         leaked = os.open(sys.executable, os.O_RDONLY)
         os.set_inheritable(leaked, True)
         try:
-            out = self.run(backend, ["ls", "/proc/self/fd"], tmp_path).unwrap().stdout
+            # /proc on Linux (and in Linux containers), /dev/fd on macOS
+            listing = "ls /proc/self/fd 2>/dev/null || ls /dev/fd"
+            out = self.run(backend, ["sh", "-c", listing], tmp_path).unwrap().stdout
         finally:
             os.close(leaked)
         # 0-2, plus the one `ls` opens to list the directory.

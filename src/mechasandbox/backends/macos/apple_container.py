@@ -52,7 +52,8 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
-DEFAULT_IMAGE = "docker.io/library/debian:stable-slim"
+# Shown in `policy` output when no image is configured; never pulled.
+IMAGE_PLACEHOLDER = "<no image configured>"
 MIN_MACOS = (26,)
 # Inside the Linux VM the host's PATH (/opt/homebrew/bin, ...) means nothing.
 LINUX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -238,13 +239,15 @@ def _system_status(cli: str) -> str | None:
 class AppleContainerBackend:
     """Runs each command as `container run --rm … IMAGE argv` in a fresh VM.
 
-    `image` must provide the command's toolchain; `cpus` sets the VM's CPU count. The
+    `image` must provide the command's toolchain and must be configured: without one the
+    backend is unavailable (so `auto` moves on to Seatbelt) rather than pulling a public
+    image the user never chose. `cpus` sets the VM's CPU count. The
     callables are injection points for tests (CLI lookup, macOS version, service status).
     """
 
     runner: ProcessRunner
     host: HostContext = attrs.field(factory=HostContext.current)
-    image: str = DEFAULT_IMAGE
+    image: str | None = None
     cpus: int | None = None
     realpath: Callable[[str], str] = os.path.realpath
     which: Callable[[str], str | None] = shutil.which
@@ -261,6 +264,7 @@ class AppleContainerBackend:
 
         if self.host.platform != "darwin":
             return unavailable(f"needs macOS 26+ (this host is {self.host.platform})")
+
         version = self.macos_version()
         if version < MIN_MACOS:
             shown = ".".join(map(str, version)) or "unknown"
@@ -271,6 +275,8 @@ class AppleContainerBackend:
         problem = self.system_status(cli)
         if problem is not None:
             return unavailable(problem)
+        if not self.image:
+            return unavailable("no image configured (set `image` to one that has your tools)")
         return Success(cli)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
@@ -323,7 +329,7 @@ class AppleContainerBackend:
             policy,
             host,
             cli=cli,
-            image=self.image,
+            image=self.image or IMAGE_PLACEHOLDER,
             name=name,
             env_file=env_file,
             cpus=self.cpus,
@@ -342,9 +348,10 @@ class AppleContainerBackend:
                 sections=(
                     ("argv", " ".join(invocation.argv)),
                     ("environment", names),
-                    ("image", self.image),
+                    ("image", self.image or IMAGE_PLACEHOLDER),
                 ),
-                warnings=invocation.warnings,
+                warnings=invocation.warnings
+                + (() if self.image else ("no image configured: runs are refused",)),
             )
 
         workspace: Result[str, SandboxError] = check_workspace(request)

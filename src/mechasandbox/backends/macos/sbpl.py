@@ -25,6 +25,7 @@ How the profile is built, and why:
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -37,6 +38,9 @@ from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 
 Realpath = Callable[[str], str]
+
+# A run's log tag is written into the profile text (it is not a path): a strict alphabet.
+LOG_TAG = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Read-only system trees a toolchain needs: binaries, libraries, frameworks, the dyld shared
 # cache (under /System/Library and the cryptexes), developer tools, package managers.
@@ -208,9 +212,17 @@ def _collect(
     return Success(tuple(paths))
 
 
-def _rule(action: str, operations: str, filters: Iterable[str]) -> str:
-    body = "\n".join(f"  {f}" for f in filters)
+def _rule(action: str, operations: str, filters: Iterable[str], tag: str | None = None) -> str:
+    """One rule, one filter a line; a deny with a `tag` carries it as its log message."""
+    lines = list(filters)
+    if lines and tag is not None:
+        lines.append(_with_message(tag))
+    body = "\n".join(f"  {f}" for f in lines)
     return f"({action} {operations}\n{body})" if body else ""
+
+
+def _with_message(tag: str) -> str:
+    return f'(with message "{tag}")'
 
 
 @attrs.frozen(kw_only=True)
@@ -266,12 +278,14 @@ def _inputs(
     )
 
 
-def _base_rules() -> list[str]:
+def _base_rules(tag: str | None) -> list[str]:
     """What every run gets, independent of the policy: processes, system facts, system trees."""
+    default = "(deny default)" if tag is None else f"(deny default {_with_message(tag)})"
     return [
         "(version 1)",
-        "; Everything not allowed below is denied.",
-        "(deny default)",
+        "; Everything not allowed below is denied"
+        + ("." if tag is None else " (denials are logged with the run's tag)."),
+        default,
         "",
         "; Processes: run and fork freely (children inherit this profile); signal and",
         "; inspect only processes inside this sandbox.",
@@ -391,7 +405,7 @@ def _within_writable(paths: Iterable[str], inputs: _Inputs, *, itself: bool) -> 
     )
 
 
-def _deny_rules(inputs: _Inputs, params: _Params) -> list[str]:
+def _deny_rules(inputs: _Inputs, params: _Params, tag: str | None) -> list[str]:
     """Denies, written after every allow so that they win (last match wins)."""
     rules: list[str] = []
     if inputs.deny_write:
@@ -402,6 +416,7 @@ def _deny_rules(inputs: _Inputs, params: _Params) -> list[str]:
                 "deny",
                 "file-write*",
                 [f"(subpath {params.ref('DENY_WRITE', p)})" for p in inputs.deny_write],
+                tag,
             ),
         ]
     if inputs.protected:
@@ -415,6 +430,7 @@ def _deny_rules(inputs: _Inputs, params: _Params) -> list[str]:
                 "deny",
                 "file-write*",
                 [f for r in refs for f in (f"(literal {r})", f"(subpath {r})")],
+                tag,
             ),
         ]
         if keep:
@@ -424,6 +440,7 @@ def _deny_rules(inputs: _Inputs, params: _Params) -> list[str]:
                     "deny",
                     "file-write-unlink",
                     [f"(literal {params.ref('KEEP', a)})" for a in keep],
+                    tag,
                 ),
             ]
     if inputs.deny_read:
@@ -433,7 +450,7 @@ def _deny_rules(inputs: _Inputs, params: _Params) -> list[str]:
             "",
             "; deny_read: secrets stay unreadable even inside allowed trees (written last so",
             "; they win), and cannot be renamed to a readable name.",
-            _rule("deny", "file-read*", [f"(subpath {r})" for r in refs]),
+            _rule("deny", "file-read*", [f"(subpath {r})" for r in refs], tag),
         ]
         if movable:
             rules.append(
@@ -441,6 +458,7 @@ def _deny_rules(inputs: _Inputs, params: _Params) -> list[str]:
                     "deny",
                     "file-write-unlink",
                     [f"(literal {params.ref('KEEP', a)})" for a in movable],
+                    tag,
                 )
             )
     return rules
@@ -454,6 +472,7 @@ def compile_profile(
     tmpdir: str,
     realpath: Realpath,
     proxy_port: int | None = None,
+    log_tag: str | None = None,
 ) -> Result[SbplProfile, SandboxError]:
     """Compile `policy` for `request` into an SBPL profile and its parameters.
 
@@ -463,6 +482,8 @@ def compile_profile(
     proxy there is nothing to allow, and the run is refused rather than silently offline).
     """
     mode = policy.network.mode
+    if log_tag is not None and not LOG_TAG.fullmatch(log_tag):
+        return Failure(_invalid("log_tag", f"log tag {log_tag!r} must match {LOG_TAG.pattern}"))
     if mode is NetworkMode.ALLOWLIST and proxy_port is None:
         return Failure(
             PolicyUnsupported(backend="seatbelt", missing=(Protection.NETWORK_ALLOWLIST,))
@@ -473,10 +494,10 @@ def compile_profile(
     def build(inputs: _Inputs) -> SbplProfile:
         params = _Params()
         sections = [
-            *_base_rules(),
+            *_base_rules(log_tag),
             *_tree_rules(inputs, params),
             *_network_rules(mode, proxy_port),
-            *_deny_rules(inputs, params),
+            *_deny_rules(inputs, params, log_tag),
         ]
         return SbplProfile(text="\n".join(sections) + "\n", params=tuple(params.values))
 

@@ -6,8 +6,9 @@ per-run TMPDIR and the policy's extra paths; secrets (`deny_read`) unreadable; p
 allowlist proxy's loopback port; signals only to processes of the same sandbox; rlimits
 applied by the spawn helper (`setrlimit` in the child, inherited through `sandbox-exec`).
 
-What it does not: host processes stay visible (`ps`); a child that calls `setsid` leaves
-the process group the runner kills at the end (no subreaper, no cgroup on macOS);
+What it does not: host processes stay visible (`ps`); teardown walks the process table
+(no subreaper, no cgroup on macOS), so a child that calls `setsid` and is orphaned to
+launchd before the run ends is no longer known to be the run's and escapes;
 RLIMIT_AS is best-effort on macOS; RLIMIT_NPROC counts every process of the user, so the
 limit is set to the user's current count plus the policy's allowance.
 """
@@ -23,6 +24,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 
 import attrs
@@ -36,6 +38,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendFailed, BackendUnavailable, SandboxError
@@ -61,6 +64,13 @@ DEPRECATION_NOTE = (
 PLAN_PROXY_PORT = 3128
 PLAN_PROXY_URL = "http://sandbox:<per-run token>@127.0.0.1:<per-run port>"
 MEMORY_NOTE = "memory limit is RLIMIT_AS, which macOS may not enforce against every mapping"
+VIOLATIONS_NOTE = (
+    "violations are read from the unified log (`log stream`): best-effort, needs a user "
+    "allowed to stream the log, and adds up to "
+    f"{violations.READY_S + violations.DRAIN_S:g}s per run"
+)
+TAG_PREFIX = "mechasandbox-"
+PLAN_TAG = TAG_PREFIX + "RUNID"
 
 # <sys/sysctl.h>: CTL_KERN, KERN_PROC, KERN_PROC_UID; sizeof(struct kinfo_proc) on 64-bit.
 _CTL_KERN, _KERN_PROC, _KERN_PROC_UID = 1, 14, 5
@@ -141,7 +151,9 @@ class SeatbeltBackend:
     token). `proxy_port`: a proxy someone else runs on that loopback port. With neither, a
     policy with `network.mode = allowlist` is refused (fail closed). The remaining fields are
     injection points for tests: how paths are resolved, where per-run TMPDIRs go, whether
-    `sandbox-exec` exists, how many processes the user runs.
+    `sandbox-exec` exists, how many processes the user runs. With `report_violations`,
+    each run's denials are read from the unified log (`log_command stream`) and attached
+    to its result; turn it off to save the bounded wait that costs.
     """
 
     runner: ProcessRunner
@@ -152,6 +164,8 @@ class SeatbeltBackend:
     tmp_root: str = attrs.field(factory=_default_tmp_root)
     sandbox_exec_present: Callable[[], bool] = _sandbox_exec_present
     process_count: Callable[[int], int | None] = darwin_user_process_count
+    report_violations: bool = True
+    log_command: str = violations.LOG_COMMAND
 
     @property
     def name(self) -> str:
@@ -186,7 +200,12 @@ class SeatbeltBackend:
             (Protection.PROTECTED_PATHS, "SBPL deny file-write* + no unlink/rename of parents"),
             (Protection.NETWORK_NONE, "SBPL: no network rule (deny default)"),
             (Protection.PID_ISOLATION, "host processes are visible; signals only same-sandbox"),
-            (Protection.TREE_TEARDOWN, "process group only: a setsid'd child can escape"),
+            (
+                Protection.TREE_TEARDOWN,
+                "descendants from the sysctl process table, and the run's process group "
+                "after its root exits; a child that left the group (setsid) and was "
+                "orphaned to launchd before teardown escapes",
+            ),
             (Protection.CPU, "RLIMIT_CPU"),
             (Protection.MEMORY, "RLIMIT_AS (best-effort on macOS)"),
             (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
@@ -220,7 +239,9 @@ class SeatbeltBackend:
                 backend=self.name,
                 enforced=frozenset(enforced),
                 details=tuple(details),
-                warnings=(MEMORY_NOTE,),
+                warnings=(MEMORY_NOTE, VIOLATIONS_NOTE)
+                if self.report_violations
+                else (MEMORY_NOTE,),
             )
         )
 
@@ -231,6 +252,7 @@ class SeatbeltBackend:
         host: HostContext,
         tmpdir: str,
         proxy_port: int | None = None,
+        log_tag: str | None = None,
     ) -> Result[SbplProfile, SandboxError]:
         return compile_profile(
             request,
@@ -239,6 +261,7 @@ class SeatbeltBackend:
             tmpdir=tmpdir,
             realpath=self.realpath,
             proxy_port=proxy_port if proxy_port is not None else self.proxy_port,
+            log_tag=log_tag,
         )
 
     def _spec(
@@ -249,6 +272,7 @@ class SeatbeltBackend:
         workspace: str,
         tmpdir: str,
         proxy: tuple[int, str] | None = None,
+        log_tag: str | None = None,
     ) -> Result[tuple[SpawnSpec, SbplProfile], SandboxError]:
         """`proxy`: the run's proxy port and URL (token included) in allowlist mode."""
         env = scrubbed_environment(policy.environment, dict(host.env))
@@ -262,7 +286,7 @@ class SeatbeltBackend:
             nproc_hard=_nproc_hard_limit(),
         )
         located = attrs.evolve(request, workspace=workspace)
-        profile = self.compile(located, policy, host, tmpdir, proxy[0] if proxy else None)
+        profile = self.compile(located, policy, host, tmpdir, proxy[0] if proxy else None, log_tag)
         if isinstance(profile, Failure):
             return Failure(profile.failure())
         compiled = profile.unwrap()
@@ -309,8 +333,9 @@ class SeatbeltBackend:
         if self.egress is not None and policy.network.mode is NetworkMode.ALLOWLIST:
             proxy = (PLAN_PROXY_PORT, PLAN_PROXY_URL)  # chosen per run
         workspace: Result[str, SandboxError] = check_workspace(request)
+        tag = PLAN_TAG if self.report_violations else None
         return workspace.bind(
-            lambda path: self._spec(request, policy, host, path, tmpdir, proxy)
+            lambda path: self._spec(request, policy, host, path, tmpdir, proxy, tag)
         ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
@@ -322,16 +347,23 @@ class SeatbeltBackend:
             tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
         except OSError as error:
             return Failure(BackendFailed(backend=self.name, reason=f"private TMPDIR: {error}"))
+        tag = TAG_PREFIX + uuid.uuid4().hex[:16] if self.report_violations else None
 
         async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
             proxy = None
             if running is not None and running.tcp_address is not None and running.tcp_url:
                 proxy = (running.tcp_address[1], running.tcp_url)
-            built = self._spec(request, policy, self.host, workspace, tmpdir, proxy)
+            built = self._spec(request, policy, self.host, workspace, tmpdir, proxy, tag)
             if isinstance(built, Failure):
                 return Failure(built.failure())
             spec, _profile = built.unwrap()
-            return await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
+            if tag is None:
+                return await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
+            async with violations.watch_denials(tag, command=self.log_command) as log:
+                outcome = await execute_spec(
+                    self.name, self.runner, spec, policy, warnings=warnings
+                )
+            return outcome.map(lambda finished: _with_denials(finished, log))
 
         try:
             if self.egress is None:
@@ -349,3 +381,12 @@ class SeatbeltBackend:
             reason = result.stderr.decode(errors="replace").strip().splitlines()[0]
             return Failure(BackendFailed(backend=self.name, reason=reason))
         return Success(result)
+
+
+def _with_denials(result: RunResult, log: violations.DenialLog) -> RunResult:
+    """`result` with the run's sandbox denials, or a warning saying why there are none."""
+    if log.problem is not None:
+        return attrs.evolve(
+            result, warnings=(*result.warnings, f"violations not reported: {log.problem}")
+        )
+    return attrs.evolve(result, violations=(*result.violations, *log.violations()))

@@ -1,0 +1,379 @@
+"""A structural check of generated SBPL profiles and `sandbox-exec` command lines (pure).
+
+The compiler in `sbpl` is the only producer of profiles; this module is an independent
+reader that says what is wrong with one, so tests can hold every generated profile (golden
+cases and property-generated policies alike) to the same rules:
+
+- the text parses: balanced parentheses, terminated strings, nothing after a stray `)`;
+- `(version 1)` first, then `(deny default)` before any `allow`;
+- every rule is `(allow|deny OPERATION... FILTER...)` with operations and filters from a
+  fixed allowlist (what the compiler uses; anything else is a change to review);
+- no network operation is allowed when the policy's network mode is `none`;
+- no path of the policy appears in the text: every path filter takes either
+  `(param "NAME")` or one of the compiler's fixed system paths, every referenced parameter
+  is defined, and every defined parameter is used;
+- `sandbox-exec` is run by its absolute path, with the profile inline and the parameters
+  before `--`.
+
+It checks shape, not meaning: whether a profile confines is for the macOS workflow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import attrs
+
+from mechasandbox.backends.macos import sbpl
+
+SANDBOX_EXEC = "/usr/bin/sandbox-exec"
+
+# Operations the compiler writes. `default` only in `(deny default)`.
+OPERATIONS: frozenset[str] = frozenset(
+    {
+        "default",
+        "process-exec",
+        "process-fork",
+        "process-info*",
+        "signal",
+        "sysctl-read",
+        "mach-lookup",
+        "ipc-posix-sem",
+        "pseudo-tty",
+        "file-read*",
+        "file-read-metadata",
+        "file-write*",
+        "file-write-data",
+        "file-write-unlink",
+        "file-ioctl",
+        "file-map-executable",
+        "network*",
+        "network-outbound",
+        "system-socket",
+    }
+)
+NETWORK_OPERATIONS: frozenset[str] = frozenset(
+    {"network*", "network-outbound", "network-inbound", "network-bind", "system-socket"}
+)
+# Filters that take a path; their argument must be a parameter or a fixed system path.
+PATH_FILTERS: frozenset[str] = frozenset({"literal", "subpath", "prefix"})
+# Filters and their argument shape: "string", "symbol", "filters" (nested), "param".
+FILTERS: dict[str, str] = {
+    "literal": "path",
+    "subpath": "path",
+    "regex": "regex",
+    "sysctl-name": "string",
+    "sysctl-name-prefix": "string",
+    "global-name": "string",
+    "extension": "string",
+    "target": "symbol",
+    "remote": "remote",
+    "require-all": "filters",
+    "require-any": "filters",
+}
+TARGETS: frozenset[str] = frozenset({"same-sandbox"})
+# The only regex the compiler writes (the command's own pseudo-terminals).
+REGEXES: frozenset[str] = frozenset({"^/dev/ttys[0-9]+$"})
+FIXED_PATHS: frozenset[str] = frozenset(
+    (
+        *sbpl.SYSTEM_READ_SUBPATHS,
+        *sbpl.SYSTEM_READ_LITERALS,
+        *sbpl.SYSTEM_METADATA_LITERALS,
+        "/dev/ptmx",
+        "/dev/fd",
+    )
+)
+_REMOTE = re.compile(r"^localhost:[0-9]{1,5}$")
+_PARAM_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+@attrs.frozen
+class Atom:
+    """A symbol (`allow`, `file-read*`), a string (`"..."`) or a regex (`#"..."`)."""
+
+    kind: str  # "symbol" | "string" | "regex"
+    value: str
+
+
+Form = Atom | list["Form"]
+
+
+class ParseError(ValueError):
+    pass
+
+
+def _string(text: str, start: int) -> tuple[str, int]:
+    """The string whose opening quote is at `start`, and the index after its closing quote."""
+    out: list[str] = []
+    i = start + 1
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            if i + 1 >= len(text):
+                break
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if char == '"':
+            return "".join(out), i + 1
+        if char == "\n":
+            raise ParseError(f"line break inside a string at offset {start}")
+        out.append(char)
+        i += 1
+    raise ParseError(f"unterminated string at offset {start}")
+
+
+def tokenize(text: str) -> list[str | Atom]:
+    """Parentheses as "(" and ")", everything else as atoms; comments dropped."""
+    tokens: list[str | Atom] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char in " \t\n\r":
+            i += 1
+        elif char == ";":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif char in "()":
+            tokens.append(char)
+            i += 1
+        elif char == '"':
+            value, i = _string(text, i)
+            tokens.append(Atom("string", value))
+        elif text.startswith('#"', i):
+            value, i = _string(text, i + 1)
+            tokens.append(Atom("regex", value))
+        else:
+            match = re.compile(r"[^\s()\";]+").match(text, i)
+            if match is None:  # pragma: no cover - the class above matches any other char
+                raise ParseError(f"unexpected {char!r} at offset {i}")
+            tokens.append(Atom("symbol", match.group()))
+            i = match.end()
+    return tokens
+
+
+def parse(text: str) -> list[Form]:
+    """The top-level forms of `text`, or ParseError (unbalanced, stray atoms)."""
+    stack: list[list[Form]] = [[]]
+    for item in tokenize(text):
+        if item == "(":
+            stack.append([])
+        elif item == ")":
+            if len(stack) == 1:
+                raise ParseError("unbalanced: ')' without '('")
+            done = stack.pop()
+            stack[-1].append(done)
+        else:
+            assert isinstance(item, Atom)
+            if len(stack) == 1:
+                raise ParseError(f"atom {item.value!r} outside any form")
+            stack[-1].append(item)
+    if len(stack) != 1:
+        raise ParseError(f"unbalanced: {len(stack) - 1} unclosed '('")
+    return stack[0]
+
+
+@attrs.define(kw_only=True)
+class _Walk:
+    problems: list[str]
+    params_used: set[str]
+    defined: frozenset[str]
+    seen_default: bool = False
+
+
+def _symbol(form: Form) -> str | None:
+    return form.value if isinstance(form, Atom) and form.kind == "symbol" else None
+
+
+def _param_ref(form: Form, walk: _Walk, where: str) -> bool:
+    """True when `form` is `(param "NAME")` (recording the name); reports bad names."""
+    if not (isinstance(form, list) and form and _symbol(form[0]) == "param"):
+        return False
+    if len(form) != 2 or not isinstance(form[1], Atom) or form[1].kind != "string":
+        walk.problems.append(f"{where}: malformed (param ...)")
+        return True
+    name = form[1].value
+    if not _PARAM_NAME.match(name):
+        walk.problems.append(f"{where}: bad parameter name {name!r}")
+    elif name not in walk.defined:
+        walk.problems.append(f"{where}: parameter {name!r} is not defined")
+    walk.params_used.add(name)
+    return True
+
+
+def _check_argument(shape: str, arg: Form, walk: _Walk, where: str) -> None:
+    """The single argument of a non-nesting filter, by the filter's shape."""
+    if shape == "path":
+        if _param_ref(arg, walk, where):
+            return
+        if not (isinstance(arg, Atom) and arg.kind == "string"):
+            walk.problems.append(f"{where}: expected a path string or (param ...)")
+        elif arg.value not in FIXED_PATHS:
+            walk.problems.append(f"{where}: literal path {arg.value!r} is not parameterised")
+    elif shape == "regex":
+        if not (isinstance(arg, Atom) and arg.kind == "regex" and arg.value in REGEXES):
+            walk.problems.append(f"{where}: unexpected regex {arg!r}")
+    elif shape == "symbol":
+        if _symbol(arg) not in TARGETS:
+            walk.problems.append(f"{where}: unexpected target {arg!r}")
+    elif shape == "remote":  # two atoms: a one-argument remote is malformed
+        walk.problems.append(f'{where}: expected `ip "localhost:PORT"`')
+    elif not (isinstance(arg, Atom) and arg.kind == "string"):
+        walk.problems.append(f"{where}: expected a string")
+
+
+def _check_filter(form: Form, walk: _Walk, where: str) -> None:
+    if not isinstance(form, list) or not form:
+        walk.problems.append(f"{where}: expected a filter, got {form!r}")
+        return
+    name = _symbol(form[0])
+    shape = FILTERS.get(name or "")
+    if name is None or shape is None:
+        walk.problems.append(f"{where}: unknown filter {name or form[0]!r}")
+        return
+    args = form[1:]
+    where = f"{where} ({name})"
+    if shape == "filters":
+        if not args:
+            walk.problems.append(f"{where}: empty")
+        for arg in args:
+            _check_filter(arg, walk, where)
+    elif len(args) != 1:
+        walk.problems.append(f"{where}: expected one argument, got {len(args)}")
+    else:
+        _check_argument(shape, args[0], walk, where)
+
+
+def _check_remote(form: list[Form], walk: _Walk, where: str) -> bool:
+    """`(remote ip "localhost:PORT")` with a valid port; True when `form` is a remote."""
+    if not form or _symbol(form[0]) != "remote":
+        return False
+    ok = (
+        len(form) == 3
+        and _symbol(form[1]) == "ip"
+        and isinstance(form[2], Atom)
+        and form[2].kind == "string"
+        and _REMOTE.match(form[2].value) is not None
+        and 0 < int(form[2].value.split(":")[1]) < 65536
+    )
+    if not ok:
+        walk.problems.append(f'{where}: only `(remote ip "localhost:PORT")` is expected')
+    return True
+
+
+def _check_with(form: list[Form], action: str | None, walk: _Walk, where: str) -> bool:
+    """`(with message "TAG")` on a deny; True when `form` is a `with` modifier."""
+    if not form or _symbol(form[0]) != "with":
+        return False
+    ok = (
+        action == "deny"
+        and len(form) == 3
+        and _symbol(form[1]) == "message"
+        and isinstance(form[2], Atom)
+        and form[2].kind == "string"
+        and sbpl.LOG_TAG.fullmatch(form[2].value) is not None
+    )
+    if not ok:
+        walk.problems.append(f'{where}: only `(with message "TAG")` on a deny is expected')
+    return True
+
+
+def _check_operations(
+    action: str, operations: list[str], walk: _Walk, where: str, *, network_none: bool
+) -> None:
+    if not operations:
+        walk.problems.append(f"{where}: no operation")
+    for op in operations:
+        if op not in OPERATIONS:
+            walk.problems.append(f"{where}: unknown operation {op!r}")
+    if "default" in operations:
+        walk.problems.append(f"{where}: `default` mixed with other operations")
+    if action == "allow" and not walk.seen_default:
+        walk.problems.append(f"{where}: allow before (deny default)")
+    allowed_network = [op for op in operations if op in NETWORK_OPERATIONS]
+    if action == "allow" and network_none and allowed_network:
+        walk.problems.append(
+            f"{where}: allows {', '.join(allowed_network)} although the network mode is none"
+        )
+
+
+def _check_rule(form: Form, walk: _Walk, where: str, *, network_none: bool) -> None:
+    """One top-level `(allow|deny OPERATION... FILTER...)` form."""
+    if not isinstance(form, list) or not form:
+        walk.problems.append(f"{where}: empty or bare form")
+        return
+    action = _symbol(form[0])
+    if action not in ("allow", "deny"):
+        walk.problems.append(f"{where}: unknown top-level form {action or form[0]!r}")
+        return
+    operations = [op for op in (_symbol(f) for f in form[1:]) if op is not None]
+    if form[1 : 1 + len(operations)] != [Atom("symbol", op) for op in operations]:
+        walk.problems.append(f"{where}: operations must come before filters")
+    filters = [
+        f
+        for f in form[1:]
+        if _symbol(f) is None and not (isinstance(f, list) and _check_with(f, action, walk, where))
+    ]
+    if operations == ["default"]:
+        if action != "deny" or filters:
+            walk.problems.append(f"{where}: only a bare (deny default) is expected")
+        if walk.seen_default:
+            walk.problems.append(f"{where}: (deny default) twice")
+        walk.seen_default = True
+        return
+    _check_operations(action, operations, walk, where, network_none=network_none)
+    for item in filters:
+        if isinstance(item, list) and _check_remote(item, walk, where):
+            continue
+        _check_filter(item, walk, where)
+
+
+def check_profile(
+    text: str, params: Sequence[tuple[str, str]], *, network_none: bool
+) -> tuple[str, ...]:
+    """Every structural problem of the profile `text` with its `-D` `params` (empty: fine).
+
+    `network_none`: the policy's network mode is `none`, so no network allow may appear.
+    """
+    try:
+        forms = parse(text)
+    except ParseError as error:
+        return (f"does not parse: {error}",)
+    names = [name for name, _ in params]
+    walk = _Walk(problems=[], params_used=set(), defined=frozenset(names))
+    if len(set(names)) != len(names):
+        walk.problems.append("a parameter is defined twice")
+    if not forms or forms[0] != [Atom("symbol", "version"), Atom("symbol", "1")]:
+        walk.problems.append("the profile does not start with (version 1)")
+    for index, form in enumerate(forms[1:], start=1):
+        _check_rule(form, walk, f"form {index}", network_none=network_none)
+    if not walk.seen_default:
+        walk.problems.append("no (deny default)")
+    unused = sorted(set(names) - walk.params_used)
+    if unused:
+        walk.problems.append(f"parameters defined but never used: {', '.join(unused)}")
+    # A path of the policy spelled out in the text (it can only be in a string atom).
+    texts = {a.value for a in tokenize(text) if isinstance(a, Atom) and a.kind != "symbol"}
+    for name, value in params:
+        if value in texts and value not in FIXED_PATHS:
+            walk.problems.append(f"the value of {name} appears literally in the profile")
+    return tuple(walk.problems)
+
+
+def check_invocation(argv: Sequence[str], params: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """Problems with a `sandbox-exec -p PROFILE -DNAME=value... -- command...` argv."""
+    problems: list[str] = []
+    if not argv or argv[0] != SANDBOX_EXEC:
+        problems.append(f"not run by its absolute path {SANDBOX_EXEC}")
+    if list(argv[1:2]) != ["-p"] or len(argv) < 3:
+        problems.append("the profile is not passed inline with -p")
+    if "--" not in argv:
+        return (*problems, "no `--` before the command")
+    options = list(argv[3 : list(argv).index("--")])
+    expected = [f"-D{name}={value}" for name, value in params]
+    if options != expected:
+        problems.append("the options between the profile and `--` are not exactly the -D params")
+    if list(argv).index("--") == len(argv) - 1:
+        problems.append("no command after `--`")
+    return tuple(problems)
