@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from mechasandbox.domain.limits import MIB
+from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
@@ -26,25 +27,18 @@ def spec(*argv: str, **changes: object) -> SpawnSpec:
     return SpawnSpec(argv=argv, env=ENV, cwd="/tmp", **changes)  # type: ignore[arg-type]
 
 
-def escaping_script(marker: str) -> str:
-    """Background children, one that calls setsid, and a double-forked daemon."""
-    return (
-        f"sh -c 'sleep 300' {marker} & "
-        f"setsid sh -c 'sleep 301' {marker} & "
-        f"(setsid sh -c \"sh -c 'sleep 302' {marker} &\"); "
-        "echo ready; wait"
-    )
-
-
 def test_timeout_kills_tree_including_setsid_children(runner: HelperProcessRunner) -> None:
     marker = f"runner-{secrets.token_hex(4)}"
-    started = time.monotonic()
-    outcome = anyio.run(runner.run, spec("sh", "-c", escaping_script(marker), timeout_s=1.0))
+    script = escaper_script(marker, then="echo ready; wait")
+    with PeakCounter(marker) as seen:
+        started = time.monotonic()
+        outcome = anyio.run(runner.run, spec("sh", "-c", script, timeout_s=1.0))
     finished = outcome.unwrap()
     assert time.monotonic() - started < 3.0
     assert finished.timed_out
     assert finished.signal == 9
     assert finished.stdout == b"ready\n"
+    assert seen.peak == ESCAPERS
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
 
@@ -55,19 +49,23 @@ def test_cancelling_the_callers_scope_kills_the_tree(runner: HelperProcessRunner
     async def main() -> float:
         started = time.monotonic()
         with anyio.move_on_after(1.0):
-            await runner.run(spec("sh", "-c", escaping_script(marker), timeout_s=60))
+            await runner.run(spec("sh", "-c", escaper_script(marker), timeout_s=60))
         return time.monotonic() - started
 
-    elapsed = anyio.run(main)
+    with PeakCounter(marker) as seen:
+        elapsed = anyio.run(main)
     assert elapsed < 3.0
+    assert seen.peak == ESCAPERS
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
 
 
 def test_leftovers_die_when_the_command_exits(runner: HelperProcessRunner) -> None:
     marker = f"leftover-{secrets.token_hex(4)}"
-    script = f"setsid sh -c 'sleep 300' {marker} > /dev/null 2>&1 & echo done"
-    finished = anyio.run(runner.run, spec("sh", "-c", script)).unwrap()
+    script = escaper_script(marker, then="sleep 0.3; echo done")
+    with PeakCounter(marker) as seen:
+        finished = anyio.run(runner.run, spec("sh", "-c", script)).unwrap()
+    assert seen.peak == ESCAPERS
     assert finished.stdout == b"done\n"
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
@@ -76,7 +74,7 @@ def test_leftovers_die_when_the_command_exits(runner: HelperProcessRunner) -> No
 @LINUX_ONLY
 def test_no_zombies_are_left(runner: HelperProcessRunner) -> None:
     marker = f"zombie-{secrets.token_hex(4)}"
-    anyio.run(runner.run, spec("sh", "-c", escaping_script(marker), timeout_s=0.5))
+    anyio.run(runner.run, spec("sh", "-c", escaper_script(marker), timeout_s=0.5))
     time.sleep(0.2)
     zombies = []
     for entry in os.listdir("/proc"):
@@ -153,7 +151,7 @@ def test_closing_the_runner_kills_running_commands() -> None:
 
     async def main() -> None:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(own.run, spec("sh", "-c", escaping_script(marker), timeout_s=60))
+            tasks.start_soon(own.run, spec("sh", "-c", escaper_script(marker), timeout_s=60))
             await anyio.sleep(0.5)
             assert alive_with_marker(marker)
             own.close()

@@ -31,6 +31,7 @@ from mechasandbox.domain.errors import partial_result
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
+from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
 
 POLICY = Policy(enforcement=Enforcement.BEST_EFFORT)
@@ -144,13 +145,13 @@ def loopback_connect(backend: Backend, arena: Arena) -> bool | str:
 
 def outlive_the_run(backend: Backend, arena: Arena) -> bool | str:
     marker = f"verify-{secrets.token_hex(4)}"
-    script = (
-        f"setsid sh -c 'sleep 300' {marker} >/dev/null 2>&1 & "
-        f"nohup sh -c 'sleep 301' {marker} >/dev/null 2>&1 &"
-    )
-    outcome = _run(backend, arena, ["sh", "-c", script])
+    script = escaper_script(marker, then="sleep 0.5; echo started")
+    with PeakCounter(marker) as seen:
+        outcome = _run(backend, arena, ["sh", "-c", script])
     if isinstance(outcome, str):
         return outcome
+    if seen.peak < ESCAPERS:
+        return f"only {seen.peak} of {ESCAPERS} escaping processes were seen running"
     time.sleep(0.2)
     survivors = alive_with_marker(marker)
     for pid in survivors:

@@ -37,6 +37,7 @@ from mechasandbox.domain.limits import MIB, Limits
 from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
+from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
 
 
@@ -100,22 +101,18 @@ class BackendContract:
 
     def test_timeout_kills_the_whole_tree(self, backend: Backend, tmp_path: pathlib.Path) -> None:
         marker = f"contract-{secrets.token_hex(4)}"
-        script = (
-            f"sleep 300 {marker} & setsid sleep 301 {marker} & "
-            f"(setsid sh -c 'sleep 302 {marker} &'); echo started; wait"
-        )
-        # `sleep` ignores extra arguments on busybox but not coreutils: run through sh -c.
-        script = script.replace(f"sleep 300 {marker}", f"sh -c 'sleep 300' {marker}")
-        script = script.replace(f"sleep 301 {marker}", f"sh -c 'sleep 301' {marker}")
-        script = script.replace(f"sleep 302 {marker}", f"sh -c 'sleep 302' {marker}")
-        policy = attrs.evolve(self.policy(), limits=Limits(timeout_s=1.0))
-        started = time.monotonic()
-        result = self.run(backend, ["sh", "-c", script], tmp_path, policy=policy)
-        assert time.monotonic() - started < 3.0
+        script = escaper_script(marker)
+        policy = attrs.evolve(self.policy(), limits=Limits(timeout_s=1.5))
+        with PeakCounter(marker) as seen:
+            started = time.monotonic()
+            result = self.run(backend, ["sh", "-c", script], tmp_path, policy=policy)
+            elapsed = time.monotonic() - started
+        assert elapsed < 3.5
         assert isinstance(result, Failure)
         error = result.failure()
         assert isinstance(error, Timeout)
         assert error.partial.stdout == b"started\n"
+        assert seen.peak == ESCAPERS, "the escapers must have been running (else: vacuous)"
         time.sleep(0.2)
         assert alive_with_marker(marker) == []
 
