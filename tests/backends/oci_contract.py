@@ -25,13 +25,13 @@ from mechasandbox.backends.oci.engine import owner_id
 from mechasandbox.domain import (
     MIB,
     BackendUnavailable,
+    ConfigInvalid,
     CpuLimit,
     Enforcement,
     FileSizeLimit,
     Limits,
     MemoryLimit,
     Policy,
-    PolicyUnsupported,
     Protection,
     RunRequest,
     RunResult,
@@ -48,11 +48,10 @@ pytestmark = [pytest.mark.anyio]
 
 
 def policy(**limits: object) -> Policy:
-    """Best-effort: the engines leave protected paths only partly enforced (see
-    `test_strict_policy_names_the_gap`); every other protection is asserted by a test."""
+    """Strict: every protection the policy asks for must be enforced, or the run refused."""
     base = {"timeout_s": 30.0}
     base.update(limits)  # type: ignore[arg-type]
-    return Policy(limits=Limits(**base), enforcement=Enforcement.BEST_EFFORT)  # type: ignore[arg-type]
+    return Policy(limits=Limits(**base), enforcement=Enforcement.STRICT)  # type: ignore[arg-type]
 
 
 def ok(result: object) -> RunResult:
@@ -90,13 +89,63 @@ class OciContract:
         )
         return listed.stdout.split()
 
-    async def test_strict_policy_names_the_gap(self, backend: OciBackend, tmp_path: Path) -> None:
+    async def test_default_strict_policy_runs(self, backend: OciBackend, tmp_path: Path) -> None:
+        probed = backend.probe()
+        assert isinstance(probed, Success)
+        assert Protection.PROTECTED_PATHS in probed.unwrap().enforced
         request = RunRequest(argv=["true"], workspace=str(tmp_path))
-        result = await backend.run(request, Policy())
-        assert isinstance(result, Failure)
-        error = result.failure()
-        assert isinstance(error, PolicyUnsupported)
-        assert error.missing == (Protection.PROTECTED_PATHS,)
+        assert ok(await backend.run(request, Policy())).exit_code == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # placeholders removed
+
+    async def test_missing_protected_paths_cannot_be_created(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        script = (
+            "echo 'eval evil' > .envrc || echo envrc-denied;"
+            "mkdir -p .vscode/x || echo vscode-denied;"
+            "rm -rf .vscode && echo vscode-removed;"
+            "mkdir -p .git/hooks || echo git-denied;"
+            "echo fine > ok.txt && echo ok"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy()))
+        assert result.stdout == b"envrc-denied\nvscode-denied\ngit-denied\nok\n", result
+        # The placeholders the engine made on the host are gone; the command's file stays.
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.txt"]
+
+    async def test_protected_paths_cannot_be_renamed_away(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        (tmp_path / ".git" / "hooks").mkdir(parents=True)
+        (tmp_path / ".git" / "config").write_text("[core]\n")
+        script = (
+            "mv .git g || echo git-pinned;"
+            "mv .git/hooks .git/h || echo hooks-pinned;"
+            "mv .git/config .git/c || echo config-pinned;"
+            "rm -rf .git; test -d .git/hooks && echo still-there;"
+            "mkdir -p g/hooks && echo evil > g/hooks/post-commit && echo decoy-made"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy()))
+        assert result.stdout == (
+            b"git-pinned\nhooks-pinned\nconfig-pinned\nstill-there\ndecoy-made\n"
+        ), result
+        assert (tmp_path / ".git" / "config").read_text() == "[core]\n"
+        assert (tmp_path / ".git" / "hooks").is_dir()
+
+    async def test_symlinked_protected_path_refuses_a_strict_run(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        (tmp_path / "real-hooks").mkdir()
+        (tmp_path / ".git").mkdir()
+        (tmp_path / ".git" / "hooks").symlink_to(tmp_path / "real-hooks")
+        request = RunRequest(argv=["true"], workspace=str(tmp_path))
+        error = failed(await backend.run(request, policy()))
+        assert isinstance(error, ConfigInvalid)
+        assert "symlink" in error.problem
+        best_effort = attrs.evolve(policy(), enforcement=Enforcement.BEST_EFFORT)
+        result = ok(await backend.run(request, best_effort))
+        assert any("symlink" in warning for warning in result.warnings)
 
     async def test_echo_and_exit_code(self, backend: OciBackend, tmp_path: Path) -> None:
         request = RunRequest(
