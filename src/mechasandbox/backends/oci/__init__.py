@@ -10,8 +10,20 @@ from mechasandbox.backends.oci.compiler import (
 from mechasandbox.backends.oci.docker import DockerBackend
 from mechasandbox.backends.oci.engine import DEFAULT_IMAGE, OciBackend, reap_leftovers
 from mechasandbox.backends.oci.podman import PodmanBackend
+from mechasandbox.backends.oci.pool import (
+    AfterUse,
+    PooledBackend,
+    PoolExhausted,
+    PoolSettings,
+    WhenExhausted,
+)
 
 __all__ = [
+    "AfterUse",
+    "PoolExhausted",
+    "PoolSettings",
+    "PooledBackend",
+    "WhenExhausted",
     "DEFAULT_IMAGE",
     "ContainerRun",
     "DockerBackend",

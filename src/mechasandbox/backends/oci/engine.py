@@ -253,7 +253,7 @@ def protection_layout(workspace: str, entries: tuple[str, ...]) -> ProtectionLay
                     "itself could be replaced"
                 )
                 break
-            if not os.path.lexists(path):
+            if not os.path.lexists(path) or _is_held_placeholder(path):
                 placeholders.append(current)
                 break
             if last or not os.path.isdir(path):
@@ -280,6 +280,19 @@ _EMPTY_LOCK = threading.Lock()
 # one is removed from the host only when no live container of ours still has it mounted
 # (removing a mount point on the host would detach the mount inside the container).
 _PLACEHOLDER_USERS: dict[str, int] = {}
+
+
+def _is_held_placeholder(path: str) -> bool:
+    """An empty mount point one of our live containers holds: still "missing" for the
+    next run (not a real directory to re-bind)."""
+    with _EMPTY_LOCK:
+        held = path in _PLACEHOLDER_USERS
+    if not held or os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        return not os.listdir(path)
+    except OSError:
+        return False
 
 
 def empty_directory() -> str:
