@@ -19,19 +19,19 @@ from mechasandbox.backends.oci.pool import (
 )
 
 __all__ = [
-    "AfterUse",
-    "PoolExhausted",
-    "PoolSettings",
-    "PooledBackend",
-    "WhenExhausted",
     "DEFAULT_IMAGE",
+    "AfterUse",
     "ContainerRun",
     "DockerBackend",
     "EngineKind",
     "EngineTraits",
     "OciBackend",
     "PodmanBackend",
+    "PoolExhausted",
+    "PoolSettings",
+    "PooledBackend",
     "Runtime",
+    "WhenExhausted",
     "compile_container_args",
     "reap_leftovers",
 ]

@@ -316,7 +316,8 @@ class ContainerPool:
                     group.start_soon(job)
                 self._expire_idle(group)
                 await anyio.sleep(_MAINTENANCE_TICK_S)
-            group.cancel_scope.cancel()
+            # Closing: jobs under way finish (a start cut short could leave a container the
+            # engine creates after our `rm`); a start that ends after close removes its own.
 
     def _expire_idle(self, group: anyio.abc.TaskGroup) -> None:
         now = time.monotonic()
@@ -394,7 +395,10 @@ class ContainerPool:
             return Success(member)
         finally:
             if not ok:
-                await self._remove(member)
+                with anyio.CancelScope(shield=True):
+                    # The CLI may have been cut short while the engine was still creating it.
+                    await backend._remove(executable, run, thorough=True)
+                self._forget(member)
 
     async def _healthy(self, member: _Member) -> bool:
         spec = self.backend._cli_spec(
