@@ -90,6 +90,14 @@ def _exec_failure(outcome: ProcessOutcome) -> bytes | None:
     return None
 
 
+# `podman run --detach` leaves conmon behind to keep the container; the process runner kills
+# everything a run leaves behind (its helper is the subreaper), so the container stops.
+PODMAN_UNSUPPORTED = (
+    "the warm pool needs docker: podman's conmon must outlive `podman run --detach`, and "
+    "the process runner kills whatever a run leaves behind"
+)
+
+
 class AfterUse(enum.Enum):
     """What happens to a container after a command ran in it."""
 
@@ -776,6 +784,8 @@ class PooledBackend:
         return self._pool
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        if self.backend.kind == "podman":
+            return Failure(BackendUnavailable(backend=self.name, reason=PODMAN_UNSUPPORTED))
         settings = self.settings
         note = (
             f"warm pool: {settings.size} container(s) per key, after use: "
