@@ -10,16 +10,28 @@ from mechasandbox.backends.oci.compiler import (
 from mechasandbox.backends.oci.docker import DockerBackend
 from mechasandbox.backends.oci.engine import DEFAULT_IMAGE, OciBackend, reap_leftovers
 from mechasandbox.backends.oci.podman import PodmanBackend
+from mechasandbox.backends.oci.pool import (
+    AfterUse,
+    PooledBackend,
+    PoolExhausted,
+    PoolSettings,
+    WhenExhausted,
+)
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "AfterUse",
     "ContainerRun",
     "DockerBackend",
     "EngineKind",
     "EngineTraits",
     "OciBackend",
     "PodmanBackend",
+    "PoolExhausted",
+    "PoolSettings",
+    "PooledBackend",
     "Runtime",
+    "WhenExhausted",
     "compile_container_args",
     "reap_leftovers",
 ]

@@ -88,14 +88,22 @@ class EngineTraits:
 class ContainerRun:
     """The impure facts of one run, gathered before compiling.
 
-    `workspace` is the real path; `protected` the protected entries that exist in it
-    (relative paths, in policy order); `owner` identifies this host process for reaping.
+    `workspace` is the real path; `owner` identifies this host process for reaping.
+    Protected paths (relative to the workspace, see `engine.protection_layout`):
+    `protected` exist and are re-bound read-only onto themselves; `pinned` are their
+    existing parent directories, bound read-write onto themselves so that they cannot be
+    renamed (a mount point gives EBUSY); `placeholders` are missing ones, covered by the
+    read-only empty directory `empty_dir` so that they cannot be created (the engine
+    creates the mount point on the host: the caller removes it afterwards).
     """
 
     run_id: str
     owner: str
     workspace: str
     protected: tuple[str, ...] = ()
+    pinned: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()
+    empty_dir: str | None = None
 
     @property
     def name(self) -> str:
@@ -130,9 +138,45 @@ def _ulimits(policy: Policy, engine: EngineTraits) -> list[str]:
     return args
 
 
+def _environment_args(policy: Policy, host: HostContext) -> list[str]:
+    args: list[str] = []
+    for name, value in sorted(container_environment(policy, host).items()):
+        args += ["--env", f"{name}={value}"]
+    return args
+
+
 def _bind(source: str, target: str, *, readonly: bool) -> list[str]:
     spec = f"type=bind,source={source},target={target}"
     return ["--mount", spec + (",readonly" if readonly else "")]
+
+
+def _protection_mounts(run: ContainerRun) -> list[str]:
+    """Pinned parents, read-only protected entries and placeholders, shallowest first."""
+    workspace = run.workspace
+    wanted: list[tuple[int, int, list[str]]] = []
+    for order, (entries, kind) in enumerate(
+        ((run.pinned, "pin"), (run.protected, "ro"), (run.placeholders, "placeholder"))
+    ):
+        for relative in entries:
+            clean = relative.strip("/")
+            path = f"{workspace}/{clean}"
+            if kind == "pin":
+                mount = _bind(path, path, readonly=False)
+            elif kind == "ro":
+                mount = _bind(path, path, readonly=True)
+            elif run.empty_dir is not None:
+                mount = _bind(run.empty_dir, path, readonly=True)
+            else:
+                continue
+            wanted.append((clean.count("/"), order, mount))
+    args: list[str] = []
+    for _depth, _order, mount in sorted(wanted, key=lambda item: (item[0], item[1])):
+        args += mount
+    return args
+
+
+# The long-lived process of a pooled container: commands come in by `exec`.
+KEEPER_ARGV = ("sleep", "infinity")
 
 
 def compile_container_args(
@@ -145,15 +189,22 @@ def compile_container_args(
     *,
     run: ContainerRun,
     cpus: float | None = None,
+    keeper: bool = False,
 ) -> tuple[str, ...]:
     """The arguments after the engine executable: `run ... IMAGE ARGS...`.
 
     The workspace is bind-mounted at the same path it has on the host, so paths the agent
     saw (in compiler errors, stack traces, its own notes) mean the same on both sides.
     The container runs as the host's uid:gid so files it writes belong to the user.
+
+    `keeper`: a warm-pool container: detached, running `KEEPER_ARGV` (the request's argv
+    and stdin are ignored), without the command's environment (each `exec` passes it), and
+    with one more process allowed (the keeper itself) under the pids limit.
     """
     limits = policy.limits
     workspace = run.workspace
+    if keeper:
+        request = RunRequest(argv=KEEPER_ARGV, workspace=request.workspace)
     args: list[str] = [
         "run",
         "--name",
@@ -172,7 +223,9 @@ def compile_container_args(
         args.append("--init")
         if engine.init_path is not None:
             args += ["--init-path", engine.init_path]
-    if request.stdin is not None:
+    if keeper:
+        args.append("--detach")
+    elif request.stdin is not None:
         args.append("--interactive")
     args += [
         "--network",
@@ -194,15 +247,13 @@ def compile_container_args(
     if engine.keep_id:
         args += ["--userns", "keep-id"]
     args += _bind(workspace, workspace, readonly=False)
-    for relative in run.protected:
-        path = f"{workspace}/{relative.strip('/')}"
-        args += _bind(path, path, readonly=True)
+    args += _protection_mounts(run)
     args += ["--workdir", workspace]
     if limits.memory_bytes is not None:
         memory = str(limits.memory_bytes)
         args += ["--memory", memory, "--memory-swap", memory]
     if limits.max_processes is not None:
-        args += ["--pids-limit", str(limits.max_processes)]
+        args += ["--pids-limit", str(limits.max_processes + (1 if keeper else 0))]
     if cpus is not None:
         args += ["--cpus", f"{cpus:g}"]
     args += _ulimits(policy, engine)
@@ -210,8 +261,30 @@ def compile_container_args(
         args += ["--runtime", runtime.value]
         if runtime is Runtime.RUNSC and engine.runtime_network_flag:
             args += ["--runtime-flag", "network=none"]
-    for name, value in sorted(container_environment(policy, host).items()):
-        args += ["--env", f"{name}={value}"]
+    if not keeper:
+        args += _environment_args(policy, host)
     # The entrypoint is the command itself: an image's ENTRYPOINT must not wrap it.
     args += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
+    return tuple(args)
+
+
+def compile_exec_args(
+    request: RunRequest,
+    policy: Policy,
+    host: HostContext,
+    *,
+    container: str,
+    workspace: str,
+) -> tuple[str, ...]:
+    """`exec ... CONTAINER ARGV...`: one command in a running (pooled) keeper container.
+
+    The container's cgroup limits (memory, pids, cpus) and ulimits apply to the exec'd
+    process; user, working directory and environment are given per exec, as `run` would.
+    """
+    args: list[str] = ["exec"]
+    if request.stdin is not None:
+        args.append("--interactive")
+    args += ["--user", f"{host.uid}:{host.gid}", "--workdir", workspace]
+    args += _environment_args(policy, host)
+    args += [container, *request.argv]
     return tuple(args)

@@ -18,6 +18,7 @@ import secrets
 import shlex
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,7 +48,7 @@ from mechasandbox.domain.errors import (
     SandboxError,
     SpawnFailed,
 )
-from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Usage
 from mechasandbox.runner.runner import ProcessRunner
@@ -177,7 +178,12 @@ def _remove_live_at_exit() -> None:
             run_blocking(runner, spec)
 
 
-atexit.register(_remove_live_at_exit)
+def _cleanup_at_exit() -> None:
+    _remove_live_at_exit()
+    _release_all_at_exit()
+
+
+atexit.register(_cleanup_at_exit)
 
 
 def owner_id() -> str:
@@ -195,19 +201,144 @@ def _is_init_exec_failure(stderr: bytes) -> bool:
     return b"[FATAL tini (" in stderr and b"exec " in stderr and b" failed: " in stderr
 
 
-def _existing_protected(workspace: str, protected: tuple[str, ...]) -> tuple[str, ...]:
-    """Protected entries present in the workspace (not symlinks: a bind mount would follow)."""
-    present: list[str] = []
-    for relative in protected:
-        if os.path.isabs(relative) or relative.startswith("~"):
+@attrs.frozen(kw_only=True)
+class ProtectionLayout:
+    """How the protected paths of one workspace are covered (relative paths, see
+    `ContainerRun`), and the ones that cannot be (`problems`: symlinks)."""
+
+    protected: tuple[str, ...] = ()
+    pinned: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+def _relative_in(workspace: str, entry: str) -> str | None:
+    """`entry` relative to the workspace, or None when it is outside (the read-only root
+    covers it already) or under the home directory (not mounted)."""
+    if entry.startswith("~"):
+        return None
+    if os.path.isabs(entry):
+        clean = os.path.normpath(entry)
+        if not clean.startswith(workspace.rstrip("/") + "/"):
+            return None
+        entry = clean[len(workspace.rstrip("/")) + 1 :]
+    clean = os.path.normpath(entry)
+    if clean in (".", "") or clean == ".." or clean.startswith("../"):
+        return None
+    return clean
+
+
+def protection_layout(workspace: str, entries: tuple[str, ...]) -> ProtectionLayout:
+    """Walk each protected entry down from the workspace, as the bubblewrap backend does:
+    existing directories on the way are pinned (bound onto themselves, so `mv .git g`
+    fails with EBUSY), the entry itself (or the first non-directory) is re-bound read-only,
+    and the first missing component gets a read-only empty directory, so it cannot be
+    created. A symlink on the way cannot be covered: it is reported as a problem."""
+    pinned: list[str] = []
+    protected: list[str] = []
+    placeholders: list[str] = []
+    problems: list[str] = []
+    for entry in entries:
+        relative = _relative_in(workspace, entry)
+        if relative is None:
             continue
-        clean = os.path.normpath(relative)
-        if clean.startswith(".."):
-            continue
-        path = os.path.join(workspace, clean)
-        if os.path.exists(path) and not os.path.islink(path):
-            present.append(clean)
-    return tuple(present)
+        parts = relative.split("/")
+        for index in range(len(parts)):
+            current = "/".join(parts[: index + 1])
+            path = os.path.join(workspace, current)
+            last = index == len(parts) - 1
+            if os.path.islink(path):
+                problems.append(
+                    f"{path} is a symlink: its target can be made read-only but the link "
+                    "itself could be replaced"
+                )
+                break
+            if not os.path.lexists(path) or _is_held_placeholder(path):
+                placeholders.append(current)
+                break
+            if last or not os.path.isdir(path):
+                protected.append(current)
+                break
+            pinned.append(current)
+
+    def unique(paths: list[str], *covered: list[str]) -> tuple[str, ...]:
+        seen = {path for group in covered for path in group}
+        return tuple(path for path in dict.fromkeys(paths) if path not in seen)
+
+    return ProtectionLayout(
+        protected=unique(protected),
+        pinned=unique(pinned, protected, placeholders),
+        placeholders=unique(placeholders, protected),
+        problems=tuple(dict.fromkeys(problems)),
+    )
+
+
+# An empty read-only directory of this process: the source of every placeholder mount.
+_EMPTY: list[str] = []
+_EMPTY_LOCK = threading.Lock()
+# Placeholder mount points this process's containers are using, with how many use each:
+# one is removed from the host only when no live container of ours still has it mounted
+# (removing a mount point on the host would detach the mount inside the container).
+_PLACEHOLDER_USERS: dict[str, int] = {}
+
+
+def _is_held_placeholder(path: str) -> bool:
+    """An empty mount point one of our live containers holds: still "missing" for the
+    next run (not a real directory to re-bind)."""
+    with _EMPTY_LOCK:
+        held = path in _PLACEHOLDER_USERS
+    if not held or os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        return not os.listdir(path)
+    except OSError:
+        return False
+
+
+def empty_directory() -> str:
+    with _EMPTY_LOCK:
+        if not _EMPTY or not os.path.isdir(_EMPTY[0]):
+            path = tempfile.mkdtemp(prefix="mechasandbox-empty-")
+            os.chmod(path, 0o500)  # read-only for its owner too
+            _EMPTY[:] = [path]
+        return _EMPTY[0]
+
+
+def hold_placeholders(paths: tuple[str, ...]) -> None:
+    with _EMPTY_LOCK:
+        for path in paths:
+            _PLACEHOLDER_USERS[path] = _PLACEHOLDER_USERS.get(path, 0) + 1
+
+
+def release_placeholders(paths: tuple[str, ...]) -> None:
+    """Remove the empty mount points the engine created on the host, once unused; anything
+    someone put there meanwhile stays."""
+    doomed: list[str] = []
+    with _EMPTY_LOCK:
+        for path in paths:
+            users = _PLACEHOLDER_USERS.get(path, 0) - 1
+            if users > 0:
+                _PLACEHOLDER_USERS[path] = users
+            else:
+                _PLACEHOLDER_USERS.pop(path, None)
+                doomed.append(path)
+    for path in sorted(doomed, key=lambda p: p.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+
+
+def _release_all_at_exit() -> None:
+    with _EMPTY_LOCK:
+        held = tuple(_PLACEHOLDER_USERS)
+        _PLACEHOLDER_USERS.clear()
+        for path in held:
+            _PLACEHOLDER_USERS[path] = 1
+    release_placeholders(held)
+    with _EMPTY_LOCK:
+        for path in _EMPTY:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
 
 def _mask_env(args: tuple[str, ...]) -> tuple[str, ...]:
@@ -352,6 +483,7 @@ class OciBackend:
         enforced = {
             Protection.FILESYSTEM_READ,
             Protection.FILESYSTEM_WRITE,
+            Protection.PROTECTED_PATHS,
             Protection.NETWORK_NONE,
             Protection.PID_ISOLATION,
             Protection.HOST_PROCESSES_HIDDEN,
@@ -370,8 +502,8 @@ class OciBackend:
             (Protection.FILESYSTEM_WRITE, "read-only root; writable: workspace mount, tmpfs /tmp"),
             (
                 Protection.PROTECTED_PATHS,
-                "only partly: existing protected paths are re-mounted read-only, but missing "
-                "ones (.envrc, .vscode/...) can be created and `mv .git g` gets around them",
+                "read-only self-binds; parents pinned against rename (EBUSY); missing ones "
+                "covered by a read-only empty directory (created on the host for the run)",
             ),
             (Protection.NETWORK_NONE, "--network none: loopback only"),
             (
@@ -409,13 +541,38 @@ class OciBackend:
 
     # -- compiling ------------------------------------------------------------------------
 
-    def _container_run(self, workspace: str, policy: Policy) -> ContainerRun:
+    def _container_run(
+        self, workspace: str, policy: Policy, *, layout: ProtectionLayout | None = None
+    ) -> ContainerRun:
+        if layout is None:
+            layout = self._protection_layout(workspace, policy)
         return ContainerRun(
             run_id=secrets.token_hex(8),
             owner=owner_id(),
             workspace=workspace,
-            protected=_existing_protected(workspace, policy.filesystem.protected),
+            protected=layout.protected,
+            pinned=layout.pinned,
+            placeholders=layout.placeholders,
+            empty_dir=empty_directory() if layout.placeholders else None,
         )
+
+    def _protection_layout(self, workspace: str, policy: Policy) -> ProtectionLayout:
+        fs = policy.filesystem
+        return protection_layout(workspace, (*fs.protected, *fs.deny_write))
+
+    def _check_protection(
+        self, layout: ProtectionLayout, policy: Policy
+    ) -> Result[tuple[str, ...], SandboxError]:
+        """Refuse a strict run whose protected paths cannot all be covered; otherwise the
+        warnings for the ones that are not."""
+        if not layout.problems:
+            return Success(())
+        if policy.enforcement is Enforcement.STRICT:
+            return Failure(ConfigInvalid(problem=layout.problems[0], field="filesystem.protected"))
+        return Success(tuple(f"not protected: {problem}" for problem in layout.problems))
+
+    def _placeholder_paths(self, run: ContainerRun) -> tuple[str, ...]:
+        return tuple(os.path.join(run.workspace, path) for path in run.placeholders)
 
     def _check_mountable(self, workspace: str) -> Result[str, SandboxError]:
         if any(char in workspace for char in ",\n\"'"):
@@ -479,7 +636,12 @@ class OciBackend:
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())
         _capabilities, info, executable = self._engine().unwrap()
-        run = self._container_run(workspace, policy)
+        layout = self._protection_layout(workspace, policy)
+        checked = self._check_protection(layout, policy)
+        if isinstance(checked, Failure):
+            return Failure(checked.failure())
+        warnings = (*warnings, *checked.unwrap())
+        run = self._container_run(workspace, policy, layout=layout)
         args = compile_container_args(
             request,
             policy,
@@ -499,6 +661,8 @@ class OciBackend:
         )
         with _LIVE_LOCK:
             _LIVE[run.name] = (self.runner, executable, self._cli_env())
+        placeholders = self._placeholder_paths(run)
+        hold_placeholders(placeholders)
         interrupted = True
         try:
             launched = await self.runner.run(spec)
@@ -524,6 +688,7 @@ class OciBackend:
                 await self._remove(executable, run, thorough=interrupted)
             with _LIVE_LOCK:
                 _LIVE.pop(run.name, None)
+            release_placeholders(placeholders)
 
     def _result(
         self,

@@ -1,0 +1,237 @@
+"""The container contract through the warm pool, plus what only a pool has.
+
+Subclassed per engine (test_docker_pool.py, test_podman_pool.py). Every test closes the
+pools it made and checks that no container of this process is left behind.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from returns.result import Failure, Success
+
+from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.oci import OciBackend
+from mechasandbox.backends.oci.compiler import LABEL_OWNER
+from mechasandbox.backends.oci.engine import owner_id
+from mechasandbox.backends.oci.pool import (
+    AfterUse,
+    PooledBackend,
+    PoolExhausted,
+    PoolSettings,
+    WhenExhausted,
+)
+from mechasandbox.domain import MIB, MemoryLimit, RunRequest, Timeout
+from mechasandbox.runner.runner import HelperProcessRunner
+from tests.backends.oci_contract import TEST_IMAGE, OciContract, failed, ok, policy
+from tests.conftest import require_available
+
+
+class OciPoolContract(OciContract):
+    settings = PoolSettings(size=2)
+
+    @pytest.fixture(autouse=True)
+    def _close_pools(self) -> Iterator[None]:
+        self.pools: list[PooledBackend] = []
+        yield
+        for pool in self.pools:
+            pool.close()
+        assert self.all_containers() == []
+
+    def pooled(self, backend: OciBackend, settings: PoolSettings | None = None) -> PooledBackend:
+        pooled = PooledBackend(backend=backend, settings=settings or self.settings)
+        self.pools.append(pooled)
+        return pooled
+
+    def make(self, runner: HelperProcessRunner, **options: Any) -> Any:
+        return self.pooled(self.backend_class(runner=runner, **options))
+
+    def with_host(self, backend: Any, host: HostContext) -> Any:
+        return self.pooled(attrs.evolve(backend.backend, host=host), backend.settings)
+
+    def settle(self, backend: Any) -> None:
+        backend.close()  # warm containers keep their placeholders on the host
+
+    def all_containers(self) -> list[str]:
+        listed = subprocess.run(
+            [self.cli, "ps", "--all", "--format", "{{.Names}}", "--filter",
+             f"label={LABEL_OWNER}={owner_id()}"],
+            capture_output=True, check=True, text=True,
+        )  # fmt: skip
+        return sorted(listed.stdout.split())
+
+    def leftovers(self) -> list[str]:
+        """Containers of this process the pools do not know about (idle ones are expected)."""
+        known = {name for pool in self.pools for name in pool.pool._members}
+        return [name for name in self.all_containers() if name not in known]
+
+    def fresh(self, runner: HelperProcessRunner, **settings: Any) -> PooledBackend:
+        backend = self.pooled(
+            self.backend_class(runner=runner, image=TEST_IMAGE), PoolSettings(**settings)
+        )
+        require_available(backend)
+        return backend
+
+    # -- what only a pool has ----------------------------------------------------------------
+
+    async def test_discard_after_use_gives_a_fresh_container(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1)
+        mark = RunRequest(
+            argv=["sh", "-c", "cat /tmp/mark 2>/dev/null; echo x > /tmp/mark; sleep 30 &"],
+            workspace=str(tmp_path),
+        )
+        assert ok(await backend.run(mark, policy())).stdout == b""
+        assert ok(await backend.run(mark, policy())).stdout == b""  # nothing carried over
+        assert backend.pool.stats()["busy"] == 0
+
+    async def test_reuse_keeps_the_container(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1, after_use=AfterUse.REUSE)
+        mark = RunRequest(
+            argv=["sh", "-c", "cat /tmp/mark 2>/dev/null; echo again > /tmp/mark"],
+            workspace=str(tmp_path),
+        )
+        assert ok(await backend.run(mark, policy())).stdout == b""
+        assert ok(await backend.run(mark, policy())).stdout == b"again\n"
+        assert len(self.all_containers()) == 1
+
+    async def test_fail_fast_when_exhausted_and_bounded(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1, when_exhausted=WhenExhausted.FAIL)
+        slow = RunRequest(argv=["sleep", "3"], workspace=str(tmp_path))
+        quick = RunRequest(argv=["true"], workspace=str(tmp_path))
+        results: list[object] = []
+
+        async def run_slow() -> None:
+            results.append(await backend.run(slow, policy()))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_slow)
+            while backend.pool.stats()["busy"] == 0:
+                await anyio.sleep(0.05)
+            error = failed(await backend.run(quick, policy()))
+            assert isinstance(error, PoolExhausted), error
+            assert error.kind == "pool_exhausted"
+            assert len(self.all_containers()) == 1  # the bound holds
+        assert ok(results[0]).exit_code == 0
+
+    async def test_wait_when_exhausted_then_times_out_or_gets_one(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1, wait_timeout_s=1.0)
+        slow = RunRequest(argv=["sleep", "4"], workspace=str(tmp_path))
+        quick = RunRequest(argv=["echo", "mine"], workspace=str(tmp_path))
+        async with anyio.create_task_group() as group:
+            group.start_soon(backend.run, slow, policy())
+            while backend.pool.stats()["busy"] == 0:
+                await anyio.sleep(0.05)
+            started = time.monotonic()
+            error = failed(await backend.run(quick, policy()))
+            assert isinstance(error, PoolExhausted)
+            assert 0.9 <= time.monotonic() - started < 5
+        patient = self.fresh(runner, size=1, wait_timeout_s=30.0)
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                patient.run, RunRequest(argv=["sleep", "1"], workspace=str(tmp_path)), policy()
+            )
+            while patient.pool.stats()["busy"] == 0:
+                await anyio.sleep(0.05)
+            assert ok(await patient.run(quick, policy())).stdout == b"mine\n"
+
+    async def test_idle_containers_are_stopped(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=2, idle_timeout_s=1.0)
+        assert isinstance(
+            backend.warm(RunRequest(argv=["true"], workspace=str(tmp_path)), policy()), Success
+        )
+        for _ in range(100):
+            if backend.pool.stats()["idle"] == 2:
+                break
+            await anyio.sleep(0.1)
+        assert len(self.all_containers()) == 2
+        for _ in range(100):
+            if not self.all_containers():
+                break
+            await anyio.sleep(0.1)
+        assert self.all_containers() == []
+        assert list(tmp_path.iterdir()) == []  # placeholders removed with them
+
+    async def test_timeout_kills_and_replaces_the_container(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1)
+        request = RunRequest(argv=["sh", "-c", "echo started; sleep 60"], workspace=str(tmp_path))
+        error = failed(await backend.run(request, policy(timeout_s=2.0)))
+        assert isinstance(error, Timeout)
+        assert error.partial.stdout == b"started\n"
+        assert self.leftovers() == []
+        again = RunRequest(argv=["echo", "next"], workspace=str(tmp_path))
+        assert ok(await backend.run(again, policy())).stdout == b"next\n"
+
+    async def test_unhealthy_container_is_not_handed_out(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1, health_check_after_s=0.0)
+        request = RunRequest(argv=["echo", "ok"], workspace=str(tmp_path))
+        backend.warm(request, policy())
+        for _ in range(100):
+            if backend.pool.stats()["idle"] == 1:
+                break
+            await anyio.sleep(0.1)
+        (victim,) = self.all_containers()
+        subprocess.run([self.cli, "rm", "--force", victim], check=True, capture_output=True)
+        assert ok(await backend.run(request, policy())).stdout == b"ok\n"
+
+    async def test_usage_is_read_from_the_containers_cgroup(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1)
+        request = RunRequest(
+            argv=["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"],
+            workspace=str(tmp_path),
+        )
+        result = ok(await backend.run(request, policy()))
+        assert result.usage.cpu_s > 0.05, result.usage
+        assert result.usage.max_rss_bytes > 0
+
+    async def test_memory_bomb_in_pool_is_memory_limit(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=1)
+        request = RunRequest(
+            argv=["sh", "-c", "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived"],
+            workspace=str(tmp_path),
+        )
+        error = failed(await backend.run(request, policy(memory_bytes=48 * MIB)))
+        assert isinstance(error, MemoryLimit), error
+
+    async def test_close_removes_everything_and_reap_sees_pool_containers(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        backend = self.fresh(runner, size=2)
+        request = RunRequest(argv=["true"], workspace=str(tmp_path))
+        ok(await backend.run(request, policy()))
+        for _ in range(100):
+            if backend.pool.stats()["idle"] == 2:
+                break
+            await anyio.sleep(0.1)
+        assert len(self.all_containers()) == 2
+        kept = await backend.reap_leftovers()  # owner alive: kept
+        assert isinstance(kept, Success) and kept.unwrap() == ()
+        backend.close()
+        assert self.all_containers() == []
+        assert list(tmp_path.iterdir()) == []
+        closed = await backend.run(request, policy())
+        assert isinstance(closed, Failure)

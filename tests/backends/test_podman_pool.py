@@ -1,0 +1,24 @@
+"""The warm pool refuses podman, with the reason (see pool.PODMAN_UNSUPPORTED)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from returns.result import Failure
+
+from mechasandbox.backends.oci import PodmanBackend, PooledBackend
+from mechasandbox.domain import BackendUnavailable
+from mechasandbox.runner.runner import HelperProcessRunner
+from tests.backends.oci_contract import TEST_IMAGE
+
+
+def test_pool_on_podman_is_unavailable_with_the_reason(runner: HelperProcessRunner) -> None:
+    if shutil.which("podman") is None:
+        pytest.skip("podman not installed")
+    pooled = PooledBackend(backend=PodmanBackend(runner=runner, image=TEST_IMAGE))
+    probed = pooled.probe()
+    assert isinstance(probed, Failure)
+    assert isinstance(probed.failure(), BackendUnavailable)
+    assert "conmon" in probed.failure().reason
+    pooled.close()
