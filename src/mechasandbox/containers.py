@@ -86,6 +86,20 @@ def _container_engine(
     return backend_class(**options)
 
 
+def _pooled(backend: Any, size: int | None) -> Iterator[Any]:
+    """Docker behind a warm pool of pre-started containers when `pool_size` is set."""
+    from mechasandbox.backends.oci import OciBackend, PooledBackend, PoolSettings
+
+    if not size or not isinstance(backend, OciBackend) or backend.kind != "docker":
+        yield backend
+        return
+    pooled = PooledBackend(backend=backend, settings=PoolSettings(size=size))
+    try:
+        yield pooled
+    finally:
+        pooled.close()
+
+
 def _by_name(
     backends: dict[str, providers.Provider[Any]],
 ) -> dict[str, providers.Provider[Any]]:
@@ -132,6 +146,7 @@ class Backends(containers.DeclarativeContainer):
         image=config.image,
         runtime=config.runtime,
     )
+    docker_pooled = providers.Resource(_pooled, docker, size=config.pool_size)
     podman = providers.Singleton(
         _container_engine,
         "podman",
@@ -151,7 +166,7 @@ class Backends(containers.DeclarativeContainer):
     auto = providers.Singleton(
         AutoBackend,
         candidates=providers.List(
-            bubblewrap, landlock, apple_container, seatbelt, docker, podman, process
+            bubblewrap, landlock, apple_container, seatbelt, docker_pooled, podman, process
         ),
     )
 
@@ -164,7 +179,7 @@ class Backends(containers.DeclarativeContainer):
                 "process": process,
                 "bubblewrap": bubblewrap,
                 "landlock": landlock,
-                "docker": docker,
+                "docker": docker_pooled,
                 "podman": podman,
                 "seatbelt": seatbelt,
                 "apple-container": apple_container,
@@ -185,7 +200,7 @@ class Services(containers.DeclarativeContainer):
     sandbox = providers.Singleton(Sandbox, backend=backends.selected, policy=policy)
 
 
-CONFIG_DEFAULTS = {"backend": "auto", "image": None, "runtime": None}
+CONFIG_DEFAULTS = {"backend": "auto", "image": None, "runtime": None, "pool_size": None}
 
 
 class Application(containers.DeclarativeContainer):

@@ -97,3 +97,38 @@ def test_apple_container_gets_only_the_configured_image() -> None:
             assert app.backends.apple_container().image == expected
         finally:
             app.shutdown_resources()
+
+
+def test_docker_pool_is_wired_and_shut_down(tmp_path: pathlib.Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from mechasandbox.backends.oci import PooledBackend
+    from mechasandbox.backends.oci.compiler import LABEL_OWNER
+    from mechasandbox.backends.oci.engine import owner_id
+    from tests.conftest import require_available
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the docker tests run on Linux")
+    image = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
+    app = Application()
+    app.config.from_dict({"backend": "docker", "image": image, "pool_size": 1})
+    app.core.base_policy.override(Policy(enforcement=Enforcement.BEST_EFFORT))
+    try:
+        backend = app.backends.selected()
+        assert isinstance(backend, PooledBackend)
+        require_available(backend)
+        result = app.services.sandbox().run_sync(["echo", "pooled"], workspace=str(tmp_path))
+        assert result.unwrap().stdout == b"pooled\n"
+    finally:
+        app.shutdown_resources()
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", f"label={LABEL_OWNER}={owner_id()}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listed.stdout.split() == []
