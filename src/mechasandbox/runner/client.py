@@ -42,7 +42,7 @@ class SpawnHelperClient:
         }
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-s", "-m", "mechasandbox.runner._helper_main"],
+                [sys.executable, "-s", "-S", str(Path(__file__).with_name("_helper_main.py"))],
                 pass_fds=[theirs.fileno()],
                 env={**env, "PYTHONPATH": package_root},
                 stdin=subprocess.DEVNULL,
