@@ -53,6 +53,7 @@ RESULTS = HERE / "results"
 IMAGE = "mechasandbox-test:busybox"
 ENV = (("PATH", "/usr/bin:/bin"),)
 POLICY = Policy(enforcement=Enforcement.BEST_EFFORT)
+NO_CGROUP = "left out by the bench"
 
 Sample = Callable[[], Awaitable[None]]
 
@@ -91,8 +92,16 @@ class Contenders:
             "bubblewrap": lambda: BubblewrapBackend(runner=self.runner),
             "docker": self._docker,
         }
+        # The same without a cgroup: on cgroup v1, joining one waits for an RCU grace period
+        # when no other migration happened lately (see docs/performance.md).
+        candidates |= {
+            "process, no cgroup": lambda: ProcessBackend(runner=self.runner, cgroups=NO_CGROUP),
+            "bubblewrap, no cgroup": lambda: BubblewrapBackend(
+                runner=self.runner, cgroups=NO_CGROUP
+            ),
+        }
         for name, make in candidates.items():
-            if name in skip:
+            if name.split(",")[0] in skip:
                 continue
             try:
                 backend = make()
@@ -203,7 +212,13 @@ class Contenders:
             "subprocess.run + preexec_fn": self.preexec,
             "runner (spawn helper)": self.runner_only,
         }
-        for name in ("process", "landlock", "bubblewrap"):
+        for name in (
+            "process",
+            "process, no cgroup",
+            "landlock",
+            "bubblewrap",
+            "bubblewrap, no cgroup",
+        ):
             if name in self.backends:
                 chosen[f"backend {name}"] = self.backend_sample(name)
         if self.bwrap_argv is not None:
