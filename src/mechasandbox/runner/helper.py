@@ -286,8 +286,12 @@ class Helper:
             if run is None:
                 continue  # an orphan we killed or that ended by itself
             answer = self._settle(run)
-            # Nothing outlives a run: whatever it left behind dies now.
-            self._kill_tree([pid, *self._strays()])
+            # Nothing outlives a run: whatever it left behind dies now. Its own children
+            # were re-parented to us (subreaper), so they are among the strays; the reaped
+            # pid itself has no /proc entry left to walk.
+            strays = self._strays()
+            if strays:
+                self._kill_tree(strays)
             if not run.failed:
                 maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
                 answer += framing.encode(
