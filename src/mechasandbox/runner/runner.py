@@ -102,8 +102,12 @@ async def _feed(fd: int, data: bytes) -> None:
 class HelperProcessRunner:
     """Runs processes through the spawn helper (see `helper` for why)."""
 
-    def __init__(self, helper: SpawnHelperClient | None = None) -> None:
+    def __init__(self, helper: SpawnHelperClient | None = None, *, prestart: bool = True) -> None:
+        """`prestart`: start the spawn helper now, so that its start-up overlaps with the
+        host's own (imports, probes, policy compilation) instead of delaying the first run."""
         self._helper = helper or SpawnHelperClient()
+        if prestart:
+            self._helper.prestart()
 
     def close(self) -> None:
         """Kill every run still going and stop the helper."""
