@@ -6,6 +6,7 @@ Prints a table and writes the same figures as JSON to `bench/results/` (gitignor
    `anyio.run_process`, a direct `bwrap` with our flags and a cold `docker run`; the
    contenders are interleaved (one sample of each per round), so that load from other work
    on the machine hits all of them alike;
+   then the same with runs a quiet spell apart, as an agent's commands are;
 2. the same from a host holding a resident heap (2 GiB by default), as a ratio;
 3. throughput (runs/s) at concurrency 1, 4 and 16 per backend vs bare subprocess;
 4. 1 GiB of output through a 1 MiB cap: drain rate and host RSS growth;
@@ -262,6 +263,32 @@ def latency(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any]:
     return {name: summary(values) for name, values in samples.items()}
 
 
+def sporadic(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs a quiet spell apart, as an agent's commands are: one run of each contender per
+    round, rounds `--gap-ms` apart (kernel work such as a cgroup join's RCU grace period is
+    then paid by every run, where a tight loop shares it)."""
+    samplers = {
+        name: sample
+        for name, sample in contenders.latency_set(heavy=False).items()
+        if name.startswith("backend")
+        or name in ("subprocess.run", "runner (spawn helper)", "direct bwrap (same argv)")
+    }
+    out: dict[str, list[float]] = {name: [] for name in samplers}
+
+    async def main() -> None:
+        for sample in samplers.values():
+            await sample()
+        for _ in range(args.sporadic_runs):
+            for name, sample in samplers.items():
+                await anyio.sleep(args.gap_ms / 1000)
+                started = time.perf_counter()
+                await sample()
+                out[name].append(time.perf_counter() - started)
+
+    anyio.run(main)
+    return {"gap_ms": args.gap_ms} | {name: summary(values) for name, values in out.items()}
+
+
 def heap_ratio(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any]:
     """Small host vs a host with `--heap-gib` resident, alternating twice."""
     samplers = {
@@ -468,6 +495,13 @@ def print_report(report: dict[str, Any]) -> None:
                 ratio = lat["backend bubblewrap"]["p50_ms"] / lat[direct]["p50_ms"]
                 label = "bwrap backend / " + direct.replace(" (same argv)", "")
                 print(f"{label:34}{'':25}{ratio:>9.2f}")
+    if "sporadic" in report:
+        spo = report["sporadic"]
+        print(f"\n## latency of `true`, runs {spo['gap_ms']} ms apart (as an agent's commands)")
+        print(f"{'':34}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}")
+        for name, row in spo.items():
+            if isinstance(row, dict):
+                print(f"{name:34}{row['n']:>5}{row['p50_ms']:>10.2f}{row['p95_ms']:>10.2f}")
     if "heap" in report:
         heap = report["heap"]
         print(f"\n## host holding {heap['heap_gib']:g} GiB resident (p50 ms; goal ratio <= 1.3)")
@@ -501,7 +535,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(report["proxy"]["output"])
 
 
-SECTIONS = ("latency", "heap", "throughput", "output", "cli", "proxy")
+SECTIONS = ("latency", "sporadic", "heap", "throughput", "output", "cli", "proxy")
 
 
 def main() -> None:
@@ -511,6 +545,8 @@ def main() -> None:
     parser.add_argument("--docker-runs", type=int, help="samples of the docker contenders")
     parser.add_argument("--seconds", type=float, help="seconds per throughput cell")
     parser.add_argument("--cli-runs", type=int, help="samples per CLI command")
+    parser.add_argument("--sporadic-runs", type=int, help="rounds of the sporadic section")
+    parser.add_argument("--gap-ms", type=int, default=150, help="quiet spell between runs")
     parser.add_argument("--heap-gib", type=float, default=2.0)
     parser.add_argument("--output-mib", type=int, default=1024)
     parser.add_argument("--only", default="", help=f"comma-separated subset of {SECTIONS}")
@@ -522,6 +558,7 @@ def main() -> None:
     args.docker_runs = args.docker_runs or (3 if quick else 10)
     args.seconds = args.seconds or (1.0 if quick else 2.5)
     args.cli_runs = args.cli_runs or (5 if quick else 15)
+    args.sporadic_runs = args.sporadic_runs or (8 if quick else 15)
     skip = {s for s in args.skip.split(",") if s}
     only = {s for s in args.only.split(",") if s} or set(SECTIONS)
     wanted = [s for s in SECTIONS if s in only and s not in skip]
@@ -547,6 +584,8 @@ def main() -> None:
                 print(f"[bench] {section}...", file=sys.stderr, flush=True)
                 if section == "latency":
                     report[section] = latency(contenders, args)
+                elif section == "sporadic":
+                    report[section] = sporadic(contenders, args)
                 elif section == "heap":
                     report[section] = heap_ratio(contenders, args)
                 elif section == "throughput":
