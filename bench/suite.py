@@ -554,9 +554,9 @@ def main() -> None:
     parser.add_argument("--label", default="", help="added to the JSON file name")
     args = parser.parse_args()
     quick = args.quick
-    args.runs = args.runs or (40 if quick else 150)
+    args.runs = args.runs or (40 if quick else 120)
     args.docker_runs = args.docker_runs or (3 if quick else 10)
-    args.seconds = args.seconds or (1.0 if quick else 2.5)
+    args.seconds = args.seconds or (1.0 if quick else 2.0)
     args.cli_runs = args.cli_runs or (5 if quick else 15)
     args.sporadic_runs = args.sporadic_runs or (8 if quick else 15)
     skip = {s for s in args.skip.split(",") if s}
