@@ -234,6 +234,7 @@ class Helper:
         run_sock = socket.socket(fileno=fds[0])
         run_sock.set_inheritable(False)
         stdio = fds[1:4]
+        report_r = report_w = -1
         try:
             launch = _Launch(request)
             hooks = []
@@ -248,6 +249,10 @@ class Helper:
                 _child(launch, stdio, hooks, report_w)
             os.close(report_w)
         except Exception as error:  # a bad request must not kill the helper
+            for fd in (report_r, report_w):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             framing.send(run_sock, {"event": "failed", "errno": errno.EIO, "stage": repr(error)})
             run_sock.close()
             return
