@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 ci: lint typecheck test
 
 bench: $(STAMP)
-	$(PY) bench/spawn_cost.py
+	PYTHONPATH=src $(PY) bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

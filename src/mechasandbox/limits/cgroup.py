@@ -4,14 +4,24 @@ A cgroup limits the run as a whole (RLIMIT_NPROC counts the user's processes, RL
 reserved address space) and tells a memory bomb (`oom_kill` event) and a fork bomb
 (`pids` max event) apart from an ordinary failure. The child joins the cgroup itself,
 before exec (see `SpawnSpec.cgroup_procs`), so nothing it starts runs outside it.
+
+Creating and removing a cgroup directory costs about a millisecond per run on cgroup v1
+(and removal is asynchronous work for the kernel), so a manager keeps a small pool: a
+cgroup whose run has ended, that is empty and holds (almost) no memory charge, is kept and
+handed to the next run with every limit rewritten. Its event counters cannot be reset, so
+a run records them when it gets the cgroup and reports the difference. Pooled cgroups are
+removed when the host exits; those of a host that died are swept by the next manager.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import re
 import secrets
 import signal
+import threading
 from pathlib import Path
 
 import attrs
@@ -20,24 +30,34 @@ from mechasandbox.domain.limits import Limits
 
 _V2_MOUNTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 _V1_ROOT = Path("/sys/fs/cgroup")
-
-
-@attrs.frozen(kw_only=True)
-class CgroupRun:
-    """The cgroup directories of one run (one per v1 hierarchy, or a single v2 one)."""
-
-    version: int
-    directories: tuple[str, ...]
-
-    @property
-    def procs_files(self) -> tuple[str, ...]:
-        return tuple(f"{d}/cgroup.procs" for d in self.directories)
+_PREFIX = "mechasandbox-"
+_OWNED = re.compile(r"mechasandbox-p(\d+)-[0-9a-f]+")
+POOL_SIZE = 8
+# A cgroup still charged with more than this (page cache of the last run) is removed rather
+# than reused, so that a run never starts with another run's memory counted against it.
+_REUSE_MAX_CHARGE = 4 * 1024 * 1024
+_UNLIMITED_V1 = "-1"
 
 
 @attrs.frozen(kw_only=True)
 class CgroupEvents:
     oom_kills: int = 0
     pids_max_hits: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class CgroupRun:
+    """The cgroup directories of one run (one per v1 hierarchy, or a single v2 one).
+
+    `baseline`: the event counters when the run got the cgroup (non-zero when reused)."""
+
+    version: int
+    directories: tuple[str, ...]
+    baseline: CgroupEvents = CgroupEvents()
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        return tuple(f"{d}/cgroup.procs" for d in self.directories)
 
 
 def _read(path: Path) -> str:
@@ -70,6 +90,42 @@ def _writable_dir(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK)
 
 
+def _write(directory: str, name: str, value: object) -> None:
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Pool:
+    """Idle cgroups of one manager (each a tuple of directories), shared by its threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[tuple[str, ...]] = []
+        # The limits last written to each cgroup of this pool: (memory_bytes, max_processes).
+        self.applied: dict[tuple[str, ...], tuple[int | None, int | None]] = {}
+        self.swept = False
+        self.exit_hook = False
+
+    def drain(self) -> list[tuple[str, ...]]:
+        with self.lock:
+            idle, self.idle = self.idle, []
+            self.applied.clear()
+        return idle
+
+
 @attrs.frozen(kw_only=True)
 class CgroupManager:
     """Creates and tears down per-run cgroups below a parent directory it may write.
@@ -79,6 +135,7 @@ class CgroupManager:
 
     version: int
     parents: tuple[str, ...]
+    _pool: _Pool = attrs.field(factory=_Pool, eq=False, repr=False, init=False)
 
     @staticmethod
     def probe() -> CgroupManager | str:
@@ -108,41 +165,95 @@ class CgroupManager:
         return f"cgroup v{self.version} ({', '.join(self.parents)})"
 
     def create(self, limits: Limits) -> CgroupRun:
-        """A fresh cgroup with `limits` applied. Raises OSError when the kernel refuses."""
-        name = f"mechasandbox-{secrets.token_hex(6)}"
-        directories = tuple(str(Path(p) / name) for p in self.parents)
-        for directory in directories:
-            os.mkdir(directory, 0o755)
+        """A cgroup with `limits` applied (from the pool, or made). Raises OSError when the
+        kernel refuses."""
+        directories = self._take()
+        fresh = directories is None
+        if directories is None:
+            name = f"{_PREFIX}p{os.getpid()}-{secrets.token_hex(6)}"
+            directories = tuple(str(Path(p) / name) for p in self.parents)
+            made: list[str] = []
+            try:
+                for directory in directories:
+                    os.mkdir(directory, 0o755)
+                    made.append(directory)
+            except OSError:
+                for directory in made:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(directory)
+                raise
         run = CgroupRun(version=self.version, directories=directories)
+        wanted = (limits.memory_bytes, limits.max_processes)
+        pool = self._pool
         try:
-            self._apply(run, limits)
+            # A reused cgroup whose files already hold these limits needs no writes.
+            with pool.lock:
+                applied = pool.applied.pop(directories, None)
+            if fresh or applied != wanted:
+                self._apply(run, limits, fresh=fresh)
+            with pool.lock:
+                pool.applied[directories] = wanted
+            if not fresh:
+                run = attrs.evolve(run, baseline=self._counters(run))
         except OSError:
-            self.destroy(run)
-            raise
+            self._remove(run)
+            if fresh:
+                raise
+            return self.create(limits)  # a pooled cgroup gone bad: a fresh one instead
         return run
 
-    def _apply(self, run: CgroupRun, limits: Limits) -> None:
-        def write(directory: str, name: str, value: object) -> None:
-            Path(directory, name).write_text(str(value))
+    def _take(self) -> tuple[str, ...] | None:
+        pool = self._pool
+        with pool.lock:
+            if not pool.swept:
+                pool.swept = True
+                self._sweep()
+            if not pool.exit_hook:
+                pool.exit_hook = True
+                atexit.register(self.close)
+            return pool.idle.pop() if pool.idle else None
 
+    def _sweep(self) -> None:
+        """Remove the pooled cgroups of hosts that died without removing them."""
+        for parent in self.parents:
+            with contextlib.suppress(OSError), os.scandir(parent) as entries:
+                for entry in entries:
+                    owned = _OWNED.fullmatch(entry.name)
+                    if owned and not _pid_alive(int(owned.group(1))):
+                        with contextlib.suppress(OSError):
+                            os.rmdir(entry.path)
+
+    def _apply(self, run: CgroupRun, limits: Limits, *, fresh: bool = True) -> None:
+        """Write every limit; on a reused cgroup also reset the ones this run leaves unset."""
         if self.version == 2:
             (directory,) = run.directories
-            if limits.memory_bytes is not None:
-                write(directory, "memory.max", limits.memory_bytes)
+            memory = limits.memory_bytes
+            if memory is not None or not fresh:
+                _write(directory, "memory.max", "max" if memory is None else memory)
                 with contextlib.suppress(OSError):
-                    write(directory, "memory.swap.max", 0)
-            if limits.max_processes is not None:
-                write(directory, "pids.max", limits.max_processes)
+                    _write(directory, "memory.swap.max", "max" if memory is None else 0)
+            if limits.max_processes is not None or not fresh:
+                processes = limits.max_processes
+                _write(directory, "pids.max", "max" if processes is None else processes)
             return
         memory_dir, pids_dir = run.directories
-        if limits.memory_bytes is not None:
-            write(memory_dir, "memory.limit_in_bytes", limits.memory_bytes)
+        if limits.memory_bytes is not None or not fresh:
+            value = _UNLIMITED_V1 if limits.memory_bytes is None else str(limits.memory_bytes)
+            # memsw >= limit at every step: the order depends on whether the limit goes up.
+            try:
+                _write(memory_dir, "memory.limit_in_bytes", value)
+                lowered = True
+            except OSError:
+                lowered = False
             with contextlib.suppress(OSError):  # absent without swap accounting
-                write(memory_dir, "memory.memsw.limit_in_bytes", limits.memory_bytes)
-        if limits.max_processes is not None:
-            write(pids_dir, "pids.max", limits.max_processes)
+                _write(memory_dir, "memory.memsw.limit_in_bytes", value)
+            if not lowered:
+                _write(memory_dir, "memory.limit_in_bytes", value)
+        if limits.max_processes is not None or not fresh:
+            processes = limits.max_processes
+            _write(pids_dir, "pids.max", "max" if processes is None else processes)
 
-    def events(self, run: CgroupRun) -> CgroupEvents:
+    def _counters(self, run: CgroupRun) -> CgroupEvents:
         if self.version == 2:
             (directory,) = run.directories
             return CgroupEvents(
@@ -155,8 +266,17 @@ class CgroupManager:
             pids_max_hits=_counter(_read(Path(pids_dir, "pids.events")), "max"),
         )
 
-    def destroy(self, run: CgroupRun) -> None:
-        """Kill whatever is still inside, then remove the directories."""
+    def events(self, run: CgroupRun) -> CgroupEvents:
+        """The run's events: the counters now, minus those when it got the cgroup."""
+        now = self._counters(run)
+        return CgroupEvents(
+            oom_kills=now.oom_kills - run.baseline.oom_kills,
+            pids_max_hits=now.pids_max_hits - run.baseline.pids_max_hits,
+        )
+
+    def _empty(self, run: CgroupRun) -> bool:
+        """Kill whatever is still inside; True once no process is left."""
+        empty = True
         for directory in run.directories:
             kill_file = Path(directory, "cgroup.kill")
             if kill_file.exists():
@@ -169,5 +289,48 @@ class CgroupManager:
                 for pid in pids:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
+            else:
+                empty = False
+        return empty
+
+    def _reusable(self, run: CgroupRun) -> bool:
+        if self.version == 2:
+            (directory,) = run.directories
+            charge, processes = (
+                _read(Path(directory, "memory.current")),
+                _read(Path(directory, "pids.current")),
+            )
+        else:
+            memory_dir, pids_dir = run.directories
+            charge = _read(Path(memory_dir, "memory.usage_in_bytes"))
+            processes = _read(Path(pids_dir, "pids.current"))
+        charge, processes = charge.strip(), processes.strip()
+        return (
+            charge.isdigit()
+            and int(charge) <= _REUSE_MAX_CHARGE
+            and processes.isdigit()
+            and int(processes) == 0
+        )
+
+    def destroy(self, run: CgroupRun) -> None:
+        """Kill whatever is still inside, then keep the cgroup for the next run (empty and
+        uncharged, room in the pool) or remove the directories."""
+        if self._empty(run) and self._reusable(run):
+            pool = self._pool
+            with pool.lock:
+                if len(pool.idle) < POOL_SIZE and run.directories not in pool.idle:
+                    pool.idle.append(run.directories)
+                    return
+        self._remove(run)
+
+    def _remove(self, run: CgroupRun) -> None:
+        with self._pool.lock:
+            self._pool.applied.pop(run.directories, None)
+        for directory in run.directories:
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
+
+    def close(self) -> None:
+        """Remove the pooled cgroups (at exit; the pool refills on the next run)."""
+        for directories in self._pool.drain():
+            self._remove(CgroupRun(version=self.version, directories=directories))

@@ -31,6 +31,16 @@ class SpawnHelperClient:
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._owner = os.getpid()  # the process whose helper `_control` talks to
+        self._used = False  # a run was submitted to the current helper
+
+    def prestart(self) -> None:
+        """Start the helper now, without waiting for it: its start-up (tens of ms) then
+        overlaps with what the host does before its first run. Failing here is not an
+        error; the first run tries again and reports it."""
+        with self._lock, contextlib.suppress(HelperUnavailable):
+            if self._control is None:
+                self._start()
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -42,7 +52,7 @@ class SpawnHelperClient:
         }
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-s", "-m", "mechasandbox.runner._helper_main"],
+                [sys.executable, "-s", "-S", str(Path(__file__).with_name("_helper_main.py"))],
                 pass_fds=[theirs.fileno()],
                 env={**env, "PYTHONPATH": package_root},
                 stdin=subprocess.DEVNULL,
@@ -54,6 +64,7 @@ class SpawnHelperClient:
         finally:
             theirs.close()
         self._control = ours
+        self._owner = os.getpid()
         atexit.register(self.close)
         return ours
 
@@ -62,6 +73,9 @@ class SpawnHelperClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._lock:
+                if self._owner != os.getpid():
+                    self._forget_inherited()
+                self._used = True
                 for attempt in range(2):
                     control = self._control or self._start()
                     try:
@@ -79,6 +93,17 @@ class SpawnHelperClient:
             theirs.close()
         return ours
 
+    def _forget_inherited(self) -> None:
+        """In a child forked from the host: the helper is the parent's; start our own
+        rather than interleave frames with the parent on one socket."""
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.close()  # our copy only: the parent's helper lives on
+        self._control = None
+        self._process = None
+        self._owner = os.getpid()
+        self._used = False
+
     def _discard(self) -> None:
         if self._control is not None:
             with contextlib.suppress(OSError):
@@ -94,6 +119,20 @@ class SpawnHelperClient:
         return self._process.pid if self._process else None
 
     def close(self) -> None:
-        """Stop the helper; it kills every run it still has before it exits."""
+        """Stop the helper; it kills every run it still has before it exits. A helper that
+        never got a run has nothing to kill: it is not waited for (it exits on its own)."""
         with self._lock:
+            if self._owner != os.getpid():
+                self._forget_inherited()
+                return
+            if not self._used:
+                if self._control is not None:
+                    with contextlib.suppress(OSError):
+                        self._control.close()
+                self._control = None
+                if self._process is not None:  # reaped in the background when it exits
+                    threading.Thread(target=self._process.wait, daemon=True).start()
+                self._process = None
+                return
             self._discard()
+            self._used = False

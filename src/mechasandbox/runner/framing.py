@@ -10,7 +10,10 @@ import array
 import json
 import socket
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
+if TYPE_CHECKING:
+    from typing import Any
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 8 * 1024 * 1024

@@ -9,9 +9,11 @@ are re-parented to it, killed at the end of their run, and reaped (no zombies ev
 pid 1 does not reap).
 
 Protocol (see `framing`): the client sends `spawn` frames on the control socket with the
-run's own socket and its stdio attached; the helper answers on the run socket with
-`started` (pid) or `failed` (errno, stage), and later `exited` (wait status, rusage). A
-`kill` frame on the run socket, or the run socket closing, kills the run's whole tree.
+run's own socket and its stdio attached. When the run's process is gone, the helper answers
+on the run socket with `failed` (errno, stage: it never exec'd), or with `started` (pid)
+followed by `exited` (wait status, rusage). The helper does not wait for the exec to answer
+`started` early: the client supervises the run from the moment it is submitted. A `kill`
+frame on the run socket, or the run socket closing, kills the run's whole tree.
 The control socket closing (the host exited or died) kills every run and ends the helper.
 """
 
@@ -27,18 +29,20 @@ import select
 import signal
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from mechasandbox.runner import framing, proctree_darwin
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the helper does not import `typing`
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    ChildHook: TypeAlias = Callable[[Any], None]
 
 CONTROL_FD_ENV = "MECHASANDBOX_HELPER_FD"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _IS_LINUX = sys.platform.startswith("linux")
-
-ChildHook = Callable[[Any], None]
-
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if _IS_LINUX else None
 
@@ -53,7 +57,16 @@ def _prctl(option: int, value: int) -> None:
 
 def _load_hook(spec: str) -> ChildHook:
     module_name, _, attribute = spec.partition(":")
-    hook: ChildHook = getattr(importlib.import_module(module_name), attribute)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        if "site" in sys.modules:
+            raise
+        import site  # the helper starts without it (`-S`): a hook from site-packages
+
+        site.main()
+        module = importlib.import_module(module_name)
+    hook: ChildHook = getattr(module, attribute)
     return hook
 
 
@@ -64,10 +77,33 @@ class _ChildSetupError(Exception):
         self.errno = error.errno or errno.EIO
 
 
+class _Launch:
+    """A spawn request decoded in the helper, so that the forked child has little to do:
+    every Python object it touches after the fork is a page the kernel must copy."""
+
+    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "executable", "rlimits", "umask")
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.argv: list[str] = list(request["argv"])
+        self.env: dict[str, str] = dict(request["env"])
+        self.executable: str = request.get("executable") or self.argv[0]
+        self.cwd: str = request["cwd"]
+        self.umask = int(request.get("umask", 0o077))
+        self.cgroup_procs: list[bytes] = [os.fsencode(p) for p in request.get("cgroup_procs", ())]
+        self.rlimits: list[tuple[int, tuple[int, int]]] = [
+            (getattr(resource, name), (int(soft), int(hard)))
+            for name, soft, hard in request.get("rlimits", ())
+        ]
+
+
 def _child(
-    request: dict[str, Any], stdio: list[int], hooks: list[tuple[ChildHook, Any]], report_fd: int
+    launch: _Launch, stdio: list[int], hooks: list[tuple[ChildHook, Any]], report_fd: int
 ) -> None:
-    """Runs in the forked child: set everything up, then exec. Never returns."""
+    """Runs in the forked child: set everything up, then exec. Never returns.
+
+    Signal dispositions need no work here: the helper catches (rather than ignores) the
+    signals it handles, and exec resets caught signals to their defaults; its signal mask
+    is empty (see `main`)."""
     stage = "setsid"
     try:
         os.setsid()
@@ -79,30 +115,27 @@ def _child(
         # Keep only 0-2 and the report pipe (close-on-exec): nothing of the host leaks in.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 65536)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         stage = "chdir"
-        os.chdir(request["cwd"])
+        os.chdir(launch.cwd)
         stage = "umask"
-        os.umask(int(request.get("umask", 0o077)))
+        os.umask(launch.umask)
         stage = "cgroup"
-        for procs_file in request.get("cgroup_procs", ()):
-            with open(procs_file, "w") as handle:
-                handle.write("0")
+        for procs_file in launch.cgroup_procs:
+            procs = os.open(procs_file, os.O_WRONLY)
+            try:
+                os.write(procs, b"0")
+            finally:
+                os.close(procs)
         stage = "rlimit"
-        for name, soft, hard in request.get("rlimits", ()):
-            resource.setrlimit(getattr(resource, name), (soft, hard))
+        for which, limits in launch.rlimits:
+            resource.setrlimit(which, limits)
         for hook, argument in hooks:
             stage = "hook"
             hook(argument)
         stage = "exec"
-        env = dict(request["env"])
-        argv = list(request["argv"])
-        executable = request.get("executable") or argv[0]
-        if os.sep in executable:
-            os.execve(executable, argv, env)
-        os.execvpe(executable, argv, env)
+        if os.sep in launch.executable:
+            os.execve(launch.executable, launch.argv, launch.env)
+        os.execvpe(launch.executable, launch.argv, launch.env)
     except OSError as error:
         os.write(report_fd, f"{error.errno or errno.EIO}:{stage}".encode())
     except BaseException:
@@ -112,9 +145,16 @@ def _child(
 
 
 class _Run:
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    """A run of the helper. `report`: the read end of the child's report pipe (close-on-exec
+    in the child), read when the child is gone; `failed`: it never exec'd."""
+
+    __slots__ = ("failed", "pid", "report", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket, report: int) -> None:
         self.pid = pid
         self.sock = sock
+        self.report: int | None = report
+        self.failed = False
 
 
 class Helper:
@@ -190,9 +230,15 @@ class Helper:
 
     # --- spawning -------------------------------------------------------------------------
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
+        """Fork the child and return at once, without waiting for its exec: the helper can
+        take the next request while this child sets up, and the run's start is settled
+        when it exits (see `_settle`), which saves a round trip per run."""
         run_sock = socket.socket(fileno=fds[0])
+        run_sock.set_inheritable(False)
         stdio = fds[1:4]
+        report_r = report_w = -1
         try:
+            launch = _Launch(request)
             hooks = []
             for spec, argument in request.get("hooks", ()):
                 if spec not in self.hooks:
@@ -202,25 +248,37 @@ class Helper:
             pid = os.fork()
             if pid == 0:
                 os.close(report_r)
-                _child(request, stdio, hooks, report_w)
+                _child(launch, stdio, hooks, report_w)
             os.close(report_w)
-            with os.fdopen(report_r, "rb") as report:
-                failure = report.read()
         except Exception as error:  # a bad request must not kill the helper
+            for fd in (report_r, report_w):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             framing.send(run_sock, {"event": "failed", "errno": errno.EIO, "stage": repr(error)})
             run_sock.close()
             return
         finally:
             for fd in stdio:
                 os.close(fd)
+        self.runs[pid] = _Run(pid, run_sock, report_r)
+
+    def _settle(self, run: _Run) -> bytes:
+        """Called once the child is gone: its report pipe holds the failure before exec, or
+        nothing (it exec'd). The frame telling the client how the start went: `failed`, or
+        `started` (sent with `exited`, in one write)."""
+        if run.report is None:
+            return b""
+        try:
+            failure = os.read(run.report, 512)
+        finally:
+            os.close(run.report)
+            run.report = None
         if failure:
             code, _, stage = failure.decode().partition(":")
-            os.waitpid(pid, 0)
-            framing.send(run_sock, {"event": "failed", "errno": int(code), "stage": stage})
-            run_sock.close()
-            return
-        self.runs[pid] = _Run(pid, run_sock)
-        framing.send(run_sock, {"event": "started", "pid": pid})
+            run.failed = True
+            return framing.encode({"event": "failed", "errno": int(code), "stage": stage})
+        return framing.encode({"event": "started", "pid": run.pid})
 
     # --- reaping --------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -234,19 +292,25 @@ class Helper:
             run = self.runs.pop(pid, None)
             if run is None:
                 continue  # an orphan we killed or that ended by itself
-            # Nothing outlives a run: whatever it left behind dies now.
-            self._kill_tree([pid, *self._strays()])
-            maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-            with contextlib.suppress(OSError):
-                framing.send(
-                    run.sock,
+            answer = self._settle(run)
+            # Nothing outlives a run: whatever it left behind dies now. Its own children
+            # were re-parented to us (subreaper), so they are among the strays; the reaped
+            # pid itself has no /proc entry left to walk.
+            strays = self._strays()
+            if strays:
+                self._kill_tree(strays)
+            if not run.failed:
+                maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+                answer += framing.encode(
                     {
                         "event": "exited",
                         "status": status,
                         "cpu_s": usage.ru_utime + usage.ru_stime,
                         "max_rss_bytes": maxrss,
-                    },
+                    }
                 )
+            with contextlib.suppress(OSError):
+                run.sock.sendall(answer)
             run.sock.close()
 
     def _on_run_message(self, run: _Run) -> None:
@@ -260,12 +324,15 @@ class Helper:
     def _shutdown(self) -> None:
         for run in list(self.runs.values()):
             self._kill_run(run)
+            if run.report is not None:
+                os.close(run.report)
+                run.report = None
         self._kill_tree(self._children(self.my_pid))
         self._reap()
 
     def serve(self) -> None:
         signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        signal.signal(signal.SIGCHLD, _ignore)
         while True:
             self._reap()
             by_fd = {run.sock.fileno(): run for run in self.runs.values()}
@@ -290,9 +357,26 @@ def main() -> None:
     control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
     # No PR_SET_PDEATHSIG here: it follows the host *thread* that started us, not the host
     # process. The host dying closes the control socket, and that ends us (and our runs).
+    control.set_inheritable(False)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the host, which tells us
+    # Children start with default dispositions and an empty mask without any work between
+    # fork and exec: signals the helper wants to survive are *caught* by a no-op handler
+    # (exec resets caught signals to their defaults, while an ignored one would stay
+    # ignored), the rest are defaults, and the mask is cleared once here.
+    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        # SIGINT: Ctrl-C reaches the host, which tells us. SIGPIPE, SIGXFSZ: a failed write
+        # raises instead (as with Python's usual SIG_IGN).
+        signal.signal(sig, _ignore)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     Helper(control).serve()
+    # Every run is dead and reaped: skip the interpreter's teardown, the host may be
+    # waiting for us to exit.
+    os._exit(0)
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    """A caught no-op: ignored by the helper, reset to the default by exec."""
 
 
 if __name__ == "__main__":

@@ -62,6 +62,15 @@ async def _receive(sock: socket.socket) -> dict[str, Any]:
     return message
 
 
+async def _until_end(sock: socket.socket) -> dict[str, Any]:
+    """The helper's last word on a run: `exited` or `failed` (`started` comes before
+    `exited` and is skipped)."""
+    while True:
+        message = await _receive(sock)
+        if message.get("event") in ("exited", "failed"):
+            return message
+
+
 async def _pump(fd: int, buffer: CappedBuffer) -> None:
     while True:
         await anyio.wait_readable(fd)
@@ -93,8 +102,12 @@ async def _feed(fd: int, data: bytes) -> None:
 class HelperProcessRunner:
     """Runs processes through the spawn helper (see `helper` for why)."""
 
-    def __init__(self, helper: SpawnHelperClient | None = None) -> None:
+    def __init__(self, helper: SpawnHelperClient | None = None, *, prestart: bool = True) -> None:
+        """`prestart`: start the spawn helper now, so that its start-up overlaps with the
+        host's own (imports, probes, policy compilation) instead of delaying the first run."""
         self._helper = helper or SpawnHelperClient()
+        if prestart:
+            self._helper.prestart()
 
     def close(self) -> None:
         """Kill every run still going and stop the helper."""
@@ -126,13 +139,10 @@ class HelperProcessRunner:
                 for fd in remote:
                     os.close(fd)
                 remote.clear()
+            if stdin_w is not None:
+                local.remove(stdin_w)  # the feeder closes it
             with sock:
-                first = await _receive(sock)
-                if first.get("event") != "started":
-                    return Failure(_spawn_failure(spec, int(first["errno"]), str(first["stage"])))
-                if stdin_w is not None:
-                    local.remove(stdin_w)
-                return Success(await self._supervise(spec, sock, stdin_w, out_r, err_r, started))
+                return await self._supervise(spec, sock, stdin_w, out_r, err_r, started)
         finally:
             for fd in local:
                 with contextlib.suppress(OSError):
@@ -146,7 +156,9 @@ class HelperProcessRunner:
         out_r: int,
         err_r: int,
         started: float,
-    ) -> ProcessOutcome:
+    ) -> Result[ProcessOutcome, SpawnFailed]:
+        """Pump the output from submission on; the helper answers once the process is gone
+        (`failed` if it never exec'd, else `started` then `exited`)."""
         out = CappedBuffer(spec.max_output_bytes)
         err = CappedBuffer(spec.max_output_bytes)
         timed_out = False
@@ -158,7 +170,7 @@ class HelperProcessRunner:
                 if stdin_w is not None:
                     pumps.start_soon(_feed, stdin_w, spec.stdin or b"")
                 with anyio.move_on_after(spec.timeout_s) as deadline:
-                    exited = await _receive(sock)
+                    exited = await _until_end(sock)
                 if deadline.cancelled_caught:
                     timed_out = True
                     exited = await self._kill_and_wait(sock)
@@ -171,18 +183,24 @@ class HelperProcessRunner:
                 with anyio.CancelScope(shield=True):
                     await self._kill_and_wait(sock)
             raise
+        if exited.get("event") == "failed":
+            return Failure(_spawn_failure(spec, int(exited["errno"]), str(exited["stage"])))
         duration = time.monotonic() - started
         status = int(exited["status"])
-        return ProcessOutcome(
-            exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            stdout=out.value(),
-            stderr=err.value(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            duration_s=duration,
-            usage=Usage(cpu_s=float(exited["cpu_s"]), max_rss_bytes=int(exited["max_rss_bytes"])),
-            timed_out=timed_out,
+        return Success(
+            ProcessOutcome(
+                exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                stdout=out.value(),
+                stderr=err.value(),
+                stdout_truncated=out.truncated,
+                stderr_truncated=err.truncated,
+                duration_s=duration,
+                usage=Usage(
+                    cpu_s=float(exited["cpu_s"]), max_rss_bytes=int(exited["max_rss_bytes"])
+                ),
+                timed_out=timed_out,
+            )
         )
 
     @staticmethod
@@ -190,5 +208,5 @@ class HelperProcessRunner:
         with contextlib.suppress(OSError):
             framing.send(sock, {"op": "kill"})
         with anyio.CancelScope(shield=True):
-            message = await _receive(sock)
+            message = await _until_end(sock)
         return message

@@ -1,0 +1,74 @@
+"""The cgroup pool: a reused cgroup gets every limit rewritten and reports only its own
+run's events; pooled cgroups are removed on close."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+
+from mechasandbox.domain import Limits
+from mechasandbox.limits.cgroup import CgroupManager
+from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.runner.spec import SpawnSpec
+
+
+@pytest.fixture
+def manager() -> CgroupManager:
+    probed = CgroupManager.probe()
+    if isinstance(probed, str):
+        pytest.skip(f"no writable cgroup here: {probed}")
+    return probed
+
+
+def _memory_limit(manager: CgroupManager, directories: tuple[str, ...]) -> str:
+    name = "memory.max" if manager.version == 2 else "memory.limit_in_bytes"
+    return Path(directories[0], name).read_text().strip()
+
+
+def _pids_limit(manager: CgroupManager, directories: tuple[str, ...]) -> str:
+    return Path(directories[-1], "pids.max").read_text().strip()
+
+
+def test_a_reused_cgroup_gets_every_limit_rewritten(manager: CgroupManager) -> None:
+    first = manager.create(Limits(memory_bytes=64 * 1024 * 1024, max_processes=7))
+    assert _memory_limit(manager, first.directories) == str(64 * 1024 * 1024)
+    assert _pids_limit(manager, first.directories) == "7"
+    manager.destroy(first)
+    second = manager.create(Limits(memory_bytes=None, max_processes=None))
+    try:
+        assert second.directories == first.directories  # the pool handed it back
+        assert _memory_limit(manager, second.directories) in ("max", str(2**63 - 4096))
+        assert _pids_limit(manager, second.directories) == "max"
+    finally:
+        manager.destroy(second)
+        manager.close()
+    assert not any(os.path.exists(d) for d in first.directories)
+
+
+def test_events_of_a_reused_cgroup_are_its_own_runs(
+    manager: CgroupManager, runner: HelperProcessRunner
+) -> None:
+    limits = Limits(max_processes=4)
+    bomb = SpawnSpec(
+        argv=("sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait"),
+        env=(("PATH", "/usr/bin:/bin"),),
+        cwd="/",
+        timeout_s=10,
+    )
+    first = manager.create(limits)
+    anyio.run(runner.run, attrs.evolve(bomb, cgroup_procs=first.procs_files))
+    assert manager.events(first).pids_max_hits > 0
+    manager.destroy(first)
+    second = manager.create(limits)
+    try:
+        assert second.directories == first.directories
+        quiet = attrs.evolve(bomb, argv=("true",), cgroup_procs=second.procs_files)
+        anyio.run(runner.run, quiet)
+        assert manager.events(second).pids_max_hits == 0
+    finally:
+        manager.destroy(second)
+        manager.close()
