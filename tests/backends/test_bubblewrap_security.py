@@ -188,6 +188,37 @@ def test_missing_protected_paths_cannot_be_created_and_leave_no_placeholder(box:
     assert sorted(os.listdir(box.workspace)) == ["notes.txt"]
 
 
+def test_concurrent_runs_in_one_workspace_share_placeholders_safely(box: Box) -> None:
+    """A run that starts while another one's placeholders stand covers them as missing
+    paths (read-only) instead of binding them writable, and they go with the last run."""
+    request = RunRequest(argv=("sleep", "1"), workspace=str(box.workspace))
+    attack = RunRequest(
+        argv=("sh", "-c", "echo evil > .envrc; mkdir -p .git/x && echo y > .git/x/y; echo end"),
+        workspace=str(box.workspace),
+    )
+    policy = Policy(limits=Limits(timeout_s=30))
+    outcomes: dict[str, Result[RunResult, SandboxError]] = {}
+
+    async def both() -> None:
+        async def first() -> None:
+            outcomes["first"] = await box.backend.run(request, policy)
+
+        async def second() -> None:
+            await anyio.sleep(0.4)  # the first run's placeholders are up by now
+            outcomes["second"] = await box.backend.run(attack, policy)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first)
+            tasks.start_soon(second)
+
+    anyio.run(both)
+    assert isinstance(outcomes["first"], Success), outcomes["first"]
+    second_run = outcomes["second"]
+    assert isinstance(second_run, Success), second_run
+    assert "end" in out(second_run.unwrap())
+    assert os.listdir(box.workspace) == []
+
+
 def test_devices_fifos_setuid_copies_mount_unshare_chroot_fail(box: Box) -> None:
     result = box.sh(
         "mknod dev c 1 3; echo mknod=$?; mkfifo fifo; echo mkfifo=$?; "

@@ -44,6 +44,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -163,8 +164,22 @@ class HostLayout:
         return self._index[path]
 
     @staticmethod
-    def survey(paths: Iterable[str], etc_patterns: Iterable[str] = ETC_SECRETS) -> HostLayout:
-        facts = {path: _lstat_fact(path) for path in sorted(set(paths))}
+    def survey(
+        paths: Iterable[str],
+        etc_patterns: Iterable[str] = ETC_SECRETS,
+        *,
+        placeholders: Iterable[str] = (),
+    ) -> HostLayout:
+        """`placeholders`: empty directories other runs of ours created as mount points;
+        they and anything below them count as missing, so this run covers them too."""
+        covered = tuple(placeholders)
+
+        def fact_of(path: str) -> PathFact:
+            if any(path == p or path.startswith(p + "/") for p in covered):
+                return PathFact(kind=PathKind.MISSING)
+            return _lstat_fact(path)
+
+        facts = {path: fact_of(path) for path in sorted(set(paths))}
         secrets: list[str] = []
         for pattern in etc_patterns:
             matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
@@ -675,6 +690,46 @@ def _remove_placeholders(paths: Iterable[str]) -> None:
             os.rmdir(path)
 
 
+class _WorkspacePlaceholders:
+    """Placeholders stay while any run of this process still uses their workspace.
+
+    Removing one while another run's bwrap is setting up (or running) over the same
+    workspace would break that run ("Can't get type of source"), so removal waits for the
+    last run in the workspace to end; meanwhile new runs treat them as missing paths and
+    cover them read-only too. Runs of other processes are not coordinated.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, int] = {}
+        self._created: dict[str, set[str]] = {}
+
+    def active(self, workspace: str) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._created.get(workspace, ()))
+
+    def created(self, workspace: str, placeholders: Iterable[str]) -> None:
+        """Record placeholders as soon as they are known, for runs that start meanwhile."""
+        with self._lock:
+            self._created.setdefault(workspace, set()).update(placeholders)
+
+    def enter(self, workspace: str) -> None:
+        with self._lock:
+            self._runs[workspace] = self._runs.get(workspace, 0) + 1
+
+    def leave(self, workspace: str) -> None:
+        with self._lock:
+            self._runs[workspace] -= 1
+            if self._runs[workspace]:
+                return
+            del self._runs[workspace]
+            paths = self._created.pop(workspace, set())
+        _remove_placeholders(paths)
+
+
+_PLACEHOLDERS = _WorkspacePlaceholders()
+
+
 # --- the backend ----------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class BubblewrapBackend:
@@ -821,7 +876,9 @@ class BubblewrapBackend:
         features: BwrapFeatures,
         proxy_socket: str = PROXY_SOCKET_PLACEHOLDER,
     ) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
-        layout = HostLayout.survey(paths_to_survey(workspace, policy, host))
+        layout = HostLayout.survey(
+            paths_to_survey(workspace, policy, host), placeholders=_PLACEHOLDERS.active(workspace)
+        )
         bridge = self._bridge(policy, proxy_socket)
         compiled: Result[BwrapCommand, SandboxError] = compile_bwrap(
             request,
@@ -915,11 +972,13 @@ class BubblewrapBackend:
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
-            compiled = self._compile(request, policy, self.host, workspace, features, socket)
-            if isinstance(compiled, Failure):
-                return Failure(compiled.failure())
-            command, spec = compiled.unwrap()
+            _PLACEHOLDERS.enter(workspace)
             try:
+                compiled = self._compile(request, policy, self.host, workspace, features, socket)
+                if isinstance(compiled, Failure):
+                    return Failure(compiled.failure())
+                command, spec = compiled.unwrap()
+                _PLACEHOLDERS.created(workspace, command.placeholders)
                 result = await execute_spec(
                     NAME,
                     _DecodingRunner(self.runner),
@@ -929,7 +988,7 @@ class BubblewrapBackend:
                     cgroups=self.cgroups,
                 )
             finally:
-                _remove_placeholders(command.placeholders)
+                _PLACEHOLDERS.leave(workspace)
             if isinstance(result, Success):
                 failed = _setup_failure(result.unwrap(), request.argv[0])
                 if failed is not None:
