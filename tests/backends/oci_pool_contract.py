@@ -68,9 +68,17 @@ class OciPoolContract(OciContract):
         return sorted(listed.stdout.split())
 
     def leftovers(self) -> list[str]:
-        """Containers of this process the pools do not know about (idle ones are expected)."""
-        known = {name for pool in self.pools for name in pool.pool._members}
-        return [name for name in self.all_containers() if name not in known]
+        """Containers of this process the pools do not know about (idle ones are expected).
+
+        A used container is discarded in the background, so give removals a few seconds
+        before calling what is still there a leftover."""
+        deadline = time.monotonic() + 10
+        while True:
+            known = {name for pool in self.pools for name in pool.pool._members}
+            unknown = [name for name in self.all_containers() if name not in known]
+            if not unknown or time.monotonic() > deadline:
+                return unknown
+            time.sleep(0.2)
 
     def fresh(self, runner: HelperProcessRunner, **settings: Any) -> PooledBackend:
         backend = self.pooled(
