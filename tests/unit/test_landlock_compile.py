@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.linux import landlock_seccomp as seccomp
+from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock import (
     FS_IOCTL_DEV,
     FS_MAKE_BLOCK,
@@ -26,6 +26,7 @@ from mechasandbox.backends.linux.landlock import (
     capabilities_for,
     compile_landlock_rules,
     handled_fs_for,
+    seccomp_filter,
 )
 from mechasandbox.backends.linux.landlock_hook import expand_rules
 from mechasandbox.domain import (
@@ -201,7 +202,10 @@ def test_hook_argument_is_json_shaped() -> None:
     assert base64.b64decode(str(argument["seccomp"]))[:8] == struct.pack("<HBBI", 0x20, 0, 0, 4)
 
 
-# --- seccomp ----------------------------------------------------------------------------------
+# --- seccomp (the shared program, as landlock configures it) ---------------------------------
+AUDIT_ARCH = {"x86_64": seccomp.AUDIT_ARCH_X86_64, "aarch64": seccomp.AUDIT_ARCH_AARCH64}
+
+
 def _decode(program: bytes) -> list[tuple[int, int, int, int]]:
     return [struct.unpack("<HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
 
@@ -214,48 +218,74 @@ def _run_filter(program: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) 
     pc, acc = 0, 0
     while True:
         code, jt, jf, k = instructions[pc]
-        if code == 0x20:
+        if code == 0x20:  # ld [k]
             acc = struct.unpack_from("<I", data, k)[0]
             pc += 1
-        elif code == 0x06:
+        elif code == 0x06:  # ret k
             return k
+        elif code == 0x54:  # and k
+            acc &= k
+            pc += 1
+        elif code == 0x05:  # ja k
+            pc += 1 + k
         else:
             taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
             pc += 1 + (jt if taken else jf)
 
 
+def _nr(name: str, machine: str) -> int:
+    number = seccomp.SYSCALLS[name][0 if machine == "x86_64" else 1]
+    assert number is not None
+    return number
+
+
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
 def test_seccomp_semantics(machine: str) -> None:
-    program = seccomp.build_filter(machine, ()).instructions
-    arch = seccomp.AUDIT_ARCH[machine]
+    program = seccomp_filter(()).instructions
+    arch = AUDIT_ARCH[machine]
 
-    def nr(name: str) -> int | None:
-        return seccomp.syscall_number(name, machine)
+    def nr(name: str) -> int:
+        return _nr(name, machine)
 
-    eperm, allow = 0x50000 | 1, 0x7FFF0000
+    eperm, allow, eafnosupport = 0x50000 | 1, 0x7FFF0000, 0x50000 | 97
     assert _run_filter(program, 0x3E, 0x40000003) == 0x80000000  # i386: killed
     for name in ("ptrace", "chroot", "unshare", "mount", "mknodat", "io_uring_setup", "bpf"):
-        assert _run_filter(program, nr(name) or 0, arch) == eperm, name
-    assert _run_filter(program, nr("clone3") or 0, arch) == 0x50000 | 38  # ENOSYS
-    assert _run_filter(program, nr("socket") or 0, arch, (1,)) == eperm
-    assert _run_filter(program, nr("socket") or 0, arch, (2,)) == eperm
-    assert _run_filter(program, nr("clone") or 0, arch, (0x11,)) == allow
-    assert _run_filter(program, nr("clone") or 0, arch, (0x10000000,)) == eperm
-    assert _run_filter(program, nr("ioctl") or 0, arch, (0, 0x5412)) == eperm
-    assert _run_filter(program, nr("ioctl") or 0, arch, (0, 0x5401)) == allow
-    assert _run_filter(program, nr("fchmodat") or 0, arch, (0, 0, 0o4755)) == eperm
-    assert _run_filter(program, nr("fchmodat") or 0, arch, (0, 0, 0o755)) == allow
+        assert _run_filter(program, nr(name), arch) == eperm, name
+    assert _run_filter(program, nr("clone3"), arch) == 0x50000 | 38  # ENOSYS
+    assert _run_filter(program, nr("socket"), arch, (1,)) == eafnosupport
+    assert _run_filter(program, nr("socket"), arch, (2,)) == eafnosupport
+    assert _run_filter(program, nr("clone"), arch, (0x11,)) == allow
+    assert _run_filter(program, nr("clone"), arch, (0x10000000,)) == eperm
+    assert _run_filter(program, nr("ioctl"), arch, (0, 0x5412)) == eperm
+    assert _run_filter(program, nr("ioctl"), arch, (0, 0x5401)) == allow
+    assert _run_filter(program, nr("fchmodat"), arch, (0, 0, 0o4755)) == eperm
+    assert _run_filter(program, nr("fchmodat"), arch, (0, 0, 0o755)) == allow
     assert _run_filter(program, 0, arch) == allow  # read on x86_64 / io_setup on aarch64
     if machine == "x86_64":
         assert _run_filter(program, 0x40000000 | 1, arch) == eperm  # x32
-    full = seccomp.build_filter(machine, (1, 2, 10)).instructions
-    for family, verdict in ((1, allow), (2, allow), (10, allow), (16, eperm), (17, eperm)):
-        assert _run_filter(full, nr("socket") or 0, arch, (family,)) == verdict
+    full = seccomp_filter((1, 2, 10)).instructions
+    for family, verdict in ((1, allow), (2, allow), (10, allow), (16, eafnosupport)):
+        assert _run_filter(full, nr("socket"), arch, (family,)) == verdict
 
 
-def test_seccomp_refuses_unknown_architectures() -> None:
-    with pytest.raises(ValueError, match="riscv64"):
-        seccomp.build_filter("riscv64", ())
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_seccomp_stream_only_allows_ipv4_tcp_and_nothing_else(machine: str) -> None:
+    program = seccomp_filter((2,), stream_only=True).instructions
+    arch, socket_nr = AUDIT_ARCH[machine], _nr("socket", machine)
+    eperm, allow, eafnosupport = 0x50000 | 1, 0x7FFF0000, 0x50000 | 97
+    nonblock_cloexec = 0o4000 | 0o2000000
+    cases = (
+        ((2, 1, 0), allow),  # AF_INET, SOCK_STREAM
+        ((2, 1 | nonblock_cloexec, 6), allow),  # ... with flags, IPPROTO_TCP
+        ((2, 2, 0), eperm),  # SOCK_DGRAM: no UDP, so no DNS
+        ((2, 3, 1), eperm),  # SOCK_RAW
+        ((2, 1, 132), eperm),  # SCTP stream
+        ((2, 1, 262), eperm),  # MPTCP
+        ((10, 1, 0), eafnosupport),  # IPv6
+        ((1, 1, 0), eafnosupport),  # unix
+    )
+    for args, verdict in cases:
+        assert _run_filter(program, socket_nr, arch, args) == verdict, args
 
 
 # --- carving (child side, on a real tree) -----------------------------------------------------

@@ -16,6 +16,7 @@ import functools
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -30,7 +31,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
-from mechasandbox.backends.linux import landlock_seccomp as seccomp
+from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.process import default_cgroups
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
@@ -165,6 +166,34 @@ class PathRule:
 
 
 @attrs.frozen(kw_only=True)
+class SeccompFilter:
+    """The shared seccomp program (`backends/linux/seccomp.py`) as this backend uses it:
+    its default deny-list, and only the socket families (and types) the network mode needs."""
+
+    socket_families: tuple[int, ...]
+    stream_only: bool = False
+
+    @property
+    def instructions(self) -> bytes:
+        return _seccomp_program(self.socket_families, self.stream_only)
+
+    def summary(self) -> str:
+        return seccomp.summary(
+            deny_socket_families_except=self.socket_families, stream_only=self.stream_only
+        )
+
+
+@functools.cache
+def _seccomp_program(families: tuple[int, ...], stream_only: bool) -> bytes:
+    """Compiled once per shape: the program depends on nothing else."""
+    return seccomp.build_filter(deny_socket_families_except=families, stream_only=stream_only)
+
+
+def seccomp_filter(families: tuple[int, ...], *, stream_only: bool = False) -> SeccompFilter:
+    return SeccompFilter(socket_families=families, stream_only=stream_only)
+
+
+@attrs.frozen(kw_only=True)
 class LandlockRuleset:
     """Everything the child-side hook needs, computed purely from request, policy and host."""
 
@@ -174,7 +203,7 @@ class LandlockRuleset:
     scoped: int
     rules: tuple[PathRule, ...]
     net_rules: tuple[tuple[int, int], ...]
-    seccomp: seccomp.SeccompProgram
+    seccomp: SeccompFilter
     env: tuple[tuple[str, str], ...]
     tmp_dir: str
     drop_capabilities: bool = True
@@ -220,7 +249,6 @@ def compile_landlock_rules(
     host: HostContext,
     *,
     abi: int = 7,
-    machine: str = "x86_64",
     workspace: str | None = None,
     tmp_dir: str = TMP_PLACEHOLDER,
     carve_protected: bool = True,
@@ -294,13 +322,13 @@ def compile_landlock_rules(
     net_rules: tuple[tuple[int, int], ...] = ()
     bridged = mode is NetworkMode.ALLOWLIST and abi >= 4 and proxy is not None
     if mode is NetworkMode.FULL:
-        families = (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
+        families = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
     elif bridged and proxy is not None:
         # Only what reaching 127.0.0.1:PORT needs: IPv4 TCP sockets, connect to that port.
         # No AF_UNIX (Landlock cannot stop connect() to docker.sock and the like), no UDP.
-        families = (seccomp.AF_INET,)
+        families = (socket.AF_INET,)
         net_rules = ((proxy[0], NET_CONNECT_TCP),)
-    program = seccomp.build_filter(machine, families, stream_only=bridged)
+    program = seccomp_filter(families, stream_only=bridged)
 
     env = scrubbed_environment(policy.environment, dict(host.env))
     if bridged and proxy is not None:
@@ -333,7 +361,7 @@ def probe_abi() -> int | str:
     if not sys.platform.startswith("linux"):
         return "Landlock exists only on Linux"
     machine = platform.machine()
-    if machine not in seccomp.AUDIT_ARCH:
+    if machine not in seccomp.MACHINES:
         return f"no seccomp syscall table for {machine}"
     from mechasandbox.backends.linux import landlock_hook
 
@@ -533,7 +561,6 @@ class LandlockBackend:
             policy,
             self.host,
             abi=self._abi(),
-            machine=platform.machine(),
             workspace=workspace,
             tmp_dir=tmp_dir,
             carve_protected=self.carve_protected,

@@ -24,6 +24,8 @@ import os
 import stat
 from typing import Any
 
+from mechasandbox.backends.linux.seccomp import install as install_seccomp
+
 SYS_LANDLOCK_CREATE_RULESET = 444  # same number on x86_64 and aarch64
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
@@ -39,8 +41,6 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
-_PR_SET_SECCOMP = 22
-_SECCOMP_MODE_FILTER = 2
 _CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -59,10 +59,6 @@ class _PathBeneathAttr(ctypes.Structure):
 
 class _NetPortAttr(ctypes.Structure):
     _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
 class _CapHeader(ctypes.Structure):
@@ -271,15 +267,6 @@ def restrict_self(argument: dict[str, Any]) -> None:
         os.close(ruleset)
 
 
-def install_seccomp(program: bytes) -> None:
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len=len(program) // 8, filter=ctypes.addressof(buffer))
-    _check(
-        _lib().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
-        "seccomp",
-    )
-
-
 def confine(argument: dict[str, Any]) -> None:
     """The ChildHook target: everything above, in order."""
     if argument.get("drop_capabilities", True):
@@ -288,4 +275,4 @@ def confine(argument: dict[str, Any]) -> None:
     restrict_self(argument)
     seccomp = argument.get("seccomp")
     if seccomp:
-        install_seccomp(base64.b64decode(seccomp))
+        install_seccomp(base64.b64decode(seccomp))  # the shared loader, see seccomp.install

@@ -38,6 +38,7 @@ _BPF_JMP_JEQ_K = 0x05 | 0x10
 _BPF_JMP_JGE_K = 0x05 | 0x30
 _BPF_JMP_JSET_K = 0x05 | 0x40
 _BPF_JMP_JA = 0x05 | 0x00
+_BPF_ALU_AND_K = 0x04 | 0x50
 _BPF_RET_K = 0x06
 _BPF_MAXINSNS = 4096
 
@@ -62,6 +63,9 @@ _X32_SYSCALL_BIT = 0x40000000
 # Checked against asm/unistd_64.h and asm-generic/unistd.h.
 SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "ptrace": (101, 117),
+    "kcmp": (312, 272),
+    "sethostname": (170, 161),
+    "setdomainname": (171, 162),
     "process_vm_readv": (310, 270),
     "process_vm_writev": (311, 271),
     "pidfd_getfd": (438, 438),
@@ -164,6 +168,8 @@ CLONE_NAMESPACE_FLAGS = (
     | 0x20000000  # CLONE_NEWPID
     | 0x40000000  # CLONE_NEWNET
 )
+MACHINES = ("x86_64", "aarch64")  # the architectures the program has syscall numbers for
+SOCK_TYPE_MASK = 0xF  # socket()'s type argument also carries SOCK_NONBLOCK / SOCK_CLOEXEC
 TIOCSTI = 0x5412  # push a byte into the terminal's input queue
 TIOCLINUX = 0x541C  # its virtual-console cousin (selection paste)
 
@@ -191,6 +197,7 @@ def _arch_body(
     numbers: dict[str, int],
     denied: Sequence[str],
     families: tuple[int, ...] | None,
+    stream_only: bool,
     deny_namespace_clone: bool,
     deny_terminal_injection: bool,
     deny_setid_modes: bool,
@@ -218,9 +225,23 @@ def _arch_body(
         ]
     if families is not None:
         count = len(families)
-        body += [_insn(_BPF_JMP_JEQ_K, 0, count + 3, numbers["socket"]), _load(_arg_low(0))]
+        # An allowed family lands on `accept`: plain allow, or (stream_only) TCP only.
+        accept = [_ret(RET_ALLOW)]
+        if stream_only:
+            accept = [
+                _load(_arg_low(1)),
+                _insn(_BPF_ALU_AND_K, 0, 0, SOCK_TYPE_MASK),
+                _insn(_BPF_JMP_JEQ_K, 0, 3, socket.SOCK_STREAM),
+                _load(_arg_low(2)),
+                _insn(_BPF_JMP_JEQ_K, 2, 0, 0),
+                _insn(_BPF_JMP_JEQ_K, 1, 0, socket.IPPROTO_TCP),
+                eperm,
+                _ret(RET_ALLOW),
+            ]
+        skip = count + 2 + len(accept)
+        body += [_insn(_BPF_JMP_JEQ_K, 0, skip, numbers["socket"]), _load(_arg_low(0))]
         body += [_insn(_BPF_JMP_JEQ_K, count - i, 0, family) for i, family in enumerate(families)]
-        body += [_ret(_errno(errno.EAFNOSUPPORT)), _ret(RET_ALLOW)]
+        body += [_ret(_errno(errno.EAFNOSUPPORT)), *accept]
     if deny_setid_modes:
         for name, index in _MODE_ARGUMENT.items():
             if name not in numbers:
@@ -251,6 +272,7 @@ def build_filter(
     denied: Iterable[str] = DEFAULT_DENIED,
     *,
     deny_socket_families_except: Iterable[int] | None = DEFAULT_SOCKET_FAMILIES,
+    stream_only: bool = False,
     deny_namespace_clone: bool = True,
     deny_terminal_injection: bool = True,
     deny_setid_modes: bool = True,
@@ -259,6 +281,8 @@ def build_filter(
     `deny_socket_families_except` (None: no family check) with EAFNOSUPPORT, namespace
     flags of clone() with EPERM, TIOCSTI/TIOCLINUX with EPERM, setuid/setgid bits in a
     file mode (chmod, open with O_CREAT...) with EPERM; everything else is allowed.
+    `stream_only`: the allowed families only as TCP (SOCK_STREAM with protocol 0 or
+    IPPROTO_TCP; anything else EPERM): no UDP (so no DNS), raw, SCTP or MPTCP sockets.
     Unknown architectures are killed. Raises ValueError for an unknown syscall name."""
     names = tuple(dict.fromkeys(denied))
     unknown = [name for name in names if name not in SYSCALLS or name in _SPECIAL]
@@ -273,6 +297,7 @@ def build_filter(
                 numbers=numbers,
                 denied=names,
                 families=families,
+                stream_only=stream_only,
                 deny_namespace_clone=deny_namespace_clone,
                 deny_terminal_injection=deny_terminal_injection,
                 deny_setid_modes=deny_setid_modes,
@@ -300,6 +325,7 @@ def summary(
     denied: Iterable[str] = DEFAULT_DENIED,
     *,
     deny_socket_families_except: Iterable[int] | None = DEFAULT_SOCKET_FAMILIES,
+    stream_only: bool = False,
 ) -> str:
     """What `build_filter` with the same arguments enforces, for `mechasandbox policy`."""
     lines = [
@@ -316,7 +342,12 @@ def summary(
                 names.append(socket.AddressFamily(family).name)
             except ValueError:
                 names.append(str(family))
-        lines.append("socket families allowed: " + " ".join(names) + " (others: EAFNOSUPPORT)")
+        allowed = " ".join(names) or "none"
+        lines.append(f"socket families allowed: {allowed} (others: EAFNOSUPPORT)")
+        if stream_only:
+            lines.append(
+                "socket types allowed: TCP only (SOCK_STREAM, protocol 0 or 6; else EPERM)"
+            )
     return "\n".join(lines)
 
 
