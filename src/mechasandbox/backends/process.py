@@ -20,13 +20,14 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
-from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.limits.rlimits import describe
 from mechasandbox.runner.runner import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
@@ -53,7 +54,6 @@ class ProcessBackend:
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
         linux = self.host.platform.startswith("linux")
-        cgroup = self.cgroups if isinstance(self.cgroups, CgroupManager) else None
         enforced = {
             Protection.ENVIRONMENT,
             Protection.TIMEOUT,
@@ -86,24 +86,14 @@ class ProcessBackend:
             details.append(
                 (Protection.TREE_TEARDOWN, "process group only: a setsid'd child can escape")
             )
-        if cgroup is not None:
-            enforced |= {Protection.MEMORY, Protection.PROCESSES}
-            details.append((Protection.MEMORY, cgroup.describe()))
-            details.append((Protection.PROCESSES, cgroup.describe()))
-        else:
-            enforced.add(Protection.MEMORY)
-            memory_how = "RLIMIT_AS (address space; best-effort on macOS)"
-            details.append((Protection.MEMORY, memory_how))
-            warnings.append(f"no cgroup: {self.cgroups}")
-            if self.host.uid == 0:
-                details.append(
-                    (Protection.PROCESSES, "RLIMIT_NPROC does not apply to root and no cgroup")
-                )
-            else:
-                enforced.add(Protection.PROCESSES)
-                details.append(
-                    (Protection.PROCESSES, "RLIMIT_NPROC (counts all of the user's processes)")
-                )
+        resources = resource_support(
+            self.cgroups,
+            self.host.uid,
+            memory_rlimit="RLIMIT_AS (address space; best-effort on macOS)",
+        )
+        enforced |= resources.enforced
+        details += resources.details
+        warnings += resources.warnings
         return Success(
             Capabilities(
                 backend=self.name,
@@ -117,10 +107,7 @@ class ProcessBackend:
         self, request: RunRequest, policy: Policy, host: HostContext, workspace: str
     ) -> Result[SpawnSpec, SandboxError]:
         env = scrubbed_environment(policy.environment, dict(host.env))
-        by_cgroup = isinstance(self.cgroups, CgroupManager)
-        rlimits = rlimits_for(
-            policy.limits, memory_by_rlimit=not by_cgroup, processes_by_rlimit=not by_cgroup
-        )
+        rlimits = run_rlimits(policy.limits, self.cgroups)
         return resolve_command(request.argv[0], env, workspace).map(
             lambda executable: SpawnSpec(
                 argv=request.argv,
@@ -139,11 +126,7 @@ class ProcessBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         def render(spec: SpawnSpec) -> LaunchPlan:
-            cgroup = (
-                self.cgroups.describe()
-                if isinstance(self.cgroups, CgroupManager)
-                else f"none ({self.cgroups})"
-            )
+            cgroup = describe_cgroups(self.cgroups)
             return LaunchPlan(
                 backend=self.name,
                 sections=(

@@ -60,6 +60,7 @@ from mechasandbox.backends.base import (
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.process import UMASK, default_cgroups
+from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -72,7 +73,7 @@ from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
-from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.limits.rlimits import describe
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
@@ -774,7 +775,6 @@ class BubblewrapBackend:
         if isinstance(features, str):
             return Failure(BackendUnavailable(backend=NAME, reason=features))
         version = ".".join(map(str, features.version))
-        cgroup = self.cgroups if isinstance(self.cgroups, CgroupManager) else None
         enforced = {
             Protection.FILESYSTEM_READ,
             Protection.FILESYSTEM_WRITE,
@@ -819,25 +819,10 @@ class BubblewrapBackend:
         if self._socat() is not None:
             enforced.add(Protection.NETWORK_ALLOWLIST)
         warnings: list[str] = []
-        if cgroup is not None:
-            enforced |= {Protection.MEMORY, Protection.PROCESSES}
-            details += [
-                (Protection.MEMORY, cgroup.describe()),
-                (Protection.PROCESSES, cgroup.describe()),
-            ]
-        else:
-            enforced.add(Protection.MEMORY)
-            details.append((Protection.MEMORY, "RLIMIT_AS (address space)"))
-            warnings.append(f"no cgroup: {self.cgroups}")
-            if self.host.uid == 0:
-                details.append(
-                    (Protection.PROCESSES, "RLIMIT_NPROC does not apply to root and no cgroup")
-                )
-            else:
-                enforced.add(Protection.PROCESSES)
-                details.append(
-                    (Protection.PROCESSES, "RLIMIT_NPROC (counts all of the user's processes)")
-                )
+        resources = resource_support(self.cgroups, self.host.uid)
+        enforced |= resources.enforced
+        details += resources.details
+        warnings += resources.warnings
         return Success(
             Capabilities(
                 backend=NAME,
@@ -892,10 +877,7 @@ class BubblewrapBackend:
         env = scrubbed_environment(policy.environment, dict(host.env))
         if bridge is not None:
             env.update(proxy_environment(PROXY_URL))
-        by_cgroup = isinstance(self.cgroups, CgroupManager)
-        rlimits = rlimits_for(
-            policy.limits, memory_by_rlimit=not by_cgroup, processes_by_rlimit=not by_cgroup
-        )
+        rlimits = run_rlimits(policy.limits, self.cgroups)
 
         def resolved(command: BwrapCommand) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
             found = resolve_command(request.argv[0], env, workspace)
@@ -937,11 +919,7 @@ class BubblewrapBackend:
 
         def render(compiled: tuple[BwrapCommand, SpawnSpec]) -> LaunchPlan:
             command, spec = compiled
-            cgroup = (
-                self.cgroups.describe()
-                if isinstance(self.cgroups, CgroupManager)
-                else f"none ({self.cgroups})"
-            )
+            cgroup = describe_cgroups(self.cgroups)
             return LaunchPlan(
                 backend=NAME,
                 sections=(

@@ -33,13 +33,14 @@ from mechasandbox.backends.base import (
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.process import default_cgroups
+from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
-from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.limits.rlimits import describe
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
@@ -484,22 +485,10 @@ def capabilities_for(
         reason = f"Landlock ABI {abi} < 3 does not handle truncate: files can be emptied"
         details.append((Protection.FILESYSTEM_WRITE, reason))
         details.append((Protection.PROTECTED_PATHS, reason))
-    cgroup = cgroups if isinstance(cgroups, CgroupManager) else None
-    if cgroup is not None:
-        enforced |= {Protection.MEMORY, Protection.PROCESSES}
-        details.append((Protection.MEMORY, cgroup.describe()))
-        details.append((Protection.PROCESSES, cgroup.describe()))
-    else:
-        enforced.add(Protection.MEMORY)
-        details.append((Protection.MEMORY, "RLIMIT_AS (address space)"))
-        warnings.append(f"no cgroup: {cgroups}")
-        if uid == 0:
-            details.append(
-                (Protection.PROCESSES, "RLIMIT_NPROC does not apply to root and no cgroup")
-            )
-        else:
-            enforced.add(Protection.PROCESSES)
-            details.append((Protection.PROCESSES, "RLIMIT_NPROC (counts all the user's processes)"))
+    resources = resource_support(cgroups, uid)
+    enforced |= resources.enforced
+    details += resources.details
+    warnings += resources.warnings
     if abi >= 4:
         enforced.add(Protection.NETWORK_ALLOWLIST)
     if abi >= 6:
@@ -567,10 +556,7 @@ class LandlockBackend:
             proxy=proxy,
         )
         env = dict(ruleset.env)
-        by_cgroup = isinstance(self.cgroups, CgroupManager)
-        rlimits = rlimits_for(
-            policy.limits, memory_by_rlimit=not by_cgroup, processes_by_rlimit=not by_cgroup
-        )
+        rlimits = run_rlimits(policy.limits, self.cgroups)
         return resolve_command(request.argv[0], env, workspace).map(
             lambda executable: (
                 SpawnSpec(
@@ -594,11 +580,7 @@ class LandlockBackend:
     ) -> Result[LaunchPlan, SandboxError]:
         def render(built: tuple[SpawnSpec, LandlockRuleset]) -> LaunchPlan:
             spec, ruleset = built
-            cgroup = (
-                self.cgroups.describe()
-                if isinstance(self.cgroups, CgroupManager)
-                else f"none ({self.cgroups})"
-            )
+            cgroup = describe_cgroups(self.cgroups)
             return LaunchPlan(
                 backend=self.name,
                 sections=(

@@ -1,0 +1,55 @@
+"""How a host-process backend limits memory and process count: the run's cgroup where one
+can be made, else rlimits. One place, so process, bubblewrap and landlock say (and do) the
+same thing."""
+
+from __future__ import annotations
+
+import attrs
+
+from mechasandbox.domain.capabilities import Protection
+from mechasandbox.domain.limits import Limits
+from mechasandbox.limits.cgroup import CgroupManager
+from mechasandbox.limits.rlimits import rlimits_for
+from mechasandbox.runner.spec import RlimitSetting
+
+
+@attrs.frozen(kw_only=True)
+class ResourceSupport:
+    enforced: frozenset[Protection]
+    details: tuple[tuple[Protection, str], ...]
+    warnings: tuple[str, ...]
+
+
+def resource_support(
+    cgroups: CgroupManager | str, uid: int, *, memory_rlimit: str = "RLIMIT_AS (address space)"
+) -> ResourceSupport:
+    """MEMORY and PROCESSES: by the cgroup, or by rlimits (RLIMIT_NPROC does not bind root
+    and counts every process of the user, so it is reported for what it is)."""
+    if isinstance(cgroups, CgroupManager):
+        how = cgroups.describe()
+        return ResourceSupport(
+            enforced=frozenset({Protection.MEMORY, Protection.PROCESSES}),
+            details=((Protection.MEMORY, how), (Protection.PROCESSES, how)),
+            warnings=(),
+        )
+    enforced = {Protection.MEMORY}
+    details = [(Protection.MEMORY, memory_rlimit)]
+    if uid == 0:
+        details.append((Protection.PROCESSES, "RLIMIT_NPROC does not apply to root and no cgroup"))
+    else:
+        enforced.add(Protection.PROCESSES)
+        details.append((Protection.PROCESSES, "RLIMIT_NPROC (counts all of the user's processes)"))
+    return ResourceSupport(
+        enforced=frozenset(enforced), details=tuple(details), warnings=(f"no cgroup: {cgroups}",)
+    )
+
+
+def run_rlimits(limits: Limits, cgroups: CgroupManager | str) -> tuple[RlimitSetting, ...]:
+    """The rlimits of a run; memory and process count are left to the cgroup when there is one."""
+    by_cgroup = isinstance(cgroups, CgroupManager)
+    return rlimits_for(limits, memory_by_rlimit=not by_cgroup, processes_by_rlimit=not by_cgroup)
+
+
+def describe_cgroups(cgroups: CgroupManager | str) -> str:
+    """For `mechasandbox policy`."""
+    return cgroups.describe() if isinstance(cgroups, CgroupManager) else f"none ({cgroups})"
