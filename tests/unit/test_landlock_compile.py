@@ -74,6 +74,7 @@ GOLDEN_RULES = """\
 /libx32: read+exec
 /etc: read+exec
 /opt: read+exec
+/nix/store: read+exec
 /proc: read_file|read_dir
 /dev/null: write_file|read_file
 /dev/zero: write_file|read_file

@@ -59,6 +59,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.process import UMASK, default_cgroups
 from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -86,19 +87,6 @@ MINIMUM_VERSION = (0, 5, 0)  # --perms
 DISABLE_USERNS_VERSION = (0, 8, 0)
 _PROBE_TIMEOUT_S = 10.0
 
-# Read-only system trees. Merged-usr symlinks (/bin -> usr/bin) are recreated as symlinks.
-SYSTEM_ROOTS: tuple[str, ...] = (
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/etc",
-    "/opt",
-    "/nix/store",
-)
 
 # Secrets of the system that a sandboxed uid 0 (root on the host maps to root in the
 # sandbox) could otherwise read through the read-only /etc. Globs are expanded at survey.

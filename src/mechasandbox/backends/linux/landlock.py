@@ -32,6 +32,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.process import default_cgroups
 from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -122,18 +123,6 @@ WRITE = (
 )
 DEVICE_RW = FS_READ_FILE | FS_WRITE_FILE
 
-# Read-only, executable system roots; missing ones are skipped at spawn time.
-SYSTEM_ROOTS: tuple[str, ...] = (
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/etc",
-    "/opt",
-)
 # /proc is readable (not executable): many tools read /proc/self, /proc/cpuinfo, /proc/meminfo.
 # Other processes' environ/mem/fd are still refused by Landlock's ptrace rules; their
 # command lines are not (see docs).
