@@ -36,8 +36,11 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, 
     return status, json.loads(out)
 
 
-def test_run_json_object(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
-    status, obj = cli(
+def run_json(
+    capsys: pytest.CaptureFixture[str], workspace: pathlib.Path, *command: str
+) -> tuple[int, dict[str, object]]:
+    """`run --backend process --best-effort --json` in `workspace`."""
+    return cli(
         capsys,
         "run",
         "--backend",
@@ -45,12 +48,14 @@ def test_run_json_object(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.P
         "--best-effort",
         "--json",
         "--workspace",
-        str(tmp_path),
+        str(workspace),
         "--",
-        "sh",
-        "-c",
-        "echo hi; exit 3",
+        *command,
     )
+
+
+def test_run_json_object(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
+    status, obj = run_json(capsys, tmp_path, "sh", "-c", "echo hi; exit 3")
     assert status == 3
     assert set(obj) == JSON_KEYS
     assert obj["stdout"] == "hi\n"
@@ -96,20 +101,7 @@ def test_timeout_exit_124_and_no_leftovers(tmp_path: pathlib.Path) -> None:
 
 
 def test_signal_exit_status(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
-    status, obj = cli(
-        capsys,
-        "run",
-        "--backend",
-        "process",
-        "--best-effort",
-        "--json",
-        "--workspace",
-        str(tmp_path),
-        "--",
-        "sh",
-        "-c",
-        "kill -KILL $$",
-    )
+    status, obj = run_json(capsys, tmp_path, "sh", "-c", "kill -KILL $$")
     assert status == 128 + 9
     assert obj["signal"] == 9
     assert obj["exit_code"] is None
@@ -171,18 +163,7 @@ def test_missing_workspace_and_command(
     )
     assert code == 125
     assert obj["error"]["kind"] == "config_invalid"  # type: ignore[index]
-    code, obj = cli(
-        capsys,
-        "run",
-        "--backend",
-        "process",
-        "--best-effort",
-        "--json",
-        "--workspace",
-        str(tmp_path),
-        "--",
-        "no-such-command-xyz",
-    )
+    code, obj = run_json(capsys, tmp_path, "no-such-command-xyz")
     assert code == 127
     assert obj["error"]["kind"] == "spawn_failed"  # type: ignore[index]
 
@@ -258,18 +239,7 @@ def test_project_file_may_not_widen(
     capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
     (tmp_path / ".mechasandbox.toml").write_text('[limits]\nmemory = "64g"\n')
-    code, obj = cli(
-        capsys,
-        "run",
-        "--backend",
-        "process",
-        "--best-effort",
-        "--json",
-        "--workspace",
-        str(tmp_path),
-        "--",
-        "true",
-    )
+    code, obj = run_json(capsys, tmp_path, "true")
     assert code == 125
     error = obj["error"]
     assert isinstance(error, dict)
@@ -282,19 +252,7 @@ def test_project_file_may_narrow(
     capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
     (tmp_path / ".mechasandbox.toml").write_text('[limits]\ntimeout = "1s"\n')
-    code, obj = cli(
-        capsys,
-        "run",
-        "--backend",
-        "process",
-        "--best-effort",
-        "--json",
-        "--workspace",
-        str(tmp_path),
-        "--",
-        "sleep",
-        "5",
-    )
+    code, obj = run_json(capsys, tmp_path, "sleep", "5")
     assert code == 124
     assert obj["error"]["kind"] == "timeout"  # type: ignore[index]
 
