@@ -70,6 +70,17 @@ def _load_hook(spec: str) -> ChildHook:
     return hook
 
 
+def _exists(pid: int) -> bool:
+    """Still in the process table (possibly a zombie not yet reaped), on any platform."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _ChildSetupError(Exception):
     def __init__(self, stage: str, error: OSError) -> None:
         super().__init__(stage)
@@ -220,8 +231,8 @@ class Helper:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-            roots = [p for p in pids if os.path.exists(f"/proc/{p}")] if _IS_LINUX else []
             self._reap()
+            roots = [p for p in pids if _exists(p)]
 
     def _kill_run(self, run: _Run) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
