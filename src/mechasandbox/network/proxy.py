@@ -17,12 +17,20 @@ The protocol is chosen by the first byte: 0x05 is SOCKS5, anything else is HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import hmac
 import ipaddress
+import math
+import os
 import secrets
+import select
 import socket
 import struct
+import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -180,6 +188,10 @@ class _ProxyCore:
         self.settings = settings
         self.token = token.encode()
         self.counters = _Counters()
+        self.counters_lock = threading.Lock()
+        # Two relay threads per tunnel at most; anyio's default limiter (40) would make
+        # tunnels wait for each other.
+        self.relay_threads = anyio.CapacityLimiter(2 * settings.max_connections)
         self.violations: list[Violation] = []
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -317,14 +329,91 @@ class _ProxyCore:
 
         Half-closes are passed on (EOF from one side becomes send_eof on the other), so
         request/response protocols that shut down their sending side still work.
+
+        On Linux, once the bytes already read into this process are passed on, the two
+        sockets are spliced in the kernel by two worker threads (`_splice_relay`);
+        elsewhere, or when the streams are not plain sockets, bytes go through the loop.
         """
+        self.counters.tunnels += 1
+        async with upstream:
+            sockets = await self._hand_over(client, upstream)
+            if sockets is None:
+                await self._stream_relay(client, upstream)
+                return
+            if not sockets:
+                return  # the idle timeout passed while handing over
+            try:
+                await self._splice_relay(*sockets)
+            finally:
+                for sock in sockets:
+                    sock.close()
+
+    async def _hand_over(
+        self, client: ByteStream, upstream: ByteStream
+    ) -> tuple[socket.socket, socket.socket] | tuple[()] | None:
+        """Pass on every byte held in this process, then duplicate both sockets.
+
+        None: relay through the loop (no splice, or bytes may be held where they cannot
+        be seen). An empty tuple: nothing moved for idle_timeout while passing bytes on.
+        """
+        if not hasattr(os, "splice"):
+            return None
         counters = self.counters
-        counters.tunnels += 1
+        with anyio.move_on_after(self.settings.idle_timeout_s):
+            for source, sink, up in ((client, upstream, True), (upstream, client, False)):
+                while True:
+                    pending = _holds_bytes(source)
+                    if pending is None:
+                        return None
+                    if not pending:
+                        break
+                    data = await source.receive(self.settings.relay_chunk_bytes)
+                    await sink.send(data)
+                    if up:
+                        counters.bytes_up += len(data)
+                    else:
+                        counters.bytes_down += len(data)
+            try:
+                duplicates = [
+                    stream.extra(SocketAttribute.raw_socket).dup()  # noqa: S610 (anyio, not SQL)
+                    for stream in (client, upstream)
+                ]
+            except (anyio.TypedAttributeLookupError, OSError):
+                return None
+            for sock in duplicates:
+                sock.setblocking(False)
+            return duplicates[0], duplicates[1]
+        counters.idle_closed += 1
+        return ()
+
+    async def _splice_relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Run one splice thread per direction; cancellation shuts both sockets down."""
+        tunnel = _Tunnel(self, client, upstream)
+        limiter = self.relay_threads
+
+        async def pump(source: socket.socket, sink: socket.socket, up: bool) -> None:
+            await anyio.to_thread.run_sync(tunnel.pump, source, sink, up, limiter=limiter)
+
+        async def stop_when_cancelled() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                tunnel.stop()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(stop_when_cancelled)
+            async with anyio.create_task_group() as pumps:
+                pumps.start_soon(pump, client, upstream, True)
+                pumps.start_soon(pump, upstream, client, False)
+            group.cancel_scope.cancel()
+
+    async def _stream_relay(self, client: ByteStream, upstream: ByteStream) -> None:
+        counters = self.counters
         chunk = self.settings.relay_chunk_bytes
         idle = self.settings.idle_timeout_s
         state = {"last": anyio.current_time(), "open": 2}
 
-        async with upstream, anyio.create_task_group() as group:
+        async with anyio.create_task_group() as group:
 
             async def pump(source: ByteStream, sink: ByteStream, up: bool) -> None:
                 try:
@@ -524,6 +613,122 @@ class _ProxyCore:
         if not ok:
             self.refuse("refused a SOCKS5 client: wrong proxy credentials")
         return ok
+
+
+def _holds_bytes(stream: ByteStream) -> bool | None:
+    """Whether bytes already read from the socket wait in this process; None: unknown.
+
+    Two places can hold them: a `BufferedByteStream`'s buffer (the handshake parsers read
+    ahead) and the read queue of anyio's asyncio socket stream. That stream's transport
+    may still be reading (an accepted socket reads from the start, and a receive that
+    found data queued leaves it so), so reading is paused first: after that nothing new
+    arrives in the queue, and the rest stays in the kernel for the splice to take.
+    Any other kind of stream is not recognised and keeps the relay on the loop.
+    """
+    inner: object = stream
+    if isinstance(stream, BufferedByteStream):
+        if stream.buffer:
+            return True
+        inner = stream.receive_stream
+    if type(inner).__module__ != "anyio._backends._asyncio":
+        return None
+    transport = getattr(inner, "_transport", None)
+    queue = getattr(getattr(inner, "_protocol", None), "read_queue", None)
+    if not isinstance(transport, asyncio.Transport) or not isinstance(queue, deque):
+        return None
+    transport.pause_reading()
+    return bool(queue)
+
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+class _Tunnel:
+    """The state two splice threads share: last activity, stop, and the counters.
+
+    Both sockets are non-blocking; each thread waits with poll(2) for at most the time
+    left before the idle timeout, so a quiet tunnel ends without help from the loop.
+    `stop` shuts both sockets down, which wakes a thread in poll at once.
+    """
+
+    def __init__(self, core: _ProxyCore, client: socket.socket, upstream: socket.socket) -> None:
+        self._core = core
+        self._sockets = (client, upstream)
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._idle = core.settings.idle_timeout_s
+        self._chunk = min(core.settings.relay_chunk_bytes, 1024 * 1024)
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _wait(self, poller: select.poll) -> bool:
+        """True when the socket is ready; False when stopped or idle for too long."""
+        while not self._stopped:
+            remaining = self.last + self._idle - time.monotonic()
+            if remaining <= 0:
+                with self._lock:
+                    idle = not self._stopped
+                if idle:
+                    with self._core.counters_lock:
+                        self._core.counters.idle_closed += 1
+                    self.stop()
+                return False
+            if poller.poll(math.ceil(min(remaining, 3600.0) * 1000)):
+                return True
+        return False
+
+    def _count(self, size: int, up: bool) -> None:
+        self.last = time.monotonic()
+        counters = self._core.counters
+        with self._core.counters_lock:
+            if up:
+                counters.bytes_up += size
+            else:
+                counters.bytes_down += size
+
+    def pump(self, source: socket.socket, sink: socket.socket, up: bool) -> None:
+        """Splice source -> pipe -> sink until EOF (passed on as a half-close) or failure."""
+        readable = select.poll()
+        readable.register(source, select.POLLIN)
+        writable = select.poll()
+        writable.register(sink, select.POLLOUT)
+        pipe_out, pipe_in = os.pipe()
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, self._chunk)
+            while True:
+                if not self._wait(readable):
+                    return
+                try:
+                    size = os.splice(source.fileno(), pipe_in, self._chunk, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    continue
+                if size == 0:
+                    break
+                self._count(size, up)
+                while size:
+                    try:
+                        size -= os.splice(pipe_out, sink.fileno(), size, flags=_SPLICE_FLAGS)
+                    except BlockingIOError:
+                        if not self._wait(writable):
+                            return
+                    else:
+                        self.last = time.monotonic()
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.stop()  # one side failed: end the tunnel both ways
+        finally:
+            os.close(pipe_out)
+            os.close(pipe_in)
 
 
 async def _socks_address(stream: BufferedByteStream, address_type: int) -> str | None:

@@ -7,9 +7,13 @@ loopback servers (or to addresses the proxy must refuse without connecting).
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
+import os
+import socket
 import struct
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -442,6 +446,99 @@ async def test_idle_tunnel_is_closed(socket_dir: Path) -> None:
             assert await read_all(stream, timeout=2) == b""  # closed by the proxy
             assert anyio.current_time() - started < 1.5
         assert running.stats().idle_closed == 1
+
+
+BIG = 64 * 1024 * 1024
+
+
+def send_and_hash(sock: socket.socket, payload: bytes, first: int = 0) -> str:
+    """Send payload[first:] (then EOF) while reading to EOF; the digest of what came back."""
+    received = hashlib.sha256()
+
+    def sender() -> None:
+        view = memoryview(payload)
+        for start in range(first, len(view), 1024 * 1024):
+            sock.sendall(view[start : start + 1024 * 1024])
+        sock.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    while data := sock.recv(1024 * 1024):
+        received.update(data)
+    thread.join()
+    return received.hexdigest()
+
+
+@asynccontextmanager
+async def both_ways_upstream(payload: bytes) -> AsyncIterator[tuple[int, list[str]]]:
+    """A loopback server sending `payload` to each client while hashing what it gets."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)
+    digests: list[str] = []
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(30)
+                digests.append(send_and_hash(conn, payload))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], digests
+    await anyio.to_thread.run_sync(thread.join, 30)
+
+
+@pytest.mark.parametrize("protocol", ["connect", "socks5"])
+async def test_large_transfer_arrives_intact_both_ways(socket_dir: Path, protocol: str) -> None:
+    up_payload, down_payload = os.urandom(BIG), os.urandom(BIG)
+    async with (
+        both_ways_upstream(down_payload) as (port, upstream_digests),
+        proxy(
+            socket_dir, allow=("api.test", f"127.0.0.1:{port}"), table={"api.test": (LOOPBACK,)}
+        ) as (running, _),
+    ):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        await anyio.to_thread.run_sync(sock.connect, str(running.socket_path))
+        head = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+        first = 1000
+        if protocol == "connect":
+            # The first bytes of the tunnel come with the request: the proxy has read them
+            # already and must pass them on before anything else.
+            request = f"CONNECT api.test:{port} HTTP/1.1\r\n\r\n".encode()
+            sock.sendall(request + up_payload[:first])
+        else:
+            name = socks_name("api.test")
+            sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + name + struct.pack("!H", port))
+            sock.sendall(up_payload[:first])
+            head = b"\x05\x00" + b"\x05\x00\x00\x01" + bytes(6)
+        with sock:
+            answer = b""
+            while len(answer) < len(head):
+                answer += await anyio.to_thread.run_sync(sock.recv, len(head) - len(answer))
+            assert answer == head
+            digest = await anyio.to_thread.run_sync(send_and_hash, sock, up_payload, first)
+    assert digest == hashlib.sha256(down_payload).hexdigest()
+    assert upstream_digests == [hashlib.sha256(up_payload).hexdigest()]
+    stats = running.stats()
+    assert (stats.bytes_up, stats.bytes_down) == (BIG, BIG)
+    assert stats.internal_errors == 0
+
+
+async def test_closing_the_proxy_ends_an_active_tunnel(socket_dir: Path) -> None:
+    async with http_upstream() as up:
+        async with proxy(
+            socket_dir, allow=("api.test", f"127.0.0.1:{up.port}"), table={"api.test": (LOOPBACK,)}
+        ) as (running, _):
+            stream, head = await open_connect(running, f"api.test:{up.port}")
+            assert head == b"HTTP/1.1 200 Connection Established"
+            await stream.send(b"GET /partial HTTP/1.1\r\n")  # the upstream waits for more
+            await anyio.sleep(0.2)
+            started = anyio.current_time()
+        async with stream:
+            assert anyio.current_time() - started < 1.5  # closing did not wait for the tunnel
+            assert await read_all(stream, timeout=2) == b""
 
 
 async def test_silent_client_is_dropped_after_the_handshake_timeout(socket_dir: Path) -> None:
