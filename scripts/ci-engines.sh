@@ -21,7 +21,8 @@ if [[ "${INSTALL:-0}" == 1 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y docker.io podman runsc busybox-static
 fi
 
-# The rootfs: a static busybox, its applets as symlinks, a passwd for `id`.
+# The rootfs: a static busybox, its applets as symlinks, a passwd for `id`, and the host's
+# socat with its libraries (the allowlist forwarder).
 build_rootfs() {
     local rootfs="$1"
     "$HERE/config/images/busybox-rootfs.sh" "$rootfs"
@@ -64,10 +65,19 @@ JSON
 import_image() {
     local engine="$1" rootfs="$2"
     if "$engine" image inspect "$IMAGE" >/dev/null 2>&1; then
-        log "$engine: $IMAGE already present"
-        return
+        # Images imported before the rootfs carried socat (the allowlist forwarder) are
+        # imported again; the check runs the image offline, as the backends do.
+        # (Explicit ulimits: rootful podman otherwise raises them beyond what it may set.)
+        if "$engine" run --rm --pull never --network none --ulimit nofile=1024:1024 \
+            --ulimit nproc=512:512 --entrypoint /bin/sh "$IMAGE" \
+            -c 'command -v socat' >/dev/null 2>&1; then
+            log "$engine: $IMAGE already present"
+            return
+        fi
+        log "$engine: $IMAGE lacks socat: importing it again"
+    else
+        log "$engine: importing $IMAGE"
     fi
-    log "$engine: importing $IMAGE"
     tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -c . |
         "$engine" import --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' - "$IMAGE" >/dev/null
 }

@@ -18,3 +18,23 @@ done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' \
     >"$rootfs/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
+
+# socat, the forwarder the allowlist bridge starts inside the container (loopback:3128 ->
+# the run's proxy socket): the host's binary with every shared library it loads and the
+# dynamic loader, each at the path it has on the host. SOCAT= to use another binary; an
+# empty SOCAT= leaves it out (such an image runs allowlist policies with no network).
+socat="${SOCAT-$(command -v socat || true)}"
+if [[ -n "$socat" ]]; then
+    mkdir -p "$rootfs/usr/bin"
+    cp -L "$socat" "$rootfs/usr/bin/socat"
+    for lib in $(ldd "$socat" | grep -o '/[^ ]*'); do
+        mkdir -p "$rootfs$(dirname "$lib")"
+        cp -L "$lib" "$rootfs$lib"
+    done
+    chroot "$rootfs" /usr/bin/socat -V >/dev/null 2>&1 || {
+        echo "socat copied into $rootfs does not run there" >&2
+        exit 1
+    }
+else
+    echo "socat not found: the image will have no allowlist forwarder" >&2
+fi

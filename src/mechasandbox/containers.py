@@ -66,13 +66,19 @@ def _apple_container(runner: ProcessRunner, host: HostContext, image: str | None
 
 
 def _container_engine(
-    engine: str, *, runner: ProcessRunner, host: HostContext, image: str | None, runtime: str | None
+    engine: str,
+    *,
+    runner: ProcessRunner,
+    host: HostContext,
+    image: str | None,
+    runtime: str | None,
+    egress: EgressProxy,
 ) -> Any:
     """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor)."""
     from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
 
     backend_class = DockerBackend if engine == "docker" else PodmanBackend
-    options: dict[str, Any] = {"runner": runner, "host": host}
+    options: dict[str, Any] = {"runner": runner, "host": host, "egress": egress}
     if image:
         options["image"] = image
     if runtime:
@@ -145,6 +151,7 @@ class Backends(containers.DeclarativeContainer):
         host=core.host,
         image=config.image,
         runtime=config.runtime,
+        egress=core.egress,
     )
     docker_pooled = providers.Resource(_pooled, docker, size=config.pool_size)
     podman = providers.Singleton(
@@ -154,6 +161,7 @@ class Backends(containers.DeclarativeContainer):
         host=core.host,
         image=config.image,
         runtime=config.runtime,
+        egress=core.egress,
     )
     seatbelt = providers.Singleton(
         _seatbelt, runner=core.runner, host=core.host, egress=core.egress

@@ -3,8 +3,9 @@
 Every upstream is a server this module starts on 127.0.0.1; names resolve through a fake
 resolver that maps test names to it. The sandboxes reach the proxy through their bridge
 (bubblewrap: a unix socket bound in and socat on the sandbox's own loopback; landlock: the
-proxy's loopback port with the run's token). Nothing here sends a packet anywhere else:
-the DNS checks on landlock only try to open sockets, never to send.
+proxy's loopback port with the run's token; docker/podman: the socket mounted into a
+`--network none` container and the image's socat on its loopback). Nothing here sends a
+packet anywhere else: the DNS checks on landlock only try to open sockets, never to send.
 """
 
 from __future__ import annotations
@@ -26,16 +27,25 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import Backend, HostContext
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 from mechasandbox.backends.linux.landlock import LandlockBackend
+from mechasandbox.backends.oci import DockerBackend, PodmanBackend, PooledBackend, PoolSettings
 from mechasandbox.cli.main import main
 from mechasandbox.containers import Application
+from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, Timeout
 from mechasandbox.domain.limits import Limits
-from mechasandbox.domain.policy import HostProcesses, NetworkMode, NetworkPolicy, Policy
+from mechasandbox.domain.policy import (
+    Enforcement,
+    HostProcesses,
+    NetworkMode,
+    NetworkPolicy,
+    Policy,
+)
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.network.patterns import IPAddress
 from mechasandbox.network.session import EgressProxy
 from mechasandbox.runner.runner import HelperProcessRunner
+from tests.backends.oci_contract import TEST_IMAGE
 from tests.conftest import require_available
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -440,3 +450,117 @@ def test_cli_rejects_a_too_wide_pattern(capsys: pytest.CaptureFixture[str]) -> N
     assert status == 125
     assert report["error"]["kind"] == "config_invalid"
     assert "*" in report["error"]["message"]
+
+
+# --- docker / podman: the socket mounted into a --network none container -----------------------
+# The test image (busybox + the host's socat, see config/images/busybox-rootfs.sh) has no curl
+# or python: busybox wget honours http_proxy, and `wget -Y off` ignores it.
+@pytest.fixture(params=["docker", "podman"])
+def box(
+    request: pytest.FixtureRequest,
+    runner: HelperProcessRunner,
+    tmp_path: Path,
+    upstream: _Upstream,
+) -> Net:
+    resolver = FakeResolver(dict.fromkeys(TEST_NAMES, (LOOPBACK,)))
+    egress = EgressProxy(resolver=resolver, interface_addresses=lambda: ())
+    engine = DockerBackend if request.param == "docker" else PodmanBackend
+    backend = engine(runner=runner, host=_host(), image=TEST_IMAGE, egress=egress)
+    require_available(backend)
+    caps = backend.probe().unwrap()
+    if Protection.NETWORK_ALLOWLIST not in caps.enforced:
+        pytest.skip(f"{request.param}: {dict(caps.details)[Protection.NETWORK_ALLOWLIST]}")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    port = upstream.server_address[1]
+    assert isinstance(port, int)
+    return Net(backend, resolver, workspace, port, upstream)
+
+
+def test_container_allowed_name_over_plain_http(box: Net) -> None:
+    result = box.ok(box.allowed, "wget", "-q", "-O-", f"http://api.test:{box.port}/plain")
+    assert result.exit_code == 0, out(result)
+    assert b"hello from upstream: GET /plain" in result.stdout
+    assert result.violations == ()
+    assert "api.test" in box.resolver.lookups
+
+
+def test_container_allowed_name_over_connect(box: Net) -> None:
+    # A raw CONNECT through the bridge (socat is in the image), then a request in the tunnel.
+    script = (
+        f"(printf 'CONNECT api.test:{box.port} HTTP/1.1\\r\\n\\r\\n'; sleep 1; "
+        "printf 'GET /tunnelled HTTP/1.0\\r\\nHost: api.test\\r\\n\\r\\n'; sleep 2) "
+        "| socat -t 5 - TCP:127.0.0.1:3128"
+    )
+    result = box.ok(box.allowed, "sh", "-c", script)
+    assert b" 200 " in result.stdout.split(b"\r\n")[0], out(result)
+    assert b"hello from upstream: GET /tunnelled" in result.stdout
+    assert result.violations == ()
+
+
+def test_container_unlisted_domain_is_blocked_with_a_violation(box: Net) -> None:
+    result = box.ok(box.allowed, "wget", "-q", "-O-", f"http://evil.test:{box.port}/")
+    assert result.exit_code != 0
+    assert b"403" in result.stderr, out(result)
+    assert details(result) == [f"blocked GET evil.test:{box.port}: not in the allowlist"]
+    assert "evil.test" not in box.resolver.lookups
+
+
+def test_container_direct_connection_bypassing_the_proxy_fails(box: Net) -> None:
+    before = len(box.upstream.requests)
+    url = f"http://127.0.0.1:{box.port}/"
+    direct = box.ok(box.allowed, "wget", "-q", "-O-", "-T", "5", "-Y", "off", url)
+    assert direct.exit_code != 0, out(direct)
+    raw = box.ok(box.allowed, "socat", "-T", "5", "-", f"TCP:127.0.0.1:{box.port}")
+    assert raw.exit_code != 0, out(raw)
+    assert len(box.upstream.requests) == before
+
+
+def test_container_has_no_route_and_no_dns(box: Net) -> None:
+    routes = box.ok(box.allowed, "cat", "/proc/net/route").stdout.decode().splitlines()
+    assert routes[1:] == []
+    # Name resolution has no route to any resolver: it fails without sending anything.
+    lookup = box.ok(box.allowed, "wget", "-q", "-O-", "-T", "5", "-Y", "off", "http://api.test/")
+    assert lookup.exit_code != 0
+    assert b"hello from upstream" not in lookup.stdout
+
+
+def test_container_gets_the_proxy_environment_and_a_read_only_socket(box: Net) -> None:
+    result = box.ok(
+        box.allowed,
+        "sh",
+        "-c",
+        "echo $http_proxy; [ -S /run/mechasandbox/proxy.sock ] && echo socket; "
+        "rm -f /run/mechasandbox/proxy.sock || echo kept",
+    )
+    lines = result.stdout.decode().split()
+    assert lines == ["http://127.0.0.1:3128", "socket", "kept"], out(result)
+
+
+def test_container_violations_survive_a_timeout(box: Net) -> None:
+    policy = attrs.evolve(box.allowed, limits=Limits(timeout_s=4))
+    result = box.run(policy, "sh", "-c", "wget -q -O- http://evil.test/ ; exec sleep 30")
+    assert isinstance(result, Failure)
+    error = result.failure()
+    assert isinstance(error, Timeout)
+    assert [v.detail for v in error.partial.violations] == [
+        "blocked GET evil.test:80: not in the allowlist"
+    ]
+
+
+def test_pooled_containers_do_not_claim_the_allowlist(box: Net) -> None:
+    backend = box.backend
+    assert isinstance(backend, DockerBackend | PodmanBackend)
+    if backend.kind != "docker":
+        pytest.skip("the warm pool is docker only")
+    pooled = PooledBackend(backend=backend, settings=PoolSettings(size=1))
+    try:
+        caps = pooled.probe().unwrap()
+        assert Protection.NETWORK_ALLOWLIST not in caps.enforced
+        assert "not bridged" in dict(caps.details)[Protection.NETWORK_ALLOWLIST]
+        strict = attrs.evolve(box.allowed, enforcement=Enforcement.STRICT)
+        request = RunRequest(argv=("true",), workspace=str(box.workspace))
+        refused = anyio.run(pooled.run, request, strict)
+        assert isinstance(refused, Failure), refused
+    finally:
+        pooled.close()

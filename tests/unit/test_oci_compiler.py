@@ -5,6 +5,8 @@ from __future__ import annotations
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.oci import ContainerRun, EngineTraits, Runtime, compile_container_args
 from mechasandbox.domain import MIB, EnvironmentPolicy, Limits, Policy, RunRequest
+from mechasandbox.domain.policy import NetworkMode, NetworkPolicy
+from mechasandbox.network.bridge import ProxyBridge, bridge_script
 
 HOST = HostContext(
     env=(
@@ -170,3 +172,28 @@ def test_podman_without_init_binary_runs_without_init() -> None:
     )
     assert "--init" not in args
     assert "--init-path" not in args
+
+
+def test_allowlist_bridge_mounts_the_socket_and_wraps_the_command() -> None:
+    bridge = ProxyBridge(socket="/tmp/msb-net-x/proxy.sock", socat="/usr/bin/socat")
+    policy = Policy(network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=("api.test",)))
+    args = compile_container_args(
+        REQUEST, policy, HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=RUN,
+        bridge=bridge,
+    )  # fmt: skip
+    assert args[args.index("--network") + 1] == "none"
+    mount = "type=bind,source=/tmp/msb-net-x/proxy.sock,target=/run/mechasandbox/proxy.sock"
+    assert mount + ",readonly" in args
+    envs = {args[i + 1] for i, arg in enumerate(args) if arg == "--env"}
+    assert {"http_proxy=http://127.0.0.1:3128", "HTTPS_PROXY=http://127.0.0.1:3128"} <= envs
+    assert "NO_PROXY=" in envs
+    tail = args[args.index("--entrypoint") :]
+    assert tail == (
+        "--entrypoint", "/bin/sh", "img:1",
+        "-c", bridge_script(bridge), "mechasandbox-bridge", "python3", "-c", "print(1)",
+    )  # fmt: skip
+    keeper = compile_container_args(
+        REQUEST, policy, HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=RUN,
+        keeper=True, bridge=bridge,
+    )  # fmt: skip
+    assert not any("proxy.sock" in arg for arg in keeper)

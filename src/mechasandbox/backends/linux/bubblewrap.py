@@ -75,6 +75,15 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import describe
+from mechasandbox.network.bridge import (
+    BRIDGE_FAILED,
+    BRIDGE_PREFIX,
+    PROXY_PORT,
+    PROXY_SOCKET,
+    PROXY_URL,
+    ProxyBridge,
+    bridge_argv,
+)
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
@@ -108,14 +117,9 @@ ETC_SECRETS: tuple[str, ...] = (
 
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
-# The allowlist bridge: the run's proxy socket appears here inside the sandbox, and a
-# forwarder listens on the sandbox's own loopback (its network namespace has nothing else).
-PROXY_SOCKET = "/run/mechasandbox/proxy.sock"
-PROXY_PORT = 3128
-PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+# The allowlist bridge (mechasandbox.network.bridge): the run's proxy socket bound in at
+# PROXY_SOCKET, socat on the sandbox's own loopback (its network namespace has nothing else).
 PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
-BRIDGE_FAILED = 125
-_BRIDGE_PREFIX = b"mechasandbox-bridge: "
 _FORWARDER_SEARCH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -214,36 +218,6 @@ class BwrapFeatures:
     @property
     def disable_userns(self) -> bool:
         return self.version >= DISABLE_USERNS_VERSION
-
-
-@attrs.frozen(kw_only=True)
-class ProxyBridge:
-    """Where the run's proxy socket is on the host, and the forwarder (socat) to run."""
-
-    socket: str
-    socat: str
-    port: int = PROXY_PORT
-
-
-def bridge_script(bridge: ProxyBridge) -> str:
-    """`sh -c` text: start socat detached (reparented to the sandbox's init, so it is never
-    the command's child), wait until it listens (read from the sandbox's own
-    /proc/net/tcp), then exec the command with the script's arguments."""
-    listening = f"0100007F:{bridge.port:04X} 00000000:0000 0A"
-    return (
-        f"({shlex.quote(bridge.socat)} TCP-LISTEN:{bridge.port},bind=127.0.0.1,reuseaddr,fork "
-        f"UNIX-CONNECT:{PROXY_SOCKET} </dev/null >/dev/null 2>&1 &)\n"
-        "i=0\n"
-        f"until PATH=/usr/bin:/bin grep -q '{listening}' /proc/net/tcp; do\n"
-        "  i=$((i+1))\n"
-        "  if [ $i -gt 2000 ]; then\n"
-        f"    echo '{_BRIDGE_PREFIX.decode()}the proxy forwarder did not start' >&2\n"
-        f"    exit {BRIDGE_FAILED}\n"
-        "  fi\n"
-        "  PATH=/usr/bin:/bin sleep 0.005\n"
-        "done\n"
-        'exec "$@"\n'
-    )
 
 
 # --- the pure compiler ----------------------------------------------------------------------
@@ -522,8 +496,7 @@ def compile_bwrap(
         argv += mount.args
     if bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST:
         argv += ["--ro-bind", bridge.socket, PROXY_SOCKET]
-        argv += ["--", "/bin/sh", "-c", bridge_script(bridge), "mechasandbox-bridge"]
-        argv += request.argv
+        argv += ["--", *bridge_argv(bridge, request.argv)]
     else:
         argv += ["--", *request.argv]
     return Success(
@@ -659,7 +632,7 @@ def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
     """bwrap's own failures (a mount it could not make, an exec that failed inside) end with
     status 1 and a `bwrap: ` message before the command ever ran; the bridge's, with 125
     and its own prefix."""
-    if result.exit_code == BRIDGE_FAILED and result.stderr.startswith(_BRIDGE_PREFIX):
+    if result.exit_code == BRIDGE_FAILED and result.stderr.startswith(BRIDGE_PREFIX):
         message = result.stderr.decode(errors="replace").strip()
         return BackendFailed(backend=NAME, reason=message)
     if result.exit_code != 1 or not result.stderr.startswith(_BWRAP_PREFIX):

@@ -15,6 +15,8 @@ from mechasandbox.backends.base import HostContext, scrubbed_environment
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.limits.rlimits import rlimits_for
+from mechasandbox.network.bridge import PROXY_SOCKET, PROXY_URL, ProxyBridge, bridge_argv
+from mechasandbox.network.environment import proxy_environment
 
 LABEL_RUN = "mechasandbox.run"
 LABEL_OWNER = "mechasandbox.owner"
@@ -138,9 +140,14 @@ def _ulimits(policy: Policy, engine: EngineTraits) -> list[str]:
     return args
 
 
-def _environment_args(policy: Policy, host: HostContext) -> list[str]:
+def _environment_args(
+    policy: Policy, host: HostContext, *, bridge: ProxyBridge | None = None
+) -> list[str]:
+    env = container_environment(policy, host)
+    if bridge is not None:
+        env.update(proxy_environment(PROXY_URL))
     args: list[str] = []
-    for name, value in sorted(container_environment(policy, host).items()):
+    for name, value in sorted(env.items()):
         args += ["--env", f"{name}={value}"]
     return args
 
@@ -175,6 +182,11 @@ def _protection_mounts(run: ContainerRun) -> list[str]:
     return args
 
 
+def _bridge_mount(bridge: ProxyBridge | None) -> list[str]:
+    """The run's proxy socket, read-only where the bridge script's socat connects to it."""
+    return [] if bridge is None else _bind(bridge.socket, PROXY_SOCKET, readonly=True)
+
+
 # The long-lived process of a pooled container: commands come in by `exec`.
 KEEPER_ARGV = ("sleep", "infinity")
 
@@ -190,6 +202,7 @@ def compile_container_args(
     run: ContainerRun,
     cpus: float | None = None,
     keeper: bool = False,
+    bridge: ProxyBridge | None = None,
 ) -> tuple[str, ...]:
     """The arguments after the engine executable: `run ... IMAGE ARGS...`.
 
@@ -200,11 +213,17 @@ def compile_container_args(
     `keeper`: a warm-pool container: detached, running `KEEPER_ARGV` (the request's argv
     and stdin are ignored), without the command's environment (each `exec` passes it), and
     with one more process allowed (the keeper itself) under the pids limit.
+
+    `bridge` (allowlist mode): the run's proxy socket is mounted read-only at
+    `PROXY_SOCKET`, the proxy variables point at `PROXY_URL`, and the command runs behind
+    the bridge script, which first starts the image's socat on the container's loopback.
+    The container stays `--network none`. Not for keepers (see pool.py).
     """
     limits = policy.limits
     workspace = run.workspace
     if keeper:
         request = RunRequest(argv=KEEPER_ARGV, workspace=request.workspace)
+        bridge = None
     args: list[str] = [
         "run",
         "--name",
@@ -248,6 +267,7 @@ def compile_container_args(
         args += ["--userns", "keep-id"]
     args += _bind(workspace, workspace, readonly=False)
     args += _protection_mounts(run)
+    args += _bridge_mount(bridge)
     args += ["--workdir", workspace]
     if limits.memory_bytes is not None:
         memory = str(limits.memory_bytes)
@@ -262,9 +282,10 @@ def compile_container_args(
         if runtime is Runtime.RUNSC and engine.runtime_network_flag:
             args += ["--runtime-flag", "network=none"]
     if not keeper:
-        args += _environment_args(policy, host)
+        args += _environment_args(policy, host, bridge=bridge)
     # The entrypoint is the command itself: an image's ENTRYPOINT must not wrap it.
-    args += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
+    argv = request.argv if bridge is None else tuple(bridge_argv(bridge, request.argv))
+    args += ["--entrypoint", argv[0], image, *argv[1:]]
     return tuple(args)
 
 

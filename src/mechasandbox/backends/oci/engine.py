@@ -48,9 +48,18 @@ from mechasandbox.domain.errors import (
     SandboxError,
     SpawnFailed,
 )
-from mechasandbox.domain.policy import Enforcement, Policy
+from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Usage
+from mechasandbox.network.bridge import (
+    BRIDGE_FAILED,
+    BRIDGE_PREFIX,
+    PROXY_PORT,
+    PROXY_SOCKET,
+    ProxyBridge,
+)
+from mechasandbox.network.proxy import RunningProxy
+from mechasandbox.network.session import EgressProxy, run_with_proxy
 from mechasandbox.runner.runner import ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
@@ -155,6 +164,16 @@ class EngineInfo:
     pids: bool = True
     runsc_problem: str | None = None  # why runsc cannot be used, when it is registered
     warnings: tuple[str, ...] = ()
+    socat: str | None = None  # the image's allowlist forwarder, when the bridge can work
+    no_bridge: str = "not probed"  # why there is no allowlist bridge, when `socat` is None
+
+
+# The image's socat (its path, or None), per engine CLI and image id: starting a container
+# to look is slow, and an image id never changes content.
+_FORWARDERS: dict[tuple[str, str], str | None] = {}
+_FORWARDERS_LOCK = threading.Lock()
+_FORWARDER_PROBE = "command -v socat"
+PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
 
 
 @attrs.define
@@ -368,6 +387,7 @@ class OciBackend:
     cpus: float | None = None
     host: HostContext = attrs.field(factory=HostContext.current)
     probe_ttl_s: float = _PROBE_TTL_S
+    egress: EgressProxy = attrs.field(factory=EgressProxy)
     _cache: _ProbeCache = attrs.field(factory=_ProbeCache, init=False, eq=False, repr=False)
 
     @property
@@ -461,7 +481,60 @@ class OciBackend:
                     "build it with scripts/ci-engines.sh or config/images/"
                 )
             )
+        parsed = self._with_forwarder(parsed, executable, image.unwrap().stdout.decode().strip())
         return Success((self._capabilities(parsed), parsed, executable))
+
+    def _with_forwarder(self, info: EngineInfo, executable: str, image_id: str) -> EngineInfo:
+        """`info` with the image's socat, found by running the image once (cached per
+        image id); the allowlist bridge needs it."""
+        if self.runtime is Runtime.RUNSC:
+            return attrs.evolve(
+                info,
+                no_bridge=(
+                    "not bridged under gVisor: runsc does not let the container connect to "
+                    "a host unix socket (the proxy's)"
+                ),
+            )
+        key = (executable, image_id)
+        with _FORWARDERS_LOCK:
+            known = key in _FORWARDERS
+            socat = _FORWARDERS.get(key)
+        if not known:
+            socat = self._find_forwarder(info, executable)
+            with _FORWARDERS_LOCK:
+                _FORWARDERS[key] = socat
+        if socat is None:
+            return attrs.evolve(
+                info,
+                no_bridge=(
+                    f"image {self.image!r} has no socat on its PATH: the bridge to the proxy "
+                    "needs it (see config/images); best-effort runs have no network at all"
+                ),
+            )
+        return attrs.evolve(info, socat=socat, no_bridge="")
+
+    def _find_forwarder(self, info: EngineInfo, executable: str) -> str | None:
+        """Run `sh -c 'command -v socat'` in the image, as a run would be started (offline,
+        --network none, read-only, no capabilities; the mounted "workspace" is our empty
+        read-only directory)."""
+        empty = empty_directory()
+        run = ContainerRun(run_id=secrets.token_hex(8), owner=owner_id(), workspace=empty)
+        args = compile_container_args(
+            RunRequest(argv=("/bin/sh", "-c", _FORWARDER_PROBE), workspace=empty),
+            Policy(),
+            self.host,
+            self.image,
+            Runtime.DEFAULT,  # the image's content does not depend on the runtime
+            info.traits,
+            run=run,
+        )
+        found = run_blocking(
+            self.runner, self._cli_spec(executable, ("run", "--rm", *args[1:]), timeout_s=30.0)
+        )
+        if isinstance(found, Failure) or found.unwrap().exit_code != 0:
+            return None
+        path = found.unwrap().stdout.decode(errors="replace").strip()
+        return path if path.startswith("/") and "\n" not in path else None
 
     def _engine(self) -> Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable]:
         now = time.monotonic()
@@ -506,11 +579,7 @@ class OciBackend:
                 "covered by a read-only empty directory (created on the host for the run)",
             ),
             (Protection.NETWORK_NONE, "--network none: loopback only"),
-            (
-                Protection.NETWORK_ALLOWLIST,
-                "not bridged: the container would need a forwarder from loopback to the "
-                "proxy's unix socket, and the default image has none (see docs/network.md)",
-            ),
+            self._allowlist_detail(info),
             (Protection.PID_ISOLATION, f"own PID namespace; runtime: {runtime}"),
             (Protection.HOST_PROCESSES_HIDDEN, "own PID namespace"),
             (Protection.ENVIRONMENT, "only the scrubbed environment, as explicit --env pairs"),
@@ -519,6 +588,8 @@ class OciBackend:
             (Protection.OPEN_FILES, "--ulimit nofile"),
             (Protection.FILE_SIZE, "--ulimit fsize"),
         ]
+        if info.socat is not None:
+            enforced.add(Protection.NETWORK_ALLOWLIST)
         if info.memory:
             enforced.add(Protection.MEMORY)
             details.append((Protection.MEMORY, "--memory with --memory-swap equal (cgroup)"))
@@ -538,6 +609,21 @@ class OciBackend:
             details=tuple(details),
             warnings=warnings,
         )
+
+    def _allowlist_detail(self, info: EngineInfo) -> tuple[Protection, str]:
+        if info.socat is None:
+            return (Protection.NETWORK_ALLOWLIST, info.no_bridge)
+        return (
+            Protection.NETWORK_ALLOWLIST,
+            f"--network none; the run's proxy socket mounted read-only at {PROXY_SOCKET} and "
+            f"the image's {info.socat} forwarding 127.0.0.1:{PROXY_PORT} to it; no route, "
+            "no DNS inside",
+        )
+
+    def _bridge(self, info: EngineInfo, policy: Policy, socket: str) -> ProxyBridge | None:
+        if policy.network.mode is not NetworkMode.ALLOWLIST or info.socat is None:
+            return None
+        return ProxyBridge(socket=socket, socat=info.socat)
 
     # -- compiling ------------------------------------------------------------------------
 
@@ -602,6 +688,12 @@ class OciBackend:
     ) -> Result[LaunchPlan, SandboxError]:
         def render(workspace: str) -> LaunchPlan:
             run = self._container_run(workspace, policy)
+            engine = self._engine()
+            bridge = (
+                self._bridge(engine.unwrap()[1], policy, PROXY_SOCKET_PLACEHOLDER)
+                if isinstance(engine, Success)
+                else None
+            )
             args = compile_container_args(
                 request,
                 policy,
@@ -611,6 +703,7 @@ class OciBackend:
                 self._traits(),
                 run=run,
                 cpus=self.cpus,
+                bridge=bridge,
             )
             return LaunchPlan(
                 backend=self.name,
@@ -641,6 +734,32 @@ class OciBackend:
         if isinstance(checked, Failure):
             return Failure(checked.failure())
         warnings = (*warnings, *checked.unwrap())
+        if self._bridge(info, policy, PROXY_SOCKET_PLACEHOLDER) is None:
+            # No bridge: a best-effort allowlist run has no network at all.
+            return await self._launch(
+                executable, info, request, policy, workspace, layout, warnings, None
+            )
+
+        async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
+            socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
+            bridge = self._bridge(info, policy, socket)
+            return await self._launch(
+                executable, info, request, policy, workspace, layout, warnings, bridge
+            )
+
+        return await run_with_proxy(self.egress, policy.network, body)
+
+    async def _launch(
+        self,
+        executable: str,
+        info: EngineInfo,
+        request: RunRequest,
+        policy: Policy,
+        workspace: str,
+        layout: ProtectionLayout,
+        warnings: tuple[str, ...],
+        bridge: ProxyBridge | None,
+    ) -> Result[RunResult, SandboxError]:
         run = self._container_run(workspace, policy, layout=layout)
         args = compile_container_args(
             request,
@@ -651,6 +770,7 @@ class OciBackend:
             info.traits,
             run=run,
             cpus=self.cpus,
+            bridge=bridge,
         )
         spec = self._cli_spec(
             executable,
@@ -682,6 +802,7 @@ class OciBackend:
                 policy=policy,
                 outcome=outcome,
                 warnings=warnings,
+                bridged=bridge is not None,
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -734,7 +855,12 @@ class OciBackend:
         policy: Policy,
         outcome: ProcessOutcome,
         warnings: tuple[str, ...],
+        bridged: bool = False,
     ) -> Result[RunResult, SandboxError]:
+        if bridged and outcome.stderr.startswith(BRIDGE_PREFIX):
+            failed = _bridge_failure(outcome, request.argv[0], backend=self.name, image=self.image)
+            if failed is not None:
+                return Failure(failed)
         code: int | None = outcome.exit_code
         signal: int | None = outcome.signal
         if code is not None and _SIGNAL_BASE < code <= _SIGNAL_BASE + 64:
@@ -825,6 +951,24 @@ class OciBackend:
         for name in doomed:
             await self.runner.run(self._cli_spec(executable, ("rm", "--force", name)))
         return Success(tuple(doomed))
+
+
+def _bridge_failure(
+    outcome: ProcessOutcome, command: str, *, backend: str, image: str
+) -> SandboxError | None:
+    """The bridge script's own failures: the forwarder did not start (125), or its shell
+    could not exec the command (`mechasandbox-bridge: ...: exec: X: not found`, 127/126)."""
+    message = _tail(outcome.stderr, 300)
+    if outcome.exit_code == BRIDGE_FAILED:
+        return BackendFailed(backend=backend, reason=message)
+    if outcome.exit_code in (126, 127) and b": exec: " in outcome.stderr.split(b"\n")[0]:
+        reason = "command not found" if outcome.exit_code == 127 else "not executable"
+        return SpawnFailed(
+            command=command,
+            reason=f"{reason} in image {image!r}: {message}",
+            exit_status=outcome.exit_code,
+        )
+    return None
 
 
 def _owner_gone(owner: str, *, alive: Callable[[int], bool] | None = None) -> bool:

@@ -59,7 +59,7 @@ from mechasandbox.backends.oci.engine import (
     run_blocking,
 )
 from mechasandbox.backends.outcome import classify
-from mechasandbox.domain.capabilities import Capabilities
+from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
     BackendUnavailable,
@@ -67,7 +67,7 @@ from mechasandbox.domain.errors import (
     SandboxError,
     SpawnFailed,
 )
-from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Usage
 from mechasandbox.limits.cgroup import CgroupEvents
@@ -92,6 +92,15 @@ def _exec_failure(outcome: ProcessOutcome) -> bytes | None:
 
 # `podman run --detach` leaves conmon behind to keep the container; the process runner kills
 # everything a run leaves behind (its helper is the subreaper), so the container stops.
+# Why pooled runs have no allowlist bridge: a keeper container outlives the runs, but each
+# run's proxy is a fresh unix socket in its own private directory, and a bind mount cannot
+# be added to a running container; the bridge's socat would also have to be started per exec
+# and outlive none. Strict allowlist runs are refused; best-effort ones have no network.
+POOLED_ALLOWLIST = (
+    "not bridged in the warm pool: each run's proxy socket is new, and a running "
+    "container cannot get a new mount; use the backend without a pool for allowlist runs "
+    "(best-effort runs here have no network at all)"
+)
 PODMAN_UNSUPPORTED = (
     "the warm pool needs docker: podman's conmon must outlive `podman run --detach`, and "
     "the process runner kills whatever a run leaves behind"
@@ -792,13 +801,25 @@ class PooledBackend:
             f"{settings.after_use.value}"
         )
         return self.backend.probe().map(
-            lambda caps: attrs.evolve(caps, warnings=(*caps.warnings, note))
+            lambda caps: attrs.evolve(
+                caps,
+                enforced=caps.enforced - {Protection.NETWORK_ALLOWLIST},
+                details=(
+                    *(d for d in caps.details if d[0] is not Protection.NETWORK_ALLOWLIST),
+                    (Protection.NETWORK_ALLOWLIST, POOLED_ALLOWLIST),
+                ),
+                warnings=(*caps.warnings, note),
+            )
         )
 
     def plan(
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         settings = self.settings
+        if policy.network.mode is NetworkMode.ALLOWLIST:  # not bridged: no network at all
+            policy = attrs.evolve(
+                policy, network=attrs.evolve(policy.network, mode=NetworkMode.NONE)
+            )
         return self.backend.plan(request, policy, host).map(
             lambda plan: attrs.evolve(
                 plan,
@@ -817,7 +838,7 @@ class PooledBackend:
 
     def warm(self, request: RunRequest, policy: Policy) -> Result[None, SandboxError]:
         """Pre-start the pool for the request's workspace and this policy."""
-        prepared = prepare_run(self.backend, request, policy)
+        prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         self._pool.warm(request, policy, prepared.unwrap()[1])
@@ -825,7 +846,7 @@ class PooledBackend:
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         backend = self.backend
-        prepared = prepare_run(backend, request, policy)
+        prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         warnings, workspace = prepared.unwrap()
