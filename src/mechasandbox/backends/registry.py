@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, check_enforcement
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, PolicyUnsupported, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
@@ -75,9 +75,7 @@ def choose(candidates: Sequence[Backend], policy: Policy) -> Result[Backend, San
             reasons.append(f"{backend.name}: {probed.failure().reason}")
             continue
         capabilities = probed.unwrap()
-        if isinstance(
-            check_enforcement(capabilities, policy), Success
-        ) and not capabilities.missing(policy):
+        if not capabilities.missing(policy):
             return Success(backend)
         available.append((backend, capabilities))
     if available:

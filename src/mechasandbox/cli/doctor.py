@@ -15,23 +15,6 @@ from mechasandbox.containers import Application
 from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.policy import Policy
 
-# The columns of the doctor table, in the order CLI.md lists them.
-SHOWN = (
-    Protection.FILESYSTEM_READ,
-    Protection.FILESYSTEM_WRITE,
-    Protection.PROTECTED_PATHS,
-    Protection.NETWORK_NONE,
-    Protection.NETWORK_ALLOWLIST,
-    Protection.PID_ISOLATION,
-    Protection.HOST_PROCESSES_HIDDEN,
-    Protection.MEMORY,
-    Protection.CPU,
-    Protection.PROCESSES,
-    Protection.OPEN_FILES,
-    Protection.ENVIRONMENT,
-    Protection.TREE_TEARDOWN,
-)
-
 
 def report(app: Application, host: HostContext) -> dict[str, Any]:
     backends: list[dict[str, Any]] = []
@@ -62,6 +45,7 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
     }
 
 
+# The doctor table's columns (CLI.md's list, in its order) and their short headings.
 _SHORT = {
     Protection.FILESYSTEM_READ: "fs-read",
     Protection.FILESYSTEM_WRITE: "fs-write",
@@ -81,7 +65,7 @@ _SHORT = {
 
 def _table(data: dict[str, Any]) -> str:
     """A grid: one row per backend, one column per protection (`+` enforced, `-` not)."""
-    shown = [p for p in SHOWN if p in _SHORT]
+    shown = list(_SHORT)
     width = max(len(entry["name"]) for entry in data["backends"]) + 2
     header = "".ljust(width) + " ".join(_SHORT[p].rjust(len(_SHORT[p])) for p in shown)
     lines = [f"platform: {data['platform']}", "", header]
