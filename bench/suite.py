@@ -45,6 +45,7 @@ from mechasandbox.backends.process import ProcessBackend
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
+from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
@@ -116,6 +117,7 @@ class Contenders:
             plan = self.backends["bubblewrap"].plan(self.request, POLICY, self.runner_host())
             self.bwrap_argv = shlex.split(dict(plan.unwrap().sections)["bwrap"])
         self.docker = shutil.which("docker") if "docker" in self.backends else None
+        self.direct_cgroups = CgroupManager.probe()
 
     def runner_host(self) -> Any:
         return self.backends["bubblewrap"].host
@@ -173,7 +175,10 @@ class Contenders:
     async def direct_bwrap_in_cgroup(self) -> None:
         """The same, joined to a cgroup like our runs: a memory cgroup makes the kernel's
         namespace and mount setup dearer, and that is no overhead of ours."""
-        manager = self.backends["bubblewrap"].cgroups
+        # A manager of its own: our runs' pooled cgroups hold warm children, which a run
+        # that is not ours would kill when it empties the cgroup.
+        manager = self.direct_cgroups
+        assert isinstance(manager, CgroupManager)
         run = manager.create(POLICY.limits)
 
         def join() -> None:
@@ -224,7 +229,7 @@ class Contenders:
                 chosen[f"backend {name}"] = self.backend_sample(name)
         if self.bwrap_argv is not None:
             chosen["direct bwrap (same argv)"] = self.direct_bwrap
-            if not isinstance(self.backends["bubblewrap"].cgroups, str):
+            if isinstance(self.direct_cgroups, CgroupManager):
                 chosen["direct bwrap, in a cgroup"] = self.direct_bwrap_in_cgroup
         if heavy and "docker" in self.backends:
             chosen["backend docker"] = self.backend_sample("docker")

@@ -17,7 +17,7 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
 from mechasandbox.network.session import validate_network
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.runner import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
 if TYPE_CHECKING:
@@ -70,6 +70,9 @@ async def execute_spec(
         if manager is not None and cgroup_run is not None:
             with contextlib.suppress(OSError):
                 manager.destroy(cgroup_run)
+            if isinstance(runner, PreparesCgroups):
+                # The next run that gets a pooled cgroup finds its child inside already.
+                runner.prepare_cgroups(manager.idle_procs_files())
     if isinstance(outcome, Failure):
         return Failure(outcome.failure())
     finished = outcome.unwrap()

@@ -170,18 +170,7 @@ class CgroupManager:
         directories = self._take()
         fresh = directories is None
         if directories is None:
-            name = f"{_PREFIX}p{os.getpid()}-{secrets.token_hex(6)}"
-            directories = tuple(str(Path(p) / name) for p in self.parents)
-            made: list[str] = []
-            try:
-                for directory in directories:
-                    os.mkdir(directory, 0o755)
-                    made.append(directory)
-            except OSError:
-                for directory in made:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(directory)
-                raise
+            directories = self._make()
         run = CgroupRun(version=self.version, directories=directories)
         wanted = (limits.memory_bytes, limits.max_processes)
         pool = self._pool
@@ -202,6 +191,40 @@ class CgroupManager:
             return self.create(limits)  # a pooled cgroup gone bad: a fresh one instead
         return run
 
+    def _make(self) -> tuple[str, ...]:
+        name = f"{_PREFIX}p{os.getpid()}-{secrets.token_hex(6)}"
+        directories = tuple(str(Path(p) / name) for p in self.parents)
+        made: list[str] = []
+        try:
+            for directory in directories:
+                os.mkdir(directory, 0o755)
+                made.append(directory)
+        except OSError:
+            for directory in made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+            raise
+        return directories
+
+    def idle_procs_files(self, minimum: int = 2) -> tuple[tuple[str, ...], ...]:
+        """The cgroup.procs files of every pooled cgroup, after making sure at least
+        `minimum` are pooled: a runner prepares a child in each (`PreparesCgroups`), and with
+        two or more in turn (the pool is first in, first out) the next run's cgroup has had
+        a whole run's time to get its child in, even when runs follow each other closely."""
+        pool = self._pool
+        with pool.lock:
+            missing = max(0, min(minimum, POOL_SIZE) - len(pool.idle))
+        made: list[tuple[str, ...]] = []
+        for _ in range(missing):
+            try:
+                directories = self._make()
+            except OSError:
+                break  # the next run makes its own and reports why it cannot
+            made.append(directories)
+        with pool.lock:
+            pool.idle.extend(made)
+            return tuple(tuple(f"{d}/cgroup.procs" for d in group) for group in pool.idle)
+
     def _take(self) -> tuple[str, ...] | None:
         pool = self._pool
         with pool.lock:
@@ -211,7 +234,7 @@ class CgroupManager:
             if not pool.exit_hook:
                 pool.exit_hook = True
                 atexit.register(self.close)
-            return pool.idle.pop() if pool.idle else None
+            return pool.idle.pop(0) if pool.idle else None
 
     def _sweep(self) -> None:
         """Remove the pooled cgroups of hosts that died without removing them."""
@@ -326,6 +349,9 @@ class CgroupManager:
     def _remove(self, run: CgroupRun) -> None:
         with self._pool.lock:
             self._pool.applied.pop(run.directories, None)
+        # A pooled cgroup may hold a runner's warm child (see `PreparesCgroups`): it dies
+        # with the cgroup, which cannot be removed while a process is inside.
+        self._empty(run)
         for directory in run.directories:
             with contextlib.suppress(OSError):
                 os.rmdir(directory)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,16 @@ class SpawnHelperClient:
         finally:
             theirs.close()
         return ours
+
+    def prepare(self, groups: Sequence[tuple[str, ...]]) -> None:
+        """Ask the running helper for a warm child in each group of cgroups (see `helper`).
+        A hint: nothing happens without a helper of this process, and failures are ignored
+        (the next run reports them)."""
+        with self._lock:
+            if self._control is None or self._owner != os.getpid():
+                return
+            with contextlib.suppress(OSError):
+                framing.send(self._control, {"op": "prepare", "cgroups": [list(g) for g in groups]})
 
     def _forget_inherited(self) -> None:
         """In a child forked from the host: the helper is the parent's; start our own

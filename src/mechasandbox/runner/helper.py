@@ -15,6 +15,13 @@ followed by `exited` (wait status, rusage). The helper does not wait for the exe
 `started` early: the client supervises the run from the moment it is submitted. A `kill`
 frame on the run socket, or the run socket closing, kills the run's whole tree.
 The control socket closing (the host exited or died) kills every run and ends the helper.
+
+Warm children: a `prepare` frame (cgroup.procs files, no fds) asks for a child forked ahead
+of time that joins those cgroups and then waits for a run. On cgroup v1 a join waits for an
+RCU grace period (5-15 ms on a quiet host), and fork costs a little too; a warm child pays
+both while nobody waits, and the next spawn request for the same cgroups is handed to it
+(with its stdio) instead of forking. One warm child without cgroups is kept ready too. The
+hand-over changes nothing else: the warm child is the helper's child like any run's root.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ CONTROL_FD_ENV = "MECHASANDBOX_HELPER_FD"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _IS_LINUX = sys.platform.startswith("linux")
+# Warm children waiting at once (one per pooled cgroup, plus the one without cgroups).
+_MAX_WARM = 16
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if _IS_LINUX else None
 
@@ -108,18 +117,25 @@ class _Launch:
 
 
 def _child(
-    launch: _Launch, stdio: list[int], hooks: list[tuple[ChildHook, Any]], report_fd: int
+    launch: _Launch,
+    stdio: list[int],
+    hooks: list[tuple[ChildHook, Any]],
+    report_fd: int,
+    *,
+    detached: bool = False,
 ) -> None:
     """Runs in the forked child: set everything up, then exec. Never returns.
 
+    `detached`: the session and the parent-death signal are set already (a warm child).
     Signal dispositions need no work here: the helper catches (rather than ignores) the
     signals it handles, and exec resets caught signals to their defaults; its signal mask
     is empty (see `main`)."""
     stage = "setsid"
     try:
-        os.setsid()
-        stage = "pdeathsig"
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if not detached:
+            os.setsid()
+            stage = "pdeathsig"
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         stage = "stdio"
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
@@ -131,12 +147,7 @@ def _child(
         stage = "umask"
         os.umask(launch.umask)
         stage = "cgroup"
-        for procs_file in launch.cgroup_procs:
-            procs = os.open(procs_file, os.O_WRONLY)
-            try:
-                os.write(procs, b"0")
-            finally:
-                os.close(procs)
+        _join(launch.cgroup_procs)
         stage = "rlimit"
         for which, limits in launch.rlimits:
             resource.setrlimit(which, limits)
@@ -153,6 +164,60 @@ def _child(
         os.write(report_fd, f"{errno.EIO}:{stage}".encode())
     finally:
         os._exit(127)
+
+
+def _join(procs_files: list[bytes]) -> None:
+    for procs_file in procs_files:
+        procs = os.open(procs_file, os.O_WRONLY)
+        try:
+            os.write(procs, b"0")
+        finally:
+            os.close(procs)
+
+
+def _warm_child(
+    procs_files: list[bytes], sock: socket.socket, hooks: dict[str, ChildHook], report_fd: int
+) -> None:
+    """Runs in a warm child: leave the helper's session, join the cgroups, then wait for a
+    spawn request (with its stdio) on `sock` and carry it out as `_child` does. The helper
+    closing `sock` instead ends it. Never returns."""
+    try:
+        os.setsid()
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _join(procs_files)
+        request, stdio = framing.receive(sock)
+        launch = _Launch(request)
+        launch.cgroup_procs = []  # joined already: a second join would wait again
+        chosen = [
+            (hooks.get(spec) or _load_hook(spec), argument)
+            for spec, argument in request.get("hooks", ())
+        ]
+    except BaseException:
+        os._exit(0)  # not a run yet: the helper forgets this child and forks afresh
+    _child(launch, stdio, chosen, report_fd, detached=True)
+
+
+class _Warm:
+    """A warm child: `sock` carries its run, `report` as in `_Run`, `hooks`: the hook
+    modules it inherited (a run needing another is given a fresh fork instead)."""
+
+    __slots__ = ("hooks", "pid", "report", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket, report: int, hooks: frozenset[str]) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.report = report
+        self.hooks = hooks
+
+    def discard(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.close(self.report)
 
 
 class _Run:
@@ -173,6 +238,10 @@ class Helper:
         self.control = control
         self.runs: dict[int, _Run] = {}
         self.hooks: dict[str, ChildHook] = {}
+        # Warm children by the cgroup.procs files they joined (() for none), and the keys
+        # still to prepare once the helper has nothing else to do.
+        self.warm: dict[tuple[str, ...], _Warm] = {}
+        self.wanted: list[tuple[str, ...]] = []
         self.my_pid = os.getpid()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -208,9 +277,10 @@ class Helper:
         or processes that escaped their run's session. Processes still in a live run's
         session are left to that run's end."""
         live_sessions = set(self.runs)
+        waiting = {warm.pid for warm in self.warm.values()}
         strays: list[int] = []
         for pid in self._children(self.my_pid):
-            if pid in self.runs:
+            if pid in self.runs or pid in waiting:
                 continue
             try:
                 session = os.getsid(pid)
@@ -241,9 +311,9 @@ class Helper:
 
     # --- spawning -------------------------------------------------------------------------
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
-        """Fork the child and return at once, without waiting for its exec: the helper can
-        take the next request while this child sets up, and the run's start is settled
-        when it exits (see `_settle`), which saves a round trip per run."""
+        """Start the run's child and return at once, without waiting for its exec: the
+        helper can take the next request while this child sets up, and the run's start is
+        settled when it exits (see `_settle`), which saves a round trip per run."""
         run_sock = socket.socket(fileno=fds[0])
         run_sock.set_inheritable(False)
         stdio = fds[1:4]
@@ -255,12 +325,19 @@ class Helper:
                 if spec not in self.hooks:
                     self.hooks[spec] = _load_hook(spec)
                 hooks.append((self.hooks[spec], argument))
-            report_r, report_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(report_r)
-                _child(launch, stdio, hooks, report_w)
-            os.close(report_w)
+            key = tuple(request.get("cgroup_procs", ()))
+            handed = self._hand_to_warm(key, request, stdio)
+            if handed is not None:
+                pid, report_r = handed
+            else:
+                report_r, report_w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(report_r)
+                    _child(launch, stdio, hooks, report_w)
+                os.close(report_w)
+            if not key:
+                self._want(key)  # the next run without cgroups finds a child ready
         except Exception as error:  # a bad request must not kill the helper
             for fd in (report_r, report_w):
                 if fd >= 0:
@@ -273,6 +350,62 @@ class Helper:
             for fd in stdio:
                 os.close(fd)
         self.runs[pid] = _Run(pid, run_sock, report_r)
+
+    # --- warm children ----------------------------------------------------------------------
+    def _want(self, key: tuple[str, ...]) -> None:
+        if key not in self.warm and key not in self.wanted:
+            self.wanted.append(key)
+
+    def _prepare(self, key: tuple[str, ...]) -> None:
+        """Fork a warm child for `key` (see the module's docstring)."""
+        if key in self.warm or len(self.warm) >= _MAX_WARM:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        report_r, report_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (report_r, report_w):
+                os.close(fd)
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            ours.close()
+            os.close(report_r)
+            _warm_child([os.fsencode(p) for p in key], theirs, self.hooks, report_w)
+        theirs.close()
+        os.close(report_w)
+        self.warm[key] = _Warm(pid, ours, report_r, frozenset(self.hooks))
+
+    def _hand_to_warm(
+        self, key: tuple[str, ...], request: dict[str, Any], stdio: list[int]
+    ) -> tuple[int, int] | None:
+        """Give the run to the warm child of `key`: its pid and report pipe, or None when
+        there is none that can take it (the caller forks)."""
+        warm = self.warm.pop(key, None)
+        if warm is None:
+            return None
+        if not {spec for spec, _ in request.get("hooks", ())} <= warm.hooks:
+            warm.discard()
+            return None
+        try:
+            framing.send(warm.sock, request, stdio)
+        except OSError:  # it died meanwhile (its cgroup was removed): fork instead
+            warm.discard()
+            return None
+        warm.sock.close()
+        return warm.pid, warm.report
+
+    def _forget_warm(self, pid: int) -> bool:
+        """A warm child ended before it got a run (killed with its cgroup, or its join
+        failed): forget it. False if `pid` is no warm child."""
+        for key, warm in list(self.warm.items()):
+            if warm.pid == pid:
+                del self.warm[key]
+                warm.close()
+                return True
+        return False
 
     def _settle(self, run: _Run) -> bytes:
         """Called once the child is gone: its report pipe holds the failure before exec, or
@@ -302,7 +435,8 @@ class Helper:
                 return
             run = self.runs.pop(pid, None)
             if run is None:
-                continue  # an orphan we killed or that ended by itself
+                self._forget_warm(pid)  # or an orphan we killed or that ended by itself
+                continue
             answer = self._settle(run)
             # Nothing outlives a run: whatever it left behind dies now. Its own children
             # were re-parented to us (subreaper), so they are among the strays; the reaped
@@ -333,6 +467,9 @@ class Helper:
             self._kill_run(run)
 
     def _shutdown(self) -> None:
+        for warm in self.warm.values():
+            warm.discard()
+        self.warm.clear()
         for run in list(self.runs.values()):
             self._kill_run(run)
             if run.report is not None:
@@ -348,7 +485,11 @@ class Helper:
             self._reap()
             by_fd = {run.sock.fileno(): run for run in self.runs.values()}
             watched: list[int] = [self.control.fileno(), self.wake_r, *by_fd]
-            readable, _, _ = select.select(watched, [], [])
+            # Warm children are prepared only when nothing else is waiting.
+            readable, _, _ = select.select(watched, [], [], 0 if self.wanted else None)
+            if not readable and self.wanted:
+                self._prepare(self.wanted.pop(0))
+                continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
@@ -361,7 +502,13 @@ class Helper:
                 except (framing.FrameError, OSError):
                     self._shutdown()
                     return
-                self._spawn(request, fds)
+                if request.get("op") == "prepare":
+                    for group in request["cgroups"]:
+                        self._want(tuple(group))
+                    for fd in fds:  # none are expected
+                        os.close(fd)
+                else:
+                    self._spawn(request, fds)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -87,7 +87,7 @@ from mechasandbox.network.bridge import (
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.runner import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
 
 NAME = "bubblewrap"
@@ -623,6 +623,10 @@ class _DecodingRunner:
 
     def close(self) -> None:
         self.inner.close()
+
+    def prepare_cgroups(self, groups: Sequence[tuple[str, ...]]) -> None:
+        if isinstance(self.inner, PreparesCgroups):
+            self.inner.prepare_cgroups(groups)
 
 
 _BWRAP_PREFIX = b"bwrap: "

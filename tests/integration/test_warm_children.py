@@ -1,0 +1,167 @@
+"""Warm children: the spawn helper forks a run's child ahead of time, already inside the
+pooled cgroup the next run will get. The run must still land in its cgroup, the waiting
+children must not be mistaken for leftovers, and none may outlive its cgroup or the helper."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+from returns.result import Success
+
+from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
+from mechasandbox.domain import Limits
+from mechasandbox.limits.cgroup import CgroupManager
+from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.runner.spec import SpawnSpec
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+
+SHOW_CGROUP = SpawnSpec(
+    argv=("cat", "/proc/self/cgroup"), env=(("PATH", "/usr/bin:/bin"),), cwd="/", timeout_s=10
+)
+
+
+@pytest.fixture
+def manager() -> Iterator[CgroupManager]:
+    probed = CgroupManager.probe()
+    if isinstance(probed, str):
+        pytest.skip(f"no writable cgroup here: {probed}")
+    yield probed
+    probed.close()
+
+
+@pytest.fixture
+def own_runner() -> Iterator[HelperProcessRunner]:
+    runner = HelperProcessRunner()
+    yield runner
+    runner.close()
+
+
+def _helper_pid(runner: HelperProcessRunner) -> int:
+    pid = runner._helper.pid
+    assert pid is not None
+    return pid
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+def _in_cgroup(pid: int, directory: str) -> bool:
+    try:
+        membership = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return f"/{Path(directory).name}\n" in membership
+
+
+def _waiting_in(runner: HelperProcessRunner, directory: str, timeout_s: float = 10) -> list[int]:
+    """The helper's children inside `directory`, waiting until one has joined."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        inside = [p for p in _children(_helper_pid(runner)) if _in_cgroup(p, directory)]
+        if inside:
+            return inside
+        time.sleep(0.02)
+    return []
+
+
+def _run(runner: HelperProcessRunner, spec: SpawnSpec) -> str:
+    outcome = anyio.run(runner.run, spec)
+    assert isinstance(outcome, Success), outcome
+    assert outcome.unwrap().exit_code == 0, outcome
+    return outcome.unwrap().stdout.decode()
+
+
+def test_a_run_handed_to_a_warm_child_runs_inside_its_cgroup(
+    manager: CgroupManager, own_runner: HelperProcessRunner
+) -> None:
+    limits = Limits(max_processes=16)
+    first = manager.create(limits)
+    _run(own_runner, attrs.evolve(SHOW_CGROUP, cgroup_procs=first.procs_files))
+    manager.destroy(first)
+    own_runner.prepare_cgroups(manager.idle_procs_files())
+    waiting = _waiting_in(own_runner, first.directories[0])
+    assert waiting, "no warm child joined the pooled cgroup"
+
+    second = manager.create(limits)
+    try:
+        assert second.directories == first.directories  # first in, first out
+        shown = _run(own_runner, attrs.evolve(SHOW_CGROUP, cgroup_procs=second.procs_files))
+        for directory in second.directories:
+            assert f"/{Path(directory).name}\n" in shown
+        # It was the warm child that ran: it is gone now, reaped as the run's root.
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting)
+    finally:
+        manager.destroy(second)
+
+
+def test_warm_children_survive_other_runs_and_die_with_their_cgroup(
+    manager: CgroupManager, own_runner: HelperProcessRunner
+) -> None:
+    run = manager.create(Limits())
+    _run(own_runner, attrs.evolve(SHOW_CGROUP, cgroup_procs=run.procs_files))
+    manager.destroy(run)
+    own_runner.prepare_cgroups(manager.idle_procs_files())
+    waiting = _waiting_in(own_runner, run.directories[0])
+    assert waiting
+    # A run that ends kills what it left behind; a warm child is no leftover of it.
+    _run(own_runner, attrs.evolve(SHOW_CGROUP, argv=("true",)))
+    assert all(os.path.exists(f"/proc/{pid}") for pid in waiting)
+
+    manager.close()  # removing the pooled cgroup kills the child waiting inside
+    assert not any(os.path.exists(d) for d in run.directories)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in waiting):
+        assert time.monotonic() < deadline, "the warm child outlived its cgroup"
+        time.sleep(0.02)
+    # The helper noticed and forks afresh: the next run in a new cgroup still works.
+    fresh = manager.create(Limits())
+    try:
+        shown = _run(own_runner, attrs.evolve(SHOW_CGROUP, cgroup_procs=fresh.procs_files))
+        assert f"/{Path(fresh.directories[0]).name}\n" in shown
+    finally:
+        manager.destroy(fresh)
+
+
+def test_warm_children_die_with_the_helper(own_runner: HelperProcessRunner) -> None:
+    _run(own_runner, attrs.evolve(SHOW_CGROUP, argv=("true",)))
+    helper = _helper_pid(own_runner)
+    deadline = time.monotonic() + 10
+    while not _children(helper):  # the warm child without cgroups
+        assert time.monotonic() < deadline, "no warm child was prepared"
+        time.sleep(0.02)
+    waiting = _children(helper)
+    own_runner.close()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in waiting):
+        assert time.monotonic() < deadline, "a warm child outlived the helper"
+        time.sleep(0.02)
+
+
+def test_a_run_needing_a_hook_the_warm_child_lacks_still_gets_it(
+    own_runner: HelperProcessRunner,
+) -> None:
+    """The warm child without cgroups was forked before the hook's module was loaded in
+    the helper: the run must still have its hook applied (here: the seccomp program handed
+    over on fd 3, as bubblewrap receives it)."""
+    _run(own_runner, attrs.evolve(SHOW_CGROUP, argv=("true",)))
+    helper = _helper_pid(own_runner)
+    deadline = time.monotonic() + 10
+    while not _children(helper):
+        assert time.monotonic() < deadline, "no warm child was prepared"
+        time.sleep(0.02)
+    spec = attrs.evolve(SHOW_CGROUP, argv=("sh", "-c", "wc -c <&3"), hooks=(seccomp_hook(),))
+    assert int(_run(own_runner, spec)) == len(seccomp_program())
+    # And again, now handed to a warm child forked after the module was loaded.
+    time.sleep(0.2)
+    assert int(_run(own_runner, spec)) == len(seccomp_program())
