@@ -12,13 +12,14 @@ from pathlib import Path
 import anyio
 import attrs
 import pytest
-from returns.result import Success
+from returns.result import Result, Success
 
 from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
 from mechasandbox.domain import Limits
+from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.runner.runner import HelperProcessRunner
-from mechasandbox.runner.spec import SpawnSpec
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
 
@@ -76,10 +77,11 @@ def _waiting_in(runner: HelperProcessRunner, directory: str, timeout_s: float = 
 
 
 def _run(runner: HelperProcessRunner, spec: SpawnSpec) -> str:
-    outcome = anyio.run(runner.run, spec)
+    outcome: Result[ProcessOutcome, SpawnFailed] = anyio.run(runner.run, spec)
     assert isinstance(outcome, Success), outcome
-    assert outcome.unwrap().exit_code == 0, outcome
-    return outcome.unwrap().stdout.decode()
+    finished: ProcessOutcome = outcome.unwrap()
+    assert finished.exit_code == 0, outcome
+    return finished.stdout.decode()
 
 
 def test_a_run_handed_to_a_warm_child_runs_inside_its_cgroup(

@@ -282,6 +282,7 @@ def _home(host: HostContext) -> str:
     return posixpath.normpath(host.home) if host.home else "/"
 
 
+@functools.lru_cache(maxsize=64)
 def paths_to_survey(workspace: str, policy: Policy, host: HostContext) -> tuple[str, ...]:
     """Every path `compile_bwrap` will ask the layout about."""
     fs = policy.filesystem
@@ -454,6 +455,28 @@ def _masks(
     return sorted(masks.values(), key=lambda mount: (_depth(mount.dest), mount.dest))
 
 
+_MountPlan = tuple[tuple[_Mount, ...], tuple[str, ...], tuple[str, ...]]
+
+
+@functools.lru_cache(maxsize=64)
+def _mount_plan(
+    workspace: str, policy: Policy, host: HostContext, layout: HostLayout
+) -> _MountPlan | ConfigInvalid:
+    """The mounts, placeholders and warnings of a run. A pure function of values (the
+    layout is surveyed afresh for every run), so an agent's next command in the same
+    workspace, under the same policy and with the same paths present, reuses it."""
+    checked = _check_workspace_placement(workspace, policy, host)
+    if checked is not None:
+        return checked
+    mounts = _base_mounts(layout) + _tree_mounts(workspace, policy, host, layout)
+    protected = _protections(workspace, policy, host, layout, mounts)
+    if isinstance(protected, ConfigInvalid):
+        return protected
+    placeholders, warnings = protected
+    mounts += _masks(workspace, policy, host, layout, mounts)
+    return tuple(mounts), tuple(placeholders), tuple(warnings)
+
+
 def compile_bwrap(
     request: RunRequest,
     policy: Policy,
@@ -470,15 +493,10 @@ def compile_bwrap(
     `bridge`: in allowlist mode, the proxy socket to bind in and the forwarder to start
     before the command (the network namespace stays empty but for loopback).
     """
-    checked = _check_workspace_placement(workspace, policy, host)
-    if checked is not None:
-        return Failure(checked)
-    mounts = _base_mounts(layout) + _tree_mounts(workspace, policy, host, layout)
-    protected = _protections(workspace, policy, host, layout, mounts)
-    if isinstance(protected, ConfigInvalid):
-        return Failure(protected)
-    placeholders, warnings = protected
-    mounts += _masks(workspace, policy, host, layout, mounts)
+    planned = _mount_plan(workspace, policy, host, layout)
+    if isinstance(planned, ConfigInvalid):
+        return Failure(planned)
+    mounts, placeholders, warnings = planned
 
     argv: list[str] = [features.path, "--unshare-user", "--unshare-all"]
     if policy.network.mode is NetworkMode.FULL:
@@ -500,12 +518,7 @@ def compile_bwrap(
     else:
         argv += ["--", *request.argv]
     return Success(
-        BwrapCommand(
-            argv=tuple(argv),
-            placeholders=tuple(placeholders),
-            warnings=tuple(warnings),
-            mounts=tuple(mounts),
-        )
+        BwrapCommand(argv=tuple(argv), placeholders=placeholders, warnings=warnings, mounts=mounts)
     )
 
 
