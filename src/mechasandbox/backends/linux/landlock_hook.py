@@ -25,6 +25,7 @@ import stat
 from typing import Any
 
 from mechasandbox.backends.linux.seccomp import install as install_seccomp
+from mechasandbox.backends.linux.seccomp import load_libc as _load_seccomp_libc
 
 SYS_LANDLOCK_CREATE_RULESET = 444  # same number on x86_64 and aarch64
 SYS_LANDLOCK_ADD_RULE = 445
@@ -91,6 +92,7 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 _libc = _load_libc()
+_load_seccomp_libc()  # here, in the spawn helper: its children inherit it
 
 
 def _lib() -> ctypes.CDLL:
@@ -122,23 +124,40 @@ def abi_version() -> int:
     return _check(result, "landlock_create_ruleset")
 
 
-def _last_capability() -> int:
+_CAP_SETPCAP = 8
+
+
+def _capability_sets() -> tuple[int, int]:
+    """(bounding, effective) of this process, from /proc/self/status; both full when it
+    cannot be read, so that every drop is still attempted."""
+    bounding = effective = (1 << 64) - 1
     try:
-        with open("/proc/sys/kernel/cap_last_cap") as handle:
-            return int(handle.read())
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("CapBnd:"):
+                    bounding = int(line.split()[1], 16)
+                elif line.startswith("CapEff:"):
+                    effective = int(line.split()[1], 16)
     except (OSError, ValueError):
-        return 63
+        pass
+    return bounding, effective
 
 
 def drop_capabilities() -> None:
     """Leave the process with no capability now and after exec, whatever its uid."""
-    for cap in range(_last_capability() + 1):
-        try:
-            _prctl(_PR_CAPBSET_DROP, cap, what="PR_CAPBSET_DROP")
-        except OSError as error:
-            # EPERM: no CAP_SETPCAP, so nothing to drop from a bounding set we cannot use.
-            if error.errno not in (errno.EINVAL, errno.EPERM):
-                raise
+    bounding, effective = _capability_sets()
+    # Without CAP_SETPCAP the bounding set cannot be changed (each drop is EPERM), and
+    # no_new_privs already keeps exec from granting what it holds: one prctl per
+    # capability (about 40) is only worth it when it can succeed.
+    if effective >> _CAP_SETPCAP & 1:
+        for cap in range(bounding.bit_length()):
+            if not bounding >> cap & 1:
+                continue
+            try:
+                _prctl(_PR_CAPBSET_DROP, cap, what="PR_CAPBSET_DROP")
+            except OSError as error:
+                if error.errno not in (errno.EINVAL, errno.EPERM):
+                    raise
     try:
         _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT")
     except OSError as error:

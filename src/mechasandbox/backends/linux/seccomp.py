@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import socket
 import struct
@@ -398,12 +399,18 @@ _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
 
 
+@functools.cache
+def load_libc() -> ctypes.CDLL:
+    """Loaded once per process (in the spawn helper, before it forks the children)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def install(program: bytes) -> None:
     """Load `program` into the calling thread's process (with no_new_privs, which the kernel
     requires of an unprivileged caller). Irreversible; meant for a child before exec."""
     if len(program) % 8 or not program:
         raise ValueError("a BPF program is a non-empty array of 8-byte instructions")
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = load_libc()
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
