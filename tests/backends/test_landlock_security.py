@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -262,6 +263,32 @@ def test_capabilities_dropped_and_no_new_privs(sandbox: Sandbox) -> None:
         "Seccomp:",
         "2",
     ]
+
+
+_UNPRIVILEGED_DROP = r"""
+import os
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+from mechasandbox.backends.linux.landlock_hook import drop_capabilities
+drop_capabilities()
+print(*(l for l in open("/proc/self/status") if l.startswith(("CapEff", "CapPrm"))))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches to an unprivileged uid first")
+def test_capability_drop_as_an_unprivileged_user_succeeds_without_setpcap() -> None:
+    """Without CAP_SETPCAP the bounding set cannot shrink: the hook must not fail there
+    (it relies on no_new_privs instead) and still leaves no capability."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    ran = subprocess.run(
+        [sys.executable, "-c", _UNPRIVILEGED_DROP],
+        capture_output=True,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+        timeout=30,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    shown = sorted(ran.stdout.decode().split())
+    assert shown == sorted(["CapEff:", "0000000000000000", "CapPrm:", "0000000000000000"])
 
 
 # --- processes --------------------------------------------------------------------------------
