@@ -267,8 +267,8 @@ def test_capabilities_dropped_and_no_new_privs(sandbox: Sandbox) -> None:
 
 _UNPRIVILEGED_DROP = r"""
 import os
-os.setgroups([]); os.setgid(65534); os.setuid(65534)
 from mechasandbox.backends.linux.landlock_hook import drop_capabilities
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
 drop_capabilities()
 print(*(l for l in open("/proc/self/status") if l.startswith(("CapEff", "CapPrm"))))
 """
