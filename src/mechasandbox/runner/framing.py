@@ -32,7 +32,12 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = encode(message)
+    send_frame(sock, encode(message), fds)
+
+
+def send_frame(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> None:
+    """Send an encoded frame (from `encode`, or as `receive_frame` got it: forwarding one
+    needs no decoding and encoding again)."""
     if fds:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
         sent = sock.sendmsg([data], ancillary)
@@ -59,13 +64,24 @@ def _recv_exact(sock: socket.socket, count: int, fds: list[int]) -> bytes:
     return b"".join(chunks)
 
 
-def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """Read one frame from a blocking socket; returns the message and any attached fds."""
+def receive_frame(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """Read one whole frame (header included) from a blocking socket, and any fds."""
     fds: list[int] = []
-    (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, fds))
+    header = _recv_exact(sock, _HEADER.size, fds)
+    (length,) = _HEADER.unpack(header)
     if length > MAX_FRAME:
         raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME}")
-    message = json.loads(_recv_exact(sock, length, fds))
+    return header + _recv_exact(sock, length, fds), fds
+
+
+def decode(frame: bytes) -> dict[str, Any]:
+    message = json.loads(frame[_HEADER.size :])
     if not isinstance(message, dict):
         raise FrameError("frame is not a JSON object")
-    return message, fds
+    return message
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """Read one frame from a blocking socket; returns the message and any attached fds."""
+    frame, fds = receive_frame(sock)
+    return decode(frame), fds

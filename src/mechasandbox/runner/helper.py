@@ -310,7 +310,7 @@ class Helper:
         self._kill_tree([run.pid])
 
     # --- spawning -------------------------------------------------------------------------
-    def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
+    def _spawn(self, request: dict[str, Any], frame: bytes, fds: list[int]) -> None:
         """Start the run's child and return at once, without waiting for its exec: the
         helper can take the next request while this child sets up, and the run's start is
         settled when it exits (see `_settle`), which saves a round trip per run."""
@@ -326,7 +326,7 @@ class Helper:
                     self.hooks[spec] = _load_hook(spec)
                 hooks.append((self.hooks[spec], argument))
             key = tuple(request.get("cgroup_procs", ()))
-            handed = self._hand_to_warm(key, request, stdio)
+            handed = self._hand_to_warm(key, request, frame, stdio)
             if handed is not None:
                 pid, report_r = handed
             else:
@@ -379,7 +379,7 @@ class Helper:
         self.warm[key] = _Warm(pid, ours, report_r, frozenset(self.hooks))
 
     def _hand_to_warm(
-        self, key: tuple[str, ...], request: dict[str, Any], stdio: list[int]
+        self, key: tuple[str, ...], request: dict[str, Any], frame: bytes, stdio: list[int]
     ) -> tuple[int, int] | None:
         """Give the run to the warm child of `key`: its pid and report pipe, or None when
         there is none that can take it (the caller forks)."""
@@ -390,7 +390,7 @@ class Helper:
             warm.discard()
             return None
         try:
-            framing.send(warm.sock, request, stdio)
+            framing.send_frame(warm.sock, frame, stdio)
         except OSError:  # it died meanwhile (its cgroup was removed): fork instead
             warm.discard()
             return None
@@ -485,9 +485,11 @@ class Helper:
             self._reap()
             by_fd = {run.sock.fileno(): run for run in self.runs.values()}
             watched: list[int] = [self.control.fileno(), self.wake_r, *by_fd]
-            # Warm children are prepared only when nothing else is waiting.
-            readable, _, _ = select.select(watched, [], [], 0 if self.wanted else None)
-            if not readable and self.wanted:
+            # Warm children are prepared only when nothing else is waiting and no run is
+            # going: forking one would compete with a run for the CPU.
+            preparing = bool(self.wanted) and not self.runs
+            readable, _, _ = select.select(watched, [], [], 0 if preparing else None)
+            if not readable and preparing:
                 self._prepare(self.wanted.pop(0))
                 continue
             if self.wake_r in readable:
@@ -498,8 +500,9 @@ class Helper:
                     self._on_run_message(by_fd[fd])
             if self.control.fileno() in readable:
                 try:
-                    request, fds = framing.receive(self.control)
-                except (framing.FrameError, OSError):
+                    frame, fds = framing.receive_frame(self.control)
+                    request = framing.decode(frame)
+                except (framing.FrameError, OSError, ValueError):
                     self._shutdown()
                     return
                 if request.get("op") == "prepare":
@@ -508,7 +511,7 @@ class Helper:
                     for fd in fds:  # none are expected
                         os.close(fd)
                 else:
-                    self._spawn(request, fds)
+                    self._spawn(request, frame, fds)
 
 
 def main() -> None:
