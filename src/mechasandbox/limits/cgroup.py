@@ -60,11 +60,18 @@ class CgroupRun:
         return tuple(f"{d}/cgroup.procs" for d in self.directories)
 
 
-def _read(path: Path) -> str:
+def _read(path: Path | str) -> str:
+    """A small kernel file, read raw (cgroupfs files are read several times per run)."""
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return ""
+    try:
+        return os.read(fd, 65536).decode()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _counter(text: str, key: str) -> int:
@@ -116,6 +123,9 @@ class _Pool:
         self.idle: list[tuple[str, ...]] = []
         # The limits last written to each cgroup of this pool: (memory_bytes, max_processes).
         self.applied: dict[tuple[str, ...], tuple[int | None, int | None]] = {}
+        # The event counters last read from each cgroup (at its run's end): the next run's
+        # baseline, so that handing a cgroup out reads nothing.
+        self.counters: dict[tuple[str, ...], CgroupEvents] = {}
         self.swept = False
         self.exit_hook = False
 
@@ -123,6 +133,7 @@ class _Pool:
         with self.lock:
             idle, self.idle = self.idle, []
             self.applied.clear()
+            self.counters.clear()
         return idle
 
 
@@ -183,7 +194,9 @@ class CgroupManager:
             with pool.lock:
                 pool.applied[directories] = wanted
             if not fresh:
-                run = attrs.evolve(run, baseline=self._counters(run))
+                with pool.lock:
+                    known = pool.counters.pop(directories, None)
+                run = attrs.evolve(run, baseline=known or self._counters(run))
         except OSError:
             self._remove(run)
             if fresh:
@@ -292,6 +305,8 @@ class CgroupManager:
     def events(self, run: CgroupRun) -> CgroupEvents:
         """The run's events: the counters now, minus those when it got the cgroup."""
         now = self._counters(run)
+        with self._pool.lock:
+            self._pool.counters[run.directories] = now
         return CgroupEvents(
             oom_kills=now.oom_kills - run.baseline.oom_kills,
             pids_max_hits=now.pids_max_hits - run.baseline.pids_max_hits,
@@ -301,10 +316,9 @@ class CgroupManager:
         """Kill whatever is still inside; True once no process is left."""
         empty = True
         for directory in run.directories:
-            kill_file = Path(directory, "cgroup.kill")
-            if kill_file.exists():
+            if self.version == 2:  # cgroup.kill: v2 only (kernel >= 5.14)
                 with contextlib.suppress(OSError):
-                    kill_file.write_text("1")
+                    _write(directory, "cgroup.kill", 1)
             for _ in range(100):
                 pids = [int(p) for p in _read(Path(directory, "cgroup.procs")).split()]
                 if not pids:
@@ -349,6 +363,7 @@ class CgroupManager:
     def _remove(self, run: CgroupRun) -> None:
         with self._pool.lock:
             self._pool.applied.pop(run.directories, None)
+            self._pool.counters.pop(run.directories, None)
         # A pooled cgroup may hold a runner's warm child (see `PreparesCgroups`): it dies
         # with the cgroup, which cannot be removed while a process is inside.
         self._empty(run)

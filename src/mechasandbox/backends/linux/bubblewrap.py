@@ -709,6 +709,19 @@ class _WorkspacePlaceholders:
 _PLACEHOLDERS = _WorkspacePlaceholders()
 
 
+_FOUND: dict[tuple[str, str], str] = {}
+
+
+def _which(name: str, path: str) -> str | None:
+    """`shutil.which`, remembering what it found (each run probes): a program removed later
+    makes its run fail, it is never replaced by anything else. Misses are not remembered, so
+    a program installed later is found."""
+    found = _FOUND.get((name, path)) or shutil.which(name, path=path)
+    if found is not None:
+        _FOUND[(name, path)] = found
+    return found
+
+
 # --- the backend ----------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class BubblewrapBackend:
@@ -728,7 +741,7 @@ class BubblewrapBackend:
 
     def _socat(self) -> str | None:
         """socat's real path, if it is inside the read-only system trees the sandbox sees."""
-        found = self.socat or shutil.which("socat", path=_FORWARDER_SEARCH)
+        found = self.socat or _which("socat", _FORWARDER_SEARCH)
         if found is None:
             return None
         real = os.path.realpath(found)
@@ -738,7 +751,7 @@ class BubblewrapBackend:
         if self.bwrap is not None:
             return self.bwrap
         path = dict(self.host.env).get("PATH") or "/usr/local/bin:/usr/bin:/bin"
-        return shutil.which("bwrap", path=path)
+        return _which("bwrap", path)
 
     def _features(self) -> BwrapFeatures | str:
         if not self.host.platform.startswith("linux"):
