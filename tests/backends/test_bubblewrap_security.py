@@ -37,6 +37,8 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
 pytestmark = [
     pytest.mark.backend("bubblewrap"),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only"),
@@ -186,6 +188,53 @@ def test_missing_protected_paths_cannot_be_created_and_leave_no_placeholder(box:
     )
     assert "end" in out(result)
     assert sorted(os.listdir(box.workspace)) == ["notes.txt"]
+
+
+_HOST_THAT_DIES = r"""
+import anyio, sys
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.domain import Limits, Policy, RunRequest
+from mechasandbox.runner.runner import HelperProcessRunner
+
+backend = BubblewrapBackend(runner=HelperProcessRunner())
+request = RunRequest(argv=("sh", "-c", "echo up; sleep 30"), workspace=sys.argv[1])
+anyio.run(backend.run, request, Policy(limits=Limits(timeout_s=60)))
+"""
+
+
+def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
+    box: Box, tmp_path: Path
+) -> None:
+    """A host SIGKILLed during a run leaves bwrap's mount points in the workspace (empty
+    `.git/`, `.env/`...); the next process that runs bubblewrap removes them, and keeps a
+    directory someone has put content in."""
+    state = tmp_path / "state"
+    env = {**os.environ, "XDG_STATE_HOME": str(state), "PYTHONPATH": SRC}
+    host = subprocess.Popen([sys.executable, "-c", _HOST_THAT_DIES, str(box.workspace)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (box.workspace / ".git").is_dir():
+            assert time.monotonic() < deadline, "the run never started"
+            assert host.poll() is None, "the host ended early"
+            time.sleep(0.05)
+        time.sleep(0.5)  # all placeholders up, the command sleeping
+    finally:
+        host.kill()
+        host.wait()
+    left = sorted(os.listdir(box.workspace))
+    assert ".git" in left and ".env" in left  # the crash left them: the test is not vacuous
+    (box.workspace / ".vscode" / "keep").write_text("someone's file")
+
+    rerun = subprocess.run(
+        [sys.executable, "-c", _HOST_THAT_DIES.replace("sleep 30", "true"), str(box.workspace)],
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert rerun.returncode == 0
+    assert sorted(os.listdir(box.workspace)) == [".vscode"]
+    assert (box.workspace / ".vscode" / "keep").read_text() == "someone's file"
+    assert list((state / "mechasandbox" / "placeholders").iterdir()) == []
 
 
 def test_concurrent_runs_in_one_workspace_share_placeholders_safely(box: Box) -> None:

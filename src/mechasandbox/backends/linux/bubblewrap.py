@@ -32,7 +32,6 @@ The environment goes to bwrap as its own process environment (which bwrap hands 
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import glob
@@ -44,7 +43,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -59,6 +57,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.process import UMASK, default_cgroups
 from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
@@ -661,52 +660,7 @@ def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
     return BackendFailed(backend=NAME, reason=message)
 
 
-def _remove_placeholders(paths: Iterable[str]) -> None:
-    """Remove the empty directories bwrap created as mount points; anything else (someone on
-    the host put content there meanwhile) stays."""
-    for path in sorted(paths, key=_depth, reverse=True):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-
-
-class _WorkspacePlaceholders:
-    """Placeholders stay while any run of this process still uses their workspace.
-
-    Removing one while another run's bwrap is setting up (or running) over the same
-    workspace would break that run ("Can't get type of source"), so removal waits for the
-    last run in the workspace to end; meanwhile new runs treat them as missing paths and
-    cover them read-only too. Runs of other processes are not coordinated.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._runs: dict[str, int] = {}
-        self._created: dict[str, set[str]] = {}
-
-    def active(self, workspace: str) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(self._created.get(workspace, ()))
-
-    def created(self, workspace: str, placeholders: Iterable[str]) -> None:
-        """Record placeholders as soon as they are known, for runs that start meanwhile."""
-        with self._lock:
-            self._created.setdefault(workspace, set()).update(placeholders)
-
-    def enter(self, workspace: str) -> None:
-        with self._lock:
-            self._runs[workspace] = self._runs.get(workspace, 0) + 1
-
-    def leave(self, workspace: str) -> None:
-        with self._lock:
-            self._runs[workspace] -= 1
-            if self._runs[workspace]:
-                return
-            del self._runs[workspace]
-            paths = self._created.pop(workspace, set())
-        _remove_placeholders(paths)
-
-
-_PLACEHOLDERS = _WorkspacePlaceholders()
+_PLACEHOLDERS = WorkspacePlaceholders()
 
 
 _FOUND: dict[tuple[str, str], str] = {}

@@ -1,0 +1,161 @@
+"""The empty directories bwrap makes in a workspace as mount points for missing protected
+paths (`.git`, `.envrc`... covered read-only for the run), and their removal.
+
+They stay while any run of this process still uses their workspace: removing one while
+another run's bwrap is setting up (or running) over the same workspace would break that run
+("Can't get type of source"), so removal waits for the last run in the workspace to end;
+meanwhile new runs treat them as missing paths and cover them read-only too. Runs of other
+processes are not coordinated.
+
+A host that dies during a run (SIGKILL, a crash) cannot remove them, and an empty `.env/` or
+`.mechasandbox.toml/` directory left in a workspace breaks the tools that expect a file
+there. So each process journals the paths it may leave behind in a file of its own under
+the user's state directory, and removes the journal at exit; the next process that makes
+placeholders first removes what the journals of dead processes list (empty directories
+only: anything with content stays).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def _depth(path: str) -> int:
+    return path.rstrip("/").count("/")
+
+
+def remove_placeholders(paths: Iterable[str]) -> None:
+    """Remove empty directories, deepest first; anything else (someone on the host put
+    content there meanwhile, or a file) stays."""
+    for path in sorted(paths, key=_depth, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def _state_directory() -> Path | None:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
+    if not os.path.isabs(base):
+        return None
+    return Path(base, "mechasandbox", "placeholders")
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat): with the pid,
+    it names a process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+class _Journal:
+    """This process's list of the placeholders it made (one path per line)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self._directory = directory
+        self.written: set[str] = set()
+        self.path: Path | None = None
+        self.swept = False
+
+    @property
+    def directory(self) -> Path | None:
+        """Given, or the user's state directory (looked up at first use, not at import)."""
+        if self._directory is None:
+            self._directory = _state_directory()
+        return self._directory
+
+    def _open_path(self) -> Path | None:
+        if self.path is None and self.directory is not None:
+            start = _start_time(os.getpid())
+            if start is None:
+                return None
+            try:
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:
+                return None
+            self.path = self.directory / f"{os.getpid()}-{start}.paths"
+            atexit.register(self.close)
+        return self.path
+
+    def sweep(self) -> None:
+        """Remove what the journals of dead processes list, then the journals."""
+        self.swept = True
+        if self.directory is None:
+            return
+        with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
+            for entry in entries:
+                pid, _, rest = entry.name.partition("-")
+                start = rest.removesuffix(".paths")
+                if not pid.isdigit() or not rest.endswith(".paths"):
+                    continue
+                if _start_time(int(pid)) == start:
+                    continue  # alive: its placeholders may be in use
+                with contextlib.suppress(OSError):
+                    remove_placeholders(Path(entry.path).read_text().splitlines())
+                    os.unlink(entry.path)
+
+    def record(self, paths: Iterable[str]) -> None:
+        new = [p for p in paths if p not in self.written]
+        if not new:
+            return
+        path = self._open_path()
+        if path is None:
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, "".join(f"{p}\n" for p in new).encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        self.written.update(new)
+
+    def close(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+class WorkspacePlaceholders:
+    """The placeholders of this process's runs, by workspace (see the module's docstring)."""
+
+    def __init__(self, state_directory: Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, int] = {}
+        self._created: dict[str, set[str]] = {}
+        self._journal = _Journal(state_directory)
+
+    def active(self, workspace: str) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._created.get(workspace, ()))
+
+    def enter(self, workspace: str) -> None:
+        with self._lock:
+            if not self._journal.swept:
+                self._journal.sweep()
+            self._runs[workspace] = self._runs.get(workspace, 0) + 1
+
+    def created(self, workspace: str, placeholders: Iterable[str]) -> None:
+        """Record placeholders as soon as they are known (before bwrap makes them), for runs
+        that start meanwhile and for the journal."""
+        paths = tuple(placeholders)
+        with self._lock:
+            self._created.setdefault(workspace, set()).update(paths)
+            self._journal.record(paths)
+
+    def leave(self, workspace: str) -> None:
+        with self._lock:
+            self._runs[workspace] -= 1
+            if self._runs[workspace]:
+                return
+            del self._runs[workspace]
+            paths = self._created.pop(workspace, set())
+        remove_placeholders(paths)
