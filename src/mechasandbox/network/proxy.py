@@ -136,10 +136,17 @@ class ProxySettings:
 
 @attrs.frozen(kw_only=True)
 class ProxyStats:
+    """Counters since the proxy started.
+
+    `tunnels` counts relays; `spliced`, those of them that carried enough bytes to move
+    from the event loop to a splice thread.
+    """
+
     accepted: int
     active: int
     refused: int
     tunnels: int
+    spliced: int
     upstream_failures: int
     idle_closed: int
     internal_errors: int
@@ -155,6 +162,7 @@ class _Counters:
     over_limit: int = 0
     refused: int = 0
     tunnels: int = 0
+    spliced: int = 0
     upstream_failures: int = 0
     idle_closed: int = 0
     internal_errors: int = 0
@@ -375,6 +383,7 @@ class _ProxyCore:
         self, client: socket.socket, upstream: socket.socket, still_open: dict[bool, bool]
     ) -> None:
         """Run the tunnel's splice thread; cancellation shuts both sockets down."""
+        self.counters.spliced += 1
         tunnel = _Tunnel(self, client, upstream, up=still_open[True], down=still_open[False])
 
         async def stop_when_cancelled() -> None:
@@ -765,7 +774,9 @@ class _LoopRelay:
 
 _CAN_SPLICE = hasattr(os, "splice") and hasattr(select, "poll")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-_PIPE_BYTES = 1024 * 1024
+# Raised on a unix socket the splice thread writes to: its default (208 KiB) makes the
+# thread wait for the reader about five times as often as the pipe would need to.
+_UNIX_SEND_BUFFER = 512 * 1024
 
 
 @attrs.define
@@ -777,6 +788,20 @@ class _Direction:
     pipe_in: int = -1
     pending: int = 0
     eof: bool = False
+
+
+def _raise_send_buffer(sock: socket.socket) -> None:
+    """Give a unix socket sink a larger send buffer, within the host's wmem_max.
+
+    TCP sockets are left alone: their buffers grow by themselves, and setting one would
+    stop that.
+    """
+    if sock.family != socket.AF_UNIX:
+        return
+    with contextlib.suppress(OSError):
+        # Linux reports twice the size set (the rest is its bookkeeping).
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * _UNIX_SEND_BUFFER:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _UNIX_SEND_BUFFER)
 
 
 class _Tunnel:
@@ -804,6 +829,7 @@ class _Tunnel:
         self._lock = threading.Lock()
         self._stopped = False
         self._idle = core.settings.idle_timeout_s
+        self._pipe_bytes = min(core.settings.relay_chunk_bytes, 1024 * 1024)
         self._directions = [
             direction
             for direction, still_open in (
@@ -824,13 +850,15 @@ class _Tunnel:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def run(self) -> None:
-        pipe_bytes = 0
+        pipe_bytes = self._pipe_bytes
         try:
             for direction in self._directions:
                 direction.pipe_out, direction.pipe_in = os.pipe()
                 with contextlib.suppress(OSError):
-                    fcntl.fcntl(direction.pipe_in, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-                pipe_bytes = fcntl.fcntl(direction.pipe_in, fcntl.F_GETPIPE_SZ)
+                    fcntl.fcntl(direction.pipe_in, fcntl.F_SETPIPE_SZ, self._pipe_bytes)
+                # The kernel may round up, or refuse past the user's pipe allowance.
+                pipe_bytes = min(pipe_bytes, fcntl.fcntl(direction.pipe_in, fcntl.F_GETPIPE_SZ))
+                _raise_send_buffer(direction.sink)
             self._relay(pipe_bytes)
         except OSError:
             self.stop()  # one side failed: end the tunnel both ways
@@ -992,6 +1020,7 @@ class RunningProxy:
             active=c.active,
             refused=c.refused,
             tunnels=c.tunnels,
+            spliced=c.spliced,
             upstream_failures=c.upstream_failures,
             idle_closed=c.idle_closed,
             internal_errors=c.internal_errors,
