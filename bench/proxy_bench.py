@@ -82,9 +82,9 @@ def open_stream(via: str, port: int, socket_path: str) -> socket.socket:
 
 
 def transfer(via: str, port: int, socket_path: str, buffer: bytearray) -> float:
-    """MB/s of one download, from opening the connection to the upstream's EOF."""
-    started = time.perf_counter()
+    """MB/s through an open tunnel (or connection): from asking for the bytes to EOF."""
     with open_stream(via, port, socket_path) as sock:
+        started = time.perf_counter()
         sock.sendall(b"T")
         received = 0
         while size := sock.recv_into(buffer):
