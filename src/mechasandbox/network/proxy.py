@@ -376,7 +376,7 @@ class _ProxyCore:
             if loop_relay.idle_scope.cancelled_caught:
                 self.count_idle_close()
                 return
-            if loop_relay.switching and not loop_relay.failed:
+            if loop_relay.switching and not loop_relay.failed and any(loop_relay.open.values()):
                 await self._splice_relay(raw.socket, upstream.socket, loop_relay.open)
 
     async def _splice_relay(
