@@ -635,6 +635,13 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sent:]
 
 
+def _ready_now(sock: socket.socket, event: int) -> bool:
+    """Whether poll(2) reports `event` (or an error) on the socket without waiting."""
+    poller = select.poll()
+    poller.register(sock, event)
+    return bool(poller.poll(0))
+
+
 async def _connect_tcp(address: IPAddress, port: int) -> _SocketStream:
     """A non-blocking TCP connection to one address (no resolution: it is an address)."""
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
@@ -645,7 +652,10 @@ async def _connect_tcp(address: IPAddress, port: int) -> _SocketStream:
         try:
             sock.connect((str(address), port))
         except BlockingIOError:
-            await anyio.wait_writable(sock)
+            # A connection within the host is often complete already: look before
+            # handing the wait to the event loop, which costs a pass through it.
+            if not _ready_now(sock, select.POLLOUT):
+                await anyio.wait_writable(sock)
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
                 raise OSError(error, os.strerror(error)) from None

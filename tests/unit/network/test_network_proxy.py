@@ -348,6 +348,19 @@ async def test_only_the_address_that_passed_is_used(socket_dir: Path) -> None:
         assert resolver.lookups == ["api.test"]  # resolved once, no second lookup
 
 
+async def test_refused_upstream_gets_502(socket_dir: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # nothing listens here once this is closed
+    async with proxy(
+        socket_dir, allow=("api.test", f"127.0.0.1:{port}"), table={"api.test": (LOOPBACK,)}
+    ) as (running, _):
+        stream, head = await open_connect(running, f"api.test:{port}")
+        await stream.aclose()
+        assert head.startswith(b"HTTP/1.1 502 Bad Gateway")
+        assert running.stats().upstream_failures == 1
+        assert running.stats().tunnels == 0
+
+
 async def test_deny_wins(socket_dir: Path) -> None:
     async with proxy(socket_dir, allow=("*.corp.test",), deny=("secret.corp.test",)) as (
         running,
