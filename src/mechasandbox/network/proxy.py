@@ -356,7 +356,7 @@ class _ProxyCore:
         work; a failure on either side ends the tunnel both ways. The bytes the handshake
         parser read ahead go first.
 
-        A tunnel starts on the event loop (`_LoopRelay`), which costs nothing to set up,
+        A tunnel starts on the event loop (`_LoopRelay`), which takes no thread or pipe,
         so short connections never leave it. Once it has carried `splice_after_bytes`
         (and on Linux only), it moves to one worker thread that splices both directions
         in the kernel (`_Tunnel`).
