@@ -14,7 +14,7 @@ over the rounds (min-max in brackets), and the ratio is the median of each round
 proxied/direct ratio, so that a slow spell affects both halves of a ratio alike.
 Targets: tunnel throughput >= 50% of direct, added connect p50 <= 2 ms.
 
-    PYTHONPATH=src python bench/proxy_bench.py [--mib 256] [--connections 300] [--rounds 15]
+    PYTHONPATH=src python bench/proxy_bench.py [--mib 256] [--connections 300] [--rounds 25]
         [--read-bytes 65536]
 """
 
@@ -207,7 +207,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--connections", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--read-bytes", type=int, default=64 * 1024, help="client recv size")
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--client", action="store_true")
