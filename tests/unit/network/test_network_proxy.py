@@ -7,6 +7,7 @@ loopback servers (or to addresses the proxy must refuse without connecting).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -14,8 +15,9 @@ import socket
 import struct
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -37,6 +39,7 @@ from mechasandbox.network.proxy import (
 pytestmark = pytest.mark.anyio
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+ON_THE_LOOP = 2**62  # splice_after_bytes that no tunnel reaches: it stays on the event loop
 METADATA = ipaddress.IPv4Address("169.254.169.254")
 
 
@@ -345,6 +348,19 @@ async def test_only_the_address_that_passed_is_used(socket_dir: Path) -> None:
         assert resolver.lookups == ["api.test"]  # resolved once, no second lookup
 
 
+async def test_refused_upstream_gets_502(socket_dir: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # nothing listens here once this is closed
+    async with proxy(
+        socket_dir, allow=("api.test", f"127.0.0.1:{port}"), table={"api.test": (LOOPBACK,)}
+    ) as (running, _):
+        stream, head = await open_connect(running, f"api.test:{port}")
+        await stream.aclose()
+        assert head.startswith(b"HTTP/1.1 502 Bad Gateway")
+        assert running.stats().upstream_failures == 1
+        assert running.stats().tunnels == 0
+
+
 async def test_deny_wins(socket_dir: Path) -> None:
     async with proxy(socket_dir, allow=("*.corp.test",), deny=("secret.corp.test",)) as (
         running,
@@ -428,8 +444,9 @@ async def test_connection_bound_is_enforced(socket_dir: Path) -> None:
         assert answer.startswith(b"HTTP/1.1 200")
 
 
-async def test_idle_tunnel_is_closed(socket_dir: Path) -> None:
-    settings = ProxySettings(idle_timeout_s=0.2)
+@pytest.mark.parametrize("splice_after", [ON_THE_LOOP, 0], ids=["loop", "splice"])
+async def test_idle_tunnel_is_closed(socket_dir: Path, splice_after: int) -> None:
+    settings = ProxySettings(idle_timeout_s=0.2, splice_after_bytes=splice_after)
     async with (
         http_upstream() as up,
         proxy(
@@ -446,6 +463,162 @@ async def test_idle_tunnel_is_closed(socket_dir: Path) -> None:
             assert await read_all(stream, timeout=2) == b""  # closed by the proxy
             assert anyio.current_time() - started < 1.5
         assert running.stats().idle_closed == 1
+        assert running.stats().spliced == (splice_after == 0)
+
+
+@asynccontextmanager
+async def one_client_upstream(serve_client: Callable[[socket.socket], None]) -> AsyncIterator[int]:
+    """A loopback server handing its first client to `serve_client` in a thread."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+
+    def serve() -> None:
+        with server, contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                serve_client(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    await anyio.to_thread.run_sync(thread.join, 10)
+
+
+def echo(conn: socket.socket, reset_after: int | None = None) -> None:
+    """Echo until EOF; or reset the connection once `reset_after` bytes have arrived."""
+    received = 0
+    while data := conn.recv(65536):
+        received += len(data)
+        if reset_after is not None and received >= reset_after:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        conn.sendall(data)
+
+
+def download(conn: socket.socket, payload: bytes) -> None:
+    """On one byte, send payload, then wait for the client's EOF without closing."""
+    if conn.recv(1):
+        conn.sendall(payload)
+        while conn.recv(65536):
+            pass
+
+
+def tunnel_proxy(
+    socket_dir: Path, port: int, settings: ProxySettings
+) -> contextlib.AbstractAsyncContextManager[tuple[RunningProxy, FakeResolver]]:
+    return proxy(
+        socket_dir,
+        allow=("api.test", f"127.0.0.1:{port}"),
+        table={"api.test": (LOOPBACK,)},
+        settings=settings,
+    )
+
+
+async def wait_until_idle(running: RunningProxy) -> None:
+    with anyio.fail_after(2):
+        while running.stats().active:
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("splice_after", "spliced"),
+    [(ON_THE_LOOP, 0), (0, 1), (64, 1)],
+    ids=["loop", "splice", "switch"],
+)
+async def test_interactive_tunnel_on_both_paths(
+    socket_dir: Path, splice_after: int, spliced: int
+) -> None:
+    """Small exchanges through one tunnel: on the loop, spliced from the start, and across
+    the switch (64 bytes: after the second round trip)."""
+    settings = ProxySettings(splice_after_bytes=splice_after)
+    async with (
+        one_client_upstream(echo) as port,
+        tunnel_proxy(socket_dir, port, settings) as (running, _),
+    ):
+        stream, head = await open_connect(running, f"api.test:{port}")
+        async with stream:
+            assert head == b"HTTP/1.1 200 Connection Established"
+            with anyio.fail_after(5):
+                for index in range(20):
+                    message = b"message %07d\n" % index
+                    await stream.send(message)
+                    assert await stream.receive_exactly(len(message)) == message
+                await stream.send_eof()
+                assert await read_all(stream) == b""  # the upstream's EOF is passed on
+        await wait_until_idle(running)
+        stats = running.stats()
+        assert (stats.bytes_up, stats.bytes_down) == (320, 320)
+        assert stats.spliced == spliced
+        assert (stats.idle_closed, stats.internal_errors) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("splice_after", "spliced"),
+    [(ON_THE_LOOP, 0), (0, 1), (100_000, 1)],
+    ids=["loop", "splice", "switch"],
+)
+async def test_download_across_the_switch(
+    socket_dir: Path, splice_after: int, spliced: int
+) -> None:
+    """Bytes flow one way while the client stays silent: the switch must not wait for it."""
+    payload = os.urandom(4 * 1024 * 1024)
+    settings = ProxySettings(splice_after_bytes=splice_after)
+    async with (
+        one_client_upstream(partial(download, payload=payload)) as port,
+        tunnel_proxy(socket_dir, port, settings) as (running, _),
+    ):
+        stream, _ = await open_connect(running, f"api.test:{port}")
+        async with stream:
+            await stream.send(b"T")
+            with anyio.fail_after(5):
+                assert await stream.receive_exactly(len(payload)) == payload
+        await wait_until_idle(running)
+        stats = running.stats()
+        assert (stats.bytes_up, stats.bytes_down, stats.spliced) == (1, len(payload), spliced)
+
+
+@pytest.mark.parametrize(
+    ("splice_after", "spliced"),
+    [(ON_THE_LOOP, 0), (0, 1), (4, 1)],
+    ids=["loop", "splice", "switch"],
+)
+async def test_quiet_tunnel_is_closed_after_traffic(
+    socket_dir: Path, splice_after: int, spliced: int
+) -> None:
+    """After some traffic, nothing moves: the idle timeout ends the tunnel on either path."""
+    settings = ProxySettings(idle_timeout_s=0.3, splice_after_bytes=splice_after)
+    async with (
+        one_client_upstream(echo) as port,
+        tunnel_proxy(socket_dir, port, settings) as (running, _),
+    ):
+        stream, _ = await open_connect(running, f"api.test:{port}")
+        async with stream:
+            await stream.send(b"ping")
+            with anyio.fail_after(2):
+                assert await stream.receive_exactly(4) == b"ping"
+            started = anyio.current_time()
+            assert await read_all(stream, timeout=2) == b""  # closed by the proxy
+            assert 0.2 < anyio.current_time() - started < 1.5
+        stats = running.stats()
+        assert (stats.idle_closed, stats.spliced) == (1, spliced)
+
+
+@pytest.mark.parametrize("splice_after", [ON_THE_LOOP, 0], ids=["loop", "splice"])
+async def test_upstream_reset_ends_the_tunnel(socket_dir: Path, splice_after: int) -> None:
+    settings = ProxySettings(splice_after_bytes=splice_after)
+    async with (
+        one_client_upstream(partial(echo, reset_after=4)) as port,
+        tunnel_proxy(socket_dir, port, settings) as (running, _),
+    ):
+        stream, _ = await open_connect(running, f"api.test:{port}")
+        async with stream:
+            await stream.send(b"ping")
+            assert await read_all(stream, timeout=2) == b""  # the client's side ends too
+        await wait_until_idle(running)
+        stats = running.stats()
+        assert stats.bytes_up == 4
+        assert stats.internal_errors == 0
 
 
 BIG = 64 * 1024 * 1024
@@ -489,14 +662,27 @@ async def both_ways_upstream(payload: bytes) -> AsyncIterator[tuple[int, list[st
     await anyio.to_thread.run_sync(thread.join, 30)
 
 
-@pytest.mark.parametrize("protocol", ["connect", "socks5"])
-async def test_large_transfer_arrives_intact_both_ways(socket_dir: Path, protocol: str) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "splice_after"),
+    [
+        ("connect", None),
+        ("socks5", None),
+        ("connect", 0),
+        ("connect", 1000),
+        ("connect", ON_THE_LOOP),
+    ],
+    ids=["connect", "socks5", "splice-at-once", "switch-early", "loop-only"],
+)
+async def test_large_transfer_arrives_intact_both_ways(
+    socket_dir: Path, protocol: str, splice_after: int | None
+) -> None:
     up_payload, down_payload = os.urandom(BIG), os.urandom(BIG)
+    settings = (
+        ProxySettings() if splice_after is None else ProxySettings(splice_after_bytes=splice_after)
+    )
     async with (
         both_ways_upstream(down_payload) as (port, upstream_digests),
-        proxy(
-            socket_dir, allow=("api.test", f"127.0.0.1:{port}"), table={"api.test": (LOOPBACK,)}
-        ) as (running, _),
+        tunnel_proxy(socket_dir, port, settings) as (running, _),
     ):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(30)
@@ -519,17 +705,26 @@ async def test_large_transfer_arrives_intact_both_ways(socket_dir: Path, protoco
                 answer += await anyio.to_thread.run_sync(sock.recv, len(head) - len(answer))
             assert answer == head
             digest = await anyio.to_thread.run_sync(send_and_hash, sock, up_payload, first)
+        # The client can be done before the upstream has all its bytes: closing the proxy
+        # now would cut the tunnel short.
+        await wait_until_idle(running)
     assert digest == hashlib.sha256(down_payload).hexdigest()
     assert upstream_digests == [hashlib.sha256(up_payload).hexdigest()]
     stats = running.stats()
     assert (stats.bytes_up, stats.bytes_down) == (BIG, BIG)
     assert stats.internal_errors == 0
+    assert stats.spliced == (splice_after != ON_THE_LOOP)
 
 
-async def test_closing_the_proxy_ends_an_active_tunnel(socket_dir: Path) -> None:
+@pytest.mark.parametrize("splice_after", [ON_THE_LOOP, 0], ids=["loop", "splice"])
+async def test_closing_the_proxy_ends_an_active_tunnel(socket_dir: Path, splice_after: int) -> None:
+    settings = ProxySettings(splice_after_bytes=splice_after)
     async with http_upstream() as up:
         async with proxy(
-            socket_dir, allow=("api.test", f"127.0.0.1:{up.port}"), table={"api.test": (LOOPBACK,)}
+            socket_dir,
+            allow=("api.test", f"127.0.0.1:{up.port}"),
+            table={"api.test": (LOOPBACK,)},
+            settings=settings,
         ) as (running, _):
             stream, head = await open_connect(running, f"api.test:{up.port}")
             assert head == b"HTTP/1.1 200 Connection Established"
@@ -539,6 +734,7 @@ async def test_closing_the_proxy_ends_an_active_tunnel(socket_dir: Path) -> None
         async with stream:
             assert anyio.current_time() - started < 1.5  # closing did not wait for the tunnel
             assert await read_all(stream, timeout=2) == b""
+    assert running.stats().spliced == (splice_after == 0)
 
 
 async def test_silent_client_is_dropped_after_the_handshake_timeout(socket_dir: Path) -> None:
