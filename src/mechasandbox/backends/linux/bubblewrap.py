@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 import functools
 import glob
+import hashlib
 import os
 import posixpath
 import re
@@ -57,8 +58,10 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
+from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.process import UMASK, default_cgroups
 from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -564,6 +567,14 @@ def _parse_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in match.groups(default="0"))
 
 
+def _trial_flags(features: BwrapFeatures) -> list[str]:
+    """The namespace and filter flags every run uses, as the probe's trial sandbox uses them."""
+    flags = ["--unshare-user", "--unshare-all"]
+    if features.disable_userns:
+        flags.append("--disable-userns")
+    return [*flags, "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+
+
 @functools.cache
 def probe_bwrap(path: str) -> BwrapFeatures | str:
     """The features of the bwrap at `path`, or why it cannot sandbox here. Runs `bwrap` twice
@@ -585,10 +596,7 @@ def probe_bwrap(path: str) -> BwrapFeatures | str:
         needed = ".".join(map(str, MINIMUM_VERSION))
         return f"bwrap {'.'.join(map(str, version))} is older than {needed}"
     features = BwrapFeatures(path=path, version=version)
-    trial = [path, "--unshare-user", "--unshare-all"]
-    if features.disable_userns:
-        trial.append("--disable-userns")
-    trial += ["--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+    trial = [path, *_trial_flags(features)]
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, seccomp_program())
@@ -614,6 +622,38 @@ def probe_bwrap(path: str) -> BwrapFeatures | str:
         reason = ran.stderr.decode(errors="replace").strip() or f"exit status {ran.returncode}"
         return f"bwrap cannot create its namespaces here: {reason}"
     return features
+
+
+PROBE_NAME = "bwrap"
+
+
+def probe_key(path: str) -> dict[str, str] | None:
+    """What `probe_bwrap(path)`'s answer depends on: the executable's identity, the host's
+    namespace switches and this process's restrictions, the flags and seccomp program of
+    the trial. None when `path` cannot be examined."""
+    executable = executable_facts(path)
+    if executable is None:
+        return None
+    trial = " ".join(_trial_flags(BwrapFeatures(path=path)))
+    program = hashlib.sha256(seccomp_program()).hexdigest()
+    return {**executable, **namespace_facts(), "trial": trial, "seccomp": program}
+
+
+@functools.cache
+def remembered_probe(path: str, cache: ProbeCache) -> BwrapFeatures | str:
+    """`probe_bwrap(path)`, answered from `cache` while a success recorded there still
+    holds (see `probe_cache`); a fresh success is recorded, a failure never is."""
+    key = probe_key(path)
+    if key is None:
+        return probe_bwrap(path)
+    recorded = cache.load(PROBE_NAME, key)
+    version = recorded.get("version") if recorded is not None else None
+    if isinstance(version, list) and version and all(isinstance(v, int) for v in version):
+        return BwrapFeatures(path=path, version=tuple(version))
+    probed = probe_bwrap(path)
+    if isinstance(probed, BwrapFeatures):
+        cache.store(PROBE_NAME, key, {"version": list(probed.version)})
+    return probed
 
 
 def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
@@ -688,6 +728,9 @@ class BubblewrapBackend:
     bwrap: str | None = None
     egress: EgressProxy = attrs.field(factory=EgressProxy)
     socat: str | None = None  # the allowlist forwarder (default: found in the system roots)
+    # Where a successful probe is remembered across processes (the CLI's per-user cache);
+    # None: probe once per process.
+    probe_cache: ProbeCache | None = None
 
     @property
     def name(self) -> str:
@@ -713,6 +756,8 @@ class BubblewrapBackend:
         executable = self._executable()
         if executable is None:
             return "bwrap not found on PATH (install the bubblewrap package)"
+        if self.probe_cache is not None:
+            return remembered_probe(executable, self.probe_cache)
         return probe_bwrap(executable)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
