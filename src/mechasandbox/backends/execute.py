@@ -17,7 +17,7 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
 from mechasandbox.network.session import validate_network
-from mechasandbox.runner.runner import PreparesCgroups, ProcessRunner
+from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
 if TYPE_CHECKING:

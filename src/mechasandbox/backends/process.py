@@ -28,7 +28,7 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import describe
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
 UMASK = 0o077

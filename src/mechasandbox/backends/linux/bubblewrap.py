@@ -89,7 +89,7 @@ from mechasandbox.network.bridge import (
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
-from mechasandbox.runner.runner import PreparesCgroups, ProcessRunner
+from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
 
 NAME = "bubblewrap"

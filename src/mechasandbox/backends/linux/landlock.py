@@ -45,7 +45,7 @@ from mechasandbox.limits.rlimits import describe
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, SpawnSpec
 
 HOOK_TARGET = "mechasandbox.backends.linux.landlock_hook:confine"
