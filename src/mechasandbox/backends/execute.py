@@ -16,7 +16,7 @@ from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
-from mechasandbox.network.session import validate_network
+from mechasandbox.network.validation import validate_network
 from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 

@@ -51,10 +51,14 @@ def _private(info: os.stat_result, kind: int) -> bool:
 
 @attrs.frozen(kw_only=True)
 class ProbeCache:
-    """Successful probes remembered in `directory`, each for at most `max_age_s`."""
+    """Successful probes remembered in `directory`, each for at most `max_age_s`.
+
+    `refresh`: answer nothing from the records, so that every probe runs, and record what
+    it finds (`doctor`, which reports what holds here and now)."""
 
     directory: str = attrs.field(factory=default_directory)
     max_age_s: float = MAX_AGE_S
+    refresh: bool = False
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, f"{name}.json")
@@ -67,7 +71,7 @@ class ProbeCache:
 
     def load(self, name: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
         """The value recorded for probe `name` under exactly `key`, if fresh; else None."""
-        if not self._directory_ok():
+        if self.refresh or not self._directory_ok():
             return None
         try:
             fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -38,6 +38,11 @@ AUTO_ORDER = (
     "process",
 )
 
+# Backends whose `run` waits on nothing but its runner, unless the network mode is allowlist
+# (the proxy serves from an event loop): with a blocking runner they need no event loop
+# (see `runner.blocking`), which is how the CLI runs them.
+LOOPLESS = frozenset({"none", "process", "bubblewrap", "landlock"})
+
 
 @attrs.frozen(kw_only=True)
 class MissingBackend:

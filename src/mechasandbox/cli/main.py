@@ -1,4 +1,9 @@
-"""`mechasandbox run | doctor | policy` (the contract is CLI.md; keep it stable)."""
+"""`mechasandbox run | doctor | policy` (the contract is CLI.md; keep it stable).
+
+Each call pays for what its verb needs and no more: modules are imported where they are
+used, the spawn helper starts before anything else a `run` does, and most runs take the
+one-shot path without an event loop (`oneshot`).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,21 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from returns.result import Failure, Result
 
-from mechasandbox.backends.base import HostContext
 from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
 from mechasandbox.cli.output import exit_status, result_object, signal_name
-from mechasandbox.cli.settings import load_settings
-from mechasandbox.config import ResolvedConfig
-from mechasandbox.containers import Application
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
-from mechasandbox.domain.result import RunResult
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.base import LaunchPlan
+    from mechasandbox.config import ResolvedConfig
+    from mechasandbox.containers import Application
+    from mechasandbox.domain.result import RunResult
+    from mechasandbox.runner.client import SpawnHelperClient
+    from mechasandbox.sandbox import Sandbox
 
 
 def build_parser() -> Parser:
@@ -33,11 +42,17 @@ def build_parser() -> Parser:
     return parser
 
 
-def _application(resolved: ResolvedConfig) -> Application:
+def _application(resolved: ResolvedConfig, helper: SpawnHelperClient | None) -> Application:
+    from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.containers import Application
+
     app = Application()
     app.config.from_dict(
         {"backend": resolved.backend, "image": resolved.image, "runtime": resolved.runtime}
     )
+    app.core.probe_cache.override(ProbeCache())
+    if helper is not None:
+        app.core.helper.override(helper)
     return app
 
 
@@ -73,6 +88,75 @@ def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: 
     return exit_status(finished, error)
 
 
+def _print_plan(planned: Result[LaunchPlan, SandboxError], *, as_json: bool, backend: str) -> int:
+    if isinstance(planned, Failure):
+        return _fail(planned.failure(), as_json=as_json, backend=backend)
+    plan = planned.unwrap()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "backend": plan.backend,
+                    "sections": dict(plan.sections),
+                    "warnings": list(plan.warnings),
+                }
+            )
+        )
+    else:
+        print(f"# backend: {plan.backend}")
+        for title, text in plan.sections:
+            print(f"## {title}\n{text}")
+        for warning in plan.warnings:
+            print(f"# warning: {warning}")
+    return 0
+
+
+def _one_shot(
+    args: argparse.Namespace,
+    resolved: ResolvedConfig,
+    helper: SpawnHelperClient | None,
+) -> Sandbox | None:
+    """The sandbox of the one-shot path, or None when this call needs the containers."""
+    from mechasandbox.backends.base import HostContext
+    from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.cli.oneshot import loopless_backend
+    from mechasandbox.runner.blocking import BlockingHelperRunner
+    from mechasandbox.sandbox import Sandbox
+
+    backend = loopless_backend(
+        resolved.backend,
+        resolved.policy,
+        runner=BlockingHelperRunner(helper, prestart=False),
+        host=HostContext.current(),
+        probe_cache=ProbeCache(),
+        runs=args.verb == "run",
+    )
+    return None if backend is None else Sandbox(backend=backend, policy=resolved.policy)
+
+
+def _execute(
+    args: argparse.Namespace,
+    sandbox: Sandbox,
+    command: list[str],
+    resolved: ResolvedConfig,
+    *,
+    with_loop: bool,
+) -> int:
+    as_json = bool(args.json)
+    workspace = args.workspace or os.getcwd()
+    policy, backend = resolved.policy, resolved.backend
+    if args.verb == "policy":
+        planned = sandbox.plan(command, workspace=workspace, policy=policy)
+        return _print_plan(planned, as_json=as_json, backend=backend)
+    if with_loop:
+        result = sandbox.run_sync(command, workspace=workspace, policy=policy)
+    else:
+        from mechasandbox.runner.blocking import complete
+
+        result = complete(sandbox.run_async(command, workspace=workspace, policy=policy))
+    return _report(result, as_json=as_json, backend=backend)
+
+
 def _run_or_plan(args: argparse.Namespace) -> int:
     as_json = bool(getattr(args, "json", False))
     command = command_of(args)
@@ -82,41 +166,39 @@ def _run_or_plan(args: argparse.Namespace) -> int:
             as_json=as_json,
             backend=args.backend or "auto",
         )
+    helper: SpawnHelperClient | None = None
+    if args.verb == "run":
+        from mechasandbox.runner.client import SpawnHelperClient
+
+        # First thing: the helper's start-up then overlaps everything below.
+        helper = SpawnHelperClient()
+        helper.prestart()
+    try:
+        return _resolved_and_run(args, command, helper)
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def _resolved_and_run(
+    args: argparse.Namespace, command: list[str], helper: SpawnHelperClient | None
+) -> int:
+    from mechasandbox.cli.settings import load_settings
+
+    as_json = bool(args.json)
     settings = load_settings(args)
     if isinstance(settings, Failure):
         return _fail(settings.failure(), as_json=as_json, backend=args.backend or "auto")
     resolved = settings.unwrap()
-    policy, backend = resolved.policy, resolved.backend
     for warning in resolved.warnings:
         print(f"mechasandbox: warning: {warning}", file=sys.stderr)
-    app = _application(resolved)
+    sandbox = _one_shot(args, resolved, helper)
+    if sandbox is not None:
+        return _execute(args, sandbox, command, resolved, with_loop=False)
+    app = _application(resolved, helper)
     try:
         sandbox = app.services.sandbox()
-        workspace = args.workspace or os.getcwd()
-        if args.verb == "policy":
-            planned = sandbox.plan(command, workspace=workspace, policy=policy)
-            if isinstance(planned, Failure):
-                return _fail(planned.failure(), as_json=as_json, backend=backend)
-            plan = planned.unwrap()
-            if as_json:
-                print(
-                    json.dumps(
-                        {
-                            "backend": plan.backend,
-                            "sections": dict(plan.sections),
-                            "warnings": list(plan.warnings),
-                        }
-                    )
-                )
-            else:
-                print(f"# backend: {plan.backend}")
-                for title, text in plan.sections:
-                    print(f"## {title}\n{text}")
-                for warning in plan.warnings:
-                    print(f"# warning: {warning}")
-            return 0
-        result = sandbox.run_sync(command, workspace=workspace, policy=policy)
-        return _report(result, as_json=as_json, backend=backend)
+        return _execute(args, sandbox, command, resolved, with_loop=True)
     finally:
         app.shutdown_resources()
 
@@ -130,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(problem, as_json="--json" in raw, backend="auto")
     try:
         if args.verb == "doctor":
+            from mechasandbox.backends.base import HostContext
             from mechasandbox.cli import doctor
 
             return doctor.main(as_json=args.json, verify=args.verify, host=HostContext.current())

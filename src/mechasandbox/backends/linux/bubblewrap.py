@@ -45,6 +45,7 @@ import signal
 import stat
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -87,10 +88,12 @@ from mechasandbox.network.bridge import (
     bridge_argv,
 )
 from mechasandbox.network.environment import proxy_environment
-from mechasandbox.network.proxy import RunningProxy
-from mechasandbox.network.session import EgressProxy, run_with_proxy
 from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
+
+if TYPE_CHECKING:
+    from mechasandbox.network.proxy import RunningProxy
+    from mechasandbox.network.session import EgressProxy
 
 NAME = "bubblewrap"
 SECCOMP_FD = 3
@@ -642,7 +645,8 @@ def probe_key(path: str) -> dict[str, str] | None:
 @functools.cache
 def remembered_probe(path: str, cache: ProbeCache) -> BwrapFeatures | str:
     """`probe_bwrap(path)`, answered from `cache` while a success recorded there still
-    holds (see `probe_cache`); a fresh success is recorded, a failure never is."""
+    holds (see `probe_cache`); a fresh success is recorded, a failure never is (and it
+    removes the record)."""
     key = probe_key(path)
     if key is None:
         return probe_bwrap(path)
@@ -653,6 +657,8 @@ def remembered_probe(path: str, cache: ProbeCache) -> BwrapFeatures | str:
     probed = probe_bwrap(path)
     if isinstance(probed, BwrapFeatures):
         cache.store(PROBE_NAME, key, {"version": list(probed.version)})
+    else:
+        cache.forget(PROBE_NAME)
     return probed
 
 
@@ -726,7 +732,8 @@ class BubblewrapBackend:
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
     host: HostContext = attrs.field(factory=HostContext.current)
     bwrap: str | None = None
-    egress: EgressProxy = attrs.field(factory=EgressProxy)
+    # The allowlist proxy's settings (None: the defaults, made when a run first needs them).
+    egress: EgressProxy | None = None
     socat: str | None = None  # the allowlist forwarder (default: found in the system roots)
     # Where a successful probe is remembered across processes (the CLI's per-user cache);
     # None: probe once per process.
@@ -965,4 +972,7 @@ class BubblewrapBackend:
 
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
             return await body(None)  # no bridge: best-effort allowlist runs with no network
-        return await run_with_proxy(self.egress, policy.network, body)
+        # The proxy (and with it asyncio) is imported only by runs that need it.
+        from mechasandbox.network.session import EgressProxy, run_with_proxy
+
+        return await run_with_proxy(self.egress or EgressProxy(), policy.network, body)
