@@ -44,7 +44,7 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -88,7 +88,7 @@ from mechasandbox.network.bridge import (
     bridge_argv,
 )
 from mechasandbox.network.environment import proxy_environment
-from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
 
 if TYPE_CHECKING:
@@ -671,22 +671,6 @@ def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
     return outcome
 
 
-@attrs.frozen
-class _DecodingRunner:
-    inner: ProcessRunner
-
-    async def run(self, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
-        outcome = await self.inner.run(spec)
-        return outcome.map(_signal_decoded)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def prepare_cgroups(self, groups: Sequence[tuple[str, ...]]) -> None:
-        if isinstance(self.inner, PreparesCgroups):
-            self.inner.prepare_cgroups(groups)
-
-
 _BWRAP_PREFIX = b"bwrap: "
 
 
@@ -956,11 +940,12 @@ class BubblewrapBackend:
                 _PLACEHOLDERS.created(workspace, command.placeholders)
                 result = await execute_spec(
                     NAME,
-                    _DecodingRunner(self.runner),
+                    self.runner,
                     spec,
                     policy,
                     warnings=warnings + command.warnings,
                     cgroups=self.cgroups,
+                    adjust=_signal_decoded,
                 )
             finally:
                 _PLACEHOLDERS.leave(workspace)
