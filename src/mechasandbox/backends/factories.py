@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from mechasandbox.backends.registry import MissingBackend
-
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
     from mechasandbox.backends.probe_cache import ProbeCache
@@ -77,6 +75,7 @@ def container_engine(
 ) -> Backend:
     """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor)."""
     from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
+    from mechasandbox.backends.registry import MissingBackend
 
     backend_class = DockerBackend if engine == "docker" else PodmanBackend
     options: dict[str, Any] = {"runner": runner, "host": host, "egress": egress}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from returns.result import Success
 
 from mechasandbox.backends import factories
-from mechasandbox.backends.registry import AUTO_ORDER, LOOPLESS
+from mechasandbox.backends.names import AUTO_ORDER, LOOPLESS
 from mechasandbox.domain.policy import NetworkMode, Policy
 
 if TYPE_CHECKING:

@@ -19,6 +19,8 @@ from mechasandbox.cli.options import Parser, UsageError, add_run_options, comman
 from mechasandbox.cli.output import exit_status, result_object, signal_name
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
 
+VERBS = ("run", "policy", "doctor")
+
 if TYPE_CHECKING:
     from mechasandbox.backends.base import LaunchPlan
     from mechasandbox.config import ResolvedConfig
@@ -28,13 +30,17 @@ if TYPE_CHECKING:
     from mechasandbox.sandbox import Sandbox
 
 
-def build_parser() -> Parser:
+def build_parser(verb: str | None = None) -> Parser:
+    """The command line's parser. `verb`: the verb being run, when known; only its options
+    are added (argparse spends a few milliseconds adding the run options), the other verbs
+    are still known by name."""
     parser = Parser(prog="mechasandbox", description="Run a command under an OS-level sandbox.")
     commands = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     run = commands.add_parser("run", help="run a command in the sandbox")
-    add_run_options(run)
     policy = commands.add_parser("policy", help="print what the backend would do; run nothing")
-    add_run_options(policy)
+    for name, verb_parser in (("run", run), ("policy", policy)):
+        if verb in (None, name) or verb not in VERBS:
+            add_run_options(verb_parser)
     doctor_parser = commands.add_parser("doctor", help="what each backend enforces here")
     doctor_parser.add_argument("--json", action="store_true")
     doctor_parser.add_argument("--verify", action="store_true", help="run built-in attacks")
@@ -194,7 +200,7 @@ def _resolved_and_run(
 def run_verb(raw: list[str], helper: SpawnHelperClient | None) -> int:
     """Parse `raw` and do what it says. `helper`: a started spawn helper for a `run`."""
     try:
-        args = build_parser().parse_args(raw)
+        args = build_parser(raw[0] if raw else None).parse_args(raw)
     except UsageError as error:
         problem = ConfigInvalid(problem=str(error), source="command line")
         return _fail(problem, as_json="--json" in raw, backend="auto")

@@ -63,8 +63,13 @@ from mechasandbox.backends.linux.host_facts import executable_facts, namespace_f
 from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.probe_cache import ProbeCache
-from mechasandbox.backends.process import UMASK, default_cgroups
-from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
+from mechasandbox.backends.resources import (
+    UMASK,
+    default_cgroups,
+    describe_cgroups,
+    resource_support,
+    run_rlimits,
+)
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,

@@ -34,8 +34,12 @@ from mechasandbox.backends.base import (
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
-from mechasandbox.backends.process import default_cgroups
-from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
+from mechasandbox.backends.resources import (
+    default_cgroups,
+    describe_cgroups,
+    resource_support,
+    run_rlimits,
+)
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
