@@ -156,6 +156,7 @@ def test_a_host_killed_mid_run_leaves_nothing(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while len(alive_with_marker(marker)) < ESCAPERS and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.2)  # seen by the counter too
         process.kill()
         process.wait()
         for _ in range(40):
