@@ -116,3 +116,15 @@ def test_forget(cache: ProbeCache) -> None:
     cache.forget("tool")
     assert cache.load("tool", KEY) is None
     cache.forget("tool")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs to give a directory to another user")
+def test_nothing_is_created_in_another_users_tree(tmp_path: Path) -> None:
+    """As with `sudo` keeping the caller's HOME: their ~/.cache is not root's to create."""
+    home = tmp_path / "someone"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    cache = ProbeCache(directory=str(home / ".cache" / "mechasandbox"))
+    cache.store("tool", KEY, VALUE)
+    assert not (home / ".cache").exists()
+    assert cache.load("tool", KEY) is None

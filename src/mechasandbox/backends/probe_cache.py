@@ -11,7 +11,8 @@ sandboxing tool, which then fails with its own error, and nothing runs unsandbox
 
 The records live in `$XDG_CACHE_HOME/mechasandbox` (else `~/.cache/mechasandbox`), a
 directory of mode 0700, one file of mode 0600 per probe. A directory or file that is not
-the user's own or that others may write is ignored, never repaired.
+the user's own or that others may write is ignored, never repaired, and nothing is created
+below a directory that is not the user's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def default_directory(environ: Mapping[str, str] | None = None) -> str:
         env.get("HOME") or os.path.expanduser("~"), ".cache"
     )
     return os.path.join(base, "mechasandbox")
+
+
+def _in_own_tree(path: str) -> bool:
+    """Whether the nearest existing directory at or above `path` is this user's: nothing is
+    created in someone else's tree (`sudo` that keeps the caller's HOME, for one)."""
+    current = os.path.abspath(path)
+    while True:
+        try:
+            return os.stat(current).st_uid == os.geteuid()
+        except FileNotFoundError:
+            parent = os.path.dirname(current)
+            if parent == current:
+                return False
+            current = parent
+        except OSError:
+            return False
 
 
 def _private(info: os.stat_result, kind: int) -> bool:
@@ -103,6 +120,8 @@ class ProbeCache:
         import tempfile  # only a process that probed writes: not on the start-up path
 
         record = {"format": FORMAT, "at": time.time(), "key": dict(key), "value": dict(value)}
+        if not _in_own_tree(self.directory):
+            return
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(self.directory) or ".", mode=0o700, exist_ok=True)
             with contextlib.suppress(FileExistsError):
