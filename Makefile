@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	# An editable install leaves the package's own modules uncompiled: compile them now, or
+	# a CLI call compiles them all again whenever the interpreter may not write bytecode.
+	$(PY) -m compileall -q src
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -36,10 +36,11 @@ def require_available(backend: Backend) -> None:
 def _isolated_user_config(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A developer's own ~/.config/mechasandbox must not change what the tests see, nor
-    the tests leave state in theirs."""
+    """A developer's own ~/.config/mechasandbox (and the probes remembered in ~/.cache) must
+    not change what the tests see, nor the tests leave state in theirs."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
 
 
 @pytest.fixture(scope="session")

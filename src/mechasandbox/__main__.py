@@ -1,7 +1,5 @@
 """`python -m mechasandbox`."""
 
-import sys
+from mechasandbox.cli.main import entry_point
 
-from mechasandbox.cli.main import main
-
-sys.exit(main())
+entry_point()

@@ -19,91 +19,24 @@ from typing import Any
 import attrs
 from dependency_injector import containers, providers
 
+from mechasandbox.backends import factories
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.none import NoneBackend
-from mechasandbox.backends.process import ProcessBackend
-from mechasandbox.backends.registry import AutoBackend, MissingBackend
+from mechasandbox.backends.probe_cache import ProbeCache
+from mechasandbox.backends.registry import AutoBackend
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import NetworkPolicy, Policy
-from mechasandbox.network.proxy import SystemResolver
-from mechasandbox.network.session import EgressProxy
-from mechasandbox.runner.runner import HelperProcessRunner, ProcessRunner
+from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.protocol import ProcessRunner
+from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.sandbox import Sandbox
 
 
-def _runner() -> Iterator[ProcessRunner]:
-    runner = HelperProcessRunner()
+def _runner(helper: SpawnHelperClient | None) -> Iterator[ProcessRunner]:
+    runner = HelperProcessRunner(helper=helper)
     try:
         yield runner
     finally:
         runner.close()
-
-
-def _bubblewrap(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Any:
-    from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
-
-    return BubblewrapBackend(runner=runner, host=host, egress=egress)
-
-
-def _landlock(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Any:
-    """Imported on first use: Linux-only modules stay out of other platforms' imports."""
-    from mechasandbox.backends.linux.landlock import LandlockBackend
-
-    return LandlockBackend(runner=runner, host=host, egress=egress)
-
-
-def _seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Any:
-    from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
-
-    return SeatbeltBackend(runner=runner, host=host, egress=egress)
-
-
-def _apple_container(runner: ProcessRunner, host: HostContext, image: str | None) -> Any:
-    """Unavailable (with the reason) until an image is configured: no implicit default."""
-    from mechasandbox.backends.macos.apple_container import AppleContainerBackend
-
-    return AppleContainerBackend(runner=runner, host=host, image=image or None)
-
-
-def _container_engine(
-    engine: str,
-    *,
-    runner: ProcessRunner,
-    host: HostContext,
-    image: str | None,
-    runtime: str | None,
-    egress: EgressProxy,
-) -> Any:
-    """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor)."""
-    from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
-
-    backend_class = DockerBackend if engine == "docker" else PodmanBackend
-    options: dict[str, Any] = {"runner": runner, "host": host, "egress": egress}
-    if image:
-        options["image"] = image
-    if runtime:
-        try:
-            options["runtime"] = Runtime(runtime)
-        except ValueError:
-            known = ", ".join(r.value for r in Runtime)
-            return MissingBackend(
-                backend_name=engine, reason=f"unknown OCI runtime {runtime!r} (known: {known})"
-            )
-    return backend_class(**options)
-
-
-def _pooled(backend: Any, size: int | None) -> Iterator[Any]:
-    """Docker behind a warm pool of pre-started containers when `pool_size` is set."""
-    from mechasandbox.backends.oci import OciBackend, PooledBackend, PoolSettings
-
-    if not size or not isinstance(backend, OciBackend) or backend.kind != "docker":
-        yield backend
-        return
-    pooled = PooledBackend(backend=backend, settings=PoolSettings(size=size))
-    try:
-        yield pooled
-    finally:
-        pooled.close()
 
 
 def _by_name(
@@ -122,12 +55,18 @@ class Core(containers.DeclarativeContainer):
 
     config = providers.Configuration(strict=True)
     host = providers.Singleton(HostContext.current)
-    runner = providers.Resource(_runner)
+    # The spawn helper's client the runner uses (None: its own). The CLI hands in the one
+    # it started first thing, so that the helper's start overlaps its own.
+    helper: providers.Provider[SpawnHelperClient | None] = providers.Object(None)
+    runner = providers.Resource(_runner, helper=helper)
     base_policy = providers.Object(Policy())
     # Names the allowlist proxy resolves; tests override it with a fake mapping names to
     # loopback servers they started.
-    resolver = providers.Singleton(SystemResolver)
-    egress = providers.Singleton(EgressProxy, resolver=resolver)
+    resolver = providers.Singleton(factories.system_resolver)
+    egress = providers.Singleton(factories.egress_proxy, resolver=resolver)
+    # Where backends remember a successful probe across processes (the CLI's per-user
+    # cache, `ProbeCache`); None: each process probes.
+    probe_cache: providers.Provider[ProbeCache | None] = providers.Object(None)
 
 
 class Backends(containers.DeclarativeContainer):
@@ -136,16 +75,20 @@ class Backends(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
     core = providers.DependenciesContainer()
 
-    none = providers.Singleton(NoneBackend, runner=core.runner, host=core.host)
-    process = providers.Singleton(ProcessBackend, runner=core.runner, host=core.host)
+    none = providers.Singleton(factories.none, runner=core.runner, host=core.host)
+    process = providers.Singleton(factories.process, runner=core.runner, host=core.host)
     bubblewrap = providers.Singleton(
-        _bubblewrap, runner=core.runner, host=core.host, egress=core.egress
+        factories.bubblewrap,
+        runner=core.runner,
+        host=core.host,
+        egress=core.egress,
+        probe_cache=core.probe_cache,
     )
     landlock = providers.Singleton(
-        _landlock, runner=core.runner, host=core.host, egress=core.egress
+        factories.landlock, runner=core.runner, host=core.host, egress=core.egress
     )
     docker = providers.Singleton(
-        _container_engine,
+        factories.container_engine,
         "docker",
         runner=core.runner,
         host=core.host,
@@ -153,9 +96,9 @@ class Backends(containers.DeclarativeContainer):
         runtime=config.runtime,
         egress=core.egress,
     )
-    docker_pooled = providers.Resource(_pooled, docker, size=config.pool_size)
+    docker_pooled = providers.Resource(factories.pooled, docker, size=config.pool_size)
     podman = providers.Singleton(
-        _container_engine,
+        factories.container_engine,
         "podman",
         runner=core.runner,
         host=core.host,
@@ -164,10 +107,10 @@ class Backends(containers.DeclarativeContainer):
         egress=core.egress,
     )
     seatbelt = providers.Singleton(
-        _seatbelt, runner=core.runner, host=core.host, egress=core.egress
+        factories.seatbelt, runner=core.runner, host=core.host, egress=core.egress
     )
     apple_container = providers.Singleton(
-        _apple_container, runner=core.runner, host=core.host, image=config.image
+        factories.apple_container, runner=core.runner, host=core.host, image=config.image
     )
 
     # Strongest first; `none` is never a candidate.

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import anyio
 import attrs
-from returns.future import FutureResult
 from returns.result import Failure, Result
 
 from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
@@ -15,6 +14,9 @@ from mechasandbox.domain.errors import ConfigInvalid, SandboxError
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
+
+if TYPE_CHECKING:
+    from returns.future import FutureResult
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +58,8 @@ class Sandbox:
         policy: Policy | None = None,
     ) -> FutureResult[RunResult, SandboxError]:
         """The composable form: `sandbox.run([...]).bind(...)`, awaited once at the end."""
+        from returns.future import FutureResult  # imported by the callers that compose
+
         return FutureResult(self.run_async(argv, workspace=workspace, stdin=stdin, policy=policy))
 
     def run_sync(
@@ -66,7 +70,9 @@ class Sandbox:
         stdin: bytes | None = None,
         policy: Policy | None = None,
     ) -> Result[RunResult, SandboxError]:
-        """For scripts and the CLI: runs its own event loop."""
+        """For scripts: runs its own event loop."""
+        import anyio  # not at import: the CLI runs most commands without an event loop
+
         return anyio.run(
             lambda: self.run_async(argv, workspace=workspace, stdin=stdin, policy=policy)
         )

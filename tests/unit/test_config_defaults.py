@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import attrs
+import pytest
 
-from mechasandbox.config import BackendChoice, apply_settings, structure_settings
+from mechasandbox.config import (
+    BackendChoice,
+    Settings,
+    apply_settings,
+    layers,
+    load_policy,
+    loading,
+    structure_settings,
+)
 from mechasandbox.config.overlay import apply_backend
-from mechasandbox.domain import Policy
+from mechasandbox.domain import NetworkMode, Policy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,3 +59,63 @@ def test_example_file_equals_the_domain_defaults() -> None:
     policy, backend = _policy_of((REPO / "config" / "default.toml").read_text(), "example")
     assert policy == Policy()
     assert backend == BackendChoice()
+
+
+def test_the_known_digest_is_the_packaged_files() -> None:
+    """With no other layer, `load_policy` answers without parsing while the packaged file
+    has this digest. After editing the file (and the tests above still passing), put the
+    digest this test prints into `loading.DEFAULTS_DIGEST`."""
+    content = Path(loading.DEFAULTS_FILE).read_bytes()
+    assert content == resources.files("mechasandbox").joinpath("defaults/default.toml").read_bytes()
+    digest = hashlib.sha256(content).hexdigest()
+    assert digest == loading.DEFAULTS_DIGEST, f"DEFAULTS_DIGEST = {digest!r}"
+
+
+def test_the_shortcut_answers_what_the_layers_answer(tmp_path: Path) -> None:
+    quick = load_policy(workspace=str(tmp_path), user_file=None)
+    assert quick.unwrap() == layers.resolve(str(tmp_path), None, (), None).unwrap()
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [".mechasandbox.toml", ".openagents/project.json", "user", "config", "overrides"],
+)
+def test_any_other_layer_takes_the_layers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, layer: str
+) -> None:
+    calls: list[str] = []
+    real = layers.resolve
+
+    def counted(*args: Any) -> Any:
+        calls.append(layer)
+        return real(*args)
+
+    monkeypatch.setattr(layers, "resolve", counted)
+    user: str | None = None
+    extra: tuple[str, ...] = ()
+    overrides = None
+    if layer == "user":
+        user = str(tmp_path / "user.toml")
+        Path(user).write_text("")
+    elif layer == "config":
+        extra = (str(tmp_path / "extra.toml"),)
+        Path(extra[0]).write_text("")
+    elif layer == "overrides":
+        overrides = Settings()
+    else:
+        (tmp_path / layer).parent.mkdir(exist_ok=True)
+        (tmp_path / layer).write_text("{}" if layer.endswith(".json") else "")
+    load_policy(workspace=str(tmp_path), user_file=user, extra_files=extra, overrides=overrides)
+    assert calls == [layer]
+
+
+def test_an_edited_defaults_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    edited = tmp_path / "default.toml"
+    text = Path(loading.DEFAULTS_FILE).read_text()
+    edited.write_text(text.replace('mode = "none"', 'mode = "full"'))
+    monkeypatch.setattr(loading, "DEFAULTS_FILE", str(edited))
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    config = load_policy(workspace=str(workspace), user_file=None).unwrap()
+    assert config.policy.network.mode is NetworkMode.FULL
+    assert config.files == (str(edited),)

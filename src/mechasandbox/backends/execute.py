@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -16,9 +17,9 @@ from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
-from mechasandbox.network.session import validate_network
-from mechasandbox.runner.runner import PreparesCgroups, ProcessRunner
-from mechasandbox.runner.spec import SpawnSpec
+from mechasandbox.network.validation import validate_network
+from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend
@@ -51,8 +52,12 @@ async def execute_spec(
     warnings: tuple[str, ...] = (),
     violations: tuple[Violation, ...] = (),
     cgroups: CgroupManager | str | None = None,
+    adjust: Callable[[ProcessOutcome], ProcessOutcome] | None = None,
 ) -> Result[RunResult, SandboxError]:
-    """Run `spec` (inside a fresh cgroup when there is a manager) and classify the outcome."""
+    """Run `spec` (inside a fresh cgroup when there is a manager) and classify the outcome.
+
+    `adjust`: the backend's reading of the raw outcome before it is classified (bubblewrap
+    turns its init's "128+N" back into signal N)."""
     manager = cgroups if isinstance(cgroups, CgroupManager) else None
     cgroup_run: CgroupRun | None = None
     if manager is not None:
@@ -75,7 +80,7 @@ async def execute_spec(
                 runner.prepare_cgroups(manager.idle_procs_files())
     if isinstance(outcome, Failure):
         return Failure(outcome.failure())
-    finished = outcome.unwrap()
+    finished = outcome.unwrap() if adjust is None else adjust(outcome.unwrap())
     return classify(
         run_result(backend, finished, warnings=warnings, violations=violations),
         limits=policy.limits,

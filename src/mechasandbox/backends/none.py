@@ -22,7 +22,7 @@ from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
 UNCONFINED_WARNING = (

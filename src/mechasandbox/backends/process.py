@@ -6,9 +6,6 @@ capabilities say so, so a strict policy refuses it and best-effort lists each ga
 
 from __future__ import annotations
 
-import functools
-import sys
-
 import attrs
 from returns.result import Failure, Result, Success
 
@@ -20,7 +17,13 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
-from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
+from mechasandbox.backends.resources import (
+    UMASK,
+    default_cgroups,
+    describe_cgroups,
+    resource_support,
+    run_rlimits,
+)
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Policy
@@ -28,18 +31,8 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import describe
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
-
-UMASK = 0o077
-
-
-@functools.cache
-def default_cgroups() -> CgroupManager | str:
-    """Probed once per process: the cgroup layout does not change under us."""
-    if not sys.platform.startswith("linux"):
-        return "cgroups exist only on Linux"
-    return CgroupManager.probe()
 
 
 @attrs.frozen(kw_only=True)

@@ -1,4 +1,5 @@
-"""Backend names, the auto-selection order, and choosing the backend for a policy."""
+"""Choosing the backend for a policy (`auto`), and the stand-in for one that is missing.
+The names and the order live in `names` (re-exported here)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,21 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
+from mechasandbox.backends.names import AUTO_ORDER, BACKEND_NAMES, LOOPLESS
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, PolicyUnsupported, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 
-BACKEND_NAMES = (
-    "auto",
-    "none",
-    "process",
-    "landlock",
-    "bubblewrap",
-    "docker",
-    "podman",
-    "seatbelt",
-    "apple-container",
-)
-
-# Strongest first; `none` never appears. On macOS this is Apple Container (when its
-# service runs and an image is configured), then Seatbelt, then the container engines.
-AUTO_ORDER = (
-    "bubblewrap",
-    "landlock",
-    "apple-container",
-    "seatbelt",
-    "docker",
-    "podman",
-    "process",
-)
+__all__ = [
+    "AUTO_ORDER",
+    "BACKEND_NAMES",
+    "LOOPLESS",
+    "AutoBackend",
+    "MissingBackend",
+    "choose",
+]
 
 
 @attrs.frozen(kw_only=True)

@@ -4,6 +4,9 @@ same thing."""
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import attrs
 
 from mechasandbox.domain.capabilities import Protection
@@ -11,6 +14,17 @@ from mechasandbox.domain.limits import Limits
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import rlimits_for
 from mechasandbox.runner.spec import RlimitSetting
+
+# The umask of every run of a host-process backend: what it creates is the user's alone.
+UMASK = 0o077
+
+
+@functools.cache
+def default_cgroups() -> CgroupManager | str:
+    """Probed once per process: the cgroup layout does not change under us."""
+    if not sys.platform.startswith("linux"):
+        return "cgroups exist only on Linux"
+    return CgroupManager.probe()
 
 
 @attrs.frozen(kw_only=True)

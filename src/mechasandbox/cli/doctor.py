@@ -9,6 +9,7 @@ from typing import Any
 from returns.result import Failure
 
 from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.registry import AUTO_ORDER, choose
 from mechasandbox.cli.verify import plant_environment_secret, verify_backends
 from mechasandbox.containers import Application
@@ -96,6 +97,8 @@ def main(*, as_json: bool, verify: bool, host: HostContext) -> int:
         plant_environment_secret()
     app = Application()
     app.config.from_dict({"backend": "auto"})
+    # What holds here and now: every probe runs, and what `run` remembers is refreshed.
+    app.core.probe_cache.override(ProbeCache(refresh=True))
     try:
         data = report(app, host)
         if verify:

@@ -1,140 +1,51 @@
-"""`mechasandbox run | doctor | policy` (the contract is CLI.md; keep it stable)."""
+"""The `mechasandbox` command (the contract is CLI.md; `verbs` does the work).
+
+A `run` needs the spawn helper, a second Python process that takes a few tens of
+milliseconds to start. It is started here, before anything else is imported, so that its
+start-up overlaps all of the host's own.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import gc
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
-from returns.result import Failure, Result
-
-from mechasandbox.backends.base import HostContext
-from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
-from mechasandbox.cli.output import exit_status, result_object, signal_name
-from mechasandbox.cli.settings import load_settings
-from mechasandbox.config import ResolvedConfig
-from mechasandbox.containers import Application
-from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
-from mechasandbox.domain.result import RunResult
+if TYPE_CHECKING:
+    from mechasandbox.runner.client import SpawnHelperClient
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="mechasandbox", description="Run a command under an OS-level sandbox.")
-    commands = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
-    run = commands.add_parser("run", help="run a command in the sandbox")
-    add_run_options(run)
-    policy = commands.add_parser("policy", help="print what the backend would do; run nothing")
-    add_run_options(policy)
-    doctor_parser = commands.add_parser("doctor", help="what each backend enforces here")
-    doctor_parser.add_argument("--json", action="store_true")
-    doctor_parser.add_argument("--verify", action="store_true", help="run built-in attacks")
-    return parser
+def _early_helper(raw: Sequence[str]) -> SpawnHelperClient | None:
+    """A spawn helper already starting, when the verb is `run` (the first argument)."""
+    if raw[:1] != ["run"]:
+        return None
+    from mechasandbox.runner.client import SpawnHelperClient
 
-
-def _application(resolved: ResolvedConfig) -> Application:
-    app = Application()
-    app.config.from_dict(
-        {"backend": resolved.backend, "image": resolved.image, "runtime": resolved.runtime}
-    )
-    return app
-
-
-def _fail(error: SandboxError, *, as_json: bool, backend: str) -> int:
-    if as_json:
-        print(json.dumps(result_object(None, error, backend)))
-    else:
-        print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
-    return exit_status(None, error)
-
-
-def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: str) -> int:
-    finished = result.value_or(None)
-    error = result.failure() if isinstance(result, Failure) else None
-    if as_json:
-        print(json.dumps(result_object(finished, error, backend)))
-        return exit_status(finished, error)
-    shown = finished or (partial_result(error) if error is not None else None)
-    if shown is not None:
-        sys.stdout.buffer.write(shown.stdout)
-        sys.stdout.flush()
-        sys.stderr.buffer.write(shown.stderr)
-        for warning in shown.warnings:
-            print(f"mechasandbox: warning: {warning}", file=sys.stderr)
-        for violation in shown.violations:
-            print(f"mechasandbox: blocked ({violation.kind}): {violation.detail}", file=sys.stderr)
-        if shown.stdout_truncated or shown.stderr_truncated:
-            print("mechasandbox: output truncated at --max-output", file=sys.stderr)
-        if shown.signal is not None and error is None:
-            print(f"mechasandbox: killed by {signal_name(shown.signal)}", file=sys.stderr)
-    if error is not None:
-        print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
-    return exit_status(finished, error)
-
-
-def _run_or_plan(args: argparse.Namespace) -> int:
-    as_json = bool(getattr(args, "json", False))
-    command = command_of(args)
-    if not command:
-        return _fail(
-            ConfigInvalid(problem="no command given (mechasandbox run [OPTIONS] -- COMMAND)"),
-            as_json=as_json,
-            backend=args.backend or "auto",
-        )
-    settings = load_settings(args)
-    if isinstance(settings, Failure):
-        return _fail(settings.failure(), as_json=as_json, backend=args.backend or "auto")
-    resolved = settings.unwrap()
-    policy, backend = resolved.policy, resolved.backend
-    for warning in resolved.warnings:
-        print(f"mechasandbox: warning: {warning}", file=sys.stderr)
-    app = _application(resolved)
-    try:
-        sandbox = app.services.sandbox()
-        workspace = args.workspace or os.getcwd()
-        if args.verb == "policy":
-            planned = sandbox.plan(command, workspace=workspace, policy=policy)
-            if isinstance(planned, Failure):
-                return _fail(planned.failure(), as_json=as_json, backend=backend)
-            plan = planned.unwrap()
-            if as_json:
-                print(
-                    json.dumps(
-                        {
-                            "backend": plan.backend,
-                            "sections": dict(plan.sections),
-                            "warnings": list(plan.warnings),
-                        }
-                    )
-                )
-            else:
-                print(f"# backend: {plan.backend}")
-                for title, text in plan.sections:
-                    print(f"## {title}\n{text}")
-                for warning in plan.warnings:
-                    print(f"# warning: {warning}")
-            return 0
-        result = sandbox.run_sync(command, workspace=workspace, policy=policy)
-        return _report(result, as_json=as_json, backend=backend)
-    finally:
-        app.shutdown_resources()
+    helper = SpawnHelperClient()
+    helper.prestart()
+    return helper
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    helper = _early_helper(raw)
     try:
-        args = build_parser().parse_args(raw)
-    except UsageError as error:
-        problem = ConfigInvalid(problem=str(error), source="command line")
-        return _fail(problem, as_json="--json" in raw, backend="auto")
-    try:
-        if args.verb == "doctor":
-            from mechasandbox.cli import doctor
+        from mechasandbox.cli.verbs import run_verb
 
-            return doctor.main(as_json=args.json, verify=args.verify, host=HostContext.current())
-        return _run_or_plan(args)
-    except BrokenPipeError:
-        # The reader of our output went away (`| head`): not an error of the run.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return run_verb(raw, helper)
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def entry_point() -> NoReturn:
+    """The program (`mechasandbox`, `python -m mechasandbox`): `main` in a process that
+    lives for one command. The cyclic garbage collector stays off (start-up allocates a lot
+    and frees little; a collection would only traverse it), and what is left at the end is
+    frozen, so that the interpreter's teardown does not traverse it either: the operating
+    system frees the memory at exit. Exit handlers run as usual."""
+    gc.disable()
+    status = main()
+    gc.freeze()
+    sys.exit(status)

@@ -12,10 +12,9 @@ from typing import Any, NoReturn, TypeVar
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.registry import BACKEND_NAMES
+from mechasandbox.backends.names import BACKEND_NAMES
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode, Policy
-from mechasandbox.policy.units import parse_duration, parse_size
 
 T = TypeVar("T")
 
@@ -83,10 +82,14 @@ def _optional(
 
 
 def _size(option: str, text: str) -> Result[int, ConfigInvalid]:
+    from mechasandbox.policy.units import parse_size  # decimal: only for calls that use it
+
     return _field(option, parse_size(text))
 
 
 def _duration(option: str, text: str) -> Result[float, ConfigInvalid]:
+    from mechasandbox.policy.units import parse_duration
+
     return _field(option, parse_duration(text))
 
 

@@ -1,28 +1,72 @@
-"""Configuration: the settings schema, file loading, and the project-may-only-narrow rule."""
+"""Configuration: the settings schema, file loading, and the project-may-only-narrow rule.
 
-from mechasandbox.config.converter import structure_settings
-from mechasandbox.config.loading import (
-    DISCOVER,
-    PROJECT_TOML,
-    ResolvedConfig,
-    UserFile,
-    default_user_file,
-    load_policy,
-)
-from mechasandbox.config.narrowing import NarrowedBackend, narrow, narrow_backend, pattern_covers
-from mechasandbox.config.openagents import PROJECT_JSON, OpenAgentsLayer, openagents_layer
-from mechasandbox.config.overlay import BackendChoice, apply_backend, apply_settings
-from mechasandbox.config.schema import (
-    UNLIMITED,
-    BackendName,
-    BackendSettings,
-    EnvironmentSettings,
-    FilesystemSettings,
-    LimitsSettings,
-    NetworkSettings,
-    Settings,
-    Unlimited,
-)
+The names below are imported lazily (PEP 562): a run with no configuration file but the
+packaged defaults imports `loading` only (see there); type checkers see the real imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mechasandbox.config.converter import structure_settings
+    from mechasandbox.config.loading import (
+        DISCOVER,
+        PROJECT_JSON,
+        PROJECT_TOML,
+        ResolvedConfig,
+        UserFile,
+        default_user_file,
+        load_policy,
+    )
+    from mechasandbox.config.narrowing import (
+        NarrowedBackend,
+        narrow,
+        narrow_backend,
+        pattern_covers,
+    )
+    from mechasandbox.config.openagents import OpenAgentsLayer, openagents_layer
+    from mechasandbox.config.overlay import BackendChoice, apply_backend, apply_settings
+    from mechasandbox.config.schema import (
+        UNLIMITED,
+        BackendName,
+        BackendSettings,
+        EnvironmentSettings,
+        FilesystemSettings,
+        LimitsSettings,
+        NetworkSettings,
+        Settings,
+        Unlimited,
+    )
+
+_MODULES = {
+    "converter": ("structure_settings",),
+    "loading": (
+        "DISCOVER",
+        "PROJECT_JSON",
+        "PROJECT_TOML",
+        "ResolvedConfig",
+        "UserFile",
+        "default_user_file",
+        "load_policy",
+    ),
+    "narrowing": ("NarrowedBackend", "narrow", "narrow_backend", "pattern_covers"),
+    "openagents": ("OpenAgentsLayer", "openagents_layer"),
+    "overlay": ("BackendChoice", "apply_backend", "apply_settings"),
+    "schema": (
+        "UNLIMITED",
+        "BackendName",
+        "BackendSettings",
+        "EnvironmentSettings",
+        "FilesystemSettings",
+        "LimitsSettings",
+        "NetworkSettings",
+        "Settings",
+        "Unlimited",
+    ),
+}
+_LOCATIONS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "DISCOVER",
@@ -52,3 +96,10 @@ __all__ = [
     "pattern_covers",
     "structure_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCATIONS:
+        module = importlib.import_module(f"mechasandbox.config.{_LOCATIONS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'mechasandbox.config' has no attribute {name!r}")

@@ -4,31 +4,38 @@ Order, lowest first: the packaged defaults, the user file, the project files in 
 workspace, `--config` files, explicit overrides (CLI options, API arguments). The user's
 own layers may set anything. The project layers ship with the repository the agent works
 on, so they go through `narrow`: they may only tighten what the layers below allow.
+
+Most calls have no layer but the packaged defaults, which describe exactly `Policy()` and
+the `auto` backend (a unit test holds them together). When the packaged file is the one
+that test saw (its digest) and no other layer exists, the result is known without parsing
+or structuring anything (`layers`, cattrs and tomllib are then not even imported); an
+edited defaults file is read like any other layer.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from importlib import resources
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.config.converter import structure_settings
-from mechasandbox.config.files import parse_toml, read_json, read_toml
-from mechasandbox.config.narrowing import narrow, narrow_backend
-from mechasandbox.config.openagents import PROJECT_JSON, openagents_layer
-from mechasandbox.config.overlay import BackendChoice, apply_backend, apply_settings
-from mechasandbox.config.schema import Settings
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.policy import Policy
+
+if TYPE_CHECKING:
+    from mechasandbox.config.schema import Settings
 
 PROJECT_TOML = ".mechasandbox.toml"
+PROJECT_JSON = ".openagents/project.json"
 DEFAULTS_SOURCE = "<package defaults>"
 OVERRIDES_SOURCE = "<overrides>"
+# sha256 of defaults/default.toml as the unit test that holds it equal to `Policy()` saw it.
+DEFAULTS_DIGEST = "134307f113cf04051e5977dd02ee5d6a8d7f353851d5e0035f3d4e583299d798"
+DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "defaults", "default.toml")
 
 
 class UserFile(enum.Enum):
@@ -52,24 +59,6 @@ class ResolvedConfig:
     warnings: tuple[str, ...] = ()  # project settings that were ignored, and why
 
 
-@attrs.frozen(kw_only=True)
-class _State:
-    policy: Policy
-    backend: BackendChoice
-    files: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-    def resolved(self) -> ResolvedConfig:
-        return ResolvedConfig(
-            policy=self.policy,
-            backend=self.backend.name.value,
-            image=self.backend.image,
-            runtime=self.backend.runtime,
-            files=self.files,
-            warnings=self.warnings,
-        )
-
-
 def default_user_file(environ: Mapping[str, str] | None = None) -> str:
     """`$XDG_CONFIG_HOME/mechasandbox/config.toml`, else `~/.config/mechasandbox/config.toml`."""
     env = os.environ if environ is None else environ
@@ -79,98 +68,22 @@ def default_user_file(environ: Mapping[str, str] | None = None) -> str:
     return os.path.join(base, "mechasandbox", "config.toml")
 
 
-def _defaults() -> Result[tuple[str, Settings], ConfigInvalid]:
-    resource = resources.files("mechasandbox").joinpath("defaults/default.toml")
+def _known_defaults() -> ResolvedConfig | None:
+    """The packaged defaults' result, when the file is the one whose digest we know."""
     try:
-        text = resource.read_text(encoding="utf-8")
-    except OSError as exc:  # a broken installation
-        return Failure(
-            ConfigInvalid(problem=f"packaged defaults unreadable: {exc}", source=DEFAULTS_SOURCE)
-        )
-    source = str(resource)
-    return (
-        parse_toml(text, source)
-        .bind(lambda data: structure_settings(data, source))
-        .map(lambda settings: (source, settings))
+        with open(DEFAULTS_FILE, "rb") as stream:
+            content = stream.read()
+    except OSError:
+        return None
+    if hashlib.sha256(content).hexdigest() != DEFAULTS_DIGEST:
+        return None
+    return ResolvedConfig(
+        policy=Policy(), backend="auto", image=None, runtime=None, files=(DEFAULTS_FILE,)
     )
 
 
-def _toml_layer(path: str) -> Result[Settings, ConfigInvalid]:
-    return read_toml(path).bind(lambda data: structure_settings(data, path))
-
-
-def _user_layer(state: _State, *, path: str) -> Result[_State, ConfigInvalid]:
-    """A layer of the user's own: it may set, widen or narrow anything."""
-    return _toml_layer(path).bind(lambda settings: _widen(state, settings, path, path))
-
-
-def _user_layers(state: _State, paths: Sequence[str]) -> Result[_State, ConfigInvalid]:
-    result: Result[_State, ConfigInvalid] = Success(state)
-    for path in paths:
-        result = result.bind(partial(_user_layer, path=path))
-    return result
-
-
-def _widen(
-    state: _State, settings: Settings, source: str, file: str | None
-) -> Result[_State, ConfigInvalid]:
-    return apply_settings(state.policy, settings, source).map(
-        lambda policy: attrs.evolve(
-            state,
-            policy=policy,
-            backend=apply_backend(state.backend, settings.backend),
-            files=state.files if file is None else (*state.files, file),
-        )
-    )
-
-
-def _narrow(
-    state: _State,
-    settings: Settings,
-    source: str,
-    workspace: str,
-    rename: Callable[[ConfigInvalid], ConfigInvalid] = lambda error: error,
-) -> Result[_State, ConfigInvalid]:
-    policy = narrow(state.policy, settings, source, workspace=workspace).alt(rename)
-    backend = narrow_backend(state.backend, settings.backend, source).alt(rename)
-    return policy.bind(
-        lambda narrowed: backend.map(
-            lambda chosen: attrs.evolve(
-                state,
-                policy=narrowed,
-                backend=chosen.choice,
-                files=(*state.files, source),
-                warnings=(*state.warnings, *chosen.warnings),
-            )
-        )
-    )
-
-
-def _project_toml(state: _State, workspace: str) -> Result[_State, ConfigInvalid]:
-    path = os.path.join(workspace, PROJECT_TOML)
-    if not os.path.lexists(path):
-        return Success(state)
-    return _toml_layer(path).bind(lambda settings: _narrow(state, settings, path, workspace))
-
-
-def _project_json(state: _State, workspace: str) -> Result[_State, ConfigInvalid]:
-    path = os.path.join(workspace, PROJECT_JSON)
-    if not os.path.lexists(path):
-        return Success(state)
-    layer_result = read_json(path).bind(lambda document: openagents_layer(document, path))
-    if isinstance(layer_result, Failure):
-        return layer_result
-    layer = layer_result.unwrap()
-    warnings = list(layer.warnings)
-    if layer.requests_network and state.policy.network.mode is NetworkMode.NONE:
-        warnings.append(
-            f"{path}: sandbox.networkEnabled is true, but the user policy allows no network; "
-            "it stays off (enable it in the user configuration or with --network)"
-        )
-    noted = attrs.evolve(state, warnings=(*state.warnings, *warnings))
-    if layer.settings is None:
-        return Success(attrs.evolve(noted, files=(*noted.files, path)))
-    return _narrow(noted, layer.settings, path, workspace, layer.rename)
+def _has_project_files(root: str) -> bool:
+    return any(os.path.lexists(os.path.join(root, name)) for name in (PROJECT_TOML, PROJECT_JSON))
 
 
 def _workspace(workspace: str) -> Result[str, ConfigInvalid]:
@@ -189,7 +102,7 @@ def load_policy(
     workspace: str,
     user_file: str | UserFile | None = DISCOVER,
     extra_files: Sequence[str] = (),
-    overrides: Settings = Settings(),  # noqa: B008 - an immutable value
+    overrides: Settings | None = None,
 ) -> Result[ResolvedConfig, ConfigInvalid]:
     """The effective policy for a run in `workspace`, merged from every layer.
 
@@ -201,36 +114,27 @@ def load_policy(
     if isinstance(checked, Failure):
         return checked
     root = checked.unwrap()
-    defaults = _defaults()
-    if isinstance(defaults, Failure):
-        return defaults
-    defaults_source, defaults_settings = defaults.unwrap()
-    start = _widen(
-        _State(policy=Policy(), backend=BackendChoice()),
-        defaults_settings,
-        defaults_source,
-        defaults_source,
-    )
     if user_file is DISCOVER:
         discovered = default_user_file()
         user_path: str | None = discovered if os.path.lexists(discovered) else None
     else:
         user_path = user_file if isinstance(user_file, str) else None
+    if user_path is None and not extra_files and overrides is None:
+        known = None if _has_project_files(root) else _known_defaults()
+        if known is not None:
+            return Success(known)
+    from mechasandbox.config import layers  # cattrs, tomllib: only when there is a layer
 
-    state = start
-    if user_path is not None:
-        state = state.bind(partial(_user_layer, path=user_path))
-    state = state.bind(lambda current: _project_toml(current, root))
-    state = state.bind(lambda current: _project_json(current, root))
-    state = state.bind(lambda current: _user_layers(current, extra_files))
-    state = state.bind(lambda current: _widen(current, overrides, OVERRIDES_SOURCE, None))
-    return state.map(lambda final: final.resolved())
+    return layers.resolve(root, user_path, extra_files, overrides)
 
 
 __all__ = [
+    "DEFAULTS_DIGEST",
+    "DEFAULTS_FILE",
     "DEFAULTS_SOURCE",
     "DISCOVER",
     "OVERRIDES_SOURCE",
+    "PROJECT_JSON",
     "PROJECT_TOML",
     "ResolvedConfig",
     "UserFile",

@@ -23,8 +23,6 @@ from mechasandbox.config.converter import structure_settings
 from mechasandbox.config.schema import Settings
 from mechasandbox.domain.errors import ConfigInvalid
 
-PROJECT_JSON = ".openagents/project.json"
-
 # our dotted key -> the OpenAgents key it came from, for error messages
 _ALIASES = {
     "backend.name": "sandbox.backend",

@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.domain.errors import ConfigInvalid, LimitExceeded, SandboxError, Timeout
+from mechasandbox.domain.errors import LimitExceeded, SandboxError, Timeout
 from mechasandbox.domain.policy import NetworkMode, NetworkPolicy
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.network.addresses import (
@@ -29,7 +29,6 @@ from mechasandbox.network.addresses import (
     InterfaceAddresses,
     host_interface_addresses,
 )
-from mechasandbox.network.patterns import compile_allowlist
 from mechasandbox.network.proxy import (
     ProxySettings,
     Resolver,
@@ -37,18 +36,11 @@ from mechasandbox.network.proxy import (
     SystemResolver,
     serve_proxy,
 )
+from mechasandbox.network.validation import validate_network
+
+__all__ = ["SOCKET_NAME", "EgressProxy", "run_with_proxy", "validate_network", "with_violations"]
 
 SOCKET_NAME = "proxy.sock"
-
-
-def validate_network(network: NetworkPolicy) -> Result[None, ConfigInvalid]:
-    """The patterns parse and none is too wide (checked whatever the mode)."""
-    if not network.allow and not network.deny:
-        return Success(None)
-    compiled = compile_allowlist(network.allow, network.deny)
-    if isinstance(compiled, Failure):
-        return Failure(compiled.failure())
-    return Success(None)
 
 
 @attrs.frozen(kw_only=True)

@@ -18,18 +18,29 @@ it is found and killed like any other descendant. A process forked between the w
 the kill can also escape one pass.
 
 Everything here is standard library, so the helper stays small; the parsers are pure and
-tested on any OS from sample data.
+tested on any OS from sample data. The helper imports this module on every platform, so
+what only macOS needs (`ctypes.util`, `subprocess`) is imported when used, and `typing` not
+at all (as in `helper`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import ctypes
-import ctypes.util
 import struct
-import subprocess
-from collections.abc import Iterable
-from typing import NamedTuple
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import NamedTuple
+
+    class Proc(NamedTuple):
+        pid: int
+        ppid: int
+        pgid: int
+
+else:
+    Proc = collections.namedtuple("Proc", ("pid", "ppid", "pgid"))  # what NamedTuple makes
 
 # <sys/sysctl.h>
 CTL_KERN = 1
@@ -43,12 +54,6 @@ OFFSET_PPID = 560
 OFFSET_PGID = 564
 PS = "/bin/ps"
 _ENOMEM = 12
-
-
-class Proc(NamedTuple):
-    pid: int
-    ppid: int
-    pgid: int
 
 
 def parse_kinfo_procs(buffer: bytes, *, size: int = KINFO_PROC_SIZE) -> tuple[Proc, ...]:
@@ -78,6 +83,8 @@ def children(table: Iterable[Proc], pid: int) -> list[int]:
 
 
 def _sysctl_table() -> tuple[Proc, ...] | None:
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         mib = (ctypes.c_int * 3)(CTL_KERN, KERN_PROC, KERN_PROC_ALL)
@@ -97,6 +104,8 @@ def _sysctl_table() -> tuple[Proc, ...] | None:
 
 
 def _ps_table() -> tuple[Proc, ...]:
+    import subprocess
+
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         completed = subprocess.run(
             [PS, "-Ao", "pid=,ppid=,pgid="], capture_output=True, timeout=5, check=False

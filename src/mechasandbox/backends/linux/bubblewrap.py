@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 import functools
 import glob
+import hashlib
 import os
 import posixpath
 import re
@@ -43,7 +44,8 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -57,10 +59,17 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
-from mechasandbox.backends.process import UMASK, default_cgroups
-from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
+from mechasandbox.backends.probe_cache import ProbeCache
+from mechasandbox.backends.resources import (
+    UMASK,
+    default_cgroups,
+    describe_cgroups,
+    resource_support,
+    run_rlimits,
+)
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -84,10 +93,12 @@ from mechasandbox.network.bridge import (
     bridge_argv,
 )
 from mechasandbox.network.environment import proxy_environment
-from mechasandbox.network.proxy import RunningProxy
-from mechasandbox.network.session import EgressProxy, run_with_proxy
-from mechasandbox.runner.runner import PreparesCgroups, ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
+
+if TYPE_CHECKING:
+    from mechasandbox.network.proxy import RunningProxy
+    from mechasandbox.network.session import EgressProxy
 
 NAME = "bubblewrap"
 SECCOMP_FD = 3
@@ -564,6 +575,14 @@ def _parse_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in match.groups(default="0"))
 
 
+def _trial_flags(features: BwrapFeatures) -> list[str]:
+    """The namespace and filter flags every run uses, as the probe's trial sandbox uses them."""
+    flags = ["--unshare-user", "--unshare-all"]
+    if features.disable_userns:
+        flags.append("--disable-userns")
+    return [*flags, "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+
+
 @functools.cache
 def probe_bwrap(path: str) -> BwrapFeatures | str:
     """The features of the bwrap at `path`, or why it cannot sandbox here. Runs `bwrap` twice
@@ -585,10 +604,7 @@ def probe_bwrap(path: str) -> BwrapFeatures | str:
         needed = ".".join(map(str, MINIMUM_VERSION))
         return f"bwrap {'.'.join(map(str, version))} is older than {needed}"
     features = BwrapFeatures(path=path, version=version)
-    trial = [path, "--unshare-user", "--unshare-all"]
-    if features.disable_userns:
-        trial.append("--disable-userns")
-    trial += ["--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+    trial = [path, *_trial_flags(features)]
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, seccomp_program())
@@ -616,6 +632,41 @@ def probe_bwrap(path: str) -> BwrapFeatures | str:
     return features
 
 
+PROBE_NAME = "bwrap"
+
+
+def probe_key(path: str) -> dict[str, str] | None:
+    """What `probe_bwrap(path)`'s answer depends on: the executable's identity, the host's
+    namespace switches and this process's restrictions, the flags and seccomp program of
+    the trial. None when `path` cannot be examined."""
+    executable = executable_facts(path)
+    if executable is None:
+        return None
+    trial = " ".join(_trial_flags(BwrapFeatures(path=path)))
+    program = hashlib.sha256(seccomp_program()).hexdigest()
+    return {**executable, **namespace_facts(), "trial": trial, "seccomp": program}
+
+
+@functools.cache
+def remembered_probe(path: str, cache: ProbeCache) -> BwrapFeatures | str:
+    """`probe_bwrap(path)`, answered from `cache` while a success recorded there still
+    holds (see `probe_cache`); a fresh success is recorded, a failure never is (and it
+    removes the record)."""
+    key = probe_key(path)
+    if key is None:
+        return probe_bwrap(path)
+    recorded = cache.load(PROBE_NAME, key)
+    version = recorded.get("version") if recorded is not None else None
+    if isinstance(version, list) and version and all(isinstance(v, int) for v in version):
+        return BwrapFeatures(path=path, version=tuple(version))
+    probed = probe_bwrap(path)
+    if isinstance(probed, BwrapFeatures):
+        cache.store(PROBE_NAME, key, {"version": list(probed.version)})
+    else:
+        cache.forget(PROBE_NAME)
+    return probed
+
+
 def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
     """bwrap's pid-1 reports a command killed by signal N as exit status 128+N (as a shell
     does); turn it back into the signal so that limit classification sees SIGXCPU, SIGKILL."""
@@ -623,22 +674,6 @@ def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
     if outcome.signal is None and code is not None and 128 < code <= 128 + signal.NSIG - 1:
         return attrs.evolve(outcome, exit_code=None, signal=code - 128)
     return outcome
-
-
-@attrs.frozen
-class _DecodingRunner:
-    inner: ProcessRunner
-
-    async def run(self, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
-        outcome = await self.inner.run(spec)
-        return outcome.map(_signal_decoded)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def prepare_cgroups(self, groups: Sequence[tuple[str, ...]]) -> None:
-        if isinstance(self.inner, PreparesCgroups):
-            self.inner.prepare_cgroups(groups)
 
 
 _BWRAP_PREFIX = b"bwrap: "
@@ -686,8 +721,12 @@ class BubblewrapBackend:
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
     host: HostContext = attrs.field(factory=HostContext.current)
     bwrap: str | None = None
-    egress: EgressProxy = attrs.field(factory=EgressProxy)
+    # The allowlist proxy's settings (None: the defaults, made when a run first needs them).
+    egress: EgressProxy | None = None
     socat: str | None = None  # the allowlist forwarder (default: found in the system roots)
+    # Where a successful probe is remembered across processes (the CLI's per-user cache);
+    # None: probe once per process.
+    probe_cache: ProbeCache | None = None
 
     @property
     def name(self) -> str:
@@ -713,6 +752,8 @@ class BubblewrapBackend:
         executable = self._executable()
         if executable is None:
             return "bwrap not found on PATH (install the bubblewrap package)"
+        if self.probe_cache is not None:
+            return remembered_probe(executable, self.probe_cache)
         return probe_bwrap(executable)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
@@ -904,11 +945,12 @@ class BubblewrapBackend:
                 _PLACEHOLDERS.created(workspace, command.placeholders)
                 result = await execute_spec(
                     NAME,
-                    _DecodingRunner(self.runner),
+                    self.runner,
                     spec,
                     policy,
                     warnings=warnings + command.warnings,
                     cgroups=self.cgroups,
+                    adjust=_signal_decoded,
                 )
             finally:
                 _PLACEHOLDERS.leave(workspace)
@@ -920,4 +962,7 @@ class BubblewrapBackend:
 
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
             return await body(None)  # no bridge: best-effort allowlist runs with no network
-        return await run_with_proxy(self.egress, policy.network, body)
+        # The proxy (and with it asyncio) is imported only by runs that need it.
+        from mechasandbox.network.session import EgressProxy, run_with_proxy
+
+        return await run_with_proxy(self.egress or EgressProxy(), policy.network, body)

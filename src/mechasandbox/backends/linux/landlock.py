@@ -19,6 +19,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -33,8 +34,12 @@ from mechasandbox.backends.base import (
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
-from mechasandbox.backends.process import default_cgroups
-from mechasandbox.backends.resources import describe_cgroups, resource_support, run_rlimits
+from mechasandbox.backends.resources import (
+    default_cgroups,
+    describe_cgroups,
+    resource_support,
+    run_rlimits,
+)
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
@@ -43,10 +48,12 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import describe
 from mechasandbox.network.environment import proxy_environment
-from mechasandbox.network.proxy import RunningProxy
-from mechasandbox.network.session import EgressProxy, run_with_proxy
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, SpawnSpec
+
+if TYPE_CHECKING:
+    from mechasandbox.network.proxy import RunningProxy
+    from mechasandbox.network.session import EgressProxy
 
 HOOK_TARGET = "mechasandbox.backends.linux.landlock_hook:confine"
 UMASK = 0o077
@@ -506,7 +513,8 @@ class LandlockBackend:
     host: HostContext = attrs.field(factory=HostContext.current)
     carve_protected: bool = True
     tmp_parent: str | None = None  # where per-run tmp dirs go (default: the host's temp dir)
-    egress: EgressProxy = attrs.field(factory=EgressProxy)
+    # The allowlist proxy's settings (None: the defaults, made when a run first needs them).
+    egress: EgressProxy | None = None
 
     @property
     def name(self) -> str:
@@ -616,9 +624,13 @@ class LandlockBackend:
             )
 
         try:
-            if self._abi() < 4:
-                return await body(None)  # no TCP rules: best-effort allowlist runs offline
-            return await run_with_proxy(self.egress, policy.network, body, listen_tcp=True)
+            if policy.network.mode is not NetworkMode.ALLOWLIST or self._abi() < 4:
+                return await body(None)  # ABI < 4, no TCP rules: allowlist runs offline
+            # The proxy (and with it asyncio) is imported only by runs that need it.
+            from mechasandbox.network.session import EgressProxy, run_with_proxy
+
+            egress = self.egress or EgressProxy()
+            return await run_with_proxy(egress, policy.network, body, listen_tcp=True)
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp_dir, ignore_errors=True)

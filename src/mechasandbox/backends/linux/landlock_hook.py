@@ -22,10 +22,13 @@ import ctypes
 import errno
 import os
 import stat
-from typing import Any
 
 from mechasandbox.backends.linux.seccomp import install as install_seccomp
 from mechasandbox.backends.linux.seccomp import load_libc as _load_seccomp_libc
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
+if TYPE_CHECKING:
+    from typing import Any
 
 SYS_LANDLOCK_CREATE_RULESET = 444  # same number on x86_64 and aarch64
 SYS_LANDLOCK_ADD_RULE = 445

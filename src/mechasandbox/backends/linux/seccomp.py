@@ -30,8 +30,11 @@ import functools
 import os
 import socket
 import struct
-from collections.abc import Iterable, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
 
 # --- classic BPF encoding (linux/filter.h, linux/seccomp.h) ---------------------------------
 _BPF_LD_W_ABS = 0x00 | 0x00 | 0x20

@@ -49,7 +49,7 @@ from mechasandbox.domain.limits import MIB
 from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
 # Shown in `policy` output when no image is configured; never pulled.

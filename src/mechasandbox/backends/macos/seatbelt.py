@@ -49,7 +49,7 @@ from mechasandbox.limits.rlimits import describe, rlimits_for
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import RlimitSetting, SpawnSpec
 
 # Only the system's copy: a `sandbox-exec` earlier on PATH could be anything.

@@ -60,7 +60,7 @@ from mechasandbox.network.bridge import (
 )
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
-from mechasandbox.runner.runner import ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 # The image the recipes in config/images build (Dockerfile online, busybox offline).

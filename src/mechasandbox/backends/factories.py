@@ -1,0 +1,120 @@
+"""How each backend is built from what a composition root provides (a runner, the host's
+facts, the egress settings...). The containers (`mechasandbox.containers`) call these, and
+so does the CLI's one-shot path (`cli.oneshot`), so that both build a backend alike.
+
+Each imports its backend's module when called: a platform's modules stay out of other
+platforms' imports, and a caller that builds one backend pays for that one only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.base import Backend, HostContext
+    from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.network.proxy import Resolver
+    from mechasandbox.network.session import EgressProxy
+    from mechasandbox.runner.protocol import ProcessRunner
+
+
+def none(runner: ProcessRunner, host: HostContext) -> Backend:
+    from mechasandbox.backends.none import NoneBackend
+
+    return NoneBackend(runner=runner, host=host)
+
+
+def process(runner: ProcessRunner, host: HostContext) -> Backend:
+    from mechasandbox.backends.process import ProcessBackend
+
+    return ProcessBackend(runner=runner, host=host)
+
+
+def bubblewrap(
+    runner: ProcessRunner,
+    host: HostContext,
+    egress: EgressProxy | None = None,
+    probe_cache: ProbeCache | None = None,
+) -> Backend:
+    """`probe_cache`: where a successful probe is remembered across processes."""
+    from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+
+    return BubblewrapBackend(runner=runner, host=host, egress=egress, probe_cache=probe_cache)
+
+
+def landlock(
+    runner: ProcessRunner, host: HostContext, egress: EgressProxy | None = None
+) -> Backend:
+    from mechasandbox.backends.linux.landlock import LandlockBackend
+
+    return LandlockBackend(runner=runner, host=host, egress=egress)
+
+
+def seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Backend:
+    from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
+
+    return SeatbeltBackend(runner=runner, host=host, egress=egress)
+
+
+def apple_container(runner: ProcessRunner, host: HostContext, image: str | None) -> Backend:
+    """Unavailable (with the reason) until an image is configured: no implicit default."""
+    from mechasandbox.backends.macos.apple_container import AppleContainerBackend
+
+    return AppleContainerBackend(runner=runner, host=host, image=image or None)
+
+
+def container_engine(
+    engine: str,
+    *,
+    runner: ProcessRunner,
+    host: HostContext,
+    image: str | None,
+    runtime: str | None,
+    egress: EgressProxy,
+) -> Backend:
+    """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor)."""
+    from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
+    from mechasandbox.backends.registry import MissingBackend
+
+    backend_class = DockerBackend if engine == "docker" else PodmanBackend
+    options: dict[str, Any] = {"runner": runner, "host": host, "egress": egress}
+    if image:
+        options["image"] = image
+    if runtime:
+        try:
+            options["runtime"] = Runtime(runtime)
+        except ValueError:
+            known = ", ".join(r.value for r in Runtime)
+            return MissingBackend(
+                backend_name=engine, reason=f"unknown OCI runtime {runtime!r} (known: {known})"
+            )
+    built: Backend = backend_class(**options)
+    return built
+
+
+def pooled(backend: Backend, size: int | None) -> Iterator[Backend]:
+    """Docker behind a warm pool of pre-started containers when `size` is set."""
+    from mechasandbox.backends.oci import OciBackend, PooledBackend, PoolSettings
+
+    if not size or not isinstance(backend, OciBackend) or backend.kind != "docker":
+        yield backend
+        return
+    pool = PooledBackend(backend=backend, settings=PoolSettings(size=size))
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def system_resolver() -> Resolver:
+    """The host's own name resolution, for the allowlist proxy."""
+    from mechasandbox.network.proxy import SystemResolver
+
+    return SystemResolver()
+
+
+def egress_proxy(resolver: Resolver) -> EgressProxy:
+    from mechasandbox.network.session import EgressProxy
+
+    return EgressProxy(resolver=resolver)

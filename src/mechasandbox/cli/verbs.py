@@ -1,0 +1,217 @@
+"""`mechasandbox run | doctor | policy` (the contract is CLI.md; keep it stable).
+
+Each call pays for what its verb needs and no more: modules are imported where they are
+used, a `run`'s spawn helper is already starting (see `main`), and most runs take the
+one-shot path without an event loop (`oneshot`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from returns.result import Failure, Result
+
+from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
+from mechasandbox.cli.output import exit_status, result_object, signal_name
+from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
+
+VERBS = ("run", "policy", "doctor")
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.base import LaunchPlan
+    from mechasandbox.config import ResolvedConfig
+    from mechasandbox.containers import Application
+    from mechasandbox.domain.result import RunResult
+    from mechasandbox.runner.client import SpawnHelperClient
+    from mechasandbox.sandbox import Sandbox
+
+
+def build_parser(verb: str | None = None) -> Parser:
+    """The command line's parser. `verb`: the verb being run, when known; only its options
+    are added (argparse spends a few milliseconds adding the run options), the other verbs
+    are still known by name."""
+    parser = Parser(prog="mechasandbox", description="Run a command under an OS-level sandbox.")
+    commands = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    run = commands.add_parser("run", help="run a command in the sandbox")
+    policy = commands.add_parser("policy", help="print what the backend would do; run nothing")
+    for name, verb_parser in (("run", run), ("policy", policy)):
+        if verb in (None, name) or verb not in VERBS:
+            add_run_options(verb_parser)
+    doctor_parser = commands.add_parser("doctor", help="what each backend enforces here")
+    doctor_parser.add_argument("--json", action="store_true")
+    doctor_parser.add_argument("--verify", action="store_true", help="run built-in attacks")
+    return parser
+
+
+def _application(resolved: ResolvedConfig, helper: SpawnHelperClient | None) -> Application:
+    from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.containers import Application
+
+    app = Application()
+    app.config.from_dict(
+        {"backend": resolved.backend, "image": resolved.image, "runtime": resolved.runtime}
+    )
+    app.core.probe_cache.override(ProbeCache())
+    if helper is not None:
+        app.core.helper.override(helper)
+    return app
+
+
+def _fail(error: SandboxError, *, as_json: bool, backend: str) -> int:
+    if as_json:
+        print(json.dumps(result_object(None, error, backend)))
+    else:
+        print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
+    return exit_status(None, error)
+
+
+def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: str) -> int:
+    finished = result.value_or(None)
+    error = result.failure() if isinstance(result, Failure) else None
+    if as_json:
+        print(json.dumps(result_object(finished, error, backend)))
+        return exit_status(finished, error)
+    shown = finished or (partial_result(error) if error is not None else None)
+    if shown is not None:
+        sys.stdout.buffer.write(shown.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(shown.stderr)
+        for warning in shown.warnings:
+            print(f"mechasandbox: warning: {warning}", file=sys.stderr)
+        for violation in shown.violations:
+            print(f"mechasandbox: blocked ({violation.kind}): {violation.detail}", file=sys.stderr)
+        if shown.stdout_truncated or shown.stderr_truncated:
+            print("mechasandbox: output truncated at --max-output", file=sys.stderr)
+        if shown.signal is not None and error is None:
+            print(f"mechasandbox: killed by {signal_name(shown.signal)}", file=sys.stderr)
+    if error is not None:
+        print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
+    return exit_status(finished, error)
+
+
+def _print_plan(planned: Result[LaunchPlan, SandboxError], *, as_json: bool, backend: str) -> int:
+    if isinstance(planned, Failure):
+        return _fail(planned.failure(), as_json=as_json, backend=backend)
+    plan = planned.unwrap()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "backend": plan.backend,
+                    "sections": dict(plan.sections),
+                    "warnings": list(plan.warnings),
+                }
+            )
+        )
+    else:
+        print(f"# backend: {plan.backend}")
+        for title, text in plan.sections:
+            print(f"## {title}\n{text}")
+        for warning in plan.warnings:
+            print(f"# warning: {warning}")
+    return 0
+
+
+def _one_shot(
+    args: argparse.Namespace,
+    resolved: ResolvedConfig,
+    helper: SpawnHelperClient | None,
+) -> Sandbox | None:
+    """The sandbox of the one-shot path, or None when this call needs the containers."""
+    from mechasandbox.backends.base import HostContext
+    from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.cli.oneshot import loopless_backend
+    from mechasandbox.runner.blocking import BlockingHelperRunner
+    from mechasandbox.sandbox import Sandbox
+
+    backend = loopless_backend(
+        resolved.backend,
+        resolved.policy,
+        runner=BlockingHelperRunner(helper, prestart=False),
+        host=HostContext.current(),
+        probe_cache=ProbeCache(),
+        runs=args.verb == "run",
+    )
+    return None if backend is None else Sandbox(backend=backend, policy=resolved.policy)
+
+
+def _execute(
+    args: argparse.Namespace,
+    sandbox: Sandbox,
+    command: list[str],
+    resolved: ResolvedConfig,
+    *,
+    with_loop: bool,
+) -> int:
+    as_json = bool(args.json)
+    workspace = args.workspace or os.getcwd()
+    policy, backend = resolved.policy, resolved.backend
+    if args.verb == "policy":
+        planned = sandbox.plan(command, workspace=workspace, policy=policy)
+        return _print_plan(planned, as_json=as_json, backend=backend)
+    if with_loop:
+        result = sandbox.run_sync(command, workspace=workspace, policy=policy)
+    else:
+        from mechasandbox.runner.blocking import complete
+
+        result = complete(sandbox.run_async(command, workspace=workspace, policy=policy))
+    return _report(result, as_json=as_json, backend=backend)
+
+
+def _run_or_plan(args: argparse.Namespace, helper: SpawnHelperClient | None) -> int:
+    as_json = bool(getattr(args, "json", False))
+    command = command_of(args)
+    if not command:
+        return _fail(
+            ConfigInvalid(problem="no command given (mechasandbox run [OPTIONS] -- COMMAND)"),
+            as_json=as_json,
+            backend=args.backend or "auto",
+        )
+    return _resolved_and_run(args, command, helper if args.verb == "run" else None)
+
+
+def _resolved_and_run(
+    args: argparse.Namespace, command: list[str], helper: SpawnHelperClient | None
+) -> int:
+    from mechasandbox.cli.settings import load_settings
+
+    as_json = bool(args.json)
+    settings = load_settings(args)
+    if isinstance(settings, Failure):
+        return _fail(settings.failure(), as_json=as_json, backend=args.backend or "auto")
+    resolved = settings.unwrap()
+    for warning in resolved.warnings:
+        print(f"mechasandbox: warning: {warning}", file=sys.stderr)
+    sandbox = _one_shot(args, resolved, helper)
+    if sandbox is not None:
+        return _execute(args, sandbox, command, resolved, with_loop=False)
+    app = _application(resolved, helper)
+    try:
+        sandbox = app.services.sandbox()
+        return _execute(args, sandbox, command, resolved, with_loop=True)
+    finally:
+        app.shutdown_resources()
+
+
+def run_verb(raw: list[str], helper: SpawnHelperClient | None) -> int:
+    """Parse `raw` and do what it says. `helper`: a started spawn helper for a `run`."""
+    try:
+        args = build_parser(raw[0] if raw else None).parse_args(raw)
+    except UsageError as error:
+        problem = ConfigInvalid(problem=str(error), source="command line")
+        return _fail(problem, as_json="--json" in raw, backend="auto")
+    try:
+        if args.verb == "doctor":
+            from mechasandbox.backends.base import HostContext
+            from mechasandbox.cli import doctor
+
+            return doctor.main(as_json=args.json, verify=args.verify, host=HostContext.current())
+        return _run_or_plan(args, helper)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): not an error of the run.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
