@@ -56,8 +56,8 @@ def test_summary_names_the_denied_calls_and_families() -> None:
 
 _PROBE = r"""
 import ctypes, errno, os, socket, sys
-from mechasandbox.backends.linux import seccomp
-seccomp.install(seccomp.build_filter())
+from mechasandbox.backends.linux import seccomp, seccomp_install
+seccomp_install.install(seccomp.build_filter())
 libc = ctypes.CDLL(None, use_errno=True)
 def err(result):
     return ctypes.get_errno() if result == -1 else 0

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from mechasandbox.runner import framing
-from mechasandbox.runner.helper import CONTROL_FD_ENV
 
 
 class HelperUnavailable(Exception):
@@ -49,7 +48,7 @@ class SpawnHelperClient:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONPATH": package_root,
-            CONTROL_FD_ENV: str(theirs.fileno()),
+            framing.CONTROL_FD_ENV: str(theirs.fileno()),
         }
         try:
             self._process = subprocess.Popen(

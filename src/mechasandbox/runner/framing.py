@@ -15,6 +15,9 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not i
 if TYPE_CHECKING:
     from typing import Any
 
+# The environment variable that gives the spawn helper its control socket's descriptor
+# (here, not in `helper`, so that the host does not import the helper's ctypes).
+CONTROL_FD_ENV = "MECHASANDBOX_HELPER_FD"
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 8 * 1024 * 1024
 MAX_FDS = 64

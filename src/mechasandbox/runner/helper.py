@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
     ChildHook: TypeAlias = Callable[[Any], None]
 
-CONTROL_FD_ENV = "MECHASANDBOX_HELPER_FD"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _IS_LINUX = sys.platform.startswith("linux")
@@ -515,7 +514,7 @@ class Helper:
 
 
 def main() -> None:
-    control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
+    control = socket.socket(fileno=int(os.environ.pop(framing.CONTROL_FD_ENV)))
     # No PR_SET_PDEATHSIG here: it follows the host *thread* that started us, not the host
     # process. The host dying closes the control socket, and that ends us (and our runs).
     control.set_inheritable(False)

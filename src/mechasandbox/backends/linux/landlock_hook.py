@@ -23,8 +23,8 @@ import errno
 import os
 import stat
 
-from mechasandbox.backends.linux.seccomp import install as install_seccomp
-from mechasandbox.backends.linux.seccomp import load_libc as _load_seccomp_libc
+from mechasandbox.backends.linux.seccomp_install import install as install_seccomp
+from mechasandbox.backends.linux.seccomp_install import load_libc as _load_seccomp_libc
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
 if TYPE_CHECKING:
@@ -297,4 +297,4 @@ def confine(argument: dict[str, Any]) -> None:
     restrict_self(argument)
     seccomp = argument.get("seccomp")
     if seccomp:
-        install_seccomp(base64.b64decode(seccomp))  # the shared loader, see seccomp.install
+        install_seccomp(base64.b64decode(seccomp))  # the shared loader, see seccomp_install
