@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import attrs
 import pytest
-from returns.result import Result, Success
+from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
 from mechasandbox.domain import Limits
@@ -167,3 +167,24 @@ def test_a_run_needing_a_hook_the_warm_child_lacks_still_gets_it(
     # And again, now handed to a warm child forked after the module was loaded.
     time.sleep(0.2)
     assert int(_run(own_runner, spec)) == len(seccomp_program())
+
+
+def test_a_warm_child_whose_join_failed_reports_the_run_as_not_started(
+    own_runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    """A run handed to a warm child that could not join its cgroup must fail at the cgroup
+    stage, as a freshly forked child would, and never look like a run that exited 0."""
+    missing = (str(tmp_path / "gone" / "cgroup.procs"),)
+    _run(own_runner, attrs.evolve(SHOW_CGROUP, argv=("true",)))
+    helper = _helper_pid(own_runner)
+    before = set(_children(helper))
+    own_runner.prepare_cgroups([missing])
+    deadline = time.monotonic() + 10
+    while not set(_children(helper)) - before:
+        assert time.monotonic() < deadline, "no warm child was prepared"
+        time.sleep(0.02)
+    time.sleep(0.2)  # its join has failed by now; it waits for a run all the same
+    assert set(_children(helper)) - before, "the warm child left before its run"
+    outcome = anyio.run(own_runner.run, attrs.evolve(SHOW_CGROUP, cgroup_procs=missing))
+    assert isinstance(outcome, Failure), outcome
+    assert "cgroup" in outcome.failure().reason

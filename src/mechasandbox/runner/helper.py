@@ -179,20 +179,40 @@ def _warm_child(
 ) -> None:
     """Runs in a warm child: leave the helper's session, join the cgroups, then wait for a
     spawn request (with its stdio) on `sock` and carry it out as `_child` does. The helper
-    closing `sock` instead ends it. Never returns."""
+    closing `sock` instead ends it. Never returns.
+
+    Once a request came, every failure goes to the report pipe as in `_child` (a join that
+    failed earlier included), so that the run is reported as not started, never as a run
+    that exited with status 0."""
+    joined: OSError | None = None
     try:
         os.setsid()
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         _join(procs_files)
+    except OSError as error:
+        joined = error
+    try:
         request, stdio = framing.receive(sock)
+    except BaseException:
+        os._exit(0)  # the helper let this child go: no run was handed to it
+    if joined is not None:
+        os.write(report_fd, f"{joined.errno or errno.EIO}:cgroup".encode())
+        os._exit(127)
+    stage = "setup"
+    try:
         launch = _Launch(request)
         launch.cgroup_procs = []  # joined already: a second join would wait again
+        stage = "hook"
         chosen = [
             (hooks.get(spec) or _load_hook(spec), argument)
             for spec, argument in request.get("hooks", ())
         ]
+    except OSError as error:
+        os.write(report_fd, f"{error.errno or errno.EIO}:{stage}".encode())
+        os._exit(127)
     except BaseException:
-        os._exit(0)  # not a run yet: the helper forgets this child and forks afresh
+        os.write(report_fd, f"{errno.EIO}:{stage}".encode())
+        os._exit(127)
     _child(launch, stdio, chosen, report_fd, detached=True)
 
 
@@ -318,17 +338,17 @@ class Helper:
         stdio = fds[1:4]
         report_r = report_w = -1
         try:
-            launch = _Launch(request)
             hooks = []
             for spec, argument in request.get("hooks", ()):
-                if spec not in self.hooks:
+                if spec not in self.hooks:  # loaded here, so that later children inherit it
                     self.hooks[spec] = _load_hook(spec)
                 hooks.append((self.hooks[spec], argument))
             key = tuple(request.get("cgroup_procs", ()))
             handed = self._hand_to_warm(key, request, frame, stdio)
             if handed is not None:
-                pid, report_r = handed
+                pid, report_r = handed  # the warm child decodes the request itself
             else:
+                launch = _Launch(request)
                 report_r, report_w = os.pipe()
                 pid = os.fork()
                 if pid == 0:
@@ -396,15 +416,13 @@ class Helper:
         warm.sock.close()
         return warm.pid, warm.report
 
-    def _forget_warm(self, pid: int) -> bool:
-        """A warm child ended before it got a run (killed with its cgroup, or its join
-        failed): forget it. False if `pid` is no warm child."""
+    def _forget_warm(self, pid: int) -> None:
+        """A warm child ended before it got a run (killed with its cgroup): forget it."""
         for key, warm in list(self.warm.items()):
             if warm.pid == pid:
                 del self.warm[key]
                 warm.close()
-                return True
-        return False
+                return
 
     def _settle(self, run: _Run) -> bytes:
         """Called once the child is gone: its report pipe holds the failure before exec, or
