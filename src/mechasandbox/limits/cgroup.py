@@ -352,21 +352,23 @@ class CgroupManager:
     def destroy(self, run: CgroupRun) -> None:
         """Kill whatever is still inside, then keep the cgroup for the next run (empty and
         uncharged, room in the pool) or remove the directories."""
-        if self._empty(run) and self._reusable(run):
+        emptied = self._empty(run)
+        if emptied and self._reusable(run):
             pool = self._pool
             with pool.lock:
                 if len(pool.idle) < POOL_SIZE and run.directories not in pool.idle:
                     pool.idle.append(run.directories)
                     return
-        self._remove(run)
+        self._remove(run, emptied=emptied)
 
-    def _remove(self, run: CgroupRun) -> None:
+    def _remove(self, run: CgroupRun, *, emptied: bool = False) -> None:
         with self._pool.lock:
             self._pool.applied.pop(run.directories, None)
             self._pool.counters.pop(run.directories, None)
-        # A pooled cgroup may hold a runner's warm child (see `PreparesCgroups`): it dies
-        # with the cgroup, which cannot be removed while a process is inside.
-        self._empty(run)
+        if not emptied:
+            # A pooled cgroup may hold a runner's warm child (see `PreparesCgroups`): it
+            # dies with the cgroup, which cannot be removed while a process is inside.
+            self._empty(run)
         for directory in run.directories:
             with contextlib.suppress(OSError):
                 os.rmdir(directory)

@@ -60,7 +60,7 @@ from mechasandbox.backends.base import (
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
-from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders
+from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders, path_depth
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.resources import (
@@ -263,10 +263,6 @@ def _under(path: str, root: str) -> bool:
     return root in (path, "/") or path.startswith(root.rstrip("/") + "/")
 
 
-def _depth(path: str) -> int:
-    return 0 if path == "/" else path.rstrip("/").count("/")
-
-
 def _covering(mounts: Iterable[_Mount], path: str) -> _Mount | None:
     """The mount that decides what `path` is: the last one at or above it (later mounts
     cover earlier ones, and deeper ones are mounted after their parents)."""
@@ -354,7 +350,7 @@ def _tree_mounts(
     for priority, mount in wanted:
         if mount.dest not in best or best[mount.dest][0] <= priority:
             best[mount.dest] = (priority, mount)
-    ordered = sorted(best.values(), key=lambda item: (_depth(item[1].dest), item[0]))
+    ordered = sorted(best.values(), key=lambda item: (path_depth(item[1].dest), item[0]))
     return [mount for _, mount in ordered]
 
 
@@ -462,7 +458,7 @@ def _masks(
         covering = _covering(mounts, path)
         if covering is not None and covering.exposes:
             masks[path] = _mask(path, layout.fact(path).kind)
-    return sorted(masks.values(), key=lambda mount: (_depth(mount.dest), mount.dest))
+    return sorted(masks.values(), key=lambda mount: (path_depth(mount.dest), mount.dest))
 
 
 _MountPlan = tuple[tuple[_Mount, ...], tuple[str, ...], tuple[str, ...]]

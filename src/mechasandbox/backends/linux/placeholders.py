@@ -25,14 +25,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def _depth(path: str) -> int:
+def path_depth(path: str) -> int:
+    """How many components below / (`/` itself: 0)."""
     return path.rstrip("/").count("/")
 
 
 def remove_placeholders(paths: Iterable[str]) -> None:
     """Remove empty directories, deepest first; anything else (someone on the host put
     content there meanwhile, or a file) stays."""
-    for path in sorted(paths, key=_depth, reverse=True):
+    for path in sorted(paths, key=path_depth, reverse=True):
         with contextlib.suppress(OSError):
             os.rmdir(path)
 
