@@ -4,6 +4,7 @@ children must not be mistaken for leftovers, and none may outlive its cgroup or 
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from mechasandbox.domain import Limits
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.runner.runner import HelperProcessRunner
-from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.runner.spec import ChildHook, ProcessOutcome, RlimitSetting, SpawnSpec
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
 
@@ -188,3 +189,94 @@ def test_a_warm_child_whose_join_failed_reports_the_run_as_not_started(
     outcome = anyio.run(own_runner.run, attrs.evolve(SHOW_CGROUP, cgroup_procs=missing))
     assert isinstance(outcome, Failure), outcome
     assert "cgroup" in outcome.failure().reason
+
+
+# --- ahead hooks: applied by the warm child while it waits ---------------------------------
+ISOLATE = "mechasandbox.backends.linux.landlock_hook:isolate"
+SHOW_CONFINEMENT = SpawnSpec(
+    argv=("cat", "/proc/self/status", "/proc/self/limits"),
+    env=(("PATH", "/usr/bin:/bin"),),
+    cwd="/",
+    timeout_s=10,
+)
+
+
+def _confined(nofile: int, *, seccomp: bool = True, program: bytes | None = None) -> SpawnSpec:
+    """A spec whose ahead hook sets no_new_privs and (with `seccomp`) loads a filter, and
+    whose rlimits cap open files at `nofile`. Capabilities stay: the test runs as any user."""
+    if seccomp:
+        program = program if program is not None else seccomp_program()
+    argument = {
+        "drop_capabilities": False,
+        "seccomp": base64.b64encode(program).decode() if seccomp and program else None,
+    }
+    return attrs.evolve(
+        SHOW_CONFINEMENT,
+        rlimits=(RlimitSetting(resource="RLIMIT_NOFILE", soft=nofile, hard=nofile),),
+        hooks=(ChildHook(target=ISOLATE, argument=argument, ahead=True),),
+    )
+
+
+def _field(shown: str, name: str) -> str:
+    for line in shown.splitlines():
+        if line.startswith(name):
+            return line[len(name) :].split()[0]
+    raise AssertionError(f"{name} not shown in {shown!r}")
+
+
+def _warm_pids(runner: HelperProcessRunner, before: set[int]) -> set[int]:
+    """The helper's children that were not there `before`: the warm child it prepares
+    once the last run ended (waited for)."""
+    helper = _helper_pid(runner)
+    deadline = time.monotonic() + 10
+    while not set(_children(helper)) - before:
+        assert time.monotonic() < deadline, "no warm child was prepared"
+        time.sleep(0.02)
+    return set(_children(helper)) - before
+
+
+def test_a_warm_child_applies_the_ahead_hooks_and_rlimits_of_matching_runs_only(
+    own_runner: HelperProcessRunner,
+) -> None:
+    first = _run(own_runner, _confined(200))  # a fresh fork: the reference
+    assert (_field(first, "Seccomp:"), _field(first, "NoNewPrivs:")) == ("2", "1")
+    assert _field(first, "Max open files") == "200"
+
+    # The same policy again: handed to the warm child that applied all of it while waiting.
+    waiting = _warm_pids(own_runner, set())
+    again = _run(own_runner, _confined(200))
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
+    assert (_field(again, "Seccomp:"), _field(again, "NoNewPrivs:")) == ("2", "1")
+    assert _field(again, "Max open files") == "200"
+
+    # Other rlimits and no filter: the waiting child (filter loaded, 200 files) must not
+    # take it; the run gets exactly its own.
+    waiting = _warm_pids(own_runner, set())
+    other = _run(own_runner, _confined(300, seccomp=False))
+    assert (_field(other, "Seccomp:"), _field(other, "NoNewPrivs:")) == ("0", "1")
+    assert _field(other, "Max open files") == "300"
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "mismatch kept"
+
+    # No ahead hook at all, after a child prepared for the last policy: nothing of it.
+    _warm_pids(own_runner, set())
+    plain = _run(own_runner, SHOW_CONFINEMENT)
+    assert (_field(plain, "Seccomp:"), _field(plain, "NoNewPrivs:")) == ("0", "0")
+    assert _field(plain, "Max open files") != "300"
+
+
+def test_an_ahead_hook_that_failed_in_the_warm_child_fails_the_run_it_is_handed(
+    own_runner: HelperProcessRunner,
+) -> None:
+    """An invalid filter (the kernel refuses it): the fresh fork reports the hook stage;
+    the warm child prepared for the same request failed while waiting and must report it
+    for the run handed over, never run the command unfiltered."""
+    broken = _confined(200, program=b"\xff\xff\x00\x00\x00\x00\x00\x00")
+    outcome = anyio.run(own_runner.run, broken)
+    assert isinstance(outcome, Failure), outcome
+    assert "hook" in outcome.failure().reason
+    waiting = _warm_pids(own_runner, set())
+    time.sleep(0.2)  # its hook has failed by now; it waits for a run all the same
+    outcome = anyio.run(own_runner.run, broken)
+    assert isinstance(outcome, Failure), outcome
+    assert "hook" in outcome.failure().reason
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"

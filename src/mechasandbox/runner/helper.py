@@ -22,6 +22,13 @@ RCU grace period (5-15 ms on a quiet host), and fork costs a little too; a warm 
 both while nobody waits, and the next spawn request for the same cgroups is handed to it
 (with its stdio) instead of forking. One warm child without cgroups is kept ready too. The
 hand-over changes nothing else: the warm child is the helper's child like any run's root.
+
+A warm child also applies, while it waits, the rlimits and the `ahead` hooks of the last
+spawn request (hooks that depend on the policy alone: dropping capabilities, no_new_privs,
+seccomp; see `runner.spec.ChildHook`). A request with the same rlimits and ahead hooks (an
+agent's next command under the same policy) finds that work done; any other request is
+given a fresh fork, and the mismatched warm child is killed. Nothing a warm child applies
+ahead depends on when it runs, so the run is confined exactly as a fresh fork would be.
 """
 
 from __future__ import annotations
@@ -125,7 +132,8 @@ def _child(
 ) -> None:
     """Runs in the forked child: set everything up, then exec. Never returns.
 
-    `detached`: the session and the parent-death signal are set already (a warm child).
+    `detached`: a warm child, which has set the session and the parent-death signal, joined
+    its cgroups and applied the rlimits and ahead hooks already (`launch` has none left).
     Signal dispositions need no work here: the helper catches (rather than ignores) the
     signals it handles, and exec resets caught signals to their defaults; its signal mask
     is empty (see `main`)."""
@@ -174,39 +182,73 @@ def _join(procs_files: list[bytes]) -> None:
             os.close(procs)
 
 
-def _warm_child(
-    procs_files: list[bytes], sock: socket.socket, hooks: dict[str, ChildHook], report_fd: int
-) -> None:
-    """Runs in a warm child: leave the helper's session, join the cgroups, then wait for a
-    spawn request (with its stdio) on `sock` and carry it out as `_child` does. The helper
-    closing `sock` instead ends it. Never returns.
+def _ahead_of(request: dict[str, Any]) -> list[Any] | None:
+    """What a warm child can apply before `request` comes: its rlimits and ahead hooks, or
+    None when it has no ahead hook (the rlimits then wait for the request, as before)."""
+    ahead = request.get("ahead")
+    return [request.get("rlimits", []), ahead] if ahead else None
 
-    Once a request came, every failure goes to the report pipe as in `_child` (a join that
-    failed earlier included), so that the run is reported as not started, never as a run
-    that exited with status 0."""
-    joined: OSError | None = None
+
+def _apply_ahead(ahead: list[Any], hooks: dict[str, ChildHook]) -> None:
+    """The rlimits, then the ahead hooks, in the order `_child` applies them."""
+    rlimits, chosen = ahead
+    for name, soft, hard in rlimits:
+        resource.setrlimit(getattr(resource, name), (int(soft), int(hard)))
+    for spec, argument in chosen:
+        (hooks.get(spec) or _load_hook(spec))(argument)
+
+
+def _warm_child(
+    procs_files: list[bytes],
+    sock: socket.socket,
+    hooks: dict[str, ChildHook],
+    report_fd: int,
+    ahead: list[Any] | None,
+) -> None:
+    """Runs in a warm child: leave the helper's session, join the cgroups, apply `ahead`
+    (see `_ahead_of`), then wait for a spawn request (with its stdio) on `sock` and carry it
+    out as `_child` does. The helper closing `sock` instead ends it. Never returns. The
+    helper hands it only requests whose `_ahead_of` equals `ahead`.
+
+    Once a request came, every failure goes to the report pipe as in `_child` (a join or an
+    ahead hook that failed earlier included), so that the run is reported as not started,
+    never as a run that exited with status 0."""
+    failed: tuple[str, OSError] | None = None
+    stage = "cgroup"
     try:
         os.setsid()
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         _join(procs_files)
+        if ahead is not None:
+            stage = "hook"
+            _apply_ahead(ahead, hooks)
     except OSError as error:
-        joined = error
+        failed = (stage, error)
+    except BaseException:
+        failed = (stage, OSError(errno.EIO, stage))
     try:
         request, stdio = framing.receive(sock)
     except BaseException:
         os._exit(0)  # the helper let this child go: no run was handed to it
-    if joined is not None:
-        os.write(report_fd, f"{joined.errno or errno.EIO}:cgroup".encode())
+    if failed is not None:
+        os.write(report_fd, f"{failed[1].errno or errno.EIO}:{failed[0]}".encode())
         os._exit(127)
     stage = "setup"
     try:
         launch = _Launch(request)
         launch.cgroup_procs = []  # joined already: a second join would wait again
+        if ahead is not None:
+            launch.rlimits = []  # applied already, with the ahead hooks
         stage = "hook"
         chosen = [
             (hooks.get(spec) or _load_hook(spec), argument)
             for spec, argument in request.get("hooks", ())
         ]
+        if ahead is None:  # a request with ahead hooks is never handed to this child
+            chosen = [
+                (hooks.get(spec) or _load_hook(spec), argument)
+                for spec, argument in request.get("ahead", ())
+            ] + chosen
     except OSError as error:
         os.write(report_fd, f"{error.errno or errno.EIO}:{stage}".encode())
         os._exit(127)
@@ -218,15 +260,24 @@ def _warm_child(
 
 class _Warm:
     """A warm child: `sock` carries its run, `report` as in `_Run`, `hooks`: the hook
-    modules it inherited (a run needing another is given a fresh fork instead)."""
+    modules it inherited (a run needing another is given a fresh fork instead), `ahead`:
+    what it applied while waiting (`_ahead_of` of the requests it can take)."""
 
-    __slots__ = ("hooks", "pid", "report", "sock")
+    __slots__ = ("ahead", "hooks", "pid", "report", "sock")
 
-    def __init__(self, pid: int, sock: socket.socket, report: int, hooks: frozenset[str]) -> None:
+    def __init__(
+        self,
+        pid: int,
+        sock: socket.socket,
+        report: int,
+        hooks: frozenset[str],
+        ahead: list[Any] | None,
+    ) -> None:
         self.pid = pid
         self.sock = sock
         self.report = report
         self.hooks = hooks
+        self.ahead = ahead
 
     def discard(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -261,6 +312,8 @@ class Helper:
         # still to prepare once the helper has nothing else to do.
         self.warm: dict[tuple[str, ...], _Warm] = {}
         self.wanted: list[tuple[str, ...]] = []
+        # What warm children apply ahead: that of the last spawn request (`_ahead_of`).
+        self.ahead: list[Any] | None = None
         self.my_pid = os.getpid()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -339,10 +392,11 @@ class Helper:
         report_r = report_w = -1
         try:
             hooks = []
-            for spec, argument in request.get("hooks", ()):
+            for spec, argument in [*request.get("ahead", ()), *request.get("hooks", ())]:
                 if spec not in self.hooks:  # loaded here, so that later children inherit it
                     self.hooks[spec] = _load_hook(spec)
                 hooks.append((self.hooks[spec], argument))
+            self.ahead = _ahead_of(request)  # the next warm children prepare for the like
             key = tuple(request.get("cgroup_procs", ()))
             handed = self._hand_to_warm(key, request, frame, stdio)
             if handed is not None:
@@ -392,10 +446,10 @@ class Helper:
         if pid == 0:
             ours.close()
             os.close(report_r)
-            _warm_child([os.fsencode(p) for p in key], theirs, self.hooks, report_w)
+            _warm_child([os.fsencode(p) for p in key], theirs, self.hooks, report_w, self.ahead)
         theirs.close()
         os.close(report_w)
-        self.warm[key] = _Warm(pid, ours, report_r, frozenset(self.hooks))
+        self.warm[key] = _Warm(pid, ours, report_r, frozenset(self.hooks), self.ahead)
 
     def _hand_to_warm(
         self, key: tuple[str, ...], request: dict[str, Any], frame: bytes, stdio: list[int]
@@ -405,8 +459,9 @@ class Helper:
         warm = self.warm.pop(key, None)
         if warm is None:
             return None
-        if not {spec for spec, _ in request.get("hooks", ())} <= warm.hooks:
-            warm.discard()
+        needed = {spec for spec, _ in [*request.get("ahead", ()), *request.get("hooks", ())]}
+        if not needed <= warm.hooks or _ahead_of(request) != warm.ahead:
+            warm.discard()  # a fresh fork sets the run up; the killed child is reaped
             return None
         try:
             framing.send_frame(warm.sock, frame, stdio)

@@ -23,10 +23,17 @@ class ChildHook:
     """A function the spawn helper calls in the child just before exec (Landlock, seccomp).
 
     `target` is "module:function"; `argument` must be JSON-serialisable.
+
+    `ahead`: what the hook does depends on the policy alone, not on the run nor on the file
+    system (dropping capabilities, no_new_privs, a seccomp filter). Such a hook may run
+    before the run is asked for, in a child the helper forks ahead of time for runs with the
+    same rlimits and `ahead` hooks (see `runner.helper`): off the run's critical path. Ahead
+    hooks run after the rlimits and before the other hooks, in the order given.
     """
 
     target: str
     argument: Any = None
+    ahead: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -35,7 +35,8 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
         "umask": spec.umask,
         "rlimits": [[r.resource, r.soft, r.hard] for r in spec.rlimits],
         "cgroup_procs": list(spec.cgroup_procs),
-        "hooks": [[h.target, h.argument] for h in spec.hooks],
+        "ahead": [[h.target, h.argument] for h in spec.hooks if h.ahead],
+        "hooks": [[h.target, h.argument] for h in spec.hooks if not h.ahead],
         "executable": spec.executable,
     }
 

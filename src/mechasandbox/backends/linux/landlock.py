@@ -2,7 +2,7 @@
 
 Inside a container (or on a hardened kernel) user namespaces are often refused, so
 bubblewrap cannot start. Landlock needs no privilege and no namespace: the spawn helper's
-child restricts itself just before exec (`landlock_hook.confine`). What it enforces depends
+child restricts itself just before exec (`landlock_hook`). What it enforces depends
 on the kernel's Landlock ABI; `probe` says exactly what, and `Capabilities` lists the rest
 as missing so a strict policy refuses honestly. See docs/backends-landlock.md.
 """
@@ -55,7 +55,11 @@ if TYPE_CHECKING:
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
 
-HOOK_TARGET = "mechasandbox.backends.linux.landlock_hook:confine"
+# The child-side hooks: `isolate` depends on the policy alone, so a warm child of the spawn
+# helper applies it before the run is asked for; `restrict_self` reads the file system
+# (rules' paths, carved directories) and so runs once the run has come.
+ISOLATE_TARGET = "mechasandbox.backends.linux.landlock_hook:isolate"
+RESTRICT_TARGET = "mechasandbox.backends.linux.landlock_hook:restrict_self"
 UMASK = 0o077
 
 # --- the Landlock ABI (include/uapi/linux/landlock.h) ---------------------------------------
@@ -220,6 +224,15 @@ class LandlockRuleset:
             "drop_capabilities": self.drop_capabilities,
             "restrict_flags": 0,
         }
+
+    def child_hooks(self) -> tuple[ChildHook, ChildHook]:
+        """`to_hook_argument` split between the spawn helper's two hooks (see the targets)."""
+        argument = self.to_hook_argument()
+        isolating = {name: argument.pop(name) for name in ("drop_capabilities", "seccomp")}
+        return (
+            ChildHook(target=ISOLATE_TARGET, argument=isolating, ahead=True),
+            ChildHook(target=RESTRICT_TARGET, argument=argument),
+        )
 
     def render_rules(self) -> str:
         lines = []
@@ -565,7 +578,7 @@ class LandlockBackend:
                     max_output_bytes=policy.limits.max_output_bytes,
                     umask=UMASK,
                     rlimits=rlimits,
-                    hooks=(ChildHook(target=HOOK_TARGET, argument=ruleset.to_hook_argument()),),
+                    hooks=ruleset.child_hooks(),
                     executable=executable,
                 ),
                 ruleset,

@@ -1,15 +1,18 @@
 """The child-side half of the `landlock` backend: runs in the spawn helper's forked child
 just before exec (see `runner.helper`), so it imports only the standard library and ctypes.
 
-Order matters:
+Two hooks, in this order. `isolate` depends on the policy alone (a warm child of the helper
+applies it before the run is asked for, see `runner.helper`):
 1. drop every capability (bounding set, ambient, effective/permitted/inheritable): when the
    host runs as root the command would otherwise keep CAP_SYS_RESOURCE (raise its rlimits),
    CAP_SYS_ADMIN, CAP_NET_ADMIN...; with an empty bounding set even exec of a root-owned
    setuid binary gains nothing;
 2. PR_SET_NO_NEW_PRIVS, required by Landlock and seccomp for unprivileged callers;
-3. build the Landlock ruleset (open each rule's path with O_PATH, expand "carved" rules by
-   listing their directory) and `landlock_restrict_self`;
-4. install the seccomp filter last, so it cannot get in the way of the steps above.
+3. install the seccomp filter. It refuses none of the calls that follow (landlock_*, open
+   with O_PATH, getdents, close, dup2, chdir, setrlimit to lower a limit, execve).
+`restrict_self` reads the file system, so it runs once the run has come:
+4. build the Landlock ruleset (open each rule's path with O_PATH, expand "carved" rules by
+   listing their directory) and `landlock_restrict_self`.
 
 Any failure raises OSError; the helper reports it as a spawn failure at stage "hook" and the
 command never runs unconfined.
@@ -223,7 +226,8 @@ def _open_path(path: str) -> tuple[int, bool]:
 
 
 def restrict_self(argument: dict[str, Any]) -> None:
-    """Create the ruleset of `argument` (see `LandlockRuleset.to_hook_argument`), enforce it."""
+    """The second ChildHook target, step 4 above: create the ruleset of `argument` (see
+    `LandlockRuleset.to_hook_argument`) and enforce it."""
     attr = _RulesetAttr(
         handled_access_fs=int(argument["handled_fs"]),
         handled_access_net=int(argument["handled_net"]),
@@ -289,12 +293,11 @@ def restrict_self(argument: dict[str, Any]) -> None:
         os.close(ruleset)
 
 
-def confine(argument: dict[str, Any]) -> None:
-    """The ChildHook target: everything above, in order."""
+def isolate(argument: dict[str, Any]) -> None:
+    """The first ChildHook target: steps 1-3 above."""
     if argument.get("drop_capabilities", True):
         drop_capabilities()
     _prctl(_PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
-    restrict_self(argument)
     seccomp = argument.get("seccomp")
     if seccomp:
         install_seccomp(base64.b64decode(seccomp))  # the shared loader, see seccomp_install
