@@ -146,6 +146,15 @@ def test_private_tmp(sandbox: Sandbox) -> None:
     tmpdir = run.stdout.decode().splitlines()[1]
     assert tmpdir.startswith("/tmp/mechasandbox-landlock-")
     assert not os.path.exists(tmpdir)  # removed after the run
+    # Left empty, or with a tree inside: removed either way.
+    for script in (
+        'echo "$TMPDIR"',
+        'mkdir -p "$TMPDIR/a/b" && touch "$TMPDIR/a/b/f"; echo "$TMPDIR"',
+    ):
+        run = sandbox.sh(script)
+        tmpdir = run.stdout.decode().splitlines()[0]
+        assert tmpdir.startswith("/tmp/mechasandbox-landlock-"), out(run)
+        assert not os.path.exists(tmpdir)
 
 
 def test_timeout_kills_the_tree(sandbox: Sandbox) -> None:

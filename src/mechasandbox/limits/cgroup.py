@@ -22,6 +22,7 @@ import re
 import secrets
 import signal
 import threading
+import time
 from pathlib import Path
 
 import attrs
@@ -36,6 +37,10 @@ POOL_SIZE = 8
 # A cgroup still charged with more than this (page cache of the last run) is removed rather
 # than reused, so that a run never starts with another run's memory counted against it.
 _REUSE_MAX_CHARGE = 4 * 1024 * 1024
+# How long emptying a cgroup waits for the processes it killed to exit.
+_EMPTY_WAIT_S = 2.0
+# How long a cgroup that looks empty waits for its last processes to be released.
+_RELEASE_WAIT_S = 0.05
 _UNLIMITED_V1 = "-1"
 
 
@@ -319,35 +324,41 @@ class CgroupManager:
             if self.version == 2:  # cgroup.kill: v2 only (kernel >= 5.14)
                 with contextlib.suppress(OSError):
                     _write(directory, "cgroup.kill", 1)
-            for _ in range(100):
+            # A killed process leaves its cgroup only once it has exited, which a busy
+            # host may take a while to get to: wait for it (bounded), do not just retry.
+            deadline = time.monotonic() + _EMPTY_WAIT_S
+            while True:
                 pids = [int(p) for p in _read(Path(directory, "cgroup.procs")).split()]
                 if not pids:
+                    break
+                if time.monotonic() > deadline:
+                    empty = False
                     break
                 for pid in pids:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
-            else:
-                empty = False
+                time.sleep(0.001)
         return empty
 
     def _reusable(self, run: CgroupRun) -> bool:
-        if self.version == 2:
-            (directory,) = run.directories
-            charge, processes = (
-                _read(Path(directory, "memory.current")),
-                _read(Path(directory, "pids.current")),
+        """Uncharged and without processes. A process that has left cgroup.procs still
+        counts in pids.current until the kernel has released it, a moment later: that
+        moment is waited for (bounded), so that the cgroup is not lost to the pool."""
+        memory_dir, pids_dir = run.directories[0], run.directories[-1]
+        memory_file = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
+        deadline = time.monotonic() + _RELEASE_WAIT_S
+        while True:
+            processes = _read(Path(pids_dir, "pids.current")).strip()
+            if processes != "0" and processes.isdigit() and time.monotonic() < deadline:
+                time.sleep(0.001)
+                continue
+            charge = _read(Path(memory_dir, memory_file)).strip()
+            return (
+                charge.isdigit()
+                and int(charge) <= _REUSE_MAX_CHARGE
+                and processes.isdigit()
+                and int(processes) == 0
             )
-        else:
-            memory_dir, pids_dir = run.directories
-            charge = _read(Path(memory_dir, "memory.usage_in_bytes"))
-            processes = _read(Path(pids_dir, "pids.current"))
-        charge, processes = charge.strip(), processes.strip()
-        return (
-            charge.isdigit()
-            and int(charge) <= _REUSE_MAX_CHARGE
-            and processes.isdigit()
-            and int(processes) == 0
-        )
 
     def destroy(self, run: CgroupRun) -> None:
         """Kill whatever is still inside, then keep the cgroup for the next run (empty and

@@ -29,6 +29,7 @@ seccomp; see `runner.spec.ChildHook`). A request with the same rlimits and ahead
 agent's next command under the same policy) finds that work done; any other request is
 given a fresh fork, and the mismatched warm child is killed. Nothing a warm child applies
 ahead depends on when it runs, so the run is confined exactly as a fresh fork would be.
+It then calls the `rehearsals` of that request (read-only, see `ChildHook.rehearsal`).
 """
 
 from __future__ import annotations
@@ -198,12 +199,19 @@ def _apply_ahead(ahead: list[Any], hooks: dict[str, ChildHook]) -> None:
         (hooks.get(spec) or _load_hook(spec))(argument)
 
 
+def _rehearse(rehearsals: list[Any], hooks: dict[str, ChildHook]) -> None:
+    for spec, argument in rehearsals:
+        with contextlib.suppress(BaseException):  # a rehearsal that failed changed nothing
+            (hooks.get(spec) or _load_hook(spec))(argument)
+
+
 def _warm_child(
     procs_files: list[bytes],
     sock: socket.socket,
     hooks: dict[str, ChildHook],
     report_fd: int,
     ahead: list[Any] | None,
+    rehearsals: list[Any],
 ) -> None:
     """Runs in a warm child: leave the helper's session, join the cgroups, apply `ahead`
     (see `_ahead_of`), then wait for a spawn request (with its stdio) on `sock` and carry it
@@ -226,6 +234,8 @@ def _warm_child(
         failed = (stage, error)
     except BaseException:
         failed = (stage, OSError(errno.EIO, stage))
+    if failed is None:
+        _rehearse(rehearsals, hooks)
     try:
         request, stdio = framing.receive(sock)
     except BaseException:
@@ -312,8 +322,9 @@ class Helper:
         # still to prepare once the helper has nothing else to do.
         self.warm: dict[tuple[str, ...], _Warm] = {}
         self.wanted: list[tuple[str, ...]] = []
-        # What warm children apply ahead: that of the last spawn request (`_ahead_of`).
+        # What warm children apply ahead (`_ahead_of`) and rehearse: the last request's.
         self.ahead: list[Any] | None = None
+        self.rehearsals: list[Any] = []
         self.my_pid = os.getpid()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -391,12 +402,7 @@ class Helper:
         stdio = fds[1:4]
         report_r = report_w = -1
         try:
-            hooks = []
-            for spec, argument in [*request.get("ahead", ()), *request.get("hooks", ())]:
-                if spec not in self.hooks:  # loaded here, so that later children inherit it
-                    self.hooks[spec] = _load_hook(spec)
-                hooks.append((self.hooks[spec], argument))
-            self.ahead = _ahead_of(request)  # the next warm children prepare for the like
+            hooks = self._hooks_of(request)
             key = tuple(request.get("cgroup_procs", ()))
             handed = self._hand_to_warm(key, request, frame, stdio)
             if handed is not None:
@@ -424,6 +430,26 @@ class Helper:
                 os.close(fd)
         self.runs[pid] = _Run(pid, run_sock, report_r)
 
+    def _hooks_of(self, request: dict[str, Any]) -> list[tuple[ChildHook, Any]]:
+        """The request's hooks (ahead ones first) with their arguments. Their modules, and
+        those of its rehearsals, are loaded here, so that later children inherit them; the
+        next warm children prepare for requests like this one."""
+
+        def loaded(spec: str) -> ChildHook:
+            if spec not in self.hooks:
+                self.hooks[spec] = _load_hook(spec)
+            return self.hooks[spec]
+
+        hooks = [
+            (loaded(spec), argument)
+            for spec, argument in [*request.get("ahead", ()), *request.get("hooks", ())]
+        ]
+        self.ahead = _ahead_of(request)
+        self.rehearsals = [[spec, argument] for spec, argument in request.get("rehearsals", ())]
+        for spec, _ in self.rehearsals:
+            loaded(spec)
+        return hooks
+
     # --- warm children ----------------------------------------------------------------------
     def _want(self, key: tuple[str, ...]) -> None:
         if key not in self.warm and key not in self.wanted:
@@ -446,7 +472,14 @@ class Helper:
         if pid == 0:
             ours.close()
             os.close(report_r)
-            _warm_child([os.fsencode(p) for p in key], theirs, self.hooks, report_w, self.ahead)
+            _warm_child(
+                [os.fsencode(p) for p in key],
+                theirs,
+                self.hooks,
+                report_w,
+                self.ahead,
+                self.rehearsals,
+            )
         theirs.close()
         os.close(report_w)
         self.warm[key] = _Warm(pid, ours, report_r, frozenset(self.hooks), self.ahead)

@@ -29,11 +29,18 @@ class ChildHook:
     before the run is asked for, in a child the helper forks ahead of time for runs with the
     same rlimits and `ahead` hooks (see `runner.helper`): off the run's critical path. Ahead
     hooks run after the rlimits and before the other hooks, in the order given.
+
+    `rehearsal`: a "module:function" that a warm child prepared after a run with this hook
+    calls with the same argument while it waits. It must only read (list directories, build
+    structures): it makes the child take, before the next run, the page copies a process
+    forked from the helper pays the first time it touches the hook's code and data. Its
+    errors are ignored.
     """
 
     target: str
     argument: Any = None
     ahead: bool = False
+    rehearsal: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -37,6 +37,7 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
         "cgroup_procs": list(spec.cgroup_procs),
         "ahead": [[h.target, h.argument] for h in spec.hooks if h.ahead],
         "hooks": [[h.target, h.argument] for h in spec.hooks if not h.ahead],
+        "rehearsals": [[h.rehearsal, h.argument] for h in spec.hooks if h.rehearsal],
         "executable": spec.executable,
     }
 

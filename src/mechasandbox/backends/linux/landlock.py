@@ -10,7 +10,6 @@ as missing so a strict policy refuses honestly. See docs/backends-landlock.md.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import functools
 import os
@@ -42,7 +41,7 @@ from mechasandbox.backends.resources import (
 )
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.policy import FilesystemPolicy, NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
@@ -60,6 +59,7 @@ if TYPE_CHECKING:
 # (rules' paths, carved directories) and so runs once the run has come.
 ISOLATE_TARGET = "mechasandbox.backends.linux.landlock_hook:isolate"
 RESTRICT_TARGET = "mechasandbox.backends.linux.landlock_hook:restrict_self"
+REHEARSAL_TARGET = "mechasandbox.backends.linux.landlock_hook:rehearse"
 UMASK = 0o077
 
 # --- the Landlock ABI (include/uapi/linux/landlock.h) ---------------------------------------
@@ -231,7 +231,7 @@ class LandlockRuleset:
         isolating = {name: argument.pop(name) for name in ("drop_capabilities", "seccomp")}
         return (
             ChildHook(target=ISOLATE_TARGET, argument=isolating, ahead=True),
-            ChildHook(target=RESTRICT_TARGET, argument=argument),
+            ChildHook(target=RESTRICT_TARGET, argument=argument, rehearsal=REHEARSAL_TARGET),
         )
 
     def render_rules(self) -> str:
@@ -251,6 +251,73 @@ def _inside(path: str, root: str) -> bool:
 
 def _normal(path: str) -> str:
     return os.path.normpath(path)
+
+
+@attrs.frozen
+class _Denials:
+    """The policy's deny lists, absolute, and the protected paths inside the workspace."""
+
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    protected: tuple[str, ...]
+
+    def rule(self, path: str, access: int, *, required: bool = False) -> PathRule | None:
+        """The rule granting `access` on `path`, less what the deny lists take away."""
+        path = _normal(path)
+        if any(_inside(path, denied) for denied in self.read):
+            return None  # deny wins: nothing of it is granted
+        exclusions = [(d, 0) for d in self.read if _inside(d, path) and d != path]
+        if access & ~READ:
+            if any(_inside(path, denied) for denied in self.write):
+                access &= READ
+            else:
+                exclusions += [(d, READ) for d in self.write if _inside(d, path) and d != path]
+        return PathRule(
+            path=path, access=access, required=required, exclusions=tuple(sorted(exclusions))
+        )
+
+
+def _handled(rule: PathRule | None, handled_fs: int) -> PathRule | None:
+    if rule is None:
+        return None
+    return attrs.evolve(
+        rule,
+        access=rule.access & handled_fs,
+        exclusions=tuple((p, a & handled_fs) for p, a in rule.exclusions),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_rules(
+    fs: FilesystemPolicy, host: HostContext, root: str, abi: int, carve_protected: bool
+) -> tuple[_Denials, tuple[PathRule, ...], PathRule | None]:
+    """What does not change from run to run (only the private tmp dir does): the deny
+    lists, the rules before the tmp dir's, and the workspace's. Cached: an agent runs many
+    commands under one policy, and the deny checks are most of the compiler's time."""
+    denials = _Denials(
+        read=tuple(_normal(host.expand(p)) for p in fs.deny_read),
+        write=tuple(_normal(host.expand(p)) for p in fs.deny_write),
+        protected=tuple(
+            p
+            for p in (_normal(os.path.join(root, host.expand(rel))) for rel in fs.protected)
+            if _inside(p, root) and p != root
+        ),
+    )
+    rule = denials.rule
+    candidates: list[PathRule | None] = [rule(p, READ) for p in SYSTEM_ROOTS]
+    candidates += [rule(p, FS_READ_FILE | FS_READ_DIR) for p in PROC_ROOTS]
+    candidates += [rule(p, DEVICE_RW) for p in DEVICES]
+    candidates += [rule(host.expand(p), READ) for p in fs.readable]
+    candidates += [rule(host.expand(p), WRITE) for p in fs.writable]
+    workspace_rule = rule(root, WRITE, required=True)
+    if workspace_rule is not None and carve_protected and denials.protected:
+        extra = tuple(sorted((p, READ) for p in denials.protected))
+        workspace_rule = attrs.evolve(
+            workspace_rule, exclusions=tuple(sorted(workspace_rule.exclusions + extra))
+        )
+    handled_fs = handled_fs_for(abi)
+    head = tuple(r for r in (_handled(c, handled_fs) for c in candidates) if r is not None)
+    return denials, head, _handled(workspace_rule, handled_fs)
 
 
 def compile_landlock_rules(
@@ -273,54 +340,13 @@ def compile_landlock_rules(
     (with the per-run token): TCP connect is granted to that port only, sockets are
     AF_INET TCP only, and the proxy variables are set.
     """
-    fs = policy.filesystem
     root = _normal(workspace or request.workspace)
-    deny_read = tuple(_normal(host.expand(p)) for p in fs.deny_read)
-    deny_write = tuple(_normal(host.expand(p)) for p in fs.deny_write)
-    protected = tuple(
-        p
-        for p in (_normal(os.path.join(root, host.expand(rel))) for rel in fs.protected)
-        if _inside(p, root) and p != root
+    denials, head, workspace_rule = _fixed_rules(
+        policy.filesystem, host, root, abi, carve_protected
     )
-
-    def rule(path: str, access: int, *, required: bool = False) -> PathRule | None:
-        path = _normal(path)
-        if any(_inside(path, denied) for denied in deny_read):
-            return None  # deny wins: nothing of it is granted
-        exclusions = [(d, 0) for d in deny_read if _inside(d, path) and d != path]
-        if access & ~READ:
-            if any(_inside(path, denied) for denied in deny_write):
-                access &= READ
-            else:
-                exclusions += [(d, READ) for d in deny_write if _inside(d, path) and d != path]
-        return PathRule(
-            path=path, access=access, required=required, exclusions=tuple(sorted(exclusions))
-        )
-
-    candidates: list[PathRule | None] = [rule(p, READ) for p in SYSTEM_ROOTS]
-    candidates += [rule(p, FS_READ_FILE | FS_READ_DIR) for p in PROC_ROOTS]
-    candidates += [rule(p, DEVICE_RW) for p in DEVICES]
-    candidates += [rule(host.expand(p), READ) for p in fs.readable]
-    candidates += [rule(host.expand(p), WRITE) for p in fs.writable]
-    candidates.append(rule(tmp_dir, WRITE, required=True))
-    workspace_rule = rule(root, WRITE, required=True)
-    if workspace_rule is not None and carve_protected and protected:
-        extra = tuple(sorted((p, READ) for p in protected))
-        workspace_rule = attrs.evolve(
-            workspace_rule, exclusions=tuple(sorted(workspace_rule.exclusions + extra))
-        )
-    candidates.append(workspace_rule)
-    rules = tuple(r for r in candidates if r is not None)
-
     handled_fs = handled_fs_for(abi)
-    rules = tuple(
-        attrs.evolve(
-            r,
-            access=r.access & handled_fs,
-            exclusions=tuple((p, a & handled_fs) for p, a in r.exclusions),
-        )
-        for r in rules
-    )
+    tmp_rule = _handled(denials.rule(tmp_dir, WRITE, required=True), handled_fs)
+    rules = head + tuple(r for r in (tmp_rule, workspace_rule) if r is not None)
     mode = policy.network.mode
     handled_net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 and mode is not NetworkMode.FULL else 0
     scoped = SCOPE_SIGNAL if abi >= 6 else 0
@@ -645,7 +671,9 @@ class LandlockBackend:
             egress = self.egress or EgressProxy()
             return await run_with_proxy(egress, policy.network, body, listen_tcp=True)
         finally:
-            with contextlib.suppress(OSError):
+            try:
+                os.rmdir(tmp_dir)  # most runs leave it empty: one call, not a tree walk
+            except OSError:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
 
 

@@ -13,6 +13,8 @@ applies it before the run is asked for, see `runner.helper`):
 `restrict_self` reads the file system, so it runs once the run has come:
 4. build the Landlock ruleset (open each rule's path with O_PATH, expand "carved" rules by
    listing their directory) and `landlock_restrict_self`.
+`rehearse` goes through step 4 without a system call that changes anything, in a warm
+child while it waits (see `runner.spec.ChildHook.rehearsal`).
 
 Any failure raises OSError; the helper reports it as a spawn failure at stage "hook" and the
 command never runs unconfined.
@@ -223,6 +225,28 @@ def expand_rules(
 def _open_path(path: str) -> tuple[int, bool]:
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     return fd, stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+def rehearse(argument: dict[str, Any]) -> None:
+    """`restrict_self` without a call that changes anything: the expansion of the rules,
+    one path opened and closed, the structures built (see the module's docstring)."""
+    _RulesetAttr(
+        handled_access_fs=int(argument["handled_fs"]),
+        handled_access_net=int(argument["handled_net"]),
+        scoped=int(argument["scoped"]),
+    )
+    for path, access in expand_rules(argument["rules"])[:1]:
+        fd, is_dir = _open_path(path)
+        try:
+            beneath = _PathBeneathAttr(
+                allowed_access=access if is_dir else access & FILE_RIGHTS, parent_fd=fd
+            )
+            ctypes.byref(beneath)
+        finally:
+            os.close(fd)
+    for port, access in argument["net_rules"][:1]:
+        _NetPortAttr(allowed_access=int(access), port=int(port))
+    ctypes.c_long(SYS_LANDLOCK_ADD_RULE), ctypes.c_int(0), ctypes.c_uint32(0), ctypes.c_size_t(0)
 
 
 def restrict_self(argument: dict[str, Any]) -> None:
