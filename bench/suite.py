@@ -83,9 +83,7 @@ class Contenders:
     """Every way of running `true` that this host offers, as async one-sample callables."""
 
     def __init__(self, workspace: str, skip: set[str]) -> None:
-        self.workspace = workspace
         self.runner = HelperProcessRunner()
-        self.request = RunRequest(argv=["true"], workspace=workspace)
         self.backends: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
         candidates: dict[str, Callable[[], Any]] = {
@@ -113,8 +111,19 @@ class Contenders:
                 continue
             self.backends[name] = backend
         self.bwrap_argv: list[str] | None = None
+        # The backends run in `workspace/backend`, the direct bwrap calls in a workspace of
+        # their own: the mount points bwrap makes for missing protected paths stay there
+        # (nobody removes them), and in the backend's workspace they would change what the
+        # backend finds and does. The backend removes its own after each run: that is part
+        # of its cost, measured here.
+        self.workspace = os.path.join(workspace, "backend")
+        self.direct_workspace = os.path.join(workspace, "direct")
+        for path in (self.workspace, self.direct_workspace):
+            os.mkdir(path)
+        self.request = RunRequest(argv=["true"], workspace=self.workspace)
         if "bubblewrap" in self.backends:
-            plan = self.backends["bubblewrap"].plan(self.request, POLICY, self.runner_host())
+            direct = RunRequest(argv=["true"], workspace=self.direct_workspace)
+            plan = self.backends["bubblewrap"].plan(direct, POLICY, self.runner_host())
             self.bwrap_argv = shlex.split(dict(plan.unwrap().sections)["bwrap"])
         self.docker = shutil.which("docker") if "docker" in self.backends else None
         self.direct_cgroups = CgroupManager.probe()
@@ -163,7 +172,7 @@ class Contenders:
                 self.bwrap_argv,
                 check=True,
                 pass_fds=(SECCOMP_FD,),
-                cwd=self.workspace,
+                cwd=self.direct_workspace,
                 preexec_fn=preexec,
             )
         finally:

@@ -4,6 +4,7 @@ run's events; pooled cgroups are removed on close."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import anyio
@@ -31,6 +32,16 @@ def _memory_limit(manager: CgroupManager, directories: tuple[str, ...]) -> str:
 
 def _pids_limit(manager: CgroupManager, directories: tuple[str, ...]) -> str:
     return Path(directories[-1], "pids.max").read_text().strip()
+
+
+def _released(pids_dir: str) -> None:
+    """Wait until the kernel has released the run's last process: one that has left
+    cgroup.procs still counts in pids.current a moment longer, and such a cgroup is not
+    pooled (this test needs it reused)."""
+    deadline = time.monotonic() + 10
+    while Path(pids_dir, "pids.current").read_text().strip() != "0":
+        assert time.monotonic() < deadline, "the run's processes were never released"
+        time.sleep(0.005)
 
 
 def test_a_reused_cgroup_gets_every_limit_rewritten(manager: CgroupManager) -> None:
@@ -62,6 +73,7 @@ def test_events_of_a_reused_cgroup_are_its_own_runs(
     first = manager.create(limits)
     anyio.run(runner.run, attrs.evolve(bomb, cgroup_procs=first.procs_files))
     assert manager.events(first).pids_max_hits > 0
+    _released(first.directories[-1])
     manager.destroy(first)
     second = manager.create(limits)
     try:

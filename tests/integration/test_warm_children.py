@@ -250,12 +250,15 @@ def test_a_warm_child_applies_the_ahead_hooks_and_rlimits_of_matching_runs_only(
     assert _field(again, "Max open files") == "200"
 
     # Other rlimits and no filter: the waiting child (filter loaded, 200 files) must not
-    # take it; the run gets exactly its own.
+    # take it; the run gets exactly its own. The child waits on for runs like the first.
     waiting = _warm_pids(own_runner, set())
     other = _run(own_runner, _confined(300, seccomp=False))
     assert (_field(other, "Seccomp:"), _field(other, "NoNewPrivs:")) == ("0", "1")
     assert _field(other, "Max open files") == "300"
-    assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "mismatch kept"
+    assert all(os.path.exists(f"/proc/{pid}") for pid in waiting), "a mismatched child ran"
+    back = _run(own_runner, _confined(200))
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
+    assert (_field(back, "Seccomp:"), _field(back, "Max open files")) == ("2", "200")
 
     # No ahead hook at all, after a child prepared for the last policy: nothing of it.
     _warm_pids(own_runner, set())
@@ -280,3 +283,62 @@ def test_an_ahead_hook_that_failed_in_the_warm_child_fails_the_run_it_is_handed(
     assert isinstance(outcome, Failure), outcome
     assert "hook" in outcome.failure().reason
     assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
+
+
+def test_a_warm_child_in_a_pooled_cgroup_is_prepared_like_the_run_named(
+    manager: CgroupManager, own_runner: HelperProcessRunner
+) -> None:
+    """The prepare frame names the run the next ones will resemble. Named twice in a row
+    (one policy in use), the warm child in the pooled cgroup applies its filter while it
+    waits (seen in its own status), and the next such run is handed to it."""
+    limits = Limits(max_processes=16)
+    first = manager.create(limits)
+    like = attrs.evolve(_confined(200), cgroup_procs=first.procs_files)
+    _run(own_runner, like)
+    manager.destroy(first)
+    own_runner.prepare_cgroups(manager.idle_procs_files(), like=like)
+    (generic,) = _waiting_in(own_runner, first.directories[0])
+    own_runner.prepare_cgroups(manager.idle_procs_files(), like=like)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{generic}"):  # replaced by one prepared like the run
+        assert time.monotonic() < deadline, "the generic warm child was kept"
+        time.sleep(0.02)
+    (waiting,) = _waiting_in(own_runner, first.directories[0])
+    while _field(Path(f"/proc/{waiting}/status").read_text(), "Seccomp:") != "2":
+        assert time.monotonic() < deadline, "the warm child did not apply the filter ahead"
+        time.sleep(0.02)
+
+    second = manager.create(limits)
+    try:
+        assert second.directories == first.directories
+        shown = _run(own_runner, attrs.evolve(like, cgroup_procs=second.procs_files))
+        assert (_field(shown, "Seccomp:"), _field(shown, "Max open files")) == ("2", "200")
+        assert not os.path.exists(f"/proc/{waiting}"), "not handed over"
+    finally:
+        manager.destroy(second)
+
+
+def test_a_pooled_cgroup_shared_by_two_policies_gets_a_generic_warm_child(
+    manager: CgroupManager, own_runner: HelperProcessRunner
+) -> None:
+    """Prepare frames naming different runs (two backends sharing the pool): the warm child
+    applies nothing ahead, and takes a run of either kind, set up entirely at run time."""
+    limits = Limits(max_processes=16)
+    first = manager.create(limits)
+    filtered = attrs.evolve(_confined(200), cgroup_procs=first.procs_files)
+    plain = attrs.evolve(_confined(300, seccomp=False), cgroup_procs=first.procs_files)
+    _run(own_runner, filtered)
+    manager.destroy(first)
+    own_runner.prepare_cgroups(manager.idle_procs_files(), like=plain)
+    own_runner.prepare_cgroups(manager.idle_procs_files(), like=filtered)
+    (waiting,) = _waiting_in(own_runner, first.directories[0])
+    time.sleep(0.2)
+    assert _field(Path(f"/proc/{waiting}/status").read_text(), "NoNewPrivs:") == "0"
+    second = manager.create(limits)
+    try:
+        assert second.directories == first.directories
+        shown = _run(own_runner, attrs.evolve(filtered, cgroup_procs=second.procs_files))
+        assert (_field(shown, "Seccomp:"), _field(shown, "Max open files")) == ("2", "200")
+        assert not os.path.exists(f"/proc/{waiting}"), "not handed over"
+    finally:
+        manager.destroy(second)

@@ -77,7 +77,7 @@ async def execute_spec(
                 manager.destroy(cgroup_run)
             if isinstance(runner, PreparesCgroups):
                 # The next run that gets a pooled cgroup finds its child inside already.
-                runner.prepare_cgroups(manager.idle_procs_files())
+                runner.prepare_cgroups(manager.idle_procs_files(), like=spec)
     if isinstance(outcome, Failure):
         return Failure(outcome.failure())
     finished = outcome.unwrap() if adjust is None else adjust(outcome.unwrap())

@@ -39,8 +39,6 @@ POOL_SIZE = 8
 _REUSE_MAX_CHARGE = 4 * 1024 * 1024
 # How long emptying a cgroup waits for the processes it killed to exit.
 _EMPTY_WAIT_S = 2.0
-# How long a cgroup that looks empty waits for its last processes to be released.
-_RELEASE_WAIT_S = 0.05
 _UNLIMITED_V1 = "-1"
 
 
@@ -341,24 +339,19 @@ class CgroupManager:
         return empty
 
     def _reusable(self, run: CgroupRun) -> bool:
-        """Uncharged and without processes. A process that has left cgroup.procs still
-        counts in pids.current until the kernel has released it, a moment later: that
-        moment is waited for (bounded), so that the cgroup is not lost to the pool."""
+        """Uncharged and without processes. A process that has left cgroup.procs but was
+        not reaped yet (a sandbox's pid 1 whose reaper is slow) still counts: such a cgroup
+        is not waited for but removed, and the pool makes another."""
         memory_dir, pids_dir = run.directories[0], run.directories[-1]
         memory_file = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
-        deadline = time.monotonic() + _RELEASE_WAIT_S
-        while True:
-            processes = _read(Path(pids_dir, "pids.current")).strip()
-            if processes != "0" and processes.isdigit() and time.monotonic() < deadline:
-                time.sleep(0.001)
-                continue
-            charge = _read(Path(memory_dir, memory_file)).strip()
-            return (
-                charge.isdigit()
-                and int(charge) <= _REUSE_MAX_CHARGE
-                and processes.isdigit()
-                and int(processes) == 0
-            )
+        processes = _read(Path(pids_dir, "pids.current")).strip()
+        charge = _read(Path(memory_dir, memory_file)).strip()
+        return (
+            charge.isdigit()
+            and int(charge) <= _REUSE_MAX_CHARGE
+            and processes.isdigit()
+            and int(processes) == 0
+        )
 
     def destroy(self, run: CgroupRun) -> None:
         """Kill whatever is still inside, then keep the cgroup for the next run (empty and

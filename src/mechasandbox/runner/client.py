@@ -15,6 +15,9 @@ from typing import Any
 
 from mechasandbox.runner import framing
 
+# The fields of a spawn request a warm child is prepared from (see `helper`).
+_PREPARED_LIKE = ("ahead", "rlimits", "rehearsals")
+
 
 class HelperUnavailable(Exception):
     """The spawn helper could not be started or stopped answering."""
@@ -93,15 +96,20 @@ class SpawnHelperClient:
             theirs.close()
         return ours
 
-    def prepare(self, groups: Sequence[tuple[str, ...]]) -> None:
-        """Ask the running helper for a warm child in each group of cgroups (see `helper`).
-        A hint: nothing happens without a helper of this process, and failures are ignored
-        (the next run reports them)."""
+    def prepare(
+        self, groups: Sequence[tuple[str, ...]], like: dict[str, Any] | None = None
+    ) -> None:
+        """Ask the running helper for a warm child in each group of cgroups, prepared like
+        the spawn request `like` (see `helper`). A hint: nothing happens without a helper of
+        this process, and failures are ignored (the next run reports them)."""
+        message: dict[str, Any] = {"op": "prepare", "cgroups": [list(g) for g in groups]}
+        if like is not None:
+            message.update({name: like[name] for name in _PREPARED_LIKE if name in like})
         with self._lock:
             if self._control is None or self._owner != os.getpid():
                 return
             with contextlib.suppress(OSError):
-                framing.send(self._control, {"op": "prepare", "cgroups": [list(g) for g in groups]})
+                framing.send(self._control, message)
 
     def _forget_inherited(self) -> None:
         """In a child forked from the host: the helper is the parent's; start our own

@@ -23,13 +23,19 @@ both while nobody waits, and the next spawn request for the same cgroups is hand
 (with its stdio) instead of forking. One warm child without cgroups is kept ready too. The
 hand-over changes nothing else: the warm child is the helper's child like any run's root.
 
-A warm child also applies, while it waits, the rlimits and the `ahead` hooks of the last
-spawn request (hooks that depend on the policy alone: dropping capabilities, no_new_privs,
-seccomp; see `runner.spec.ChildHook`). A request with the same rlimits and ahead hooks (an
-agent's next command under the same policy) finds that work done; any other request is
-given a fresh fork, and the mismatched warm child is killed. Nothing a warm child applies
-ahead depends on when it runs, so the run is confined exactly as a fresh fork would be.
-It then calls the `rehearsals` of that request (read-only, see `ChildHook.rehearsal`).
+A warm child is prepared *like* a request (the spawn request it follows, or the `ahead`,
+`rlimits` and `rehearsals` fields of the prepare frame): while it waits it applies that
+request's rlimits and `ahead` hooks (hooks that depend on the policy alone: dropping
+capabilities, no_new_privs, seccomp; see `runner.spec.ChildHook`), then calls its rehearsals
+(read-only). Only a request with the same rlimits and ahead hooks (an agent's next command
+under the same policy) is handed to it; any other is given a generic warm child (prepared
+like nothing: it applies everything once the run has come), or a fresh fork. Without
+cgroups, a few warm children prepared like different requests wait side by side (a host
+that alternates between backends). A pooled cgroup holds one, and may go to a run of any
+backend next: its child is prepared like the run named in the prepare frame only when the
+frame before named a like one (one policy in use), and generic otherwise. Nothing a warm
+child applies ahead depends on when it runs, so the run is confined exactly as a fresh
+fork would be.
 """
 
 from __future__ import annotations
@@ -57,8 +63,10 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _IS_LINUX = sys.platform.startswith("linux")
-# Warm children waiting at once (one per pooled cgroup, plus the one without cgroups).
+# Warm children waiting at once (one per pooled cgroup, plus those without cgroups), and
+# those without cgroups, each prepared like a different request.
 _MAX_WARM = 16
+_MAX_WARM_UNGROUPED = 4
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if _IS_LINUX else None
 
@@ -199,6 +207,21 @@ def _apply_ahead(ahead: list[Any], hooks: dict[str, ChildHook]) -> None:
         (hooks.get(spec) or _load_hook(spec))(argument)
 
 
+class _Like:
+    """What a warm child is prepared like (see the module's docstring): the `_ahead_of` of
+    the requests it can take (None: any request), and the rehearsals it calls while it
+    waits."""
+
+    __slots__ = ("ahead", "rehearsals")
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.ahead = _ahead_of(request)
+        self.rehearsals: list[Any] = [[s, a] for s, a in request.get("rehearsals", ())]
+
+
+_GENERIC = _Like({})
+
+
 def _rehearse(rehearsals: list[Any], hooks: dict[str, ChildHook]) -> None:
     for spec, argument in rehearsals:
         with contextlib.suppress(BaseException):  # a rehearsal that failed changed nothing
@@ -318,13 +341,11 @@ class Helper:
         self.control = control
         self.runs: dict[int, _Run] = {}
         self.hooks: dict[str, ChildHook] = {}
-        # Warm children by the cgroup.procs files they joined (() for none), and the keys
-        # still to prepare once the helper has nothing else to do.
-        self.warm: dict[tuple[str, ...], _Warm] = {}
-        self.wanted: list[tuple[str, ...]] = []
-        # What warm children apply ahead (`_ahead_of`) and rehearse: the last request's.
-        self.ahead: list[Any] | None = None
-        self.rehearsals: list[Any] = []
+        # Warm children by the cgroup.procs files they joined (() for none), oldest first,
+        # and those still to prepare once the helper has nothing else to do.
+        self.warm: dict[tuple[str, ...], list[_Warm]] = {}
+        self.wanted: list[tuple[tuple[str, ...], _Like]] = []
+        self.last_prepare: list[Any] | None = None  # `_ahead_of` the last prepare frame
         self.my_pid = os.getpid()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -360,7 +381,7 @@ class Helper:
         or processes that escaped their run's session. Processes still in a live run's
         session are left to that run's end."""
         live_sessions = set(self.runs)
-        waiting = {warm.pid for warm in self.warm.values()}
+        waiting = {warm.pid for group in self.warm.values() for warm in group}
         strays: list[int] = []
         for pid in self._children(self.my_pid):
             if pid in self.runs or pid in waiting:
@@ -415,8 +436,8 @@ class Helper:
                     os.close(report_r)
                     _child(launch, stdio, hooks, report_w)
                 os.close(report_w)
-            if not key:
-                self._want(key)  # the next run without cgroups finds a child ready
+            if not key:  # the next run like this one without cgroups finds a child ready
+                self._want(key, _Like(request))
         except Exception as error:  # a bad request must not kill the helper
             for fd in (report_r, report_w):
                 if fd >= 0:
@@ -432,8 +453,7 @@ class Helper:
 
     def _hooks_of(self, request: dict[str, Any]) -> list[tuple[ChildHook, Any]]:
         """The request's hooks (ahead ones first) with their arguments. Their modules, and
-        those of its rehearsals, are loaded here, so that later children inherit them; the
-        next warm children prepare for requests like this one."""
+        those of its rehearsals, are loaded here, so that later children inherit them."""
 
         def loaded(spec: str) -> ChildHook:
             if spec not in self.hooks:
@@ -444,20 +464,26 @@ class Helper:
             (loaded(spec), argument)
             for spec, argument in [*request.get("ahead", ()), *request.get("hooks", ())]
         ]
-        self.ahead = _ahead_of(request)
-        self.rehearsals = [[spec, argument] for spec, argument in request.get("rehearsals", ())]
-        for spec, _ in self.rehearsals:
+        for spec, _ in request.get("rehearsals", ()):
             loaded(spec)
         return hooks
 
     # --- warm children ----------------------------------------------------------------------
-    def _want(self, key: tuple[str, ...]) -> None:
-        if key not in self.warm and key not in self.wanted:
-            self.wanted.append(key)
+    def _want(self, key: tuple[str, ...], like: _Like) -> None:
+        if any(warm.ahead == like.ahead for warm in self.warm.get(key, ())):
+            return
+        if not any(k == key and w.ahead == like.ahead for k, w in self.wanted):
+            self.wanted.append((key, like))
 
-    def _prepare(self, key: tuple[str, ...]) -> None:
-        """Fork a warm child for `key` (see the module's docstring)."""
-        if key in self.warm or len(self.warm) >= _MAX_WARM:
+    def _prepare(self, key: tuple[str, ...], like: _Like) -> None:
+        """Fork a warm child for `key`, prepared like `like` (see the module's docstring).
+        It takes the place of the oldest one of `key` when that has no room left."""
+        group = self.warm.setdefault(key, [])
+        if any(warm.ahead == like.ahead for warm in group):
+            return
+        if len(group) >= (_MAX_WARM_UNGROUPED if not key else 1):
+            group.pop(0).discard()
+        if sum(len(waiting) for waiting in self.warm.values()) >= _MAX_WARM:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         report_r, report_w = os.pipe()
@@ -477,25 +503,26 @@ class Helper:
                 theirs,
                 self.hooks,
                 report_w,
-                self.ahead,
-                self.rehearsals,
+                like.ahead,
+                like.rehearsals,
             )
         theirs.close()
         os.close(report_w)
-        self.warm[key] = _Warm(pid, ours, report_r, frozenset(self.hooks), self.ahead)
+        group.append(_Warm(pid, ours, report_r, frozenset(self.hooks), like.ahead))
 
     def _hand_to_warm(
         self, key: tuple[str, ...], request: dict[str, Any], frame: bytes, stdio: list[int]
     ) -> tuple[int, int] | None:
-        """Give the run to the warm child of `key`: its pid and report pipe, or None when
-        there is none that can take it (the caller forks)."""
-        warm = self.warm.pop(key, None)
-        if warm is None:
-            return None
+        """Give the run to a warm child of `key` prepared like it: its pid and report pipe,
+        or None when there is none that can take it (the caller forks)."""
+        ahead = _ahead_of(request)
         needed = {spec for spec, _ in [*request.get("ahead", ()), *request.get("hooks", ())]}
-        if not needed <= warm.hooks or _ahead_of(request) != warm.ahead:
-            warm.discard()  # a fresh fork sets the run up; the killed child is reaped
+        group = self.warm.get(key, [])
+        usable = [w for w in group if w.ahead in (ahead, None) and needed <= w.hooks]
+        if not usable:
             return None
+        warm = min(usable, key=lambda w: w.ahead is None)  # one prepared like it first
+        group.remove(warm)
         try:
             framing.send_frame(warm.sock, frame, stdio)
         except OSError:  # it died meanwhile (its cgroup was removed): fork instead
@@ -506,11 +533,12 @@ class Helper:
 
     def _forget_warm(self, pid: int) -> None:
         """A warm child ended before it got a run (killed with its cgroup): forget it."""
-        for key, warm in list(self.warm.items()):
-            if warm.pid == pid:
-                del self.warm[key]
-                warm.close()
-                return
+        for group in self.warm.values():
+            for warm in group:
+                if warm.pid == pid:
+                    group.remove(warm)
+                    warm.close()
+                    return
 
     def _settle(self, run: _Run) -> bytes:
         """Called once the child is gone: its report pipe holds the failure before exec, or
@@ -572,8 +600,9 @@ class Helper:
             self._kill_run(run)
 
     def _shutdown(self) -> None:
-        for warm in self.warm.values():
-            warm.discard()
+        for group in self.warm.values():
+            for warm in group:
+                warm.discard()
         self.warm.clear()
         for run in list(self.runs.values()):
             self._kill_run(run)
@@ -595,7 +624,7 @@ class Helper:
             preparing = bool(self.wanted) and not self.runs
             readable, _, _ = select.select(watched, [], [], 0 if preparing else None)
             if not readable and preparing:
-                self._prepare(self.wanted.pop(0))
+                self._prepare(*self.wanted.pop(0))
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
@@ -611,8 +640,12 @@ class Helper:
                     self._shutdown()
                     return
                 if request.get("op") == "prepare":
+                    like = _Like(request)
+                    if like.ahead != self.last_prepare:  # another policy than the last
+                        self.last_prepare = like.ahead
+                        like = _GENERIC
                     for group in request["cgroups"]:
-                        self._want(tuple(group))
+                        self._want(tuple(group), like)
                     for fd in fds:  # none are expected
                         os.close(fd)
                 else:

@@ -24,7 +24,11 @@ class ProcessRunner(Protocol):
 class PreparesCgroups(Protocol):
     """A runner that can start the child of a later run ahead of time, already inside the
     cgroup it will use (joining one can take a kernel grace period, 5-15 ms on cgroup v1).
-    Each group: the cgroup.procs files of one run's cgroup (one per v1 hierarchy). A hint:
-    a runner may ignore it."""
+    Each group: the cgroup.procs files of one run's cgroup (one per v1 hierarchy). `like`:
+    the run the next ones will resemble (same policy), so that the child can apply ahead
+    what depends on the policy alone (see `ChildHook.ahead`). A hint: a runner may ignore
+    it."""
 
-    def prepare_cgroups(self, groups: Sequence[tuple[str, ...]]) -> None: ...
+    def prepare_cgroups(
+        self, groups: Sequence[tuple[str, ...]], like: SpawnSpec | None = None
+    ) -> None: ...

@@ -23,6 +23,7 @@ from mechasandbox.runner.submission import (
     is_last_word,
     outcome_of,
     request_kill,
+    spawn_request,
     submit,
 )
 
@@ -86,8 +87,10 @@ class HelperProcessRunner:
         """Kill every run still going and stop the helper."""
         self._helper.close()
 
-    def prepare_cgroups(self, groups: Sequence[tuple[str, ...]]) -> None:
-        self._helper.prepare(groups)
+    def prepare_cgroups(
+        self, groups: Sequence[tuple[str, ...]], like: SpawnSpec | None = None
+    ) -> None:
+        self._helper.prepare(groups, spawn_request(like) if like is not None else None)
 
     async def run(self, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
         submitted = submit(self._helper, spec)
