@@ -84,21 +84,33 @@ class Contenders:
 
     def __init__(self, workspace: str, skip: set[str]) -> None:
         self.runner = HelperProcessRunner()
+        # Each backend is set up as an application using it would be: a spawn helper and a
+        # cgroup pool of its own, so that its warm children are prepared like its runs (a
+        # helper shared by backends that alternate run by run prepares generic ones).
+        self.runners = [self.runner]
+
+        def own(kind: Any, **options: Any) -> Callable[[], Any]:
+            def make() -> Any:
+                runner = HelperProcessRunner()
+                self.runners.append(runner)
+                cgroups = options.pop("cgroups", None) or CgroupManager.probe()
+                return kind(runner=runner, cgroups=cgroups, **options)
+
+            return make
+
         self.backends: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
         candidates: dict[str, Callable[[], Any]] = {
-            "process": lambda: ProcessBackend(runner=self.runner),
-            "landlock": lambda: LandlockBackend(runner=self.runner),
-            "bubblewrap": lambda: BubblewrapBackend(runner=self.runner),
+            "process": own(ProcessBackend),
+            "landlock": own(LandlockBackend),
+            "bubblewrap": own(BubblewrapBackend),
             "docker": self._docker,
         }
         # The same without a cgroup: on cgroup v1, joining one waits for an RCU grace period
         # when no other migration happened lately (see docs/performance.md).
         candidates |= {
-            "process, no cgroup": lambda: ProcessBackend(runner=self.runner, cgroups=NO_CGROUP),
-            "bubblewrap, no cgroup": lambda: BubblewrapBackend(
-                runner=self.runner, cgroups=NO_CGROUP
-            ),
+            "process, no cgroup": own(ProcessBackend, cgroups=NO_CGROUP),
+            "bubblewrap, no cgroup": own(BubblewrapBackend, cgroups=NO_CGROUP),
         }
         for name, make in candidates.items():
             if name.split(",")[0] in skip:
@@ -137,7 +149,8 @@ class Contenders:
         return DockerBackend(runner=self.runner, image=IMAGE)
 
     def close(self) -> None:
-        self.runner.close()
+        for runner in self.runners:
+            runner.close()
 
     # one sample each
     @staticmethod
