@@ -50,6 +50,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from mechasandbox.runner import framing, proctree_darwin
 
@@ -67,6 +68,8 @@ _IS_LINUX = sys.platform.startswith("linux")
 # those without cgroups, each prepared like a different request.
 _MAX_WARM = 16
 _MAX_WARM_UNGROUPED = 4
+# How long killing a run's tree waits for the killed processes to exit.
+_KILL_WAIT_S = 2.0
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if _IS_LINUX else None
 
@@ -92,6 +95,36 @@ def _load_hook(spec: str) -> ChildHook:
         module = importlib.import_module(module_name)
     hook: ChildHook = getattr(module, attribute)
     return hook
+
+
+def _wait_exited(pids: list[int], deadline: float) -> None:
+    """Block until each of `pids` has exited (a zombie counts) or `deadline` has passed.
+    Linux: on pidfds, waking when the last one exits; elsewhere: a short sleep."""
+    if not hasattr(os, "pidfd_open"):
+        time.sleep(0.001)
+        return
+    poller = select.poll()
+    pidfds: list[int] = []
+    try:
+        for pid in pids:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:  # gone already
+                continue
+            pidfds.append(pidfd)
+            poller.register(pidfd, select.POLLIN)
+        waiting = len(pidfds)
+        while waiting:
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0:
+                return
+            events = poller.poll(max(1, int(left_ms)))
+            for fd, _ in events:
+                poller.unregister(fd)
+                waiting -= 1
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
 
 
 def _exists(pid: int) -> bool:
@@ -396,17 +429,24 @@ class Helper:
 
     def _kill_tree(self, roots: list[int]) -> None:
         """SIGKILL `roots` and every descendant, repeating until no new process appears
-        (a process may fork while we walk). Killed orphans are re-parented to us and reaped
-        by the SIGCHLD loop."""
-        for _ in range(50):
+        (a process may fork while we walk), and wait until the killed ones have exited:
+        a process dies some time after SIGKILL (a sandbox's pid 1 first tears down its
+        namespaces and kills what is left in them), and the run is not over before. The wait
+        is bounded (`_KILL_WAIT_S`: a process stuck in the kernel must not stall the helper).
+        Killed orphans are re-parented to us and reaped here or by the SIGCHLD loop."""
+        deadline = time.monotonic() + _KILL_WAIT_S
+        while True:
             pids = [p for p in self._tree(roots) if p != self.my_pid]
             if not pids:
                 return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+            _wait_exited(pids, deadline)
             self._reap()
             roots = [p for p in pids if _exists(p)]
+            if time.monotonic() >= deadline:
+                return
 
     def _kill_run(self, run: _Run) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
