@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import attrs
 from returns.result import Failure, Result
@@ -43,6 +44,13 @@ def prepare_run(
     return checked.bind(lambda warnings: workspace.map(lambda path: (warnings, path)))
 
 
+@functools.cache
+def _prepares_cgroups(kind: type) -> bool:
+    """Whether runners of this class take `prepare_cgroups` (asked once per class: an
+    isinstance check against a runtime protocol costs tens of microseconds)."""
+    return callable(getattr(kind, "prepare_cgroups", None))
+
+
 async def execute_spec(
     backend: str,
     runner: ProcessRunner,
@@ -75,9 +83,11 @@ async def execute_spec(
         if manager is not None and cgroup_run is not None:
             with contextlib.suppress(OSError):
                 manager.destroy(cgroup_run)
-            if isinstance(runner, PreparesCgroups):
+            if _prepares_cgroups(type(runner)):
                 # The next run that gets a pooled cgroup finds its child inside already.
-                runner.prepare_cgroups(manager.idle_procs_files(), like=spec)
+                cast("PreparesCgroups", runner).prepare_cgroups(
+                    manager.idle_procs_files(), like=spec
+                )
     if isinstance(outcome, Failure):
         return Failure(outcome.failure())
     finished = outcome.unwrap() if adjust is None else adjust(outcome.unwrap())

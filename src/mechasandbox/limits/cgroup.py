@@ -64,7 +64,8 @@ class CgroupRun:
 
 
 def _read(path: Path | str) -> str:
-    """A small kernel file, read raw (cgroupfs files are read several times per run)."""
+    """A small kernel file, read raw (cgroupfs files are read several times per run, so
+    the callers on a run's path pass plain strings, not `Path`s)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -296,13 +297,13 @@ class CgroupManager:
         if self.version == 2:
             (directory,) = run.directories
             return CgroupEvents(
-                oom_kills=_counter(_read(Path(directory, "memory.events")), "oom_kill"),
-                pids_max_hits=_counter(_read(Path(directory, "pids.events")), "max"),
+                oom_kills=_counter(_read(f"{directory}/memory.events"), "oom_kill"),
+                pids_max_hits=_counter(_read(f"{directory}/pids.events"), "max"),
             )
         memory_dir, pids_dir = run.directories
         return CgroupEvents(
-            oom_kills=_counter(_read(Path(memory_dir, "memory.oom_control")), "oom_kill"),
-            pids_max_hits=_counter(_read(Path(pids_dir, "pids.events")), "max"),
+            oom_kills=_counter(_read(f"{memory_dir}/memory.oom_control"), "oom_kill"),
+            pids_max_hits=_counter(_read(f"{pids_dir}/pids.events"), "max"),
         )
 
     def events(self, run: CgroupRun) -> CgroupEvents:
@@ -326,7 +327,7 @@ class CgroupManager:
             # host may take a while to get to: wait for it (bounded), do not just retry.
             deadline = time.monotonic() + _EMPTY_WAIT_S
             while True:
-                pids = [int(p) for p in _read(Path(directory, "cgroup.procs")).split()]
+                pids = [int(p) for p in _read(f"{directory}/cgroup.procs").split()]
                 if not pids:
                     break
                 if time.monotonic() > deadline:
@@ -344,8 +345,8 @@ class CgroupManager:
         is not waited for but removed, and the pool makes another."""
         memory_dir, pids_dir = run.directories[0], run.directories[-1]
         memory_file = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
-        processes = _read(Path(pids_dir, "pids.current")).strip()
-        charge = _read(Path(memory_dir, memory_file)).strip()
+        processes = _read(f"{pids_dir}/pids.current").strip()
+        charge = _read(f"{memory_dir}/{memory_file}").strip()
         return (
             charge.isdigit()
             and int(charge) <= _REUSE_MAX_CHARGE

@@ -426,10 +426,12 @@ def describe_abi(abi: int) -> str:
     return "\n".join(f"ABI {level}: {text}" for level, text in ABI_FEATURES if level <= abi)
 
 
+@functools.lru_cache(maxsize=16)
 def capabilities_for(
     abi: int, cgroups: CgroupManager | str, uid: int, *, carve_protected: bool = True
 ) -> Capabilities:
-    """What Landlock at `abi` + seccomp + the spawn helper give; pure (golden-testable)."""
+    """What Landlock at `abi` + seccomp + the spawn helper give; pure (golden-testable),
+    so computed once per set of arguments (every run probes)."""
     enforced = {
         Protection.FILESYSTEM_READ,
         Protection.NETWORK_NONE,
