@@ -127,6 +127,17 @@ def _wait_exited(pids: list[int], deadline: float) -> None:
             os.close(pidfd)
 
 
+def _running(pid: int) -> bool:
+    """Still there and not a zombie (Linux: its /proc state; elsewhere any process)."""
+    if not _IS_LINUX:
+        return _exists(pid)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _exists(pid: int) -> bool:
     """Still in the process table (possibly a zombie not yet reaped), on any platform."""
     try:
@@ -431,11 +442,12 @@ class Helper:
         """SIGKILL `roots` and every descendant, repeating until no new process appears
         (a process may fork while we walk), and wait until the killed ones have exited:
         a process dies some time after SIGKILL (a sandbox's pid 1 first tears down its
-        namespaces and kills what is left in them), and the run is not over before. The wait
-        is bounded (`_KILL_WAIT_S`: a process stuck in the kernel must not stall the helper).
+        namespaces and kills what is left in them), and the run is not over before. Bounded by
+        `_KILL_WAIT_S` and 50 rounds: a process stuck in the kernel, or one we may not kill,
+        must not stall the helper.
         Killed orphans are re-parented to us and reaped here or by the SIGCHLD loop."""
         deadline = time.monotonic() + _KILL_WAIT_S
-        while True:
+        for _ in range(50):
             pids = [p for p in self._tree(roots) if p != self.my_pid]
             if not pids:
                 return
@@ -444,7 +456,8 @@ class Helper:
                     os.kill(pid, signal.SIGKILL)
             _wait_exited(pids, deadline)
             self._reap()
-            roots = [p for p in pids if _exists(p)]
+            # A zombie has exited: it is reaped by its parent, or by us once it is ours.
+            roots = [p for p in pids if _running(p)]
             if time.monotonic() >= deadline:
                 return
 
