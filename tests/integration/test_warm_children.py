@@ -235,7 +235,7 @@ def _warm_pids(runner: HelperProcessRunner, before: set[int]) -> set[int]:
     return set(_children(helper)) - before
 
 
-def test_a_warm_child_applies_the_ahead_hooks_and_rlimits_of_matching_runs_only(
+def test_a_warm_child_applies_the_ahead_hooks_of_matching_runs_only(
     own_runner: HelperProcessRunner,
 ) -> None:
     first = _run(own_runner, _confined(200))  # a fresh fork: the reference
@@ -249,8 +249,14 @@ def test_a_warm_child_applies_the_ahead_hooks_and_rlimits_of_matching_runs_only(
     assert (_field(again, "Seccomp:"), _field(again, "NoNewPrivs:")) == ("2", "1")
     assert _field(again, "Max open files") == "200"
 
-    # Other rlimits and no filter: the waiting child (filter loaded, 200 files) must not
-    # take it; the run gets exactly its own. The child waits on for runs like the first.
+    # The same hooks, other rlimits: handed over too (the rlimits wait for the run).
+    waiting = _warm_pids(own_runner, set())
+    limited = _run(own_runner, _confined(250))
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
+    assert (_field(limited, "Seccomp:"), _field(limited, "Max open files")) == ("2", "250")
+
+    # No filter: the waiting child (filter loaded) must not take it; the run gets exactly
+    # its own. The child waits on for runs like the first.
     waiting = _warm_pids(own_runner, set())
     other = _run(own_runner, _confined(300, seccomp=False))
     assert (_field(other, "Seccomp:"), _field(other, "NoNewPrivs:")) == ("0", "1")

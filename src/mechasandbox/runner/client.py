@@ -16,7 +16,7 @@ from typing import Any
 from mechasandbox.runner import framing
 
 # The fields of a spawn request a warm child is prepared from (see `helper`).
-_PREPARED_LIKE = ("ahead", "rlimits", "rehearsals")
+_PREPARED_LIKE = ("ahead", "rehearsals")
 
 
 class HelperUnavailable(Exception):

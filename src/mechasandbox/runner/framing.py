@@ -27,6 +27,10 @@ class FrameError(Exception):
     """The peer closed the socket or sent something that is not a frame."""
 
 
+class PeerClosed(FrameError):
+    """The peer closed the socket."""
+
+
 def encode(message: dict[str, Any]) -> bytes:
     payload = json.dumps(message, separators=(",", ":")).encode()
     if len(payload) > MAX_FRAME:
@@ -61,7 +65,7 @@ def _recv_exact(sock: socket.socket, count: int, fds: list[int]) -> bytes:
                 received.frombytes(blob[: len(blob) - (len(blob) % received.itemsize)])
                 fds.extend(received)
         if not data:
-            raise FrameError("peer closed the socket")
+            raise PeerClosed("peer closed the socket")
         chunks.append(data)
         remaining -= len(data)
     return b"".join(chunks)

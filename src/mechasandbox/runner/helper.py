@@ -23,15 +23,16 @@ both while nobody waits, and the next spawn request for the same cgroups is hand
 (with its stdio) instead of forking. One warm child without cgroups is kept ready too. The
 hand-over changes nothing else: the warm child is the helper's child like any run's root.
 
-A warm child is prepared *like* a request (the spawn request it follows, or the `ahead`,
-`rlimits` and `rehearsals` fields of the prepare frame): while it waits it applies that
-request's rlimits and `ahead` hooks (hooks that depend on the policy alone: dropping
-capabilities, no_new_privs, seccomp; see `runner.spec.ChildHook`), then calls its rehearsals
-(read-only). Only a request with the same rlimits and ahead hooks (an agent's next command
-under the same policy) is handed to it; any other is given a generic warm child (prepared
-like nothing: it applies everything once the run has come), or a fresh fork. Without
-cgroups, a few warm children prepared like different requests wait side by side (a host
-that alternates between backends). A pooled cgroup holds one, and may go to a run of any
+A warm child is prepared *like* a request (the spawn request it follows, or the `ahead` and
+`rehearsals` fields of the prepare frame): while it waits it applies that request's `ahead`
+hooks (hooks that depend on the policy alone: dropping capabilities, no_new_privs, seccomp;
+see `runner.spec.ChildHook`), then calls its rehearsals (read-only). Only a request with the
+same ahead hooks (an agent's next command under the same policy) is handed to it; any
+other is given a generic warm child (prepared like nothing: it applies everything once the
+run has come), or a fresh fork. The order of the set-up is the same on every path: cgroup,
+ahead hooks, rlimits (so a run never raises a limit with a capability it has dropped), the
+other hooks. Without cgroups, a few warm children prepared like different requests wait
+side by side (a host that alternates between backends). A pooled cgroup holds one, and may go to a run of any
 backend next: its child is prepared like the run named in the prepare frame only when the
 frame before named a like one (one policy in use), and generic otherwise. Nothing a warm
 child applies ahead depends on when it runs, so the run is confined exactly as a fresh
@@ -181,12 +182,14 @@ def _child(
     hooks: list[tuple[ChildHook, Any]],
     report_fd: int,
     *,
+    ahead: list[tuple[ChildHook, Any]] | None = None,
     detached: bool = False,
 ) -> None:
     """Runs in the forked child: set everything up, then exec. Never returns.
 
-    `detached`: a warm child, which has set the session and the parent-death signal, joined
-    its cgroups and applied the rlimits and ahead hooks already (`launch` has none left).
+    `ahead`: hooks applied before the rlimits (a warm child applies them while it waits,
+    in that same place of the order). `detached`: a warm child, which has set the session
+    and the parent-death signal and joined its cgroups already (`launch` has none left).
     Signal dispositions need no work here: the helper catches (rather than ignores) the
     signals it handles, and exec resets caught signals to their defaults; its signal mask
     is empty (see `main`)."""
@@ -208,6 +211,9 @@ def _child(
         os.umask(launch.umask)
         stage = "cgroup"
         _join(launch.cgroup_procs)
+        for hook, argument in ahead or ():
+            stage = "hook"
+            hook(argument)
         stage = "rlimit"
         for which, limits in launch.rlimits:
             resource.setrlimit(which, limits)
@@ -236,18 +242,15 @@ def _join(procs_files: list[bytes]) -> None:
 
 
 def _ahead_of(request: dict[str, Any]) -> list[Any] | None:
-    """What a warm child can apply before `request` comes: its rlimits and ahead hooks, or
-    None when it has no ahead hook (the rlimits then wait for the request, as before)."""
-    ahead = request.get("ahead")
-    return [request.get("rlimits", []), ahead] if ahead else None
+    """What a warm child can apply before `request` comes: its ahead hooks, or None. (Not
+    the rlimits: a low RLIMIT_NOFILE or RLIMIT_AS would get in the way of receiving and
+    decoding the request itself.)"""
+    ahead: list[Any] | None = request.get("ahead") or None
+    return ahead
 
 
 def _apply_ahead(ahead: list[Any], hooks: dict[str, ChildHook]) -> None:
-    """The rlimits, then the ahead hooks, in the order `_child` applies them."""
-    rlimits, chosen = ahead
-    for name, soft, hard in rlimits:
-        resource.setrlimit(getattr(resource, name), (int(soft), int(hard)))
-    for spec, argument in chosen:
+    for spec, argument in ahead:
         (hooks.get(spec) or _load_hook(spec))(argument)
 
 
@@ -305,8 +308,11 @@ def _warm_child(
         _rehearse(rehearsals, hooks)
     try:
         request, stdio = framing.receive(sock)
-    except BaseException:
+    except framing.PeerClosed:
         os._exit(0)  # the helper let this child go: no run was handed to it
+    except BaseException as error:  # a run came but could not be read: not started
+        os.write(report_fd, f"{getattr(error, 'errno', None) or errno.EIO}:setup".encode())
+        os._exit(127)
     if failed is not None:
         os.write(report_fd, f"{failed[1].errno or errno.EIO}:{failed[0]}".encode())
         os._exit(127)
@@ -314,25 +320,21 @@ def _warm_child(
     try:
         launch = _Launch(request)
         launch.cgroup_procs = []  # joined already: a second join would wait again
-        if ahead is not None:
-            launch.rlimits = []  # applied already, with the ahead hooks
         stage = "hook"
         chosen = [
             (hooks.get(spec) or _load_hook(spec), argument)
             for spec, argument in request.get("hooks", ())
         ]
-        if ahead is None:  # a request with ahead hooks is never handed to this child
-            chosen = [
-                (hooks.get(spec) or _load_hook(spec), argument)
-                for spec, argument in request.get("ahead", ())
-            ] + chosen
+        # Applied while waiting, or (a generic child) now, in the same place of the order.
+        late = [] if ahead is not None else request.get("ahead", ())
+        late_ahead = [(hooks.get(spec) or _load_hook(spec), argument) for spec, argument in late]
     except OSError as error:
         os.write(report_fd, f"{error.errno or errno.EIO}:{stage}".encode())
         os._exit(127)
     except BaseException:
         os.write(report_fd, f"{errno.EIO}:{stage}".encode())
         os._exit(127)
-    _child(launch, stdio, chosen, report_fd, detached=True)
+    _child(launch, stdio, chosen, report_fd, ahead=late_ahead, detached=True)
 
 
 class _Warm:
@@ -476,7 +478,7 @@ class Helper:
         stdio = fds[1:4]
         report_r = report_w = -1
         try:
-            hooks = self._hooks_of(request)
+            ahead, hooks = self._hooks_of(request)
             key = tuple(request.get("cgroup_procs", ()))
             handed = self._hand_to_warm(key, request, frame, stdio)
             if handed is not None:
@@ -487,7 +489,7 @@ class Helper:
                 pid = os.fork()
                 if pid == 0:
                     os.close(report_r)
-                    _child(launch, stdio, hooks, report_w)
+                    _child(launch, stdio, hooks, report_w, ahead=ahead)
                 os.close(report_w)
             if not key:  # the next run like this one without cgroups finds a child ready
                 self._want(key, _Like(request))
@@ -504,22 +506,22 @@ class Helper:
                 os.close(fd)
         self.runs[pid] = _Run(pid, run_sock, report_r)
 
-    def _hooks_of(self, request: dict[str, Any]) -> list[tuple[ChildHook, Any]]:
-        """The request's hooks (ahead ones first) with their arguments. Their modules, and
-        those of its rehearsals, are loaded here, so that later children inherit them."""
+    def _hooks_of(
+        self, request: dict[str, Any]
+    ) -> tuple[list[tuple[ChildHook, Any]], list[tuple[ChildHook, Any]]]:
+        """The request's ahead hooks and other hooks, with their arguments. Their modules,
+        and those of its rehearsals, are loaded here, so that later children inherit them."""
 
         def loaded(spec: str) -> ChildHook:
             if spec not in self.hooks:
                 self.hooks[spec] = _load_hook(spec)
             return self.hooks[spec]
 
-        hooks = [
-            (loaded(spec), argument)
-            for spec, argument in [*request.get("ahead", ()), *request.get("hooks", ())]
-        ]
+        ahead = [(loaded(spec), argument) for spec, argument in request.get("ahead", ())]
+        hooks = [(loaded(spec), argument) for spec, argument in request.get("hooks", ())]
         for spec, _ in request.get("rehearsals", ()):
             loaded(spec)
-        return hooks
+        return ahead, hooks
 
     # --- warm children ----------------------------------------------------------------------
     def _want(self, key: tuple[str, ...], like: _Like) -> None:
