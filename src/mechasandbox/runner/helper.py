@@ -32,11 +32,11 @@ other is given a generic warm child (prepared like nothing: it applies everythin
 run has come), or a fresh fork. The order of the set-up is the same on every path: cgroup,
 ahead hooks, rlimits (so a run never raises a limit with a capability it has dropped), the
 other hooks. Without cgroups, a few warm children prepared like different requests wait
-side by side (a host that alternates between backends). A pooled cgroup holds one, and may go to a run of any
-backend next: its child is prepared like the run named in the prepare frame only when the
-frame before named a like one (one policy in use), and generic otherwise. Nothing a warm
-child applies ahead depends on when it runs, so the run is confined exactly as a fresh
-fork would be.
+side by side (a host that alternates between backends). A pooled cgroup holds one, and may
+go to a run of any backend next: its child is prepared like the run named in the prepare
+frame only when the frame before named a like one (one policy in use), and generic
+otherwise. Nothing a warm child applies ahead depends on when it runs, so the run is
+confined exactly as a fresh fork would be.
 """
 
 from __future__ import annotations
