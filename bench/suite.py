@@ -11,7 +11,8 @@ Prints a table and writes the same figures as JSON to `bench/results/` (gitignor
 3. throughput (runs/s) at concurrency 1, 4 and 16 per backend vs bare subprocess;
 4. 1 GiB of output through a 1 MiB cap: drain rate and host RSS growth;
 5. CLI wall time of `mechasandbox run --backend bubblewrap -- true` and of `doctor`;
-6. the proxy's figures (`bench/proxy_bench.py`, small sizes).
+6. the proxy's figures (`bench/proxy_bench.py`, small sizes), and the docker warm pool's
+   next to our cold run and a bare `docker run --rm` (`bench/oci_latency.py`).
 
     PYTHONPATH=src python bench/suite.py [--quick] [--runs N] [--seconds S] [--skip docker,...]
 """
@@ -501,6 +502,25 @@ def proxy(args: argparse.Namespace) -> dict[str, Any]:
     return {"command": f"bench/proxy_bench.py {' '.join(sizes)}", "output": done.stdout.strip()}
 
 
+def warm_pool(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any]:
+    """The docker backend's warm pool next to our cold run and a bare `docker run --rm`
+    (`bench/oci_latency.py`, interleaved rounds); skipped without a docker engine."""
+    if contenders.docker is None:
+        return {"command": "bench/oci_latency.py", "output": "(skipped: no docker backend here)"}
+    rounds = "5" if args.quick else "10"
+    script = HERE / "oci_latency.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "docker", rounds, IMAGE],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = done.stdout.strip() or f"(failed: {done.stderr.strip()[-300:]})"
+    return {"command": f"bench/oci_latency.py docker {rounds}", "output": output}
+
+
 # --- report ----------------------------------------------------------------------------------
 def print_report(report: dict[str, Any]) -> None:
     print(f"\n# mechasandbox bench ({report['host']['when']}, {report['host']['cpus']} cpus)")
@@ -560,9 +580,12 @@ def print_report(report: dict[str, Any]) -> None:
     if "proxy" in report:
         print(f"\n## proxy ({report['proxy']['command']})")
         print(report["proxy"]["output"])
+    if "pool" in report:
+        print(f"\n## docker warm pool ({report['pool']['command']})")
+        print(report["pool"]["output"])
 
 
-SECTIONS = ("latency", "sporadic", "heap", "throughput", "output", "cli", "proxy")
+SECTIONS = ("latency", "sporadic", "heap", "throughput", "output", "cli", "proxy", "pool")
 
 
 def main() -> None:
@@ -623,6 +646,8 @@ def main() -> None:
                     report[section] = cli(args)
                 elif section == "proxy":
                     report[section] = proxy(args)
+                elif section == "pool":
+                    report[section] = warm_pool(contenders, args)
                 report.setdefault("section_seconds", {})[section] = round(
                     time.perf_counter() - section_started, 1
                 )
