@@ -18,7 +18,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
 from mechasandbox.domain import Limits
 from mechasandbox.domain.errors import SpawnFailed
-from mechasandbox.limits.cgroup import CgroupManager
+from mechasandbox.limits.cgroup import CgroupManager, CgroupRun
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, RlimitSetting, SpawnSpec
 
@@ -314,10 +314,22 @@ def test_a_warm_child_in_a_pooled_cgroup_is_prepared_like_the_run_named(
         assert time.monotonic() < deadline, "the warm child did not apply the filter ahead"
         time.sleep(0.02)
 
-    second = manager.create(limits)
+    _run_filtered_in_the_pooled_cgroup(manager, own_runner, first, like, waiting)
+
+
+def _run_filtered_in_the_pooled_cgroup(
+    manager: CgroupManager,
+    runner: HelperProcessRunner,
+    first: CgroupRun,
+    filtered: SpawnSpec,
+    waiting: int,
+) -> None:
+    """Run `filtered` (`_confined(200)`) in the cgroup the pool hands out next, which must be
+    `first`'s, where `waiting` waits: it must take the run, confined as asked."""
+    second = manager.create(Limits(max_processes=16))
     try:
         assert second.directories == first.directories
-        shown = _run(own_runner, attrs.evolve(like, cgroup_procs=second.procs_files))
+        shown = _run(runner, attrs.evolve(filtered, cgroup_procs=second.procs_files))
         assert (_field(shown, "Seccomp:"), _field(shown, "Max open files")) == ("2", "200")
         assert not os.path.exists(f"/proc/{waiting}"), "not handed over"
     finally:
@@ -340,11 +352,4 @@ def test_a_pooled_cgroup_shared_by_two_policies_gets_a_generic_warm_child(
     (waiting,) = _waiting_in(own_runner, first.directories[0])
     time.sleep(0.2)
     assert _field(Path(f"/proc/{waiting}/status").read_text(), "NoNewPrivs:") == "0"
-    second = manager.create(limits)
-    try:
-        assert second.directories == first.directories
-        shown = _run(own_runner, attrs.evolve(filtered, cgroup_procs=second.procs_files))
-        assert (_field(shown, "Seccomp:"), _field(shown, "Max open files")) == ("2", "200")
-        assert not os.path.exists(f"/proc/{waiting}"), "not handed over"
-    finally:
-        manager.destroy(second)
+    _run_filtered_in_the_pooled_cgroup(manager, own_runner, first, filtered, waiting)
