@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import attrs
 import pytest
-from returns.result import Failure, Success
+from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.oci import OciBackend
@@ -29,7 +29,10 @@ from mechasandbox.backends.oci.pool import (
     WhenExhausted,
 )
 from mechasandbox.domain import MIB, MemoryLimit, RunRequest, Timeout
+from mechasandbox.domain.errors import SpawnFailed
+from mechasandbox.domain.result import Usage
 from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 from tests.backends.oci_contract import TEST_IMAGE, OciContract, failed, ok, policy
 from tests.conftest import require_available
 
@@ -243,3 +246,52 @@ class OciPoolContract(OciContract):
         assert list(tmp_path.iterdir()) == []
         closed = await backend.run(request, policy())
         assert isinstance(closed, Failure)
+
+    async def test_a_container_whose_removal_failed_is_removed_at_close(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        """The used container's removal fails once (as an engine error would): the pool
+        must keep it known and remove it when it closes, not forget it running."""
+        flaky = _FirstRemovalFails(runner)
+        backend = self.pooled(
+            self.backend_class(runner=flaky, image=TEST_IMAGE), PoolSettings(size=1)
+        )
+        require_available(backend)
+        ok(await backend.run(RunRequest(argv=["true"], workspace=str(tmp_path)), policy()))
+        for _ in range(100):  # discarded after use, in the background
+            if flaky.refused is not None:
+                break
+            await anyio.sleep(0.1)
+        assert flaky.refused is not None, "the used container was never removed"
+        assert flaky.refused in self.all_containers()  # the failed removal left it there
+        backend.close()
+        assert flaky.refused not in self.all_containers()
+
+
+class _FirstRemovalFails:
+    """The real runner, except that the first `rm` of a container answers with an engine
+    error instead of running."""
+
+    def __init__(self, runner: HelperProcessRunner) -> None:
+        self.runner = runner
+        self.refused: str | None = None
+
+    async def run(self, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
+        if self.refused is None and spec.argv[1:2] == ("rm",):
+            self.refused = spec.argv[-1]
+            return Success(
+                ProcessOutcome(
+                    exit_code=1,
+                    signal=None,
+                    stdout=b"",
+                    stderr=b"Error response from daemon: the engine is busy\n",
+                    stdout_truncated=False,
+                    stderr_truncated=False,
+                    duration_s=0.01,
+                    usage=Usage(cpu_s=0.0, max_rss_bytes=0),
+                )
+            )
+        return await self.runner.run(spec)
+
+    def close(self) -> None:
+        self.runner.close()

@@ -363,10 +363,12 @@ class ContainerPool:
     async def _remove(self, member: _Member) -> None:
         executable = self._executable()
         with anyio.CancelScope(shield=True):
-            await self.backend.runner.run(
+            removed = await self.backend.runner.run(
                 self.backend._cli_spec(executable, self._remove_args(member.name))
             )
-        self._forget(member)
+        if _gone(removed):
+            self._forget(member)
+        # Otherwise it stays known: `close` and the exit handler remove it again.
 
     def _forget(self, member: _Member) -> None:
         with self._lock:
@@ -765,12 +767,24 @@ class ContainerPool:
         with self._lock:
             members = list(self._members.values())
         for member in members:
+            removed: Result[ProcessOutcome, SpawnFailed] | None = None
             with contextlib.suppress(Exception):
-                run_blocking(
+                removed = run_blocking(
                     self.backend.runner,
                     self.backend._cli_spec(executable, self._remove_args(member.name)),
                 )
-            self._forget(member)
+            if removed is not None and _gone(removed):
+                self._forget(member)  # else the exit handler tries once more
+
+
+def _gone(removed: Result[ProcessOutcome, SpawnFailed]) -> bool:
+    """Whether an `rm --force` left the engine without the container: it succeeded, or
+    there was none. A container is forgotten only then: a removal that failed (the engine
+    busy, the CLI cut short) would otherwise leave it running with nobody to remove it."""
+    if isinstance(removed, Failure):
+        return False
+    outcome = removed.unwrap()
+    return outcome.exit_code == 0 or b"no such container" in outcome.stderr.lower()
 
 
 @attrs.frozen(kw_only=True)
