@@ -30,9 +30,9 @@ from mechasandbox.backends.oci.pool import (
 )
 from mechasandbox.domain import MIB, MemoryLimit, RunRequest, Timeout
 from mechasandbox.domain.errors import SpawnFailed
-from mechasandbox.domain.result import Usage
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.testing.fakes import FakeRunner
 from tests.backends.oci_contract import TEST_IMAGE, OciContract, failed, ok, policy
 from tests.conftest import require_available
 
@@ -279,18 +279,7 @@ class _FirstRemovalFails:
     async def run(self, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
         if self.refused is None and spec.argv[1:2] == ("rm",):
             self.refused = spec.argv[-1]
-            return Success(
-                ProcessOutcome(
-                    exit_code=1,
-                    signal=None,
-                    stdout=b"",
-                    stderr=b"Error response from daemon: the engine is busy\n",
-                    stdout_truncated=False,
-                    stderr_truncated=False,
-                    duration_s=0.01,
-                    usage=Usage(cpu_s=0.0, max_rss_bytes=0),
-                )
-            )
+            return await FakeRunner(exit_code=1).run(spec)  # failed, not "no such container"
         return await self.runner.run(spec)
 
     def close(self) -> None:

@@ -246,7 +246,6 @@ def rehearse(argument: dict[str, Any]) -> None:
             os.close(fd)
     for port, access in argument["net_rules"][:1]:
         _NetPortAttr(allowed_access=int(access), port=int(port))
-    ctypes.c_long(SYS_LANDLOCK_ADD_RULE), ctypes.c_int(0), ctypes.c_uint32(0), ctypes.c_size_t(0)
 
 
 def restrict_self(argument: dict[str, Any]) -> None:
