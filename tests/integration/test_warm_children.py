@@ -67,14 +67,31 @@ def _in_cgroup(pid: int, directory: str) -> bool:
 
 
 def _waiting_in(runner: HelperProcessRunner, directory: str, timeout_s: float = 10) -> list[int]:
-    """The helper's children inside `directory`, waiting until one has joined."""
+    """The helper's children inside `directory`, waiting until one has joined and been
+    offered to the host."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         inside = [p for p in _children(_helper_pid(runner)) if _in_cgroup(p, directory)]
         if inside:
-            return inside
+            return _offered(runner, inside, deadline)
         time.sleep(0.02)
     return []
+
+
+def _offered(runner: HelperProcessRunner, pids: list[int], deadline: float) -> list[int]:
+    """`pids` once the host holds an offer for each that is still alive: a run handed
+    over before the offer came would be forked afresh instead (correct, but not what the
+    tests are about)."""
+    client = runner._helper
+    while True:
+        with client._lock:
+            assert client._control is not None
+            client._collect_offers(client._control)
+            held = {offer.pid for group in client._offers.values() for offer in group}
+        if all(pid in held or not os.path.exists(f"/proc/{pid}") for pid in pids):
+            return pids
+        assert time.monotonic() < deadline, "a warm child was not offered"
+        time.sleep(0.005)
 
 
 def _run(runner: HelperProcessRunner, spec: SpawnSpec) -> str:
@@ -232,7 +249,7 @@ def _warm_pids(runner: HelperProcessRunner, before: set[int]) -> set[int]:
     while not set(_children(helper)) - before:
         assert time.monotonic() < deadline, "no warm child was prepared"
         time.sleep(0.02)
-    return set(_children(helper)) - before
+    return set(_offered(runner, sorted(set(_children(helper)) - before), deadline))
 
 
 def test_a_warm_child_applies_the_ahead_hooks_of_matching_runs_only(
@@ -295,8 +312,9 @@ def test_a_warm_child_in_a_pooled_cgroup_is_prepared_like_the_run_named(
     manager: CgroupManager, own_runner: HelperProcessRunner
 ) -> None:
     """The prepare frame names the run the next ones will resemble. Named twice in a row
-    (one policy in use), the warm child in the pooled cgroup applies its filter while it
-    waits (seen in its own status), and the next such run is handed to it."""
+    (one policy in use), a warm child in the pooled cgroup applies its filter while it
+    waits (seen in its own status), the next such run is handed to it, and the generic
+    child prepared before it is let go."""
     limits = Limits(max_processes=16)
     first = manager.create(limits)
     like = attrs.evolve(_confined(200), cgroup_procs=first.procs_files)
@@ -306,15 +324,27 @@ def test_a_warm_child_in_a_pooled_cgroup_is_prepared_like_the_run_named(
     (generic,) = _waiting_in(own_runner, first.directories[0])
     own_runner.prepare_cgroups(manager.idle_procs_files(), like=like)
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{generic}"):  # replaced by one prepared like the run
-        assert time.monotonic() < deadline, "the generic warm child was kept"
-        time.sleep(0.02)
-    (waiting,) = _waiting_in(own_runner, first.directories[0])
-    while _field(Path(f"/proc/{waiting}/status").read_text(), "Seccomp:") != "2":
-        assert time.monotonic() < deadline, "the warm child did not apply the filter ahead"
+    while not (filtered := _filtered_besides(own_runner, first.directories[0], generic)):
+        assert time.monotonic() < deadline, "no warm child applied the filter ahead"
         time.sleep(0.02)
 
-    _run_filtered_in_the_pooled_cgroup(manager, own_runner, first, like, waiting)
+    _run_filtered_in_the_pooled_cgroup(manager, own_runner, first, like, filtered[0])
+    while os.path.exists(f"/proc/{generic}"):  # let go once the newer one was offered
+        assert time.monotonic() < deadline, "the generic warm child was kept"
+        time.sleep(0.02)
+
+
+def _filtered_besides(runner: HelperProcessRunner, directory: str, other: int) -> list[int]:
+    """The helper's children in `directory`, other than `other`, that run under a filter."""
+    found = []
+    for pid in _waiting_in(runner, directory):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if pid != other and _field(status, "Seccomp:") == "2":
+            found.append(pid)
+    return found
 
 
 def _run_filtered_in_the_pooled_cgroup(

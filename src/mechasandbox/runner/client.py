@@ -17,6 +17,27 @@ from mechasandbox.runner import framing
 
 # The fields of a spawn request a warm child is prepared from (see `helper`).
 _PREPARED_LIKE = ("ahead", "rehearsals")
+# Warm children kept per group of cgroups: without cgroups, a few prepared like different
+# requests (a host that alternates between backends); in a pooled cgroup, the newest.
+_OFFERS_UNGROUPED = 4
+_OFFERS_GROUPED = 1
+
+
+class _Offer:
+    """A warm child the helper offered: `runs` hands it a run (closing it lets the child
+    go), `ahead` the JSON text of the ahead hooks it applied ("" for none: it takes any
+    run), `hooks` the hook modules it has loaded."""
+
+    __slots__ = ("ahead", "hooks", "pid", "runs")
+
+    def __init__(self, pid: int, runs: socket.socket, ahead: str, hooks: frozenset[str]) -> None:
+        self.pid = pid
+        self.runs = runs
+        self.ahead = ahead
+        self.hooks = hooks
+
+    def takes(self, ahead: str, needed: set[str]) -> bool:
+        return self.ahead in (ahead, "") and needed <= self.hooks
 
 
 class HelperUnavailable(Exception):
@@ -36,6 +57,9 @@ class SpawnHelperClient:
         self._process: subprocess.Popen[bytes] | None = None
         self._owner = os.getpid()  # the process whose helper `_control` talks to
         self._used = False  # a run was submitted to the current helper
+        # Warm children offered by the current helper, by the cgroup.procs files they
+        # joined (() for none), oldest first.
+        self._offers: dict[tuple[str, ...], list[_Offer]] = {}
 
     def prestart(self) -> None:
         """Start the helper now, without waiting for it: its start-up (tens of ms) then
@@ -79,6 +103,8 @@ class SpawnHelperClient:
                 if self._owner != os.getpid():
                     self._forget_inherited()
                 self._used = True
+                if self._hand_to_offer(request, theirs, stdio):
+                    return ours
                 for attempt in range(2):
                     control = self._control or self._start()
                     try:
@@ -95,6 +121,76 @@ class SpawnHelperClient:
         finally:
             theirs.close()
         return ours
+
+    def _hand_to_offer(self, request: dict[str, Any], run: socket.socket, stdio: list[int]) -> bool:
+        """Send the run straight to a warm child prepared like it, if the helper offered
+        one (one process wake-up less than through the helper), then the run's socket to
+        the helper in a `claim`: True when done. The claim follows the run so that the
+        child starts first; the run cannot end before the helper has it (see `helper`)."""
+        control = self._control
+        if control is None:
+            return False
+        self._collect_offers(control)
+        group = self._offers.get(tuple(request["cgroup_procs"]))
+        if not group:
+            return False
+        ahead = framing.encode_text(request["ahead"]) if request["ahead"] else ""
+        needed = {spec for spec, _ in [*request["ahead"], *request["hooks"]]}
+        usable = [offer for offer in group if offer.takes(ahead, needed)]
+        if not usable:
+            return False
+        offer = min(usable, key=lambda o: o.ahead != ahead)  # one prepared like it first
+        group.remove(offer)
+        try:
+            framing.send(offer.runs, request, stdio)
+        except OSError:
+            return False  # it died meanwhile (its cgroup was removed): the helper forks
+        finally:
+            offer.runs.close()
+        claim: dict[str, Any] = {"op": "claim", "pid": offer.pid}
+        if not offer.ahead:  # a generic child: what the run was like, for the next one
+            claim.update({name: request[name] for name in _PREPARED_LIKE})
+        try:
+            framing.send(control, claim, [run.fileno()])
+        except OSError as error:
+            self._discard()  # the child dies with the helper
+            raise HelperUnavailable(f"spawn helper failed: {error}") from error
+        return True
+
+    def _collect_offers(self, control: socket.socket) -> None:
+        """Take the offers the helper sent since the last run (it sends nothing else)."""
+        while True:
+            try:
+                if not control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return  # the helper is gone: the next send says so
+                frame, fds = framing.receive_frame(control)  # whole frames come at once
+            except (BlockingIOError, InterruptedError):
+                return
+            except (framing.FrameError, OSError):
+                return
+            offer = framing.decode(frame)
+            if offer.get("event") != "offer" or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            runs = socket.socket(fileno=fds[0])
+            hooks = frozenset(offer["hooks"])
+            self._keep(tuple(offer["key"]), _Offer(offer["pid"], runs, offer["ahead"], hooks))
+
+    def _keep(self, key: tuple[str, ...], offer: _Offer) -> None:
+        group = self._offers.setdefault(key, [])
+        for older in [o for o in group if o.ahead == offer.ahead]:
+            group.remove(older)
+            older.runs.close()
+        group.append(offer)
+        while len(group) > (_OFFERS_GROUPED if key else _OFFERS_UNGROUPED):
+            group.pop(0).runs.close()
+
+    def _drop_offers(self) -> None:
+        for group in self._offers.values():
+            for offer in group:
+                offer.runs.close()
+        self._offers.clear()
 
     def prepare(
         self, groups: Sequence[tuple[str, ...]], like: dict[str, Any] | None = None
@@ -118,11 +214,13 @@ class SpawnHelperClient:
             with contextlib.suppress(OSError):
                 self._control.close()  # our copy only: the parent's helper lives on
         self._control = None
+        self._drop_offers()  # our copies too: the parent's offers stay the parent's
         self._process = None
         self._owner = os.getpid()
         self._used = False
 
     def _discard(self) -> None:
+        self._drop_offers()
         if self._control is not None:
             with contextlib.suppress(OSError):
                 self._control.close()
@@ -144,6 +242,7 @@ class SpawnHelperClient:
                 self._forget_inherited()
                 return
             if not self._used:
+                self._drop_offers()
                 if self._control is not None:
                     with contextlib.suppress(OSError):
                         self._control.close()

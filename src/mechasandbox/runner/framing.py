@@ -31,8 +31,13 @@ class PeerClosed(FrameError):
     """The peer closed the socket."""
 
 
+def encode_text(value: Any) -> str:
+    """The JSON text frames carry `value` as."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    payload = json.dumps(message, separators=(",", ":")).encode()
+    payload = encode_text(message).encode()
     if len(payload) > MAX_FRAME:
         raise FrameError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
     return _HEADER.pack(len(payload)) + payload

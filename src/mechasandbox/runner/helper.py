@@ -41,6 +41,7 @@ confined exactly as a fresh fork would be.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import errno
@@ -65,10 +66,12 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _IS_LINUX = sys.platform.startswith("linux")
-# Warm children waiting at once (one per pooled cgroup, plus those without cgroups), and
-# those without cgroups, each prepared like a different request.
+# Warm children waiting at once (one per pooled cgroup, plus those without cgroups, each
+# prepared like a different request; the host lets go of those it keeps no more).
 _MAX_WARM = 16
-_MAX_WARM_UNGROUPED = 4
+# What a warm child writes to its report pipe once the host handed it a run (a failure to
+# report may follow).
+_HANDED = b"+"
 # How long killing a run's tree waits for the killed processes to exit.
 _KILL_WAIT_S = 2.0
 
@@ -150,11 +153,8 @@ def _exists(pid: int) -> bool:
     return True
 
 
-class _ChildSetupError(Exception):
-    def __init__(self, stage: str, error: OSError) -> None:
-        super().__init__(stage)
-        self.stage = stage
-        self.errno = error.errno or errno.EIO
+class _HostGone(Exception):
+    """The control socket closed (or carried something that is not a frame)."""
 
 
 class _Launch:
@@ -241,6 +241,12 @@ def _join(procs_files: list[bytes]) -> None:
             os.close(procs)
 
 
+def _ahead_text(ahead: list[Any]) -> str:
+    """The JSON text of ahead hooks, as `framing` encodes them: the host compares its
+    request's with a warm child's (see `client`)."""
+    return framing.encode_text(ahead)
+
+
 def _ahead_of(request: dict[str, Any]) -> list[Any] | None:
     """What a warm child can apply before `request` comes: its ahead hooks, or None. (Not
     the rlimits: a low RLIMIT_NOFILE or RLIMIT_AS would get in the way of receiving and
@@ -277,16 +283,18 @@ def _rehearse(rehearsals: list[Any], hooks: dict[str, ChildHook]) -> None:
 
 def _warm_child(
     procs_files: list[bytes],
-    sock: socket.socket,
+    runs: socket.socket,
     hooks: dict[str, ChildHook],
     report_fd: int,
     ahead: list[Any] | None,
     rehearsals: list[Any],
 ) -> None:
     """Runs in a warm child: leave the helper's session, join the cgroups, apply `ahead`
-    (see `_ahead_of`), then wait for a spawn request (with its stdio) on `sock` and carry it
-    out as `_child` does. The helper closing `sock` instead ends it. Never returns. The
-    helper hands it only requests whose `_ahead_of` equals `ahead`.
+    (see `_ahead_of`), then wait for a spawn request with its stdio on `runs` (from the host,
+    which the helper offered this child; the run's socket goes to the helper in the host's
+    `claim`), mark the report pipe (`_HANDED`), and carry the request out as `_child`
+    does. The host closing `runs` instead ends it. Never returns. The host hands it only
+    requests whose `_ahead_of` equals `ahead` (any request when `ahead` is None).
 
     Once a request came, every failure goes to the report pipe as in `_child` (a join or an
     ahead hook that failed earlier included), so that the run is reported as not started,
@@ -307,12 +315,16 @@ def _warm_child(
     if failed is None:
         _rehearse(rehearsals, hooks)
     try:
-        request, stdio = framing.receive(sock)
+        request, stdio = framing.receive(runs)
     except framing.PeerClosed:
-        os._exit(0)  # the helper let this child go: no run was handed to it
+        os._exit(0)  # the host let this child go: no run was handed to it
     except BaseException as error:  # a run came but could not be read: not started
-        os.write(report_fd, f"{getattr(error, 'errno', None) or errno.EIO}:setup".encode())
+        os.write(
+            report_fd, _HANDED + f"{getattr(error, 'errno', None) or errno.EIO}:setup".encode()
+        )
         os._exit(127)
+    os.write(report_fd, _HANDED)
+    runs.close()
     if failed is not None:
         os.write(report_fd, f"{failed[1].errno or errno.EIO}:{failed[0]}".encode())
         os._exit(127)
@@ -338,47 +350,36 @@ def _warm_child(
 
 
 class _Warm:
-    """A warm child: `sock` carries its run, `report` as in `_Run`, `hooks`: the hook
-    modules it inherited (a run needing another is given a fresh fork instead), `ahead`:
-    what it applied while waiting (`_ahead_of` of the requests it can take)."""
+    """A warm child offered to the host: `report` as in `_Run`, `key`: the cgroups it
+    joined, `like`: what it was prepared like."""
 
-    __slots__ = ("ahead", "hooks", "pid", "report", "sock")
+    __slots__ = ("key", "like", "pid", "report")
 
-    def __init__(
-        self,
-        pid: int,
-        sock: socket.socket,
-        report: int,
-        hooks: frozenset[str],
-        ahead: list[Any] | None,
-    ) -> None:
+    def __init__(self, pid: int, report: int, key: tuple[str, ...], like: _Like) -> None:
         self.pid = pid
-        self.sock = sock
         self.report = report
-        self.hooks = hooks
-        self.ahead = ahead
+        self.key = key
+        self.like = like
 
     def discard(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, signal.SIGKILL)
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
         with contextlib.suppress(OSError):
             os.close(self.report)
 
 
 class _Run:
     """A run of the helper. `report`: the read end of the child's report pipe (close-on-exec
-    in the child), read when the child is gone; `failed`: it never exec'd."""
+    in the child), read when the child is gone (`reported`: what was read, when that came
+    first); `failed`: it never exec'd."""
 
-    __slots__ = ("failed", "pid", "report", "sock")
+    __slots__ = ("failed", "pid", "report", "reported", "sock")
 
     def __init__(self, pid: int, sock: socket.socket, report: int) -> None:
         self.pid = pid
         self.sock = sock
         self.report: int | None = report
+        self.reported: bytes | None = None
         self.failed = False
 
 
@@ -387,10 +388,15 @@ class Helper:
         self.control = control
         self.runs: dict[int, _Run] = {}
         self.hooks: dict[str, ChildHook] = {}
-        # Warm children by the cgroup.procs files they joined (() for none), oldest first,
-        # and those still to prepare once the helper has nothing else to do.
-        self.warm: dict[tuple[str, ...], list[_Warm]] = {}
+        # Warm children offered to the host, by pid, and those still to prepare (by the
+        # cgroup.procs files they join, () for none) once the helper has nothing else to do.
+        self.warm: dict[int, _Warm] = {}
         self.wanted: list[tuple[tuple[str, ...], _Like]] = []
+        # Warm children handed a run that ended before its claim was read: the child, what
+        # its report pipe held, its wait status and rusage.
+        self.unclaimed: dict[int, tuple[_Warm, bytes, int, Any]] = {}
+        # Frames for the host not sent yet (the control socket was full), with their fds.
+        self.outbox: list[tuple[bytes, list[int]]] = []
         self.last_prepare: list[Any] | None = None  # `_ahead_of` the last prepare frame
         self.my_pid = os.getpid()
         self.wake_r, self.wake_w = os.pipe()
@@ -427,10 +433,9 @@ class Helper:
         or processes that escaped their run's session. Processes still in a live run's
         session are left to that run's end."""
         live_sessions = set(self.runs)
-        waiting = {warm.pid for group in self.warm.values() for warm in group}
         strays: list[int] = []
         for pid in self._children(self.my_pid):
-            if pid in self.runs or pid in waiting:
+            if pid in self.runs or pid in self.warm:
                 continue
             try:
                 session = os.getsid(pid)
@@ -469,10 +474,11 @@ class Helper:
         self._kill_tree([run.pid])
 
     # --- spawning -------------------------------------------------------------------------
-    def _spawn(self, request: dict[str, Any], frame: bytes, fds: list[int]) -> None:
+    def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
         """Start the run's child and return at once, without waiting for its exec: the
         helper can take the next request while this child sets up, and the run's start is
-        settled when it exits (see `_settle`), which saves a round trip per run."""
+        settled when it exits (see `_settle`), which saves a round trip per run. (A run the
+        host handed to a warm child itself comes as that child's claim instead.)"""
         run_sock = socket.socket(fileno=fds[0])
         run_sock.set_inheritable(False)
         stdio = fds[1:4]
@@ -480,17 +486,13 @@ class Helper:
         try:
             ahead, hooks = self._hooks_of(request)
             key = tuple(request.get("cgroup_procs", ()))
-            handed = self._hand_to_warm(key, request, frame, stdio)
-            if handed is not None:
-                pid, report_r = handed  # the warm child decodes the request itself
-            else:
-                launch = _Launch(request)
-                report_r, report_w = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    os.close(report_r)
-                    _child(launch, stdio, hooks, report_w, ahead=ahead)
-                os.close(report_w)
+            launch = _Launch(request)
+            report_r, report_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(report_r)
+                _child(launch, stdio, hooks, report_w, ahead=ahead)
+            os.close(report_w)
             if not key:  # the next run like this one without cgroups finds a child ready
                 self._want(key, _Like(request))
         except Exception as error:  # a bad request must not kill the helper
@@ -525,87 +527,149 @@ class Helper:
 
     # --- warm children ----------------------------------------------------------------------
     def _want(self, key: tuple[str, ...], like: _Like) -> None:
-        if any(warm.ahead == like.ahead for warm in self.warm.get(key, ())):
+        if any(w.key == key and w.like.ahead == like.ahead for w in self.warm.values()):
             return
         if not any(k == key and w.ahead == like.ahead for k, w in self.wanted):
             self.wanted.append((key, like))
 
     def _prepare(self, key: tuple[str, ...], like: _Like) -> None:
-        """Fork a warm child for `key`, prepared like `like` (see the module's docstring).
-        It takes the place of the oldest one of `key` when that has no room left."""
-        group = self.warm.setdefault(key, [])
-        if any(warm.ahead == like.ahead for warm in group):
+        """Fork a warm child for `key`, prepared like `like` (see the module's docstring),
+        and offer it to the host (see `_offer`)."""
+        if any(w.key == key and w.like.ahead == like.ahead for w in self.warm.values()):
             return
-        if len(group) >= (_MAX_WARM_UNGROUPED if not key else 1):
-            group.pop(0).discard()
-        if sum(len(waiting) for waiting in self.warm.values()) >= _MAX_WARM:
+        if len(self.warm) >= _MAX_WARM:
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        runs_host, runs_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         report_r, report_w = os.pipe()
         try:
             pid = os.fork()
         except OSError:
             for fd in (report_r, report_w):
                 os.close(fd)
-            ours.close()
-            theirs.close()
+            runs_host.close()
+            runs_child.close()
             return
         if pid == 0:
-            ours.close()
+            runs_host.close()
             os.close(report_r)
             _warm_child(
                 [os.fsencode(p) for p in key],
-                theirs,
+                runs_child,
                 self.hooks,
                 report_w,
                 like.ahead,
                 like.rehearsals,
             )
-        theirs.close()
+        runs_child.close()
         os.close(report_w)
-        group.append(_Warm(pid, ours, report_r, frozenset(self.hooks), like.ahead))
+        self.warm[pid] = _Warm(pid, report_r, key, like)
+        self._offer(pid, key, like, runs_host)
 
-    def _hand_to_warm(
-        self, key: tuple[str, ...], request: dict[str, Any], frame: bytes, stdio: list[int]
-    ) -> tuple[int, int] | None:
-        """Give the run to a warm child of `key` prepared like it: its pid and report pipe,
-        or None when there is none that can take it (the caller forks)."""
-        ahead = _ahead_of(request)
-        needed = {spec for spec, _ in [*request.get("ahead", ()), *request.get("hooks", ())]}
-        group = self.warm.get(key, [])
-        usable = [w for w in group if w.ahead in (ahead, None) and needed <= w.hooks]
-        if not usable:
-            return None
-        warm = min(usable, key=lambda w: w.ahead is None)  # one prepared like it first
-        group.remove(warm)
+    def _offer(self, pid: int, key: tuple[str, ...], like: _Like, runs: socket.socket) -> None:
+        """Tell the host about a warm child, with the socket that hands it a run: the host
+        sends a run prepared like it straight there (one process wake-up less than through
+        the helper), and closes the socket to let the child go. `ahead` is the JSON text of
+        the ahead hooks the child applied ("" for none: it takes any run, applying them
+        itself), compared as text by the host; `hooks`: the hook modules it has loaded."""
+        offer = {
+            "event": "offer",
+            "pid": pid,
+            "key": list(key),
+            "ahead": "" if like.ahead is None else _ahead_text(like.ahead),
+            "hooks": sorted(self.hooks),
+        }
+        self._post(framing.encode(offer), [os.dup(runs.fileno())])
+        runs.close()
+
+    def _post(self, frame: bytes, fds: list[int]) -> None:
+        """Send `frame` to the host without ever blocking: the host reads the control
+        socket only when it submits, and a helper blocked on a full socket could not answer
+        the run the host is waiting for. What does not fit waits in `outbox`."""
+        self.outbox.append((frame, fds))
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.outbox:
+            frame, fds = self.outbox[0]
+            ancillary = (
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                if fds
+                else []
+            )
+            try:
+                sent = self.control.sendmsg([frame], ancillary, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # the host is gone: the control socket's EOF ends us
+                sent = len(frame)
+            for fd in fds:  # sent with the first byte
+                os.close(fd)
+            if sent < len(frame):
+                self.outbox[0] = (frame[sent:], [])
+            else:
+                self.outbox.pop(0)
+
+    def _on_claim(self, claim: dict[str, Any], fds: list[int]) -> None:
+        """The host handed a run to the warm child `claim["pid"]` (see `client`), and sends
+        the run's socket: that child is a run from now on (or was: a run can end before its
+        claim is read). If the child ended before it could take the run (killed with its
+        cgroup), the run is answered as not started."""
+        for fd in fds[1:]:
+            os.close(fd)
+        if not fds:
+            return
+        run_sock = socket.socket(fileno=fds[0])
+        run_sock.set_inheritable(False)
+        pid = claim.get("pid", 0)
+        warm = self.warm.pop(pid, None)
+        ended = self.unclaimed.pop(pid, None)
+        if ended is not None:
+            warm = ended[0]
+        if warm is None:
+            with contextlib.suppress(OSError):
+                framing.send(run_sock, {"event": "failed", "errno": errno.EIO, "stage": "setup"})
+            run_sock.close()
+            return
+        if not warm.key:  # the next run like this one finds a child ready
+            self._want((), warm.like if warm.like.ahead is not None else _Like(claim))
+        run = _Run(pid, run_sock, warm.report)
+        if ended is None:
+            self.runs[pid] = run
+            return
+        run.reported = ended[1]
+        self._finish(run, ended[2], ended[3])
+
+    def _on_warm_exit(self, warm: _Warm, status: int, usage: Any) -> None:
+        """A warm child ended: with a run handed to it (its report pipe says so), whose
+        claim may not have been read yet (the run is answered once it is), or without one
+        (let go by the host, killed with its cgroup): then it is forgotten."""
+        del self.warm[warm.pid]
         try:
-            framing.send_frame(warm.sock, frame, stdio)
-        except OSError:  # it died meanwhile (its cgroup was removed): fork instead
-            warm.discard()
-            return None
-        warm.sock.close()
-        return warm.pid, warm.report
-
-    def _forget_warm(self, pid: int) -> None:
-        """A warm child ended before it got a run (killed with its cgroup): forget it."""
-        for group in self.warm.values():
-            for warm in group:
-                if warm.pid == pid:
-                    group.remove(warm)
-                    warm.close()
-                    return
+            report = os.read(warm.report, 512)
+        except OSError:
+            report = b""
+        if not report.startswith(_HANDED):
+            os.close(warm.report)
+            return
+        # Bounded: a claim that never comes (the host interrupted between the two sends)
+        # must not make this grow.
+        while len(self.unclaimed) >= _MAX_WARM:
+            os.close(self.unclaimed.pop(next(iter(self.unclaimed)))[0].report)
+        self.unclaimed[warm.pid] = (warm, report, status, usage)
 
     def _settle(self, run: _Run) -> bytes:
         """Called once the child is gone: its report pipe holds the failure before exec, or
-        nothing (it exec'd). The frame telling the client how the start went: `failed`, or
-        `started` (sent with `exited`, in one write)."""
+        nothing (it exec'd); a warm child's starts with `_HANDED`. The frame telling the
+        client how the start went: `failed`, or `started` (sent with `exited`, in one
+        write)."""
         if run.report is None:
             return b""
         try:
-            failure = os.read(run.report, 512)
+            failure = run.reported if run.reported is not None else os.read(run.report, 512)
         finally:
             os.close(run.report)
             run.report = None
+        failure = failure.removeprefix(_HANDED)
         if failure:
             code, _, stage = failure.decode().partition(":")
             run.failed = True
@@ -621,30 +685,34 @@ class Helper:
                 return
             if pid == 0:
                 return
+            if pid in self.warm:
+                self._on_warm_exit(self.warm[pid], status, usage)
             run = self.runs.pop(pid, None)
-            if run is None:
-                self._forget_warm(pid)  # or an orphan we killed or that ended by itself
-                continue
-            answer = self._settle(run)
-            # Nothing outlives a run: whatever it left behind dies now. Its own children
-            # were re-parented to us (subreaper), so they are among the strays; the reaped
-            # pid itself has no /proc entry left to walk.
-            strays = self._strays()
-            if strays:
-                self._kill_tree(strays)
-            if not run.failed:
-                maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-                answer += framing.encode(
-                    {
-                        "event": "exited",
-                        "status": status,
-                        "cpu_s": usage.ru_utime + usage.ru_stime,
-                        "max_rss_bytes": maxrss,
-                    }
-                )
-            with contextlib.suppress(OSError):
-                run.sock.sendall(answer)
-            run.sock.close()
+            if run is not None:  # else a warm child, or an orphan
+                self._finish(run, status, usage)
+
+    def _finish(self, run: _Run, status: int, usage: Any) -> None:
+        """The run's process is gone: kill what it left behind, answer the host."""
+        answer = self._settle(run)
+        # Nothing outlives a run: whatever it left behind dies now. Its own children
+        # were re-parented to us (subreaper), so they are among the strays; the reaped
+        # pid itself has no /proc entry left to walk.
+        strays = self._strays()
+        if strays:
+            self._kill_tree(strays)
+        if not run.failed:
+            maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+            answer += framing.encode(
+                {
+                    "event": "exited",
+                    "status": status,
+                    "cpu_s": usage.ru_utime + usage.ru_stime,
+                    "max_rss_bytes": maxrss,
+                }
+            )
+        with contextlib.suppress(OSError):
+            run.sock.sendall(answer)
+        run.sock.close()
 
     def _on_run_message(self, run: _Run) -> None:
         try:
@@ -655,10 +723,16 @@ class Helper:
             self._kill_run(run)
 
     def _shutdown(self) -> None:
-        for group in self.warm.values():
-            for warm in group:
-                warm.discard()
+        for warm in self.warm.values():
+            warm.discard()
         self.warm.clear()
+        for warm, *_ in self.unclaimed.values():
+            os.close(warm.report)
+        self.unclaimed.clear()
+        for _, fds in self.outbox:
+            for fd in fds:
+                os.close(fd)
+        self.outbox.clear()
         for run in list(self.runs.values()):
             self._kill_run(run)
             if run.report is not None:
@@ -670,41 +744,57 @@ class Helper:
     def serve(self) -> None:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, _ignore)
-        while True:
-            self._reap()
-            by_fd = {run.sock.fileno(): run for run in self.runs.values()}
-            watched: list[int] = [self.control.fileno(), self.wake_r, *by_fd]
-            # Warm children are prepared only when nothing else is waiting and no run is
-            # going: forking one would compete with a run for the CPU.
-            preparing = bool(self.wanted) and not self.runs
-            readable, _, _ = select.select(watched, [], [], 0 if preparing else None)
-            if not readable and preparing:
-                self._prepare(*self.wanted.pop(0))
-                continue
-            if self.wake_r in readable:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self.wake_r, 4096)
-            for fd in readable:
-                if fd in by_fd and by_fd[fd].pid in self.runs:
-                    self._on_run_message(by_fd[fd])
-            if self.control.fileno() in readable:
-                try:
-                    frame, fds = framing.receive_frame(self.control)
-                    request = framing.decode(frame)
-                except (framing.FrameError, OSError, ValueError):
-                    self._shutdown()
-                    return
-                if request.get("op") == "prepare":
-                    like = _Like(request)
-                    if like.ahead != self.last_prepare:  # another policy than the last
-                        self.last_prepare = like.ahead
-                        like = _GENERIC
-                    for group in request["cgroups"]:
-                        self._want(tuple(group), like)
-                    for fd in fds:  # none are expected
-                        os.close(fd)
-                else:
-                    self._spawn(request, frame, fds)
+        with contextlib.suppress(_HostGone):
+            while True:
+                self._serve_once()
+        self._shutdown()
+
+    def _serve_once(self) -> None:
+        """Wait for something to do (or prepare a warm child when there is nothing), do it."""
+        self._reap()
+        by_fd = {run.sock.fileno(): run for run in self.runs.values()}
+        watched: list[int] = [self.control.fileno(), self.wake_r, *by_fd]
+        sending = [self.control.fileno()] if self.outbox else []
+        # Warm children are prepared only when nothing else is waiting and no run is
+        # going: forking one would compete with a run for the CPU.
+        preparing = bool(self.wanted) and not self.runs
+        readable, writable, _ = select.select(watched, sending, [], 0 if preparing else None)
+        if not readable and not writable and preparing:
+            self._prepare(*self.wanted.pop(0))
+            return
+        if writable:
+            self._flush()
+        if self.wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 4096)
+        for fd in readable:
+            if fd in by_fd and by_fd[fd].pid in self.runs:
+                self._on_run_message(by_fd[fd])
+        if self.control.fileno() in readable:
+            self._on_control()
+
+    def _on_control(self) -> None:
+        """A frame from the host: a spawn request, a claim, or a prepare hint. Raises
+        `_HostGone` when the host is gone (or sent something that is not a frame)."""
+        try:
+            frame, fds = framing.receive_frame(self.control)
+            request = framing.decode(frame)
+        except (framing.FrameError, OSError, ValueError) as error:
+            raise _HostGone from error
+        if request.get("op") == "claim":
+            self._on_claim(request, fds)
+            return
+        if request.get("op") != "prepare":
+            self._spawn(request, fds)
+            return
+        like = _Like(request)
+        if like.ahead != self.last_prepare:  # another policy than the last
+            self.last_prepare = like.ahead
+            like = _GENERIC
+        for group in request["cgroups"]:
+            self._want(tuple(group), like)
+        for fd in fds:  # none are expected
+            os.close(fd)
 
 
 def main() -> None:

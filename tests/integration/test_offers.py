@@ -1,0 +1,128 @@
+"""The direct hand-off: the spawn helper offers each warm child to the host, the host sends
+the run straight to it and then the run's socket to the helper in a `claim`. These tests
+drive the real helper through that protocol by hand, to reach the orders of events a
+runner only meets by chance: a run over before its claim is read, a child gone before its
+run came."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mechasandbox.runner import framing
+from mechasandbox.runner.blocking import BlockingHelperRunner
+from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.spec import SpawnSpec
+from mechasandbox.runner.submission import spawn_request
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+
+ENV = (("PATH", "/usr/bin:/bin"),)
+
+
+@pytest.fixture
+def client() -> Iterator[SpawnHelperClient]:
+    client = SpawnHelperClient()
+    BlockingHelperRunner(client).run_blocking(
+        SpawnSpec(argv=("true",), env=ENV, cwd="/", timeout_s=10)
+    )  # through the helper: it then prepares a warm child like it, and offers it
+    yield client
+    client.close()
+
+
+def _take_offer(client: SpawnHelperClient) -> tuple[int, socket.socket]:
+    """The first warm child the helper offers (its pid, and the socket that hands it a run),
+    taken out of the client's hands so that no other run gets it."""
+    deadline = time.monotonic() + 10
+    while True:
+        with client._lock:
+            assert client._control is not None
+            client._collect_offers(client._control)
+            for group in client._offers.values():
+                if group:
+                    offer = group.pop(0)
+                    return offer.pid, offer.runs
+        assert time.monotonic() < deadline, "no warm child was offered"
+        time.sleep(0.01)
+
+
+def _gone(pid: int) -> None:
+    """Wait until the helper has reaped `pid` (its /proc entry is gone)."""
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"{pid} was not reaped"
+        time.sleep(0.01)
+
+
+def _claim(client: SpawnHelperClient, pid: int) -> socket.socket:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with client._lock:
+        assert client._control is not None
+        framing.send(client._control, {"op": "claim", "pid": pid}, [theirs.fileno()])
+    theirs.close()
+    return ours
+
+
+def _last_word(sock: socket.socket) -> dict[str, Any]:
+    sock.settimeout(10)
+    while True:
+        message, _ = framing.receive(sock)
+        if message.get("event") in ("exited", "failed"):
+            return message
+
+
+def test_a_run_over_before_its_claim_is_read_is_still_answered(
+    client: SpawnHelperClient,
+) -> None:
+    """The host hands the run to the warm child and is slow to send the claim: the helper
+    reaps the child first, and must keep its status for the claim (not answer "not
+    started", nor lose the run)."""
+    pid, runs = _take_offer(client)
+    spec = SpawnSpec(argv=("sh", "-c", "echo handed; exit 3"), env=ENV, cwd="/", timeout_s=10)
+    out_r, out_w = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        framing.send(runs, spawn_request(spec), [devnull, out_w, out_w])
+    finally:
+        runs.close()
+        os.close(devnull)
+        os.close(out_w)
+    _gone(pid)  # the command ran and ended, and the helper reaped it: no claim yet
+    with os.fdopen(out_r, "rb") as output:
+        assert output.read() == b"handed\n"
+
+    with _claim(client, pid) as sock:
+        last = _last_word(sock)
+    assert last["event"] == "exited"
+    assert os.WIFEXITED(last["status"]) and os.WEXITSTATUS(last["status"]) == 3
+
+
+def test_a_claim_for_a_child_that_died_waiting_is_answered_as_not_started(
+    client: SpawnHelperClient,
+) -> None:
+    """A warm child killed before its run came (its cgroup removed): the run the host meant
+    for it is reported as not started, never as a command that ran."""
+    pid, runs = _take_offer(client)
+    os.kill(pid, signal.SIGKILL)
+    _gone(pid)
+    runs.close()
+
+    with _claim(client, pid) as sock:
+        last = _last_word(sock)
+    assert last["event"] == "failed"
+    assert last["stage"] == "setup"
+
+
+def test_a_warm_child_the_host_lets_go_exits_and_is_reaped(client: SpawnHelperClient) -> None:
+    """Closing the offer's socket is how the host lets a warm child go (an older one, one it
+    has no use for): it must end, not linger as the helper's child."""
+    pid, runs = _take_offer(client)
+    assert os.path.exists(f"/proc/{pid}")
+    runs.close()
+    _gone(pid)
