@@ -383,3 +383,33 @@ def test_a_pooled_cgroup_shared_by_two_policies_gets_a_generic_warm_child(
     time.sleep(0.2)
     assert _field(Path(f"/proc/{waiting}/status").read_text(), "NoNewPrivs:") == "0"
     _run_filtered_in_the_pooled_cgroup(manager, own_runner, first, filtered, waiting)
+
+
+def test_a_run_naming_pooled_cgroups_leaves_children_prepared_like_it_there(
+    manager: CgroupManager, own_runner: HelperProcessRunner
+) -> None:
+    """`prepare_after` (what `execute_spec` sets): the spawn request, or the claim of a run
+    handed to a warm child, names the pooled cgroups, with no prepare frame. Named by two
+    runs in a row under one policy (the first forked by the helper, the second handed to
+    the child it then offered), the child left in the pooled cgroup applied the filter
+    while it waits, and takes the next such run there."""
+    pooled = manager.idle_procs_files(minimum=1)
+    target = pooled[0]
+    like = attrs.evolve(_confined(200), prepare_after=pooled)
+    _run(own_runner, like)  # the spawn request names the pool: a generic child there
+    _warm_pids(own_runner, set())  # the child without cgroups, prepared like the run
+    _run(own_runner, like)  # handed to that child: its claim names the pool
+
+    directory = os.path.dirname(target[0])
+    deadline = time.monotonic() + 10
+    while not (filtered := _filtered_besides(own_runner, directory, 0)):
+        assert time.monotonic() < deadline, "no child prepared like the run in the pool"
+        time.sleep(0.02)
+    second = manager.create(Limits(max_processes=16))
+    try:
+        assert second.procs_files == target  # first in, first out
+        shown = _run(own_runner, attrs.evolve(like, cgroup_procs=second.procs_files))
+        assert (_field(shown, "Seccomp:"), _field(shown, "Max open files")) == ("2", "200")
+        assert not os.path.exists(f"/proc/{filtered[0]}"), "not handed over"
+    finally:
+        manager.destroy(second)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import attrs
 from returns.result import Failure, Result
@@ -19,7 +19,7 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
 from mechasandbox.network.validation import validate_network
-from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
+from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 if TYPE_CHECKING:
@@ -73,7 +73,14 @@ async def execute_spec(
             cgroup_run = manager.create(policy.limits)
         except OSError as error:
             return Failure(BackendFailed(backend=backend, reason=f"cgroup: {error}"))
-        spec = attrs.evolve(spec, cgroup_procs=spec.cgroup_procs + cgroup_run.procs_files)
+        # The next run that gets a pooled cgroup finds its child inside already (the pool
+        # is first in, first out: this run's cgroup, back in it, gets its child next time).
+        prepare = manager.idle_procs_files(minimum=1) if _prepares_cgroups(type(runner)) else ()
+        spec = attrs.evolve(
+            spec,
+            cgroup_procs=spec.cgroup_procs + cgroup_run.procs_files,
+            prepare_after=prepare,
+        )
     events: CgroupEvents | None = None
     try:
         outcome = await runner.run(spec)
@@ -83,11 +90,6 @@ async def execute_spec(
         if manager is not None and cgroup_run is not None:
             with contextlib.suppress(OSError):
                 manager.destroy(cgroup_run)
-            if _prepares_cgroups(type(runner)):
-                # The next run that gets a pooled cgroup finds its child inside already.
-                cast("PreparesCgroups", runner).prepare_cgroups(
-                    manager.idle_procs_files(), like=spec
-                )
     if isinstance(outcome, Failure):
         return Failure(outcome.failure())
     finished = outcome.unwrap() if adjust is None else adjust(outcome.unwrap())

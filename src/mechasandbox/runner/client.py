@@ -147,8 +147,8 @@ class SpawnHelperClient:
             return False  # it died meanwhile (its cgroup was removed): the helper forks
         finally:
             offer.runs.close()
-        claim: dict[str, Any] = {"op": "claim", "pid": offer.pid}
-        if not offer.ahead:  # a generic child: what the run was like, for the next one
+        claim: dict[str, Any] = {"op": "claim", "pid": offer.pid, "prepare": request["prepare"]}
+        if not offer.ahead:  # a generic child: what the run was like, for the next ones
             claim.update({name: request[name] for name in _PREPARED_LIKE})
         try:
             framing.send(control, claim, [run.fileno()])

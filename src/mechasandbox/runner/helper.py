@@ -19,24 +19,37 @@ The control socket closing (the host exited or died) kills every run and ends th
 Warm children: a `prepare` frame (cgroup.procs files, no fds) asks for a child forked ahead
 of time that joins those cgroups and then waits for a run. On cgroup v1 a join waits for an
 RCU grace period (5-15 ms on a quiet host), and fork costs a little too; a warm child pays
-both while nobody waits, and the next spawn request for the same cgroups is handed to it
-(with its stdio) instead of forking. One warm child without cgroups is kept ready too. The
-hand-over changes nothing else: the warm child is the helper's child like any run's root.
+both while nobody waits. One warm child without cgroups is kept ready too (like the last
+spawn request). The hand-over changes nothing else: the warm child is the helper's child
+like any run's root.
+
+Offers and claims: the helper gives each warm child to the host. It sends an `offer` on the
+control socket (pid, cgroups, what it is prepared like, the hook modules it has loaded) with
+a socket that reaches the child; the host sends a spawn request for the same cgroups and
+like the child straight there, with its stdio (the helper is not woken on the run's way to
+its start), then a `claim` (pid, with the run's socket) to the helper, which then owns the
+run as if it had forked it. The child marks its report pipe when a run came, so a child
+that ends before its claim was read (a quick command) is kept until the claim comes, and
+one that ends unmarked (let go: the host closed its socket; killed with its cgroup) is
+forgotten. The helper never takes a child back: the host lets go of those it keeps no more.
+Offers are sent without blocking (the host reads them only when it submits a run).
 
 A warm child is prepared *like* a request (the spawn request it follows, or the `ahead` and
 `rehearsals` fields of the prepare frame): while it waits it applies that request's `ahead`
 hooks (hooks that depend on the policy alone: dropping capabilities, no_new_privs, seccomp;
 see `runner.spec.ChildHook`), then calls its rehearsals (read-only). Only a request with the
-same ahead hooks (an agent's next command under the same policy) is handed to it; any
-other is given a generic warm child (prepared like nothing: it applies everything once the
-run has come), or a fresh fork. The order of the set-up is the same on every path: cgroup,
-ahead hooks, rlimits (so a run never raises a limit with a capability it has dropped), the
-other hooks. Without cgroups, a few warm children prepared like different requests wait
-side by side (a host that alternates between backends). A pooled cgroup holds one, and may
-go to a run of any backend next: its child is prepared like the run named in the prepare
-frame only when the frame before named a like one (one policy in use), and generic
-otherwise. Nothing a warm child applies ahead depends on when it runs, so the run is
-confined exactly as a fresh fork would be.
+same ahead hooks (an agent's next command under the same policy; the host compares their
+JSON text) is handed to it; any other is given a generic warm child (prepared like
+nothing: it applies everything once the run has come), or goes to the helper, which
+forks. The order of the set-up is the same on every path: cgroup, ahead hooks, rlimits (so
+a run never raises a limit with a capability it has dropped), the other hooks. Without
+cgroups, a few warm children prepared like different requests wait side by side (a host
+that alternates between backends). A pooled cgroup holds one, and may go to a run of any
+backend next. The pooled cgroups to prepare come in a prepare frame, or in the `prepare`
+field of a spawn request or claim (the run itself is then the one named: no message more
+per run); the child is prepared like the run named only when the hint before named a like
+one (one policy in use), and generic otherwise. Nothing a warm child applies ahead depends
+on when it runs, so the run is confined exactly as a fresh fork would be.
 """
 
 from __future__ import annotations
@@ -493,8 +506,10 @@ class Helper:
                 os.close(report_r)
                 _child(launch, stdio, hooks, report_w, ahead=ahead)
             os.close(report_w)
+            like = _Like(request)
             if not key:  # the next run like this one without cgroups finds a child ready
-                self._want(key, _Like(request))
+                self._want(key, like)
+            self._prepare_pooled(request.get("prepare", []), like)
         except Exception as error:  # a bad request must not kill the helper
             for fd in (report_r, report_w):
                 if fd >= 0:
@@ -630,8 +645,10 @@ class Helper:
                 framing.send(run_sock, {"event": "failed", "errno": errno.EIO, "stage": "setup"})
             run_sock.close()
             return
+        like = warm.like if warm.like.ahead is not None else _Like(claim)
         if not warm.key:  # the next run like this one finds a child ready
-            self._want((), warm.like if warm.like.ahead is not None else _Like(claim))
+            self._want((), like)
+        self._prepare_pooled(claim.get("prepare", []), like)
         run = _Run(pid, run_sock, warm.report)
         if ended is None:
             self.runs[pid] = run
@@ -787,14 +804,21 @@ class Helper:
         if request.get("op") != "prepare":
             self._spawn(request, fds)
             return
-        like = _Like(request)
+        self._prepare_pooled(request["cgroups"], _Like(request))
+        for fd in fds:  # none are expected
+            os.close(fd)
+
+    def _prepare_pooled(self, groups: list[list[str]], like: _Like) -> None:
+        """Warm children for pooled cgroups (from a prepare frame, or the `prepare` field of a
+        spawn request or claim), prepared like `like` only when the last such hint named a
+        like one (see the module's docstring)."""
+        if not groups:
+            return
         if like.ahead != self.last_prepare:  # another policy than the last
             self.last_prepare = like.ahead
             like = _GENERIC
-        for group in request["cgroups"]:
+        for group in groups:
             self._want(tuple(group), like)
-        for fd in fds:  # none are expected
-            os.close(fd)
 
 
 def main() -> None:

@@ -27,7 +27,8 @@ class PreparesCgroups(Protocol):
     Each group: the cgroup.procs files of one run's cgroup (one per v1 hierarchy). `like`:
     the run the next ones will resemble (same policy), so that the child can apply ahead
     what depends on the policy alone (see `ChildHook.ahead`). A hint: a runner may ignore
-    it."""
+    it. A runner of this kind also honours `SpawnSpec.prepare_after` (the same hint, carried
+    by the run itself: `execute_spec` uses that)."""
 
     def prepare_cgroups(
         self, groups: Sequence[tuple[str, ...]], like: SpawnSpec | None = None

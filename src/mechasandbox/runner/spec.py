@@ -59,6 +59,10 @@ class SpawnSpec:
     cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files the child joins before exec
     hooks: tuple[ChildHook, ...] = ()
     executable: str | None = None  # resolved path; argv[0] searched on env PATH when None
+    # Groups of cgroup.procs files (pooled cgroups) where a runner that prepares children
+    # ahead of time may prepare those of later runs like this one, once this run is over
+    # (a hint, as `PreparesCgroups.prepare_cgroups`; it saves a message per run).
+    prepare_after: tuple[tuple[str, ...], ...] = ()
 
 
 @attrs.frozen(kw_only=True)

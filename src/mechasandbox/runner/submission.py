@@ -39,6 +39,7 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
         "hooks": [[h.target, h.argument] for h in spec.hooks if not h.ahead],
         "rehearsals": [[h.rehearsal, h.argument] for h in spec.hooks if h.rehearsal],
         "executable": spec.executable,
+        "prepare": [list(group) for group in spec.prepare_after],
     }
 
 
