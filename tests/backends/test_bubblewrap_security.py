@@ -206,14 +206,14 @@ def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
     box: Box, tmp_path: Path
 ) -> None:
     """A host SIGKILLed during a run leaves bwrap's mount points in the workspace (empty
-    `.git/`, `.env/`...); the next process that runs bubblewrap removes them, and keeps a
-    directory someone has put content in."""
+    `.git`, `.env` files...); the next process that runs bubblewrap removes them, and keeps
+    one someone has put content in."""
     state = tmp_path / "state"
     env = {**os.environ, "XDG_STATE_HOME": str(state), "PYTHONPATH": SRC}
     host = subprocess.Popen([sys.executable, "-c", _HOST_THAT_DIES, str(box.workspace)], env=env)
     try:
         deadline = time.monotonic() + 30
-        while not (box.workspace / ".git").is_dir():
+        while not (box.workspace / ".git").exists():
             assert time.monotonic() < deadline, "the run never started"
             assert host.poll() is None, "the host ended early"
             time.sleep(0.05)
@@ -223,7 +223,9 @@ def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
         host.wait()
     left = sorted(os.listdir(box.workspace))
     assert ".git" in left and ".env" in left  # the crash left them: the test is not vacuous
-    (box.workspace / ".vscode" / "keep").write_text("someone's file")
+    kept = box.workspace / ".vscode"
+    kept.chmod(0o644)  # bwrap makes them read-only
+    kept.write_text("someone's file")
 
     rerun = subprocess.run(
         [sys.executable, "-c", _HOST_THAT_DIES.replace("sleep 30", "true"), str(box.workspace)],
@@ -233,7 +235,7 @@ def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
     )
     assert rerun.returncode == 0
     assert sorted(os.listdir(box.workspace)) == [".vscode"]
-    assert (box.workspace / ".vscode" / "keep").read_text() == "someone's file"
+    assert kept.read_text() == "someone's file"
     assert list((state / "mechasandbox" / "placeholders").iterdir()) == []
 
 

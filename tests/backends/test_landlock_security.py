@@ -141,20 +141,24 @@ def test_top_level_writable_when_nothing_is_protected(sandbox: Sandbox) -> None:
 
 
 def test_private_tmp(sandbox: Sandbox) -> None:
+    """A run's TMPDIR is private and writable; what a run leaves in it is gone with it (the
+    directory too), and one left exactly as made is handed to a later run, empty."""
     run = sandbox.sh('echo t > "$TMPDIR/f" && cat "$TMPDIR/f" && echo "$TMPDIR"')
     assert run.exit_code == 0, out(run)
     tmpdir = run.stdout.decode().splitlines()[1]
     assert tmpdir.startswith("/tmp/mechasandbox-landlock-")
-    assert not os.path.exists(tmpdir)  # removed after the run
-    # Left empty, or with a tree inside: removed either way.
-    for script in (
-        'echo "$TMPDIR"',
-        'mkdir -p "$TMPDIR/a/b" && touch "$TMPDIR/a/b/f"; echo "$TMPDIR"',
-    ):
-        run = sandbox.sh(script)
-        tmpdir = run.stdout.decode().splitlines()[0]
-        assert tmpdir.startswith("/tmp/mechasandbox-landlock-"), out(run)
-        assert not os.path.exists(tmpdir)
+    assert not os.path.exists(tmpdir)  # it had a file: removed after the run
+    run = sandbox.sh('mkdir -p "$TMPDIR/a/b" && touch "$TMPDIR/a/b/f"; echo "$TMPDIR"')
+    assert not os.path.exists(run.stdout.decode().splitlines()[0])  # a tree: removed too
+    # Changed in another way (its mode; extended attributes: tests/unit/test_private_tmp.py):
+    # not handed out again.
+    run = sandbox.sh('chmod 755 "$TMPDIR"; echo "$TMPDIR"')
+    assert not os.path.exists(run.stdout.decode().strip()), out(run)
+
+    untouched = sandbox.sh('echo "$TMPDIR"').stdout.decode().strip()
+    assert os.listdir(untouched) == []  # kept for a later run
+    again = sandbox.sh('ls -A "$TMPDIR"; echo "$TMPDIR"')
+    assert again.stdout.decode().split() == [untouched]  # the same, still empty
 
 
 def test_timeout_kills_the_tree(sandbox: Sandbox) -> None:

@@ -14,10 +14,8 @@ import errno
 import functools
 import os
 import platform
-import shutil
 import socket
 import sys
-import tempfile
 from typing import TYPE_CHECKING
 
 import attrs
@@ -32,6 +30,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.resources import (
     default_cgroups,
@@ -141,6 +140,7 @@ PROC_ROOTS: tuple[str, ...] = ("/proc",)
 DEVICES: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 TMP_PLACEHOLDER = "<per-run tmp dir>"
+_TMP_DIRS = PrivateTmpDirs()
 # `plan` runs no proxy: its port and token are shown as placeholders.
 PROXY_PORT_PLACEHOLDER = 0
 PROXY_URL_PLACEHOLDER = "http://sandbox:<per-run token>@127.0.0.1:<per-run port>"
@@ -648,9 +648,7 @@ class LandlockBackend:
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         warnings, workspace = prepared.unwrap()
-        tmp_dir = os.path.realpath(
-            tempfile.mkdtemp(prefix="mechasandbox-landlock-", dir=self.tmp_parent)
-        )
+        tmp_dir = _TMP_DIRS.take(self.tmp_parent)
 
         async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
             proxy: tuple[int, str] | None = None
@@ -673,10 +671,7 @@ class LandlockBackend:
             egress = self.egress or EgressProxy()
             return await run_with_proxy(egress, policy.network, body, listen_tcp=True)
         finally:
-            try:
-                os.rmdir(tmp_dir)  # most runs leave it empty: one call, not a tree walk
-            except OSError:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+            _TMP_DIRS.give_back(self.tmp_parent, tmp_dir)
 
 
 def render_handled(ruleset: LandlockRuleset) -> str:

@@ -1,0 +1,86 @@
+"""The private temporary directories of Landlock runs (the sandbox's TMPDIR).
+
+Each run gets a fresh-looking one: a directory of this process's user, mode 0700, empty and
+without extended attributes (so no ACL either). A run that leaves it like that gives it
+back for a later run instead of removing it (a `mkdtemp` and an `rmdir` less: about 0.1 ms
+a run here); one it changed in any way is removed, tree and all, and never handed out
+again. A kept directory is checked again when it is handed out (something of the same user
+may have touched it meanwhile). What is kept is removed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+
+_PREFIX = "mechasandbox-landlock-"
+_KEPT_PER_PARENT = 4  # runs going at once that each find one ready
+
+
+def _pristine(path: str) -> bool:
+    """An empty directory of ours, mode 0700, without extended attributes."""
+    try:
+        found = os.lstat(path)
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+            return False
+        if stat.S_IMODE(found.st_mode) != 0o700:
+            return False
+        with os.scandir(path) as entries:
+            if next(entries, None) is not None:
+                return False
+        return not os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _remove(path: str) -> None:
+    try:
+        os.rmdir(path)  # most runs leave it empty: one call, not a tree walk
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class PrivateTmpDirs:
+    """Hands out private temporary directories below a parent (None: the host's temp dir)
+    and takes them back after the run (see the module's docstring). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str | None, list[str]] = {}
+        self._exit_hook = False
+
+    def take(self, parent: str | None) -> str:
+        with self._lock:
+            kept = self._kept.get(parent)
+            path = kept.pop() if kept else None
+        if path is not None:
+            if _pristine(path):
+                return path
+            _remove(path)
+        return os.path.realpath(tempfile.mkdtemp(prefix=_PREFIX, dir=parent))
+
+    def give_back(self, parent: str | None, path: str) -> None:
+        if _pristine(path):
+            with self._lock:
+                kept = self._kept.setdefault(parent, [])
+                if len(kept) < _KEPT_PER_PARENT:
+                    kept.append(path)
+                    if not self._exit_hook:
+                        self._exit_hook = True
+                        atexit.register(self.close)
+                    return
+        _remove(path)
+
+    def close(self) -> None:
+        """Remove every kept directory."""
+        with self._lock:
+            kept = [path for paths in self._kept.values() for path in paths]
+            self._kept.clear()
+        for path in kept:
+            with contextlib.suppress(OSError):
+                _remove(path)

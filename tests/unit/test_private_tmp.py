@@ -1,0 +1,61 @@
+"""Which private temporary directories a later Landlock run may get: only one exactly as
+made (see `private_tmp`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
+
+
+def _chmod(path: Path) -> None:
+    path.chmod(0o755)
+
+
+def _file(path: Path) -> None:
+    (path / "left").write_text("x")
+
+
+def _xattr(path: Path) -> None:
+    os.setxattr(path, "user.mark", b"1")
+
+
+def test_an_untouched_directory_is_handed_out_again_and_removed_at_close(
+    tmp_path: Path,
+) -> None:
+    dirs = PrivateTmpDirs()
+    first = dirs.take(str(tmp_path))
+    assert os.stat(first).st_mode & 0o777 == 0o700
+    dirs.give_back(str(tmp_path), first)
+    assert dirs.take(str(tmp_path)) == first
+    dirs.give_back(str(tmp_path), first)
+    dirs.close()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("change", [_chmod, _file, _xattr], ids=["mode", "content", "xattr"])
+def test_a_changed_directory_is_removed_not_handed_out(
+    tmp_path: Path, change: Callable[[Path], None]
+) -> None:
+    dirs = PrivateTmpDirs()
+    first = dirs.take(str(tmp_path))
+    change(Path(first))
+    dirs.give_back(str(tmp_path), first)
+    assert not os.path.exists(first)
+    assert dirs.take(str(tmp_path)) != first
+
+
+def test_a_kept_directory_changed_while_kept_is_not_handed_out(tmp_path: Path) -> None:
+    dirs = PrivateTmpDirs()
+    first = dirs.take(str(tmp_path))
+    dirs.give_back(str(tmp_path), first)
+    _xattr(Path(first))
+    second = dirs.take(str(tmp_path))
+    assert second != first
+    assert not os.path.exists(first)
+    dirs.give_back(str(tmp_path), second)
+    dirs.close()
