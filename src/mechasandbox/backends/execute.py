@@ -73,9 +73,11 @@ async def execute_spec(
             cgroup_run = manager.create(policy.limits)
         except OSError as error:
             return Failure(BackendFailed(backend=backend, reason=f"cgroup: {error}"))
-        # The next run that gets a pooled cgroup finds its child inside already (the pool
-        # is first in, first out: this run's cgroup, back in it, gets its child next time).
-        prepare = manager.idle_procs_files(minimum=1) if _prepares_cgroups(type(runner)) else ()
+        # The next runs that get a pooled cgroup find their child inside already. The pool
+        # is first in, first out: this run's cgroup, back in it after the run, gets its
+        # child when the next run names it, and is handed out two runs later; so at least
+        # two besides it, or runs back to back would find theirs still being prepared.
+        prepare = manager.idle_procs_files(minimum=2) if _prepares_cgroups(type(runner)) else ()
         spec = attrs.evolve(
             spec,
             cgroup_procs=spec.cgroup_procs + cgroup_run.procs_files,
