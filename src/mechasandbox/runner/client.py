@@ -15,8 +15,10 @@ from typing import Any
 
 from mechasandbox.runner import framing
 
-# The fields of a spawn request a warm child is prepared from (see `helper`).
+# The fields of a spawn request a warm child is prepared from (see `helper`), and those a
+# child prepared like the request has no use for.
 _PREPARED_LIKE = ("ahead", "rehearsals")
+_APPLIED = frozenset((*_PREPARED_LIKE, "prepare"))
 # Warm children kept per group of cgroups: without cgroups, a few prepared like different
 # requests (a host that alternates between backends); in a pooled cgroup, the newest.
 _OFFERS_UNGROUPED = 4
@@ -141,8 +143,11 @@ class SpawnHelperClient:
             return False
         offer = min(usable, key=lambda o: o.ahead != ahead)  # one prepared like it first
         group.remove(offer)
+        sent = request
+        if offer.ahead:  # it applied the ahead hooks already: less to encode and decode
+            sent = {name: value for name, value in request.items() if name not in _APPLIED}
         try:
-            framing.send(offer.runs, request, stdio)
+            framing.send(offer.runs, sent, stdio)
         except OSError:
             return False  # it died meanwhile (its cgroup was removed): the helper forks
         finally:
