@@ -777,6 +777,9 @@ class Helper:
         preparing = bool(self.wanted) and not self.runs
         readable, writable, _ = select.select(watched, sending, [], 0 if preparing else None)
         if not readable and not writable and preparing:
+            # A run was just answered: the host, woken by it, often waits for this CPU
+            # (placed where its waker runs); let it go first, the fork can wait that long.
+            os.sched_yield()
             self._prepare(*self.wanted.pop(0))
             return
         if writable:
