@@ -249,8 +249,8 @@ class BwrapCommand:
     """A compiled run: bwrap's argv (command included), and what the run leaves to undo."""
 
     argv: tuple[str, ...]
-    # Missing protected paths covered for the run: bwrap creates them as empty directories
-    # on the host; they are removed after the run.
+    # Missing protected paths covered for the run: bwrap creates them as empty files on the
+    # host (mount points for /dev/null); they are removed after the run.
     placeholders: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     mounts: tuple[_Mount, ...] = ()
