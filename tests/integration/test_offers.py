@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -126,3 +127,44 @@ def test_a_warm_child_the_host_lets_go_exits_and_is_reaped(client: SpawnHelperCl
     assert os.path.exists(f"/proc/{pid}")
     runs.close()
     _gone(pid)
+
+
+def test_offers_the_host_does_not_read_wait_in_order_with_their_descriptors() -> None:
+    """The helper never blocks on the control socket (the host reads it only when it
+    submits, and may be waiting for a run's answer): frames that do not fit wait in the
+    outbox and go out whole, in order, each with its descriptor, as the host drains."""
+    from mechasandbox.runner.helper import Helper
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    helper = Helper(ours)
+    count = 40
+    for index in range(count):
+        read_end, write_end = os.pipe()
+        os.write(write_end, str(index).encode())
+        os.close(write_end)
+        frame = framing.encode({"event": "offer", "n": index, "pad": "x" * 10000})
+        helper._post(frame, [read_end])  # the helper closes it once sent
+    assert helper.outbox, "the socket never filled: the test would prove nothing"
+
+    def drain_outbox() -> None:  # what the helper's loop does when the socket is writable
+        deadline = time.monotonic() + 10
+        while helper.outbox and time.monotonic() < deadline:
+            helper._flush()
+            time.sleep(0.001)
+
+    flusher = threading.Thread(target=drain_outbox)
+    flusher.start()
+    received: list[int] = []
+    theirs.settimeout(10)
+    while len(received) < count:
+        message, fds = framing.receive(theirs)
+        assert len(fds) == 1, message
+        with os.fdopen(fds[0], "rb") as attached:
+            assert attached.read() == str(message["n"]).encode()  # its own descriptor
+        received.append(message["n"])
+    flusher.join()
+    assert received == list(range(count))
+    assert not helper.outbox
+    ours.close()
+    theirs.close()
