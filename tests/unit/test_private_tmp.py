@@ -59,3 +59,26 @@ def test_a_kept_directory_changed_while_kept_is_not_handed_out(tmp_path: Path) -
     assert not os.path.exists(first)
     dirs.give_back(str(tmp_path), second)
     dirs.close()
+
+
+def test_a_forked_process_neither_hands_out_nor_removes_its_parents_directories(
+    tmp_path: Path,
+) -> None:
+    dirs = PrivateTmpDirs()
+    kept = dirs.take(str(tmp_path))
+    dirs.give_back(str(tmp_path), kept)
+    pid = os.fork()
+    if pid == 0:  # the child: a directory of its own, and nothing of the parent's removed
+        status = 0
+        try:
+            own = dirs.take(str(tmp_path))
+            status |= 1 if own == kept else 0
+            dirs.give_back(str(tmp_path), own)
+            dirs.close()
+            status |= 2 if not os.path.isdir(kept) else 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "1: shared a directory, 2: removed it"
+    assert dirs.take(str(tmp_path)) == kept  # still the parent's
+    dirs.close()

@@ -5,7 +5,9 @@ without extended attributes (so no ACL either). A run that leaves it like that g
 back for a later run instead of removing it (a `mkdtemp` and an `rmdir` less: about 0.1 ms
 a run here); one it changed in any way is removed, tree and all, and never handed out
 again. A kept directory is checked again when it is handed out (something of the same user
-may have touched it meanwhile). What is kept is removed at exit.
+may have touched it meanwhile). What is kept is removed at exit. A process forked from the
+host keeps nothing of its parent's: two processes handing out one directory would give
+their runs a shared TMPDIR.
 """
 
 from __future__ import annotations
@@ -52,11 +54,20 @@ class PrivateTmpDirs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[str | None, list[str]] = {}
+        self._owner = os.getpid()  # the process the kept directories belong to
         self._exit_hook = False
+
+    def _mine(self) -> dict[str | None, list[str]]:
+        """The kept directories, none in a process forked since (they are its parent's).
+        Called with the lock held."""
+        if self._owner != os.getpid():
+            self._owner = os.getpid()
+            self._kept = {}
+        return self._kept
 
     def take(self, parent: str | None) -> str:
         with self._lock:
-            kept = self._kept.get(parent)
+            kept = self._mine().get(parent)
             path = kept.pop() if kept else None
         if path is not None:
             if _pristine(path):
@@ -67,7 +78,7 @@ class PrivateTmpDirs:
     def give_back(self, parent: str | None, path: str) -> None:
         if _pristine(path):
             with self._lock:
-                kept = self._kept.setdefault(parent, [])
+                kept = self._mine().setdefault(parent, [])
                 if len(kept) < _KEPT_PER_PARENT:
                     kept.append(path)
                     if not self._exit_hook:
@@ -79,7 +90,7 @@ class PrivateTmpDirs:
     def close(self) -> None:
         """Remove every kept directory."""
         with self._lock:
-            kept = [path for paths in self._kept.values() for path in paths]
+            kept = [path for paths in self._mine().values() for path in paths]
             self._kept.clear()
         for path in kept:
             with contextlib.suppress(OSError):
