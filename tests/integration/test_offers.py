@@ -168,3 +168,40 @@ def test_offers_the_host_does_not_read_wait_in_order_with_their_descriptors() ->
     assert not helper.outbox
     ours.close()
     theirs.close()
+
+
+def test_a_host_forked_after_an_offer_leaves_it_to_its_parent(client: SpawnHelperClient) -> None:
+    """A process forked from the host (a worker) starts a helper of its own: it must not
+    hand its runs to the warm children its parent was offered (their answers go to the
+    parent's helper), and the parent's next run still gets one."""
+    runner = BlockingHelperRunner(client)
+    deadline = time.monotonic() + 10
+    while True:
+        with client._lock:
+            assert client._control is not None
+            client._collect_offers(client._control)
+            offered = [offer.pid for group in client._offers.values() for offer in group]
+        if offered:
+            break
+        assert time.monotonic() < deadline, "no warm child was offered"
+        time.sleep(0.01)
+
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            spec = SpawnSpec(argv=("true",), env=ENV, cwd="/", timeout_s=10)
+            codes = [
+                runner.run_blocking(spec).map(lambda done: done.exit_code).value_or(-1)
+                for _ in range(2)  # the second, once it has a helper of its own
+            ]
+            status = 0 if codes == [0, 0] else 1
+            runner.close()
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked host's run failed"
+    assert all(os.path.exists(f"/proc/{pid}") for pid in offered), "the parent's was used"
+
+    runner.run_blocking(SpawnSpec(argv=("true",), env=ENV, cwd="/", timeout_s=10)).unwrap()
+    assert not all(os.path.exists(f"/proc/{pid}") for pid in offered), "not handed over"
