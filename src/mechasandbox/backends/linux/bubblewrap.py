@@ -181,7 +181,7 @@ class HostLayout:
 
         def fact_of(path: str) -> PathFact:
             if any(path == p or path.startswith(p + "/") for p in covered):
-                return PathFact(kind=PathKind.MISSING)
+                return _PLAIN_FACTS[PathKind.MISSING]
             return _lstat_fact(path)
 
         facts = {path: fact_of(path) for path in sorted(set(paths))}
@@ -196,6 +196,11 @@ class HostLayout:
         return HostLayout(facts=tuple(sorted(facts.items())), etc_secrets=tuple(secrets))
 
 
+# One fact per kind that has nothing else to say (a survey makes about 50 of them per run;
+# PathFact is frozen, so sharing them is safe).
+_PLAIN_FACTS = {kind: PathFact(kind=kind) for kind in PathKind}
+
+
 def _kind(mode: int) -> PathKind:
     if stat.S_ISDIR(mode):
         return PathKind.DIRECTORY
@@ -208,10 +213,10 @@ def _lstat_fact(path: str) -> PathFact:
     try:
         mode = os.lstat(path).st_mode
     except OSError:
-        return PathFact(kind=PathKind.MISSING)
+        return _PLAIN_FACTS[PathKind.MISSING]
     kind = _kind(mode)
     if kind is not PathKind.SYMLINK:
-        return PathFact(kind=kind)
+        return _PLAIN_FACTS[kind]
     real = os.path.realpath(path)
     try:
         real_kind = _kind(os.stat(real).st_mode)
