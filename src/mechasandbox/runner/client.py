@@ -172,8 +172,11 @@ class SpawnHelperClient:
             except (BlockingIOError, InterruptedError):
                 return
             except (framing.FrameError, OSError):
-                return
-            offer = framing.decode(frame)
+                return  # the helper died mid-frame: the next send says so
+            try:
+                offer = framing.decode(frame)
+            except (framing.FrameError, ValueError):
+                offer = {}
             if offer.get("event") != "offer" or len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
