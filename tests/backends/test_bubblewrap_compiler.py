@@ -91,7 +91,7 @@ GOLDEN = """
 --bind /home/ada/proj/.git /home/ada/proj/.git
 --ro-bind /home/ada/proj/.git/hooks /home/ada/proj/.git/hooks
 --ro-bind /home/ada/proj/.git/config /home/ada/proj/.git/config
---ro-bind /dev/null /home/ada/proj/.envrc
+--perms 0555 --tmpfs /home/ada/proj/.envrc --remount-ro /home/ada/proj/.envrc
 --ro-bind /dev/null /etc/shadow
 -- echo hi
 """
@@ -117,7 +117,7 @@ def test_missing_protected_paths_get_placeholders_at_the_first_missing_component
     # no .git at all: .git itself is covered, so `git init` cannot plant hooks or config
     assert command.placeholders == ("/home/ada/proj/.git", "/home/ada/proj/.envrc")
     argv = " ".join(command.argv)
-    assert "--ro-bind /dev/null /home/ada/proj/.git" in argv
+    assert "--perms 0555 --tmpfs /home/ada/proj/.git --remount-ro /home/ada/proj/.git" in argv
     assert "--bind /home/ada/proj/.git" not in argv
 
 

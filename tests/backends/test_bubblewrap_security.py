@@ -190,6 +190,20 @@ def test_missing_protected_paths_cannot_be_created_and_leave_no_placeholder(box:
     assert sorted(os.listdir(box.workspace)) == ["notes.txt"]
 
 
+def test_git_in_the_sandbox_does_not_see_the_placeholders(box: Box) -> None:
+    """The covers of missing protected paths (`.envrc`, `.vscode`...) must not get in the
+    way of an agent's everyday git: `git status` lists only what the command changed, and
+    `git add -A` and a commit work (git ignores empty directories; it would refuse devices)."""
+    git = ("git", "-c", "user.email=a@b", "-c", "user.name=a")
+    subprocess.run([*git, "init", "-q", str(box.workspace)], check=True)
+    result = box.sh(
+        "echo x > new.txt; git status --porcelain; "
+        "git add -A && git -c user.email=a@b -c user.name=a commit -qm x && echo committed"
+    )
+    lines = out(result).split()
+    assert lines == ["??", "new.txt", "committed"], out(result)
+
+
 _HOST_THAT_DIES = r"""
 import anyio, sys
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
@@ -206,14 +220,14 @@ def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
     box: Box, tmp_path: Path
 ) -> None:
     """A host SIGKILLed during a run leaves bwrap's mount points in the workspace (empty
-    `.git`, `.env` files...); the next process that runs bubblewrap removes them, and keeps
-    one someone has put content in."""
+    `.git/`, `.env/`...); the next process that runs bubblewrap removes them, and keeps a
+    directory someone has put content in."""
     state = tmp_path / "state"
     env = {**os.environ, "XDG_STATE_HOME": str(state), "PYTHONPATH": SRC}
     host = subprocess.Popen([sys.executable, "-c", _HOST_THAT_DIES, str(box.workspace)], env=env)
     try:
         deadline = time.monotonic() + 30
-        while not (box.workspace / ".git").exists():
+        while not (box.workspace / ".git").is_dir():
             assert time.monotonic() < deadline, "the run never started"
             assert host.poll() is None, "the host ended early"
             time.sleep(0.05)
@@ -223,9 +237,7 @@ def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
         host.wait()
     left = sorted(os.listdir(box.workspace))
     assert ".git" in left and ".env" in left  # the crash left them: the test is not vacuous
-    kept = box.workspace / ".vscode"
-    kept.chmod(0o644)  # bwrap makes them read-only
-    kept.write_text("someone's file")
+    (box.workspace / ".vscode" / "keep").write_text("someone's file")
 
     rerun = subprocess.run(
         [sys.executable, "-c", _HOST_THAT_DIES.replace("sleep 30", "true"), str(box.workspace)],
@@ -235,7 +247,7 @@ def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
     )
     assert rerun.returncode == 0
     assert sorted(os.listdir(box.workspace)) == [".vscode"]
-    assert kept.read_text() == "someone's file"
+    assert (box.workspace / ".vscode" / "keep").read_text() == "someone's file"
     assert list((state / "mechasandbox" / "placeholders").iterdir()) == []
 
 

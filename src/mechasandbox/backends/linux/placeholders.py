@@ -1,5 +1,5 @@
-"""The empty files bwrap makes in a workspace as mount points for missing protected paths
-(`.git`, `.envrc`... covered read-only for the run), and their removal.
+"""The empty directories bwrap makes in a workspace as mount points for missing protected
+paths (`.git`, `.envrc`... covered read-only for the run), and their removal.
 
 They stay while any run of this process still uses their workspace: removing one while
 another run's bwrap is setting up (or running) over the same workspace would break that run
@@ -7,12 +7,12 @@ another run's bwrap is setting up (or running) over the same workspace would bre
 meanwhile new runs treat them as missing paths and cover them read-only too. Runs of other
 processes are not coordinated.
 
-A host that dies during a run (SIGKILL, a crash) cannot remove them, and an empty `.git` or
-`.vscode` file left in a workspace breaks the tools that expect a directory there. So each
-process journals the paths it may leave behind in a file of its own under the user's state
-directory, and removes the journal at exit; the next process that makes placeholders first
-removes what the journals of dead processes list (empty files, and the empty directories
-earlier versions made: anything with content stays).
+A host that dies during a run (SIGKILL, a crash) cannot remove them, and an empty `.env/` or
+`.mechasandbox.toml/` directory left in a workspace breaks the tools that expect a file
+there. So each process journals the paths it may leave behind in a file of its own under
+the user's state directory, and removes the journal at exit; the next process that makes
+placeholders first removes what the journals of dead processes list (empty directories
+only: anything with content stays).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,16 +31,11 @@ def path_depth(path: str) -> int:
 
 
 def remove_placeholders(paths: Iterable[str]) -> None:
-    """Remove empty regular files (and empty directories, as earlier versions made),
-    deepest first; anything else (someone on the host put content there meanwhile, or
-    replaced it) stays."""
+    """Remove empty directories, deepest first; anything else (someone on the host put
+    content there meanwhile, or a file) stays."""
     for path in sorted(paths, key=path_depth, reverse=True):
         with contextlib.suppress(OSError):
-            found = os.lstat(path)
-            if stat.S_ISDIR(found.st_mode):
-                os.rmdir(path)
-            elif stat.S_ISREG(found.st_mode) and found.st_size == 0:
-                os.unlink(path)
+            os.rmdir(path)
 
 
 def _state_directory() -> Path | None:
