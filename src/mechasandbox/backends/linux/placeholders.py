@@ -13,6 +13,8 @@ there. So each process journals the paths it may leave behind in a file of its o
 the user's state directory, and removes the journal at exit; the next process that makes
 placeholders first removes what the journals of dead processes list (empty directories
 only: anything with content stays).
+
+Removal itself mostly happens off the run's path: see `placeholder_stash`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash, remove_stash
 
 
 def path_depth(path: str) -> int:
@@ -64,6 +68,7 @@ class _Journal:
         self.written: set[str] = set()
         self.path: Path | None = None
         self.swept = False
+        self._stash: PlaceholderStash | None = None
 
     @property
     def directory(self) -> Path | None:
@@ -85,6 +90,14 @@ class _Journal:
             atexit.register(self.close)
         return self.path
 
+    def stash(self) -> PlaceholderStash | None:
+        """This process's stash, beside its journal (None without a journal)."""
+        if self._stash is None:
+            path = self._open_path()
+            if path is not None:
+                self._stash = PlaceholderStash(path.with_suffix(".stash"))
+        return self._stash
+
     def sweep(self) -> None:
         """Remove what the journals of dead processes list, then the journals."""
         self.swept = True
@@ -93,11 +106,14 @@ class _Journal:
         with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
             for entry in entries:
                 pid, _, rest = entry.name.partition("-")
-                start = rest.removesuffix(".paths")
-                if not pid.isdigit() or not rest.endswith(".paths"):
+                start, kind = os.path.splitext(rest)
+                if not pid.isdigit() or kind not in (".paths", ".stash"):
                     continue
                 if _start_time(int(pid)) == start:
                     continue  # alive: its placeholders may be in use
+                if kind == ".stash":
+                    remove_stash(Path(entry.path))
+                    continue
                 with contextlib.suppress(OSError):
                     remove_placeholders(Path(entry.path).read_text().splitlines())
                     os.unlink(entry.path)
@@ -159,4 +175,6 @@ class WorkspacePlaceholders:
                 return
             del self._runs[workspace]
             paths = self._created.pop(workspace, set())
-        remove_placeholders(paths)
+            stash = self._journal.stash() if paths else None
+        ordered = sorted(paths, key=path_depth, reverse=True)
+        remove_placeholders(stash.retire(workspace, ordered) if stash else ordered)

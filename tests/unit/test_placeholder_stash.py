@@ -1,0 +1,87 @@
+"""The stash that takes bubblewrap's placeholders out of a workspace with a rename: the
+workspace is as it was at once, nothing with content is taken, and nothing is lost."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash
+from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders
+
+
+def _workspace(tmp_path: Path, *names: str) -> Path:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    for name in names:
+        (workspace / name).mkdir()
+    return workspace
+
+
+def test_empty_placeholders_leave_the_workspace_at_once_and_the_stash_at_close(
+    tmp_path: Path,
+) -> None:
+    workspace = _workspace(tmp_path, ".envrc", ".vscode")
+    stash = PlaceholderStash(tmp_path / "1-2.stash")
+    left = stash.retire(str(workspace), [str(workspace / ".envrc"), str(workspace / ".vscode")])
+    assert left == []
+    assert os.listdir(workspace) == []
+    stash.close()
+    assert not stash.path.exists()
+
+
+def test_one_with_content_stays_in_the_workspace(tmp_path: Path) -> None:
+    workspace = _workspace(tmp_path, ".vscode")
+    (workspace / ".vscode" / "settings.json").write_text("{}")  # a host tool, mid-run
+    stash = PlaceholderStash(tmp_path / "1-2.stash")
+    assert stash.retire(str(workspace), [str(workspace / ".vscode")]) == [
+        str(workspace / ".vscode")
+    ]
+    assert (workspace / ".vscode" / "settings.json").read_text() == "{}"
+    stash.close()
+
+
+def test_one_written_into_after_the_rename_goes_back_where_it_was(tmp_path: Path) -> None:
+    workspace = _workspace(tmp_path)
+    stash = PlaceholderStash(tmp_path / "1-2.stash")
+    stash.path.mkdir()
+    stashed = stash.path / "0"
+    stashed.mkdir()
+    (stashed / "settings.json").write_text("{}")  # written between the check and the rename
+    stash._queue.put((str(stashed), str(workspace / ".vscode")))
+    stash._queue.put(None)
+    stash._remove()  # the background removal, run here
+    assert (workspace / ".vscode" / "settings.json").read_text() == "{}"
+
+
+def test_another_file_system_is_left_to_the_caller(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system (/dev/shm) to put the workspace on")
+    workspace = Path(os.path.realpath(os.path.join(shm, f"ws-{os.getpid()}")))
+    workspace.mkdir()
+    try:
+        (workspace / ".envrc").mkdir()
+        stash = PlaceholderStash(tmp_path / "1-2.stash")
+        placeholder = str(workspace / ".envrc")
+        assert stash.retire(str(workspace), [placeholder]) == [placeholder]
+        assert os.path.isdir(placeholder)
+        stash.close()
+    finally:
+        os.rmdir(workspace / ".envrc")
+        os.rmdir(workspace)
+
+
+def test_the_stash_of_a_dead_host_is_removed_by_the_next(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    dead = state / "999999999-1.stash"  # no such process
+    (dead / "0").mkdir(parents=True)
+    kept = state / "999999999-1.stash" / "1"
+    kept.mkdir()
+    (kept / "someone's").write_text("x")  # content: stays
+    placeholders = WorkspacePlaceholders(state_directory=state)
+    placeholders.enter(str(tmp_path))  # sweeps the dead ones
+    placeholders.leave(str(tmp_path))
+    assert sorted(os.listdir(dead)) == ["1"]
