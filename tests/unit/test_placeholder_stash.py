@@ -85,3 +85,28 @@ def test_the_stash_of_a_dead_host_is_removed_by_the_next(tmp_path: Path) -> None
     placeholders.enter(str(tmp_path))  # sweeps the dead ones
     placeholders.leave(str(tmp_path))
     assert sorted(os.listdir(dead)) == ["1"]
+
+
+def test_a_forked_host_keeps_a_journal_of_its_own(tmp_path: Path) -> None:
+    """A process forked from a host that made placeholders journals its own in a file of its
+    own, and does not remove its parent's at exit (the parent may still die mid-run)."""
+    state = tmp_path / "state"
+    placeholders = WorkspacePlaceholders(state_directory=state)
+    workspace = str(tmp_path)
+    placeholders.enter(workspace)
+    placeholders.created(workspace, [str(tmp_path / ".envrc")])
+    (parent_journal,) = [p for p in state.iterdir() if p.suffix == ".paths"]
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            placeholders.created(workspace, [str(tmp_path / ".vscode")])
+            placeholders._journal.close()  # what its exit does
+            status = 0 if parent_journal.exists() else 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child removed its parent's journal"
+    assert parent_journal.read_text().split() == [str(tmp_path / ".envrc")]
+    placeholders.leave(workspace)
+    placeholders._journal.close()

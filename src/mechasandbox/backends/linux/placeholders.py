@@ -69,6 +69,16 @@ class _Journal:
         self.path: Path | None = None
         self.swept = False
         self._stash: PlaceholderStash | None = None
+        self._owner = os.getpid()
+
+    def _mine(self) -> None:
+        """In a process forked since the journal was opened: start one of its own (writing
+        into the parent's, and removing it at exit, would lose what the parent made)."""
+        if self._owner != os.getpid():
+            self._owner = os.getpid()
+            self.written = set()
+            self.path = None
+            self._stash = None
 
     @property
     def directory(self) -> Path | None:
@@ -78,6 +88,7 @@ class _Journal:
         return self._directory
 
     def _open_path(self) -> Path | None:
+        self._mine()
         if self.path is None and self.directory is not None:
             start = _start_time(os.getpid())
             if start is None:
@@ -119,6 +130,7 @@ class _Journal:
                     os.unlink(entry.path)
 
     def record(self, paths: Iterable[str]) -> None:
+        self._mine()
         new = [p for p in paths if p not in self.written]
         if not new:
             return
@@ -136,7 +148,7 @@ class _Journal:
         self.written.update(new)
 
     def close(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self._owner == os.getpid():
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
