@@ -46,8 +46,9 @@ def prepare_run(
 
 @functools.cache
 def _prepares_cgroups(kind: type) -> bool:
-    """Whether runners of this class take `prepare_cgroups` (asked once per class: an
-    isinstance check against a runtime protocol costs tens of microseconds)."""
+    """Whether runners of this class prepare children in pooled cgroups (`PreparesCgroups`:
+    they honour `SpawnSpec.prepare_after`); asked once per class, since an isinstance check
+    against a runtime protocol costs tens of microseconds."""
     return callable(getattr(kind, "prepare_cgroups", None))
 
 
