@@ -43,18 +43,16 @@ def encode(message: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def rights(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    """The ancillary data that passes `fds` with a `sendmsg` (none for no fds)."""
+    if not fds:
+        return []
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    send_frame(sock, encode(message), fds)
-
-
-def send_frame(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> None:
-    """Send an encoded frame (from `encode`, or as `receive_frame` got it: forwarding one
-    needs no decoding and encoding again)."""
-    if fds:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        sent = sock.sendmsg([data], ancillary)
-    else:
-        sent = sock.send(data)
+    data = encode(message)
+    sent = sock.sendmsg([data], rights(fds or []))
     if sent < len(data):
         sock.sendall(data[sent:])
 

@@ -54,7 +54,6 @@ on when it runs, so the run is confined exactly as a fresh fork would be.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import ctypes
 import errno
@@ -252,12 +251,6 @@ def _join(procs_files: list[bytes]) -> None:
             os.write(procs, b"0")
         finally:
             os.close(procs)
-
-
-def _ahead_text(ahead: list[Any]) -> str:
-    """The JSON text of ahead hooks, as `framing` encodes them: the host compares its
-    request's with a warm child's (see `client`)."""
-    return framing.encode_text(ahead)
 
 
 def _ahead_of(request: dict[str, Any]) -> list[Any] | None:
@@ -590,7 +583,7 @@ class Helper:
             "event": "offer",
             "pid": pid,
             "key": list(key),
-            "ahead": "" if like.ahead is None else _ahead_text(like.ahead),
+            "ahead": "" if like.ahead is None else framing.encode_text(like.ahead),
             "hooks": sorted(self.hooks),
         }
         self._post(framing.encode(offer), [os.dup(runs.fileno())])
@@ -606,13 +599,8 @@ class Helper:
     def _flush(self) -> None:
         while self.outbox:
             frame, fds = self.outbox[0]
-            ancillary = (
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-                if fds
-                else []
-            )
             try:
-                sent = self.control.sendmsg([frame], ancillary, socket.MSG_DONTWAIT)
+                sent = self.control.sendmsg([frame], framing.rights(fds), socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # the host is gone: the control socket's EOF ends us
@@ -797,8 +785,7 @@ class Helper:
         """A frame from the host: a spawn request, a claim, or a prepare hint. Raises
         `_HostGone` when the host is gone (or sent something that is not a frame)."""
         try:
-            frame, fds = framing.receive_frame(self.control)
-            request = framing.decode(frame)
+            request, fds = framing.receive(self.control)
         except (framing.FrameError, OSError, ValueError) as error:
             raise _HostGone from error
         if request.get("op") == "claim":
