@@ -248,7 +248,64 @@ def test_placeholders_of_a_host_killed_mid_run_are_removed_by_the_next_host(
     assert rerun.returncode == 0
     assert sorted(os.listdir(box.workspace)) == [".vscode"]
     assert (box.workspace / ".vscode" / "keep").read_text() == "someone's file"
-    assert list((state / "mechasandbox" / "placeholders").iterdir()) == []
+    kept = state / "mechasandbox" / "placeholders"
+    assert [p.name for p in kept.iterdir() if p.name != "workspaces"] == []  # journals, stashes
+    pending = [p for p in (kept / "workspaces").iterdir() if p.suffix == ".pending"]
+    assert not any(p.stat().st_size for p in pending)
+
+
+_HOST_RUNNING = r"""
+import anyio, sys
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.domain import Limits, Policy, RunRequest
+from mechasandbox.runner.runner import HelperProcessRunner
+
+backend = BubblewrapBackend(runner=HelperProcessRunner())
+request = RunRequest(argv=("sh", "-c", sys.argv[2]), workspace=sys.argv[1])
+result = anyio.run(backend.run, request, Policy(limits=Limits(timeout_s=60))).unwrap()
+sys.stdout.buffer.write(result.stdout + result.stderr)
+"""
+
+
+def test_a_run_of_another_process_keeps_its_covers_when_the_first_ends(
+    box: Box, tmp_path: Path
+) -> None:
+    """Two host processes run in one workspace. The second one's sandbox starts while the
+    first one's placeholders stand, and covers them in turn (read-only binds of those
+    directories). When the first run ends, its placeholders must stay until the second
+    ends: removing a mount point from outside detaches the mounts on it, and the second
+    sandbox could then create `.env` and `.git/hooks` in the workspace. The last run to end
+    removes them."""
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "PYTHONPATH": SRC}
+    first = subprocess.Popen(
+        [sys.executable, "-c", _HOST_RUNNING, str(box.workspace), "echo up; sleep 1"],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not (box.workspace / ".env").is_dir():
+        assert time.monotonic() < deadline, "the first run never started"
+        time.sleep(0.02)
+    attack = (
+        "sleep 2.5; echo 'export PWNED=1' > .env; echo env=$?; "
+        "mkdir -p .git/hooks && echo 'echo hooked' > .git/hooks/pre-commit; echo hook=$?; "
+        "echo 'export PWNED=1' > .envrc; echo envrc=$?"
+    )
+    second = subprocess.run(
+        [sys.executable, "-c", _HOST_RUNNING, str(box.workspace), attack],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    first_out, _ = first.communicate(timeout=60)
+    assert first.returncode == 0 and b"up" in first_out
+    statuses = dict(
+        line.split("=", 1) for line in second.stdout.decode().splitlines() if "=" in line
+    )
+    assert set(statuses) == {"env", "hook", "envrc"}, second.stdout
+    assert all(value != "0" for value in statuses.values()), second.stdout
+    assert os.listdir(box.workspace) == []  # nothing written, and no placeholder left
 
 
 def test_concurrent_runs_in_one_workspace_share_placeholders_safely(box: Box) -> None:

@@ -226,6 +226,19 @@ def test_config_file_that_is_a_directory(workspace: Path, tmp_path: Path) -> Non
     assert "directory" in failed(workspace, extra_files=(str(tmp_path),)).problem
 
 
+def test_an_empty_directory_in_place_of_the_project_file_is_no_project_file(
+    workspace: Path,
+) -> None:
+    """What a bubblewrap run of another process covers the missing `.mechasandbox.toml` with
+    while it runs: a run started meanwhile reads no project file there, and fails on none.
+    A directory with content is still an error."""
+    (workspace / ".mechasandbox.toml").mkdir()
+    assert loaded(workspace).policy == loaded(workspace, overrides=Settings()).policy
+    assert [f for f in loaded(workspace).files if ".mechasandbox.toml" in f] == []
+    (workspace / ".mechasandbox.toml" / "x").write_text("")
+    assert "directory" in failed(workspace).problem
+
+
 def test_toml_syntax_error_names_the_line(workspace: Path, tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.toml", '[limits]\nmemory = "1g"\ntimeout = \n')
     error = failed(workspace, extra_files=(bad,))

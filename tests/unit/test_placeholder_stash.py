@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash
-from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders
+from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders, _journal_entry
 
 
 def _workspace(tmp_path: Path, *names: str) -> Path:
@@ -107,6 +107,7 @@ def test_a_forked_host_keeps_a_journal_of_its_own(tmp_path: Path) -> None:
             os._exit(status)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child removed its parent's journal"
-    assert parent_journal.read_text().split() == [str(tmp_path / ".envrc")]
+    lines = parent_journal.read_text().splitlines()
+    assert [_journal_entry(line) for line in lines] == [(workspace, str(tmp_path / ".envrc"))]
     placeholders.leave(workspace)
     placeholders._journal.close()

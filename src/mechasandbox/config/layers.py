@@ -20,6 +20,7 @@ from mechasandbox.config.loading import (
     PROJECT_JSON,
     PROJECT_TOML,
     ResolvedConfig,
+    project_file_at,
 )
 from mechasandbox.config.narrowing import narrow, narrow_backend
 from mechasandbox.config.openagents import openagents_layer
@@ -116,14 +117,14 @@ def _narrow(
 
 def _project_toml(state: _State, workspace: str) -> Result[_State, ConfigInvalid]:
     path = os.path.join(workspace, PROJECT_TOML)
-    if not os.path.lexists(path):
+    if not project_file_at(path):
         return Success(state)
     return _toml_layer(path).bind(lambda settings: _narrow(state, settings, path, workspace))
 
 
 def _project_json(state: _State, workspace: str) -> Result[_State, ConfigInvalid]:
     path = os.path.join(workspace, PROJECT_JSON)
-    if not os.path.lexists(path):
+    if not project_file_at(path):
         return Success(state)
     layer_result = read_json(path).bind(lambda document: openagents_layer(document, path))
     if isinstance(layer_result, Failure):

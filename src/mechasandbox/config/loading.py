@@ -82,8 +82,21 @@ def _known_defaults() -> ResolvedConfig | None:
     )
 
 
+def project_file_at(path: str) -> bool:
+    """Whether there is a project file to read at `path`. An empty directory does not
+    count: it is what a bubblewrap run of another process covers a missing protected path
+    with (`.mechasandbox.toml` is one) while it runs; it holds no policy to narrow with."""
+    if not os.path.lexists(path):
+        return False
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is not None
+    except OSError:  # not a directory (the usual file), or unreadable: read it and say so
+        return True
+
+
 def _has_project_files(root: str) -> bool:
-    return any(os.path.lexists(os.path.join(root, name)) for name in (PROJECT_TOML, PROJECT_JSON))
+    return any(project_file_at(os.path.join(root, name)) for name in (PROJECT_TOML, PROJECT_JSON))
 
 
 def _workspace(workspace: str) -> Result[str, ConfigInvalid]:

@@ -5,14 +5,16 @@ They stay while any run of this process still uses their workspace: removing one
 another run's bwrap is setting up (or running) over the same workspace would break that run
 ("Can't get type of source"), so removal waits for the last run in the workspace to end;
 meanwhile new runs treat them as missing paths and cover them read-only too. Runs of other
-processes are not coordinated.
+processes of the same user wait for each other through `workspace_locks`: a placeholder is a
+mount point in every sandbox that covered it, and removing it would detach those covers.
 
 A host that dies during a run (SIGKILL, a crash) cannot remove them, and an empty `.env/` or
 `.mechasandbox.toml/` directory left in a workspace breaks the tools that expect a file
 there. So each process journals the paths it may leave behind in a file of its own under
 the user's state directory, and removes the journal at exit; the next process that makes
 placeholders first removes what the journals of dead processes list (empty directories
-only: anything with content stays).
+only: anything with content stays; in a workspace where other processes still run, they are
+left pending for the last of them, see `workspace_locks`).
 
 Removal itself mostly happens off the run's path: see `placeholder_stash`.
 """
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash, remove_stash
+from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks
 
 
 def path_depth(path: str) -> int:
@@ -60,8 +64,19 @@ def _start_time(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
+def _journal_entry(line: str) -> tuple[str | None, str]:
+    """(workspace, placeholder) of a journal line: a JSON pair, or (from an earlier
+    version) a bare path."""
+    if line.startswith("["):
+        with contextlib.suppress(ValueError, TypeError):
+            workspace, path = json.loads(line)
+            return str(workspace), str(path)
+    return None, line
+
+
 class _Journal:
-    """This process's list of the placeholders it made (one path per line)."""
+    """This process's list of the placeholders it made (one JSON [workspace, path] per
+    line)."""
 
     def __init__(self, directory: Path | None) -> None:
         self._directory = directory
@@ -109,8 +124,9 @@ class _Journal:
                 self._stash = PlaceholderStash(path.with_suffix(".stash"))
         return self._stash
 
-    def sweep(self) -> None:
-        """Remove what the journals of dead processes list, then the journals."""
+    def sweep(self, locks: WorkspaceLocks) -> None:
+        """Remove what the journals of dead processes list (through `locks`: pending where
+        others still run), then the journals."""
         self.swept = True
         if self.directory is None:
             return
@@ -126,10 +142,15 @@ class _Journal:
                     remove_stash(Path(entry.path))
                     continue
                 with contextlib.suppress(OSError):
-                    remove_placeholders(Path(entry.path).read_text().splitlines())
+                    lines = Path(entry.path).read_text().splitlines()
+                    listed = [_journal_entry(line) for line in lines]
+                    remove_placeholders(path for ws, path in listed if ws is None)
+                    locks.hand_over(
+                        ((ws, path) for ws, path in listed if ws is not None), _remove_empty
+                    )
                     os.unlink(entry.path)
 
-    def record(self, paths: Iterable[str]) -> None:
+    def record(self, workspace: str, paths: Iterable[str]) -> None:
         self._mine()
         new = [p for p in paths if p not in self.written]
         if not new:
@@ -140,7 +161,7 @@ class _Journal:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, "".join(f"{p}\n" for p in new).encode())
+                os.write(fd, "".join(json.dumps([workspace, p]) + "\n" for p in new).encode())
             finally:
                 os.close(fd)
         except OSError:
@@ -153,6 +174,10 @@ class _Journal:
                 os.unlink(self.path)
 
 
+def _remove_empty(_workspace: str, paths: list[str]) -> None:
+    remove_placeholders(paths)
+
+
 class WorkspacePlaceholders:
     """The placeholders of this process's runs, by workspace (see the module's docstring)."""
 
@@ -161,6 +186,23 @@ class WorkspacePlaceholders:
         self._runs: dict[str, int] = {}
         self._created: dict[str, set[str]] = {}
         self._journal = _Journal(state_directory)
+        self._locks: WorkspaceLocks | None = None
+        self._owner = os.getpid()
+
+    def _workspace_locks(self) -> WorkspaceLocks:
+        """Made at first use, beside the journal (the state directory is looked up then)."""
+        if self._locks is None:
+            directory = self._journal.directory
+            self._locks = WorkspaceLocks(directory / "workspaces" if directory else None)
+            atexit.register(self._locks.close)
+        return self._locks
+
+    def _mine(self) -> None:
+        """In a process forked since: the parent's runs are not ours to end."""
+        if self._owner != os.getpid():
+            self._owner = os.getpid()
+            self._runs = {}
+            self._created = {}
 
     def active(self, workspace: str) -> tuple[str, ...]:
         with self._lock:
@@ -168,8 +210,12 @@ class WorkspacePlaceholders:
 
     def enter(self, workspace: str) -> None:
         with self._lock:
+            self._mine()
+            locks = self._workspace_locks()
             if not self._journal.swept:
-                self._journal.sweep()
+                self._journal.sweep(locks)
+            if not self._runs.get(workspace):
+                locks.enter(workspace)
             self._runs[workspace] = self._runs.get(workspace, 0) + 1
 
     def created(self, workspace: str, placeholders: Iterable[str]) -> None:
@@ -178,7 +224,7 @@ class WorkspacePlaceholders:
         paths = tuple(placeholders)
         with self._lock:
             self._created.setdefault(workspace, set()).update(paths)
-            self._journal.record(paths)
+            self._journal.record(workspace, paths)
 
     def leave(self, workspace: str) -> None:
         with self._lock:
@@ -186,7 +232,10 @@ class WorkspacePlaceholders:
             if self._runs[workspace]:
                 return
             del self._runs[workspace]
-            paths = self._created.pop(workspace, set())
-            stash = self._journal.stash() if paths else None
-        ordered = sorted(paths, key=path_depth, reverse=True)
-        remove_placeholders(stash.retire(workspace, ordered) if stash else ordered)
+            paths = sorted(self._created.pop(workspace, set()), key=path_depth, reverse=True)
+            self._workspace_locks().leave(workspace, paths, self._retire)
+
+    def _retire(self, workspace: str, paths: list[str]) -> None:
+        """Out of the workspace through the stash where it can, else removed in place."""
+        stash = self._journal.stash() if paths else None
+        remove_placeholders(stash.retire(workspace, paths) if stash else paths)

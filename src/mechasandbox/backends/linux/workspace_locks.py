@@ -1,0 +1,197 @@
+"""Runs of several processes in one workspace, kept from removing each other's placeholders.
+
+A placeholder is a mount point: while a sandbox stands, the directory carries its read-only
+cover of a missing protected path (`.env`, `.git`...), and a sandbox of another process that
+started meanwhile in the same workspace found that directory and bound it read-only in turn.
+Removing or renaming a directory that is a mount point in another mount namespace succeeds
+(Linux >= 3.18) and detaches the mounts on it there: the other sandbox could then create
+`.env` or `.git/hooks/...` for real. So the processes of one user coordinate through a lock
+file in the state directory, per workspace (hashed into `_BUCKETS` files, so that they stay
+few: workspaces of one bucket only wait for each other's cleanup). A process holds its
+bucket's lock shared while it has runs there, and removes placeholders only once it gets the
+lock exclusive, i.e. when no run of any process is left in the bucket. One that cannot get it
+appends its placeholders to the bucket's pending file, then tries once more: whoever gets the
+lock exclusive next removes what is pending (empty directories only), so that the last run to
+end cleans up.
+
+The lock files are outside every sandbox (the home directory is hidden; see
+docs/backends-bubblewrap.md), so a sandboxed process cannot hold them. Another user's runs in
+the same workspace use another state directory and are not coordinated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+_BUCKETS = 256
+
+# (workspace, placeholders) -> None: removes what it can (empty directories only).
+Remover = Callable[[str, list[str]], None]
+
+
+def bucket_of(workspace: str) -> str:
+    digest = hashlib.sha256(os.fsencode(workspace)).digest()
+    return f"{digest[0] % _BUCKETS:02x}"
+
+
+class WorkspaceLocks:
+    """This process's side of the coordination (not thread-safe: the caller serialises)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self._directory = directory
+        self._owner = os.getpid()
+        self._fds: dict[str, int] = {}
+        self._busy: dict[str, int] = {}  # by bucket: its workspaces this process runs in
+        self._deferred: dict[str, list[tuple[str, list[str]]]] = {}  # by bucket
+
+    def _mine(self) -> None:
+        """In a process forked since: the inherited descriptors share the parent's locks
+        (an unlock here would release the parent's); start afresh."""
+        if self._owner != os.getpid():
+            self._owner = os.getpid()
+            self._fds = {}
+            self._busy = {}
+            self._deferred = {}
+
+    def _fd(self, bucket: str) -> int | None:
+        if bucket in self._fds:
+            return self._fds[bucket]
+        if self._directory is None:
+            return None
+        try:
+            self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(
+                self._directory / f"{bucket}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError:
+            return None
+        self._fds[bucket] = fd
+        return fd
+
+    def enter(self, workspace: str) -> None:
+        """The first run of this process in `workspace` starts: hold its bucket shared
+        (waits while another process removes placeholders there)."""
+        self._mine()
+        bucket = bucket_of(workspace)
+        if not self._busy.get(bucket):
+            fd = self._fd(bucket)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+        self._busy[bucket] = self._busy.get(bucket, 0) + 1
+
+    def leave(self, workspace: str, placeholders: list[str], remove: Remover) -> None:
+        """The last run of this process in `workspace` ended: its placeholders go once no
+        run of any process is left in the bucket (now, or by whoever ends last)."""
+        self._mine()
+        bucket = bucket_of(workspace)
+        if placeholders:
+            self._deferred.setdefault(bucket, []).append((workspace, placeholders))
+        self._busy[bucket] -= 1
+        if self._busy[bucket]:
+            return  # another workspace of the bucket still runs here: later
+        del self._busy[bucket]
+        self._settle(bucket, self._deferred.pop(bucket, []), remove)
+
+    def hand_over(self, entries: Iterable[tuple[str, str]], remove: Remover) -> None:
+        """Placeholders a dead process left (workspace, path): removed, or made pending."""
+        self._mine()
+        by_bucket: dict[str, dict[str, list[str]]] = {}
+        for workspace, path in entries:
+            by_bucket.setdefault(bucket_of(workspace), {}).setdefault(workspace, []).append(path)
+        for bucket, workspaces in by_bucket.items():
+            if self._busy.get(bucket):
+                self._append_pending(bucket, list(workspaces.items()))
+            else:
+                self._settle(bucket, list(workspaces.items()), remove)
+
+    def _settle(self, bucket: str, owned: list[tuple[str, list[str]]], remove: Remover) -> None:
+        fd = self._fd(bucket)
+        if fd is None:  # no state directory: nothing to coordinate with
+            for workspace, paths in owned:
+                remove(workspace, paths)
+            return
+        try:
+            if self._exclusive(fd):
+                for workspace, paths in owned:
+                    remove(workspace, paths)
+                self._drain_pending(bucket, remove)
+                return
+            # Someone still runs in the bucket: pending, then once more, in case the last
+            # of them ended (and drained) between our try and the append.
+            self._append_pending(bucket, owned)
+            if self._exclusive(fd):
+                self._drain_pending(bucket, remove)
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _exclusive(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another (EWOULDBLOCK), or not lockable: remove nothing
+            return False
+        return True
+
+    def _pending_path(self, bucket: str) -> Path:
+        assert self._directory is not None
+        return self._directory / f"{bucket}.pending"
+
+    def _append_pending(self, bucket: str, owned: list[tuple[str, list[str]]]) -> None:
+        lines = "".join(
+            json.dumps([workspace, path]) + "\n" for workspace, paths in owned for path in paths
+        )
+        if not lines or self._directory is None:
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(
+                self._pending_path(bucket),
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, lines.encode())
+            finally:
+                os.close(fd)
+
+    def _drain_pending(self, bucket: str, remove: Remover) -> None:
+        """Called holding the bucket exclusive: remove what other processes left pending."""
+        path = self._pending_path(bucket)
+        try:
+            if not os.stat(path).st_size:
+                return
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                text = handle.read()
+            os.ftruncate(fd, 0)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        by_workspace: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, TypeError):
+                workspace, placeholder = json.loads(line)
+                by_workspace.setdefault(str(workspace), []).append(str(placeholder))
+        for workspace, paths in by_workspace.items():
+            remove(workspace, paths)
+
+    def close(self) -> None:
+        if self._owner != os.getpid():
+            return
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = {}

@@ -1,0 +1,100 @@
+"""Placeholders of runs in one workspace go only when no process runs there any more.
+
+Two `WorkspaceLocks` open the lock file separately, so their `flock` locks conflict as those
+of two processes do; the cross-process attack itself is in test_bubblewrap_security.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mechasandbox.backends.linux.placeholders import remove_placeholders
+from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks, bucket_of
+
+
+def _remove(_workspace: str, paths: list[str]) -> None:
+    remove_placeholders(paths)
+
+
+def _placeholder(workspace: Path, name: str) -> str:
+    (workspace / name).mkdir()
+    return str(workspace / name)
+
+
+def test_the_last_process_to_leave_removes_what_the_others_made(tmp_path: Path) -> None:
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    first, second = WorkspaceLocks(state), WorkspaceLocks(state)
+    first.enter(str(workspace))
+    envrc = _placeholder(workspace, ".envrc")
+    second.enter(str(workspace))  # its sandbox covers the first one's .envrc in turn
+    first.leave(str(workspace), [envrc], _remove)
+    assert os.path.isdir(envrc), "removed under a run of another process"
+    second.leave(str(workspace), [], _remove)
+    assert not os.path.exists(envrc)
+    assert (state / f"{bucket_of(str(workspace))}.pending").stat().st_size == 0
+
+
+def test_alone_in_the_workspace_a_process_removes_its_own_at_once(tmp_path: Path) -> None:
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    locks = WorkspaceLocks(state)
+    locks.enter(str(workspace))
+    env = _placeholder(workspace, ".env")
+    locks.leave(str(workspace), [env], _remove)
+    assert not os.path.exists(env)
+
+
+def test_a_dead_process_s_placeholders_wait_for_the_runs_still_there(tmp_path: Path) -> None:
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    running, sweeper = WorkspaceLocks(state), WorkspaceLocks(state)
+    running.enter(str(workspace))
+    git = _placeholder(workspace, ".git")
+    (workspace / ".vscode").mkdir()
+    (workspace / ".vscode" / "tasks.json").write_text("{}")  # content: never removed
+    sweeper.hand_over(
+        [(str(workspace), git), (str(workspace), str(workspace / ".vscode"))], _remove
+    )
+    assert os.path.isdir(git)
+    running.leave(str(workspace), [], _remove)
+    assert sorted(os.listdir(workspace)) == [".vscode"]
+
+
+def test_without_a_state_directory_placeholders_go_at_once(tmp_path: Path) -> None:
+    locks = WorkspaceLocks(None)
+    locks.enter(str(tmp_path))
+    idea = _placeholder(tmp_path, ".idea")
+    locks.leave(str(tmp_path), [idea], _remove)
+    assert not os.path.exists(idea)
+
+
+def test_a_process_forked_mid_run_coordinates_as_a_process_of_its_own(tmp_path: Path) -> None:
+    """A child forked while the parent runs in the workspace shares the parent's lock
+    descriptor and its count of runs: it must neither release the parent's lock nor count
+    the parent's run as its own (its placeholders would never go)."""
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    parent = WorkspaceLocks(state)
+    parent.enter(str(workspace))
+    idea = str(workspace / ".idea")
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            parent.enter(str(workspace))  # the child's own run
+            os.mkdir(idea)
+            parent.leave(str(workspace), [idea], _remove)
+            parent.close()
+            status = 0 if os.path.isdir(idea) else 1  # the parent still runs: pending
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "removed while the parent runs"
+    other = WorkspaceLocks(state)
+    other.enter(str(workspace))
+    vscode = _placeholder(workspace, ".vscode")
+    other.leave(str(workspace), [vscode], _remove)
+    assert os.path.isdir(vscode), "the child released the parent's lock"
+    parent.leave(str(workspace), [], _remove)
+    assert os.listdir(workspace) == []
