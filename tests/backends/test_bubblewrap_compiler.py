@@ -112,6 +112,26 @@ def test_golden_argv_for_a_git_workspace_in_home() -> None:
     assert argv == Success(tuple(shlex.split(GOLDEN)))
 
 
+def test_the_guards_are_the_pins_and_masks_of_existing_host_paths() -> None:
+    """What is checked after a run for a replacement on the host (see `guards`): pins and
+    masks, not the placeholders (bwrap makes those) nor the trees the sandbox sees."""
+    policy = Policy(filesystem=SMALL)
+    facts = layout(
+        policy,
+        overrides={
+            "/home/ada/proj/.git": DIR,
+            "/home/ada/proj/.git/hooks": DIR,
+            "/home/ada/proj/.git/config": FILE,
+        },
+    )
+    assert compile_ok(policy, facts).guards == (
+        ("/home/ada/proj/.git", "write"),
+        ("/home/ada/proj/.git/hooks", "write"),
+        ("/home/ada/proj/.git/config", "write"),
+        ("/etc/shadow", "read"),
+    )
+
+
 def test_missing_protected_paths_get_placeholders_at_the_first_missing_component() -> None:
     command = compile_ok(Policy(filesystem=SMALL), layout(Policy(filesystem=SMALL)))
     # no .git at all: .git itself is covered, so `git init` cannot plant hooks or config

@@ -11,7 +11,9 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -306,6 +308,64 @@ def test_a_run_of_another_process_keeps_its_covers_when_the_first_ends(
     assert set(statuses) == {"env", "hook", "envrc"}, second.stdout
     assert all(value != "0" for value in statuses.values()), second.stdout
     assert os.listdir(box.workspace) == []  # nothing written, and no placeholder left
+
+
+def _replace_when_started(marker: Path, replace: Callable[[], None]) -> threading.Thread:
+    """Calls `replace` on the host once the sandbox has made `marker`."""
+
+    def wait_then_replace() -> None:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        replace()
+
+    thread = threading.Thread(target=wait_then_replace)
+    thread.start()
+    return thread
+
+
+def test_a_pin_replaced_on_the_host_during_the_run_is_reported(box: Box) -> None:
+    """`git config` on the host writes `.git/config.lock` and renames it over `.git/config`,
+    which takes the sandbox's read-only pin off with the old file: the result must say so."""
+    git = ("git", "-C", str(box.workspace))
+    subprocess.run([*git, "init", "-q"], check=True)
+    quiet = box.sh("sleep 0.2; echo end")
+    assert not [w for w in quiet.warnings if "replaced" in w], quiet.warnings
+
+    def host_git() -> None:
+        subprocess.run([*git, "config", "user.name", "someone"], check=True)
+
+    thread = _replace_when_started(box.workspace / "started", host_git)
+    try:
+        result = box.sh("touch started; sleep 1; echo end")
+    finally:
+        thread.join()
+    assert "end" in out(result)
+    config = str(box.workspace / ".git" / "config")
+    assert [w for w in result.warnings if w.startswith(f"{config} was replaced")], result.warnings
+    assert "could have written" in " ".join(result.warnings)
+
+
+def test_a_mask_replaced_on_the_host_during_the_run_is_reported(
+    runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    box = make_box(runner, tmp_path)
+    home_box = attrs.evolve(box, workspace=box.home)
+    netrc = box.home / ".netrc"
+
+    def rewrite() -> None:
+        fresh = box.home / ".netrc.new"
+        fresh.write_text(SECRET)
+        os.rename(fresh, netrc)
+
+    thread = _replace_when_started(box.home / "started", rewrite)
+    try:
+        result = home_box.sh("touch started; sleep 1; echo end")
+    finally:
+        thread.join()
+    assert "end" in out(result)
+    lost = [w for w in result.warnings if w.startswith(f"{netrc} was replaced")]
+    assert lost and "mask" in lost[0] and "could have read" in lost[0], result.warnings
 
 
 def test_concurrent_runs_in_one_workspace_share_placeholders_safely(box: Box) -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -236,6 +237,36 @@ def test_protected_paths_and_rename_tricks(sandbox: Sandbox) -> None:
     assert (ws / ".git/hooks").is_dir()
     assert (ws / ".git/config").stat().st_nlink == 1  # `ln` refused (refer)
     assert (ws / ".git/objects/ok").exists()  # the rest of .git stays writable for git
+
+
+def test_a_protected_file_replaced_on_the_host_during_the_run_stays_read_only(
+    sandbox: Sandbox,
+) -> None:
+    """`git config` on the host renames a new `.git/config` over the old one while the
+    command runs: the new file has no rule of its own and its directory is carved read-only,
+    so it is as unwritable as the old one (bubblewrap's pins come off in this case)."""
+    config = sandbox.workspace / ".git" / "config"
+
+    def host_rewrite() -> None:
+        deadline = time.monotonic() + 30
+        while not (sandbox.workspace / "src" / "started").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        fresh = sandbox.workspace / ".git" / "config.lock"
+        fresh.write_text("[core]\n\trepositoryformatversion = 0\n")
+        os.rename(fresh, config)
+
+    thread = threading.Thread(target=host_rewrite)
+    thread.start()
+    try:
+        run = sandbox.sh(
+            "touch src/started; sleep 1; printf '[core]\\n\\tfsmonitor = evil\\n' >> "
+            ".git/config; echo status=$?"
+        )
+    finally:
+        thread.join()
+    assert "status=0" not in out(run), out(run)
+    assert config.read_text() == "[core]\n\trepositoryformatversion = 0\n"
 
 
 def test_metadata_outside_is_not_confined(sandbox: Sandbox) -> None:

@@ -62,6 +62,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.guards import guards_lost, identities
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders, path_depth
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
@@ -248,6 +249,10 @@ class _Mount:
     args: tuple[str, ...]
     exposes: bool
     writable: bool = False
+    # Over an existing host path inside a tree the sandbox sees, to keep it from being
+    # written ("write") or read ("read"): it holds on to that path's directory entry, so a
+    # host process replacing the path (a rename over it) takes it off (see `guards_lost`).
+    guards: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -265,6 +270,11 @@ class BwrapCommand:
         """Whether the host's `path` (a real path) can be seen inside the sandbox."""
         covering = _covering(self.mounts, path)
         return covering is not None and covering.exposes
+
+    @property
+    def guards(self) -> tuple[tuple[str, str], ...]:
+        """(host path, "write" or "read") of the mounts that guard existing host paths."""
+        return tuple((m.dest, m.guards) for m in self.mounts if m.guards is not None)
 
 
 def _under(path: str, root: str) -> bool:
@@ -400,9 +410,14 @@ def _protect(target: str, mounts: list[_Mount], layout: HostLayout) -> _Protecti
             added.append(_Mount(dest=path, args=placeholder, exposes=False))
             return _Protection(mounts=tuple(added), placeholders=(path,))
         if last or fact.kind is not PathKind.DIRECTORY:
-            added.append(_Mount(dest=path, args=("--ro-bind", path, path), exposes=True))
+            pin = _Mount(dest=path, args=("--ro-bind", path, path), exposes=True, guards="write")
+            added.append(pin)
             return _Protection(mounts=tuple(added))
-        added.append(_Mount(dest=path, args=("--bind", path, path), exposes=True, writable=True))
+        added.append(
+            _Mount(
+                dest=path, args=("--bind", path, path), exposes=True, writable=True, guards="write"
+            )
+        )
     return _Protection(mounts=tuple(added))
 
 
@@ -412,8 +427,9 @@ def _mask(path: str, kind: PathKind) -> _Mount:
             dest=path,
             args=("--perms", "0000", "--tmpfs", path, "--remount-ro", path),
             exposes=False,
+            guards="read",
         )
-    return _Mount(dest=path, args=("--ro-bind", "/dev/null", path), exposes=False)
+    return _Mount(dest=path, args=("--ro-bind", "/dev/null", path), exposes=False, guards="read")
 
 
 def _check_workspace_placement(
@@ -947,6 +963,7 @@ class BubblewrapBackend:
                     return Failure(compiled.failure())
                 command, spec = compiled.unwrap()
                 _PLACEHOLDERS.created(workspace, command.placeholders)
+                guarded = identities(command.guards)
                 result = await execute_spec(
                     NAME,
                     self.runner,
@@ -962,6 +979,10 @@ class BubblewrapBackend:
                 failed = _setup_failure(result.unwrap(), request.argv[0])
                 if failed is not None:
                     return Failure(failed)
+                lost = guards_lost(guarded, command.guards)
+                if lost:
+                    value = result.unwrap()
+                    return Success(attrs.evolve(value, warnings=value.warnings + lost))
             return result
 
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
