@@ -24,6 +24,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 from mechasandbox.domain.errors import (
+    BackendFailed,
     CpuLimit,
     MemoryLimit,
     PolicyUnsupported,
@@ -324,48 +325,60 @@ def _replace_when_started(marker: Path, replace: Callable[[], None]) -> threadin
     return thread
 
 
-def test_a_pin_replaced_on_the_host_during_the_run_is_reported(box: Box) -> None:
+def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     """`git config` on the host writes `.git/config.lock` and renames it over `.git/config`,
-    which takes the sandbox's read-only pin off with the old file: the result must say so."""
+    which takes the sandbox's read-only pin off with the old file: the command could then
+    plant `core.fsmonitor`. The run is stopped before the command's write a second later,
+    and the error says why."""
     git = ("git", "-C", str(box.workspace))
     subprocess.run([*git, "init", "-q"], check=True)
-    quiet = box.sh("sleep 0.2; echo end")
-    assert not [w for w in quiet.warnings if "replaced" in w], quiet.warnings
+    quiet = box.sh("sleep 0.2; echo end")  # no replacement: runs to its end
+    assert "end" in out(quiet) and not [w for w in quiet.warnings if "replaced" in w]
 
     def host_git() -> None:
         subprocess.run([*git, "config", "user.name", "someone"], check=True)
 
     thread = _replace_when_started(box.workspace / "started", host_git)
     try:
-        result = box.sh("touch started; sleep 1; echo end")
+        result = box.run(
+            "sh", "-c", "touch started; sleep 1; echo '[core] fsmonitor = evil' >> .git/config"
+        )
     finally:
         thread.join()
-    assert "end" in out(result)
-    config = str(box.workspace / ".git" / "config")
-    assert [w for w in result.warnings if w.startswith(f"{config} was replaced")], result.warnings
-    assert "could have written" in " ".join(result.warnings)
+    config = box.workspace / ".git" / "config"
+    assert "evil" not in config.read_text()
+    left = subprocess.run(["pgrep", "-f", "fsmonitor = evil"], check=False, capture_output=True)
+    assert left.returncode == 1, left.stdout  # the stopped run left nothing behind
+    assert isinstance(result, Failure), result
+    error = result.failure()
+    assert isinstance(error, BackendFailed), error
+    assert f"{config} was replaced on the host" in error.reason and "read-only pin" in error.reason
 
 
-def test_a_mask_replaced_on_the_host_during_the_run_is_reported(
+def test_a_run_whose_mask_is_replaced_on_the_host_is_stopped(
     runner: HelperProcessRunner, tmp_path: Path
 ) -> None:
+    """The same for a masked secret an editor or a tool saves by a rename: the command,
+    reading it a second later, would see the new one; it is stopped before."""
     box = make_box(runner, tmp_path)
     home_box = attrs.evolve(box, workspace=box.home)
     netrc = box.home / ".netrc"
 
     def rewrite() -> None:
         fresh = box.home / ".netrc.new"
-        fresh.write_text(SECRET)
+        fresh.write_text(SECRET + "-new")
         os.rename(fresh, netrc)
 
     thread = _replace_when_started(box.home / "started", rewrite)
     try:
-        result = home_box.sh("touch started; sleep 1; echo end")
+        result = home_box.run("sh", "-c", "touch started; sleep 1; cat .netrc > leaked")
     finally:
         thread.join()
-    assert "end" in out(result)
-    lost = [w for w in result.warnings if w.startswith(f"{netrc} was replaced")]
-    assert lost and "mask" in lost[0] and "could have read" in lost[0], result.warnings
+    assert not (box.home / "leaked").exists()
+    assert isinstance(result, Failure), result
+    error = result.failure()
+    assert isinstance(error, BackendFailed) and f"{netrc} was replaced" in error.reason, error
+    assert "mask" in error.reason
 
 
 def test_concurrent_runs_in_one_workspace_share_placeholders_safely(box: Box) -> None:

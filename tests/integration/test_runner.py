@@ -7,11 +7,13 @@ import resource
 import secrets
 import sys
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
 
 from mechasandbox.domain.limits import MIB
+from mechasandbox.runner.blocking import BlockingHelperRunner
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
 from mechasandbox.runner.runner import HelperProcessRunner
@@ -58,6 +60,47 @@ def test_cancelling_the_callers_scope_kills_the_tree(runner: HelperProcessRunner
     assert seen.peak == ESCAPERS
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
+
+
+def _stop_after(seconds: float, reason: str) -> tuple[list[int], Callable[[], str | None]]:
+    """A watch that gives `reason` once `seconds` have passed, counting its calls."""
+    calls: list[int] = []
+    due = time.monotonic() + seconds
+
+    def watch() -> str | None:
+        calls.append(1)
+        return reason if time.monotonic() >= due else None
+
+    return calls, watch
+
+
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+def test_a_watch_that_gives_a_reason_stops_the_run(runner: HelperProcessRunner, kind: str) -> None:
+    """`SpawnSpec.watch` is called while the process runs; its reason kills the tree as a
+    deadline does and comes back as `stopped` (not `timed_out`), in both runners."""
+    marker = f"watch-{secrets.token_hex(4)}"
+    calls, watch = _stop_after(0.3, "a guard came off")
+    stopping = spec("sh", "-c", escaper_script(marker), timeout_s=60, watch=watch)
+    with PeakCounter(marker) as seen:
+        started = time.monotonic()
+        if kind == "async":
+            outcome = anyio.run(runner.run, stopping)
+        else:
+            blocking = BlockingHelperRunner()
+            try:
+                outcome = blocking.run_blocking(stopping)
+            finally:
+                blocking.close()
+        elapsed = time.monotonic() - started
+    finished = outcome.unwrap()
+    assert (finished.stopped, finished.timed_out, finished.signal) == ("a guard came off", False, 9)
+    assert elapsed < 5.0
+    assert len(calls) >= 2  # looked more than once, the first time found nothing
+    assert seen.peak == ESCAPERS
+    time.sleep(0.1)
+    assert alive_with_marker(marker) == []
+    quiet = anyio.run(runner.run, spec("sleep", "0.2", watch=lambda: None))
+    assert quiet.unwrap().stopped is None and quiet.unwrap().exit_code == 0
 
 
 def test_leftovers_die_when_the_command_exits(runner: HelperProcessRunner) -> None:

@@ -95,6 +95,10 @@ async def execute_spec(
                 manager.destroy(cgroup_run)
     if isinstance(outcome, Failure):
         return Failure(outcome.failure())
+    if outcome.unwrap().stopped is not None:  # the spec's watch stopped it: see SpawnSpec
+        return Failure(
+            BackendFailed(backend=backend, reason=f"stopped: {outcome.unwrap().stopped}")
+        )
     finished = outcome.unwrap() if adjust is None else adjust(outcome.unwrap())
     return classify(
         run_result(backend, finished, warnings=warnings, violations=violations),

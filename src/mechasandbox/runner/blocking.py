@@ -27,7 +27,7 @@ from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
 from mechasandbox.runner.capture import CappedBuffer
 from mechasandbox.runner.client import SpawnHelperClient
-from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.runner.spec import WATCH_INTERVAL_S, ProcessOutcome, SpawnSpec
 from mechasandbox.runner.submission import (
     DRAIN_GRACE_S,
     READ_CHUNK,
@@ -81,6 +81,8 @@ class _Supervision:
         self.pending = memoryview(spec.stdin or b"")
         self.last: dict[str, Any] | None = None
         self.timed_out = False
+        self.stopped: str | None = None  # the reason `spec.watch` gave, if it did
+        self.next_watch = None if spec.watch is None else run.started + WATCH_INTERVAL_S
         self.selector = selectors.DefaultSelector()
 
     def _stop_feeding(self) -> None:
@@ -121,8 +123,23 @@ class _Supervision:
     def _timeout(self, deadline: float | None, drain_until: float | None) -> float | None:
         now = time.monotonic()
         if self.last is None:
-            return None if deadline is None else max(0.0, deadline - now)
+            due = [t for t in (deadline, self.next_watch) if t is not None]
+            return max(0.0, min(due) - now) if due else None
         return None if drain_until is None else max(0.0, drain_until - now)
+
+    def _watched(self) -> bool:
+        """Calls `spec.watch` when due: True when it gave a reason to stop the run."""
+        if self.next_watch is None or self.spec.watch is None:
+            return False
+        now = time.monotonic()
+        if now < self.next_watch:
+            return False
+        self.next_watch = now + WATCH_INTERVAL_S
+        self.stopped = self.spec.watch()
+        if self.stopped is None:
+            return False
+        self.next_watch = None
+        return True
 
     def wait(self) -> dict[str, Any]:
         """Until the helper's last word and EOF on the output (bounded by the grace period
@@ -148,8 +165,11 @@ class _Supervision:
                     return self.last
             elif deadline is not None and time.monotonic() >= deadline:
                 self.timed_out = True
-                deadline = None
+                deadline = self.next_watch = None
                 request_kill(run.sock)  # then wait for its last word, however long
+            elif self._watched():
+                deadline = None
+                request_kill(run.sock)
             for key, _events in selector.select(self._timeout(deadline, drain_until)):
                 if key.fd == run.sock.fileno():
                     self._on_message()
@@ -205,6 +225,7 @@ class BlockingHelperRunner:
                 supervision.err,
                 started=run.started,
                 timed_out=supervision.timed_out,
+                stopped=supervision.stopped,
             )
         finally:
             supervision.close()

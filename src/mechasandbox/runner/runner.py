@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from mechasandbox.runner import framing
 from mechasandbox.runner.capture import CappedBuffer
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
-from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.runner.spec import WATCH_INTERVAL_S, ProcessOutcome, SpawnSpec
 from mechasandbox.runner.submission import (
     DRAIN_GRACE_S,
     READ_CHUNK,
@@ -110,6 +111,7 @@ class HelperProcessRunner:
         out = CappedBuffer(spec.max_output_bytes)
         err = CappedBuffer(spec.max_output_bytes)
         timed_out = False
+        stopped: str | None = None
         exited: dict[str, Any] = {}
         try:
             async with anyio.create_task_group() as pumps:
@@ -117,11 +119,7 @@ class HelperProcessRunner:
                 pumps.start_soon(_pump, run.err_r, err)
                 if run.stdin_w is not None:
                     pumps.start_soon(_feed, run, spec.stdin or b"")
-                with anyio.move_on_after(spec.timeout_s) as deadline:
-                    exited = await _until_end(run.sock)
-                if deadline.cancelled_caught:
-                    timed_out = True
-                    exited = await self._kill_and_wait(run.sock)
+                exited, timed_out, stopped = await self._until_end_or_stop(spec, run)
                 # Leave the pumps until EOF, bounded by the grace period.
                 pumps.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE_S
         except BaseException:
@@ -131,7 +129,35 @@ class HelperProcessRunner:
                 with anyio.CancelScope(shield=True):
                     await self._kill_and_wait(run.sock)
             raise
-        return outcome_of(spec, exited, out, err, started=run.started, timed_out=timed_out)
+        return outcome_of(
+            spec,
+            exited,
+            out,
+            err,
+            started=run.started,
+            timed_out=timed_out,
+            stopped=stopped,
+        )
+
+    async def _until_end_or_stop(
+        self, spec: SpawnSpec, run: Submitted
+    ) -> tuple[dict[str, Any], bool, str | None]:
+        """The helper's last word, (that, timed out, the watch's reason to stop). The wait
+        is cut into steps of `WATCH_INTERVAL_S` only when there is a watch (no task of its
+        own: a run shorter than a step costs nothing more)."""
+        now = anyio.current_time()
+        deadline = math.inf if spec.timeout_s is None else now + spec.timeout_s
+        while True:
+            step_end = deadline
+            if spec.watch is not None:
+                step_end = min(deadline, anyio.current_time() + WATCH_INTERVAL_S)
+            with anyio.CancelScope(deadline=step_end):
+                return await _until_end(run.sock), False, None
+            if anyio.current_time() >= deadline:  # the step ran out: the deadline, or a look
+                return await self._kill_and_wait(run.sock), True, None
+            reason = spec.watch() if spec.watch is not None else None
+            if reason is not None:
+                return await self._kill_and_wait(run.sock), False, reason
 
     @staticmethod
     async def _kill_and_wait(sock: socket.socket) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -63,11 +64,20 @@ class SpawnSpec:
     # ahead of time may prepare those of later runs like this one, once this run is over
     # (a hint, as `PreparesCgroups.prepare_cgroups`; it saves a message per run).
     prepare_after: tuple[tuple[str, ...], ...] = ()
+    # Called by the runner every `WATCH_INTERVAL_S` while the process runs (in the host,
+    # never sent to the helper): a reason returned stops the run as a deadline does, and
+    # becomes the outcome's `stopped`. For what the host must keep an eye on during a run
+    # (bubblewrap: the guards of existing host paths, see `backends.linux.guards`).
+    watch: Callable[[], str | None] | None = attrs.field(default=None, eq=False, repr=False)
+
+
+WATCH_INTERVAL_S = 0.05
 
 
 @attrs.frozen(kw_only=True)
 class ProcessOutcome:
-    """How the process ended. `timed_out` means the runner killed the tree at the deadline."""
+    """How the process ended. `timed_out` means the runner killed the tree at the deadline;
+    `stopped`, that it killed it because the spec's `watch` gave this reason."""
 
     exit_code: int | None
     signal: int | None
@@ -78,3 +88,4 @@ class ProcessOutcome:
     duration_s: float
     usage: Usage
     timed_out: bool = False
+    stopped: str | None = None

@@ -132,6 +132,7 @@ def outcome_of(
     *,
     started: float,
     timed_out: bool,
+    stopped: str | None = None,
 ) -> Result[ProcessOutcome, SpawnFailed]:
     """The run's outcome from the helper's last word and the captured output."""
     if last.get("event") == "failed":
@@ -148,5 +149,6 @@ def outcome_of(
             duration_s=time.monotonic() - started,
             usage=Usage(cpu_s=float(last["cpu_s"]), max_rss_bytes=int(last["max_rss_bytes"])),
             timed_out=timed_out,
+            stopped=stopped,
         )
     )

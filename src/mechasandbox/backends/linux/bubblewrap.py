@@ -62,7 +62,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
-from mechasandbox.backends.linux.guards import guards_lost, identities
+from mechasandbox.backends.linux.guards import guards_lost, identities, watcher
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders, path_depth
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
@@ -967,7 +967,7 @@ class BubblewrapBackend:
                 result = await execute_spec(
                     NAME,
                     self.runner,
-                    spec,
+                    attrs.evolve(spec, watch=watcher(guarded, command.guards)),
                     policy,
                     warnings=warnings + command.warnings,
                     cgroups=self.cgroups,
@@ -979,10 +979,10 @@ class BubblewrapBackend:
                 failed = _setup_failure(result.unwrap(), request.argv[0])
                 if failed is not None:
                     return Failure(failed)
-                lost = guards_lost(guarded, command.guards)
-                if lost:
+                late = guards_lost(guarded, command.guards)  # since the watcher's last look
+                if late:
                     value = result.unwrap()
-                    return Success(attrs.evolve(value, warnings=value.warnings + lost))
+                    return Success(attrs.evolve(value, warnings=value.warnings + late))
             return result
 
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
