@@ -352,7 +352,33 @@ def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     assert isinstance(result, Failure), result
     error = result.failure()
     assert isinstance(error, BackendFailed), error
-    assert f"{config} was replaced on the host" in error.reason and "read-only pin" in error.reason
+    assert (
+        f"{config} was replaced on the host" in error.reason and "read-only cover" in error.reason
+    )
+
+
+def test_a_run_whose_placeholder_is_replaced_on_the_host_is_stopped(box: Box) -> None:
+    """A missing `.vscode` is covered by an empty read-only directory mounted on the
+    placeholder; a host process that removes the placeholder and makes the directory anew
+    (a rename over it would do the same) takes the cover off, and the command could plant
+    `.vscode/tasks.json`. The run is stopped first."""
+    vscode = box.workspace / ".vscode"
+
+    def recreate() -> None:
+        os.rmdir(vscode)
+        vscode.mkdir()
+
+    thread = _replace_when_started(box.workspace / "started", recreate)
+    try:
+        result = box.run(
+            "sh", "-c", "touch started; sleep 1; echo '{}' > .vscode/tasks.json; echo wrote"
+        )
+    finally:
+        thread.join()
+    assert not (vscode / "tasks.json").exists()
+    assert isinstance(result, Failure), result
+    error = result.failure()
+    assert isinstance(error, BackendFailed) and f"{vscode} was replaced" in error.reason, error
 
 
 def test_a_run_whose_mask_is_replaced_on_the_host_is_stopped(

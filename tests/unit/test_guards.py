@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mechasandbox.backends.linux.guards import guards_lost, identities, watcher
+from mechasandbox.backends.linux.guards import GuardSet
 
 
 def _replace(path: Path, text: str) -> None:
@@ -21,25 +21,57 @@ def test_a_path_replaced_by_a_rename_is_lost_and_one_rewritten_in_place_is_not(
     config, netrc = tmp_path / "config", tmp_path / "netrc"
     config.write_text("a")
     netrc.write_text("b")
-    guards = ((str(config), "write"), (str(netrc), "read"))
-    before = identities(guards)
-    config.write_text("in place")  # same inode: the mount on it holds
-    assert guards_lost(before, guards) == ()
-    _replace(netrc, "new")
-    (lost,) = guards_lost(before, guards)
-    assert lost.startswith(f"{netrc} was replaced on the host") and "mask" in lost
-    netrc.unlink()
-    assert guards_lost(before, guards) == (lost,)  # gone counts too
+    guards = GuardSet(((str(config), "write"), (str(netrc), "read")))
+    try:
+        config.write_text("in place")  # the same entry: the mount on it holds
+        assert guards.warnings() == ()
+        _replace(netrc, "new")
+        (lost,) = guards.warnings()
+        assert lost.startswith(f"{netrc} was replaced on the host") and "mask" in lost
+        netrc.unlink()
+        assert guards.warnings() == (lost,)  # gone counts too
+    finally:
+        guards.close()
+
+
+def test_a_directory_made_anew_is_lost_even_where_its_inode_number_comes_back(
+    tmp_path: Path,
+) -> None:
+    """ext4 hands a freed inode number to the next directory made; the set holds the
+    original open, so the new one cannot get its number."""
+    vscode = tmp_path / ".vscode"
+    vscode.mkdir()
+    guards = GuardSet(((str(vscode), "write"),))
+    try:
+        vscode.rmdir()
+        vscode.mkdir()
+        assert guards.lost() == ((str(vscode), "write"),)
+    finally:
+        guards.close()
 
 
 def test_the_watcher_gives_a_reason_once_a_guard_is_lost(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text("a")
-    guards = ((str(config), "write"),)
-    assert watcher(identities(guards), ()) is None  # nothing to watch: no watcher
-    check = watcher(identities(guards), guards)
-    assert check is not None and check() is None
-    _replace(config, "new")
-    reason = check()
-    assert reason is not None and reason.startswith(f"{config} was replaced on the host")
-    assert "read-only pin" in reason
+    assert GuardSet(()).watcher() is None  # nothing to watch: no watcher
+    guards = GuardSet(((str(config), "write"),))
+    try:
+        check = guards.watcher()
+        assert check is not None and check() is None
+        _replace(config, "new")
+        reason = check()
+        assert reason is not None and reason.startswith(f"{config} was replaced on the host")
+        assert "read-only cover" in reason
+    finally:
+        guards.close()
+
+
+def test_a_guard_missing_from_the_start_is_lost_once_it_appears(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    guards = GuardSet(((str(env), "write"),))
+    try:
+        assert guards.lost() == ()
+        env.write_text("x")
+        assert guards.lost() == ((str(env), "write"),)
+    finally:
+        guards.close()

@@ -62,9 +62,13 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
-from mechasandbox.backends.linux.guards import guards_lost, identities, watcher
+from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
-from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders, path_depth
+from mechasandbox.backends.linux.placeholders import (
+    WorkspacePlaceholders,
+    make_placeholders,
+    path_depth,
+)
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.resources import (
@@ -963,23 +967,29 @@ class BubblewrapBackend:
                     return Failure(compiled.failure())
                 command, spec = compiled.unwrap()
                 _PLACEHOLDERS.created(workspace, command.placeholders)
-                guarded = identities(command.guards)
-                result = await execute_spec(
-                    NAME,
-                    self.runner,
-                    attrs.evolve(spec, watch=watcher(guarded, command.guards)),
-                    policy,
-                    warnings=warnings + command.warnings,
-                    cgroups=self.cgroups,
-                    adjust=_signal_decoded,
+                make_placeholders(command.placeholders)
+                guards = GuardSet(
+                    command.guards + tuple((p, "write") for p in command.placeholders)
                 )
+                try:
+                    result = await execute_spec(
+                        NAME,
+                        self.runner,
+                        attrs.evolve(spec, watch=guards.watcher()),
+                        policy,
+                        warnings=warnings + command.warnings,
+                        cgroups=self.cgroups,
+                        adjust=_signal_decoded,
+                    )
+                    late = guards.warnings()  # lost since the watcher's last look
+                finally:
+                    guards.close()
             finally:
-                _PLACEHOLDERS.leave(workspace)
+                _PLACEHOLDERS.leave(workspace)  # (placeholders leave: checked before)
             if isinstance(result, Success):
                 failed = _setup_failure(result.unwrap(), request.argv[0])
                 if failed is not None:
                     return Failure(failed)
-                late = guards_lost(guarded, command.guards)  # since the watcher's last look
                 if late:
                     value = result.unwrap()
                     return Success(attrs.evolve(value, warnings=value.warnings + late))

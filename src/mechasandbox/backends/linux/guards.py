@@ -1,31 +1,35 @@
 """Host paths a bubblewrap sandbox guards with a mount, watched while the run goes.
 
-A read-only pin (`.git/config`, `.git/hooks`) or a mask (`~/.netrc`, `/etc/shadow`) is a
-mount on the directory entry the path had when the sandbox was set up. A host process that
-replaces the path while the run goes, by a rename over it (how `git config`, many editors and
-`passwd` write a file), makes a new entry; the kernel takes the mounts off the old one in
-every mount namespace (Linux >= 3.18), and from then on the sandbox sees the new file through
-the workspace's (or /etc's) bind: it may write a pinned one, or read a masked one. A mount
-namespace offers no way to hold on to a name rather than an entry, so this cannot be
-prevented from inside; what the host can do is notice, and stop. Each guarded path's
-identity (device, inode) is taken before the run; while the run goes the runner checks
-them every `WATCH_INTERVAL_S` (`watcher`, see `SpawnSpec.watch`) and stops the run as soon
-as one changed; after the run they are checked once more (`guards_lost`), and a path
-replaced since the last look becomes a warning of the result. Polling, not inotify: no
-ctypes in the host, and no per-user limit of inotify instances to run into with many runs
-at once.
+A read-only pin (`.git/config`, `.git/hooks`), a mask (`~/.netrc`, `/etc/shadow`) or the
+cover of a missing protected path (its placeholder) is a mount on the directory entry the
+path had when the sandbox was set up. A host process that replaces the path while the run
+goes, by a rename over it (how `git config`, many editors and `passwd` write a file) or by
+removing and making it again, makes a new entry; the kernel takes the mounts off the old one
+in every mount namespace (Linux >= 3.18), and from then on the sandbox sees the new one
+through the workspace's (or /etc's) bind: it may write a pinned one, or read a masked one.
+A mount namespace offers no way to hold on to a name rather than an entry, so this cannot be
+prevented from inside; what the host can do is notice, and stop. `GuardSet` opens each
+guarded path (`O_PATH`) before the run and keeps it open: while the run goes the runner
+asks it every `WATCH_INTERVAL_S` (`SpawnSpec.watch`) whether the path still leads to the
+same inode, and stops the run as soon as one does not; after the run it is asked once more,
+and a path replaced since the last look becomes a warning of the result. Holding the
+original open is what makes comparing inode numbers sound: a file system may give a freed
+inode's number to the next file made (ext4 does, quickly), but not while it is held.
+Polling, not inotify: no ctypes in the host, and no per-user limit of inotify instances to
+run into with many runs at once. The cost is one descriptor per guarded path during the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
-Identity = tuple[int, int] | None  # (st_dev, st_ino), None: missing
 Guards = tuple[tuple[str, str], ...]  # (host path, "write" or "read")
+_Held = tuple[int, int, int] | None  # (fd, st_dev, st_ino) of the original; None: missing
 
 
-def _identity(path: str) -> Identity:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         found = os.lstat(path)
     except OSError:
@@ -33,41 +37,60 @@ def _identity(path: str) -> Identity:
     return (found.st_dev, found.st_ino)
 
 
-def identities(guards: Iterable[tuple[str, str]]) -> dict[str, Identity]:
-    """The identity of each guarded path now (just before the sandbox is set up)."""
-    return {path: _identity(path) for path, _ in guards}
-
-
-def _changed(before: Mapping[str, Identity], guards: Iterable[tuple[str, str]]) -> Guards:
-    return tuple((p, kind) for p, kind in guards if p in before and _identity(p) != before[p])
+def _hold(path: str) -> _Held:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    found = os.fstat(fd)
+    return (fd, found.st_dev, found.st_ino)
 
 
 def describe_lost(lost: Guards) -> str:
     return "; ".join(
         f"{path} was replaced on the host during the run: its "
-        f"{'read-only pin' if kind == 'write' else 'mask'} came off with the old file, so the "
-        f"command could {'write' if kind == 'write' else 'read'} the new one"
+        f"{'read-only cover' if kind == 'write' else 'mask'} came off with the old entry, "
+        f"so the command could {'write' if kind == 'write' else 'read'} the new one"
         for path, kind in lost
     )
 
 
-def watcher(before: Mapping[str, Identity], guards: Guards) -> Callable[[], str | None] | None:
-    """For `SpawnSpec.watch`: the reason to stop the run once a guard came off (None while
-    none did); no watcher without guards."""
-    if not guards:
-        return None
+class GuardSet:
+    """The guarded paths of one run, held open from before the sandbox is set up until
+    `close` (see the module's docstring)."""
 
-    def check() -> str | None:
-        lost = _changed(before, guards)
-        return describe_lost(lost) if lost else None
+    def __init__(self, guards: Iterable[tuple[str, str]]) -> None:
+        self.guards: Guards = tuple(guards)
+        self._held = {path: _hold(path) for path, _ in self.guards}
 
-    return check
+    def lost(self) -> Guards:
+        """The guards whose path leads elsewhere now (or nowhere, or somewhere new)."""
+        changed: list[tuple[str, str]] = []
+        for path, kind in self.guards:
+            held = self._held.get(path)
+            if _identity(path) != (None if held is None else held[1:]):
+                changed.append((path, kind))
+        return tuple(changed)
 
+    def watcher(self) -> Callable[[], str | None] | None:
+        """For `SpawnSpec.watch`: the reason to stop the run once a guard came off (None
+        while none did); no watcher without guards."""
+        if not self.guards:
+            return None
 
-def guards_lost(
-    before: Mapping[str, Identity], guards: Iterable[tuple[str, str]]
-) -> tuple[str, ...]:
-    """Warnings for the guarded paths replaced (or removed) since `before` was taken."""
-    return tuple(
-        describe_lost(((path, kind),)) + "; check it" for path, kind in _changed(before, guards)
-    )
+        def check() -> str | None:
+            lost = self.lost()
+            return describe_lost(lost) if lost else None
+
+        return check
+
+    def warnings(self) -> tuple[str, ...]:
+        """After the run: one warning per guard lost since the watcher's last look."""
+        return tuple(describe_lost((guard,)) + "; check it" for guard in self.lost())
+
+    def close(self) -> None:
+        for held in self._held.values():
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.close(held[0])
+        self._held = {}

@@ -38,6 +38,16 @@ def path_depth(path: str) -> int:
     return path.rstrip("/").count("/")
 
 
+def make_placeholders(paths: Iterable[str]) -> None:
+    """Make the placeholders before bwrap would (shallowest first): then the host knows
+    which directory entries the sandbox's covers stand on, and watches them as it watches
+    its other guards (see `guards`). One that exists already (another run's) is used as
+    it is; one that cannot be made is left to bwrap, which fails the run if it cannot."""
+    for path in sorted(paths, key=path_depth):
+        with contextlib.suppress(OSError):
+            os.mkdir(path, 0o700)
+
+
 def remove_placeholders(paths: Iterable[str]) -> None:
     """Remove empty directories, deepest first; anything else (someone on the host put
     content there meanwhile, or a file) stays."""
