@@ -10,6 +10,8 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -145,6 +147,39 @@ class OciContract:
         ), result
         assert (tmp_path / ".git" / "config").read_text() == "[core]\n"
         assert (tmp_path / ".git" / "hooks").is_dir()
+
+    async def test_a_run_whose_pin_the_host_replaces_is_stopped(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """`git config` on the host renames a new `.git/config` over the pinned one during
+        the run: the container's read-only mount came off with the old file, and the
+        command could plant `core.fsmonitor` in the new one. The run is stopped before
+        the command's write, and the error says why (see `linux.guards`)."""
+        config = tmp_path / ".git" / "config"
+        (tmp_path / ".git" / "hooks").mkdir(parents=True)
+        config.write_text("[core]\n")
+        marker = tmp_path / "started"
+
+        def host_git() -> None:
+            deadline = time.monotonic() + 60
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            fresh = tmp_path / ".git" / "config.lock"
+            fresh.write_text("[core]\n\tbare = false\n")
+            os.rename(fresh, config)
+
+        thread = threading.Thread(target=host_git)
+        thread.start()
+        try:
+            script = "touch started; sleep 2; echo '[core] fsmonitor = evil' >> .git/config"
+            request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+            error = failed(await backend.run(request, policy()))
+        finally:
+            thread.join()
+        assert "evil" not in config.read_text()
+        assert error.kind == "backend_failed" and "was replaced on the host" in error.message
+        self.settle(backend)
+        assert self.leftovers() == []
 
     async def test_symlinked_protected_path_refuses_a_strict_run(
         self, backend: OciBackend, tmp_path: Path

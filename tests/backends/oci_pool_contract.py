@@ -6,6 +6,7 @@ pools it made and checks that no container of this process is left behind.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -115,6 +116,31 @@ class OciPoolContract(OciContract):
         assert ok(await backend.run(mark, policy())).stdout == b""
         assert ok(await backend.run(mark, policy())).stdout == b"again\n"
         assert len(self.all_containers()) == 1
+
+    async def test_a_warm_container_whose_pin_the_host_replaced_is_not_used(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        """A warm container's mounts were made when it was created: one whose guarded path
+        the host replaced while it waited (`git config` between two commands) would let
+        the next command write the new `.git/config`. It is discarded instead."""
+        backend = self.fresh(runner, size=1, after_use=AfterUse.REUSE)
+        config = tmp_path / ".git" / "config"
+        (tmp_path / ".git" / "hooks").mkdir(parents=True)
+        config.write_text("[core]\n")
+        first = RunRequest(argv=["true"], workspace=str(tmp_path))
+        assert ok(await backend.run(first, policy())).exit_code == 0
+        (before,) = self.all_containers()
+        fresh = tmp_path / ".git" / "config.lock"
+        fresh.write_text("[core]\n\tbare = false\n")
+        os.rename(fresh, config)
+        attack = RunRequest(
+            argv=["sh", "-c", "echo '[core] fsmonitor = evil' >> .git/config; echo status=$?"],
+            workspace=str(tmp_path),
+        )
+        result = ok(await backend.run(attack, policy()))
+        assert b"status=0" not in result.stdout, result
+        assert "evil" not in config.read_text()
+        assert before not in self.all_containers()
 
     async def test_fail_fast_when_exhausted_and_bounded(
         self, runner: HelperProcessRunner, tmp_path: Path

@@ -18,6 +18,7 @@ import secrets
 import shlex
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +31,8 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.linux.guards import GuardSet
+from mechasandbox.backends.linux.placeholders import make_placeholders
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
     LABEL_RUN,
@@ -660,6 +663,19 @@ class OciBackend:
     def _placeholder_paths(self, run: ContainerRun) -> tuple[str, ...]:
         return tuple(os.path.join(run.workspace, path) for path in run.placeholders)
 
+    @staticmethod
+    def _guards(run: ContainerRun) -> GuardSet:
+        """The host paths the container's protection mounts stand on, watched during the
+        run (see `linux.guards`: a host process replacing one takes its mount off in the
+        container too). The placeholders are made here, before the engine would, so that
+        they are watched as well. On Linux only: elsewhere the engine runs in a VM and its
+        mounts are not on this host's directory entries."""
+        if not sys.platform.startswith("linux"):
+            return GuardSet(())
+        make_placeholders(os.path.join(run.workspace, p) for p in run.placeholders)
+        relative = (*run.pinned, *run.protected, *run.placeholders)
+        return GuardSet((os.path.join(run.workspace, p.strip("/")), "write") for p in relative)
+
     def _check_mountable(self, workspace: str) -> Result[str, SandboxError]:
         if any(char in workspace for char in ",\n\"'"):
             return Failure(
@@ -783,13 +799,18 @@ class OciBackend:
             _LIVE[run.name] = (self.runner, executable, self._cli_env())
         placeholders = self._placeholder_paths(run)
         hold_placeholders(placeholders)
+        guards = self._guards(run)
         interrupted = True
         try:
-            launched = await self.runner.run(spec)
+            launched = await self.runner.run(attrs.evolve(spec, watch=guards.watcher()))
             if isinstance(launched, Failure):
                 interrupted = False
                 return Failure(BackendFailed(backend=self.name, reason=launched.failure().message))
             outcome = launched.unwrap()
+            if outcome.stopped is not None:  # a guard came off: the finally removes it
+                return Failure(
+                    BackendFailed(backend=self.name, reason=f"stopped: {outcome.stopped}")
+                )
             if outcome.timed_out:
                 # Killing the CLI client does not stop the container: the finally removes it.
                 result = self._result(outcome, warnings, exit_code=None, signal=None)
@@ -805,6 +826,7 @@ class OciBackend:
                 bridged=bridge is not None,
             )
         finally:
+            guards.close()
             with anyio.CancelScope(shield=True):
                 await self._remove(executable, run, thorough=interrupted)
             with _LIVE_LOCK:

@@ -43,6 +43,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     EngineKind,
@@ -249,6 +250,9 @@ class _Member:
     placeholders: tuple[str, ...]
     created: float
     last_used: float
+    # The host paths its protection mounts stand on, held from before it was created: one
+    # replaced since took its mount off in this container (see `linux.guards`).
+    guards: GuardSet = attrs.field(factory=lambda: GuardSet(()))
     cgroup: _Cgroup | None = None
     uses: int = 0
 
@@ -376,6 +380,7 @@ class ContainerPool:
         with _LIVE_LOCK:
             _LIVE.pop(member.name, None)
         if known is not None:
+            member.guards.close()
             release_placeholders(member.placeholders)
 
     async def _start(self, slot: _Slot) -> Result[_Member, SandboxError]:
@@ -388,7 +393,11 @@ class ContainerPool:
         with _LIVE_LOCK:
             _LIVE[run.name] = (backend.runner, executable, backend._cli_env())
         member = _Member(
-            run=run, placeholders=placeholders, created=time.monotonic(), last_used=0.0
+            run=run,
+            placeholders=placeholders,
+            created=time.monotonic(),
+            last_used=0.0,
+            guards=backend._guards(run),
         )
         with self._lock:
             self._members[member.name] = member
@@ -532,6 +541,9 @@ class ContainerPool:
                     slot.starting += 1
                     start_here = True
             if member is not None:
+                if member.guards.lost():  # its mounts no longer cover what they did
+                    self._discard(slot, member)
+                    continue
                 stale = time.monotonic() - member.last_used > settings.health_check_after_s
                 if stale and not await self._healthy(member):
                     self._discard(slot, member)
@@ -616,12 +628,16 @@ class ContainerPool:
         reusable = False
         killed = True
         try:
-            launched = await backend.runner.run(spec)
+            launched = await backend.runner.run(attrs.evolve(spec, watch=member.guards.watcher()))
             if isinstance(launched, Failure):
                 return Failure(
                     BackendFailed(backend=backend.name, reason=launched.failure().message)
                 )
             outcome = launched.unwrap()
+            if outcome.stopped is not None:  # a guard came off: the container goes
+                return Failure(
+                    BackendFailed(backend=backend.name, reason=f"stopped: {outcome.stopped}")
+                )
             if outcome.timed_out:
                 # `exec` has no kill: the container goes (in the finally, before we return),
                 # with everything the command started.
