@@ -56,7 +56,8 @@ def remove_placeholders(paths: Iterable[str]) -> None:
             os.rmdir(path)
 
 
-def _state_directory() -> Path | None:
+def placeholder_state_directory() -> Path | None:
+    """Where journals, stashes and workspace locks live (None: no usable home)."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
     if not os.path.isabs(base):
         return None
@@ -109,7 +110,7 @@ class _Journal:
     def directory(self) -> Path | None:
         """Given, or the user's state directory (looked up at first use, not at import)."""
         if self._directory is None:
-            self._directory = _state_directory()
+            self._directory = placeholder_state_directory()
         return self._directory
 
     def _open_path(self) -> Path | None:

@@ -50,6 +50,11 @@ class WorkspaceLocks:
         self._busy: dict[str, int] = {}  # by bucket: its workspaces this process runs in
         self._deferred: dict[str, list[tuple[str, list[str]]]] = {}  # by bucket
 
+    @property
+    def directory(self) -> Path | None:
+        """Where the lock and pending files are (None: nothing is coordinated)."""
+        return self._directory
+
     def _mine(self) -> None:
         """In a process forked since: the inherited descriptors share the parent's locks
         (an unlock here would release the parent's); start afresh."""

@@ -32,7 +32,8 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import prepare_run
 from mechasandbox.backends.linux.guards import GuardSet
-from mechasandbox.backends.linux.placeholders import make_placeholders
+from mechasandbox.backends.linux.placeholders import make_placeholders, placeholder_state_directory
+from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
     LABEL_RUN,
@@ -299,9 +300,21 @@ def protection_layout(workspace: str, entries: tuple[str, ...]) -> ProtectionLay
 _EMPTY: list[str] = []
 _EMPTY_LOCK = threading.Lock()
 # Placeholder mount points this process's containers are using, with how many use each:
-# one is removed from the host only when no live container of ours still has it mounted
-# (removing a mount point on the host would detach the mount inside the container).
+# one is removed from the host only when no live container still has it mounted (removing
+# a mount point on the host would detach the mount inside the container): none of ours in
+# its workspace (`_WORKSPACE_USERS`; until then it waits in `_UNUSED`), and none of another
+# process of this user (`workspace_locks`, shared with bubblewrap's runs).
 _PLACEHOLDER_USERS: dict[str, int] = {}
+_WORKSPACE_USERS: dict[str, int] = {}
+_UNUSED: dict[str, list[str]] = {}
+_LOCKS: list[WorkspaceLocks] = []
+
+
+def _workspace_locks() -> WorkspaceLocks:
+    if not _LOCKS:
+        directory = placeholder_state_directory()
+        _LOCKS.append(WorkspaceLocks(directory / "workspaces" if directory else None))
+    return _LOCKS[0]
 
 
 def _is_held_placeholder(path: str) -> bool:
@@ -326,16 +339,27 @@ def empty_directory() -> str:
         return _EMPTY[0]
 
 
-def hold_placeholders(paths: tuple[str, ...]) -> None:
+def hold_placeholders(workspace: str, paths: tuple[str, ...]) -> None:
+    """A container of ours in `workspace` (with these placeholders) is about to start; its
+    mounts may also stand on another process's placeholders, hence the workspace's lock."""
     with _EMPTY_LOCK:
+        if not _WORKSPACE_USERS.get(workspace):
+            _workspace_locks().enter(workspace)
+        _WORKSPACE_USERS[workspace] = _WORKSPACE_USERS.get(workspace, 0) + 1
         for path in paths:
             _PLACEHOLDER_USERS[path] = _PLACEHOLDER_USERS.get(path, 0) + 1
 
 
-def release_placeholders(paths: tuple[str, ...]) -> None:
-    """Remove the empty mount points the engine created on the host, once unused; anything
-    someone put there meanwhile stays."""
-    doomed: list[str] = []
+def _remove_empty(_workspace: str, paths: list[str]) -> None:
+    for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+
+
+def release_placeholders(workspace: str, paths: tuple[str, ...]) -> None:
+    """That container is gone: remove the empty mount points the engine made on the host
+    once no container uses them (anything someone put there meanwhile stays)."""
     with _EMPTY_LOCK:
         for path in paths:
             users = _PLACEHOLDER_USERS.get(path, 0) - 1
@@ -343,20 +367,26 @@ def release_placeholders(paths: tuple[str, ...]) -> None:
                 _PLACEHOLDER_USERS[path] = users
             else:
                 _PLACEHOLDER_USERS.pop(path, None)
-                doomed.append(path)
-    for path in sorted(doomed, key=lambda p: p.count("/"), reverse=True):
-        with contextlib.suppress(OSError):
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
+                _UNUSED.setdefault(workspace, []).append(path)
+        remaining = _WORKSPACE_USERS.get(workspace, 0) - 1
+        if remaining > 0:
+            _WORKSPACE_USERS[workspace] = remaining
+            return
+        _WORKSPACE_USERS.pop(workspace, None)
+        _workspace_locks().leave(workspace, _UNUSED.pop(workspace, []), _remove_empty)
 
 
 def _release_all_at_exit() -> None:
     with _EMPTY_LOCK:
+        workspaces = list(_WORKSPACE_USERS)
+        for workspace in workspaces:
+            _WORKSPACE_USERS[workspace] = 1
         held = tuple(_PLACEHOLDER_USERS)
-        _PLACEHOLDER_USERS.clear()
         for path in held:
             _PLACEHOLDER_USERS[path] = 1
-    release_placeholders(held)
+    for workspace in workspaces:
+        mine = tuple(p for p in held if p.startswith(workspace.rstrip("/") + "/"))
+        release_placeholders(workspace, mine)
     with _EMPTY_LOCK:
         for path in _EMPTY:
             with contextlib.suppress(OSError):
@@ -798,7 +828,7 @@ class OciBackend:
         with _LIVE_LOCK:
             _LIVE[run.name] = (self.runner, executable, self._cli_env())
         placeholders = self._placeholder_paths(run)
-        hold_placeholders(placeholders)
+        hold_placeholders(run.workspace, placeholders)
         guards = self._guards(run)
         interrupted = True
         try:
@@ -831,7 +861,7 @@ class OciBackend:
                 await self._remove(executable, run, thorough=interrupted)
             with _LIVE_LOCK:
                 _LIVE.pop(run.name, None)
-            release_placeholders(placeholders)
+            release_placeholders(run.workspace, placeholders)
 
     def _result(
         self,

@@ -381,7 +381,7 @@ class ContainerPool:
             _LIVE.pop(member.name, None)
         if known is not None:
             member.guards.close()
-            release_placeholders(member.placeholders)
+            release_placeholders(member.run.workspace, member.placeholders)
 
     async def _start(self, slot: _Slot) -> Result[_Member, SandboxError]:
         """Create and start one container of `slot` and check it answers an `exec`."""
@@ -389,7 +389,7 @@ class ContainerPool:
         executable = self._executable()
         run = slot.make_run()
         placeholders = backend._placeholder_paths(run)
-        hold_placeholders(placeholders)
+        hold_placeholders(run.workspace, placeholders)
         with _LIVE_LOCK:
             _LIVE[run.name] = (backend.runner, executable, backend._cli_env())
         member = _Member(
