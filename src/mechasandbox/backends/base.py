@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -92,10 +93,13 @@ def scrubbed_environment(policy: EnvironmentPolicy, host_env: Mapping[str, str])
     return env
 
 
+@functools.lru_cache(maxsize=64)
 def check_enforcement(
     capabilities: Capabilities, policy: Policy
 ) -> Result[tuple[str, ...], PolicyUnsupported]:
-    """Strict: refuse when a required protection is missing. Best-effort: one warning each."""
+    """Strict: refuse when a required protection is missing. Best-effort: one warning each.
+    Both are values, and an agent runs command after command under the same ones: the
+    answer is remembered (15 µs a run otherwise)."""
     missing = capabilities.missing(policy)
     if not missing:
         return Success(capabilities.warnings)
