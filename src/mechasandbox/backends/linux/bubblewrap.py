@@ -811,7 +811,8 @@ class BubblewrapBackend:
             ),
             (
                 Protection.PROTECTED_PATHS,
-                "read-only self-binds; parents pinned against rename; missing paths covered",
+                "read-only self-binds; parents pinned against rename; missing paths covered; "
+                "a run whose cover a host process replaces is stopped (50 ms watch)",
             ),
             (Protection.NETWORK_NONE, "network namespace with loopback only"),
             self._allowlist_detail(),

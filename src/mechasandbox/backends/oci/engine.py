@@ -609,7 +609,8 @@ class OciBackend:
             (
                 Protection.PROTECTED_PATHS,
                 "read-only self-binds; parents pinned against rename (EBUSY); missing ones "
-                "covered by a read-only empty directory (created on the host for the run)",
+                "covered by a read-only empty directory (created on the host for the run); "
+                "a run whose cover a host process replaces is stopped (50 ms watch)",
             ),
             (Protection.NETWORK_NONE, "--network none: loopback only"),
             self._allowlist_detail(info),
