@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import socket
@@ -22,6 +23,7 @@ import pytest
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.linux import bubblewrap, workspace_locks
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -405,6 +407,27 @@ def test_a_run_whose_mask_is_replaced_on_the_host_is_stopped(
     error = result.failure()
     assert isinstance(error, BackendFailed) and f"{netrc} was replaced" in error.reason, error
     assert "mask" in error.reason
+
+
+def test_no_run_starts_while_the_workspace_lock_is_held_too_long(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held exclusive beyond the wait (a stuck or foreign holder) refuses the run
+    rather than start one whose covers could be removed under it."""
+    monkeypatch.setattr(workspace_locks, "ENTER_WAIT_S", 0.2)
+    assert box.ok("true").exit_code == 0  # sets up this process's locks
+    directory = bubblewrap._PLACEHOLDERS._workspace_locks().directory
+    assert directory is not None
+    holder = os.open(directory / f"{workspace_locks.bucket_of(str(box.workspace))}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        result = box.run("sh", "-c", "echo ran > ran.txt")
+    finally:
+        os.close(holder)
+    assert isinstance(result, Failure), result
+    assert "placeholder lock" in result.failure().message
+    assert not (box.workspace / "ran.txt").exists()
+    assert box.ok("true").exit_code == 0  # free again
 
 
 def test_concurrent_runs_in_one_workspace_share_placeholders_safely(box: Box) -> None:

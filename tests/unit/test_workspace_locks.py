@@ -5,9 +5,13 @@ of two processes do; the cross-process attack itself is in test_bubblewrap_secur
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
+import pytest
+
+from mechasandbox.backends.linux import workspace_locks
 from mechasandbox.backends.linux.placeholders import remove_placeholders
 from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks, bucket_of
 
@@ -98,3 +102,52 @@ def test_a_process_forked_mid_run_coordinates_as_a_process_of_its_own(tmp_path: 
     assert os.path.isdir(vscode), "the child released the parent's lock"
     parent.leave(str(workspace), [], _remove)
     assert os.listdir(workspace) == []
+
+
+def test_a_child_forked_mid_run_does_not_keep_the_workspace_locked(tmp_path: Path) -> None:
+    """The child's copy of the lock descriptor shares the parent's lock: the parent's end
+    must unlock it, not just close its own copy, or the child would hold it meanwhile."""
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    parent = WorkspaceLocks(state)
+    parent.enter(str(workspace))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # holds its inherited copy until the parent is done checking
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        parent.leave(str(workspace), [], _remove)
+        lock = os.open(state / f"{bucket_of(str(workspace))}.lock", os.O_RDWR)
+        try:  # not blocking: a regression must fail here, not hang
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pytest.fail("the workspace stayed locked through the child's copy")
+        finally:
+            os.close(lock)
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+
+
+def test_a_run_does_not_start_while_another_process_holds_the_lock_too_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal takes milliseconds; a lock held exclusive for longer (a stuck or foreign
+    holder) makes `enter` give up rather than start a run whose covers could go."""
+    monkeypatch.setattr(workspace_locks, "ENTER_WAIT_S", 0.2)
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    locks = WorkspaceLocks(state)
+    assert locks.enter(str(workspace))  # makes the lock file
+    locks.leave(str(workspace), [], _remove)
+    holder = os.open(state / f"{bucket_of(str(workspace))}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert not locks.enter(str(workspace))
+    finally:
+        os.close(holder)
+    assert locks.enter(str(workspace))  # free again
+    locks.leave(str(workspace), [], _remove)

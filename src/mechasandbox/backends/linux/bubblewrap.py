@@ -70,6 +70,7 @@ from mechasandbox.backends.linux.placeholders import (
     path_depth,
 )
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
+from mechasandbox.backends.linux.workspace_locks import ENTER_WAIT_S
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.resources import (
     UMASK,
@@ -720,6 +721,10 @@ def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
 
 
 _PLACEHOLDERS = WorkspacePlaceholders()
+_WORKSPACE_LOCKED = (
+    "another process has held this workspace's placeholder lock for over "
+    f"{ENTER_WAIT_S:g}s; not starting a run whose covers it could remove"
+)
 
 
 _FOUND: dict[tuple[str, str], str] = {}
@@ -961,7 +966,8 @@ class BubblewrapBackend:
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
-            _PLACEHOLDERS.enter(workspace)
+            if not _PLACEHOLDERS.enter(workspace):
+                return Failure(BackendFailed(backend=NAME, reason=_WORKSPACE_LOCKED))
             try:
                 compiled = self._compile(request, policy, self.host, workspace, features, socket)
                 if isinstance(compiled, Failure):

@@ -219,15 +219,19 @@ class WorkspacePlaceholders:
         with self._lock:
             return tuple(self._created.get(workspace, ()))
 
-    def enter(self, workspace: str) -> None:
+    def enter(self, workspace: str) -> bool:
+        """A run starts in `workspace`. False: another process has been removing
+        placeholders there for too long (see `WorkspaceLocks.enter`); the run must not
+        start, and must not `leave`."""
         with self._lock:
             self._mine()
             locks = self._workspace_locks()
             if not self._journal.swept:
                 self._journal.sweep(locks)
-            if not self._runs.get(workspace):
-                locks.enter(workspace)
+            if not self._runs.get(workspace) and not locks.enter(workspace):
+                return False
             self._runs[workspace] = self._runs.get(workspace, 0) + 1
+            return True
 
     def created(self, workspace: str, placeholders: Iterable[str]) -> None:
         """Record placeholders as soon as they are known (before bwrap makes them), for runs

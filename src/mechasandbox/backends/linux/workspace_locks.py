@@ -15,8 +15,12 @@ lock exclusive next removes what is pending (empty directories only), so that th
 end cleans up.
 
 The lock files are outside every sandbox (the home directory is hidden; see
-docs/backends-bubblewrap.md), so a sandboxed process cannot hold them. Another user's runs in
-the same workspace use another state directory and are not coordinated.
+docs/backends-bubblewrap.md), so a sandboxed process cannot hold them. A lock held exclusive
+for longer than `ENTER_WAIT_S` (a removal takes milliseconds: a stuck or foreign holder)
+makes a run refuse to start rather than start unprotected. A child forked from a process
+holding locks closes its copies at once (`os.register_at_fork`): a copy would share the
+parent's lock and could keep it held after the parent let go or died. Another user's runs
+in the same workspace use another state directory and are not coordinated.
 """
 
 from __future__ import annotations
@@ -26,10 +30,15 @@ import fcntl
 import hashlib
 import json
 import os
+import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _BUCKETS = 256
+# How long a run waits for another process's removal of placeholders (milliseconds, as a
+# rule) before it gives up rather than run unprotected: see `enter`.
+ENTER_WAIT_S = 10.0
 
 # (workspace, placeholders) -> None: removes what it can (empty directories only).
 Remover = Callable[[str, list[str]], None]
@@ -49,6 +58,7 @@ class WorkspaceLocks:
         self._fds: dict[str, int] = {}
         self._busy: dict[str, int] = {}  # by bucket: its workspaces this process runs in
         self._deferred: dict[str, list[tuple[str, list[str]]]] = {}  # by bucket
+        _INSTANCES.add(self)
 
     @property
     def directory(self) -> Path | None:
@@ -79,17 +89,38 @@ class WorkspaceLocks:
         self._fds[bucket] = fd
         return fd
 
-    def enter(self, workspace: str) -> None:
+    def enter(self, workspace: str) -> bool:
         """The first run of this process in `workspace` starts: hold its bucket shared
-        (waits while another process removes placeholders there)."""
+        (waits while another process removes placeholders there, up to `ENTER_WAIT_S`).
+        False: it could not, and the run must not start (its covers could be removed under
+        it); nothing is held then."""
         self._mine()
         bucket = bucket_of(workspace)
         if not self._busy.get(bucket):
             fd = self._fd(bucket)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_SH)
+            if fd is not None and not self._shared(fd):
+                del self._fds[bucket]
+                os.close(fd)
+                return False
         self._busy[bucket] = self._busy.get(bucket, 0) + 1
+        return True
+
+    @staticmethod
+    def _shared(fd: int) -> bool:
+        deadline = time.monotonic() + ENTER_WAIT_S
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            except OSError:  # not lockable here (some network file systems): no coordination
+                return True
+            else:
+                return True
 
     def leave(self, workspace: str, placeholders: list[str], remove: Remover) -> None:
         """The last run of this process in `workspace` ended: its placeholders go once no
@@ -134,8 +165,14 @@ class WorkspaceLocks:
             if self._exclusive(fd):
                 self._drain_pending(bucket, remove)
         finally:
+            # Unlocked explicitly: a child forked meanwhile shares the descriptor, and a
+            # close alone would leave the lock held through its copy. Not kept for an idle
+            # bucket (a host working in many workspaces would hold one per bucket).
+            del self._fds[bucket]
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @staticmethod
     def _exclusive(fd: int) -> bool:
@@ -193,6 +230,17 @@ class WorkspaceLocks:
         for workspace, paths in by_workspace.items():
             remove(workspace, paths)
 
+    def forget_inherited(self) -> None:
+        """In a child just forked: close the copies of the parent's lock descriptors, so
+        that the child never holds the parent's locks (not even if the parent dies)."""
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._owner = os.getpid()
+        self._fds = {}
+        self._busy = {}
+        self._deferred = {}
+
     def close(self) -> None:
         if self._owner != os.getpid():
             return
@@ -200,3 +248,14 @@ class WorkspaceLocks:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = {}
+
+
+_INSTANCES: weakref.WeakSet[WorkspaceLocks] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for locks in list(_INSTANCES):
+        locks.forget_inherited()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

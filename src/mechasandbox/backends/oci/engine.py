@@ -33,7 +33,7 @@ from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import prepare_run
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.placeholders import make_placeholders, placeholder_state_directory
-from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks
+from mechasandbox.backends.linux.workspace_locks import ENTER_WAIT_S, WorkspaceLocks
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
     LABEL_RUN,
@@ -339,15 +339,23 @@ def empty_directory() -> str:
         return _EMPTY[0]
 
 
-def hold_placeholders(workspace: str, paths: tuple[str, ...]) -> None:
+WORKSPACE_LOCKED = (
+    "another process has held this workspace's placeholder lock for over "
+    f"{ENTER_WAIT_S:g}s; not starting a container whose covers it could remove"
+)
+
+
+def hold_placeholders(workspace: str, paths: tuple[str, ...]) -> bool:
     """A container of ours in `workspace` (with these placeholders) is about to start; its
-    mounts may also stand on another process's placeholders, hence the workspace's lock."""
+    mounts may also stand on another process's placeholders, hence the workspace's lock.
+    False: it could not be had (see `WorkspaceLocks.enter`): do not start, do not release."""
     with _EMPTY_LOCK:
-        if not _WORKSPACE_USERS.get(workspace):
-            _workspace_locks().enter(workspace)
+        if not _WORKSPACE_USERS.get(workspace) and not _workspace_locks().enter(workspace):
+            return False
         _WORKSPACE_USERS[workspace] = _WORKSPACE_USERS.get(workspace, 0) + 1
         for path in paths:
             _PLACEHOLDER_USERS[path] = _PLACEHOLDER_USERS.get(path, 0) + 1
+        return True
 
 
 def _remove_empty(_workspace: str, paths: list[str]) -> None:
@@ -826,10 +834,11 @@ class OciBackend:
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
         )
+        placeholders = self._placeholder_paths(run)
+        if not hold_placeholders(run.workspace, placeholders):
+            return Failure(BackendFailed(backend=self.name, reason=WORKSPACE_LOCKED))
         with _LIVE_LOCK:
             _LIVE[run.name] = (self.runner, executable, self._cli_env())
-        placeholders = self._placeholder_paths(run)
-        hold_placeholders(run.workspace, placeholders)
         guards = self._guards(run)
         interrupted = True
         try:

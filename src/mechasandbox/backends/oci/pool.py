@@ -53,6 +53,7 @@ from mechasandbox.backends.oci.compiler import (
 from mechasandbox.backends.oci.engine import (
     _LIVE,
     _LIVE_LOCK,
+    WORKSPACE_LOCKED,
     OciBackend,
     _tail,
     hold_placeholders,
@@ -389,7 +390,8 @@ class ContainerPool:
         executable = self._executable()
         run = slot.make_run()
         placeholders = backend._placeholder_paths(run)
-        hold_placeholders(run.workspace, placeholders)
+        if not hold_placeholders(run.workspace, placeholders):
+            return Failure(BackendFailed(backend=backend.name, reason=WORKSPACE_LOCKED))
         with _LIVE_LOCK:
             _LIVE[run.name] = (backend.runner, executable, backend._cli_env())
         member = _Member(
