@@ -17,6 +17,7 @@ ESCAPES_ON_PROCESS = {
     "read a secret outside the workspace (directly and via a planted symlink)",
     "write outside the workspace",
     "plant a git hook (directly and by renaming .git)",
+    "write .git/config after a host `git config` replaced it during the run",
     "kill a host process",
     "connect to a loopback TCP server of the host",
 }
@@ -47,3 +48,16 @@ def test_every_check_holds_on_bubblewrap(runner: HelperProcessRunner) -> None:
     require_available(backend)
     outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
     assert set(outcomes.values()) == {"held"}, outcomes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="landlock is Linux-only")
+def test_a_host_rewrite_of_git_config_holds_on_landlock(runner: HelperProcessRunner) -> None:
+    """Landlock's rules hold on to inodes: the replaced file is as read-only as the old one
+    (where bubblewrap stops the run instead)."""
+    from mechasandbox.backends.linux.landlock import LandlockBackend
+
+    backend = LandlockBackend(runner=runner)
+    require_available(backend)
+    outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
+    title = "write .git/config after a host `git config` replaced it during the run"
+    assert outcomes[title] == "held", outcomes

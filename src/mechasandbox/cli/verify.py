@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,40 @@ def write_git_hook(backend: Backend, arena: Arena) -> bool | str:
     if isinstance(outcome, str):
         return outcome
     return not (hooks / "pre-commit").exists() and not (hooks / "post-checkout").exists()
+
+
+def write_git_config_after_host_rewrite(backend: Backend, arena: Arena) -> bool | str:
+    """`git config` on the host renames a new `.git/config` over the protected one while
+    the command runs: a cover that stood on the old file's entry comes off with it. Held
+    when the command could not write the new one: it was refused, or the run was stopped
+    (the watch of mount-based backends; see `linux.guards`)."""
+    git = arena.workspace / ".git"
+    (git / "hooks").mkdir(parents=True)
+    config = git / "config"
+    config.write_text("[core]\n")
+    (arena.workspace / "src").mkdir()  # where even a carved workspace lets the command write
+    marker = arena.workspace / "src" / "started"
+
+    def rewrite() -> None:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fresh = git / "config.lock"
+        fresh.write_text("[core]\n\tbare = false\n")
+        os.rename(fresh, config)
+
+    rewriter = threading.Thread(target=rewrite)
+    rewriter.start()
+    try:
+        script = "touch src/started; sleep 1; echo '[core] fsmonitor = evil' >> .git/config"
+        outcome = _run(backend, arena, ["sh", "-c", script])
+    finally:
+        rewriter.join()
+    if isinstance(outcome, str) and "was replaced on the host" not in outcome:
+        return outcome
+    if not marker.exists():
+        return "the command never started"
+    return "evil" not in config.read_text()
 
 
 ENV_SECRET_NAME = "MECHASANDBOX_VERIFY_API_KEY"  # noqa: S105 - a variable name, not a secret
@@ -164,6 +199,10 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
     ("read a secret outside the workspace (directly and via a planted symlink)", read_secret),
     ("write outside the workspace", write_outside),
     ("plant a git hook (directly and by renaming .git)", write_git_hook),
+    (
+        "write .git/config after a host `git config` replaced it during the run",
+        write_git_config_after_host_rewrite,
+    ),
     ("read a host API key from the environment", env_secret),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),
