@@ -70,7 +70,7 @@ from mechasandbox.backends.linux.placeholders import (
     path_depth,
 )
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
-from mechasandbox.backends.linux.workspace_locks import ENTER_WAIT_S
+from mechasandbox.backends.linux.workspace_locks import locked_too_long
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.resources import (
     UMASK,
@@ -256,7 +256,7 @@ class _Mount:
     writable: bool = False
     # Over an existing host path inside a tree the sandbox sees, to keep it from being
     # written ("write") or read ("read"): it holds on to that path's directory entry, so a
-    # host process replacing the path (a rename over it) takes it off (see `guards_lost`).
+    # host process replacing the path (a rename over it) takes it off (see `guards.py`).
     guards: str | None = None
 
 
@@ -721,10 +721,6 @@ def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
 
 
 _PLACEHOLDERS = WorkspacePlaceholders()
-_WORKSPACE_LOCKED = (
-    "another process has held this workspace's placeholder lock for over "
-    f"{ENTER_WAIT_S:g}s; not starting a run whose covers it could remove"
-)
 
 
 _FOUND: dict[tuple[str, str], str] = {}
@@ -967,7 +963,7 @@ class BubblewrapBackend:
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
             if not _PLACEHOLDERS.enter(workspace):
-                return Failure(BackendFailed(backend=NAME, reason=_WORKSPACE_LOCKED))
+                return Failure(BackendFailed(backend=NAME, reason=locked_too_long("run")))
             try:
                 compiled = self._compile(request, policy, self.host, workspace, features, socket)
                 if isinstance(compiled, Failure):
@@ -992,7 +988,8 @@ class BubblewrapBackend:
                 finally:
                     guards.close()
             finally:
-                _PLACEHOLDERS.leave(workspace)  # (placeholders leave: checked before)
+                # After the guards' last look: taking the placeholders out changes their entries.
+                _PLACEHOLDERS.leave(workspace)
             if isinstance(result, Success):
                 failed = _setup_failure(result.unwrap(), request.argv[0])
                 if failed is not None:

@@ -157,7 +157,7 @@ class _Journal:
                     listed = [_journal_entry(line) for line in lines]
                     remove_placeholders(path for ws, path in listed if ws is None)
                     locks.hand_over(
-                        ((ws, path) for ws, path in listed if ws is not None), _remove_empty
+                        ((ws, path) for ws, path in listed if ws is not None), remove_empty
                     )
                     os.unlink(entry.path)
 
@@ -185,7 +185,8 @@ class _Journal:
                 os.unlink(self.path)
 
 
-def _remove_empty(_workspace: str, paths: list[str]) -> None:
+def remove_empty(_workspace: str, paths: list[str]) -> None:
+    """`remove_placeholders` as a `workspace_locks.Remover`."""
     remove_placeholders(paths)
 
 

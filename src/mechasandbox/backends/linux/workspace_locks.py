@@ -44,6 +44,14 @@ ENTER_WAIT_S = 10.0
 Remover = Callable[[str, list[str]], None]
 
 
+def locked_too_long(what: str) -> str:
+    """Why a `what` ("run", "container") did not start: `enter` gave up."""
+    return (
+        f"another process has held this workspace's placeholder lock for over "
+        f"{ENTER_WAIT_S:g}s; not starting a {what} whose covers it could remove"
+    )
+
+
 def bucket_of(workspace: str) -> str:
     digest = hashlib.sha256(os.fsencode(workspace)).digest()
     return f"{digest[0] % _BUCKETS:02x}"

@@ -32,8 +32,12 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import prepare_run
 from mechasandbox.backends.linux.guards import GuardSet
-from mechasandbox.backends.linux.placeholders import make_placeholders, placeholder_state_directory
-from mechasandbox.backends.linux.workspace_locks import ENTER_WAIT_S, WorkspaceLocks
+from mechasandbox.backends.linux.placeholders import (
+    make_placeholders,
+    placeholder_state_directory,
+    remove_empty,
+)
+from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks, locked_too_long
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
     LABEL_RUN,
@@ -339,12 +343,6 @@ def empty_directory() -> str:
         return _EMPTY[0]
 
 
-WORKSPACE_LOCKED = (
-    "another process has held this workspace's placeholder lock for over "
-    f"{ENTER_WAIT_S:g}s; not starting a container whose covers it could remove"
-)
-
-
 def hold_placeholders(workspace: str, paths: tuple[str, ...]) -> bool:
     """A container of ours in `workspace` (with these placeholders) is about to start; its
     mounts may also stand on another process's placeholders, hence the workspace's lock.
@@ -356,13 +354,6 @@ def hold_placeholders(workspace: str, paths: tuple[str, ...]) -> bool:
         for path in paths:
             _PLACEHOLDER_USERS[path] = _PLACEHOLDER_USERS.get(path, 0) + 1
         return True
-
-
-def _remove_empty(_workspace: str, paths: list[str]) -> None:
-    for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
-        with contextlib.suppress(OSError):
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
 
 
 def release_placeholders(workspace: str, paths: tuple[str, ...]) -> None:
@@ -381,7 +372,7 @@ def release_placeholders(workspace: str, paths: tuple[str, ...]) -> None:
             _WORKSPACE_USERS[workspace] = remaining
             return
         _WORKSPACE_USERS.pop(workspace, None)
-        _workspace_locks().leave(workspace, _UNUSED.pop(workspace, []), _remove_empty)
+        _workspace_locks().leave(workspace, _UNUSED.pop(workspace, []), remove_empty)
 
 
 def _release_all_at_exit() -> None:
@@ -836,7 +827,7 @@ class OciBackend:
         )
         placeholders = self._placeholder_paths(run)
         if not hold_placeholders(run.workspace, placeholders):
-            return Failure(BackendFailed(backend=self.name, reason=WORKSPACE_LOCKED))
+            return Failure(BackendFailed(backend=self.name, reason=locked_too_long("container")))
         with _LIVE_LOCK:
             _LIVE[run.name] = (self.runner, executable, self._cli_env())
         guards = self._guards(run)

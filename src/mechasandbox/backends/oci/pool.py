@@ -44,6 +44,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.execute import prepare_run
 from mechasandbox.backends.linux.guards import GuardSet
+from mechasandbox.backends.linux.workspace_locks import locked_too_long
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     EngineKind,
@@ -53,7 +54,6 @@ from mechasandbox.backends.oci.compiler import (
 from mechasandbox.backends.oci.engine import (
     _LIVE,
     _LIVE_LOCK,
-    WORKSPACE_LOCKED,
     OciBackend,
     _tail,
     hold_placeholders,
@@ -391,7 +391,7 @@ class ContainerPool:
         run = slot.make_run()
         placeholders = backend._placeholder_paths(run)
         if not hold_placeholders(run.workspace, placeholders):
-            return Failure(BackendFailed(backend=backend.name, reason=WORKSPACE_LOCKED))
+            return Failure(BackendFailed(backend=backend.name, reason=locked_too_long("container")))
         with _LIVE_LOCK:
             _LIVE[run.name] = (backend.runner, executable, backend._cli_env())
         member = _Member(
