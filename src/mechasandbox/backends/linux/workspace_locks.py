@@ -74,13 +74,10 @@ class WorkspaceLocks:
         return self._directory
 
     def _mine(self) -> None:
-        """In a process forked since: the inherited descriptors share the parent's locks
-        (an unlock here would release the parent's); start afresh."""
+        """In a process forked without the fork hook running (not through `os.fork`):
+        the same as `forget_inherited`."""
         if self._owner != os.getpid():
-            self._owner = os.getpid()
-            self._fds = {}
-            self._busy = {}
-            self._deferred = {}
+            self.forget_inherited()
 
     def _fd(self, bucket: str) -> int | None:
         if bucket in self._fds:
