@@ -97,34 +97,27 @@ GOLDEN = """
 """
 
 
+GIT_WORKSPACE = {
+    "/home/ada/proj/.git": DIR,
+    "/home/ada/proj/.git/hooks": DIR,
+    "/home/ada/proj/.git/config": FILE,
+}
+
+
 def test_golden_argv_for_a_git_workspace_in_home() -> None:
     policy = Policy(filesystem=SMALL)
-    facts = layout(
-        policy,
-        overrides={
-            "/home/ada/proj/.git": DIR,
-            "/home/ada/proj/.git/hooks": DIR,
-            "/home/ada/proj/.git/config": FILE,
-        },
-    )
+    facts = layout(policy, overrides=GIT_WORKSPACE)
     request = RunRequest(argv=["echo", "hi"], workspace=WS)
     argv = compile_bwrap_argv(request, policy, HOST, workspace=WS, layout=facts, features=FEATURES)
     assert argv == Success(tuple(shlex.split(GOLDEN)))
 
 
 def test_the_guards_are_the_pins_and_masks_of_existing_host_paths() -> None:
-    """What is checked after a run for a replacement on the host (see `guards`): pins and
-    masks, not the placeholders (bwrap makes those) nor the trees the sandbox sees."""
+    """What is watched during a run for a replacement on the host (see `guards`): pins and
+    masks, not the trees the sandbox sees (the backend adds the placeholders, which it
+    makes itself)."""
     policy = Policy(filesystem=SMALL)
-    facts = layout(
-        policy,
-        overrides={
-            "/home/ada/proj/.git": DIR,
-            "/home/ada/proj/.git/hooks": DIR,
-            "/home/ada/proj/.git/config": FILE,
-        },
-    )
-    assert compile_ok(policy, facts).guards == (
+    assert compile_ok(policy, layout(policy, overrides=GIT_WORKSPACE)).guards == (
         ("/home/ada/proj/.git", "write"),
         ("/home/ada/proj/.git/hooks", "write"),
         ("/home/ada/proj/.git/config", "write"),
