@@ -313,6 +313,15 @@ def test_a_run_of_another_process_keeps_its_covers_when_the_first_ends(
     assert os.listdir(box.workspace) == []  # nothing written, and no placeholder left
 
 
+def _stopped_for(result: Result[RunResult, SandboxError], path: Path) -> str:
+    """The reason of a run stopped because `path` was replaced on the host."""
+    assert isinstance(result, Failure), result
+    error = result.failure()
+    assert isinstance(error, BackendFailed), error
+    assert f"{path} was replaced on the host" in error.reason, error
+    return error.reason
+
+
 def _replace_when_started(marker: Path, replace: Callable[[], None]) -> threading.Thread:
     """Calls `replace` on the host once the sandbox has made `marker`."""
 
@@ -351,12 +360,7 @@ def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     assert "evil" not in config.read_text()
     left = subprocess.run(["pgrep", "-f", "fsmonitor = evil"], check=False, capture_output=True)
     assert left.returncode == 1, left.stdout  # the stopped run left nothing behind
-    assert isinstance(result, Failure), result
-    error = result.failure()
-    assert isinstance(error, BackendFailed), error
-    assert (
-        f"{config} was replaced on the host" in error.reason and "read-only cover" in error.reason
-    )
+    assert "read-only cover" in _stopped_for(result, config)
 
 
 def test_a_run_whose_placeholder_is_replaced_on_the_host_is_stopped(box: Box) -> None:
@@ -378,9 +382,7 @@ def test_a_run_whose_placeholder_is_replaced_on_the_host_is_stopped(box: Box) ->
     finally:
         thread.join()
     assert not (vscode / "tasks.json").exists()
-    assert isinstance(result, Failure), result
-    error = result.failure()
-    assert isinstance(error, BackendFailed) and f"{vscode} was replaced" in error.reason, error
+    _stopped_for(result, vscode)
 
 
 def test_a_run_whose_mask_is_replaced_on_the_host_is_stopped(
@@ -403,10 +405,7 @@ def test_a_run_whose_mask_is_replaced_on_the_host_is_stopped(
     finally:
         thread.join()
     assert not (box.home / "leaked").exists()
-    assert isinstance(result, Failure), result
-    error = result.failure()
-    assert isinstance(error, BackendFailed) and f"{netrc} was replaced" in error.reason, error
-    assert "mask" in error.reason
+    assert "mask" in _stopped_for(result, netrc)
 
 
 def test_no_run_starts_while_the_workspace_lock_is_held_too_long(

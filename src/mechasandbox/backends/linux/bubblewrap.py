@@ -265,8 +265,8 @@ class BwrapCommand:
     """A compiled run: bwrap's argv (command included), and what the run leaves to undo."""
 
     argv: tuple[str, ...]
-    # Missing protected paths covered for the run: bwrap creates them as empty directories
-    # on the host; they are removed after the run.
+    # Missing protected paths covered for the run: empty directories on the host, made by
+    # the backend just before bwrap (`make_placeholders`) and removed after the run.
     placeholders: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     mounts: tuple[_Mount, ...] = ()

@@ -1,5 +1,5 @@
-"""The empty directories bwrap makes in a workspace as mount points for missing protected
-paths (`.git`, `.envrc`... covered read-only for the run), and their removal.
+"""The empty directories made in a workspace as mount points for missing protected paths
+(`.git`, `.envrc`... covered read-only for the run), and their removal.
 
 They stay while any run of this process still uses their workspace: removing one while
 another run's bwrap is setting up (or running) over the same workspace would break that run
@@ -235,7 +235,7 @@ class WorkspacePlaceholders:
             return True
 
     def created(self, workspace: str, placeholders: Iterable[str]) -> None:
-        """Record placeholders as soon as they are known (before bwrap makes them), for runs
+        """Record placeholders as soon as they are known (before they are made), for runs
         that start meanwhile and for the journal."""
         paths = tuple(placeholders)
         with self._lock:

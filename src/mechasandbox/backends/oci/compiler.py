@@ -95,8 +95,8 @@ class ContainerRun:
     `protected` exist and are re-bound read-only onto themselves; `pinned` are their
     existing parent directories, bound read-write onto themselves so that they cannot be
     renamed (a mount point gives EBUSY); `placeholders` are missing ones, covered by the
-    read-only empty directory `empty_dir` so that they cannot be created (the engine
-    creates the mount point on the host: the caller removes it afterwards).
+    read-only empty directory `empty_dir` so that they cannot be created (the caller makes
+    the mount point on the host before the container, and removes it afterwards).
     """
 
     run_id: str
