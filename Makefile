@@ -3,8 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CC ?= cc
+SHIM_DIR := src/mechasandbox/runner/shim
+SHIM := $(SHIM_DIR)/mechasandbox-exec
 
-.PHONY: install demo test lint typecheck ci bench clean
+.PHONY: install shim demo test lint typecheck ci bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +18,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q src
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) shim
 
-demo: $(STAMP)
+# The exec shim (see src/mechasandbox/runner/native.py): Linux only and optional; runs are
+# faster with it. Without a C compiler it is skipped with a note, and runs take the forked
+# Python way.
+shim:
+	@if [ "$$(uname -s)" != Linux ]; then \
+	  true; \
+	elif command -v $(CC) >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory $(SHIM); \
+	else \
+	  echo "note: no C compiler ($(CC)): the exec shim is not built; runs take the slower, forked way"; \
+	fi
+
+$(SHIM): $(SHIM_DIR)/exec_shim.c
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -o $@.tmp $<
+	mv $@.tmp $@
+
+demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-test: $(STAMP)
+test: install
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -32,8 +51,8 @@ typecheck: $(STAMP)
 
 ci: lint typecheck test
 
-bench: $(STAMP)
+bench: install
 	PYTHONPATH=src $(PY) bench/suite.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(SHIM)

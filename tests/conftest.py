@@ -10,6 +10,8 @@ import pytest
 from returns.result import Failure
 
 from mechasandbox.backends.base import Backend
+from mechasandbox.runner import native
+from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
 
 
@@ -32,6 +34,18 @@ def require_available(backend: Backend) -> None:
         pytest.skip(f"backend {backend.name!r} unavailable: {reason}")
 
 
+def require_exec_shim() -> str:
+    """The exec shim's path; skip when it is not built here, fail where it must be (CI sets
+    MECHASANDBOX_REQUIRE_SHIM=1: tests of the shim must not pass by skipping)."""
+    path = native.shim_path()
+    if path is None:
+        reason = f"the exec shim is not built ({native.DEFAULT_SHIM}; `make shim`)"
+        if os.environ.get("MECHASANDBOX_REQUIRE_SHIM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_config(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
@@ -48,6 +62,29 @@ def runner() -> Iterator[HelperProcessRunner]:
     process_runner = HelperProcessRunner()
     yield process_runner
     process_runner.close()
+
+
+@pytest.fixture(scope="session")
+def forked_runner() -> Iterator[HelperProcessRunner]:
+    """A runner whose warm children are Python processes forked by the helper (the way
+    without the exec shim), for the tests that must hold on both ways."""
+    process_runner = HelperProcessRunner(SpawnHelperClient(exec_shim=False))
+    yield process_runner
+    process_runner.close()
+
+
+@pytest.fixture(params=["shim", "forked"])
+def either_runner(
+    request: pytest.FixtureRequest,
+    runner: HelperProcessRunner,
+    forked_runner: HelperProcessRunner,
+) -> HelperProcessRunner:
+    """The session's runner with its warm children started from the exec shim, then the
+    forked one: a test using this holds on both ways a child can be set up."""
+    if request.param == "shim":
+        require_exec_shim()
+        return runner
+    return forked_runner
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

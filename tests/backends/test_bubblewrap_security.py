@@ -99,8 +99,8 @@ def make_box(runner: HelperProcessRunner, root: Path, *, workspace_in_home: bool
 
 
 @pytest.fixture
-def box(runner: HelperProcessRunner, tmp_path: Path) -> Box:
-    return make_box(runner, tmp_path)
+def box(either_runner: HelperProcessRunner, tmp_path: Path) -> Box:
+    return make_box(either_runner, tmp_path)
 
 
 def out(result: RunResult) -> str:

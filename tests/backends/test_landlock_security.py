@@ -72,7 +72,7 @@ class Sandbox:
 
 
 @pytest.fixture
-def sandbox(runner: HelperProcessRunner, tmp_path: Path) -> Sandbox:
+def sandbox(either_runner: HelperProcessRunner, tmp_path: Path) -> Sandbox:
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text(SECRET)
@@ -91,7 +91,7 @@ def sandbox(runner: HelperProcessRunner, tmp_path: Path) -> Sandbox:
         gid=os.getgid(),
         platform="linux",
     )
-    backend = LandlockBackend(runner=runner, host=host)
+    backend = LandlockBackend(runner=either_runner, host=host)
     require_available(backend)
     return Sandbox(backend=backend, workspace=workspace, home=home)
 

@@ -11,6 +11,8 @@ import time
 import pytest
 
 from mechasandbox.cli.main import main
+from mechasandbox.runner import native
+from tests.conftest import require_exec_shim
 
 UNAVAILABLE_HERE = "seatbelt" if sys.platform.startswith("linux") else "bubblewrap"
 
@@ -210,6 +212,21 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
     process = next(e for e in data["backends"] if e["name"] == "process")
     assert process["available"] is True
     assert process["enforces"]["filesystem-read"] is False
+    if sys.platform.startswith("linux"):
+        assert data["exec_shim"] == native.shim_path()
+
+
+def test_doctor_names_the_exec_shim_or_its_absence(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the exec shim is Linux only")
+    path = require_exec_shim()
+    assert main(["doctor"]) == 0
+    assert f"exec shim: {path}\n" in capsys.readouterr().out
+    monkeypatch.setenv(native.SHIM_ENV, "off")
+    assert main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exec_shim"] is None
 
 
 def test_policy_prints_the_plan(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:

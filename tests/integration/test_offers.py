@@ -16,20 +16,24 @@ from typing import Any
 
 import pytest
 
-from mechasandbox.runner import framing
+from mechasandbox.runner import framing, native
 from mechasandbox.runner.blocking import BlockingHelperRunner
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.spec import SpawnSpec
 from mechasandbox.runner.submission import spawn_request
+from tests.conftest import require_exec_shim
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 
 ENV = (("PATH", "/usr/bin:/bin"),)
 
 
-@pytest.fixture
-def client() -> Iterator[SpawnHelperClient]:
-    client = SpawnHelperClient()
+@pytest.fixture(params=["shim", "forked"])
+def client(request: pytest.FixtureRequest) -> Iterator[SpawnHelperClient]:
+    """A client whose helper offers exec shim children, then one that offers forked ones."""
+    if request.param == "shim":
+        require_exec_shim()
+    client = SpawnHelperClient(exec_shim=request.param == "shim")
     BlockingHelperRunner(client).run_blocking(
         SpawnSpec(argv=("true",), env=ENV, cwd="/", timeout_s=10)
     )  # through the helper: it then prepares a warm child like it, and offers it
@@ -37,9 +41,10 @@ def client() -> Iterator[SpawnHelperClient]:
     client.close()
 
 
-def _take_offer(client: SpawnHelperClient) -> tuple[int, socket.socket]:
-    """The first warm child the helper offers (its pid, and the socket that hands it a run),
-    taken out of the client's hands so that no other run gets it."""
+def _take_offer(client: SpawnHelperClient) -> tuple[int, socket.socket, bool]:
+    """The first warm child the helper offers (its pid, the socket that hands it a run, and
+    whether it is the exec shim), taken out of the client's hands so that no other run gets
+    it."""
     deadline = time.monotonic() + 10
     while True:
         with client._lock:
@@ -48,7 +53,7 @@ def _take_offer(client: SpawnHelperClient) -> tuple[int, socket.socket]:
             for group in client._offers.values():
                 if group:
                     offer = group.pop(0)
-                    return offer.pid, offer.runs
+                    return offer.pid, offer.runs, offer.native
         assert time.monotonic() < deadline, "no warm child was offered"
         time.sleep(0.01)
 
@@ -84,12 +89,17 @@ def test_a_run_over_before_its_claim_is_read_is_still_answered(
     """The host hands the run to the warm child and is slow to send the claim: the helper
     reaps the child first, and must keep its status for the claim (not answer "not
     started", nor lose the run)."""
-    pid, runs = _take_offer(client)
+    pid, runs, shim = _take_offer(client)
     spec = SpawnSpec(argv=("sh", "-c", "echo handed; exit 3"), env=ENV, cwd="/", timeout_s=10)
     out_r, out_w = os.pipe()
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
-        framing.send(runs, spawn_request(spec), [devnull, out_w, out_w])
+        if shim:
+            frame = native.encode(spawn_request(spec))
+            assert frame is not None
+            framing.send_frame(runs, frame, [devnull, out_w, out_w])
+        else:
+            framing.send(runs, spawn_request(spec), [devnull, out_w, out_w])
     finally:
         runs.close()
         os.close(devnull)
@@ -109,7 +119,7 @@ def test_a_claim_for_a_child_that_died_waiting_is_answered_as_not_started(
 ) -> None:
     """A warm child killed before its run came (its cgroup removed): the run the host meant
     for it is reported as not started, never as a command that ran."""
-    pid, runs = _take_offer(client)
+    pid, runs, _ = _take_offer(client)
     os.kill(pid, signal.SIGKILL)
     _gone(pid)
     runs.close()
@@ -123,7 +133,7 @@ def test_a_claim_for_a_child_that_died_waiting_is_answered_as_not_started(
 def test_a_warm_child_the_host_lets_go_exits_and_is_reaped(client: SpawnHelperClient) -> None:
     """Closing the offer's socket is how the host lets a warm child go (an older one, one it
     has no use for): it must end, not linger as the helper's child."""
-    pid, runs = _take_offer(client)
+    pid, runs, _ = _take_offer(client)
     assert os.path.exists(f"/proc/{pid}")
     runs.close()
     _gone(pid)

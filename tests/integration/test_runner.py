@@ -25,6 +25,12 @@ LINUX_ONLY = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def runner(either_runner: HelperProcessRunner) -> HelperProcessRunner:
+    """Every test here holds for warm children started from the exec shim and forked ones."""
+    return either_runner
+
+
 def spec(*argv: str, **changes: object) -> SpawnSpec:
     return SpawnSpec(argv=argv, env=ENV, cwd="/tmp", **changes)  # type: ignore[arg-type]
 

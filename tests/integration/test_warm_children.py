@@ -19,8 +19,10 @@ from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
 from mechasandbox.domain import Limits
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.limits.cgroup import CgroupManager, CgroupRun
+from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, RlimitSetting, SpawnSpec
+from tests.conftest import require_exec_shim
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
 
@@ -38,9 +40,21 @@ def manager() -> Iterator[CgroupManager]:
     probed.close()
 
 
+@pytest.fixture(params=["shim", "forked"])
+def own_runner(request: pytest.FixtureRequest) -> Iterator[HelperProcessRunner]:
+    """A runner of its own, whose warm children are the exec shim, then forked ones."""
+    if request.param == "shim":
+        require_exec_shim()
+    runner = HelperProcessRunner(SpawnHelperClient(exec_shim=request.param == "shim"))
+    yield runner
+    runner.close()
+
+
 @pytest.fixture
-def own_runner() -> Iterator[HelperProcessRunner]:
-    runner = HelperProcessRunner()
+def forked_own_runner() -> Iterator[HelperProcessRunner]:
+    """For what only forked warm children do: apply a policy's ahead hooks while they wait
+    (an exec shim child applies everything once its run has come)."""
+    runner = HelperProcessRunner(SpawnHelperClient(exec_shim=False))
     yield runner
     runner.close()
 
@@ -253,63 +267,63 @@ def _warm_pids(runner: HelperProcessRunner, before: set[int]) -> set[int]:
 
 
 def test_a_warm_child_applies_the_ahead_hooks_of_matching_runs_only(
-    own_runner: HelperProcessRunner,
+    forked_own_runner: HelperProcessRunner,
 ) -> None:
-    first = _run(own_runner, _confined(200))  # a fresh fork: the reference
+    first = _run(forked_own_runner, _confined(200))  # a fresh fork: the reference
     assert (_field(first, "Seccomp:"), _field(first, "NoNewPrivs:")) == ("2", "1")
     assert _field(first, "Max open files") == "200"
 
     # The same policy again: handed to the warm child that applied all of it while waiting.
-    waiting = _warm_pids(own_runner, set())
-    again = _run(own_runner, _confined(200))
+    waiting = _warm_pids(forked_own_runner, set())
+    again = _run(forked_own_runner, _confined(200))
     assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
     assert (_field(again, "Seccomp:"), _field(again, "NoNewPrivs:")) == ("2", "1")
     assert _field(again, "Max open files") == "200"
 
     # The same hooks, other rlimits: handed over too (the rlimits wait for the run).
-    waiting = _warm_pids(own_runner, set())
-    limited = _run(own_runner, _confined(250))
+    waiting = _warm_pids(forked_own_runner, set())
+    limited = _run(forked_own_runner, _confined(250))
     assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
     assert (_field(limited, "Seccomp:"), _field(limited, "Max open files")) == ("2", "250")
 
     # No filter: the waiting child (filter loaded) must not take it; the run gets exactly
     # its own. The child waits on for runs like the first.
-    waiting = _warm_pids(own_runner, set())
-    other = _run(own_runner, _confined(300, seccomp=False))
+    waiting = _warm_pids(forked_own_runner, set())
+    other = _run(forked_own_runner, _confined(300, seccomp=False))
     assert (_field(other, "Seccomp:"), _field(other, "NoNewPrivs:")) == ("0", "1")
     assert _field(other, "Max open files") == "300"
     assert all(os.path.exists(f"/proc/{pid}") for pid in waiting), "a mismatched child ran"
-    back = _run(own_runner, _confined(200))
+    back = _run(forked_own_runner, _confined(200))
     assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
     assert (_field(back, "Seccomp:"), _field(back, "Max open files")) == ("2", "200")
 
     # No ahead hook at all, after a child prepared for the last policy: nothing of it.
-    _warm_pids(own_runner, set())
-    plain = _run(own_runner, SHOW_CONFINEMENT)
+    _warm_pids(forked_own_runner, set())
+    plain = _run(forked_own_runner, SHOW_CONFINEMENT)
     assert (_field(plain, "Seccomp:"), _field(plain, "NoNewPrivs:")) == ("0", "0")
     assert _field(plain, "Max open files") != "300"
 
 
 def test_an_ahead_hook_that_failed_in_the_warm_child_fails_the_run_it_is_handed(
-    own_runner: HelperProcessRunner,
+    forked_own_runner: HelperProcessRunner,
 ) -> None:
     """An invalid filter (the kernel refuses it): the fresh fork reports the hook stage;
     the warm child prepared for the same request failed while waiting and must report it
     for the run handed over, never run the command unfiltered."""
     broken = _confined(200, program=b"\xff\xff\x00\x00\x00\x00\x00\x00")
-    outcome = anyio.run(own_runner.run, broken)
+    outcome = anyio.run(forked_own_runner.run, broken)
     assert isinstance(outcome, Failure), outcome
     assert "hook" in outcome.failure().reason
-    waiting = _warm_pids(own_runner, set())
+    waiting = _warm_pids(forked_own_runner, set())
     time.sleep(0.2)  # its hook has failed by now; it waits for a run all the same
-    outcome = anyio.run(own_runner.run, broken)
+    outcome = anyio.run(forked_own_runner.run, broken)
     assert isinstance(outcome, Failure), outcome
     assert "hook" in outcome.failure().reason
     assert not any(os.path.exists(f"/proc/{pid}") for pid in waiting), "not handed over"
 
 
 def test_a_warm_child_in_a_pooled_cgroup_is_prepared_like_the_run_named(
-    manager: CgroupManager, own_runner: HelperProcessRunner
+    manager: CgroupManager, forked_own_runner: HelperProcessRunner
 ) -> None:
     """The prepare frame names the run the next ones will resemble. Named twice in a row
     (one policy in use), a warm child in the pooled cgroup applies its filter while it
@@ -318,17 +332,17 @@ def test_a_warm_child_in_a_pooled_cgroup_is_prepared_like_the_run_named(
     limits = Limits(max_processes=16)
     first = manager.create(limits)
     like = attrs.evolve(_confined(200), cgroup_procs=first.procs_files)
-    _run(own_runner, like)
+    _run(forked_own_runner, like)
     manager.destroy(first)
-    own_runner.prepare_cgroups(manager.idle_procs_files(), like=like)
-    (generic,) = _waiting_in(own_runner, first.directories[0])
-    own_runner.prepare_cgroups(manager.idle_procs_files(), like=like)
+    forked_own_runner.prepare_cgroups(manager.idle_procs_files(), like=like)
+    (generic,) = _waiting_in(forked_own_runner, first.directories[0])
+    forked_own_runner.prepare_cgroups(manager.idle_procs_files(), like=like)
     deadline = time.monotonic() + 10
-    while not (filtered := _filtered_besides(own_runner, first.directories[0], generic)):
+    while not (filtered := _filtered_besides(forked_own_runner, first.directories[0], generic)):
         assert time.monotonic() < deadline, "no warm child applied the filter ahead"
         time.sleep(0.02)
 
-    _run_filtered_in_the_pooled_cgroup(manager, own_runner, first, like, filtered[0])
+    _run_filtered_in_the_pooled_cgroup(manager, forked_own_runner, first, like, filtered[0])
     while os.path.exists(f"/proc/{generic}"):  # let go once the newer one was offered
         assert time.monotonic() < deadline, "the generic warm child was kept"
         time.sleep(0.02)
@@ -367,7 +381,7 @@ def _run_filtered_in_the_pooled_cgroup(
 
 
 def test_a_pooled_cgroup_shared_by_two_policies_gets_a_generic_warm_child(
-    manager: CgroupManager, own_runner: HelperProcessRunner
+    manager: CgroupManager, forked_own_runner: HelperProcessRunner
 ) -> None:
     """Prepare frames naming different runs (two backends sharing the pool): the warm child
     applies nothing ahead, and takes a run of either kind, set up entirely at run time."""
@@ -375,18 +389,18 @@ def test_a_pooled_cgroup_shared_by_two_policies_gets_a_generic_warm_child(
     first = manager.create(limits)
     filtered = attrs.evolve(_confined(200), cgroup_procs=first.procs_files)
     plain = attrs.evolve(_confined(300, seccomp=False), cgroup_procs=first.procs_files)
-    _run(own_runner, filtered)
+    _run(forked_own_runner, filtered)
     manager.destroy(first)
-    own_runner.prepare_cgroups(manager.idle_procs_files(), like=plain)
-    own_runner.prepare_cgroups(manager.idle_procs_files(), like=filtered)
-    (waiting,) = _waiting_in(own_runner, first.directories[0])
+    forked_own_runner.prepare_cgroups(manager.idle_procs_files(), like=plain)
+    forked_own_runner.prepare_cgroups(manager.idle_procs_files(), like=filtered)
+    (waiting,) = _waiting_in(forked_own_runner, first.directories[0])
     time.sleep(0.2)
     assert _field(Path(f"/proc/{waiting}/status").read_text(), "NoNewPrivs:") == "0"
-    _run_filtered_in_the_pooled_cgroup(manager, own_runner, first, filtered, waiting)
+    _run_filtered_in_the_pooled_cgroup(manager, forked_own_runner, first, filtered, waiting)
 
 
 def test_a_run_naming_pooled_cgroups_leaves_children_prepared_like_it_there(
-    manager: CgroupManager, own_runner: HelperProcessRunner
+    manager: CgroupManager, forked_own_runner: HelperProcessRunner
 ) -> None:
     """`prepare_after` (what `execute_spec` sets): the spawn request, or the claim of a run
     handed to a warm child, names the pooled cgroups, with no prepare frame. Named by two
@@ -396,19 +410,19 @@ def test_a_run_naming_pooled_cgroups_leaves_children_prepared_like_it_there(
     pooled = manager.idle_procs_files(minimum=1)
     target = pooled[0]
     like = attrs.evolve(_confined(200), prepare_after=pooled)
-    _run(own_runner, like)  # the spawn request names the pool: a generic child there
-    _warm_pids(own_runner, set())  # the child without cgroups, prepared like the run
-    _run(own_runner, like)  # handed to that child: its claim names the pool
+    _run(forked_own_runner, like)  # the spawn request names the pool: a generic child there
+    _warm_pids(forked_own_runner, set())  # the child without cgroups, prepared like the run
+    _run(forked_own_runner, like)  # handed to that child: its claim names the pool
 
     directory = os.path.dirname(target[0])
     deadline = time.monotonic() + 10
-    while not (filtered := _filtered_besides(own_runner, directory, 0)):
+    while not (filtered := _filtered_besides(forked_own_runner, directory, 0)):
         assert time.monotonic() < deadline, "no child prepared like the run in the pool"
         time.sleep(0.02)
     second = manager.create(Limits(max_processes=16))
     try:
         assert second.procs_files == target  # first in, first out
-        shown = _run(own_runner, attrs.evolve(like, cgroup_procs=second.procs_files))
+        shown = _run(forked_own_runner, attrs.evolve(like, cgroup_procs=second.procs_files))
         assert (_field(shown, "Seccomp:"), _field(shown, "Max open files")) == ("2", "200")
         assert not os.path.exists(f"/proc/{filtered[0]}"), "not handed over"
     finally:

@@ -28,7 +28,7 @@ from mechasandbox.backends.linux.landlock import (
     handled_fs_for,
     seccomp_filter,
 )
-from mechasandbox.backends.linux.landlock_hook import expand_rules
+from mechasandbox.backends.linux.landlock_rules import expand_rules
 from mechasandbox.domain import (
     EnvironmentPolicy,
     FilesystemPolicy,

@@ -15,6 +15,7 @@ from mechasandbox.cli.verify import plant_environment_secret, verify_backends
 from mechasandbox.containers import Application
 from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.policy import Policy
+from mechasandbox.runner import native
 
 
 def report(app: Application, host: HostContext) -> dict[str, Any]:
@@ -38,12 +39,15 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
         )
     candidates = [getattr(app.backends, n.replace("-", "_"))() for n in AUTO_ORDER]
     chosen = choose(candidates, Policy())
-    return {
+    data: dict[str, Any] = {
         "platform": f"{platform.system()} {platform.release()} ({host.platform})",
         "auto": chosen.unwrap().name if not isinstance(chosen, Failure) else None,
         "auto_reason": chosen.failure().message if isinstance(chosen, Failure) else None,
         "backends": backends,
     }
+    if host.platform.startswith("linux"):  # the shim is Linux only: its path, or None
+        data["exec_shim"] = native.shim_path()
+    return data
 
 
 # The doctor table's columns (CLI.md's list, in its order) and their short headings.
@@ -69,7 +73,16 @@ def _table(data: dict[str, Any]) -> str:
     shown = list(_SHORT)
     width = max(len(entry["name"]) for entry in data["backends"]) + 2
     header = "".ljust(width) + " ".join(_SHORT[p].rjust(len(_SHORT[p])) for p in shown)
-    lines = [f"platform: {data['platform']}", "", header]
+    lines = [f"platform: {data['platform']}"]
+    if "exec_shim" in data:
+        shim = data["exec_shim"]
+        lines.append(
+            f"exec shim: {shim}"
+            if shim
+            else "exec shim: none (not built, see `make shim`; or MECHASANDBOX_EXEC_SHIM=off): "
+            "runs start from forked Python processes"
+        )
+    lines += ["", header]
     unavailable: list[str] = []
     notes: list[str] = []
     for entry in data["backends"]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mechasandbox.runner import framing
+from mechasandbox.runner import framing, native
 
 # The fields of a spawn request a warm child is prepared from (see `helper`), and those a
 # child prepared like the request has no use for.
@@ -28,17 +28,29 @@ _OFFERS_GROUPED = 1
 class _Offer:
     """A warm child the helper offered: `runs` hands it a run (closing it lets the child
     go), `ahead` the JSON text of the ahead hooks it applied ("" for none: it takes any
-    run), `hooks` the hook modules it has loaded."""
+    run), `hooks` the hook modules it has loaded; `native`: the exec shim, which takes any
+    run that has a native form (see `native`)."""
 
-    __slots__ = ("ahead", "hooks", "pid", "runs")
+    __slots__ = ("ahead", "hooks", "native", "pid", "runs")
 
-    def __init__(self, pid: int, runs: socket.socket, ahead: str, hooks: frozenset[str]) -> None:
+    def __init__(
+        self,
+        pid: int,
+        runs: socket.socket,
+        ahead: str,
+        hooks: frozenset[str],
+        *,
+        native: bool = False,
+    ) -> None:
         self.pid = pid
         self.runs = runs
         self.ahead = ahead
         self.hooks = hooks
+        self.native = native
 
-    def takes(self, ahead: str, needed: set[str]) -> bool:
+    def takes(self, ahead: str, needed: set[str], native_form: bytes | None) -> bool:
+        if self.native:
+            return native_form is not None
         return self.ahead in (ahead, "") and needed <= self.hooks
 
 
@@ -53,7 +65,10 @@ class SpawnHelperClient:
     control socket, and the helper then kills every run it still has.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, exec_shim: bool = True) -> None:
+        """`exec_shim`: let the helper start warm children from the exec shim where it is
+        built (see `native`); False keeps them Python processes forked by the helper."""
+        self._exec_shim = exec_shim
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -78,6 +93,7 @@ class SpawnHelperClient:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONPATH": package_root,
             framing.CONTROL_FD_ENV: str(theirs.fileno()),
+            native.SHIM_ENV: (native.shim_path() if self._exec_shim else None) or "off",
         }
         try:
             self._process = subprocess.Popen(
@@ -138,16 +154,21 @@ class SpawnHelperClient:
             return False
         ahead = framing.encode_text(request["ahead"]) if request["ahead"] else ""
         needed = {spec for spec, _ in [*request["ahead"], *request["hooks"]]}
-        usable = [offer for offer in group if offer.takes(ahead, needed)]
+        native_form = native.encode(request) if any(o.native for o in group) else None
+        usable = [offer for offer in group if offer.takes(ahead, needed, native_form)]
         if not usable:
             return False
-        offer = min(usable, key=lambda o: o.ahead != ahead)  # one prepared like it first
+        # The shim first, then one prepared like the run.
+        offer = min(usable, key=lambda o: (not o.native, o.ahead != ahead))
         group.remove(offer)
         sent = request
         if offer.ahead:  # it applied the ahead hooks already: less to encode and decode
             sent = {name: value for name, value in request.items() if name not in _APPLIED}
         try:
-            framing.send(offer.runs, sent, stdio)
+            if offer.native and native_form is not None:
+                framing.send_frame(offer.runs, native_form, stdio)
+            else:
+                framing.send(offer.runs, sent, stdio)
         except OSError:
             return False  # it died meanwhile (its cgroup was removed): the helper forks
         finally:
@@ -183,7 +204,10 @@ class SpawnHelperClient:
                 continue
             runs = socket.socket(fileno=fds[0])
             hooks = frozenset(offer["hooks"])
-            self._keep(tuple(offer["key"]), _Offer(offer["pid"], runs, offer["ahead"], hooks))
+            found = _Offer(
+                offer["pid"], runs, offer["ahead"], hooks, native=bool(offer.get("native"))
+            )
+            self._keep(tuple(offer["key"]), found)
 
     def _keep(self, key: tuple[str, ...], offer: _Offer) -> None:
         group = self._offers.setdefault(key, [])

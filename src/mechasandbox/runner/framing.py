@@ -51,7 +51,11 @@ def rights(fds: list[int]) -> list[tuple[int, int, bytes]]:
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = encode(message)
+    send_frame(sock, encode(message), fds)
+
+
+def send_frame(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> None:
+    """Send an encoded frame whole, `fds` with its first byte."""
     sent = sock.sendmsg([data], rights(fds or []))
     if sent < len(data):
         sock.sendall(data[sent:])

@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import importlib
 import os
 import resource
@@ -66,7 +67,7 @@ import socket
 import sys
 import time
 
-from mechasandbox.runner import framing, proctree_darwin
+from mechasandbox.runner import framing, native, proctree_darwin
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the helper does not import `typing`
 if TYPE_CHECKING:
@@ -390,8 +391,10 @@ class _Run:
 
 
 class Helper:
-    def __init__(self, control: socket.socket) -> None:
+    def __init__(self, control: socket.socket, shim: str | None = None) -> None:
         self.control = control
+        # The exec shim warm children are started from (see `native`), None: forked.
+        self.shim = shim
         self.runs: dict[int, _Run] = {}
         self.hooks: dict[str, ChildHook] = {}
         # Warm children offered to the host, by pid, and those still to prepare (by the
@@ -535,6 +538,8 @@ class Helper:
 
     # --- warm children ----------------------------------------------------------------------
     def _want(self, key: tuple[str, ...], like: _Like) -> None:
+        if self.shim is not None:  # a shim child applies everything once its run has come
+            like = _GENERIC
         if any(w.key == key and w.like.ahead == like.ahead for w in self.warm.values()):
             return
         if not any(k == key and w.ahead == like.ahead for k, w in self.wanted):
@@ -550,7 +555,10 @@ class Helper:
         runs_host, runs_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         report_r, report_w = os.pipe()
         try:
-            pid = os.fork()
+            pid = self._spawn_shim(key, runs_child, report_w) if self.shim else 0
+            shim = pid != 0
+            if not shim:
+                pid = os.fork()
         except OSError:
             for fd in (report_r, report_w):
                 os.close(fd)
@@ -571,20 +579,54 @@ class Helper:
         runs_child.close()
         os.close(report_w)
         self.warm[pid] = _Warm(pid, report_r, key, like)
-        self._offer(pid, key, like, runs_host)
+        self._offer(pid, key, like, runs_host, shim=shim)
 
-    def _offer(self, pid: int, key: tuple[str, ...], like: _Like, runs: socket.socket) -> None:
+    def _spawn_shim(self, key: tuple[str, ...], runs: socket.socket, report_w: int) -> int:
+        """Start the exec shim as a warm child (`posix_spawn`: no copy of the helper), with
+        `runs` as its fd 3 and the report pipe as its fd 4; 0 when it cannot be started
+        (the caller forks a Python one)."""
+        assert self.shim is not None
+        # Above 4 first, so that neither dup2 can clobber the other's source.
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (runs.fileno(), report_w)]
+        try:
+            return os.posix_spawn(
+                self.shim,
+                [self.shim, str(self.my_pid), *key],
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, moved[0], 3),
+                    (os.POSIX_SPAWN_DUP2, moved[1], 4),
+                ],
+                setsid=True,
+            )
+        except OSError:
+            return 0
+        finally:
+            for fd in moved:
+                os.close(fd)
+
+    def _offer(
+        self,
+        pid: int,
+        key: tuple[str, ...],
+        like: _Like,
+        runs: socket.socket,
+        *,
+        shim: bool = False,
+    ) -> None:
         """Tell the host about a warm child, with the socket that hands it a run: the host
         sends a run prepared like it straight there (one process wake-up less than through
         the helper), and closes the socket to let the child go. `ahead` is the JSON text of
         the ahead hooks the child applied ("" for none: it takes any run, applying them
-        itself), compared as text by the host; `hooks`: the hook modules it has loaded."""
+        itself), compared as text by the host; `hooks`: the hook modules it has loaded;
+        `native`: it is the exec shim, which takes runs as `native` records."""
         offer = {
             "event": "offer",
             "pid": pid,
             "key": list(key),
             "ahead": "" if like.ahead is None else framing.encode_text(like.ahead),
-            "hooks": sorted(self.hooks),
+            "hooks": [] if shim else sorted(self.hooks),
+            "native": shim,
         }
         self._post(framing.encode(offer), [os.dup(runs.fileno())])
         runs.close()
@@ -817,6 +859,7 @@ def main() -> None:
     # process. The host dying closes the control socket, and that ends us (and our runs).
     control.set_inheritable(False)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    shim = os.environ.pop(native.SHIM_ENV, "")
     # Children start with default dispositions and an empty mask without any work between
     # fork and exec: signals the helper wants to survive are *caught* by a no-op handler
     # (exec resets caught signals to their defaults, while an ignored one would stay
@@ -827,7 +870,7 @@ def main() -> None:
         signal.signal(sig, _ignore)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    Helper(control).serve()
+    Helper(control, shim if os.path.isabs(shim) else None).serve()
     # Every run is dead and reaped: skip the interpreter's teardown, the host may be
     # waiting for us to exit.
     os._exit(0)

@@ -588,7 +588,7 @@ def seccomp_program() -> bytes:
 
 def seccomp_hook() -> ChildHook:
     return ChildHook(
-        target="mechasandbox.backends.linux.seccomp:pass_program_fd",
+        target=seccomp.PROGRAM_FD_TARGET,
         argument={"fd": SECCOMP_FD, "program": seccomp_program().hex()},
     )
 

@@ -30,6 +30,7 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.landlock_rules import ISOLATE_TARGET, RESTRICT_TARGET
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.resources import (
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 # The child-side hooks: `isolate` depends on the policy alone, so a warm child of the spawn
 # helper applies it before the run is asked for; `restrict_self` reads the file system
 # (rules' paths, carved directories) and so runs once the run has come.
-ISOLATE_TARGET = "mechasandbox.backends.linux.landlock_hook:isolate"
-RESTRICT_TARGET = "mechasandbox.backends.linux.landlock_hook:restrict_self"
 REHEARSAL_TARGET = "mechasandbox.backends.linux.landlock_hook:rehearse"
 UMASK = 0o077
 

@@ -13,6 +13,9 @@ applies it before the run is asked for, see `runner.helper`):
 `restrict_self` reads the file system, so it runs once the run has come:
 4. build the Landlock ruleset (open each rule's path with O_PATH, expand "carved" rules by
    listing their directory) and `landlock_restrict_self`.
+Where the exec shim is built, the helper's warm children are the shim instead, and steps
+1-4 are carried out by it from the records `landlock_rules` encodes (same system calls, same
+order; see `runner.native`).
 `rehearse` goes through step 4 without a system call that changes anything, in a warm
 child while it waits (see `runner.spec.ChildHook.rehearsal`).
 
@@ -28,6 +31,7 @@ import errno
 import os
 import stat
 
+from mechasandbox.backends.linux.landlock_rules import FILE_RIGHTS, expand_rules, ruleset_attr_size
 from mechasandbox.backends.linux.seccomp_install import install as install_seccomp
 from mechasandbox.backends.linux.seccomp_install import load_libc as _load_seccomp_libc
 
@@ -41,10 +45,6 @@ SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
 LANDLOCK_RULE_NET_PORT = 2
-
-# Rights that mean something on a non-directory; a rule on a file with others is EINVAL.
-FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
-READ_DIR = 1 << 3
 
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24
@@ -176,52 +176,6 @@ def drop_capabilities() -> None:
     _check(_lib().capset(ctypes.byref(header), data), "capset")
 
 
-def expand_rules(
-    rules: list[list[Any]],
-) -> list[tuple[str, int]]:
-    """Rules `[path, access, required, exclusions]` -> concrete `(path, access)` pairs.
-
-    Landlock grants a right on a whole subtree and cannot take it back below. A rule with
-    `exclusions` (`[[path, residual_access], ...]` strictly inside it) is therefore carved:
-    the directory itself keeps only the rights every excluded path keeps (plus READ_DIR,
-    so it can still be listed), and each child is granted in turn: whole when no exclusion
-    lies inside it, carved again when one does, with its residual rights when excluded.
-    Symlinks are skipped: a rule on one would apply to its target, wherever that is.
-    Missing optional paths are skipped; a missing required one is an error.
-    """
-    result: list[tuple[str, int]] = []
-
-    def grant(path: str, access: int, exclusions: dict[str, int]) -> None:
-        if path in exclusions:
-            access &= exclusions.pop(path)
-            if not access:
-                return
-        inside = {p: a for p, a in exclusions.items() if p.startswith(path.rstrip("/") + "/")}
-        if not inside:
-            result.append((path, access))
-            return
-        own = access
-        for residual in inside.values():
-            own &= residual
-        own |= access & READ_DIR
-        if own:
-            result.append((path, own))
-        try:
-            entries = sorted(os.scandir(path), key=lambda entry: entry.name)
-        except NotADirectoryError:
-            return
-        for entry in entries:
-            if entry.is_symlink():
-                continue
-            grant(entry.path, access, dict(inside))
-
-    for path, access, required, exclusions in rules:
-        if not required and not os.path.lexists(path):
-            continue
-        grant(path, int(access), {str(p): int(a) for p, a in exclusions})
-    return result
-
-
 def _open_path(path: str) -> tuple[int, bool]:
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     return fd, stat.S_ISDIR(os.fstat(fd).st_mode)
@@ -256,9 +210,7 @@ def restrict_self(argument: dict[str, Any]) -> None:
         handled_access_net=int(argument["handled_net"]),
         scoped=int(argument["scoped"]),
     )
-    # The attr struct grew with the ABI: 8 bytes at ABI 1-3, 16 at 4-5, 24 from 6.
-    abi = int(argument["abi"])
-    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    size = ruleset_attr_size(int(argument["abi"]))
     lib = _lib()
     ruleset = _check(
         lib.syscall(

@@ -29,6 +29,8 @@ import os
 import socket
 import struct
 
+from mechasandbox.runner import native
+
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -355,6 +357,15 @@ def summary(
 
 # --- loading ------------------------------------------------------------------------------
 _PIPE_CAPACITY = 65536  # Linux default; a full program (4096 * 8 bytes) fits
+PROGRAM_FD_TARGET = "mechasandbox.backends.linux.seccomp:pass_program_fd"
+
+
+def encode_program_fd(argument: Any, records: native.Records) -> None:
+    """`pass_program_fd` for the exec shim (see `runner.native`), which does the same."""
+    records.program_on_fd(int(argument["fd"]), bytes.fromhex(str(argument["program"])))
+
+
+native.register(PROGRAM_FD_TARGET, encode_program_fd)
 
 
 def pass_program_fd(argument: Any) -> None:

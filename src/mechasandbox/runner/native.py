@@ -1,0 +1,159 @@
+"""Runs handed to the exec shim (`shim/exec_shim.c`), a warm child that is not Python.
+
+Exec from a process forked from Python tears down the address space it copied, and a warm
+child decoding its run and setting up in Python costs as much again; the helper's fork of
+the next warm child shares its pages, which it then copies back as it writes them. Where
+the shim is built (`make shim`; see docs/architecture.md), the spawn helper starts its
+warm children from it with `posix_spawn` instead, and the host hands them runs as a list
+of plain records: the system calls `runner.helper._child` makes, with their arguments,
+in the same order. All the policy logic stays in Python: a hook that the shim should run
+natively registers an encoder here (`register`) that turns its argument into records. A
+run with a hook that has none, or anything the records cannot carry, goes the Python way.
+
+Frame: a 4-byte big-endian length (as `framing`'s), then records: one op byte, a 4-byte
+little-endian length, the payload (numbers little-endian, strings without a NUL).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import struct
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    Encoder: TypeAlias = Callable[[Any, "Records"], None]
+
+# The shim's path for the spawn helper: set by the host when it starts the helper; the
+# host's own setting of it picks another binary, or "off" for none.
+SHIM_ENV = "MECHASANDBOX_EXEC_SHIM"
+SHIM_NAME = "mechasandbox-exec"
+# (os.path, not pathlib: the spawn helper imports this module, and pathlib costs it ms)
+SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim", "exec_shim.c")
+DEFAULT_SHIM = os.path.join(os.path.dirname(SHIM_SOURCE), SHIM_NAME)
+MAX_FRAME = 8 * 1024 * 1024
+_MASK64 = (1 << 64) - 1
+
+
+def shim_path() -> str | None:
+    """The shim this host uses: `$MECHASANDBOX_EXEC_SHIM` ("off": none), else the one built
+    beside this package; None when there is none to execute."""
+    configured = os.environ.get(SHIM_ENV, "")
+    if configured == "off":
+        return None
+    path = configured or DEFAULT_SHIM
+    if os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    return None
+
+
+class NotNative(Exception):
+    """This run cannot be told to the shim: it goes the Python way."""
+
+
+def _text(value: object) -> bytes:
+    data = os.fsencode(str(value))
+    if b"\0" in data:
+        raise NotNative("a string with a NUL byte")
+    return data
+
+
+class Records:
+    """The records of one run, in the order they are added (the order the shim follows)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def add(self, op: bytes, payload: bytes = b"") -> None:
+        self._parts.append(op + struct.pack("<I", len(payload)) + payload)
+
+    # the system calls, one method each (see exec_shim.c's `carry_out`)
+    def chdir(self, path: str) -> None:
+        self.add(b"c", _text(path))
+
+    def umask(self, mask: int) -> None:
+        self.add(b"u", struct.pack("<I", mask & 0o777))
+
+    def rlimit(self, name: str, soft: int, hard: int) -> None:
+        which = getattr(resource, name, None)
+        if not isinstance(which, int) or not name.startswith("RLIMIT_"):
+            raise NotNative(f"unknown rlimit {name}")
+        self.add(b"r", struct.pack("<IQQ", which, soft & _MASK64, hard & _MASK64))
+
+    def drop_capabilities(self) -> None:
+        self.add(b"k")
+
+    def no_new_privs(self) -> None:
+        self.add(b"n")
+
+    def seccomp(self, program: bytes) -> None:
+        self.add(b"s", program)
+
+    def program_on_fd(self, fd: int, program: bytes) -> None:
+        self.add(b"f", struct.pack("<I", fd) + program)
+
+    def landlock_ruleset(self, handled_fs: int, handled_net: int, scoped: int, size: int) -> None:
+        self.add(b"L", struct.pack("<QQQI", handled_fs, handled_net, scoped, size))
+
+    def landlock_path(self, access: int, path: str) -> None:
+        self.add(b"p", struct.pack("<Q", access) + _text(path))
+
+    def landlock_port(self, access: int, port: int) -> None:
+        self.add(b"t", struct.pack("<QQ", access, port))
+
+    def landlock_restrict(self, flags: int) -> None:
+        self.add(b"R", struct.pack("<I", flags))
+
+    def frame(self) -> bytes:
+        body = b"".join(self._parts)
+        if len(body) > MAX_FRAME:
+            raise NotNative("the run does not fit a frame")
+        return struct.pack("!I", len(body)) + body
+
+
+_ENCODERS: dict[str, Encoder] = {}
+
+
+def register(target: str, encoder: Encoder) -> None:
+    """Let the shim carry out the hook `target` ("module:function"): `encoder(argument,
+    records)` adds what the hook would do, or raises (NotNative) when it cannot."""
+    _ENCODERS[target] = encoder
+
+
+def _hooks(records: Records, hooks: list[Any]) -> None:
+    for target, argument in hooks:
+        encoder = _ENCODERS.get(target)
+        if encoder is None:
+            raise NotNative(f"no native form of {target}")
+        encoder(argument, records)
+
+
+def _records(request: dict[str, Any]) -> Records:
+    executable = str(request.get("executable") or request["argv"][0])
+    records = Records()
+    records.chdir(request["cwd"])
+    records.umask(int(request.get("umask", 0o077)))
+    _hooks(records, request.get("ahead", ()))
+    for name, soft, hard in request.get("rlimits", ()):
+        records.rlimit(str(name), int(soft), int(hard))
+    _hooks(records, request.get("hooks", ()))
+    for argument in request["argv"]:
+        records.add(b"a", _text(argument))
+    for name, value in request["env"]:
+        if not name or "=" in name:
+            raise NotNative(f"environment name {name!r}")
+        records.add(b"e", _text(f"{name}={value}"))
+    records.add(b"x", _text(executable))
+    return records
+
+
+def encode(request: dict[str, Any]) -> bytes | None:
+    """The shim's frame for a spawn request (see `submission.spawn_request`), for a warm
+    child that joined the request's cgroups already; None when it must go the Python way."""
+    try:
+        return _records(request).frame()
+    except Exception:  # NotNative, or anything a hook's argument held: the Python way
+        return None

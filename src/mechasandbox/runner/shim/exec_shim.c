@@ -1,0 +1,477 @@
+/*
+ * mechasandbox-exec: a warm child of the spawn helper that is not a Python process.
+ *
+ * The helper (runner/helper.py) starts it with posix_spawn ahead of a run:
+ *
+ *     mechasandbox-exec HELPER_PID [CGROUP_PROCS_FILE...]
+ *     fd 3: the socket the host hands the run on      fd 4: the report pipe
+ *
+ * It dies with the helper, joins the cgroups, and waits. The host sends one frame (a 4-byte
+ * big-endian length, then records, see runner/native.py) with the run's stdin, stdout and
+ * stderr attached. The shim marks the report pipe ('+'), puts the stdio in place, closes
+ * every other descriptor, carries out the records in order (chdir, umask, the hooks' system
+ * calls, rlimits: the order of runner/helper.py's `_child`) and execs. Any failure is
+ * written to the report pipe as "ERRNO:STAGE" and the shim exits 127: the command never
+ * runs half-confined. The report pipe is close-on-exec, so an empty report means exec'd.
+ *
+ * Why it exists: exec from a process forked from Python tears down a copied address space
+ * (0.1-0.3 ms), and the decoding and setup in Python cost as much again; the helper's fork
+ * of the next warm child also shares (and then copies) its pages. The policy logic stays in
+ * Python: the host sends plain system calls with their arguments.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define RUNS_FD 3
+#define REPORT_FD 4
+#define MAX_FRAME (8u * 1024u * 1024u)
+#define MAX_FDS 64
+#define MAX_ITEMS 65536
+#define PIPE_CAPACITY 65536
+
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#define SYS_landlock_restrict_self 446
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#define LANDLOCK_RULE_PATH_BENEATH 1
+#define LANDLOCK_RULE_NET_PORT 2
+/* Rights that mean something on a non-directory: a rule on a file with others is EINVAL. */
+#define FILE_RIGHTS ((1ull << 0) | (1ull << 1) | (1ull << 2) | (1ull << 14) | (1ull << 15))
+
+struct ruleset_attr {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+    uint64_t scoped;
+};
+
+struct path_beneath_attr {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+
+struct net_port_attr {
+    uint64_t allowed_access;
+    uint64_t port;
+};
+
+static const char *stage = "setup";
+
+static void fail(int code) {
+    char text[96];
+    int length = snprintf(text, sizeof text, "%d:%s", code ? code : EIO, stage);
+    if (length > 0 && write(REPORT_FD, text, (size_t)length) < 0) {
+        /* nothing left to tell it with: the helper reports the exit as a failure */
+    }
+    _exit(127);
+}
+
+static void check(long result) {
+    if (result < 0)
+        fail(errno);
+}
+
+/* --- reading the frame ------------------------------------------------------------------ */
+struct cursor {
+    const unsigned char *at;
+    const unsigned char *end;
+};
+
+static void need(const struct cursor *c, size_t count) {
+    if ((size_t)(c->end - c->at) < count) {
+        stage = "setup";
+        fail(EPROTO);
+    }
+}
+
+static uint32_t take_u32(struct cursor *c) {
+    need(c, 4);
+    uint32_t value;
+    memcpy(&value, c->at, 4); /* little-endian: both ends are this host */
+    c->at += 4;
+    return value;
+}
+
+static uint64_t take_u64(struct cursor *c) {
+    need(c, 8);
+    uint64_t value;
+    memcpy(&value, c->at, 8);
+    c->at += 8;
+    return value;
+}
+
+/* A string field: copied out NUL-terminated; one with a NUL inside is refused. */
+static char *take_string(struct cursor *c, uint32_t length) {
+    need(c, length);
+    if (memchr(c->at, 0, length) != NULL) {
+        stage = "setup";
+        fail(EINVAL);
+    }
+    char *text = malloc((size_t)length + 1);
+    if (text == NULL)
+        fail(ENOMEM);
+    memcpy(text, c->at, length);
+    text[length] = 0;
+    c->at += length;
+    return text;
+}
+
+static int received[MAX_FDS];
+static int received_count;
+
+static void keep_fds(struct msghdr *message) {
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(message); h != NULL; h = CMSG_NXTHDR(message, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *fds = (int *)CMSG_DATA(h);
+        for (size_t i = 0; i < count; i++) {
+            if (received_count < MAX_FDS)
+                received[received_count++] = fds[i];
+            else
+                close(fds[i]);
+        }
+    }
+}
+
+/* Read exactly `count` bytes; 0 when the peer closed before the first byte. */
+static int receive_exact(unsigned char *buffer, size_t count, int first) {
+    size_t done = 0;
+    while (done < count) {
+        union {
+            char space[CMSG_SPACE(MAX_FDS * sizeof(int))];
+            struct cmsghdr align;
+        } control;
+        struct iovec part = {buffer + done, count - done};
+        struct msghdr message = {0};
+        message.msg_iov = &part;
+        message.msg_iovlen = 1;
+        message.msg_control = control.space;
+        message.msg_controllen = sizeof control.space;
+        ssize_t got = recvmsg(RUNS_FD, &message, MSG_CMSG_CLOEXEC);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            fail(errno);
+        keep_fds(&message);
+        if (got == 0) {
+            if (first && done == 0)
+                return 0;
+            fail(EPIPE);
+        }
+        done += (size_t)got;
+    }
+    return 1;
+}
+
+/* --- the steps -------------------------------------------------------------------------- */
+/* The errno of the first join that failed (0: all joined). */
+static int join_cgroups(int count, char **files) {
+    for (int i = 0; i < count; i++) {
+        int procs = open(files[i], O_WRONLY | O_CLOEXEC);
+        if (procs < 0)
+            return errno ? errno : EIO;
+        ssize_t wrote = write(procs, "0", 1);
+        int code = errno;
+        close(procs);
+        if (wrote != 1)
+            return code ? code : EIO;
+    }
+    return 0;
+}
+
+static void put_stdio(void) {
+    stage = "stdio";
+    if (received_count < 3)
+        fail(EBADF);
+    /* Out of the way first: one of them may sit at 0-2 (the helper's own stdio closed). */
+    int moved[3];
+    for (int i = 0; i < 3; i++) {
+        moved[i] = fcntl(received[i], F_DUPFD_CLOEXEC, 10);
+        check(moved[i]);
+    }
+    for (int target = 0; target < 3; target++)
+        check(dup2(moved[target], target));
+    /* Keep only 0-2 and the report pipe (close-on-exec): nothing of the helper leaks in. */
+    if (syscall(SYS_close_range, 3u, (unsigned)REPORT_FD - 1, 0u) < 0 ||
+        syscall(SYS_close_range, (unsigned)REPORT_FD + 1, ~0u, 0u) < 0) {
+        for (int fd = 3; fd < 65536; fd++)
+            if (fd != REPORT_FD)
+                close(fd);
+    }
+}
+
+static void drop_capabilities(void) {
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    check(syscall(SYS_capget, &header, data));
+    /* Without CAP_SETPCAP the bounding set cannot change, and no_new_privs already keeps
+     * exec from granting what it holds. */
+    if (data[0].effective & (1u << CAP_SETPCAP)) {
+        for (int cap = 0; cap < 64; cap++) {
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
+                fail(errno);
+        }
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        fail(errno);
+    memset(data, 0, sizeof data);
+    check(syscall(SYS_capset, &header, data));
+}
+
+static void install_seccomp(const unsigned char *program, uint32_t length) {
+    if (length == 0 || length % 8 != 0 || length / 8 > 0xffff)
+        fail(EINVAL);
+    struct sock_fprog filter = {(unsigned short)(length / 8), (struct sock_filter *)program};
+    check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+    check(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter, 0, 0));
+}
+
+/* bwrap reads its seccomp program from `--seccomp FD`: a pipe written whole before exec. */
+static void program_on_fd(int target, const unsigned char *program, uint32_t length) {
+    if (length > PIPE_CAPACITY)
+        fail(E2BIG);
+    if (fcntl(target, F_GETFD) >= 0)
+        fail(EBUSY); /* never clobber a descriptor in use (the report pipe) */
+    int ends[2];
+    check(pipe2(ends, O_CLOEXEC));
+    for (uint32_t done = 0; done < length;) {
+        ssize_t wrote = write(ends[1], program + done, length - done);
+        if (wrote < 0)
+            fail(errno);
+        done += (uint32_t)wrote;
+    }
+    close(ends[1]);
+    if (ends[0] != target) {
+        check(dup2(ends[0], target));
+        close(ends[0]);
+    } else {
+        check(fcntl(target, F_SETFD, 0));
+    }
+}
+
+static void add_path_rule(int ruleset, uint64_t access, const char *path) {
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return; /* vanished between listing and opening: nothing to grant */
+        fail(errno);
+    }
+    struct stat info;
+    if (fstat(fd, &info) < 0)
+        fail(errno);
+    struct path_beneath_attr rule = {S_ISDIR(info.st_mode) ? access : access & FILE_RIGHTS, fd};
+    if (rule.allowed_access != 0)
+        check(syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0));
+    close(fd);
+}
+
+/* As Python's os.execvpe: a name without a slash is searched on the PATH of the command's
+ * environment (default /bin:/usr/bin; an empty entry is the working directory); the first
+ * error other than "not there" wins over the last one. */
+static void exec_searching(const char *file, char **argv, char **envp) {
+    if (strchr(file, '/') != NULL) {
+        execve(file, argv, envp);
+        fail(errno);
+    }
+    const char *path = "/bin:/usr/bin";
+    for (char **entry = envp; *entry != NULL; entry++)
+        if (strncmp(*entry, "PATH=", 5) == 0)
+            path = *entry + 5;
+    int saved = 0, last = ENOENT;
+    size_t file_length = strlen(file);
+    for (const char *start = path;; start++) {
+        const char *end = strchr(start, ':');
+        size_t length = end ? (size_t)(end - start) : strlen(start);
+        char *candidate = malloc(length + file_length + 2);
+        if (candidate == NULL)
+            fail(ENOMEM);
+        if (length > 0) {
+            memcpy(candidate, start, length);
+            candidate[length] = '/';
+            memcpy(candidate + length + 1, file, file_length + 1);
+        } else {
+            memcpy(candidate, file, file_length + 1);
+        }
+        execve(candidate, argv, envp);
+        last = errno;
+        if (last != ENOENT && last != ENOTDIR && saved == 0)
+            saved = last;
+        free(candidate);
+        if (end == NULL)
+            break;
+        start = end;
+    }
+    fail(saved ? saved : last);
+}
+
+/* --- the records (see runner/native.py) ---------------------------------------------------- */
+static void carry_out(struct cursor *c) {
+    char **argv = calloc(MAX_ITEMS + 1, sizeof(char *));
+    char **envp = calloc(MAX_ITEMS + 1, sizeof(char *));
+    if (argv == NULL || envp == NULL)
+        fail(ENOMEM);
+    size_t argc = 0, envc = 0;
+    char *executable = NULL;
+    int ruleset = -1;
+    while (c->at < c->end) {
+        stage = "setup";
+        unsigned char op = *c->at++;
+        uint32_t length = take_u32(c);
+        need(c, length);
+        struct cursor field = {c->at, c->at + length};
+        c->at += length;
+        switch (op) {
+        case 'c':
+            stage = "chdir";
+            check(chdir(take_string(&field, length)));
+            break;
+        case 'u':
+            stage = "umask";
+            umask((mode_t)(take_u32(&field) & 0777));
+            break;
+        case 'r': {
+            stage = "rlimit";
+            uint32_t which = take_u32(&field);
+            struct rlimit limit = {(rlim_t)take_u64(&field), (rlim_t)take_u64(&field)};
+            check(setrlimit((int)which, &limit));
+            break;
+        }
+        case 'k':
+            stage = "hook";
+            drop_capabilities();
+            break;
+        case 'n':
+            stage = "hook";
+            check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+            break;
+        case 's':
+            stage = "hook";
+            install_seccomp(field.at, length);
+            break;
+        case 'f': {
+            stage = "hook";
+            uint32_t target = take_u32(&field);
+            program_on_fd((int)target, field.at, (uint32_t)(field.end - field.at));
+            break;
+        }
+        case 'L': {
+            stage = "hook";
+            struct ruleset_attr attr;
+            attr.handled_access_fs = take_u64(&field);
+            attr.handled_access_net = take_u64(&field);
+            attr.scoped = take_u64(&field);
+            uint32_t size = take_u32(&field);
+            if (size > sizeof attr || ruleset >= 0)
+                fail(EINVAL);
+            ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, (size_t)size, 0u);
+            check(ruleset);
+            break;
+        }
+        case 'p': {
+            stage = "hook";
+            uint64_t access = take_u64(&field);
+            if (ruleset < 0)
+                fail(EINVAL);
+            add_path_rule(ruleset, access, take_string(&field, (uint32_t)(field.end - field.at)));
+            break;
+        }
+        case 't': {
+            stage = "hook";
+            struct net_port_attr rule;
+            rule.allowed_access = take_u64(&field);
+            rule.port = take_u64(&field);
+            if (ruleset < 0)
+                fail(EINVAL);
+            check(syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_NET_PORT, &rule, 0));
+            break;
+        }
+        case 'R': {
+            stage = "hook";
+            uint32_t flags = take_u32(&field);
+            if (ruleset < 0)
+                fail(EINVAL);
+            check(syscall(SYS_landlock_restrict_self, ruleset, flags));
+            close(ruleset);
+            ruleset = -1;
+            break;
+        }
+        case 'a':
+        case 'e':
+            if ((op == 'a' ? argc : envc) >= MAX_ITEMS)
+                fail(E2BIG);
+            if (op == 'a')
+                argv[argc++] = take_string(&field, length);
+            else
+                envp[envc++] = take_string(&field, length);
+            break;
+        case 'x':
+            executable = take_string(&field, length);
+            break;
+        default:
+            fail(EPROTO);
+        }
+    }
+    stage = "setup";
+    /* A ruleset built but never enforced is a confinement the host asked for and did not
+     * get: refuse rather than run the command without it. */
+    if (ruleset >= 0 || executable == NULL || executable[0] == 0 || argc == 0)
+        fail(EINVAL);
+    stage = "exec";
+    exec_searching(executable, argv, envp);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2)
+        return 2;
+    /* Die with the helper; if it is gone already, there is nobody to hand us a run. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != atoi(argv[1]))
+        return 0;
+    if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) < 0 || fcntl(RUNS_FD, F_SETFD, FD_CLOEXEC) < 0)
+        return 2;
+    /* A join that failed is reported once a run has come (as the Python warm child does):
+     * the run is then answered as not started, never lost. */
+    int joined = join_cgroups(argc - 2, argv + 2);
+
+    unsigned char header[4];
+    if (!receive_exact(header, sizeof header, 1))
+        return 0; /* the host let this child go: no run was handed to it */
+    if (write(REPORT_FD, "+", 1) != 1)
+        return 127;
+    uint32_t length = (uint32_t)header[0] << 24 | (uint32_t)header[1] << 16 |
+                      (uint32_t)header[2] << 8 | header[3];
+    if (length > MAX_FRAME)
+        fail(EMSGSIZE);
+    unsigned char *frame = malloc(length ? length : 1);
+    if (frame == NULL)
+        fail(ENOMEM);
+    receive_exact(frame, length, 0);
+    if (joined != 0) {
+        stage = "cgroup";
+        fail(joined);
+    }
+    put_stdio();
+    struct cursor records = {frame, frame + length};
+    carry_out(&records);
+    return 127;
+}
