@@ -50,7 +50,7 @@ def test_one_written_into_after_the_rename_goes_back_where_it_was(tmp_path: Path
     stashed = stash.path / "0"
     stashed.mkdir()
     (stashed / "settings.json").write_text("{}")  # written between the check and the rename
-    stash._queue.put((str(stashed), str(workspace / ".vscode")))
+    stash._queue.put([(str(stashed), str(workspace / ".vscode"))])
     stash._queue.put(None)
     stash._remove()  # the background removal, run here
     assert (workspace / ".vscode" / "settings.json").read_text() == "{}"

@@ -22,7 +22,7 @@ import struct
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any, TypeAlias
 
     Encoder: TypeAlias = Callable[[Any, "Records"], None]
@@ -54,11 +54,22 @@ class NotNative(Exception):
     """This run cannot be told to the shim: it goes the Python way."""
 
 
+_LENGTH = struct.Struct("<I")
+
+
 def _text(value: object) -> bytes:
     data = os.fsencode(str(value))
     if b"\0" in data:
         raise NotNative("a string with a NUL byte")
     return data
+
+
+def _texts(op: bytes, values: Iterable[str]) -> bytes:
+    """Records `op` for each of `values` at once (an argv is a bwrap run's 160 strings)."""
+    encoded = [os.fsencode(value) for value in values]
+    if any(b"\0" in data for data in encoded):
+        raise NotNative("a string with a NUL byte")
+    return b"".join(op + _LENGTH.pack(len(data)) + data for data in encoded)
 
 
 class Records:
@@ -68,7 +79,10 @@ class Records:
         self._parts: list[bytes] = []
 
     def add(self, op: bytes, payload: bytes = b"") -> None:
-        self._parts.append(op + struct.pack("<I", len(payload)) + payload)
+        self._parts.append(op + _LENGTH.pack(len(payload)) + payload)
+
+    def add_texts(self, op: bytes, values: Iterable[str]) -> None:
+        self._parts.append(_texts(op, values))
 
     # the system calls, one method each (see exec_shim.c's `carry_out`)
     def chdir(self, path: str) -> None:
@@ -140,12 +154,10 @@ def _records(request: dict[str, Any]) -> Records:
     for name, soft, hard in request.get("rlimits", ()):
         records.rlimit(str(name), int(soft), int(hard))
     _hooks(records, request.get("hooks", ()))
-    for argument in request["argv"]:
-        records.add(b"a", _text(argument))
-    for name, value in request["env"]:
-        if not name or "=" in name:
-            raise NotNative(f"environment name {name!r}")
-        records.add(b"e", _text(f"{name}={value}"))
+    records.add_texts(b"a", request["argv"])
+    if any(not name or "=" in name for name, _ in request["env"]):
+        raise NotNative("an environment name that is empty or has a '='")
+    records.add_texts(b"e", [f"{name}={value}" for name, value in request["env"]])
     records.add(b"x", _text(executable))
     return records
 
