@@ -4,6 +4,7 @@ workspace is as it was at once, nothing with content is taken, and nothing is lo
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,61 @@ def test_a_forked_host_keeps_a_journal_of_its_own(tmp_path: Path) -> None:
     assert [_journal_entry(line) for line in lines] == [(workspace, str(tmp_path / ".envrc"))]
     placeholders.leave(workspace)
     placeholders._journal.close()
+
+
+def _pooled(stash: PlaceholderStash, count: int) -> None:
+    """Wait until the background worker has pooled `count` directories."""
+    deadline = time.monotonic() + 5
+    while len(stash._pool) < count:
+        assert time.monotonic() < deadline, "the retired placeholders were not pooled"
+        time.sleep(0.005)
+
+
+def test_retired_placeholders_are_reused_for_the_next_runs(tmp_path: Path) -> None:
+    """The next run's placeholders are the directories the last one retired, renamed back:
+    same inodes, nothing made, nothing removed."""
+    workspace = _workspace(tmp_path, ".envrc", ".vscode")
+    paths = [str(workspace / ".envrc"), str(workspace / ".vscode")]
+    inodes = {os.stat(p).st_ino for p in paths}
+    stash = PlaceholderStash(tmp_path / "1-2.stash")
+    assert stash.retire(str(workspace), paths) == []
+    _pooled(stash, 2)
+    wanted = [str(workspace / ".env"), str(workspace / ".idea"), str(workspace / ".git")]
+    left = stash.place(str(workspace), wanted)
+    assert len(left) == 1  # two pooled, three wanted: one left for mkdir
+    placed = [p for p in wanted if p not in left]
+    assert {os.stat(p).st_ino for p in placed} == inodes
+    assert all(os.listdir(p) == [] for p in placed)
+    assert not os.path.exists(left[0])
+    stash.close()
+
+
+def test_a_pooled_directory_never_replaces_what_is_there(tmp_path: Path) -> None:
+    """One at a path that exists (another run's placeholder, or the user's own empty
+    directory made meanwhile) is left as it is, as `mkdir` would leave it, and stays
+    pooled."""
+    workspace = _workspace(tmp_path, ".envrc")
+    stash = PlaceholderStash(tmp_path / "1-2.stash")
+    stash.retire(str(workspace), [str(workspace / ".envrc")])
+    _pooled(stash, 1)
+    users = workspace / ".vscode"
+    users.mkdir()
+    marker = os.stat(users).st_ino
+    assert stash.place(str(workspace), [str(users)]) == []
+    assert os.stat(users).st_ino == marker
+    assert len(stash._pool) == 1
+    stash.close()
+
+
+def test_a_pooled_directory_written_into_is_not_placed(tmp_path: Path) -> None:
+    """Something in a pooled directory (it was written into in the stash) must never reach
+    a workspace: it is not used, and the path is left for mkdir."""
+    workspace = _workspace(tmp_path, ".git")
+    stash = PlaceholderStash(tmp_path / "1-2.stash")
+    stash.retire(str(workspace), [str(workspace / ".git")])
+    _pooled(stash, 1)
+    (Path(stash._pool[0]) / "hooks").mkdir()
+    target = str(workspace / ".git")
+    assert stash.place(str(workspace), [target]) == [target]
+    assert not os.path.exists(target)
+    stash.close()

@@ -66,7 +66,6 @@ from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.linux.placeholders import (
     WorkspacePlaceholders,
-    make_placeholders,
     path_depth,
 )
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
@@ -970,7 +969,7 @@ class BubblewrapBackend:
                     return Failure(compiled.failure())
                 command, spec = compiled.unwrap()
                 _PLACEHOLDERS.created(workspace, command.placeholders)
-                make_placeholders(command.placeholders)
+                _PLACEHOLDERS.make(workspace, command.placeholders)
                 guards = GuardSet(
                     command.guards + tuple((p, "write") for p in command.placeholders)
                 )

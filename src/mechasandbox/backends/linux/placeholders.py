@@ -234,6 +234,14 @@ class WorkspacePlaceholders:
             self._runs[workspace] = self._runs.get(workspace, 0) + 1
             return True
 
+    def make(self, workspace: str, placeholders: Iterable[str]) -> None:
+        """Make the placeholders of a run in `workspace` (see `make_placeholders`): from the
+        stash's pool of empty directories where it has them, by a rename (see
+        `placeholder_stash`), the rest by `mkdir`."""
+        paths = sorted(placeholders, key=path_depth)
+        stash = self._journal.stash() if paths else None
+        make_placeholders(stash.place(workspace, paths) if stash else paths)
+
     def created(self, workspace: str, placeholders: Iterable[str]) -> None:
         """Record placeholders as soon as they are known (before they are made), for runs
         that start meanwhile and for the journal."""
