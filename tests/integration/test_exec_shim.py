@@ -9,7 +9,6 @@ import errno
 import os
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import ChildHook, RlimitSetting, SpawnSpec
 from tests.conftest import require_exec_shim
+from tests.integration.offering import offers
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir("/proc/self/task"), reason="the exec shim is Linux only"
@@ -48,31 +48,12 @@ def _spec(*argv: str, **changes: Any) -> SpawnSpec:
 def _native_offer(client: SpawnHelperClient) -> tuple[int, socket.socket]:
     """The shim child the helper offered after the last run (pid, the socket to hand it a
     run), taken out of the client's hands."""
-    deadline = time.monotonic() + 10
-    while True:
-        with client._lock:
-            assert client._control is not None
-            client._collect_offers(client._control)
-            for group in client._offers.values():
-                for offer in group:
-                    if offer.native:
-                        group.remove(offer)
-                        return offer.pid, offer.runs
-        assert time.monotonic() < deadline, "no exec shim child was offered"
-        time.sleep(0.01)
+    (offer,) = offers(client, lambda o: o.native, take=True)
+    return offer.pid, offer.runs
 
 
 def _offered_pids(client: SpawnHelperClient) -> set[int]:
-    deadline = time.monotonic() + 10
-    while True:
-        with client._lock:
-            assert client._control is not None
-            client._collect_offers(client._control)
-            pids = {o.pid for group in client._offers.values() for o in group if o.native}
-        if pids:
-            return pids
-        assert time.monotonic() < deadline, "no exec shim child was offered"
-        time.sleep(0.01)
+    return {offer.pid for offer in offers(client, lambda o: o.native, take=False)}
 
 
 def test_a_run_is_handed_to_a_waiting_shim_child(shim_runner: HelperProcessRunner) -> None:

@@ -22,6 +22,7 @@ from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.spec import SpawnSpec
 from mechasandbox.runner.submission import spawn_request
 from tests.conftest import require_exec_shim
+from tests.integration.offering import offers
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 
@@ -45,17 +46,8 @@ def _take_offer(client: SpawnHelperClient) -> tuple[int, socket.socket, bool]:
     """The first warm child the helper offers (its pid, the socket that hands it a run, and
     whether it is the exec shim), taken out of the client's hands so that no other run gets
     it."""
-    deadline = time.monotonic() + 10
-    while True:
-        with client._lock:
-            assert client._control is not None
-            client._collect_offers(client._control)
-            for group in client._offers.values():
-                if group:
-                    offer = group.pop(0)
-                    return offer.pid, offer.runs, offer.native
-        assert time.monotonic() < deadline, "no warm child was offered"
-        time.sleep(0.01)
+    (offer,) = offers(client, take=True)
+    return offer.pid, offer.runs, offer.native
 
 
 def _gone(pid: int) -> None:
