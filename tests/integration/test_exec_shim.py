@@ -286,3 +286,25 @@ def test_the_native_form_follows_the_python_childs_order() -> None:
 )
 def test_what_records_cannot_carry_goes_the_python_way(spec: SpawnSpec) -> None:
     assert native.encode(_request(spec)) is None
+
+
+def test_a_shim_of_another_build_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A binary that does not speak this version's records (left from an older build) is
+    not started: the helper forks its warm children, and runs work as before."""
+    assert native.speaks_protocol(require_exec_shim())
+    stale = tmp_path / "mechasandbox-exec"
+    stale.write_text("#!/bin/sh\necho 0\n")
+    stale.chmod(0o755)
+    assert not native.speaks_protocol(str(stale))
+    monkeypatch.setenv(native.SHIM_ENV, str(stale))
+    runner = HelperProcessRunner(SpawnHelperClient(exec_shim=True))
+    try:
+        for _ in range(2):  # the second is handed to the warm child the first left
+            finished = anyio.run(runner.run, _spec("sh", "-c", "echo ran")).unwrap()
+            assert finished.stdout == b"ran\n"
+        held = offers(runner._helper, take=False)
+        assert held and not any(offer.native for offer in held)
+    finally:
+        runner.close()

@@ -46,7 +46,8 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
         "backends": backends,
     }
     if host.platform.startswith("linux"):  # the shim is Linux only: its path, or None
-        data["exec_shim"] = native.shim_path()
+        shim = native.shim_path()
+        data["exec_shim"] = shim if shim and native.speaks_protocol(shim) else None
     return data
 
 
@@ -79,7 +80,8 @@ def _table(data: dict[str, Any]) -> str:
         lines.append(
             f"exec shim: {shim}"
             if shim
-            else "exec shim: none (not built, see `make shim`; or MECHASANDBOX_EXEC_SHIM=off): "
+            else "exec shim: none (not built or of another build: `make shim`; "
+            "or MECHASANDBOX_EXEC_SHIM=off): "
             "runs start from forked Python processes"
         )
     lines += ["", header]

@@ -870,7 +870,8 @@ def main() -> None:
         signal.signal(sig, _ignore)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    Helper(control, shim if os.path.isabs(shim) else None).serve()
+    usable = os.path.isabs(shim) and native.speaks_protocol(shim)
+    Helper(control, shim if usable else None).serve()
     # Every run is dead and reaped: skip the interpreter's teardown, the host may be
     # waiting for us to exit.
     os._exit(0)

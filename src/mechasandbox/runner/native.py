@@ -35,6 +35,9 @@ SHIM_NAME = "mechasandbox-exec"
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim", "exec_shim.c")
 DEFAULT_SHIM = os.path.join(os.path.dirname(SHIM_SOURCE), SHIM_NAME)
 MAX_FRAME = 8 * 1024 * 1024
+# The records' format; the shim says which it speaks (`mechasandbox-exec --protocol`), and
+# one that speaks another (a binary left from an older build) is not used.
+PROTOCOL = 1
 _MASK64 = (1 << 64) - 1
 
 
@@ -48,6 +51,30 @@ def shim_path() -> str | None:
     if os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
         return path
     return None
+
+
+def speaks_protocol(path: str) -> bool:
+    """Whether the shim at `path` answers `--protocol` with ours (a few ms, once per
+    spawn helper: it asks before it serves)."""
+    read_end, write_end = os.pipe()
+    try:
+        try:
+            pid = os.posix_spawn(
+                path, [path, "--protocol"], {}, file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1)]
+            )
+        finally:
+            os.close(write_end)
+        answer = b""
+        while chunk := os.read(read_end, 64):
+            answer += chunk
+            if len(answer) > 64:
+                break
+        _, status = os.waitpid(pid, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(read_end)
+    return os.waitstatus_to_exitcode(status) == 0 and answer.strip() == str(PROTOCOL).encode()
 
 
 class NotNative(Exception):

@@ -38,6 +38,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* The records' format (runner/native.py's PROTOCOL): a helper uses a shim only if it
+ * answers `--protocol` with this, so that a binary left from an older build is not used. */
+#define PROTOCOL 1
 #define RUNS_FD 3
 #define REPORT_FD 4
 #define MAX_FRAME (8u * 1024u * 1024u)
@@ -442,6 +445,10 @@ static void carry_out(struct cursor *c) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--protocol") == 0) {
+        printf("%d\n", PROTOCOL);
+        return 0;
+    }
     if (argc < 2)
         return 2;
     /* Die with the helper; if it is gone already, there is nobody to hand us a run. */
