@@ -214,10 +214,14 @@ static void put_stdio(void) {
     }
     for (int target = 0; target < 3; target++)
         check(dup2(moved[target], target));
-    /* Keep only 0-2 and the report pipe (close-on-exec): nothing of the helper leaks in. */
+    /* Keep only 0-2 and the report pipe (close-on-exec): nothing of the helper leaks in.
+     * (Everything else here is close-on-exec already; this is so by construction too.) */
     if (syscall(SYS_close_range, 3u, (unsigned)REPORT_FD - 1, 0u) < 0 ||
         syscall(SYS_close_range, (unsigned)REPORT_FD + 1, ~0u, 0u) < 0) {
-        for (int fd = 3; fd < 65536; fd++)
+        long highest = sysconf(_SC_OPEN_MAX); /* before Linux 5.9: one close per number */
+        if (highest < 0 || highest > 65536)
+            highest = 65536;
+        for (int fd = 3; fd < highest; fd++)
             if (fd != REPORT_FD)
                 close(fd);
     }
