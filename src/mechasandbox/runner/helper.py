@@ -16,12 +16,15 @@ followed by `exited` (wait status, rusage). The helper does not wait for the exe
 frame on the run socket, or the run socket closing, kills the run's whole tree.
 The control socket closing (the host exited or died) kills every run and ends the helper.
 
-Warm children: a `prepare` frame (cgroup.procs files, no fds) asks for a child forked ahead
-of time that joins those cgroups and then waits for a run. On cgroup v1 a join waits for an
-RCU grace period (5-15 ms on a quiet host), and fork costs a little too; a warm child pays
-both while nobody waits. One warm child without cgroups is kept ready too (like the last
-spawn request). The hand-over changes nothing else: the warm child is the helper's child
-like any run's root.
+Warm children: a `prepare` frame (cgroup.procs files, no fds) asks for a child started
+ahead of time that joins those cgroups and then waits for a run. Where the exec shim is
+built (see `native`), that child is the shim, started with `posix_spawn`, which takes any
+run that has a native form and applies everything once it has come (it is prepared like
+nothing: `_GENERIC`); otherwise, and for runs the shim cannot carry, it is forked. On
+cgroup v1 a join waits for an RCU grace period (5-15 ms on a quiet host), and fork costs a
+little too; a warm child pays both while nobody waits. One warm child without cgroups is
+kept ready too (like the last spawn request). The hand-over changes nothing else: the warm
+child is the helper's child like any run's root.
 
 Offers and claims: the helper gives each warm child to the host. It sends an `offer` on the
 control socket (pid, cgroups, what it is prepared like, the hook modules it has loaded) with

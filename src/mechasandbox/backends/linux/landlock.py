@@ -2,7 +2,8 @@
 
 Inside a container (or on a hardened kernel) user namespaces are often refused, so
 bubblewrap cannot start. Landlock needs no privilege and no namespace: the spawn helper's
-child restricts itself just before exec (`landlock_hook`). What it enforces depends
+child restricts itself just before exec (`landlock_hook`, or the exec shim from the
+records of `landlock_rules`). What it enforces depends
 on the kernel's Landlock ABI; `probe` says exactly what, and `Capabilities` lists the rest
 as missing so a strict policy refuses honestly. See docs/backends-landlock.md.
 """
