@@ -151,3 +151,42 @@ def test_a_run_does_not_start_while_another_process_holds_the_lock_too_long(
         os.close(holder)
     assert locks.enter(str(workspace))  # free again
     locks.leave(str(workspace), [], _remove)
+
+
+def test_a_kept_lock_file_that_was_replaced_is_opened_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock file of a bucket with no run is kept open for the next run there; if it was
+    removed and made again meanwhile (a cleaned state directory), the next run must lock
+    the file the other processes lock, not the one it kept."""
+    monkeypatch.setattr(workspace_locks, "ENTER_WAIT_S", 0.2)
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    locks = WorkspaceLocks(state)
+    assert locks.enter(str(workspace))
+    locks.leave(str(workspace), [], _remove)  # idle: its descriptor kept
+    path = state / f"{bucket_of(str(workspace))}.lock"
+    path.unlink()
+    holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # another process's new file
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert not locks.enter(str(workspace))  # it waited on the new file, and gave up
+    finally:
+        os.close(holder)
+    assert locks.enter(str(workspace))
+    locks.leave(str(workspace), [], _remove)
+    locks.close()
+
+
+def test_few_lock_files_of_idle_buckets_stay_open(tmp_path: Path) -> None:
+    locks = WorkspaceLocks(tmp_path / "state")
+    workspaces = []
+    for index in range(200):  # enough to reach more buckets than are kept
+        workspace = tmp_path / f"ws{index}"
+        workspace.mkdir()
+        workspaces.append(str(workspace))
+        assert locks.enter(str(workspace))
+        locks.leave(str(workspace), [], _remove)
+    assert len({bucket_of(w) for w in workspaces}) > workspace_locks._IDLE_KEPT
+    assert len(locks._fds) == workspace_locks._IDLE_KEPT
+    locks.close()

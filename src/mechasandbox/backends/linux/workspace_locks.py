@@ -36,6 +36,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _BUCKETS = 256
+# Lock files of buckets with no run of ours kept open (unlocked) for the next runs there:
+# opening one (and making sure its directory exists) is most of what a run pays for the
+# coordination after a quiet spell. A few: a host working in many workspaces holds no more.
+_IDLE_KEPT = 8
 # How long a run waits for another process's removal of placeholders (milliseconds, as a
 # rule) before it gives up rather than run unprotected: see `enter`.
 ENTER_WAIT_S = 10.0
@@ -64,6 +68,7 @@ class WorkspaceLocks:
         self._directory = directory
         self._owner = os.getpid()
         self._fds: dict[str, int] = {}
+        self._idle: dict[str, None] = {}  # buckets whose fd is kept unlocked, oldest first
         self._busy: dict[str, int] = {}  # by bucket: its workspaces this process runs in
         self._deferred: dict[str, list[tuple[str, list[str]]]] = {}  # by bucket
         _INSTANCES.add(self)
@@ -81,7 +86,12 @@ class WorkspaceLocks:
 
     def _fd(self, bucket: str) -> int | None:
         if bucket in self._fds:
-            return self._fds[bucket]
+            if bucket not in self._idle:
+                return self._fds[bucket]
+            del self._idle[bucket]
+            if self._current(bucket, self._fds[bucket]):
+                return self._fds[bucket]
+            self._close(bucket)
         if self._directory is None:
             return None
         try:
@@ -104,8 +114,7 @@ class WorkspaceLocks:
         if not self._busy.get(bucket):
             fd = self._fd(bucket)
             if fd is not None and not self._shared(fd):
-                del self._fds[bucket]
-                os.close(fd)
+                self._close(bucket)
                 return False
         self._busy[bucket] = self._busy.get(bucket, 0) + 1
         return True
@@ -171,13 +180,29 @@ class WorkspaceLocks:
                 self._drain_pending(bucket, remove)
         finally:
             # Unlocked explicitly: a child forked meanwhile shares the descriptor, and a
-            # close alone would leave the lock held through its copy. Not kept for an idle
-            # bucket (a host working in many workspaces would hold one per bucket).
-            del self._fds[bucket]
+            # close alone would leave the lock held through its copy. Kept open for the
+            # next run there, while few are (see `_IDLE_KEPT`).
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            self._idle[bucket] = None
+            while len(self._idle) > _IDLE_KEPT:
+                self._close(next(iter(self._idle)))
+
+    def _close(self, bucket: str) -> None:
+        self._idle.pop(bucket, None)
+        with contextlib.suppress(OSError):
+            os.close(self._fds.pop(bucket))
+
+    def _current(self, bucket: str, fd: int) -> bool:
+        """Whether a kept descriptor is still the bucket's lock file: one removed or
+        replaced meanwhile (someone cleaned the state directory) would coordinate with
+        no other process."""
+        assert self._directory is not None
+        try:
+            held, named = os.fstat(fd), os.stat(self._directory / f"{bucket}.lock")
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
     @staticmethod
     def _exclusive(fd: int) -> bool:
@@ -243,6 +268,7 @@ class WorkspaceLocks:
                 os.close(fd)
         self._owner = os.getpid()
         self._fds = {}
+        self._idle = {}
         self._busy = {}
         self._deferred = {}
 
@@ -253,6 +279,7 @@ class WorkspaceLocks:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = {}
+        self._idle = {}
 
 
 _INSTANCES: weakref.WeakSet[WorkspaceLocks] = weakref.WeakSet()
