@@ -54,8 +54,8 @@ def shim_path() -> str | None:
 
 
 def speaks_protocol(path: str) -> bool:
-    """Whether the shim at `path` answers `--protocol` with ours (a few ms, once per
-    spawn helper: it asks before it serves)."""
+    """Whether the shim at `path` answers `--protocol` with ours (under a millisecond, once
+    per spawn helper: it asks before it serves)."""
     read_end, write_end = os.pipe()
     try:
         try:
