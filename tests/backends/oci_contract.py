@@ -295,6 +295,54 @@ class OciContract:
         assert (tmp_path / ".git" / "config").read_text() == "[core]\n"
         assert not (tmp_path / ".git" / "hooks" / "post-commit").exists()
 
+    async def test_git_redirections_are_blocked(self, backend: OciBackend, tmp_path: Path) -> None:
+        """`.git/commondir` naming a directory of the workspace would make the host's git
+        read that directory's config and hooks; `.git/modules` holds the submodules'
+        repositories; `.git/config.worktree` is read with `extensions.worktreeConfig`.
+        None can be written, and the host's git works while the container runs (a
+        directory at `.git/commondir` would break it)."""
+        git = ("git", "-c", "user.email=a@b", "-c", "user.name=a", "-C", str(tmp_path))
+        subprocess.run([*git, "init", "-q"], check=True)
+        script = (
+            "mkdir -p evil/hooks; cp .git/config evil/config; "
+            "printf '#!/bin/sh\\necho REDIRECTED-HOOK >&2\\n' > evil/hooks/pre-commit; "
+            "chmod +x evil/hooks/pre-commit; echo ../evil > .git/commondir; "
+            "mkdir -p .git/modules/sub/hooks; echo x > .git/modules/sub/hooks/post-checkout; "
+            "printf '[core]\\n\\tfsmonitor = evil\\n' > .git/config.worktree; "
+            "touch started; sleep 2; echo end"
+        )
+        during: list[subprocess.CompletedProcess[bytes]] = []
+
+        def host_git_meanwhile() -> None:
+            deadline = time.monotonic() + 30
+            while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            during.append(
+                subprocess.run(
+                    [*git, "commit", "-q", "--allow-empty", "-m", "during"],
+                    capture_output=True,
+                    check=False,
+                )
+            )
+
+        watcher = threading.Thread(target=host_git_meanwhile)
+        watcher.start()
+        try:
+            request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+            result = ok(await backend.run(request, policy()))
+        finally:
+            watcher.join()
+        assert b"end" in result.stdout
+        self.settle(backend)
+        for name in ("commondir", "modules", "config.worktree"):
+            assert not (tmp_path / ".git" / name).exists(), name
+        after = subprocess.run(
+            [*git, "commit", "-q", "--allow-empty", "-m", "after"], capture_output=True, check=False
+        )
+        for commit in (during[0], after):
+            assert commit.returncode == 0, commit.stderr
+            assert b"REDIRECTED-HOOK" not in commit.stderr
+
     async def test_command_not_found_is_spawn_failure(
         self, backend: OciBackend, tmp_path: Path
     ) -> None:

@@ -134,6 +134,23 @@ def test_missing_protected_paths_get_placeholders_at_the_first_missing_component
     assert "--bind /home/ada/proj/.git" not in argv
 
 
+def test_a_missing_git_redirection_is_covered_by_a_file_a_submodules_dir_by_a_directory() -> None:
+    """`.git/commondir` and `.git/config.worktree` are read by git as files: their covers
+    are the files the host makes (pinned read-only like existing ones); `.git/modules` is
+    covered like any missing directory. With no `.git` at all, `.git` covers them all."""
+    protected = (".git/commondir", ".git/modules", ".git/config.worktree")
+    policy = Policy(filesystem=attrs.evolve(SMALL, protected=protected))
+    command = compile_ok(policy, layout(policy, overrides={f"{WS}/.git": DIR}))
+    git = f"{WS}/.git"
+    assert command.placeholders == (f"{git}/commondir", f"{git}/modules", f"{git}/config.worktree")
+    argv = " ".join(command.argv)
+    assert f"--ro-bind {git}/commondir {git}/commondir" in argv
+    assert f"--ro-bind {git}/config.worktree {git}/config.worktree" in argv
+    assert f"--perms 0555 --tmpfs {git}/modules --remount-ro {git}/modules" in argv
+    bare = compile_ok(policy, layout(policy))
+    assert bare.placeholders == (git,)
+
+
 def test_symlinked_protected_path_is_refused_in_strict_and_warned_in_best_effort() -> None:
     link = PathFact(kind=PathKind.SYMLINK, link="../x", real="/home/ada/x", real_kind=PathKind.FILE)
     strict = Policy(filesystem=SMALL)

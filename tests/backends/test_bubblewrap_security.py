@@ -185,6 +185,53 @@ def test_git_hooks_config_and_rename_trick_blocked(box: Box) -> None:
     assert (git / "HEAD").exists()
 
 
+# A command that points `.git/commondir` at a directory of the workspace makes the host's
+# git read that directory's config and hooks; a submodule's repository under `.git/modules`
+# has hooks of its own; `config.worktree` is read with `extensions.worktreeConfig`.
+GIT_REDIRECTIONS = (
+    "mkdir -p evil/hooks; cp .git/config evil/config; "
+    "printf '#!/bin/sh\\necho REDIRECTED-HOOK >&2\\n' > evil/hooks/pre-commit; "
+    "chmod +x evil/hooks/pre-commit; echo ../evil > .git/commondir; "
+    "mkdir -p .git/modules/sub/hooks; echo evil > .git/modules/sub/hooks/post-checkout; "
+    "printf '[core]\\n\\tfsmonitor = evil\\n' > .git/config.worktree; "
+    "git status --porcelain > /dev/null && echo git-works; sleep 1; echo end"
+)
+
+
+def _host_git_commit(workspace: Path) -> subprocess.CompletedProcess[bytes]:
+    git = ("git", "-c", "user.email=a@b", "-c", "user.name=a", "-C", str(workspace))
+    return subprocess.run(
+        [*git, "commit", "-q", "--allow-empty", "-m", "x"], capture_output=True, check=False
+    )
+
+
+def test_git_redirections_are_blocked_and_git_keeps_working(box: Box) -> None:
+    subprocess.run(["git", "init", "-q", str(box.workspace)], check=True)
+    during: list[subprocess.CompletedProcess[bytes]] = []
+
+    def host_git_meanwhile() -> None:
+        time.sleep(0.5)  # the command is in its `sleep 1`, the covers in place
+        during.append(_host_git_commit(box.workspace))
+
+    helper = threading.Thread(target=host_git_meanwhile)
+    helper.start()
+    try:
+        result = box.sh(GIT_REDIRECTIONS)
+    finally:
+        helper.join()
+    assert "end" in out(result)
+    assert "git-works" in out(result), out(result)  # the sandbox's git, with the covers
+    for name in ("commondir", "modules", "config.worktree"):
+        assert not (box.workspace / ".git" / name).exists(), name
+    # The host's git worked during the run (a directory at .git/commondir would break it),
+    # and is not redirected after it.
+    assert during[0].returncode == 0, during[0].stderr
+    after = _host_git_commit(box.workspace)
+    assert after.returncode == 0, after.stderr
+    for commit in (during[0], after):
+        assert b"REDIRECTED-HOOK" not in commit.stderr
+
+
 def test_missing_protected_paths_cannot_be_created_and_leave_no_placeholder(box: Box) -> None:
     result = box.sh(
         "git init -q . 2>&1; mkdir -p .git/hooks; echo evil > .git/hooks/pre-commit; "

@@ -239,6 +239,31 @@ def test_protected_paths_and_rename_tricks(sandbox: Sandbox) -> None:
     assert (ws / ".git/objects/ok").exists()  # the rest of .git stays writable for git
 
 
+def test_git_redirections_are_blocked(sandbox: Sandbox) -> None:
+    """`.git/commondir` naming a directory of the workspace would make the host's git read
+    that directory's config and hooks; `.git/modules` holds the submodules' repositories;
+    `.git/config.worktree` is read with `extensions.worktreeConfig` (see the bubblewrap
+    test of the same name). Landlock refuses new entries in `.git` itself."""
+    ws = sandbox.workspace
+    git = ("git", "-c", "user.email=a@b", "-c", "user.name=a", "-C", str(ws))
+    subprocess.run([*git, "init", "-q"], check=True)
+    run = sandbox.sh(
+        "mkdir -p src/evil/hooks; cp .git/config src/evil/config; "
+        "printf '#!/bin/sh\\necho REDIRECTED-HOOK >&2\\n' > src/evil/hooks/pre-commit; "
+        "chmod +x src/evil/hooks/pre-commit; echo ../src/evil > .git/commondir; "
+        "mkdir -p .git/modules/sub/hooks; echo evil > .git/modules/sub/hooks/post-checkout; "
+        "printf '[core]\\n\\tfsmonitor = evil\\n' > .git/config.worktree; echo end"
+    )
+    assert "end" in out(run)
+    for name in ("commondir", "modules", "config.worktree"):
+        assert not (ws / ".git" / name).exists(), name
+    commit = subprocess.run(
+        [*git, "commit", "-q", "--allow-empty", "-m", "x"], capture_output=True, check=False
+    )
+    assert commit.returncode == 0, commit.stderr
+    assert b"REDIRECTED-HOOK" not in commit.stderr
+
+
 def test_a_protected_file_replaced_on_the_host_during_the_run_stays_read_only(
     sandbox: Sandbox,
 ) -> None:

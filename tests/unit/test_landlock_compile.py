@@ -87,9 +87,12 @@ GOLDEN_RULES = """\
   except /work/project/.bashrc: read+exec
   except /work/project/.env: read+exec
   except /work/project/.envrc: read+exec
+  except /work/project/.git/commondir: read+exec
   except /work/project/.git/config: read+exec
+  except /work/project/.git/config.worktree: read+exec
   except /work/project/.git/hooks: read+exec
   except /work/project/.git/info: read+exec
+  except /work/project/.git/modules: read+exec
   except /work/project/.gitmodules: read+exec
   except /work/project/.idea: read+exec
   except /work/project/.mechasandbox.toml: read+exec

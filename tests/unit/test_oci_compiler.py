@@ -197,3 +197,22 @@ def test_allowlist_bridge_mounts_the_socket_and_wraps_the_command() -> None:
         keeper=True, bridge=bridge,
     )  # fmt: skip
     assert not any("proxy.sock" in arg for arg in keeper)
+
+
+def test_a_file_placeholder_is_bound_from_itself_a_directory_one_from_the_empty_dir() -> None:
+    """`.git/commondir` is covered by the file the host makes (a directory mounted there
+    fails: the engine refuses a directory onto a file); `.git/modules` by the empty one."""
+    run = ContainerRun(
+        run_id="r1",
+        owner="h:1",
+        workspace="/w",
+        pinned=(".git",),
+        placeholders=(".git/commondir", ".git/modules"),
+        empty_dir="/tmp/empty",
+    )
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=run
+    )
+    mounts = [args[i + 1] for i, arg in enumerate(args) if arg == "--mount"]
+    assert "type=bind,source=/w/.git/commondir,target=/w/.git/commondir,readonly" in mounts
+    assert "type=bind,source=/tmp/empty,target=/w/.git/modules,readonly" in mounts

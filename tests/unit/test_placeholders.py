@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mechasandbox.backends.linux.placeholders import remove_placeholders
+from mechasandbox.backends.linux.placeholders import (
+    is_placeholder,
+    make_placeholders,
+    remove_placeholders,
+)
 
 
 def test_empty_directories_go_deepest_first(tmp_path: Path) -> None:
@@ -25,3 +29,44 @@ def test_anything_with_content_or_of_another_kind_stays(tmp_path: Path) -> None:
     link.symlink_to(tmp_path / "elsewhere")
     remove_placeholders([str(empty_file), str(filled), str(link), str(tmp_path / "gone")])
     assert sorted(os.listdir(tmp_path)) == [".env", ".git", ".idea"]
+
+
+def test_file_placeholders_hold_what_git_makes_of_a_missing_path(tmp_path: Path) -> None:
+    """`.git/commondir` and `.git/config.worktree` are covered by files (a directory there
+    would break git): "." (no redirection) and an empty configuration."""
+    git = tmp_path / ".git"
+    git.mkdir()
+    paths = [str(git / "commondir"), str(git / "config.worktree"), str(git / "modules")]
+    make_placeholders(paths)
+    assert (git / "commondir").read_bytes() == b".\n"
+    assert (git / "config.worktree").read_bytes() == b""
+    assert (git / "modules").is_dir()
+    assert all(is_placeholder(path) for path in paths)
+    remove_placeholders(paths)
+    assert os.listdir(git) == []
+
+
+def test_a_file_placeholder_someone_changed_or_made_stays(tmp_path: Path) -> None:
+    """Only a file with exactly the placeholder's content is ours to remove: a `commondir`
+    of a linked worktree, or one a host process wrote, stays; so does a directory there."""
+    worktree, changed, other = (tmp_path / name / ".git" for name in ("wt", "changed", "other"))
+    for git in (worktree, changed, other):
+        git.mkdir(parents=True)
+    (worktree / "commondir").write_text("../..\n")
+    make_placeholders([str(changed / "commondir")])
+    (changed / "commondir").write_text(".\nmore\n")
+    (other / "commondir").mkdir()
+    (other / "config.worktree").symlink_to(tmp_path / "elsewhere")
+    existing = [worktree / "commondir", changed / "commondir", other / "commondir"]
+    remove_placeholders([str(path) for path in [*existing, other / "config.worktree"]])
+    assert all(path.exists() for path in existing)
+    assert (other / "config.worktree").is_symlink()
+    assert not any(is_placeholder(str(path)) for path in [worktree / "commondir", *existing[1:]])
+
+
+def test_a_file_placeholder_is_never_made_over_what_is_there(tmp_path: Path) -> None:
+    git = tmp_path / ".git"
+    git.mkdir()
+    (git / "commondir").write_text("../..\n")
+    make_placeholders([str(git / "commondir")])
+    assert (git / "commondir").read_text() == "../..\n"

@@ -34,7 +34,7 @@ PROJECT_JSON = ".openagents/project.json"
 DEFAULTS_SOURCE = "<package defaults>"
 OVERRIDES_SOURCE = "<overrides>"
 # sha256 of defaults/default.toml as the unit test that holds it equal to `Policy()` saw it.
-DEFAULTS_DIGEST = "134307f113cf04051e5977dd02ee5d6a8d7f353851d5e0035f3d4e583299d798"
+DEFAULTS_DIGEST = "d850927adab1d904875ba1a90d33421dfc456eb65ae45029bd871f9f16228a0f"
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "defaults", "default.toml")
 
 

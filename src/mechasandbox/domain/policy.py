@@ -68,6 +68,11 @@ DEFAULT_PROTECTED: tuple[str, ...] = (
     ".git/hooks",
     ".git/config",
     ".git/info",
+    # Where git looks for another repository's config and hooks: a `commondir` naming a
+    # directory of the workspace, the submodules' own repositories, a worktree's config.
+    ".git/commondir",
+    ".git/modules",
+    ".git/config.worktree",
     ".gitmodules",
     ".vscode",
     ".idea",

@@ -66,6 +66,7 @@ from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.linux.placeholders import (
     WorkspacePlaceholders,
+    file_placeholder,
     path_depth,
 )
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
@@ -410,6 +411,12 @@ def _protect(target: str, mounts: list[_Mount], layout: HostLayout) -> _Protecti
                 )
             )
         if fact.kind is PathKind.MISSING:
+            if last and file_placeholder(path) is not None:
+                # A file the host makes with harmless content (see `placeholders`), pinned
+                # read-only like an existing one: it cannot be written nor replaced.
+                cover = ("--ro-bind", path, path)
+                added.append(_Mount(dest=path, args=cover, exposes=True))
+                return _Protection(mounts=tuple(added), placeholders=(path,))
             placeholder = ("--perms", "0555", "--tmpfs", path, "--remount-ro", path)
             added.append(_Mount(dest=path, args=placeholder, exposes=False))
             return _Protection(mounts=tuple(added), placeholders=(path,))

@@ -25,12 +25,62 @@ import atexit
 import contextlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash, remove_stash
 from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks
+
+# Missing protected paths whose placeholder is a file, not a directory: git reads them as
+# files, and a directory there (or an empty file) would break git in the sandbox and on the
+# host while the run goes. Each holds what git makes of the path being absent.
+FILE_PLACEHOLDERS = {
+    ".git/commondir": b".\n",  # the repository's own directory: no redirection
+    ".git/config.worktree": b"",  # an empty configuration
+}
+
+
+def file_placeholder(path: str) -> bytes | None:
+    """The content of the file placeholder at `path`, or None: a directory placeholder."""
+    for tail, content in FILE_PLACEHOLDERS.items():
+        if path.endswith("/" + tail):
+            return content
+    return None
+
+
+def is_placeholder(path: str) -> bool:
+    """Whether `path` is, right now, what a placeholder of ours there would be: an empty
+    directory, or a file placeholder holding exactly its content (not a symlink)."""
+    content = file_placeholder(path)
+    try:
+        if content is None:
+            if os.path.islink(path) or not os.path.isdir(path):
+                return False
+            with os.scandir(path) as entries:
+                return next(entries, None) is None
+        return _holds(path, content)
+    except OSError:
+        return False
+
+
+def _holds(path: str, content: bytes) -> bool:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return os.read(fd, len(content) + 1) == content
+    finally:
+        os.close(fd)
+
+
+def _make_file(path: str, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, content)
+    finally:
+        os.close(fd)
 
 
 def path_depth(path: str) -> int:
@@ -44,16 +94,25 @@ def make_placeholders(paths: Iterable[str]) -> None:
     its other guards (see `guards`). One that exists already (another run's) is used as
     it is; one that cannot be made is left to bwrap, which fails the run if it cannot."""
     for path in sorted(paths, key=path_depth):
+        content = file_placeholder(path)
         with contextlib.suppress(OSError):
-            os.mkdir(path, 0o700)
+            if content is None:
+                os.mkdir(path, 0o700)
+            else:
+                _make_file(path, content)
 
 
 def remove_placeholders(paths: Iterable[str]) -> None:
-    """Remove empty directories, deepest first; anything else (someone on the host put
-    content there meanwhile, or a file) stays."""
+    """Remove empty directories and file placeholders that hold just their content,
+    deepest first; anything else (someone on the host put content there meanwhile, or
+    something else is there) stays."""
     for path in sorted(paths, key=path_depth, reverse=True):
+        content = file_placeholder(path)
         with contextlib.suppress(OSError):
-            os.rmdir(path)
+            if content is None:
+                os.rmdir(path)
+            elif _holds(path, content):
+                os.unlink(path)
 
 
 def placeholder_state_directory() -> Path | None:
@@ -239,8 +298,11 @@ class WorkspacePlaceholders:
         stash's pool of empty directories where it has them, by a rename (see
         `placeholder_stash`), the rest by `mkdir`."""
         paths = sorted(placeholders, key=path_depth)
-        stash = self._journal.stash() if paths else None
-        make_placeholders(stash.place(workspace, paths) if stash else paths)
+        directories = [path for path in paths if file_placeholder(path) is None]
+        stash = self._journal.stash() if directories else None
+        left = stash.place(workspace, directories) if stash else directories
+        placed = set(directories) - set(left)
+        make_placeholders(path for path in paths if path not in placed)
 
     def created(self, workspace: str, placeholders: Iterable[str]) -> None:
         """Record placeholders as soon as they are known (before they are made), for runs

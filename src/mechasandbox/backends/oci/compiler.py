@@ -12,6 +12,7 @@ import enum
 import attrs
 
 from mechasandbox.backends.base import HostContext, scrubbed_environment
+from mechasandbox.backends.linux.placeholders import file_placeholder
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.limits.rlimits import rlimits_for
@@ -96,7 +97,9 @@ class ContainerRun:
     existing parent directories, bound read-write onto themselves so that they cannot be
     renamed (a mount point gives EBUSY); `placeholders` are missing ones, covered by the
     read-only empty directory `empty_dir` so that they cannot be created (the caller makes
-    the mount point on the host before the container, and removes it afterwards).
+    the mount point on the host before the container, and removes it afterwards); those
+    git reads as files (`.git/commondir`, see `placeholders.FILE_PLACEHOLDERS`) by the file
+    the caller makes there, bound read-only onto itself.
     """
 
     run_id: str
@@ -169,7 +172,8 @@ def _protection_mounts(run: ContainerRun) -> list[str]:
             path = f"{workspace}/{clean}"
             if kind == "pin":
                 mount = _bind(path, path, readonly=False)
-            elif kind == "ro":
+            elif kind == "ro" or file_placeholder(path) is not None:
+                # (a file placeholder: the file the host made, pinned read-only)
                 mount = _bind(path, path, readonly=True)
             elif run.empty_dir is not None:
                 mount = _bind(run.empty_dir, path, readonly=True)

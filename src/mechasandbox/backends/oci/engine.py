@@ -33,6 +33,7 @@ from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import prepare_run
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.placeholders import (
+    is_placeholder,
     make_placeholders,
     placeholder_state_directory,
     remove_empty,
@@ -322,16 +323,12 @@ def _workspace_locks() -> WorkspaceLocks:
 
 
 def _is_held_placeholder(path: str) -> bool:
-    """An empty mount point one of our live containers holds: still "missing" for the
-    next run (not a real directory to re-bind)."""
+    """A placeholder (an empty directory, or a file placeholder with just its content)
+    one of our live containers holds: still "missing" for the next run (not a real path
+    to re-bind)."""
     with _EMPTY_LOCK:
         held = path in _PLACEHOLDER_USERS
-    if not held or os.path.islink(path) or not os.path.isdir(path):
-        return False
-    try:
-        return not os.listdir(path)
-    except OSError:
-        return False
+    return held and is_placeholder(path)
 
 
 def empty_directory() -> str:
