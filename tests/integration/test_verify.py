@@ -18,6 +18,7 @@ ESCAPES_ON_PROCESS = {
     "write outside the workspace",
     "plant a git hook (directly and by renaming .git)",
     "write .git/config after a host `git config` replaced it during the run",
+    "redirect git to planted hooks (.git/commondir, .git/modules)",
     "kill a host process",
     "connect to a loopback TCP server of the host",
 }

@@ -120,6 +120,26 @@ def write_git_config_after_host_rewrite(backend: Backend, arena: Arena) -> bool 
     return "evil" not in config.read_text()
 
 
+def redirect_git(backend: Backend, arena: Arena) -> bool | str:
+    """A `.git/commondir` naming a directory of the workspace makes the host's git read
+    that directory's config and run its hooks; a submodule's repository under
+    `.git/modules` has hooks of its own. Held when neither was left on the host."""
+    git = arena.workspace / ".git"
+    (git / "hooks").mkdir(parents=True)
+    (git / "config").write_text("[core]\n")
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (arena.workspace / "src").mkdir()  # where even a carved workspace lets the command write
+    script = (
+        "mkdir -p src/evil/hooks; echo x > src/evil/hooks/pre-commit; "
+        "echo ../src/evil > .git/commondir; "
+        "mkdir -p .git/modules/sub/hooks; echo x > .git/modules/sub/hooks/post-checkout"
+    )
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    if isinstance(outcome, str):
+        return outcome
+    return not (git / "commondir").exists() and not (git / "modules" / "sub").exists()
+
+
 ENV_SECRET_NAME = "MECHASANDBOX_VERIFY_API_KEY"  # noqa: S105 - a variable name, not a secret
 
 
@@ -203,6 +223,7 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
         "write .git/config after a host `git config` replaced it during the run",
         write_git_config_after_host_rewrite,
     ),
+    ("redirect git to planted hooks (.git/commondir, .git/modules)", redirect_git),
     ("read a host API key from the environment", env_secret),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),
