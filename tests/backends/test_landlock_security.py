@@ -437,6 +437,18 @@ def test_cpu_spin_is_a_cpu_limit(sandbox: Sandbox) -> None:
     assert isinstance(result.failure(), CpuLimit)
 
 
+def test_a_low_open_files_limit_is_applied_and_leaves_room_for_the_set_up(
+    sandbox: Sandbox,
+) -> None:
+    """With 5 open files, the set-up after the limit (the Landlock ruleset, one path at a
+    time) still fits in descriptors 3 and 4, whichever child sets the run up: runs in a
+    row, so that warm children take them."""
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=20, max_open_files=5))
+    for _ in range(3):
+        run = sandbox.sh("ulimit -n", policy=policy)
+        assert run.stdout == b"5\n", out(run)
+
+
 # --- environment ------------------------------------------------------------------------------
 def test_environment_secrets_absent(sandbox: Sandbox) -> None:
     run = sandbox.sh("env")

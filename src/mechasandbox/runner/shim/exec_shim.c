@@ -43,6 +43,9 @@
 #define PROTOCOL 1
 #define RUNS_FD 3
 #define REPORT_FD 4
+/* Where the report pipe is moved to: out of the low numbers a run's rlimit on open files
+ * leaves to the set-up (the Landlock ruleset and each rule's path need one each). */
+#define REPORT_FD_FLOOR 64
 #define MAX_FRAME (8u * 1024u * 1024u)
 #define MAX_FDS 64
 #define MAX_ITEMS 65536
@@ -78,11 +81,12 @@ struct net_port_attr {
 };
 
 static const char *stage = "setup";
+static int report_fd = REPORT_FD;
 
 static void fail(int code) {
     char text[96];
     int length = snprintf(text, sizeof text, "%d:%s", code ? code : EIO, stage);
-    if (length > 0 && write(REPORT_FD, text, (size_t)length) < 0) {
+    if (length > 0 && write(report_fd, text, (size_t)length) < 0) {
         /* nothing left to tell it with: the helper reports the exit as a failure */
     }
     _exit(127);
@@ -216,13 +220,13 @@ static void put_stdio(void) {
         check(dup2(moved[target], target));
     /* Keep only 0-2 and the report pipe (close-on-exec): nothing of the helper leaks in.
      * (Everything else here is close-on-exec already; this is so by construction too.) */
-    if (syscall(SYS_close_range, 3u, (unsigned)REPORT_FD - 1, 0u) < 0 ||
-        syscall(SYS_close_range, (unsigned)REPORT_FD + 1, ~0u, 0u) < 0) {
+    if (syscall(SYS_close_range, 3u, (unsigned)report_fd - 1, 0u) < 0 ||
+        syscall(SYS_close_range, (unsigned)report_fd + 1, ~0u, 0u) < 0) {
         long highest = sysconf(_SC_OPEN_MAX); /* before Linux 5.9: one close per number */
         if (highest < 0 || highest > 65536)
             highest = 65536;
         for (int fd = 3; fd < highest; fd++)
-            if (fd != REPORT_FD)
+            if (fd != report_fd)
                 close(fd);
     }
 }
@@ -460,6 +464,11 @@ int main(int argc, char **argv) {
         return 0;
     if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) < 0 || fcntl(RUNS_FD, F_SETFD, FD_CLOEXEC) < 0)
         return 2;
+    int moved = fcntl(REPORT_FD, F_DUPFD_CLOEXEC, REPORT_FD_FLOOR);
+    if (moved >= 0) {
+        close(REPORT_FD);
+        report_fd = moved;
+    }
     /* A join that failed is reported once a run has come (as the Python warm child does):
      * the run is then answered as not started, never lost. */
     int joined = join_cgroups(argc - 2, argv + 2);
@@ -467,7 +476,7 @@ int main(int argc, char **argv) {
     unsigned char header[4];
     if (!receive_exact(header, sizeof header, 1))
         return 0; /* the host let this child go: no run was handed to it */
-    if (write(REPORT_FD, "+", 1) != 1)
+    if (write(report_fd, "+", 1) != 1)
         return 127;
     uint32_t length = (uint32_t)header[0] << 24 | (uint32_t)header[1] << 16 |
                       (uint32_t)header[2] << 8 | header[3];
