@@ -308,3 +308,12 @@ def test_a_shim_of_another_build_is_not_used(
         assert held and not any(offer.native for offer in held)
     finally:
         runner.close()
+
+
+def test_a_long_argv_reaches_the_command_whole(shim_runner: HelperProcessRunner) -> None:
+    """As many arguments as exec takes (here 100 000, beyond any fixed table)."""
+    anyio.run(shim_runner.run, _spec("true")).unwrap()
+    _offered_pids(shim_runner._helper)
+    arguments = [str(i % 10) for i in range(100_000)]
+    finished = anyio.run(shim_runner.run, _spec("sh", "-c", 'echo "$#"', "sh", *arguments))
+    assert finished.unwrap().stdout == b"100000\n"

@@ -48,7 +48,6 @@
 #define REPORT_FD_FLOOR 64
 #define MAX_FRAME (8u * 1024u * 1024u)
 #define MAX_FDS 64
-#define MAX_ITEMS 65536
 #define PIPE_CAPACITY 65536
 
 #ifndef SYS_landlock_create_ruleset
@@ -337,9 +336,22 @@ static void exec_searching(const char *file, char **argv, char **envp) {
 }
 
 /* --- the records (see runner/native.py) ---------------------------------------------------- */
+/* How many records of kind `op` the frame holds (for the argv and envp arrays). */
+static size_t count_records(struct cursor records, unsigned char op) {
+    size_t count = 0;
+    while (records.at < records.end) {
+        unsigned char kind = *records.at++;
+        uint32_t length = take_u32(&records);
+        need(&records, length);
+        records.at += length;
+        count += kind == op;
+    }
+    return count;
+}
+
 static void carry_out(struct cursor *c) {
-    char **argv = calloc(MAX_ITEMS + 1, sizeof(char *));
-    char **envp = calloc(MAX_ITEMS + 1, sizeof(char *));
+    char **argv = calloc(count_records(*c, 'a') + 1, sizeof(char *));
+    char **envp = calloc(count_records(*c, 'e') + 1, sizeof(char *));
     if (argv == NULL || envp == NULL)
         fail(ENOMEM);
     size_t argc = 0, envc = 0;
@@ -429,8 +441,6 @@ static void carry_out(struct cursor *c) {
         }
         case 'a':
         case 'e':
-            if ((op == 'a' ? argc : envc) >= MAX_ITEMS)
-                fail(E2BIG);
             if (op == 'a')
                 argv[argc++] = take_string(&field, length);
             else
