@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,3 +318,12 @@ def test_a_long_argv_reaches_the_command_whole(shim_runner: HelperProcessRunner)
     arguments = [str(i % 10) for i in range(100_000)]
     finished = anyio.run(shim_runner.run, _spec("sh", "-c", 'echo "$#"', "sh", *arguments))
     assert finished.unwrap().stdout == b"100000\n"
+
+
+def test_a_shim_that_does_not_answer_is_not_used_and_does_not_hang(tmp_path: Path) -> None:
+    silent = tmp_path / "mechasandbox-exec"
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(0o755)
+    started = time.monotonic()
+    assert not native.speaks_protocol(str(silent), timeout_s=0.5)
+    assert time.monotonic() - started < 10

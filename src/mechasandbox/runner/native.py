@@ -16,9 +16,13 @@ little-endian length, the payload (numbers little-endian, strings without a NUL)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import select
+import signal
 import struct
+import time
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
 if TYPE_CHECKING:
@@ -53,9 +57,10 @@ def shim_path() -> str | None:
     return None
 
 
-def speaks_protocol(path: str) -> bool:
+def speaks_protocol(path: str, timeout_s: float = 2.0) -> bool:
     """Whether the shim at `path` answers `--protocol` with ours (under a millisecond, once
-    per spawn helper: it asks before it serves)."""
+    per spawn helper: it asks before it serves). A binary that does not answer within
+    `timeout_s` is killed and not used: the helper must never hang on it."""
     read_end, write_end = os.pipe()
     try:
         try:
@@ -64,17 +69,32 @@ def speaks_protocol(path: str) -> bool:
             )
         finally:
             os.close(write_end)
-        answer = b""
-        while chunk := os.read(read_end, 64):
-            answer += chunk
-            if len(answer) > 64:
-                break
+        answer = _read_until_eof(read_end, time.monotonic() + timeout_s)
+        if answer is None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     except OSError:
         return False
     finally:
         os.close(read_end)
-    return os.waitstatus_to_exitcode(status) == 0 and answer.strip() == str(PROTOCOL).encode()
+    if answer is None or os.waitstatus_to_exitcode(status) != 0:
+        return False
+    return answer.strip() == str(PROTOCOL).encode()
+
+
+def _read_until_eof(fd: int, deadline: float) -> bytes | None:
+    """What `fd` gives until EOF (at most 64 bytes), or None when the deadline passed."""
+    answer = b""
+    while len(answer) <= 64:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 64)
+        if not chunk:
+            return answer
+        answer += chunk
+    return answer
 
 
 class NotNative(Exception):
