@@ -1,5 +1,8 @@
 """The empty directories made in a workspace as mount points for missing protected paths
-(`.git`, `.envrc`... covered read-only for the run), and their removal.
+(`.git`, `.envrc`... covered read-only for the run), and their removal. Two paths git reads
+as files get a file instead (`FILE_PLACEHOLDERS`: a directory there would break git, in
+the sandbox and on the host, while the run goes), holding what git makes of the path being
+absent; it is removed only if it still holds exactly that.
 
 They stay while any run of this process still uses their workspace: removing one while
 another run's bwrap is setting up (or running) over the same workspace would break that run
@@ -8,13 +11,13 @@ meanwhile new runs treat them as missing paths and cover them read-only too. Run
 processes of the same user wait for each other through `workspace_locks`: a placeholder is a
 mount point in every sandbox that covered it, and removing it would detach those covers.
 
-A host that dies during a run (SIGKILL, a crash) cannot remove them, and an empty `.env/` or
-`.mechasandbox.toml/` directory left in a workspace breaks the tools that expect a file
+A host that dies during a run (SIGKILL, a crash) cannot remove them, and an empty `.env/`
+or `.mechasandbox.toml/` directory left in a workspace breaks the tools that expect a file
 there. So each process journals the paths it may leave behind in a file of its own under
 the user's state directory, and removes the journal at exit; the next process that makes
-placeholders first removes what the journals of dead processes list (empty directories
-only: anything with content stays; in a workspace where other processes still run, they are
-left pending for the last of them, see `workspace_locks`).
+placeholders first removes what the journals of dead processes list (empty directories and
+untouched file placeholders only: anything else stays; in a workspace where other processes
+still run, they are left pending for the last of them, see `workspace_locks`).
 
 Removal itself mostly happens off the run's path: see `placeholder_stash`.
 """
