@@ -142,14 +142,14 @@ class PlaceholderStash:
         with self._lock:
             if not self._pool:
                 return paths
-        if not self._same_device(workspace):
-            return paths
         rename = _rename_noreplace()
+        if rename is None or not self._same_device(workspace):
+            return paths
         left: list[str] = []
         for path in paths:
             with self._lock:
                 pooled = self._pool.pop() if self._pool else None
-            if pooled is None or rename is None:
+            if pooled is None:
                 left.append(path)
                 continue
             if not _empty_directory(pooled):  # left in the stash (kept at exit), not placed
