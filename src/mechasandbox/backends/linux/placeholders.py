@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -81,9 +82,16 @@ def _holds(path: str, content: bytes) -> bool:
 def _make_file(path: str, content: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, content)
+        written = os.write(fd, content)
+    except OSError:
+        written = -1
     finally:
         os.close(fd)
+    if written != len(content):
+        # Never leave it half made: an empty `.git/commondir` breaks git, and only a file
+        # holding exactly its content is removed after the run.
+        os.unlink(path)
+        raise OSError(errno.EIO, f"could not write the placeholder {path}")
 
 
 def path_depth(path: str) -> int:
