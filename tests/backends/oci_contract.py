@@ -10,8 +10,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +42,7 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
+from tests.host_actions import act_when_started
 
 TEST_IMAGE = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
 
@@ -158,18 +157,13 @@ class OciContract:
         config = tmp_path / ".git" / "config"
         (tmp_path / ".git" / "hooks").mkdir(parents=True)
         config.write_text("[core]\n")
-        marker = tmp_path / "started"
 
         def host_git() -> None:
-            deadline = time.monotonic() + 60
-            while not marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
             fresh = tmp_path / ".git" / "config.lock"
             fresh.write_text("[core]\n\tbare = false\n")
             os.rename(fresh, config)
 
-        thread = threading.Thread(target=host_git)
-        thread.start()
+        thread = act_when_started(tmp_path / "started", host_git)
         try:
             script = "touch started; sleep 2; echo '[core] fsmonitor = evil' >> .git/config"
             request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
@@ -312,21 +306,11 @@ class OciContract:
             "touch started; sleep 2; echo end"
         )
         during: list[subprocess.CompletedProcess[bytes]] = []
-
-        def host_git_meanwhile() -> None:
-            deadline = time.monotonic() + 30
-            while not (tmp_path / "started").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            during.append(
-                subprocess.run(
-                    [*git, "commit", "-q", "--allow-empty", "-m", "during"],
-                    capture_output=True,
-                    check=False,
-                )
-            )
-
-        watcher = threading.Thread(target=host_git_meanwhile)
-        watcher.start()
+        meanwhile = [*git, "commit", "-q", "--allow-empty", "-m", "during"]
+        watcher = act_when_started(
+            tmp_path / "started",
+            lambda: during.append(subprocess.run(meanwhile, capture_output=True, check=False)),
+        )
         try:
             request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
             result = ok(await backend.run(request, policy()))

@@ -12,9 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -41,6 +39,7 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
+from tests.host_actions import act_when_started
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -194,7 +193,7 @@ GIT_REDIRECTIONS = (
     "chmod +x evil/hooks/pre-commit; echo ../evil > .git/commondir; "
     "mkdir -p .git/modules/sub/hooks; echo evil > .git/modules/sub/hooks/post-checkout; "
     "printf '[core]\\n\\tfsmonitor = evil\\n' > .git/config.worktree; "
-    "git status --porcelain > /dev/null && echo git-works; sleep 1; echo end"
+    "git status --porcelain > /dev/null && echo git-works; touch started; sleep 1; echo end"
 )
 
 
@@ -208,13 +207,9 @@ def _host_git_commit(workspace: Path) -> subprocess.CompletedProcess[bytes]:
 def test_git_redirections_are_blocked_and_git_keeps_working(box: Box) -> None:
     subprocess.run(["git", "init", "-q", str(box.workspace)], check=True)
     during: list[subprocess.CompletedProcess[bytes]] = []
-
-    def host_git_meanwhile() -> None:
-        time.sleep(0.5)  # the command is in its `sleep 1`, the covers in place
-        during.append(_host_git_commit(box.workspace))
-
-    helper = threading.Thread(target=host_git_meanwhile)
-    helper.start()
+    helper = act_when_started(  # the command is in its `sleep 1`, the covers in place
+        box.workspace / "started", lambda: during.append(_host_git_commit(box.workspace))
+    )
     try:
         result = box.sh(GIT_REDIRECTIONS)
     finally:
@@ -369,20 +364,6 @@ def _stopped_for(result: Result[RunResult, SandboxError], path: Path) -> str:
     return error.reason
 
 
-def _replace_when_started(marker: Path, replace: Callable[[], None]) -> threading.Thread:
-    """Calls `replace` on the host once the sandbox has made `marker`."""
-
-    def wait_then_replace() -> None:
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        replace()
-
-    thread = threading.Thread(target=wait_then_replace)
-    thread.start()
-    return thread
-
-
 def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     """`git config` on the host writes `.git/config.lock` and renames it over `.git/config`,
     which takes the sandbox's read-only pin off with the old file: the command could then
@@ -396,7 +377,7 @@ def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     def host_git() -> None:
         subprocess.run([*git, "config", "user.name", "someone"], check=True)
 
-    thread = _replace_when_started(box.workspace / "started", host_git)
+    thread = act_when_started(box.workspace / "started", host_git)
     try:
         result = box.run(
             "sh", "-c", "touch started; sleep 1; echo '[core] fsmonitor = evil' >> .git/config"
@@ -421,7 +402,7 @@ def test_a_run_whose_placeholder_is_replaced_on_the_host_is_stopped(box: Box) ->
         os.rmdir(vscode)
         vscode.mkdir()
 
-    thread = _replace_when_started(box.workspace / "started", recreate)
+    thread = act_when_started(box.workspace / "started", recreate)
     try:
         result = box.run(
             "sh", "-c", "touch started; sleep 1; echo '{}' > .vscode/tasks.json; echo wrote"
@@ -446,7 +427,7 @@ def test_a_run_whose_mask_is_replaced_on_the_host_is_stopped(
         fresh.write_text(SECRET + "-new")
         os.rename(fresh, netrc)
 
-    thread = _replace_when_started(box.home / "started", rewrite)
+    thread = act_when_started(box.home / "started", rewrite)
     try:
         result = home_box.run("sh", "-c", "touch started; sleep 1; cat .netrc > leaked")
     finally:

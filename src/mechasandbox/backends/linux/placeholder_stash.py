@@ -53,7 +53,7 @@ def remove_stash(stash: Path) -> None:
         os.rmdir(stash)
 
 
-def _empty_directory(path: str) -> bool:
+def is_empty_directory(path: str) -> bool:
     try:
         with os.scandir(path) as entries:
             return next(entries, None) is None
@@ -112,7 +112,7 @@ class PlaceholderStash:
         left: list[str] = []
         moved: list[tuple[str, str]] = []
         for path in paths:
-            if not _empty_directory(path):
+            if not is_empty_directory(path):
                 left.append(path)
                 continue
             with self._lock:
@@ -152,7 +152,7 @@ class PlaceholderStash:
             if pooled is None:
                 left.append(path)
                 continue
-            if not _empty_directory(pooled):  # left in the stash (kept at exit), not placed
+            if not is_empty_directory(pooled):  # left in the stash (kept at exit), not placed
                 left.append(path)
                 continue
             code = rename(pooled, path)
@@ -189,7 +189,7 @@ class PlaceholderStash:
             # in 0.24 ms after this pause, 0.83 ms without it). At exit, no pause.
             self._closing.wait(_SETTLE_S)
             for stashed, origin in batch:
-                if _empty_directory(stashed) and self._keep(stashed):
+                if is_empty_directory(stashed) and self._keep(stashed):
                     continue
                 try:
                     os.rmdir(stashed)

@@ -34,7 +34,11 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash, remove_stash
+from mechasandbox.backends.linux.placeholder_stash import (
+    PlaceholderStash,
+    is_empty_directory,
+    remove_stash,
+)
 from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks
 
 # Missing protected paths whose placeholder is a file, not a directory: git reads them as
@@ -58,12 +62,9 @@ def is_placeholder(path: str) -> bool:
     """Whether `path` is, right now, what a placeholder of ours there would be: an empty
     directory, or a file placeholder holding exactly its content (not a symlink)."""
     content = file_placeholder(path)
+    if content is None:
+        return not os.path.islink(path) and is_empty_directory(path)
     try:
-        if content is None:
-            if os.path.islink(path) or not os.path.isdir(path):
-                return False
-            with os.scandir(path) as entries:
-                return next(entries, None) is None
         return _holds(path, content)
     except OSError:
         return False
