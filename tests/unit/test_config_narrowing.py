@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 import pytest
 from returns.pipeline import is_successful
+from returns.result import Result
 
 from mechasandbox.config import (
     BackendChoice,
@@ -81,14 +82,35 @@ def test_add_deny_entries() -> None:
     assert "Makefile" in policy.filesystem.protected
 
 
-def test_a_broader_deny_entry_replaces_the_ones_it_covers() -> None:
+def test_a_broader_deny_entry_is_added_to_the_ones_it_covers() -> None:
     policy = narrowed({"filesystem": {"deny_read": ["~"]}})
-    assert policy.filesystem.deny_read == ("~",)
+    assert policy.filesystem.deny_read == (*DEFAULT_DENY_READ, "~")
+
+
+@pytest.mark.parametrize("key", ["deny_read", "deny_write", "protected"])
+@pytest.mark.parametrize("entries", [[], ["/"], [WS], ["/home"], ["~/.aws"]])
+def test_project_deny_lists_only_add(key: str, entries: list[str]) -> None:
+    """An entry outside the workspace, or an ancestor of it, or an empty list never erases
+    what the project inherits (`protected = ["/"]` once dropped `.git/hooks`)."""
+    base = attrs.evolve(BASE, filesystem=attrs.evolve(BASE.filesystem, deny_write=("/srv",)))
+    inherited = getattr(base.filesystem, key)
+    assert inherited
+    policy = narrowed({"filesystem": {key: entries}}, base)
+    assert getattr(policy.filesystem, key) == tuple(dict.fromkeys((*inherited, *entries)))
+
+
+def test_project_network_deny_only_adds() -> None:
+    base = attrs.evolve(
+        BASE, network=NetworkPolicy(mode=NetworkMode.FULL, deny=("evil.example", "bad.example"))
+    )
+    policy = narrowed({"network": {"deny": ["*.example"]}}, base)
+    assert policy.network.deny == ("evil.example", "bad.example", "*.example")
 
 
 def test_protected_may_be_spelled_absolute_inside_the_workspace() -> None:
     absolute = [f"{WS}/{entry}" for entry in DEFAULT_PROTECTED]
-    assert narrowed({"filesystem": {"protected": absolute}}).filesystem.protected == tuple(absolute)
+    protected = narrowed({"filesystem": {"protected": absolute}}).filesystem.protected
+    assert protected == (*DEFAULT_PROTECTED, *absolute)
 
 
 def test_lower_limits() -> None:
@@ -181,9 +203,6 @@ def test_env_set_may_add_new_variables() -> None:
         ({"filesystem": {"readable": ["/etc/shadow"]}}, "filesystem.readable", "outside"),
         ({"filesystem": {"readable": ["~/.ssh"]}}, "filesystem.readable", "outside"),
         ({"filesystem": {"readable": [f"{WS}/../other"]}}, "filesystem.readable", "outside"),
-        ({"filesystem": {"deny_read": ["~/.aws"]}}, "filesystem.deny_read", "drops '~/.ssh'"),
-        ({"filesystem": {"deny_read": []}}, "filesystem.deny_read", "drops"),
-        ({"filesystem": {"protected": [".git/config"]}}, "filesystem.protected", ".git/hooks"),
         ({"limits": {"memory": "8g"}}, "limits.memory", "8g is above the inherited 4g"),
         ({"limits": {"timeout": "1h"}}, "limits.timeout", "above the inherited 2m"),
         ({"limits": {"timeout": "unlimited"}}, "limits.timeout", "removes the inherited"),
@@ -199,6 +218,11 @@ def test_env_set_may_add_new_variables() -> None:
         ({"environment": {"allow": ["AWS_SECRET_ACCESS_KEY"]}}, "environment.allow", "AWS"),
         ({"environment": {"pass": ["GITHUB_TOKEN"]}}, "environment.pass", "GITHUB_TOKEN"),
         ({"environment": {"set": {"CI": "0"}}}, "environment.set", "changes CI"),
+        ({"environment": {"set": {"LD_PRELOAD": "x.so"}}}, "environment.set", "LD_PRELOAD"),
+        ({"environment": {"set": {"LD_LIBRARY_PATH": "."}}}, "environment.set", "loader"),
+        ({"environment": {"set": {"GCONV_PATH": "."}}}, "environment.set", "GCONV_PATH"),
+        ({"environment": {"set": {"GLIBC_TUNABLES": "x"}}}, "environment.set", "loader"),
+        ({"environment": {"set": {"DYLD_INSERT_LIBRARIES": "x"}}}, "environment.set", "DYLD"),
         ({"enforcement": "best-effort"}, "enforcement", "weaker"),
     ],
 )
@@ -221,16 +245,83 @@ def test_allow_entries_need_the_user_allowlist_even_with_network_off() -> None:
     assert widened({"network": {"allow": ["example.com"]}}, base).field == "network.allow"
 
 
-def test_removing_a_network_deny_entry() -> None:
-    base = attrs.evolve(
-        BASE, network=NetworkPolicy(mode=NetworkMode.FULL, deny=("evil.example", "bad.example"))
+def test_a_loader_variable_the_user_set_may_stay() -> None:
+    base = attrs.evolve(BASE, environment=EnvironmentPolicy(set=(("LD_LIBRARY_PATH", "/opt/l"),)))
+    policy = narrowed({"environment": {"set": {"LD_LIBRARY_PATH": "/opt/l"}}}, base)
+    assert dict(policy.environment.set)["LD_LIBRARY_PATH"] == "/opt/l"
+    assert widened({"environment": {"set": {"LD_LIBRARY_PATH": "."}}}, base).field == (
+        "environment.set"
     )
-    assert widened({"network": {"deny": ["bad.example"]}}, base).field == "network.deny"
 
 
-def test_removing_a_deny_write_entry() -> None:
-    base = attrs.evolve(BASE, filesystem=FilesystemPolicy(deny_write=("/srv",)))
-    assert widened({"filesystem": {"deny_write": []}}, base).field == "filesystem.deny_write"
+# Paths are judged where they lead: a fake file system of symlinks ------------------------
+
+LINKS = {
+    f"{WS}/ref": "/",
+    f"{WS}/home": "/home/dev",
+    f"{WS}/docs": f"{WS}/site/docs",
+    "/opt/sdk/current": "/opt/sdk/v2",
+    "/opt/sdk/escape": "/etc",
+}
+
+
+def fake_realpath(path: str) -> str:
+    """`os.path.realpath` over LINKS (a prefix that is a link is replaced, repeatedly)."""
+    import posixpath
+
+    path = posixpath.normpath(path)
+    for _ in range(10):
+        for link, target in LINKS.items():
+            if path == link or path.startswith(link + "/"):
+                path = posixpath.normpath(posixpath.join(target, path[len(link) :].lstrip("/")))
+                break
+        else:
+            return path
+    return path
+
+
+def narrowed_on_links(data: dict[str, Any]) -> Result[Policy, ConfigInvalid]:
+    return narrow(BASE, project(data), SOURCE, workspace=WS, resolve=fake_realpath)
+
+
+@pytest.mark.parametrize(
+    ("key", "entry", "leads_to"),
+    [
+        ("readable", f"{WS}/ref", "/"),
+        ("readable", f"{WS}/ref/var/run/docker.sock", "/var/run/docker.sock"),
+        ("readable", f"{WS}/home/.ssh", "/home/dev/.ssh"),
+        ("readable", "/opt/sdk/escape", "/etc"),
+        ("writable", "/tmp/build/../../etc", "/etc"),
+    ],
+)
+def test_a_path_through_a_symlink_is_judged_where_it_leads(
+    key: str, entry: str, leads_to: str
+) -> None:
+    result = narrowed_on_links({"filesystem": {key: [entry]}})
+    assert not is_successful(result), result
+    error = result.failure()
+    assert error.field == f"filesystem.{key}"
+    assert repr(leads_to) in error.problem
+
+
+@pytest.mark.parametrize("entry", [f"{WS}/docs", f"{WS}/docs/api", "/opt/sdk/current/lib"])
+def test_a_symlink_that_stays_inside_is_accepted(entry: str) -> None:
+    assert is_successful(narrowed_on_links({"filesystem": {"readable": [entry]}}))
+
+
+def test_the_real_file_system_is_consulted(tmp_path: Any) -> None:
+    """Without a fake: a symlink planted in a real workspace is followed."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "ref").symlink_to("/")
+    result = narrow(
+        BASE,
+        project({"filesystem": {"readable": [str(workspace / "ref")]}}),
+        SOURCE,
+        workspace=str(workspace),
+    )
+    assert not is_successful(result)
+    assert result.failure().field == "filesystem.readable"
 
 
 def test_bounds_are_still_checked_for_project_values() -> None:

@@ -6,9 +6,14 @@ deny more, limit more, cut the network — but never loosen it. Anything that wo
 is refused with `ConfigInvalid` naming the file and key, rather than silently dropped, so the
 author of the project file learns why their setting has no effect.
 
-The check compares the merged result with the policy it narrows, field by field; it is pure
-(no file system access, no `~` expansion), so a path is compared as written, after
-normalisation, and a `~` path is never considered to be inside the workspace.
+The deny lists (`deny_read`, `deny_write`, `protected`, `network.deny`) of a project layer
+*add* to the inherited ones: an entry of the project's never replaces or erases one it
+inherits (`protected = ["/"]` must not drop `.git/hooks`).
+
+The rest is checked by comparing the merged result with the policy it narrows, field by
+field. Paths a project adds to `readable` and `writable` are judged where they lead, after
+resolving symlinks: the repository wrote the workspace, so `ref -> /` inside it is as
+likely as any honest path, and a path is only inside the workspace if its real path is.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from returns.result import Failure, Result, Success
 from mechasandbox.config.overlay import LIMIT_FIELDS, BackendChoice, apply_settings
 from mechasandbox.config.schema import BackendName, BackendSettings, Settings
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode, Policy
+from mechasandbox.domain.policy import (
+    Enforcement,
+    HostProcesses,
+    NetworkMode,
+    Policy,
+    is_loader_variable,
+)
 
 _ADVICE = (
     " (a project file may only narrow the user's policy; put wider settings in the user "
@@ -42,21 +53,45 @@ class _Widening:
     detail: str
 
 
-def _norm(path: str, workspace: str) -> str:
-    """Comparable spelling: `~` kept literal, relative paths taken from the workspace."""
-    if path.startswith("~"):
-        head, sep, rest = path.partition("/")
-        return head + (sep + os.path.normpath(rest) if rest else "")
-    return os.path.normpath(os.path.join(workspace, path))
+Resolve = Callable[[str], str]
+
+
+def _real(path: str, workspace: str, resolve: Resolve) -> str:
+    """Where `path` leads: `~` expanded, relative paths taken from the workspace, symlinks
+    resolved (a missing tail is kept as written, as `os.path.realpath` does)."""
+    return resolve(os.path.join(workspace, os.path.expanduser(path)))
 
 
 def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _covered(path: str, roots: Iterable[str], workspace: str) -> bool:
-    normal = _norm(path, workspace)
-    return any(_under(normal, _norm(root, workspace)) for root in roots)
+def _covered(path: str, roots: Iterable[str], workspace: str, resolve: Resolve) -> bool:
+    real = _real(path, workspace, resolve)
+    return any(_under(real, _real(root, workspace, resolve)) for root in roots)
+
+
+def _added(inherited: tuple[str, ...], project: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """A project's deny list laid over the inherited one: the inherited entries stay."""
+    if project is None:
+        return None
+    return tuple(dict.fromkeys((*inherited, *project)))
+
+
+def _only_adding(base: Policy, project: Settings) -> Settings:
+    """`project` with its deny lists turned into additions to `base`'s."""
+    fs, net = project.filesystem, project.network
+    old_fs = base.filesystem
+    return attrs.evolve(
+        project,
+        filesystem=attrs.evolve(
+            fs,
+            deny_read=_added(old_fs.deny_read, fs.deny_read),
+            deny_write=_added(old_fs.deny_write, fs.deny_write),
+            protected=_added(old_fs.protected, fs.protected),
+        ),
+        network=attrs.evolve(net, deny=_added(base.network.deny, net.deny)),
+    )
 
 
 def _split_pattern(pattern: str) -> tuple[str, str | None]:
@@ -89,34 +124,28 @@ def pattern_covers(wider: str, narrower: str) -> bool:
     return False
 
 
-def _check_paths(base: Policy, new: Policy, workspace: str) -> _Widening | None:
+def _check_paths(base: Policy, new: Policy, workspace: str, resolve: Resolve) -> _Widening | None:
+    """Each path the project adds leads inside what the inherited policy allows (the
+    workspace too, for reading). Entries inherited as they are stay the user's business."""
     old_fs, new_fs = base.filesystem, new.filesystem
     for entry in new_fs.readable:
-        if not _covered(entry, (workspace, *old_fs.readable), workspace):
+        if entry in old_fs.readable:
+            continue
+        if not _covered(entry, (workspace, *old_fs.readable), workspace, resolve):
             return _Widening(
                 field="filesystem.readable",
-                detail=f"{entry!r} is outside the workspace and not readable under the "
-                "policy it narrows",
+                detail=f"{entry!r} leads to {_real(entry, workspace, resolve)!r}, outside the "
+                "workspace and not readable under the policy it narrows",
             )
     for entry in new_fs.writable:
-        if not _covered(entry, old_fs.writable, workspace):
+        if entry in old_fs.writable:
+            continue
+        if not _covered(entry, old_fs.writable, workspace, resolve):
             return _Widening(
                 field="filesystem.writable",
-                detail=f"{entry!r} is not writable under the policy it narrows",
+                detail=f"{entry!r} leads to {_real(entry, workspace, resolve)!r}, which is "
+                "not writable under the policy it narrows",
             )
-    denials: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-        ("deny_read", old_fs.deny_read, new_fs.deny_read),
-        ("deny_write", old_fs.deny_write, new_fs.deny_write),
-        ("protected", old_fs.protected, new_fs.protected),
-    )
-    for key, old, new_entries in denials:
-        for entry in old:
-            if not _covered(entry, new_entries, workspace):
-                return _Widening(
-                    field=f"filesystem.{key}",
-                    detail=f"drops {entry!r}, which the policy it narrows lists; "
-                    "add entries, but keep the inherited ones",
-                )
     return None
 
 
@@ -135,12 +164,6 @@ def _check_network(base: Policy, new: Policy) -> _Widening | None:
                     field="network.allow",
                     detail=f"{pattern!r} is not allowed by the inherited allowlist",
                 )
-    for pattern in old_net.deny:
-        if not any(pattern_covers(denied, pattern) for denied in new_net.deny):
-            return _Widening(
-                field="network.deny",
-                detail=f"drops {pattern!r}, which the policy it narrows denies",
-            )
     return None
 
 
@@ -178,6 +201,14 @@ def _check_environment(base: Policy, new: Policy) -> _Widening | None:
                 detail=f"passes the host's {name!r}, which the policy it narrows does not",
             )
     new_set = dict(new_env.set)
+    old_set = dict(old_env.set)
+    for name, value in new_set.items():
+        if is_loader_variable(name) and value != old_set.get(name):
+            return _Widening(
+                field="environment.set",
+                detail=f"sets {name}, which tells the dynamic loader what to load: a project "
+                "file may not choose code for programs to load",
+            )
     for name, value in old_env.set:
         if new_set.get(name) != value:
             return _Widening(
@@ -207,19 +238,25 @@ def _check_host_processes(base: Policy, new: Policy) -> _Widening | None:
 
 
 def narrow(
-    base: Policy, project: Settings, source: str, *, workspace: str
+    base: Policy,
+    project: Settings,
+    source: str,
+    *,
+    workspace: str,
+    resolve: Resolve = os.path.realpath,
 ) -> Result[Policy, ConfigInvalid]:
     """`base` narrowed by a project layer, or `ConfigInvalid` if the layer would widen it.
 
-    `workspace` is the absolute workspace path: readable entries inside it add nothing,
-    since the command reads its workspace anyway, so a project may list them.
+    `workspace` is the absolute workspace path: readable entries whose real path is inside
+    it add nothing, since the command reads its workspace anyway, so a project may list
+    them. `resolve` gives a path's real path (tests pass a fake file system).
     """
-    merged = apply_settings(base, project, source)
+    merged = apply_settings(base, _only_adding(base, project), source)
     if isinstance(merged, Failure):
         return merged
     new = merged.unwrap()
     checks: tuple[Callable[[], _Widening | None], ...] = (
-        lambda: _check_paths(base, new, workspace),
+        lambda: _check_paths(base, new, workspace, resolve),
         lambda: _check_network(base, new),
         lambda: _check_limits(base, new),
         lambda: _check_environment(base, new),

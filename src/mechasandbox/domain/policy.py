@@ -114,6 +114,20 @@ class NetworkPolicy:
 DEFAULT_ENV_ALLOW: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
 
 
+# Variables that make the dynamic loader or the C library load code or data files from a
+# path: a project file may not set them (see `config.narrowing`), and no launcher that runs
+# on the host (bwrap, sandbox-exec, an engine's CLI) is ever given them.
+LOADER_VARIABLE_PREFIXES: tuple[str, ...] = ("LD_", "DYLD_")
+LOADER_VARIABLES: frozenset[str] = frozenset(
+    {"GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF",
+     "MALLOC_CHECK_", "MALLOC_TRACE", "GETCONF_DIR"}
+)  # fmt: skip
+
+
+def is_loader_variable(name: str) -> bool:
+    return name.startswith(LOADER_VARIABLE_PREFIXES) or name in LOADER_VARIABLES
+
+
 @attrs.frozen(kw_only=True)
 class EnvironmentPolicy:
     """The command sees only `allow`ed host variables, `pass_through` ones, and `set` ones."""
