@@ -360,7 +360,12 @@ def _tree_mounts(
         wanted.append((0, _Mount(dest=home, args=tmpfs, exposes=False)))
     for priority, entries, writable in ((1, fs.readable, False), (2, fs.writable, True)):
         for entry in entries:
-            path, kind = _real(layout, _absolute(entry, host, workspace))
+            absolute = _absolute(entry, host, workspace)
+            if _under(absolute, workspace):
+                # Inside the workspace: mounted already, and a symlink the command or the
+                # repository put there must not choose what else gets mounted.
+                continue
+            path, kind = _real(layout, absolute)
             if kind is PathKind.MISSING:
                 continue
             option = "--bind" if writable else "--ro-bind"

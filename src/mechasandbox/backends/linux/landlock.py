@@ -253,6 +253,10 @@ def _normal(path: str) -> str:
     return os.path.normpath(path)
 
 
+def _outside_workspace(path: str, *, root: str) -> bool:
+    return not _inside(_normal(os.path.join(root, path)), root)
+
+
 @attrs.frozen
 class _Denials:
     """The policy's deny lists, absolute, and the protected paths inside the workspace."""
@@ -307,8 +311,11 @@ def _fixed_rules(
     candidates: list[PathRule | None] = [rule(p, READ) for p in SYSTEM_ROOTS]
     candidates += [rule(p, FS_READ_FILE | FS_READ_DIR) for p in PROC_ROOTS]
     candidates += [rule(p, DEVICE_RW) for p in DEVICES]
-    candidates += [rule(host.expand(p), READ) for p in fs.readable]
-    candidates += [rule(host.expand(p), WRITE) for p in fs.writable]
+    # Entries inside the workspace add nothing to its rule, and the rule of a symlink there
+    # would grant what its target is (a repository's `ref -> /`): they are left out.
+    outside = functools.partial(_outside_workspace, root=root)
+    candidates += [rule(p, READ) for p in filter(outside, map(host.expand, fs.readable))]
+    candidates += [rule(p, WRITE) for p in filter(outside, map(host.expand, fs.writable))]
     workspace_rule = rule(root, WRITE, required=True)
     if workspace_rule is not None and carve_protected and denials.protected:
         extra = tuple(sorted((p, READ) for p in denials.protected))

@@ -1,0 +1,145 @@
+"""A hostile repository against the real sandbox: its project file and its symlinks.
+
+The workspace was written before the run by whoever wrote the repository. These are the
+escapes such a repository once had: a project file that un-protected `.git/hooks` with
+`protected = ["/"]`, one that made a host directory readable through `ref -> /host/dir`
+planted in the workspace, and one that set `LD_PRELOAD`. Each test goes the way the CLI
+goes: `load_policy` reads the layers, a real backend runs the command.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+from returns.pipeline import is_successful
+from returns.result import Failure, Result
+
+from mechasandbox.backends.base import Backend
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.linux.landlock import LandlockBackend
+from mechasandbox.config.loading import load_policy
+from mechasandbox.domain import (
+    ConfigInvalid,
+    FilesystemPolicy,
+    HostProcesses,
+    Policy,
+    RunRequest,
+    RunResult,
+    SandboxError,
+)
+from mechasandbox.runner.runner import HelperProcessRunner
+from tests.conftest import require_available
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex
+
+
+@pytest.fixture(params=["bubblewrap", "landlock"])
+def backend(request: pytest.FixtureRequest, runner: HelperProcessRunner) -> Backend:
+    chosen: Backend
+    if request.param == "bubblewrap":
+        chosen = BubblewrapBackend(runner=runner)
+    else:
+        chosen = LandlockBackend(runner=runner)
+    require_available(chosen)
+    return chosen
+
+
+def _attempt(
+    backend: Backend, workspace: Path, policy: Policy, script: str
+) -> Result[RunResult, SandboxError]:
+    # Landlock cannot hide host processes; that is not what these tests are about.
+    policy = attrs.evolve(policy, host_processes=HostProcesses.VISIBLE)
+    request = RunRequest(argv=("/bin/sh", "-c", script), workspace=str(workspace))
+    return anyio.run(backend.run, request, policy)
+
+
+def _run(backend: Backend, workspace: Path, policy: Policy, script: str) -> RunResult:
+    result = _attempt(backend, workspace, policy, script)
+    assert is_successful(result), result
+    finished: RunResult = result.unwrap()
+    return finished
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A host directory the sandbox must not see, holding a secret."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "secret").write_text(SECRET)
+    return directory
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    directory = tmp_path / "ws"
+    directory.mkdir()
+    return directory
+
+
+def _project(workspace: Path, text: str) -> None:
+    (workspace / ".mechasandbox.toml").write_text(text)
+
+
+def test_a_project_file_cannot_make_a_planted_symlink_readable(
+    workspace: Path, outside: Path
+) -> None:
+    (workspace / "ref").symlink_to(outside)
+    _project(workspace, f'[filesystem]\nreadable = ["{workspace}/ref"]\n')
+    loaded = load_policy(workspace=str(workspace), user_file=None)
+    assert isinstance(loaded, Failure), loaded
+    error = loaded.failure()
+    assert isinstance(error, ConfigInvalid)
+    assert error.field == "filesystem.readable"
+    assert str(outside) in error.problem
+
+
+def test_a_readable_symlink_inside_the_workspace_mounts_nothing(
+    backend: Backend, workspace: Path, outside: Path
+) -> None:
+    """Second line, below the configuration: even a user's own `readable` entry that is a
+    symlink inside the workspace (swapped in after the check, say) exposes nothing."""
+    (workspace / "ref").symlink_to(outside)
+    (workspace / "wref").symlink_to(outside)
+    policy = Policy(
+        filesystem=FilesystemPolicy(readable=(f"{workspace}/ref",), writable=(f"{workspace}/wref",))
+    )
+    finished = _run(
+        backend, workspace, policy, f"cat ref/secret; cat {outside}/secret; echo x > wref/new"
+    )
+    assert SECRET.encode() not in finished.stdout
+    assert finished.exit_code != 0
+    assert not (outside / "new").exists()
+
+
+def test_a_project_protected_list_cannot_unprotect_git_hooks(
+    backend: Backend, workspace: Path
+) -> None:
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    for entries in ('["/"]', "[]", f'["{workspace}"]', '["/tmp"]'):
+        _project(workspace, f"[filesystem]\nprotected = {entries}\n")
+        loaded = load_policy(workspace=str(workspace), user_file=None)
+        policy = loaded.unwrap().policy
+        assert ".git/hooks" in policy.filesystem.protected
+        result = _attempt(
+            backend,
+            workspace,
+            policy,
+            "echo 'touch planted' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit",
+        )
+        # Refused (the workspace itself cannot be protected) or run without the write.
+        assert not is_successful(result) or result.unwrap().exit_code != 0, entries
+        assert not (workspace / ".git" / "hooks" / "pre-commit").exists(), entries
+
+
+def test_a_project_file_cannot_set_loader_variables(workspace: Path) -> None:
+    for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "GCONV_PATH"):
+        _project(workspace, f'[environment]\nset = {{ {name} = "{workspace}/evil.so" }}\n')
+        loaded = load_policy(workspace=str(workspace), user_file=None)
+        assert isinstance(loaded, Failure), name
+        assert loaded.failure().field == "environment.set"
+        assert name in loaded.failure().problem
