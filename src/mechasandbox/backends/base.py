@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pwd
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import attrs
@@ -113,13 +114,59 @@ def check_enforcement(
     return Success(capabilities.warnings + warnings)
 
 
+# Directories that are never a workspace: the command may write its whole workspace, and
+# these hold the system, every user's files, or the host's shared temporary files.
+_SYSTEM_DIRECTORIES = frozenset(
+    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+     "/media", "/mnt", "/nix", "/nix/store", "/opt", "/proc", "/root", "/run", "/sbin", "/snap",
+     "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/local/bin",
+     "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/run", "/var/tmp",
+     # macOS
+     "/Applications", "/Library", "/System", "/Users", "/Volumes", "/private",
+     "/private/etc", "/private/tmp", "/private/var"}
+)  # fmt: skip
+# Trees no part of which is a workspace: the system's configuration, kernel interfaces.
+_SYSTEM_TREES = ("/etc", "/boot", "/proc", "/sys", "/dev", "/run", "/private/etc", "/System")
+
+
+@functools.lru_cache(maxsize=8)
+def _homes(home_variable: str | None, uid: int) -> frozenset[str]:
+    """The caller's home directory, as HOME says and as the password database says."""
+    homes = {home_variable or ""}
+    with contextlib.suppress(KeyError):  # a uid without an entry (containers)
+        homes.add(pwd.getpwuid(uid).pw_dir)
+    return frozenset(os.path.realpath(home) for home in homes if home)
+
+
+def forbidden_workspace(real: str, homes: Iterable[str]) -> str | None:
+    """Why the real path `real` cannot be a workspace, or None."""
+    if real in _SYSTEM_DIRECTORIES or any(
+        real == tree or real.startswith(tree + "/") for tree in _SYSTEM_TREES
+    ):
+        return f"{real} is a system directory"
+    for home in homes:
+        if home == real or home.startswith(real.rstrip("/") + "/"):
+            return f"{real} is the home directory or contains it (its secrets and rc files)"
+    return None
+
+
 def check_workspace(request: RunRequest) -> Result[str, ConfigInvalid]:
-    """The workspace must be an existing directory; returned as an absolute real path."""
+    """The workspace must be an existing directory that is not `/`, the home directory (or
+    above it) or a system directory; returned as an absolute real path."""
     real = os.path.realpath(request.workspace)
     if not os.path.isdir(real):
         return Failure(
             ConfigInvalid(
                 problem=f"workspace {request.workspace!r} is not an existing directory",
+                field="workspace",
+            )
+        )
+    forbidden = forbidden_workspace(real, _homes(os.environ.get("HOME"), os.getuid()))
+    if forbidden is not None:
+        return Failure(
+            ConfigInvalid(
+                problem=f"workspace {request.workspace!r} refused: {forbidden}; use a "
+                "project directory",
                 field="workspace",
             )
         )

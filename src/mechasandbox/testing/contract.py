@@ -143,6 +143,17 @@ class BackendContract:
         assert isinstance(result.failure(), ConfigInvalid)
         assert "absent" in result.failure().message
 
+    @pytest.mark.parametrize("where", ["/", "~", "/etc", "/usr"])
+    def test_system_directories_and_the_home_are_no_workspace(
+        self, backend: Backend, where: str
+    ) -> None:
+        """The command may write all of its workspace: `/`, the home directory and the system
+        trees are refused before anything runs (`true`, so that a failure writes nothing)."""
+        result = self.run(backend, ["true"], pathlib.Path(os.path.expanduser(where)))
+        assert isinstance(result, Failure), result
+        assert isinstance(result.failure(), ConfigInvalid)
+        assert "refused" in result.failure().message
+
     def test_no_inherited_descriptors(self, backend: Backend, tmp_path: pathlib.Path) -> None:
         leaked = os.open(sys.executable, os.O_RDONLY)
         os.set_inheritable(leaked, True)
