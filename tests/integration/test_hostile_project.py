@@ -143,3 +143,22 @@ def test_a_project_file_cannot_set_loader_variables(workspace: Path) -> None:
         assert isinstance(loaded, Failure), name
         assert loaded.failure().field == "environment.set"
         assert name in loaded.failure().problem
+
+
+def test_an_empty_git_directory_cannot_be_made_a_repository(
+    runner: HelperProcessRunner, workspace: Path
+) -> None:
+    """An empty `.git` is what another process's run leaves as its placeholder while it
+    goes (a non-git workspace): a run meanwhile must not fill it with a repository that
+    would stay on the host once that placeholder is no longer removable."""
+    backend = BubblewrapBackend(runner=runner)
+    require_available(backend)
+    (workspace / ".git").mkdir()
+    finished = _run(
+        backend,
+        workspace,
+        Policy(),
+        "git init -q . ; echo 'ref: refs/heads/main' > .git/HEAD; mkdir .git/objects; ls -A .git",
+    )
+    assert b"HEAD" not in finished.stdout
+    assert list((workspace / ".git").iterdir()) == []

@@ -64,6 +64,7 @@ from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
+from mechasandbox.backends.linux.placeholder_stash import is_empty_directory
 from mechasandbox.backends.linux.placeholders import (
     WorkspacePlaceholders,
     file_placeholder,
@@ -166,6 +167,8 @@ class HostLayout:
 
     facts: tuple[tuple[str, PathFact], ...]
     etc_secrets: tuple[str, ...] = ()  # existing paths matching ETC_SECRETS
+    # Empty directories on the way to protected paths (see `_protect`).
+    empty_directories: frozenset[str] = frozenset()
     _index: Mapping[str, PathFact] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -181,9 +184,11 @@ class HostLayout:
         etc_patterns: Iterable[str] = ETC_SECRETS,
         *,
         placeholders: Iterable[str] = (),
+        emptiness_of: Iterable[str] = (),
     ) -> HostLayout:
         """`placeholders`: empty directories other runs of ours created as mount points;
-        they and anything below them count as missing, so this run covers them too."""
+        they and anything below them count as missing, so this run covers them too.
+        `emptiness_of`: directories whose emptiness the compiler needs to know."""
         covered = tuple(placeholders)
 
         def fact_of(path: str) -> PathFact:
@@ -200,7 +205,14 @@ class HostLayout:
                 if fact.kind in (PathKind.DIRECTORY, PathKind.FILE):
                     secrets.append(path)
                     facts[path] = fact
-        return HostLayout(facts=tuple(sorted(facts.items())), etc_secrets=tuple(secrets))
+        empty = frozenset(
+            path
+            for path in emptiness_of
+            if facts.get(path) is _PLAIN_FACTS[PathKind.DIRECTORY] and is_empty_directory(path)
+        )
+        return HostLayout(
+            facts=tuple(sorted(facts.items())), etc_secrets=tuple(secrets), empty_directories=empty
+        )
 
 
 # One fact per kind that has nothing else to say (a survey makes about 50 of them per run;
@@ -327,6 +339,18 @@ def paths_to_survey(workspace: str, policy: Policy, host: HostContext) -> tuple[
     return tuple(dict.fromkeys(paths))
 
 
+@functools.lru_cache(maxsize=64)
+def protected_parents(workspace: str, policy: Policy, host: HostContext) -> tuple[str, ...]:
+    """The directories inside the workspace on the way to protected paths (`.git` for
+    `.git/hooks`): the survey tells which of them are empty."""
+    parents: list[str] = []
+    for entry in (*policy.filesystem.protected, *policy.filesystem.deny_write):
+        target = _absolute(entry, host, workspace)
+        while (target := posixpath.dirname(target)) != workspace and _under(target, workspace):
+            parents.append(target)
+    return tuple(dict.fromkeys(parents))
+
+
 def _base_mounts(layout: HostLayout) -> list[_Mount]:
     mounts: list[_Mount] = []
     for root in SYSTEM_ROOTS:
@@ -425,6 +449,14 @@ def _protect(target: str, mounts: list[_Mount], layout: HostLayout) -> _Protecti
             placeholder = ("--perms", "0555", "--tmpfs", path, "--remount-ro", path)
             added.append(_Mount(dest=path, args=placeholder, exposes=False))
             return _Protection(mounts=tuple(added), placeholders=(path,))
+        if not last and path in layout.empty_directories:
+            # An empty directory on the way (`.git` with nothing in it) is no repository:
+            # covered read-only like a missing one, so that the command cannot make it one.
+            # Not ours to make or remove: often another process's placeholder, which that
+            # process removes once no run is left in the workspace (`workspace_locks`).
+            empty = ("--perms", "0555", "--tmpfs", path, "--remount-ro", path)
+            added.append(_Mount(dest=path, args=empty, exposes=False))
+            return _Protection(mounts=tuple(added))
         if last or fact.kind is not PathKind.DIRECTORY:
             pin = _Mount(dest=path, args=("--ro-bind", path, path), exposes=True, guards="write")
             added.append(pin)
@@ -885,7 +917,9 @@ class BubblewrapBackend:
         proxy_socket: str = PROXY_SOCKET_PLACEHOLDER,
     ) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
         layout = HostLayout.survey(
-            paths_to_survey(workspace, policy, host), placeholders=_PLACEHOLDERS.active(workspace)
+            paths_to_survey(workspace, policy, host),
+            placeholders=_PLACEHOLDERS.active(workspace),
+            emptiness_of=protected_parents(workspace, policy, host),
         )
         bridge = self._bridge(policy, proxy_socket)
         compiled: Result[BwrapCommand, SandboxError] = compile_bwrap(
