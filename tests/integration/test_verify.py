@@ -13,12 +13,16 @@ from mechasandbox.cli.verify import ENV_SECRET_NAME, plant_environment_secret, v
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 
+HOSTILE_PROJECT = (
+    "read outside and plant a git hook through a hostile project file and a planted symlink"
+)
 ESCAPES_ON_PROCESS = {
     "read a secret outside the workspace (directly and via a planted symlink)",
     "write outside the workspace",
     "plant a git hook (directly and by renaming .git)",
     "write .git/config after a host `git config` replaced it during the run",
     "redirect git to planted hooks (.git/commondir, .git/modules)",
+    HOSTILE_PROJECT,
     "kill a host process",
     "connect to a loopback TCP server of the host",
 }
@@ -62,3 +66,13 @@ def test_a_host_rewrite_of_git_config_holds_on_landlock(runner: HelperProcessRun
     outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
     title = "write .git/config after a host `git config` replaced it during the run"
     assert outcomes[title] == "held", outcomes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="landlock is Linux-only")
+def test_a_hostile_project_holds_on_landlock(runner: HelperProcessRunner) -> None:
+    from mechasandbox.backends.linux.landlock import LandlockBackend
+
+    backend = LandlockBackend(runner=runner)
+    require_available(backend)
+    outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
+    assert outcomes[HOSTILE_PROJECT] == "held", outcomes

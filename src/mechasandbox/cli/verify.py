@@ -29,7 +29,7 @@ from mechasandbox.backends.base import Backend
 from mechasandbox.backends.registry import AUTO_ORDER
 from mechasandbox.containers import Application
 from mechasandbox.domain.errors import partial_result
-from mechasandbox.domain.policy import Enforcement, Policy
+from mechasandbox.domain.policy import Enforcement, FilesystemPolicy, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
@@ -46,9 +46,11 @@ class Arena:
     outside: Path
 
 
-def _run(backend: Backend, arena: Arena, argv: list[str]) -> RunResult | str:
+def _run(
+    backend: Backend, arena: Arena, argv: list[str], policy: Policy = POLICY
+) -> RunResult | str:
     request = RunRequest(argv=tuple(argv), workspace=str(arena.workspace))
-    result = anyio.run(backend.run, request, POLICY)
+    result = anyio.run(backend.run, request, policy)
     if isinstance(result, Failure):
         error = result.failure()
         partial = partial_result(error)
@@ -140,6 +142,41 @@ def redirect_git(backend: Backend, arena: Arena) -> bool | str:
     return not (git / "commondir").exists() and not (git / "modules" / "sub").exists()
 
 
+def hostile_project(backend: Backend, arena: Arena) -> bool | str:
+    """A repository's `.mechasandbox.toml` making a planted `ref -> <outside>` readable and
+    un-protecting `.git/hooks` with `protected = ["/"]`; then the same symlink named in the
+    policy directly (a check of the configuration can be raced: the mounts must not follow
+    it either). Held when the secret was not printed and no hook was left."""
+    from mechasandbox.config.loading import load_policy  # cattrs: only for this check
+
+    token = secrets.token_hex(8)
+    (arena.outside / "secret").write_text(token)
+    ref = arena.workspace / "ref"
+    ref.symlink_to(arena.outside)
+    (arena.workspace / ".git" / "hooks").mkdir(parents=True)
+    (arena.workspace / ".mechasandbox.toml").write_text(
+        f'[filesystem]\nreadable = ["{ref}"]\nprotected = ["/"]\n'
+    )
+    script = "cat ref/secret; echo x > .git/hooks/pre-commit"
+    loaded = load_policy(workspace=str(arena.workspace))
+    policies = [] if isinstance(loaded, Failure) else [loaded.unwrap().policy]
+    (arena.workspace / ".mechasandbox.toml").unlink()
+    direct = FilesystemPolicy(readable=(str(ref),), writable=(str(ref),))
+    policies.append(attrs.evolve(POLICY, filesystem=direct))
+    for policy in policies:
+        outcome = _run(
+            backend,
+            arena,
+            ["sh", "-c", script],
+            attrs.evolve(policy, enforcement=Enforcement.BEST_EFFORT),
+        )
+        if isinstance(outcome, str):
+            return outcome
+        if token.encode() in outcome.stdout:
+            return False
+    return not (arena.workspace / ".git" / "hooks" / "pre-commit").exists()
+
+
 ENV_SECRET_NAME = "MECHASANDBOX_VERIFY_API_KEY"  # noqa: S105 - a variable name, not a secret
 
 
@@ -224,6 +261,10 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
         write_git_config_after_host_rewrite,
     ),
     ("redirect git to planted hooks (.git/commondir, .git/modules)", redirect_git),
+    (
+        "read outside and plant a git hook through a hostile project file and a planted symlink",
+        hostile_project,
+    ),
     ("read a host API key from the environment", env_secret),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),
