@@ -9,6 +9,7 @@ goes: `load_policy` reads the layers, a real backend runs the command.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -96,6 +97,51 @@ def test_a_project_file_cannot_make_a_planted_symlink_readable(
     assert isinstance(error, ConfigInvalid)
     assert error.field == "filesystem.readable"
     assert str(outside) in error.problem
+
+
+def test_dot_dot_after_a_planted_symlink_cannot_mount_outside(
+    backend: Backend, workspace: Path, outside: Path
+) -> None:
+    """`ws/sub/../../outside`: by the link (`sub -> a/b/c/d`) it stays in the workspace, as
+    text (the way the mounts read it) it is the host's `outside`."""
+    (workspace / "a" / "b" / "c" / "d").mkdir(parents=True)
+    (workspace / "sub").symlink_to("a/b/c/d")
+    entry = f"{workspace}/sub/../../{outside.name}"
+    for key in ("readable", "writable"):
+        _project(workspace, f'[filesystem]\n{key} = ["{entry}"]\n')
+        loaded = load_policy(workspace=str(workspace), user_file=None)
+        if is_successful(loaded):  # it must not be: show what the sandbox then reached
+            policy = loaded.unwrap().policy
+            finished = _run(backend, workspace, policy, f"cat {outside}/secret")
+            assert SECRET.encode() not in finished.stdout
+        assert isinstance(loaded, Failure), key
+        assert loaded.failure().field == f"filesystem.{key}"
+
+
+def test_project_files_are_not_followed_nor_waited_for(workspace: Path, outside: Path) -> None:
+    """A symlinked project file (to a host file, `/dev/stdin`), a symlinked `.openagents`
+    and a FIFO are refused without being read: read as the caller, their content would
+    come back in error messages, and a FIFO would hang the caller."""
+    toml = workspace / ".mechasandbox.toml"
+    toml.symlink_to(outside / "secret")
+    _refused_without_the_secret(workspace)
+    toml.unlink()
+    os.mkfifo(toml)
+    _refused_without_the_secret(workspace)
+    toml.unlink()
+    (outside / "project.json").write_text(f'{{"sandbox": "{SECRET}"}}')
+    (workspace / ".openagents").symlink_to(outside)
+    _refused_without_the_secret(workspace)
+    (workspace / ".openagents").unlink()
+    (workspace / ".openagents").mkdir()
+    (workspace / ".openagents" / "project.json").symlink_to(outside / "project.json")
+    _refused_without_the_secret(workspace)
+
+
+def _refused_without_the_secret(workspace: Path) -> None:
+    loaded = load_policy(workspace=str(workspace), user_file=None)
+    assert isinstance(loaded, Failure)
+    assert SECRET not in loaded.failure().message
 
 
 def test_a_readable_symlink_inside_the_workspace_mounts_nothing(

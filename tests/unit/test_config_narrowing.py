@@ -292,6 +292,9 @@ def narrowed_on_links(data: dict[str, Any]) -> Result[Policy, ConfigInvalid]:
         ("readable", f"{WS}/home/.ssh", "/home/dev/.ssh"),
         ("readable", "/opt/sdk/escape", "/etc"),
         ("writable", "/tmp/build/../../etc", "/etc"),
+        # `..` after a link: as text it climbs out of the workspace, by the link it stays in
+        ("readable", f"{WS}/docs/../../../../run", "/run"),
+        ("readable", "/proc/self/cwd/ref/../../../../run", "/run"),
     ],
 )
 def test_a_path_through_a_symlink_is_judged_where_it_leads(

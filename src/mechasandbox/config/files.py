@@ -8,8 +8,11 @@ substitution can inject keys and values the author of the file never wrote.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 import tomllib
 from typing import Any
 
@@ -21,16 +24,39 @@ MAX_CONFIG_BYTES = 1024 * 1024
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
-def read_text(path: str) -> Result[str, ConfigInvalid]:
-    """The UTF-8 text of `path`, or why it cannot be had (missing, a directory, too big)."""
+def _read_regular(path: str, *, follow: bool) -> bytes:
+    """At most the cap and one byte of the regular file at `path`. Opened without blocking
+    (a FIFO planted there would otherwise hang the caller) and, unless `follow`, without
+    following a symlink (a project file is the repository's: a link to `/dev/stdin` or to
+    a host file would be read as the caller)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_CONFIG_BYTES + 1)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            return stream.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str, *, follow: bool = True) -> Result[str, ConfigInvalid]:
+    """The UTF-8 text of `path`, or why it cannot be had (missing, a directory, not a
+    regular file, too big; with `follow=False`, a symlink)."""
+    try:
+        data = _read_regular(path, follow=follow)
     except FileNotFoundError:
         return Failure(ConfigInvalid(problem="file not found", source=path))
     except IsADirectoryError:
         return Failure(ConfigInvalid(problem="is a directory, not a file", source=path))
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            return Failure(
+                ConfigInvalid(problem="is a symlink; a project file must be a file", source=path)
+            )
         return Failure(ConfigInvalid(problem=f"cannot read: {exc.strerror or exc}", source=path))
     if len(data) > MAX_CONFIG_BYTES:
         return Failure(
@@ -46,6 +72,8 @@ def parse_toml(text: str, source: str) -> Result[dict[str, Any], ConfigInvalid]:
     """TOML `text` as a dict; a syntax error names the line and column where it was found."""
     try:
         return Success(tomllib.loads(text))
+    except RecursionError:
+        return Failure(ConfigInvalid(problem="invalid TOML: nested too deeply", source=source))
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         position = _TOML_POSITION.search(message)
@@ -72,9 +100,9 @@ def parse_json(text: str, source: str) -> Result[object, ConfigInvalid]:
         return Failure(ConfigInvalid(problem="invalid JSON: nested too deeply", source=source))
 
 
-def read_toml(path: str) -> Result[dict[str, Any], ConfigInvalid]:
-    return read_text(path).bind(lambda text: parse_toml(text, path))
+def read_toml(path: str, *, follow: bool = True) -> Result[dict[str, Any], ConfigInvalid]:
+    return read_text(path, follow=follow).bind(lambda text: parse_toml(text, path))
 
 
-def read_json(path: str) -> Result[object, ConfigInvalid]:
-    return read_text(path).bind(lambda text: parse_json(text, path))
+def read_json(path: str, *, follow: bool = True) -> Result[object, ConfigInvalid]:
+    return read_text(path, follow=follow).bind(lambda text: parse_json(text, path))

@@ -119,14 +119,25 @@ def _project_toml(state: _State, workspace: str) -> Result[_State, ConfigInvalid
     path = os.path.join(workspace, PROJECT_TOML)
     if not project_file_at(path):
         return Success(state)
-    return _toml_layer(path).bind(lambda settings: _narrow(state, settings, path, workspace))
+    return (
+        read_toml(path, follow=False)
+        .bind(lambda data: structure_settings(data, path))
+        .bind(lambda settings: _narrow(state, settings, path, workspace))
+    )
 
 
 def _project_json(state: _State, workspace: str) -> Result[_State, ConfigInvalid]:
     path = os.path.join(workspace, PROJECT_JSON)
     if not project_file_at(path):
         return Success(state)
-    layer_result = read_json(path).bind(lambda document: openagents_layer(document, path))
+    if os.path.islink(os.path.dirname(path)):
+        # The repository's directory: followed, it would have the caller read any file.
+        return Failure(
+            ConfigInvalid(problem="its directory is a symlink; refusing to follow", source=path)
+        )
+    layer_result = read_json(path, follow=False).bind(
+        lambda document: openagents_layer(document, path)
+    )
     if isinstance(layer_result, Failure):
         return layer_result
     layer = layer_result.unwrap()

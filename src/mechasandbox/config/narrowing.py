@@ -66,9 +66,26 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _lexical(path: str, workspace: str) -> str:
+    """How a backend spells `path`: `~` expanded, `..` taken away as text."""
+    return os.path.normpath(os.path.join(workspace, os.path.expanduser(path)))
+
+
 def _covered(path: str, roots: Iterable[str], workspace: str, resolve: Resolve) -> bool:
-    real = _real(path, workspace, resolve)
-    return any(_under(real, _real(root, workspace, resolve)) for root in roots)
+    """Under one of `roots` both as written (`..` as text, the way the backends read it) and
+    where it leads (symlinks first): `ws/link/../..` is one place to the one and another to
+    the other, and must be inside by both readings."""
+    lexical, real = _lexical(path, workspace), _real(path, workspace, resolve)
+    return any(
+        _under(lexical, _lexical(root, workspace)) and _under(real, _real(root, workspace, resolve))
+        for root in roots
+    )
+
+
+def _where(path: str, workspace: str, resolve: Resolve) -> str:
+    return (
+        f"{_lexical(path, workspace)!r} as written, leading to {_real(path, workspace, resolve)!r}"
+    )
 
 
 def _added(inherited: tuple[str, ...], project: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -134,7 +151,7 @@ def _check_paths(base: Policy, new: Policy, workspace: str, resolve: Resolve) ->
         if not _covered(entry, (workspace, *old_fs.readable), workspace, resolve):
             return _Widening(
                 field="filesystem.readable",
-                detail=f"{entry!r} leads to {_real(entry, workspace, resolve)!r}, outside the "
+                detail=f"{entry!r} ({_where(entry, workspace, resolve)}) is outside the "
                 "workspace and not readable under the policy it narrows",
             )
     for entry in new_fs.writable:
@@ -143,8 +160,8 @@ def _check_paths(base: Policy, new: Policy, workspace: str, resolve: Resolve) ->
         if not _covered(entry, old_fs.writable, workspace, resolve):
             return _Widening(
                 field="filesystem.writable",
-                detail=f"{entry!r} leads to {_real(entry, workspace, resolve)!r}, which is "
-                "not writable under the policy it narrows",
+                detail=f"{entry!r} ({_where(entry, workspace, resolve)}) is not writable "
+                "under the policy it narrows",
             )
     return None
 
