@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -40,6 +41,7 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.host_actions import act_when_started
+from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -508,6 +510,79 @@ def test_devices_fifos_setuid_copies_mount_unshare_chroot_fail(box: Box) -> None
     assert not (box.workspace / "fifo").exists()
     mode = (box.workspace / "suid").stat().st_mode
     assert not mode & (stat.S_ISUID | stat.S_ISGID)
+
+
+# --- kernel settings ----------------------------------------------------------------------
+# What container engines make read-only and mask (moby's readonlyPaths and maskedPaths), and
+# the files only host root may read. Written out here, not taken from the backend, so that
+# a path dropped there fails here.
+KERNEL_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+KERNEL_MASKED = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/kmsg", "/proc/kpagecgroup", "/proc/kpagecount",
+    "/proc/kpageflags", "/proc/pagetypeinfo", "/proc/slabinfo", "/proc/vmallocinfo",
+)  # fmt: skip
+
+# Prints, for each path given, "ro" or "rw" (its mount), "null" (/dev/null over it),
+# "empty" (an empty directory over it) or what else it is.
+_KERNEL_VIEW = (
+    "import os, stat, sys\n"
+    "for path in sys.argv[1:]:\n"
+    "    try:\n"
+    "        found = os.lstat(path)\n"
+    "    except OSError as e:\n"
+    "        print(path, 'error', e.errno); continue\n"
+    "    ro = os.statvfs(path).f_flag & os.ST_RDONLY\n"
+    "    if stat.S_ISCHR(found.st_mode) and found.st_rdev == os.makedev(1, 3):\n"
+    "        print(path, 'null')\n"
+    "    elif stat.S_ISDIR(found.st_mode) and ro and not os.listdir(path):\n"
+    "        print(path, 'empty')\n"
+    "    else:\n"
+    "        print(path, 'ro' if ro else 'rw')\n"
+)
+
+
+def _kernel_view(box: Box, paths: Iterable[str], policy: Policy | None = None) -> dict[str, str]:
+    result = box.ok(PYTHON, "-c", _KERNEL_VIEW, *paths, policy=policy)
+    return dict(line.split(" ", 1) for line in result.stdout.decode().splitlines())
+
+
+def test_kernel_settings_cannot_be_written(box: Box) -> None:
+    """A root caller's uid 0 is host uid 0 inside (a user namespace that root makes maps
+    root), and a sysctl file asks for no capability: with /proc/sys writable, a command sets
+    `kernel.core_pattern` to `|/workspace/evil` and the host runs it as root at the next
+    crash. (As an ordinary user the writes fail anyway; the next test sees the covers.)"""
+    before = host_values()
+    result = box.sh(WRITE_BACK)
+    assert_nothing_written(result.stdout, before)
+
+
+def test_kernel_interfaces_are_read_only_or_masked(box: Box) -> None:
+    existing = [p for p in (*KERNEL_READ_ONLY, *KERNEL_MASKED) if os.path.lexists(p)]
+    assert "/proc/sys" in existing
+    view = _kernel_view(box, existing)
+    for path in existing:
+        wanted = ("ro",) if path in KERNEL_READ_ONLY else ("null", "empty")
+        assert view[path] in wanted, (path, view[path])
+
+
+def test_sys_is_absent_and_read_only_where_a_policy_shows_it(
+    runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    """bwrap mounts no /sys; a policy that binds the host's (or its /proc) in, even
+    writable, gets it read-only, with the firmware tables masked."""
+    box = make_box(runner, tmp_path)
+    absent = box.sh("test -e /sys; echo $?")
+    assert absent.stdout == b"1\n"
+    fs = attrs.evolve(Policy().filesystem, readable=("/sys",), writable=("/sys/kernel", "/proc"))
+    shown = Policy(filesystem=fs, limits=Limits(timeout_s=30))
+    paths = ["/sys", "/sys/kernel", "/proc/sys"]
+    paths += [p for p in ("/sys/firmware", "/sys/devices/virtual/powercap") if os.path.isdir(p)]
+    view = _kernel_view(box, paths, policy=shown)
+    assert view["/sys"] == view["/sys/kernel"] == view["/proc/sys"] == "ro", view
+    assert all(view[p] == "empty" for p in paths[3:]), view
+    assert_nothing_written(box.sh(WRITE_BACK, policy=shown).stdout, host_values())
 
 
 # --- processes ----------------------------------------------------------------------------
