@@ -51,6 +51,7 @@ KERNEL = {
     "/proc/sysrq-trigger": FILE,
     "/proc/acpi": DIR,
     "/proc/kcore": FILE,
+    "/proc/slabinfo": FILE,
     "/sys": DIR,
     "/sys/firmware": DIR,
 }
@@ -151,6 +152,13 @@ def test_kernel_interfaces_in_proc_are_read_only_or_masked_where_the_host_has_th
     ]  # fmt: skip
     assert command.argv.index("/proc/sys") > command.argv.index("--proc")
     assert not command.visible("/proc/kcore")
+    # A root caller's sandbox is host root to files of mode 0400: those are masked too.
+    root = attrs.evolve(HOST, uid=0)
+    request = RunRequest(argv=["true"], workspace=WS)
+    as_root = compile_bwrap(request, policy, root, workspace=WS, layout=layout(policy))
+    argv = " ".join(as_root.unwrap().argv)
+    assert "--ro-bind /dev/null /proc/kcore --ro-bind /dev/null /proc/slabinfo" in argv
+    assert "/proc/slabinfo" not in command.argv
     # a host without them (another kernel, another configuration): nothing to cover
     bare = layout(policy, overrides=dict.fromkeys(KERNEL, MISSING))
     assert not any(a.startswith("/proc/") for a in compile_ok(policy, bare).argv)

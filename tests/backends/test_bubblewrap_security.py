@@ -520,17 +520,24 @@ KERNEL_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sy
 KERNEL_MASKED = (
     "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
     "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/kmsg", "/proc/kpagecgroup", "/proc/kpagecount",
-    "/proc/kpageflags", "/proc/pagetypeinfo", "/proc/slabinfo", "/proc/vmallocinfo",
+    "/proc/timer_stats",
+)  # fmt: skip
+# Mode 0400 without a capability check: readable by a root caller's sandbox, unless masked.
+KERNEL_ROOT_ONLY = (
+    "/proc/kpagecgroup", "/proc/kpagecount", "/proc/kpageflags", "/proc/pagetypeinfo",
+    "/proc/slabinfo", "/proc/vmallocinfo",
 )  # fmt: skip
 
 # Prints, for each path given, "ro" or "rw" (its mount), "null" (/dev/null over it),
-# "empty" (an empty directory over it) or what else it is.
+# "empty" (an empty directory over it), "readable" (a file that can be read), or else what
+# made it fail.
 _KERNEL_VIEW = (
     "import os, stat, sys\n"
     "for path in sys.argv[1:]:\n"
     "    try:\n"
     "        found = os.lstat(path)\n"
+    "        if stat.S_ISREG(found.st_mode):\n"
+    "            open(path, 'rb').read(1); print(path, 'readable'); continue\n"
     "    except OSError as e:\n"
     "        print(path, 'error', e.errno); continue\n"
     "    ro = os.statvfs(path).f_flag & os.ST_RDONLY\n"
@@ -565,6 +572,15 @@ def test_kernel_interfaces_are_read_only_or_masked(box: Box) -> None:
     for path in existing:
         wanted = ("ro",) if path in KERNEL_READ_ONLY else ("null", "empty")
         assert view[path] in wanted, (path, view[path])
+
+
+def test_files_only_host_root_may_read_stay_unreadable(box: Box) -> None:
+    """Masked for a root caller (whose sandbox is host root to their mode 0400); refused
+    by that mode for anyone else."""
+    existing = [p for p in KERNEL_ROOT_ONLY if os.path.exists(p)]
+    assert existing
+    view = _kernel_view(box, existing)
+    assert all(view[path].startswith(("null", "error")) for path in existing), view
 
 
 def test_sys_is_absent_and_read_only_where_a_policy_shows_it(
