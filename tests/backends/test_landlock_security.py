@@ -45,6 +45,7 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
+from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 
 pytestmark = pytest.mark.backend("landlock")
 
@@ -332,6 +333,14 @@ def test_capabilities_dropped_and_no_new_privs(sandbox: Sandbox) -> None:
         "Seccomp:",
         "2",
     ]
+
+
+def test_kernel_settings_cannot_be_written(sandbox: Sandbox) -> None:
+    """/proc is in the rules for reading only: as root (whom no capability check stops at a
+    sysctl file) the command still cannot set the host's sysctls, an IRQ's affinity, or
+    open /proc/sysrq-trigger for writing. Every write puts back the value it has."""
+    before = host_values()
+    assert_nothing_written(sandbox.sh(WRITE_BACK).stdout, before)
 
 
 _UNPRIVILEGED_DROP = r"""
