@@ -898,7 +898,8 @@ class BubblewrapBackend:
             ),
             (
                 Protection.FILESYSTEM_WRITE,
-                "mount namespace: only the workspace, writable paths and private tmpfs",
+                "mount namespace: only the workspace, writable paths and private tmpfs; "
+                "kernel settings (/proc/sys...) read-only, kernel information masked",
             ),
             (
                 Protection.PROTECTED_PATHS,
