@@ -343,6 +343,23 @@ def test_kernel_settings_cannot_be_written(sandbox: Sandbox) -> None:
     assert_nothing_written(sandbox.sh(WRITE_BACK).stdout, before)
 
 
+@pytest.mark.parametrize("granted", ["/proc/sys", "/proc", "/"])
+def test_kernel_settings_stay_unwritable_under_a_writable_entry(
+    runner: HelperProcessRunner, tmp_path: Path, granted: str
+) -> None:
+    """A `writable` entry over /proc (or `/`, a plausible slip) grants no write to the
+    kernel's settings: as root that would be a write to the host's sysctls."""
+    (tmp_path / "ws").mkdir()
+    host = attrs.evolve(HostContext.current(), home=str(tmp_path))
+    backend = LandlockBackend(runner=runner, host=host)
+    require_available(backend)
+    sandbox = Sandbox(backend=backend, workspace=tmp_path / "ws", home=tmp_path)
+    fs = attrs.evolve(POLICY.filesystem, writable=(granted,))
+    before = host_values()
+    result = sandbox.sh(WRITE_BACK, policy=attrs.evolve(POLICY, filesystem=fs))
+    assert_nothing_written(result.stdout, before)
+
+
 _UNPRIVILEGED_DROP = r"""
 import os
 from mechasandbox.backends.linux.landlock_hook import drop_capabilities
