@@ -178,6 +178,30 @@ def test_a_policy_cannot_uncover_the_kernel_interfaces() -> None:
     assert argv.index("--ro-bind /proc/sys") > argv.index("--bind /proc /proc")
 
 
+def test_a_readable_root_gets_the_sandboxs_own_proc_dev_and_tmp_over_it() -> None:
+    """`readable = ["/"]` would show the host's /proc (its processes), /dev and /tmp: they
+    are made again right after that bind, before the workspace under /tmp; a bind of
+    /var/tmp itself is kept (shared on purpose)."""
+    fs = FilesystemPolicy(readable=("/",), writable=("/var/tmp",), protected=())
+    policy = Policy(filesystem=fs)
+    ws = "/tmp/proj"
+    facts = layout(policy, workspace=ws, overrides={"/": DIR, "/var/tmp": DIR})
+    command = compile_ok(policy, facts, workspace=ws)
+    after_root = command.mounts[[m.dest for m in command.mounts].index("/") :]
+    assert [" ".join(m.args) for m in after_root[:8]] == [
+        "--ro-bind / /",
+        "--proc /proc",
+        "--dev /dev",
+        "--perms 1777 --tmpfs /tmp",
+        "--perms 0700 --tmpfs /home/ada",
+        "--bind /var/tmp /var/tmp",
+        "--bind /tmp/proj /tmp/proj",
+        "--perms 1777 --tmpfs /dev/shm",
+    ]
+    assert command.visible("/tmp/proj/main.py") and not command.visible("/tmp/other")
+    assert not command.visible("/proc/1/environ")
+
+
 def test_missing_protected_paths_get_placeholders_at_the_first_missing_component() -> None:
     command = compile_ok(Policy(filesystem=SMALL), layout(Policy(filesystem=SMALL)))
     # no .git at all: .git itself is covered, so `git init` cannot plant hooks or config

@@ -601,6 +601,37 @@ def test_sys_is_absent_and_read_only_where_a_policy_shows_it(
     assert_nothing_written(box.sh(WRITE_BACK, policy=shown).stdout, host_values())
 
 
+def test_a_readable_root_does_not_bring_the_hosts_proc_dev_and_tmp(
+    runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    """`readable = ["/"]` binds the host's tree over the sandbox's own /proc, /dev and /tmp:
+    the host's processes (whose environments a root caller's command reads), its devices,
+    its /tmp. They are made again over it; the workspace and its covers stay visible."""
+    box = make_box(runner, tmp_path, workspace_in_home=False)
+    marker = tmp_path / "host-tmp-marker"
+    marker.write_text("x")  # tmp_path is under the host's /tmp here
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        fs = attrs.evolve(Policy().filesystem, readable=("/",))
+        policy = Policy(filesystem=fs, limits=Limits(timeout_s=30))
+        result = box.sh(
+            f"test -e /proc/{victim.pid}; echo proc=$?; ls /proc | grep -c '^[0-9]'; "
+            f"test -e {marker}; echo tmp=$?; echo x > /tmp/mine && echo tmpwrite; "
+            "echo x > /dev/null && echo devnull; ls /dev | wc -l; "
+            "echo data > ws-file && echo wrote; echo x > .envrc; echo envrc=$?",
+            policy=policy,
+        )
+    finally:
+        victim.kill()
+        victim.wait()
+    lines = out(result).split()
+    assert "proc=1" in lines and int(lines[lines.index("proc=1") + 1]) <= 5, lines
+    assert "tmp=1" in lines and "tmpwrite" in lines and "devnull" in lines, lines
+    assert int(lines[lines.index("devnull") + 1]) < 20, lines  # bwrap's few devices
+    assert "wrote" in lines and "envrc=0" not in lines, lines
+    assert (box.workspace / "ws-file").read_text() == "data\n"
+
+
 # --- processes ----------------------------------------------------------------------------
 def test_host_processes_are_invisible_and_unkillable(box: Box) -> None:
     victim = subprocess.Popen(["sleep", "60"])

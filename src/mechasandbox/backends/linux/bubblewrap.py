@@ -13,7 +13,8 @@ What the compiled argv builds (in this order, since later mounts cover earlier o
    `/var/tmp` and `/dev/shm`;
 3. the home directory hidden under an empty tmpfs, then (shallowest first) the policy's
    readable paths read-only, its writable paths and the workspace read-write, each at its
-   own path;
+   own path; where one of those covers the sandbox's own /proc, /dev or private tmp dirs
+   (`readable = ["/"]`), they are made again right after it;
 4. protected "runs later" paths pinned: an existing one re-bound read-only onto itself (a
    mount point can be neither written nor renamed nor unlinked), its existing parent
    directories inside the writable tree re-bound onto themselves (so `mv .git g` fails), and
@@ -428,6 +429,27 @@ def _tree_mounts(
     return [mount for _, mount in ordered]
 
 
+def _own_trees_kept(base: list[_Mount], tree: list[_Mount]) -> list[_Mount]:
+    """`tree` with the sandbox's own /proc, /dev and private tmp dirs made again where one of
+    its binds covers them (`readable = ["/"]`), each right after that bind: the host's
+    /proc lists its processes (a root caller's command reads their environments), its /dev
+    has only devices nothing may open (the binds are `nodev`), its /tmp is the host's. A
+    bind of a tmp dir itself (`writable = ["/tmp"]`) shares it on purpose, and stays."""
+    again: list[_Mount] = []
+    for own in base:
+        if own.dest not in ("/proc", "/dev", *_PRIVATE_TMP):
+            continue
+        covering = _covering(tree + again, own.dest)
+        if covering is None or covering is own:
+            continue
+        if own.dest in _PRIVATE_TMP and covering.dest == own.dest:
+            continue
+        again.append(own)
+    # A stable sort by depth puts each after the binds above it and before those below it
+    # (the workspace under /tmp), and after a bind of its own path.
+    return sorted(tree + again, key=lambda mount: path_depth(mount.dest))
+
+
 @attrs.frozen(kw_only=True)
 class _Protection:
     mounts: tuple[_Mount, ...] = ()
@@ -592,7 +614,8 @@ def _mount_plan(
     checked = _check_workspace_placement(workspace, policy, host)
     if checked is not None:
         return checked
-    mounts = _base_mounts(layout) + _tree_mounts(workspace, policy, host, layout)
+    base = _base_mounts(layout)
+    mounts = base + _own_trees_kept(base, _tree_mounts(workspace, policy, host, layout))
     protected = _protections(workspace, policy, host, layout, mounts)
     if isinstance(protected, ConfigInvalid):
         return protected
