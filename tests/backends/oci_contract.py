@@ -43,6 +43,7 @@ from mechasandbox.domain import (
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.host_actions import act_when_started
+from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 
 TEST_IMAGE = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
 
@@ -174,6 +175,22 @@ class OciContract:
         assert error.kind == "backend_failed" and "was replaced on the host" in error.message
         self.settle(backend)
         assert self.leftovers() == []
+
+    async def test_kernel_settings_cannot_be_written(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """The engine's readonlyPaths and maskedPaths: the container's root (host root
+        without a user namespace) cannot write the host's sysctls, an IRQ's affinity or
+        open /proc/sysrq-trigger for writing; /proc/kcore, /proc/keys and /proc/timer_list
+        are /dev/null. Every write puts back the value it has."""
+        masked = [p for p in ("/proc/kcore", "/proc/keys", "/proc/timer_list") if Path(p).exists()]
+        before = host_values()
+        script = f"stat -c '%n %t,%T' {' '.join(masked)}; {WRITE_BACK}"
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy()))
+        assert_nothing_written(result.stdout, before)
+        shown = result.stdout.decode().splitlines()[: len(masked)]
+        assert shown == [f"{path} 1,3" for path in masked], result
 
     async def test_symlinked_protected_path_refuses_a_strict_run(
         self, backend: OciBackend, tmp_path: Path

@@ -44,6 +44,17 @@ FEATURES = BwrapFeatures(path="/usr/bin/bwrap", version=(0, 8, 0))
 SMALL = FilesystemPolicy(
     deny_read=("~/.ssh", "~/.netrc"), protected=(".git/hooks", ".git/config", ".envrc")
 )
+# Some of the kernel interfaces a host's /proc and /sys have (the others missing here).
+KERNEL = {
+    "/proc/sys": DIR,
+    "/proc/irq": DIR,
+    "/proc/sysrq-trigger": FILE,
+    "/proc/acpi": DIR,
+    "/proc/kcore": FILE,
+    "/proc/slabinfo": FILE,
+    "/sys": DIR,
+    "/sys/firmware": DIR,
+}
 
 
 def layout(
@@ -63,6 +74,7 @@ def layout(
             ),
             "/home/ada": DIR,
             "/etc/shadow": FILE,
+            **KERNEL,
             workspace: DIR,
         }
     )
@@ -92,6 +104,9 @@ GOLDEN = """
 --ro-bind /home/ada/proj/.git/hooks /home/ada/proj/.git/hooks
 --ro-bind /home/ada/proj/.git/config /home/ada/proj/.git/config
 --perms 0555 --tmpfs /home/ada/proj/.envrc --remount-ro /home/ada/proj/.envrc
+--ro-bind /proc/irq /proc/irq --ro-bind /proc/sys /proc/sys
+--ro-bind /proc/sysrq-trigger /proc/sysrq-trigger
+--perms 0555 --tmpfs /proc/acpi --remount-ro /proc/acpi --ro-bind /dev/null /proc/kcore
 --ro-bind /dev/null /etc/shadow
 -- echo hi
 """
@@ -123,6 +138,68 @@ def test_the_guards_are_the_pins_and_masks_of_existing_host_paths() -> None:
         ("/home/ada/proj/.git/config", "write"),
         ("/etc/shadow", "read"),
     )
+
+
+def test_kernel_interfaces_in_proc_are_read_only_or_masked_where_the_host_has_them() -> None:
+    """bwrap's fresh /proc shows the kernel's settings (/proc/sys...), which a root
+    caller's sandbox could write; /sys is not mounted, so nothing is put over it. Only
+    paths the host has are covered (bwrap cannot make a mount point in procfs)."""
+    policy = Policy(filesystem=SMALL)
+    command = compile_ok(policy, layout(policy))
+    kernel = [m.dest for m in command.mounts if m.dest.startswith(("/proc/", "/sys"))]
+    assert kernel == [
+        "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/proc/acpi", "/proc/kcore"
+    ]  # fmt: skip
+    assert command.argv.index("/proc/sys") > command.argv.index("--proc")
+    assert not command.visible("/proc/kcore")
+    # A root caller's sandbox is host root to files of mode 0400: those are masked too.
+    root = attrs.evolve(HOST, uid=0)
+    request = RunRequest(argv=["true"], workspace=WS)
+    as_root = compile_bwrap(request, policy, root, workspace=WS, layout=layout(policy))
+    argv = " ".join(as_root.unwrap().argv)
+    assert "--ro-bind /dev/null /proc/kcore --ro-bind /dev/null /proc/slabinfo" in argv
+    assert "/proc/slabinfo" not in command.argv
+    # a host without them (another kernel, another configuration): nothing to cover
+    bare = layout(policy, overrides=dict.fromkeys(KERNEL, MISSING))
+    assert not any(a.startswith("/proc/") for a in compile_ok(policy, bare).argv)
+
+
+def test_a_policy_cannot_uncover_the_kernel_interfaces() -> None:
+    """A /proc or /sys that a policy's readable or writable paths bind from the host gets
+    the same covers, after those binds (a later mount wins)."""
+    fs = FilesystemPolicy(readable=("/sys",), writable=("/proc", "/proc/sys"), protected=())
+    policy = Policy(filesystem=fs)
+    argv = " ".join(compile_ok(policy, layout(policy, overrides={"/proc": DIR})).argv)
+    assert "--bind /proc/sys /proc/sys" in argv
+    last = argv.rindex("/proc/sys /proc/sys")
+    assert argv[last - len("--ro-bind ") : last] == "--ro-bind "
+    assert "--ro-bind /sys /sys" in argv
+    assert "--perms 0555 --tmpfs /sys/firmware --remount-ro /sys/firmware" in argv
+    assert argv.index("--ro-bind /proc/sys") > argv.index("--bind /proc /proc")
+
+
+def test_a_readable_root_gets_the_sandboxs_own_proc_dev_and_tmp_over_it() -> None:
+    """`readable = ["/"]` would show the host's /proc (its processes), /dev and /tmp: they
+    are made again right after that bind, before the workspace under /tmp; a bind of
+    /var/tmp itself is kept (shared on purpose)."""
+    fs = FilesystemPolicy(readable=("/",), writable=("/var/tmp",), protected=())
+    policy = Policy(filesystem=fs)
+    ws = "/tmp/proj"
+    facts = layout(policy, workspace=ws, overrides={"/": DIR, "/var/tmp": DIR})
+    command = compile_ok(policy, facts, workspace=ws)
+    after_root = command.mounts[[m.dest for m in command.mounts].index("/") :]
+    assert [" ".join(m.args) for m in after_root[:8]] == [
+        "--ro-bind / /",
+        "--proc /proc",
+        "--dev /dev",
+        "--perms 1777 --tmpfs /tmp",
+        "--perms 0700 --tmpfs /home/ada",
+        "--bind /var/tmp /var/tmp",
+        "--bind /tmp/proj /tmp/proj",
+        "--perms 1777 --tmpfs /dev/shm",
+    ]
+    assert command.visible("/tmp/proj/main.py") and not command.visible("/tmp/other")
+    assert not command.visible("/proc/1/environ")
 
 
 def test_missing_protected_paths_get_placeholders_at_the_first_missing_component() -> None:

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -40,6 +41,7 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.host_actions import act_when_started
+from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -508,6 +510,126 @@ def test_devices_fifos_setuid_copies_mount_unshare_chroot_fail(box: Box) -> None
     assert not (box.workspace / "fifo").exists()
     mode = (box.workspace / "suid").stat().st_mode
     assert not mode & (stat.S_ISUID | stat.S_ISGID)
+
+
+# --- kernel settings ----------------------------------------------------------------------
+# What container engines make read-only and mask (moby's readonlyPaths and maskedPaths), and
+# the files only host root may read. Written out here, not taken from the backend, so that
+# a path dropped there fails here.
+KERNEL_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+KERNEL_MASKED = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+    "/proc/timer_stats",
+)  # fmt: skip
+# Mode 0400 without a capability check: readable by a root caller's sandbox, unless masked.
+KERNEL_ROOT_ONLY = (
+    "/proc/kpagecgroup", "/proc/kpagecount", "/proc/kpageflags", "/proc/pagetypeinfo",
+    "/proc/slabinfo", "/proc/vmallocinfo",
+)  # fmt: skip
+
+# Prints, for each path given, "ro" or "rw" (its mount), "null" (/dev/null over it),
+# "empty" (an empty directory over it), "readable" (a file that can be read), or else what
+# made it fail.
+_KERNEL_VIEW = (
+    "import os, stat, sys\n"
+    "for path in sys.argv[1:]:\n"
+    "    try:\n"
+    "        found = os.lstat(path)\n"
+    "        if stat.S_ISREG(found.st_mode):\n"
+    "            open(path, 'rb').read(1); print(path, 'readable'); continue\n"
+    "    except OSError as e:\n"
+    "        print(path, 'error', e.errno); continue\n"
+    "    ro = os.statvfs(path).f_flag & os.ST_RDONLY\n"
+    "    if stat.S_ISCHR(found.st_mode) and found.st_rdev == os.makedev(1, 3):\n"
+    "        print(path, 'null')\n"
+    "    elif stat.S_ISDIR(found.st_mode) and ro and not os.listdir(path):\n"
+    "        print(path, 'empty')\n"
+    "    else:\n"
+    "        print(path, 'ro' if ro else 'rw')\n"
+)
+
+
+def _kernel_view(box: Box, paths: Iterable[str], policy: Policy | None = None) -> dict[str, str]:
+    result = box.ok(PYTHON, "-c", _KERNEL_VIEW, *paths, policy=policy)
+    return dict(line.split(" ", 1) for line in result.stdout.decode().splitlines())
+
+
+def test_kernel_settings_cannot_be_written(box: Box) -> None:
+    """A root caller's uid 0 is host uid 0 inside (a user namespace that root makes maps
+    root), and a sysctl file asks for no capability: with /proc/sys writable, a command sets
+    `kernel.core_pattern` to `|/workspace/evil` and the host runs it as root at the next
+    crash. (As an ordinary user the writes fail anyway; the next test sees the covers.)"""
+    before = host_values()
+    result = box.sh(WRITE_BACK)
+    assert_nothing_written(result.stdout, before)
+
+
+def test_kernel_interfaces_are_read_only_or_masked(box: Box) -> None:
+    existing = [p for p in (*KERNEL_READ_ONLY, *KERNEL_MASKED) if os.path.lexists(p)]
+    assert "/proc/sys" in existing
+    view = _kernel_view(box, existing)
+    for path in existing:
+        wanted = ("ro",) if path in KERNEL_READ_ONLY else ("null", "empty")
+        assert view[path] in wanted, (path, view[path])
+
+
+def test_files_only_host_root_may_read_stay_unreadable(box: Box) -> None:
+    """Masked for a root caller (whose sandbox is host root to their mode 0400); refused
+    by that mode for anyone else."""
+    existing = [p for p in KERNEL_ROOT_ONLY if os.path.exists(p)]
+    assert existing
+    view = _kernel_view(box, existing)
+    assert all(view[path].startswith(("null", "error")) for path in existing), view
+
+
+def test_sys_is_absent_and_read_only_where_a_policy_shows_it(
+    runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    """bwrap mounts no /sys; a policy that binds the host's (or its /proc) in, even
+    writable, gets it read-only, with the firmware tables masked."""
+    box = make_box(runner, tmp_path)
+    absent = box.sh("test -e /sys; echo $?")
+    assert absent.stdout == b"1\n"
+    fs = attrs.evolve(Policy().filesystem, readable=("/sys",), writable=("/sys/kernel", "/proc"))
+    shown = Policy(filesystem=fs, limits=Limits(timeout_s=30))
+    paths = ["/sys", "/sys/kernel", "/proc/sys"]
+    paths += [p for p in ("/sys/firmware", "/sys/devices/virtual/powercap") if os.path.isdir(p)]
+    view = _kernel_view(box, paths, policy=shown)
+    assert view["/sys"] == view["/sys/kernel"] == view["/proc/sys"] == "ro", view
+    assert all(view[p] == "empty" for p in paths[3:]), view
+    assert_nothing_written(box.sh(WRITE_BACK, policy=shown).stdout, host_values())
+
+
+def test_a_readable_root_does_not_bring_the_hosts_proc_dev_and_tmp(
+    runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    """`readable = ["/"]` binds the host's tree over the sandbox's own /proc, /dev and /tmp:
+    the host's processes (whose environments a root caller's command reads), its devices,
+    its /tmp. They are made again over it; the workspace and its covers stay visible."""
+    box = make_box(runner, tmp_path, workspace_in_home=False)
+    marker = tmp_path / "host-tmp-marker"
+    marker.write_text("x")  # tmp_path is under the host's /tmp here
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        fs = attrs.evolve(Policy().filesystem, readable=("/",))
+        policy = Policy(filesystem=fs, limits=Limits(timeout_s=30))
+        result = box.sh(
+            f"test -e /proc/{victim.pid}; echo proc=$?; ls /proc | grep -c '^[0-9]'; "
+            f"test -e {marker}; echo tmp=$?; echo x > /tmp/mine && echo tmpwrite; "
+            "echo x > /dev/null && echo devnull; ls /dev | wc -l; "
+            "echo data > ws-file && echo wrote; echo x > .envrc; echo envrc=$?",
+            policy=policy,
+        )
+    finally:
+        victim.kill()
+        victim.wait()
+    lines = out(result).split()
+    assert "proc=1" in lines and int(lines[lines.index("proc=1") + 1]) <= 5, lines
+    assert "tmp=1" in lines and "tmpwrite" in lines and "devnull" in lines, lines
+    assert int(lines[lines.index("devnull") + 1]) < 20, lines  # bwrap's few devices
+    assert "wrote" in lines and "envrc=0" not in lines, lines
+    assert (box.workspace / "ws-file").read_text() == "data\n"
 
 
 # --- processes ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
+from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 
 pytestmark = pytest.mark.backend("landlock")
 
@@ -332,6 +333,31 @@ def test_capabilities_dropped_and_no_new_privs(sandbox: Sandbox) -> None:
         "Seccomp:",
         "2",
     ]
+
+
+def test_kernel_settings_cannot_be_written(sandbox: Sandbox) -> None:
+    """/proc is in the rules for reading only: as root (whom no capability check stops at a
+    sysctl file) the command still cannot set the host's sysctls, an IRQ's affinity, or
+    open /proc/sysrq-trigger for writing. Every write puts back the value it has."""
+    before = host_values()
+    assert_nothing_written(sandbox.sh(WRITE_BACK).stdout, before)
+
+
+@pytest.mark.parametrize("granted", ["/proc/sys", "/proc", "/"])
+def test_kernel_settings_stay_unwritable_under_a_writable_entry(
+    runner: HelperProcessRunner, tmp_path: Path, granted: str
+) -> None:
+    """A `writable` entry over /proc (or `/`, a plausible slip) grants no write to the
+    kernel's settings: as root that would be a write to the host's sysctls."""
+    (tmp_path / "ws").mkdir()
+    host = attrs.evolve(HostContext.current(), home=str(tmp_path))
+    backend = LandlockBackend(runner=runner, host=host)
+    require_available(backend)
+    sandbox = Sandbox(backend=backend, workspace=tmp_path / "ws", home=tmp_path)
+    fs = attrs.evolve(POLICY.filesystem, writable=(granted,))
+    before = host_values()
+    result = sandbox.sh(WRITE_BACK, policy=attrs.evolve(POLICY, filesystem=fs))
+    assert_nothing_written(result.stdout, before)
 
 
 _UNPRIVILEGED_DROP = r"""

@@ -26,6 +26,7 @@ ESCAPES_ON_PROCESS = {
     "kill a host process",
     "connect to a loopback TCP server of the host",
 }
+KERNEL_SETTINGS = "write kernel settings (/proc/sys; the value they have)"
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +41,9 @@ def test_checks_catch_the_escapes_of_an_unconfined_backend(runner: HelperProcess
     outcomes = {c["attack"]: c["outcome"] for c in verify_backend(ProcessBackend(runner=runner))}
     for attack in ESCAPES_ON_PROCESS:
         assert outcomes[attack] == "FAILED", attack
+    # A sysctl file is root's to write: unconfined, root writes the host's settings, and an
+    # ordinary user cannot.
+    assert outcomes[KERNEL_SETTINGS] == ("FAILED" if os.geteuid() == 0 else "held")
     # What `process` does enforce is seen to hold:
     assert outcomes["read a host API key from the environment"] == "held"
     assert outcomes["leave a setsid/nohup process running after the run"] == "held"

@@ -177,6 +177,39 @@ def hostile_project(backend: Backend, arena: Arena) -> bool | str:
     return not (arena.workspace / ".git" / "hooks" / "pre-commit").exists()
 
 
+# A global sysctl (no namespace has its own): a write to it that goes through is a write to
+# the host kernel's settings, as one to `kernel.core_pattern` would be (its `|program` runs
+# as host root at the next crash).
+KERNEL_SETTING = Path("/proc/sys/fs/lease-break-time")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def write_kernel_setting(backend: Backend, arena: Arena) -> bool | str:
+    """Writes the value `fs.lease-break-time` has back into it, so the host changes in
+    nothing even where the write goes through; the command says whether it did. Held when
+    it did not, or when the kernel it wrote to is not the host's (gVisor's has a boot id of
+    its own)."""
+    if not KERNEL_SETTING.exists() or not BOOT_ID.exists():
+        return f"this kernel has no {KERNEL_SETTING} or {BOOT_ID}"
+    script = (
+        f"v=$(cat {KERNEL_SETTING}) && printf '%s\\n' \"$v\" > {KERNEL_SETTING} "
+        f"&& echo written; cat {BOOT_ID}; echo ran"
+    )
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    if isinstance(outcome, str):
+        return outcome
+    said = outcome.stdout.decode(errors="replace").split()
+    if "ran" not in said:
+        return "the command did not run to its end"
+    if "written" not in said:
+        return True
+    if BOOT_ID.read_text().strip() in said:
+        return False
+    if len(said) == 3:  # written, another kernel's boot id, ran
+        return True
+    return "the write went through, and the sandbox did not tell which kernel it reached"
+
+
 ENV_SECRET_NAME = "MECHASANDBOX_VERIFY_API_KEY"  # noqa: S105 - a variable name, not a secret
 
 
@@ -265,6 +298,7 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
         "read outside and plant a git hook through a hostile project file and a planted symlink",
         hostile_project,
     ),
+    ("write kernel settings (/proc/sys; the value they have)", write_kernel_setting),
     ("read a host API key from the environment", env_secret),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),

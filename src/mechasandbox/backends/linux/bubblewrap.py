@@ -13,7 +13,8 @@ What the compiled argv builds (in this order, since later mounts cover earlier o
    `/var/tmp` and `/dev/shm`;
 3. the home directory hidden under an empty tmpfs, then (shallowest first) the policy's
    readable paths read-only, its writable paths and the workspace read-write, each at its
-   own path;
+   own path; where one of those covers the sandbox's own /proc, /dev or private tmp dirs
+   (`readable = ["/"]`), they are made again right after it;
 4. protected "runs later" paths pinned: an existing one re-bound read-only onto itself (a
    mount point can be neither written nor renamed nor unlinked), its existing parent
    directories inside the writable tree re-bound onto themselves (so `mv .git g` fails), and
@@ -22,7 +23,11 @@ What the compiled argv builds (in this order, since later mounts cover earlier o
    `/dev/null` over an empty file, though removing an empty file is much cheaper: git in the
    sandbox would see the devices as untracked files, and `git add -A` would fail on them;
    it ignores empty directories.)
-5. `deny_read` paths (and the secrets of `/etc`: shadow, ssh host keys...) masked: an empty
+5. the kernel's interfaces that container engines cover, covered the same way wherever the
+   sandbox would see them (its /proc; a /sys a policy shows): `/proc/sys`, `/proc/irq`,
+   `/proc/sysrq-trigger`... read-only, `/proc/kcore`, `/proc/keys`, `/sys/firmware`...
+   masked (a root caller's uid 0 is host uid 0 to every file permission check);
+6. `deny_read` paths (and the secrets of `/etc`: shadow, ssh host keys...) masked: an empty
    read-only tmpfs over a directory, `/dev/null` over a file.
 
 The compiler is pure: `compile_bwrap` takes the request, the policy, the host facts and a
@@ -136,6 +141,51 @@ ETC_SECRETS: tuple[str, ...] = (
 )
 
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+# Kernel interfaces the sandbox must not write, or read (see `_kernel_covers`). bwrap's
+# fresh /proc offers them all, and uid 0 in the user namespace bwrap makes for a root caller
+# is host uid 0 for every permission check that does not ask for a capability: with nothing
+# over /proc/sys, `kernel.core_pattern` (a `|helper` in it runs as host root at the next
+# crash) is the command's to write. bwrap's own covers (`irq`, `bus`, `sysrq-trigger`) are
+# made only where it can write, and never for `sys`, whose directory refuses every write.
+# Read-only, as container engines make them (moby's and runc's readonlyPaths), and /sys
+# where a policy shows it:
+KERNEL_READ_ONLY: tuple[str, ...] = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/sys",
+)
+# Masked (/dev/null over a file, an empty read-only directory over a directory): the
+# engines' maskedPaths,
+KERNEL_MASKED: tuple[str, ...] = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+# and, for a root caller, the files only host root may read (mode 0400, and no capability
+# asked for): page and slab maps, kernel addresses. For anyone else their mode refuses
+# already, and each mount costs bwrap some 30-50 us.
+KERNEL_ROOT_ONLY: tuple[str, ...] = (
+    "/proc/kpagecgroup",
+    "/proc/kpagecount",
+    "/proc/kpageflags",
+    "/proc/pagetypeinfo",
+    "/proc/slabinfo",
+    "/proc/vmallocinfo",
+)
+KERNEL_PATHS = KERNEL_READ_ONLY + KERNEL_MASKED + KERNEL_ROOT_ONLY
 
 # The allowlist bridge (mechasandbox.network.bridge): the run's proxy socket bound in at
 # PROXY_SOCKET, socat on the sandbox's own loopback (its network namespace has nothing else).
@@ -327,7 +377,7 @@ def _home(host: HostContext) -> str:
 def paths_to_survey(workspace: str, policy: Policy, host: HostContext) -> tuple[str, ...]:
     """Every path `compile_bwrap` will ask the layout about."""
     fs = policy.filesystem
-    paths: list[str] = [*SYSTEM_ROOTS, _home(host), workspace]
+    paths: list[str] = [*SYSTEM_ROOTS, *KERNEL_PATHS, _home(host), workspace]
     paths.extend(
         _absolute(entry, host, workspace) for entry in (*fs.readable, *fs.writable, *fs.deny_read)
     )
@@ -351,6 +401,11 @@ def protected_parents(workspace: str, policy: Policy, host: HostContext) -> tupl
     return tuple(dict.fromkeys(parents))
 
 
+# A fresh procfs: the kernel's own, not the host's /proc (exposes nothing of the host's
+# files, but does show the kernel interfaces `_kernel_covers` covers).
+_PROC = _Mount(dest="/proc", args=("--proc", "/proc"), exposes=False)
+
+
 def _base_mounts(layout: HostLayout) -> list[_Mount]:
     mounts: list[_Mount] = []
     for root in SYSTEM_ROOTS:
@@ -359,10 +414,7 @@ def _base_mounts(layout: HostLayout) -> list[_Mount]:
             mounts.append(_Mount(dest=root, args=("--ro-bind", root, root), exposes=True))
         elif fact.kind is PathKind.SYMLINK and fact.link is not None:
             mounts.append(_Mount(dest=root, args=("--symlink", fact.link, root), exposes=False))
-    mounts += [
-        _Mount(dest="/proc", args=("--proc", "/proc"), exposes=False),
-        _Mount(dest="/dev", args=("--dev", "/dev"), exposes=False),
-    ]
+    mounts += [_PROC, _Mount(dest="/dev", args=("--dev", "/dev"), exposes=False)]
     mounts += [
         _Mount(dest=path, args=("--perms", "1777", "--tmpfs", path), exposes=False)
         for path in _PRIVATE_TMP
@@ -404,6 +456,27 @@ def _tree_mounts(
             best[mount.dest] = (priority, mount)
     ordered = sorted(best.values(), key=lambda item: (path_depth(item[1].dest), item[0]))
     return [mount for _, mount in ordered]
+
+
+def _own_trees_kept(base: list[_Mount], tree: list[_Mount]) -> list[_Mount]:
+    """`tree` with the sandbox's own /proc, /dev and private tmp dirs made again where one of
+    its binds covers them (`readable = ["/"]`), each right after that bind: the host's
+    /proc lists its processes (a root caller's command reads their environments), its /dev
+    has only devices nothing may open (the binds are `nodev`), its /tmp is the host's. A
+    bind of a tmp dir itself (`writable = ["/tmp"]`) shares it on purpose, and stays."""
+    again: list[_Mount] = []
+    for own in base:
+        if own.dest not in ("/proc", "/dev", *_PRIVATE_TMP):
+            continue
+        covering = _covering(tree + again, own.dest)
+        if covering is None or covering is own:
+            continue
+        if own.dest in _PRIVATE_TMP and covering.dest == own.dest:
+            continue
+        again.append(own)
+    # A stable sort by depth puts each after the binds above it and before those below it
+    # (the workspace under /tmp), and after a bind of its own path.
+    return sorted(tree + again, key=lambda mount: path_depth(mount.dest))
 
 
 @attrs.frozen(kw_only=True)
@@ -480,6 +553,38 @@ def _mask(path: str, kind: PathKind) -> _Mount:
     return _Mount(dest=path, args=("--ro-bind", "/dev/null", path), exposes=False, guards="read")
 
 
+def _kernel_covers(layout: HostLayout, mounts: list[_Mount], *, root: bool) -> list[_Mount]:
+    """Read-only binds and masks over the kernel interfaces the sandbox would see: in its
+    fresh /proc, or in a host /proc or /sys a policy's readable or writable paths show.
+    Made after those, so that no bind of the policy uncovers them. Only paths that exist on
+    the host: bwrap cannot make a mount point in procfs, and a fresh /proc has what the
+    host's has. The read-only binds take the host's /proc entries as their source (bwrap
+    binds from the host's tree); a sysctl answers for the namespaces of whoever opens it,
+    so the sandbox still reads its own network and uts settings there."""
+    covers: list[_Mount] = []
+    masked_paths = KERNEL_MASKED + KERNEL_ROOT_ONLY if root else KERNEL_MASKED
+    for paths, masked in ((KERNEL_READ_ONLY, False), (masked_paths, True)):
+        for path in paths:
+            kind = layout.fact(path).kind
+            covering = _covering(mounts + covers, path)
+            if kind not in (PathKind.DIRECTORY, PathKind.FILE) or covering is None:
+                continue
+            if covering is not _PROC and not covering.exposes:
+                continue  # hidden already (by a mask or a tmpfs), or not mounted at all
+            covers.append(_kernel_cover(path, kind, masked=masked))
+    return covers
+
+
+def _kernel_cover(path: str, kind: PathKind, *, masked: bool) -> _Mount:
+    """Not a guard (see `_mask`): the entries it covers are the kernel's, never replaced."""
+    if not masked:
+        return _Mount(dest=path, args=("--ro-bind", path, path), exposes=True)
+    if kind is PathKind.DIRECTORY:
+        empty = ("--perms", "0555", "--tmpfs", path, "--remount-ro", path)
+        return _Mount(dest=path, args=empty, exposes=False)
+    return _Mount(dest=path, args=("--ro-bind", "/dev/null", path), exposes=False)
+
+
 def _check_workspace_placement(
     workspace: str, policy: Policy, host: HostContext
 ) -> ConfigInvalid | None:
@@ -546,11 +651,13 @@ def _mount_plan(
     checked = _check_workspace_placement(workspace, policy, host)
     if checked is not None:
         return checked
-    mounts = _base_mounts(layout) + _tree_mounts(workspace, policy, host, layout)
+    base = _base_mounts(layout)
+    mounts = base + _own_trees_kept(base, _tree_mounts(workspace, policy, host, layout))
     protected = _protections(workspace, policy, host, layout, mounts)
     if isinstance(protected, ConfigInvalid):
         return protected
     placeholders, warnings = protected
+    mounts += _kernel_covers(layout, mounts, root=host.uid == 0)
     mounts += _masks(workspace, policy, host, layout, mounts)
     return tuple(mounts), tuple(placeholders), tuple(warnings)
 
@@ -851,7 +958,8 @@ class BubblewrapBackend:
             ),
             (
                 Protection.FILESYSTEM_WRITE,
-                "mount namespace: only the workspace, writable paths and private tmpfs",
+                "mount namespace: only the workspace, writable paths and private tmpfs; "
+                "kernel settings (/proc/sys...) read-only, kernel information masked",
             ),
             (
                 Protection.PROTECTED_PATHS,

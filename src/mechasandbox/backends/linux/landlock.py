@@ -137,6 +137,10 @@ DEVICE_RW = FS_READ_FILE | FS_WRITE_FILE
 # Other processes' environ/mem/fd are still refused by Landlock's ptrace rules; their
 # command lines are not (see docs).
 PROC_ROOTS: tuple[str, ...] = ("/proc",)
+# Never written, whatever a `writable` entry over them says (`/` included): the kernel's
+# settings. A root caller's command is host root to their permission checks (a sysctl file
+# asks for no capability), so these are denied writes like `deny_write` entries.
+KERNEL_ROOTS: tuple[str, ...] = ("/proc", "/sys")
 DEVICES: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 TMP_PLACEHOLDER = "<per-run tmp dir>"
@@ -300,7 +304,7 @@ def _fixed_rules(
     commands under one policy, and the deny checks are most of the compiler's time."""
     denials = _Denials(
         read=tuple(_normal(host.expand(p)) for p in fs.deny_read),
-        write=tuple(_normal(host.expand(p)) for p in fs.deny_write),
+        write=tuple(_normal(host.expand(p)) for p in fs.deny_write) + KERNEL_ROOTS,
         protected=tuple(
             p
             for p in (_normal(os.path.join(root, host.expand(rel))) for rel in fs.protected)
