@@ -81,6 +81,14 @@ class Backend(Protocol):
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]: ...
 
 
+# The whole environment of a launcher that runs on the host, outside the sandbox it sets up
+# (bwrap, sandbox-exec): none of the command's. Its variables are the policy's, and a
+# project layer writes those; in the launcher, the host's loader would act on them
+# (LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH, DYLD_INSERT_LIBRARIES...) as the caller,
+# outside every confinement. The launcher hands the command its own (see each backend).
+LAUNCHER_ENVIRONMENT: tuple[tuple[str, str], ...] = ()
+
+
 def scrubbed_environment(policy: EnvironmentPolicy, host_env: Mapping[str, str]) -> dict[str, str]:
     """The command's environment: allowlisted and passed host variables, then explicit sets.
 
