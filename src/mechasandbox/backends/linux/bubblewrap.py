@@ -65,6 +65,7 @@ from mechasandbox.backends.base import (
     check_workspace,
     resolve_command,
     scrubbed_environment,
+    unsafe_variable,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
@@ -560,7 +561,7 @@ def compile_bwrap(
     `environment`: the command's, read by bwrap from ARGS_FD (see `arguments_on_fd`).
     """
     variables = tuple(sorted((environment or {}).items()))
-    unsafe = _unsafe_variable(variables)
+    unsafe = unsafe_variable(variables)
     if unsafe is not None:
         return Failure(ConfigInvalid(problem=unsafe, field="environment"))
     planned = _mount_plan(workspace, policy, host, layout)
@@ -597,18 +598,6 @@ def compile_bwrap(
             environment=variables,
         )
     )
-
-
-def _unsafe_variable(variables: Iterable[tuple[str, str]]) -> str | None:
-    """Why a variable cannot be handed to bwrap as arguments, if one cannot: a NUL byte
-    would end its argument early and make the rest bwrap options of the policy's choosing
-    (a TOML string can hold one), and a name that is empty or has a `=` is no name."""
-    for name, value in variables:
-        if not name or "=" in name or "\0" in name:
-            return f"{name!r} is not an environment variable name"
-        if "\0" in value:
-            return f"the value of {name} holds a NUL byte"
-    return None
 
 
 def compile_bwrap_argv(
