@@ -26,6 +26,7 @@ from mechasandbox.backends.linux import bubblewrap, workspace_locks
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 from mechasandbox.domain.errors import (
     BackendFailed,
+    ConfigInvalid,
     CpuLimit,
     MemoryLimit,
     PolicyUnsupported,
@@ -684,6 +685,31 @@ def test_environment_values_are_neither_on_bwraps_command_line_nor_in_its_enviro
         assert value.encode() not in cmdline
         assert value.encode() not in environ
         assert environ == b""
+
+
+def test_variables_that_look_like_bwrap_options_stay_variables(box: Box) -> None:
+    """bwrap takes `--setenv`'s two operands as they are: a name or value that reads like
+    an option binds nothing. A value beyond a pipe buffer (64 KiB) arrives whole."""
+    big = secrets.token_hex(50 * 1024)  # 100 KiB: under the kernel's 128 KiB per variable
+    variables = (("--bind", "/"), ("OPTION", "--ro-bind"), ("BIG", big), ("EMPTY", ""))
+    policy = Policy(limits=Limits(timeout_s=30), environment=EnvironmentPolicy(set=variables))
+    lines = box.ok("env", policy=policy).stdout.decode().splitlines()
+    assert "--bind=/" in lines
+    assert "OPTION=--ro-bind" in lines
+    assert "EMPTY=" in lines
+    assert f"BIG={big}" in lines
+
+
+def test_a_nul_in_a_value_cannot_smuggle_bwrap_options(box: Box) -> None:
+    """On `--args`, a NUL ends an argument: the rest of the value would be bwrap options of
+    the policy's choosing (a TOML string can hold `\\u0000`). Refused before bwrap runs."""
+    smuggled = "x\0--ro-bind\0/\0/hostroot"
+    policy = Policy(
+        limits=Limits(timeout_s=30), environment=EnvironmentPolicy(set=(("A", smuggled),))
+    )
+    result = box.run("cat", f"/hostroot{box.home}/.ssh/id_rsa", policy=policy)
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), ConfigInvalid)
 
 
 def test_no_file_descriptors_beyond_stdio(box: Box) -> None:
