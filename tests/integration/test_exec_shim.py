@@ -25,6 +25,7 @@ from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import ChildHook, RlimitSetting, SpawnSpec
 from tests.conftest import require_exec_shim
+from tests.host_actions import marking_library
 from tests.integration.offering import offers
 
 pytestmark = pytest.mark.skipif(
@@ -144,6 +145,29 @@ def test_data_on_descriptors_arrives_whole_either_way(exec_shim: bool) -> None:
     assert lines[0].split()[0] == hashlib.sha256(first).hexdigest()
     assert lines[1].split()[0] == hashlib.sha256(second).hexdigest()
     assert lines[2:] == ["0", "1", "2", "3", "4", "5", ""]  # and ls's own /proc/self/fd
+
+
+@pytest.mark.parametrize("exec_shim", [True, False], ids=["shim", "forked"])
+def test_the_commands_environment_applies_to_the_command_alone(
+    exec_shim: bool, tmp_path: Path
+) -> None:
+    """A run's environment is the exec's, never the helper's nor the shim's: with
+    LD_PRELOAD in it, only the command loads the library (for landlock the command is
+    the exec target itself, for bubblewrap and seatbelt the launcher is)."""
+    if exec_shim:
+        require_exec_shim()
+    marker = tmp_path / "loaded-by"
+    library = marking_library(tmp_path, marker)
+    env = (*ENV, ("LD_PRELOAD", str(library)))
+    runner = HelperProcessRunner(SpawnHelperClient(exec_shim=exec_shim))
+    try:
+        for _ in range(2):  # the second run is the one a warm (shim) child takes
+            anyio.run(runner.run, _spec("true", env=env)).unwrap()
+            anyio.run(runner.run, _spec("true")).unwrap()  # and a run without it after
+    finally:
+        runner.close()
+    true = os.path.realpath("/usr/bin/true")
+    assert marker.read_text().splitlines() == [true, true]
 
 
 @pytest.mark.parametrize(
