@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -40,7 +39,12 @@ import anyio
 from returns.result import Success
 
 import mechasandbox
-from mechasandbox.backends.linux.bubblewrap import SECCOMP_FD, BubblewrapBackend, seccomp_program
+from mechasandbox.backends.linux.bubblewrap import (
+    ARGS_FD,
+    SECCOMP_FD,
+    BubblewrapBackend,
+    seccomp_program,
+)
 from mechasandbox.backends.linux.landlock import LandlockBackend
 from mechasandbox.backends.process import ProcessBackend
 from mechasandbox.domain.limits import Limits
@@ -124,6 +128,7 @@ class Contenders:
                 continue
             self.backends[name] = backend
         self.bwrap_argv: list[str] | None = None
+        self.bwrap_fds: dict[int, bytes] = {}  # what bwrap reads from descriptors
         # The backends run in `workspace/backend`, the direct bwrap calls in a workspace of
         # their own: the mount points bwrap makes for missing protected paths stay there
         # (nobody removes them), and in the backend's workspace they would change what the
@@ -136,8 +141,17 @@ class Contenders:
         self.request = RunRequest(argv=["true"], workspace=self.workspace)
         if "bubblewrap" in self.backends:
             direct = RunRequest(argv=["true"], workspace=self.direct_workspace)
-            plan = self.backends["bubblewrap"].plan(direct, POLICY, self.runner_host())
-            self.bwrap_argv = shlex.split(dict(plan.unwrap().sections)["bwrap"])
+            bubblewrap = self.backends["bubblewrap"]
+            compiled = bubblewrap._compile(
+                direct,
+                POLICY,
+                self.runner_host(),
+                os.path.realpath(self.direct_workspace),
+                bubblewrap._features(),
+            )
+            command, _ = compiled.unwrap()
+            self.bwrap_argv = list(command.argv)
+            self.bwrap_fds = {SECCOMP_FD: seccomp_program(), ARGS_FD: command.arguments_on_fd}
         self.docker = shutil.which("docker") if "docker" in self.backends else None
         self.direct_cgroups = CgroupManager.probe()
 
@@ -174,26 +188,31 @@ class Contenders:
         self._bwrap()
 
     def _bwrap(self, preexec: Callable[[], None] | None = None) -> None:
+        """bwrap with the backend's argv, environment (none) and descriptors."""
         assert self.bwrap_argv is not None
-        read_end, write_end = os.pipe()
-        os.write(write_end, seccomp_program())
-        os.close(write_end)
-        saved = os.dup(SECCOMP_FD) if _fd_open(SECCOMP_FD) else None
-        os.dup2(read_end, SECCOMP_FD)
-        os.close(read_end)
+        saved: dict[int, int | None] = {}
+        for fd, data in self.bwrap_fds.items():
+            read_end, write_end = os.pipe()
+            os.write(write_end, data)
+            os.close(write_end)
+            saved[fd] = os.dup(fd) if _fd_open(fd) else None
+            os.dup2(read_end, fd)
+            os.close(read_end)
         try:
             subprocess.run(
                 self.bwrap_argv,
                 check=True,
-                pass_fds=(SECCOMP_FD,),
+                pass_fds=tuple(self.bwrap_fds),
                 cwd=self.direct_workspace,
+                env={},
                 preexec_fn=preexec,
             )
         finally:
-            os.close(SECCOMP_FD)
-            if saved is not None:
-                os.dup2(saved, SECCOMP_FD)
-                os.close(saved)
+            for fd, kept in saved.items():
+                os.close(fd)
+                if kept is not None:
+                    os.dup2(kept, fd)
+                    os.close(kept)
 
     async def direct_bwrap_in_cgroup(self) -> None:
         """The same, joined to a cgroup like our runs: a memory cgroup makes the kernel's

@@ -6,6 +6,7 @@ scripts/ci-engines.sh (`MECHASANDBOX_TEST_IMAGE`, default mechasandbox-test:busy
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -28,6 +29,7 @@ from mechasandbox.domain import (
     ConfigInvalid,
     CpuLimit,
     Enforcement,
+    EnvironmentPolicy,
     FileSizeLimit,
     Limits,
     MemoryLimit,
@@ -42,7 +44,7 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
-from tests.host_actions import act_when_started
+from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 
 TEST_IMAGE = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
@@ -290,6 +292,39 @@ class OciContract:
         result = ok(await leaky.run(request, policy()))
         assert b"SECRET_API_KEY" not in result.stdout
         assert b"hunter2" not in result.stdout
+
+    async def test_the_policys_variables_reach_the_container_not_the_engines_cli(
+        self, backend: OciBackend, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """The CLI runs on the host with an environment of its own (`cli_environment`): a
+        policy's LD_PRELOAD (a project layer writes those) must not make the host's loader
+        load a library into it, nor its values sit in the CLI's environment."""
+        outside = tmp_path_factory.mktemp("outside")
+        marker = outside / "loaded-by"
+        library = marking_library(outside, marker)
+        value = "value-" + secrets.token_hex(8)
+        variables = (("LD_PRELOAD", str(library)), ("TOKEN", value))
+        chosen = attrs.evolve(policy(), environment=EnvironmentPolicy(set=variables))
+        environments: list[bytes] = []
+
+        def look() -> None:
+            for pid in processes_running(self.cli, tmp_path):
+                with contextlib.suppress(OSError):
+                    environments.append(Path(f"/proc/{pid}/environ").read_bytes())
+
+        watcher = act_when_started(tmp_path / "started", look)
+        try:
+            script = "touch started; sleep 1; echo $TOKEN; echo $LD_PRELOAD"
+            request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+            result = ok(await backend.run(request, chosen))
+        finally:
+            watcher.join()
+        assert result.stdout.split() == [value.encode(), os.fsencode(library)]
+        assert not marker.exists(), f"loaded on the host by {marker.read_text()}"
+        assert environments, f"no {self.cli} process of the run was found"
+        for environ in environments:
+            assert value.encode() not in environ
+            assert b"LD_PRELOAD" not in environ
 
     async def test_protected_paths_not_writable(self, backend: OciBackend, tmp_path: Path) -> None:
         (tmp_path / ".git" / "hooks").mkdir(parents=True)

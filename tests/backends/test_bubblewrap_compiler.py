@@ -94,7 +94,7 @@ def compile_ok(policy: Policy, facts: HostLayout, workspace: str = WS) -> BwrapC
 
 GOLDEN = """
 /usr/bin/bwrap --unshare-user --unshare-all --disable-userns --cap-drop ALL --die-with-parent
---new-session --seccomp 3 --chdir /home/ada/proj
+--new-session --seccomp 3 --clearenv --args 4 --chdir /home/ada/proj
 --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --ro-bind /etc /etc
 --proc /proc --dev /dev
 --perms 1777 --tmpfs /tmp --perms 1777 --tmpfs /var/tmp --perms 1777 --tmpfs /dev/shm
@@ -125,6 +125,59 @@ def test_golden_argv_for_a_git_workspace_in_home() -> None:
     request = RunRequest(argv=["echo", "hi"], workspace=WS)
     argv = compile_bwrap_argv(request, policy, HOST, workspace=WS, layout=facts, features=FEATURES)
     assert argv == Success(tuple(shlex.split(GOLDEN)))
+
+
+def test_the_environment_is_read_from_a_descriptor_never_from_the_argv() -> None:
+    """bwrap clears its own environment and reads the command's as `--setenv` arguments
+    from fd 4: values are on no command line, in the order given, NUL-terminated."""
+    policy = Policy(filesystem=SMALL)
+    request = RunRequest(argv=["echo", "hi"], workspace=WS)
+    environment = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": "/x/evil.so", "EMPTY": ""}
+    compiled = compile_bwrap(
+        request,
+        policy,
+        HOST,
+        workspace=WS,
+        layout=layout(policy),
+        features=FEATURES,
+        environment=environment,
+    ).unwrap()
+    assert compiled.argv[compiled.argv.index("--clearenv") :][:3] == ("--clearenv", "--args", "4")
+    assert not any("evil" in argument for argument in compiled.argv)
+    assert compiled.arguments_on_fd == (
+        b"--setenv\0EMPTY\0\0--setenv\0LD_PRELOAD\0/x/evil.so\0--setenv\0PATH\0/usr/bin:/bin\0"
+    )
+    assert compiled.describe_environment().splitlines() == [
+        "--setenv EMPTY \u2026",
+        "--setenv LD_PRELOAD \u2026",
+        "--setenv PATH \u2026",
+    ]
+    assert "evil" not in repr(compiled)
+
+
+def test_a_variable_that_would_become_bwrap_options_is_refused() -> None:
+    """A NUL byte (a TOML string can hold one) would end the value's argument early and
+    turn the rest into bwrap options of the policy's choosing: `--bind / /...`."""
+    policy = Policy(filesystem=SMALL)
+    request = RunRequest(argv=["true"], workspace=WS)
+    for environment in (
+        {"INNOCENT": "x\0--bind\0/\0/home/ada/proj/host"},
+        {"A\0--bind": "x"},
+        {"A=B": "x"},
+        {"": "x"},
+    ):
+        compiled = compile_bwrap(
+            request,
+            policy,
+            HOST,
+            workspace=WS,
+            layout=layout(policy),
+            features=FEATURES,
+            environment=environment,
+        )
+        assert isinstance(compiled, Failure), environment
+        assert isinstance(compiled.failure(), ConfigInvalid)
+        assert compiled.failure().field == "environment"
 
 
 def test_the_guards_are_the_pins_and_masks_of_existing_host_paths() -> None:

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
@@ -26,6 +27,7 @@ from mechasandbox.backends.linux import bubblewrap, workspace_locks
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 from mechasandbox.domain.errors import (
     BackendFailed,
+    ConfigInvalid,
     CpuLimit,
     MemoryLimit,
     PolicyUnsupported,
@@ -35,12 +37,18 @@ from mechasandbox.domain.errors import (
     Timeout,
 )
 from mechasandbox.domain.limits import MIB, Limits
-from mechasandbox.domain.policy import Enforcement, NetworkMode, NetworkPolicy, Policy
+from mechasandbox.domain.policy import (
+    Enforcement,
+    EnvironmentPolicy,
+    NetworkMode,
+    NetworkPolicy,
+    Policy,
+)
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
-from tests.host_actions import act_when_started
+from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -749,6 +757,83 @@ def test_host_environment_secrets_are_absent(box: Box) -> None:
     assert b"LANG=C.UTF-8" in result.stdout
 
 
+def test_loader_variables_of_the_policy_reach_only_the_command(box: Box, tmp_path: Path) -> None:
+    """A project layer's `environment.set = { LD_PRELOAD = ... }` once made the host's loader
+    load the library into bwrap itself, outside every confinement. The launcher starts with
+    a fixed environment of ours; the command still gets its own."""
+    outside = tmp_path / "outside"  # hidden in the sandbox: /tmp is private there
+    outside.mkdir()
+    marker = outside / "loaded-by"
+    library = marking_library(outside, marker)
+    subprocess.run(["true"], env={"LD_PRELOAD": str(library)}, check=True)  # the library works
+    assert marker.read_text().strip() == os.path.realpath(shutil.which("true") or "")
+    marker.unlink()
+    loader = {"LD_PRELOAD": str(library), "LD_LIBRARY_PATH": str(outside)}
+    policy = Policy(
+        limits=Limits(timeout_s=30),
+        environment=EnvironmentPolicy(set=tuple(sorted(loader.items()))),
+    )
+    result = box.ok("env", policy=policy)
+    assert not marker.exists(), f"loaded on the host by {marker.read_text()}"
+    assert f"LD_PRELOAD={library}".encode() in result.stdout
+    assert f"LD_LIBRARY_PATH={outside}".encode() in result.stdout
+
+
+def test_environment_values_are_neither_on_bwraps_command_line_nor_in_its_environment(
+    box: Box,
+) -> None:
+    """The command's variables go to bwrap on a private descriptor (`--args`): not on its
+    argv, which every user of the host can read in /proc, and not in its own environment."""
+    value = "value-" + secrets.token_hex(8)
+    policy = Policy(
+        limits=Limits(timeout_s=30), environment=EnvironmentPolicy(set=(("TOKEN", value),))
+    )
+    seen: dict[int, tuple[bytes, bytes]] = {}
+
+    def look() -> None:
+        for pid in processes_running("bwrap", box.workspace):
+            with contextlib.suppress(OSError):
+                proc = Path("/proc", str(pid))
+                seen[pid] = ((proc / "cmdline").read_bytes(), (proc / "environ").read_bytes())
+
+    watcher = act_when_started(box.workspace / "started", look)
+    try:
+        result = box.sh("touch started; echo $TOKEN; sleep 1", policy=policy)
+    finally:
+        watcher.join()
+    assert result.stdout.strip() == value.encode()
+    assert seen, "no bwrap process of the run was found"
+    for cmdline, environ in seen.values():
+        assert value.encode() not in cmdline
+        assert value.encode() not in environ
+        assert environ == b""
+
+
+def test_variables_that_look_like_bwrap_options_stay_variables(box: Box) -> None:
+    """bwrap takes `--setenv`'s two operands as they are: a name or value that reads like
+    an option binds nothing. A value beyond a pipe buffer (64 KiB) arrives whole."""
+    big = secrets.token_hex(50 * 1024)  # 100 KiB: under the kernel's 128 KiB per variable
+    variables = (("--bind", "/"), ("OPTION", "--ro-bind"), ("BIG", big), ("EMPTY", ""))
+    policy = Policy(limits=Limits(timeout_s=30), environment=EnvironmentPolicy(set=variables))
+    lines = box.ok("env", policy=policy).stdout.decode().splitlines()
+    assert "--bind=/" in lines
+    assert "OPTION=--ro-bind" in lines
+    assert "EMPTY=" in lines
+    assert f"BIG={big}" in lines
+
+
+def test_a_nul_in_a_value_cannot_smuggle_bwrap_options(box: Box) -> None:
+    """On `--args`, a NUL ends an argument: the rest of the value would be bwrap options of
+    the policy's choosing (a TOML string can hold `\\u0000`). Refused before bwrap runs."""
+    smuggled = "x\0--ro-bind\0/\0/hostroot"
+    policy = Policy(
+        limits=Limits(timeout_s=30), environment=EnvironmentPolicy(set=(("A", smuggled),))
+    )
+    result = box.run("cat", f"/hostroot{box.home}/.ssh/id_rsa", policy=policy)
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), ConfigInvalid)
+
+
 def test_no_file_descriptors_beyond_stdio(box: Box) -> None:
     script = (
         "import os\n"
@@ -893,10 +978,15 @@ def test_probe_reports_a_missing_bwrap(runner: HelperProcessRunner) -> None:
 
 
 def test_plan_shows_argv_and_rlimits(box: Box) -> None:
+    policy = Policy(environment=EnvironmentPolicy(set=(("TOKEN", API_KEY),)))
     plan = box.backend.plan(
-        RunRequest(argv=["echo", "hi"], workspace=str(box.workspace)), Policy(), box.backend.host
+        RunRequest(argv=["echo", "hi"], workspace=str(box.workspace)), policy, box.backend.host
     )
     sections = dict(plan.unwrap().sections)
     assert sections["bwrap"].endswith("-- echo hi")
+    assert " --clearenv --args 4 " in sections["bwrap"]
     assert "RLIMIT_NOFILE" in sections["rlimits"]
     assert "OPENAI_API_KEY" not in sections["environment"]
+    assert "--setenv TOKEN \u2026" in sections["environment"].splitlines()
+    assert API_KEY not in "".join(text for _, text in plan.unwrap().sections)
+    assert sections["bwrap's own environment"] == "none"

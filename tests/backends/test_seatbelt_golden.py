@@ -17,6 +17,7 @@ from returns.result import Failure, Success
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.backends.macos.seatbelt import (
+    ENV,
     PLAN_TAG,
     SANDBOX_EXEC,
     SeatbeltBackend,
@@ -26,6 +27,7 @@ from mechasandbox.domain import (
     BackendUnavailable,
     ConfigInvalid,
     Enforcement,
+    EnvironmentPolicy,
     FilesystemPolicy,
     Limits,
     NetworkMode,
@@ -34,6 +36,7 @@ from mechasandbox.domain import (
     PolicyUnsupported,
     Protection,
     RunRequest,
+    SpawnFailed,
 )
 from mechasandbox.network.session import EgressProxy
 from mechasandbox.runner.runner import HelperProcessRunner
@@ -302,23 +305,80 @@ def test_plan_renders_the_profile_and_scrubs_the_environment(
     seatbelt = backend(runner)
     plan = seatbelt.plan(request, Policy(), HOST).unwrap()
     sections = dict(plan.sections)
-    assert sections["argv"].startswith(f"{SANDBOX_EXEC} -p PROFILE")
-    assert sections["argv"].endswith("-- ls -la")
+    assert sections["argv"] == (
+        f"{SANDBOX_EXEC} -p PROFILE -D... -- /usr/bin/env -i -- PATH=\u2026 TMPDIR=\u2026 ls -la"
+    )
     assert f'(deny default (with message "{PLAN_TAG}"))' in sections["sbpl"]
     assert sections["environment"].split() == ["PATH", "TMPDIR"]
+    assert sections["sandbox-exec's own environment"] == "none"
     assert "RLIMIT_NPROC soft=912" in sections["rlimits"]  # 400 running + 512 allowed
 
 
 def test_spawn_spec_runs_sandbox_exec(runner: HelperProcessRunner, tmp_path: Path) -> None:
     seatbelt = backend(runner)
     request = RunRequest(argv=["ls", "-la"], workspace=str(tmp_path))
-    spec, profile = seatbelt._spec(request, Policy(), HOST, str(tmp_path), TMPDIR).unwrap()
+    spec, profile, environment = seatbelt._spec(
+        request, Policy(), HOST, str(tmp_path), TMPDIR
+    ).unwrap()
     assert spec.executable == SANDBOX_EXEC
-    assert spec.argv == (SANDBOX_EXEC, *profile.sandbox_exec_args(), "--", "ls", "-la")
-    env = dict(spec.env)
+    assigned = tuple(f"{name}={value}" for name, value in environment)
+    assert spec.argv == (
+        SANDBOX_EXEC,
+        *profile.sandbox_exec_args(),
+        "--",
+        ENV,
+        "-i",
+        "--",
+        *assigned,
+        "ls",
+        "-la",
+    )
+    env = dict(environment)
     assert env["TMPDIR"] == TMPDIR
     assert "OPENAI_API_KEY" not in env
     assert posixpath.isabs(spec.cwd)
+
+
+def test_sandbox_exec_starts_with_no_variable_of_the_command(
+    runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    """`sandbox-exec` runs on the host, outside the profile: a policy's loader variables (a
+    project layer writes those) must reach only the command, through `env -i` inside."""
+    loader = (("DYLD_INSERT_LIBRARIES", "/tmp/evil.dylib"), ("LD_PRELOAD", "/tmp/evil.so"))
+    policy = Policy(environment=EnvironmentPolicy(set=loader))
+    request = RunRequest(argv=["env"], workspace=str(tmp_path))
+    spec, _, environment = (
+        backend(runner)._spec(request, policy, HOST, str(tmp_path), TMPDIR).unwrap()
+    )
+    assert spec.env == ()
+    assert set(loader) <= set(environment)
+    launched = spec.argv[spec.argv.index("--") + 1 :]
+    assert launched[:3] == (ENV, "-i", "--")
+    assert "DYLD_INSERT_LIBRARIES=/tmp/evil.dylib" in launched
+    assert launched[-1] == "env"
+
+
+@pytest.mark.parametrize(
+    ("variables", "argv", "kind"),
+    [
+        ((("INNOCENT", "x\0-P\0/tmp"),), ("true",), ConfigInvalid),
+        ((("A=B", "x"),), ("true",), ConfigInvalid),
+        ((), ("A=B",), SpawnFailed),
+    ],
+    ids=["a NUL in a value", "= in a name", "= in the command name"],
+)
+def test_what_env_would_misread_is_refused(
+    runner: HelperProcessRunner,
+    tmp_path: Path,
+    variables: tuple[tuple[str, str], ...],
+    argv: tuple[str, ...],
+    kind: type,
+) -> None:
+    policy = Policy(environment=EnvironmentPolicy(set=variables))
+    request = RunRequest(argv=argv, workspace=str(tmp_path))
+    built = backend(runner)._spec(request, policy, HOST, str(tmp_path), TMPDIR)
+    assert isinstance(built, Failure), built
+    assert isinstance(built.failure(), kind)
 
 
 def test_run_off_macos_is_unavailable(runner: HelperProcessRunner, tmp_path: Path) -> None:
@@ -339,9 +399,9 @@ def test_the_runs_proxy_port_and_token_reach_profile_and_environment(
         RunRequest(argv=["true"], workspace="/w"), RESTRICTIVE, HOST, "/w", TMPDIR, (41234, url)
     )
     assert isinstance(built, Success), built
-    spec, profile = built.unwrap()
+    _spec, profile, environment = built.unwrap()
     assert '(allow network-outbound (remote ip "localhost:41234"))' in profile.text
     assert "(allow network*)" not in profile.text
-    env = dict(spec.env)
+    env = dict(environment)
     assert env["http_proxy"] == env["HTTPS_PROXY"] == url
     assert env["NO_PROXY"] == ""

@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 from returns.result import Success
 
 from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
 from mechasandbox.domain import (
     Enforcement,
+    EnvironmentPolicy,
     FilesystemPolicy,
     NetworkMode,
     NetworkPolicy,
@@ -164,6 +166,19 @@ def test_environment_is_scrubbed(seatbelt: SeatbeltBackend, workspace: Path) -> 
     finally:
         del os.environ["MECHASANDBOX_TEST_API_KEY"]
     assert b"sk-leak" not in result.stdout
+
+
+def test_the_policys_variables_reach_the_command_through_env(
+    seatbelt: SeatbeltBackend, workspace: Path
+) -> None:
+    """`sandbox-exec` starts with no variable of the command; `env -i` inside hands the
+    command exactly its own, values with spaces and `=` whole."""
+    variables = (("SPACED", "a b=c"), ("EMPTY", ""))
+    policy = attrs.evolve(BASE, environment=EnvironmentPolicy(set=variables))
+    lines = sh(seatbelt, workspace, "env", policy).stdout.decode().splitlines()
+    assert "SPACED=a b=c" in lines
+    assert "EMPTY=" in lines
+    assert any(line.startswith("TMPDIR=") for line in lines)
 
 
 def test_denials_become_violations(

@@ -6,6 +6,7 @@ the real helper, plus the Python way for runs the shim cannot take."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import socket
 import struct
@@ -17,13 +18,14 @@ from typing import Any
 import anyio
 import pytest
 
-from mechasandbox.backends.linux import landlock_rules, seccomp
+from mechasandbox.backends.linux import landlock_rules
 from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
-from mechasandbox.runner import framing, native
+from mechasandbox.runner import fd_data, framing, native
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import ChildHook, RlimitSetting, SpawnSpec
 from tests.conftest import require_exec_shim
+from tests.host_actions import marking_library
 from tests.integration.offering import offers
 
 pytestmark = pytest.mark.skipif(
@@ -117,6 +119,55 @@ def test_rlimits_and_a_program_on_a_descriptor_are_applied(
         ),
     ).unwrap()
     assert finished.stdout.decode().split() == ["40", "0", str(len(seccomp_program()))]
+
+
+@pytest.mark.parametrize("exec_shim", [True, False], ids=["shim", "forked"])
+def test_data_on_descriptors_arrives_whole_either_way(exec_shim: bool) -> None:
+    """What bwrap reads from descriptors (its seccomp program, the command's environment as
+    `--args`): each arrives whole, beyond a pipe buffer's 64 KiB, NUL bytes included, at
+    the start of its descriptor; and nothing else is open."""
+    if exec_shim:
+        require_exec_shim()
+    first = bytes(range(256)) * 600  # 150 KiB
+    second = b"--setenv\0NAME\0a value\0"
+    hooks = tuple(
+        ChildHook(target=fd_data.TARGET, argument=fd_data.argument(fd, data))
+        for fd, data in ((3, first), (4, second))
+    )
+    runner = HelperProcessRunner(SpawnHelperClient(exec_shim=exec_shim))
+    try:
+        script = "sha256sum <&3; sha256sum <&4; ls /proc/self/fd"
+        for _ in range(2):  # the second run is the one a warm (shim) child takes
+            finished = anyio.run(runner.run, _spec("sh", "-c", script, hooks=hooks)).unwrap()
+    finally:
+        runner.close()
+    lines = finished.stdout.decode().split("\n")
+    assert lines[0].split()[0] == hashlib.sha256(first).hexdigest()
+    assert lines[1].split()[0] == hashlib.sha256(second).hexdigest()
+    assert lines[2:] == ["0", "1", "2", "3", "4", "5", ""]  # and ls's own /proc/self/fd
+
+
+@pytest.mark.parametrize("exec_shim", [True, False], ids=["shim", "forked"])
+def test_the_commands_environment_applies_to_the_command_alone(
+    exec_shim: bool, tmp_path: Path
+) -> None:
+    """A run's environment is the exec's, never the helper's nor the shim's: with
+    LD_PRELOAD in it, only the command loads the library (for landlock the command is
+    the exec target itself, for bubblewrap and seatbelt the launcher is)."""
+    if exec_shim:
+        require_exec_shim()
+    marker = tmp_path / "loaded-by"
+    library = marking_library(tmp_path, marker)
+    env = (*ENV, ("LD_PRELOAD", str(library)))
+    runner = HelperProcessRunner(SpawnHelperClient(exec_shim=exec_shim))
+    try:
+        for _ in range(2):  # the second run is the one a warm (shim) child takes
+            anyio.run(runner.run, _spec("true", env=env)).unwrap()
+            anyio.run(runner.run, _spec("true")).unwrap()  # and a run without it after
+    finally:
+        runner.close()
+    true = os.path.realpath("/usr/bin/true")
+    assert marker.read_text().splitlines() == [true, true]
 
 
 @pytest.mark.parametrize(
@@ -253,7 +304,7 @@ def test_the_native_form_follows_the_python_childs_order() -> None:
     """cwd, umask, ahead hooks, rlimits, other hooks, then what to exec: the order of
     `helper._child`, so that a run is confined the same on both ways."""
     hooks = (
-        ChildHook(target=seccomp.PROGRAM_FD_TARGET, argument={"fd": 3, "program": "00" * 8}),
+        ChildHook(target=fd_data.TARGET, argument=fd_data.argument(3, bytes(8))),
         ChildHook(
             target=landlock_rules.ISOLATE_TARGET,
             argument={"drop_capabilities": True, "seccomp": ""},

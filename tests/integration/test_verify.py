@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
+from mechasandbox.backends.base import Backend
 from mechasandbox.backends.process import ProcessBackend
-from mechasandbox.cli.verify import ENV_SECRET_NAME, plant_environment_secret, verify_backend
+from mechasandbox.cli.verify import (
+    ENV_SECRET_NAME,
+    Arena,
+    launcher_loader,
+    plant_environment_secret,
+    verify_backend,
+)
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 
@@ -25,6 +33,7 @@ ESCAPES_ON_PROCESS = {
     HOSTILE_PROJECT,
     "kill a host process",
     "connect to a loopback TCP server of the host",
+    "reach the host's loader through the policy's variables (LD_*, DYLD_*)",
 }
 KERNEL_SETTINGS = "write kernel settings (/proc/sys; the value they have)"
 
@@ -80,3 +89,37 @@ def test_a_hostile_project_holds_on_landlock(runner: HelperProcessRunner) -> Non
     require_available(backend)
     outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
     assert outcomes[HOSTILE_PROJECT] == "held", outcomes
+
+
+def _other_backend(name: str, runner: HelperProcessRunner) -> Backend:
+    if name == "landlock":
+        from mechasandbox.backends.linux.landlock import LandlockBackend
+
+        return LandlockBackend(runner=runner)
+    from mechasandbox.backends.oci import DockerBackend, PodmanBackend
+
+    engine = DockerBackend if name == "docker" else PodmanBackend
+    image = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
+    return engine(runner=runner, image=image)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backends")
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("landlock", marks=pytest.mark.backend("landlock")),
+        pytest.param("docker", marks=pytest.mark.backend("docker")),
+        pytest.param("podman", marks=pytest.mark.backend("podman")),
+    ],
+)
+def test_the_loader_check_holds_where_no_launcher_gets_the_commands_variables(
+    name: str, runner: HelperProcessRunner, tmp_path: Path
+) -> None:
+    """landlock execs the command itself (its loader runs confined); docker and podman run
+    their CLI with an environment of its own (`cli_environment`)."""
+    backend = _other_backend(name, runner)
+    require_available(backend)
+    arena = Arena(workspace=tmp_path / "workspace", outside=tmp_path / "outside")
+    arena.workspace.mkdir()
+    arena.outside.mkdir()
+    assert launcher_loader(backend, arena) is True

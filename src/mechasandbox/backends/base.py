@@ -82,6 +82,27 @@ class Backend(Protocol):
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]: ...
 
 
+# The whole environment of a launcher that runs on the host, outside the sandbox it sets up
+# (bwrap, sandbox-exec): none of the command's. Its variables are the policy's, and a
+# project layer writes those; in the launcher, the host's loader would act on them
+# (LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH, DYLD_INSERT_LIBRARIES...) as the caller,
+# outside every confinement. The launcher hands the command its own (see each backend).
+LAUNCHER_ENVIRONMENT: tuple[tuple[str, str], ...] = ()
+
+
+def unsafe_variable(variables: Iterable[tuple[str, str]]) -> str | None:
+    """Why one of `variables` cannot be handed on as arguments (a launcher reads them so:
+    bwrap's `--setenv`, `env NAME=VALUE`), if one cannot: a NUL byte would end its argument
+    early and make the rest arguments of the policy's choosing (a TOML string can hold
+    one), and a name that is empty or holds a `=` is no name."""
+    for name, value in variables:
+        if not name or "=" in name or "\0" in name:
+            return f"{name!r} is not an environment variable name"
+        if "\0" in value:
+            return f"the value of {name} holds a NUL byte"
+    return None
+
+
 def scrubbed_environment(policy: EnvironmentPolicy, host_env: Mapping[str, str]) -> dict[str, str]:
     """The command's environment: allowlisted and passed host variables, then explicit sets.
 

@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +30,7 @@ from mechasandbox.backends.base import Backend
 from mechasandbox.backends.registry import AUTO_ORDER
 from mechasandbox.containers import Application
 from mechasandbox.domain.errors import partial_result
-from mechasandbox.domain.policy import Enforcement, FilesystemPolicy, Policy
+from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, FilesystemPolicy, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
@@ -226,6 +227,34 @@ def env_secret(backend: Backend, arena: Arena) -> bool | str:
     return outcome if isinstance(outcome, str) else token.encode() not in outcome.stdout
 
 
+def _loader_report(path: Path) -> dict[str, str]:
+    """Variables that make this platform's loader write a report to `path` (glibc adds the
+    pid to the name): a harmless stand-in for LD_PRELOAD / DYLD_INSERT_LIBRARIES."""
+    if sys.platform == "darwin":
+        return {"DYLD_PRINT_LIBRARIES": "1", "DYLD_PRINT_TO_FILE": str(path)}
+    return {"LD_DEBUG": "files", "LD_DEBUG_OUTPUT": str(path)}
+
+
+def launcher_loader(backend: Backend, arena: Arena) -> bool | str:
+    """The policy's variables (a project layer writes them) set the loader's report file
+    to a path outside the workspace, which only a process outside the sandbox can write:
+    held when no report appears there, i.e. no launcher that runs on the host (bwrap,
+    sandbox-exec, an engine's CLI) got them. A host process given the same variables first
+    shows that this host's loader honours them: else nothing could be seen."""
+    control = arena.outside / "control"
+    subprocess.run(
+        [sys.executable, "-S", "-c", ""], env=_loader_report(control), check=False, timeout=30
+    )
+    if not any(arena.outside.glob("control*")):
+        return "this host's loader ignores its report variables: nothing to observe"
+    variables = tuple(sorted(_loader_report(arena.outside / "launcher").items()))
+    policy = attrs.evolve(POLICY, environment=EnvironmentPolicy(set=variables))
+    outcome = _run(backend, arena, ["true"], policy)
+    if isinstance(outcome, str):
+        return outcome
+    return not any(arena.outside.glob("launcher*"))
+
+
 def signal_host_process(backend: Backend, arena: Arena) -> bool | str:
     victim = subprocess.Popen(["sleep", "60"])
     try:
@@ -300,6 +329,10 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
     ),
     ("write kernel settings (/proc/sys; the value they have)", write_kernel_setting),
     ("read a host API key from the environment", env_secret),
+    (
+        "reach the host's loader through the policy's variables (LD_*, DYLD_*)",
+        launcher_loader,
+    ),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),
     ("leave a setsid/nohup process running after the run", outlive_the_run),

@@ -41,7 +41,8 @@ DEFAULT_SHIM = os.path.join(os.path.dirname(SHIM_SOURCE), SHIM_NAME)
 MAX_FRAME = 8 * 1024 * 1024
 # The records' format; the shim says which it speaks (`mechasandbox-exec --protocol`), and
 # one that speaks another (a binary left from an older build) is not used.
-PROTOCOL = 1
+# 2: record "f" fills a memory file of any size (1: a pipe, at most 64 KiB).
+PROTOCOL = 2
 _MASK64 = (1 << 64) - 1
 
 
@@ -153,8 +154,8 @@ class Records:
     def seccomp(self, program: bytes) -> None:
         self.add(b"s", program)
 
-    def program_on_fd(self, fd: int, program: bytes) -> None:
-        self.add(b"f", struct.pack("<I", fd) + program)
+    def data_on_fd(self, fd: int, data: bytes) -> None:
+        self.add(b"f", struct.pack("<I", fd) + data)
 
     def landlock_ruleset(self, handled_fs: int, handled_net: int, scoped: int, size: int) -> None:
         self.add(b"L", struct.pack("<QQQI", handled_fs, handled_net, scoped, size))

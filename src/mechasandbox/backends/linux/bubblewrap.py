@@ -34,8 +34,13 @@ The compiler is pure: `compile_bwrap` takes the request, the policy, the host fa
 `HostLayout` (what exists at the paths the compiler asks about, surveyed just before the
 run), and returns the argv. Golden tests feed it a hand-written layout.
 
-The environment goes to bwrap as its own process environment (which bwrap hands on), not as
-`--setenv` arguments: arguments are world-readable in the host's /proc, environments are not.
+bwrap itself starts with a fixed environment of ours (`LAUNCHER_ENVIRONMENT`: empty), never
+the command's: the host's loader would act on the command's LD_PRELOAD or GCONV_PATH in bwrap,
+outside every confinement. The command's variables reach bwrap as `--clearenv` then one
+`--setenv NAME VALUE` each, read from file descriptor 4 (`--args 4`, NUL-separated, filled by
+the spawn helper just before exec, see `runner.fd_data`): not on bwrap's argv, which every
+user of the host can read in /proc. bwrap applies them to its own environment while it
+parses its arguments, after the loader is done, and the command inherits them.
 """
 
 from __future__ import annotations
@@ -59,11 +64,13 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import (
+    LAUNCHER_ENVIRONMENT,
     HostContext,
     LaunchPlan,
     check_workspace,
     resolve_command,
     scrubbed_environment,
+    unsafe_variable,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
@@ -108,6 +115,7 @@ from mechasandbox.network.bridge import (
     bridge_argv,
 )
 from mechasandbox.network.environment import proxy_environment
+from mechasandbox.runner import fd_data
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, SpawnSpec
 
@@ -117,6 +125,7 @@ if TYPE_CHECKING:
 
 NAME = "bubblewrap"
 SECCOMP_FD = 3
+ARGS_FD = 4  # the command's environment, as `--setenv NAME VALUE` arguments
 MINIMUM_VERSION = (0, 5, 0)  # --perms
 DISABLE_USERNS_VERSION = (0, 8, 0)
 _PROBE_TIMEOUT_S = 10.0
@@ -332,6 +341,21 @@ class BwrapCommand:
     placeholders: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     mounts: tuple[_Mount, ...] = ()
+    # The command's environment, which bwrap reads from ARGS_FD (values stay out of reprs).
+    environment: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+
+    @property
+    def arguments_on_fd(self) -> bytes:
+        """What bwrap reads from `--args ARGS_FD`: `--setenv NAME VALUE` per variable, each
+        argument NUL-terminated."""
+        return b"".join(
+            b"--setenv\0" + os.fsencode(name) + b"\0" + os.fsencode(value) + b"\0"
+            for name, value in self.environment
+        )
+
+    def describe_environment(self) -> str:
+        """The arguments on ARGS_FD for `mechasandbox policy`: names, values hidden."""
+        return "\n".join(f"--setenv {name} \u2026" for name, _ in self.environment) or "none"
 
     def visible(self, path: str) -> bool:
         """Whether the host's `path` (a real path) can be seen inside the sandbox."""
@@ -671,13 +695,19 @@ def compile_bwrap(
     layout: HostLayout,
     features: BwrapFeatures = BwrapFeatures(),
     bridge: ProxyBridge | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
     `workspace` is the real path of the request's workspace (see `check_workspace`).
     `bridge`: in allowlist mode, the proxy socket to bind in and the forwarder to start
     before the command (the network namespace stays empty but for loopback).
+    `environment`: the command's, read by bwrap from ARGS_FD (see `arguments_on_fd`).
     """
+    variables = tuple(sorted((environment or {}).items()))
+    unsafe = unsafe_variable(variables)
+    if unsafe is not None:
+        return Failure(ConfigInvalid(problem=unsafe, field="environment"))
     planned = _mount_plan(workspace, policy, host, layout)
     if isinstance(planned, ConfigInvalid):
         return Failure(planned)
@@ -693,6 +723,7 @@ def compile_bwrap(
         "--die-with-parent",
         "--new-session",
         "--seccomp", str(SECCOMP_FD),
+        "--clearenv", "--args", str(ARGS_FD),
         "--chdir", workspace,
     ]  # fmt: skip
     for mount in mounts:
@@ -703,7 +734,13 @@ def compile_bwrap(
     else:
         argv += ["--", *request.argv]
     return Success(
-        BwrapCommand(argv=tuple(argv), placeholders=placeholders, warnings=warnings, mounts=mounts)
+        BwrapCommand(
+            argv=tuple(argv),
+            placeholders=placeholders,
+            warnings=warnings,
+            mounts=mounts,
+            environment=variables,
+        )
     )
 
 
@@ -738,8 +775,14 @@ def seccomp_program() -> bytes:
 
 def seccomp_hook() -> ChildHook:
     return ChildHook(
-        target=seccomp.PROGRAM_FD_TARGET,
-        argument={"fd": SECCOMP_FD, "program": seccomp_program().hex()},
+        target=fd_data.TARGET, argument=fd_data.argument(SECCOMP_FD, seccomp_program())
+    )
+
+
+def environment_hook(command: BwrapCommand) -> ChildHook:
+    """The command's environment on ARGS_FD, where bwrap reads it (`--args`)."""
+    return ChildHook(
+        target=fd_data.TARGET, argument=fd_data.argument(ARGS_FD, command.arguments_on_fd)
     )
 
 
@@ -852,6 +895,10 @@ def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
 
 
 _BWRAP_PREFIX = b"bwrap: "
+
+
+def _describe_launcher_environment(env: Iterable[tuple[str, str]]) -> str:
+    return " ".join(f"{name}={value}" for name, value in env) or "none"
 
 
 def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
@@ -970,7 +1017,10 @@ class BubblewrapBackend:
             self._allowlist_detail(),
             (Protection.PID_ISOLATION, "pid namespace; ptrace denied by seccomp"),
             (Protection.HOST_PROCESSES_HIDDEN, "pid namespace with a fresh /proc"),
-            (Protection.ENVIRONMENT, "scrubbed environment"),
+            (
+                Protection.ENVIRONMENT,
+                "scrubbed environment, handed to the command only (bwrap starts with none)",
+            ),
             (
                 Protection.TREE_TEARDOWN,
                 "pid namespace (its init's death kills all), --die-with-parent, subreaper",
@@ -1030,6 +1080,9 @@ class BubblewrapBackend:
             emptiness_of=protected_parents(workspace, policy, host),
         )
         bridge = self._bridge(policy, proxy_socket)
+        env = scrubbed_environment(policy.environment, dict(host.env))
+        if bridge is not None:
+            env.update(proxy_environment(PROXY_URL))
         compiled: Result[BwrapCommand, SandboxError] = compile_bwrap(
             request,
             policy,
@@ -1038,10 +1091,8 @@ class BubblewrapBackend:
             layout=layout,
             features=features,
             bridge=bridge,
+            environment=env,
         )
-        env = scrubbed_environment(policy.environment, dict(host.env))
-        if bridge is not None:
-            env.update(proxy_environment(PROXY_URL))
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
         def resolved(command: BwrapCommand) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
@@ -1059,14 +1110,14 @@ class BubblewrapBackend:
                 )
             spec = SpawnSpec(
                 argv=command.argv,
-                env=tuple(sorted(env.items())),
+                env=LAUNCHER_ENVIRONMENT,
                 cwd=workspace,
                 stdin=request.stdin,
                 timeout_s=policy.limits.timeout_s,
                 max_output_bytes=policy.limits.max_output_bytes,
                 umask=UMASK,
                 rlimits=rlimits,
-                hooks=(seccomp_hook(),),
+                hooks=(seccomp_hook(), environment_hook(command)),
                 executable=features.path,
             )
             return Success((command, spec))
@@ -1089,7 +1140,8 @@ class BubblewrapBackend:
                 backend=NAME,
                 sections=(
                     ("bwrap", shlex.join(command.argv)),
-                    ("environment", " ".join(name for name, _ in spec.env)),
+                    ("environment", command.describe_environment()),
+                    ("bwrap's own environment", _describe_launcher_environment(spec.env)),
                     ("seccomp (fd 3)", seccomp.summary()),
                     ("placeholders", "\n".join(command.placeholders) or "none"),
                     ("umask", f"{spec.umask:04o}"),

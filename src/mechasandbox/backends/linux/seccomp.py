@@ -2,9 +2,9 @@
 
 Pure part: `build_filter` turns syscall names and socket families into the raw program
 bytes (an array of `struct sock_filter`, the format `bwrap --seccomp FD` reads and the
-kernel's `SECCOMP_SET_MODE_FILTER` takes). Loading part: `pass_program_fd` (a spawn-helper
-child hook that hands the program to bwrap on a file descriptor) and `install` (load it in
-the calling process, for backends without bwrap).
+kernel's `SECCOMP_SET_MODE_FILTER` takes). Loading is elsewhere: bwrap reads the program
+from a file descriptor the spawn helper fills (`runner.fd_data`), the landlock backend
+loads it in the child itself (`seccomp_install`).
 
 Why a deny-list and not an allow-list: the namespaces, mounts and capability drop do the
 confining; the filter removes the kernel interfaces that could undo them (mount, unshare,
@@ -24,17 +24,12 @@ Standard library only: the spawn helper imports this module in every child it ho
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
 import socket
 import struct
-
-from mechasandbox.runner import native
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
-    from typing import Any
 
 # --- classic BPF encoding (linux/filter.h, linux/seccomp.h) ---------------------------------
 _BPF_LD_W_ABS = 0x00 | 0x00 | 0x20
@@ -353,50 +348,3 @@ def summary(
                 "socket types allowed: TCP only (SOCK_STREAM, protocol 0 or 6; else EPERM)"
             )
     return "\n".join(lines)
-
-
-# --- loading ------------------------------------------------------------------------------
-_PIPE_CAPACITY = 65536  # Linux default; a full program (4096 * 8 bytes) fits
-PROGRAM_FD_TARGET = "mechasandbox.backends.linux.seccomp:pass_program_fd"
-
-
-def encode_program_fd(argument: Any, records: native.Records) -> None:
-    """`pass_program_fd` for the exec shim (see `runner.native`), which does the same."""
-    records.program_on_fd(int(argument["fd"]), bytes.fromhex(str(argument["program"])))
-
-
-native.register(PROGRAM_FD_TARGET, encode_program_fd)
-
-
-def pass_program_fd(argument: Any) -> None:
-    """Spawn-helper child hook: make the program readable on file descriptor `fd` of the
-    process about to exec (bwrap reads it from `--seccomp FD` and closes it).
-
-    A pipe holds the program: it is written whole before exec (it fits the pipe buffer), so
-    there is no file on disk to clean up and nothing to race. The descriptor number must be
-    free: the helper closes everything above stderr except its own close-on-exec report
-    pipe, so a clash fails the spawn (EBUSY) instead of clobbering that pipe.
-    """
-    target = int(argument["fd"])
-    program = bytes.fromhex(str(argument["program"]))
-    if len(program) > _PIPE_CAPACITY:
-        raise OSError(errno.E2BIG, "seccomp program larger than a pipe buffer")
-    try:
-        fcntl.fcntl(target, fcntl.F_GETFD)
-    except OSError as error:
-        if error.errno != errno.EBADF:
-            raise
-    else:
-        raise OSError(errno.EBUSY, f"file descriptor {target} is already open")
-    read_end, write_end = os.pipe()
-    try:
-        view = memoryview(program)
-        while view:
-            view = view[os.write(write_end, view) :]
-    finally:
-        os.close(write_end)
-    if read_end != target:
-        os.dup2(read_end, target, inheritable=True)
-        os.close(read_end)
-    else:
-        os.set_inheritable(read_end, True)

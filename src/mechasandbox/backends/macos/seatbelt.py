@@ -11,6 +11,16 @@ What it does not: host processes stay visible (`ps`); teardown walks the process
 launchd before the run ends is no longer known to be the run's and escapes;
 RLIMIT_AS is best-effort on macOS; RLIMIT_NPROC counts every process of the user, so the
 limit is set to the user's current count plus the policy's allowance.
+
+The environment: `sandbox-exec` runs on the host before the profile applies, so it starts
+with none of the command's (`LAUNCHER_ENVIRONMENT`: empty), whose variables a project layer
+writes and dyld would act on. Inside the sandbox, `/usr/bin/env -i -- NAME=VALUE... argv`
+gives the command exactly its own. Those values are on the argv of `sandbox-exec` and of
+`env` (each execs the next, so until the command starts): on macOS a process's arguments,
+like its environment, can be read only by its own user and root (KERN_PROCARGS2, which `ps`
+uses, is refused for another user's process), so this exposes nothing an environment does
+not. (System Integrity Protection strips DYLD_* from the environment of the protected
+`/usr/bin/sandbox-exec` anyway; set by `env`, a policy's DYLD_* now reaches the command.)
 """
 
 from __future__ import annotations
@@ -31,17 +41,25 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import (
+    LAUNCHER_ENVIRONMENT,
     HostContext,
     LaunchPlan,
     check_workspace,
     resolve_command,
     scrubbed_environment,
+    unsafe_variable,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.domain.capabilities import Capabilities, Protection
-from mechasandbox.domain.errors import BackendFailed, BackendUnavailable, SandboxError
+from mechasandbox.domain.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    ConfigInvalid,
+    SandboxError,
+    SpawnFailed,
+)
 from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
@@ -54,6 +72,8 @@ from mechasandbox.runner.spec import RlimitSetting, SpawnSpec
 
 # Only the system's copy: a `sandbox-exec` earlier on PATH could be anything.
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"
+# What hands the command its environment inside the sandbox (the system's copy, as above).
+ENV = "/usr/bin/env"
 UMASK = 0o077
 TMP_PREFIX = "mechasandbox-"
 DEPRECATION_NOTE = (
@@ -110,6 +130,27 @@ def _sandbox_exec_present() -> bool:
 
 def _default_tmp_root() -> str:
     return os.path.realpath(tempfile.gettempdir())
+
+
+def command_argv(
+    environment: tuple[tuple[str, str], ...], argv: tuple[str, ...]
+) -> tuple[str, ...]:
+    """What `sandbox-exec` runs: `env` starting the command with exactly `environment`.
+    (`env` takes every leading argument with a `=` for a variable: a command whose name has
+    one is refused before this, see `_environment_problem`.)"""
+    return (ENV, "-i", "--", *(f"{name}={value}" for name, value in environment), *argv)
+
+
+def _environment_problem(
+    environment: tuple[tuple[str, str], ...], argv: tuple[str, ...]
+) -> SandboxError | None:
+    unsafe = unsafe_variable(environment)
+    if unsafe is not None:
+        return ConfigInvalid(problem=unsafe, field="environment")
+    if "=" in argv[0]:
+        reason = "a command name with '=' would be taken for a variable by env(1)"
+        return SpawnFailed(command=argv[0], reason=reason, exit_status=127)
+    return None
 
 
 def seatbelt_rlimits(
@@ -273,8 +314,9 @@ class SeatbeltBackend:
         tmpdir: str,
         proxy: tuple[int, str] | None = None,
         log_tag: str | None = None,
-    ) -> Result[tuple[SpawnSpec, SbplProfile], SandboxError]:
-        """`proxy`: the run's proxy port and URL (token included) in allowlist mode."""
+    ) -> Result[tuple[SpawnSpec, SbplProfile, tuple[tuple[str, str], ...]], SandboxError]:
+        """The spawn, the profile and the command's environment. `proxy`: the run's proxy
+        port and URL (token included) in allowlist mode."""
         env = scrubbed_environment(policy.environment, dict(host.env))
         env["TMPDIR"] = tmpdir
         if proxy is not None and policy.network.mode is NetworkMode.ALLOWLIST:
@@ -290,12 +332,17 @@ class SeatbeltBackend:
         if isinstance(profile, Failure):
             return Failure(profile.failure())
         compiled = profile.unwrap()
+        environment = tuple(sorted(env.items()))
+        problem = _environment_problem(environment, tuple(request.argv))
+        if problem is not None:
+            return Failure(problem)
+        command = command_argv(environment, tuple(request.argv))
         resolved: Result[str, SandboxError] = resolve_command(request.argv[0], env, workspace)
         return resolved.map(
             lambda _executable: (
                 SpawnSpec(
-                    argv=(SANDBOX_EXEC, *compiled.sandbox_exec_args(), "--", *request.argv),
-                    env=tuple(sorted(env.items())),
+                    argv=(SANDBOX_EXEC, *compiled.sandbox_exec_args(), "--", *command),
+                    env=LAUNCHER_ENVIRONMENT,
                     cwd=workspace,
                     stdin=request.stdin,
                     timeout_s=policy.limits.timeout_s,
@@ -305,6 +352,7 @@ class SeatbeltBackend:
                     executable=SANDBOX_EXEC,
                 ),
                 compiled,
+                environment,
             )
         )
 
@@ -313,15 +361,22 @@ class SeatbeltBackend:
     ) -> Result[LaunchPlan, SandboxError]:
         tmpdir = posixpath.join(self.tmp_root, TMP_PREFIX + "XXXXXXXX")
 
-        def render(built: tuple[SpawnSpec, SbplProfile]) -> LaunchPlan:
-            spec, profile = built
-            command = spec.argv[spec.argv.index("--") + 1 :]
+        def render(
+            built: tuple[SpawnSpec, SbplProfile, tuple[tuple[str, str], ...]],
+        ) -> LaunchPlan:
+            spec, profile, environment = built
+            masked = tuple((name, "\u2026") for name, _ in environment)
+            command = command_argv(masked, tuple(request.argv))
             return LaunchPlan(
                 backend=self.name,
                 sections=(
                     ("argv", f"{SANDBOX_EXEC} -p PROFILE -D... -- " + " ".join(command)),
                     ("cwd", spec.cwd),
-                    ("environment", " ".join(name for name, _ in spec.env)),
+                    ("environment", " ".join(name for name, _ in environment)),
+                    (
+                        "sandbox-exec's own environment",
+                        " ".join(f"{name}={value}" for name, value in spec.env) or "none",
+                    ),
                     ("umask", f"{spec.umask:04o}"),
                     ("rlimits", describe(spec.rlimits)),
                     ("sbpl", profile.render()),
@@ -356,7 +411,7 @@ class SeatbeltBackend:
             built = self._spec(request, policy, self.host, workspace, tmpdir, proxy, tag)
             if isinstance(built, Failure):
                 return Failure(built.failure())
-            spec, _profile = built.unwrap()
+            spec, _profile, _environment = built.unwrap()
             if tag is None:
                 return await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
             async with violations.watch_denials(tag, command=self.log_command) as log:

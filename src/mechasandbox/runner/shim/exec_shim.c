@@ -40,7 +40,7 @@
 
 /* The records' format (runner/native.py's PROTOCOL): a helper uses a shim only if it
  * answers `--protocol` with this, so that a binary left from an older build is not used. */
-#define PROTOCOL 1
+#define PROTOCOL 2
 #define RUNS_FD 3
 #define REPORT_FD 4
 /* Where the report pipe is moved to: out of the low numbers a run's rlimit on open files
@@ -48,7 +48,6 @@
 #define REPORT_FD_FLOOR 64
 #define MAX_FRAME (8u * 1024u * 1024u)
 #define MAX_FDS 64
-#define PIPE_CAPACITY 65536
 
 #ifndef SYS_landlock_create_ruleset
 #define SYS_landlock_create_ruleset 444
@@ -57,6 +56,9 @@
 #endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
+#endif
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 1u
 #endif
 #define LANDLOCK_RULE_PATH_BENEATH 1
 #define LANDLOCK_RULE_NET_PORT 2
@@ -257,24 +259,23 @@ static void install_seccomp(const unsigned char *program, uint32_t length) {
     check(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter, 0, 0));
 }
 
-/* bwrap reads its seccomp program from `--seccomp FD`: a pipe written whole before exec. */
-static void program_on_fd(int target, const unsigned char *program, uint32_t length) {
-    if (length > PIPE_CAPACITY)
-        fail(E2BIG);
+/* Bytes the program reads from a descriptor (bwrap: `--seccomp FD`, `--args FD`): an
+ * anonymous memory file, filled and rewound before exec (runner/fd_data.py does the same). */
+static void data_on_fd(int target, const unsigned char *data, uint32_t length) {
     if (fcntl(target, F_GETFD) >= 0)
         fail(EBUSY); /* never clobber a descriptor in use (the report pipe) */
-    int ends[2];
-    check(pipe2(ends, O_CLOEXEC));
+    int memory = (int)syscall(SYS_memfd_create, "mechasandbox-data", MFD_CLOEXEC);
+    check(memory);
     for (uint32_t done = 0; done < length;) {
-        ssize_t wrote = write(ends[1], program + done, length - done);
+        ssize_t wrote = write(memory, data + done, length - done);
         if (wrote < 0)
             fail(errno);
         done += (uint32_t)wrote;
     }
-    close(ends[1]);
-    if (ends[0] != target) {
-        check(dup2(ends[0], target));
-        close(ends[0]);
+    check(lseek(memory, 0, SEEK_SET));
+    if (memory != target) {
+        check(dup2(memory, target));
+        close(memory);
     } else {
         check(fcntl(target, F_SETFD, 0));
     }
@@ -395,7 +396,7 @@ static void carry_out(struct cursor *c) {
         case 'f': {
             stage = "hook";
             uint32_t target = take_u32(&field);
-            program_on_fd((int)target, field.at, (uint32_t)(field.end - field.at));
+            data_on_fd((int)target, field.at, (uint32_t)(field.end - field.at));
             break;
         }
         case 'L': {
