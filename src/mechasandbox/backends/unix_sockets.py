@@ -3,7 +3,8 @@
 A host unix socket is host control, not network: `docker.sock` runs anything as root, the
 ssh agent signs as the user, the session bus starts programs. Backends keep every one of
 them out unless the policy names it; this module tells them which named sockets exist and
-where to bind them. Names the command itself could redirect are not bound (see `find`).
+where to bind them. Names the command itself could redirect are not bound (see
+`find_named_sockets`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class NamedSockets:
         return bool(self.bind or self.in_place)
 
 
-def find(policy: Policy, host: HostContext, workspace: str) -> NamedSockets:
+NO_NAMED_SOCKETS = NamedSockets()
+
+
+def find_named_sockets(policy: Policy, host: HostContext, workspace: str) -> NamedSockets:
     """The named sockets as they are on the host now.
 
     A name is resolved (symlinks followed) and must be a socket; a missing one (an agent
