@@ -21,6 +21,7 @@ ESCAPES_ON_PROCESS = {
     "redirect git to planted hooks (.git/commondir, .git/modules)",
     "kill a host process",
     "connect to a loopback TCP server of the host",
+    "reach a host unix socket with full network",
 }
 
 
@@ -62,3 +63,13 @@ def test_a_host_rewrite_of_git_config_holds_on_landlock(runner: HelperProcessRun
     outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
     title = "write .git/config after a host `git config` replaced it during the run"
     assert outcomes[title] == "held", outcomes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="landlock is Linux-only")
+def test_host_unix_sockets_hold_on_landlock_with_full_network(runner: HelperProcessRunner) -> None:
+    from mechasandbox.backends.linux.landlock import LandlockBackend
+
+    backend = LandlockBackend(runner=runner)
+    require_available(backend)
+    outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
+    assert outcomes["reach a host unix socket with full network"] == "held", outcomes

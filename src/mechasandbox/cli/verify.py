@@ -29,7 +29,7 @@ from mechasandbox.backends.base import Backend
 from mechasandbox.backends.registry import AUTO_ORDER
 from mechasandbox.containers import Application
 from mechasandbox.domain.errors import partial_result
-from mechasandbox.domain.policy import Enforcement, Policy
+from mechasandbox.domain.policy import Enforcement, NetworkMode, NetworkPolicy, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
@@ -46,9 +46,11 @@ class Arena:
     outside: Path
 
 
-def _run(backend: Backend, arena: Arena, argv: list[str]) -> RunResult | str:
+def _run(
+    backend: Backend, arena: Arena, argv: list[str], policy: Policy = POLICY
+) -> RunResult | str:
     request = RunRequest(argv=tuple(argv), workspace=str(arena.workspace))
-    result = anyio.run(backend.run, request, POLICY)
+    result = anyio.run(backend.run, request, policy)
     if isinstance(result, Failure):
         error = result.failure()
         partial = partial_result(error)
@@ -198,6 +200,57 @@ def loopback_connect(backend: Backend, arena: Arena) -> bool | str:
         return False
 
 
+def _python() -> str | None:
+    return next(
+        (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None
+    )
+
+
+def unix_socket_with_full_network(backend: Backend, arena: Arena) -> bool | str:
+    """A path socket in a readable directory (as docker.sock or the ssh agent's are) and an
+    abstract one (as the session bus's, X11's): host control, not network."""
+    python = _python()
+    if python is None:
+        return "no python3 in the system roots to make the connection with"
+    path = str(arena.outside / "agent.sock")
+    abstract = "\0mechasandbox-verify-" + secrets.token_hex(6)
+    policy = attrs.evolve(
+        POLICY,
+        network=NetworkPolicy(mode=NetworkMode.FULL),
+        filesystem=attrs.evolve(POLICY.filesystem, readable=(str(arena.outside),)),
+    )
+    code = (
+        "import socket\n"
+        f"for address in ({path!r}, {abstract!r}):\n"
+        "    try:\n"
+        "        socket.socket(socket.AF_UNIX).connect(address)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for address in (path, abstract):
+            server = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            server.bind(address)
+            server.listen(2)
+            server.setblocking(False)
+            servers.append(server)
+        # Anyone may connect (as to docker.sock for its group): a refusal must come from
+        # the sandbox, not from the socket's mode, when the command runs as another uid.
+        os.chmod(path, 0o777)  # noqa: S103
+        outcome = _run(backend, arena, [python, "-c", code], policy)
+        if isinstance(outcome, str):
+            return outcome
+        for server in servers:
+            try:
+                connection, _ = server.accept()
+            except BlockingIOError:
+                continue
+            connection.close()
+            return False
+        return True
+
+
 def outlive_the_run(backend: Backend, arena: Arena) -> bool | str:
     marker = f"verify-{secrets.token_hex(4)}"
     script = escaper_script(marker, then="sleep 0.5; echo started")
@@ -227,6 +280,7 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
     ("read a host API key from the environment", env_secret),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),
+    ("reach a host unix socket with full network", unix_socket_with_full_network),
     ("leave a setsid/nohup process running after the run", outlive_the_run),
 )
 
