@@ -77,3 +77,62 @@ def try_both(servers: HostUnixServers) -> str:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+@attrs.frozen
+class HostDatagramSockets:
+    """A path and an abstract datagram socket on the host (journald's, systemd's notify
+    socket and /dev/log are of this kind): `received` tells which got a datagram."""
+
+    path: Path
+    abstract: str
+    sockets: tuple[socket.socket, ...]
+
+    def received(self) -> list[str]:
+        names = (f"path {self.path}", f"abstract @{self.abstract}")
+        found = []
+        for name, receiver in zip(names, self.sockets, strict=True):
+            try:
+                receiver.recv(64)
+            except BlockingIOError:
+                continue
+            found.append(name)
+        return found
+
+
+@contextlib.contextmanager
+def host_datagram_sockets(directory: Path) -> Iterator[HostDatagramSockets]:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "notify.sock"
+    name = f"mechasandbox-test-{uuid.uuid4().hex}"
+    with contextlib.ExitStack() as stack:
+        receivers = []
+        for address in (str(path), "\0" + name):
+            receiver = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            receiver.bind(address)
+            receiver.setblocking(False)
+            receivers.append(receiver)
+        path.chmod(0o777)
+        yield HostDatagramSockets(path=path, abstract=name, sockets=tuple(receivers))
+
+
+def datagram_pair_script(sockets: HostDatagramSockets) -> str:
+    """A shell command that sends to both through a datagram socketpair (sendto with an
+    address, and connect), the way around a refused socket(AF_UNIX)."""
+    targets = (repr(str(sockets.path)), repr("\0" + sockets.abstract))
+    code = (
+        "import socket\n"
+        "try:\n"
+        "    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "except OSError as error:\n"
+        "    raise SystemExit(f'no datagram pair: {error}')\n"
+        f"for target in ({', '.join(targets)}):\n"
+        "    sends = (lambda: a.sendto(b'x', target), lambda: (a.connect(target), a.send(b'x')))\n"
+        "    for send in sends:\n"
+        "        try:\n"
+        "            send()\n"
+        "            print('sent', repr(target))\n"
+        "        except OSError as error:\n"
+        "            print('refused', repr(target), error)\n"
+    )
+    return f"/usr/bin/python3 -c {_quote(code)}"

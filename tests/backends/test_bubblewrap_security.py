@@ -41,7 +41,12 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.host_actions import act_when_started
-from tests.unix_servers import host_unix_servers, try_both
+from tests.unix_servers import (
+    datagram_pair_script,
+    host_datagram_sockets,
+    host_unix_servers,
+    try_both,
+)
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -856,3 +861,18 @@ def test_tools_work_without_unix_sockets_under_full_network(box: Box) -> None:
     assert result.exit_code == 0, out(result)
     for expected in ("pair x", "resolved ", "git-ok"):
         assert expected in out(result), out(result)
+
+
+def test_a_datagram_socketpair_sends_to_no_host_socket_with_full_network(
+    box: Box, tmp_path: Path
+) -> None:
+    """With socket(AF_UNIX) refused, a datagram pair would still sendto() the host's
+    abstract sockets (shared network namespace) and visible path sockets."""
+    with host_datagram_sockets(tmp_path / "run") as sockets:
+        policy = attrs.evolve(
+            _full(),
+            filesystem=attrs.evolve(Policy().filesystem, readable=(str(tmp_path / "run"),)),
+        )
+        result = box.sh(datagram_pair_script(sockets), policy=policy)
+        assert "sent" not in out(result), out(result)
+        assert sockets.received() == []

@@ -47,7 +47,12 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
-from tests.unix_servers import host_unix_servers, try_both
+from tests.unix_servers import (
+    datagram_pair_script,
+    host_datagram_sockets,
+    host_unix_servers,
+    try_both,
+)
 
 pytestmark = pytest.mark.backend("landlock")
 
@@ -597,3 +602,15 @@ def test_tools_work_without_unix_sockets_under_full_network(sandbox: Sandbox) ->
     assert run.exit_code == 0, text
     for expected in ("pair x", "resolved ", "asyncio", "git-ok"):
         assert expected in text, text
+
+
+@pytest.mark.parametrize("mode", [NetworkMode.NONE, NetworkMode.FULL])
+def test_a_datagram_socketpair_sends_to_no_host_socket(
+    sandbox: Sandbox, tmp_path: Path, mode: NetworkMode
+) -> None:
+    """socketpair() stays for tools, but a datagram pair could sendto() any path socket."""
+    with host_datagram_sockets(tmp_path / "run") as sockets:
+        policy = attrs.evolve(POLICY, network=NetworkPolicy(mode=mode))
+        run = sandbox.sh(datagram_pair_script(sockets), policy=policy)
+        assert "sent" not in out(run), out(run)
+        assert sockets.received() == []

@@ -207,12 +207,14 @@ def _python() -> str | None:
 
 
 def unix_socket_with_full_network(backend: Backend, arena: Arena) -> bool | str:
-    """A path socket in a readable directory (as docker.sock or the ssh agent's are) and an
-    abstract one (as the session bus's, X11's): host control, not network."""
+    """A path socket in a readable directory (as docker.sock or the ssh agent's are), an
+    abstract one (as the session bus's, X11's), and a datagram one (as journald's) sent to
+    through a socketpair: host control, not network."""
     python = _python()
     if python is None:
         return "no python3 in the system roots to make the connection with"
     path = str(arena.outside / "agent.sock")
+    datagram = str(arena.outside / "notify.sock")
     abstract = "\0mechasandbox-verify-" + secrets.token_hex(6)
     policy = attrs.evolve(
         POLICY,
@@ -226,6 +228,11 @@ def unix_socket_with_full_network(backend: Backend, arena: Arena) -> bool | str:
         "        socket.socket(socket.AF_UNIX).connect(address)\n"
         "    except OSError:\n"
         "        pass\n"
+        "try:\n"
+        "    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        f"    pair[0].sendto(b'x', {datagram!r})\n"
+        "except OSError:\n"
+        "    pass\n"
     )
     with contextlib.ExitStack() as stack:
         servers = []
@@ -235,12 +242,19 @@ def unix_socket_with_full_network(backend: Backend, arena: Arena) -> bool | str:
             server.listen(2)
             server.setblocking(False)
             servers.append(server)
+        receiver = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        receiver.bind(datagram)
+        receiver.setblocking(False)
         # Anyone may connect (as to docker.sock for its group): a refusal must come from
         # the sandbox, not from the socket's mode, when the command runs as another uid.
-        os.chmod(path, 0o777)  # noqa: S103
+        for socket_path in (path, datagram):
+            os.chmod(socket_path, 0o777)  # noqa: S103
         outcome = _run(backend, arena, [python, "-c", code], policy)
         if isinstance(outcome, str):
             return outcome
+        with contextlib.suppress(BlockingIOError):
+            receiver.recv(8)
+            return False
         for server in servers:
             try:
                 connection, _ = server.accept()
