@@ -33,6 +33,8 @@ from mechasandbox.domain import (
     FileSizeLimit,
     Limits,
     MemoryLimit,
+    NetworkMode,
+    NetworkPolicy,
     Policy,
     ProcessLimit,
     Protection,
@@ -46,6 +48,7 @@ from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
+from tests.unix_servers import host_unix_servers
 
 TEST_IMAGE = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
 
@@ -280,6 +283,31 @@ class OciContract:
             workspace=str(tmp_path),
         )
         assert ok(await backend.run(request, policy())).stdout == b"lo\n"
+
+    @pytest.mark.parametrize("mode", [NetworkMode.NONE, NetworkMode.FULL])
+    async def test_only_named_host_unix_sockets_are_reachable(
+        self, backend: OciBackend, tmp_path: Path, mode: NetworkMode
+    ) -> None:
+        """The container has its own network namespace (--network none in every mode) and
+        no host socket mounted but the named ones."""
+        with host_unix_servers(tmp_path / "run") as servers:
+            connect = "socat -u OPEN:/dev/null {}:{} && echo connected-{}; "
+            script = (
+                connect.format("UNIX-CONNECT", servers.path, "path")
+                + connect.format("ABSTRACT-CONNECT", servers.abstract, "abstract")
+                + connect.format("UNIX-CONNECT", "/var/run/docker.sock", "docker")
+            )
+            workspace = tmp_path / "ws"
+            workspace.mkdir()
+            request = RunRequest(argv=["sh", "-c", script], workspace=str(workspace))
+            unnamed = attrs.evolve(policy(), network=NetworkPolicy(mode=mode))
+            result = ok(await backend.run(request, unnamed))
+            assert b"connected" not in result.stdout, result
+            assert servers.reached() == []
+            network = NetworkPolicy(mode=mode, allow_unix_sockets=(str(servers.path),))
+            result = ok(await backend.run(request, attrs.evolve(unnamed, network=network)))
+            assert result.stdout == b"connected-path\n", result
+            assert servers.reached() == [f"path {servers.path}"]
 
     async def test_host_environment_secret_absent(
         self, backend: OciBackend, tmp_path: Path

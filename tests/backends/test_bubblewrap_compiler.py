@@ -7,6 +7,7 @@ import signal
 from collections.abc import Mapping
 
 import attrs
+import pytest
 from returns.result import Failure, Success
 
 from mechasandbox.backends.base import HostContext
@@ -20,7 +21,11 @@ from mechasandbox.backends.linux.bubblewrap import (
     compile_bwrap,
     compile_bwrap_argv,
     paths_to_survey,
+    seccomp_program,
+    unix_socket_plan,
 )
+from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
+from mechasandbox.backends.unix_sockets import NO_NAMED_SOCKETS, NamedSockets
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import (
     Enforcement,
@@ -382,3 +387,45 @@ def test_bwrap_128_plus_n_statuses_become_signals() -> None:
     assert _signal_decoded(_outcome(128 + signal.SIGXCPU, None)).signal == signal.SIGXCPU
     assert _signal_decoded(_outcome(3, None)).exit_code == 3
     assert _signal_decoded(_outcome(None, signal.SIGKILL)).signal == signal.SIGKILL
+
+
+# --- host unix sockets -----------------------------------------------------------------
+AGENT = "/run/user/1000/ssh-agent.sock"
+
+
+@pytest.mark.parametrize(
+    ("mode", "names", "abi", "allowed", "scope_abi"),
+    [
+        (NetworkMode.NONE, (), 7, True, 0),  # own netns: only mounted path sockets exist
+        (NetworkMode.ALLOWLIST, (), 7, True, 0),  # the bridge's socat needs AF_UNIX
+        (NetworkMode.FULL, (), 7, False, 0),  # --share-net: host abstract sockets
+        (NetworkMode.FULL, (AGENT,), 7, True, 7),  # named: scope them out instead
+        (NetworkMode.FULL, (AGENT,), 5, True, 0),  # no scope: the protection is missing
+    ],
+)
+def test_unix_socket_plan(
+    mode: NetworkMode, names: tuple[str, ...], abi: int, allowed: bool, scope_abi: int
+) -> None:
+    policy = Policy(network=NetworkPolicy(mode=mode, allow_unix_sockets=names))
+    plan = unix_socket_plan(policy, NO_NAMED_SOCKETS, abi)
+    assert (plan.allowed, plan.scope_abi) == (allowed, scope_abi)
+    targets = [hook.target for hook in plan.hooks]
+    assert (SCOPE_TARGET in targets) is bool(scope_abi)
+    assert plan.hooks[0].argument["data"] == seccomp_program(allowed).hex()
+
+
+def test_named_sockets_are_bound_read_only_at_their_path() -> None:
+    policy = Policy(network=NetworkPolicy(mode=NetworkMode.FULL, allow_unix_sockets=(AGENT,)))
+    compiled = compile_bwrap(
+        RunRequest(argv=["true"], workspace=WS),
+        policy,
+        HOST,
+        workspace=WS,
+        layout=layout(policy),
+        features=FEATURES,
+        sockets=NamedSockets(bind=(AGENT,), warnings=("named unix socket /x: no socket",)),
+    )
+    command = compiled.unwrap()
+    text = shlex.join(command.argv)
+    assert f"--ro-bind {AGENT} {AGENT} -- true" in text
+    assert "named unix socket /x: no socket" in command.warnings

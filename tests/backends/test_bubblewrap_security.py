@@ -25,6 +25,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.linux import bubblewrap, workspace_locks
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
     ConfigInvalid,
@@ -50,6 +51,12 @@ from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
+from tests.unix_servers import (
+    datagram_pair_script,
+    host_datagram_sockets,
+    host_unix_servers,
+    try_both,
+)
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -990,3 +997,94 @@ def test_plan_shows_argv_and_rlimits(box: Box) -> None:
     assert "--setenv TOKEN \u2026" in sections["environment"].splitlines()
     assert API_KEY not in "".join(text for _, text in plan.unwrap().sections)
     assert sections["bwrap's own environment"] == "none"
+
+
+# --- host unix sockets with the host's network: host control, not network -------------------
+def _full(allow_unix_sockets: tuple[str, ...] = ()) -> Policy:
+    network = NetworkPolicy(mode=NetworkMode.FULL, allow_unix_sockets=allow_unix_sockets)
+    return Policy(network=network, limits=Limits(timeout_s=30))
+
+
+def test_full_network_reaches_no_host_unix_socket(box: Box, tmp_path: Path) -> None:
+    """--share-net shares the host's abstract sockets (D-Bus, X11, containerd); a path
+    socket in a readable tree is visible: neither may be reached."""
+    with host_unix_servers(tmp_path / "run") as servers:
+        policy = attrs.evolve(
+            _full(),
+            filesystem=attrs.evolve(Policy().filesystem, readable=(str(tmp_path / "run"),)),
+        )
+        result = box.sh(try_both(servers), policy=policy)
+        assert "connected" not in out(result), out(result)
+        assert servers.reached() == []
+
+
+def test_a_named_socket_is_reachable_with_full_network_and_no_other(
+    box: Box, tmp_path: Path
+) -> None:
+    with host_unix_servers(tmp_path / "run") as servers:
+        policy = _full(allow_unix_sockets=(str(servers.path),))
+        if Protection.NAMED_UNIX_SOCKETS not in box.backend.probe().unwrap().enforced:
+            result = box.run("true", policy=policy)
+            assert isinstance(result, Failure)
+            assert isinstance(result.failure(), PolicyUnsupported)
+            return
+        inner = (
+            f"{PYTHON} -c 'import socket,subprocess; s=socket.socket(socket.AF_UNIX); "
+            's.bind("\\0inner"); s.listen(); '
+            'c=socket.socket(socket.AF_UNIX); c.connect("\\0inner"); print("inner ok")\''
+        )
+        ran = box.sh(f"{try_both(servers)}; {inner}", policy=policy)
+        assert f"connected {servers.path}" in out(ran), out(ran)
+        assert f"refused @{servers.abstract}" in out(ran), out(ran)
+        assert "inner ok" in out(ran), out(ran)
+        assert servers.reached() == [f"path {servers.path}"]
+
+
+def test_a_named_socket_is_reachable_without_network(box: Box, tmp_path: Path) -> None:
+    with host_unix_servers(tmp_path / "run") as servers:
+        network = NetworkPolicy(allow_unix_sockets=(str(servers.path),))
+        policy = Policy(network=network, limits=Limits(timeout_s=30))
+        result = box.sh(try_both(servers), policy=policy)
+        assert f"connected {servers.path}" in out(result), out(result)
+        assert servers.reached() == [f"path {servers.path}"]
+
+
+def test_a_named_socket_through_a_workspace_link_is_not_bound(box: Box, tmp_path: Path) -> None:
+    """The repository could point a name the user gave in the workspace at docker.sock."""
+    with host_unix_servers(tmp_path / "run") as servers:
+        (box.workspace / "agent.sock").symlink_to(servers.path)
+        network = NetworkPolicy(allow_unix_sockets=(str(box.workspace / "agent.sock"),))
+        policy = Policy(network=network, limits=Limits(timeout_s=30))
+        result = box.sh(try_both(servers), policy=policy)
+        assert "connected" not in out(result), out(result)
+        assert servers.reached() == []
+
+
+def test_tools_work_without_unix_sockets_under_full_network(box: Box) -> None:
+    subprocess.run(["git", "init", "-q", str(box.workspace)], check=True)
+    script = (
+        f'{PYTHON} -c \'import socket; a, b = socket.socketpair(); a.send(b"x"); '
+        'print("pair", b.recv(1).decode())\' && '
+        f'{PYTHON} -c \'import socket; print("resolved", '
+        'socket.getaddrinfo("localhost", 80)[0][4][0])\' && '
+        "id -un >/dev/null; git status --short >/dev/null && echo git-ok"
+    )
+    result = box.sh(script, policy=_full())
+    assert result.exit_code == 0, out(result)
+    for expected in ("pair x", "resolved ", "git-ok"):
+        assert expected in out(result), out(result)
+
+
+def test_a_datagram_socketpair_sends_to_no_host_socket_with_full_network(
+    box: Box, tmp_path: Path
+) -> None:
+    """With socket(AF_UNIX) refused, a datagram pair would still sendto() the host's
+    abstract sockets (shared network namespace) and visible path sockets."""
+    with host_datagram_sockets(tmp_path / "run") as sockets:
+        policy = attrs.evolve(
+            _full(),
+            filesystem=attrs.evolve(Policy().filesystem, readable=(str(tmp_path / "run"),)),
+        )
+        result = box.sh(datagram_pair_script(sockets), policy=policy)
+        assert "sent" not in out(result), out(result)
+        assert sockets.received() == []

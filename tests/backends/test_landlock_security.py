@@ -34,6 +34,8 @@ from mechasandbox.domain import (
     HostProcesses,
     Limits,
     MemoryLimit,
+    NetworkMode,
+    NetworkPolicy,
     Policy,
     PolicyUnsupported,
     ProcessLimit,
@@ -46,6 +48,12 @@ from mechasandbox.domain import (
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
+from tests.unix_servers import (
+    datagram_pair_script,
+    host_datagram_sockets,
+    host_unix_servers,
+    try_both,
+)
 
 pytestmark = pytest.mark.backend("landlock")
 
@@ -559,3 +567,76 @@ def test_unix_sockets_unreachable(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_signal_sent_from_inside_to_itself_still_works(sandbox: Sandbox) -> None:
     run = sandbox.sh("sleep 30 & kill $!; wait $!; echo status=$?")
     assert f"status={128 + signal.SIGTERM}" in out(run)
+
+
+# --- host unix sockets: host control, not network (docker.sock, the ssh agent, D-Bus) -------
+FULL = attrs.evolve(POLICY, network=NetworkPolicy(mode=NetworkMode.FULL))
+
+
+@pytest.mark.parametrize("mode", list(NetworkMode))
+def test_no_host_unix_socket_is_reachable_in_any_network_mode(
+    sandbox: Sandbox, tmp_path: Path, mode: NetworkMode
+) -> None:
+    with host_unix_servers(tmp_path / "run") as servers:
+        policy = attrs.evolve(POLICY, network=NetworkPolicy(mode=mode))
+        run = sandbox.sh(try_both(servers), policy=policy)
+        assert "connected" not in out(run), out(run)
+        assert servers.reached() == []
+
+
+def test_a_named_socket_is_reachable_under_best_effort_with_a_warning(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    with host_unix_servers(tmp_path / "run") as servers:
+        network = NetworkPolicy(mode=NetworkMode.FULL, allow_unix_sockets=(str(servers.path),))
+        run = sandbox.sh(try_both(servers), policy=attrs.evolve(POLICY, network=network))
+        assert f"connected {servers.path}" in out(run), out(run)
+        # the abstract namespace stays scoped (Landlock ABI 6)
+        if sandbox.backend._abi() >= 6:
+            assert f"refused @{servers.abstract}" in out(run), out(run)
+        assert any(Protection.NAMED_UNIX_SOCKETS.value in w for w in run.warnings), run.warnings
+
+
+def test_strict_refuses_a_policy_naming_unix_sockets(sandbox: Sandbox, tmp_path: Path) -> None:
+    policy = Policy(
+        enforcement=Enforcement.STRICT,
+        host_processes=HostProcesses.VISIBLE,
+        network=NetworkPolicy(mode=NetworkMode.FULL, allow_unix_sockets=(str(tmp_path / "s"),)),
+    )
+    result = sandbox.run("true", policy=policy)
+    assert isinstance(result, Failure)
+    error = result.failure()
+    assert isinstance(error, PolicyUnsupported)
+    assert Protection.NAMED_UNIX_SOCKETS in error.missing
+
+
+def test_tools_work_without_unix_sockets_under_full_network(sandbox: Sandbox) -> None:
+    """socket(AF_UNIX) is refused, socketpair() is not: libc's nscd and systemd lookups
+    fall back, and what uses socketpair (Python, asyncio, subprocess pipes) still works."""
+    script = (
+        '/usr/bin/python3 -c \'import socket; a, b = socket.socketpair(); a.send(b"x"); '
+        'print("pair", b.recv(1).decode())\' && '
+        '/usr/bin/python3 -c \'import socket; print("resolved", '
+        'socket.getaddrinfo("localhost", 80)[0][4][0])\' && '
+        "/usr/bin/python3 -c 'import asyncio; asyncio.run(asyncio.sleep(0)); "
+        'print("asyncio")\' && '
+        "id -un >/dev/null && git status --short >/dev/null && echo git-ok"
+    )
+    subprocess.run(["git", "init", "-q", str(sandbox.workspace)], check=True)
+    run = sandbox.sh(script, policy=FULL)
+    text = out(run)
+    assert run.exit_code == 0, text
+    for expected in ("pair x", "resolved ", "asyncio", "git-ok"):
+        assert expected in text, text
+
+
+@pytest.mark.parametrize("mode", [NetworkMode.NONE, NetworkMode.FULL])
+def test_a_datagram_socketpair_sends_to_no_host_socket(
+    sandbox: Sandbox, tmp_path: Path, mode: NetworkMode
+) -> None:
+    """socketpair() stays for tools, but a datagram pair could sendto() any path socket."""
+    with host_datagram_sockets(tmp_path / "run") as sockets:
+        policy = attrs.evolve(POLICY, network=NetworkPolicy(mode=mode))
+        run = sandbox.sh(datagram_pair_script(sockets), policy=policy)
+        assert "sent" not in out(run), out(run)
+        assert sockets.received() == []

@@ -82,6 +82,26 @@ def broken(old: str, new: str) -> tuple[str, ...]:
             '(allow network-outbound (remote ip "localhost:9"))',
             "network mode is none",
         ),
+        (
+            "(allow process-fork)",
+            '(allow network-outbound (remote ip "*:*"))',
+            "network mode is none",
+        ),
+        (
+            "(allow process-fork)",
+            '(allow network-outbound (remote unix-socket (path-literal "/var/run/docker.sock")))',
+            "not parameterised",
+        ),
+        (
+            "(allow process-fork)",
+            "(allow network-outbound (remote unix-socket))",
+            "only `(remote unix-socket (path-literal PATH))`",
+        ),
+        (
+            "(allow process-fork)",
+            '(allow network-outbound (remote ip "evil.example:443"))',
+            '"*:*" is expected',
+        ),
         ('(subpath (param "WORKSPACE"))', '(subpath "/Users/dev/proj")', "not parameterised"),
         ('(subpath (param "WORKSPACE"))', '(subpath (param "NOPE"))', "not defined"),
         ('(subpath (param "WORKSPACE"))', '(subpath "/usr")', "never used: WORKSPACE"),
@@ -161,7 +181,7 @@ def policies(draw: st.DrawFn) -> tuple[Policy, str, int | None, str | None]:
             deny_write=draw(paths),
             protected=draw(st.lists(st.one_of(_RELATIVE, _PATH), max_size=4).map(tuple)),
         ),
-        network=NetworkPolicy(mode=mode),
+        network=NetworkPolicy(mode=mode, allow_unix_sockets=draw(paths)),
         enforcement=Enforcement.BEST_EFFORT,
     )
     workspace = draw(st.one_of(_ABSOLUTE, st.just("/Users/dev/proj")))

@@ -100,8 +100,26 @@ RESTRICTIVE = Policy(
     enforcement=Enforcement.BEST_EFFORT,
 )
 
+# Named host unix sockets: the user's agent (its directory a link), one in the workspace
+# (never followed: the repository could make it a link to docker.sock), one behind ~/link.
+NAMED_SOCKETS = (
+    "/tmp/launchd-501/Listeners",
+    "/tmp/ws/dev.sock",
+    "~/link/agent.sock",
+)
+
 CASES = {
     "default": (Policy(), f"{HOME}/proj", None),
+    "named_sockets_full_network": (
+        Policy(network=NetworkPolicy(mode=NetworkMode.FULL, allow_unix_sockets=NAMED_SOCKETS)),
+        "/tmp/ws",
+        None,
+    ),
+    "named_sockets_no_network": (
+        Policy(network=NetworkPolicy(allow_unix_sockets=NAMED_SOCKETS[:1])),
+        "/tmp/ws",
+        None,
+    ),
     "restrictive": (RESTRICTIVE, f"{HOME}/proj", 8877),
     "full_network": (Policy(network=NetworkPolicy(mode=NetworkMode.FULL)), "/tmp/ws", None),
     "hostile_path": (Policy(), HOSTILE, None),
@@ -177,7 +195,29 @@ def test_network_rules_per_mode() -> None:
     assert '(allow network-outbound (remote ip "localhost:8877"))' in allowlist
     assert "(allow network*)" not in allowlist
     full = compile_ok(Policy(network=NetworkPolicy(mode=NetworkMode.FULL))).text
-    assert "(allow network*)" in full
+    assert '(allow network-outbound (remote ip "*:*"))' in full
+
+
+def test_full_network_opens_no_host_unix_socket() -> None:
+    """Full network is the internet: `(allow network*)` would also open docker.sock, the ssh
+    agent and every other unix socket of the host; only the resolver's is allowed."""
+    full = _strip_comments(compile_ok(Policy(network=NetworkPolicy(mode=NetworkMode.FULL))).text)
+    assert "network*" not in full
+    assert re.findall(r"unix-socket[^\n]*", full) == [
+        'unix-socket (path-literal "/private/var/run/mDNSResponder")))'
+    ]
+
+
+def test_named_unix_sockets_are_the_only_ones_reachable() -> None:
+    policy, workspace, port = CASES["named_sockets_full_network"]
+    profile = compile_ok(policy, workspace, port)
+    sockets = [value for name, value in profile.params if name.startswith("UNIX_SOCKET_")]
+    assert sockets == [
+        "/private/tmp/launchd-501/Listeners",
+        "/private/tmp/ws/dev.sock",  # in the workspace: the name itself, never a link's target
+        f"{HOME}/elsewhere/agent.sock",
+    ]
+    assert profile.text.count("(remote unix-socket (path-literal (param ") == 3
 
 
 def test_allowlist_without_proxy_is_refused() -> None:

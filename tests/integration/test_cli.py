@@ -315,3 +315,36 @@ def test_host_processes_option_lets_landlock_run(
     )
     assert code == 0, obj
     assert obj["backend"] == "landlock"
+
+
+def test_allow_unix_socket_option(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    status = main(
+        ["policy", "--workspace", str(tmp_path), "--allow-unix-socket", "rel.sock", "--", "true"]
+    )
+    assert status == 125
+    assert "--allow-unix-socket: 'rel.sock' is relative" in capsys.readouterr().err
+    if not sys.platform.startswith("linux"):
+        return
+    status = main(
+        [
+            "policy",
+            "--backend",
+            "bubblewrap",
+            "--network",
+            "full",
+            "--workspace",
+            str(tmp_path),
+            "--allow-unix-socket",
+            "/run/user/0/agent.sock",
+            "--",
+            "true",
+        ]
+    )
+    shown = capsys.readouterr().out
+    assert status == 0, shown
+    from mechasandbox.backends.linux.bubblewrap import LANDLOCK_SCOPE_ABI, landlock_abi
+
+    scoped = landlock_abi() >= LANDLOCK_SCOPE_ABI
+    assert ("scope on bwrap: abstract unix sockets" in shown) is scoped, shown

@@ -34,6 +34,7 @@ ESCAPES_ON_PROCESS = {
     "kill a host process",
     "connect to a loopback TCP server of the host",
     "reach the host's loader through the policy's variables (LD_*, DYLD_*)",
+    "reach a host unix socket with full network",
 }
 KERNEL_SETTINGS = "write kernel settings (/proc/sys; the value they have)"
 
@@ -82,13 +83,16 @@ def test_a_host_rewrite_of_git_config_holds_on_landlock(runner: HelperProcessRun
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="landlock is Linux-only")
-def test_a_hostile_project_holds_on_landlock(runner: HelperProcessRunner) -> None:
+def test_hostile_projects_and_host_unix_sockets_hold_on_landlock(
+    runner: HelperProcessRunner,
+) -> None:
     from mechasandbox.backends.linux.landlock import LandlockBackend
 
     backend = LandlockBackend(runner=runner)
     require_available(backend)
     outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
     assert outcomes[HOSTILE_PROJECT] == "held", outcomes
+    assert outcomes["reach a host unix socket with full network"] == "held", outcomes
 
 
 def _other_backend(name: str, runner: HelperProcessRunner) -> Backend:

@@ -405,3 +405,32 @@ def test_project_may_hide_host_processes_but_not_reveal_them() -> None:
         Policy(), Settings(host_processes=HostProcesses.VISIBLE), "p.toml", workspace="/w"
     )
     assert "host_processes" in widened.failure().message
+
+
+# --- host unix sockets: a project may keep or drop the user's names, never add one ----------
+AGENT = "/run/user/1000/ssh-agent.sock"
+
+
+@pytest.mark.parametrize("mode", list(NetworkMode))
+def test_a_project_cannot_name_a_unix_socket_the_user_did_not(mode: NetworkMode) -> None:
+    base = attrs.evolve(BASE, network=NetworkPolicy(mode=mode, allow_unix_sockets=(AGENT,)))
+    for added in ("/var/run/docker.sock", "/run/user/1000/../1000/bus", f"{WS}/agent.sock"):
+        error = widened({"network": {"allow_unix_sockets": [AGENT, added]}}, base)
+        assert error.field == "network.allow_unix_sockets"
+        assert repr(added) in error.problem
+
+
+def test_a_project_may_keep_or_drop_the_named_unix_sockets() -> None:
+    base = attrs.evolve(
+        BASE, network=NetworkPolicy(mode=NetworkMode.FULL, allow_unix_sockets=(AGENT,))
+    )
+    kept = narrowed({"network": {"allow_unix_sockets": ["/run/user/1000/./ssh-agent.sock"]}}, base)
+    assert kept.network.allow_unix_sockets == ("/run/user/1000/./ssh-agent.sock",)
+    assert narrowed({"network": {"allow_unix_sockets": []}}, base).network.allow_unix_sockets == ()
+    assert narrowed({}, base).network.allow_unix_sockets == (AGENT,)
+
+
+def test_a_relative_unix_socket_name_is_invalid() -> None:
+    result = structure_settings({"network": {"allow_unix_sockets": ["agent.sock"]}}, SOURCE)
+    assert not is_successful(result)
+    assert "relative" in result.failure().problem

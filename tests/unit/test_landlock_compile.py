@@ -7,6 +7,7 @@ import os
 import struct
 from pathlib import Path
 
+import attrs
 import pytest
 
 from mechasandbox.backends.base import HostContext
@@ -177,15 +178,39 @@ def test_handled_rights_follow_the_abi(abi: int, refer: bool, truncate: bool, io
             NET_BIND_TCP | NET_CONNECT_TCP,
             SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET,
         ),
-        (7, NetworkMode.FULL, 0, SCOPE_SIGNAL),
+        (7, NetworkMode.FULL, 0, SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET),
     ],
 )
 def test_network_and_scopes(abi: int, mode: NetworkMode, net: int, scoped: int) -> None:
     policy = Policy(network=NetworkPolicy(mode=mode))
     ruleset = compile_landlock_rules(REQUEST, policy, HOST, abi=abi)
     assert (ruleset.handled_net, ruleset.scoped, ruleset.net_rules) == (net, scoped, ())
-    families = (1, 2, 10) if mode is NetworkMode.FULL else ()
+    # never AF_UNIX (1): full network is the internet, not the host's unix sockets
+    families = (2, 10) if mode is NetworkMode.FULL else ()
     assert ruleset.seccomp.socket_families == families
+
+
+@pytest.mark.parametrize("mode", list(NetworkMode))
+def test_named_unix_sockets_open_af_unix(mode: NetworkMode) -> None:
+    network = NetworkPolicy(mode=mode, allow_unix_sockets=("/run/user/1000/agent.sock",))
+    ruleset = compile_landlock_rules(
+        REQUEST, Policy(network=network), HOST, abi=7, proxy=(3128, "http://127.0.0.1:3128")
+    )
+    assert ruleset.seccomp.socket_families[0] == 1
+    assert ruleset.scoped & SCOPE_ABSTRACT_UNIX_SOCKET
+
+
+def test_named_unix_sockets_are_not_enforced_by_landlock() -> None:
+    capabilities = capabilities_for(7, "no cgroups", 1000)
+    assert Protection.NAMED_UNIX_SOCKETS not in capabilities.enforced
+    named = Policy(
+        host_processes=HostProcesses.VISIBLE,
+        network=NetworkPolicy(mode=NetworkMode.FULL, allow_unix_sockets=("/s",)),
+    )
+    assert Protection.NAMED_UNIX_SOCKETS in capabilities.missing(named)
+    assert Protection.NAMED_UNIX_SOCKETS not in capabilities.missing(
+        attrs.evolve(named, network=NetworkPolicy(mode=NetworkMode.FULL))
+    )
 
 
 def test_environment_is_scrubbed_and_tmp_is_private() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -111,3 +112,38 @@ def test_loaded_program_denies_what_it_lists(tmp_path: Path) -> None:
     }
     assert not (tmp_path / "fifo").exists()
     assert not os.stat(tmp_path / "f").st_mode & 0o4000
+
+
+_PAIRS = r"""
+import socket
+from mechasandbox.backends.linux import seccomp, seccomp_install
+seccomp_install.install(seccomp.build_filter(deny_socket_families_except=(socket.AF_INET,)))
+for name in ("SOCK_STREAM", "SOCK_SEQPACKET", "SOCK_DGRAM"):
+    try:
+        socket.socketpair(socket.AF_UNIX, getattr(socket, name) | socket.SOCK_CLOEXEC)
+        print(name, 0)
+    except OSError as e:
+        print(name, e.errno)
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    print("unix", 0)
+except OSError as e:
+    print("unix", e.errno)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="seccomp is Linux-only")
+def test_without_af_unix_only_connected_socketpairs_remain() -> None:
+    """A datagram pair could sendto() any path socket of the host."""
+    ran = subprocess.run(
+        [sys.executable, "-c", _PAIRS],
+        capture_output=True,
+        env={"PYTHONPATH": SRC, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        check=True,
+        timeout=30,
+    )
+    results = dict(line.split() for line in ran.stdout.decode().splitlines())
+    assert results == {"SOCK_STREAM": "0", "SOCK_SEQPACKET": "0", "SOCK_DGRAM": "1", "unix": "97"}
+    assert "socketpair: stream and seqpacket only" in seccomp.summary(
+        deny_socket_families_except=(socket.AF_INET,)
+    )

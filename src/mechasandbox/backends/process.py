@@ -63,6 +63,7 @@ class ProcessBackend:
             (Protection.PROTECTED_PATHS, "no filesystem isolation"),
             (Protection.NETWORK_NONE, "no network isolation"),
             (Protection.NETWORK_ALLOWLIST, "no network isolation"),
+            (Protection.NAMED_UNIX_SOCKETS, "every host unix socket is reachable"),
             (Protection.PID_ISOLATION, "host processes can be signalled and traced"),
             (Protection.HOST_PROCESSES_HIDDEN, "host processes are visible"),
             (Protection.CPU, "RLIMIT_CPU"),

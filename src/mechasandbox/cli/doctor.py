@@ -58,6 +58,7 @@ _SHORT = {
     Protection.PROTECTED_PATHS: "protect",
     Protection.NETWORK_NONE: "net-none",
     Protection.NETWORK_ALLOWLIST: "net-allow",
+    Protection.NAMED_UNIX_SOCKETS: "unix-named",
     Protection.PID_ISOLATION: "pid",
     Protection.HOST_PROCESSES_HIDDEN: "pid-hide",
     Protection.MEMORY: "memory",

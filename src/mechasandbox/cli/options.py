@@ -35,6 +35,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--network", default=None, choices=[m.value for m in NetworkMode])
     add("--allow-domain", action="append", default=[], metavar="PATTERN")
     add("--deny-domain", action="append", default=[], metavar="PATTERN")
+    add(
+        "--allow-unix-socket",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help='a host unix socket the command may connect to (e.g. "$SSH_AUTH_SOCK")',
+    )
     add("--allow-read", action="append", default=[], metavar="PATH")
     add("--allow-write", action="append", default=[], metavar="PATH")
     add("--deny-read", action="append", default=[], metavar="PATH")
@@ -105,6 +112,18 @@ def _env_pairs(values: Sequence[str]) -> Result[tuple[tuple[str, str], ...], Con
     return Success(tuple(pairs))
 
 
+def _socket_paths(values: Sequence[str]) -> Result[tuple[str, ...], ConfigInvalid]:
+    for value in values:
+        if not value.startswith(("/", "~")):
+            return Failure(
+                ConfigInvalid(
+                    problem=f"{value!r} is relative; write an absolute path or one starting with ~",
+                    source="--allow-unix-socket",
+                )
+            )
+    return Success(tuple(values))
+
+
 def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, ConfigInvalid]:
     """`base` with every option the user gave applied (explicit options may widen)."""
     limit_options = (
@@ -130,6 +149,9 @@ def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, Conf
     env_pairs = _env_pairs(args.env)
     if isinstance(env_pairs, Failure):
         return Failure(env_pairs.failure())
+    sockets = _socket_paths(args.allow_unix_socket)
+    if isinstance(sockets, Failure):
+        return Failure(sockets.failure())
     fs = base.filesystem
     filesystem = attrs.evolve(
         fs,
@@ -144,6 +166,7 @@ def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, Conf
         mode=NetworkMode(args.network) if args.network else net.mode,
         allow=net.allow + tuple(args.allow_domain),
         deny=net.deny + tuple(args.deny_domain),
+        allow_unix_sockets=net.allow_unix_sockets + sockets.unwrap(),
     )
     environment = attrs.evolve(
         base.environment,

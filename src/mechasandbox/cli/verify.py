@@ -30,7 +30,14 @@ from mechasandbox.backends.base import Backend
 from mechasandbox.backends.registry import AUTO_ORDER
 from mechasandbox.containers import Application
 from mechasandbox.domain.errors import partial_result
-from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, FilesystemPolicy, Policy
+from mechasandbox.domain.policy import (
+    Enforcement,
+    EnvironmentPolicy,
+    FilesystemPolicy,
+    NetworkMode,
+    NetworkPolicy,
+    Policy,
+)
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
@@ -297,6 +304,71 @@ def loopback_connect(backend: Backend, arena: Arena) -> bool | str:
         return False
 
 
+def _python() -> str | None:
+    return next(
+        (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None
+    )
+
+
+def unix_socket_with_full_network(backend: Backend, arena: Arena) -> bool | str:
+    """A path socket in a readable directory (as docker.sock or the ssh agent's are), an
+    abstract one (as the session bus's, X11's), and a datagram one (as journald's) sent to
+    through a socketpair: host control, not network."""
+    python = _python()
+    if python is None:
+        return "no python3 in the system roots to make the connection with"
+    path = str(arena.outside / "agent.sock")
+    datagram = str(arena.outside / "notify.sock")
+    abstract = "\0mechasandbox-verify-" + secrets.token_hex(6)
+    policy = attrs.evolve(
+        POLICY,
+        network=NetworkPolicy(mode=NetworkMode.FULL),
+        filesystem=attrs.evolve(POLICY.filesystem, readable=(str(arena.outside),)),
+    )
+    code = (
+        "import socket\n"
+        f"for address in ({path!r}, {abstract!r}):\n"
+        "    try:\n"
+        "        socket.socket(socket.AF_UNIX).connect(address)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "try:\n"
+        "    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        f"    pair[0].sendto(b'x', {datagram!r})\n"
+        "except OSError:\n"
+        "    pass\n"
+    )
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for address in (path, abstract):
+            server = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            server.bind(address)
+            server.listen(2)
+            server.setblocking(False)
+            servers.append(server)
+        receiver = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        receiver.bind(datagram)
+        receiver.setblocking(False)
+        # Anyone may connect (as to docker.sock for its group): a refusal must come from
+        # the sandbox, not from the socket's mode, when the command runs as another uid.
+        for socket_path in (path, datagram):
+            os.chmod(socket_path, 0o777)  # noqa: S103
+        outcome = _run(backend, arena, [python, "-c", code], policy)
+        if isinstance(outcome, str):
+            return outcome
+        with contextlib.suppress(BlockingIOError):
+            receiver.recv(8)
+            return False
+        for server in servers:
+            try:
+                connection, _ = server.accept()
+            except BlockingIOError:
+                continue
+            connection.close()
+            return False
+        return True
+
+
 def outlive_the_run(backend: Backend, arena: Arena) -> bool | str:
     marker = f"verify-{secrets.token_hex(4)}"
     script = escaper_script(marker, then="sleep 0.5; echo started")
@@ -335,6 +407,7 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
     ),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),
+    ("reach a host unix socket with full network", unix_socket_with_full_network),
     ("leave a setsid/nohup process running after the run", outlive_the_run),
 )
 

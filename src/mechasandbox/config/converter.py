@@ -223,6 +223,7 @@ def converter() -> cattrs.Converter:
             "mode": override(struct_hook=_choice(NetworkMode, "network mode")),
             "allow": override(struct_hook=_patterns),
             "deny": override(struct_hook=_patterns),
+            "allow_unix_sockets": override(struct_hook=_paths),
         },
         LimitsSettings: {
             "timeout": override(struct_hook=_unlimited_or(_duration)),

@@ -34,7 +34,7 @@ PROJECT_JSON = ".openagents/project.json"
 DEFAULTS_SOURCE = "<package defaults>"
 OVERRIDES_SOURCE = "<overrides>"
 # sha256 of defaults/default.toml as the unit test that holds it equal to `Policy()` saw it.
-DEFAULTS_DIGEST = "d850927adab1d904875ba1a90d33421dfc456eb65ae45029bd871f9f16228a0f"
+DEFAULTS_DIGEST = "74fde88faa83abdc1b64cfb9b3d6939ea22ea8768d12a3cc127e4a40a8f1c659"
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "defaults", "default.toml")
 
 

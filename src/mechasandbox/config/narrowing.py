@@ -181,6 +181,16 @@ def _check_network(base: Policy, new: Policy) -> _Widening | None:
                     field="network.allow",
                     detail=f"{pattern!r} is not allowed by the inherited allowlist",
                 )
+    # A unix socket is host control (docker.sock runs anything as root): a project may keep
+    # or drop the user's names, never add one, whatever the network mode. Compared as
+    # written (normalised): a different spelling of a named socket is not the same name.
+    named = {os.path.normpath(path) for path in old_net.allow_unix_sockets}
+    for path in new_net.allow_unix_sockets:
+        if os.path.normpath(path) not in named:
+            return _Widening(
+                field="network.allow_unix_sockets",
+                detail=f"{path!r} is not a unix socket the inherited policy names",
+            )
     return None
 
 

@@ -123,6 +123,7 @@ def apply_settings(
                 mode=policy.network.mode if net.mode is None else net.mode,
                 allow=_pick(net.allow, policy.network.allow),
                 deny=_pick(net.deny, policy.network.deny),
+                allow_unix_sockets=_pick(net.allow_unix_sockets, policy.network.allow_unix_sockets),
             ),
             limits=limits.unwrap(),
             environment=EnvironmentPolicy(

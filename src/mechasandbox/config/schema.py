@@ -61,6 +61,7 @@ class NetworkSettings:
     mode: NetworkMode | None = None
     allow: Names | None = None
     deny: Names | None = None
+    allow_unix_sockets: Paths | None = None
 
 
 @attrs.frozen(kw_only=True)

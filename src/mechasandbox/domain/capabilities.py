@@ -17,6 +17,10 @@ class Protection(enum.Enum):
     PROTECTED_PATHS = "protected-paths"  # "runs later" files in the workspace not writable
     NETWORK_NONE = "network-none"  # no egress at all
     NETWORK_ALLOWLIST = "network-allowlist"  # egress only through the allowlist proxy
+    # Of the host's unix sockets (path and abstract), only those the policy names are
+    # reachable. Without names every backend keeps them all out; with names a backend must
+    # tell the named ones from the rest (Landlock cannot: it does not govern connect()).
+    NAMED_UNIX_SOCKETS = "named-unix-sockets"
     # Host processes cannot be signalled, traced, or have their environment/memory read.
     PID_ISOLATION = "pid-isolation"
     # Host processes are not even listed (a pid namespace); see `HostProcesses`.
@@ -48,6 +52,8 @@ def required_protections(policy: Policy) -> frozenset[Protection]:
         required.add(Protection.NETWORK_NONE)
     elif policy.network.mode is NetworkMode.ALLOWLIST:
         required.add(Protection.NETWORK_ALLOWLIST)
+    if policy.network.allow_unix_sockets:
+        required.add(Protection.NAMED_UNIX_SOCKETS)
     limits = policy.limits
     optional = (
         (limits.timeout_s, Protection.TIMEOUT),

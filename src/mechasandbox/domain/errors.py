@@ -43,6 +43,7 @@ RELAX_HINTS = {
     Protection.HOST_PROCESSES_HIDDEN: '--host-processes visible, or host_processes = "visible"',
     Protection.NETWORK_NONE: "--network full",
     Protection.PROTECTED_PATHS: "filesystem.protected = []",
+    Protection.NAMED_UNIX_SOCKETS: "name no unix socket (network.allow_unix_sockets)",
 }
 
 

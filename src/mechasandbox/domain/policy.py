@@ -105,9 +105,17 @@ class FilesystemPolicy:
 
 @attrs.frozen(kw_only=True)
 class NetworkPolicy:
+    """How far the command reaches beyond the machine, and which host unix sockets it reaches.
+
+    Host unix sockets (`docker.sock`, the ssh agent, the user's D-Bus) are host control, not
+    network: whatever the mode, the command reaches only the ones in `allow_unix_sockets`
+    (absolute paths, or starting with `~`).
+    """
+
     mode: NetworkMode = NetworkMode.NONE
     allow: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     deny: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    allow_unix_sockets: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
 
 # Variables a typical toolchain needs and that carry no secrets.

@@ -58,6 +58,7 @@ import signal
 import stat
 import subprocess
 from collections.abc import Iterable, Mapping
+from socket import AF_UNIX
 from typing import TYPE_CHECKING
 
 import attrs
@@ -76,6 +77,7 @@ from mechasandbox.backends.execute import execute_spec, prepare_run
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
+from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
 from mechasandbox.backends.linux.placeholder_stash import is_empty_directory
 from mechasandbox.backends.linux.placeholders import (
     WorkspacePlaceholders,
@@ -91,6 +93,11 @@ from mechasandbox.backends.resources import (
     describe_cgroups,
     resource_support,
     run_rlimits,
+)
+from mechasandbox.backends.unix_sockets import (
+    NO_NAMED_SOCKETS,
+    NamedSockets,
+    find_named_sockets,
 )
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
@@ -696,6 +703,7 @@ def compile_bwrap(
     features: BwrapFeatures = BwrapFeatures(),
     bridge: ProxyBridge | None = None,
     environment: Mapping[str, str] | None = None,
+    sockets: NamedSockets = NO_NAMED_SOCKETS,
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
@@ -703,6 +711,8 @@ def compile_bwrap(
     `bridge`: in allowlist mode, the proxy socket to bind in and the forwarder to start
     before the command (the network namespace stays empty but for loopback).
     `environment`: the command's, read by bwrap from ARGS_FD (see `arguments_on_fd`).
+    `sockets`: the host unix sockets the policy names, bound read-only at their real path
+    (connect() needs no write access to the mount).
     """
     variables = tuple(sorted((environment or {}).items()))
     unsafe = unsafe_variable(variables)
@@ -728,6 +738,8 @@ def compile_bwrap(
     ]  # fmt: skip
     for mount in mounts:
         argv += mount.args
+    for path in sockets.bind:
+        argv += ["--ro-bind", path, path]
     if bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST:
         argv += ["--ro-bind", bridge.socket, PROXY_SOCKET]
         argv += ["--", *bridge_argv(bridge, request.argv)]
@@ -737,7 +749,7 @@ def compile_bwrap(
         BwrapCommand(
             argv=tuple(argv),
             placeholders=placeholders,
-            warnings=warnings,
+            warnings=warnings + sockets.warnings,
             mounts=mounts,
             environment=variables,
         )
@@ -753,6 +765,7 @@ def compile_bwrap_argv(
     layout: HostLayout,
     features: BwrapFeatures = BwrapFeatures(),
     bridge: ProxyBridge | None = None,
+    sockets: NamedSockets = NO_NAMED_SOCKETS,
 ) -> Result[tuple[str, ...], ConfigInvalid]:
     """Just the argv of `compile_bwrap`."""
     compiled = compile_bwrap(
@@ -763,19 +776,38 @@ def compile_bwrap_argv(
         layout=layout,
         features=features,
         bridge=bridge,
+        sockets=sockets,
     )
     return compiled.map(lambda command: command.argv)
 
 
 # --- probing --------------------------------------------------------------------------------
+# With the host's network (--share-net) the command would also share the host's abstract
+# unix sockets (the session bus, X11, containerd): there socket(AF_UNIX) is refused, unless
+# the policy names unix sockets; then Landlock's scope keeps the abstract ones out.
+_NO_UNIX_SOCKETS = tuple(f for f in seccomp.DEFAULT_SOCKET_FAMILIES if f != AF_UNIX)
+# Landlock's abstract unix socket scope (ABI 6, include/uapi/linux/landlock.h).
+LANDLOCK_SCOPE_ABI = 6
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
+
+
 @functools.cache
-def seccomp_program() -> bytes:
-    return seccomp.build_filter()
+def seccomp_program(unix_sockets: bool = True) -> bytes:
+    """The program for a run; `unix_sockets=False` also refuses socket(AF_UNIX)."""
+    if unix_sockets:
+        return seccomp.build_filter()
+    return seccomp.build_filter(deny_socket_families_except=_NO_UNIX_SOCKETS)
 
 
-def seccomp_hook() -> ChildHook:
+def seccomp_summary(unix_sockets: bool = True) -> str:
+    if unix_sockets:
+        return seccomp.summary()
+    return seccomp.summary(deny_socket_families_except=_NO_UNIX_SOCKETS)
+
+
+def seccomp_hook(unix_sockets: bool = True) -> ChildHook:
     return ChildHook(
-        target=fd_data.TARGET, argument=fd_data.argument(SECCOMP_FD, seccomp_program())
+        target=fd_data.TARGET, argument=fd_data.argument(SECCOMP_FD, seccomp_program(unix_sockets))
     )
 
 
@@ -784,6 +816,74 @@ def environment_hook(command: BwrapCommand) -> ChildHook:
     return ChildHook(
         target=fd_data.TARGET, argument=fd_data.argument(ARGS_FD, command.arguments_on_fd)
     )
+
+
+def abstract_scope_hook(abi: int) -> ChildHook:
+    """Landlock's abstract unix socket scope on bwrap itself, so on all it starts."""
+    return ChildHook(
+        target=SCOPE_TARGET, argument={"abi": abi, "scoped": _SCOPE_ABSTRACT_UNIX_SOCKET}
+    )
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI, 0 without Landlock."""
+    from mechasandbox.backends.linux.landlock import probe_abi
+
+    abi = probe_abi()
+    return abi if isinstance(abi, int) else 0
+
+
+@attrs.frozen(kw_only=True)
+class UnixSocketPlan:
+    """What a run does about host unix sockets: whether socket(AF_UNIX) is allowed, the
+    Landlock ABI to scope abstract sockets with (0: none), the named sockets to bind."""
+
+    allowed: bool
+    scope_abi: int
+    sockets: NamedSockets
+
+    @property
+    def hooks(self) -> tuple[ChildHook, ...]:
+        scope = (abstract_scope_hook(self.scope_abi),) if self.scope_abi else ()
+        return (seccomp_hook(self.allowed), *scope)
+
+
+def _named_sockets_detail(abi: int) -> tuple[Protection, str]:
+    how = (
+        "named sockets bound read-only at their real path, no other host path socket "
+        "mounted; with full network socket(AF_UNIX) is refused unless sockets are named"
+    )
+    if abi >= LANDLOCK_SCOPE_ABI:
+        return (
+            Protection.NAMED_UNIX_SOCKETS,
+            f"{how}, and then the host's abstract sockets are kept out by Landlock's scope "
+            "(set on bwrap)",
+        )
+    return (
+        Protection.NAMED_UNIX_SOCKETS,
+        f"{how}; naming sockets with full network would open the host's abstract sockets "
+        f"(the session bus, X11) too: Landlock ABI {abi} < {LANDLOCK_SCOPE_ABI} cannot "
+        "scope them (Linux 6.12 can)",
+    )
+
+
+def _describe_scope(unix: UnixSocketPlan) -> str:
+    if unix.scope_abi:
+        return "scope on bwrap: abstract unix sockets (the host's are out of reach)"
+    return "not used"
+
+
+def unix_socket_plan(policy: Policy, sockets: NamedSockets, abi: int) -> UnixSocketPlan:
+    """Own network namespace (none, allowlist): AF_UNIX stays, tools use it internally and
+    the allowlist bridge needs it; only mounted path sockets exist there. Host network
+    (full): refused, unless the policy names sockets; then allowed, with the host's
+    abstract sockets scoped out where Landlock has scopes (else NAMED_UNIX_SOCKETS is not
+    enforced: see `probe`)."""
+    if policy.network.mode is not NetworkMode.FULL:
+        return UnixSocketPlan(allowed=True, scope_abi=0, sockets=sockets)
+    named = bool(policy.network.allow_unix_sockets)
+    scope_abi = abi if named and abi >= LANDLOCK_SCOPE_ABI else 0
+    return UnixSocketPlan(allowed=named, scope_abi=scope_abi, sockets=sockets)
 
 
 def _parse_version(text: str) -> tuple[int, ...] | None:
@@ -1031,6 +1131,10 @@ class BubblewrapBackend:
         ]
         if self._socat() is not None:
             enforced.add(Protection.NETWORK_ALLOWLIST)
+        abi = landlock_abi()
+        if abi >= LANDLOCK_SCOPE_ABI:
+            enforced.add(Protection.NAMED_UNIX_SOCKETS)
+        details.append(_named_sockets_detail(abi))
         warnings: list[str] = []
         resources = resource_support(self.cgroups, self.host.uid)
         enforced |= resources.enforced
@@ -1083,6 +1187,7 @@ class BubblewrapBackend:
         env = scrubbed_environment(policy.environment, dict(host.env))
         if bridge is not None:
             env.update(proxy_environment(PROXY_URL))
+        unix = unix_socket_plan(policy, find_named_sockets(policy, host, workspace), landlock_abi())
         compiled: Result[BwrapCommand, SandboxError] = compile_bwrap(
             request,
             policy,
@@ -1092,6 +1197,7 @@ class BubblewrapBackend:
             features=features,
             bridge=bridge,
             environment=env,
+            sockets=unix.sockets,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
@@ -1117,7 +1223,7 @@ class BubblewrapBackend:
                 max_output_bytes=policy.limits.max_output_bytes,
                 umask=UMASK,
                 rlimits=rlimits,
-                hooks=(seccomp_hook(), environment_hook(command)),
+                hooks=(*unix.hooks, environment_hook(command)),
                 executable=features.path,
             )
             return Success((command, spec))
@@ -1132,6 +1238,7 @@ class BubblewrapBackend:
         unavailable = (
             (f"bubblewrap is unavailable here: {found}",) if isinstance(found, str) else ()
         )
+        unix = unix_socket_plan(policy, NO_NAMED_SOCKETS, landlock_abi())
 
         def render(compiled: tuple[BwrapCommand, SpawnSpec]) -> LaunchPlan:
             command, spec = compiled
@@ -1142,7 +1249,8 @@ class BubblewrapBackend:
                     ("bwrap", shlex.join(command.argv)),
                     ("environment", command.describe_environment()),
                     ("bwrap's own environment", _describe_launcher_environment(spec.env)),
-                    ("seccomp (fd 3)", seccomp.summary()),
+                    ("seccomp (fd 3)", seccomp_summary(unix.allowed)),
+                    ("landlock", _describe_scope(unix)),
                     ("placeholders", "\n".join(command.placeholders) or "none"),
                     ("umask", f"{spec.umask:04o}"),
                     ("rlimits", describe(spec.rlimits)),

@@ -360,21 +360,25 @@ def compile_landlock_rules(
     rules = head + tuple(r for r in (tmp_rule, workspace_rule) if r is not None)
     mode = policy.network.mode
     handled_net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 and mode is not NetworkMode.FULL else 0
-    scoped = SCOPE_SIGNAL if abi >= 6 else 0
-    if abi >= 6 and mode is not NetworkMode.FULL:
-        scoped |= SCOPE_ABSTRACT_UNIX_SOCKET
-    # Landlock (ABI <= 7) cannot stop connect() to a named unix socket (docker.sock,
-    # ssh-agent): with no network, socket() is refused for every family. socketpair stays.
+    # Abstract unix sockets of the host (the session bus, X11, containerd...) are out of
+    # reach in every mode: full network means the internet, not host IPC.
+    scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET if abi >= 6 else 0
+    # Landlock (ABI <= 7) cannot stop connect() to a path unix socket (docker.sock, the ssh
+    # agent): socket(AF_UNIX) is refused in every mode, socketpair() stays. Only a policy
+    # that names sockets gets AF_UNIX, and with it every socket (best-effort only: the
+    # NAMED_UNIX_SOCKETS protection is not enforced here, so a strict run is refused).
     families: tuple[int, ...] = ()
     net_rules: tuple[tuple[int, int], ...] = ()
     bridged = mode is NetworkMode.ALLOWLIST and abi >= 4 and proxy is not None
     if mode is NetworkMode.FULL:
-        families = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+        families = (socket.AF_INET, socket.AF_INET6)
     elif bridged and proxy is not None:
         # Only what reaching 127.0.0.1:PORT needs: IPv4 TCP sockets, connect to that port.
-        # No AF_UNIX (Landlock cannot stop connect() to docker.sock and the like), no UDP.
+        # No UDP (no DNS: the proxy resolves).
         families = (socket.AF_INET,)
         net_rules = ((proxy[0], NET_CONNECT_TCP),)
+    if policy.network.allow_unix_sockets:
+        families = (socket.AF_UNIX, *families)
     program = seccomp_filter(families, stream_only=bridged)
 
     env = scrubbed_environment(policy.environment, dict(host.env))
@@ -477,6 +481,13 @@ def capabilities_for(
                 else f"Landlock ABI {abi} < 4 has no TCP rules to confine the command to the "
                 "proxy; best-effort runs with no network at all"
             ),
+        ),
+        (
+            Protection.NAMED_UNIX_SOCKETS,
+            "Landlock does not govern connect() to a unix socket: naming one lets seccomp "
+            "allow AF_UNIX, and with it every host unix socket the command can find "
+            "(docker.sock, the ssh agent)"
+            + ("; abstract ones stay scoped" if abi >= 6 else ", abstract ones included"),
         ),
         (
             Protection.PID_ISOLATION,

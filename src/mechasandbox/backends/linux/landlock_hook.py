@@ -31,7 +31,12 @@ import errno
 import os
 import stat
 
-from mechasandbox.backends.linux.landlock_rules import FILE_RIGHTS, expand_rules, ruleset_attr_size
+from mechasandbox.backends.linux.landlock_rules import (
+    FILE_RIGHTS,
+    expand_rules,
+    ruleset_attr_size,
+    scope_argument,
+)
 from mechasandbox.backends.linux.seccomp_install import install as install_seccomp
 from mechasandbox.backends.linux.seccomp_install import load_libc as _load_seccomp_libc
 
@@ -266,6 +271,15 @@ def restrict_self(argument: dict[str, Any]) -> None:
         )
     finally:
         os.close(ruleset)
+
+
+def scope(argument: dict[str, Any]) -> None:
+    """A ChildHook target for other launchers (bubblewrap with the host's network): only
+    Landlock's scopes of `argument` (`abi`, `scoped`), no file or network right handled, so
+    the launcher still mounts and builds its namespaces, and the command it starts cannot
+    reach the host's abstract unix sockets. no_new_privs first, as Landlock requires."""
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+    restrict_self(scope_argument(argument))
 
 
 def isolate(argument: dict[str, Any]) -> None:

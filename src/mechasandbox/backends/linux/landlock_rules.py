@@ -22,6 +22,7 @@ FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
 READ_DIR = 1 << 3
 ISOLATE_TARGET = "mechasandbox.backends.linux.landlock_hook:isolate"
 RESTRICT_TARGET = "mechasandbox.backends.linux.landlock_hook:restrict_self"
+SCOPE_TARGET = "mechasandbox.backends.linux.landlock_hook:scope"
 
 
 def expand_rules(
@@ -103,5 +104,24 @@ def encode_restrict(argument: dict[str, Any], records: native.Records) -> None:
     records.landlock_restrict(int(argument.get("restrict_flags", 0)))
 
 
+def scope_argument(argument: dict[str, Any]) -> dict[str, Any]:
+    """The `restrict_self` argument of a scope-only ruleset (see `landlock_hook.scope`)."""
+    return {
+        "abi": int(argument["abi"]),
+        "handled_fs": 0,
+        "handled_net": 0,
+        "scoped": int(argument["scoped"]),
+        "rules": [],
+        "net_rules": [],
+    }
+
+
+def encode_scope(argument: dict[str, Any], records: native.Records) -> None:
+    """`landlock_hook.scope` as records: no_new_privs, then the scope-only ruleset."""
+    records.no_new_privs()
+    encode_restrict(scope_argument(argument), records)
+
+
 native.register(ISOLATE_TARGET, encode_isolate)
+native.register(SCOPE_TARGET, encode_scope)
 native.register(RESTRICT_TARGET, encode_restrict)

@@ -121,6 +121,7 @@ SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "clone": (56, 220),
     "clone3": (435, 435),
     "socket": (41, 198),
+    "socketpair": (53, 199),
     "ioctl": (16, 29),
     "chmod": (90, None),
     "fchmod": (91, 52),
@@ -142,7 +143,9 @@ _MODE_ARGUMENT = {
     "creat": 1,
 }
 _SETID_BITS = 0o6000  # S_ISUID | S_ISGID
-_SPECIAL = frozenset({"clone", "clone3", "socket", "ioctl", "openat2", *_MODE_ARGUMENT})
+_SPECIAL = frozenset(
+    {"clone", "clone3", "socket", "socketpair", "ioctl", "openat2", *_MODE_ARGUMENT}
+)
 
 DEFAULT_DENIED: tuple[str, ...] = tuple(name for name in SYSCALLS if name not in _SPECIAL)
 
@@ -197,6 +200,7 @@ def _arch_body(
     denied: Sequence[str],
     families: tuple[int, ...] | None,
     stream_only: bool,
+    connected_pairs_only: bool,
     deny_namespace_clone: bool,
     deny_terminal_injection: bool,
     deny_setid_modes: bool,
@@ -241,6 +245,18 @@ def _arch_body(
         body += [_insn(_BPF_JMP_JEQ_K, 0, skip, numbers["socket"]), _load(_arg_low(0))]
         body += [_insn(_BPF_JMP_JEQ_K, count - i, 0, family) for i, family in enumerate(families)]
         body += [_ret(_errno(errno.EAFNOSUPPORT)), *accept]
+    if connected_pairs_only:
+        # A datagram pair can still sendto() any path socket (and connect() to one): with
+        # AF_UNIX refused, only pairs that stay connected to each other (stream, seqpacket).
+        body += [
+            _insn(_BPF_JMP_JEQ_K, 0, 6, numbers["socketpair"]),
+            _load(_arg_low(1)),
+            _insn(_BPF_ALU_AND_K, 0, 0, SOCK_TYPE_MASK),
+            _insn(_BPF_JMP_JEQ_K, 2, 0, socket.SOCK_STREAM),
+            _insn(_BPF_JMP_JEQ_K, 1, 0, socket.SOCK_SEQPACKET),
+            eperm,
+            _ret(RET_ALLOW),
+        ]
     if deny_setid_modes:
         for name, index in _MODE_ARGUMENT.items():
             if name not in numbers:
@@ -282,12 +298,15 @@ def build_filter(
     file mode (chmod, open with O_CREAT...) with EPERM; everything else is allowed.
     `stream_only`: the allowed families only as TCP (SOCK_STREAM with protocol 0 or
     IPPROTO_TCP; anything else EPERM): no UDP (so no DNS), raw, SCTP or MPTCP sockets.
+    Without AF_UNIX among the allowed families, socketpair() is allowed for stream and
+    seqpacket pairs only (EPERM otherwise): a datagram pair could send to any path socket.
     Unknown architectures are killed. Raises ValueError for an unknown syscall name."""
     names = tuple(dict.fromkeys(denied))
     unknown = [name for name in names if name not in SYSCALLS or name in _SPECIAL]
     if unknown:
         raise ValueError(f"unknown or argument-checked syscalls: {', '.join(unknown)}")
     families = None if deny_socket_families_except is None else tuple(deny_socket_families_except)
+    connected_pairs_only = families is not None and socket.AF_UNIX not in families
     bodies = []
     for index, x86 in ((0, True), (1, False)):
         numbers = {name: nr for name, pair in SYSCALLS.items() if (nr := pair[index]) is not None}
@@ -297,6 +316,7 @@ def build_filter(
                 denied=names,
                 families=families,
                 stream_only=stream_only,
+                connected_pairs_only=connected_pairs_only,
                 deny_namespace_clone=deny_namespace_clone,
                 deny_terminal_injection=deny_terminal_injection,
                 deny_setid_modes=deny_setid_modes,
@@ -343,6 +363,8 @@ def summary(
                 names.append(str(family))
         allowed = " ".join(names) or "none"
         lines.append(f"socket families allowed: {allowed} (others: EAFNOSUPPORT)")
+        if socket.AF_UNIX not in tuple(deny_socket_families_except):
+            lines.append("socketpair: stream and seqpacket only (datagram pairs: EPERM)")
         if stream_only:
             lines.append(
                 "socket types allowed: TCP only (SOCK_STREAM, protocol 0 or 6; else EPERM)"

@@ -304,6 +304,7 @@ class AppleContainerBackend:
                 (Protection.PROTECTED_PATHS, "the workspace is one read-write mount"),
                 (Protection.NETWORK_NONE, "--network none: no interface in the VM"),
                 (Protection.NETWORK_ALLOWLIST, "no bridge from the VM to the host proxy"),
+                (Protection.NAMED_UNIX_SOCKETS, "host unix sockets are not passed to the VM"),
                 (Protection.PID_ISOLATION, "separate kernel per run"),
                 (Protection.TREE_TEARDOWN, "container kill + delete on timeout/cancel"),
                 (Protection.MEMORY, "--memory of the VM"),

@@ -113,6 +113,8 @@ MACH_SERVICES: tuple[str, ...] = (
 # network only) the system resolver.
 MACH_SERVICES_TLS: tuple[str, ...] = ("com.apple.trustd.agent",)
 MACH_SERVICES_DNS: tuple[str, ...] = ("com.apple.dnssd.service",)
+# The system resolver's socket: getaddrinfo asks mDNSResponder through it (full network only).
+MDNS_RESPONDER_SOCKET = "/private/var/run/mDNSResponder"
 
 
 @attrs.frozen(kw_only=True)
@@ -236,6 +238,7 @@ class _Inputs:
     deny_read: tuple[str, ...]
     deny_write: tuple[str, ...]
     protected: tuple[str, ...]
+    unix_sockets: tuple[str, ...] = ()  # every spelling Seatbelt may match, see _socket_spellings
 
     @property
     def writable_roots(self) -> tuple[str, ...]:
@@ -253,14 +256,18 @@ def _inputs(
         _collect(fs.writable, host, "filesystem.writable"),
         _collect(fs.deny_read, host, "filesystem.deny_read"),
         _collect(fs.deny_write, host, "filesystem.deny_write"),
+        _collect(policy.network.allow_unix_sockets, host, "network.allow_unix_sockets"),
     ]
     failed = next((c for c in checked if isinstance(c, Failure)), None)
     if failed is not None:
         return Failure(failed.failure())
     if any("\x00" in entry for entry in fs.protected):
         return Failure(_invalid("filesystem.protected", "a protected path contains a NUL byte"))
-    (workspace,), (tmp,), readable, writable, deny_read, deny_write = (c.unwrap() for c in checked)
+    (workspace,), (tmp,), readable, writable, deny_read, deny_write, sockets = (
+        c.unwrap() for c in checked
+    )
     real_workspace = realpath(workspace)
+    writable_roots = (real_workspace, realpath(tmp), *(realpath(p) for p in writable))
     protected = (
         posixpath.normpath(posixpath.join(real_workspace, host.expand(entry)))
         for entry in fs.protected
@@ -274,8 +281,25 @@ def _inputs(
             deny_read=_dedupe(s for p in deny_read for s in _spellings(p, realpath)),
             deny_write=_dedupe(s for p in deny_write for s in _spellings(p, realpath)),
             protected=_dedupe(s for p in protected for s in _spellings(p, realpath)),
+            unix_sockets=_dedupe(
+                s for p in sockets for s in _socket_spellings(p, realpath, writable_roots)
+            ),
         )
     )
+
+
+def _socket_spellings(
+    path: str, realpath: Realpath, writable_roots: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Where a named socket may be connected to. Seatbelt matches the path the kernel
+    resolved: its directory's real path with the name, and where the name is a link (the
+    user's own, outside what the command can write) what it points to. A name the command
+    could replace (in the workspace, the private tmp or a writable path) is never followed:
+    a link planted there to docker.sock must not be allowed by the name."""
+    named = posixpath.join(realpath(posixpath.dirname(path)), posixpath.basename(path))
+    if any(_within(named, root) for root in writable_roots):
+        return (named,)
+    return _dedupe((named, realpath(path)))
 
 
 def _base_rules(tag: str | None) -> list[str]:
@@ -370,6 +394,25 @@ def _tree_rules(inputs: _Inputs, params: _Params) -> list[str]:
     return rules
 
 
+def _unix_socket_rules(inputs: _Inputs, params: _Params) -> list[str]:
+    """The host unix sockets the policy names, in every network mode: connect only."""
+    if not inputs.unix_sockets:
+        return []
+    return [
+        "",
+        "; Host unix sockets the policy names, and no other: connect only.",
+        "(allow system-socket (socket-domain AF_UNIX))",
+        _rule(
+            "allow",
+            "network-outbound",
+            [
+                f"(remote unix-socket (path-literal {params.ref('UNIX_SOCKET', p)}))"
+                for p in inputs.unix_sockets
+            ],
+        ),
+    ]
+
+
 def _network_rules(mode: NetworkMode, proxy_port: int | None) -> list[str]:
     if mode is NetworkMode.NONE:
         return ["", "; Network: none. No network rule at all: every socket is denied."]
@@ -382,8 +425,12 @@ def _network_rules(mode: NetworkMode, proxy_port: int | None) -> list[str]:
         ]
     return [
         "",
-        "; Network: full.",
-        "(allow network*)",
+        "; Network: full. The internet, over IP; not the host's unix sockets (docker.sock,",
+        "; the ssh agent, the session's services are host control), but the resolver's.",
+        '(allow network-outbound (remote ip "*:*"))',
+        '(allow network-inbound (local ip "*:*"))',
+        '(allow network-bind (local ip "*:*"))',
+        f'(allow network-outbound (remote unix-socket (path-literal "{MDNS_RESPONDER_SOCKET}")))',
         "(allow system-socket)",
         _rule(
             "allow",
@@ -497,6 +544,7 @@ def compile_profile(
             *_base_rules(log_tag),
             *_tree_rules(inputs, params),
             *_network_rules(mode, proxy_port),
+            *_unix_socket_rules(inputs, params),
             *_deny_rules(inputs, params, log_tag),
         ]
         return SbplProfile(text="\n".join(sections) + "\n", params=tuple(params.values))

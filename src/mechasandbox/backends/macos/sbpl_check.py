@@ -8,7 +8,8 @@ cases and property-generated policies alike) to the same rules:
 - `(version 1)` first, then `(deny default)` before any `allow`;
 - every rule is `(allow|deny OPERATION... FILTER...)` with operations and filters from a
   fixed allowlist (what the compiler uses; anything else is a change to review);
-- no network operation is allowed when the policy's network mode is `none`;
+- no network operation is allowed when the policy's network mode is `none`, but connecting
+  to a named unix socket (`(remote unix-socket (path-literal (param ...)))`);
 - no path of the policy appears in the text: every path filter takes either
   `(param "NAME")` or one of the compiler's fixed system paths, every referenced parameter
   is defined, and every defined parameter is used;
@@ -50,6 +51,8 @@ OPERATIONS: frozenset[str] = frozenset(
         "file-map-executable",
         "network*",
         "network-outbound",
+        "network-inbound",
+        "network-bind",
         "system-socket",
     }
 )
@@ -68,11 +71,14 @@ FILTERS: dict[str, str] = {
     "global-name": "string",
     "extension": "string",
     "target": "symbol",
+    "socket-domain": "domain",
     "remote": "remote",
+    "local": "remote",
     "require-all": "filters",
     "require-any": "filters",
 }
 TARGETS: frozenset[str] = frozenset({"same-sandbox"})
+SOCKET_DOMAINS: frozenset[str] = frozenset({"AF_UNIX"})
 # The only regex the compiler writes (the command's own pseudo-terminals).
 REGEXES: frozenset[str] = frozenset({"^/dev/ttys[0-9]+$"})
 FIXED_PATHS: frozenset[str] = frozenset(
@@ -82,9 +88,11 @@ FIXED_PATHS: frozenset[str] = frozenset(
         *sbpl.SYSTEM_METADATA_LITERALS,
         "/dev/ptmx",
         "/dev/fd",
+        sbpl.MDNS_RESPONDER_SOCKET,
     )
 )
 _REMOTE = re.compile(r"^localhost:[0-9]{1,5}$")
+_ANY_ADDRESS = "*:*"  # full network only
 _PARAM_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -217,6 +225,9 @@ def _check_argument(shape: str, arg: Form, walk: _Walk, where: str) -> None:
     elif shape == "symbol":
         if _symbol(arg) not in TARGETS:
             walk.problems.append(f"{where}: unexpected target {arg!r}")
+    elif shape == "domain":
+        if _symbol(arg) not in SOCKET_DOMAINS:
+            walk.problems.append(f"{where}: unexpected socket domain {arg!r}")
     elif shape == "remote":  # two atoms: a one-argument remote is malformed
         walk.problems.append(f'{where}: expected `ip "localhost:PORT"`')
     elif not (isinstance(arg, Atom) and arg.kind == "string"):
@@ -245,21 +256,66 @@ def _check_filter(form: Form, walk: _Walk, where: str) -> None:
         _check_argument(shape, args[0], walk, where)
 
 
-def _check_remote(form: list[Form], walk: _Walk, where: str) -> bool:
-    """`(remote ip "localhost:PORT")` with a valid port; True when `form` is a remote."""
-    if not form or _symbol(form[0]) != "remote":
+def _ip_address(atom: Form) -> bool:
+    """`"localhost:PORT"` with a valid port, or `"*:*"`."""
+    if not (isinstance(atom, Atom) and atom.kind == "string"):
         return False
+    if atom.value == _ANY_ADDRESS:
+        return True
+    return _REMOTE.match(atom.value) is not None and 0 < int(atom.value.split(":")[1]) < 65536
+
+
+def _unix_socket(form: list[Form], walk: _Walk, where: str) -> bool:
+    """`(remote unix-socket (path-literal PATH))`, PATH a parameter or a fixed path."""
     ok = (
         len(form) == 3
-        and _symbol(form[1]) == "ip"
-        and isinstance(form[2], Atom)
-        and form[2].kind == "string"
-        and _REMOTE.match(form[2].value) is not None
-        and 0 < int(form[2].value.split(":")[1]) < 65536
+        and _symbol(form[1]) == "unix-socket"
+        and isinstance(form[2], list)
+        and len(form[2]) == 2
+        and _symbol(form[2][0]) == "path-literal"
     )
-    if not ok:
-        walk.problems.append(f'{where}: only `(remote ip "localhost:PORT")` is expected')
+    if ok:
+        assert isinstance(form[2], list)
+        _check_argument("path", form[2][1], walk, where)
+    return ok
+
+
+def _check_remote(form: list[Form], walk: _Walk, where: str) -> bool:
+    """`(remote ip "localhost:PORT" | "*:*")`, `(local ip ...)` alike, or
+    `(remote unix-socket (path-literal PATH))`; True when `form` is a remote or local."""
+    kind = _symbol(form[0]) if form else None
+    if kind not in ("remote", "local"):
+        return False
+    if kind == "remote" and len(form) > 1 and _symbol(form[1]) == "unix-socket":
+        if not _unix_socket(form, walk, where):
+            walk.problems.append(f"{where}: only `(remote unix-socket (path-literal PATH))`")
+        return True
+    if not (len(form) == 3 and _symbol(form[1]) == "ip" and _ip_address(form[2])):
+        walk.problems.append(f'{where}: only `({kind} ip "localhost:PORT")` or "*:*" is expected')
     return True
+
+
+def _named_socket_only(form: list[Form]) -> bool:
+    """An allow that only opens named unix sockets (their connect, or AF_UNIX sockets):
+    what a policy naming sockets gets even with no network."""
+    operations = [_symbol(f) for f in form[1:] if _symbol(f) is not None]
+    filters = [f for f in form[1:] if _symbol(f) is None]
+    if not filters or not all(isinstance(f, list) for f in filters):
+        return False
+    if operations == ["system-socket"]:
+        return filters == [[Atom("symbol", "socket-domain"), Atom("symbol", "AF_UNIX")]]
+    return operations == ["network-outbound"] and all(
+        isinstance(f, list)
+        and len(f) == 3
+        and _symbol(f[0]) == "remote"
+        and _symbol(f[1]) == "unix-socket"
+        and isinstance(f[2], list)
+        and len(f[2]) == 2
+        and isinstance(f[2][1], list)
+        and bool(f[2][1])
+        and _symbol(f[2][1][0]) == "param"
+        for f in filters
+    )
 
 
 def _check_with(form: list[Form], action: str | None, walk: _Walk, where: str) -> bool:
@@ -322,7 +378,9 @@ def _check_rule(form: Form, walk: _Walk, where: str, *, network_none: bool) -> N
             walk.problems.append(f"{where}: (deny default) twice")
         walk.seen_default = True
         return
-    _check_operations(action, operations, walk, where, network_none=network_none)
+    _check_operations(
+        action, operations, walk, where, network_none=network_none and not _named_socket_only(form)
+    )
     for item in filters:
         if isinstance(item, list) and _check_remote(item, walk, where):
             continue

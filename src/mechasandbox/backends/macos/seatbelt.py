@@ -228,6 +228,7 @@ class SeatbeltBackend:
             Protection.FILESYSTEM_WRITE,
             Protection.PROTECTED_PATHS,
             Protection.NETWORK_NONE,
+            Protection.NAMED_UNIX_SOCKETS,
             Protection.ENVIRONMENT,
             Protection.TIMEOUT,
             Protection.CPU,
@@ -240,6 +241,11 @@ class SeatbeltBackend:
             (Protection.FILESYSTEM_WRITE, "SBPL: workspace, private TMPDIR, policy paths"),
             (Protection.PROTECTED_PATHS, "SBPL deny file-write* + no unlink/rename of parents"),
             (Protection.NETWORK_NONE, "SBPL: no network rule (deny default)"),
+            (
+                Protection.NAMED_UNIX_SOCKETS,
+                "SBPL: connect to the named sockets' paths only (full network: IP, not "
+                "`network*`; the resolver's socket)",
+            ),
             (Protection.PID_ISOLATION, "host processes are visible; signals only same-sandbox"),
             (
                 Protection.TREE_TEARDOWN,

@@ -100,6 +100,8 @@ class ContainerRun:
     the mount point on the host before the container, and removes it afterwards); those
     git reads as files (`.git/commondir`, see `placeholders.FILE_PLACEHOLDERS`) by the file
     the caller makes there, bound read-only onto itself.
+    `unix_sockets`: real paths of the host unix sockets the policy names, bound read-only at
+    the same path (see `unix_sockets.find_named_sockets`); no other host socket is mounted.
     """
 
     run_id: str
@@ -109,6 +111,7 @@ class ContainerRun:
     pinned: tuple[str, ...] = ()
     placeholders: tuple[str, ...] = ()
     empty_dir: str | None = None
+    unix_sockets: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -184,6 +187,11 @@ def _protection_mounts(run: ContainerRun) -> list[str]:
     for _depth, _order, mount in sorted(wanted, key=lambda item: (item[0], item[1])):
         args += mount
     return args
+
+
+def _socket_mounts(run: ContainerRun) -> list[str]:
+    """The named host unix sockets, read-only: connect() needs no write access."""
+    return [arg for path in run.unix_sockets for arg in _bind(path, path, readonly=True)]
 
 
 def _bridge_mount(bridge: ProxyBridge | None) -> list[str]:
@@ -271,6 +279,7 @@ def compile_container_args(
         args += ["--userns", "keep-id"]
     args += _bind(workspace, workspace, readonly=False)
     args += _protection_mounts(run)
+    args += _socket_mounts(run)
     args += _bridge_mount(bridge)
     args += ["--workdir", workspace]
     if limits.memory_bytes is not None:

@@ -48,6 +48,7 @@ from mechasandbox.backends.oci.compiler import (
     compile_container_args,
 )
 from mechasandbox.backends.outcome import classify
+from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -587,6 +588,7 @@ class OciBackend:
             Protection.FILESYSTEM_WRITE,
             Protection.PROTECTED_PATHS,
             Protection.NETWORK_NONE,
+            Protection.NAMED_UNIX_SOCKETS,
             Protection.PID_ISOLATION,
             Protection.HOST_PROCESSES_HIDDEN,
             Protection.ENVIRONMENT,
@@ -609,6 +611,11 @@ class OciBackend:
                 "a run whose cover a host process replaces is stopped (50 ms watch)",
             ),
             (Protection.NETWORK_NONE, "--network none: loopback only"),
+            (
+                Protection.NAMED_UNIX_SOCKETS,
+                "own network namespace; no host socket mounted but the named ones, bound "
+                "read-only at their real path",
+            ),
             self._allowlist_detail(info),
             (Protection.PID_ISOLATION, f"own PID namespace; runtime: {runtime}"),
             (Protection.HOST_PROCESSES_HIDDEN, "own PID namespace"),
@@ -670,6 +677,7 @@ class OciBackend:
             pinned=layout.pinned,
             placeholders=layout.placeholders,
             empty_dir=empty_directory() if layout.placeholders else None,
+            unix_sockets=find_named_sockets(policy, self.host, workspace).bind,
         )
 
     def _protection_layout(self, workspace: str, policy: Policy) -> ProtectionLayout:
@@ -776,7 +784,8 @@ class OciBackend:
         checked = self._check_protection(layout, policy)
         if isinstance(checked, Failure):
             return Failure(checked.failure())
-        warnings = (*warnings, *checked.unwrap())
+        named = find_named_sockets(policy, self.host, workspace)
+        warnings = (*warnings, *checked.unwrap(), *named.warnings)
         if self._bridge(info, policy, PROXY_SOCKET_PLACEHOLDER) is None:
             # No bridge: a best-effort allowlist run has no network at all.
             return await self._launch(
