@@ -61,6 +61,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
@@ -954,14 +955,16 @@ class BubblewrapBackend:
 
         workspace: Result[str, SandboxError] = check_workspace(request)
         return workspace.bind(
-            lambda path: self._compile(request, policy, host, path, features)
+            lambda path: self._compile(
+                request, planned_policy(policy, path, host), host, path, features
+            )
         ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         features = self._features()
         if isinstance(features, str):  # probed fine a moment ago; cached, so not reached
             return Failure(BackendUnavailable(backend=NAME, reason=features))

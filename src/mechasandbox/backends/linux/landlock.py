@@ -30,6 +30,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_rules import ISOLATE_TARGET, RESTRICT_TARGET
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
@@ -640,14 +641,16 @@ class LandlockBackend:
         workspace: Result[str, SandboxError] = check_workspace(request)
         backend = attrs.evolve(self, host=host)
         return workspace.bind(
-            lambda path: backend._spec(request, policy, path, TMP_PLACEHOLDER)
+            lambda path: backend._spec(
+                request, planned_policy(policy, path, host), path, TMP_PLACEHOLDER
+            )
         ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         tmp_dir = _TMP_DIRS.take(self.tmp_parent)
 
         async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:

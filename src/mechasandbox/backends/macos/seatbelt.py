@@ -38,6 +38,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -335,14 +336,16 @@ class SeatbeltBackend:
         workspace: Result[str, SandboxError] = check_workspace(request)
         tag = PLAN_TAG if self.report_violations else None
         return workspace.bind(
-            lambda path: self._spec(request, policy, host, path, tmpdir, proxy, tag)
+            lambda path: self._spec(
+                request, planned_policy(policy, path, host), host, path, tmpdir, proxy, tag
+            )
         ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         try:
             tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
         except OSError as error:

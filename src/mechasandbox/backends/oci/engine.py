@@ -31,6 +31,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.placeholders import (
     is_placeholder,
@@ -730,7 +731,8 @@ class OciBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         def render(workspace: str) -> LaunchPlan:
-            run = self._container_run(workspace, policy)
+            planned = planned_policy(policy, workspace, host)
+            run = self._container_run(workspace, planned)
             engine = self._engine()
             bridge = (
                 self._bridge(engine.unwrap()[1], policy, PROXY_SOCKET_PLACEHOLDER)
@@ -739,7 +741,7 @@ class OciBackend:
             )
             args = compile_container_args(
                 request,
-                policy,
+                planned,
                 host,
                 self.image,
                 self.runtime,
@@ -767,7 +769,7 @@ class OciBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         mountable = self._check_mountable(workspace)
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())

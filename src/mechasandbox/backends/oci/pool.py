@@ -873,7 +873,8 @@ class PooledBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        self._pool.warm(request, policy, prepared.unwrap()[1])
+        _warnings, workspace, protected = prepared.unwrap()
+        self._pool.warm(request, protected, workspace)
         return Success(None)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
@@ -881,7 +882,7 @@ class PooledBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         mountable = backend._check_mountable(workspace)
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())
