@@ -63,19 +63,22 @@ def _husky(workspace: Path, _outside: Path) -> None:
     (workspace / ".husky").mkdir()
 
 
-def _husky_missing(workspace: Path, _outside: Path) -> None:
+def _hooks_missing(workspace: Path, _outside: Path) -> None:
+    """A missing hooks directory in a directory of the workspace (Landlock's carving alone
+    refuses new entries at the top level)."""
     _repository(workspace)
-    git_ok("config", "core.hooksPath", ".husky", cwd=workspace)
+    (workspace / "tools").mkdir()
+    git_ok("config", "core.hooksPath", "tools/hooks", cwd=workspace)
 
 
-def _plant_hooks(marker: str) -> str:
-    return (
-        "mkdir -p .husky; "
-        + " ".join(
-            f"{_hook(marker)} > .husky/{hook}; chmod +x .husky/{hook};"
+def _plant_hooks(directory: str) -> Callable[[str], str]:
+    def script(marker: str) -> str:
+        return f"mkdir -p {directory}; " + " ".join(
+            f"{_hook(marker)} > {directory}/{hook}; chmod +x {directory}/{hook};"
             for hook in ("pre-commit", "post-commit", "post-index-change")
         )
-    )
+
+    return script
 
 
 def _included(workspace: Path, _outside: Path) -> None:
@@ -86,7 +89,8 @@ def _included(workspace: Path, _outside: Path) -> None:
 
 def _included_missing(workspace: Path, _outside: Path) -> None:
     _repository(workspace)
-    git_ok("config", "includeIf.onbranch:*.path", "../local.gitconfig", cwd=workspace)
+    (workspace / "config").mkdir()
+    git_ok("config", "includeIf.onbranch:*.path", "../config/local.gitconfig", cwd=workspace)
 
 
 def _fsmonitor_script(workspace: Path, _outside: Path) -> None:
@@ -100,6 +104,7 @@ def _fsmonitor_script(workspace: Path, _outside: Path) -> None:
 
 def _linked_worktree(workspace: Path, outside: Path) -> None:
     _repository(workspace)
+    (workspace / "src").mkdir()  # where even Landlock's carved workspace takes new entries
     git_ok("worktree", "add", "-q", str(outside / "wt"), cwd=workspace)
 
 
@@ -111,13 +116,16 @@ def _nested(workspace: Path, _outside: Path) -> None:
 def _submodule(workspace: Path, outside: Path) -> None:
     _repository(outside / "lib")
     _repository(workspace)
+    (workspace / "src").mkdir()
     git_ok("submodule", "add", "-q", str(outside / "lib"), "sub", cwd=workspace)
     git_ok("commit", "-qm", "sub", cwd=workspace)
 
 
 GIT_ATTACKS: tuple[GitAttack, ...] = (
-    GitAttack(name="hooks-path", prepare=_husky, script=_plant_hooks),
-    GitAttack(name="hooks-path-missing", prepare=_husky_missing, script=_plant_hooks),
+    GitAttack(name="hooks-path", prepare=_husky, script=_plant_hooks(".husky")),
+    GitAttack(
+        name="hooks-path-missing", prepare=_hooks_missing, script=_plant_hooks("tools/hooks")
+    ),
     GitAttack(
         name="include-path",
         prepare=_included,
@@ -126,7 +134,7 @@ GIT_ATTACKS: tuple[GitAttack, ...] = (
     GitAttack(
         name="include-if-missing",
         prepare=_included_missing,
-        script=lambda marker: f"{_fsmonitor(marker)} > local.gitconfig",
+        script=lambda marker: f"{_fsmonitor(marker)} > config/local.gitconfig",
     ),
     GitAttack(
         name="fsmonitor-script",
@@ -137,8 +145,8 @@ GIT_ATTACKS: tuple[GitAttack, ...] = (
         name="worktree-commondir",
         prepare=_linked_worktree,
         script=lambda marker: (
-            f"cp -r .git evil; {_fsmonitor(marker)} >> evil/config; "
-            "echo ../../../evil > .git/worktrees/wt/commondir"
+            f"cp -r .git src/evil; {_fsmonitor(marker)} >> src/evil/config; "
+            "echo ../../../src/evil > .git/worktrees/wt/commondir"
         ),
         host=lambda _workspace, outside: outside / "wt",
     ),
@@ -152,9 +160,10 @@ GIT_ATTACKS: tuple[GitAttack, ...] = (
         name="submodule-gitfile",
         prepare=_submodule,
         script=lambda marker: (
-            f"cp -r .git/modules/sub evil; {_fsmonitor(marker)} >> evil/config; "
-            "git config -f evil/config --unset core.worktree; "
-            "echo 'gitdir: ../evil' > sub/.git"
+            "cp -r .git/modules/sub src/evil; "
+            f"{_fsmonitor(marker)} >> src/evil/config; "
+            "git config -f src/evil/config --unset core.worktree; "
+            "echo 'gitdir: ../src/evil' > sub/.git"
         ),
     ),
 )
