@@ -162,7 +162,7 @@ GIT_ATTACKS: tuple[GitAttack, ...] = (
         script=lambda marker: (
             "cp -r .git/modules/sub src/evil; "
             f"{_fsmonitor(marker)} >> src/evil/config; "
-            "git config -f src/evil/config --unset core.worktree; "
+            "sed -i /worktree/d src/evil/config; "
             "echo 'gitdir: ../src/evil' > sub/.git"
         ),
     ),
@@ -180,9 +180,8 @@ def planted_ran(attack: GitAttack, workspace: Path, outside: Path, marker: Path)
     return None
 
 
-def sandboxed_script(attack: GitAttack, marker: Path) -> str:
-    """The attack, then git in the sandbox (it must keep working there)."""
-    return (
-        f"{attack.script(shlex.quote(str(marker)))} 2>/dev/null; "
-        "git status --porcelain > /dev/null && echo git-works; echo end"
-    )
+def sandboxed_script(attack: GitAttack, marker: Path, *, with_git: bool = True) -> str:
+    """The attack, then git in the sandbox (it must keep working there; `with_git`: false
+    where the sandbox has no git, as the containers' test image)."""
+    then = "git status --porcelain > /dev/null && echo git-works; " if with_git else ""
+    return f"{attack.script(shlex.quote(str(marker)))} 2>/dev/null; {then}echo end"
