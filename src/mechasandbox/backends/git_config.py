@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
+from collections.abc import Callable
 
 import attrs
 
@@ -231,13 +233,54 @@ def read_regular(path: str, limit: int = MAX_CONFIG_BYTES) -> str | None:
     """The start of a regular file (symlinks followed, as git does); None for anything
     else. Never blocks: a FIFO planted where a configuration file is expected would
     otherwise hang the host before every run."""
+    return _read_regular(path, limit)[0]
+
+
+# Parsed files by path, with the stamp of the file parsed (see `_parsed`).
+_PARSED: dict[str, tuple[tuple[int, ...], tuple[ConfigEntry, ...]]] = {}
+_PARSED_MAX = 256
+_SETTLE_NS = 2_000_000_000
+
+
+def _parsed(path: str) -> tuple[ConfigEntry, ...] | None:
+    """The entries of the file at `path` (None: no regular file there). A file whose
+    identity, size, mtime and ctime are those of the last parse is not parsed again,
+    unless it changed less than `_SETTLE_NS` before (coarse file system clocks)."""
+    stamp: tuple[int, ...] | None = None
+
+    def stamped(info: os.stat_result) -> bool:
+        nonlocal stamp
+        stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        cached = _PARSED.get(path)
+        return cached is not None and cached[0] == stamp
+
+    text, unchanged = _read_regular(path, MAX_CONFIG_BYTES, stamped)
+    if unchanged:
+        return _PARSED[path][1]
+    if text is None:
+        return None
+    entries = parse_config(text, origin=path)
+    if stamp is not None and stamp[4] < time.time_ns() - _SETTLE_NS:
+        _PARSED[path] = (stamp, entries)
+        while len(_PARSED) > _PARSED_MAX:
+            del _PARSED[next(iter(_PARSED))]
+    return entries
+
+
+def _read_regular(
+    path: str, limit: int, unchanged: Callable[[os.stat_result], bool] | None = None
+) -> tuple[str | None, bool]:
+    """(the text, False); or (None, True) when `unchanged` says the file need not be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
-        return None
+        return None, False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, False
+        if unchanged is not None and unchanged(info):
+            return None, True
         chunks: list[bytes] = []
         left = limit
         while left > 0:
@@ -246,9 +289,9 @@ def read_regular(path: str, limit: int = MAX_CONFIG_BYTES) -> str | None:
                 break
             chunks.append(chunk)
             left -= len(chunk)
-        return b"".join(chunks).decode("utf-8", "replace")
+        return b"".join(chunks).decode("utf-8", "replace"), False
     except OSError:
-        return None
+        return None, False
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -262,10 +305,10 @@ def read_config_files(paths: tuple[str, ...], *, home: str) -> ConfigFiles:
     includes: list[str] = []
 
     def read(path: str, depth: int) -> None:
-        text = read_regular(path)
-        if text is None:
+        parsed = _parsed(path)
+        if parsed is None:
             return
-        for entry in parse_config(text, origin=path):
+        for entry in parsed:
             entries.append(entry)
             if not is_include(entry) or entry.value is None:
                 continue

@@ -28,7 +28,6 @@ cannot be known beforehand; see docs/backends.md.
 
 from __future__ import annotations
 
-import collections
 import os
 import shlex
 from collections.abc import Iterable, Mapping
@@ -44,12 +43,10 @@ from mechasandbox.backends.git_config import (
     read_config_files,
     read_regular,
 )
+from mechasandbox.backends.git_walk import MAX_WALK_DIRECTORIES, WALKER, is_bare_repository
 from mechasandbox.backends.linux.placeholders import register_file_placeholders
 from mechasandbox.domain.policy import Policy
 
-# The walk for nested repositories stops after this many directories (a warning says so):
-# every run pays for it.
-MAX_WALK_DIRECTORIES = 20_000
 # Repositories whose places are protected (the workspace's own and nested ones).
 MAX_REPOSITORIES = 64
 # Entries of a repository's git directory protected when the policy protects none of
@@ -164,16 +161,11 @@ def _commondir(gitdir: str) -> str:
     return os.path.normpath(os.path.join(gitdir, text.strip().splitlines()[0]))
 
 
-def is_bare_repository(path: str, names: Iterable[str] | None = None) -> bool:
-    present = set(names) if names is not None else set(_list(path))
-    return {"HEAD", "objects", "refs"} <= present and os.path.isfile(os.path.join(path, "HEAD"))
-
-
-def _list(path: str) -> list[str]:
+def _names(path: str) -> frozenset[str]:
     try:
-        return os.listdir(path)
+        return frozenset(os.listdir(path))
     except OSError:
-        return []
+        return frozenset()
 
 
 def repository_at(top: str) -> Repository | None:
@@ -195,7 +187,7 @@ def enclosing_repository(workspace: str) -> Repository | None:
     """The repository of the workspace: its own `.git`, or (a workspace inside a
     repository's working tree) the nearest above it, whose settings may name paths of
     the workspace. A bare repository as the workspace counts too."""
-    if is_bare_repository(workspace):
+    if is_bare_repository(workspace, _names(workspace)):
         return Repository(gitdir=workspace, commondir=_commondir(workspace), worktree=workspace)
     path = workspace
     while True:
@@ -206,50 +198,6 @@ def enclosing_repository(workspace: str) -> Repository | None:
         if parent == path:
             return None
         path = parent
-
-
-@attrs.frozen(kw_only=True)
-class NestedWalk:
-    """What the bounded walk of the workspace found: the tops of nested working trees and
-    bare repositories, and whether it stopped early."""
-
-    worktrees: tuple[str, ...] = ()
-    bare: tuple[str, ...] = ()
-    truncated: bool = False
-
-
-def walk_nested(workspace: str, *, max_directories: int = MAX_WALK_DIRECTORIES) -> NestedWalk:
-    """Breadth first, not into `.git` directories, bare repositories nor symlinks."""
-    worktrees: list[str] = []
-    bare: list[str] = []
-    queue = collections.deque([workspace])
-    visited = 0
-    while queue:
-        if visited >= max_directories:
-            return NestedWalk(worktrees=tuple(worktrees), bare=tuple(bare), truncated=True)
-        directory = queue.popleft()
-        visited += 1
-        try:
-            with os.scandir(directory) as scan:
-                entries = list(scan)
-        except OSError:
-            continue
-        names = {entry.name for entry in entries}
-        if directory != workspace:
-            if ".git" in names:
-                worktrees.append(directory)
-            elif is_bare_repository(directory, names):
-                bare.append(directory)
-                continue
-        for entry in entries:
-            if entry.name == ".git":
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    queue.append(entry.path)
-            except OSError:
-                continue
-    return NestedWalk(worktrees=tuple(worktrees), bare=tuple(bare))
 
 
 def global_config_paths(home: str, env: Mapping[str, str]) -> tuple[str, ...]:
@@ -392,7 +340,7 @@ def find_indirections(
     own = enclosing_repository(workspace)
     if own is not None:
         repositories.append(own)
-    walk = walk_nested(workspace, max_directories=max_directories)
+    walk = WALKER.walk(workspace, max_directories=max_directories)
     for top in walk.worktrees:
         found = repository_at(top)
         if found is not None:
@@ -421,10 +369,6 @@ def find_indirections(
         files=tuple(sorted(collector.files.items())),
         warnings=tuple(warnings),
     )
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root + "/")
 
 
 def gitdir_entries(policy: Policy) -> tuple[str, ...]:
@@ -456,10 +400,13 @@ def with_git_indirections(
         env=environment,
     )
     register_file_placeholders((os.path.join(workspace, path), c) for path, c in found.files)
+    covered = set(fs.protected)
     kept: list[str] = []
     for entry in found.protected:  # sorted: an entry comes before the ones below it
-        if not any(_under(entry, existing) for existing in (*fs.protected, *kept)):
+        parts = entry.split("/")
+        if not any("/".join(parts[:depth]) in covered for depth in range(1, len(parts) + 1)):
             kept.append(entry)
+            covered.add(entry)
     if not kept:
         return policy, found.warnings
     protected = (*fs.protected, *kept)
