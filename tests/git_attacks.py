@@ -37,6 +37,7 @@ class GitAttack:
     prepare: Callable[[Path, Path], None]
     script: Callable[[str], str]
     host: Callable[[Path, Path], Path] = lambda workspace, _outside: workspace
+    needs_git: bool = False  # the script runs git in the sandbox
 
 
 def _repository(workspace: Path) -> None:
@@ -55,6 +56,10 @@ def _hook(marker: str) -> str:
 
 def _fsmonitor(marker: str) -> str:
     return f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n'"
+
+
+def _git_config_fsmonitor(marker: str) -> str:
+    return f'config core.fsmonitor "touch {marker}; false"'
 
 
 def _husky(workspace: Path, _outside: Path) -> None:
@@ -113,6 +118,11 @@ def _nested(workspace: Path, _outside: Path) -> None:
     _repository(workspace / "vendor" / "lib")
 
 
+def _with_src(workspace: Path, _outside: Path) -> None:
+    _repository(workspace)
+    (workspace / "src").mkdir()
+
+
 def _submodule(workspace: Path, outside: Path) -> None:
     _repository(outside / "lib")
     _repository(workspace)
@@ -165,6 +175,26 @@ GIT_ATTACKS: tuple[GitAttack, ...] = (
             "sed -i /worktree/d src/evil/config; "
             "echo 'gitdir: ../src/evil' > sub/.git"
         ),
+    ),
+    # Repositories made during the run: disarmed after it.
+    GitAttack(
+        name="new-repository",
+        prepare=_with_src,
+        script=lambda marker: (
+            "mkdir src/evil; cp -r .git src/evil/.git; "
+            f"{_fsmonitor(marker)} >> src/evil/.git/config"
+        ),
+        host=lambda workspace, _outside: workspace / "src" / "evil",
+    ),
+    GitAttack(
+        name="new-gitlink",
+        prepare=_with_src,
+        script=lambda marker: (
+            "git init -q src/evil && git -C src/evil -c user.email=a@b -c user.name=a "
+            "commit -q --allow-empty -m x && "
+            f"git -C src/evil {_git_config_fsmonitor(marker)} && git add src/evil && echo added"
+        ),
+        needs_git=True,
     ),
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import check_enforcement, check_workspace
 from mechasandbox.backends.git_indirections import with_git_indirections
+from mechasandbox.backends.git_new_repositories import disarm_new_repositories
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendFailed, SandboxError
@@ -56,6 +58,27 @@ def prepare_run(
         return (*warnings, *found), path, protected
 
     return checked.bind(lambda warnings: workspace.map(lambda path: prepared(warnings, path)))
+
+
+def run_started() -> int:
+    """The time to pass to `disarm_after`, taken before the command starts: file system
+    timestamps are coarse, so one tick earlier."""
+    return time.time_ns() - _TICK_NS
+
+
+_TICK_NS = 20_000_000
+
+
+def disarm_after(
+    result: Result[RunResult, SandboxError], workspace: str, policy: Policy, started: int
+) -> Result[RunResult, SandboxError]:
+    """After a run: the repositories it made that would run code on the host are disarmed
+    (see `git_new_repositories`), and a successful result says so."""
+    warnings = disarm_new_repositories(workspace, policy, since_ns=started)
+    if not warnings or not isinstance(result, Success):
+        return result
+    value = result.unwrap()
+    return Success(attrs.evolve(value, warnings=value.warnings + warnings))
 
 
 @functools.cache

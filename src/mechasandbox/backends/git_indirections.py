@@ -69,7 +69,7 @@ FILE_CONTENTS = {"commondir": b".\n", "config.worktree": EMPTY_CONFIG}
 _BOOLEANS = frozenset({"", "true", "false", "yes", "no", "on", "off", "1", "0"})
 
 
-def _runs_command(entry: ConfigEntry) -> bool:
+def runs_command(entry: ConfigEntry) -> bool:
     """Whether git runs the entry's value as a command by itself, in ordinary use."""
     section, sub, name = entry.section, entry.subsection, entry.name
     if section == "core" and sub is None:
@@ -101,7 +101,7 @@ def _runs_command(entry: ConfigEntry) -> bool:
     }
 
 
-_PATH_KEYS = {
+PATH_KEYS = {
     ("core", "hookspath"),
     ("init", "templatedir"),
     ("core", "excludesfile"),
@@ -262,12 +262,12 @@ class _Collector:
         for entry in entries:
             if entry.value is None:
                 continue
-            if (entry.section, entry.name) in _PATH_KEYS and entry.subsection is None:
+            if (entry.section, entry.name) in PATH_KEYS and entry.subsection is None:
                 base = repository.gitdir if bare else repository.worktree
                 path = expand_path(entry.value, relative_to=base, home=self.home)
                 if path is not None:
                     self.add(path)
-            elif _runs_command(entry):
+            elif runs_command(entry):
                 self.command(entry.value, repository.worktree)
 
     def repository(
@@ -417,3 +417,10 @@ def planned_policy(policy: Policy, workspace: str, host: HostContext) -> Policy:
     """What `plan` shows: the policy a run in `workspace` would compile, now (see
     `with_git_indirections`; the run reads the workspace again when it starts)."""
     return with_git_indirections(policy, workspace, home=host.home, env=dict(host.env))[0]
+
+
+def gitdir_protected(policy: Policy, workspace: str, gitdir: str) -> bool:
+    """Whether the policy protects the configuration of the git directory `gitdir`."""
+    config = os.path.relpath(os.path.join(gitdir, "config"), workspace).split("/")
+    covered = set(policy.filesystem.protected)
+    return any("/".join(config[:depth]) in covered for depth in range(1, len(config) + 1))

@@ -60,7 +60,12 @@ from mechasandbox.backends.base import (
     resolve_command,
     scrubbed_environment,
 )
-from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.execute import (
+    disarm_after,
+    execute_spec,
+    prepare_run,
+    run_started,
+)
 from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.guards import GuardSet
@@ -1008,9 +1013,12 @@ class BubblewrapBackend:
                     return Success(attrs.evolve(value, warnings=value.warnings + late))
             return result
 
+        started = run_started()
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
-            return await body(None)  # no bridge: best-effort allowlist runs with no network
+            # no bridge: best-effort allowlist runs with no network
+            return disarm_after(await body(None), workspace, policy, started)
         # The proxy (and with it asyncio) is imported only by runs that need it.
         from mechasandbox.network.session import EgressProxy, run_with_proxy
 
-        return await run_with_proxy(self.egress or EgressProxy(), policy.network, body)
+        proxied = await run_with_proxy(self.egress or EgressProxy(), policy.network, body)
+        return disarm_after(proxied, workspace, policy, started)

@@ -37,7 +37,12 @@ from mechasandbox.backends.base import (
     resolve_command,
     scrubbed_environment,
 )
-from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.execute import (
+    disarm_after,
+    execute_spec,
+    prepare_run,
+    run_started,
+)
 from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
@@ -368,6 +373,7 @@ class SeatbeltBackend:
                 )
             return outcome.map(lambda finished: _with_denials(finished, log))
 
+        started = run_started()
         try:
             if self.egress is None:
                 result = await body(None)
@@ -376,7 +382,7 @@ class SeatbeltBackend:
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmpdir, ignore_errors=True)
-        return result.bind(self._profile_rejected)
+        return disarm_after(result.bind(self._profile_rejected), workspace, policy, started)
 
     def _profile_rejected(self, result: RunResult) -> Result[RunResult, SandboxError]:
         """`sandbox-exec` refusing the profile is our failure, not the command's exit."""

@@ -30,7 +30,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
-from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
 from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.placeholders import (
@@ -779,11 +779,13 @@ class OciBackend:
         if isinstance(checked, Failure):
             return Failure(checked.failure())
         warnings = (*warnings, *checked.unwrap())
+        started = run_started()
         if self._bridge(info, policy, PROXY_SOCKET_PLACEHOLDER) is None:
             # No bridge: a best-effort allowlist run has no network at all.
-            return await self._launch(
+            launched = await self._launch(
                 executable, info, request, policy, workspace, layout, warnings, None
             )
+            return disarm_after(launched, workspace, policy, started)
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
@@ -792,7 +794,8 @@ class OciBackend:
                 executable, info, request, policy, workspace, layout, warnings, bridge
             )
 
-        return await run_with_proxy(self.egress, policy.network, body)
+        proxied = await run_with_proxy(self.egress, policy.network, body)
+        return disarm_after(proxied, workspace, policy, started)
 
     async def _launch(
         self,

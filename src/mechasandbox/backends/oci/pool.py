@@ -42,7 +42,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
-from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.workspace_locks import locked_too_long
 from mechasandbox.backends.oci.compiler import (
@@ -890,7 +890,9 @@ class PooledBackend:
         checked = backend._check_protection(layout, policy)
         if isinstance(checked, Failure):
             return Failure(checked.failure())
-        return await self._pool.run(request, policy, workspace, (*warnings, *checked.unwrap()))
+        started = run_started()
+        ran = await self._pool.run(request, policy, workspace, (*warnings, *checked.unwrap()))
+        return disarm_after(ran, workspace, policy, started)
 
     async def reap_leftovers(
         self, *, include_live: bool = False
