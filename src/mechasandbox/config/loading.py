@@ -34,7 +34,7 @@ PROJECT_JSON = ".openagents/project.json"
 DEFAULTS_SOURCE = "<package defaults>"
 OVERRIDES_SOURCE = "<overrides>"
 # sha256 of defaults/default.toml as the unit test that holds it equal to `Policy()` saw it.
-DEFAULTS_DIGEST = "d850927adab1d904875ba1a90d33421dfc456eb65ae45029bd871f9f16228a0f"
+DEFAULTS_DIGEST = "cf5ab083f673ab995a1f9b2f9bfc9012d05c785d8accef472b34df73f16accb6"
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "defaults", "default.toml")
 
 
