@@ -19,6 +19,8 @@ ESCAPES_ON_PROCESS = {
     "plant a git hook (directly and by renaming .git)",
     "write .git/config after a host `git config` replaced it during the run",
     "redirect git to planted hooks (.git/commondir, .git/modules)",
+    "plant what git's settings lead to (core.hooksPath, an include, a nested repository)",
+    "make a repository whose settings run a command on the host",
     "kill a host process",
     "connect to a loopback TCP server of the host",
 }
