@@ -315,11 +315,13 @@ def _submodule_paths(worktree: str) -> tuple[str, ...]:
     text = read_regular(os.path.join(worktree, ".gitmodules"), 1 << 20)
     if text is None:
         return ()
-    return tuple(
+    paths = (
         os.path.normpath(os.path.join(worktree, entry.value))
         for entry in parse_config(text)
         if entry.section == "submodule" and entry.name == "path" and entry.value
     )
+    # A `.gitmodules` is the repository's content: `path = .` must not pin `.git` whole.
+    return tuple(path for path in paths if path.startswith(worktree.rstrip("/") + "/"))
 
 
 def find_indirections(

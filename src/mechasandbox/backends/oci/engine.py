@@ -257,6 +257,9 @@ def _relative_in(workspace: str, entry: str) -> str | None:
     return clean
 
 
+_UNMOUNTABLE = ",\n\"'"
+
+
 def protection_layout(workspace: str, entries: tuple[str, ...]) -> ProtectionLayout:
     """Walk each protected entry down from the workspace, as the bubblewrap backend does:
     existing directories on the way are pinned (bound onto themselves, so `mv .git g`
@@ -270,6 +273,13 @@ def protection_layout(workspace: str, entries: tuple[str, ...]) -> ProtectionLay
     for entry in entries:
         relative = _relative_in(workspace, entry)
         if relative is None:
+            continue
+        if any(char in relative for char in _UNMOUNTABLE):
+            # A comma or quote would be read as the next field of `--mount` (nested
+            # repositories are found by name: an earlier run chose these names).
+            problems.append(
+                f"{workspace}/{relative}: a container mount path cannot contain {_UNMOUNTABLE!r}"
+            )
             continue
         parts = relative.split("/")
         for index in range(len(parts)):
