@@ -46,6 +46,7 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
+from tests.git_attacks import GIT_ATTACKS, GitAttack, git, planted_ran, sandboxed_script
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 from tests.unix_servers import host_unix_servers
@@ -406,6 +407,28 @@ class OciContract:
         for commit in (during[0], after):
             assert commit.returncode == 0, commit.stderr
             assert b"REDIRECTED-HOOK" not in commit.stderr
+
+    @pytest.mark.parametrize(
+        "attack", [a for a in GIT_ATTACKS if not a.needs_git], ids=lambda attack: attack.name
+    )
+    async def test_git_indirections_do_not_run_planted_commands_on_the_host(
+        self, backend: OciBackend, tmp_path: Path, attack: GitAttack
+    ) -> None:
+        """See the bubblewrap test of the same name (the image has no git: the host's git
+        checks the repository after the run)."""
+        workspace = tmp_path / "ws"
+        workspace.mkdir()
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        marker = outside / "PLANTED-RAN"
+        attack.prepare(workspace, outside)
+        script = sandboxed_script(attack, marker, with_git=False)
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(workspace))
+        result = ok(await backend.run(request, policy()))
+        assert b"end" in result.stdout, result
+        self.settle(backend)
+        assert git("status", cwd=attack.host(workspace, outside)).returncode == 0
+        assert planted_ran(attack, workspace, outside, marker) is None
 
     async def test_command_not_found_is_spawn_failure(
         self, backend: OciBackend, tmp_path: Path

@@ -49,6 +49,7 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
+from tests.git_attacks import GIT_ATTACKS, GitAttack, planted_ran, sandboxed_script
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 from tests.unix_servers import (
@@ -242,6 +243,23 @@ def test_git_redirections_are_blocked_and_git_keeps_working(box: Box) -> None:
     assert after.returncode == 0, after.stderr
     for commit in (during[0], after):
         assert b"REDIRECTED-HOOK" not in commit.stderr
+
+
+@pytest.mark.parametrize("attack", GIT_ATTACKS, ids=lambda attack: attack.name)
+def test_git_indirections_do_not_run_planted_commands_on_the_host(
+    box: Box, tmp_path: Path, attack: GitAttack
+) -> None:
+    """What git's settings and the file system lead the host's git to (`core.hooksPath`,
+    include files, an fsmonitor script, a linked worktree's `commondir`, a nested
+    repository, a submodule's gitfile) cannot be planted from the sandbox."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    marker = outside / "PLANTED-RAN"
+    attack.prepare(box.workspace, outside)
+    result = box.sh(sandboxed_script(attack, marker))
+    assert "end" in out(result), out(result)
+    assert "git-works" in out(result), out(result)
+    assert planted_ran(attack, box.workspace, outside, marker) is None
 
 
 def test_missing_protected_paths_cannot_be_created_and_leave_no_placeholder(box: Box) -> None:

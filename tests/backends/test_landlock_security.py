@@ -47,6 +47,7 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
+from tests.git_attacks import GIT_ATTACKS, GitAttack, planted_ran, sandboxed_script
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 from tests.unix_servers import (
     datagram_pair_script,
@@ -271,6 +272,24 @@ def test_git_redirections_are_blocked(sandbox: Sandbox) -> None:
     )
     assert commit.returncode == 0, commit.stderr
     assert b"REDIRECTED-HOOK" not in commit.stderr
+
+
+@pytest.mark.parametrize("attack", GIT_ATTACKS, ids=lambda attack: attack.name)
+def test_git_indirections_do_not_run_planted_commands_on_the_host(
+    sandbox: Sandbox, tmp_path: Path, attack: GitAttack
+) -> None:
+    """See the bubblewrap test of the same name: the paths git's settings and the file
+    system lead to are carved out of the workspace's grant like the policy's own."""
+    fresh = attrs.evolve(sandbox, workspace=tmp_path / "fresh")
+    fresh.workspace.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    marker = outside / "PLANTED-RAN"
+    attack.prepare(fresh.workspace, outside)
+    result = fresh.sh(sandboxed_script(attack, marker))
+    assert "end" in out(result), out(result)
+    assert "git-works" in out(result), out(result)
+    assert planted_ran(attack, fresh.workspace, outside, marker) is None
 
 
 def test_a_protected_file_replaced_on_the_host_during_the_run_stays_read_only(

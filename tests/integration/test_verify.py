@@ -31,6 +31,8 @@ ESCAPES_ON_PROCESS = {
     "write .git/config after a host `git config` replaced it during the run",
     "redirect git to planted hooks (.git/commondir, .git/modules)",
     HOSTILE_PROJECT,
+    "plant what git's settings lead to (core.hooksPath, an include, a nested repository)",
+    "make a repository whose settings run a command on the host",
     "kill a host process",
     "connect to a loopback TCP server of the host",
     "reach the host's loader through the policy's variables (LD_*, DYLD_*)",

@@ -94,6 +94,7 @@ GOLDEN_RULES = """\
   except /work/project/.git/hooks: read+exec
   except /work/project/.git/info: read+exec
   except /work/project/.git/modules: read+exec
+  except /work/project/.git/worktrees: read+exec
   except /work/project/.gitmodules: read+exec
   except /work/project/.idea: read+exec
   except /work/project/.mechasandbox.toml: read+exec

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
-from returns.result import Failure, Result
+from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import check_enforcement, check_workspace
+from mechasandbox.backends.git_indirections import with_git_indirections
+from mechasandbox.backends.git_new_repositories import disarm_new_repositories
 from mechasandbox.backends.outcome import classify, run_result
-from mechasandbox.domain.capabilities import Capabilities
+from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendFailed, SandboxError
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
@@ -28,11 +31,13 @@ if TYPE_CHECKING:
 
 def prepare_run(
     backend: Backend, request: RunRequest, policy: Policy
-) -> Result[tuple[tuple[str, ...], str], SandboxError]:
+) -> Result[tuple[tuple[str, ...], str, Policy], SandboxError]:
     """Probe, check the policy against what the backend enforces, check the workspace.
 
-    Gives the warnings to attach (best-effort gaps) and the workspace's real path. Bad
-    allow/deny patterns are a `ConfigInvalid` naming the pattern, before anything starts.
+    Gives the warnings to attach (best-effort gaps), the workspace's real path, and the
+    policy to compile: the given one with the workspace's git indirections protected too
+    (see `git_indirections`; read now, just before the run). Bad allow/deny patterns are a
+    `ConfigInvalid` naming the pattern, before anything starts.
     """
     probed: Result[Capabilities, SandboxError] = backend.probe()
     checked: Result[tuple[str, ...], SandboxError] = probed.bind(
@@ -41,7 +46,39 @@ def prepare_run(
     network: Result[None, SandboxError] = validate_network(policy.network)
     checked = network.bind(lambda _: checked)
     workspace: Result[str, SandboxError] = check_workspace(request)
-    return checked.bind(lambda warnings: workspace.map(lambda path: (warnings, path)))
+    # Only a backend that protects paths has a use for more of them (the search costs).
+    protects = isinstance(probed, Success) and (
+        Protection.PROTECTED_PATHS in probed.unwrap().enforced
+    )
+
+    def prepared(warnings: tuple[str, ...], path: str) -> tuple[tuple[str, ...], str, Policy]:
+        if not protects:
+            return warnings, path, policy
+        protected, found = with_git_indirections(policy, path)
+        return (*warnings, *found), path, protected
+
+    return checked.bind(lambda warnings: workspace.map(lambda path: prepared(warnings, path)))
+
+
+def run_started() -> int:
+    """The time to pass to `disarm_after`, taken before the command starts: file system
+    timestamps are coarse, so one tick earlier."""
+    return time.time_ns() - _TICK_NS
+
+
+_TICK_NS = 20_000_000
+
+
+def disarm_after(
+    result: Result[RunResult, SandboxError], workspace: str, policy: Policy, started: int
+) -> Result[RunResult, SandboxError]:
+    """After a run: the repositories it made that would run code on the host are disarmed
+    (see `git_new_repositories`), and a successful result says so."""
+    warnings = disarm_new_repositories(workspace, policy, since_ns=started)
+    if not warnings or not isinstance(result, Success):
+        return result
+    value = result.unwrap()
+    return Success(attrs.evolve(value, warnings=value.warnings + warnings))
 
 
 @functools.cache

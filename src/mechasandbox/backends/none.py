@@ -84,7 +84,7 @@ class NoneBackend:
         prepared = prepare_run(self, request, unconfined)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, _unconfined = prepared.unwrap()
         spec = self._spec(request, policy, workspace)
         if isinstance(spec, Failure):
             return Failure(spec.failure())

@@ -143,7 +143,7 @@ class ProcessBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         spec = self._spec(request, policy, self.host, workspace)
         if isinstance(spec, Failure):
             return Failure(spec.failure())

@@ -226,6 +226,56 @@ def plant_environment_secret() -> None:
     os.environ.setdefault(ENV_SECRET_NAME, "sk-verify-" + secrets.token_hex(8))
 
 
+def follow_git_settings(backend: Backend, arena: Arena) -> bool | str:
+    """Git runs what its settings lead to: a `core.hooksPath` directory (missing here), an
+    included configuration file, a nested repository's configuration. Held when none of
+    them could be planted."""
+    git = arena.workspace / ".git"
+    (git / "hooks").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "config").write_text(
+        "[core]\n\thooksPath = tools/hooks\n[include]\n\tpath = ../tools/extra.gitconfig\n"
+    )
+    tools = arena.workspace / "tools"
+    tools.mkdir()
+    (tools / "extra.gitconfig").write_text("")
+    nested = arena.workspace / "src" / "lib" / ".git"
+    nested.mkdir(parents=True)
+    (nested / "HEAD").write_text("ref: refs/heads/main\n")
+    (nested / "config").write_text("[core]\n")
+    script = (
+        "mkdir -p tools/hooks; echo x > tools/hooks/pre-commit; "
+        "echo '[core] fsmonitor = evil' >> tools/extra.gitconfig; "
+        "echo '[core] fsmonitor = evil' >> src/lib/.git/config"
+    )
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    if isinstance(outcome, str):
+        return outcome
+    return (
+        not (tools / "hooks" / "pre-commit").exists()
+        and "evil" not in (tools / "extra.gitconfig").read_text()
+        and "evil" not in (nested / "config").read_text()
+    )
+
+
+def make_armed_repository(backend: Backend, arena: Arena) -> bool | str:
+    """A repository the command makes cannot be protected beforehand: held when the one it
+    made, with a setting that runs a command, is no longer where git would find it."""
+    (arena.workspace / ".git" / "hooks").mkdir(parents=True)
+    (arena.workspace / ".git" / "config").write_text("[core]\n")
+    (arena.workspace / "src").mkdir()
+    script = (
+        "mkdir -p src/new/.git/refs src/new/.git/objects; "
+        "echo 'ref: refs/heads/main' > src/new/.git/HEAD; "
+        "printf '[core]\\n\\tfsmonitor = evil\\n' > src/new/.git/config"
+    )
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    if isinstance(outcome, str):
+        return outcome
+    config = arena.workspace / "src" / "new" / ".git" / "config"
+    return not (config.exists() and "evil" in config.read_text())
+
+
 def env_secret(backend: Backend, arena: Arena) -> bool | str:
     token = os.environ.get(ENV_SECRET_NAME)
     if token is None:
@@ -400,6 +450,11 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
         hostile_project,
     ),
     ("write kernel settings (/proc/sys; the value they have)", write_kernel_setting),
+    (
+        "plant what git's settings lead to (core.hooksPath, an include, a nested repository)",
+        follow_git_settings,
+    ),
+    ("make a repository whose settings run a command on the host", make_armed_repository),
     ("read a host API key from the environment", env_secret),
     (
         "reach the host's loader through the policy's variables (LD_*, DYLD_*)",

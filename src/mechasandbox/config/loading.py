@@ -34,7 +34,7 @@ PROJECT_JSON = ".openagents/project.json"
 DEFAULTS_SOURCE = "<package defaults>"
 OVERRIDES_SOURCE = "<overrides>"
 # sha256 of defaults/default.toml as the unit test that holds it equal to `Policy()` saw it.
-DEFAULTS_DIGEST = "74fde88faa83abdc1b64cfb9b3d6939ea22ea8768d12a3cc127e4a40a8f1c659"
+DEFAULTS_DIGEST = "d8c090d5d2879c2e5150a2312887e110019f061ae6c6c065e78cca22d77889a1"
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "defaults", "default.toml")
 
 

@@ -69,10 +69,12 @@ DEFAULT_PROTECTED: tuple[str, ...] = (
     ".git/config",
     ".git/info",
     # Where git looks for another repository's config and hooks: a `commondir` naming a
-    # directory of the workspace, the submodules' own repositories, a worktree's config.
+    # directory of the workspace, the submodules' own repositories, a worktree's config,
+    # the linked worktrees' git directories (each with a `commondir` of its own).
     ".git/commondir",
     ".git/modules",
     ".git/config.worktree",
+    ".git/worktrees",
     ".gitmodules",
     ".vscode",
     ".idea",

@@ -73,7 +73,13 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
     unsafe_variable,
 )
-from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.execute import (
+    disarm_after,
+    execute_spec,
+    prepare_run,
+    run_started,
+)
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
@@ -1261,14 +1267,16 @@ class BubblewrapBackend:
 
         workspace: Result[str, SandboxError] = check_workspace(request)
         return workspace.bind(
-            lambda path: self._compile(request, policy, host, path, features)
+            lambda path: self._compile(
+                request, planned_policy(policy, path, host), host, path, features
+            )
         ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         features = self._features()
         if isinstance(features, str):  # probed fine a moment ago; cached, so not reached
             return Failure(BackendUnavailable(backend=NAME, reason=features))
@@ -1312,9 +1320,12 @@ class BubblewrapBackend:
                     return Success(attrs.evolve(value, warnings=value.warnings + late))
             return result
 
+        started = run_started()
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
-            return await body(None)  # no bridge: best-effort allowlist runs with no network
+            # no bridge: best-effort allowlist runs with no network
+            return disarm_after(await body(None), workspace, policy, started)
         # The proxy (and with it asyncio) is imported only by runs that need it.
         from mechasandbox.network.session import EgressProxy, run_with_proxy
 
-        return await run_with_proxy(self.egress or EgressProxy(), policy.network, body)
+        proxied = await run_with_proxy(self.egress or EgressProxy(), policy.network, body)
+        return disarm_after(proxied, workspace, policy, started)

@@ -29,7 +29,13 @@ from mechasandbox.backends.base import (
     resolve_command,
     scrubbed_environment,
 )
-from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.execute import (
+    disarm_after,
+    execute_spec,
+    prepare_run,
+    run_started,
+)
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_rules import ISOLATE_TARGET, RESTRICT_TARGET
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
@@ -662,14 +668,16 @@ class LandlockBackend:
         workspace: Result[str, SandboxError] = check_workspace(request)
         backend = attrs.evolve(self, host=host)
         return workspace.bind(
-            lambda path: backend._spec(request, policy, path, TMP_PLACEHOLDER)
+            lambda path: backend._spec(
+                request, planned_policy(policy, path, host), path, TMP_PLACEHOLDER
+            )
         ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         tmp_dir = _TMP_DIRS.take(self.tmp_parent)
 
         async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
@@ -684,14 +692,17 @@ class LandlockBackend:
                 self.name, self.runner, spec, policy, warnings=warnings, cgroups=self.cgroups
             )
 
+        started = run_started()
         try:
             if policy.network.mode is not NetworkMode.ALLOWLIST or self._abi() < 4:
-                return await body(None)  # ABI < 4, no TCP rules: allowlist runs offline
+                # ABI < 4, no TCP rules: allowlist runs offline
+                return disarm_after(await body(None), workspace, policy, started)
             # The proxy (and with it asyncio) is imported only by runs that need it.
             from mechasandbox.network.session import EgressProxy, run_with_proxy
 
             egress = self.egress or EgressProxy()
-            return await run_with_proxy(egress, policy.network, body, listen_tcp=True)
+            proxied = await run_with_proxy(egress, policy.network, body, listen_tcp=True)
+            return disarm_after(proxied, workspace, policy, started)
         finally:
             _TMP_DIRS.give_back(self.tmp_parent, tmp_dir)
 

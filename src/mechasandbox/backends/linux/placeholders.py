@@ -50,8 +50,28 @@ FILE_PLACEHOLDERS = {
 }
 
 
+# Other paths whose placeholder is a file, by absolute path: the configuration files a
+# repository's settings include (see `git_indirections`). Bounded: one forgotten while its
+# placeholder stands is taken for a directory placeholder, and so left as it is (empty).
+_REGISTERED: dict[str, bytes] = {}
+_REGISTERED_MAX = 4096
+
+
+def register_file_placeholders(items: Iterable[tuple[str, bytes]]) -> None:
+    """Make the placeholders of these paths files with that content (from now on, in this
+    process)."""
+    for path, content in items:
+        _REGISTERED.pop(path, None)
+        _REGISTERED[path] = content
+    while len(_REGISTERED) > _REGISTERED_MAX:
+        del _REGISTERED[next(iter(_REGISTERED))]
+
+
 def file_placeholder(path: str) -> bytes | None:
     """The content of the file placeholder at `path`, or None: a directory placeholder."""
+    registered = _REGISTERED.get(path)
+    if registered is not None:
+        return registered
     for tail, content in FILE_PLACEHOLDERS.items():
         if path.endswith("/" + tail):
             return content

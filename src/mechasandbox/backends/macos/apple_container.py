@@ -371,7 +371,7 @@ class AppleContainerBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         cli_found = self._cli()
         if isinstance(cli_found, Failure):
             return Failure(cli_found.failure())

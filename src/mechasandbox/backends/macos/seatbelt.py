@@ -49,7 +49,13 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
     unsafe_variable,
 )
-from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.execute import (
+    disarm_after,
+    execute_spec,
+    prepare_run,
+    run_started,
+)
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -396,14 +402,16 @@ class SeatbeltBackend:
         workspace: Result[str, SandboxError] = check_workspace(request)
         tag = PLAN_TAG if self.report_violations else None
         return workspace.bind(
-            lambda path: self._spec(request, policy, host, path, tmpdir, proxy, tag)
+            lambda path: self._spec(
+                request, planned_policy(policy, path, host), host, path, tmpdir, proxy, tag
+            )
         ).map(render)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         try:
             tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
         except OSError as error:
@@ -426,6 +434,7 @@ class SeatbeltBackend:
                 )
             return outcome.map(lambda finished: _with_denials(finished, log))
 
+        started = run_started()
         try:
             if self.egress is None:
                 result = await body(None)
@@ -434,7 +443,7 @@ class SeatbeltBackend:
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmpdir, ignore_errors=True)
-        return result.bind(self._profile_rejected)
+        return disarm_after(result.bind(self._profile_rejected), workspace, policy, started)
 
     def _profile_rejected(self, result: RunResult) -> Result[RunResult, SandboxError]:
         """`sandbox-exec` refusing the profile is our failure, not the command's exit."""

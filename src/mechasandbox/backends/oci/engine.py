@@ -30,7 +30,8 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
-from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
+from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.placeholders import (
     is_placeholder,
@@ -257,6 +258,9 @@ def _relative_in(workspace: str, entry: str) -> str | None:
     return clean
 
 
+_UNMOUNTABLE = ",\n\"'"
+
+
 def protection_layout(workspace: str, entries: tuple[str, ...]) -> ProtectionLayout:
     """Walk each protected entry down from the workspace, as the bubblewrap backend does:
     existing directories on the way are pinned (bound onto themselves, so `mv .git g`
@@ -270,6 +274,13 @@ def protection_layout(workspace: str, entries: tuple[str, ...]) -> ProtectionLay
     for entry in entries:
         relative = _relative_in(workspace, entry)
         if relative is None:
+            continue
+        if any(char in relative for char in _UNMOUNTABLE):
+            # A comma or quote would be read as the next field of `--mount` (nested
+            # repositories are found by name: an earlier run chose these names).
+            problems.append(
+                f"{workspace}/{relative}: a container mount path cannot contain {_UNMOUNTABLE!r}"
+            )
             continue
         parts = relative.split("/")
         for index in range(len(parts)):
@@ -738,7 +749,8 @@ class OciBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         def render(workspace: str) -> LaunchPlan:
-            run = self._container_run(workspace, policy)
+            planned = planned_policy(policy, workspace, host)
+            run = self._container_run(workspace, planned)
             engine = self._engine()
             bridge = (
                 self._bridge(engine.unwrap()[1], policy, PROXY_SOCKET_PLACEHOLDER)
@@ -747,7 +759,7 @@ class OciBackend:
             )
             args = compile_container_args(
                 request,
-                policy,
+                planned,
                 host,
                 self.image,
                 self.runtime,
@@ -775,7 +787,7 @@ class OciBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         mountable = self._check_mountable(workspace)
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())
@@ -786,11 +798,13 @@ class OciBackend:
             return Failure(checked.failure())
         named = find_named_sockets(policy, self.host, workspace)
         warnings = (*warnings, *checked.unwrap(), *named.warnings)
+        started = run_started()
         if self._bridge(info, policy, PROXY_SOCKET_PLACEHOLDER) is None:
             # No bridge: a best-effort allowlist run has no network at all.
-            return await self._launch(
+            launched = await self._launch(
                 executable, info, request, policy, workspace, layout, warnings, None
             )
+            return disarm_after(launched, workspace, policy, started)
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
@@ -799,7 +813,8 @@ class OciBackend:
                 executable, info, request, policy, workspace, layout, warnings, bridge
             )
 
-        return await run_with_proxy(self.egress, policy.network, body)
+        proxied = await run_with_proxy(self.egress, policy.network, body)
+        return disarm_after(proxied, workspace, policy, started)
 
     async def _launch(
         self,

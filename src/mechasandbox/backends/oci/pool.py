@@ -42,7 +42,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
-from mechasandbox.backends.execute import prepare_run
+from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.workspace_locks import locked_too_long
 from mechasandbox.backends.oci.compiler import (
@@ -873,7 +873,8 @@ class PooledBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        self._pool.warm(request, policy, prepared.unwrap()[1])
+        _warnings, workspace, protected = prepared.unwrap()
+        self._pool.warm(request, protected, workspace)
         return Success(None)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
@@ -881,7 +882,7 @@ class PooledBackend:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace = prepared.unwrap()
+        warnings, workspace, policy = prepared.unwrap()
         mountable = backend._check_mountable(workspace)
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())
@@ -889,7 +890,9 @@ class PooledBackend:
         checked = backend._check_protection(layout, policy)
         if isinstance(checked, Failure):
             return Failure(checked.failure())
-        return await self._pool.run(request, policy, workspace, (*warnings, *checked.unwrap()))
+        started = run_started()
+        ran = await self._pool.run(request, policy, workspace, (*warnings, *checked.unwrap()))
+        return disarm_after(ran, workspace, policy, started)
 
     async def reap_leftovers(
         self, *, include_live: bool = False

@@ -1,0 +1,127 @@
+"""The bounded walk of a workspace for nested repositories, remembered between runs.
+
+Listing every directory of a large workspace before each run costs (a tree of 50,000 files
+in 2,550 directories: about 100 ms). A directory's entries change only with its ctime, so
+each walk keeps what it listed with the directory's identity and ctime (which, unlike the
+mtime, a command cannot set back), and the next walk lists again only the directories
+whose stamp changed: one `lstat` each (about 4 ms for that tree). A stamp younger than
+`_SETTLE_NS` is not trusted (file system clocks are coarse: an entry made in the same tick
+as the listing leaves the ctime as it was), so that directory is listed again next time.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import stat
+import threading
+import time
+
+import attrs
+
+# The walk stops after this many directories (a warning says so): every run pays for it.
+MAX_WALK_DIRECTORIES = 10_000
+_SETTLE_NS = 2_000_000_000
+_WORKSPACES = 8  # how many workspaces' listings are kept
+
+_Stamp = tuple[int, int, int]
+
+
+@attrs.frozen(kw_only=True)
+class NestedWalk:
+    """What the walk found: the tops of nested working trees (a `.git` there) and bare
+    repositories, and whether it stopped early."""
+
+    worktrees: tuple[str, ...] = ()
+    bare: tuple[str, ...] = ()
+    truncated: bool = False
+
+
+@attrs.frozen
+class _Listing:
+    stamp: _Stamp | None  # None: too recent to be trusted next time
+    subdirectories: tuple[str, ...]
+    names: frozenset[str]
+
+
+def is_bare_repository(path: str, names: frozenset[str] | set[str]) -> bool:
+    return {"HEAD", "objects", "refs"} <= names and os.path.isfile(os.path.join(path, "HEAD"))
+
+
+def _stamp(path: str) -> _Stamp | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_ctime_ns)
+
+
+def _list(path: str, stamp: _Stamp) -> _Listing:
+    subdirectories: list[str] = []
+    names: set[str] = set()
+    try:
+        with os.scandir(path) as scan:
+            for entry in scan:
+                names.add(entry.name)
+                try:
+                    if entry.name != ".git" and entry.is_dir(follow_symlinks=False):
+                        subdirectories.append(entry.name)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    settled = stamp[2] < time.time_ns() - _SETTLE_NS
+    return _Listing(
+        stamp=stamp if settled else None,
+        subdirectories=tuple(subdirectories),
+        names=frozenset(names),
+    )
+
+
+class NestedWalker:
+    """Walks workspaces breadth first, not into `.git` directories, bare repositories nor
+    symlinks, reusing the listings of unchanged directories (see the module)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listings: collections.OrderedDict[str, dict[str, _Listing]] = (
+            collections.OrderedDict()
+        )
+
+    def walk(self, workspace: str, *, max_directories: int = MAX_WALK_DIRECTORIES) -> NestedWalk:
+        with self._lock:
+            known = self._listings.pop(workspace, {})
+        listings: dict[str, _Listing] = {}
+        worktrees: list[str] = []
+        bare: list[str] = []
+        queue = collections.deque([workspace])
+        truncated = False
+        while queue:
+            if len(listings) >= max_directories:
+                truncated = True
+                break
+            directory = queue.popleft()
+            stamp = _stamp(directory)
+            if stamp is None:
+                continue
+            listing = known.get(directory)
+            if listing is None or listing.stamp != stamp:
+                listing = _list(directory, stamp)
+            listings[directory] = listing
+            if directory != workspace:
+                if ".git" in listing.names:
+                    worktrees.append(directory)
+                elif is_bare_repository(directory, listing.names):
+                    bare.append(directory)
+                    continue
+            queue.extend(os.path.join(directory, name) for name in listing.subdirectories)
+        with self._lock:
+            self._listings[workspace] = listings
+            while len(self._listings) > _WORKSPACES:
+                self._listings.popitem(last=False)
+        return NestedWalk(worktrees=tuple(worktrees), bare=tuple(bare), truncated=truncated)
+
+
+WALKER = NestedWalker()
