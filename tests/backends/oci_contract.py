@@ -417,7 +417,9 @@ class OciContract:
         workspace = tmp_path / "ws"
         workspace.mkdir()
         (workspace / "ref").symlink_to(target)
-        granted = self.with_paths(readable=(str(workspace / "ref"), "ref"))
+        (tmp_path / "ws-link").symlink_to(workspace)  # a user's path into the workspace
+        entries = (str(workspace / "ref"), "ref", str(tmp_path / "ws-link" / "ref"))
+        granted = self.with_paths(readable=entries)
         request = RunRequest(
             argv=["sh", "-c", f"cat ref/secret; cat {target}/secret; ls {target}"],
             workspace=str(workspace),

@@ -67,6 +67,10 @@ def test_readable_and_writable_outside_resolved_inside_ignored(tmp_path: Path) -
     assert mounts == PolicyMounts(writable=(str(cache), str(data)))
     only_read = surveyed(workspace, tmp_path / "nohome", readable=(str(tmp_path / "data-link"),))
     assert only_read.readable == (str(data),)
+    # through a link to the workspace, then the repository's link: nothing
+    (tmp_path / "ws-link").symlink_to(workspace)
+    via = surveyed(workspace, tmp_path / "nohome", readable=(str(tmp_path / "ws-link" / "ref"),))
+    assert via == PolicyMounts()
 
 
 def test_a_home_inside_the_workspace_is_hidden_and_a_readable_home_masked(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ workspace, and what this module adds, as the bubblewrap backend does (`linux/bub
 Symlinks are resolved here, at plan time, and the resolved path is what gets bound (as
 bubblewrap's `_real`); but an entry whose path, as written, is inside the workspace adds
 nothing: the workspace mount shows it already, and a link there may have been planted by
-the repository (`ref -> /`). A path that does not exist is skipped.
+the repository (`ref -> /`), and so does one that leads into the workspace through a link
+on its way (`~/project-link/ref`). A path that does not exist is skipped.
 
 `survey` reads the host; `mount_args` (pure) gives the `--mount` arguments.
 """
@@ -110,6 +111,16 @@ def _unmountable(path: str) -> str | None:
     return None
 
 
+def _through_workspace(path: str, workspace: str) -> bool:
+    """Whether `path` leads into the workspace at any of its components: the rest of it is
+    then the repository's to redirect (`<link to the workspace>/ref`, `ref -> /`)."""
+    parts = path.strip("/").split("/")
+    return any(
+        _under(os.path.realpath("/" + "/".join(parts[:count])), workspace)
+        for count in range(1, len(parts) + 1)
+    )
+
+
 def _binds(
     workspace: str, policy: Policy, host: HostContext
 ) -> Result[dict[str, bool], ConfigInvalid]:
@@ -125,7 +136,7 @@ def _binds(
             if _under(lexical, workspace):
                 continue  # shown by the workspace mount; its links are not followed
             real = os.path.realpath(lexical)
-            if _kind(real) is None or _under(real, workspace):
+            if _kind(real) is None or _through_workspace(lexical, workspace):
                 continue
             problem = _unmountable(real)
             if problem is not None:
