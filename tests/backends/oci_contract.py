@@ -357,6 +357,20 @@ class OciContract:
         assert (tmp_path / "secret").read_text() == "hunter2-file"
         assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["id"]
 
+    async def test_a_masked_path_cannot_be_moved_out_from_under_its_name(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """`mv conf conf2` would take the masked `conf/secret.txt` along (the mask with it),
+        and the next run would read it as `conf2/secret.txt`: its directories are pinned."""
+        (tmp_path / "conf" / "deep").mkdir(parents=True)
+        (tmp_path / "conf" / "deep" / "secret.txt").write_text("hunter2")
+        denied = self.with_paths(deny_read=(str(tmp_path / "conf" / "deep" / "secret.txt"),))
+        script = "mv conf conf2 || echo conf-pinned; mv conf/deep conf/d2 || echo deep-pinned"
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, denied))
+        assert result.stdout == b"conf-pinned\ndeep-pinned\n", result
+        assert (tmp_path / "conf" / "deep" / "secret.txt").read_text() == "hunter2"
+
     async def test_default_deny_read_in_a_workspace_containing_the_home(
         self, backend: OciBackend, tmp_path: Path
     ) -> None:

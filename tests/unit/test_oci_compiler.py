@@ -327,3 +327,24 @@ def test_a_mount_at_or_below_a_mask_is_left_out_and_podman_covers_do_not_copy_up
         "type=tmpfs,destination=/home/dev,tmpfs-mode=0755,tmpfs-size=4096,ro,notmpcopyup",
         "type=tmpfs,destination=/home/dev/.ssh,tmpfs-mode=0000,tmpfs-size=4096,ro,notmpcopyup",
     ]
+
+
+def test_pins_above_masks_are_mounted_once() -> None:
+    """A mask's pinned parent that a protected path pins already (`.git`) is not mounted
+    twice (the engines refuse two mounts at one place)."""
+    mounts = PolicyMounts(
+        masked_files=("/w/.git/secret", "/w/conf/deep/key"),
+        pinned=("/w/.git", "/w/conf", "/w/conf/deep"),
+    )
+    run = ContainerRun(run_id="r1", owner="h:1", workspace="/w", pinned=(".git",), mounts=mounts)
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=run
+    )
+    assert [args[i + 1] for i, arg in enumerate(args) if arg == "--mount"] == [
+        "type=bind,source=/w,target=/w",
+        "type=bind,source=/w/.git,target=/w/.git",
+        "type=bind,source=/w/conf,target=/w/conf",
+        "type=bind,source=/w/conf/deep,target=/w/conf/deep",
+        "type=bind,source=/dev/null,target=/w/.git/secret,readonly",
+        "type=bind,source=/dev/null,target=/w/conf/deep/key,readonly",
+    ]

@@ -114,3 +114,48 @@ def test_a_readable_etc_keeps_the_hosts_secrets_masked(tmp_path: Path) -> None:
     assert mounts.readable == ("/etc",)
     if Path("/etc/shadow").exists():
         assert "/etc/shadow" in mounts.masked_files
+
+
+def test_a_link_inside_a_writable_path_is_not_followed(tmp_path: Path) -> None:
+    """An earlier command could replace `cache/models` (in a writable path) with a link to
+    anything the user may read: the next run must not bind that."""
+    workspace, cache, secret = tmp_path / "ws", tmp_path / "cache", tmp_path / "secret"
+    for directory in (workspace, cache, secret, cache / "real"):
+        directory.mkdir()
+    (cache / "models").symlink_to(secret)
+    (tmp_path / "cache-link").symlink_to(cache)  # the user's own link outside: followed
+    mounts = surveyed(
+        workspace,
+        tmp_path / "nohome",
+        writable=(str(tmp_path / "cache-link"),),
+        readable=(str(cache / "models"), str(cache / "real")),
+    )
+    assert mounts == PolicyMounts(readable=(str(cache / "real"),), writable=(str(cache),))
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert surveyed(workspace, tmp_path / "nohome", readable=(str(loop),)) == PolicyMounts()
+
+
+def test_the_directories_above_a_mask_in_a_writable_tree_are_pinned(tmp_path: Path) -> None:
+    workspace, cache, reference = tmp_path / "ws", tmp_path / "cache", tmp_path / "ref"
+    for directory in (workspace / "conf" / "deep", cache / "a", reference / "b"):
+        directory.mkdir(parents=True)
+    for secret in (workspace / "conf" / "deep" / "s", cache / "a" / "s", reference / "b" / "s"):
+        secret.write_text("x")
+    mounts = surveyed(
+        workspace,
+        tmp_path / "nohome",
+        writable=(str(cache),),
+        readable=(str(reference),),
+        deny_read=(
+            str(workspace / "conf" / "deep" / "s"),
+            str(cache / "a" / "s"),
+            str(reference / "b" / "s"),
+        ),
+    )
+    # (a read-only tree cannot be renamed in: nothing to pin there)
+    assert mounts.pinned == (
+        str(cache / "a"),
+        str(workspace / "conf"),
+        str(workspace / "conf" / "deep"),
+    )

@@ -215,6 +215,14 @@ def _protection_mounts(run: ContainerRun) -> list[str]:
     return args
 
 
+def _policy_mounts(run: ContainerRun, engine: EngineTraits) -> list[str]:
+    """The policy's readable, writable and masked paths (`policy_mounts`), without a second
+    mount where a protected path has one already."""
+    relative = (*run.pinned, *run.protected, *run.placeholders)
+    taken = frozenset(f"{run.workspace}/{path.strip('/')}" for path in relative)
+    return mount_args(run.mounts, tmpfs_copy_up=engine.tmpfs_copy_up, taken=taken)
+
+
 def _bridge_mount(bridge: ProxyBridge | None) -> list[str]:
     """The run's proxy socket, read-only where the bridge script's socat connects to it."""
     return [] if bridge is None else _bind(bridge.socket, PROXY_SOCKET, readonly=True)
@@ -300,7 +308,7 @@ def compile_container_args(
         args += ["--userns", "keep-id"]
     args += _bind(workspace, workspace, readonly=False)
     args += _protection_mounts(run)
-    args += mount_args(run.mounts, tmpfs_copy_up=engine.tmpfs_copy_up)
+    args += _policy_mounts(run, engine)
     args += _bridge_mount(bridge)
     args += ["--workdir", workspace]
     if limits.memory_bytes is not None:

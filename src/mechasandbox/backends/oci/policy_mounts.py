@@ -20,7 +20,8 @@ Symlinks are resolved here, at plan time, and the resolved path is what gets bou
 bubblewrap's `_real`); but an entry whose path, as written, is inside the workspace adds
 nothing: the workspace mount shows it already, and a link there may have been planted by
 the repository (`ref -> /`), and so does one that leads into the workspace through a link
-on its way (`~/project-link/ref`). A path that does not exist is skipped.
+on its way (`~/project-link/ref`), or through a link inside a writable path (which an
+earlier command may have made). A path that does not exist is skipped.
 
 `survey` reads the host; `mount_args` (pure) gives the `--mount` arguments.
 """
@@ -60,6 +61,10 @@ class PolicyMounts:
     hidden_home: str | None = None
     masked_dirs: tuple[str, ...] = ()
     masked_files: tuple[str, ...] = ()
+    # Existing directories between a writable mount and a mask in it, bound onto themselves:
+    # a mount point cannot be renamed, so `mv conf conf2` cannot take `conf/secret` out from
+    # under its denied name (the next run would read it as `conf2/secret`).
+    pinned: tuple[str, ...] = ()
 
     @property
     def masks(self) -> tuple[str, ...]:
@@ -111,14 +116,41 @@ def _unmountable(path: str) -> str | None:
     return None
 
 
-def _through_workspace(path: str, workspace: str) -> bool:
-    """Whether `path` leads into the workspace at any of its components: the rest of it is
-    then the repository's to redirect (`<link to the workspace>/ref`, `ref -> /`)."""
-    parts = path.strip("/").split("/")
-    return any(
-        _under(os.path.realpath("/" + "/".join(parts[:count])), workspace)
-        for count in range(1, len(parts) + 1)
-    )
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def _resolve(path: str, workspace: str, writable: tuple[str, ...]) -> str | None:
+    """`path` with its links resolved one at a time, or None when it adds nothing: it does
+    not exist, or it leads into the workspace (shown there already, and the repository's
+    to redirect: `ref -> /`, or `<link to the workspace>/ref`), or it goes through a link
+    inside a `writable` path (an earlier command's to redirect)."""
+    pending = [part for part in path.split("/") if part]
+    current = "/"
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = posixpath.dirname(current)
+            continue
+        candidate = posixpath.join(current, part)
+        if _under(candidate, workspace):
+            return None
+        if os.path.islink(candidate):
+            links += 1
+            if links > _MAX_LINKS or any(_under(current, root) for root in writable):
+                return None
+            try:
+                target = os.readlink(candidate)
+            except OSError:
+                return None
+            if target.startswith("/"):
+                current = "/"
+            pending[:0] = [piece for piece in target.split("/") if piece]
+            continue
+        current = candidate
+    return current if _kind(current) is not None else None
 
 
 def _binds(
@@ -126,17 +158,19 @@ def _binds(
 ) -> Result[dict[str, bool], ConfigInvalid]:
     """{real path: writable} of the readable and writable entries a mount must show."""
     fs = policy.filesystem
+    writable_roots = tuple(
+        real
+        for entry in fs.writable
+        if (real := _resolve(_absolute(entry, host, workspace), workspace, ())) is not None
+    )
     binds: dict[str, bool] = {}
     for field, entries, writable in (
         ("filesystem.readable", fs.readable, False),
         ("filesystem.writable", fs.writable, True),
     ):
         for entry in entries:
-            lexical = _absolute(entry, host, workspace)
-            if _under(lexical, workspace):
-                continue  # shown by the workspace mount; its links are not followed
-            real = os.path.realpath(lexical)
-            if _kind(real) is None or _through_workspace(lexical, workspace):
+            real = _resolve(_absolute(entry, host, workspace), workspace, writable_roots)
+            if real is None:
                 continue
             problem = _unmountable(real)
             if problem is not None:
@@ -153,6 +187,18 @@ def _denied_paths(workspace: str, policy: Policy, host: HostContext) -> list[str
     for pattern in ETC_SECRETS:
         paths += sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     return list(dict.fromkeys(paths))
+
+
+def _pins(masks: list[str], tree: list[tuple[str, bool]], writable: set[str]) -> list[str]:
+    """The directories between each mask and the writable mount that shows it."""
+    pins: list[str] = []
+    for mask in masks:
+        covering = max((dest for dest, _ in tree if _under(mask, dest)), key=_depth)
+        if covering not in writable:
+            continue
+        parts = mask[len(covering.rstrip("/")) + 1 :].split("/")[:-1]
+        pins += [posixpath.join(covering, *parts[:count]) for count in range(1, len(parts) + 1)]
+    return pins
 
 
 def survey(
@@ -188,7 +234,9 @@ def survey(
         kind = _kind(path)
         if kind is not None and _shown(path, tree):
             masked[path] = kind
-    for path in (*masked, *([hidden_home] if hidden_home else [])):
+    writable_roots = {workspace, *(path for path, writable in binds.items() if writable)}
+    pinned = [pin for pin in _pins(list(masked), tree, writable_roots) if pin not in masked]
+    for path in (*masked, *pinned, *([hidden_home] if hidden_home else [])):
         if any(char in path for char in _UNMOUNTABLE_CHARACTERS):
             return Failure(
                 ConfigInvalid(
@@ -204,6 +252,7 @@ def survey(
             hidden_home=hidden_home,
             masked_dirs=tuple(sorted(p for p, kind in masked.items() if kind == "dir")),
             masked_files=tuple(sorted(p for p, kind in masked.items() if kind == "file")),
+            pinned=tuple(sorted(set(pinned))),
         )
     )
 
@@ -219,14 +268,22 @@ def _bind(path: str, *, readonly: bool) -> list[str]:
     return ["--mount", spec + (",readonly" if readonly else "")]
 
 
-def mount_args(mounts: PolicyMounts, *, tmpfs_copy_up: bool = False) -> list[str]:
+def mount_args(
+    mounts: PolicyMounts, *, tmpfs_copy_up: bool = False, taken: frozenset[str] = frozenset()
+) -> list[str]:
     """The `--mount` arguments, shallowest first and masks last at each depth (the engines
     sort mounts by depth themselves; nothing is mounted at or below a mask).
     `tmpfs_copy_up`: the engine copies a directory's content into a tmpfs mounted over it
-    by default (podman), so the covers must say `notmpcopyup`."""
+    by default (podman), so the covers must say `notmpcopyup`. `taken`: destinations the
+    protected paths' mounts have already (a pin there is one of them)."""
     wanted: list[tuple[int, int, str, list[str]]] = [
         (_depth(path), 0, path, _bind(path, readonly=path not in mounts.writable))
         for path in (*mounts.readable, *mounts.writable)
+    ]
+    wanted += [
+        (_depth(path), 0, path, _bind(path, readonly=False))
+        for path in mounts.pinned
+        if path not in taken
     ]
     if mounts.hidden_home is not None:
         home = mounts.hidden_home
