@@ -21,7 +21,11 @@ from returns.result import Failure, Success
 
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.oci import OciBackend, Runtime
-from mechasandbox.backends.oci.compiler import LABEL_OWNER, LABEL_RUN
+from mechasandbox.backends.oci.compiler import (
+    LABEL_OWNER,
+    LABEL_RUN,
+    TMP_BYTES_WITHOUT_MEMORY_LIMIT,
+)
 from mechasandbox.backends.oci.engine import owner_id
 from mechasandbox.domain import (
     MIB,
@@ -429,6 +433,172 @@ class OciContract:
         self.settle(backend)
         assert git("status", cwd=attack.host(workspace, outside)).returncode == 0
         assert planted_ran(attack, workspace, outside, marker) is None
+
+    # -- the policy's own paths (readable, writable, deny_read) ---------------------------
+
+    def with_paths(self, **paths: tuple[str, ...]) -> Policy:
+        base = policy()
+        return attrs.evolve(base, filesystem=attrs.evolve(base.filesystem, **paths))
+
+    async def test_deny_read_inside_the_workspace_is_masked(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        (tmp_path / "secret").write_text("hunter2-file")
+        (tmp_path / "keys").mkdir()
+        (tmp_path / "keys" / "id").write_text("hunter2-dir")
+        (tmp_path / "link").symlink_to(tmp_path / "secret")
+        denied = self.with_paths(deny_read=(str(tmp_path / "secret"), str(tmp_path / "keys")))
+        script = (
+            "cat secret link keys/id; ls keys; echo evil > secret; echo evil > keys/new;"
+            " mv secret moved || echo pinned; echo fine > ok && echo ok"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, denied))
+        assert b"hunter2" not in result.stdout + result.stderr, result
+        assert b"pinned\nok\n" in result.stdout, result
+        assert (tmp_path / "secret").read_text() == "hunter2-file"
+        assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["id"]
+
+    async def test_a_masked_path_cannot_be_moved_out_from_under_its_name(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """`mv conf conf2` would take the masked `conf/secret.txt` along (the mask with it),
+        and the next run would read it as `conf2/secret.txt`: its directories are pinned."""
+        (tmp_path / "conf" / "deep").mkdir(parents=True)
+        (tmp_path / "conf" / "deep" / "secret.txt").write_text("hunter2")
+        denied = self.with_paths(deny_read=(str(tmp_path / "conf" / "deep" / "secret.txt"),))
+        script = "mv conf conf2 || echo conf-pinned; mv conf/deep conf/d2 || echo deep-pinned"
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, denied))
+        assert result.stdout == b"conf-pinned\ndeep-pinned\n", result
+        assert (tmp_path / "conf" / "deep" / "secret.txt").read_text() == "hunter2"
+
+    async def test_default_deny_read_in_a_workspace_containing_the_home(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """The home directory inside the workspace is hidden (as bubblewrap hides it), so
+        `~/.ssh` and the rest of the home cannot be read through the workspace mount."""
+        home = tmp_path / "home" / "dev"
+        (home / ".ssh").mkdir(parents=True)
+        (home / ".ssh" / "id_ed25519").write_text("hunter2-key")
+        (home / "notes").write_text("hunter2-notes")
+        (tmp_path / "src").mkdir()
+        host = attrs.evolve(HostContext.current(), home=str(home))
+        script = (
+            f"cat {home}/.ssh/id_ed25519 {home}/notes; ls -a {home};"
+            " echo x > src/ok && echo written"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await self.with_host(backend, host).run(request, policy()))
+        assert b"hunter2" not in result.stdout + result.stderr, result
+        assert b".ssh" not in result.stdout, result
+        assert b"written" in result.stdout
+
+    async def test_readable_path_outside_is_visible_read_only(
+        self, backend: OciBackend, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        outside = tmp_path_factory.mktemp("reference")
+        (outside / "data.txt").write_text("reference-data\n")
+        (outside / ".env").write_text("hunter2")
+        granted = self.with_paths(readable=(str(outside),), deny_read=(str(outside / ".env"),))
+        script = (
+            f"cat {outside}/data.txt; cat {outside}/.env; echo x > {outside}/data.txt"
+            f" || echo ro; touch {outside}/new || echo ro"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, granted))
+        assert result.stdout == b"reference-data\nro\nro\n", result
+        assert (outside / "data.txt").read_text() == "reference-data\n"
+        assert sorted(p.name for p in outside.iterdir()) == [".env", "data.txt"]
+
+    async def test_writable_path_outside_is_writable(
+        self, backend: OciBackend, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        cache = tmp_path_factory.mktemp("cache")
+        granted = self.with_paths(writable=(str(cache),))
+        request = RunRequest(
+            argv=["sh", "-c", f"echo built > {cache}/artifact && echo ok"], workspace=str(tmp_path)
+        )
+        assert ok(await backend.run(request, granted)).stdout == b"ok\n"
+        assert (cache / "artifact").read_text() == "built\n"
+        assert (cache / "artifact").stat().st_uid == os.getuid()
+
+    async def test_readable_symlink_in_the_workspace_binds_nothing(
+        self, backend: OciBackend, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """A repository's `ref -> <somewhere>` named as readable (by a project file) must not
+        bring its target into the container: an entry inside the workspace adds nothing."""
+        target = tmp_path_factory.mktemp("target")
+        (target / "secret").write_text("hunter2")
+        workspace = tmp_path / "ws"
+        workspace.mkdir()
+        (workspace / "ref").symlink_to(target)
+        (tmp_path / "ws-link").symlink_to(workspace)  # a user's path into the workspace
+        entries = (str(workspace / "ref"), "ref", str(tmp_path / "ws-link" / "ref"))
+        granted = self.with_paths(readable=entries)
+        request = RunRequest(
+            argv=["sh", "-c", f"cat ref/secret; cat {target}/secret; ls {target}"],
+            workspace=str(workspace),
+        )
+        result = ok(await backend.run(request, granted))
+        assert b"hunter2" not in result.stdout, result
+        assert result.exit_code != 0
+
+    # -- the command's environment and /tmp -----------------------------------------------
+
+    async def test_environment_values_are_not_on_any_command_line(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """`/proc/PID/cmdline` is readable by every user: the engine CLI must not carry the
+        command's variables there (`--env NAME=VALUE`)."""
+        value = "tok-" + secrets.token_hex(12)
+        base = policy()
+        env_policy = attrs.evolve(
+            base, environment=attrs.evolve(base.environment, set=(("API_TOKEN", value),))
+        )
+        seen: list[str] = []
+
+        def scan() -> None:
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        cmdline = (entry / "cmdline").read_bytes()
+                        if value.encode() in cmdline:
+                            seen.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+
+        thread = act_when_started(tmp_path / "started", scan)
+        try:
+            script = 'echo "$API_TOKEN"; touch started; sleep 2'
+            request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+            result = ok(await backend.run(request, env_policy))
+        finally:
+            thread.join()
+        assert result.stdout == value.encode() + b"\n", result
+        assert seen == [], seen
+
+    async def test_environment_value_with_a_newline_is_refused(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        base = policy()
+        env_policy = attrs.evolve(
+            base,
+            environment=attrs.evolve(base.environment, set=(("MULTI_LINE", "one\nINJECTED=1"),)),
+        )
+        request = RunRequest(argv=["env"], workspace=str(tmp_path))
+        error = failed(await backend.run(request, env_policy))
+        assert isinstance(error, ConfigInvalid), error
+        assert "MULTI_LINE" in error.problem
+
+    async def test_tmp_is_bounded(self, backend: OciBackend, tmp_path: Path) -> None:
+        """A full /tmp is "No space left on device" before the memory limit is reached."""
+        script = "dd if=/dev/zero of=/tmp/fill bs=1M count=48; echo dd=$?"
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy(memory_bytes=64 * MIB)))
+        assert b"No space left on device" in result.stderr, result
+        unlimited = RunRequest(argv=["df", "-k", "/tmp"], workspace=str(tmp_path))
+        result = ok(await backend.run(unlimited, policy(memory_bytes=None)))
+        size_kib = int(result.stdout.splitlines()[1].split()[1])
+        assert size_kib == TMP_BYTES_WITHOUT_MEMORY_LIMIT // 1024, result
 
     async def test_command_not_found_is_spawn_failure(
         self, backend: OciBackend, tmp_path: Path

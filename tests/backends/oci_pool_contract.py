@@ -142,6 +142,36 @@ class OciPoolContract(OciContract):
         assert "evil" not in config.read_text()
         assert before not in self.all_containers()
 
+    async def test_a_container_is_never_reused_with_other_mounts(
+        self,
+        runner: HelperProcessRunner,
+        tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> None:
+        """The policy's readable paths and masks are the container's mounts: a command
+        under another policy (or under the same one once the host's paths changed) gets a
+        container of its own, never one that shows what its policy does not."""
+        backend = self.fresh(runner, size=1, after_use=AfterUse.REUSE)
+        outside = tmp_path_factory.mktemp("outside")
+        (outside / "data").write_text("outside-data\n")
+        (tmp_path / "later").mkdir()
+        base = policy()
+        granted = attrs.evolve(
+            base, filesystem=attrs.evolve(base.filesystem, readable=(str(outside),))
+        )
+        denied = attrs.evolve(
+            base, filesystem=attrs.evolve(base.filesystem, deny_read=(str(tmp_path / "secret"),))
+        )
+        read = RunRequest(
+            argv=["sh", "-c", f"cat {outside}/data secret 2>/dev/null; true"],
+            workspace=str(tmp_path),
+        )
+        assert ok(await backend.run(read, granted)).stdout == b"outside-data\n"
+        assert ok(await backend.run(read, base)).stdout == b""
+        (tmp_path / "secret").write_text("hunter2\n")  # the denied path exists now
+        assert ok(await backend.run(read, denied)).stdout == b""
+        assert backend.pool.stats()["keys"] == 3
+
     async def test_fail_fast_when_exhausted_and_bounded(
         self, runner: HelperProcessRunner, tmp_path: Path
     ) -> None:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from returns.result import Failure, Success
+
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.oci import ContainerRun, EngineTraits, Runtime, compile_container_args
+from mechasandbox.backends.oci.compiler import (
+    TMP_BYTES_WITHOUT_MEMORY_LIMIT,
+    command_environment,
+    compile_exec_args,
+    tmp_bytes,
+)
+from mechasandbox.backends.oci.env_file import MAX_ENV_FILE_BYTES, env_file
+from mechasandbox.backends.oci.policy_mounts import PolicyMounts
 from mechasandbox.domain import MIB, EnvironmentPolicy, Limits, Policy, RunRequest
 from mechasandbox.domain.policy import NetworkMode, NetworkPolicy
 from mechasandbox.network.bridge import ProxyBridge, bridge_script
@@ -46,7 +56,7 @@ def test_docker_default_policy_golden() -> None:
         "--ipc", "private",
         "--hostname", "sandbox",
         "--read-only",
-        "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        "--tmpfs", f"/tmp:rw,nosuid,nodev,mode=1777,size={2 * 1024 * MIB}",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
         "--user", "1000:1000",
@@ -62,8 +72,7 @@ def test_docker_default_policy_golden() -> None:
         "--ulimit", "core=0:0",
         "--ulimit", "nofile=1024:1024",
         "--ulimit", f"fsize={1024 * MIB}:{1024 * MIB}",
-        "--env", "HOME=/tmp",
-        "--env", "LANG=C.UTF-8",
+        "--env-file", "/dev/fd/3",
         "--entrypoint", "python3",
         "img:1",
         "-c", "print(1)",
@@ -104,7 +113,7 @@ def test_podman_gvisor_stdin_and_limits_golden() -> None:
         "--ipc", "private",
         "--hostname", "sandbox",
         "--read-only",
-        "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        "--tmpfs", f"/tmp:rw,nosuid,nodev,mode=1777,size={32 * MIB}",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
         "--user", "1000:1000",
@@ -120,10 +129,7 @@ def test_podman_gvisor_stdin_and_limits_golden() -> None:
         "--ulimit", "nproc=32:32",
         "--runtime", "runsc",
         "--runtime-flag", "network=none",
-        "--env", "HOME=/tmp",
-        "--env", "LANG=C.UTF-8",
-        "--env", "OPENAI_API_KEY=sk-secret",
-        "--env", "PATH=/opt/bin:/bin",
+        "--env-file", "/dev/fd/3",
         "--entrypoint", "cat",
         "img:1",
     )  # fmt: skip
@@ -156,8 +162,11 @@ def test_host_secrets_never_reach_the_container() -> None:
     assert "hunter2" not in joined
     assert "sk-secret" not in joined
     assert "/home/dev/.venv/bin" not in joined  # the host's PATH means nothing in the image
-    # Every --env carries its value: a bare NAME would be filled in from the CLI's env.
-    assert all("=" in args[i + 1] for i, a in enumerate(args) if a == "--env")
+    # No variable on the command line (every user reads it in /proc): an env file on fd 3.
+    assert "--env" not in args
+    assert args[args.index("--env-file") + 1] == "/dev/fd/3"
+    env = command_environment(Policy(), HOST)
+    assert env == {"HOME": "/tmp", "LANG": "C.UTF-8"}
 
 
 def test_podman_without_init_binary_runs_without_init() -> None:
@@ -184,9 +193,9 @@ def test_allowlist_bridge_mounts_the_socket_and_wraps_the_command() -> None:
     assert args[args.index("--network") + 1] == "none"
     mount = "type=bind,source=/tmp/msb-net-x/proxy.sock,target=/run/mechasandbox/proxy.sock"
     assert mount + ",readonly" in args
-    envs = {args[i + 1] for i, arg in enumerate(args) if arg == "--env"}
-    assert {"http_proxy=http://127.0.0.1:3128", "HTTPS_PROXY=http://127.0.0.1:3128"} <= envs
-    assert "NO_PROXY=" in envs
+    env = command_environment(policy, HOST, bridge=bridge)
+    assert env["http_proxy"] == env["HTTPS_PROXY"] == "http://127.0.0.1:3128"
+    assert env["NO_PROXY"] == ""
     tail = args[args.index("--entrypoint") :]
     assert tail == (
         "--entrypoint", "/bin/sh", "img:1",
@@ -216,3 +225,126 @@ def test_a_file_placeholder_is_bound_from_itself_a_directory_one_from_the_empty_
     mounts = [args[i + 1] for i, arg in enumerate(args) if arg == "--mount"]
     assert "type=bind,source=/w/.git/commondir,target=/w/.git/commondir,readonly" in mounts
     assert "type=bind,source=/tmp/empty,target=/w/.git/modules,readonly" in mounts
+
+
+def test_podman_env_file_golden() -> None:
+    """What the CLI reads on descriptor 3: one NAME=VALUE a line, values verbatim."""
+    policy = Policy(
+        environment=EnvironmentPolicy(
+            allow=("LANG",), pass_through=("OPENAI_API_KEY",), set=(("QUOTED", ' "a b" #c '),)
+        )
+    )
+    made = env_file(command_environment(policy, HOST))
+    assert made == Success(
+        b'HOME=/tmp\nLANG=C.UTF-8\nOPENAI_API_KEY=sk-secret\nQUOTED= "a b" #c \n'
+    )
+
+
+def test_env_file_refuses_what_it_cannot_carry() -> None:
+    for name, value in (
+        ("MULTI", "one\nINJECTED=1"),
+        ("RETURN", "value\r"),
+        ("BAD NAME", "x"),
+        ("#COMMENT", "x"),
+        ("NÄME", "x"),
+        ("SURROGATE", "\udcff"),
+    ):
+        made = env_file({name: value})
+        assert isinstance(made, Failure), name
+        assert made.failure().field == "environment"
+        assert repr(name) in made.failure().problem, made.failure().problem
+    too_big = env_file({"BIG": "x" * MAX_ENV_FILE_BYTES})
+    assert isinstance(too_big, Failure)
+    assert "bytes" in too_big.failure().problem
+
+
+def test_exec_passes_the_environment_in_the_env_file_too() -> None:
+    args = compile_exec_args(REQUEST, Policy(), HOST, container="c1", workspace="/w")
+    assert args == (
+        "exec", "--user", "1000:1000", "--workdir", "/w", "--env-file", "/dev/fd/3",
+        "c1", "python3", "-c", "print(1)",
+    )  # fmt: skip
+
+
+def test_tmp_is_half_the_memory_limit_or_a_fixed_size_without_one() -> None:
+    assert tmp_bytes(Limits(memory_bytes=64 * MIB)) == 32 * MIB
+    assert tmp_bytes(Limits(memory_bytes=None)) == TMP_BYTES_WITHOUT_MEMORY_LIMIT == 2048 * MIB
+
+
+MOUNTS = PolicyMounts(
+    readable=("/data/reference", "/home/dev"),
+    writable=("/home/dev/.cache/pip", "/srv/cache"),
+    masked_dirs=("/home/dev/.ssh", "/home/dev/project/keys"),
+    masked_files=("/data/reference/.env", "/home/dev/project/.netrc"),
+)
+
+
+def test_policy_mounts_golden_docker() -> None:
+    run = ContainerRun(
+        run_id="r1",
+        owner="h:1",
+        workspace="/home/dev/project",
+        pinned=(".git",),
+        protected=(".git/hooks", "keys/hooks"),
+        mounts=MOUNTS,
+    )
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=run
+    )
+    mounts = [args[i + 1] for i, arg in enumerate(args) if arg == "--mount"]
+    cover = "tmpfs-mode=0000,tmpfs-size=4096,ro"
+    assert mounts == [
+        "type=bind,source=/home/dev/project,target=/home/dev/project",
+        "type=bind,source=/home/dev/project/.git,target=/home/dev/project/.git",
+        "type=bind,source=/home/dev/project/.git/hooks,target=/home/dev/project/.git/hooks,"
+        "readonly",
+        # (keys/hooks is under the keys mask: left out); then by depth, masks last
+        "type=bind,source=/data/reference,target=/data/reference,readonly",
+        "type=bind,source=/home/dev,target=/home/dev,readonly",
+        "type=bind,source=/srv/cache,target=/srv/cache",
+        "type=bind,source=/dev/null,target=/data/reference/.env,readonly",
+        f"type=tmpfs,destination=/home/dev/.ssh,{cover}",
+        "type=bind,source=/home/dev/.cache/pip,target=/home/dev/.cache/pip",
+        "type=bind,source=/dev/null,target=/home/dev/project/.netrc,readonly",
+        f"type=tmpfs,destination=/home/dev/project/keys,{cover}",
+    ]
+
+
+def test_a_mount_at_or_below_a_mask_is_left_out_and_podman_covers_do_not_copy_up() -> None:
+    mounts = PolicyMounts(
+        readable=("/home/dev/.ssh", "/home/dev/.ssh/config", "/opt/tools"),
+        hidden_home="/home/dev",
+        masked_dirs=("/home/dev/.ssh",),
+    )
+    run = ContainerRun(run_id="r1", owner="h:1", workspace="/home", mounts=mounts)
+    traits = EngineTraits.podman()
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, traits, run=run
+    )
+    assert [args[i + 1] for i, arg in enumerate(args) if arg == "--mount"] == [
+        "type=bind,source=/home,target=/home",
+        "type=bind,source=/opt/tools,target=/opt/tools,readonly",
+        "type=tmpfs,destination=/home/dev,tmpfs-mode=0755,tmpfs-size=4096,ro,notmpcopyup",
+        "type=tmpfs,destination=/home/dev/.ssh,tmpfs-mode=0000,tmpfs-size=4096,ro,notmpcopyup",
+    ]
+
+
+def test_pins_above_masks_are_mounted_once() -> None:
+    """A mask's pinned parent that a protected path pins already (`.git`) is not mounted
+    twice (the engines refuse two mounts at one place)."""
+    mounts = PolicyMounts(
+        masked_files=("/w/.git/secret", "/w/conf/deep/key"),
+        pinned=("/w/.git", "/w/conf", "/w/conf/deep"),
+    )
+    run = ContainerRun(run_id="r1", owner="h:1", workspace="/w", pinned=(".git",), mounts=mounts)
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=run
+    )
+    assert [args[i + 1] for i, arg in enumerate(args) if arg == "--mount"] == [
+        "type=bind,source=/w,target=/w",
+        "type=bind,source=/w/.git,target=/w/.git",
+        "type=bind,source=/w/conf,target=/w/conf",
+        "type=bind,source=/w/conf/deep,target=/w/conf/deep",
+        "type=bind,source=/dev/null,target=/w/.git/secret,readonly",
+        "type=bind,source=/dev/null,target=/w/conf/deep/key,readonly",
+    ]

@@ -13,6 +13,9 @@ import attrs
 
 from mechasandbox.backends.base import HostContext, scrubbed_environment
 from mechasandbox.backends.linux.placeholders import file_placeholder
+from mechasandbox.backends.oci.env_file import ENV_FILE
+from mechasandbox.backends.oci.policy_mounts import PolicyMounts, mount_args
+from mechasandbox.domain.limits import GIB, Limits
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.limits.rlimits import rlimits_for
@@ -26,6 +29,12 @@ NAME_PREFIX = "mechasandbox-"
 # The home directory the command sees: the host's does not exist in the image, and the
 # read-only root leaves /tmp (a private tmpfs) as the one writable place outside the workspace.
 CONTAINER_HOME = "/tmp"
+
+# The size of that /tmp (a tmpfs): half the memory limit, so that a command filling it gets
+# "No space left on device" while its processes still have the other half (tmpfs pages are
+# charged to the container's memory cgroup, as they are to the run's cgroup under
+# bubblewrap); without a memory limit, half the default one.
+TMP_BYTES_WITHOUT_MEMORY_LIMIT = 2 * GIB
 
 _ULIMIT_NAMES = {
     "RLIMIT_CORE": "core",
@@ -60,6 +69,8 @@ class EngineTraits:
     `runtime_network_flag`: podman hands runtime flags per run (`--runtime-flag`), docker
     only through the daemon's runtime registration (`runtimeArgs`), which the probe checks.
     `keep_id`: rootless podman maps the host uid to itself so workspace files stay the user's.
+    `tmpfs_copy_up`: podman copies what is at a tmpfs's mount point into it unless the
+    mount says `notmpcopyup` (a tmpfs that masks a directory would show its content).
     """
 
     kind: EngineKind
@@ -68,6 +79,7 @@ class EngineTraits:
     nproc_ulimit: bool = False
     runtime_network_flag: bool = False
     keep_id: bool = False
+    tmpfs_copy_up: bool = False
 
     @staticmethod
     def docker() -> EngineTraits:
@@ -84,6 +96,7 @@ class EngineTraits:
             nproc_ulimit=True,
             runtime_network_flag=True,
             keep_id=rootless,
+            tmpfs_copy_up=True,
         )
 
 
@@ -102,6 +115,9 @@ class ContainerRun:
     the caller makes there, bound read-only onto itself.
     `unix_sockets`: real paths of the host unix sockets the policy names, bound read-only at
     the same path (see `unix_sockets.find_named_sockets`); no other host socket is mounted.
+
+    `mounts`: the policy's readable, writable and masked paths (see `policy_mounts`); a
+    protection mount at or below a mask is left out (the mask covers it).
     """
 
     run_id: str
@@ -112,6 +128,8 @@ class ContainerRun:
     placeholders: tuple[str, ...] = ()
     empty_dir: str | None = None
     unix_sockets: tuple[str, ...] = ()
+
+    mounts: PolicyMounts = PolicyMounts()
 
     @property
     def name(self) -> str:
@@ -146,16 +164,27 @@ def _ulimits(policy: Policy, engine: EngineTraits) -> list[str]:
     return args
 
 
-def _environment_args(
+def command_environment(
     policy: Policy, host: HostContext, *, bridge: ProxyBridge | None = None
-) -> list[str]:
+) -> dict[str, str]:
+    """What the command gets: the container environment, plus the proxy's in allowlist
+    mode. It goes to the engine in an env file on a descriptor (see `env_file`)."""
     env = container_environment(policy, host)
     if bridge is not None:
         env.update(proxy_environment(PROXY_URL))
-    args: list[str] = []
-    for name, value in sorted(env.items()):
-        args += ["--env", f"{name}={value}"]
-    return args
+    return env
+
+
+def _environment_args() -> list[str]:
+    """The values are never on the CLI's command line (readable by every user in /proc)."""
+    return ["--env-file", ENV_FILE]
+
+
+def tmp_bytes(limits: Limits) -> int:
+    """The size of the container's private /tmp (see `TMP_BYTES_WITHOUT_MEMORY_LIMIT`)."""
+    if limits.memory_bytes is None:
+        return TMP_BYTES_WITHOUT_MEMORY_LIMIT
+    return max(limits.memory_bytes // 2, 1)
 
 
 def _bind(source: str, target: str, *, readonly: bool) -> list[str]:
@@ -173,6 +202,8 @@ def _protection_mounts(run: ContainerRun) -> list[str]:
         for relative in entries:
             clean = relative.strip("/")
             path = f"{workspace}/{clean}"
+            if run.mounts.masked(path):
+                continue  # a deny_read mask covers it (a mount there would uncover it)
             if kind == "pin":
                 mount = _bind(path, path, readonly=False)
             elif kind == "ro" or file_placeholder(path) is not None:
@@ -192,6 +223,14 @@ def _protection_mounts(run: ContainerRun) -> list[str]:
 def _socket_mounts(run: ContainerRun) -> list[str]:
     """The named host unix sockets, read-only: connect() needs no write access."""
     return [arg for path in run.unix_sockets for arg in _bind(path, path, readonly=True)]
+
+
+def _policy_mounts(run: ContainerRun, engine: EngineTraits) -> list[str]:
+    """The policy's readable, writable and masked paths (`policy_mounts`), without a second
+    mount where a protected path has one already."""
+    relative = (*run.pinned, *run.protected, *run.placeholders)
+    taken = frozenset(f"{run.workspace}/{path.strip('/')}" for path in relative)
+    return mount_args(run.mounts, tmpfs_copy_up=engine.tmpfs_copy_up, taken=taken)
 
 
 def _bridge_mount(bridge: ProxyBridge | None) -> list[str]:
@@ -267,7 +306,7 @@ def compile_container_args(
         "sandbox",
         "--read-only",
         "--tmpfs",
-        "/tmp:rw,nosuid,nodev,mode=1777",
+        f"/tmp:rw,nosuid,nodev,mode=1777,size={tmp_bytes(limits)}",
         "--cap-drop",
         "ALL",
         "--security-opt",
@@ -280,6 +319,8 @@ def compile_container_args(
     args += _bind(workspace, workspace, readonly=False)
     args += _protection_mounts(run)
     args += _socket_mounts(run)
+
+    args += _policy_mounts(run, engine)
     args += _bridge_mount(bridge)
     args += ["--workdir", workspace]
     if limits.memory_bytes is not None:
@@ -295,7 +336,7 @@ def compile_container_args(
         if runtime is Runtime.RUNSC and engine.runtime_network_flag:
             args += ["--runtime-flag", "network=none"]
     if not keeper:
-        args += _environment_args(policy, host, bridge=bridge)
+        args += _environment_args()
     # The entrypoint is the command itself: an image's ENTRYPOINT must not wrap it.
     argv = request.argv if bridge is None else tuple(bridge_argv(bridge, request.argv))
     args += ["--entrypoint", argv[0], image, *argv[1:]]
@@ -319,6 +360,6 @@ def compile_exec_args(
     if request.stdin is not None:
         args.append("--interactive")
     args += ["--user", f"{host.uid}:{host.gid}", "--workdir", workspace]
-    args += _environment_args(policy, host)
+    args += _environment_args()
     args += [container, *request.argv]
     return tuple(args)

@@ -46,8 +46,12 @@ from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     EngineTraits,
     Runtime,
+    command_environment,
     compile_container_args,
+    tmp_bytes,
 )
+from mechasandbox.backends.oci.env_file import ENV_FILE_FD, env_file, env_file_hook
+from mechasandbox.backends.oci.policy_mounts import PolicyMounts, survey
 from mechasandbox.backends.outcome import classify
 from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -78,8 +82,9 @@ from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 DEFAULT_IMAGE = "mechasandbox/sandbox:latest"
 
 # Host variables the engine CLI itself needs (where the engine is, its config and
-# credentials). The CLI gets these and nothing else, so that a bare `--env NAME` can never
-# pick up a host secret; the command's environment is passed as explicit NAME=VALUE pairs.
+# credentials). The CLI gets these and nothing else, so that a bare `NAME` can never pick up
+# a host secret; the command's environment is passed as explicit NAME=VALUE lines of an env
+# file on a descriptor (see `env_file`), never on the CLI's command line.
 CLI_ENV_NAMES = (
     "PATH",
     "HOME",
@@ -401,15 +406,6 @@ def _release_all_at_exit() -> None:
                 os.rmdir(path)
 
 
-def _mask_env(args: tuple[str, ...]) -> tuple[str, ...]:
-    """The argv for display: environment values hidden (passed-through tokens stay private)."""
-    masked = list(args)
-    for index in range(1, len(masked)):
-        if masked[index - 1] == "--env":
-            masked[index] = masked[index].partition("=")[0] + "=…"
-    return tuple(masked)
-
-
 @attrs.frozen(kw_only=True)
 class OciBackend:
     """A container backend driven through an engine CLI; docker and podman subclass it.
@@ -469,7 +465,9 @@ class OciBackend:
         stdin: bytes | None = None,
         timeout_s: float | None = _CLI_TIMEOUT_S,
         max_output_bytes: int = _CLI_OUTPUT_BYTES,
+        env_file: bytes | None = None,
     ) -> SpawnSpec:
+        """`env_file`: the command's env file, readable by the CLI on `ENV_FILE_FD`."""
         return SpawnSpec(
             argv=(executable, *args),
             env=self._cli_env(),
@@ -478,6 +476,7 @@ class OciBackend:
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
             executable=executable,
+            hooks=() if env_file is None else (env_file_hook(env_file),),
         )
 
     def _probe_engine(
@@ -570,7 +569,8 @@ class OciBackend:
             run=run,
         )
         found = run_blocking(
-            self.runner, self._cli_spec(executable, ("run", "--rm", *args[1:]), timeout_s=30.0)
+            self.runner,
+            self._cli_spec(executable, ("run", "--rm", *args[1:]), timeout_s=30.0, env_file=b""),
         )
         if isinstance(found, Failure) or found.unwrap().exit_code != 0:
             return None
@@ -612,9 +612,15 @@ class OciBackend:
         details = [
             (
                 Protection.FILESYSTEM_READ,
-                "only the image, the workspace mount and a private /tmp exist",
+                "only the image, the workspace, the policy's readable and writable paths and "
+                "a private /tmp are mounted; deny_read paths they show are masked, a home "
+                "directory they contain is hidden",
             ),
-            (Protection.FILESYSTEM_WRITE, "read-only root; writable: workspace mount, tmpfs /tmp"),
+            (
+                Protection.FILESYSTEM_WRITE,
+                "read-only root; writable: workspace, the policy's writable paths, a sized "
+                "tmpfs /tmp",
+            ),
             (
                 Protection.PROTECTED_PATHS,
                 "read-only self-binds; parents pinned against rename (EBUSY); missing ones "
@@ -630,7 +636,11 @@ class OciBackend:
             self._allowlist_detail(info),
             (Protection.PID_ISOLATION, f"own PID namespace; runtime: {runtime}"),
             (Protection.HOST_PROCESSES_HIDDEN, "own PID namespace"),
-            (Protection.ENVIRONMENT, "only the scrubbed environment, as explicit --env pairs"),
+            (
+                Protection.ENVIRONMENT,
+                f"only the scrubbed environment, in an env file on descriptor {ENV_FILE_FD} "
+                "(never on the CLI's command line)",
+            ),
             (Protection.TREE_TEARDOWN, "the container is force-removed on timeout, cancel, exit"),
             (Protection.CPU, "--ulimit cpu (RLIMIT_CPU per process)"),
             (Protection.OPEN_FILES, "--ulimit nofile"),
@@ -676,7 +686,12 @@ class OciBackend:
     # -- compiling ------------------------------------------------------------------------
 
     def _container_run(
-        self, workspace: str, policy: Policy, *, layout: ProtectionLayout | None = None
+        self,
+        workspace: str,
+        policy: Policy,
+        *,
+        layout: ProtectionLayout | None = None,
+        mounts: PolicyMounts | None = None,
     ) -> ContainerRun:
         if layout is None:
             layout = self._protection_layout(workspace, policy)
@@ -689,7 +704,26 @@ class OciBackend:
             placeholders=layout.placeholders,
             empty_dir=empty_directory() if layout.placeholders else None,
             unix_sockets=find_named_sockets(policy, self.host, workspace).bind,
+            mounts=mounts or PolicyMounts(),
         )
+
+    @staticmethod
+    def _policy_mounts(
+        workspace: str, policy: Policy, host: HostContext
+    ) -> Result[PolicyMounts, SandboxError]:
+        """The policy's readable, writable and masked paths, from the host as it is now."""
+        surveyed: Result[PolicyMounts, SandboxError] = survey(workspace, policy, host)
+        return surveyed
+
+    @staticmethod
+    def _env_file(
+        policy: Policy, host: HostContext, bridge: ProxyBridge | None = None
+    ) -> Result[bytes, SandboxError]:
+        """The command's environment as the env file the CLI reads on `ENV_FILE_FD`."""
+        made: Result[bytes, SandboxError] = env_file(
+            command_environment(policy, host, bridge=bridge)
+        )
+        return made
 
     def _protection_layout(self, workspace: str, policy: Policy) -> ProtectionLayout:
         fs = policy.filesystem
@@ -720,7 +754,8 @@ class OciBackend:
             return GuardSet(())
         make_placeholders(os.path.join(run.workspace, p) for p in run.placeholders)
         relative = (*run.pinned, *run.protected, *run.placeholders)
-        return GuardSet((os.path.join(run.workspace, p.strip("/")), "write") for p in relative)
+        guarded = [(os.path.join(run.workspace, p.strip("/")), "write") for p in relative]
+        return GuardSet((*guarded, *((path, "read") for path in run.mounts.masks)))
 
     def _check_mountable(self, workspace: str) -> Result[str, SandboxError]:
         if any(char in workspace for char in ",\n\"'"):
@@ -748,15 +783,22 @@ class OciBackend:
     def plan(
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
-        def render(workspace: str) -> LaunchPlan:
+        def render(workspace: str) -> Result[LaunchPlan, SandboxError]:
             planned = planned_policy(policy, workspace, host)
-            run = self._container_run(workspace, planned)
+            mounts = self._policy_mounts(workspace, planned, host)
+            if isinstance(mounts, Failure):
+                return Failure(mounts.failure())
+            run = self._container_run(workspace, planned, mounts=mounts.unwrap())
             engine = self._engine()
             bridge = (
                 self._bridge(engine.unwrap()[1], policy, PROXY_SOCKET_PLACEHOLDER)
                 if isinstance(engine, Success)
                 else None
             )
+            env = command_environment(policy, host, bridge=bridge)
+            checked = self._env_file(policy, host, bridge)
+            if isinstance(checked, Failure):
+                return Failure(checked.failure())
             args = compile_container_args(
                 request,
                 planned,
@@ -768,18 +810,25 @@ class OciBackend:
                 cpus=self.cpus,
                 bridge=bridge,
             )
-            return LaunchPlan(
-                backend=self.name,
-                sections=(
-                    ("engine", self.executable or self.kind),
-                    ("image", self.image),
-                    ("runtime", self.runtime.value),
-                    ("argv", shlex.join((self.executable or self.kind, *_mask_env(args)))),
-                ),
+            return Success(
+                LaunchPlan(
+                    backend=self.name,
+                    sections=(
+                        ("engine", self.executable or self.kind),
+                        ("image", self.image),
+                        ("runtime", self.runtime.value),
+                        ("argv", shlex.join((self.executable or self.kind, *args))),
+                        (
+                            f"environment (env file on descriptor {ENV_FILE_FD})",
+                            " ".join(f"{name}=…" for name in sorted(env)),
+                        ),
+                        ("/tmp", f"tmpfs of {tmp_bytes(policy.limits)} bytes"),
+                    ),
+                )
             )
 
         workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(self._check_mountable).map(render)
+        return workspace.bind(self._check_mountable).bind(render)
 
     # -- running --------------------------------------------------------------------------
 
@@ -798,20 +847,20 @@ class OciBackend:
             return Failure(checked.failure())
         named = find_named_sockets(policy, self.host, workspace)
         warnings = (*warnings, *checked.unwrap(), *named.warnings)
+        surveyed = self._policy_mounts(workspace, policy, self.host)
+        if isinstance(surveyed, Failure):
+            return Failure(surveyed.failure())
+        run = self._container_run(workspace, policy, layout=layout, mounts=surveyed.unwrap())
         started = run_started()
         if self._bridge(info, policy, PROXY_SOCKET_PLACEHOLDER) is None:
             # No bridge: a best-effort allowlist run has no network at all.
-            launched = await self._launch(
-                executable, info, request, policy, workspace, layout, warnings, None
-            )
+            launched = await self._launch(executable, info, request, policy, run, warnings, None)
             return disarm_after(launched, workspace, policy, started)
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
             bridge = self._bridge(info, policy, socket)
-            return await self._launch(
-                executable, info, request, policy, workspace, layout, warnings, bridge
-            )
+            return await self._launch(executable, info, request, policy, run, warnings, bridge)
 
         proxied = await run_with_proxy(self.egress, policy.network, body)
         return disarm_after(proxied, workspace, policy, started)
@@ -822,12 +871,13 @@ class OciBackend:
         info: EngineInfo,
         request: RunRequest,
         policy: Policy,
-        workspace: str,
-        layout: ProtectionLayout,
+        run: ContainerRun,
         warnings: tuple[str, ...],
         bridge: ProxyBridge | None,
     ) -> Result[RunResult, SandboxError]:
-        run = self._container_run(workspace, policy, layout=layout)
+        made = self._env_file(policy, self.host, bridge)
+        if isinstance(made, Failure):
+            return Failure(made.failure())
         args = compile_container_args(
             request,
             policy,
@@ -845,6 +895,7 @@ class OciBackend:
             stdin=request.stdin,
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
+            env_file=made.unwrap(),
         )
         placeholders = self._placeholder_paths(run)
         if not hold_placeholders(run.workspace, placeholders):

@@ -3,10 +3,12 @@
 `PooledBackend(backend=DockerBackend(...), settings=PoolSettings(size=2))` satisfies the
 `Backend` protocol. Containers are kept per key: (engine CLI, image, runtime, the creation
 arguments compiled from the policy, the workspace), so a command only ever lands in a
-container created with its own policy's mounts and limits. Each one runs a long-lived
-keeper (`sleep infinity` under `--init`); a command is `exec --user UID:GID --workdir WS
---env ... CONTAINER ARGV`, so the container's cgroup limits (memory, pids, cpus) and ulimits
-apply to it, and orphans it leaves are reaped by the init.
+container created with its own policy's mounts and limits (the readable, writable and masked
+paths as the host showed them when the command came: see `policy_mounts`). Each one runs a
+long-lived keeper (`sleep infinity` under `--init`); a command is `exec --user UID:GID
+--workdir WS --env-file /dev/fd/3 CONTAINER ARGV` (the environment on a descriptor, see
+`env_file`), so the container's cgroup limits (memory, pids, cpus) and ulimits apply to it,
+and orphans it leaves are reaped by the init.
 
 After use a container is discarded (removed in the background, a fresh one started to
 replace it) unless `after_use=AfterUse.REUSE`: a command can leave state behind (files in
@@ -60,6 +62,7 @@ from mechasandbox.backends.oci.engine import (
     release_placeholders,
     run_blocking,
 )
+from mechasandbox.backends.oci.policy_mounts import PolicyMounts
 from mechasandbox.backends.outcome import classify
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
@@ -453,13 +456,15 @@ class ContainerPool:
 
     # -- slots ---------------------------------------------------------------------------
 
-    def _slot(self, request: RunRequest, policy: Policy, workspace: str) -> _Slot:
+    def _slot(
+        self, request: RunRequest, policy: Policy, workspace: str, mounts: PolicyMounts
+    ) -> _Slot:
         backend = self.backend
         traits = backend._traits()
         layout = backend._protection_layout(workspace, policy)
 
         def make_run() -> ContainerRun:
-            return backend._container_run(workspace, policy, layout=layout)
+            return backend._container_run(workspace, policy, layout=layout, mounts=mounts)
 
         def compile_args(run: ContainerRun) -> tuple[str, ...]:
             return compile_container_args(
@@ -599,14 +604,24 @@ class ContainerPool:
 
     # -- running -------------------------------------------------------------------------
 
-    def warm(self, request: RunRequest, policy: Policy, workspace: str) -> None:
+    def warm(
+        self, request: RunRequest, policy: Policy, workspace: str, mounts: PolicyMounts
+    ) -> None:
         """Start `size` containers for this key in the background, before the first run."""
-        self._replenish(self._slot(request, policy, workspace))
+        self._replenish(self._slot(request, policy, workspace, mounts))
 
     async def run(
-        self, request: RunRequest, policy: Policy, workspace: str, warnings: tuple[str, ...]
+        self,
+        request: RunRequest,
+        policy: Policy,
+        workspace: str,
+        warnings: tuple[str, ...],
+        mounts: PolicyMounts,
     ) -> Result[RunResult, SandboxError]:
-        slot = self._slot(request, policy, workspace)
+        made = self.backend._env_file(policy, self.backend.host)
+        if isinstance(made, Failure):
+            return Failure(made.failure())
+        slot = self._slot(request, policy, workspace, mounts)
         acquired = await self._acquire(slot)
         if isinstance(acquired, Failure):
             return Failure(acquired.failure())
@@ -622,6 +637,7 @@ class ContainerPool:
             stdin=request.stdin,
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
+            env_file=made.unwrap(),
         )
         cgroup = member.cgroup
         before = (cgroup.cpu_ns(), cgroup.events()) if cgroup is not None else None
@@ -874,7 +890,10 @@ class PooledBackend:
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         _warnings, workspace, protected = prepared.unwrap()
-        self._pool.warm(request, protected, workspace)
+        mounts = self.backend._policy_mounts(workspace, protected, self.backend.host)
+        if isinstance(mounts, Failure):
+            return Failure(mounts.failure())
+        self._pool.warm(request, protected, workspace, mounts.unwrap())
         return Success(None)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
@@ -890,8 +909,12 @@ class PooledBackend:
         checked = backend._check_protection(layout, policy)
         if isinstance(checked, Failure):
             return Failure(checked.failure())
+        mounts = backend._policy_mounts(workspace, policy, backend.host)
+        if isinstance(mounts, Failure):
+            return Failure(mounts.failure())
+        warnings = (*warnings, *checked.unwrap())
         started = run_started()
-        ran = await self._pool.run(request, policy, workspace, (*warnings, *checked.unwrap()))
+        ran = await self._pool.run(request, policy, workspace, warnings, mounts.unwrap())
         return disarm_after(ran, workspace, policy, started)
 
     async def reap_leftovers(
