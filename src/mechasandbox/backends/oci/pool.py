@@ -45,6 +45,7 @@ from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.execute import prepare_run
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.workspace_locks import locked_too_long
+from mechasandbox.backends.oci import lifeline
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     EngineKind,
@@ -60,6 +61,7 @@ from mechasandbox.backends.oci.engine import (
     release_placeholders,
     run_blocking,
 )
+from mechasandbox.backends.oci.lifeline import Attached, Lifeline
 from mechasandbox.backends.outcome import classify
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
@@ -73,12 +75,13 @@ from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Usage
 from mechasandbox.limits.cgroup import CgroupEvents
-from mechasandbox.runner.spec import ProcessOutcome
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 _SIGNAL_BASE = 128
 _POLL_S = 0.02
 _MAINTENANCE_TICK_S = 0.1
 _START_TIMEOUT_S = 60.0
+_START_POLL_S = 0.05
 _GONE_MARKERS = (b"No such container", b"no such container", b"is not running")
 
 
@@ -405,20 +408,14 @@ class ContainerPool:
             self._members[member.name] = member
         ok = False
         try:
-            started = await backend.runner.run(
-                backend._cli_spec(executable, slot.compile(run), timeout_s=_START_TIMEOUT_S)
+            spec = backend._cli_spec(executable, slot.compile(run), timeout_s=_START_TIMEOUT_S)
+            problem = await (
+                self._start_detached(member, spec)
+                if run.lifeline is None
+                else self._start_attached(member, spec)
             )
-            if isinstance(started, Failure):
-                return Failure(
-                    BackendFailed(backend=backend.name, reason=started.failure().message)
-                )
-            if started.unwrap().exit_code != 0:
-                reason = f"cannot start a pool container: {_tail(started.unwrap().stderr)}"
-                return Failure(BackendFailed(backend=backend.name, reason=reason))
-            if not await self._healthy(member):
-                return Failure(
-                    BackendFailed(backend=backend.name, reason="a new pool container is unhealthy")
-                )
+            if problem is not None:
+                return Failure(BackendFailed(backend=backend.name, reason=problem))
             member.cgroup = await self._find_cgroup(member)
             member.last_used = time.monotonic()
             ok = True
@@ -429,6 +426,33 @@ class ContainerPool:
                     # The CLI may have been cut short while the engine was still creating it.
                     await backend._remove(executable, run, thorough=True)
                 self._forget(member)
+
+    async def _start_detached(self, member: _Member, spec: SpawnSpec) -> str | None:
+        """An untied keeper (`run --detach`): started once the CLI returns."""
+        started = await self.backend.runner.run(spec)
+        if isinstance(started, Failure):
+            return str(started.failure().message)
+        if started.unwrap().exit_code != 0:
+            return f"cannot start a pool container: {_tail(started.unwrap().stderr)}"
+        if not await self._healthy(member):
+            return "a new pool container is unhealthy"
+        return None
+
+    async def _start_attached(self, member: _Member, spec: SpawnSpec) -> str | None:
+        """A keeper tied to this process (see `lifeline`): its CLI stays attached, in a
+        thread of its own, for as long as the container lives; started once it answers an
+        `exec`."""
+        attached = Attached(
+            self.backend.runner.run, lifeline.tie(attrs.evolve(spec, timeout_s=None))
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not attached.done():
+            if await self._healthy(member):
+                return None
+            if time.monotonic() > deadline:
+                return "a new pool container did not start in time"
+            await anyio.sleep(_START_POLL_S)
+        return f"cannot start a pool container: {attached.failure_reason()}"
 
     async def _healthy(self, member: _Member) -> bool:
         spec = self.backend._cli_spec(
@@ -458,8 +482,11 @@ class ContainerPool:
         traits = backend._traits()
         layout = backend._protection_layout(workspace, policy)
 
+        tied = backend._engine().map(lambda found: found[1].shell).value_or(False)
+
         def make_run() -> ContainerRun:
-            return backend._container_run(workspace, policy, layout=layout)
+            run = backend._container_run(workspace, policy, layout=layout)
+            return attrs.evolve(run, lifeline=Lifeline()) if tied else run
 
         def compile_args(run: ContainerRun) -> tuple[str, ...]:
             return compile_container_args(
@@ -877,6 +904,18 @@ class PooledBackend:
         return Success(None)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        engine = self.backend._engine()
+        if isinstance(engine, Failure):
+            return await self._run(request, policy)  # (prepare_run reports it)
+        key = (self.backend.kind, engine.unwrap()[2])
+        return await lifeline.sweep_beside(
+            key,
+            self.backend.reap_leftovers,
+            lambda: self._run(request, policy),
+            concurrently=engine.unwrap()[1].traits.kind is not EngineKind.PODMAN,
+        )
+
+    async def _run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         backend = self.backend
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
