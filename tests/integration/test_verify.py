@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from mechasandbox.backends.process import ProcessBackend
-from mechasandbox.cli.verify import ENV_SECRET_NAME, plant_environment_secret, verify_backend
+from mechasandbox.cli.verify import (
+    ENV_SECRET_NAME,
+    Arena,
+    leave_setuid_file,
+    plant_environment_secret,
+    verify_backend,
+)
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 
@@ -21,6 +28,7 @@ ESCAPES_ON_PROCESS = {
     "redirect git to planted hooks (.git/commondir, .git/modules)",
     "kill a host process",
     "connect to a loopback TCP server of the host",
+    "leave a setuid/setgid file in the workspace",
 }
 
 
@@ -62,3 +70,20 @@ def test_a_host_rewrite_of_git_config_holds_on_landlock(runner: HelperProcessRun
     outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
     title = "write .git/config after a host `git config` replaced it during the run"
     assert outcomes[title] == "held", outcomes
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_a_setuid_file_is_not_left_by_a_container(
+    runner: HelperProcessRunner, tmp_path: Path, engine: str
+) -> None:
+    """A container started by root made `chmod 4755` files root's on the host."""
+    from mechasandbox.backends.oci import DockerBackend, PodmanBackend
+    from tests.backends.oci_contract import TEST_IMAGE
+
+    backend_class = DockerBackend if engine == "docker" else PodmanBackend
+    backend = backend_class(runner=runner, image=TEST_IMAGE)
+    require_available(backend)
+    arena = Arena(workspace=tmp_path / "workspace", outside=tmp_path / "outside")
+    arena.workspace.mkdir()
+    arena.outside.mkdir()
+    assert leave_setuid_file(backend, arena) is True

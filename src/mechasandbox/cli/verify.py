@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -140,6 +141,20 @@ def redirect_git(backend: Backend, arena: Arena) -> bool | str:
     return not (git / "commondir").exists() and not (git / "modules" / "sub").exists()
 
 
+def leave_setuid_file(backend: Backend, arena: Arena) -> bool | str:
+    """A file of the workspace made setuid (or setgid) by the command: any host user who
+    runs it later gets the sandbox user's identity, root's where root ran the sandbox
+    (containers, bubblewrap and landlock refuse the mode in their seccomp filter)."""
+    planted = arena.workspace / "planted"
+    script = "cat /bin/sh > planted; chmod 4755 planted; chmod 2755 planted; chmod ug+s planted"
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    if isinstance(outcome, str):
+        return outcome
+    if not planted.exists():
+        return "the command could not write the workspace"
+    return not planted.stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+
+
 ENV_SECRET_NAME = "MECHASANDBOX_VERIFY_API_KEY"  # noqa: S105 - a variable name, not a secret
 
 
@@ -224,6 +239,7 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
         write_git_config_after_host_rewrite,
     ),
     ("redirect git to planted hooks (.git/commondir, .git/modules)", redirect_git),
+    ("leave a setuid/setgid file in the workspace", leave_setuid_file),
     ("read a host API key from the environment", env_secret),
     ("kill a host process", signal_host_process),
     ("connect to a loopback TCP server of the host", loopback_connect),
