@@ -4,7 +4,8 @@
 `Backend` protocol. Containers are kept per key: (engine CLI, image, runtime, the creation
 arguments compiled from the policy, the workspace), so a command only ever lands in a
 container created with its own policy's mounts and limits. Each one runs a long-lived
-keeper (`sleep infinity` under `--init`); a command is `exec --user UID:GID --workdir WS
+keeper under `--init`, which waits on its lifeline (see `lifeline`: the container stops
+with this process); a command is `exec --user UID:GID --workdir WS
 --env ... CONTAINER ARGV`, so the container's cgroup limits (memory, pids, cpus) and ulimits
 apply to it, and orphans it leaves are reaped by the init.
 
