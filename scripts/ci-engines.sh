@@ -28,22 +28,18 @@ build_rootfs() {
     "$HERE/config/images/busybox-rootfs.sh" "$rootfs"
 }
 
-start_dockerd() {
-    if docker info >/dev/null 2>&1; then
-        log "docker engine already reachable"
-        return
-    fi
-    command -v dockerd >/dev/null || { log "dockerd not installed"; return 1; }
+write_dockerd_config() {
     mkdir -p "$(dirname "$DOCKERD_CONFIG")"
     # No bridge and no iptables: containers only ever get --network none. runsc is
-    # registered with its own --network=none (gVisor otherwise refuses to start here).
+    # registered with its own --network=none (gVisor otherwise refuses to start here) and
+    # --oci-seccomp (without it gVisor ignores the container's seccomp profile).
     cat >"$DOCKERD_CONFIG" <<'JSON'
 {
   "bridge": "none",
   "iptables": false,
   "ip6tables": false,
   "runtimes": {
-    "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+    "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--oci-seccomp"]}
   }
 }
 JSON
@@ -51,6 +47,22 @@ JSON
         # Without the binary the runtime entry would make dockerd refuse to start.
         printf '{"bridge": "none", "iptables": false, "ip6tables": false}\n' >"$DOCKERD_CONFIG"
     fi
+}
+
+start_dockerd() {
+    if docker info >/dev/null 2>&1; then
+        log "docker engine already reachable"
+        # A daemon started from our config by an earlier version of this script: register
+        # runsc as it is now (dockerd reloads its runtimes on SIGHUP, containers keep going).
+        if [[ -f "$DOCKERD_CONFIG" ]] && ! grep -q -- '--oci-seccomp' "$DOCKERD_CONFIG"; then
+            write_dockerd_config
+            pid="$(pgrep -x dockerd | head -n 1 || true)"
+            [[ -n "$pid" ]] && kill -HUP "$pid" && log "dockerd: runtimes reloaded" && sleep 1
+        fi
+        return
+    fi
+    command -v dockerd >/dev/null || { log "dockerd not installed"; return 1; }
+    write_dockerd_config
     log "starting dockerd (log: $DOCKERD_LOG)"
     nohup dockerd --config-file "$DOCKERD_CONFIG" >"$DOCKERD_LOG" 2>&1 &
     for _ in $(seq 60); do

@@ -198,3 +198,21 @@ def test_complete_refuses_a_coroutine_that_suspends_and_closes_it() -> None:
     with pytest.raises(SuspendedError):
         complete(needs_a_loop())
     assert cleaned == [True]
+
+
+def test_a_held_stdin_reaches_end_of_file_only_with_its_host(
+    blocking: BlockingHelperRunner,
+) -> None:
+    """`hold_stdin`: the input is written, and the pipe stays open while this host lives
+    (a lifeline): a reader never sees end-of-file, so the deadline ends it."""
+    held = blocking.run_blocking(
+        spec("sh", "-c", "cat; echo eof", stdin=b"in\n", hold_stdin=True, timeout_s=1.0)
+    ).unwrap()
+    assert held.timed_out
+    assert held.stdout == b"in\n"
+    closed = blocking.run_blocking(spec("sh", "-c", "cat; echo eof", stdin=b"in\n")).unwrap()
+    assert closed.stdout == b"in\neof\n"
+    empty = blocking.run_blocking(
+        spec("sh", "-c", "cat; echo eof", hold_stdin=True, timeout_s=1.0)
+    ).unwrap()
+    assert empty.timed_out and empty.stdout == b""

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import anyio
+import attrs
 import pytest
 
 from mechasandbox.domain.limits import MIB
@@ -174,6 +175,16 @@ def test_stdin_and_explicit_environment(runner: HelperProcessRunner) -> None:
     assert lines[0] == "in"
     assert "ONLY=this" in lines
     assert not any(line.startswith("HOME=") for line in lines)
+
+
+def test_a_held_stdin_reaches_end_of_file_only_with_its_host(runner: HelperProcessRunner) -> None:
+    """`hold_stdin`: the input is written, and the pipe stays open while this host lives
+    (the container lifeline): a reader never sees end-of-file, so the deadline ends it."""
+    base = SpawnSpec(argv=("sh", "-c", "cat; echo eof"), env=(), cwd="/tmp", stdin=b"in\n")
+    held = anyio.run(runner.run, attrs.evolve(base, hold_stdin=True, timeout_s=1.0)).unwrap()
+    assert held.timed_out
+    assert held.stdout == b"in\n"
+    assert anyio.run(runner.run, base).unwrap().stdout == b"in\neof\n"
 
 
 def test_usage_is_reported(runner: HelperProcessRunner) -> None:

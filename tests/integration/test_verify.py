@@ -15,6 +15,7 @@ from mechasandbox.cli.verify import (
     ENV_SECRET_NAME,
     Arena,
     launcher_loader,
+    leave_setuid_file,
     plant_environment_secret,
     verify_backend,
 )
@@ -37,6 +38,7 @@ ESCAPES_ON_PROCESS = {
     "connect to a loopback TCP server of the host",
     "reach the host's loader through the policy's variables (LD_*, DYLD_*)",
     "reach a host unix socket with full network",
+    "leave a setuid/setgid file in the workspace",
 }
 KERNEL_SETTINGS = "write kernel settings (/proc/sys; the value they have)"
 
@@ -129,3 +131,20 @@ def test_the_loader_check_holds_where_no_launcher_gets_the_commands_variables(
     arena.workspace.mkdir()
     arena.outside.mkdir()
     assert launcher_loader(backend, arena) is True
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_a_setuid_file_is_not_left_by_a_container(
+    runner: HelperProcessRunner, tmp_path: Path, engine: str
+) -> None:
+    """A container started by root made `chmod 4755` files root's on the host."""
+    from mechasandbox.backends.oci import DockerBackend, PodmanBackend
+    from tests.backends.oci_contract import TEST_IMAGE
+
+    backend_class = DockerBackend if engine == "docker" else PodmanBackend
+    backend = backend_class(runner=runner, image=TEST_IMAGE)
+    require_available(backend)
+    arena = Arena(workspace=tmp_path / "workspace", outside=tmp_path / "outside")
+    arena.workspace.mkdir()
+    arena.outside.mkdir()
+    assert leave_setuid_file(backend, arena) is True

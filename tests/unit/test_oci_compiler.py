@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 from returns.result import Failure, Success
 
 from mechasandbox.backends.base import HostContext
@@ -13,6 +14,7 @@ from mechasandbox.backends.oci.compiler import (
     tmp_bytes,
 )
 from mechasandbox.backends.oci.env_file import MAX_ENV_FILE_BYTES, env_file
+from mechasandbox.backends.oci.lifeline import Lifeline, keeper_argv, watched_argv
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts
 from mechasandbox.domain import MIB, EnvironmentPolicy, Limits, Policy, RunRequest
 from mechasandbox.domain.policy import NetworkMode, NetworkPolicy
@@ -118,7 +120,7 @@ def test_podman_gvisor_stdin_and_limits_golden() -> None:
         "--security-opt", "no-new-privileges",
         "--user", "1000:1000",
         "--userns", "keep-id",
-        "--mount", "type=bind,source=/w,target=/w",
+        "--mount", "type=bind,source=/w,target=/w,nosuid,nodev",
         "--workdir", "/w",
         "--memory", str(64 * MIB),
         "--memory-swap", str(64 * MIB),
@@ -322,8 +324,9 @@ def test_a_mount_at_or_below_a_mask_is_left_out_and_podman_covers_do_not_copy_up
         REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, traits, run=run
     )
     assert [args[i + 1] for i, arg in enumerate(args) if arg == "--mount"] == [
-        "type=bind,source=/home,target=/home",
-        "type=bind,source=/opt/tools,target=/opt/tools,readonly",
+        # (podman: every bind nosuid,nodev)
+        "type=bind,source=/home,target=/home,nosuid,nodev",
+        "type=bind,source=/opt/tools,target=/opt/tools,readonly,nosuid,nodev",
         "type=tmpfs,destination=/home/dev,tmpfs-mode=0755,tmpfs-size=4096,ro,notmpcopyup",
         "type=tmpfs,destination=/home/dev/.ssh,tmpfs-mode=0000,tmpfs-size=4096,ro,notmpcopyup",
     ]
@@ -348,3 +351,78 @@ def test_pins_above_masks_are_mounted_once() -> None:
         "type=bind,source=/dev/null,target=/w/.git/secret,readonly",
         "type=bind,source=/dev/null,target=/w/conf/deep/key,readonly",
     ]
+
+
+def test_a_tied_run_is_attached_watched_and_filtered() -> None:
+    """The lifeline: `--interactive` (the CLI's held stdin), the watcher as the entry with
+    the deadline and the input file mounted read-only, room for the watcher's processes;
+    the seccomp profile replaces the engine's."""
+    lifeline = Lifeline(deadline_s=33, stdin_file="/tmp/msb-stdin-x/stdin")
+    run = attrs.evolve(RUN, seccomp_profile="/tmp/msb-seccomp-x/x86_64.json", lifeline=lifeline)
+    request = attrs.evolve(REQUEST, stdin=b"input")
+    policy = Policy(limits=Limits(max_processes=16))
+    args = compile_container_args(
+        request, policy, HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=run
+    )
+    assert args.count("--interactive") == 1
+    assert "--detach" not in args
+    security = [args[i + 1] for i, arg in enumerate(args) if arg == "--security-opt"]
+    assert security == ["no-new-privileges", "seccomp=/tmp/msb-seccomp-x/x86_64.json"]
+    mount = "type=bind,source=/tmp/msb-stdin-x/stdin,target=/run/mechasandbox/stdin,readonly"
+    assert mount in args
+    assert args[args.index("--pids-limit") + 1] == "20"
+    tail = args[args.index("--entrypoint") :]
+    watched = watched_argv(lifeline, REQUEST.argv)
+    assert tail == ("--entrypoint", watched[0], "img:1", *watched[1:])
+    assert watched[3:6] == ["mechasandbox-watch", "33", "/run/mechasandbox/stdin"]
+    assert watched[6:] == ["python3", "-c", "print(1)"]
+    # Without input and without a deadline: /dev/null, 0.
+    bare = watched_argv(Lifeline(), ("true",))
+    assert bare[3:] == ["mechasandbox-watch", "0", "/dev/null", "true"]
+
+
+def test_a_tied_keeper_is_attached_and_waits_on_its_lifeline() -> None:
+    run = attrs.evolve(RUN, lifeline=Lifeline())
+    args = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=run,
+        keeper=True,
+    )  # fmt: skip
+    assert "--interactive" in args and "--detach" not in args
+    keeper = keeper_argv()
+    assert args[args.index("--entrypoint") :] == ("--entrypoint", keeper[0], "img:1", *keeper[1:])
+    assert args[args.index("--pids-limit") + 1] == "513"
+    untied = compile_container_args(
+        REQUEST, Policy(), HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(), run=RUN,
+        keeper=True,
+    )  # fmt: skip
+    assert "--detach" in untied and "--interactive" not in untied
+    assert untied[-3:] == ("sleep", "img:1", "infinity")
+
+
+def test_gvisor_is_told_to_apply_the_profile_where_the_engine_can_say_so() -> None:
+    """podman passes runsc `--oci-seccomp` per run; docker cannot (its registration must
+    carry it: the probe checks)."""
+    run = attrs.evolve(RUN, seccomp_profile="/p.json")
+    podman = compile_container_args(
+        REQUEST, Policy(), HOST, "img", Runtime.RUNSC, EngineTraits.podman(), run=run
+    )
+    flags = [podman[i + 1] for i, arg in enumerate(podman) if arg == "--runtime-flag"]
+    assert flags == ["oci-seccomp", "network=none"]
+    docker = compile_container_args(
+        REQUEST, Policy(), HOST, "img", Runtime.RUNSC, EngineTraits.docker(), run=run
+    )
+    assert "--runtime-flag" not in docker
+    assert "seccomp=/p.json" in docker
+
+
+def test_podman_binds_are_nosuid_nodev_docker_cannot_say_it() -> None:
+    run = attrs.evolve(RUN, empty_dir="/tmp/empty", placeholders=(".envrc",))
+    podman = compile_container_args(
+        REQUEST, Policy(), HOST, "img", Runtime.DEFAULT, EngineTraits.podman(), run=run
+    )
+    mounts = [podman[i + 1] for i, arg in enumerate(podman) if arg == "--mount"]
+    assert mounts and all(m.endswith(",nosuid,nodev") for m in mounts)
+    docker = compile_container_args(
+        REQUEST, Policy(), HOST, "img", Runtime.DEFAULT, EngineTraits.docker(), run=run
+    )
+    assert not any("nosuid" in docker[i + 1] for i, arg in enumerate(docker) if arg == "--mount")

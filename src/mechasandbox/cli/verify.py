@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -216,6 +217,20 @@ def write_kernel_setting(backend: Backend, arena: Arena) -> bool | str:
     if len(said) == 3:  # written, another kernel's boot id, ran
         return True
     return "the write went through, and the sandbox did not tell which kernel it reached"
+
+
+def leave_setuid_file(backend: Backend, arena: Arena) -> bool | str:
+    """A file of the workspace made setuid (or setgid) by the command: any host user who
+    runs it later gets the sandbox user's identity, root's where root ran the sandbox
+    (containers, bubblewrap and landlock refuse the mode in their seccomp filter)."""
+    planted = arena.workspace / "planted"
+    script = "cat /bin/sh > planted; chmod 4755 planted; chmod 2755 planted; chmod ug+s planted"
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    if isinstance(outcome, str):
+        return outcome
+    if not planted.exists():
+        return "the command could not write the workspace"
+    return not planted.stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
 
 
 ENV_SECRET_NAME = "MECHASANDBOX_VERIFY_API_KEY"  # noqa: S105 - a variable name, not a secret
@@ -455,6 +470,7 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
         follow_git_settings,
     ),
     ("make a repository whose settings run a command on the host", make_armed_repository),
+    ("leave a setuid/setgid file in the workspace", leave_setuid_file),
     ("read a host API key from the environment", env_secret),
     (
         "reach the host's loader through the policy's variables (LD_*, DYLD_*)",

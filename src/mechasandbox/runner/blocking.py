@@ -88,7 +88,8 @@ class _Supervision:
     def _stop_feeding(self) -> None:
         if self.run.stdin_w is not None:
             self.selector.unregister(self.run.stdin_w)
-            self.run.close_stdin()
+            if not self.spec.hold_stdin:  # else it stays open until the run is over
+                self.run.close_stdin()
 
     def _feed(self) -> None:
         fd = self.run.stdin_w
@@ -151,7 +152,7 @@ class _Supervision:
         selector.register(run.err_r, selectors.EVENT_READ, self.err)
         if run.stdin_w is not None and self.pending:
             selector.register(run.stdin_w, selectors.EVENT_WRITE)
-        else:
+        elif not self.spec.hold_stdin:
             run.close_stdin()
         timeout_s = self.spec.timeout_s
         deadline = None if timeout_s is None else run.started + timeout_s

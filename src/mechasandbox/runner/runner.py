@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
@@ -57,7 +58,8 @@ async def _pump(fd: int, buffer: CappedBuffer) -> None:
         buffer.feed(data)
 
 
-async def _feed(run: Submitted, data: bytes) -> None:
+async def _feed(run: Submitted, data: bytes, *, hold: bool = False) -> None:
+    """Write `data`, then close the pipe (`hold`: leave it open until the run is over)."""
     fd = run.stdin_w
     view = memoryview(data)
     try:
@@ -71,7 +73,8 @@ async def _feed(run: Submitted, data: bytes) -> None:
                 return  # the command stopped reading; not an error of ours
             view = view[written:]
     finally:
-        run.close_stdin()
+        if not hold:
+            run.close_stdin()
 
 
 class HelperProcessRunner:
@@ -118,7 +121,9 @@ class HelperProcessRunner:
                 pumps.start_soon(_pump, run.out_r, out)
                 pumps.start_soon(_pump, run.err_r, err)
                 if run.stdin_w is not None:
-                    pumps.start_soon(_feed, run, spec.stdin or b"")
+                    pumps.start_soon(
+                        functools.partial(_feed, hold=spec.hold_stdin), run, spec.stdin or b""
+                    )
                 exited, timed_out, stopped = await self._until_end_or_stop(spec, run)
                 # Leave the pumps until EOF, bounded by the grace period.
                 pumps.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE_S

@@ -54,6 +54,9 @@ class SpawnSpec:
     env: tuple[tuple[str, str], ...]
     cwd: str
     stdin: bytes | None = None
+    # After `stdin` is written its pipe stays open until the process ends: the process sees
+    # end-of-file only if this host process dies (a lifeline; see `backends.oci.lifeline`).
+    hold_stdin: bool = False
     timeout_s: float | None = None
     max_output_bytes: int = 4 * 1024 * 1024
     umask: int = 0o077

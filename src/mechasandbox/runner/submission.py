@@ -88,11 +88,11 @@ class Submitted:
 
 def submit(helper: SpawnHelperClient, spec: SpawnSpec) -> Result[Submitted, SpawnFailed]:
     """Send `spec` to the helper with fresh pipes for its stdio (stdin: /dev/null unless the
-    spec has input)."""
+    spec has input or holds its stdin open)."""
     local: list[int] = []
     remote: list[int] = []
     try:
-        if spec.stdin is None:
+        if spec.stdin is None and not spec.hold_stdin:
             remote.append(os.open(os.devnull, os.O_RDONLY))
             stdin_w = None
         else:

@@ -132,8 +132,9 @@ SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "creat": (85, None),
     "openat2": (437, 437),
 }
-# Calls that take a file mode, and the index of that argument.
-_MODE_ARGUMENT = {
+# Calls that take a file mode, and the index of that argument (also compiled into the
+# container profile, `backends.oci.seccomp_profile`).
+MODE_ARGUMENT = {
     "chmod": 1,
     "fchmod": 1,
     "fchmodat": 2,
@@ -142,9 +143,9 @@ _MODE_ARGUMENT = {
     "openat": 3,
     "creat": 1,
 }
-_SETID_BITS = 0o6000  # S_ISUID | S_ISGID
+SETID_BITS = 0o6000  # S_ISUID | S_ISGID
 _SPECIAL = frozenset(
-    {"clone", "clone3", "socket", "socketpair", "ioctl", "openat2", *_MODE_ARGUMENT}
+    {"clone", "clone3", "socket", "socketpair", "ioctl", "openat2", *MODE_ARGUMENT}
 )
 
 DEFAULT_DENIED: tuple[str, ...] = tuple(name for name in SYSCALLS if name not in _SPECIAL)
@@ -258,13 +259,13 @@ def _arch_body(
             _ret(RET_ALLOW),
         ]
     if deny_setid_modes:
-        for name, index in _MODE_ARGUMENT.items():
+        for name, index in MODE_ARGUMENT.items():
             if name not in numbers:
                 continue
             body += [
                 _insn(_BPF_JMP_JEQ_K, 0, 4, numbers[name]),
                 _load(_arg_low(index)),
-                _insn(_BPF_JMP_JSET_K, 0, 1, _SETID_BITS),
+                _insn(_BPF_JMP_JSET_K, 0, 1, SETID_BITS),
                 eperm,
                 _ret(RET_ALLOW),
             ]

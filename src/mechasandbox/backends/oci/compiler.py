@@ -14,6 +14,13 @@ import attrs
 from mechasandbox.backends.base import HostContext, scrubbed_environment
 from mechasandbox.backends.linux.placeholders import file_placeholder
 from mechasandbox.backends.oci.env_file import ENV_FILE
+from mechasandbox.backends.oci.lifeline import (
+    STDIN_PATH,
+    WATCHER_PROCESSES,
+    Lifeline,
+    keeper_argv,
+    watched_argv,
+)
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts, mount_args
 from mechasandbox.domain.limits import GIB, Limits
 from mechasandbox.domain.policy import Policy
@@ -71,6 +78,10 @@ class EngineTraits:
     `keep_id`: rootless podman maps the host uid to itself so workspace files stay the user's.
     `tmpfs_copy_up`: podman copies what is at a tmpfs's mount point into it unless the
     mount says `notmpcopyup` (a tmpfs that masks a directory would show its content).
+    `bind_options`: podman takes mount options on a bind (`nosuid,nodev`); docker's
+    `--mount` refuses them (its binds are covered otherwise: no-new-privileges makes a
+    setuid file inert inside, the device cgroup keeps device nodes closed, the seccomp
+    profile keeps setuid files from being made).
     """
 
     kind: EngineKind
@@ -80,6 +91,7 @@ class EngineTraits:
     runtime_network_flag: bool = False
     keep_id: bool = False
     tmpfs_copy_up: bool = False
+    bind_options: bool = False
 
     @staticmethod
     def docker() -> EngineTraits:
@@ -97,6 +109,7 @@ class EngineTraits:
             runtime_network_flag=True,
             keep_id=rootless,
             tmpfs_copy_up=True,
+            bind_options=True,
         )
 
 
@@ -118,6 +131,10 @@ class ContainerRun:
 
     `mounts`: the policy's readable, writable and masked paths (see `policy_mounts`); a
     protection mount at or below a mask is left out (the mask covers it).
+
+    `seccomp_profile`: the file of `seccomp_profile.profile_path()` (None: the engine's
+    default profile). `lifeline`: how the container is tied to this process (None: not
+    tied, for an image without /bin/sh; see `lifeline`).
     """
 
     run_id: str
@@ -130,6 +147,8 @@ class ContainerRun:
     unix_sockets: tuple[str, ...] = ()
 
     mounts: PolicyMounts = PolicyMounts()
+    seccomp_profile: str | None = None
+    lifeline: Lifeline | None = None
 
     @property
     def name(self) -> str:
@@ -238,8 +257,58 @@ def _bridge_mount(bridge: ProxyBridge | None) -> list[str]:
     return [] if bridge is None else _bind(bridge.socket, PROXY_SOCKET, readonly=True)
 
 
-# The long-lived process of a pooled container: commands come in by `exec`.
+# The long-lived process of a pooled container: commands come in by `exec`. (Untied: an
+# image without /bin/sh; a tied keeper waits on its lifeline instead, see `lifeline`.)
 KEEPER_ARGV = ("sleep", "infinity")
+
+
+def _seccomp_args(run: ContainerRun, runtime: Runtime, engine: EngineTraits) -> list[str]:
+    """Our profile instead of the engine's default. gVisor ignores a container's seccomp
+    profile unless told (`--oci-seccomp`): podman says so per run; docker's runsc must be
+    registered with it (the probe checks)."""
+    if run.seccomp_profile is None:
+        return []
+    args = ["--security-opt", f"seccomp={run.seccomp_profile}"]
+    if runtime is Runtime.RUNSC and engine.runtime_network_flag:
+        args += ["--runtime-flag", "oci-seccomp"]
+    return args
+
+
+def _harden_binds(args: list[str], engine: EngineTraits) -> list[str]:
+    """Every bind mount `nosuid,nodev` where the engine takes mount options on binds."""
+    if not engine.bind_options:
+        return args
+    hardened = list(args)
+    for index in range(1, len(hardened)):
+        if hardened[index - 1] == "--mount" and hardened[index].startswith("type=bind,"):
+            hardened[index] += ",nosuid,nodev"
+    return hardened
+
+
+def _entry(
+    request: RunRequest, run: ContainerRun, *, keeper: bool, bridge: ProxyBridge | None
+) -> list[str]:
+    """The container's process: the command (behind the bridge script, under the
+    watcher), or a pool's keeper."""
+    if keeper:
+        return keeper_argv() if run.lifeline is not None else list(KEEPER_ARGV)
+    argv = request.argv if bridge is None else tuple(bridge_argv(bridge, request.argv))
+    return list(argv) if run.lifeline is None else watched_argv(run.lifeline, argv)
+
+
+def _input_mount(run: ContainerRun, *, keeper: bool) -> list[str]:
+    lifeline = run.lifeline
+    if keeper or lifeline is None or lifeline.stdin_file is None:
+        return []
+    return _bind(lifeline.stdin_file, STDIN_PATH, readonly=True)
+
+
+def _extra_processes(run: ContainerRun, *, keeper: bool) -> int:
+    """Processes of ours under the pids limit besides the command's: the keeper, or the
+    watcher."""
+    if keeper:
+        return 1
+    return WATCHER_PROCESSES if run.lifeline is not None else 0
 
 
 def compile_container_args(
@@ -261,9 +330,13 @@ def compile_container_args(
     saw (in compiler errors, stack traces, its own notes) mean the same on both sides.
     The container runs as the host's uid:gid so files it writes belong to the user.
 
-    `keeper`: a warm-pool container: detached, running `KEEPER_ARGV` (the request's argv
-    and stdin are ignored), without the command's environment (each `exec` passes it), and
-    with one more process allowed (the keeper itself) under the pids limit.
+    `keeper`: a warm-pool container: running its keeper (the request's argv and stdin are
+    ignored; detached when it is not tied to us, else attached to its lifeline), without
+    the command's environment (each `exec` passes it), and with one more process allowed
+    (the keeper itself) under the pids limit.
+
+    `run.lifeline`: the container is attached (`--interactive`: its stdin is the lifeline)
+    and its entry is the watcher, which runs the command with its input from `STDIN_PATH`.
 
     `bridge` (allowlist mode): the run's proxy socket is mounted read-only at
     `PROXY_SOCKET`, the proxy variables point at `PROXY_URL`, and the command runs behind
@@ -293,10 +366,10 @@ def compile_container_args(
         args.append("--init")
         if engine.init_path is not None:
             args += ["--init-path", engine.init_path]
-    if keeper:
-        args.append("--detach")
-    elif request.stdin is not None:
+    if run.lifeline is not None or (request.stdin is not None and not keeper):
         args.append("--interactive")
+    elif keeper:
+        args.append("--detach")
     args += [
         "--network",
         "none",
@@ -311,6 +384,7 @@ def compile_container_args(
         "ALL",
         "--security-opt",
         "no-new-privileges",
+        *_seccomp_args(run, runtime, engine),
         "--user",
         f"{host.uid}:{host.gid}",
     ]
@@ -322,12 +396,13 @@ def compile_container_args(
 
     args += _policy_mounts(run, engine)
     args += _bridge_mount(bridge)
+    args += _input_mount(run, keeper=keeper)
     args += ["--workdir", workspace]
     if limits.memory_bytes is not None:
         memory = str(limits.memory_bytes)
         args += ["--memory", memory, "--memory-swap", memory]
     if limits.max_processes is not None:
-        args += ["--pids-limit", str(limits.max_processes + (1 if keeper else 0))]
+        args += ["--pids-limit", str(limits.max_processes + _extra_processes(run, keeper=keeper))]
     if cpus is not None:
         args += ["--cpus", f"{cpus:g}"]
     args += _ulimits(policy, engine)
@@ -337,8 +412,9 @@ def compile_container_args(
             args += ["--runtime-flag", "network=none"]
     if not keeper:
         args += _environment_args()
-    # The entrypoint is the command itself: an image's ENTRYPOINT must not wrap it.
-    argv = request.argv if bridge is None else tuple(bridge_argv(bridge, request.argv))
+    args = _harden_binds(args, engine)  # (before the image: the command's own words follow)
+    # The entrypoint is ours: an image's ENTRYPOINT must not wrap it.
+    argv = _entry(request, run, keeper=keeper, bridge=bridge)
     args += ["--entrypoint", argv[0], image, *argv[1:]]
     return tuple(args)
 

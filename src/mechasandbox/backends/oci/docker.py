@@ -11,16 +11,22 @@ from mechasandbox.backends.oci.engine import EngineInfo, OciBackend
 
 # How runsc must be registered with dockerd: without its own `--network=none`, gVisor
 # refuses to start on some hosts ("cannot run with network enabled in root network
-# namespace") even though the container has `--network none`.
+# namespace") even though the container has `--network none`; without `--oci-seccomp` it
+# ignores the container's seccomp profile (a command could chmod 4755 a file of the
+# workspace), and docker has no per-run way to say it.
 RUNSC_HINT = (
     'register runsc with dockerd as {"runtimes": {"runsc": {"path": "/usr/bin/runsc", '
-    '"runtimeArgs": ["--network=none"]}}} (see scripts/ci-engines.sh)'
+    '"runtimeArgs": ["--network=none", "--oci-seccomp"]}}} (see scripts/ci-engines.sh)'
 )
 
 
 def _has_network_none(arguments: list[str]) -> bool:
     joined = " ".join(arguments)
     return "--network=none" in joined or "--network none" in joined
+
+
+def _has_oci_seccomp(arguments: list[str]) -> bool:
+    return any(arg in ("--oci-seccomp", "--oci-seccomp=true", "-oci-seccomp") for arg in arguments)
 
 
 @attrs.frozen(kw_only=True)
@@ -44,11 +50,16 @@ class DockerBackend(OciBackend):
         runtimes: dict[str, Any] = document.get("Runtimes") or {}
         runsc_problem = None
         warnings: list[str] = []
-        if "runsc" in runtimes and not _has_network_none(
-            list(runtimes["runsc"].get("runtimeArgs") or [])
-        ):
+        runsc_args = list((runtimes.get("runsc") or {}).get("runtimeArgs") or [])
+        if "runsc" in runtimes and not _has_network_none(runsc_args):
             warnings.append(
                 "runsc is registered without --network=none; if it fails: " + RUNSC_HINT
+            )
+        if "runsc" in runtimes and not _has_oci_seccomp(runsc_args):
+            runsc_problem = (
+                "runsc is registered without --oci-seccomp: gVisor would ignore the "
+                "container's seccomp profile (setuid files could be made in the workspace); "
+                + RUNSC_HINT
             )
         if not document.get("MemoryLimit", True):
             warnings.append("the engine reports no memory limit support")

@@ -40,10 +40,12 @@ from mechasandbox.backends.linux.placeholders import (
     remove_empty,
 )
 from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks, locked_too_long
+from mechasandbox.backends.oci import lifeline
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
     LABEL_RUN,
     ContainerRun,
+    EngineKind,
     EngineTraits,
     Runtime,
     command_environment,
@@ -51,7 +53,9 @@ from mechasandbox.backends.oci.compiler import (
     tmp_bytes,
 )
 from mechasandbox.backends.oci.env_file import ENV_FILE_FD, env_file, env_file_hook
+from mechasandbox.backends.oci.lifeline import Lifeline
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts, survey
+from mechasandbox.backends.oci.seccomp_profile import profile_path
 from mechasandbox.backends.outcome import classify
 from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -182,14 +186,18 @@ class EngineInfo:
     warnings: tuple[str, ...] = ()
     socat: str | None = None  # the image's allowlist forwarder, when the bridge can work
     no_bridge: str = "not probed"  # why there is no allowlist bridge, when `socat` is None
+    shell: bool = False  # the image has /bin/sh: its containers can be tied (see `lifeline`)
 
 
-# The image's socat (its path, or None), per engine CLI and image id: starting a container
-# to look is slow, and an image id never changes content.
-_FORWARDERS: dict[tuple[str, str], str | None] = {}
+# What the image has: /bin/sh (the lifeline's watcher) and socat (its path, or None), per
+# engine CLI and image id: starting a container to look is slow, and an image id never
+# changes content.
+_FORWARDERS: dict[tuple[str, str], tuple[bool, str | None]] = {}
 _FORWARDERS_LOCK = threading.Lock()
-_FORWARDER_PROBE = "command -v socat"
+_SHELL_MARK = "mechasandbox-sh"
+_FORWARDER_PROBE = f"echo {_SHELL_MARK}; command -v socat"
 PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
+STDIN_PLACEHOLDER = "<per-run input file>"
 
 
 @attrs.define
@@ -525,8 +533,18 @@ class OciBackend:
         return Success((self._capabilities(parsed), parsed, executable))
 
     def _with_forwarder(self, info: EngineInfo, executable: str, image_id: str) -> EngineInfo:
-        """`info` with the image's socat, found by running the image once (cached per
-        image id); the allowlist bridge needs it."""
+        """`info` with the image's /bin/sh and socat, found by running the image once
+        (cached per image id); the lifeline's watcher needs the one, the allowlist bridge
+        the other."""
+        key = (executable, image_id)
+        with _FORWARDERS_LOCK:
+            found = _FORWARDERS.get(key)
+        if found is None:
+            found = self._find_forwarder(info, executable)
+            with _FORWARDERS_LOCK:
+                _FORWARDERS[key] = found
+        shell, socat = found
+        info = attrs.evolve(info, shell=shell)
         if self.runtime is Runtime.RUNSC:
             return attrs.evolve(
                 info,
@@ -535,14 +553,6 @@ class OciBackend:
                     "a host unix socket (the proxy's)"
                 ),
             )
-        key = (executable, image_id)
-        with _FORWARDERS_LOCK:
-            known = key in _FORWARDERS
-            socat = _FORWARDERS.get(key)
-        if not known:
-            socat = self._find_forwarder(info, executable)
-            with _FORWARDERS_LOCK:
-                _FORWARDERS[key] = socat
         if socat is None:
             return attrs.evolve(
                 info,
@@ -553,10 +563,10 @@ class OciBackend:
             )
         return attrs.evolve(info, socat=socat, no_bridge="")
 
-    def _find_forwarder(self, info: EngineInfo, executable: str) -> str | None:
-        """Run `sh -c 'command -v socat'` in the image, as a run would be started (offline,
-        --network none, read-only, no capabilities; the mounted "workspace" is our empty
-        read-only directory)."""
+    def _find_forwarder(self, info: EngineInfo, executable: str) -> tuple[bool, str | None]:
+        """Run `sh -c 'echo MARK; command -v socat'` in the image, as a run would be
+        started (offline, --network none, read-only, no capabilities; the mounted
+        "workspace" is our empty read-only directory): (has /bin/sh, socat's path)."""
         empty = empty_directory()
         run = ContainerRun(run_id=secrets.token_hex(8), owner=owner_id(), workspace=empty)
         args = compile_container_args(
@@ -572,10 +582,13 @@ class OciBackend:
             self.runner,
             self._cli_spec(executable, ("run", "--rm", *args[1:]), timeout_s=30.0, env_file=b""),
         )
-        if isinstance(found, Failure) or found.unwrap().exit_code != 0:
-            return None
-        path = found.unwrap().stdout.decode(errors="replace").strip()
-        return path if path.startswith("/") and "\n" not in path else None
+        if isinstance(found, Failure):
+            return False, None
+        lines = found.unwrap().stdout.decode(errors="replace").strip().split("\n")
+        shell = lines[0] == _SHELL_MARK
+        if found.unwrap().exit_code != 0 or len(lines) != 2 or not lines[1].startswith("/"):
+            return shell, None
+        return shell, lines[1]
 
     def _engine(self) -> Result[tuple[Capabilities, EngineInfo, str], BackendUnavailable]:
         now = time.monotonic()
@@ -604,7 +617,6 @@ class OciBackend:
             Protection.HOST_PROCESSES_HIDDEN,
             Protection.ENVIRONMENT,
             Protection.TIMEOUT,
-            Protection.TREE_TEARDOWN,
             Protection.CPU,
             Protection.OPEN_FILES,
             Protection.FILE_SIZE,
@@ -619,7 +631,7 @@ class OciBackend:
             (
                 Protection.FILESYSTEM_WRITE,
                 "read-only root; writable: workspace, the policy's writable paths, a sized "
-                "tmpfs /tmp",
+                "tmpfs /tmp; no setuid/setgid file can be made (seccomp profile)",
             ),
             (
                 Protection.PROTECTED_PATHS,
@@ -641,13 +653,15 @@ class OciBackend:
                 f"only the scrubbed environment, in an env file on descriptor {ENV_FILE_FD} "
                 "(never on the CLI's command line)",
             ),
-            (Protection.TREE_TEARDOWN, "the container is force-removed on timeout, cancel, exit"),
+            self._teardown_detail(info),
             (Protection.CPU, "--ulimit cpu (RLIMIT_CPU per process)"),
             (Protection.OPEN_FILES, "--ulimit nofile"),
             (Protection.FILE_SIZE, "--ulimit fsize"),
         ]
         if info.socat is not None:
             enforced.add(Protection.NETWORK_ALLOWLIST)
+        if info.shell:
+            enforced.add(Protection.TREE_TEARDOWN)
         if info.memory:
             enforced.add(Protection.MEMORY)
             details.append((Protection.MEMORY, "--memory with --memory-swap equal (cgroup)"))
@@ -666,6 +680,23 @@ class OciBackend:
             enforced=frozenset(enforced),
             details=tuple(details),
             warnings=warnings,
+        )
+
+    def _teardown_detail(self, info: EngineInfo) -> tuple[Protection, str]:
+        removed = "the container is force-removed on timeout, cancel, exit"
+        if not info.shell:
+            return (
+                Protection.TREE_TEARDOWN,
+                f"{removed}; but image {self.image!r} has no /bin/sh for the watcher that "
+                "ties the container to this process: if this process is killed, the command "
+                "runs on until the next run's sweep removes it",
+            )
+        return (
+            Protection.TREE_TEARDOWN,
+            f"{removed}; tied to this process: its stdin is a pipe only this process holds, "
+            "and a watcher in the container kills everything when it closes (a killed "
+            "caller leaves nothing running; the next run removes the stopped container); "
+            "the deadline is enforced inside too",
         )
 
     def _allowlist_detail(self, info: EngineInfo) -> tuple[Protection, str]:
@@ -705,6 +736,7 @@ class OciBackend:
             empty_dir=empty_directory() if layout.placeholders else None,
             unix_sockets=find_named_sockets(policy, self.host, workspace).bind,
             mounts=mounts or PolicyMounts(),
+            seccomp_profile=profile_path(),
         )
 
     @staticmethod
@@ -799,6 +831,9 @@ class OciBackend:
             checked = self._env_file(policy, host, bridge)
             if isinstance(checked, Failure):
                 return Failure(checked.failure())
+            if isinstance(engine, Success) and engine.unwrap()[1].shell:
+                stdin = None if request.stdin is None else STDIN_PLACEHOLDER
+                run = attrs.evolve(run, lifeline=_lifeline(policy, stdin))
             args = compile_container_args(
                 request,
                 planned,
@@ -833,6 +868,18 @@ class OciBackend:
     # -- running --------------------------------------------------------------------------
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        engine = self._engine()
+        if isinstance(engine, Failure):
+            return await self._run(request, policy)  # (prepare_run reports it)
+        key = (self.kind, engine.unwrap()[2])
+        return await lifeline.sweep_beside(
+            key,
+            self.reap_leftovers,
+            lambda: self._run(request, policy),
+            concurrently=engine.unwrap()[1].traits.kind is not EngineKind.PODMAN,
+        )
+
+    async def _run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
@@ -878,6 +925,28 @@ class OciBackend:
         made = self._env_file(policy, self.host, bridge)
         if isinstance(made, Failure):
             return Failure(made.failure())
+        stdin_file = None
+        if info.shell:
+            stdin_file = lifeline.write_input(request.stdin, uid=self.host.uid, gid=self.host.gid)
+            run = attrs.evolve(run, lifeline=_lifeline(policy, stdin_file))
+        try:
+            return await self._launch_tied(
+                executable, info, request, policy, run, warnings, bridge, made.unwrap()
+            )
+        finally:
+            lifeline.remove_input(stdin_file)
+
+    async def _launch_tied(
+        self,
+        executable: str,
+        info: EngineInfo,
+        request: RunRequest,
+        policy: Policy,
+        run: ContainerRun,
+        warnings: tuple[str, ...],
+        bridge: ProxyBridge | None,
+        env_file: bytes,
+    ) -> Result[RunResult, SandboxError]:
         args = compile_container_args(
             request,
             policy,
@@ -895,8 +964,10 @@ class OciBackend:
             stdin=request.stdin,
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
-            env_file=made.unwrap(),
+            env_file=env_file,
         )
+        if run.lifeline is not None:
+            spec = lifeline.tie(spec)
         placeholders = self._placeholder_paths(run)
         if not hold_placeholders(run.workspace, placeholders):
             return Failure(BackendFailed(backend=self.name, reason=locked_too_long("container")))
@@ -986,6 +1057,10 @@ class OciBackend:
             failed = _bridge_failure(outcome, request.argv[0], backend=self.name, image=self.image)
             if failed is not None:
                 return Failure(failed)
+        if run.lifeline is not None:
+            unstarted = lifeline.exec_failure(outcome, request.argv[0], image=self.image)
+            if unstarted is not None:
+                return Failure(unstarted)
         code: int | None = outcome.exit_code
         signal: int | None = outcome.signal
         if code is not None and _SIGNAL_BASE < code <= _SIGNAL_BASE + 64:
@@ -1076,6 +1151,12 @@ class OciBackend:
         for name in doomed:
             await self.runner.run(self._cli_spec(executable, ("rm", "--force", name)))
         return Success(tuple(doomed))
+
+
+def _lifeline(policy: Policy, stdin_file: str | None) -> Lifeline:
+    return Lifeline(
+        deadline_s=lifeline.deadline_for(policy.limits.timeout_s), stdin_file=stdin_file
+    )
 
 
 def _bridge_failure(

@@ -5,10 +5,11 @@
 arguments compiled from the policy, the workspace), so a command only ever lands in a
 container created with its own policy's mounts and limits (the readable, writable and masked
 paths as the host showed them when the command came: see `policy_mounts`). Each one runs a
-long-lived keeper (`sleep infinity` under `--init`); a command is `exec --user UID:GID
---workdir WS --env-file /dev/fd/3 CONTAINER ARGV` (the environment on a descriptor, see
-`env_file`), so the container's cgroup limits (memory, pids, cpus) and ulimits apply to it,
-and orphans it leaves are reaped by the init.
+long-lived keeper under `--init`, which waits on its lifeline (see `lifeline`: the container
+stops with this process); a command is `exec --user UID:GID --workdir WS --env-file
+/dev/fd/3 CONTAINER ARGV` (the environment on a descriptor, see `env_file`), so the
+container's cgroup limits (memory, pids, cpus) and ulimits apply to it, and orphans it
+leaves are reaped by the init.
 
 After use a container is discarded (removed in the background, a fresh one started to
 replace it) unless `after_use=AfterUse.REUSE`: a command can leave state behind (files in
@@ -47,6 +48,7 @@ from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.workspace_locks import locked_too_long
+from mechasandbox.backends.oci import lifeline
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     EngineKind,
@@ -62,6 +64,7 @@ from mechasandbox.backends.oci.engine import (
     release_placeholders,
     run_blocking,
 )
+from mechasandbox.backends.oci.lifeline import Attached, Lifeline
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts
 from mechasandbox.backends.outcome import classify
 from mechasandbox.domain.capabilities import Capabilities, Protection
@@ -76,12 +79,13 @@ from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Usage
 from mechasandbox.limits.cgroup import CgroupEvents
-from mechasandbox.runner.spec import ProcessOutcome
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 _SIGNAL_BASE = 128
 _POLL_S = 0.02
 _MAINTENANCE_TICK_S = 0.1
 _START_TIMEOUT_S = 60.0
+_START_POLL_S = 0.05
 _GONE_MARKERS = (b"No such container", b"no such container", b"is not running")
 
 
@@ -408,20 +412,14 @@ class ContainerPool:
             self._members[member.name] = member
         ok = False
         try:
-            started = await backend.runner.run(
-                backend._cli_spec(executable, slot.compile(run), timeout_s=_START_TIMEOUT_S)
+            spec = backend._cli_spec(executable, slot.compile(run), timeout_s=_START_TIMEOUT_S)
+            problem = await (
+                self._start_detached(member, spec)
+                if run.lifeline is None
+                else self._start_attached(member, spec)
             )
-            if isinstance(started, Failure):
-                return Failure(
-                    BackendFailed(backend=backend.name, reason=started.failure().message)
-                )
-            if started.unwrap().exit_code != 0:
-                reason = f"cannot start a pool container: {_tail(started.unwrap().stderr)}"
-                return Failure(BackendFailed(backend=backend.name, reason=reason))
-            if not await self._healthy(member):
-                return Failure(
-                    BackendFailed(backend=backend.name, reason="a new pool container is unhealthy")
-                )
+            if problem is not None:
+                return Failure(BackendFailed(backend=backend.name, reason=problem))
             member.cgroup = await self._find_cgroup(member)
             member.last_used = time.monotonic()
             ok = True
@@ -432,6 +430,33 @@ class ContainerPool:
                     # The CLI may have been cut short while the engine was still creating it.
                     await backend._remove(executable, run, thorough=True)
                 self._forget(member)
+
+    async def _start_detached(self, member: _Member, spec: SpawnSpec) -> str | None:
+        """An untied keeper (`run --detach`): started once the CLI returns."""
+        started = await self.backend.runner.run(spec)
+        if isinstance(started, Failure):
+            return str(started.failure().message)
+        if started.unwrap().exit_code != 0:
+            return f"cannot start a pool container: {_tail(started.unwrap().stderr)}"
+        if not await self._healthy(member):
+            return "a new pool container is unhealthy"
+        return None
+
+    async def _start_attached(self, member: _Member, spec: SpawnSpec) -> str | None:
+        """A keeper tied to this process (see `lifeline`): its CLI stays attached, in a
+        thread of its own, for as long as the container lives; started once it answers an
+        `exec`."""
+        attached = Attached(
+            self.backend.runner.run, lifeline.tie(attrs.evolve(spec, timeout_s=None))
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not attached.done():
+            if await self._healthy(member):
+                return None
+            if time.monotonic() > deadline:
+                return "a new pool container did not start in time"
+            await anyio.sleep(_START_POLL_S)
+        return f"cannot start a pool container: {attached.failure_reason()}"
 
     async def _healthy(self, member: _Member) -> bool:
         spec = self.backend._cli_spec(
@@ -463,8 +488,11 @@ class ContainerPool:
         traits = backend._traits()
         layout = backend._protection_layout(workspace, policy)
 
+        tied = backend._engine().map(lambda found: found[1].shell).value_or(False)
+
         def make_run() -> ContainerRun:
-            return backend._container_run(workspace, policy, layout=layout, mounts=mounts)
+            run = backend._container_run(workspace, policy, layout=layout, mounts=mounts)
+            return attrs.evolve(run, lifeline=Lifeline()) if tied else run
 
         def compile_args(run: ContainerRun) -> tuple[str, ...]:
             return compile_container_args(
@@ -897,6 +925,18 @@ class PooledBackend:
         return Success(None)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        engine = self.backend._engine()
+        if isinstance(engine, Failure):
+            return await self._run(request, policy)  # (prepare_run reports it)
+        key = (self.backend.kind, engine.unwrap()[2])
+        return await lifeline.sweep_beside(
+            key,
+            self.backend.reap_leftovers,
+            lambda: self._run(request, policy),
+            concurrently=engine.unwrap()[1].traits.kind is not EngineKind.PODMAN,
+        )
+
+    async def _run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         backend = self.backend
         prepared = prepare_run(self, request, policy)
         if isinstance(prepared, Failure):

@@ -1,0 +1,229 @@
+"""Nothing in a container outlives the process that started it.
+
+Killing the engine CLI (`docker run`, `podman run`) does not stop the container: a caller
+killed with SIGKILL (or SIGTERM, which Python does not turn into a clean exit) would leave
+the command running, writing the workspace, long after. So the container is tied to us:
+
+- Its stdin is the lifeline. The CLI runs with `--interactive`, its own stdin a pipe whose
+  write end only this host process holds and never closes (`SpawnSpec.hold_stdin`). The
+  engine closes the container's stdin when the CLI's attachment ends: when the CLI dies,
+  which the spawn helper sees to when we die (and the kernel closes our end anyway).
+- The watcher (`watch_script`, POSIX sh builtins only) is the container's entry: it starts
+  the command, reads the lifeline until end-of-file, then kills every process of the
+  container (`kill -9 -1`; the init, tini, then leaves, which ends the PID namespace). It
+  also enforces the run's deadline from inside (`sleep`), a few seconds after the host's
+  own, for a host that is alive but stuck.
+- The command's input (the request's stdin bytes) cannot share the lifeline: it comes from
+  a private file of the run mounted read-only at `STDIN_PATH`.
+- A warm pool's keeper is the same loop without a command: the pool keeps its attached CLI
+  running in a thread, and commands come in by `exec`.
+- What stays behind (the stopped container; nothing runs in it) is removed by the sweep a
+  later process of ours makes beside its first run (`sweep_beside`: containers whose owner
+  process is gone).
+
+The watcher needs `/bin/sh` in the image (the probe checks, once per image); without one a
+run is not tied, and the backend does not claim `Protection.TREE_TEARDOWN`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import attrs
+from returns.result import Failure, Result
+
+from mechasandbox.domain.errors import SandboxError, SpawnFailed
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+
+WATCH_NAME = "mechasandbox-watch"
+WATCH_PREFIX = (WATCH_NAME + ": ").encode()
+KEEPER_NAME = "mechasandbox-keeper"
+# Where the command's input is mounted (beside the allowlist bridge's proxy socket).
+STDIN_PATH = "/run/mechasandbox/stdin"
+# The watcher's own processes under the pids limit: its shell, the lifeline reader, the
+# deadline's subshell and its sleep.
+WATCHER_PROCESSES = 4
+# The deadline inside comes this long after the host's, which ends the run properly first.
+DEADLINE_GRACE_S = 3.0
+
+# $1: the deadline in seconds (0: none); $2: the command's input; the rest: the command.
+# The lifeline is the script's stdin, kept on fd 3 (an asynchronous list gets /dev/null
+# as its stdin unless redirected explicitly). The shell's own stderr goes quiet once the
+# command has started, so that it does not report the command's death ("Killed").
+_WATCH_SCRIPT = """\
+exec 3<&0
+t=$1
+in=$2
+shift 2
+(exec "$@") <"$in" 3<&- &
+c=$!
+exec 2>/dev/null
+(while read -r _; do :; done; kill -9 -1) <&3 &
+if [ "$t" != 0 ]; then (sleep "$t"; kill -9 -1) 3<&- & fi
+exec 3<&-
+wait "$c"
+"""
+_KEEPER_SCRIPT = "while read -r _; do :; done; kill -9 -1\n"
+
+
+@attrs.frozen(kw_only=True)
+class Lifeline:
+    """How one container is tied to this process (see the module).
+
+    `deadline_s`: the watcher's own deadline (None: none); `stdin_file`: the host file
+    holding the command's input (None: /dev/null)."""
+
+    deadline_s: int | None = None
+    stdin_file: str | None = None
+
+
+def deadline_for(timeout_s: float | None) -> int | None:
+    return None if timeout_s is None else math.ceil(timeout_s + DEADLINE_GRACE_S)
+
+
+def watched_argv(lifeline: Lifeline, argv: tuple[str, ...] | list[str]) -> list[str]:
+    """`/bin/sh -c WATCH mechasandbox-watch DEADLINE INPUT ARGV...`."""
+    deadline = str(lifeline.deadline_s or 0)
+    source = STDIN_PATH if lifeline.stdin_file is not None else "/dev/null"
+    return ["/bin/sh", "-c", _WATCH_SCRIPT, WATCH_NAME, deadline, source, *argv]
+
+
+def keeper_argv() -> list[str]:
+    """A pool keeper: waits on the lifeline, then takes every exec'd command with it."""
+    return ["/bin/sh", "-c", _KEEPER_SCRIPT, KEEPER_NAME]
+
+
+def tie(spec: SpawnSpec) -> SpawnSpec:
+    """The engine CLI's spec with the lifeline as its stdin (see the module)."""
+    return attrs.evolve(spec, stdin=b"", hold_stdin=True)
+
+
+def exec_failure(outcome: ProcessOutcome, command: str, *, image: str) -> SandboxError | None:
+    """The watcher's shell could not exec the command (`mechasandbox-watch: exec: X: not
+    found`, 127; `Permission denied`, 126): a spawn failure, not the command's status."""
+    first = outcome.stderr.split(b"\n", 1)[0]
+    if outcome.exit_code not in (126, 127) or not first.startswith(WATCH_PREFIX):
+        return None
+    if b"exec: " not in first:
+        return None
+    reason = "command not found" if outcome.exit_code == 127 else "not executable"
+    message = first.decode("utf-8", "replace")[-200:]
+    return SpawnFailed(
+        command=command,
+        reason=f"{reason} in image {image!r}: {message}",
+        exit_status=outcome.exit_code,
+    )
+
+
+# -- the command's input ------------------------------------------------------------------
+
+
+def write_input(data: bytes | None, *, uid: int, gid: int) -> str | None:
+    """The request's stdin in a fresh private directory (None for no input); readable by
+    the container's user (the caller's uid, or the one a root caller runs it as)."""
+    if data is None:
+        return None
+    directory = tempfile.mkdtemp(prefix="mechasandbox-stdin-")
+    path = os.path.join(directory, "stdin")
+    with open(path, "xb") as handle:
+        handle.write(data)
+    if os.geteuid() == 0 and (uid, gid) != (0, 0):
+        # Root runs the container as another user: hand that user the file (and the way in).
+        os.chown(directory, uid, gid)
+        os.chown(path, uid, gid)
+    os.chmod(path, 0o400)
+    return path
+
+
+def remove_input(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(os.path.dirname(path))
+
+
+# -- a pool keeper's attached CLI ------------------------------------------------------------
+
+
+class Attached:
+    """An engine CLI kept running in a thread of its own (a keeper's `run`, attached to
+    its lifeline): `done` once it ended, `outcome` then."""
+
+    def __init__(self, run: Callable[[SpawnSpec], Awaitable[Any]], spec: SpawnSpec) -> None:
+        self.outcome: Result[ProcessOutcome, SpawnFailed] | None = None
+        self._ended = threading.Event()
+
+        def body() -> None:
+            try:
+                self.outcome = anyio.run(run, spec)
+            except Exception as error:  # reported to whoever waits for the start
+                self.outcome = Failure(SpawnFailed(command=spec.argv[0], reason=repr(error)))
+            finally:
+                self._ended.set()
+
+        threading.Thread(target=body, name="mechasandbox-keeper", daemon=True).start()
+
+    def done(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._ended.wait(timeout_s)
+
+    def failure_reason(self) -> str:
+        outcome = self.outcome
+        if outcome is None:
+            return "still running"
+        if isinstance(outcome, Failure):
+            return str(outcome.failure().message)
+        text = outcome.unwrap().stderr.decode("utf-8", "replace").strip()
+        return text[-500:] or f"the engine CLI ended with status {outcome.unwrap().exit_code}"
+
+
+# -- the sweep ------------------------------------------------------------------------------
+
+_SWEPT: set[tuple[str, str]] = set()
+_SWEPT_LOCK = threading.Lock()
+
+
+def claim_sweep(key: tuple[str, str]) -> bool:
+    """Whether this run makes the process's sweep for this engine (the first one does)."""
+    with _SWEPT_LOCK:
+        if key in _SWEPT:
+            return False
+        _SWEPT.add(key)
+        return True
+
+
+async def sweep_beside(
+    key: tuple[str, str],
+    sweep: Callable[[], Awaitable[object]],
+    run: Callable[[], Awaitable[Result[Any, SandboxError]]],
+    *,
+    concurrently: bool = True,
+) -> Result[Any, SandboxError]:
+    """`run()`, with this process's first run on an engine also removing the containers
+    that processes of ours which died left behind (`OciBackend.reap_leftovers`): beside the
+    run (its result waits for that, which is over long before a container is), or first,
+    where the engine's CLI calls must not overlap (`concurrently=False`: podman, whose
+    conmon the spawn helper takes for a stray of whichever run ends first)."""
+    if not claim_sweep(key):
+        return await run()
+
+    async def quietly() -> None:
+        with contextlib.suppress(Exception):  # best effort: the next process sweeps again
+            await sweep()
+
+    if not concurrently:
+        await quietly()
+        return await run()
+    async with anyio.create_task_group() as group:
+        group.start_soon(quietly)
+        result = await run()
+    return result
