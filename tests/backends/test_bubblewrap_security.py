@@ -26,9 +26,7 @@ from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 from mechasandbox.domain.errors import (
     BackendFailed,
     CpuLimit,
-    MemoryLimit,
     PolicyUnsupported,
-    ProcessLimit,
     SandboxError,
     SpawnFailed,
     Timeout,
@@ -40,6 +38,7 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 from tests.host_actions import act_when_started
+from tests.resource_limits import assert_fork_bomb_stopped, assert_memory_bomb_stopped
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -575,16 +574,14 @@ def test_timeout_kills_the_whole_tree(box: Box) -> None:
 def test_fork_bomb_is_a_process_limit(box: Box) -> None:
     policy = Policy(limits=Limits(timeout_s=30, max_processes=20))
     result = box.run("sh", "-c", "for i in $(seq 60); do sleep 1 & done; wait", policy=policy)
-    assert isinstance(result, Failure)
-    assert isinstance(result.failure(), ProcessLimit)
+    assert_fork_bomb_stopped(box.backend, result)
 
 
 def test_memory_bomb_is_a_memory_limit(box: Box) -> None:
     policy = Policy(limits=Limits(timeout_s=30, memory_bytes=64 * MIB))
     script = "b = []\nwhile True:\n    b.append(bytearray(8 * 1024 * 1024))"
     result = box.run(PYTHON, "-c", script, policy=policy)
-    assert isinstance(result, Failure)
-    assert isinstance(result.failure(), MemoryLimit)
+    assert_memory_bomb_stopped(box.backend, result)
 
 
 def test_cpu_spin_is_a_cpu_limit(box: Box) -> None:
