@@ -41,7 +41,7 @@ from mechasandbox.domain import (
     Timeout,
 )
 from mechasandbox.runner.runner import HelperProcessRunner
-from tests.conftest import require_available
+from tests.conftest import require_available, skip_if_left_to_another_run
 from tests.host_actions import act_when_started
 
 TEST_IMAGE = os.environ.get("MECHASANDBOX_TEST_IMAGE", "mechasandbox-test:busybox")
@@ -74,6 +74,10 @@ class OciContract:
 
     backend_class: ClassVar[type[OciBackend]]
     cli: ClassVar[str]
+
+    @pytest.fixture(autouse=True)
+    def _tested_in_this_run(self) -> None:
+        skip_if_left_to_another_run(self.backend_class.kind)
 
     def make(self, runner: HelperProcessRunner, **options: Any) -> Any:
         """The backend under test (a subclass may wrap it, e.g. in a warm pool)."""
