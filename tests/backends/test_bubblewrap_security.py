@@ -376,16 +376,18 @@ def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     def host_git() -> None:
         subprocess.run([*git, "config", "user.name", "someone"], check=True)
 
+    # This run's own text: other runs of such tests (other users of the machine) may be alive.
+    planted = f"fsmonitor = evil-{secrets.token_hex(4)}"
     thread = act_when_started(box.workspace / "started", host_git)
     try:
         result = box.run(
-            "sh", "-c", "touch started; sleep 1; echo '[core] fsmonitor = evil' >> .git/config"
+            "sh", "-c", f"touch started; sleep 1; echo '[core] {planted}' >> .git/config"
         )
     finally:
         thread.join()
     config = box.workspace / ".git" / "config"
     assert "evil" not in config.read_text()
-    left = subprocess.run(["pgrep", "-f", "fsmonitor = evil"], check=False, capture_output=True)
+    left = subprocess.run(["pgrep", "-f", planted], check=False, capture_output=True)
     assert left.returncode == 1, left.stdout  # the stopped run left nothing behind
     assert "read-only cover" in _stopped_for(result, config)
 
