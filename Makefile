@@ -7,7 +7,7 @@ CC ?= cc
 SHIM_DIR := src/mechasandbox/runner/shim
 SHIM := $(SHIM_DIR)/mechasandbox-exec
 
-.PHONY: install shim demo test lint typecheck ci bench clean
+.PHONY: install shim demo test test-security lint typecheck ci bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# The security and contract suites alone: what CI also runs as an ordinary user
+# (scripts/ci-unprivileged.sh). Backends missing here skip with the reason, as in `make test`.
+SECURITY_TESTS ?= $(sort $(wildcard tests/backends/test_*security*.py \
+	tests/backends/test_contract_*.py)) tests/backends/test_docker.py \
+	tests/backends/test_podman.py tests/backends/test_process_limits.py \
+	tests/integration/test_verify.py
+
+test-security: install
+	MECHASANDBOX_REQUIRE_EXERCISED=1 $(PY) -m pytest $(SECURITY_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -77,16 +77,17 @@ start_dockerd() {
 import_image() {
     local engine="$1" rootfs="$2"
     if "$engine" image inspect "$IMAGE" >/dev/null 2>&1; then
-        # Images imported before the rootfs carried socat (the allowlist forwarder) are
-        # imported again; the check runs the image offline, as the backends do.
+        # Images imported before the rootfs carried socat (the allowlist forwarder), or
+        # with a / only root may enter, are imported again; the check runs the image
+        # offline as a non-root uid, as the backends may.
         # (Explicit ulimits: rootful podman otherwise raises them beyond what it may set.)
         if "$engine" run --rm --pull never --network none --ulimit nofile=1024:1024 \
-            --ulimit nproc=512:512 --entrypoint /bin/sh "$IMAGE" \
+            --ulimit nproc=512:512 --user 65534:65534 --entrypoint /bin/sh "$IMAGE" \
             -c 'command -v socat' >/dev/null 2>&1; then
             log "$engine: $IMAGE already present"
             return
         fi
-        log "$engine: $IMAGE lacks socat: importing it again"
+        log "$engine: $IMAGE lacks socat or is closed to non-root users: importing it again"
     else
         log "$engine: importing $IMAGE"
     fi

@@ -10,6 +10,9 @@ file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || {
     exit 1
 }
 mkdir -p "$rootfs"/{bin,etc,tmp,proc,sys,dev,usr/bin,usr/local/bin}
+# The image's / gets this directory's mode: one made by `mktemp -d` (0700) would leave a
+# command that runs as a non-root uid (the caller's, `--user`) unable to reach anything.
+chmod 755 "$rootfs"
 chmod 1777 "$rootfs/tmp"
 cp "$busybox" "$rootfs/bin/busybox"
 for applet in $("$rootfs/bin/busybox" --list); do

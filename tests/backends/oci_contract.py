@@ -49,7 +49,7 @@ from mechasandbox.domain import (
     Timeout,
 )
 from mechasandbox.runner.runner import HelperProcessRunner
-from tests.conftest import require_available
+from tests.conftest import require_available, skip_if_left_to_another_run
 from tests.git_attacks import GIT_ATTACKS, GitAttack, git, planted_ran, sandboxed_script
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
@@ -85,6 +85,10 @@ class OciContract:
 
     backend_class: ClassVar[type[OciBackend]]
     cli: ClassVar[str]
+
+    @pytest.fixture(autouse=True)
+    def _tested_in_this_run(self) -> None:
+        skip_if_left_to_another_run(self.backend_class.kind)
 
     def make(self, runner: HelperProcessRunner, **options: Any) -> Any:
         """The backend under test (a subclass may wrap it, e.g. in a warm pool)."""

@@ -30,9 +30,7 @@ from mechasandbox.domain.errors import (
     BackendFailed,
     ConfigInvalid,
     CpuLimit,
-    MemoryLimit,
     PolicyUnsupported,
-    ProcessLimit,
     SandboxError,
     SpawnFailed,
     Timeout,
@@ -52,6 +50,7 @@ from tests.conftest import require_available
 from tests.git_attacks import GIT_ATTACKS, GitAttack, planted_ran, sandboxed_script
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
+from tests.resource_limits import assert_fork_bomb_stopped, assert_memory_bomb_stopped
 from tests.unix_servers import (
     datagram_pair_script,
     host_datagram_sockets,
@@ -412,16 +411,18 @@ def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     def host_git() -> None:
         subprocess.run([*git, "config", "user.name", "someone"], check=True)
 
+    # This run's own text: other runs of such tests (other users of the machine) may be alive.
+    planted = f"fsmonitor = evil-{secrets.token_hex(4)}"
     thread = act_when_started(box.workspace / "started", host_git)
     try:
         result = box.run(
-            "sh", "-c", "touch started; sleep 1; echo '[core] fsmonitor = evil' >> .git/config"
+            "sh", "-c", f"touch started; sleep 1; echo '[core] {planted}' >> .git/config"
         )
     finally:
         thread.join()
     config = box.workspace / ".git" / "config"
     assert "evil" not in config.read_text()
-    left = subprocess.run(["pgrep", "-f", "fsmonitor = evil"], check=False, capture_output=True)
+    left = subprocess.run(["pgrep", "-f", planted], check=False, capture_output=True)
     assert left.returncode == 1, left.stdout  # the stopped run left nothing behind
     assert "read-only cover" in _stopped_for(result, config)
 
@@ -730,16 +731,14 @@ def test_timeout_kills_the_whole_tree(box: Box) -> None:
 def test_fork_bomb_is_a_process_limit(box: Box) -> None:
     policy = Policy(limits=Limits(timeout_s=30, max_processes=20))
     result = box.run("sh", "-c", "for i in $(seq 60); do sleep 1 & done; wait", policy=policy)
-    assert isinstance(result, Failure)
-    assert isinstance(result.failure(), ProcessLimit)
+    assert_fork_bomb_stopped(box.backend, result)
 
 
 def test_memory_bomb_is_a_memory_limit(box: Box) -> None:
     policy = Policy(limits=Limits(timeout_s=30, memory_bytes=64 * MIB))
     script = "b = []\nwhile True:\n    b.append(bytearray(8 * 1024 * 1024))"
     result = box.run(PYTHON, "-c", script, policy=policy)
-    assert isinstance(result, Failure)
-    assert isinstance(result.failure(), MemoryLimit)
+    assert_memory_bomb_stopped(box.backend, result)
 
 
 def test_cpu_spin_is_a_cpu_limit(box: Box) -> None:
