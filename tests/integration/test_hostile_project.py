@@ -208,3 +208,24 @@ def test_an_empty_git_directory_cannot_be_made_a_repository(
     )
     assert b"HEAD" not in finished.stdout
     assert list((workspace / ".git").iterdir()) == []
+
+
+def test_a_project_chooses_the_backend_of_strict_runs_only(workspace: Path) -> None:
+    """Under best-effort the chosen backend's gaps would be warnings, not refusals: a
+    repository choosing a backend could then weaken the user's run."""
+    from mechasandbox.config import structure_settings
+
+    _project(workspace, '[backend]\nname = "docker"\n')
+    strict = load_policy(workspace=str(workspace), user_file=None).unwrap()
+    assert strict.backend == "docker"
+    overrides = structure_settings({"enforcement": "best-effort"}, "<overrides>").unwrap()
+    loose = load_policy(workspace=str(workspace), user_file=None, overrides=overrides).unwrap()
+    assert loose.backend == "auto"
+    assert any("strict runs only" in warning for warning in loose.warnings)
+    chosen = structure_settings(
+        {"enforcement": "best-effort", "backend": {"name": "docker"}}, "<overrides>"
+    ).unwrap()
+    assert (
+        load_policy(workspace=str(workspace), user_file=None, overrides=chosen).unwrap().backend
+        == "docker"
+    )

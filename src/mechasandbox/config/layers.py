@@ -25,9 +25,9 @@ from mechasandbox.config.loading import (
 from mechasandbox.config.narrowing import narrow, narrow_backend
 from mechasandbox.config.openagents import openagents_layer
 from mechasandbox.config.overlay import BackendChoice, apply_backend, apply_settings
-from mechasandbox.config.schema import Settings
+from mechasandbox.config.schema import BackendName, Settings
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
 
 
 @attrs.frozen(kw_only=True)
@@ -36,6 +36,8 @@ class _State:
     backend: BackendChoice
     files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # The project file that chose the backend, while no user layer has chosen one since.
+    project_backend: str | None = None
 
     def resolved(self) -> ResolvedConfig:
         return ResolvedConfig(
@@ -89,6 +91,7 @@ def _widen(
             policy=policy,
             backend=apply_backend(state.backend, settings.backend),
             files=state.files if file is None else (*state.files, file),
+            project_backend=(state.project_backend if settings.backend.name is None else None),
         )
     )
 
@@ -110,6 +113,9 @@ def _narrow(
                 backend=chosen.choice,
                 files=(*state.files, source),
                 warnings=(*state.warnings, *chosen.warnings),
+                project_backend=(
+                    source if chosen.choice.name != state.backend.name else state.project_backend
+                ),
             )
         )
     )
@@ -175,4 +181,21 @@ def resolve(
     state = state.bind(lambda current: _user_layers(current, extra_files))
     if overrides is not None:
         state = state.bind(lambda current: _widen(current, overrides, OVERRIDES_SOURCE, None))
-    return state.map(lambda final: final.resolved())
+    return state.map(_backend_kept_strict).map(lambda final: final.resolved())
+
+
+def _backend_kept_strict(state: _State) -> _State:
+    """A project's choice of backend stands only for a strict policy: there every backend
+    enforces all the policy asks or refuses to run, so the choice cannot weaken the run. A
+    best-effort run would take whatever the chosen backend leaves out; `auto` picks then."""
+    if state.project_backend is None or state.policy.enforcement is not Enforcement.BEST_EFFORT:
+        return state
+    warning = (
+        f"{state.project_backend}: backend.name = {state.backend.name.value!r} ignored: a "
+        "project file chooses the backend of strict runs only (this one is best-effort)"
+    )
+    return attrs.evolve(
+        state,
+        backend=attrs.evolve(state.backend, name=BackendName.AUTO),
+        warnings=(*state.warnings, warning),
+    )
