@@ -138,16 +138,26 @@ def check_enforcement(
 # Directories that are never a workspace: the command may write its whole workspace, and
 # these hold the system, every user's files, or the host's shared temporary files.
 _SYSTEM_DIRECTORIES = frozenset(
-    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
-     "/media", "/mnt", "/nix", "/nix/store", "/opt", "/proc", "/root", "/run", "/sbin", "/snap",
-     "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/local/bin",
-     "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/run", "/var/tmp",
-     # macOS
-     "/Applications", "/Library", "/System", "/Users", "/Volumes", "/private",
-     "/private/etc", "/private/tmp", "/private/var"}
+    {"/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/Users", "/Volumes",
+     "/private", "/private/tmp"}
 )  # fmt: skip
-# Trees no part of which is a workspace: the system's configuration, kernel interfaces.
-_SYSTEM_TREES = ("/etc", "/boot", "/proc", "/sys", "/dev", "/run", "/private/etc", "/System")
+# Trees no part of which is a workspace: the system's programs, libraries, configuration
+# and state, kernel interfaces (`/lib/systemd/system` or `/var/lib/dpkg/info` written by a
+# root caller's command would run as root later). Each with the subtrees that are.
+_SYSTEM_TREES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("/etc", ()), ("/boot", ()), ("/proc", ()), ("/sys", ()), ("/dev", ()), ("/run", ()),
+    ("/bin", ()), ("/sbin", ()), ("/lib", ()), ("/lib32", ()), ("/lib64", ()),
+    ("/libx32", ()), ("/nix", ()), ("/snap", ()),
+    ("/usr", ("/usr/src", "/usr/local/src")),
+    ("/var", ("/var/tmp",)),
+    # macOS: the system, Homebrew's tree; its temporary directories are per-user folders
+    ("/System", ()), ("/Library", ()), ("/opt/homebrew", ()), ("/private/etc", ()),
+    ("/private/var", ("/private/var/folders", "/private/var/tmp")),
+)  # fmt: skip
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 @functools.lru_cache(maxsize=8)
@@ -156,18 +166,39 @@ def _homes(home_variable: str | None, uid: int) -> frozenset[str]:
     homes = {home_variable or ""}
     with contextlib.suppress(KeyError):  # a uid without an entry (containers)
         homes.add(pwd.getpwuid(uid).pw_dir)
-    return frozenset(os.path.realpath(home) for home in homes if home)
+    # ("/" as a home, as some service accounts have, would make every path "inside" it.)
+    return frozenset(real for home in homes if home and (real := os.path.realpath(home)) != "/")
 
 
 def forbidden_workspace(real: str, homes: Iterable[str]) -> str | None:
     """Why the real path `real` cannot be a workspace, or None."""
-    if real in _SYSTEM_DIRECTORIES or any(
-        real == tree or real.startswith(tree + "/") for tree in _SYSTEM_TREES
-    ):
+    if real in _SYSTEM_DIRECTORIES:
         return f"{real} is a system directory"
+    for tree, open_below in _SYSTEM_TREES:
+        if _inside(real, tree) and not any(
+            real != below and _inside(real, below) for below in open_below
+        ):
+            return f"{real} is in the system tree {tree}"
     for home in homes:
-        if home == real or home.startswith(real.rstrip("/") + "/"):
+        if _inside(home, real):
             return f"{real} is the home directory or contains it (its secrets and rc files)"
+        if _inside(real, home) and real[len(home) + 1 :].startswith("."):
+            return f"{real} is in a hidden directory of the home (configuration, credentials)"
+    return None
+
+
+def _same_directory(real: str, others: Iterable[str]) -> str | None:
+    """The one of `others` that `real` is, by device and inode: a bind mount of the home
+    directory has another path but the same files."""
+    try:
+        found = os.stat(real)
+    except OSError:
+        return None
+    for other in others:
+        with contextlib.suppress(OSError):
+            seen = os.stat(other)
+            if (seen.st_dev, seen.st_ino) == (found.st_dev, found.st_ino):
+                return other
     return None
 
 
@@ -182,7 +213,10 @@ def check_workspace(request: RunRequest) -> Result[str, ConfigInvalid]:
                 field="workspace",
             )
         )
-    forbidden = forbidden_workspace(real, _homes(os.environ.get("HOME"), os.getuid()))
+    homes = _homes(os.environ.get("HOME"), os.getuid())
+    forbidden = forbidden_workspace(real, homes)
+    if forbidden is None and (same := _same_directory(real, ("/", *homes))) is not None:
+        forbidden = f"{real} is {same} under another name (a bind mount)"
     if forbidden is not None:
         return Failure(
             ConfigInvalid(
