@@ -10,6 +10,7 @@ goes: `load_policy` reads the layers, a real backend runs the command.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -191,7 +192,7 @@ def test_a_project_file_cannot_set_loader_variables(workspace: Path) -> None:
         assert name in loaded.failure().problem
 
 
-def test_an_empty_git_directory_cannot_be_made_a_repository(
+def test_a_git_directory_holding_no_repository_cannot_be_made_one(
     runner: HelperProcessRunner, workspace: Path
 ) -> None:
     """An empty `.git` is what another process's run leaves as its placeholder while it
@@ -199,15 +200,20 @@ def test_an_empty_git_directory_cannot_be_made_a_repository(
     would stay on the host once that placeholder is no longer removable."""
     backend = BubblewrapBackend(runner=runner)
     require_available(backend)
-    (workspace / ".git").mkdir()
-    finished = _run(
-        backend,
-        workspace,
-        Policy(),
-        "git init -q . ; echo 'ref: refs/heads/main' > .git/HEAD; mkdir .git/objects; ls -A .git",
-    )
-    assert b"HEAD" not in finished.stdout
-    assert list((workspace / ".git").iterdir()) == []
+    script = "git init -q . ; echo 'ref: refs/heads/main' > .git/HEAD; mkdir .git/objects"
+    # Empty; with an empty subdirectory; with what a crashed run's placeholder leaves.
+    for leftover in (None, "sub", "commondir"):
+        git = workspace / ".git"
+        git.mkdir()
+        if leftover == "sub":
+            (git / "sub").mkdir()
+        elif leftover == "commondir":
+            (git / "commondir").write_text(".\n")
+        before = sorted(p.name for p in git.iterdir())
+        finished = _run(backend, workspace, Policy(), script + "; ls -A .git")
+        assert b"HEAD" not in finished.stdout, leftover
+        assert sorted(p.name for p in git.iterdir()) == before, leftover
+        shutil.rmtree(git)
 
 
 def test_a_project_chooses_the_backend_of_strict_runs_only(workspace: Path) -> None:

@@ -240,7 +240,7 @@ class HostLayout:
     facts: tuple[tuple[str, PathFact], ...]
     etc_secrets: tuple[str, ...] = ()  # existing paths matching ETC_SECRETS
     # Empty directories on the way to protected paths (see `_protect`).
-    empty_directories: frozenset[str] = frozenset()
+    hollow_directories: frozenset[str] = frozenset()
     _index: Mapping[str, PathFact] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -256,11 +256,11 @@ class HostLayout:
         etc_patterns: Iterable[str] = ETC_SECRETS,
         *,
         placeholders: Iterable[str] = (),
-        emptiness_of: Iterable[str] = (),
+        hollowness_of: Iterable[str] = (),
     ) -> HostLayout:
         """`placeholders`: empty directories other runs of ours created as mount points;
         they and anything below them count as missing, so this run covers them too.
-        `emptiness_of`: directories whose emptiness the compiler needs to know."""
+        `hollowness_of`: directories the compiler needs to know to be `_hollow`."""
         covered = tuple(placeholders)
 
         def fact_of(path: str) -> PathFact:
@@ -277,14 +277,24 @@ class HostLayout:
                 if fact.kind in (PathKind.DIRECTORY, PathKind.FILE):
                     secrets.append(path)
                     facts[path] = fact
-        empty = frozenset(
+        hollow = frozenset(
             path
-            for path in emptiness_of
-            if facts.get(path) is _PLAIN_FACTS[PathKind.DIRECTORY] and is_empty_directory(path)
+            for path in hollowness_of
+            if facts.get(path) is _PLAIN_FACTS[PathKind.DIRECTORY] and _hollow(path)
         )
         return HostLayout(
-            facts=tuple(sorted(facts.items())), etc_secrets=tuple(secrets), empty_directories=empty
+            facts=tuple(sorted(facts.items())),
+            etc_secrets=tuple(secrets),
+            hollow_directories=hollow,
         )
+
+
+def _hollow(path: str) -> bool:
+    """Holds nothing to keep writable: empty, or a `.git` without `HEAD`, which is no
+    repository (what a crashed run's placeholders, or an empty subdirectory, leave)."""
+    if is_empty_directory(path):
+        return True
+    return posixpath.basename(path) == ".git" and not os.path.lexists(path + "/HEAD")
 
 
 # One fact per kind that has nothing else to say (a survey makes about 50 of them per run;
@@ -559,8 +569,8 @@ def _protect(target: str, mounts: list[_Mount], layout: HostLayout) -> _Protecti
             placeholder = ("--perms", "0555", "--tmpfs", path, "--remount-ro", path)
             added.append(_Mount(dest=path, args=placeholder, exposes=False))
             return _Protection(mounts=tuple(added), placeholders=(path,))
-        if not last and path in layout.empty_directories:
-            # An empty directory on the way (`.git` with nothing in it) is no repository:
+        if not last and path in layout.hollow_directories:
+            # A hollow directory on the way (`.git` holding no repository) stays one:
             # covered read-only like a missing one, so that the command cannot make it one.
             # Not ours to make or remove: often another process's placeholder, which that
             # process removes once no run is left in the workspace (`workspace_locks`).
@@ -1187,7 +1197,7 @@ class BubblewrapBackend:
         layout = HostLayout.survey(
             paths_to_survey(workspace, policy, host),
             placeholders=_PLACEHOLDERS.active(workspace),
-            emptiness_of=protected_parents(workspace, policy, host),
+            hollowness_of=protected_parents(workspace, policy, host),
         )
         bridge = self._bridge(policy, proxy_socket)
         env = scrubbed_environment(policy.environment, dict(host.env))
