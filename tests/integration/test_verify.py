@@ -17,6 +17,7 @@ from mechasandbox.cli.verify import (
     launcher_loader,
     leave_setuid_file,
     plant_environment_secret,
+    read_denied_in_workspace,
     verify_backend,
 )
 from mechasandbox.runner.runner import HelperProcessRunner
@@ -27,6 +28,7 @@ HOSTILE_PROJECT = (
 )
 ESCAPES_ON_PROCESS = {
     "read a secret outside the workspace (directly and via a planted symlink)",
+    "read a denied file inside the workspace (deny_read)",
     "write outside the workspace",
     "plant a git hook (directly and by renaming .git)",
     "write .git/config after a host `git config` replaced it during the run",
@@ -134,7 +136,7 @@ def test_the_loader_check_holds_where_no_launcher_gets_the_commands_variables(
 
 
 @pytest.mark.parametrize("engine", ["docker", "podman"])
-def test_a_setuid_file_is_not_left_by_a_container(
+def test_a_setuid_file_and_a_denied_file_hold_in_a_container(
     runner: HelperProcessRunner, tmp_path: Path, engine: str
 ) -> None:
     """A container started by root made `chmod 4755` files root's on the host."""
@@ -148,3 +150,4 @@ def test_a_setuid_file_is_not_left_by_a_container(
     arena.workspace.mkdir()
     arena.outside.mkdir()
     assert leave_setuid_file(backend, arena) is True
+    assert read_denied_in_workspace(backend, arena) is True

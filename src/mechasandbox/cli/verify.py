@@ -78,6 +78,23 @@ def read_secret(backend: Backend, arena: Arena) -> bool | str:
     return token.encode() not in outcome.stdout
 
 
+def read_denied_in_workspace(backend: Backend, arena: Arena) -> bool | str:
+    """A `deny_read` entry inside the workspace (a file and a directory), which a backend
+    that mounts the workspace whole must mask (containers once printed it)."""
+    token = secrets.token_hex(8)
+    (arena.workspace / "secret.txt").write_text(token)
+    (arena.workspace / "keys").mkdir()
+    (arena.workspace / "keys" / "id").write_text(token)
+    denied = (str(arena.workspace / "secret.txt"), str(arena.workspace / "keys"))
+    policy = attrs.evolve(
+        POLICY, filesystem=FilesystemPolicy(deny_read=(*FilesystemPolicy().deny_read, *denied))
+    )
+    outcome = _run(backend, arena, ["sh", "-c", "cat secret.txt keys/id 2>/dev/null"], policy)
+    if isinstance(outcome, str):
+        return outcome
+    return token.encode() not in outcome.stdout
+
+
 def write_outside(backend: Backend, arena: Arena) -> bool | str:
     target = arena.outside / "planted"
     outcome = _run(backend, arena, ["sh", "-c", f"echo x > {target}"])
@@ -453,6 +470,7 @@ def outlive_the_run(backend: Backend, arena: Arena) -> bool | str:
 
 ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
     ("read a secret outside the workspace (directly and via a planted symlink)", read_secret),
+    ("read a denied file inside the workspace (deny_read)", read_denied_in_workspace),
     ("write outside the workspace", write_outside),
     ("plant a git hook (directly and by renaming .git)", write_git_hook),
     (
