@@ -223,17 +223,27 @@ def test_kernel_interfaces_in_proc_are_read_only_or_masked_where_the_host_has_th
 
 
 def test_a_policy_cannot_uncover_the_kernel_interfaces() -> None:
-    """A /proc or /sys that a policy's readable or writable paths bind from the host gets
-    the same covers, after those binds (a later mount wins)."""
-    fs = FilesystemPolicy(readable=("/sys",), writable=("/proc", "/proc/sys"), protected=())
+    """A /proc or /sys that a policy's readable paths bind from the host gets the same
+    covers, after those binds (a later mount wins); a writable one is refused."""
+    fs = FilesystemPolicy(readable=("/sys", "/proc", "/proc/sys"), protected=())
     policy = Policy(filesystem=fs)
     argv = " ".join(compile_ok(policy, layout(policy, overrides={"/proc": DIR})).argv)
-    assert "--bind /proc/sys /proc/sys" in argv
-    last = argv.rindex("/proc/sys /proc/sys")
-    assert argv[last - len("--ro-bind ") : last] == "--ro-bind "
+    assert argv.count("--ro-bind /proc/sys /proc/sys") == 2  # the policy's, then the cover
     assert "--ro-bind /sys /sys" in argv
     assert "--perms 0555 --tmpfs /sys/firmware --remount-ro /sys/firmware" in argv
-    assert argv.index("--ro-bind /proc/sys") > argv.index("--bind /proc /proc")
+    assert argv.rindex("--ro-bind /proc/sys") > argv.index("--ro-bind /proc /proc")
+    for writable in ("/proc", "/proc/sys", "/sys", "/sys/kernel", "/dev/shm"):
+        wfs = FilesystemPolicy(writable=(writable,), protected=())
+        wpolicy = Policy(filesystem=wfs)
+        refused = compile_bwrap(
+            RunRequest(argv=["true"], workspace=WS),
+            wpolicy,
+            HOST,
+            workspace=WS,
+            layout=layout(wpolicy, overrides={writable: DIR}),
+        )
+        assert isinstance(refused, Failure), writable
+        assert "kernel interface" in refused.failure().problem
 
 
 def test_a_readable_root_gets_the_sandboxs_own_proc_dev_and_tmp_over_it() -> None:

@@ -1105,3 +1105,55 @@ def test_a_datagram_socketpair_sends_to_no_host_socket_with_full_network(
         result = box.sh(datagram_pair_script(sockets), policy=policy)
         assert "sent" not in out(result), out(result)
         assert sockets.received() == []
+
+
+# --- a policy's binds over the host's kernel interfaces and socket directories -------------
+@pytest.mark.parametrize("entry", ["/sys/kernel", "/sys/fs/cgroup", "/proc/1", "link-to-sys"])
+def test_a_writable_entry_into_sys_or_proc_is_refused(
+    runner: HelperProcessRunner, tmp_path: Path, entry: str
+) -> None:
+    """Below /sys a writable bind is host sysfs (cgroup limits, module parameters), below
+    /proc a host process's files (`oom_score_adj` of pid 1): writable by a root caller."""
+    box = make_box(runner, tmp_path, workspace_in_home=False)
+    if entry == "link-to-sys":
+        (tmp_path / "link").symlink_to("/sys/kernel")
+        entry = str(tmp_path / "link")
+    fs = attrs.evolve(Policy().filesystem, writable=(entry,))
+    result = box.run("true", policy=Policy(filesystem=fs, limits=Limits(timeout_s=30)))
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), ConfigInvalid)
+    assert "kernel interface" in result.failure().message
+
+
+@pytest.mark.parametrize("readable", [("/",), ("/run",), ("/var/run",)])
+def test_a_readable_tree_shows_no_host_socket_directory(
+    runner: HelperProcessRunner, tmp_path: Path, readable: tuple[str, ...]
+) -> None:
+    """A read-only bind does not stop connect(): `readable = ["/"]` once reached every
+    socket of the host's /run (docker.sock among them)."""
+    box = make_box(runner, tmp_path, workspace_in_home=False)
+    path = f"/run/mechasandbox-test-{secrets.token_hex(6)}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        try:
+            server.bind(path)
+        except PermissionError:
+            pytest.skip("this user cannot make a socket in /run (the root run covers it)")
+        server.listen(1)
+        fs = attrs.evolve(Policy().filesystem, readable=readable)
+        client = (
+            "import socket; s = socket.socket(socket.AF_UNIX); "
+            f"s.connect({path!r}); print('connected')"
+        )
+        result = box.ok(
+            "/usr/bin/python3",
+            "-c",
+            client,
+            policy=Policy(filesystem=fs, limits=Limits(timeout_s=30)),
+        )
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    assert "connected" not in out(result)
+    assert result.exit_code != 0

@@ -101,6 +101,8 @@ def test_what_cannot_be_mounted_is_refused(tmp_path: Path) -> None:
     assert refused(workspace, home, readable=("/",)).field == "filesystem.readable"
     assert refused(workspace, home, writable=("/proc/self",)).field == "filesystem.writable"
     assert refused(workspace, home, writable=("/tmp",)).field == "filesystem.writable"
+    for sockets in ("/run", "/run/user", "/var/run"):
+        assert "unix sockets" in refused(workspace, home, readable=(sockets,)).problem
     assert "commas" in refused(workspace, home, readable=(str(odd),)).problem
     (workspace / "x,y").write_text("secret")
     masked = refused(workspace, home, deny_read=(str(workspace / "x,y"),))

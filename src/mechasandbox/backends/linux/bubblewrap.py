@@ -163,6 +163,14 @@ ETC_SECRETS: tuple[str, ...] = (
 )
 
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+# Where the host keeps its unix sockets (docker.sock, the session bus, the ssh agent under
+# /run/user): a read-only bind does not stop connect(), so a policy's bind that shows them
+# (`readable = ["/"]`, `["/run"]`) gets an empty tmpfs over them: a socket is reachable
+# only when the policy names it (`allow_unix_sockets`, bound after).
+_HOST_SOCKET_TREES = ("/run", "/var/run")
+# Kernel interfaces a policy may show read-only (covered, see `_kernel_covers`) but never
+# writable: below /sys or /proc a writable bind is host sysfs or a host process's files.
+_KERNEL_TREES = ("/proc", "/sys", "/dev")
 
 # Kernel interfaces the sandbox must not write, or read (see `_kernel_covers`). bwrap's
 # fresh /proc offers them all, and uid 0 in the user namespace bwrap makes for a root caller
@@ -318,12 +326,16 @@ def _lstat_fact(path: str) -> PathFact:
     kind = _kind(mode)
     if kind is not PathKind.SYMLINK:
         return _PLAIN_FACTS[kind]
-    real = os.path.realpath(path)
+    try:
+        link = os.readlink(path)
+        real = os.path.realpath(path)
+    except OSError:  # a link we may not follow (`/proc/1/root` of another user): not mounted
+        return _PLAIN_FACTS[PathKind.MISSING]
     try:
         real_kind = _kind(os.stat(real).st_mode)
     except OSError:
         real_kind = PathKind.MISSING
-    return PathFact(kind=kind, link=os.readlink(path), real=real, real_kind=real_kind)
+    return PathFact(kind=kind, link=link, real=real, real_kind=real_kind)
 
 
 @attrs.frozen(kw_only=True)
@@ -424,7 +436,7 @@ def _home(host: HostContext) -> str:
 def paths_to_survey(workspace: str, policy: Policy, host: HostContext) -> tuple[str, ...]:
     """Every path `compile_bwrap` will ask the layout about."""
     fs = policy.filesystem
-    paths: list[str] = [*SYSTEM_ROOTS, *KERNEL_PATHS, _home(host), workspace]
+    paths: list[str] = [*SYSTEM_ROOTS, *KERNEL_PATHS, *_HOST_SOCKET_TREES, _home(host), workspace]
     paths.extend(
         _absolute(entry, host, workspace) for entry in (*fs.readable, *fs.writable, *fs.deny_read)
     )
@@ -505,7 +517,7 @@ def _tree_mounts(
     return [mount for _, mount in ordered]
 
 
-def _own_trees_kept(base: list[_Mount], tree: list[_Mount]) -> list[_Mount]:
+def _own_trees_kept(base: list[_Mount], tree: list[_Mount], layout: HostLayout) -> list[_Mount]:
     """`tree` with the sandbox's own /proc, /dev and private tmp dirs made again where one of
     its binds covers them (`readable = ["/"]`), each right after that bind: the host's
     /proc lists its processes (a root caller's command reads their environments), its /dev
@@ -521,6 +533,12 @@ def _own_trees_kept(base: list[_Mount], tree: list[_Mount]) -> list[_Mount]:
         if own.dest in _PRIVATE_TMP and covering.dest == own.dest:
             continue
         again.append(own)
+    for path in _HOST_SOCKET_TREES:
+        covering = _covering(tree, path)
+        if covering and covering.exposes and layout.fact(path).kind is PathKind.DIRECTORY:
+            again.append(
+                _Mount(dest=path, args=("--perms", "0755", "--tmpfs", path), exposes=False)
+            )
     # A stable sort by depth puts each after the binds above it and before those below it
     # (the workspace under /tmp), and after a bind of its own path.
     return sorted(tree + again, key=lambda mount: path_depth(mount.dest))
@@ -647,6 +665,23 @@ def _check_workspace_placement(
     return None
 
 
+def _check_writable_entries(
+    workspace: str, policy: Policy, host: HostContext, layout: HostLayout
+) -> ConfigInvalid | None:
+    """A writable entry leading into /proc, /sys or /dev is refused: there it would be the
+    host's sysfs or a host process's files, writable by a root caller's command."""
+    for entry in policy.filesystem.writable:
+        path, _kind = _real(layout, _absolute(entry, host, workspace))
+        for tree in _KERNEL_TREES:
+            if _under(path, tree):
+                return ConfigInvalid(
+                    problem=f"{entry!r} leads to {path}, a kernel interface: it may be "
+                    "readable, never writable",
+                    field="filesystem.writable",
+                )
+    return None
+
+
 def _protections(
     workspace: str, policy: Policy, host: HostContext, layout: HostLayout, mounts: list[_Mount]
 ) -> tuple[list[str], list[str]] | ConfigInvalid:
@@ -699,7 +734,10 @@ def _mount_plan(
     if checked is not None:
         return checked
     base = _base_mounts(layout)
-    mounts = base + _own_trees_kept(base, _tree_mounts(workspace, policy, host, layout))
+    writable = _check_writable_entries(workspace, policy, host, layout)
+    if writable is not None:
+        return writable
+    mounts = base + _own_trees_kept(base, _tree_mounts(workspace, policy, host, layout), layout)
     protected = _protections(workspace, policy, host, layout, mounts)
     if isinstance(protected, ConfigInvalid):
         return protected

@@ -44,6 +44,9 @@ from mechasandbox.domain.policy import Policy
 # What the engine itself mounts in every container: a policy path there cannot be bound.
 _ENGINE_TREES = ("/proc", "/sys", "/dev")
 _ENGINE_PATHS = ("/", "/tmp")
+# Where the host keeps its unix sockets (docker.sock): a read-only bind does not stop
+# connect(), and a socket is reachable only when the policy names it (`allow_unix_sockets`).
+_SOCKET_TREES = ("/run", "/var/run")
 # What the `--mount` syntax cannot carry in a path (its fields are comma-separated; docker
 # reads them as CSV, where a quote starts a quoted field).
 _UNMOUNTABLE_CHARACTERS = ",\n\"'"
@@ -113,6 +116,11 @@ def _unmountable(path: str) -> str | None:
         return f"{path!r}: a container mount path cannot contain commas, quotes or newlines"
     if path in _ENGINE_PATHS or any(_under(path, tree) for tree in _ENGINE_TREES):
         return f"{path} is the engine's own (/, /tmp, /proc, /sys, /dev): it cannot be mounted"
+    if any(_under(path, tree) for tree in _SOCKET_TREES):
+        return (
+            f"{path} holds the host's unix sockets: name a socket with allow_unix_sockets "
+            "instead of mounting its directory"
+        )
     return None
 
 
