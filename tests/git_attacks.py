@@ -187,6 +187,18 @@ GIT_ATTACKS: tuple[GitAttack, ...] = (
         host=lambda workspace, _outside: workspace / "src" / "evil",
     ),
     GitAttack(
+        # Below a directory that looks like a bare repository (HEAD, objects, refs), where a
+        # search that stops at repositories would not look.
+        name="new-repository-under-bare-lookalike",
+        prepare=_with_src,
+        script=lambda marker: (
+            "mkdir -p src/vendor/objects src/vendor/refs src/vendor/evil; "
+            "echo 'ref: refs/heads/main' > src/vendor/HEAD; cp -r .git src/vendor/evil/.git; "
+            f"{_fsmonitor(marker)} >> src/vendor/evil/.git/config"
+        ),
+        host=lambda workspace, _outside: workspace / "src" / "vendor" / "evil",
+    ),
+    GitAttack(
         name="new-gitlink",
         prepare=_with_src,
         script=lambda marker: (

@@ -27,7 +27,7 @@ from mechasandbox.backends.git_indirections import (
     repository_at,
     runs_command,
 )
-from mechasandbox.backends.git_walk import WALKER
+from mechasandbox.backends.git_walk import MAX_WALK_DIRECTORIES, WALKER
 from mechasandbox.domain.policy import Policy
 
 SUFFIX = "-disarmed"
@@ -123,6 +123,17 @@ def disarm_new_repositories(
             found.append((os.path.join(top, ".git"), repository))
     found += [(path, Repository(gitdir=path, commondir=path, worktree=path)) for path in walk.bare]
     warnings: list[str] = []
+    if walk.truncated:
+        warnings.append(
+            f"git: the workspace has more than {MAX_WALK_DIRECTORIES} directories; "
+            "repositories the command made beyond them were not checked: do not run git in "
+            "this workspace before looking for `.git` directories you did not make"
+        )
+    if walk.unreadable:
+        warnings.append(
+            "git: directories the search could not read (their mode) were not checked for "
+            f"repositories the command made: {', '.join(walk.unreadable[:5])}"
+        )
     for aside, repository in found:
         gitdir = repository.gitdir
         if not _inside(gitdir, workspace) or gitdir_protected(policy, workspace, gitdir):

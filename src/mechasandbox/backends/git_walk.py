@@ -35,6 +35,9 @@ class NestedWalk:
     worktrees: tuple[str, ...] = ()
     bare: tuple[str, ...] = ()
     truncated: bool = False
+    # Directories the walk could not list (a mode without read permission): what is below
+    # them was not seen, though git reaches it by name.
+    unreadable: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -42,6 +45,7 @@ class _Listing:
     stamp: _Stamp | None  # None: too recent to be trusted next time
     subdirectories: tuple[str, ...]
     names: frozenset[str]
+    readable: bool = True
 
 
 def is_bare_repository(path: str, names: frozenset[str] | set[str]) -> bool:
@@ -61,6 +65,7 @@ def _stamp(path: str) -> _Stamp | None:
 def _list(path: str, stamp: _Stamp) -> _Listing:
     subdirectories: list[str] = []
     names: set[str] = set()
+    readable = True
     try:
         with os.scandir(path) as scan:
             for entry in scan:
@@ -71,18 +76,20 @@ def _list(path: str, stamp: _Stamp) -> _Listing:
                 except OSError:
                     continue
     except OSError:
-        pass
+        readable = False
     settled = stamp[2] < time.time_ns() - _SETTLE_NS
     return _Listing(
         stamp=stamp if settled else None,
         subdirectories=tuple(subdirectories),
         names=frozenset(names),
+        readable=readable,
     )
 
 
 class NestedWalker:
-    """Walks workspaces breadth first, not into `.git` directories, bare repositories nor
-    symlinks, reusing the listings of unchanged directories (see the module)."""
+    """Walks workspaces breadth first, not into `.git` directories nor symlinks (into bare
+    repositories too: a repository can hide below a directory that looks like one),
+    reusing the listings of unchanged directories (see the module)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -98,6 +105,7 @@ class NestedWalker:
         bare: list[str] = []
         queue = collections.deque([workspace])
         truncated = False
+        unreadable: list[str] = []
         while queue:
             if len(listings) >= max_directories:
                 truncated = True
@@ -110,18 +118,24 @@ class NestedWalker:
             if listing is None or listing.stamp != stamp:
                 listing = _list(directory, stamp)
             listings[directory] = listing
+            if not listing.readable:
+                unreadable.append(directory)
             if directory != workspace:
                 if ".git" in listing.names:
                     worktrees.append(directory)
                 elif is_bare_repository(directory, listing.names):
                     bare.append(directory)
-                    continue
             queue.extend(os.path.join(directory, name) for name in listing.subdirectories)
         with self._lock:
             self._listings[workspace] = listings
             while len(self._listings) > _WORKSPACES:
                 self._listings.popitem(last=False)
-        return NestedWalk(worktrees=tuple(worktrees), bare=tuple(bare), truncated=truncated)
+        return NestedWalk(
+            worktrees=tuple(worktrees),
+            bare=tuple(bare),
+            truncated=truncated,
+            unreadable=tuple(unreadable),
+        )
 
 
 WALKER = NestedWalker()
