@@ -79,3 +79,11 @@ def test_a_bind_mount_of_the_home_is_the_home(tmp_path: Path) -> None:
         assert "another name" in result.failure().problem
     finally:
         subprocess.run(["umount", str(target)], check=True)
+
+
+def test_another_users_home_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechasandbox.backends import base
+
+    monkeypatch.setattr(base, "_every_home", lambda: frozenset({"/home/other"}))
+    assert forbidden_workspace("/home/other", HOMES) is not None
+    assert forbidden_workspace("/home/other/project", HOMES) is None

@@ -170,6 +170,18 @@ def _homes(home_variable: str | None, uid: int) -> frozenset[str]:
     return frozenset(real for home in homes if home and (real := os.path.realpath(home)) != "/")
 
 
+@functools.cache
+def _every_home() -> frozenset[str]:
+    """Every user's home directory (a root caller must not hand another user's home, with
+    its rc files and keys, to a command either). Read once: a user added later is caught
+    by a new process."""
+    homes = set()
+    for entry in pwd.getpwall():
+        if entry.pw_dir.startswith("/") and entry.pw_dir != "/":
+            homes.add(os.path.normpath(entry.pw_dir))
+    return frozenset(homes)
+
+
 def forbidden_workspace(real: str, homes: Iterable[str]) -> str | None:
     """Why the real path `real` cannot be a workspace, or None."""
     if real in _SYSTEM_DIRECTORIES:
@@ -179,6 +191,8 @@ def forbidden_workspace(real: str, homes: Iterable[str]) -> str | None:
             real != below and _inside(real, below) for below in open_below
         ):
             return f"{real} is in the system tree {tree}"
+    if real in _every_home():
+        return f"{real} is a user's home directory"
     for home in homes:
         if _inside(home, real):
             return f"{real} is the home directory or contains it (its secrets and rc files)"
