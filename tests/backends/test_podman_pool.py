@@ -1,4 +1,4 @@
-"""The warm pool refuses podman, with the reason (see pool.PODMAN_UNSUPPORTED)."""
+"""The warm pool refuses podman and gVisor, with the reason (see pool.PODMAN_UNSUPPORTED)."""
 
 from __future__ import annotations
 
@@ -21,4 +21,21 @@ def test_pool_on_podman_is_unavailable_with_the_reason(runner: HelperProcessRunn
     assert isinstance(probed, Failure)
     assert isinstance(probed.failure(), BackendUnavailable)
     assert "conmon" in probed.failure().reason
+    pooled.close()
+
+
+def test_pool_under_gvisor_is_unavailable_with_the_reason(runner: HelperProcessRunner) -> None:
+    """gVisor gives a command that comes in by `exec` no seccomp filter: through a pool it
+    could leave a setuid-root file in the workspace. A run is refused before it starts."""
+    if shutil.which("docker") is None:
+        pytest.skip("docker not installed")
+    from mechasandbox.backends.oci import DockerBackend
+    from mechasandbox.backends.oci.compiler import Runtime
+
+    pooled = PooledBackend(
+        backend=DockerBackend(runner=runner, image=TEST_IMAGE, runtime=Runtime.RUNSC)
+    )
+    probed = pooled.probe()
+    assert isinstance(probed, Failure)
+    assert "gVisor" in probed.failure().reason
     pooled.close()

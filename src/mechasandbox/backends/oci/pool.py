@@ -52,6 +52,7 @@ from mechasandbox.backends.oci import lifeline
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     EngineKind,
+    Runtime,
     compile_container_args,
     compile_exec_args,
 )
@@ -109,6 +110,12 @@ POOLED_ALLOWLIST = (
     "not bridged in the warm pool: each run's proxy socket is new, and a running "
     "container cannot get a new mount; use the backend without a pool for allowlist runs "
     "(best-effort runs here have no network at all)"
+)
+# gVisor applies the container's seccomp profile to its first process only: a command that
+# comes in by `exec` runs without it (setuid files, io_uring, unshare all allowed again).
+GVISOR_UNSUPPORTED = (
+    "the warm pool cannot run under gVisor (runsc): it applies no seccomp filter to the "
+    "commands a pool hands in by `exec`; run without pool_size"
 )
 PODMAN_UNSUPPORTED = (
     "the warm pool needs docker: podman's conmon must outlive `podman run --detach`, and "
@@ -871,6 +878,8 @@ class PooledBackend:
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
         if self.backend.kind == "podman":
             return Failure(BackendUnavailable(backend=self.name, reason=PODMAN_UNSUPPORTED))
+        if self.backend.runtime is Runtime.RUNSC:
+            return Failure(BackendUnavailable(backend=self.name, reason=GVISOR_UNSUPPORTED))
         settings = self.settings
         note = (
             f"warm pool: {settings.size} container(s) per key, after use: "
