@@ -235,3 +235,25 @@ def test_a_project_chooses_the_backend_of_strict_runs_only(workspace: Path) -> N
         load_policy(workspace=str(workspace), user_file=None, overrides=chosen).unwrap().backend
         == "docker"
     )
+
+
+def test_a_denied_file_with_another_name_is_refused(backend: Backend, workspace: Path) -> None:
+    """The command links a denied path's name before the file exists; the host's in-place
+    writes then fill both names, and the next run read the secret through its own."""
+    (workspace / "conf").mkdir()
+    denied = workspace / "conf" / "credentials"
+    policy = Policy(
+        filesystem=FilesystemPolicy(deny_read=(*FilesystemPolicy().deny_read, str(denied)))
+    )
+    planted = _attempt(backend, workspace, policy, "echo x > conf/t; ln conf/t conf/credentials")
+    assert is_successful(planted), planted
+    if backend.name == "landlock":  # its rules let no name be made at a denied path
+        assert not denied.exists(), planted
+        return
+    assert denied.stat().st_nlink == 2, planted
+    with denied.open("a") as credentials:  # the host writes in place, as editors may
+        credentials.write(SECRET)
+    result = _attempt(backend, workspace, policy, "cat conf/t")
+    assert not is_successful(result), result
+    assert isinstance(result.failure(), ConfigInvalid)
+    assert "hard links" in result.failure().message

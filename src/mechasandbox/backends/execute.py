@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import stat
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,8 +18,8 @@ from mechasandbox.backends.git_indirections import with_git_indirections
 from mechasandbox.backends.git_new_repositories import disarm_new_repositories
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.domain.capabilities import Capabilities, Protection
-from mechasandbox.domain.errors import BackendFailed, SandboxError
-from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
+from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
@@ -47,9 +49,8 @@ def prepare_run(
     checked = network.bind(lambda _: checked)
     workspace: Result[str, SandboxError] = check_workspace(request)
     # Only a backend that protects paths has a use for more of them (the search costs).
-    protects = isinstance(probed, Success) and (
-        Protection.PROTECTED_PATHS in probed.unwrap().enforced
-    )
+    enforced = probed.unwrap().enforced if isinstance(probed, Success) else frozenset()
+    protects = Protection.PROTECTED_PATHS in enforced
 
     def prepared(warnings: tuple[str, ...], path: str) -> tuple[tuple[str, ...], str, Policy]:
         if not protects:
@@ -57,7 +58,43 @@ def prepare_run(
         protected, found = with_git_indirections(policy, path)
         return (*warnings, *found), path, protected
 
-    return checked.bind(lambda warnings: workspace.map(lambda path: prepared(warnings, path)))
+    def linked(found: tuple[tuple[str, ...], str, Policy]) -> Result[_Prepared, SandboxError]:
+        if Protection.FILESYSTEM_READ not in enforced:
+            return Success(found)
+        warnings, path, chosen = found
+        return denied_links(chosen, path).map(lambda more: ((*warnings, *more), path, chosen))
+
+    return checked.bind(lambda warnings: workspace.map(lambda path: prepared(warnings, path))).bind(
+        linked
+    )
+
+
+_Prepared = tuple[tuple[str, ...], str, Policy]
+
+
+def denied_links(policy: Policy, workspace: str) -> Result[tuple[str, ...], SandboxError]:
+    """A `deny_read` file with more than one name (a hard link) may be read by the other
+    one: a command can link a denied path's name before the file exists, and the host's
+    in-place writes then fill both. Refused in a strict run, a warning in a best-effort one.
+    (One `lstat` per entry.)"""
+    found: list[str] = []
+    for entry in policy.filesystem.deny_read:
+        path = os.path.join(workspace, os.path.expanduser(entry))
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+            found.append(f"{path} has {info.st_nlink} names (hard links)")
+    if not found:
+        return Success(())
+    problem = (
+        f"denied files reachable by another name: {'; '.join(found)}; remove the other "
+        "links (find -samefile) or deny them too"
+    )
+    if policy.enforcement is Enforcement.STRICT:
+        return Failure(ConfigInvalid(problem=problem, field="filesystem.deny_read"))
+    return Success((f"not enforced: {problem}",))
 
 
 def run_started() -> int:
