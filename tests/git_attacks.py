@@ -188,12 +188,13 @@ GIT_ATTACKS: tuple[GitAttack, ...] = (
     ),
     GitAttack(
         # Below a directory that looks like a bare repository (HEAD, objects, refs), where a
-        # search that stops at repositories would not look.
+        # search that stops at repositories would not look (its HEAD is no ref: the host's
+        # git, looking upwards from the one below, does not take it for a repository).
         name="new-repository-under-bare-lookalike",
         prepare=_with_src,
         script=lambda marker: (
             "mkdir -p src/vendor/objects src/vendor/refs src/vendor/evil; "
-            "echo 'ref: refs/heads/main' > src/vendor/HEAD; cp -r .git src/vendor/evil/.git; "
+            "echo lookalike > src/vendor/HEAD; cp -r .git src/vendor/evil/.git; "
             f"{_fsmonitor(marker)} >> src/vendor/evil/.git/config"
         ),
         host=lambda workspace, _outside: workspace / "src" / "vendor" / "evil",

@@ -620,12 +620,13 @@ def test_files_only_host_root_may_read_stay_unreadable(box: Box) -> None:
 def test_sys_is_absent_and_read_only_where_a_policy_shows_it(
     runner: HelperProcessRunner, tmp_path: Path
 ) -> None:
-    """bwrap mounts no /sys; a policy that binds the host's (or its /proc) in, even
-    writable, gets it read-only, with the firmware tables masked."""
+    """bwrap mounts no /sys; a policy that binds the host's (or its /proc) in gets it
+    read-only, with the firmware tables masked (writable, it is refused: see
+    `test_a_writable_entry_into_sys_or_proc_is_refused`)."""
     box = make_box(runner, tmp_path)
     absent = box.sh("test -e /sys; echo $?")
     assert absent.stdout == b"1\n"
-    fs = attrs.evolve(Policy().filesystem, readable=("/sys",), writable=("/sys/kernel", "/proc"))
+    fs = attrs.evolve(Policy().filesystem, readable=("/sys", "/sys/kernel", "/proc"))
     shown = Policy(filesystem=fs, limits=Limits(timeout_s=30))
     paths = ["/sys", "/sys/kernel", "/proc/sys"]
     paths += [p for p in ("/sys/firmware", "/sys/devices/virtual/powercap") if os.path.isdir(p)]
