@@ -238,6 +238,34 @@ class Hardening(OnEngine):
             for name in self.owned_by(cli.pid):
                 subprocess.run([self.cli, "rm", "--force", name], capture_output=True, check=False)
 
+    def test_a_command_cannot_cut_its_lifeline(self, backend: OciBackend, tmp_path: Path) -> None:
+        """The command, as the watcher's uid, kills every other process it sees (the
+        deadline's `sleep` among them) and tries to stop and kill PID 1, then the caller is
+        killed: the container still stops at once. (A watcher under tini was killable: the
+        command outlived the caller, writing on.)"""
+        attack = (
+            "for d in /proc/[0-9]*; do p=${d#/proc/}; case $p in 1|$$|$PPID) ;; "
+            "*) kill -9 $p;; esac; done; kill -STOP 1; kill -9 1; "
+            "trap '' TERM HUP INT PIPE; touch started; "
+            "while :; do date +%s > beat; sleep 1; done"
+        )
+        cli = self.start_cli(tmp_path, attack, "--timeout", "60s")
+        try:
+            self.wait_for(tmp_path / "started", cli)
+            time.sleep(2)
+            assert self.running(cli.pid)  # the attack ended nothing but itself
+            cli.send_signal(signal.SIGKILL)
+            cli.wait(timeout=20)
+            self.assert_stops(cli.pid, within_s=5)
+            last = (tmp_path / "beat").read_text()
+            time.sleep(3)
+            assert (tmp_path / "beat").read_text() == last
+        finally:
+            cli.kill()
+            cli.wait()
+            for name in self.owned_by(cli.pid):
+                subprocess.run([self.cli, "rm", "--force", name], capture_output=True, check=False)
+
     def test_a_stuck_caller_is_stopped_by_the_deadline_inside(
         self, backend: OciBackend, tmp_path: Path
     ) -> None:

@@ -361,8 +361,9 @@ def compile_container_args(
         "--log-driver",
         "none",  # output goes to us only, not also to an unbounded log on the engine's disk
     ]
-    if engine.init:
+    if engine.init and run.lifeline is None:
         # A real PID 1 that reaps zombies and forwards signals; the command is its child.
+        # (A tied container's PID 1 is its watcher, which the command cannot signal.)
         args.append("--init")
         if engine.init_path is not None:
             args += ["--init-path", engine.init_path]

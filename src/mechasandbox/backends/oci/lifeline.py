@@ -8,11 +8,20 @@ the command running, writing the workspace, long after. So the container is tied
   write end only this host process holds and never closes (`SpawnSpec.hold_stdin`). The
   engine closes the container's stdin when the CLI's attachment ends: when the CLI dies,
   which the spawn helper sees to when we die (and the kernel closes our end anyway).
-- The watcher (`watch_script`, POSIX sh builtins only) is the container's entry: it starts
-  the command, reads the lifeline until end-of-file, then kills every process of the
-  container (`kill -9 -1`; the init, tini, then leaves, which ends the PID namespace). It
-  also enforces the run's deadline from inside (`sleep`), a few seconds after the host's
-  own, for a host that is alive but stuck.
+- The watcher (`_WATCH_SCRIPT`, POSIX sh and `sleep`) is the container's PID 1 (no
+  `--init`): the kernel delivers no signal from inside the PID namespace to an init that
+  has no handler for it, so the command, which runs as the same uid, can neither kill nor
+  stop it (it once killed a watcher that ran under tini, and outlived a killed caller). It
+  starts the command and blocks reading the lifeline; a `CHLD` trap wakes the read when a
+  child ends: the command, the deadline's `sleep` (the run's deadline enforced from
+  inside, a few seconds after the host's own, for a host that is alive but stuck), or a
+  one-second tick (a child that ends just before the read starts would leave it blocked:
+  the tick bounds that to a second). A read that fails with no child having ended met
+  end-of-file: the lifeline is cut. Then, or at the deadline, or once the command ended:
+  `kill -9 -1` (every other process of the container) and exit with the command's
+  status, which ends the PID namespace. A deadline `sleep` that ends early (a command's
+  `pkill sleep`) is started again for what is left (`date +%s`). Without tini, orphans the command leaves stay zombies until then: they
+  count under `--pids-limit`.
 - The command's input (the request's stdin bytes) cannot share the lifeline: it comes from
   a private file of the run mounted read-only at `STDIN_PATH`.
 - A warm pool's keeper is the same loop without a command: the pool keeps its attached CLI
@@ -48,8 +57,8 @@ WATCH_PREFIX = (WATCH_NAME + ": ").encode()
 KEEPER_NAME = "mechasandbox-keeper"
 # Where the command's input is mounted (beside the allowlist bridge's proxy socket).
 STDIN_PATH = "/run/mechasandbox/stdin"
-# The watcher's own processes under the pids limit: its shell, the lifeline reader, the
-# deadline's subshell and its sleep.
+# The watcher's own processes under the pids limit: its shell, the deadline's sleep, the
+# tick and the tick's successor while the finished one is reaped.
 WATCHER_PROCESSES = 4
 # The deadline inside comes this long after the host's, which ends the run properly first.
 DEADLINE_GRACE_S = 3.0
@@ -58,20 +67,47 @@ DEADLINE_GRACE_S = 3.0
 # The lifeline is the script's stdin, kept on fd 3 (an asynchronous list gets /dev/null
 # as its stdin unless redirected explicitly). The shell's own stderr goes quiet once the
 # command has started, so that it does not report the command's death ("Killed").
+# `up PID`: the process runs (neither gone nor a zombie: `kill -0` holds for a zombie).
 _WATCH_SCRIPT = """\
 exec 3<&0
 t=$1
 in=$2
 shift 2
+up() { while read -r k v _; do [ "$k" = State: ] && { [ "$v" != Z ]; return; }; done \
+<"/proc/$1/status"; return 1; }
+w=0
+trap w=1 CHLD
 (exec "$@") <"$in" 3<&- &
 c=$!
 exec 2>/dev/null
-(while read -r _; do :; done; kill -9 -1) <&3 &
-if [ "$t" != 0 ]; then (sleep "$t"; kill -9 -1) 3<&- & fi
-exec 3<&-
+d=
+e=
+if [ "$t" != 0 ]; then e=$(date +%s); e=$((${e:-0} + t)); sleep "$t" 3<&- & d=$!; fi
+k=
+while up "$c"; do
+  if [ -z "$k" ] || ! up "$k"; then
+    if [ -n "$k" ]; then wait "$k"; fi
+    sleep 1 3<&- & k=$!
+  fi
+  w=0
+  read -r _ <&3 && continue
+  [ "$w" = 1 ] || break
+  if [ -n "$d" ] && ! up "$d"; then
+    n=$(date +%s)
+    if [ -z "$n" ] || [ "$n" -ge "$e" ]; then break; fi
+    wait "$d"
+    sleep $((e - n)) 3<&- & d=$!
+  fi
+done
+if up "$c"; then kill -9 -1; exit 137; fi
 wait "$c"
+s=$?
+kill -9 -1
+exit "$s"
 """
-_KEEPER_SCRIPT = "while read -r _; do :; done; kill -9 -1\n"
+# A pool's keeper, PID 1 too: waits on its lifeline; commands come in by `exec`. SIGCHLD
+# ignored: the kernel reaps the orphans they leave (no tini).
+_KEEPER_SCRIPT = "trap '' CHLD\nwhile read -r _; do :; done\nkill -9 -1\n"
 
 
 @attrs.frozen(kw_only=True)
