@@ -20,8 +20,8 @@ the command running, writing the workspace, long after. So the container is tied
   end-of-file: the lifeline is cut. Then, or at the deadline, or once the command ended:
   `kill -9 -1` (every other process of the container) and exit with the command's
   status, which ends the PID namespace. A deadline `sleep` that ends early (a command's
-  `pkill sleep`) is started again for what is left (`date +%s`). Without tini, orphans the command leaves stay zombies until then: they
-  count under `--pids-limit`.
+  `pkill sleep`) is started again for what is left (`date +%s`). Without tini, orphans
+  the command leaves stay zombies until then: they count under `--pids-limit`.
 - The command's input (the request's stdin bytes) cannot share the lifeline: it comes from
   a private file of the run mounted read-only at `STDIN_PATH`.
 - A warm pool's keeper is the same loop without a command: the pool keeps its attached CLI
