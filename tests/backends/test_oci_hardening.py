@@ -238,16 +238,26 @@ class Hardening(OnEngine):
             for name in self.owned_by(cli.pid):
                 subprocess.run([self.cli, "rm", "--force", name], capture_output=True, check=False)
 
-    def test_a_command_cannot_cut_its_lifeline(self, backend: OciBackend, tmp_path: Path) -> None:
-        """The command, as the watcher's uid, kills every other process it sees (the
-        deadline's `sleep` among them) and tries to stop and kill PID 1, then the caller is
-        killed: the container still stops at once. (A watcher under tini was killable: the
-        command outlived the caller, writing on.)"""
-        attack = (
+    @pytest.mark.parametrize(
+        "attack",
+        [
+            # Kill every other process (the deadline's `sleep` too), stop and kill PID 1.
             "for d in /proc/[0-9]*; do p=${d#/proc/}; case $p in 1|$$|$PPID) ;; "
-            "*) kill -9 $p;; esac; done; kill -STOP 1; kill -9 1; "
-            "trap '' TERM HUP INT PIPE; touch started; "
-            "while :; do date +%s > beat; sleep 1; done"
+            "*) kill -9 $p;; esac; done; kill -STOP 1; kill -9 1",
+            # Hold the lifeline open: a write end of PID 1's stdin, reopened through /proc.
+            "exec 7>/proc/1/fd/0",
+        ],
+        ids=["signals", "holds-the-pipe"],
+    )
+    def test_a_command_cannot_cut_its_lifeline(
+        self, backend: OciBackend, tmp_path: Path, attack: str
+    ) -> None:
+        """The command attacks its lifeline, then the caller is killed: the container still
+        stops at once. (A watcher under tini was killable, and a command holding the pipe
+        kept the watcher from its end-of-file: the command outlived the caller, writing on;
+        the spawn helper, outside and alive after the caller, now removes the container.)"""
+        attack += (
+            "; trap '' TERM HUP INT PIPE; touch started; while :; do date +%s > beat; sleep 1; done"
         )
         cli = self.start_cli(tmp_path, attack, "--timeout", "60s")
         try:

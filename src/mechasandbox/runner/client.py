@@ -174,6 +174,8 @@ class SpawnHelperClient:
         finally:
             offer.runs.close()
         claim: dict[str, Any] = {"op": "claim", "pid": offer.pid, "prepare": request["prepare"]}
+        if request.get("on_host_loss"):  # the helper owns the run: it must know this too
+            claim.update(on_host_loss=request["on_host_loss"], env=request["env"])
         if not offer.ahead:  # a generic child: what the run was like, for the next ones
             claim.update({name: request[name] for name in _PREPARED_LIKE})
         try:

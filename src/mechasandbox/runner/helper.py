@@ -383,14 +383,19 @@ class _Run:
     in the child), read when the child is gone (`reported`: what was read, when that came
     first); `failed`: it never exec'd."""
 
-    __slots__ = ("failed", "pid", "report", "reported", "sock")
+    __slots__ = ("failed", "on_host_loss", "pid", "report", "reported", "sock")
 
-    def __init__(self, pid: int, sock: socket.socket, report: int) -> None:
+    def __init__(
+        self, pid: int, sock: socket.socket, report: int, request: dict[str, Any]
+    ) -> None:
         self.pid = pid
         self.sock = sock
         self.report: int | None = report
         self.reported: bytes | None = None
         self.failed = False
+        # (argv, env) started if the host goes away while the run is live (see `_shutdown`)
+        argv = request.get("on_host_loss") or []
+        self.on_host_loss = (list(argv), dict(request.get("env", ()))) if argv else None
 
 
 class Helper:
@@ -407,6 +412,8 @@ class Helper:
         # Warm children handed a run that ended before its claim was read: the child, what
         # its report pipe held, its wait status and rusage.
         self.unclaimed: dict[int, tuple[_Warm, bytes, int, Any]] = {}
+        # What runs whose host went away left to start once we shut down (see `_Run`).
+        self.abandoned: list[tuple[list[str], dict[str, str]]] = []
         # Frames for the host not sent yet (the control socket was full), with their fds.
         self.outbox: list[tuple[bytes, list[int]]] = []
         self.last_prepare: list[Any] | None = None  # `_ahead_of` the last prepare frame
@@ -520,7 +527,7 @@ class Helper:
         finally:
             for fd in stdio:
                 os.close(fd)
-        self.runs[pid] = _Run(pid, run_sock, report_r)
+        self.runs[pid] = _Run(pid, run_sock, report_r, request)
 
     def _hooks_of(
         self, request: dict[str, Any]
@@ -682,7 +689,7 @@ class Helper:
         if not warm.key:  # the next run like this one finds a child ready
             self._want((), like)
         self._prepare_pooled(claim.get("prepare", []), like)
-        run = _Run(pid, run_sock, warm.report)
+        run = _Run(pid, run_sock, warm.report, claim)
         if ended is None:
             self.runs[pid] = run
             return
@@ -769,6 +776,9 @@ class Helper:
             message, _ = framing.receive(run.sock)
         except (framing.FrameError, OSError):
             message = {"op": "kill"}  # the client went away: nothing may outlive it
+            if run.on_host_loss is not None:  # started once we are shutting down too
+                self.abandoned.append(run.on_host_loss)
+                run.on_host_loss = None
         if message.get("op") == "kill":
             self._kill_run(run)
 
@@ -783,13 +793,18 @@ class Helper:
             for fd in fds:
                 os.close(fd)
         self.outbox.clear()
+        left = self.abandoned
         for run in list(self.runs.values()):
             self._kill_run(run)
             if run.report is not None:
                 os.close(run.report)
                 run.report = None
+            if run.on_host_loss is not None:
+                left.append(run.on_host_loss)
         self._kill_tree(self._children(self.my_pid))
         self._reap()
+        for argv, env in left:  # after the kill of every child: these must outlive us
+            _start_detached(argv, env)
 
     def serve(self) -> None:
         signal.set_wakeup_fd(self.wake_w)
@@ -878,6 +893,26 @@ def main() -> None:
     # Every run is dead and reaped: skip the interpreter's teardown, the host may be
     # waiting for us to exit.
     os._exit(0)
+
+
+def _start_detached(argv: list[str], env: dict[str, str]) -> None:
+    """`argv` in a session of its own, reparented away from the helper (which exits next),
+    its stdio on /dev/null; not waited for. Failures are silent: the next process's sweep
+    (`lifeline`) is there for what this misses."""
+    with contextlib.suppress(OSError):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                if os.fork() == 0:
+                    null = os.open(os.devnull, os.O_RDWR)
+                    for fd in (0, 1, 2):
+                        os.dup2(null, fd)
+                    os.closerange(3, 65536)
+                    os.execve(argv[0], argv, env)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
 
 
 def _ignore(_signum: int, _frame: object) -> None:

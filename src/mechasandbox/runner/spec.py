@@ -57,6 +57,10 @@ class SpawnSpec:
     # After `stdin` is written its pipe stays open until the process ends: the process sees
     # end-of-file only if this host process dies (a lifeline; see `backends.oci.lifeline`).
     hold_stdin: bool = False
+    # What the spawn helper starts, detached and with this spec's environment, if the host
+    # goes away while the process runs (after killing it): for what killing the process does
+    # not end, a container (its engine's CLI is the process; `rm --force` stops it).
+    on_host_loss: tuple[str, ...] = ()
     timeout_s: float | None = None
     max_output_bytes: int = 4 * 1024 * 1024
     umask: int = 0o077

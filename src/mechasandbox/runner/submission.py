@@ -40,6 +40,7 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
         "rehearsals": [[h.rehearsal, h.argument] for h in spec.hooks if h.rehearsal],
         "executable": spec.executable,
         "prepare": [list(group) for group in spec.prepare_after],
+        "on_host_loss": list(spec.on_host_loss),
     }
 
 

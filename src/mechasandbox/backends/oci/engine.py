@@ -967,7 +967,9 @@ class OciBackend:
             env_file=env_file,
         )
         if run.lifeline is not None:
-            spec = lifeline.tie(spec)
+            quick = ("--time", "0") if self.kind == "podman" else ()
+            removal = (executable, "rm", "--force", *quick, run.name)
+            spec = lifeline.tie(spec, removal=removal)
         placeholders = self._placeholder_paths(run)
         if not hold_placeholders(run.workspace, placeholders):
             return Failure(BackendFailed(backend=self.name, reason=locked_too_long("container")))

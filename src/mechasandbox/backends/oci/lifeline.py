@@ -137,9 +137,13 @@ def keeper_argv() -> list[str]:
     return ["/bin/sh", "-c", _KEEPER_SCRIPT, KEEPER_NAME]
 
 
-def tie(spec: SpawnSpec) -> SpawnSpec:
-    """The engine CLI's spec with the lifeline as its stdin (see the module)."""
-    return attrs.evolve(spec, stdin=b"", hold_stdin=True)
+def tie(spec: SpawnSpec, *, removal: tuple[str, ...]) -> SpawnSpec:
+    """The engine CLI's spec with the lifeline as its stdin (see the module), and the
+    container's `removal` (`ENGINE rm --force NAME`) for the spawn helper to start if this
+    process goes away while it runs: the command can hold the lifeline open itself (it may
+    open PID 1's stdin through `/proc/1/fd/0` for writing), so the helper, outside the
+    container and alive after us, removes it too."""
+    return attrs.evolve(spec, stdin=b"", hold_stdin=True, on_host_loss=removal)
 
 
 def exec_failure(outcome: ProcessOutcome, command: str, *, image: str) -> SandboxError | None:

@@ -453,8 +453,10 @@ class ContainerPool:
         """A keeper tied to this process (see `lifeline`): its CLI stays attached, in a
         thread of its own, for as long as the container lives; started once it answers an
         `exec`."""
+        removal = (self._executable(), *self._remove_args(member.name))
         attached = Attached(
-            self.backend.runner.run, lifeline.tie(attrs.evolve(spec, timeout_s=None))
+            self.backend.runner.run,
+            lifeline.tie(attrs.evolve(spec, timeout_s=None), removal=removal),
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not attached.done():
