@@ -385,9 +385,7 @@ class _Run:
 
     __slots__ = ("failed", "on_host_loss", "pid", "report", "reported", "sock")
 
-    def __init__(
-        self, pid: int, sock: socket.socket, report: int, request: dict[str, Any]
-    ) -> None:
+    def __init__(self, pid: int, sock: socket.socket, report: int, request: dict[str, Any]) -> None:
         self.pid = pid
         self.sock = sock
         self.report: int | None = report
