@@ -47,6 +47,7 @@ test: install
 SECURITY_TESTS ?= $(sort $(wildcard tests/backends/test_*security*.py \
 	tests/backends/test_contract_*.py)) tests/backends/test_docker.py \
 	tests/backends/test_podman.py tests/backends/test_process_limits.py \
+	tests/backends/test_oci_hardening.py tests/integration/test_hostile_project.py \
 	tests/integration/test_verify.py
 
 test-security: install
