@@ -86,4 +86,5 @@ def test_another_users_home_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(base, "_every_home", lambda: frozenset({"/home/other"}))
     assert forbidden_workspace("/home/other", HOMES) is not None
+    assert forbidden_workspace("/home/other/.local", HOMES) is not None
     assert forbidden_workspace("/home/other/project", HOMES) is None

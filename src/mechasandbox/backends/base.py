@@ -172,13 +172,13 @@ def _homes(home_variable: str | None, uid: int) -> frozenset[str]:
 
 @functools.cache
 def _every_home() -> frozenset[str]:
-    """Every user's home directory (a root caller must not hand another user's home, with
-    its rc files and keys, to a command either). Read once: a user added later is caught
-    by a new process."""
+    """Every user's home directory, as real paths (a root caller must not hand another
+    user's home, its rc files and keys, to a command either). Read once: a user added
+    later is caught by a new process."""
     homes = set()
     for entry in pwd.getpwall():
-        if entry.pw_dir.startswith("/") and entry.pw_dir != "/":
-            homes.add(os.path.normpath(entry.pw_dir))
+        if entry.pw_dir.startswith("/") and (real := os.path.realpath(entry.pw_dir)) != "/":
+            homes.add(real)
     return frozenset(homes)
 
 
@@ -191,13 +191,11 @@ def forbidden_workspace(real: str, homes: Iterable[str]) -> str | None:
             real != below and _inside(real, below) for below in open_below
         ):
             return f"{real} is in the system tree {tree}"
-    if real in _every_home():
-        return f"{real} is a user's home directory"
-    for home in homes:
+    for home in (*homes, *_every_home()):
         if _inside(home, real):
-            return f"{real} is the home directory or contains it (its secrets and rc files)"
+            return f"{real} is a home directory or contains one (its secrets and rc files)"
         if _inside(real, home) and real[len(home) + 1 :].startswith("."):
-            return f"{real} is in a hidden directory of the home (configuration, credentials)"
+            return f"{real} is in a hidden directory of {home} (configuration, credentials)"
     return None
 
 
