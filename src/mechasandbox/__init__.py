@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mechasandbox.config.changes import PolicyChanges
     from mechasandbox.containers import Application
     from mechasandbox.domain import (
         BackendFailed,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 _LOCATIONS = {
     "Application": "mechasandbox.containers",
+    "PolicyChanges": "mechasandbox.config.changes",
     "Sandbox": "mechasandbox.sandbox",
 }
 
@@ -60,6 +62,7 @@ __all__ = [
     "NetworkMode",
     "NetworkPolicy",
     "Policy",
+    "PolicyChanges",
     "PolicyUnsupported",
     "ProcessLimit",
     "Protection",

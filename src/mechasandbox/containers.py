@@ -1,37 +1,52 @@
 """The composition root: dependency-injector containers built from configuration.
 
-    app = Application()
-    app.config.from_dict({"backend": "auto"})
-    sandbox = app.services.sandbox()
-    ...
-    app.shutdown_resources()        # kills anything still running, stops the spawn helper
+One call gives a library user exactly what the CLI gets, from the same configuration
+layers (packaged defaults, the user file, the workspace's project files, `files`, then
+explicit `changes`):
+
+    app = Application.from_config(workspace="/path/to/repo").unwrap()
+    try:
+        sandbox = app.services.sandbox()            # typed: a `Sandbox`
+        result = sandbox.run_sync(["make", "test"])
+    finally:
+        app.shutdown_resources()                    # stops what runs, releases backend state
 
 Tests swap pieces with provider overrides, e.g. ``app.core.runner.override(fake_runner)``
 or ``app.backends.selected.override(fake_backend)``. Providers stay synchronous because
 dependency-injector's async providers are asyncio-only and this library runs on anyio.
+Every backend comes from `backends.catalog`; nothing here names one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from dependency_injector import containers, providers
+from returns.result import Result
 
-from mechasandbox.backends import factories
-from mechasandbox.backends.base import HostContext
+from mechasandbox.backends import catalog, factories
+from mechasandbox.backends.base import Backend, HostContext
 from mechasandbox.backends.probe_cache import ProbeCache
-from mechasandbox.backends.registry import AutoBackend
+from mechasandbox.backends.registry import AutoBackend, MissingBackend
+from mechasandbox.config.changes import PolicyChanges
+from mechasandbox.config.loading import DISCOVER, ResolvedConfig, UserFile, load_policy
+from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import NetworkPolicy, Policy
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.protocol import ProcessRunner
-from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from mechasandbox.config.schema import Settings
 
 
 def _runner(helper: SpawnHelperClient | None) -> Iterator[ProcessRunner]:
+    # Imported here: it brings anyio, which the CLI's loop-free path does without.
+    from mechasandbox.runner.runner import HelperProcessRunner
+
     runner = HelperProcessRunner(helper=helper)
     try:
         yield runner
@@ -39,15 +54,28 @@ def _runner(helper: SpawnHelperClient | None) -> Iterator[ProcessRunner]:
         runner.close()
 
 
-def _by_name(
-    backends: dict[str, providers.Provider[Any]],
-) -> dict[str, providers.Provider[Any]]:
-    """Selector keys are backend names, some of which (`apple-container`) are not identifiers."""
-    return backends
-
-
 def _compose_policy(base: Policy, limits: Limits, network: NetworkPolicy) -> Policy:
     return attrs.evolve(base, limits=limits, network=network)
+
+
+def _select(name: str, named: providers.Aggregate[Backend], auto: Callable[[], Backend]) -> Backend:
+    """The configured backend; a name the catalog does not know is unavailable, never
+    another backend."""
+    if name == catalog.AUTO:
+        return auto()
+    if name in named.providers:
+        return named(name)
+    return MissingBackend(backend_name=name, reason=catalog.unknown_reason(name))
+
+
+def _each_backend(
+    deps: providers.Provider[catalog.BackendDeps],
+) -> dict[str, providers.Provider[Backend]]:
+    return {entry.name: providers.Resource(entry.build, deps) for entry in catalog.CATALOG}
+
+
+def _auto_candidates(named: providers.Aggregate[Backend]) -> list[providers.Provider[Backend]]:
+    return [named.providers[name] for name in catalog.AUTO_ORDER]
 
 
 class Core(containers.DeclarativeContainer):
@@ -58,8 +86,9 @@ class Core(containers.DeclarativeContainer):
     # The spawn helper's client the runner uses (None: its own). The CLI hands in the one
     # it started first thing, so that the helper's start overlaps its own.
     helper: providers.Provider[SpawnHelperClient | None] = providers.Object(None)
-    runner = providers.Resource(_runner, helper=helper)
-    base_policy = providers.Object(Policy())
+    runner: providers.Provider[ProcessRunner] = providers.Resource(_runner, helper=helper)
+    # The policy every layer of configuration resolved to (`from_config`).
+    base_policy: providers.Provider[Policy] = providers.Callable(lambda p: p, config.policy)
     # Names the allowlist proxy resolves; tests override it with a fake mapping names to
     # loopback servers they started.
     resolver = providers.Singleton(factories.system_resolver)
@@ -70,92 +99,130 @@ class Core(containers.DeclarativeContainer):
 
 
 class Backends(containers.DeclarativeContainer):
-    """Every backend, and `selected`: the one the configuration's `backend` names."""
+    """Every backend of the catalog by name (`named`), `auto`, and `selected`: the one the
+    configuration's `backend` names."""
 
     config = providers.Configuration(strict=True)
     core = providers.DependenciesContainer()
 
-    none = providers.Singleton(factories.none, runner=core.runner, host=core.host)
-    process = providers.Singleton(factories.process, runner=core.runner, host=core.host)
-    bubblewrap = providers.Singleton(
-        factories.bubblewrap,
+    deps = providers.Singleton(
+        catalog.BackendDeps,
         runner=core.runner,
         host=core.host,
-        egress=core.egress,
+        egress=core.egress.provider,
         probe_cache=core.probe_cache,
-    )
-    landlock = providers.Singleton(
-        factories.landlock, runner=core.runner, host=core.host, egress=core.egress
-    )
-    docker = providers.Singleton(
-        factories.container_engine,
-        "docker",
-        runner=core.runner,
-        host=core.host,
         image=config.image,
         runtime=config.runtime,
-        egress=core.egress,
+        pool_size=config.pool_size,
     )
-    docker_pooled = providers.Resource(factories.pooled, docker, size=config.pool_size)
-    podman = providers.Singleton(
-        factories.container_engine,
-        "podman",
-        runner=core.runner,
-        host=core.host,
-        image=config.image,
-        runtime=config.runtime,
-        egress=core.egress,
-    )
-    seatbelt = providers.Singleton(
-        factories.seatbelt, runner=core.runner, host=core.host, egress=core.egress
-    )
-    apple_container = providers.Singleton(
-        factories.apple_container, runner=core.runner, host=core.host, image=config.image
-    )
-
+    # A Resource each: a backend that holds something (docker's pool) is closed by
+    # `shutdown_resources()`. `named("bubblewrap")` builds (once) and returns one.
+    named: providers.Aggregate[Backend] = providers.Aggregate(_each_backend(deps))
     # Strongest first; `none` is never a candidate.
-    auto = providers.Singleton(
-        AutoBackend,
-        candidates=providers.List(
-            bubblewrap, landlock, apple_container, seatbelt, docker_pooled, podman, process
-        ),
+    auto: providers.Provider[Backend] = providers.Singleton(
+        AutoBackend, candidates=providers.List(*_auto_candidates(named))
     )
-
-    selected = providers.Selector(
-        config.backend,
-        **_by_name(
-            {
-                "auto": auto,
-                "none": none,
-                "process": process,
-                "bubblewrap": bubblewrap,
-                "landlock": landlock,
-                "docker": docker_pooled,
-                "podman": podman,
-                "seatbelt": seatbelt,
-                "apple-container": apple_container,
-            }
-        ),
+    selected: providers.Provider[Backend] = providers.Singleton(
+        _select, config.backend, named.provider, auto.provider
     )
 
 
 class Services(containers.DeclarativeContainer):
     """The policy pieces (each overridable) and the sandbox facade."""
 
+    config = providers.Configuration(strict=True)
     core = providers.DependenciesContainer()
     backends = providers.DependenciesContainer()
 
-    limits = providers.Callable(lambda policy: policy.limits, core.base_policy)
-    network = providers.Callable(lambda policy: policy.network, core.base_policy)
-    policy = providers.Callable(_compose_policy, core.base_policy, limits, network)
-    sandbox = providers.Singleton(Sandbox, backend=backends.selected, policy=policy)
+    limits: providers.Provider[Limits] = providers.Callable(
+        lambda policy: policy.limits, core.base_policy
+    )
+    network: providers.Provider[NetworkPolicy] = providers.Callable(
+        lambda policy: policy.network, core.base_policy
+    )
+    policy: providers.Provider[Policy] = providers.Callable(
+        _compose_policy, core.base_policy, limits, network
+    )
+    sandbox: providers.Provider[Sandbox] = providers.Singleton(
+        Sandbox, backend=backends.selected, policy=policy, workspace=config.workspace
+    )
 
 
-CONFIG_DEFAULTS = {"backend": "auto", "image": None, "runtime": None, "pool_size": None}
+CONFIG_DEFAULTS: Mapping[str, Any] = {
+    "backend": catalog.AUTO,
+    "image": None,
+    "runtime": None,
+    "pool_size": None,
+    "policy": Policy(),
+    "workspace": None,  # runs' default workspace (None: the current directory)
+    "files": (),  # the configuration files read, lowest layer first
+    "warnings": (),  # project settings that were ignored, and why
+}
+
+
+def configuration(resolved: ResolvedConfig, workspace: str | None) -> dict[str, Any]:
+    """The container's configuration for a resolved set of layers."""
+    return {
+        "backend": resolved.backend,
+        "image": resolved.image,
+        "runtime": resolved.runtime,
+        "pool_size": resolved.pool_size,
+        "policy": resolved.policy,
+        "workspace": workspace,
+        "files": resolved.files,
+        "warnings": resolved.warnings,
+    }
 
 
 class Application(containers.DeclarativeContainer):
-    config = providers.Configuration(strict=True, default=CONFIG_DEFAULTS)
-    core = providers.Container(Core, config=config)
-    backends = providers.Container(Backends, core=core, config=config)
-    services = providers.Container(Services, core=core, backends=backends)
+    """The root. Build it with `from_config`; `Application()` alone is the packaged
+    defaults (the `auto` backend, `Policy()`), with `app.config` to set by hand."""
+
+    config = providers.Configuration(strict=True, default=dict(CONFIG_DEFAULTS))
+    # Declared as the containers they give (at run time a `providers.Container`, whose
+    # attributes are the providers of the class named), so that `app.services.sandbox()`
+    # is typed `Sandbox` under mypy --strict.
+    core: Core = providers.Container(Core, config=config)  # type: ignore[assignment]
+    backends: Backends = providers.Container(  # type: ignore[assignment]
+        Backends, core=core, config=config
+    )
+    services: Services = providers.Container(  # type: ignore[assignment]
+        Services, core=core, backends=backends, config=config
+    )
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        workspace: str | None = None,
+        files: Sequence[str] = (),
+        user_file: str | UserFile | None = DISCOVER,
+        settings: Settings | None = None,
+        changes: PolicyChanges | None = None,
+    ) -> Result[Application, ConfigInvalid]:
+        """The application for runs in `workspace` (default: the current directory, now), from
+        every configuration layer, as the CLI builds it.
+
+        `files`: more configuration files (`--config`), over the user's and the project's.
+        `user_file`: a path, None for none, or `DISCOVER` (`~/.config/mechasandbox/...`).
+        `settings`: one more layer, in the files' vocabulary (see `config.structure_settings`).
+        `changes`: explicit changes last, in the command line's vocabulary (they may widen).
+        The project's files may only narrow; what they tried and could not do is in
+        `app.config.warnings()`.
+        """
+        import os
+
+        root = workspace or os.getcwd()
+        resolved = load_policy(
+            workspace=root, user_file=user_file, extra_files=tuple(files), overrides=settings
+        )
+        if changes is not None:
+            resolved = resolved.bind(changes.apply)
+        return resolved.map(lambda config: cls.from_resolved(config, workspace=root))
+
+    @classmethod
+    def from_resolved(cls, resolved: ResolvedConfig, *, workspace: str | None) -> Application:
+        """The application for a configuration already resolved (`config.load_policy`)."""
+        app = cls()
+        app.config.from_dict(configuration(resolved, workspace))
+        return app

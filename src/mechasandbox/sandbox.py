@@ -21,17 +21,23 @@ if TYPE_CHECKING:
 
 @attrs.frozen(kw_only=True)
 class Sandbox:
-    """Runs commands through `backend` under `policy` unless a call passes its own."""
+    """Runs commands through `backend` under `policy` unless a call passes its own, in
+    `workspace` unless a call names another (None: the current directory of the call)."""
 
     backend: Backend
     policy: Policy = Policy()
+    workspace: str | None = None
 
     def request(
         self, argv: Sequence[str], *, workspace: str | None = None, stdin: bytes | None = None
     ) -> Result[RunRequest, SandboxError]:
         try:
             return Result.from_value(
-                RunRequest(argv=tuple(argv), workspace=workspace or os.getcwd(), stdin=stdin)
+                RunRequest(
+                    argv=tuple(argv),
+                    workspace=workspace or self.workspace or os.getcwd(),
+                    stdin=stdin,
+                )
             )
         except (TypeError, ValueError) as error:
             return Failure(ConfigInvalid(problem=str(error), field="argv"))

@@ -1,6 +1,6 @@
-"""The CLI's one-shot path: which calls take it, that it builds and plans exactly what the
-containers would, that it stays out of asyncio, the containers and the proxy, and that a
-run interrupted or killed mid-way leaves nothing behind."""
+"""The CLI's loop-free path: which calls take it, that `auto` resolves there only to what
+`choose` would pick, that it stays out of the event loop and the proxy, and that a run
+interrupted or killed mid-way leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dependency_injector import providers
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import Backend, HostContext
+from mechasandbox.backends.base import Backend
+from mechasandbox.backends.catalog import AUTO_ORDER, LOOPLESS
 from mechasandbox.backends.linux.bubblewrap import PROBE_NAME, BubblewrapBackend, probe_key
-from mechasandbox.backends.names import AUTO_ORDER, LOOPLESS
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.registry import choose
 from mechasandbox.cli import oneshot
@@ -29,25 +30,23 @@ from mechasandbox.containers import Application
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable
 from mechasandbox.domain.policy import Enforcement, NetworkMode, NetworkPolicy, Policy
-from mechasandbox.domain.request import RunRequest
 from mechasandbox.runner.blocking import BlockingHelperRunner
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
-from mechasandbox.testing import FakeRunner, ScriptedBackend
+from mechasandbox.testing import ScriptedBackend
 from tests.conftest import require_available
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 LINUX = sys.platform.startswith("linux")
+DEFAULT = Policy()
 ALLOWLIST = Policy(network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=("example.com",)))
-# What a one-shot call must not import: the event loop, the containers, the proxy, the
+# What a loop-free call must not import: the event loop library, the proxy, the
 # configuration layers (no configuration file here) and the other platforms' backends.
+# (The composition root, dependency-injector, imports asyncio itself; no loop runs.)
 NOT_IMPORTED = (
-    "asyncio",
     "anyio",
-    "dependency_injector",
     "cattrs",
     "tomllib",
-    "mechasandbox.containers",
     "mechasandbox.network.proxy",
     "mechasandbox.network.session",
     "mechasandbox.config.layers",
@@ -84,7 +83,7 @@ def _imports_of(workspace: Path, *argv: str) -> tuple[int, set[str]]:
 
 
 @pytest.mark.parametrize("backend", ["process", "bubblewrap"])
-def test_a_run_imports_no_event_loop_containers_or_proxy(
+def test_a_run_imports_no_event_loop_or_proxy(
     tmp_path: Path, backend: str, runner: BlockingHelperRunner
 ) -> None:
     if backend == "bubblewrap":
@@ -114,19 +113,35 @@ def test_an_allowlist_run_takes_the_containers(tmp_path: Path) -> None:
         "true",
     )
     assert status == 0
-    assert {"mechasandbox.containers", "anyio"} <= modules
+    assert "anyio" in modules
+
+
+def _app(backend: str, policy: Policy = DEFAULT) -> Application:
+    app = Application()
+    app.config.from_dict({"backend": backend, "policy": policy})
+    return app
+
+
+def _loopless(app: Application, runner: BlockingHelperRunner, *, runs: bool = True) -> bool:
+    try:
+        return oneshot.go_loopless(app, None, runs=runs)
+    finally:
+        app.shutdown_resources()
 
 
 def test_which_calls_take_the_one_shot_path(runner: BlockingHelperRunner) -> None:
-    host = HostContext.current()
     for name in sorted(LOOPLESS):
-        built = oneshot.loopless_backend(name, Policy(), runner=runner, host=host)
-        assert built is not None and built.name == name
-        assert oneshot.loopless_backend(name, ALLOWLIST, runner=runner, host=host) is None
-        planned = oneshot.loopless_backend(name, ALLOWLIST, runner=runner, host=host, runs=False)
-        assert planned is not None  # planning starts no proxy
+        app = _app(name)
+        assert _loopless(app, runner)
+        assert app.backends.selected().name == name
+        assert isinstance(app.core.runner(), BlockingHelperRunner)
+        assert not _loopless(_app(name, ALLOWLIST), runner)
+        assert _loopless(_app(name, ALLOWLIST), runner, runs=False)  # planning starts no proxy
     for name in ("docker", "podman", "seatbelt", "apple-container"):
-        assert oneshot.loopless_backend(name, Policy(), runner=runner, host=host) is None
+        app = _app(name)
+        assert not _loopless(app, runner)
+        assert not isinstance(app.core.runner(), BlockingHelperRunner)
+        app.shutdown_resources()
 
 
 class _Probed(ScriptedBackend):
@@ -162,39 +177,21 @@ def test_auto_resolves_only_to_what_choose_would_pick(
     expected: str | None,
     runner: BlockingHelperRunner,
 ) -> None:
-    def build(name: str, *_args: object) -> Backend:
+    def build(name: str) -> Backend:
         available, enforces = states.get(name, (False, False))
         return _Probed(name, available=available, enforces=enforces)
 
-    monkeypatch.setattr(oneshot, "_build", build)
     for policy in (Policy(), Policy(enforcement=Enforcement.BEST_EFFORT)):
-        chosen = oneshot.loopless_backend("auto", policy, runner=runner, host=HostContext.current())
+        app = _app("auto", policy)
+        for name, provider in app.backends.named.providers.items():
+            provider.override(providers.Object(build(name)))
+        loopless = _loopless(app, runner)
+        chosen = app.backends.selected() if loopless else None
         assert (chosen.name if chosen else None) == expected
         if chosen is not None:
             picked = choose([build(n) for n in AUTO_ORDER], policy)
             assert isinstance(picked, Success)
             assert picked.unwrap().name == expected
-
-
-@pytest.mark.parametrize("name", sorted(LOOPLESS))
-def test_the_one_shot_backend_plans_what_the_containers_plan(
-    tmp_path: Path, name: str, runner: BlockingHelperRunner
-) -> None:
-    host = HostContext.current()
-    policy = Policy(enforcement=Enforcement.BEST_EFFORT)
-    request = RunRequest(argv=("echo", "hi"), workspace=str(tmp_path))
-    direct = oneshot.loopless_backend(name, policy, runner=runner, host=host)
-    assert direct is not None
-    app = Application()
-    app.config.from_dict({"backend": name})
-    app.core.runner.override(FakeRunner())
-    try:
-        composed = app.backends.selected()
-        assert type(composed) is type(direct)
-        assert direct.plan(request, policy, host) == composed.plan(request, policy, host)
-        assert direct.probe() == composed.probe()
-    finally:
-        app.shutdown_resources()
 
 
 @pytest.mark.skipif(not LINUX, reason="bubblewrap is Linux-only")

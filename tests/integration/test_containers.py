@@ -94,7 +94,7 @@ def test_apple_container_gets_only_the_configured_image() -> None:
         app.config.from_dict({"backend": "apple-container", **config})
         app.core.runner.override(FakeRunner())
         try:
-            assert app.backends.apple_container().image == expected
+            assert app.backends.named("apple-container").image == expected
         finally:
             app.shutdown_resources()
 

@@ -12,7 +12,6 @@ from returns.result import Result
 
 from mechasandbox.config import (
     DISCOVER,
-    BackendName,
     BackendSettings,
     LimitsSettings,
     NetworkSettings,
@@ -158,7 +157,7 @@ def test_overrides_come_last_and_may_widen(workspace: Path, tmp_path: Path) -> N
     write(workspace / ".mechasandbox.toml", '[network]\nmode = "none"\n')
     config_file = write(tmp_path / "c.toml", '[limits]\nmemory = "8g"\n')
     overrides = Settings(
-        backend=BackendSettings(name=BackendName.PROCESS),
+        backend=BackendSettings(name="process"),
         network=NetworkSettings(mode=NetworkMode.FULL),
         limits=LimitsSettings(memory=512 * MIB),
     )

@@ -9,7 +9,6 @@ from returns.pipeline import is_successful
 
 from mechasandbox.config import (
     UNLIMITED,
-    BackendName,
     Settings,
     structure_settings,
 )
@@ -59,7 +58,7 @@ def test_every_section_structures() -> None:
             "enforcement": "best-effort",
         }
     )
-    assert settings.backend.name is BackendName.APPLE_CONTAINER
+    assert settings.backend.name == "apple-container"
     assert settings.backend.runtime == "runsc"
     assert settings.filesystem.readable == ("/opt/sdk", "~/.cache/pip")
     assert settings.network.mode is NetworkMode.ALLOWLIST

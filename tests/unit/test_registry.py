@@ -5,7 +5,8 @@ from __future__ import annotations
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.registry import AUTO_ORDER, MissingBackend, choose
+from mechasandbox.backends.catalog import AUTO_ORDER
+from mechasandbox.backends.registry import MissingBackend, choose
 from mechasandbox.domain import (
     BackendUnavailable,
     Capabilities,

@@ -1,5 +1,5 @@
 """Choosing the backend for a policy (`auto`), and the stand-in for one that is missing.
-The names and the order live in `names` (re-exported here)."""
+The names and the order live in `catalog`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
-from mechasandbox.backends.names import AUTO_ORDER, BACKEND_NAMES, LOOPLESS
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, PolicyUnsupported, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
@@ -17,9 +16,6 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 
 __all__ = [
-    "AUTO_ORDER",
-    "BACKEND_NAMES",
-    "LOOPLESS",
     "AutoBackend",
     "MissingBackend",
     "choose",

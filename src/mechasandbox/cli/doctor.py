@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from typing import Any
 
+from dependency_injector import providers
 from returns.result import Failure
 
 from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.catalog import AUTO_ORDER, CATALOG
 from mechasandbox.backends.probe_cache import ProbeCache
-from mechasandbox.backends.registry import AUTO_ORDER, choose
+from mechasandbox.backends.registry import choose
 from mechasandbox.cli.verify import plant_environment_secret, verify_backends
 from mechasandbox.containers import Application
 from mechasandbox.domain.capabilities import Protection
@@ -20,9 +23,10 @@ from mechasandbox.runner import native
 
 def report(app: Application, host: HostContext) -> dict[str, Any]:
     backends: list[dict[str, Any]] = []
-    names = ("none", *AUTO_ORDER)
+    # Those `auto` never picks first, then `auto`'s candidates in its order.
+    names = [entry.name for entry in CATALOG if entry.auto_rank is None] + list(AUTO_ORDER)
     for name in names:
-        backend = getattr(app.backends, name.replace("-", "_"))()
+        backend = app.backends.named(name)
         probed = backend.probe()
         if isinstance(probed, Failure):
             backends.append({"name": name, "available": False, "reason": probed.failure().reason})
@@ -37,7 +41,7 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
                 "warnings": list(capabilities.warnings),
             }
         )
-    candidates = [getattr(app.backends, n.replace("-", "_"))() for n in AUTO_ORDER]
+    candidates = [app.backends.named(name) for name in AUTO_ORDER]
     chosen = choose(candidates, Policy())
     data: dict[str, Any] = {
         "platform": f"{platform.system()} {platform.release()} ({host.platform})",
@@ -111,10 +115,16 @@ def _table(data: dict[str, Any]) -> str:
 def main(*, as_json: bool, verify: bool, host: HostContext) -> int:
     if verify:
         plant_environment_secret()
-    app = Application()
-    app.config.from_dict({"backend": "auto"})
+    # The backends as `run` would build them here (the user's image, runtime, pool...).
+    built = Application.from_config()
+    if isinstance(built, Failure):
+        print(
+            f"mechasandbox: warning: configuration ignored: {built.failure().message}",
+            file=sys.stderr,
+        )
+    app = built.value_or(None) or Application()
     # What holds here and now: every probe runs, and what `run` remembers is refreshed.
-    app.core.probe_cache.override(ProbeCache(refresh=True))
+    app.core.probe_cache.override(providers.Object(ProbeCache(refresh=True)))
     try:
         data = report(app, host)
         if verify:

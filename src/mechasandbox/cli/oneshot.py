@@ -1,66 +1,62 @@
-"""The CLI's one-shot path: one backend, built directly, run without an event loop.
+"""The CLI's loop-free path: the application's own backend, run without an event loop.
 
-A CLI call runs one command and exits, so what a long-lived host pays once would be most
-of its time: importing dependency-injector (which imports asyncio), anyio's event loop,
-the allowlist proxy. When the backend only waits on its runner (`registry.LOOPLESS`: none,
-process, bubblewrap, landlock, and not in allowlist mode, whose proxy needs the loop), the
-CLI builds it with the same factories the containers use (`backends.factories`) and a
-`BlockingHelperRunner`, and runs it with `complete`. Anything else goes through
-`Application` as a library user's code would.
+A CLI call runs one command and exits, so what a long-lived host pays once would be much
+of its time: anyio's event loop, the allowlist proxy. When the chosen backend only waits
+on its runner (`catalog.LOOPLESS`: none, process, bubblewrap, landlock, and not in
+allowlist mode, whose proxy needs the loop), the CLI gives the application a
+`BlockingHelperRunner` (the runner is an injected piece like any other) and runs the
+backend with `complete`. Anything else runs as a library user's code would.
 
 `auto` resolves here only to what `choose` would pick: the first backend of `AUTO_ORDER`
-that is available and enforces the whole policy, when that is one of the loopless ones
-(bubblewrap and landlock come first on Linux). Otherwise the containers choose.
+that is available and enforces the whole policy, when that is one of the loop-free ones
+(bubblewrap and landlock come first on Linux). Otherwise `auto` chooses per run.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dependency_injector import providers
 from returns.result import Success
 
-from mechasandbox.backends import factories
-from mechasandbox.backends.names import AUTO_ORDER, LOOPLESS
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.backends.catalog import AUTO, AUTO_ORDER, LOOPLESS
+from mechasandbox.domain.policy import NetworkMode
 
 if TYPE_CHECKING:
-    from mechasandbox.backends.base import Backend, HostContext
-    from mechasandbox.backends.probe_cache import ProbeCache
-    from mechasandbox.runner.protocol import ProcessRunner
+    from mechasandbox.backends.base import Backend
+    from mechasandbox.containers import Application
+    from mechasandbox.runner.client import SpawnHelperClient
 
 
-def _build(
-    name: str, runner: ProcessRunner, host: HostContext, probe_cache: ProbeCache | None
-) -> Backend:
-    if name == "bubblewrap":
-        return factories.bubblewrap(runner, host, probe_cache=probe_cache)
-    if name == "landlock":
-        return factories.landlock(runner, host)
-    if name == "process":
-        return factories.process(runner, host)
-    return factories.none(runner, host)
-
-
-def loopless_backend(
-    name: str,
-    policy: Policy,
-    *,
-    runner: ProcessRunner,
-    host: HostContext,
-    probe_cache: ProbeCache | None = None,
-    runs: bool = True,
-) -> Backend | None:
-    """The backend `name` built for the one-shot path, or None when this call needs the
-    containers (and an event loop). `runs`: the command will run (not only be planned)."""
-    if runs and policy.network.mode is NetworkMode.ALLOWLIST:
-        return None
-    if name != "auto":
-        return _build(name, runner, host, probe_cache) if name in LOOPLESS else None
+def _first_loopless(app: Application, name: str) -> Backend | None:
+    policy = app.services.policy()
+    if name != AUTO:
+        return app.backends.named(name) if name in LOOPLESS else None
     for candidate in AUTO_ORDER:
         if candidate not in LOOPLESS:
-            return None  # one that needs the loop may be the choice: the containers choose
-        backend = _build(candidate, runner, host, probe_cache)
+            return None  # one that needs the loop may be the choice: `auto` chooses
+        backend = app.backends.named(candidate)
         probed = backend.probe()
         if isinstance(probed, Success) and not probed.unwrap().missing(policy):
             return backend
     return None
+
+
+def go_loopless(app: Application, helper: SpawnHelperClient | None, *, runs: bool) -> bool:
+    """Set `app` up for the loop-free path when its configuration allows it: its runner is
+    then a blocking one and its selected backend the one `auto` would pick. False: `app`
+    is left as it was. `runs`: the command will run (not only be planned)."""
+    from mechasandbox.runner.blocking import BlockingHelperRunner
+
+    if runs and app.services.policy().network.mode is NetworkMode.ALLOWLIST:
+        return False
+    app.core.runner.override(providers.Object(BlockingHelperRunner(helper, prestart=False)))
+    backend = _first_loopless(app, app.config.backend())
+    if backend is None:
+        # Forget the backends built with the blocking runner; none of them holds anything.
+        app.core.runner.reset_override()
+        app.backends.deps.reset()
+        app.backends.shutdown_resources()
+        return False
+    app.backends.selected.override(providers.Object(backend))
+    return True

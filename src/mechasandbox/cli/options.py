@@ -1,4 +1,4 @@
-"""Argument parsing for `run` and `policy`, and turning options into a policy.
+"""Argument parsing for `run` and `policy`, and turning options into `PolicyChanges`.
 
 Parse errors never print a traceback: they become `ConfigInvalid` naming the option.
 """
@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
-import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.names import BACKEND_NAMES
+from mechasandbox.backends.catalog import NAMES
+from mechasandbox.config.changes import PolicyChanges
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode, Policy
+from mechasandbox.domain.policy import HostProcesses, NetworkMode
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ class Parser(argparse.ArgumentParser):
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--backend", default=None, choices=BACKEND_NAMES, help="sandbox backend (default: auto)")
+    add("--backend", default=None, choices=NAMES, help="sandbox backend (default: auto)")
     add("--workspace", default=None, help="working directory and writable tree (default: .)")
     add("--network", default=None, choices=[m.value for m in NetworkMode])
     add("--allow-domain", action="append", default=[], metavar="PATTERN")
@@ -124,8 +124,8 @@ def _socket_paths(values: Sequence[str]) -> Result[tuple[str, ...], ConfigInvali
     return Success(tuple(values))
 
 
-def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, ConfigInvalid]:
-    """`base` with every option the user gave applied (explicit options may widen)."""
+def policy_changes(args: argparse.Namespace) -> Result[PolicyChanges, ConfigInvalid]:
+    """What the options the user gave change on top of the configuration files."""
     limit_options = (
         ("timeout_s", "--timeout", args.timeout, _duration),
         ("cpu_time_s", "--cpu-time", args.cpu_time, _duration),
@@ -135,56 +135,35 @@ def apply_options(base: Policy, args: argparse.Namespace) -> Result[Policy, Conf
         ("max_file_size_bytes", "--max-file-size", args.max_file_size, _size),
         ("max_output_bytes", "--max-output", args.max_output, _size),
     )
-    changes: dict[str, Any] = {}
+    limits: list[tuple[str, float | int]] = []
     for field, option, text, parse in limit_options:
         parsed = _optional(option, text, parse)
         if isinstance(parsed, Failure):
             return Failure(parsed.failure())
-        if parsed.unwrap() is not None:
-            changes[field] = parsed.unwrap()
-    try:
-        limits = attrs.evolve(base.limits, **changes)
-    except (TypeError, ValueError) as error:
-        return Failure(ConfigInvalid(problem=str(error), source="command line"))
-    env_pairs = _env_pairs(args.env)
-    if isinstance(env_pairs, Failure):
-        return Failure(env_pairs.failure())
-    sockets = _socket_paths(args.allow_unix_socket)
-    if isinstance(sockets, Failure):
-        return Failure(sockets.failure())
-    fs = base.filesystem
-    filesystem = attrs.evolve(
-        fs,
-        readable=fs.readable + tuple(args.allow_read),
-        writable=fs.writable + tuple(args.allow_write),
-        deny_read=fs.deny_read + tuple(args.deny_read),
-        deny_write=fs.deny_write + tuple(args.deny_write),
-    )
-    net = base.network
-    network = attrs.evolve(
-        net,
-        mode=NetworkMode(args.network) if args.network else net.mode,
-        allow=net.allow + tuple(args.allow_domain),
-        deny=net.deny + tuple(args.deny_domain),
-        allow_unix_sockets=net.allow_unix_sockets + sockets.unwrap(),
-    )
-    environment = attrs.evolve(
-        base.environment,
-        pass_through=base.environment.pass_through + tuple(args.pass_env),
-        set=base.environment.set + env_pairs.unwrap(),
-    )
-    enforcement = Enforcement.BEST_EFFORT if args.best_effort else base.enforcement
-    host_processes = (
-        HostProcesses(args.host_processes) if args.host_processes else base.host_processes
-    )
-    return Success(
-        Policy(
-            filesystem=filesystem,
-            network=network,
-            limits=limits,
-            environment=environment,
-            enforcement=enforcement,
-            host_processes=host_processes,
+        value = parsed.unwrap()
+        if value is not None:
+            limits.append((field, value))
+    return _env_pairs(args.env).bind(
+        lambda env_pairs: _socket_paths(args.allow_unix_socket).map(
+            lambda sockets: PolicyChanges(
+                allow_read=tuple(args.allow_read),
+                allow_write=tuple(args.allow_write),
+                deny_read=tuple(args.deny_read),
+                deny_write=tuple(args.deny_write),
+                network=NetworkMode(args.network) if args.network else None,
+                allow_domains=tuple(args.allow_domain),
+                deny_domains=tuple(args.deny_domain),
+                allow_unix_sockets=sockets,
+                pass_env=tuple(args.pass_env),
+                set_env=env_pairs,
+                limits=tuple(limits),
+                best_effort=bool(args.best_effort),
+                host_processes=(
+                    HostProcesses(args.host_processes) if args.host_processes else None
+                ),
+                backend=args.backend,
+                image=args.image,
+            )
         )
     )
 

@@ -23,11 +23,9 @@ VERBS = ("run", "policy", "doctor")
 
 if TYPE_CHECKING:
     from mechasandbox.backends.base import LaunchPlan
-    from mechasandbox.config import ResolvedConfig
     from mechasandbox.containers import Application
     from mechasandbox.domain.result import RunResult
     from mechasandbox.runner.client import SpawnHelperClient
-    from mechasandbox.sandbox import Sandbox
 
 
 def build_parser(verb: str | None = None) -> Parser:
@@ -45,20 +43,6 @@ def build_parser(verb: str | None = None) -> Parser:
     doctor_parser.add_argument("--json", action="store_true")
     doctor_parser.add_argument("--verify", action="store_true", help="run built-in attacks")
     return parser
-
-
-def _application(resolved: ResolvedConfig, helper: SpawnHelperClient | None) -> Application:
-    from mechasandbox.backends.probe_cache import ProbeCache
-    from mechasandbox.containers import Application
-
-    app = Application()
-    app.config.from_dict(
-        {"backend": resolved.backend, "image": resolved.image, "runtime": resolved.runtime}
-    )
-    app.core.probe_cache.override(ProbeCache())
-    if helper is not None:
-        app.core.helper.override(helper)
-    return app
 
 
 def _fail(error: SandboxError, *, as_json: bool, backend: str) -> int:
@@ -116,49 +100,20 @@ def _print_plan(planned: Result[LaunchPlan, SandboxError], *, as_json: bool, bac
     return 0
 
 
-def _one_shot(
-    args: argparse.Namespace,
-    resolved: ResolvedConfig,
-    helper: SpawnHelperClient | None,
-) -> Sandbox | None:
-    """The sandbox of the one-shot path, or None when this call needs the containers."""
-    from mechasandbox.backends.base import HostContext
-    from mechasandbox.backends.probe_cache import ProbeCache
-    from mechasandbox.cli.oneshot import loopless_backend
-    from mechasandbox.runner.blocking import BlockingHelperRunner
-    from mechasandbox.sandbox import Sandbox
-
-    backend = loopless_backend(
-        resolved.backend,
-        resolved.policy,
-        runner=BlockingHelperRunner(helper, prestart=False),
-        host=HostContext.current(),
-        probe_cache=ProbeCache(),
-        runs=args.verb == "run",
-    )
-    return None if backend is None else Sandbox(backend=backend, policy=resolved.policy)
-
-
 def _execute(
-    args: argparse.Namespace,
-    sandbox: Sandbox,
-    command: list[str],
-    resolved: ResolvedConfig,
-    *,
-    with_loop: bool,
+    args: argparse.Namespace, app: Application, command: list[str], *, with_loop: bool
 ) -> int:
     as_json = bool(args.json)
-    workspace = args.workspace or os.getcwd()
-    policy, backend = resolved.policy, resolved.backend
+    sandbox = app.services.sandbox()
+    backend = app.config.backend()
     if args.verb == "policy":
-        planned = sandbox.plan(command, workspace=workspace, policy=policy)
-        return _print_plan(planned, as_json=as_json, backend=backend)
+        return _print_plan(sandbox.plan(command), as_json=as_json, backend=backend)
     if with_loop:
-        result = sandbox.run_sync(command, workspace=workspace, policy=policy)
+        result = sandbox.run_sync(command)
     else:
         from mechasandbox.runner.blocking import complete
 
-        result = complete(sandbox.run_async(command, workspace=workspace, policy=policy))
+        result = complete(sandbox.run_async(command))
     return _report(result, as_json=as_json, backend=backend)
 
 
@@ -177,22 +132,33 @@ def _run_or_plan(args: argparse.Namespace, helper: SpawnHelperClient | None) -> 
 def _resolved_and_run(
     args: argparse.Namespace, command: list[str], helper: SpawnHelperClient | None
 ) -> int:
-    from mechasandbox.cli.settings import load_settings
+    """The command run (or planned) by the application every configuration layer and
+    option make: the same `Application.from_config` a library user calls."""
+    from dependency_injector import providers
+
+    from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.cli.oneshot import go_loopless
+    from mechasandbox.cli.options import policy_changes
+    from mechasandbox.containers import Application
 
     as_json = bool(args.json)
-    settings = load_settings(args)
-    if isinstance(settings, Failure):
-        return _fail(settings.failure(), as_json=as_json, backend=args.backend or "auto")
-    resolved = settings.unwrap()
-    for warning in resolved.warnings:
+    built = policy_changes(args).bind(
+        lambda changes: Application.from_config(
+            workspace=args.workspace, files=tuple(args.config), changes=changes
+        )
+    )
+    if isinstance(built, Failure):
+        return _fail(built.failure(), as_json=as_json, backend=args.backend or "auto")
+    app = built.unwrap()
+    for warning in app.config.warnings():
         print(f"mechasandbox: warning: {warning}", file=sys.stderr)
-    sandbox = _one_shot(args, resolved, helper)
-    if sandbox is not None:
-        return _execute(args, sandbox, command, resolved, with_loop=False)
-    app = _application(resolved, helper)
+    app.core.probe_cache.override(providers.Object(ProbeCache()))
     try:
-        sandbox = app.services.sandbox()
-        return _execute(args, sandbox, command, resolved, with_loop=True)
+        if go_loopless(app, helper, runs=args.verb == "run"):
+            return _execute(args, app, command, with_loop=False)
+        if helper is not None:
+            app.core.helper.override(providers.Object(helper))
+        return _execute(args, app, command, with_loop=True)
     finally:
         app.shutdown_resources()
 

@@ -28,7 +28,7 @@ import attrs
 from returns.result import Failure
 
 from mechasandbox.backends.base import Backend
-from mechasandbox.backends.registry import AUTO_ORDER
+from mechasandbox.backends.catalog import AUTO_ORDER
 from mechasandbox.containers import Application
 from mechasandbox.domain.errors import partial_result
 from mechasandbox.domain.policy import (
@@ -519,7 +519,7 @@ def verify_backend(backend: Backend) -> list[dict[str, Any]]:
 def verify_backends(app: Application) -> dict[str, list[dict[str, Any]]]:
     report: dict[str, list[dict[str, Any]]] = {}
     for name in AUTO_ORDER:
-        backend = getattr(app.backends, name.replace("-", "_"))()
+        backend = app.backends.named(name)
         if isinstance(backend.probe(), Failure):
             continue
         report[name] = verify_backend(backend)

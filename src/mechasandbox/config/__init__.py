@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from mechasandbox.config.overlay import BackendChoice, apply_backend, apply_settings
     from mechasandbox.config.schema import (
         UNLIMITED,
-        BackendName,
         BackendSettings,
         EnvironmentSettings,
         FilesystemSettings,
@@ -56,7 +55,6 @@ _MODULES = {
     "overlay": ("BackendChoice", "apply_backend", "apply_settings"),
     "schema": (
         "UNLIMITED",
-        "BackendName",
         "BackendSettings",
         "EnvironmentSettings",
         "FilesystemSettings",
@@ -74,7 +72,6 @@ __all__ = [
     "PROJECT_TOML",
     "UNLIMITED",
     "BackendChoice",
-    "BackendName",
     "BackendSettings",
     "EnvironmentSettings",
     "FilesystemSettings",

@@ -20,9 +20,9 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.gen import make_dict_structure_fn, override
 from returns.result import Failure, Result, Success
 
+from mechasandbox.backends import catalog
 from mechasandbox.config.schema import (
     UNLIMITED,
-    BackendName,
     BackendSettings,
     EnvironmentSettings,
     FilesystemSettings,
@@ -140,6 +140,18 @@ def _choice(kind: type[E], what: str) -> Callable[[object, Any], E]:
     return hook
 
 
+def _backend_name(value: object, _type: Any) -> str:
+    if value not in catalog.NAMES:
+        raise _BadValueError(
+            f"unknown backend {value!r}; expected one of: {', '.join(catalog.NAMES)}"
+        )
+    return str(value)
+
+
+def _pool_size(value: object, _type: Any) -> int:
+    return _count(value)
+
+
 def _optional_text(what: str) -> Callable[[object, Any], str]:
     def hook(value: object, _type: Any) -> str:
         return _text(value, what)
@@ -208,7 +220,8 @@ def converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
     hooks: dict[type, dict[str, Any]] = {
         BackendSettings: {
-            "name": override(struct_hook=_choice(BackendName, "backend")),
+            "name": override(struct_hook=_backend_name),
+            "pool_size": override(struct_hook=_pool_size),
             "image": override(struct_hook=_optional_text("image name")),
             "runtime": override(struct_hook=_optional_text("runtime name")),
         },

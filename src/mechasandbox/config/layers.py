@@ -11,6 +11,7 @@ from functools import partial
 import attrs
 from returns.result import Failure, Result, Success
 
+from mechasandbox.backends.catalog import AUTO
 from mechasandbox.config import loading
 from mechasandbox.config.converter import structure_settings
 from mechasandbox.config.files import parse_toml, read_json, read_toml
@@ -25,7 +26,7 @@ from mechasandbox.config.loading import (
 from mechasandbox.config.narrowing import narrow, narrow_backend
 from mechasandbox.config.openagents import openagents_layer
 from mechasandbox.config.overlay import BackendChoice, apply_backend, apply_settings
-from mechasandbox.config.schema import BackendName, Settings
+from mechasandbox.config.schema import Settings
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
 
@@ -42,9 +43,10 @@ class _State:
     def resolved(self) -> ResolvedConfig:
         return ResolvedConfig(
             policy=self.policy,
-            backend=self.backend.name.value,
+            backend=self.backend.name,
             image=self.backend.image,
             runtime=self.backend.runtime,
+            pool_size=self.backend.pool_size,
             files=self.files,
             warnings=self.warnings,
         )
@@ -191,11 +193,11 @@ def _backend_kept_strict(state: _State) -> _State:
     if state.project_backend is None or state.policy.enforcement is not Enforcement.BEST_EFFORT:
         return state
     warning = (
-        f"{state.project_backend}: backend.name = {state.backend.name.value!r} ignored: a "
+        f"{state.project_backend}: backend.name = {state.backend.name!r} ignored: a "
         "project file chooses the backend of strict runs only (this one is best-effort)"
     )
     return attrs.evolve(
         state,
-        backend=attrs.evolve(state.backend, name=BackendName.AUTO),
+        backend=attrs.evolve(state.backend, name=AUTO),
         warnings=(*state.warnings, warning),
     )

@@ -56,6 +56,7 @@ class ResolvedConfig:
     image: str | None
     runtime: str | None
     files: tuple[str, ...]  # every file read, lowest layer first
+    pool_size: int | None = None  # docker: containers started ahead of runs
     warnings: tuple[str, ...] = ()  # project settings that were ignored, and why
 
 

@@ -25,8 +25,9 @@ from typing import Any
 import attrs
 from returns.result import Failure, Result, Success
 
+from mechasandbox.backends.catalog import AUTO, UNCONFINED
 from mechasandbox.config.overlay import LIMIT_FIELDS, BackendChoice, apply_settings
-from mechasandbox.config.schema import BackendName, BackendSettings, Settings
+from mechasandbox.config.schema import BackendSettings, Settings
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import (
     Enforcement,
@@ -42,9 +43,6 @@ _ADVICE = (
 )
 _NETWORK_RANK = {NetworkMode.NONE: 0, NetworkMode.ALLOWLIST: 1, NetworkMode.FULL: 2}
 _ENFORCEMENT_RANK = {Enforcement.STRICT: 0, Enforcement.BEST_EFFORT: 1}
-# Backends that confine neither the file system nor the network: choosing one is never
-# a narrowing, whatever the policy says.
-_UNCONFINED = frozenset({BackendName.NONE, BackendName.PROCESS})
 
 
 @attrs.frozen(kw_only=True)
@@ -318,20 +316,26 @@ def narrow_backend(
     already chose, the user's choice stands and the project's is reported as ignored: that
     keeps the user's protection and still lets the same repository work for other users.
     """
-    if project.name in _UNCONFINED:
-        assert project.name is not None
+    # A backend that confines neither the file system nor the network: choosing one is
+    # never a narrowing, whatever the policy says.
+    if project.name in UNCONFINED:
         return Failure(
             ConfigInvalid(
-                problem=f"would widen the policy: backend {project.name.value!r} confines "
+                problem=f"would widen the policy: backend {project.name!r} confines "
                 f"neither files nor network{_ADVICE}",
                 source=source,
                 field="backend.name",
             )
         )
     warnings: list[str] = []
+    if project.pool_size is not None:
+        # Containers started ahead of runs are the user's resources to spend.
+        warnings.append(
+            f"{source}: backend.pool_size ignored: only the user's configuration sets it"
+        )
     choice = base
     wanted: tuple[tuple[str, object, object], ...] = (
-        ("name", project.name, None if base.name is BackendName.AUTO else base.name),
+        ("name", project.name, None if base.name == AUTO else base.name),
         ("image", project.image, base.image),
         ("runtime", project.runtime, base.runtime),
     )
@@ -350,4 +354,4 @@ def narrow_backend(
 
 
 def _show(value: object) -> str:
-    return repr(value.value if isinstance(value, BackendName) else value)
+    return repr(value)

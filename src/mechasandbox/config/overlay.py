@@ -14,7 +14,8 @@ from typing import Any
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.config.schema import BackendName, BackendSettings, Settings, Unlimited
+from mechasandbox.backends.catalog import AUTO
+from mechasandbox.config.schema import BackendSettings, Settings, Unlimited
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.limits import (
     MAX_MEMORY_BYTES,
@@ -37,9 +38,10 @@ from mechasandbox.policy.units import format_duration, format_size
 class BackendChoice:
     """Which backend runs the command, and for containers which image and runtime."""
 
-    name: BackendName = BackendName.AUTO
+    name: str = AUTO
     image: str | None = None
     runtime: str | None = None
+    pool_size: int | None = None
 
 
 # settings key -> (Limits attribute, how to show a value of it)
@@ -151,4 +153,5 @@ def apply_backend(choice: BackendChoice, settings: BackendSettings) -> BackendCh
         name=choice.name if settings.name is None else settings.name,
         image=choice.image if settings.image is None else settings.image,
         runtime=choice.runtime if settings.runtime is None else settings.runtime,
+        pool_size=choice.pool_size if settings.pool_size is None else settings.pool_size,
     )

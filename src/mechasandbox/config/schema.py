@@ -16,18 +16,6 @@ import attrs
 from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode
 
 
-class BackendName(enum.Enum):
-    AUTO = "auto"
-    NONE = "none"
-    PROCESS = "process"
-    LANDLOCK = "landlock"
-    BUBBLEWRAP = "bubblewrap"
-    DOCKER = "docker"
-    PODMAN = "podman"
-    SEATBELT = "seatbelt"
-    APPLE_CONTAINER = "apple-container"
-
-
 class Unlimited(enum.Enum):
     """`"unlimited"` in a file: TOML has no null, and "no limit" must be said explicitly."""
 
@@ -42,9 +30,11 @@ Names = tuple[str, ...]
 
 @attrs.frozen(kw_only=True)
 class BackendSettings:
-    name: BackendName | None = None
+    name: str | None = None  # `auto` or a name of `backends.catalog` (checked when read)
     image: str | None = None  # container backends: the image to run in
     runtime: str | None = None  # container backends: the OCI runtime, e.g. "runsc"
+    # docker: how many containers to keep started ahead of runs (the user's layers only)
+    pool_size: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -29,18 +31,22 @@ from mechasandbox.network.addresses import (
     InterfaceAddresses,
     host_interface_addresses,
 )
-from mechasandbox.network.proxy import (
-    ProxySettings,
-    Resolver,
-    RunningProxy,
-    SystemResolver,
-    serve_proxy,
-)
 from mechasandbox.network.validation import validate_network
+
+if TYPE_CHECKING:
+    from mechasandbox.network.proxy import ProxySettings, Resolver, RunningProxy
 
 __all__ = ["SOCKET_NAME", "EgressProxy", "run_with_proxy", "validate_network", "with_violations"]
 
 SOCKET_NAME = "proxy.sock"
+
+
+def _proxy() -> ModuleType:
+    """The proxy's module, imported when a run first needs it: a backend keeps its
+    `EgressProxy` from the start, and most runs never serve a proxy."""
+    from mechasandbox.network import proxy
+
+    return proxy
 
 
 @attrs.frozen(kw_only=True)
@@ -52,8 +58,8 @@ class EgressProxy:
     about 108 bytes.
     """
 
-    resolver: Resolver = attrs.field(factory=SystemResolver)
-    settings: ProxySettings = ProxySettings()
+    resolver: Resolver = attrs.field(factory=lambda: _proxy().SystemResolver())
+    settings: ProxySettings = attrs.field(factory=lambda: _proxy().ProxySettings())
     address_rules: AddressRules = AddressRules()
     interface_addresses: InterfaceAddresses = host_interface_addresses
     run_parent: str | None = None
@@ -69,7 +75,7 @@ class EgressProxy:
             settings = self.settings
             if listen_tcp and not settings.listen_tcp:
                 settings = attrs.evolve(settings, listen_tcp=True)
-            async with serve_proxy(
+            async with _proxy().serve_proxy(
                 network,
                 socket_path=Path(run_dir) / SOCKET_NAME,
                 resolver=self.resolver,

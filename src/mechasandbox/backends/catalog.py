@@ -1,0 +1,202 @@
+"""Every backend, once: its name, how it is built, where `auto` ranks it, what it needs.
+
+Everything that knows backend names derives from `CATALOG`: the `--backend` choices and
+the configuration's accepted names (`NAMES`), `auto`'s candidates (`AUTO_ORDER`), the
+CLI's loop-free path (`LOOPLESS`), the narrowing rule's unconfined backends, the
+composition root's providers (`mechasandbox.containers`), `doctor` and `doctor --verify`.
+
+Adding a backend is adding an entry here and its `build` function (see
+docs/architecture.md, "Adding a backend"). This module imports no backend: each `build`
+imports its own when called (through `factories`), so that a platform's modules stay out
+of the others' imports and a CLI call pays for the one backend it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+
+from mechasandbox.backends import factories
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.base import Backend, HostContext
+    from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.network.session import EgressProxy
+    from mechasandbox.runner.protocol import ProcessRunner
+
+AUTO = "auto"
+
+
+@attrs.frozen(kw_only=True)
+class BackendDeps:
+    """What the composition root hands every backend's `build`: each takes what it uses.
+
+    `egress` is a callable, not the value: the allowlist proxy's settings are made when the
+    first backend that keeps them is built, not for every composition.
+    """
+
+    runner: ProcessRunner
+    host: HostContext
+    egress: Callable[[], EgressProxy]
+    probe_cache: ProbeCache | None = None
+    image: str | None = None
+    runtime: str | None = None
+    pool_size: int | None = None
+
+
+# The configuration settings a backend reads besides the policy (`backend.image`...).
+IMAGE = "image"
+RUNTIME = "runtime"
+POOL_SIZE = "pool_size"
+
+
+@attrs.frozen(kw_only=True)
+class BackendEntry:
+    """One backend of the catalog.
+
+    `build`: makes the backend from the root's pieces; a generator when the backend holds
+    something to release (the root closes it in `shutdown_resources()`).
+    `auto_rank`: its place among `auto`'s candidates, strongest first; None: never chosen
+    by `auto` (`none`).
+    `loopless`: its `run` waits on nothing but its runner unless the network mode is
+    allowlist (the proxy serves from an event loop), so that with a blocking runner it
+    needs no event loop (`runner.blocking`): how the CLI runs it.
+    `confines`: it confines the file system or the network; a project file may not choose
+    one that does not (that would widen the user's policy).
+    `settings`: the backend settings of the configuration it reads.
+    """
+
+    name: str
+    build: Callable[[BackendDeps], Backend] | Callable[[BackendDeps], Iterator[Backend]]
+    summary: str
+    auto_rank: int | None
+    loopless: bool = False
+    confines: bool = True
+    settings: frozenset[str] = frozenset()
+
+
+def _none(deps: BackendDeps) -> Backend:
+    return factories.none(deps.runner, deps.host)
+
+
+def _process(deps: BackendDeps) -> Backend:
+    return factories.process(deps.runner, deps.host)
+
+
+def _bubblewrap(deps: BackendDeps) -> Backend:
+    return factories.bubblewrap(
+        deps.runner, deps.host, egress=deps.egress(), probe_cache=deps.probe_cache
+    )
+
+
+def _landlock(deps: BackendDeps) -> Backend:
+    return factories.landlock(deps.runner, deps.host, egress=deps.egress())
+
+
+def _engine(engine: str, deps: BackendDeps) -> Backend:
+    return factories.container_engine(
+        engine,
+        runner=deps.runner,
+        host=deps.host,
+        image=deps.image,
+        runtime=deps.runtime,
+        egress=deps.egress(),
+    )
+
+
+def _docker(deps: BackendDeps) -> Iterator[Backend]:
+    """Docker behind a warm pool of pre-started containers when `pool_size` is set."""
+    yield from factories.pooled(_engine("docker", deps), deps.pool_size)
+
+
+def _podman(deps: BackendDeps) -> Backend:
+    return _engine("podman", deps)
+
+
+def _seatbelt(deps: BackendDeps) -> Backend:
+    return factories.seatbelt(deps.runner, deps.host, egress=deps.egress())
+
+
+def _apple_container(deps: BackendDeps) -> Backend:
+    return factories.apple_container(deps.runner, deps.host, image=deps.image)
+
+
+# In the order `--backend` lists them (CLI.md); `auto_rank` orders `auto`'s candidates,
+# strongest first. On macOS `auto` tries Apple Container (when its service runs and an
+# image is configured), then Seatbelt, then the container engines.
+CATALOG: tuple[BackendEntry, ...] = (
+    BackendEntry(
+        name="none",
+        build=_none,
+        summary="no sandbox at all: runs the command as it is",
+        auto_rank=None,
+        loopless=True,
+        confines=False,
+    ),
+    BackendEntry(
+        name="process",
+        build=_process,
+        summary="a plain child process with resource limits only",
+        auto_rank=7,
+        loopless=True,
+        confines=False,
+    ),
+    BackendEntry(
+        name="landlock",
+        build=_landlock,
+        summary="Linux Landlock rules and seccomp in the child, no namespaces",
+        auto_rank=2,
+        loopless=True,
+    ),
+    BackendEntry(
+        name="bubblewrap",
+        build=_bubblewrap,
+        summary="Linux namespaces with bubblewrap: own mount, PID, network view",
+        auto_rank=1,
+        loopless=True,
+    ),
+    BackendEntry(
+        name="docker",
+        build=_docker,
+        summary="a Docker container per run (optionally gVisor, optionally a warm pool)",
+        auto_rank=5,
+        settings=frozenset({IMAGE, RUNTIME, POOL_SIZE}),
+    ),
+    BackendEntry(
+        name="podman",
+        build=_podman,
+        summary="a Podman container per run (optionally gVisor)",
+        auto_rank=6,
+        settings=frozenset({IMAGE, RUNTIME}),
+    ),
+    BackendEntry(
+        name="seatbelt",
+        build=_seatbelt,
+        summary="macOS: a sandbox-exec profile",
+        auto_rank=4,
+    ),
+    BackendEntry(
+        name="apple-container",
+        build=_apple_container,
+        summary="macOS: one lightweight VM per run (Apple's `container`)",
+        auto_rank=3,
+        settings=frozenset({IMAGE}),
+    ),
+)
+
+BY_NAME = {entry.name: entry for entry in CATALOG}
+# `--backend` and `backend.name`: `auto`, then every backend.
+NAMES: tuple[str, ...] = (AUTO, *(entry.name for entry in CATALOG))
+AUTO_ORDER: tuple[str, ...] = tuple(
+    entry.name
+    for entry in sorted(CATALOG, key=lambda e: e.auto_rank or 0)
+    if entry.auto_rank is not None
+)
+LOOPLESS = frozenset(entry.name for entry in CATALOG if entry.loopless)
+UNCONFINED = frozenset(entry.name for entry in CATALOG if not entry.confines)
+
+
+def unknown_reason(name: str) -> str:
+    return f"unknown backend {name!r} (known: {', '.join(NAMES)})"
