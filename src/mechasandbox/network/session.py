@@ -5,8 +5,8 @@
         ...spawn the command, pointing it at proxy.socket_path / proxy.tcp_address...
     result = with_violations(result, proxy.violations())
 
-`validate_network` checks the allow/deny patterns before anything starts, so a bad
-pattern is a `ConfigInvalid` naming it, never a proxy that fails to start mid-run.
+`validation.validate_network` checks the allow/deny patterns before anything starts, so a
+bad pattern is a `ConfigInvalid` naming it, never a proxy that fails to start mid-run.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from mechasandbox.network.proxy import (
     SystemResolver,
     serve_proxy,
 )
-from mechasandbox.network.validation import validate_network
 
-__all__ = ["SOCKET_NAME", "EgressProxy", "run_with_proxy", "validate_network", "with_violations"]
+__all__ = ["SOCKET_NAME", "EgressProxy", "run_with_proxy", "with_violations"]
 
 SOCKET_NAME = "proxy.sock"
 
