@@ -12,6 +12,7 @@ from returns.pointfree import bind
 from returns.result import Failure, Success
 from returns.unsafe import unsafe_perform_io
 
+from mechasandbox.backends.macos.apple_container import AppleContainerBackend
 from mechasandbox.containers import Application
 from mechasandbox.domain import Enforcement, Limits, Policy, RunResult, SandboxError, Timeout
 from mechasandbox.testing import FakeRunner, ScriptedBackend
@@ -94,7 +95,9 @@ def test_apple_container_gets_only_the_configured_image() -> None:
         app.config.from_dict({"backend": "apple-container", **config})
         app.core.runner.override(FakeRunner())
         try:
-            assert app.backends.named("apple-container").image == expected
+            backend = app.backends.named("apple-container")
+            assert isinstance(backend, AppleContainerBackend)
+            assert backend.image == expected
         finally:
             app.shutdown_resources()
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
     from mechasandbox.backends.probe_cache import ProbeCache
-    from mechasandbox.network.proxy import Resolver
+    from mechasandbox.network.proxy.resolver import Resolver
     from mechasandbox.network.session import EgressProxy
     from mechasandbox.runner.protocol import ProcessRunner
 
@@ -109,7 +109,7 @@ def pooled(backend: Backend, size: int | None) -> Iterator[Backend]:
 
 def system_resolver() -> Resolver:
     """The host's own name resolution, for the allowlist proxy."""
-    from mechasandbox.network.proxy import SystemResolver
+    from mechasandbox.network.proxy.resolver import SystemResolver
 
     return SystemResolver()
 

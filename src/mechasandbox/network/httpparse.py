@@ -126,10 +126,9 @@ def parse_absolute_url(url: str) -> Result[ForwardTarget, str]:
     path = path.split("#", 1)[0]
     if not path.startswith("/"):
         path = "/" + path
-    target = parse_target(authority, default_port=80)
-    if isinstance(target, Failure):
-        return Failure(target.failure())
-    return Success(ForwardTarget(target=target.unwrap(), path=path, authority=authority.lower()))
+    return parse_target(authority, default_port=80).map(
+        lambda target: ForwardTarget(target=target, path=path, authority=authority.lower())
+    )
 
 
 def forward_head(request: RequestHead, forward: ForwardTarget) -> bytes:

@@ -257,10 +257,15 @@ def parse_port(text: str) -> int | str:
 
 def parse_target(text: str, *, default_port: int | None = None) -> Result[Target, str]:
     """Parse a request authority (`host:port`) into a `Target`; the port may default."""
-    split = split_authority(text)
-    if isinstance(split, Failure):
-        return Failure(split.failure())
-    host_text, port = split.unwrap()
+    return split_authority(text).bind(
+        lambda parts: _target_from_parts(text, parts, default_port=default_port)
+    )
+
+
+def _target_from_parts(
+    text: str, parts: tuple[str, int | None], *, default_port: int | None
+) -> Result[Target, str]:
+    host_text, port = parts
     if port is None:
         if default_port is None:
             return Failure(f"{text!r}: a port is required")

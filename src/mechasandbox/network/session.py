@@ -5,8 +5,8 @@
         ...spawn the command, pointing it at proxy.socket_path / proxy.tcp_address...
     result = with_violations(result, proxy.violations())
 
-`validate_network` checks the allow/deny patterns before anything starts, so a bad
-pattern is a `ConfigInvalid` naming it, never a proxy that fails to start mid-run.
+`validation.validate_network` checks the allow/deny patterns before anything starts, so a
+bad pattern is a `ConfigInvalid` naming it, never a proxy that fails to start mid-run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import attrs
@@ -31,22 +30,15 @@ from mechasandbox.network.addresses import (
     InterfaceAddresses,
     host_interface_addresses,
 )
-from mechasandbox.network.validation import validate_network
+from mechasandbox.network.proxy.resolver import Resolver, SystemResolver
+from mechasandbox.network.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
-    from mechasandbox.network.proxy import ProxySettings, Resolver, RunningProxy
+    from mechasandbox.network.proxy.serving import RunningProxy
 
-__all__ = ["SOCKET_NAME", "EgressProxy", "run_with_proxy", "validate_network", "with_violations"]
+__all__ = ["SOCKET_NAME", "EgressProxy", "run_with_proxy", "with_violations"]
 
 SOCKET_NAME = "proxy.sock"
-
-
-def _proxy() -> ModuleType:
-    """The proxy's module, imported when a run first needs it: a backend keeps its
-    `EgressProxy` from the start, and most runs never serve a proxy."""
-    from mechasandbox.network import proxy
-
-    return proxy
 
 
 @attrs.frozen(kw_only=True)
@@ -58,8 +50,8 @@ class EgressProxy:
     about 108 bytes.
     """
 
-    resolver: Resolver = attrs.field(factory=lambda: _proxy().SystemResolver())
-    settings: ProxySettings = attrs.field(factory=lambda: _proxy().ProxySettings())
+    resolver: Resolver = attrs.field(factory=SystemResolver)
+    settings: ProxySettings = ProxySettings()
     address_rules: AddressRules = AddressRules()
     interface_addresses: InterfaceAddresses = host_interface_addresses
     run_parent: str | None = None
@@ -75,7 +67,11 @@ class EgressProxy:
             settings = self.settings
             if listen_tcp and not settings.listen_tcp:
                 settings = attrs.evolve(settings, listen_tcp=True)
-            async with _proxy().serve_proxy(
+            # The proxy itself is imported here: a backend keeps its `EgressProxy` from the
+            # start, and most runs never serve one.
+            from mechasandbox.network.proxy.serving import serve_proxy
+
+            async with serve_proxy(
                 network,
                 socket_path=Path(run_dir) / SOCKET_NAME,
                 resolver=self.resolver,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from returns.result import Failure, Result, Success
+from returns.result import Result, Success
 
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import NetworkPolicy
@@ -15,7 +15,4 @@ def validate_network(network: NetworkPolicy) -> Result[None, ConfigInvalid]:
         return Success(None)
     from mechasandbox.network.patterns import compile_allowlist  # only when there are any
 
-    compiled = compile_allowlist(network.allow, network.deny)
-    if isinstance(compiled, Failure):
-        return Failure(compiled.failure())
-    return Success(None)
+    return compile_allowlist(network.allow, network.deny).map(lambda _: None)
