@@ -75,6 +75,7 @@ from mechasandbox.network.bridge import (
     BRIDGE_PREFIX,
     PROXY_PORT,
     PROXY_SOCKET,
+    PROXY_SOCKET_PLACEHOLDER,
     ProxyBridge,
 )
 from mechasandbox.network.proxy import RunningProxy
@@ -196,7 +197,6 @@ _FORWARDERS: dict[tuple[str, str], tuple[bool, str | None]] = {}
 _FORWARDERS_LOCK = threading.Lock()
 _SHELL_MARK = "mechasandbox-sh"
 _FORWARDER_PROBE = f"echo {_SHELL_MARK}; command -v socat"
-PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
 STDIN_PLACEHOLDER = "<per-run input file>"
 
 
