@@ -25,7 +25,7 @@ fi
 # socat with its libraries (the allowlist forwarder).
 build_rootfs() {
     local rootfs="$1"
-    "$HERE/config/images/busybox-rootfs.sh" "$rootfs"
+    "$HERE/src/mechasandbox/images/busybox-rootfs.sh" "$rootfs"
 }
 
 write_dockerd_config() {

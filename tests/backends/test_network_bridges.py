@@ -453,7 +453,7 @@ def test_cli_rejects_a_too_wide_pattern(capsys: pytest.CaptureFixture[str]) -> N
 
 
 # --- docker / podman: the socket mounted into a --network none container -----------------------
-# The test image (busybox + the host's socat, see config/images/busybox-rootfs.sh) has no curl
+# The test image (busybox + the host's socat, see mechasandbox/images/busybox-rootfs.sh): no curl
 # or python: busybox wget honours http_proxy, and `wget -Y off` ignores it.
 @pytest.fixture(params=["docker", "podman"])
 def box(

@@ -1,4 +1,4 @@
-"""The CLI contract (CLI.md): JSON object, exit statuses, bad input without tracebacks."""
+"""The CLI contract (docs/cli.md): JSON object, exit statuses, bad input without tracebacks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import mechasandbox
 from mechasandbox.cli.main import main
 from mechasandbox.runner import native
 from tests.conftest import require_exec_shim
@@ -348,3 +349,18 @@ def test_allow_unix_socket_option(
 
     scoped = landlock_abi() >= LANDLOCK_SCOPE_ABI
     assert ("scope on bwrap: abstract unix sockets" in shown) is scoped, shown
+
+
+def test_version() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mechasandbox", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        0,
+        f"mechasandbox {mechasandbox.__version__}\n",
+        "",
+    )

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from returns.result import Failure, Success
 
-from mechasandbox.policy.units import (
+from mechasandbox.domain.units import (
     MAX_SIZE,
     format_duration,
     format_size,

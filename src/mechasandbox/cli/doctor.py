@@ -85,7 +85,7 @@ def _table(data: dict[str, Any]) -> str:
         lines.append(
             f"exec shim: {shim}"
             if shim
-            else "exec shim: none (not built or of another build: `make shim`; "
+            else "exec shim: none (not built or of another build: `mechasandbox build-shim`; "
             "or MECHASANDBOX_EXEC_SHIM=off): "
             "runs start from forked Python processes"
         )

@@ -89,13 +89,13 @@ def _optional(
 
 
 def _size(option: str, text: str) -> Result[int, ConfigInvalid]:
-    from mechasandbox.policy.units import parse_size  # decimal: only for calls that use it
+    from mechasandbox.domain.units import parse_size  # decimal: only for calls that use it
 
     return _field(option, parse_size(text))
 
 
 def _duration(option: str, text: str) -> Result[float, ConfigInvalid]:
-    from mechasandbox.policy.units import parse_duration
+    from mechasandbox.domain.units import parse_duration
 
     return _field(option, parse_duration(text))
 

@@ -1,4 +1,4 @@
-"""`mechasandbox run | doctor | policy` (the contract is CLI.md; keep it stable).
+"""`mechasandbox run | doctor | policy | build-shim` (the contract is docs/cli.md; keep it stable).
 
 Each call pays for what its verb needs and no more: modules are imported where they are
 used, a `run`'s spawn helper is already starting (see `main`), and most runs take the
@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 from returns.result import Failure, Result
 
+from mechasandbox import __version__
 from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
 from mechasandbox.cli.output import exit_status, result_object, signal_name
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
 
-VERBS = ("run", "policy", "doctor")
+VERBS = ("run", "policy", "doctor", "build-shim")
 
 if TYPE_CHECKING:
     from mechasandbox.backends.base import LaunchPlan
@@ -33,6 +34,7 @@ def build_parser(verb: str | None = None) -> Parser:
     are added (argparse spends a few milliseconds adding the run options), the other verbs
     are still known by name."""
     parser = Parser(prog="mechasandbox", description="Run a command under an OS-level sandbox.")
+    parser.add_argument("--version", action="version", version=f"mechasandbox {__version__}")
     commands = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     run = commands.add_parser("run", help="run a command in the sandbox")
     policy = commands.add_parser("policy", help="print what the backend would do; run nothing")
@@ -42,6 +44,7 @@ def build_parser(verb: str | None = None) -> Parser:
     doctor_parser = commands.add_parser("doctor", help="what each backend enforces here")
     doctor_parser.add_argument("--json", action="store_true")
     doctor_parser.add_argument("--verify", action="store_true", help="run built-in attacks")
+    commands.add_parser("build-shim", help="compile the exec shim: faster runs (Linux, needs cc)")
     return parser
 
 
@@ -176,6 +179,10 @@ def run_verb(raw: list[str], helper: SpawnHelperClient | None) -> int:
             from mechasandbox.cli import doctor
 
             return doctor.main(as_json=args.json, verify=args.verify, host=HostContext.current())
+        if args.verb == "build-shim":
+            from mechasandbox.cli import build_shim
+
+            return build_shim.main()
         return _run_or_plan(args, helper)
     except BrokenPipeError:
         # The reader of our output went away (`| head`): not an error of the run.

@@ -33,7 +33,7 @@ from mechasandbox.config.schema import (
 )
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode
-from mechasandbox.policy.units import parse_duration, parse_size
+from mechasandbox.domain.units import parse_duration, parse_size
 
 T = TypeVar("T")
 E = TypeVar("E", bound="enum.Enum")

@@ -31,7 +31,7 @@ from mechasandbox.domain.policy import (
     NetworkPolicy,
     Policy,
 )
-from mechasandbox.policy.units import format_duration, format_size
+from mechasandbox.domain.units import format_duration, format_size
 
 
 @attrs.frozen(kw_only=True)

@@ -18,6 +18,8 @@ import attrs
 PROXY_SOCKET = "/run/mechasandbox/proxy.sock"
 PROXY_PORT = 3128
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+# What a plan shows for the run's proxy socket on the host (known only once a run starts).
+PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
 # The bridge's own failure (the forwarder did not start): this status and stderr prefix.
 BRIDGE_FAILED = 125
 BRIDGE_PREFIX = b"mechasandbox-bridge: "

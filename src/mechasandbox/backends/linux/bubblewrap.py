@@ -123,6 +123,7 @@ from mechasandbox.network.bridge import (
     BRIDGE_PREFIX,
     PROXY_PORT,
     PROXY_SOCKET,
+    PROXY_SOCKET_PLACEHOLDER,
     PROXY_URL,
     ProxyBridge,
     bridge_argv,
@@ -219,7 +220,6 @@ KERNEL_PATHS = KERNEL_READ_ONLY + KERNEL_MASKED + KERNEL_ROOT_ONLY
 
 # The allowlist bridge (mechasandbox.network.bridge): the run's proxy socket bound in at
 # PROXY_SOCKET, socat on the sandbox's own loopback (its network namespace has nothing else).
-PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
 _FORWARDER_SEARCH = "/usr/local/bin:/usr/bin:/bin"
 
 

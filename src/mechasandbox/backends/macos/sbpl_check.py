@@ -59,8 +59,6 @@ OPERATIONS: frozenset[str] = frozenset(
 NETWORK_OPERATIONS: frozenset[str] = frozenset(
     {"network*", "network-outbound", "network-inbound", "network-bind", "system-socket"}
 )
-# Filters that take a path; their argument must be a parameter or a fixed system path.
-PATH_FILTERS: frozenset[str] = frozenset({"literal", "subpath", "prefix"})
 # Filters and their argument shape: "string", "symbol", "filters" (nested), "param".
 FILTERS: dict[str, str] = {
     "literal": "path",

@@ -16,7 +16,7 @@ from mechasandbox.backends.oci.engine import EngineInfo, OciBackend
 # workspace), and docker has no per-run way to say it.
 RUNSC_HINT = (
     'register runsc with dockerd as {"runtimes": {"runsc": {"path": "/usr/bin/runsc", '
-    '"runtimeArgs": ["--network=none", "--oci-seccomp"]}}} (see scripts/ci-engines.sh)'
+    '"runtimeArgs": ["--network=none", "--oci-seccomp"]}}} in its daemon.json'
 )
 
 

@@ -75,6 +75,7 @@ from mechasandbox.network.bridge import (
     BRIDGE_PREFIX,
     PROXY_PORT,
     PROXY_SOCKET,
+    PROXY_SOCKET_PLACEHOLDER,
     ProxyBridge,
 )
 from mechasandbox.network.proxy import RunningProxy
@@ -82,7 +83,7 @@ from mechasandbox.network.session import EgressProxy, run_with_proxy
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
-# The image the recipes in config/images build (Dockerfile online, busybox offline).
+# The image the recipe in mechasandbox/images builds (Dockerfile online, busybox offline).
 DEFAULT_IMAGE = "mechasandbox/sandbox:latest"
 
 # Host variables the engine CLI itself needs (where the engine is, its config and
@@ -196,7 +197,6 @@ _FORWARDERS: dict[tuple[str, str], tuple[bool, str | None]] = {}
 _FORWARDERS_LOCK = threading.Lock()
 _SHELL_MARK = "mechasandbox-sh"
 _FORWARDER_PROBE = f"echo {_SHELL_MARK}; command -v socat"
-PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
 STDIN_PLACEHOLDER = "<per-run input file>"
 
 
@@ -418,7 +418,7 @@ def _release_all_at_exit() -> None:
 class OciBackend:
     """A container backend driven through an engine CLI; docker and podman subclass it.
 
-    `image` must already be present in the engine (`--pull never`): see config/images.
+    `image` must already be present in the engine (`--pull never`): see mechasandbox.images.
     `runtime` picks the OCI runtime (`Runtime.RUNSC` for gVisor). `executable` overrides
     the CLI found on PATH. `cpus` optionally caps CPU bandwidth (`--cpus`).
     """
@@ -526,7 +526,8 @@ class OciBackend:
             return Failure(
                 self._unavailable(
                     f"image {self.image!r} is not present in the engine (it is never pulled): "
-                    "build it with scripts/ci-engines.sh or config/images/"
+                    "build it from the recipe mechasandbox ships "
+                    "(`python -m mechasandbox.images` says where and how)"
                 )
             )
         parsed = self._with_forwarder(parsed, executable, image.unwrap().stdout.decode().strip())
@@ -558,7 +559,8 @@ class OciBackend:
                 info,
                 no_bridge=(
                     f"image {self.image!r} has no socat on its PATH: the bridge to the proxy "
-                    "needs it (see config/images); best-effort runs have no network at all"
+                    "needs it (`python -m mechasandbox.images`); best-effort runs have no network "
+                    "at all"
                 ),
             )
         return attrs.evolve(info, socat=socat, no_bridge="")
