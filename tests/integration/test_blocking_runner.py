@@ -216,3 +216,15 @@ def test_a_held_stdin_reaches_end_of_file_only_with_its_host(
         spec("sh", "-c", "cat; echo eof", hold_stdin=True, timeout_s=1.0)
     ).unwrap()
     assert empty.timed_out and empty.stdout == b""
+
+
+def test_complete_names_what_was_awaited_even_when_closing_fails() -> None:
+    async def awaits_in_finally() -> None:
+        try:
+            await _Suspends()
+        finally:
+            await _Suspends()
+
+    with pytest.raises(SuspendedError, match="waiting for a loop") as refused:
+        complete(awaits_in_finally())
+    assert isinstance(refused.value.__cause__, RuntimeError)  # "coroutine ignored GeneratorExit"

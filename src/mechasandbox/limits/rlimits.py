@@ -1,7 +1,7 @@
 """The pure rlimit applier: `Limits` -> the `setrlimit` calls the child makes before exec.
 
-The child-side hook that applies them is the spawn helper (`runner.helper`), which calls
-`resource.setrlimit` for each setting between fork and exec.
+The spawn helper's child applies them (`runner.child`): it calls `resource.setrlimit` for
+each setting between fork and exec.
 """
 
 from __future__ import annotations

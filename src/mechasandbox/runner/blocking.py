@@ -4,8 +4,9 @@ Starting an event loop costs a short-lived process more than the run it serves: 
 asyncio and anyio's backend takes tens of milliseconds. `BlockingHelperRunner` waits for
 its runs in the calling thread (`selectors`) instead of awaiting, so that a backend's whole
 `run` coroutine finishes without ever suspending, and `complete` runs such a coroutine to
-its end without a loop. The spawn helper, its whole-tree kill and its teardown when the
-host goes away are the same as for `HelperProcessRunner`; only the waiting differs.
+its end without a loop. The spawn helper, its whole-tree kill, its teardown when the host
+goes away, and every decision taken during a run (`supervision`) are the same as for
+`HelperProcessRunner`; only the waiting differs.
 
 Only for callers that own the thread: inside an event loop this runner would stall the
 loop for the whole run (and a backend that needs the loop for something else, such as the
@@ -14,7 +15,7 @@ allowlist proxy, would never get it). Use `HelperProcessRunner` there.
 
 from __future__ import annotations
 
-import os
+import math
 import selectors
 import socket
 import time
@@ -25,18 +26,10 @@ from returns.result import Failure, Result
 
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
-from mechasandbox.runner.capture import CappedBuffer
 from mechasandbox.runner.client import SpawnHelperClient
-from mechasandbox.runner.spec import WATCH_INTERVAL_S, ProcessOutcome, SpawnSpec
-from mechasandbox.runner.submission import (
-    DRAIN_GRACE_S,
-    READ_CHUNK,
-    Submitted,
-    is_last_word,
-    outcome_of,
-    request_kill,
-    submit,
-)
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.runner.submission import Submitted, request_kill, submit
+from mechasandbox.runner.supervision import STDERR, STDOUT, Supervision
 
 T = TypeVar("T")
 
@@ -46,141 +39,81 @@ class SuspendedError(RuntimeError):
 
 
 def complete(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run `coroutine` to its end without an event loop.
+    """Run `coroutine` to its end without an event loop, or raise `SuspendedError`.
 
-    For calls that never suspend, such as a backend's `run` whose runner blocks. One that
-    suspends anyway is closed at once (its `finally` blocks run, as on cancellation; a run
-    socket closing makes the helper kill that run's tree) and `SuspendedError` is raised.
-    anyio functions called without a loop raise before they could suspend.
+    Why this is sound: an event loop acts only when a coroutine suspends, that is when the
+    innermost `await` reaches an awaitable that yields to the loop (a future, a sleep, a
+    wait for a file descriptor, a lock). Awaiting a coroutine that does not suspend is an
+    ordinary call. So when one `send(None)` runs the coroutine to its end, it has done
+    exactly what it would have done under any loop, and its value or exception is the one
+    a loop would give.
+
+    What the coroutine may await, then: coroutines that await nothing but such coroutines,
+    down to a `BlockingHelperRunner.run` (which waits in this thread and returns without
+    suspending): a `Sandbox.run_async` on a backend that runs its commands through that
+    runner and needs no loop for anything else (`backends.catalog.LOOPLESS`). Not: anything
+    of anyio or asyncio that waits (sleeps, locks, task groups, threads, I/O), nor a runner
+    that awaits (`HelperProcessRunner`).
+
+    Failing loudly: anyio functions called without a loop raise at once (no async library
+    is found), and that error propagates. Anything else that suspends is refused at its
+    first suspension: the coroutine is closed then and there (its `finally` blocks run, as
+    on cancellation; a run socket closing makes the helper kill that run's tree), and
+    `SuspendedError` names what it awaited. It is raised even if closing fails (a `finally`
+    that awaits too); that failure is then its `__cause__`.
     """
     try:
-        coroutine.send(None)
+        awaited = coroutine.send(None)
     except StopIteration as finished:
         value: T = finished.value
         return value
-    coroutine.close()
-    raise SuspendedError("this call needs an event loop (run it with anyio.run)")
+    error = SuspendedError(
+        f"this call needs an event loop (run it with anyio.run): it awaited {awaited!r}"
+    )
+    try:
+        coroutine.close()
+    except BaseException as failure:
+        raise error from failure
+    raise error
 
 
-def _wait_for_last_word(sock: socket.socket) -> dict[str, Any]:
-    while True:
-        message, _ = framing.receive(sock)
-        if is_last_word(message):
-            return message
+def _receive(sock: socket.socket, supervision: Supervision) -> None:
+    message, _ = framing.receive(sock)
+    supervision.message(message, now=time.monotonic())
 
 
-class _Supervision:
-    """One run's wait: output pumped into capped buffers, input fed, the helper's messages
-    read, the deadline kept; all from one `select` loop in the calling thread."""
-
-    def __init__(self, spec: SpawnSpec, run: Submitted) -> None:
-        self.spec = spec
-        self.run = run
-        self.out = CappedBuffer(spec.max_output_bytes)
-        self.err = CappedBuffer(spec.max_output_bytes)
-        self.pending = memoryview(spec.stdin or b"")
-        self.last: dict[str, Any] | None = None
-        self.timed_out = False
-        self.stopped: str | None = None  # the reason `spec.watch` gave, if it did
-        self.next_watch = None if spec.watch is None else run.started + WATCH_INTERVAL_S
-        self.selector = selectors.DefaultSelector()
-
-    def _stop_feeding(self) -> None:
-        if self.run.stdin_w is not None:
-            self.selector.unregister(self.run.stdin_w)
-            if not self.spec.hold_stdin:  # else it stays open until the run is over
-                self.run.close_stdin()
-
-    def _feed(self) -> None:
-        fd = self.run.stdin_w
-        if fd is None:
-            return
-        try:
-            written = os.write(fd, self.pending)
-        except BlockingIOError:
-            return
-        except BrokenPipeError:
-            written = len(self.pending)  # the command stopped reading; not an error of ours
-        self.pending = self.pending[written:]
-        if not self.pending:
-            self._stop_feeding()
-
-    def _pump(self, fd: int, buffer: CappedBuffer) -> None:
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        if data:
-            buffer.feed(data)
-        else:
-            self.selector.unregister(fd)
-
-    def _on_message(self) -> None:
-        message, _ = framing.receive(self.run.sock)
-        if is_last_word(message):
-            self.last = message
-            self.selector.unregister(self.run.sock)
-
-    def _timeout(self, deadline: float | None, drain_until: float | None) -> float | None:
-        now = time.monotonic()
-        if self.last is None:
-            due = [t for t in (deadline, self.next_watch) if t is not None]
-            return max(0.0, min(due) - now) if due else None
-        return None if drain_until is None else max(0.0, drain_until - now)
-
-    def _watched(self) -> bool:
-        """Calls `spec.watch` when due: True when it gave a reason to stop the run."""
-        if self.next_watch is None or self.spec.watch is None:
-            return False
-        now = time.monotonic()
-        if now < self.next_watch:
-            return False
-        self.next_watch = now + WATCH_INTERVAL_S
-        self.stopped = self.spec.watch()
-        if self.stopped is None:
-            return False
-        self.next_watch = None
-        return True
-
-    def wait(self) -> dict[str, Any]:
-        """Until the helper's last word and EOF on the output (bounded by the grace period
-        once the process is gone); a deadline passed asks the helper to kill the tree."""
-        run = self.run
-        selector = self.selector
-        selector.register(run.sock, selectors.EVENT_READ)
-        selector.register(run.out_r, selectors.EVENT_READ, self.out)
-        selector.register(run.err_r, selectors.EVENT_READ, self.err)
-        if run.stdin_w is not None and self.pending:
-            selector.register(run.stdin_w, selectors.EVENT_WRITE)
-        elif not self.spec.hold_stdin:
-            run.close_stdin()
-        timeout_s = self.spec.timeout_s
-        deadline = None if timeout_s is None else run.started + timeout_s
-        drain_until: float | None = None
-        while True:
-            if self.last is not None:
-                if drain_until is None:
-                    drain_until = time.monotonic() + DRAIN_GRACE_S
-                drained = not {run.out_r, run.err_r} & set(selector.get_map())
-                if drained or time.monotonic() >= drain_until:
-                    return self.last
-            elif deadline is not None and time.monotonic() >= deadline:
-                self.timed_out = True
-                deadline = self.next_watch = None
-                request_kill(run.sock)  # then wait for its last word, however long
-            elif self._watched():
-                deadline = None
-                request_kill(run.sock)
-            for key, _events in selector.select(self._timeout(deadline, drain_until)):
-                if key.fd == run.sock.fileno():
-                    self._on_message()
-                elif key.fd == run.stdin_w:
-                    self._feed()
-                else:
-                    self._pump(key.fd, key.data)
-
-    def close(self) -> None:
-        self.selector.close()
+def _wait(run: Submitted, supervision: Supervision, selector: selectors.BaseSelector) -> None:
+    """Until the run is over (see `Supervision.done`): output pumped, input fed, the helper's
+    messages read, the kill the supervision calls for asked; all from one `select` loop."""
+    selector.register(run.sock, selectors.EVENT_READ)
+    selector.register(run.out_r, selectors.EVENT_READ, STDOUT)
+    selector.register(run.err_r, selectors.EVENT_READ, STDERR)
+    pending = memoryview(supervision.spec.stdin or b"")
+    if run.stdin_w is not None and pending:
+        selector.register(run.stdin_w, selectors.EVENT_WRITE)
+    else:
+        run.input_written()
+    while not supervision.done(now := time.monotonic()):
+        if supervision.tick(now):
+            request_kill(run.sock)  # then wait for its last word, however long
+        wake_at = supervision.wake_at()
+        timeout = None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
+        for key, _events in selector.select(timeout):
+            if key.fd == run.sock.fileno():
+                _receive(run.sock, supervision)
+                if supervision.last is not None:
+                    selector.unregister(run.sock)
+            elif key.fd == run.stdin_w:
+                pending = run.write_input(pending)
+                if not pending:
+                    selector.unregister(key.fd)
+                    run.input_written()
+            else:
+                data = run.read(key.fd)
+                if data is not None:
+                    supervision.output(key.data, data)
+                    if not data:
+                        selector.unregister(key.fd)
 
 
 class BlockingHelperRunner:
@@ -207,27 +140,21 @@ class BlockingHelperRunner:
         if isinstance(submitted, Failure):
             return Failure(submitted.failure())
         run = submitted.unwrap()
-        supervision = _Supervision(spec, run)
+        supervision = Supervision(spec, now=run.started)
+        selector = selectors.DefaultSelector()
         try:
             try:
-                last = supervision.wait()
+                _wait(run, supervision, selector)
             except BaseException:
                 # Interrupted (Ctrl-C) or broken: the tree dies before control goes back.
                 # Should this wait be interrupted too, closing the run's socket below
                 # still makes the helper kill the tree.
                 if supervision.last is None:
                     request_kill(run.sock)
-                    _wait_for_last_word(run.sock)
+                    while supervision.last is None:
+                        _receive(run.sock, supervision)
                 raise
-            return outcome_of(
-                spec,
-                last,
-                supervision.out,
-                supervision.err,
-                started=run.started,
-                timed_out=supervision.timed_out,
-                stopped=supervision.stopped,
-            )
+            return supervision.outcome(duration_s=run.elapsed())
         finally:
-            supervision.close()
+            selector.close()
             run.close()

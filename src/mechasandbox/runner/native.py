@@ -5,7 +5,7 @@ child decoding its run and setting up in Python costs as much again; the helper'
 the next warm child shares its pages, which it then copies back as it writes them. Where
 the shim is built (`make shim`; see docs/architecture.md), the spawn helper starts its
 warm children from it with `posix_spawn` instead, and the host hands them runs as a list
-of plain records: the system calls `runner.helper._child` makes, with their arguments,
+of plain records: the system calls `runner.child.exec_run` makes, with their arguments,
 in the same order. All the policy logic stays in Python: a hook that the shim should run
 natively registers an encoder here (`register`) that turns its argument into records. A
 run with a hook that has none, or anything the records cannot carry, goes the Python way.

@@ -47,11 +47,11 @@ CTL_KERN = 1
 KERN_PROC = 14
 KERN_PROC_ALL = 0
 # sizeof(struct kinfo_proc) on 64-bit macOS, and the offsets of the fields we read:
-# kp_proc.p_pid, kp_eproc.e_ppid, kp_eproc.e_pgid (kp_eproc starts at 296).
+# kp_proc.p_pid, and kp_eproc.e_ppid followed by kp_eproc.e_pgid, read together (kp_eproc
+# starts at 296).
 KINFO_PROC_SIZE = 648
 OFFSET_PID = 40
 OFFSET_PPID = 560
-OFFSET_PGID = 564
 PS = "/bin/ps"
 _ENOMEM = 12
 

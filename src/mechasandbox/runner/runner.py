@@ -2,79 +2,58 @@
 
 from __future__ import annotations
 
-import functools
-import math
-import os
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 from returns.result import Failure, Result
 
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
-from mechasandbox.runner.capture import CappedBuffer
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
-from mechasandbox.runner.spec import WATCH_INTERVAL_S, ProcessOutcome, SpawnSpec
-from mechasandbox.runner.submission import (
-    DRAIN_GRACE_S,
-    READ_CHUNK,
-    Submitted,
-    is_last_word,
-    outcome_of,
-    request_kill,
-    spawn_request,
-    submit,
-)
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.runner.submission import Submitted, request_kill, spawn_request, submit
+from mechasandbox.runner.supervision import STDERR, STDOUT, Supervision
 
 __all__ = ["HelperProcessRunner", "PreparesCgroups", "ProcessRunner"]
 
 
-async def _receive(sock: socket.socket) -> dict[str, Any]:
+async def _receive(sock: socket.socket, supervision: Supervision) -> None:
     await anyio.wait_readable(sock)
     message, _ = framing.receive(sock)
-    return message
+    supervision.message(message, now=anyio.current_time())
 
 
-async def _until_end(sock: socket.socket) -> dict[str, Any]:
-    """The helper's last word on a run (see `is_last_word`)."""
-    while True:
-        message = await _receive(sock)
-        if is_last_word(message):
-            return message
-
-
-async def _pump(fd: int, buffer: CappedBuffer) -> None:
+async def _pump(run: Submitted, fd: int, stream: int, supervision: Supervision) -> None:
     while True:
         await anyio.wait_readable(fd)
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            continue
-        if not data:
-            return
-        buffer.feed(data)
+        data = run.read(fd)
+        if data is not None:
+            supervision.output(stream, data)
+            if not data:
+                return
 
 
-async def _feed(run: Submitted, data: bytes, *, hold: bool = False) -> None:
-    """Write `data`, then close the pipe (`hold`: leave it open until the run is over)."""
-    fd = run.stdin_w
-    view = memoryview(data)
+async def _feed(run: Submitted, fd: int, data: bytes) -> None:
+    pending = memoryview(data)
     try:
-        while view and fd is not None:
+        while pending:
             await anyio.wait_writable(fd)
-            try:
-                written = os.write(fd, view)
-            except BlockingIOError:
-                continue
-            except BrokenPipeError:
-                return  # the command stopped reading; not an error of ours
-            view = view[written:]
+            pending = run.write_input(pending)
     finally:
-        if not hold:
-            run.close_stdin()
+        run.input_written()
+
+
+async def _until_last_word(run: Submitted, supervision: Supervision) -> None:
+    """Wait for the helper's messages, keeping the deadline and the watch: the wait is cut
+    at `wake_at` (no task of its own: a run that ends before costs nothing more). Once a
+    kill is asked for, its answer is waited for whatever happens to the caller's scope."""
+    while supervision.last is None:
+        with anyio.CancelScope(deadline=supervision.wake_at(), shield=supervision.killing):
+            await _receive(run.sock, supervision)
+        if supervision.tick(anyio.current_time()):
+            request_kill(run.sock)
 
 
 class HelperProcessRunner:
@@ -111,62 +90,23 @@ class HelperProcessRunner:
     ) -> Result[ProcessOutcome, SpawnFailed]:
         """Pump the output from submission on; the helper answers once the process is gone
         (`failed` if it never exec'd, else `started` then `exited`)."""
-        out = CappedBuffer(spec.max_output_bytes)
-        err = CappedBuffer(spec.max_output_bytes)
-        timed_out = False
-        stopped: str | None = None
-        exited: dict[str, Any] = {}
+        supervision = Supervision(spec, now=anyio.current_time())
         try:
             async with anyio.create_task_group() as pumps:
-                pumps.start_soon(_pump, run.out_r, out)
-                pumps.start_soon(_pump, run.err_r, err)
+                pumps.start_soon(_pump, run, run.out_r, STDOUT, supervision)
+                pumps.start_soon(_pump, run, run.err_r, STDERR, supervision)
                 if run.stdin_w is not None:
-                    pumps.start_soon(
-                        functools.partial(_feed, hold=spec.hold_stdin), run, spec.stdin or b""
-                    )
-                exited, timed_out, stopped = await self._until_end_or_stop(spec, run)
+                    pumps.start_soon(_feed, run, run.stdin_w, spec.stdin or b"")
+                await _until_last_word(run, supervision)
                 # Leave the pumps until EOF, bounded by the grace period.
-                pumps.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE_S
+                pumps.cancel_scope.deadline = supervision.wake_at()
         except BaseException:
             # The caller's scope was cancelled (or something broke): the tree must die
             # before we give control back, whatever happens to the await that follows.
-            if not exited:
+            if supervision.last is None:
                 with anyio.CancelScope(shield=True):
-                    await self._kill_and_wait(run.sock)
+                    request_kill(run.sock)
+                    while supervision.last is None:
+                        await _receive(run.sock, supervision)
             raise
-        return outcome_of(
-            spec,
-            exited,
-            out,
-            err,
-            started=run.started,
-            timed_out=timed_out,
-            stopped=stopped,
-        )
-
-    async def _until_end_or_stop(
-        self, spec: SpawnSpec, run: Submitted
-    ) -> tuple[dict[str, Any], bool, str | None]:
-        """The helper's last word, (that, timed out, the watch's reason to stop). The wait
-        is cut into steps of `WATCH_INTERVAL_S` only when there is a watch (no task of its
-        own: a run shorter than a step costs nothing more)."""
-        now = anyio.current_time()
-        deadline = math.inf if spec.timeout_s is None else now + spec.timeout_s
-        while True:
-            step_end = deadline
-            if spec.watch is not None:
-                step_end = min(deadline, anyio.current_time() + WATCH_INTERVAL_S)
-            with anyio.CancelScope(deadline=step_end):
-                return await _until_end(run.sock), False, None
-            if anyio.current_time() >= deadline:  # the step ran out: the deadline, or a look
-                return await self._kill_and_wait(run.sock), True, None
-            reason = spec.watch() if spec.watch is not None else None
-            if reason is not None:
-                return await self._kill_and_wait(run.sock), False, reason
-
-    @staticmethod
-    async def _kill_and_wait(sock: socket.socket) -> dict[str, Any]:
-        request_kill(sock)
-        with anyio.CancelScope(shield=True):
-            message = await _until_end(sock)
-        return message
+        return supervision.outcome(duration_s=run.elapsed())

@@ -28,7 +28,7 @@ class ChildHook:
     `ahead`: what the hook does depends on the policy alone, not on the run nor on the file
     system (dropping capabilities, no_new_privs, a seccomp filter). Such a hook may run
     before the run is asked for, in a child the helper forks ahead of time for runs with the
-    same `ahead` hooks (see `runner.helper`): off the run's critical path. (An exec shim
+    same `ahead` hooks (see `runner.warm`): off the run's critical path. (An exec shim
     child applies them at run time, in the same place of the order, see `runner.native`.)
     Ahead hooks run after the cgroup join and before the rlimits and the other hooks, in
     the order given, whether a warm child applies them or not.

@@ -1,28 +1,24 @@
 """One run handed to the spawn helper, as both helper runners do it: the `spawn` frame with
-the run's stdio attached, and the helper's last word turned into an outcome. The runners
-differ only in how they wait (`runner`: anyio; `blocking`: the calling thread)."""
+the run's stdio attached, the host's ends of that stdio, and the kill request. What the
+runners then decide is `supervision`'s; they differ only in how they wait (`runner`: anyio;
+`blocking`: the calling thread)."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 import time
 from typing import Any
 
+import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.domain.errors import SpawnFailed
-from mechasandbox.domain.result import Usage
 from mechasandbox.runner import framing
-from mechasandbox.runner.capture import CappedBuffer
 from mechasandbox.runner.client import HelperUnavailable, SpawnHelperClient
-from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.runner.spec import SpawnSpec
 
-# After the process exits, its leftovers are killed by the helper, so the pipes reach EOF
-# at once; this bound only matters if something unexpected still holds a pipe open.
-DRAIN_GRACE_S = 2.0
 READ_CHUNK = 256 * 1024
 
 
@@ -44,34 +40,47 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
     }
 
 
-def spawn_failure(spec: SpawnSpec, code: int, stage: str) -> SpawnFailed:
-    command = spec.argv[0]
-    if stage == "exec" and code == errno.ENOENT:
-        return SpawnFailed(command=command, reason="command not found", exit_status=127)
-    reason = f"{os.strerror(code)} (while setting up: {stage})"
-    if stage == "exec":
-        reason = f"not executable: {os.strerror(code)}"
-    return SpawnFailed(command=command, reason=reason, exit_status=126)
-
-
-def is_last_word(message: dict[str, Any]) -> bool:
-    """The helper's last word on a run: `exited` or `failed` (`started` comes before
-    `exited` and is skipped)."""
-    return message.get("event") in ("exited", "failed")
-
-
+@attrs.define
 class Submitted:
     """A run the helper has: its socket (closing it kills the run's whole tree) and the
-    host's ends of its stdio, non-blocking. `close` closes whatever is still open."""
+    host's ends of its stdio, non-blocking; `hold_stdin` as in `SpawnSpec`. `close` closes
+    whatever is still open."""
 
-    def __init__(
-        self, sock: socket.socket, stdin_w: int | None, out_r: int, err_r: int, started: float
-    ) -> None:
-        self.sock = sock
-        self.stdin_w = stdin_w
-        self.out_r = out_r
-        self.err_r = err_r
-        self.started = started
+    sock: socket.socket
+    stdin_w: int | None
+    out_r: int
+    err_r: int
+    started: float  # time.monotonic() at submission
+    hold_stdin: bool = False
+
+    def read(self, fd: int) -> bytes | None:
+        """What output `fd` holds (b"": its end), None when nothing came after all."""
+        try:
+            return os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return None
+
+    def write_input(self, pending: memoryview) -> memoryview:
+        """Write what of `pending` the stdin pipe takes now; the rest (nothing once the
+        command stopped reading: not an error of ours)."""
+        if self.stdin_w is None or not pending:
+            return pending[:0]
+        try:
+            written = os.write(self.stdin_w, pending)
+        except BlockingIOError:
+            return pending
+        except BrokenPipeError:
+            return pending[:0]
+        return pending[written:]
+
+    def input_written(self) -> None:
+        """All the input is written: close the pipe, unless the run holds it open (it then
+        stays open until the run is over)."""
+        if not self.hold_stdin:
+            self.close_stdin()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
     def close_stdin(self) -> None:
         if self.stdin_w is not None:
@@ -112,7 +121,7 @@ def submit(helper: SpawnHelperClient, spec: SpawnSpec) -> Result[Submitted, Spaw
         except (HelperUnavailable, framing.FrameError) as error:
             return Failure(SpawnFailed(command=spec.argv[0], reason=str(error)))
         local.clear()
-        return Success(Submitted(sock, stdin_w, out_r, err_r, started))
+        return Success(Submitted(sock, stdin_w, out_r, err_r, started, spec.hold_stdin))
     finally:
         for fd in remote + local:
             with contextlib.suppress(OSError):
@@ -123,33 +132,3 @@ def request_kill(sock: socket.socket) -> None:
     """Ask the helper to kill the run's whole tree (it answers with its last word)."""
     with contextlib.suppress(OSError):
         framing.send(sock, {"op": "kill"})
-
-
-def outcome_of(
-    spec: SpawnSpec,
-    last: dict[str, Any],
-    out: CappedBuffer,
-    err: CappedBuffer,
-    *,
-    started: float,
-    timed_out: bool,
-    stopped: str | None = None,
-) -> Result[ProcessOutcome, SpawnFailed]:
-    """The run's outcome from the helper's last word and the captured output."""
-    if last.get("event") == "failed":
-        return Failure(spawn_failure(spec, int(last["errno"]), str(last["stage"])))
-    status = int(last["status"])
-    return Success(
-        ProcessOutcome(
-            exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            stdout=out.value(),
-            stderr=err.value(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            duration_s=time.monotonic() - started,
-            usage=Usage(cpu_s=float(last["cpu_s"]), max_rss_bytes=int(last["max_rss_bytes"])),
-            timed_out=timed_out,
-            stopped=stopped,
-        )
-    )

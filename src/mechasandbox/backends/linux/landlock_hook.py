@@ -1,8 +1,8 @@
 """The child-side half of the `landlock` backend: runs in the spawn helper's forked child
-just before exec (see `runner.helper`), so it imports only the standard library and ctypes.
+just before exec (see `runner.child`), so it imports only the standard library and ctypes.
 
 Two hooks, in this order. `isolate` depends on the policy alone (a warm child of the helper
-applies it before the run is asked for, see `runner.helper`):
+applies it before the run is asked for, see `runner.warm`):
 1. drop every capability (bounding set, ambient, effective/permitted/inheritable): when the
    host runs as root the command would otherwise keep CAP_SYS_RESOURCE (raise its rlimits),
    CAP_SYS_ADMIN, CAP_NET_ADMIN...; with an empty bounding set even exec of a root-owned

@@ -1,7 +1,7 @@
 /*
  * mechasandbox-exec: a warm child of the spawn helper that is not a Python process.
  *
- * The helper (runner/helper.py) starts it with posix_spawn ahead of a run:
+ * The helper (runner/warm.py) starts it with posix_spawn ahead of a run:
  *
  *     mechasandbox-exec HELPER_PID [CGROUP_PROCS_FILE...]
  *     fd 3: the socket the host hands the run on      fd 4: the report pipe
@@ -10,7 +10,7 @@
  * big-endian length, then records, see runner/native.py) with the run's stdin, stdout and
  * stderr attached. The shim marks the report pipe ('+'), puts the stdio in place, closes
  * every other descriptor, carries out the records in order (chdir, umask, the hooks' system
- * calls, rlimits: the order of runner/helper.py's `_child`) and execs. Any failure is
+ * calls, rlimits: the order of runner/child.py's `exec_run`) and execs. Any failure is
  * written to the report pipe as "ERRNO:STAGE" and the shim exits 127: the command never
  * runs half-confined. The report pipe is close-on-exec, so an empty report means exec'd.
  *
