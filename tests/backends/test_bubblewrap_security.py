@@ -23,8 +23,9 @@ import pytest
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.linux import bubblewrap, workspace_locks
+from mechasandbox.backends.linux import bubblewrap
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.workspace import workspace_locks
 from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.errors import (
     BackendFailed,

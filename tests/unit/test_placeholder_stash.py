@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash
-from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders, _journal_entry
+from mechasandbox.backends.workspace.placeholder_stash import PlaceholderStash
+from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders, _journal_entry
 
 
 def _workspace(tmp_path: Path, *names: str) -> Path:

@@ -81,17 +81,9 @@ from mechasandbox.backends.execute import (
 )
 from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux import seccomp
-from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
-from mechasandbox.backends.linux.placeholder_stash import is_empty_directory
-from mechasandbox.backends.linux.placeholders import (
-    WorkspacePlaceholders,
-    file_placeholder,
-    path_depth,
-)
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
-from mechasandbox.backends.linux.workspace_locks import locked_too_long
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.resources import (
     UMASK,
@@ -105,6 +97,14 @@ from mechasandbox.backends.unix_sockets import (
     NamedSockets,
     find_named_sockets,
 )
+from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.backends.workspace.placeholder_stash import is_empty_directory
+from mechasandbox.backends.workspace.placeholders import (
+    WorkspacePlaceholders,
+    file_placeholder,
+    path_depth,
+)
+from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,

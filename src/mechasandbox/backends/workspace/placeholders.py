@@ -34,12 +34,12 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from mechasandbox.backends.linux.placeholder_stash import (
+from mechasandbox.backends.workspace.placeholder_stash import (
     PlaceholderStash,
     is_empty_directory,
     remove_stash,
 )
-from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks
+from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks
 
 # Missing protected paths whose placeholder is a file, not a directory: git reads them as
 # files, and a directory there (or an empty file) would break git in the sandbox and on the
