@@ -19,7 +19,8 @@ import pytest
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import Backend, HostContext
-from mechasandbox.backends.linux.bubblewrap import PROBE_NAME, BubblewrapBackend, probe_key
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.linux.bwrap_probe import PROBE_NAME, probe_key
 from mechasandbox.backends.names import AUTO_ORDER, LOOPLESS
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.registry import choose
