@@ -12,6 +12,7 @@ this module (the backend: plan and run).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -130,20 +131,24 @@ def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
     return BackendFailed(backend=NAME, reason=message)
 
 
-_PLACEHOLDERS = WorkspacePlaceholders()
-
-
-_FOUND: dict[tuple[str, str], str] = {}
+@functools.cache
+def _found(name: str, path: str) -> str:
+    """`shutil.which`, remembered once found (each run probes): a program removed later
+    makes its run fail, it is never replaced by anything else. A miss raises, and
+    `functools.cache` remembers no exception, so a program installed later is found. A
+    cache of facts about the host, pure in effect (nothing held, nothing to close), so
+    process-wide rather than a backend's state."""
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise LookupError(name)
+    return found
 
 
 def _which(name: str, path: str) -> str | None:
-    """`shutil.which`, remembering what it found (each run probes): a program removed later
-    makes its run fail, it is never replaced by anything else. Misses are not remembered, so
-    a program installed later is found."""
-    found = _FOUND.get((name, path)) or shutil.which(name, path=path)
-    if found is not None:
-        _FOUND[(name, path)] = found
-    return found
+    try:
+        return _found(name, path)
+    except LookupError:
+        return None
 
 
 # --- the backend ----------------------------------------------------------------------------
@@ -162,6 +167,12 @@ class BubblewrapBackend:
     # Where a successful probe is remembered across processes (the CLI's per-user cache);
     # None: probe once per process.
     probe_cache: ProbeCache | None = None
+    # The placeholders of this process's runs, by workspace (state: its `close` releases
+    # the journal, the stash and the workspace lock files). A backend built directly has
+    # its own; a composition root passes one it closes at shutdown.
+    placeholders: WorkspacePlaceholders = attrs.field(
+        factory=WorkspacePlaceholders, eq=False, repr=False
+    )
 
     @property
     def name(self) -> str:
@@ -293,7 +304,7 @@ class BubblewrapBackend:
     ) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
         layout = HostLayout.survey(
             paths_to_survey(workspace, policy, host),
-            placeholders=_PLACEHOLDERS.active(workspace),
+            placeholders=self.placeholders.active(workspace),
             hollowness_of=protected_parents(workspace, policy, host),
         )
         bridge = self._bridge(policy, proxy_socket)
@@ -390,15 +401,15 @@ class BubblewrapBackend:
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
-            if not _PLACEHOLDERS.enter(workspace):
+            if not self.placeholders.enter(workspace):
                 return Failure(BackendFailed(backend=NAME, reason=locked_too_long("run")))
             try:
                 compiled = self._compile(request, policy, self.host, workspace, features, socket)
                 if isinstance(compiled, Failure):
                     return Failure(compiled.failure())
                 command, spec = compiled.unwrap()
-                _PLACEHOLDERS.created(workspace, command.placeholders)
-                _PLACEHOLDERS.make(workspace, command.placeholders)
+                self.placeholders.created(workspace, command.placeholders)
+                self.placeholders.make(workspace, command.placeholders)
                 guards = GuardSet(
                     command.guards + tuple((p, "write") for p in command.placeholders)
                 )
@@ -417,7 +428,7 @@ class BubblewrapBackend:
                     guards.close()
             finally:
                 # After the guards' last look: taking the placeholders out changes their entries.
-                _PLACEHOLDERS.leave(workspace)
+                self.placeholders.leave(workspace)
             if isinstance(result, Success):
                 failed = _setup_failure(result.unwrap(), request.argv[0])
                 if failed is not None:

@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 
 UMASK = 0o077
 
-_TMP_DIRS = PrivateTmpDirs()
 # `plan` runs no proxy: its port and token are shown as placeholders.
 PROXY_PORT_PLACEHOLDER = 0
 PROXY_URL_PLACEHOLDER = "http://sandbox:<per-run token>@127.0.0.1:<per-run port>"
@@ -250,6 +249,9 @@ class LandlockBackend:
     tmp_parent: str | None = None  # where per-run tmp dirs go (default: the host's temp dir)
     # The allowlist proxy's settings (None: the defaults, made when a run first needs them).
     egress: EgressProxy | None = None
+    # The runs' private tmp dirs kept for the next runs (state: its `close` removes them);
+    # a backend built directly keeps its own, a composition root passes one it closes.
+    tmp_dirs: PrivateTmpDirs = attrs.field(factory=PrivateTmpDirs, eq=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -344,7 +346,7 @@ class LandlockBackend:
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         warnings, workspace, policy = prepared.unwrap()
-        tmp_dir = _TMP_DIRS.take(self.tmp_parent)
+        tmp_dir = self.tmp_dirs.take(self.tmp_parent)
 
         async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
             proxy: tuple[int, str] | None = None
@@ -370,4 +372,4 @@ class LandlockBackend:
             proxied = await run_with_proxy(egress, policy.network, body, listen_tcp=True)
             return disarm_after(proxied, workspace, policy, started)
         finally:
-            _TMP_DIRS.give_back(self.tmp_parent, tmp_dir)
+            self.tmp_dirs.give_back(self.tmp_parent, tmp_dir)
