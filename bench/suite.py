@@ -39,12 +39,9 @@ import anyio
 from returns.result import Success
 
 import mechasandbox
-from mechasandbox.backends.linux.bubblewrap import (
-    ARGS_FD,
-    SECCOMP_FD,
-    BubblewrapBackend,
-    seccomp_program,
-)
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.linux.bwrap_compiler import ARGS_FD, SECCOMP_FD
+from mechasandbox.backends.linux.bwrap_hooks import seccomp_program
 from mechasandbox.backends.linux.landlock import LandlockBackend
 from mechasandbox.backends.process import ProcessBackend
 from mechasandbox.domain.limits import Limits

@@ -20,7 +20,7 @@ Every backend comes from `backends.catalog`; nothing here names one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 from dependency_injector import containers, providers
@@ -52,6 +52,23 @@ def _runner(helper: SpawnHelperClient | None) -> Iterator[ProcessRunner]:
         yield runner
     finally:
         runner.close()
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
+
+
+def _owned(factory: Callable[[], C]) -> Iterator[C]:
+    """State a backend keeps across runs, owned by the root: closed by
+    `shutdown_resources()` (each also releases itself at exit if never closed)."""
+    state = factory()
+    try:
+        yield state
+    finally:
+        state.close()
 
 
 def _compose_policy(base: Policy, limits: Limits, network: NetworkPolicy) -> Policy:
@@ -96,6 +113,9 @@ class Core(containers.DeclarativeContainer):
     # Where backends remember a successful probe across processes (the CLI's per-user
     # cache, `ProbeCache`); None: each process probes.
     probe_cache: providers.Provider[ProbeCache | None] = providers.Object(None)
+    # What backends remember across runs, shared by the backends of this root.
+    placeholders = providers.Resource(_owned, factories.workspace_placeholders)
+    tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
 
 
 class Backends(containers.DeclarativeContainer):
@@ -110,6 +130,8 @@ class Backends(containers.DeclarativeContainer):
         runner=core.runner,
         host=core.host,
         egress=core.egress.provider,
+        placeholders=core.placeholders.provider,
+        tmp_dirs=core.tmp_dirs.provider,
         probe_cache=core.probe_cache,
         image=config.image,
         runtime=config.runtime,

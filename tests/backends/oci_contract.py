@@ -168,7 +168,7 @@ class OciContract:
         """`git config` on the host renames a new `.git/config` over the pinned one during
         the run: the container's read-only mount came off with the old file, and the
         command could plant `core.fsmonitor` in the new one. The run is stopped before
-        the command's write, and the error says why (see `linux.guards`)."""
+        the command's write, and the error says why (see `workspace.guards`)."""
         config = tmp_path / ".git" / "config"
         (tmp_path / ".git" / "hooks").mkdir(parents=True)
         config.write_text("[core]\n")

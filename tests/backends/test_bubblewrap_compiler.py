@@ -11,19 +11,15 @@ import pytest
 from returns.result import Failure, Success
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.linux.bubblewrap import (
+from mechasandbox.backends.linux.bubblewrap import _signal_decoded
+from mechasandbox.backends.linux.bwrap_compiler import (
     BwrapCommand,
-    BwrapFeatures,
-    HostLayout,
-    PathFact,
-    PathKind,
-    _signal_decoded,
     compile_bwrap,
     compile_bwrap_argv,
-    paths_to_survey,
-    seccomp_program,
-    unix_socket_plan,
 )
+from mechasandbox.backends.linux.bwrap_hooks import seccomp_program, unix_socket_plan
+from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures, HostLayout, PathFact, PathKind
+from mechasandbox.backends.linux.bwrap_mounts import paths_to_survey
 from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
 from mechasandbox.backends.unix_sockets import NO_NAMED_SOCKETS, NamedSockets
 from mechasandbox.domain.errors import ConfigInvalid

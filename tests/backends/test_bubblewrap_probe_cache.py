@@ -13,14 +13,10 @@ import anyio
 import pytest
 from returns.result import Failure
 
-from mechasandbox.backends.linux import bubblewrap, host_facts
-from mechasandbox.backends.linux.bubblewrap import (
-    PROBE_NAME,
-    BubblewrapBackend,
-    BwrapFeatures,
-    probe_key,
-    remembered_probe,
-)
+from mechasandbox.backends.linux import bwrap_probe, host_facts
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures
+from mechasandbox.backends.linux.bwrap_probe import PROBE_NAME, probe_key, remembered_probe
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.domain.errors import BackendFailed
 from mechasandbox.domain.limits import Limits
@@ -71,7 +67,7 @@ class Probes:
 
 def fake_probe(monkeypatch: pytest.MonkeyPatch, answer: BwrapFeatures | str) -> Probes:
     probes = Probes(answer)
-    monkeypatch.setattr(bubblewrap, "probe_bwrap", probes)
+    monkeypatch.setattr(bwrap_probe, "probe_bwrap", probes)
     return probes
 
 
@@ -134,7 +130,7 @@ def test_a_changed_host_is_probed_again(
         ("uid", "1000:1000:1000"),
     ):
         changed_facts = {**facts, name: changed}
-        monkeypatch.setattr(bubblewrap, "namespace_facts", lambda f=changed_facts: f)
+        monkeypatch.setattr(bwrap_probe, "namespace_facts", lambda f=changed_facts: f)
         again(tool, cache)
     assert probes.calls == 7
 
@@ -144,7 +140,7 @@ def test_a_changed_seccomp_program_or_trial_is_probed_again(
 ) -> None:
     probes = fake_probe(monkeypatch, BwrapFeatures(path=str(tool)))
     again(tool, cache)
-    monkeypatch.setattr(bubblewrap, "seccomp_program", lambda: b"another program")
+    monkeypatch.setattr(bwrap_probe, "seccomp_program", lambda: b"another program")
     again(tool, cache)
     assert probes.calls == 2
 

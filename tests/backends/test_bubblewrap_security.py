@@ -23,8 +23,8 @@ import pytest
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.linux import bubblewrap, workspace_locks
 from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.workspace import workspace_locks
 from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -479,7 +479,7 @@ def test_no_run_starts_while_the_workspace_lock_is_held_too_long(
     rather than start one whose covers could be removed under it."""
     monkeypatch.setattr(workspace_locks, "ENTER_WAIT_S", 0.2)
     assert box.ok("true").exit_code == 0  # sets up this process's locks
-    directory = bubblewrap._PLACEHOLDERS._workspace_locks().directory
+    directory = box.backend.placeholders._workspace_locks().directory
     assert directory is not None
     holder = os.open(directory / f"{workspace_locks.bucket_of(str(box.workspace))}.lock", os.O_RDWR)
     try:

@@ -345,7 +345,7 @@ def test_allow_unix_socket_option(
     )
     shown = capsys.readouterr().out
     assert status == 0, shown
-    from mechasandbox.backends.linux.bubblewrap import LANDLOCK_SCOPE_ABI, landlock_abi
+    from mechasandbox.backends.linux.bwrap_hooks import LANDLOCK_SCOPE_ABI, landlock_abi
 
     scoped = landlock_abi() >= LANDLOCK_SCOPE_ABI
     assert ("scope on bwrap: abstract unix sockets" in shown) is scoped, shown

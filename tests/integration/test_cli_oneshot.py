@@ -21,7 +21,8 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import Backend
 from mechasandbox.backends.catalog import AUTO_ORDER, LOOPLESS
-from mechasandbox.backends.linux.bubblewrap import PROBE_NAME, BubblewrapBackend, probe_key
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.linux.bwrap_probe import PROBE_NAME, probe_key
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.registry import choose
 from mechasandbox.cli import oneshot

@@ -14,14 +14,18 @@ from returns.result import Failure
 
 from mechasandbox.backends import catalog
 from mechasandbox.backends.base import Backend
+from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+from mechasandbox.backends.linux.landlock import LandlockBackend
 from mechasandbox.backends.registry import MissingBackend
 from mechasandbox.config.changes import PolicyChanges
 from mechasandbox.containers import Application
 from mechasandbox.domain.limits import Limits
-from mechasandbox.domain.policy import NetworkMode, NetworkPolicy
+from mechasandbox.domain.policy import Enforcement, NetworkMode, NetworkPolicy, Policy
 from mechasandbox.sandbox import Sandbox
 from mechasandbox.testing import FakeRunner
+from tests.conftest import require_available
 
+BEST_EFFORT = Policy(enforcement=Enforcement.BEST_EFFORT)
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 USER_FILE = """
@@ -173,3 +177,26 @@ def test_backend_names_come_from_the_catalog() -> None:
     assert all(repr(name) in str(raised.value) for name in catalog.NAMES)
     assert "none" not in catalog.AUTO_ORDER
     assert {"none", "process"} == catalog.UNCONFINED
+
+
+def test_backend_state_belongs_to_the_root(tmp_path: Path) -> None:
+    """What backends keep across runs is the root's: shared by its backends and released
+    by `shutdown_resources()` (here: landlock's kept private tmp dir, after a real run)."""
+    app = Application()
+    app.config.from_dict({"backend": "landlock", "policy": BEST_EFFORT})
+    try:
+        landlock = app.backends.named("landlock")
+        require_available(landlock)
+        assert isinstance(landlock, LandlockBackend)
+        assert landlock.tmp_dirs is app.core.tmp_dirs()
+        bubblewrap = app.backends.named("bubblewrap")
+        assert isinstance(bubblewrap, BubblewrapBackend)
+        assert bubblewrap.placeholders is app.core.placeholders()
+        result = app.services.sandbox().run_sync(
+            ["sh", "-c", 'echo "$TMPDIR"'], workspace=str(tmp_path)
+        )
+        tmp = result.unwrap().stdout.decode().strip()
+        assert tmp and os.path.isdir(tmp)  # kept for the next run
+    finally:
+        app.shutdown_resources()
+    assert not os.path.exists(tmp)

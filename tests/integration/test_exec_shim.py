@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from mechasandbox.backends.linux import landlock_rules
-from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
+from mechasandbox.backends.linux.bwrap_hooks import seccomp_hook, seccomp_program
 from mechasandbox.runner import fd_data, framing, native
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner

@@ -15,7 +15,7 @@ import attrs
 import pytest
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.linux.bubblewrap import seccomp_hook, seccomp_program
+from mechasandbox.backends.linux.bwrap_hooks import seccomp_hook, seccomp_program
 from mechasandbox.domain import Limits
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.limits.cgroup import CgroupManager, CgroupRun

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mechasandbox.backends.linux.guards import GuardSet
+from mechasandbox.backends.workspace.guards import GuardSet
 
 
 def _replace(path: Path, text: str) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.linux import seccomp
-from mechasandbox.backends.linux.landlock import (
+from mechasandbox.backends.linux.landlock import capabilities_for
+from mechasandbox.backends.linux.landlock_compiler import (
     FS_IOCTL_DEV,
     FS_MAKE_BLOCK,
     FS_MAKE_CHAR,
@@ -24,7 +25,6 @@ from mechasandbox.backends.linux.landlock import (
     SCOPE_ABSTRACT_UNIX_SOCKET,
     SCOPE_SIGNAL,
     WRITE,
-    capabilities_for,
     compile_landlock_rules,
     handled_fs_for,
     seccomp_filter,

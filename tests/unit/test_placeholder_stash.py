@@ -3,14 +3,15 @@ workspace is as it was at once, nothing with content is taken, and nothing is lo
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from mechasandbox.backends.linux.placeholder_stash import PlaceholderStash
-from mechasandbox.backends.linux.placeholders import WorkspacePlaceholders, _journal_entry
+from mechasandbox.backends.workspace.placeholder_stash import PlaceholderStash, _remove_batches
+from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders, _journal_entry
 
 
 def _workspace(tmp_path: Path, *names: str) -> Path:
@@ -53,7 +54,7 @@ def test_one_written_into_after_the_rename_goes_back_where_it_was(tmp_path: Path
     (stashed / "settings.json").write_text("{}")  # written between the check and the rename
     stash._queue.put([(str(stashed), str(workspace / ".vscode"))])
     stash._queue.put(None)
-    stash._remove()  # the background removal, run here
+    _remove_batches(stash._queue, stash._closing, stash._lock, stash._pool)  # run here
     assert (workspace / ".vscode" / "settings.json").read_text() == "{}"
 
 
@@ -170,3 +171,71 @@ def test_a_pooled_directory_written_into_is_not_placed(tmp_path: Path) -> None:
     assert stash.place(str(workspace), [target]) == [target]
     assert not os.path.exists(target)
     stash.close()
+
+
+def _used(placeholders: WorkspacePlaceholders, tmp_path: Path) -> str:
+    """One run's worth of use: a journal, a stash holding a retired placeholder, a lock file."""
+    workspace = str(_workspace(tmp_path))
+    path = os.path.join(workspace, ".envrc")
+    assert placeholders.enter(workspace)
+    placeholders.created(workspace, [path])
+    placeholders.make(workspace, [path])
+    placeholders.leave(workspace)
+    return workspace
+
+
+def _kinds(state: Path) -> list[str]:
+    return sorted(p.suffix for p in state.iterdir() if p.name != "workspaces")
+
+
+def test_close_releases_the_journal_the_stash_and_the_lock_files(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    placeholders = WorkspacePlaceholders(state_directory=state)
+    workspace = _used(placeholders, tmp_path)
+    assert os.listdir(workspace) == []
+    assert _kinds(state) == [".paths", ".stash"]
+    locks = placeholders._workspace_locks()
+    assert locks._fds
+    placeholders.close()
+    placeholders.close()  # idempotent
+    assert _kinds(state) == []
+    assert locks._fds == {}
+
+
+def test_a_state_nobody_closed_is_released_when_it_goes(tmp_path: Path) -> None:
+    """What a backend built directly (and dropped) held goes with it, not at exit only."""
+    state = tmp_path / "state"
+    placeholders = WorkspacePlaceholders(state_directory=state)
+    _used(placeholders, tmp_path)
+    assert _kinds(state) == [".paths", ".stash"]
+    del placeholders
+    gc.collect()
+    assert _kinds(state) == []
+
+
+def test_states_of_one_process_keep_journals_of_their_own(tmp_path: Path) -> None:
+    """Two backends of one process, each with its own state: closing one leaves the other's
+    journal (its placeholders may still stand), and a sweep takes neither for a dead one's."""
+    state = tmp_path / "state"
+    first = WorkspacePlaceholders(state_directory=state)
+    second = WorkspacePlaceholders(state_directory=state)
+    for name, placeholders in (("a", first), ("b", second)):
+        workspace = tmp_path / name
+        workspace.mkdir()
+        assert placeholders.enter(str(workspace))
+        placeholders.created(str(workspace), [str(workspace / ".envrc")])
+    journals = [p for p in state.iterdir() if p.suffix == ".paths"]
+    assert len(journals) == 2
+    first.leave(str(tmp_path / "a"))
+    first.close()
+    assert [p for p in state.iterdir() if p.suffix == ".paths"] != []
+    third = WorkspacePlaceholders(state_directory=state)
+    assert third.enter(str(tmp_path / "c"))  # sweeps: this process is alive
+    assert [p for p in state.iterdir() if p.suffix == ".paths"] == [
+        p for p in journals if p.exists()
+    ]
+    third.leave(str(tmp_path / "c"))
+    second.leave(str(tmp_path / "b"))
+    second.close()
+    third.close()
+    assert _kinds(state) == []

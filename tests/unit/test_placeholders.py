@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mechasandbox.backends.linux.placeholders import (
+from mechasandbox.backends.workspace.placeholders import (
     is_placeholder,
     make_placeholders,
     remove_placeholders,

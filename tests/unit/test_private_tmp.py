@@ -3,6 +3,7 @@ made (see `private_tmp`)."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -82,3 +83,26 @@ def test_a_forked_process_neither_hands_out_nor_removes_its_parents_directories(
     assert os.waitstatus_to_exitcode(status) == 0, "1: shared a directory, 2: removed it"
     assert dirs.take(str(tmp_path)) == kept  # still the parent's
     dirs.close()
+
+
+def test_an_owner_that_never_closed_removes_what_it_kept_when_it_goes(tmp_path: Path) -> None:
+    """The kept directories belong to the object, not to the process: dropping it without
+    `close` removes them (at exit, or as here when it is collected)."""
+    dirs = PrivateTmpDirs()
+    dirs.give_back(str(tmp_path), dirs.take(str(tmp_path)))
+    assert len(os.listdir(tmp_path)) == 1
+    del dirs
+    gc.collect()
+    assert os.listdir(tmp_path) == []
+
+
+def test_close_is_idempotent_and_the_owner_usable_again(tmp_path: Path) -> None:
+    dirs = PrivateTmpDirs()
+    dirs.give_back(str(tmp_path), dirs.take(str(tmp_path)))
+    dirs.close()
+    dirs.close()
+    assert os.listdir(tmp_path) == []
+    dirs.give_back(str(tmp_path), dirs.take(str(tmp_path)))
+    assert len(os.listdir(tmp_path)) == 1
+    dirs.close()
+    assert os.listdir(tmp_path) == []

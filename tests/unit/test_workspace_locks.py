@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mechasandbox.backends.linux import workspace_locks
-from mechasandbox.backends.linux.placeholders import remove_placeholders
-from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks, bucket_of
+from mechasandbox.backends.workspace import workspace_locks
+from mechasandbox.backends.workspace.placeholders import remove_placeholders
+from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks, bucket_of
 
 
 def _remove(_workspace: str, paths: list[str]) -> None:

@@ -22,7 +22,9 @@ from mechasandbox.backends import factories
 
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
+    from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
     from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
     from mechasandbox.network.session import EgressProxy
     from mechasandbox.runner.protocol import ProcessRunner
 
@@ -33,13 +35,17 @@ AUTO = "auto"
 class BackendDeps:
     """What the composition root hands every backend's `build`: each takes what it uses.
 
-    `egress` is a callable, not the value: the allowlist proxy's settings are made when the
-    first backend that keeps them is built, not for every composition.
+    `egress` and the state objects are callables, not values: each is made when the first
+    backend that keeps it is built, not for every composition. The state objects (what
+    backends remember across runs: placeholders, private tmp dirs) belong to the root,
+    which closes them in `shutdown_resources()`.
     """
 
     runner: ProcessRunner
     host: HostContext
     egress: Callable[[], EgressProxy]
+    placeholders: Callable[[], WorkspacePlaceholders]
+    tmp_dirs: Callable[[], PrivateTmpDirs]
     probe_cache: ProbeCache | None = None
     image: str | None = None
     runtime: str | None = None
@@ -87,12 +93,18 @@ def _process(deps: BackendDeps) -> Backend:
 
 def _bubblewrap(deps: BackendDeps) -> Backend:
     return factories.bubblewrap(
-        deps.runner, deps.host, egress=deps.egress(), probe_cache=deps.probe_cache
+        deps.runner,
+        deps.host,
+        egress=deps.egress(),
+        probe_cache=deps.probe_cache,
+        placeholders=deps.placeholders(),
     )
 
 
 def _landlock(deps: BackendDeps) -> Backend:
-    return factories.landlock(deps.runner, deps.host, egress=deps.egress())
+    return factories.landlock(
+        deps.runner, deps.host, egress=deps.egress(), tmp_dirs=deps.tmp_dirs()
+    )
 
 
 def _engine(engine: str, deps: BackendDeps) -> Backend:

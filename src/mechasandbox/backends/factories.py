@@ -4,6 +4,10 @@ so does the CLI's one-shot path (`cli.oneshot`), so that both build a backend al
 
 Each imports its backend's module when called: a platform's modules stay out of other
 platforms' imports, and a caller that builds one backend pays for that one only.
+
+What a backend remembers across runs is a state object with a `close` (see each backend's
+fields); its factory takes it as a parameter, None meaning the backend's own, so that a
+composition root can pass one it shares and closes at shutdown.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
+    from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
     from mechasandbox.backends.probe_cache import ProbeCache
+    from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
     from mechasandbox.network.proxy.resolver import Resolver
     from mechasandbox.network.session import EgressProxy
     from mechasandbox.runner.protocol import ProcessRunner
@@ -36,19 +42,52 @@ def bubblewrap(
     host: HostContext,
     egress: EgressProxy | None = None,
     probe_cache: ProbeCache | None = None,
+    placeholders: WorkspacePlaceholders | None = None,
 ) -> Backend:
-    """`probe_cache`: where a successful probe is remembered across processes."""
+    """`probe_cache`: where a successful probe is remembered across processes.
+    `placeholders`: the runs' placeholders (state; None: the backend's own)."""
     from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 
-    return BubblewrapBackend(runner=runner, host=host, egress=egress, probe_cache=probe_cache)
+    if placeholders is None:
+        return BubblewrapBackend(runner=runner, host=host, egress=egress, probe_cache=probe_cache)
+    return BubblewrapBackend(
+        runner=runner,
+        host=host,
+        egress=egress,
+        probe_cache=probe_cache,
+        placeholders=placeholders,
+    )
 
 
 def landlock(
-    runner: ProcessRunner, host: HostContext, egress: EgressProxy | None = None
+    runner: ProcessRunner,
+    host: HostContext,
+    egress: EgressProxy | None = None,
+    tmp_dirs: PrivateTmpDirs | None = None,
 ) -> Backend:
+    """`tmp_dirs`: the runs' private tmp dirs kept for later runs (state; None: the
+    backend's own)."""
     from mechasandbox.backends.linux.landlock import LandlockBackend
 
-    return LandlockBackend(runner=runner, host=host, egress=egress)
+    if tmp_dirs is None:
+        return LandlockBackend(runner=runner, host=host, egress=egress)
+    return LandlockBackend(runner=runner, host=host, egress=egress, tmp_dirs=tmp_dirs)
+
+
+def workspace_placeholders() -> WorkspacePlaceholders:
+    """A state of placeholders for a composition root to share between its bubblewrap
+    backends and close at shutdown."""
+    from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
+
+    return WorkspacePlaceholders()
+
+
+def private_tmp_dirs() -> PrivateTmpDirs:
+    """A state of kept private tmp dirs for a composition root to share between its
+    landlock backends and close at shutdown."""
+    from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
+
+    return PrivateTmpDirs()
 
 
 def seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Backend:

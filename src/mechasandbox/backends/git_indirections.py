@@ -44,7 +44,7 @@ from mechasandbox.backends.git_config import (
     read_regular,
 )
 from mechasandbox.backends.git_walk import MAX_WALK_DIRECTORIES, WALKER, is_bare_repository
-from mechasandbox.backends.linux.placeholders import register_file_placeholders
+from mechasandbox.backends.workspace.placeholders import register_file_placeholders
 from mechasandbox.domain.policy import Policy
 
 # Repositories whose places are protected (the workspace's own and nested ones).

@@ -118,7 +118,7 @@ def write_git_config_after_host_rewrite(backend: Backend, arena: Arena) -> bool 
     """`git config` on the host renames a new `.git/config` over the protected one while
     the command runs: a cover that stood on the old file's entry comes off with it. Held
     when the command could not write the new one: it was refused, or the run was stopped
-    (the watch of mount-based backends; see `linux.guards`)."""
+    (the watch of mount-based backends; see `workspace.guards`)."""
     git = arena.workspace / ".git"
     (git / "hooks").mkdir(parents=True)
     config = git / "config"

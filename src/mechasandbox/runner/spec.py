@@ -75,7 +75,7 @@ class SpawnSpec:
     # Called by the runner every `WATCH_INTERVAL_S` while the process runs (in the host,
     # never sent to the helper): a reason returned stops the run as a deadline does, and
     # becomes the outcome's `stopped`. For what the host must keep an eye on during a run
-    # (bubblewrap: the guards of existing host paths, see `backends.linux.guards`).
+    # (bubblewrap: the guards of existing host paths, see `backends.workspace.guards`).
     watch: Callable[[], str | None] | None = attrs.field(default=None, eq=False, repr=False)
 
 

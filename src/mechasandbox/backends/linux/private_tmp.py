@@ -5,20 +5,21 @@ without extended attributes (so no ACL either). A run that leaves it like that g
 back for a later run instead of removing it (a `mkdtemp` and an `rmdir` less: about 0.1 ms
 a run here); one it changed in any way is removed, tree and all, and never handed out
 again. A kept directory is checked again when it is handed out (something of the same user
-may have touched it meanwhile). What is kept is removed at exit. A process forked from the
-host keeps nothing of its parent's: two processes handing out one directory would give
-their runs a shared TMPDIR.
+may have touched it meanwhile). What is kept is removed by `close` (the composition root's
+shutdown), or at exit for an owner that never closed it. A process forked from the host
+keeps nothing of its parent's: two processes handing out one directory would give their
+runs a shared TMPDIR.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
 import stat
 import tempfile
 import threading
+import weakref
 
 _PREFIX = "mechasandbox-landlock-"
 _KEPT_PER_PARENT = 4  # runs going at once that each find one ready
@@ -47,15 +48,30 @@ def _remove(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_kept(kept: dict[str | None, list[str]], lock: threading.Lock, owner: int) -> None:
+    """Remove the directories kept in `kept` (only in the process `owner` that kept them)."""
+    if os.getpid() != owner:
+        return
+    with lock:
+        paths = [path for paths in kept.values() for path in paths]
+        kept.clear()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            _remove(path)
+
+
 class PrivateTmpDirs:
     """Hands out private temporary directories below a parent (None: the host's temp dir)
-    and takes them back after the run (see the module's docstring). Thread-safe."""
+    and takes them back after the run (see the module's docstring). Thread-safe. State of
+    the landlock backend: `close` removes what it keeps."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[str | None, list[str]] = {}
         self._owner = os.getpid()  # the process the kept directories belong to
-        self._exit_hook = False
+        # Removes the kept directories at `close`, or at exit if nobody closed (see
+        # `_remove_kept`); made when the first directory is kept.
+        self._finalizer: weakref.finalize[..., PrivateTmpDirs] | None = None
 
     def _mine(self) -> dict[str | None, list[str]]:
         """The kept directories, none in a process forked since (they are its parent's).
@@ -63,6 +79,9 @@ class PrivateTmpDirs:
         if self._owner != os.getpid():
             self._owner = os.getpid()
             self._kept = {}
+            if self._finalizer is not None:
+                self._finalizer.detach()  # the parent's to remove, not ours
+                self._finalizer = None
         return self._kept
 
     def take(self, parent: str | None) -> str:
@@ -81,17 +100,17 @@ class PrivateTmpDirs:
                 kept = self._mine().setdefault(parent, [])
                 if len(kept) < _KEPT_PER_PARENT:
                     kept.append(path)
-                    if not self._exit_hook:
-                        self._exit_hook = True
-                        atexit.register(self.close)
+                    if self._finalizer is None or not self._finalizer.alive:
+                        self._finalizer = weakref.finalize(
+                            self, _remove_kept, self._kept, self._lock, self._owner
+                        )
                     return
         _remove(path)
 
     def close(self) -> None:
-        """Remove every kept directory."""
+        """Remove every kept directory (idempotent; the object may be used again)."""
         with self._lock:
-            kept = [path for paths in self._mine().values() for path in paths]
-            self._kept.clear()
-        for path in kept:
-            with contextlib.suppress(OSError):
-                _remove(path)
+            self._mine()
+            finalizer = self._finalizer
+        if finalizer is not None:
+            finalizer()

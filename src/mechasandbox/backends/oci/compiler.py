@@ -12,7 +12,6 @@ import enum
 import attrs
 
 from mechasandbox.backends.base import HostContext, scrubbed_environment
-from mechasandbox.backends.linux.placeholders import file_placeholder
 from mechasandbox.backends.oci.env_file import ENV_FILE
 from mechasandbox.backends.oci.lifeline import (
     STDIN_PATH,
@@ -22,6 +21,7 @@ from mechasandbox.backends.oci.lifeline import (
     watched_argv,
 )
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts, mount_args
+from mechasandbox.backends.workspace.placeholders import file_placeholder
 from mechasandbox.domain.limits import GIB, Limits
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest

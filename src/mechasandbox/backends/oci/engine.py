@@ -32,14 +32,6 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
 from mechasandbox.backends.git_indirections import planned_policy
-from mechasandbox.backends.linux.guards import GuardSet
-from mechasandbox.backends.linux.placeholders import (
-    is_placeholder,
-    make_placeholders,
-    placeholder_state_directory,
-    remove_empty,
-)
-from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks, locked_too_long
 from mechasandbox.backends.oci import lifeline
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
@@ -58,6 +50,14 @@ from mechasandbox.backends.oci.policy_mounts import PolicyMounts, survey
 from mechasandbox.backends.oci.seccomp_profile import profile_path
 from mechasandbox.backends.outcome import classify
 from mechasandbox.backends.unix_sockets import find_named_sockets
+from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.backends.workspace.placeholders import (
+    is_placeholder,
+    make_placeholders,
+    placeholder_state_directory,
+    remove_empty,
+)
+from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks, locked_too_long
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,

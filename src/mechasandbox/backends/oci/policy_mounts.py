@@ -37,7 +37,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.linux.bubblewrap import ETC_SECRETS
+from mechasandbox.backends.linux.roots import ETC_SECRETS
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Policy
 

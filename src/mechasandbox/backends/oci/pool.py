@@ -46,8 +46,6 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
-from mechasandbox.backends.linux.guards import GuardSet
-from mechasandbox.backends.linux.workspace_locks import locked_too_long
 from mechasandbox.backends.oci import lifeline
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
@@ -68,6 +66,8 @@ from mechasandbox.backends.oci.engine import (
 from mechasandbox.backends.oci.lifeline import Attached, Lifeline
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts
 from mechasandbox.backends.outcome import classify
+from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,

@@ -16,13 +16,13 @@ otherwise contend with the renames and the next run's placeholders in the file s
 and most of them are not removed at all: kept empty in a pool (up to 64), they become the
 next runs' placeholders, renamed back into a workspace (`place`: a fifth of a `mkdir`,
 never over what is there, `renameat2(RENAME_NOREPLACE)`; each checked empty first). At
-exit the stash is emptied and removed; a host that died leaves empty directories in it,
-which the next process removes with the journal (see `placeholders`).
+`close` (or at exit, for an owner that never closed it) the stash is emptied and removed; a
+host that died leaves empty directories in it, which the next process removes with the
+journal (see `placeholders`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import functools
@@ -30,6 +30,7 @@ import itertools
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,6 +90,63 @@ def _rename_noreplace() -> Callable[[str, str], int] | None:
     return rename
 
 
+# What the background worker and the finalizer share with the stash (never the stash itself,
+# so that it can go away and its finalizer run).
+_Batches = queue.SimpleQueue[list[tuple[str, str]] | None]
+
+
+def _remove_batches(
+    batches: _Batches, closing: threading.Event, lock: threading.Lock, pool: list[str]
+) -> None:
+    """The background worker: removes what is handed over, or pools it (see `_keep`)."""
+    while (batch := batches.get()) is not None:
+        # Not at once: runs back to back make their next placeholders meanwhile, and
+        # a removal here contends with each of those mkdirs in the file system (13 made
+        # in 0.24 ms after this pause, 0.83 ms without it). At exit, no pause.
+        closing.wait(_SETTLE_S)
+        for stashed, origin in batch:
+            if is_empty_directory(stashed) and _keep(stashed, closing, lock, pool):
+                continue
+            try:
+                os.rmdir(stashed)
+            except OSError:  # written into after all: back where it was, if still free
+                with contextlib.suppress(OSError):
+                    if not os.path.lexists(origin):
+                        os.rename(stashed, origin)
+
+
+def _keep(stashed: str, closing: threading.Event, lock: threading.Lock, pool: list[str]) -> bool:
+    """Pool an empty directory for the next runs' placeholders, while there is room:
+    a rename into the workspace costs a fifth of a `mkdir`, and nothing is removed."""
+    with lock:
+        if closing.is_set() or len(pool) >= _POOL_MAX:
+            return False
+        pool.append(stashed)
+        return True
+
+
+def _finish(
+    path: Path,
+    batches: _Batches,
+    closing: threading.Event,
+    pool: list[str],
+    worker: threading.Thread,
+    owner: int,
+) -> None:
+    """Finish the removals (bounded), then remove the stash (the pool with it); only in
+    the process `owner` that made it. Takes no lock and joins no thread of its own: when the
+    stash is collected, this may run in any thread, the worker (holding `lock`) included. A
+    directory pooled meanwhile is removed with the stash."""
+    if os.getpid() != owner:
+        return
+    closing.set()
+    pool.clear()
+    batches.put(None)
+    if threading.current_thread() is not worker:
+        worker.join(_EXIT_WAIT_S)
+    remove_stash(path)
+
+
 class PlaceholderStash:
     """This process's stash at `path` (made on first use). Thread-safe; in a process forked
     from the one that made it, it stashes nothing (the caller removes in place)."""
@@ -98,11 +156,13 @@ class PlaceholderStash:
         self._lock = threading.Lock()
         self._owner = os.getpid()
         self._names = itertools.count()
-        self._queue: queue.SimpleQueue[list[tuple[str, str]] | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
+        self._queue: _Batches = queue.SimpleQueue()
         self._device: int | None = None
         self._closing = threading.Event()
         self._pool: list[str] = []  # empty directories in the stash, ready to be placed
+        # Stops the worker and removes the stash (`_finish`), at `close` or at exit; made
+        # with the worker.
+        self._finalizer: weakref.finalize[..., PlaceholderStash] | None = None
 
     def retire(self, workspace: str, paths: list[str]) -> list[str]:
         """Take the empty ones of `paths` (deepest first) out of `workspace`; gives back
@@ -173,47 +233,27 @@ class PlaceholderStash:
                 except OSError:
                     self._device = -1
                 if self._device != -1:
-                    self._worker = threading.Thread(target=self._remove, daemon=True)
-                    self._worker.start()
-                    atexit.register(self.close)
+                    shared = (self._queue, self._closing, self._lock, self._pool)
+                    worker = threading.Thread(target=_remove_batches, args=shared, daemon=True)
+                    worker.start()
+                    self._finalizer = weakref.finalize(
+                        self,
+                        _finish,
+                        self.path,
+                        self._queue,
+                        self._closing,
+                        self._pool,
+                        worker,
+                        self._owner,
+                    )
             device = self._device
         try:
             return device == os.stat(workspace).st_dev
         except OSError:
             return False
 
-    def _remove(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            # Not at once: runs back to back make their next placeholders meanwhile, and
-            # a removal here contends with each of those mkdirs in the file system (13 made
-            # in 0.24 ms after this pause, 0.83 ms without it). At exit, no pause.
-            self._closing.wait(_SETTLE_S)
-            for stashed, origin in batch:
-                if is_empty_directory(stashed) and self._keep(stashed):
-                    continue
-                try:
-                    os.rmdir(stashed)
-                except OSError:  # written into after all: back where it was, if still free
-                    with contextlib.suppress(OSError):
-                        if not os.path.lexists(origin):
-                            os.rename(stashed, origin)
-
-    def _keep(self, stashed: str) -> bool:
-        """Pool an empty directory for the next runs' placeholders, while there is room:
-        a rename into the workspace costs a fifth of a `mkdir`, and nothing is removed."""
-        with self._lock:
-            if self._closing.is_set() or len(self._pool) >= _POOL_MAX:
-                return False
-            self._pool.append(stashed)
-            return True
-
     def close(self) -> None:
-        """Finish the removals (bounded), then remove the stash (the pool with it)."""
-        if os.getpid() != self._owner or self._worker is None:
-            return
-        with self._lock:
-            self._closing.set()
-            self._pool.clear()
-        self._queue.put(None)
-        self._worker.join(_EXIT_WAIT_S)
-        remove_stash(self.path)
+        """Finish the removals (bounded), then remove the stash (the pool with it).
+        Idempotent; nothing in a process forked from the one that made it."""
+        if self._finalizer is not None:
+            self._finalizer()

@@ -14,7 +14,8 @@ mount point in every sandbox that covered it, and removing it would detach those
 A host that dies during a run (SIGKILL, a crash) cannot remove them, and an empty `.env/`
 or `.mechasandbox.toml/` directory left in a workspace breaks the tools that expect a file
 there. So each process journals the paths it may leave behind in a file of its own under
-the user's state directory, and removes the journal at exit; the next process that makes
+the user's state directory (one per `WorkspacePlaceholders`), and removes the journal at
+`close` (or at exit, for an owner that never closed it); the next process that makes
 placeholders first removes what the journals of dead processes list (empty directories and
 untouched file placeholders only: anything else stays; in a workspace where other processes
 still run, they are left pending for the last of them, see `workspace_locks`).
@@ -24,22 +25,23 @@ Removal itself mostly happens off the run's path: see `placeholder_stash`.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import json
 import os
+import secrets
 import stat
 import threading
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
-from mechasandbox.backends.linux.placeholder_stash import (
+from mechasandbox.backends.workspace.placeholder_stash import (
     PlaceholderStash,
     is_empty_directory,
     remove_stash,
 )
-from mechasandbox.backends.linux.workspace_locks import WorkspaceLocks
+from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks
 
 # Missing protected paths whose placeholder is a file, not a directory: git reads them as
 # files, and a directory there (or an empty file) would break git in the sandbox and on the
@@ -166,6 +168,23 @@ def _start_time(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
+def _journal_name(name: str) -> tuple[int, str, str] | None:
+    """(pid, start time, ".paths" or ".stash") of a journal's or stash's file name,
+    `PID-START[-TOKEN].paths` (the token tells several journals of one process apart)."""
+    pid, _, rest = name.partition("-")
+    stem, kind = os.path.splitext(rest)
+    if not pid.isdigit() or kind not in (".paths", ".stash"):
+        return None
+    return int(pid), stem.partition("-")[0], kind
+
+
+def _remove_journal(path: Path, owner: int) -> None:
+    """Remove the journal at `path` (only in the process `owner` that wrote it)."""
+    if os.getpid() == owner:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def _journal_entry(line: str) -> tuple[str | None, str]:
     """(workspace, placeholder) of a journal line: a JSON pair, or (from an earlier
     version) a bare path."""
@@ -187,15 +206,24 @@ class _Journal:
         self.swept = False
         self._stash: PlaceholderStash | None = None
         self._owner = os.getpid()
+        # Removes the journal at `close`, or at exit (see `_remove_journal`).
+        self._finalizer: weakref.finalize[..., _Journal] | None = None
 
     def _mine(self) -> None:
         """In a process forked since the journal was opened: start one of its own (writing
         into the parent's, and removing it at exit, would lose what the parent made)."""
         if self._owner != os.getpid():
             self._owner = os.getpid()
-            self.written = set()
-            self.path = None
-            self._stash = None
+            self._forget()
+
+    def _forget(self) -> None:
+        """Start afresh: a new journal (and stash) at the next use."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self.written = set()
+        self.path = None
+        self._stash = None
 
     @property
     def directory(self) -> Path | None:
@@ -214,8 +242,9 @@ class _Journal:
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError:
                 return None
-            self.path = self.directory / f"{os.getpid()}-{start}.paths"
-            atexit.register(self.close)
+            token = secrets.token_hex(4)
+            self.path = self.directory / f"{os.getpid()}-{start}-{token}.paths"
+            self._finalizer = weakref.finalize(self, _remove_journal, self.path, self._owner)
         return self.path
 
     def stash(self) -> PlaceholderStash | None:
@@ -234,11 +263,11 @@ class _Journal:
             return
         with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
             for entry in entries:
-                pid, _, rest = entry.name.partition("-")
-                start, kind = os.path.splitext(rest)
-                if not pid.isdigit() or kind not in (".paths", ".stash"):
+                named = _journal_name(entry.name)
+                if named is None:
                     continue
-                if _start_time(int(pid)) == start:
+                pid, start, kind = named
+                if _start_time(pid) == start:
                     continue  # alive: its placeholders may be in use
                 if kind == ".stash":
                     remove_stash(Path(entry.path))
@@ -271,9 +300,15 @@ class _Journal:
         self.written.update(new)
 
     def close(self) -> None:
-        if self.path is not None and self._owner == os.getpid():
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+        """Finish and remove the stash, then remove the journal (nothing of a parent's in a
+        forked process); a later use starts a new one."""
+        if self._owner != os.getpid():
+            return
+        if self._stash is not None:
+            self._stash.close()
+        if self._finalizer is not None:
+            self._finalizer()
+        self._forget()
 
 
 def remove_empty(_workspace: str, paths: list[str]) -> None:
@@ -282,7 +317,11 @@ def remove_empty(_workspace: str, paths: list[str]) -> None:
 
 
 class WorkspacePlaceholders:
-    """The placeholders of this process's runs, by workspace (see the module's docstring)."""
+    """The placeholders of this process's runs, by workspace (see the module's docstring).
+
+    State of the backends that make placeholders: `close` (at shutdown, once the runs have
+    ended) releases what it holds outside the process: the stash, the journal, the lock
+    files. Each part also goes at exit if nobody closed it."""
 
     def __init__(self, state_directory: Path | None = None) -> None:
         self._lock = threading.Lock()
@@ -297,7 +336,6 @@ class WorkspacePlaceholders:
         if self._locks is None:
             directory = self._journal.directory
             self._locks = WorkspaceLocks(directory / "workspaces" if directory else None)
-            atexit.register(self._locks.close)
         return self._locks
 
     def _mine(self) -> None:
@@ -352,6 +390,13 @@ class WorkspacePlaceholders:
             del self._runs[workspace]
             paths = sorted(self._created.pop(workspace, set()), key=path_depth, reverse=True)
             self._workspace_locks().leave(workspace, paths, self._retire)
+
+    def close(self) -> None:
+        """Release the stash, the journal and the lock files (idempotent)."""
+        with self._lock:
+            self._journal.close()
+            if self._locks is not None:
+                self._locks.close()
 
     def _retire(self, workspace: str, paths: list[str]) -> None:
         """Out of the workspace through the stash where it can, else removed in place."""

@@ -18,15 +18,17 @@ The lock files are outside every sandbox (the home directory is hidden; see
 docs/backends-bubblewrap.md), so a sandboxed process cannot hold them. A lock held exclusive
 for longer than `ENTER_WAIT_S` (a removal takes milliseconds: a stuck or foreign holder)
 makes a run refuse to start rather than start unprotected. A child forked from a process
-holding locks closes its copies at once (`os.register_at_fork`): a copy would share the
-parent's lock and could keep it held after the parent let go or died. Another user's runs
-in the same workspace use another state directory and are not coordinated.
+holding locks closes its copies at once (`os.register_at_fork`, one hook per `WorkspaceLocks`
+that ever opened a lock file, holding it weakly): a copy would share the parent's lock and
+could keep it held after the parent let go or died. Another user's runs in the same
+workspace use another state directory and are not coordinated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -61,8 +63,25 @@ def bucket_of(workspace: str) -> str:
     return f"{digest[0] % _BUCKETS:02x}"
 
 
+def _close_descriptors(fds: dict[str, int], owner: int) -> None:
+    """Close the lock files in `fds` (only in the process `owner` that opened them)."""
+    if os.getpid() != owner:
+        return
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+def _forget_in_child(locks: weakref.ref[WorkspaceLocks]) -> None:
+    alive = locks()
+    if alive is not None:
+        alive.forget_inherited()
+
+
 class WorkspaceLocks:
-    """This process's side of the coordination (not thread-safe: the caller serialises)."""
+    """This process's side of the coordination (not thread-safe: the caller serialises).
+    `close` closes the lock files it keeps open (at exit, for an owner that never closed)."""
 
     def __init__(self, directory: Path | None) -> None:
         self._directory = directory
@@ -71,7 +90,8 @@ class WorkspaceLocks:
         self._idle: dict[str, None] = {}  # buckets whose fd is kept unlocked, oldest first
         self._busy: dict[str, int] = {}  # by bucket: its workspaces this process runs in
         self._deferred: dict[str, list[tuple[str, list[str]]]] = {}  # by bucket
-        _INSTANCES.add(self)
+        self._finalizer: weakref.finalize[..., WorkspaceLocks] | None = None
+        self._fork_hook = False
 
     @property
     def directory(self) -> Path | None:
@@ -102,6 +122,12 @@ class WorkspaceLocks:
         except OSError:
             return None
         self._fds[bucket] = fd
+        if self._finalizer is None or not self._finalizer.alive:
+            self._finalizer = weakref.finalize(self, _close_descriptors, self._fds, self._owner)
+        if not self._fork_hook:
+            self._fork_hook = True  # stays registered (and set) in a forked child
+            hook = functools.partial(_forget_in_child, weakref.ref(self))
+            os.register_at_fork(after_in_child=hook)
         return fd
 
     def enter(self, workspace: str) -> bool:
@@ -266,6 +292,9 @@ class WorkspaceLocks:
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if self._finalizer is not None:
+            self._finalizer.detach()  # the parent's descriptors: closed just now
+            self._finalizer = None
         self._owner = os.getpid()
         self._fds = {}
         self._idle = {}
@@ -273,21 +302,9 @@ class WorkspaceLocks:
         self._deferred = {}
 
     def close(self) -> None:
+        """Close the lock files kept open (idempotent; they are opened again if needed)."""
         if self._owner != os.getpid():
             return
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds = {}
+        if self._finalizer is not None:
+            self._finalizer()
         self._idle = {}
-
-
-_INSTANCES: weakref.WeakSet[WorkspaceLocks] = weakref.WeakSet()
-
-
-def _forget_in_child() -> None:
-    for locks in list(_INSTANCES):
-        locks.forget_inherited()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
