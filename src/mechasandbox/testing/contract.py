@@ -112,7 +112,7 @@ class BackendContract:
         error = result.failure()
         assert isinstance(error, Timeout)
         assert error.partial.stdout == b"started\n"
-        assert seen.peak == ESCAPERS, "the escapers must have been running (else: vacuous)"
+        assert seen.peak >= ESCAPERS, "the escapers must have been running (else: vacuous)"
         time.sleep(0.2)
         assert alive_with_marker(marker) == []
 
