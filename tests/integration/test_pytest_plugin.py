@@ -62,8 +62,8 @@ def test_fixtures_in_a_users_test_module(pytester: pytest.Pytester) -> None:
 
 
 def test_sandbox_runs_in_its_workspace(pytester: pytest.Pytester) -> None:
-    """A run without `workspace=` happens in `sandbox_workspace`; best-effort, so that every
-    machine has a backend for it (the strict default may skip, see test_recipes)."""
+    """A run that names no `workspace=` happens in `sandbox_workspace`; best-effort, so that
+    every machine has a backend for it (the strict default may skip, see test_recipes)."""
     pytester.makepyfile(
         test_user=textwrap.dedent(
             """
@@ -80,8 +80,8 @@ def test_sandbox_runs_in_its_workspace(pytester: pytest.Pytester) -> None:
 
 
             def test_run(sandbox, sandbox_workspace):
-                assert os.getcwd() == str(sandbox_workspace)
-                assert sorted(os.listdir(sandbox_workspace)) == []
+                assert sandbox.workspace == str(sandbox_workspace)
+                assert os.listdir(sandbox_workspace) == []
                 finished = sandbox.run_sync(["sh", "-c", "echo made > made.txt"]).unwrap()
                 assert finished.exit_code == 0
                 assert (sandbox_workspace / "made.txt").read_text() == "made\\n"

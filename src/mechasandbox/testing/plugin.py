@@ -5,9 +5,9 @@ Installed with the `testing` extra (`pip install 'mechasandbox[testing]'`) and l
 pytest through its entry point (`pytest11`, name `mechasandbox`); nothing to import.
 
 - `sandbox`: a `Sandbox` on the strongest backend of this machine that enforces
-  `sandbox_policy` (the `auto` choice), for the test to run real commands in. The test's
-  current directory is `sandbox_workspace` meanwhile, so that a run without `workspace=`
-  happens there. Skipped, with the reason, where no backend here enforces the policy.
+  `sandbox_policy` (the `auto` choice), for the test to run real commands in; a run that
+  names no `workspace=` happens in `sandbox_workspace`. Skipped, with the reason, where no
+  backend here enforces the policy.
 - `sandbox_workspace`: that workspace, an empty directory of the test's own.
 - `sandbox_policy`: the policy of `sandbox`; `Policy()` (strict, the library's default).
   Override it (in a conftest, a module or a class) to test under your application's policy.
@@ -86,18 +86,20 @@ def sandbox(
     sandbox_application: Application,
     sandbox_policy: Policy,
     sandbox_workspace: pathlib.Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Sandbox:
     from mechasandbox.sandbox import Sandbox
 
-    chosen = Sandbox(backend=sandbox_application.backends.selected(), policy=sandbox_policy)
-    planned = chosen.plan(["true"], workspace=str(sandbox_workspace))
+    chosen = Sandbox(
+        backend=sandbox_application.backends.selected(),
+        policy=sandbox_policy,
+        workspace=str(sandbox_workspace),
+    )
+    planned = chosen.plan(["true"])
     if isinstance(planned, Failure):
         error = planned.failure()
         if error.kind in _NOT_HERE:
             pytest.skip(f"no sandbox here enforces the policy: {error.message}")
         pytest.fail(f"the sandbox cannot run here: {error.message}")
-    monkeypatch.chdir(sandbox_workspace)
     return chosen
 
 
