@@ -14,6 +14,9 @@ from mechasandbox.runner import native
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
 
+# host_secrets: a test that failed while the host replaced a masked /etc secret runs again.
+pytest_plugins = ("pytester", "tests.host_secrets")
+
 
 def _named_backends(variable: str) -> frozenset[str]:
     return frozenset(os.environ.get(variable, "").replace(",", " ").split())

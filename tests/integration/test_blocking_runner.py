@@ -90,7 +90,7 @@ def test_timeout_kills_tree_including_setsid_children(blocking: BlockingHelperRu
     assert outcome.timed_out
     assert outcome.signal == 9
     assert outcome.stdout == b"ready\n"
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
 
@@ -100,7 +100,7 @@ def test_leftovers_die_when_the_command_exits(blocking: BlockingHelperRunner) ->
     script = escaper_script(marker, then="sleep 0.3; echo done")
     with PeakCounter(marker) as seen:
         outcome = blocking.run_blocking(spec("sh", "-c", script)).unwrap()
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     assert outcome.stdout == b"done\n"
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
@@ -131,7 +131,7 @@ def test_an_interrupted_wait_kills_the_tree(blocking: BlockingHelperRunner) -> N
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     assert blocking.run_blocking(spec("true")).unwrap().exit_code == 0  # still usable
 
 
@@ -163,7 +163,7 @@ def test_a_host_killed_mid_run_leaves_nothing(tmp_path: Path) -> None:
             if not alive_with_marker(marker):
                 break
             time.sleep(0.05)
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     assert alive_with_marker(marker) == []
 
 

@@ -236,5 +236,5 @@ def test_a_cli_stopped_mid_run_leaves_nothing(tmp_path: Path, stop: signal.Signa
             if not alive_with_marker(marker):
                 break
             time.sleep(0.05)
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     assert alive_with_marker(marker) == []

@@ -14,7 +14,15 @@ from returns.unsafe import unsafe_perform_io
 
 from mechasandbox.backends.macos.apple_container import AppleContainerBackend
 from mechasandbox.containers import Application
-from mechasandbox.domain import Enforcement, Limits, Policy, RunResult, SandboxError, Timeout
+from mechasandbox.domain import (
+    Enforcement,
+    Limits,
+    Policy,
+    RunResult,
+    SandboxError,
+    SpawnFailed,
+    Timeout,
+)
 from mechasandbox.testing import FakeRunner, ScriptedBackend
 
 
@@ -37,10 +45,14 @@ def test_override_the_runner_in_tests(tmp_path: pathlib.Path) -> None:
     fake = FakeRunner(stdout=b"from the fake\n")
     app.core.runner.override(fake)
     app.core.base_policy.override(Policy(enforcement=Enforcement.BEST_EFFORT))
-    result = app.services.sandbox().run_sync(["anything"], workspace=str(tmp_path))
-    assert isinstance(result, Failure) or result.unwrap().stdout == b"from the fake\n"
-    # `anything` is not on PATH, so the backend answers before reaching the runner:
-    assert fake.specs == [] if isinstance(result, Failure) else len(fake.specs) == 1
+    # A command not on PATH is answered by the backend before it reaches the runner:
+    missing = app.services.sandbox().run_sync(["no-such-command-xyz"], workspace=str(tmp_path))
+    assert missing == Failure(
+        SpawnFailed(
+            command="no-such-command-xyz", reason="command not found on PATH", exit_status=127
+        )
+    )
+    assert fake.specs == []
     result = app.services.sandbox().run_sync(["true"], workspace=str(tmp_path))
     assert result.unwrap().stdout == b"from the fake\n"
     assert fake.specs[-1].argv == ("true",)

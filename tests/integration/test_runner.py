@@ -47,7 +47,7 @@ def test_timeout_kills_tree_including_setsid_children(runner: HelperProcessRunne
     assert finished.timed_out
     assert finished.signal == 9
     assert finished.stdout == b"ready\n"
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
 
@@ -64,7 +64,7 @@ def test_cancelling_the_callers_scope_kills_the_tree(runner: HelperProcessRunner
     with PeakCounter(marker) as seen:
         elapsed = anyio.run(main)
     assert elapsed < 3.0
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
 
@@ -103,7 +103,7 @@ def test_a_watch_that_gives_a_reason_stops_the_run(runner: HelperProcessRunner, 
     assert (finished.stopped, finished.timed_out, finished.signal) == ("a guard came off", False, 9)
     assert elapsed < 5.0
     assert len(calls) >= 2  # looked more than once, the first time found nothing
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     time.sleep(0.1)
     assert alive_with_marker(marker) == []
     quiet = anyio.run(runner.run, spec("sleep", "0.2", watch=lambda: None))
@@ -115,7 +115,7 @@ def test_leftovers_die_when_the_command_exits(runner: HelperProcessRunner) -> No
     script = escaper_script(marker, then="sleep 0.3; echo done")
     with PeakCounter(marker) as seen:
         finished = anyio.run(runner.run, spec("sh", "-c", script)).unwrap()
-    assert seen.peak == ESCAPERS
+    assert seen.peak >= ESCAPERS  # every escaper ran (see PeakCounter)
     assert finished.stdout == b"done\n"
     time.sleep(0.1)
     assert alive_with_marker(marker) == []

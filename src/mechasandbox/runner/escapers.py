@@ -35,7 +35,13 @@ def escaper_script(marker: str, *, then: str = "echo started; wait") -> str:
 
 
 class PeakCounter:
-    """Samples, in a thread, the most marked host processes alive at once."""
+    """Samples, in a thread, the most marked host processes alive at once.
+
+    Compare `peak` with `>= ESCAPERS` ("every escaper was running"), never `==`: a sample
+    may catch a process for a moment carrying the marker besides the escapers (the double
+    fork's middle shell before it exits, a shell forked for `sleep` before its exec). That
+    the tree was killed is shown by `alive_with_marker` finding none after the run.
+    """
 
     def __init__(self, marker: str) -> None:
         self.marker = marker

@@ -1,11 +1,14 @@
 """The backend contract suite: behaviour every backend must show, run against a real one.
 
-Subclass it in a pytest module and provide the `backend` fixture::
+Subclass it in a pytest module and provide the `backend` fixture; `sandbox_runner` is the
+session's process runner from the pytest plugin this package ships (the `testing` extra)::
+
+    from mechasandbox.testing import BackendContract
 
     class TestMyBackend(BackendContract):
         @pytest.fixture
-        def backend(self, runner):
-            return MyBackend(runner=runner)
+        def backend(self, sandbox_runner):
+            return MyBackend(runner=sandbox_runner)
 
 Each test runs real commands in the real sandbox; a backend that cannot run here should
 skip in its fixture (or fail, where the environment requires it).
@@ -21,8 +24,16 @@ import time
 
 import anyio
 import attrs
-import pytest
 from returns.result import Failure, Result, Success
+
+try:
+    import pytest
+except ImportError as missing:  # the fakes of mechasandbox.testing work without it
+    raise ImportError(
+        "mechasandbox.testing.BackendContract is a pytest suite and needs pytest: "
+        "install the `testing` extra (pip install 'mechasandbox[testing]')",
+        name=missing.name,
+    ) from missing
 
 from mechasandbox.backends.base import Backend
 from mechasandbox.domain.capabilities import Protection
@@ -112,7 +123,7 @@ class BackendContract:
         error = result.failure()
         assert isinstance(error, Timeout)
         assert error.partial.stdout == b"started\n"
-        assert seen.peak == ESCAPERS, "the escapers must have been running (else: vacuous)"
+        assert seen.peak >= ESCAPERS, "the escapers must have been running (else: vacuous)"
         time.sleep(0.2)
         assert alive_with_marker(marker) == []
 
