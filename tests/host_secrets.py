@@ -17,7 +17,7 @@ import sys
 import pytest
 from _pytest.runner import runtestprotocol
 
-from mechasandbox.backends.linux.bubblewrap import ETC_SECRETS
+from mechasandbox.backends.linux.roots import ETC_SECRETS
 
 PATTERNS: tuple[str, ...] = ETC_SECRETS
 RERUNS = 2  # at most; only the last attempt is reported

@@ -1,6 +1,6 @@
 """Which host files under /etc a bubblewrap run depends on staying put while it goes.
 
-The sandbox sees the host's /etc read-only, with its secrets (`bubblewrap.ETC_SECRETS`:
+The sandbox sees the host's /etc read-only, with its secrets (`linux.roots.ETC_SECRETS`:
 shadow, gshadow, sudoers...) masked. A mask is a mount on the file's directory entry: a host
 process that replaces the file (`useradd`, `groupadd` and `passwd` write /etc/shadow and
 /etc/gshadow by a rename over them) takes the mask off, and the command, as root, could read
