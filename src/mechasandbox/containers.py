@@ -116,6 +116,7 @@ class Core(containers.DeclarativeContainer):
     # What backends remember across runs, shared by the backends of this root.
     placeholders = providers.Resource(_owned, factories.workspace_placeholders)
     tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
+    cgroups = providers.Resource(factories.cgroups)
 
 
 class Backends(containers.DeclarativeContainer):
@@ -132,6 +133,7 @@ class Backends(containers.DeclarativeContainer):
         egress=core.egress.provider,
         placeholders=core.placeholders.provider,
         tmp_dirs=core.tmp_dirs.provider,
+        cgroups=core.cgroups.provider,
         probe_cache=core.probe_cache,
         image=config.image,
         runtime=config.runtime,

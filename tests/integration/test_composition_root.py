@@ -197,6 +197,16 @@ def test_backend_state_belongs_to_the_root(tmp_path: Path) -> None:
         )
         tmp = result.unwrap().stdout.decode().strip()
         assert tmp and os.path.isdir(tmp)  # kept for the next run
+        cgroups = app.core.cgroups()
+        assert landlock.cgroups is cgroups is bubblewrap.cgroups
+        pooled = (
+            [d for group in cgroups._pool.idle for d in group]
+            if not isinstance(cgroups, str)
+            else []
+        )
+        assert pooled or isinstance(cgroups, str)  # the run's cgroup went back to the pool
+        assert all(os.path.isdir(d) for d in pooled)
     finally:
         app.shutdown_resources()
     assert not os.path.exists(tmp)
+    assert not any(os.path.exists(d) for d in pooled)  # the pool of cgroups went too

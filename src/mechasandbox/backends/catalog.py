@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
     from mechasandbox.backends.probe_cache import ProbeCache
     from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
+    from mechasandbox.limits.cgroup import CgroupManager
     from mechasandbox.network.session import EgressProxy
     from mechasandbox.runner.protocol import ProcessRunner
 
@@ -37,8 +38,8 @@ class BackendDeps:
 
     `egress` and the state objects are callables, not values: each is made when the first
     backend that keeps it is built, not for every composition. The state objects (what
-    backends remember across runs: placeholders, private tmp dirs) belong to the root,
-    which closes them in `shutdown_resources()`.
+    backends remember across runs: placeholders, private tmp dirs, the pool of cgroups)
+    belong to the root, which closes them in `shutdown_resources()`.
     """
 
     runner: ProcessRunner
@@ -46,6 +47,7 @@ class BackendDeps:
     egress: Callable[[], EgressProxy]
     placeholders: Callable[[], WorkspacePlaceholders]
     tmp_dirs: Callable[[], PrivateTmpDirs]
+    cgroups: Callable[[], CgroupManager | str]
     probe_cache: ProbeCache | None = None
     image: str | None = None
     runtime: str | None = None
@@ -88,7 +90,7 @@ def _none(deps: BackendDeps) -> Backend:
 
 
 def _process(deps: BackendDeps) -> Backend:
-    return factories.process(deps.runner, deps.host)
+    return factories.process(deps.runner, deps.host, cgroups=deps.cgroups())
 
 
 def _bubblewrap(deps: BackendDeps) -> Backend:
@@ -98,12 +100,17 @@ def _bubblewrap(deps: BackendDeps) -> Backend:
         egress=deps.egress(),
         probe_cache=deps.probe_cache,
         placeholders=deps.placeholders(),
+        cgroups=deps.cgroups(),
     )
 
 
 def _landlock(deps: BackendDeps) -> Backend:
     return factories.landlock(
-        deps.runner, deps.host, egress=deps.egress(), tmp_dirs=deps.tmp_dirs()
+        deps.runner,
+        deps.host,
+        egress=deps.egress(),
+        tmp_dirs=deps.tmp_dirs(),
+        cgroups=deps.cgroups(),
     )
 
 

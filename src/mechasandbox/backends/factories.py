@@ -1,6 +1,6 @@
 """How each backend is built from what a composition root provides (a runner, the host's
-facts, the egress settings...). The containers (`mechasandbox.containers`) call these, and
-so does the CLI's one-shot path (`cli.oneshot`), so that both build a backend alike.
+facts, the egress settings, the state it shares). The catalog's build functions
+(`backends.catalog`) call these for the composition root (`mechasandbox.containers`).
 
 Each imports its backend's module when called: a platform's modules stay out of other
 platforms' imports, and a caller that builds one backend pays for that one only.
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
     from mechasandbox.backends.probe_cache import ProbeCache
     from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
+    from mechasandbox.limits.cgroup import CgroupManager
     from mechasandbox.network.proxy.resolver import Resolver
     from mechasandbox.network.session import EgressProxy
     from mechasandbox.runner.protocol import ProcessRunner
@@ -31,10 +32,18 @@ def none(runner: ProcessRunner, host: HostContext) -> Backend:
     return NoneBackend(runner=runner, host=host)
 
 
-def process(runner: ProcessRunner, host: HostContext) -> Backend:
+def _given(**state: object) -> dict[str, Any]:
+    """The state objects a root passes (None: the backend makes its own)."""
+    return {name: value for name, value in state.items() if value is not None}
+
+
+def process(
+    runner: ProcessRunner, host: HostContext, cgroups: CgroupManager | str | None = None
+) -> Backend:
+    """`cgroups`: the runs' cgroup manager (state: its pool; None: the backend's own)."""
     from mechasandbox.backends.process import ProcessBackend
 
-    return ProcessBackend(runner=runner, host=host)
+    return ProcessBackend(runner=runner, host=host, **_given(cgroups=cgroups))
 
 
 def bubblewrap(
@@ -43,19 +52,18 @@ def bubblewrap(
     egress: EgressProxy | None = None,
     probe_cache: ProbeCache | None = None,
     placeholders: WorkspacePlaceholders | None = None,
+    cgroups: CgroupManager | str | None = None,
 ) -> Backend:
     """`probe_cache`: where a successful probe is remembered across processes.
-    `placeholders`: the runs' placeholders (state; None: the backend's own)."""
+    `placeholders`, `cgroups`: state (None: the backend's own)."""
     from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 
-    if placeholders is None:
-        return BubblewrapBackend(runner=runner, host=host, egress=egress, probe_cache=probe_cache)
     return BubblewrapBackend(
         runner=runner,
         host=host,
         egress=egress,
         probe_cache=probe_cache,
-        placeholders=placeholders,
+        **_given(placeholders=placeholders, cgroups=cgroups),
     )
 
 
@@ -64,14 +72,28 @@ def landlock(
     host: HostContext,
     egress: EgressProxy | None = None,
     tmp_dirs: PrivateTmpDirs | None = None,
+    cgroups: CgroupManager | str | None = None,
 ) -> Backend:
-    """`tmp_dirs`: the runs' private tmp dirs kept for later runs (state; None: the
+    """`tmp_dirs` (the private tmp dirs kept for later runs), `cgroups`: state (None: the
     backend's own)."""
     from mechasandbox.backends.linux.landlock import LandlockBackend
 
-    if tmp_dirs is None:
-        return LandlockBackend(runner=runner, host=host, egress=egress)
-    return LandlockBackend(runner=runner, host=host, egress=egress, tmp_dirs=tmp_dirs)
+    return LandlockBackend(
+        runner=runner, host=host, egress=egress, **_given(tmp_dirs=tmp_dirs, cgroups=cgroups)
+    )
+
+
+def cgroups() -> Iterator[CgroupManager | str]:
+    """This host's cgroup manager for a composition root to share between its backends;
+    its pool of cgroups is removed at shutdown."""
+    from mechasandbox.backends.resources import default_cgroups
+
+    manager = default_cgroups()
+    try:
+        yield manager
+    finally:
+        if not isinstance(manager, str):
+            manager.close()
 
 
 def workspace_placeholders() -> WorkspacePlaceholders:

@@ -4,7 +4,6 @@ same thing."""
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import attrs
@@ -19,9 +18,10 @@ from mechasandbox.runner.spec import RlimitSetting
 UMASK = 0o077
 
 
-@functools.cache
 def default_cgroups() -> CgroupManager | str:
-    """Probed once per process: the cgroup layout does not change under us."""
+    """This host's cgroup manager (its own pool of cgroups), or why there is none. A
+    composition root makes one and shares it between its backends (`Core.cgroups`); a
+    backend built directly makes its own."""
     if not sys.platform.startswith("linux"):
         return "cgroups exist only on Linux"
     return CgroupManager.probe()

@@ -15,7 +15,6 @@ removed when the host exits; those of a host that died are swept by the next man
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import re
@@ -23,6 +22,7 @@ import secrets
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import attrs
@@ -131,7 +131,7 @@ class _Pool:
         # baseline, so that handing a cgroup out reads nothing.
         self.counters: dict[tuple[str, ...], CgroupEvents] = {}
         self.swept = False
-        self.exit_hook = False
+        self.finalizer: weakref.finalize[..., CgroupManager] | None = None
 
     def drain(self) -> list[tuple[str, ...]]:
         with self.lock:
@@ -248,9 +248,11 @@ class CgroupManager:
             if not pool.swept:
                 pool.swept = True
                 self._sweep()
-            if not pool.exit_hook:
-                pool.exit_hook = True
-                atexit.register(self.close)
+            if pool.finalizer is None:
+                # The pool goes at `close`, or at exit for an owner that never closed it.
+                pool.finalizer = weakref.finalize(
+                    self, _close_pool, self.version, self.parents, pool
+                )
             return pool.idle.pop(0) if pool.idle else None
 
     def _sweep(self) -> None:
@@ -379,6 +381,22 @@ class CgroupManager:
                 os.rmdir(directory)
 
     def close(self) -> None:
-        """Remove the pooled cgroups (at exit; the pool refills on the next run)."""
+        """Remove the pooled cgroups (idempotent; the pool refills on the next run)."""
+        finalizer = self._pool.finalizer
+        if finalizer is not None:
+            finalizer()  # runs `_close_pool` once, and forgets it: no second call at exit
+            return
+        self._drain()
+
+    def _drain(self) -> None:
         for directories in self._pool.drain():
             self._remove(CgroupRun(version=self.version, directories=directories))
+
+
+def _close_pool(version: int, parents: tuple[str, ...], pool: _Pool) -> None:
+    """`CgroupManager.close` for a pool whose manager may be gone: the finalizer's callback
+    holds the pool, never the manager (that would keep the manager alive)."""
+    manager = CgroupManager(version=version, parents=parents)
+    object.__setattr__(manager, "_pool", pool)  # the frozen manager of this very pool
+    pool.finalizer = None
+    manager._drain()
