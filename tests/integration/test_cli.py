@@ -575,3 +575,18 @@ def test_a_project_file_is_told_everything_at_once(
     assert error["message"].startswith(f"{path}: ")
     for fragment in fragments:
         assert fragment in error["message"], error["message"]
+
+
+@pytest.mark.parametrize("name", ["", "a\0b"])
+def test_a_config_option_that_names_no_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, name: str
+) -> None:
+    code, obj = cli(
+        capsys, "run", "--json", "--config", name, "--workspace", str(tmp_path), "--", "true"
+    )
+    error = obj["error"]
+    assert isinstance(error, dict)
+    assert (code, error["kind"]) == (125, "config_invalid")
+    assert error["message"] == (
+        f"configuration file: expected a non-empty file name without NUL bytes, got {name!r}"
+    )

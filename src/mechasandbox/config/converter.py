@@ -3,7 +3,9 @@
 One `cattrs.Converter(forbid_extra_keys=True)` with a hook per field: a typo such as
 `network.mood` must be an error, never a silently ignored key, and a bad value must be
 reported as `limits.memory: invalid size '5 zettabytes' ...` — file, dotted key, the text
-as written, and what would have been accepted.
+as written, and what would have been accepted. The values are checked by `validation`,
+which the command line's options and the API share: one bad value, one message. Every
+problem of a file is reported, not the first (`ConfigInvalid.more`).
 """
 
 from __future__ import annotations
