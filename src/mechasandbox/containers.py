@@ -168,7 +168,11 @@ class Services(containers.DeclarativeContainer):
         _compose_policy, core.base_policy, limits, network
     )
     sandbox: providers.Provider[Sandbox] = providers.Singleton(
-        Sandbox, backend=backends.selected, policy=policy, workspace=config.workspace
+        Sandbox,
+        backend=backends.selected,
+        policy=policy,
+        workspace=config.workspace,
+        backend_chosen_by=config.backend_chosen_by,
     )
 
 
@@ -181,6 +185,7 @@ CONFIG_DEFAULTS: Mapping[str, Any] = {
     "workspace": None,  # runs' default workspace (None: the current directory)
     "files": (),  # the configuration files read, lowest layer first
     "warnings": (),  # project settings that were ignored, and why
+    "backend_chosen_by": None,  # the project file that chose `backend`, if one did
 }
 
 
@@ -195,6 +200,7 @@ def configuration(resolved: ResolvedConfig, workspace: str | None) -> dict[str, 
         "workspace": workspace,
         "files": resolved.files,
         "warnings": resolved.warnings,
+        "backend_chosen_by": resolved.backend_chosen_by,
     }
 
 
@@ -236,7 +242,7 @@ class Application(containers.DeclarativeContainer):
         """
         import os
 
-        root = workspace or os.getcwd()
+        root = os.getcwd() if workspace is None else workspace  # "" is refused, not "here"
         resolved = load_policy(
             workspace=root, user_file=user_file, extra_files=tuple(files), overrides=settings
         )

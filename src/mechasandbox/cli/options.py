@@ -6,17 +6,16 @@ Parse errors never print a traceback: they become `ConfigInvalid` naming the opt
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from typing import NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import NoReturn
 
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.catalog import NAMES
 from mechasandbox.config.changes import PolicyChanges
+from mechasandbox.config.validation import LIMIT_RULES
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import HostProcesses, NetworkMode
-
-T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -68,43 +67,30 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
 
-def _field(option: str, parsed: Result[T, str]) -> Result[T, ConfigInvalid]:
-    return parsed.alt(lambda problem: ConfigInvalid(problem=problem, source=option))
-
-
-def _count(option: str, text: str) -> Result[int, ConfigInvalid]:
-    if text.isdigit() and int(text) > 0:
-        return Success(int(text))
-    return Failure(
-        ConfigInvalid(problem=f"expected a positive whole number, got {text!r}", source=option)
-    )
-
-
-def _optional(
-    option: str, text: str | None, parse: Callable[[str, str], Result[T, ConfigInvalid]]
-) -> Result[T | None, ConfigInvalid]:
-    if text is None:
-        return Success(None)
-    return parse(option, text)
-
-
-def _size(option: str, text: str) -> Result[int, ConfigInvalid]:
-    from mechasandbox.domain.units import parse_size  # decimal: only for calls that use it
-
-    return _field(option, parse_size(text))
-
-
-def _duration(option: str, text: str) -> Result[float, ConfigInvalid]:
-    from mechasandbox.domain.units import parse_duration
-
-    return _field(option, parse_duration(text))
+def _limits(
+    args: argparse.Namespace,
+) -> Result[tuple[tuple[str, float | None], ...], ConfigInvalid]:
+    """The limit options given, read as a file's `limits` are (`validation.LIMIT_RULES`):
+    a problem names the option and quotes what was written (`--memory: 5t is above ...`)."""
+    limits: list[tuple[str, float | None]] = []
+    for rule in LIMIT_RULES:
+        text = getattr(args, rule.option.removeprefix("--").replace("-", "_"))
+        if text is None:
+            continue
+        checked = rule.checked(text)
+        if isinstance(checked, Failure):
+            return Failure(ConfigInvalid(problem=checked.failure(), source=rule.option))
+        limits.append((rule.attribute, checked.unwrap()))
+    return Success(tuple(limits))
 
 
 def _env_pairs(values: Sequence[str]) -> Result[tuple[tuple[str, str], ...], ConfigInvalid]:
+    """`--env NAME=VALUE` split; the name and value are checked with the rest of the
+    changes (`PolicyChanges.problems`), as a file's `environment.set` is."""
     pairs: list[tuple[str, str]] = []
     for value in values:
         name, sep, content = value.partition("=")
-        if not sep or not name or not name.replace("_", "a").isalnum():
+        if not sep:
             return Failure(
                 ConfigInvalid(problem=f"expected NAME=VALUE, got {value!r}", source="--env")
             )
@@ -112,40 +98,11 @@ def _env_pairs(values: Sequence[str]) -> Result[tuple[tuple[str, str], ...], Con
     return Success(tuple(pairs))
 
 
-def _socket_paths(values: Sequence[str]) -> Result[tuple[str, ...], ConfigInvalid]:
-    for value in values:
-        if not value.startswith(("/", "~")):
-            return Failure(
-                ConfigInvalid(
-                    problem=f"{value!r} is relative; write an absolute path or one starting with ~",
-                    source="--allow-unix-socket",
-                )
-            )
-    return Success(tuple(values))
-
-
 def policy_changes(args: argparse.Namespace) -> Result[PolicyChanges, ConfigInvalid]:
     """What the options the user gave change on top of the configuration files."""
-    limit_options = (
-        ("timeout_s", "--timeout", args.timeout, _duration),
-        ("cpu_time_s", "--cpu-time", args.cpu_time, _duration),
-        ("memory_bytes", "--memory", args.memory, _size),
-        ("max_processes", "--max-processes", args.max_processes, _count),
-        ("max_open_files", "--max-open-files", args.max_open_files, _count),
-        ("max_file_size_bytes", "--max-file-size", args.max_file_size, _size),
-        ("max_output_bytes", "--max-output", args.max_output, _size),
-    )
-    limits: list[tuple[str, float | int]] = []
-    for field, option, text, parse in limit_options:
-        parsed = _optional(option, text, parse)
-        if isinstance(parsed, Failure):
-            return Failure(parsed.failure())
-        value = parsed.unwrap()
-        if value is not None:
-            limits.append((field, value))
-    return _env_pairs(args.env).bind(
-        lambda env_pairs: _socket_paths(args.allow_unix_socket).map(
-            lambda sockets: PolicyChanges(
+    return _limits(args).bind(
+        lambda limits: _env_pairs(args.env).map(
+            lambda env_pairs: PolicyChanges(
                 allow_read=tuple(args.allow_read),
                 allow_write=tuple(args.allow_write),
                 deny_read=tuple(args.deny_read),
@@ -153,10 +110,10 @@ def policy_changes(args: argparse.Namespace) -> Result[PolicyChanges, ConfigInva
                 network=NetworkMode(args.network) if args.network else None,
                 allow_domains=tuple(args.allow_domain),
                 deny_domains=tuple(args.deny_domain),
-                allow_unix_sockets=sockets,
+                allow_unix_sockets=tuple(args.allow_unix_socket),
                 pass_env=tuple(args.pass_env),
                 set_env=env_pairs,
-                limits=tuple(limits),
+                limits=limits,
                 best_effort=bool(args.best_effort),
                 host_processes=(
                     HostProcesses(args.host_processes) if args.host_processes else None

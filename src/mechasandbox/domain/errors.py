@@ -6,6 +6,7 @@ errors carry the partial result captured before the run was stopped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
@@ -20,10 +21,26 @@ class ConfigInvalid:
     problem: str
     source: str | None = None  # file (or "--option") the bad value came from
     field: str | None = None  # dotted path inside it
+    # The other problems found at the same time (a file that widens two things is told
+    # both at once), each with its own source and field; `message` lists them all.
+    more: tuple[ConfigInvalid, ...] = ()
+
+    @staticmethod
+    def together(problems: Sequence[ConfigInvalid]) -> ConfigInvalid:
+        """One error for several (at least one): the first, with the rest in `more`."""
+        flat = [one for problem in problems for one in (problem, *problem.more)]
+        return attrs.evolve(flat[0], more=tuple(attrs.evolve(p, more=()) for p in flat[1:]))
 
     @property
     def message(self) -> str:
-        where = ": ".join(part for part in (self.source, self.field) if part)
+        shown = [self._located(None)]
+        shown += [problem._located(self.source) for problem in self.more]
+        return "; ".join(shown)
+
+    def _located(self, known_source: str | None) -> str:
+        """`source: field: problem`, the source left out where the reader has just read it."""
+        source = None if self.source == known_source else self.source
+        where = ": ".join(part for part in (source, self.field) if part)
         return f"{where}: {self.problem}" if where else self.problem
 
 
