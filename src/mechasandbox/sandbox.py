@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import attrs
 from returns.result import Failure, Result
 
-from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, with_notes
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
@@ -53,7 +53,8 @@ class Sandbox:
         request = self.request(argv, workspace=workspace, stdin=stdin)
         if isinstance(request, Failure):
             return Failure(request.failure())
-        return await self.backend.run(request.unwrap(), policy or self.policy)
+        ran = await self.backend.run(request.unwrap(), policy or self.policy)
+        return ran.map(lambda result: with_notes(result, self.backend))
 
     def run(
         self,
