@@ -144,7 +144,7 @@ def _policy_lines(document: dict[str, Any]) -> list[str]:
     lines += _section("backend", {k: v for k, v in backend.items() if v is not None})
     lines += [
         "## workspace",
-        f"{policy['workspace']} (read and write, but for the protected paths)",
+        policy["workspace"],  # what each backend lets the command change there: the plan
         "## enforcement",
         policy["enforcement"],
         "## host_processes",
