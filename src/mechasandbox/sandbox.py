@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, with_notes
 from mechasandbox.config.validation import policy_problems
 from mechasandbox.domain.errors import BackendUnavailable, ConfigInvalid, SandboxError
 from mechasandbox.domain.policy import Policy
@@ -84,8 +84,8 @@ class Sandbox:
         checked = self._checked(policy)
         if isinstance(checked, Failure):
             return Failure(checked.failure())
-        result = await self.backend.run(request.unwrap(), checked.unwrap())
-        return result.alt(self._said_who_chose)
+        ran = await self.backend.run(request.unwrap(), checked.unwrap())
+        return ran.map(lambda result: with_notes(result, self.backend)).alt(self._said_who_chose)
 
     def run(
         self,

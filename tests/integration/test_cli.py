@@ -17,7 +17,7 @@ from tests.conftest import require_exec_shim
 
 UNAVAILABLE_HERE = "seatbelt" if sys.platform.startswith("linux") else "bubblewrap"
 
-JSON_KEYS = {
+JSON_KEYS = {  # docs/cli.md
     "backend",
     "exit_code",
     "signal",
@@ -29,6 +29,7 @@ JSON_KEYS = {
     "usage",
     "violations",
     "warnings",
+    "notes",
     "error",
 }
 

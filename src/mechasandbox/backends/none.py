@@ -1,7 +1,7 @@
 """The `none` backend: no confinement at all. Only ever used when named explicitly.
 
 It still scrubs the environment, applies the timeout and caps output (those are the
-runner's), and every result carries a warning saying the command ran unconfined.
+runner's), and every result carries a warning saying that commands run unconfined.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
+# Worded to be true wherever it is shown: `doctor` (where nothing ran), `policy`, and
+# every result.
 UNCONFINED_WARNING = (
-    "backend 'none': the command ran UNCONFINED with your full privileges "
-    "(filesystem, network, processes); only the timeout, output cap and environment applied"
+    "backend 'none': commands run UNCONFINED with your full privileges "
+    "(filesystem, network, processes); only the timeout, output cap and environment apply"
 )
 
 

@@ -28,12 +28,31 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `run` and `policy` (docs/cli.md), each with its help text."""
     add = parser.add_argument
     add("--backend", default=None, choices=NAMES, help="sandbox backend (default: auto)")
     add("--workspace", default=None, help="working directory and writable tree (default: .)")
-    add("--network", default=None, choices=[m.value for m in NetworkMode])
-    add("--allow-domain", action="append", default=[], metavar="PATTERN")
-    add("--deny-domain", action="append", default=[], metavar="PATTERN")
+    add(
+        "--network",
+        default=None,
+        choices=[m.value for m in NetworkMode],
+        help="none (default): no network; allowlist: only --allow-domain; full: everything",
+    )
+    add(
+        "--allow-domain",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="repeatable: a host the allowlist reaches (example.com, *.example.com, "
+        "example.com:443, 127.0.0.1:8080)",
+    )
+    add(
+        "--deny-domain",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="repeatable: a host never reached, even when allowed",
+    )
     add(
         "--allow-unix-socket",
         action="append",
@@ -41,29 +60,95 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help='a host unix socket the command may connect to (e.g. "$SSH_AUTH_SOCK")',
     )
-    add("--allow-read", action="append", default=[], metavar="PATH")
-    add("--allow-write", action="append", default=[], metavar="PATH")
-    add("--deny-read", action="append", default=[], metavar="PATH")
-    add("--deny-write", action="append", default=[], metavar="PATH")
-    add("--timeout", default=None, metavar="DURATION")
-    add("--cpu-time", default=None, metavar="DURATION")
-    add("--memory", default=None, metavar="SIZE")
-    add("--max-processes", default=None, metavar="N")
-    add("--max-open-files", default=None, metavar="N")
-    add("--max-file-size", default=None, metavar="SIZE")
-    add("--max-output", default=None, metavar="SIZE")
-    add("--env", action="append", default=[], metavar="NAME=VALUE")
-    add("--pass-env", action="append", default=[], metavar="NAME")
+    add(
+        "--allow-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path outside the workspace the command may read",
+    )
+    add(
+        "--allow-write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path outside the workspace the command may write",
+    )
+    add(
+        "--deny-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path never readable (wins over every allow)",
+    )
+    add(
+        "--deny-write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path never writable (wins over every allow)",
+    )
+    add(
+        "--timeout",
+        default=None,
+        metavar="DURATION",
+        help="wall-clock limit: 30, 1.5, 500ms, 2m (seconds when no unit)",
+    )
+    add("--cpu-time", default=None, metavar="DURATION", help="CPU-time limit, as --timeout")
+    add(
+        "--memory",
+        default=None,
+        metavar="SIZE",
+        help="memory limit: 512m, 2g, 1.5GiB, 1048576 (bytes when no unit)",
+    )
+    add("--max-processes", default=None, metavar="N", help="most processes at once")
+    add("--max-open-files", default=None, metavar="N", help="most open files per process")
+    add("--max-file-size", default=None, metavar="SIZE", help="largest file the command writes")
+    add(
+        "--max-output",
+        default=None,
+        metavar="SIZE",
+        help="captured bytes per stream; beyond it output is dropped and marked truncated",
+    )
+    add(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="repeatable: set a variable in the command's environment",
+    )
+    add(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="repeatable: pass the host's value of a variable through",
+    )
     add("--image", default=None, help="container image (docker, podman, apple-container)")
-    add("--config", action="append", default=[], metavar="FILE")
+    add(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="repeatable: a configuration file merged over the user's and the project's",
+    )
     add(
         "--host-processes",
         default=None,
         choices=[h.value for h in HostProcesses],
         help="hidden (default; needs a pid namespace) or visible (lets landlock run)",
     )
-    add("--best-effort", action="store_true")
+    add(
+        "--best-effort",
+        action="store_true",
+        help="run even where the backend cannot enforce every protection; each gap is a warning",
+    )
     add("--json", action="store_true", help="print one JSON object instead of the output")
+    add(
+        "--verbose",
+        action="store_true",
+        help="also print the notes (backend version, image, pool...) on stderr",
+    )
     add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
 
@@ -123,6 +208,11 @@ def policy_changes(args: argparse.Namespace) -> Result[PolicyChanges, ConfigInva
             )
         )
     )
+
+
+def options_given(args: argparse.Namespace) -> bool:
+    """Whether the options change anything over the configuration files."""
+    return policy_changes(args).map(lambda changes: changes != PolicyChanges()).value_or(False)
 
 
 def command_of(args: argparse.Namespace) -> list[str]:

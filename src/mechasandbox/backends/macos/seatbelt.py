@@ -292,9 +292,8 @@ class SeatbeltBackend:
                 backend=self.name,
                 enforced=frozenset(enforced),
                 details=tuple(details),
-                warnings=(MEMORY_NOTE, VIOLATIONS_NOTE)
-                if self.report_violations
-                else (MEMORY_NOTE,),
+                warnings=(MEMORY_NOTE,),
+                notes=(VIOLATIONS_NOTE,) if self.report_violations else (),
             )
         )
 
@@ -393,7 +392,8 @@ class SeatbeltBackend:
                     ("rlimits", describe(spec.rlimits)),
                     ("sbpl", profile.render()),
                 ),
-                warnings=(MEMORY_NOTE, DEPRECATION_NOTE),
+                warnings=(MEMORY_NOTE,),
+                notes=(DEPRECATION_NOTE,),
             )
 
         proxy = None
@@ -454,9 +454,10 @@ class SeatbeltBackend:
 
 
 def _with_denials(result: RunResult, log: violations.DenialLog) -> RunResult:
-    """`result` with the run's sandbox denials, or a warning saying why there are none."""
+    """`result` with the run's sandbox denials, or a note saying why there are none (the
+    protections held all the same: only their report is missing)."""
     if log.problem is not None:
         return attrs.evolve(
-            result, warnings=(*result.warnings, f"violations not reported: {log.problem}")
+            result, notes=(*result.notes, f"violations not reported: {log.problem}")
         )
     return attrs.evolve(result, violations=(*result.violations, *log.violations()))

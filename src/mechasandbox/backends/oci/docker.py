@@ -50,11 +50,10 @@ class DockerBackend(OciBackend):
         runtimes: dict[str, Any] = document.get("Runtimes") or {}
         runsc_problem = None
         warnings: list[str] = []
+        notes: list[str] = []
         runsc_args = list((runtimes.get("runsc") or {}).get("runtimeArgs") or [])
         if "runsc" in runtimes and not _has_network_none(runsc_args):
-            warnings.append(
-                "runsc is registered without --network=none; if it fails: " + RUNSC_HINT
-            )
+            notes.append("runsc is registered without --network=none; if it fails: " + RUNSC_HINT)
         if "runsc" in runtimes and not _has_oci_seccomp(runsc_args):
             runsc_problem = (
                 "runsc is registered without --oci-seccomp: gVisor would ignore the "
@@ -71,4 +70,5 @@ class DockerBackend(OciBackend):
             pids=bool(document.get("PidsLimit", True)),
             runsc_problem=runsc_problem,
             warnings=tuple(warnings),
+            notes=tuple(notes),
         )

@@ -184,7 +184,8 @@ class EngineInfo:
     memory: bool = True
     pids: bool = True
     runsc_problem: str | None = None  # why runsc cannot be used, when it is registered
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # protections weaker here
+    notes: tuple[str, ...] = ()  # information, no gap
     socat: str | None = None  # the image's allowlist forwarder, when the bridge can work
     no_bridge: str = "not probed"  # why there is no allowlist bridge, when `socat` is None
     shell: bool = False  # the image has /bin/sh: its containers can be tied (see `lifeline`)
@@ -676,12 +677,12 @@ class OciBackend:
             )
         else:
             details.append((Protection.PROCESSES, "the engine reports no pids cgroup support"))
-        warnings = (*info.warnings, f"{self.kind} {info.version}, image {self.image}")
         return Capabilities(
             backend=self.name,
             enforced=frozenset(enforced),
             details=tuple(details),
-            warnings=warnings,
+            warnings=info.warnings,
+            notes=(*info.notes, f"{self.kind} {info.version}, image {self.image}"),
         )
 
     def _teardown_detail(self, info: EngineInfo) -> tuple[Protection, str]:

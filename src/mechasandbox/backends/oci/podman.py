@@ -65,8 +65,9 @@ class PodmanBackend(OciBackend):
         }
         init, init_path = find_init()
         warnings: list[str] = []
+        notes: list[str] = []
         if not init:
-            warnings.append("no catatonit or static tini: the command runs as PID 1 (no --init)")
+            notes.append("no catatonit or static tini: the command runs as PID 1 (no --init)")
         if "memory" not in controllers:
             warnings.append("podman cannot use the memory cgroup here (rootless on cgroup v1?)")
         if "pids" not in controllers:
@@ -78,4 +79,5 @@ class PodmanBackend(OciBackend):
             memory="memory" in controllers,
             pids="pids" in controllers,
             warnings=tuple(warnings),
+            notes=tuple(notes),
         )

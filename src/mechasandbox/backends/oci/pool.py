@@ -895,7 +895,7 @@ class PooledBackend:
                     *(d for d in caps.details if d[0] is not Protection.NETWORK_ALLOWLIST),
                     (Protection.NETWORK_ALLOWLIST, POOLED_ALLOWLIST),
                 ),
-                warnings=(*caps.warnings, note),
+                notes=(*caps.notes, note),
             )
         )
 
