@@ -139,14 +139,14 @@ class Contenders:
         if "bubblewrap" in self.backends:
             direct = RunRequest(argv=["true"], workspace=self.direct_workspace)
             bubblewrap = self.backends["bubblewrap"]
-            compiled = bubblewrap._compile(
+            compiled = bubblewrap.compile(
                 direct,
                 POLICY,
                 self.runner_host(),
                 os.path.realpath(self.direct_workspace),
-                bubblewrap._features(),
+                bubblewrap.plan_setting(POLICY),
             )
-            command, _ = compiled.unwrap()
+            command, _ = compiled.unwrap().compiled
             self.bwrap_argv = list(command.argv)
             self.bwrap_fds = {SECCOMP_FD: seccomp_program(), ARGS_FD: command.arguments_on_fd}
         self.docker = shutil.which("docker") if "docker" in self.backends else None
