@@ -11,7 +11,7 @@ from returns.result import Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.capability_table import RUNNER, CapabilityTable
-from mechasandbox.backends.template import Launch, SpawningBackend, direct_spec
+from mechasandbox.backends.template import Job, Launch, SpawningBackend, direct_spec
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
@@ -38,17 +38,13 @@ class NoneBackend(SpawningBackend[None, None]):
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
         return Success(_UNCONFINED.capabilities(self.name))
 
-    def compile(
-        self, request: RunRequest, policy: Policy, host: HostContext, workspace: str, setting: None
-    ) -> Result[Launch[None], SandboxError]:
-        return direct_spec(request, policy, host, workspace, umask=0o022).map(
-            lambda spec: Launch(spec=spec, compiled=None)
-        )
+    def compile(self, job: Job, setting: None) -> Result[Launch[None], SandboxError]:
+        return direct_spec(job, umask=0o022).map(lambda spec: Launch(spec=spec, compiled=None))
 
     def plan_setting(self, policy: Policy) -> None:
         return None
 
-    def describe(self, request: RunRequest, launch: Launch[None], setting: None) -> LaunchPlan:
+    def describe(self, job: Job, launch: Launch[None], setting: None) -> LaunchPlan:
         return LaunchPlan(
             backend=self.name,
             sections=(("argv", " ".join(launch.spec.argv)), ("cwd", launch.spec.cwd)),

@@ -6,6 +6,8 @@ capabilities say so, so a strict policy refuses it and best-effort lists each ga
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 from returns.result import Result, Success
 
@@ -18,6 +20,7 @@ from mechasandbox.backends.resources import (
     run_rlimits,
 )
 from mechasandbox.backends.template import (
+    Job,
     Launch,
     SpawningBackend,
     command_sections,
@@ -27,7 +30,6 @@ from mechasandbox.backends.template import (
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Policy
-from mechasandbox.domain.request import RunRequest
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.runner.protocol import ProcessRunner
 
@@ -56,6 +58,15 @@ _GROUP_ONLY = CapabilityTable(
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _capabilities(linux: bool, cgroups: CgroupManager | str, uid: int) -> Capabilities:
+    """Computed once per host (every run probes)."""
+    teardown = _SUBREAPER if linux else _GROUP_ONLY
+    memory = "RLIMIT_AS (address space; best-effort on macOS)"
+    resources = resource_support(cgroups, uid, memory_rlimit=memory)
+    return (_NO_ISOLATION | teardown | resources).capabilities("process")
+
+
 @attrs.frozen(kw_only=True)
 class ProcessBackend(SpawningBackend[None, None]):
     runner: ProcessRunner
@@ -67,26 +78,19 @@ class ProcessBackend(SpawningBackend[None, None]):
         return "process"
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
-        teardown = _SUBREAPER if self.host.platform.startswith("linux") else _GROUP_ONLY
-        resources = resource_support(
-            self.cgroups,
-            self.host.uid,
-            memory_rlimit="RLIMIT_AS (address space; best-effort on macOS)",
-        )
-        return Success((_NO_ISOLATION | teardown | resources).capabilities(self.name))
+        linux = self.host.platform.startswith("linux")
+        return Success(_capabilities(linux, self.cgroups, self.host.uid))
 
-    def compile(
-        self, request: RunRequest, policy: Policy, host: HostContext, workspace: str, setting: None
-    ) -> Result[Launch[None], SandboxError]:
-        rlimits = run_rlimits(policy.limits, self.cgroups)
-        return direct_spec(request, policy, host, workspace, umask=UMASK, rlimits=rlimits).map(
+    def compile(self, job: Job, setting: None) -> Result[Launch[None], SandboxError]:
+        rlimits = run_rlimits(job.policy.limits, self.cgroups)
+        return direct_spec(job, umask=UMASK, rlimits=rlimits).map(
             lambda spec: Launch(spec=spec, compiled=None, cgroups=self.cgroups)
         )
 
     def plan_setting(self, policy: Policy) -> None:
         return None
 
-    def describe(self, request: RunRequest, launch: Launch[None], setting: None) -> LaunchPlan:
+    def describe(self, job: Job, launch: Launch[None], setting: None) -> LaunchPlan:
         return LaunchPlan(
             backend=self.name,
             sections=command_sections(launch.spec) + limit_sections(launch.spec, launch.cgroups),

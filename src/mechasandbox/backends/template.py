@@ -70,14 +70,16 @@ class Launch(Generic[Compiled]):
 
 
 @attrs.frozen(kw_only=True)
-class PreparedRun:
-    """A run once prepared (`prepare_run`): its request, the policy to compile (the
-    workspace's git indirections protected too), the workspace's real path, its warnings."""
+class Job:
+    """One command to compile: its request, the policy (for a run, with the workspace's git
+    indirections protected: see `prepare_run`), the host, the workspace's real path (a
+    checked one), and the warnings a run has gathered so far."""
 
     request: RunRequest
     policy: Policy
+    host: HostContext
     workspace: str
-    warnings: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
@@ -101,24 +103,15 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     def probe(self) -> Result[Capabilities, BackendUnavailable]: ...
 
     @abc.abstractmethod
-    def compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        workspace: str,
-        setting: Setting,
-    ) -> Result[Launch[Compiled], SandboxError]:
-        """What a run of `request` in `workspace` (a checked real path) would spawn."""
+    def compile(self, job: Job, setting: Setting) -> Result[Launch[Compiled], SandboxError]:
+        """What a run of `job` would spawn."""
 
     @abc.abstractmethod
     def plan_setting(self, policy: Policy) -> Setting:
         """The per-run inputs of `compile` as a plan shows them."""
 
     @abc.abstractmethod
-    def describe(
-        self, request: RunRequest, launch: Launch[Compiled], setting: Setting
-    ) -> LaunchPlan:
+    def describe(self, job: Job, launch: Launch[Compiled], setting: Setting) -> LaunchPlan:
         """The plan's sections and warnings for `launch`."""
 
     def open_setting(self, workspace: str, policy: Policy) -> Result[Setting, SandboxError]:
@@ -137,15 +130,15 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         return setting
 
     async def launch(
-        self, run: PreparedRun, launch: Launch[Compiled], setting: Setting
+        self, job: Job, launch: Launch[Compiled], setting: Setting
     ) -> Result[RunResult, SandboxError]:
         """Runs the spawn and classifies its outcome."""
         return await execute_spec(
             self.name,
             self.runner,
             launch.spec,
-            run.policy,
-            warnings=run.warnings + launch.warnings,
+            job.policy,
+            warnings=job.warnings + launch.warnings,
             cgroups=launch.cgroups,
             adjust=launch.adjust,
         )
@@ -156,38 +149,46 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     ) -> Result[LaunchPlan, SandboxError]:
         setting = self.plan_setting(policy)
 
-        def compiled(workspace: str) -> Result[Launch[Compiled], SandboxError]:
+        def job(workspace: str) -> Job:
             shown = planned_policy(policy, workspace, host) if self.protects_workspace else policy
-            return self.compile(request, shown, host, workspace, setting)
+            return Job(request=request, policy=shown, host=host, workspace=workspace)
+
+        def described(job: Job) -> Result[LaunchPlan, SandboxError]:
+            compiled = self.compile(job, setting)
+            return compiled.map(lambda launch: self.describe(job, launch, setting))
 
         checked: Result[str, SandboxError] = check_workspace(request)
-        return checked.bind(compiled).map(lambda launch: self.describe(request, launch, setting))
+        return checked.map(job).bind(described)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = prepare_run(self, request, policy).bind(
-            lambda found: self.open_setting(found[1], found[2]).map(
-                lambda setting: (
-                    PreparedRun(
-                        request=request, policy=found[2], workspace=found[1], warnings=found[0]
-                    ),
-                    setting,
-                )
+        def opened(
+            found: tuple[tuple[str, ...], str, Policy],
+        ) -> Result[tuple[Job, Setting], SandboxError]:
+            warnings, workspace, chosen = found
+            job = Job(
+                request=request,
+                policy=chosen,
+                host=self.host,
+                workspace=workspace,
+                warnings=warnings,
             )
-        )
+            return self.open_setting(workspace, chosen).map(lambda setting: (job, setting))
+
+        prepared = prepare_run(self, request, policy).bind(opened)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        run, setting = prepared.unwrap()
+        job, setting = prepared.unwrap()
         started = run_started()
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             given = setting if proxy is None else self.with_proxy(setting, proxy)
-            compiled = self.compile(request, run.policy, self.host, run.workspace, given)
+            compiled = self.compile(job, given)
             if isinstance(compiled, Failure):
                 return Failure(compiled.failure())
-            return await self.launch(run, compiled.unwrap(), given)
+            return await self.launch(job, compiled.unwrap(), given)
 
         try:
-            egress = self.proxy_for(run.policy)
+            egress = self.proxy_for(job.policy)
             if egress is None:
                 result = await body(None)
             else:
@@ -195,20 +196,18 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
                 from mechasandbox.network.session import run_with_proxy
 
                 result = await run_with_proxy(
-                    egress, run.policy.network, body, listen_tcp=self.proxy_over_tcp
+                    egress, job.policy.network, body, listen_tcp=self.proxy_over_tcp
                 )
         finally:
-            self.close_setting(setting, run.workspace)
+            self.close_setting(setting, job.workspace)
         if not self.protects_workspace:
             return result
-        return disarm_after(result, run.workspace, run.policy, started)
+        return disarm_after(result, job.workspace, job.policy, started)
 
 
 # --- pieces the backends share ----------------------------------------------------------------
 def spawn_spec(
-    request: RunRequest,
-    policy: Policy,
-    workspace: str,
+    job: Job,
     *,
     argv: tuple[str, ...],
     env: tuple[tuple[str, str], ...],
@@ -217,15 +216,15 @@ def spawn_spec(
     rlimits: tuple[RlimitSetting, ...] = (),
     hooks: tuple[ChildHook, ...] = (),
 ) -> SpawnSpec:
-    """The spawn of one run in `workspace`: its stdin, and the policy's timeout and
-    output cap; `argv` is the command's, or its launcher's (`bwrap`, `sandbox-exec`)."""
+    """The spawn of `job` in its workspace: its stdin, and the policy's timeout and output
+    cap; `argv` is the command's, or its launcher's (`bwrap`, `sandbox-exec`)."""
     return SpawnSpec(
         argv=argv,
         env=env,
-        cwd=workspace,
-        stdin=request.stdin,
-        timeout_s=policy.limits.timeout_s,
-        max_output_bytes=policy.limits.max_output_bytes,
+        cwd=job.workspace,
+        stdin=job.request.stdin,
+        timeout_s=job.policy.limits.timeout_s,
+        max_output_bytes=job.policy.limits.max_output_bytes,
         umask=umask,
         rlimits=rlimits,
         hooks=hooks,
@@ -234,22 +233,14 @@ def spawn_spec(
 
 
 def direct_spec(
-    request: RunRequest,
-    policy: Policy,
-    host: HostContext,
-    workspace: str,
-    *,
-    umask: int,
-    rlimits: tuple[RlimitSetting, ...] = (),
+    job: Job, *, umask: int, rlimits: tuple[RlimitSetting, ...] = ()
 ) -> Result[SpawnSpec, SandboxError]:
     """The command itself spawned, with the scrubbed environment and nothing around it."""
-    env = scrubbed_environment(policy.environment, dict(host.env))
-    return resolve_command(request.argv[0], env, workspace).map(
+    env = scrubbed_environment(job.policy.environment, dict(job.host.env))
+    return resolve_command(job.request.argv[0], env, job.workspace).map(
         lambda executable: spawn_spec(
-            request,
-            policy,
-            workspace,
-            argv=tuple(request.argv),
+            job,
+            argv=tuple(job.request.argv),
             env=tuple(sorted(env.items())),
             executable=executable,
             umask=umask,

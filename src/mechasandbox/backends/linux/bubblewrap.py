@@ -47,8 +47,8 @@ from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
+    Job,
     Launch,
-    PreparedRun,
     SpawningBackend,
     launcher_environment,
     limit_sections,
@@ -66,7 +66,6 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
 )
 from mechasandbox.domain.policy import NetworkMode, Policy
-from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.network.bridge import (
@@ -175,6 +174,39 @@ _BWRAP = (
 )
 
 
+def _allowlist_row(socat: str | None) -> CapabilityTable:
+    if socat is None:
+        why = (
+            "needs socat in the system trees (Debian package socat) for the bridge to the "
+            "proxy; best-effort runs with no network at all"
+        )
+        return CapabilityTable(gaps={Protection.NETWORK_ALLOWLIST: why})
+    how = (
+        "network namespace with loopback only; the run's proxy socket bound in and "
+        f"{socat} forwarding 127.0.0.1:{PROXY_PORT} to it; no route, no DNS inside"
+    )
+    return CapabilityTable(enforced={Protection.NETWORK_ALLOWLIST: how})
+
+
+@functools.lru_cache(maxsize=16)
+def _capabilities(
+    version: tuple[int, ...], socat: str | None, abi: int, cgroups: CgroupManager | str, uid: int
+) -> Capabilities:
+    """What bwrap `version` gives here; computed once per set of facts (every run probes)."""
+    read = (
+        f"bwrap {'.'.join(map(str, version))}: empty root, system trees read-only, home "
+        "hidden, deny_read and /etc secrets masked"
+    )
+    table = (
+        _BWRAP
+        | CapabilityTable(enforced={Protection.FILESYSTEM_READ: read})
+        | _allowlist_row(socat)
+        | named_sockets_row(abi)
+        | resource_support(cgroups, uid)
+    )
+    return table.capabilities(NAME)
+
+
 # --- the backend ----------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
@@ -232,33 +264,11 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         features = self._features()
         if isinstance(features, str):
             return Failure(BackendUnavailable(backend=NAME, reason=features))
-        version = ".".join(map(str, features.version))
-        read = (
-            f"bwrap {version}: empty root, system trees read-only, home hidden, "
-            "deny_read and /etc secrets masked"
-        )
-        table = (
-            _BWRAP
-            | CapabilityTable(enforced={Protection.FILESYSTEM_READ: read})
-            | self._allowlist_row()
-            | named_sockets_row(landlock_abi())
-            | resource_support(self.cgroups, self.host.uid)
-        )
-        return Success(table.capabilities(NAME))
-
-    def _allowlist_row(self) -> CapabilityTable:
-        socat = self._socat()
-        if socat is None:
-            why = (
-                "needs socat in the system trees (Debian package socat) for the bridge to "
-                "the proxy; best-effort runs with no network at all"
+        return Success(
+            _capabilities(
+                features.version, self._socat(), landlock_abi(), self.cgroups, self.host.uid
             )
-            return CapabilityTable(gaps={Protection.NETWORK_ALLOWLIST: why})
-        how = (
-            "network namespace with loopback only; the run's proxy socket bound in and "
-            f"{socat} forwarding 127.0.0.1:{PROXY_PORT} to it; no route, no DNS inside"
         )
-        return CapabilityTable(enforced={Protection.NETWORK_ALLOWLIST: how})
 
     def _bridge(self, policy: Policy, socket: str) -> ProxyBridge | None:
         socat = self._socat()
@@ -267,13 +277,9 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         return ProxyBridge(socket=socket, socat=socat)
 
     def compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        workspace: str,
-        setting: BwrapSetting,
+        self, job: Job, setting: BwrapSetting
     ) -> Result[Launch[BwrapCompiled], SandboxError]:
+        request, policy, host, workspace = job.request, job.policy, job.host, job.workspace
         layout = HostLayout.survey(
             paths_to_survey(workspace, policy, host),
             placeholders=self.placeholders.active(workspace),
@@ -304,9 +310,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
                 reason = f"{executable} is not visible inside the sandbox"
                 return Failure(SpawnFailed(command=request.argv[0], reason=reason, exit_status=127))
             spec = spawn_spec(
-                request,
-                policy,
-                workspace,
+                job,
                 argv=command.argv,
                 env=LAUNCHER_ENVIRONMENT,
                 executable=setting.features.path,
@@ -336,7 +340,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         return BwrapSetting(features=found)
 
     def describe(
-        self, request: RunRequest, launch: Launch[BwrapCompiled], setting: BwrapSetting
+        self, job: Job, launch: Launch[BwrapCompiled], setting: BwrapSetting
     ) -> LaunchPlan:
         command, unix = launch.compiled
         unavailable = () if setting.unavailable is None else (setting.unavailable,)
@@ -377,22 +381,22 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         return attrs.evolve(setting, proxy_socket=str(proxy.socket_path))
 
     async def launch(
-        self, run: PreparedRun, launch: Launch[BwrapCompiled], setting: BwrapSetting
+        self, job: Job, launch: Launch[BwrapCompiled], setting: BwrapSetting
     ) -> Result[RunResult, SandboxError]:
         """The placeholders made and the guards watching while the command runs; the
         placeholders come out when the setting closes, after the guards' last look (taking
         them out changes their entries)."""
         command, _unix = launch.compiled
-        self.placeholders.created(run.workspace, command.placeholders)
-        self.placeholders.make(run.workspace, command.placeholders)
+        self.placeholders.created(job.workspace, command.placeholders)
+        self.placeholders.make(job.workspace, command.placeholders)
         guards = GuardSet(command.guards + tuple((p, "write") for p in command.placeholders))
         watched = attrs.evolve(launch, spec=attrs.evolve(launch.spec, watch=guards.watcher()))
         try:
-            result = await super().launch(run, watched, setting)
+            result = await super().launch(job, watched, setting)
             late = guards.warnings()  # lost since the watcher's last look
         finally:
             guards.close()
-        return result.bind(lambda finished: _checked(finished, run.request.argv[0], late))
+        return result.bind(lambda finished: _checked(finished, job.request.argv[0], late))
 
 
 def _checked(

@@ -34,6 +34,7 @@ from mechasandbox.backends.linux.landlock_compiler import (
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
+    Job,
     Launch,
     SpawningBackend,
     command_sections,
@@ -44,7 +45,6 @@ from mechasandbox.backends.template import (
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
-from mechasandbox.domain.request import RunRequest
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.runner.protocol import ProcessRunner
 
@@ -258,34 +258,28 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         return abi if isinstance(abi, int) else 7
 
     def compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        workspace: str,
-        setting: LandlockSetting,
+        self, job: Job, setting: LandlockSetting
     ) -> Result[Launch[LandlockRuleset], SandboxError]:
+        policy = job.policy
         proxy = setting.proxy
         if proxy is None and policy.network.mode is NetworkMode.ALLOWLIST:
             proxy = (PROXY_PORT_PLACEHOLDER, PROXY_URL_PLACEHOLDER)  # `plan` only
         ruleset = compile_landlock_rules(
-            request,
+            job.request,
             policy,
-            host,
+            job.host,
             abi=self._abi(),
-            workspace=workspace,
+            workspace=job.workspace,
             tmp_dir=setting.tmp_dir,
             carve_protected=self.carve_protected,
             proxy=proxy,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
-        return resolve_command(request.argv[0], dict(ruleset.env), workspace).map(
+        return resolve_command(job.request.argv[0], dict(ruleset.env), job.workspace).map(
             lambda executable: Launch(
                 spec=spawn_spec(
-                    request,
-                    policy,
-                    workspace,
-                    argv=tuple(request.argv),
+                    job,
+                    argv=tuple(job.request.argv),
                     env=ruleset.env,
                     executable=executable,
                     umask=UMASK,
@@ -301,7 +295,7 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         return LandlockSetting(tmp_dir=TMP_PLACEHOLDER)
 
     def describe(
-        self, request: RunRequest, launch: Launch[LandlockRuleset], setting: LandlockSetting
+        self, job: Job, launch: Launch[LandlockRuleset], setting: LandlockSetting
     ) -> LaunchPlan:
         ruleset = launch.compiled
         return LaunchPlan(

@@ -33,7 +33,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan, scrubbed_environment
 from mechasandbox.backends.capability_table import RUNNER, CapabilityTable
-from mechasandbox.backends.template import Launch, PreparedRun, SpawningBackend, spawn_spec
+from mechasandbox.backends.template import Job, Launch, SpawningBackend, spawn_spec
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendUnavailable,
@@ -178,34 +178,31 @@ def compile_args(
         return Failure(
             PolicyUnsupported(backend="apple-container", missing=(Protection.NETWORK_ALLOWLIST,))
         )
-    mounted = _mounts(request, policy, host, realpath)
-    if isinstance(mounted, Failure):
-        return Failure(mounted.failure())
-    mounts = mounted.unwrap()
-    warnings = _carve_outs(policy, host, mounts, realpath)
-    content = _container_env(policy, host)
-    if isinstance(warnings, Failure):
-        return Failure(warnings.failure())
-    if isinstance(content, Failure):
-        return Failure(content.failure())
 
-    argv: list[str] = [cli, "run", "--rm", "--name", name]
-    if policy.network.mode is NetworkMode.NONE:
-        argv += ["--network", "none"]
-    if policy.limits.memory_bytes is not None:
-        argv += ["--memory", f"{max(1, math.ceil(policy.limits.memory_bytes / MIB))}M"]
-    if cpus is not None:
-        argv += ["--cpus", str(cpus)]
-    for path, readonly in mounts:
-        suffix = ",readonly" if readonly else ""
-        argv += ["--mount", f"type=bind,source={path},target={path}{suffix}"]
-    argv += ["--workdir", mounts[0][0], "--env-file", env_file]
-    argv += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
-    return Success(
-        ContainerInvocation(
-            argv=tuple(argv), name=name, env_file=content.unwrap(), warnings=warnings.unwrap()
+    def invocation(mounts: tuple[Mount, ...]) -> Result[ContainerInvocation, SandboxError]:
+        argv: list[str] = [cli, "run", "--rm", "--name", name]
+        if policy.network.mode is NetworkMode.NONE:
+            argv += ["--network", "none"]
+        if policy.limits.memory_bytes is not None:
+            argv += ["--memory", f"{max(1, math.ceil(policy.limits.memory_bytes / MIB))}M"]
+        if cpus is not None:
+            argv += ["--cpus", str(cpus)]
+        for path, readonly in mounts:
+            suffix = ",readonly" if readonly else ""
+            argv += ["--mount", f"type=bind,source={path},target={path}{suffix}"]
+        argv += ["--workdir", mounts[0][0], "--env-file", env_file]
+        argv += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
+        warnings = _carve_outs(policy, host, mounts, realpath)
+        content = _container_env(policy, host)
+        return warnings.bind(
+            lambda found: content.map(
+                lambda text: ContainerInvocation(
+                    argv=tuple(argv), name=name, env_file=text, warnings=found
+                )
+            )
         )
-    )
+
+    return _mounts(request, policy, host, realpath).bind(invocation)
 
 
 def _macos_version() -> tuple[int, ...]:
@@ -311,17 +308,12 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
         return self._cli().map(lambda _cli: _APPLE_CONTAINER.capabilities(self.name))
 
     def compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        workspace: str,
-        setting: ContainerSetting,
+        self, job: Job, setting: ContainerSetting
     ) -> Result[Launch[ContainerInvocation], SandboxError]:
         compiled = compile_args(
-            attrs.evolve(request, workspace=workspace),
-            policy,
-            host,
+            attrs.evolve(job.request, workspace=job.workspace),
+            job.policy,
+            job.host,
             cli=setting.cli,
             image=self.image or IMAGE_PLACEHOLDER,
             name=setting.name,
@@ -332,12 +324,7 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
         return compiled.map(
             lambda invocation: Launch(
                 spec=spawn_spec(
-                    request,
-                    policy,
-                    workspace,
-                    argv=invocation.argv,
-                    env=_cli_env(host),
-                    executable=setting.cli,
+                    job, argv=invocation.argv, env=_cli_env(job.host), executable=setting.cli
                 ),
                 compiled=invocation,
                 warnings=invocation.warnings,
@@ -352,7 +339,7 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
         )
 
     def describe(
-        self, request: RunRequest, launch: Launch[ContainerInvocation], setting: ContainerSetting
+        self, job: Job, launch: Launch[ContainerInvocation], setting: ContainerSetting
     ) -> LaunchPlan:
         invocation = launch.compiled
         names = " ".join(line.split("=", 1)[0] for line in invocation.env_file.splitlines())
@@ -382,7 +369,7 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
         shutil.rmtree(os.path.dirname(setting.env_file), ignore_errors=True)
 
     async def launch(
-        self, run: PreparedRun, launch: Launch[ContainerInvocation], setting: ContainerSetting
+        self, job: Job, launch: Launch[ContainerInvocation], setting: ContainerSetting
     ) -> Result[RunResult, SandboxError]:
         """The env-file written (private, as the directory it is in); after a run that did
         not finish, the container killed and deleted."""
@@ -391,12 +378,12 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
             handle.write(launch.compiled.env_file)
         finished = False
         try:
-            result = await super().launch(run, launch, setting)
+            result = await super().launch(job, launch, setting)
             finished = isinstance(result, Success) and result.unwrap().exit_code is not None
         finally:
             if not finished:
                 with anyio.CancelScope(shield=True):
-                    await self._remove(setting.cli, setting.name, run.workspace)
+                    await self._remove(setting.cli, setting.name, job.workspace)
         return result
 
     async def _remove(self, cli: str, name: str, cwd: str) -> None:

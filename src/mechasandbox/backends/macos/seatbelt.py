@@ -53,8 +53,8 @@ from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTa
 from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.backends.template import (
+    Job,
     Launch,
-    PreparedRun,
     SpawningBackend,
     launcher_environment,
     limit_sections,
@@ -70,7 +70,6 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
 )
 from mechasandbox.domain.policy import NetworkMode, Policy
-from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.rlimits import rlimits_for
 from mechasandbox.network.environment import proxy_environment
@@ -294,14 +293,10 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
         return Success(table.capabilities(self.name))
 
     def compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        workspace: str,
-        setting: SeatbeltSetting,
+        self, job: Job, setting: SeatbeltSetting
     ) -> Result[Launch[SeatbeltCompiled], SandboxError]:
         """The spawn, with the profile and the command's environment."""
+        request, policy, host, workspace = job.request, job.policy, job.host, job.workspace
         proxy = setting.proxy
         env = scrubbed_environment(policy.environment, dict(host.env))
         env["TMPDIR"] = setting.tmpdir
@@ -333,9 +328,7 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
             return found.map(
                 lambda _executable: Launch(
                     spec=spawn_spec(
-                        request,
-                        policy,
-                        workspace,
+                        job,
                         argv=(SANDBOX_EXEC, *compiled.sandbox_exec_args(), "--", *command),
                         env=LAUNCHER_ENVIRONMENT,
                         executable=SANDBOX_EXEC,
@@ -358,11 +351,11 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
         )
 
     def describe(
-        self, request: RunRequest, launch: Launch[SeatbeltCompiled], setting: SeatbeltSetting
+        self, job: Job, launch: Launch[SeatbeltCompiled], setting: SeatbeltSetting
     ) -> LaunchPlan:
         profile, environment = launch.compiled
         masked = tuple((name, "\u2026") for name, _ in environment)
-        command = command_argv(masked, tuple(request.argv))
+        command = command_argv(masked, tuple(job.request.argv))
         return LaunchPlan(
             backend=self.name,
             sections=(
@@ -395,15 +388,15 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
         return attrs.evolve(setting, proxy=loopback_proxy(proxy))
 
     async def launch(
-        self, run: PreparedRun, launch: Launch[SeatbeltCompiled], setting: SeatbeltSetting
+        self, job: Job, launch: Launch[SeatbeltCompiled], setting: SeatbeltSetting
     ) -> Result[RunResult, SandboxError]:
         """With the run's denials read from the log; `sandbox-exec` refusing the profile
         is a failure of the backend, not the command's exit."""
         if setting.tag is None:
-            result = await super().launch(run, launch, setting)
+            result = await super().launch(job, launch, setting)
         else:
             async with violations.watch_denials(setting.tag, command=self.log_command) as log:
-                outcome = await super().launch(run, launch, setting)
+                outcome = await super().launch(job, launch, setting)
             result = outcome.map(lambda finished: _with_denials(finished, log))
         return result.bind(self._profile_rejected)
 
