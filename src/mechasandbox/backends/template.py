@@ -3,10 +3,12 @@ what it would spawn for a request under a policy (`compile`), and `plan` and `ru
 from that here, in one place.
 
 A backend supplies
-- `compile(request, policy, host, workspace, setting)`: the `Launch` (the `SpawnSpec`, the
-  cgroups it runs in, what its compiler made of the policy), pure but for reading the host;
+- `compile(job, setting)`: the `Launch` for a `Job` (the request, the policy, the host, the
+  checked workspace): the `SpawnSpec`, the cgroups it runs in, what its compiler made of
+  the policy; pure but for reading the host;
 - `plan_setting(policy)`: the per-run inputs of `compile` as `plan` shows them (a private
-  tmp dir, the proxy's port, a log tag: placeholders), and `describe`, the plan's sections;
+  tmp dir, the proxy's port, a log tag: placeholders), and `describe`, the plan's sections
+  and warnings (`command_sections`, `limit_sections` for what backends show alike);
 - where a run needs more than that: `open_setting`/`close_setting` (the run's own tmp dir,
   its lock on the workspace), `proxy_for`/`with_proxy` (the allowlist proxy it talks to)
   and `launch` (what surrounds the spawn: guards, the log of denials, an env-file).
@@ -14,7 +16,8 @@ A backend supplies
 A run: `prepare_run` (probe, enforcement, workspace, git indirections), the setting
 opened, the proxy started where there is one, `compile` with the real setting, `launch`
 (by default `execute_spec`: cgroup, runner, classification), the setting closed, and for a
-backend that protects the workspace, the repositories the run made disarmed.
+backend that protects the workspace, the repositories the run made disarmed. A plan: the
+workspace checked, `compile` with the plan's setting, `describe`.
 """
 
 from __future__ import annotations

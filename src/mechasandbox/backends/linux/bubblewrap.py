@@ -7,7 +7,8 @@ The pieces: `bwrap_layout` (what the compiler knows of the host), `bwrap_mounts`
 `bwrap_compiler` (the pure compiler: the mounts, then the argv; see there what a sandbox is
 made of), `bwrap_hooks` (the seccomp program, the command's environment and the unix-socket
 plan, handed to bwrap by the spawn helper), `bwrap_probe` (whether bwrap works here) and
-this module (the backend: plan and run).
+this module (the backend: its capabilities, `compile`, the setting and the `launch` that
+surround each run; `plan` and `run` come from `backends.template`).
 """
 
 from __future__ import annotations
