@@ -71,6 +71,14 @@ def _run(
     return result.unwrap()
 
 
+def _held_after(
+    backend: Backend, arena: Arena, script: str, held: Callable[[RunResult], bool | str]
+) -> bool | str:
+    """`sh -c script` run: why it could not be, or what `held` says after it."""
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    return outcome if isinstance(outcome, str) else held(outcome)
+
+
 def read_secret(backend: Backend, arena: Arena) -> bool | str:
     token = secrets.token_hex(8)
     secret = arena.outside / "id_rsa"
@@ -112,10 +120,12 @@ def write_git_hook(backend: Backend, arena: Arena) -> bool | str:
         "echo x > .git/hooks/pre-commit; mv .git g 2>/dev/null && mkdir -p g/hooks"
         " && echo x > g/hooks/post-checkout && mv g .git"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
-    return not (hooks / "pre-commit").exists() and not (hooks / "post-checkout").exists()
+    return _held_after(
+        backend,
+        arena,
+        script,
+        lambda _: not (hooks / "pre-commit").exists() and not (hooks / "post-checkout").exists(),
+    )
 
 
 def write_git_config_after_host_rewrite(backend: Backend, arena: Arena) -> bool | str:
@@ -152,24 +162,31 @@ def write_git_config_after_host_rewrite(backend: Backend, arena: Arena) -> bool 
     return "evil" not in config.read_text()
 
 
+def _repository(git: Path, config: str) -> Path:
+    """A git directory `git` with a hooks directory, a HEAD and `config`."""
+    (git / "hooks").mkdir(parents=True)
+    (git / "config").write_text(config)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    return git
+
+
 def redirect_git(backend: Backend, arena: Arena) -> bool | str:
     """A `.git/commondir` naming a directory of the workspace makes the host's git read
     that directory's config and run its hooks; a submodule's repository under
     `.git/modules` has hooks of its own. Held when neither was left on the host."""
-    git = arena.workspace / ".git"
-    (git / "hooks").mkdir(parents=True)
-    (git / "config").write_text("[core]\n")
-    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    git = _repository(arena.workspace / ".git", "[core]\n")
     (arena.workspace / "src").mkdir()  # where even a carved workspace lets the command write
     script = (
         "mkdir -p src/evil/hooks; echo x > src/evil/hooks/pre-commit; "
         "echo ../src/evil > .git/commondir; "
         "mkdir -p .git/modules/sub/hooks; echo x > .git/modules/sub/hooks/post-checkout"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
-    return not (git / "commondir").exists() and not (git / "modules" / "sub").exists()
+    return _held_after(
+        backend,
+        arena,
+        script,
+        lambda _: not (git / "commondir").exists() and not (git / "modules" / "sub").exists(),
+    )
 
 
 def hostile_project(backend: Backend, arena: Arena) -> bool | str:
@@ -266,31 +283,28 @@ def follow_git_settings(backend: Backend, arena: Arena) -> bool | str:
     """Git runs what its settings lead to: a `core.hooksPath` directory (missing here), an
     included configuration file, a nested repository's configuration. Held when none of
     them could be planted."""
-    git = arena.workspace / ".git"
-    (git / "hooks").mkdir(parents=True)
-    (git / "HEAD").write_text("ref: refs/heads/main\n")
-    (git / "config").write_text(
-        "[core]\n\thooksPath = tools/hooks\n[include]\n\tpath = ../tools/extra.gitconfig\n"
+    _repository(
+        arena.workspace / ".git",
+        "[core]\n\thooksPath = tools/hooks\n[include]\n\tpath = ../tools/extra.gitconfig\n",
     )
     tools = arena.workspace / "tools"
     tools.mkdir()
     (tools / "extra.gitconfig").write_text("")
-    nested = arena.workspace / "src" / "lib" / ".git"
-    nested.mkdir(parents=True)
-    (nested / "HEAD").write_text("ref: refs/heads/main\n")
-    (nested / "config").write_text("[core]\n")
+    nested = _repository(arena.workspace / "src" / "lib" / ".git", "[core]\n")
     script = (
         "mkdir -p tools/hooks; echo x > tools/hooks/pre-commit; "
         "echo '[core] fsmonitor = evil' >> tools/extra.gitconfig; "
         "echo '[core] fsmonitor = evil' >> src/lib/.git/config"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
-    return (
-        not (tools / "hooks" / "pre-commit").exists()
-        and "evil" not in (tools / "extra.gitconfig").read_text()
-        and "evil" not in (nested / "config").read_text()
+    return _held_after(
+        backend,
+        arena,
+        script,
+        lambda _: (
+            not (tools / "hooks" / "pre-commit").exists()
+            and "evil" not in (tools / "extra.gitconfig").read_text()
+            and "evil" not in (nested / "config").read_text()
+        ),
     )
 
 
@@ -305,11 +319,10 @@ def make_armed_repository(backend: Backend, arena: Arena) -> bool | str:
         "echo 'ref: refs/heads/main' > src/new/.git/HEAD; "
         "printf '[core]\\n\\tfsmonitor = evil\\n' > src/new/.git/config"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
     config = arena.workspace / "src" / "new" / ".git" / "config"
-    return not (config.exists() and "evil" in config.read_text())
+    return _held_after(
+        backend, arena, script, lambda _: not (config.exists() and "evil" in config.read_text())
+    )
 
 
 def env_secret(backend: Backend, arena: Arena) -> bool | str:

@@ -45,14 +45,27 @@ class ConfigInvalid:
 
 
 @attrs.frozen(kw_only=True)
-class BackendUnavailable:
-    kind: ClassVar[str] = "backend_unavailable"
-    backend: str
-    reason: str
+class _Told:
+    """An error whose message is its `told` template filled in with its fields."""
+
+    kind: ClassVar[str]
+    told: ClassVar[str]  # a `str.format` template over the fields
 
     @property
     def message(self) -> str:
-        return f"backend {self.backend!r} is unavailable: {self.reason}"
+        return self.told.format(**attrs.asdict(self, recurse=False))
+
+
+@attrs.frozen(kw_only=True)
+class _BackendProblem(_Told):
+    backend: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class BackendUnavailable(_BackendProblem):
+    kind: ClassVar[str] = "backend_unavailable"
+    told: ClassVar[str] = "backend {backend!r} is unavailable: {reason}"
 
 
 # How a user would stop asking for a protection, when that is a reasonable choice.
@@ -82,41 +95,39 @@ class PolicyUnsupported:
 
 
 @attrs.frozen(kw_only=True)
-class SpawnFailed:
+class SpawnFailed(_Told):
     """The command never started. `exit_status` is 127 (not found) or 126 (not executable)."""
 
     kind: ClassVar[str] = "spawn_failed"
+    told: ClassVar[str] = "cannot run {command!r}: {reason}"
     command: str
     reason: str
     exit_status: int = 126
 
-    @property
-    def message(self) -> str:
-        return f"cannot run {self.command!r}: {self.reason}"
-
 
 @attrs.frozen(kw_only=True)
-class Timeout:
-    kind: ClassVar[str] = "timeout"
-    timeout_s: float
+class _Stopped(_Told):
+    """A run stopped before its end: what it had written by then is kept."""
+
     partial: RunResult
 
-    @property
-    def message(self) -> str:
-        return f"wall-clock timeout of {self.timeout_s:g}s reached; the process tree was killed"
+
+@attrs.frozen(kw_only=True)
+class Timeout(_Stopped):
+    kind: ClassVar[str] = "timeout"
+    told: ClassVar[str] = (
+        "wall-clock timeout of {timeout_s:g}s reached; the process tree was killed"
+    )
+    timeout_s: float
 
 
 @attrs.frozen(kw_only=True)
-class LimitExceeded:
-    """Common shape of the resource-limit errors: what was exceeded, and the partial result."""
+class LimitExceeded(_Stopped):
+    """The resource-limit errors: what was exceeded (`detail`), and the partial result."""
 
     kind: ClassVar[str] = "limit"
+    told: ClassVar[str] = "{detail}"
     detail: str
-    partial: RunResult
-
-    @property
-    def message(self) -> str:
-        return self.detail
 
 
 @attrs.frozen(kw_only=True)
@@ -140,14 +151,9 @@ class FileSizeLimit(LimitExceeded):
 
 
 @attrs.frozen(kw_only=True)
-class BackendFailed:
+class BackendFailed(_BackendProblem):
     kind: ClassVar[str] = "backend_failed"
-    backend: str
-    reason: str
-
-    @property
-    def message(self) -> str:
-        return f"backend {self.backend!r} failed: {self.reason}"
+    told: ClassVar[str] = "backend {backend!r} failed: {reason}"
 
 
 SandboxError = (
@@ -166,6 +172,6 @@ SandboxError = (
 
 def partial_result(error: SandboxError) -> RunResult | None:
     """The output captured before a timeout or limit stopped the run, if any."""
-    if isinstance(error, Timeout | LimitExceeded):
+    if isinstance(error, _Stopped):
         return error.partial
     return None

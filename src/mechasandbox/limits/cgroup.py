@@ -28,6 +28,7 @@ from pathlib import Path
 import attrs
 
 from mechasandbox.domain.limits import Limits
+from mechasandbox.runner.proctree import pid_exists
 
 _V2_MOUNTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 _V1_ROOT = Path("/sys/fs/cgroup")
@@ -107,16 +108,6 @@ def _write(directory: str, name: str, value: object) -> None:
         os.write(fd, str(value).encode())
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Pool:
@@ -261,7 +252,7 @@ class CgroupManager:
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
                 for entry in entries:
                     owned = _OWNED.fullmatch(entry.name)
-                    if owned and not _pid_alive(int(owned.group(1))):
+                    if owned and not pid_exists(int(owned.group(1))):
                         with contextlib.suppress(OSError):
                             os.rmdir(entry.path)
 
