@@ -115,35 +115,36 @@ class EngineCli:
         return state if isinstance(state, dict) else None
 
 
-class _BlockingWorker:
-    """One long-lived daemon thread that runs specs to completion for synchronous callers.
+_Job = tuple[ProcessRunner, SpawnSpec, "concurrent.futures.Future[Any]"]
 
-    It has its own event loop, so `probe` and the exit handler can spawn through the
-    injected runner even when called from inside a running loop; being a daemon thread,
-    it still works inside atexit.
-    """
+
+class BlockingWorker:
+    """A daemon thread with an event loop of its own, started at first use, that runs specs
+    to completion for synchronous callers (`Backend.probe`, `close`, the interpreter's
+    exit): they can spawn through the injected runner even when called from inside a
+    running loop. `close` stops it; a later `run` starts another."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: (
-            queue.SimpleQueue[tuple[ProcessRunner, SpawnSpec, concurrent.futures.Future[Any]]]
-            | None
-        ) = None
+        self._jobs: queue.SimpleQueue[_Job | None] | None = None
 
-    def _loop(self) -> None:
-        assert self._jobs is not None
-        while True:
-            runner, spec, future = self._jobs.get()
+    @staticmethod
+    def _loop(jobs: queue.SimpleQueue[_Job | None]) -> None:
+        while (job := jobs.get()) is not None:
+            runner, spec, future = job
             try:
                 future.set_result(anyio.run(runner.run, spec))
             except BaseException as error:  # handed to the waiting caller
                 future.set_exception(error)
 
     def run(self, runner: ProcessRunner, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
+        """Run `spec` to completion (from synchronous code, even inside a running loop)."""
         with self._lock:
             if self._jobs is None:
                 self._jobs = queue.SimpleQueue()
-                threading.Thread(target=self._loop, name="mechasandbox-oci", daemon=True).start()
+                threading.Thread(
+                    target=self._loop, args=(self._jobs,), name="mechasandbox-oci", daemon=True
+                ).start()
             jobs = self._jobs
         future: concurrent.futures.Future[Result[ProcessOutcome, SpawnFailed]] = (
             concurrent.futures.Future()
@@ -151,17 +152,12 @@ class _BlockingWorker:
         jobs.put((runner, spec, future))
         return future.result()
 
-
-_WORKER = _BlockingWorker()
-
-
-def run_blocking(runner: ProcessRunner, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
-    """Run `spec` to completion from synchronous code, even inside a running event loop.
-
-    `Backend.probe` and the exit handler are synchronous; the worker thread has its own
-    event loop, so they can still spawn through the injected runner.
-    """
-    return _WORKER.run(runner, spec)
+    def close(self) -> None:
+        """Stop the thread once the specs handed to it are done."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, None
+        if jobs is not None:
+            jobs.put(None)
 
 
 def owner_id() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import queue
@@ -20,7 +19,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.linux.guards import GuardSet
 from mechasandbox.backends.linux.workspace_locks import locked_too_long
 from mechasandbox.backends.oci import lifeline, live, protection
-from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, run_blocking, tail
+from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, tail
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     compile_container_args,
@@ -103,18 +102,6 @@ class _Slot:
         return len(self.idle) + len(self.busy) + self.starting
 
 
-_POOLS: weakref.WeakSet[ContainerPool] = weakref.WeakSet()
-
-
-def _close_pools_at_exit() -> None:
-    for pool in list(_POOLS):
-        with contextlib.suppress(Exception):
-            pool.close()
-
-
-atexit.register(_close_pools_at_exit)
-
-
 class ContainerPool:
     """The containers of one `PooledBackend` (see the module's doc)."""
 
@@ -128,7 +115,7 @@ class ContainerPool:
         self._closed = False
         self._members: dict[str, _Member] = {}  # every container made and not yet removed
         self._stopped = threading.Event()
-        _POOLS.add(self)
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     # -- the maintenance thread ----------------------------------------------------------
 
@@ -141,6 +128,8 @@ class ContainerPool:
                     daemon=True,
                 )
                 self._thread.start()
+                # At exit: no more starts (the engine's state removes the containers).
+                self._finalizer = weakref.finalize(self, _stop, self._stopped, self._thread)
             closed = self._closed
         if closed:
             # No maintenance thread any more: do it now, on a thread of its own.
@@ -194,10 +183,10 @@ class ContainerPool:
     def _forget(self, member: _Member) -> None:
         with self._lock:
             known = self._members.pop(member.name, None)
-        live.discard(member.name)
+        self.backend.state.live.discard(member.name)
         if known is not None:
             member.guards.close()
-            protection.release_placeholders(member.run.workspace, member.placeholders)
+            self.backend.state.placeholders.release(member.run.workspace, member.placeholders)
 
     async def _start(self, slot: _Slot) -> Result[_Member, SandboxError]:
         """Create and start one container of `slot` and check it answers an `exec`."""
@@ -205,9 +194,9 @@ class ContainerPool:
         cli = self._cli()
         run = slot.make_run()
         placeholders = protection.placeholder_paths(run)
-        if not protection.hold_placeholders(run.workspace, placeholders):
+        if not backend.state.placeholders.hold(run.workspace, placeholders):
             return Failure(BackendFailed(backend=backend.name, reason=locked_too_long("container")))
-        live.add(run.name, cli)
+        backend.state.live.add(run.name, cli)
         member = _Member(
             run=run,
             placeholders=placeholders,
@@ -594,9 +583,8 @@ class ContainerPool:
                 return
             self._closed = True
             self._slots.clear()
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout=_START_TIMEOUT_S + 5)
+        if self._finalizer is not None:
+            self._finalizer()
         engine = self.backend._engine()
         if isinstance(engine, Failure):
             return
@@ -606,6 +594,13 @@ class ContainerPool:
         for member in members:
             removed: Result[ProcessOutcome, SpawnFailed] | None = None
             with contextlib.suppress(Exception):
-                removed = run_blocking(cli.runner, cli.spec(self.backend._remove_args(member.name)))
+                spec = cli.spec(self.backend._remove_args(member.name))
+                removed = self.backend.state.worker.run(cli.runner, spec)
             if removed is not None and gone(removed):
                 self._forget(member)  # else the exit handler tries once more
+
+
+def _stop(stopped: threading.Event, thread: threading.Thread) -> None:
+    """Stop the maintenance thread once the jobs under way are done."""
+    stopped.set()
+    thread.join(timeout=_START_TIMEOUT_S + 5)

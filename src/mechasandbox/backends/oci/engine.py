@@ -9,7 +9,6 @@ in `protection`.
 
 from __future__ import annotations
 
-import atexit
 import json
 import secrets
 import shlex
@@ -32,7 +31,6 @@ from mechasandbox.backends.oci.cli import (
     exit_status,
     find_executable,
     owner_id,
-    run_blocking,
     tail,
 )
 from mechasandbox.backends.oci.compiler import (
@@ -58,7 +56,7 @@ from mechasandbox.backends.oci.probe import (
     runtime_problem,
 )
 from mechasandbox.backends.oci.protection import ProtectionLayout, protection_layout
-from mechasandbox.backends.oci.seccomp_profile import profile_path
+from mechasandbox.backends.oci.state import EngineState
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.domain.capabilities import Capabilities
@@ -82,14 +80,6 @@ from mechasandbox.runner.spec import ProcessOutcome
 # The image the recipes in config/images build (Dockerfile online, busybox offline).
 DEFAULT_IMAGE = "mechasandbox/sandbox:latest"
 STDIN_PLACEHOLDER = "<per-run input file>"
-
-
-def _cleanup_at_exit() -> None:
-    live.remove_live_at_exit()
-    protection.release_all_at_exit()
-
-
-atexit.register(_cleanup_at_exit)
 
 
 @attrs.frozen(kw_only=True)
@@ -124,7 +114,8 @@ class OciBackend:
 
     `image` must already be present in the engine (`--pull never`): see config/images.
     `runtime` picks the OCI runtime (`Runtime.RUNSC` for gVisor). `executable` overrides
-    the CLI found on PATH. `cpus` optionally caps CPU bandwidth (`--cpus`).
+    the CLI found on PATH. `cpus` optionally caps CPU bandwidth (`--cpus`). `state`: what
+    it keeps across runs (see `EngineState`; its own unless given one to share).
     """
 
     kind: ClassVar[str] = "oci"
@@ -141,6 +132,7 @@ class OciBackend:
     host: HostContext = attrs.field(factory=HostContext.current)
     probe_ttl_s: float = PROBE_TTL_S
     egress: EgressProxy = attrs.field(factory=EgressProxy)
+    state: EngineState = attrs.field(factory=EngineState, eq=False, repr=False)
     _cache: ProbeCache = attrs.field(factory=ProbeCache, init=False, eq=False, repr=False)
 
     @property
@@ -170,7 +162,7 @@ class OciBackend:
         if executable is None:
             return Failure(self._unavailable(f"{command} CLI not found on PATH"))
         cli = self._cli(executable)
-        info = run_blocking(self.runner, cli.spec(self.info_args, timeout_s=20.0))
+        info = self.state.worker.run(self.runner, cli.spec(self.info_args, timeout_s=20.0))
         if isinstance(info, Failure):
             return Failure(self._unavailable(f"cannot run {executable}: {info.failure().reason}"))
         outcome = info.unwrap()
@@ -185,7 +177,7 @@ class OciBackend:
         problem = runtime_problem(self.runtime, parsed)
         if problem is not None:
             return Failure(self._unavailable(problem))
-        image = run_blocking(
+        image = self.state.worker.run(
             self.runner,
             cli.spec(("image", "inspect", "--format", "{{.Id}}", self.image), timeout_s=20.0),
         )
@@ -207,14 +199,14 @@ class OciBackend:
         (cached per image id); the lifeline's watcher needs the one, the allowlist bridge
         the other."""
         key = (cli.executable, image_id)
-        found = forwarders.cached(key)
+        found = self.state.forwarders.get(key)
         if found is None:
-            empty = protection.empty_directory()
+            empty = self.state.placeholders.empty_directory()
             run = ContainerRun(run_id=secrets.token_hex(8), owner=owner_id(), workspace=empty)
             args = forwarders.probe_args(self.host, self.image, info.traits, run)
             spec = cli.spec(args, timeout_s=30.0, env_file=b"")
-            found = forwarders.read_probe(run_blocking(self.runner, spec))
-            forwarders.remember(key, found)
+            found = forwarders.read_probe(self.state.worker.run(self.runner, spec))
+            self.state.forwarders.put(key, found)
         shell, socat = found
         socat, no_bridge = forwarders.verdict(socat, runtime=self.runtime, image=self.image)
         return attrs.evolve(info, shell=shell, socat=socat, no_bridge=no_bridge)
@@ -255,10 +247,10 @@ class OciBackend:
             protected=layout.protected,
             pinned=layout.pinned,
             placeholders=layout.placeholders,
-            empty_dir=protection.empty_directory() if layout.placeholders else None,
+            empty_dir=self.state.placeholders.empty_directory() if layout.placeholders else None,
             unix_sockets=find_named_sockets(policy, self.host, workspace).bind,
             mounts=mounts or PolicyMounts(),
-            seccomp_profile=profile_path(),
+            seccomp_profile=self.state.profiles.path(),
         )
 
     @staticmethod
@@ -274,7 +266,7 @@ class OciBackend:
     def _protection_layout(self, workspace: str, policy: Policy) -> ProtectionLayout:
         fs = policy.filesystem
         return protection_layout(
-            workspace, (*fs.protected, *fs.deny_write), held=protection.is_held_placeholder
+            workspace, (*fs.protected, *fs.deny_write), held=self.state.placeholders.is_held
         )
 
     def _check_protection(
@@ -376,6 +368,7 @@ class OciBackend:
             return await self._run(request, policy)  # (prepare_run reports it)
         key = (self.kind, engine.unwrap()[2])
         return await lifeline.sweep_beside(
+            self.state.sweeps,
             key,
             self.reap_leftovers,
             lambda: self._run(request, policy),
@@ -453,9 +446,9 @@ class OciBackend:
         if run.lifeline is not None:
             spec = lifeline.tie(spec, removal=(cli.executable, *self._remove_args(run.name)))
         placeholders = protection.placeholder_paths(run)
-        if not protection.hold_placeholders(run.workspace, placeholders):
+        if not self.state.placeholders.hold(run.workspace, placeholders):
             return Failure(BackendFailed(backend=self.name, reason=locked_too_long("container")))
-        live.add(run.name, cli)
+        self.state.live.add(run.name, cli)
         guards = protection.guards(run)
         interrupted = True
         try:
@@ -478,8 +471,8 @@ class OciBackend:
             guards.close()
             with anyio.CancelScope(shield=True):
                 await live.remove(cli, run.name, run.run_id, thorough=interrupted)
-            live.discard(run.name)
-            protection.release_placeholders(run.workspace, placeholders)
+            self.state.live.discard(run.name)
+            self.state.placeholders.release(run.workspace, placeholders)
 
     def _remove_args(self, name: str) -> tuple[str, ...]:
         """`rm` a container at once (podman would first wait for its stop timeout)."""

@@ -28,23 +28,27 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.network.bridge import BRIDGE_FAILED, PROXY_PORT, PROXY_SOCKET, ProxyBridge
 from mechasandbox.runner.spec import ProcessOutcome
 
-# What the image has: /bin/sh (the lifeline's watcher) and socat (its path, or None), per
-# engine CLI and image id.
-_FORWARDERS: dict[tuple[str, str], tuple[bool, str | None]] = {}
-_FORWARDERS_LOCK = threading.Lock()
 _SHELL_MARK = "mechasandbox-sh"
 _FORWARDER_PROBE = f"echo {_SHELL_MARK}; command -v socat"
 PROXY_SOCKET_PLACEHOLDER = "<per-run proxy socket>"
 
 
-def cached(key: tuple[str, str]) -> tuple[bool, str | None] | None:
-    with _FORWARDERS_LOCK:
-        return _FORWARDERS.get(key)
+class ForwarderCache:
+    """What each image has: /bin/sh (the lifeline's watcher) and socat (its path, or None),
+    per engine CLI and image id. (State rather than a `functools.cache`: filled by running
+    containers, and it grows with the images used.)"""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[tuple[str, str], tuple[bool, str | None]] = {}
 
-def remember(key: tuple[str, str], found: tuple[bool, str | None]) -> None:
-    with _FORWARDERS_LOCK:
-        _FORWARDERS[key] = found
+    def get(self, key: tuple[str, str]) -> tuple[bool, str | None] | None:
+        with self._lock:
+            return self._found.get(key)
+
+    def put(self, key: tuple[str, str], found: tuple[bool, str | None]) -> None:
+        with self._lock:
+            self._found[key] = found
 
 
 def probe_args(

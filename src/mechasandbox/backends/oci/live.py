@@ -2,47 +2,68 @@
 
 Containers are run with a name and without `--rm`, so that after one ends we can ask the
 engine whether it was OOM-killed or never started, and then remove it ourselves. Those of
-runs still going are known here, and removed when the process exits. Every container
-carries the run's and the owner's labels (`LABEL_RUN`, `LABEL_OWNER`): what a process that
-died left behind is found by them and removed by the next one (`reap`).
+runs still going are known (`LiveContainers`), and removed when they are closed or the
+process exits. Every container carries the run's and the owner's labels (`LABEL_RUN`,
+`LABEL_OWNER`): what a process that died left behind is found by them and removed by the
+next one (`reap`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
+from typing import Any
 
 import anyio
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.oci.cli import EngineCli, owner_gone, run_blocking, tail
+from mechasandbox.backends.oci.cli import BlockingWorker, EngineCli, owner_gone, tail
 from mechasandbox.backends.oci.compiler import LABEL_RUN
 from mechasandbox.domain.errors import BackendFailed, SandboxError
 
 _REMOVE_ATTEMPTS = 4
 
-# Containers of runs still going in this process: removed at interpreter exit.
-_LIVE: dict[str, EngineCli] = {}
-_LIVE_LOCK = threading.Lock()
+
+class LiveContainers:
+    """The containers of this process's runs still going (by name, with the CLI that
+    removes each): `close` removes them, as the interpreter's exit does at the latest."""
+
+    def __init__(self, worker: BlockingWorker) -> None:
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._live: dict[str, EngineCli] = {}
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def add(self, name: str, cli: EngineCli) -> None:
+        with self._lock:
+            self._live[name] = cli
+            if self._finalizer is None or not self._finalizer.alive:
+                self._finalizer = weakref.finalize(
+                    self, _remove_all, self._live, self._lock, self._worker
+                )
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            self._live.pop(name, None)
+            if not self._live and self._finalizer is not None:
+                self._finalizer.detach()  # nothing left to remove
+                self._finalizer = None
+
+    def close(self) -> None:
+        with self._lock:
+            finalizer = self._finalizer
+        if finalizer is not None:
+            finalizer()
 
 
-def add(name: str, cli: EngineCli) -> None:
-    with _LIVE_LOCK:
-        _LIVE[name] = cli
-
-
-def discard(name: str) -> None:
-    with _LIVE_LOCK:
-        _LIVE.pop(name, None)
-
-
-def remove_live_at_exit() -> None:
-    with _LIVE_LOCK:
-        live = list(_LIVE.items())
-        _LIVE.clear()
-    for name, cli in live:
+def _remove_all(live: dict[str, EngineCli], lock: threading.Lock, worker: BlockingWorker) -> None:
+    with lock:
+        doomed = list(live.items())
+        live.clear()
+    for name, cli in doomed:
         with contextlib.suppress(Exception):
-            run_blocking(cli.runner, cli.spec(("rm", "--force", name), timeout_s=30.0))
+            worker.run(cli.runner, cli.spec(("rm", "--force", name), timeout_s=30.0))
 
 
 async def remove(cli: EngineCli, name: str, run_id: str, *, thorough: bool) -> None:

@@ -131,6 +131,7 @@ class PooledBackend:
             return await self._run(request, policy)  # (prepare_run reports it)
         key = (self.backend.kind, engine.unwrap()[2])
         return await lifeline.sweep_beside(
+            self.backend.state.sweeps,
             key,
             self.backend.reap_leftovers,
             lambda: self._run(request, policy),

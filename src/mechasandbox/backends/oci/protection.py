@@ -16,7 +16,9 @@ import os
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -151,87 +153,131 @@ def guards(run: ContainerRun) -> GuardSet:
 
 # -- the placeholders this process's containers hold ------------------------------------
 
-# An empty read-only directory of this process: the source of every placeholder mount.
-_EMPTY: list[str] = []
-_EMPTY_LOCK = threading.Lock()
-# Placeholder mount points this process's containers are using, with how many use each;
-# the workspaces they run in, with how many; the placeholders no container uses any more,
-# by workspace, removed once its last container ends.
-_PLACEHOLDER_USERS: dict[str, int] = {}
-_WORKSPACE_USERS: dict[str, int] = {}
-_UNUSED: dict[str, list[str]] = {}
-_LOCKS: list[WorkspaceLocks] = []
+
+@attrs.define(eq=False)
+class _Held:
+    """What a `WorkspacePlaceholders` holds (handed to its finalizer, which must not hold
+    the registry itself)."""
+
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    # An empty read-only directory of this process: the source of every placeholder mount.
+    empty: str | None = None
+    # Placeholder mount points our containers are using, with how many use each; the
+    # workspaces they run in, with how many; the placeholders no container uses any more,
+    # by workspace, removed once its last container ends.
+    placeholder_users: dict[str, int] = attrs.field(factory=dict)
+    workspace_users: dict[str, int] = attrs.field(factory=dict)
+    unused: dict[str, list[str]] = attrs.field(factory=dict)
+    locks: WorkspaceLocks | None = None
+
+    def workspace_locks(self) -> WorkspaceLocks:
+        """(Called with `lock` held.) Made at first use, where the user's state is then."""
+        if self.locks is None:
+            directory = placeholder_state_directory()
+            self.locks = WorkspaceLocks(directory / "workspaces" if directory else None)
+        return self.locks
 
 
-def workspace_locks() -> WorkspaceLocks:
-    if not _LOCKS:
-        directory = placeholder_state_directory()
-        _LOCKS.append(WorkspaceLocks(directory / "workspaces" if directory else None))
-    return _LOCKS[0]
+class WorkspacePlaceholders:
+    """The placeholders our containers hold, by workspace (see the module), and the empty
+    directory mounted onto them. `close` releases them all (each removed once no process
+    of this user runs in its workspace) and removes the empty directory, as the
+    interpreter's exit does at the latest."""
+
+    def __init__(self) -> None:
+        self._held = _Held()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def _holding(self) -> None:
+        """(Called with the lock held.) Something is held from now on: released at exit."""
+        if self._finalizer is None or not self._finalizer.alive:
+            self._finalizer = weakref.finalize(self, _release_all, self._held)
+
+    def locks(self) -> WorkspaceLocks:
+        """How this registry coordinates with other processes (tests look where)."""
+        with self._held.lock:
+            return self._held.workspace_locks()
+
+    def is_held(self, path: str) -> bool:
+        """A placeholder (an empty directory, or a file placeholder with just its content)
+        one of our live containers holds: still "missing" for the next run (not a real
+        path to re-bind)."""
+        with self._held.lock:
+            held = path in self._held.placeholder_users
+        return held and is_placeholder(path)
+
+    def empty_directory(self) -> str:
+        held = self._held
+        with held.lock:
+            if held.empty is None or not os.path.isdir(held.empty):
+                self._holding()
+                held.empty = tempfile.mkdtemp(prefix="mechasandbox-empty-")
+                os.chmod(held.empty, 0o500)  # read-only for its owner too
+            return held.empty
+
+    def hold(self, workspace: str, paths: tuple[str, ...]) -> bool:
+        """A container of ours in `workspace` (with these placeholders) is about to start;
+        its mounts may also stand on another process's placeholders, hence the workspace's
+        lock. False: it could not be had (see `WorkspaceLocks.enter`): do not start, do not
+        release."""
+        held = self._held
+        with held.lock:
+            users = held.workspace_users
+            if not users.get(workspace) and not held.workspace_locks().enter(workspace):
+                return False
+            self._holding()
+            users[workspace] = users.get(workspace, 0) + 1
+            for path in paths:
+                held.placeholder_users[path] = held.placeholder_users.get(path, 0) + 1
+            return True
+
+    def release(self, workspace: str, paths: tuple[str, ...]) -> None:
+        """That container is gone: remove the empty mount points the engine made on the
+        host once no container uses them (anything someone put there meanwhile stays)."""
+        _release(self._held, workspace, paths)
+
+    def close(self) -> None:
+        with self._held.lock:
+            finalizer = self._finalizer
+        if finalizer is not None:
+            finalizer()
 
 
-def is_held_placeholder(path: str) -> bool:
-    """A placeholder (an empty directory, or a file placeholder with just its content)
-    one of our live containers holds: still "missing" for the next run (not a real path
-    to re-bind)."""
-    with _EMPTY_LOCK:
-        held = path in _PLACEHOLDER_USERS
-    return held and is_placeholder(path)
-
-
-def empty_directory() -> str:
-    with _EMPTY_LOCK:
-        if not _EMPTY or not os.path.isdir(_EMPTY[0]):
-            path = tempfile.mkdtemp(prefix="mechasandbox-empty-")
-            os.chmod(path, 0o500)  # read-only for its owner too
-            _EMPTY[:] = [path]
-        return _EMPTY[0]
-
-
-def hold_placeholders(workspace: str, paths: tuple[str, ...]) -> bool:
-    """A container of ours in `workspace` (with these placeholders) is about to start; its
-    mounts may also stand on another process's placeholders, hence the workspace's lock.
-    False: it could not be had (see `WorkspaceLocks.enter`): do not start, do not release."""
-    with _EMPTY_LOCK:
-        if not _WORKSPACE_USERS.get(workspace) and not workspace_locks().enter(workspace):
-            return False
-        _WORKSPACE_USERS[workspace] = _WORKSPACE_USERS.get(workspace, 0) + 1
+def _release(held: _Held, workspace: str, paths: tuple[str, ...]) -> None:
+    with held.lock:
         for path in paths:
-            _PLACEHOLDER_USERS[path] = _PLACEHOLDER_USERS.get(path, 0) + 1
-        return True
-
-
-def release_placeholders(workspace: str, paths: tuple[str, ...]) -> None:
-    """That container is gone: remove the empty mount points the engine made on the host
-    once no container uses them (anything someone put there meanwhile stays)."""
-    with _EMPTY_LOCK:
-        for path in paths:
-            users = _PLACEHOLDER_USERS.get(path, 0) - 1
+            users = held.placeholder_users.get(path, 0) - 1
             if users > 0:
-                _PLACEHOLDER_USERS[path] = users
+                held.placeholder_users[path] = users
             else:
-                _PLACEHOLDER_USERS.pop(path, None)
-                _UNUSED.setdefault(workspace, []).append(path)
-        remaining = _WORKSPACE_USERS.get(workspace, 0) - 1
+                held.placeholder_users.pop(path, None)
+                held.unused.setdefault(workspace, []).append(path)
+        remaining = held.workspace_users.get(workspace, 0) - 1
         if remaining > 0:
-            _WORKSPACE_USERS[workspace] = remaining
+            held.workspace_users[workspace] = remaining
             return
-        _WORKSPACE_USERS.pop(workspace, None)
-        workspace_locks().leave(workspace, _UNUSED.pop(workspace, []), remove_empty)
+        held.workspace_users.pop(workspace, None)
+        unused = held.unused.pop(workspace, [])
+        held.workspace_locks().leave(workspace, unused, remove_empty)
 
 
-def release_all_at_exit() -> None:
-    with _EMPTY_LOCK:
-        workspaces = list(_WORKSPACE_USERS)
+def _release_all(held: _Held) -> None:
+    """Every workspace let go of at once (its containers are gone), then the empty
+    directory removed."""
+    with held.lock:
+        workspaces = list(held.workspace_users)
         for workspace in workspaces:
-            _WORKSPACE_USERS[workspace] = 1
-        held = tuple(_PLACEHOLDER_USERS)
-        for path in held:
-            _PLACEHOLDER_USERS[path] = 1
+            held.workspace_users[workspace] = 1
+        placeholders = tuple(held.placeholder_users)
+        for path in placeholders:
+            held.placeholder_users[path] = 1
     for workspace in workspaces:
-        mine = tuple(p for p in held if p.startswith(workspace.rstrip("/") + "/"))
-        release_placeholders(workspace, mine)
-    with _EMPTY_LOCK:
-        for path in _EMPTY:
+        mine = tuple(p for p in placeholders if p.startswith(workspace.rstrip("/") + "/"))
+        _release(held, workspace, mine)
+    with held.lock:
+        if held.empty is not None:
             with contextlib.suppress(OSError):
-                os.rmdir(path)
+                os.rmdir(held.empty)
+            held.empty = None
+        if held.locks is not None:
+            held.locks.close()
