@@ -6,21 +6,19 @@ Everything is driven through the engine's CLI, spawned by the injected `ProcessR
 
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import json
 import os
-import queue
 import shutil
 import socket
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
 import attrs
 from returns.result import Failure, Result
 
 from mechasandbox.backends.oci.env_file import env_file_hook
+from mechasandbox.backends.oci.portal import Portal
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.limits.cgroup import pid_alive
 from mechasandbox.runner.protocol import ProcessRunner
@@ -103,6 +101,11 @@ class EngineCli:
         """`ENGINE ARGS...` with the default timeout and output cap."""
         return await self.runner.run(self.spec(args))
 
+    def run_blocking(self, portal: Portal, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
+        """`spec` (one of this CLI's) run to completion on `portal`: from synchronous code
+        (a probe, a removal on close or at exit), even inside a running event loop."""
+        return portal.call(functools.partial(self.runner.run, spec))
+
     async def state(self, name: str) -> dict[str, Any] | None:
         """The container's `.State` (OOMKilled, Error, ExitCode), or None if there is none."""
         inspected = await self.run("inspect", "--format", "{{json .State}}", name)
@@ -113,51 +116,6 @@ class EngineCli:
         except ValueError:
             return None
         return state if isinstance(state, dict) else None
-
-
-_Job = tuple[ProcessRunner, SpawnSpec, "concurrent.futures.Future[Any]"]
-
-
-class BlockingWorker:
-    """A daemon thread with an event loop of its own, started at first use, that runs specs
-    to completion for synchronous callers (`Backend.probe`, `close`, the interpreter's
-    exit): they can spawn through the injected runner even when called from inside a
-    running loop. `close` stops it; a later `run` starts another."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job | None] | None = None
-
-    @staticmethod
-    def _loop(jobs: queue.SimpleQueue[_Job | None]) -> None:
-        while (job := jobs.get()) is not None:
-            runner, spec, future = job
-            try:
-                future.set_result(anyio.run(runner.run, spec))
-            except BaseException as error:  # handed to the waiting caller
-                future.set_exception(error)
-
-    def run(self, runner: ProcessRunner, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
-        """Run `spec` to completion (from synchronous code, even inside a running loop)."""
-        with self._lock:
-            if self._jobs is None:
-                self._jobs = queue.SimpleQueue()
-                threading.Thread(
-                    target=self._loop, args=(self._jobs,), name="mechasandbox-oci", daemon=True
-                ).start()
-            jobs = self._jobs
-        future: concurrent.futures.Future[Result[ProcessOutcome, SpawnFailed]] = (
-            concurrent.futures.Future()
-        )
-        jobs.put((runner, spec, future))
-        return future.result()
-
-    def close(self) -> None:
-        """Stop the thread once the specs handed to it are done."""
-        with self._lock:
-            jobs, self._jobs = self._jobs, None
-        if jobs is not None:
-            jobs.put(None)
 
 
 def owner_id() -> str:

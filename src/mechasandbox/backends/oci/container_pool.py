@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import queue
 import signal
 import threading
 import time
-import weakref
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import anyio
 import attrs
+from anyio.from_thread import start_blocking_portal
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.linux.guards import GuardSet
@@ -34,6 +32,7 @@ from mechasandbox.backends.oci.pool_settings import (
     PoolSettings,
     WhenExhausted,
 )
+from mechasandbox.backends.oci.portal import Portal
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -110,48 +109,31 @@ class ContainerPool:
         self.settings = settings
         self._lock = threading.Lock()
         self._slots: dict[tuple[str, ...], _Slot] = {}
-        self._jobs: queue.SimpleQueue[Callable[[], Coroutine[Any, Any, None]]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        # Starts, removals and the idle timeout run in the background, on a loop of their own.
+        self._maintenance = Portal("mechasandbox-pool", background=self._expire)
         self._closed = False
         self._members: dict[str, _Member] = {}  # every container made and not yet removed
-        self._stopped = threading.Event()
-        self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    # -- the maintenance thread ----------------------------------------------------------
+    # -- maintenance -----------------------------------------------------------------------
 
-    def _submit(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def _submit(self, job: Callable[[], Awaitable[None]]) -> None:
         with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=lambda: anyio.run(self._maintain),
-                    name="mechasandbox-pool",
-                    daemon=True,
-                )
-                self._thread.start()
-                # At exit: no more starts (the engine's state removes the containers).
-                self._finalizer = weakref.finalize(self, _stop, self._stopped, self._thread)
             closed = self._closed
         if closed:
-            # No maintenance thread any more: do it now, on a thread of its own.
-            thread = threading.Thread(target=anyio.run, args=(job,), daemon=True)
-            thread.start()
-            thread.join(timeout=_START_TIMEOUT_S)
+            # No maintenance any more: do it now, on a loop of its own.
+            with start_blocking_portal(name="mechasandbox-pool-closed") as portal:
+                portal.call(job)
             return
-        self._jobs.put(job)
+        self._maintenance.start_soon(job)
 
-    async def _maintain(self) -> None:
+    async def _expire(self, stopping: threading.Event) -> None:
+        """Stop the containers idle for too long, until the pool closes. (Its jobs under
+        way finish then: a start cut short could leave a container the engine creates after
+        our `rm`; a start that ends after close removes its own.)"""
         async with anyio.create_task_group() as group:
-            while not self._stopped.is_set():
-                while True:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    group.start_soon(job)
+            while not (stopping.is_set() or self._closed):
                 self._expire_idle(group)
                 await anyio.sleep(_MAINTENANCE_TICK_S)
-            # Closing: jobs under way finish (a start cut short could leave a container the
-            # engine creates after our `rm`); a start that ends after close removes its own.
 
     def _expire_idle(self, group: anyio.abc.TaskGroup) -> None:
         now = time.monotonic()
@@ -583,8 +565,7 @@ class ContainerPool:
                 return
             self._closed = True
             self._slots.clear()
-        if self._finalizer is not None:
-            self._finalizer()
+        self._maintenance.close()
         engine = self.backend._engine()
         if isinstance(engine, Failure):
             return
@@ -595,12 +576,6 @@ class ContainerPool:
             removed: Result[ProcessOutcome, SpawnFailed] | None = None
             with contextlib.suppress(Exception):
                 spec = cli.spec(self.backend._remove_args(member.name))
-                removed = self.backend.state.worker.run(cli.runner, spec)
+                removed = cli.run_blocking(self.backend.state.portal, spec)
             if removed is not None and gone(removed):
                 self._forget(member)  # else the exit handler tries once more
-
-
-def _stop(stopped: threading.Event, thread: threading.Thread) -> None:
-    """Stop the maintenance thread once the jobs under way are done."""
-    stopped.set()
-    thread.join(timeout=_START_TIMEOUT_S + 5)

@@ -162,7 +162,7 @@ class OciBackend:
         if executable is None:
             return Failure(self._unavailable(f"{command} CLI not found on PATH"))
         cli = self._cli(executable)
-        info = self.state.worker.run(self.runner, cli.spec(self.info_args, timeout_s=20.0))
+        info = cli.run_blocking(self.state.portal, cli.spec(self.info_args, timeout_s=20.0))
         if isinstance(info, Failure):
             return Failure(self._unavailable(f"cannot run {executable}: {info.failure().reason}"))
         outcome = info.unwrap()
@@ -177,8 +177,8 @@ class OciBackend:
         problem = runtime_problem(self.runtime, parsed)
         if problem is not None:
             return Failure(self._unavailable(problem))
-        image = self.state.worker.run(
-            self.runner,
+        image = cli.run_blocking(
+            self.state.portal,
             cli.spec(("image", "inspect", "--format", "{{.Id}}", self.image), timeout_s=20.0),
         )
         if isinstance(image, Failure) or image.unwrap().exit_code != 0:
@@ -205,7 +205,7 @@ class OciBackend:
             run = ContainerRun(run_id=secrets.token_hex(8), owner=owner_id(), workspace=empty)
             args = forwarders.probe_args(self.host, self.image, info.traits, run)
             spec = cli.spec(args, timeout_s=30.0, env_file=b"")
-            found = forwarders.read_probe(self.state.worker.run(self.runner, spec))
+            found = forwarders.read_probe(cli.run_blocking(self.state.portal, spec))
             self.state.forwarders.put(key, found)
         shell, socat = found
         socat, no_bridge = forwarders.verdict(socat, runtime=self.runtime, image=self.image)

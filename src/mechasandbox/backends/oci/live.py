@@ -18,8 +18,9 @@ from typing import Any
 import anyio
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.oci.cli import BlockingWorker, EngineCli, owner_gone, tail
+from mechasandbox.backends.oci.cli import EngineCli, owner_gone, tail
 from mechasandbox.backends.oci.compiler import LABEL_RUN
+from mechasandbox.backends.oci.portal import Portal
 from mechasandbox.domain.errors import BackendFailed, SandboxError
 
 _REMOVE_ATTEMPTS = 4
@@ -29,8 +30,8 @@ class LiveContainers:
     """The containers of this process's runs still going (by name, with the CLI that
     removes each): `close` removes them, as the interpreter's exit does at the latest."""
 
-    def __init__(self, worker: BlockingWorker) -> None:
-        self._worker = worker
+    def __init__(self, portal: Portal) -> None:
+        self._portal = portal
         self._lock = threading.Lock()
         self._live: dict[str, EngineCli] = {}
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -40,7 +41,7 @@ class LiveContainers:
             self._live[name] = cli
             if self._finalizer is None or not self._finalizer.alive:
                 self._finalizer = weakref.finalize(
-                    self, _remove_all, self._live, self._lock, self._worker
+                    self, _remove_all, self._live, self._lock, self._portal
                 )
 
     def discard(self, name: str) -> None:
@@ -57,13 +58,13 @@ class LiveContainers:
             finalizer()
 
 
-def _remove_all(live: dict[str, EngineCli], lock: threading.Lock, worker: BlockingWorker) -> None:
+def _remove_all(live: dict[str, EngineCli], lock: threading.Lock, portal: Portal) -> None:
     with lock:
         doomed = list(live.items())
         live.clear()
     for name, cli in doomed:
         with contextlib.suppress(Exception):
-            worker.run(cli.runner, cli.spec(("rm", "--force", name), timeout_s=30.0))
+            cli.run_blocking(portal, cli.spec(("rm", "--force", name), timeout_s=30.0))
 
 
 async def remove(cli: EngineCli, name: str, run_id: str, *, thorough: bool) -> None:

@@ -17,10 +17,12 @@ replace it) unless `after_use=AfterUse.REUSE`: a command can leave state behind 
 `docker exec` cannot kill what it started: on a timeout or a cancellation the whole
 container is force-removed before `run` returns, and replaced.
 
-A maintenance thread (its own event loop) starts replacements, removes used containers,
-and stops containers idle for longer than `idle_timeout_s`. `close()` removes everything;
-it also runs at interpreter exit, and `reap_leftovers` covers pool containers (they carry
-the same labels as every other container of ours).
+A maintenance loop (anyio's blocking portal, on a thread of its own: `portal`) starts
+replacements, removes used containers, and stops containers idle for longer than
+`idle_timeout_s`. `close()` removes everything. A process that exits without it stops the
+maintenance and, like any run's, the backend's `EngineState` removes the containers;
+`reap_leftovers` covers pool containers (they carry the same labels as every other
+container of ours).
 """
 
 from __future__ import annotations

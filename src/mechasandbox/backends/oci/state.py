@@ -10,26 +10,30 @@ from __future__ import annotations
 
 import attrs
 
-from mechasandbox.backends.oci.cli import BlockingWorker
 from mechasandbox.backends.oci.forwarders import ForwarderCache
 from mechasandbox.backends.oci.lifeline import Sweeps
 from mechasandbox.backends.oci.live import LiveContainers
+from mechasandbox.backends.oci.portal import Portal
 from mechasandbox.backends.oci.protection import WorkspacePlaceholders
 from mechasandbox.backends.oci.seccomp_profile import SeccompProfiles
 
 
+def _portal() -> Portal:
+    return Portal("mechasandbox-oci")
+
+
 def _live(state: EngineState) -> LiveContainers:
-    return LiveContainers(state.worker)
+    return LiveContainers(state.portal)
 
 
 @attrs.define(eq=False)
 class EngineState:
-    """`worker`: runs engine CLI calls for synchronous code (probes, removals on close);
+    """`portal`: runs engine CLI calls for synchronous code (probes, removals on close);
     `live`: the containers of runs still going; `placeholders`: the placeholders they hold
     in their workspaces; `profiles`: the seccomp profile files; `forwarders`: what each
     image offers; `sweeps`: the engines whose leftovers were removed."""
 
-    worker: BlockingWorker = attrs.field(factory=BlockingWorker)
+    portal: Portal = attrs.field(factory=_portal)
     live: LiveContainers = attrs.field(default=attrs.Factory(_live, takes_self=True))
     placeholders: WorkspacePlaceholders = attrs.field(factory=WorkspacePlaceholders)
     profiles: SeccompProfiles = attrs.field(factory=SeccompProfiles)
@@ -38,8 +42,8 @@ class EngineState:
 
     def close(self) -> None:
         """Remove the live containers, then their placeholders (a placeholder goes only once
-        no container has it mounted) and the profile files; stop the worker."""
+        no container has it mounted) and the profile files; stop the portal."""
         self.live.close()
         self.placeholders.close()
         self.profiles.close()
-        self.worker.close()
+        self.portal.close()
