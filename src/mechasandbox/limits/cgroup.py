@@ -11,6 +11,9 @@ cgroup whose run has ended, that is empty and holds (almost) no memory charge, i
 handed to the next run with every limit rewritten. Its event counters cannot be reset, so
 a run records them when it gets the cgroup and reports the difference. Pooled cgroups are
 removed when the host exits; those of a host that died are swept by the next manager.
+
+`ProcessCgroup` only reads: the cgroup an engine made for a container, found from its init's
+pid (the warm pool's usage and limit events).
 """
 
 from __future__ import annotations
