@@ -117,6 +117,8 @@ class Core(containers.DeclarativeContainer):
     placeholders = providers.Resource(_owned, factories.workspace_placeholders)
     tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
     cgroups = providers.Resource(factories.cgroups)
+    # docker's and podman's (one, as they share the workspaces they protect).
+    engine_state = providers.Resource(_owned, factories.engine_state)
 
 
 class Backends(containers.DeclarativeContainer):
@@ -134,6 +136,7 @@ class Backends(containers.DeclarativeContainer):
         placeholders=core.placeholders.provider,
         tmp_dirs=core.tmp_dirs.provider,
         cgroups=core.cgroups.provider,
+        engine_state=core.engine_state.provider,
         probe_cache=core.probe_cache,
         image=config.image,
         runtime=config.runtime,

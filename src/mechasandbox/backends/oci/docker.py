@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 import attrs
 
 from mechasandbox.backends.oci.compiler import EngineTraits
-from mechasandbox.backends.oci.engine import EngineInfo, OciBackend
+from mechasandbox.backends.oci.engine import OciBackend
+from mechasandbox.backends.oci.probe import EngineInfo
 
 # How runsc must be registered with dockerd: without its own `--network=none`, gVisor
 # refuses to start on some hosts ("cannot run with network enabled in root network
@@ -34,9 +35,7 @@ class DockerBackend(OciBackend):
     """`DockerBackend(runner=..., image=..., runtime=Runtime.RUNSC, executable="docker")`."""
 
     kind: ClassVar[str] = "docker"
-
-    def _info_args(self) -> tuple[str, ...]:
-        return ("info", "--format", "{{json .}}")
+    info_args: ClassVar[tuple[str, ...]] = ("info", "--format", "{{json .}}")
 
     def _default_traits(self) -> EngineTraits:
         return EngineTraits.docker()

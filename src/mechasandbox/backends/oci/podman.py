@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import attrs
 
 from mechasandbox.backends.oci.compiler import EngineTraits
-from mechasandbox.backends.oci.engine import EngineInfo, OciBackend
+from mechasandbox.backends.oci.engine import OciBackend
+from mechasandbox.backends.oci.probe import EngineInfo
 
 CATATONIT_PATHS = (
     "/usr/libexec/podman/catatonit",
@@ -43,16 +44,12 @@ class PodmanBackend(OciBackend):
     """`PodmanBackend(runner=..., image=..., runtime=Runtime.RUNSC, executable="podman")`."""
 
     kind: ClassVar[str] = "podman"
-
-    def _info_args(self) -> tuple[str, ...]:
-        return ("info", "--format", "json")
+    info_args: ClassVar[tuple[str, ...]] = ("info", "--format", "json")
+    label_template: ClassVar[str] = '{{{{index .Labels "{key}"}}}}'
 
     def _default_traits(self) -> EngineTraits:
         init, init_path = find_init()
         return EngineTraits.podman(init=init, init_path=init_path, rootless=os.getuid() != 0)
-
-    def _label_template(self, key: str) -> str:
-        return f'{{{{index .Labels "{key}"}}}}'
 
     def _parse_info(self, document: Any) -> EngineInfo | str:
         host = document["host"]
