@@ -86,9 +86,14 @@ def _select(name: str, named: providers.Aggregate[Backend], auto: Callable[[], B
 
 
 def _each_backend(
-    deps: providers.Provider[catalog.BackendDeps],
+    deps: providers.Provider[catalog.BackendDeps], state: dict[str, providers.Provider[Any]]
 ) -> dict[str, providers.Provider[Backend]]:
-    return {entry.name: providers.Resource(entry.build, deps) for entry in catalog.CATALOG}
+    return {
+        entry.name: providers.Resource(
+            entry.build, deps, **{name: state[name] for name in entry.state}
+        )
+        for entry in catalog.CATALOG
+    }
 
 
 def _auto_candidates(named: providers.Aggregate[Backend]) -> list[providers.Provider[Backend]]:
@@ -113,12 +118,6 @@ class Core(containers.DeclarativeContainer):
     # Where backends remember a successful probe across processes (the CLI's per-user
     # cache, `ProbeCache`); None: each process probes.
     probe_cache: providers.Provider[ProbeCache | None] = providers.Object(None)
-    # What backends remember across runs, shared by the backends of this root.
-    placeholders = providers.Resource(_owned, factories.workspace_placeholders)
-    tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
-    cgroups = providers.Resource(factories.cgroups)
-    # docker's and podman's (one, as they share the workspaces they protect).
-    engine_state = providers.Resource(_owned, factories.engine_state)
 
 
 class Backends(containers.DeclarativeContainer):
@@ -133,10 +132,6 @@ class Backends(containers.DeclarativeContainer):
         runner=core.runner,
         host=core.host,
         egress=core.egress.provider,
-        placeholders=core.placeholders.provider,
-        tmp_dirs=core.tmp_dirs.provider,
-        cgroups=core.cgroups.provider,
-        engine_state=core.engine_state.provider,
         probe_cache=core.probe_cache,
         image=config.image,
         runtime=config.runtime,
@@ -144,7 +139,26 @@ class Backends(containers.DeclarativeContainer):
     )
     # A Resource each: a backend that holds something (docker's pool) is closed by
     # `shutdown_resources()`. `named("bubblewrap")` builds (once) and returns one.
-    named: providers.Aggregate[Backend] = providers.Aggregate(_each_backend(deps))
+    # What backends remember across runs, shared by the backends of this root (made when
+    # the first backend that keeps one is built). They are in this container, handed
+    # to each backend's resource directly, so that `shutdown_resources()` closes the
+    # backends first (docker's pool ends its containers) and their state after.
+    placeholders = providers.Resource(_owned, factories.workspace_placeholders)
+    tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
+    cgroups = providers.Resource(factories.cgroups)
+    # docker's and podman's (one, as they share the workspaces they protect).
+    engine_state = providers.Resource(_owned, factories.engine_state)
+    named: providers.Aggregate[Backend] = providers.Aggregate(
+        _each_backend(
+            deps,
+            {
+                catalog.PLACEHOLDERS: placeholders,
+                catalog.TMP_DIRS: tmp_dirs,
+                catalog.CGROUPS: cgroups,
+                catalog.ENGINE_STATE: engine_state,
+            },
+        )
+    )
     # Strongest first; `none` is never a candidate.
     auto: providers.Provider[Backend] = providers.Singleton(
         AutoBackend, candidates=providers.List(*_auto_candidates(named))

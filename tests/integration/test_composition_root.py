@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import assert_type
+from typing import Any, assert_type
 
 import pytest
 from returns.result import Failure
@@ -188,16 +188,16 @@ def test_backend_state_belongs_to_the_root(tmp_path: Path) -> None:
         landlock = app.backends.named("landlock")
         require_available(landlock)
         assert isinstance(landlock, LandlockBackend)
-        assert landlock.tmp_dirs is app.core.tmp_dirs()
+        assert landlock.tmp_dirs is app.backends.tmp_dirs()
         bubblewrap = app.backends.named("bubblewrap")
         assert isinstance(bubblewrap, BubblewrapBackend)
-        assert bubblewrap.placeholders is app.core.placeholders()
+        assert bubblewrap.placeholders is app.backends.placeholders()
         result = app.services.sandbox().run_sync(
             ["sh", "-c", 'echo "$TMPDIR"'], workspace=str(tmp_path)
         )
         tmp = result.unwrap().stdout.decode().strip()
         assert tmp and os.path.isdir(tmp)  # kept for the next run
-        cgroups = app.core.cgroups()
+        cgroups = app.backends.cgroups()
         assert landlock.cgroups is cgroups is bubblewrap.cgroups
         pooled = (
             [d for group in cgroups._pool.idle for d in group]
@@ -210,3 +210,27 @@ def test_backend_state_belongs_to_the_root(tmp_path: Path) -> None:
         app.shutdown_resources()
     assert not os.path.exists(tmp)
     assert not any(os.path.exists(d) for d in pooled)  # the pool of cgroups went too
+
+
+def test_backends_close_before_the_state_they_keep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`shutdown_resources()` ends the backends (docker's warm pool ends its containers
+    there) before the state they keep (the placeholders those containers stand on)."""
+    from mechasandbox.backends.oci import PooledBackend
+    from mechasandbox.backends.oci.state import EngineState
+
+    closed: list[str] = []
+    for cls, name in ((PooledBackend, "pool"), (EngineState, "engine state")):
+        original = cls.close
+
+        def recording(self: object, _original: Any = original, _name: str = name) -> None:
+            closed.append(_name)
+            _original(self)
+
+        monkeypatch.setattr(cls, "close", recording)
+    app = Application()
+    app.config.from_dict({"backend": "docker", "pool_size": 1})
+    app.core.runner.override(FakeRunner())
+    assert isinstance(app.backends.selected(), PooledBackend)
+    app.backends.named("podman")  # shares the engine state
+    app.shutdown_resources()
+    assert closed == ["pool", "engine state"]

@@ -37,20 +37,13 @@ AUTO = "auto"
 class BackendDeps:
     """What the composition root hands every backend's `build`: each takes what it uses.
 
-    `egress` and the state objects are callables, not values: each is made when the first
-    backend that keeps it is built, not for every composition. The state objects (what
-    backends remember across runs: placeholders, private tmp dirs, the pool of cgroups,
-    the container engines' live containers) belong to the root, which closes them in
-    `shutdown_resources()`.
+    `egress` is a callable, not the value: the proxy's settings are made when the first
+    backend that keeps them is built, not for every composition.
     """
 
     runner: ProcessRunner
     host: HostContext
     egress: Callable[[], EgressProxy]
-    placeholders: Callable[[], WorkspacePlaceholders]
-    tmp_dirs: Callable[[], PrivateTmpDirs]
-    cgroups: Callable[[], CgroupManager | str]
-    engine_state: Callable[[], EngineState]
     probe_cache: ProbeCache | None = None
     image: str | None = None
     runtime: str | None = None
@@ -77,47 +70,59 @@ class BackendEntry:
     `confines`: it confines the file system or the network; a project file may not choose
     one that does not (that would widen the user's policy).
     `settings`: the backend settings of the configuration it reads.
+    `state`: the state objects of the root it keeps (`STATE`'s names), handed to `build`
+    as keyword arguments: what backends remember across runs (placeholders, private tmp
+    dirs, the pool of cgroups, the container engines' live containers) belongs to the
+    root, shared by its backends and closed in `shutdown_resources()` after them.
     """
 
     name: str
-    build: Callable[[BackendDeps], Backend] | Callable[[BackendDeps], Iterator[Backend]]
+    build: Callable[..., Backend] | Callable[..., Iterator[Backend]]
     summary: str
     auto_rank: int | None
     loopless: bool = False
     confines: bool = True
     settings: frozenset[str] = frozenset()
+    state: frozenset[str] = frozenset()
+
+
+# The root's state objects, by the name a backend's `build` takes each as.
+PLACEHOLDERS = "placeholders"
+TMP_DIRS = "tmp_dirs"
+CGROUPS = "cgroups"
+ENGINE_STATE = "engine_state"
 
 
 def _none(deps: BackendDeps) -> Backend:
     return factories.none(deps.runner, deps.host)
 
 
-def _process(deps: BackendDeps) -> Backend:
-    return factories.process(deps.runner, deps.host, cgroups=deps.cgroups())
+def _process(deps: BackendDeps, *, cgroups: CgroupManager | str) -> Backend:
+    return factories.process(deps.runner, deps.host, cgroups=cgroups)
 
 
-def _bubblewrap(deps: BackendDeps) -> Backend:
+def _bubblewrap(
+    deps: BackendDeps, *, placeholders: WorkspacePlaceholders, cgroups: CgroupManager | str
+) -> Backend:
     return factories.bubblewrap(
         deps.runner,
         deps.host,
         egress=deps.egress(),
         probe_cache=deps.probe_cache,
-        placeholders=deps.placeholders(),
-        cgroups=deps.cgroups(),
+        placeholders=placeholders,
+        cgroups=cgroups,
     )
 
 
-def _landlock(deps: BackendDeps) -> Backend:
+def _landlock(
+    deps: BackendDeps, *, tmp_dirs: PrivateTmpDirs, cgroups: CgroupManager | str
+) -> Backend:
     return factories.landlock(
-        deps.runner,
-        deps.host,
-        egress=deps.egress(),
-        tmp_dirs=deps.tmp_dirs(),
-        cgroups=deps.cgroups(),
+        deps.runner, deps.host, egress=deps.egress(), tmp_dirs=tmp_dirs, cgroups=cgroups
     )
 
 
-def _engine(engine: str, deps: BackendDeps) -> Backend:
+def _engine(engine: str, deps: BackendDeps, state: EngineState) -> Backend:
     return factories.container_engine(
         engine,
         runner=deps.runner,
@@ -125,17 +130,17 @@ def _engine(engine: str, deps: BackendDeps) -> Backend:
         image=deps.image,
         runtime=deps.runtime,
         egress=deps.egress(),
-        state=deps.engine_state(),
+        state=state,
     )
 
 
-def _docker(deps: BackendDeps) -> Iterator[Backend]:
+def _docker(deps: BackendDeps, *, engine_state: EngineState) -> Iterator[Backend]:
     """Docker behind a warm pool of pre-started containers when `pool_size` is set."""
-    yield from factories.pooled(_engine("docker", deps), deps.pool_size)
+    yield from factories.pooled(_engine("docker", deps, engine_state), deps.pool_size)
 
 
-def _podman(deps: BackendDeps) -> Backend:
-    return _engine("podman", deps)
+def _podman(deps: BackendDeps, *, engine_state: EngineState) -> Backend:
+    return _engine("podman", deps, engine_state)
 
 
 def _seatbelt(deps: BackendDeps) -> Backend:
@@ -165,6 +170,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         auto_rank=7,
         loopless=True,
         confines=False,
+        state=frozenset({CGROUPS}),
     ),
     BackendEntry(
         name="landlock",
@@ -172,6 +178,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="Linux Landlock rules and seccomp in the child, no namespaces",
         auto_rank=2,
         loopless=True,
+        state=frozenset({TMP_DIRS, CGROUPS}),
     ),
     BackendEntry(
         name="bubblewrap",
@@ -179,6 +186,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="Linux namespaces with bubblewrap: own mount, PID, network view",
         auto_rank=1,
         loopless=True,
+        state=frozenset({PLACEHOLDERS, CGROUPS}),
     ),
     BackendEntry(
         name="docker",
@@ -186,6 +194,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="a Docker container per run (optionally gVisor, optionally a warm pool)",
         auto_rank=5,
         settings=frozenset({IMAGE, RUNTIME, POOL_SIZE}),
+        state=frozenset({ENGINE_STATE}),
     ),
     BackendEntry(
         name="podman",
@@ -193,6 +202,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="a Podman container per run (optionally gVisor)",
         auto_rank=6,
         settings=frozenset({IMAGE, RUNTIME}),
+        state=frozenset({ENGINE_STATE}),
     ),
     BackendEntry(
         name="seatbelt",

@@ -252,11 +252,15 @@ def _release(held: _Held, workspace: str, paths: tuple[str, ...]) -> None:
             else:
                 held.placeholder_users.pop(path, None)
                 held.unused.setdefault(workspace, []).append(path)
-        remaining = held.workspace_users.get(workspace, 0) - 1
+        if workspace not in held.workspace_users:
+            # Let go of already (`close` came first: the root shuts the state down
+            # before the warm pool whose containers end here).
+            return
+        remaining = held.workspace_users[workspace] - 1
         if remaining > 0:
             held.workspace_users[workspace] = remaining
             return
-        held.workspace_users.pop(workspace, None)
+        del held.workspace_users[workspace]
         unused = held.unused.pop(workspace, [])
         held.workspace_locks().leave(workspace, unused, remove_empty)
 
