@@ -36,6 +36,7 @@ from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import NetworkPolicy, Policy
 from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.sandbox import Sandbox
 
@@ -43,11 +44,13 @@ if TYPE_CHECKING:
     from mechasandbox.config.schema import Settings
 
 
-def _runner(helper: SpawnHelperClient | None) -> Iterator[ProcessRunner]:
+def _runner(
+    helper: SpawnHelperClient | None, interruption: Interruption | None
+) -> Iterator[ProcessRunner]:
     # Imported here: it brings anyio, which the CLI's loop-free path does without.
     from mechasandbox.runner.runner import HelperProcessRunner
 
-    runner = HelperProcessRunner(helper=helper)
+    runner = HelperProcessRunner(helper=helper, interruption=interruption)
     try:
         yield runner
     finally:
@@ -103,7 +106,12 @@ class Core(containers.DeclarativeContainer):
     # The spawn helper's client the runner uses (None: its own). The CLI hands in the one
     # it started first thing, so that the helper's start overlaps its own.
     helper: providers.Provider[SpawnHelperClient | None] = providers.Object(None)
-    runner: providers.Provider[ProcessRunner] = providers.Resource(_runner, helper=helper)
+    # What stops the runs when the caller is told to stop (`runner.interruption`; the CLI
+    # hands in the one its SIGINT and SIGTERM handlers feed). None: signals do as they do.
+    interruption: providers.Provider[Interruption | None] = providers.Object(None)
+    runner: providers.Provider[ProcessRunner] = providers.Resource(
+        _runner, helper=helper, interruption=interruption
+    )
     # The policy every layer of configuration resolved to (`from_config`).
     base_policy: providers.Provider[Policy] = providers.Callable(lambda p: p, config.policy)
     # Names the allowlist proxy resolves; tests override it with a fake mapping names to

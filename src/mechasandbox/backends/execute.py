@@ -179,4 +179,5 @@ async def execute_spec(
         limits=policy.limits,
         timed_out=finished.timed_out,
         events=events,
+        interrupted=finished.interrupted,
     )
