@@ -94,6 +94,11 @@ def _each_backend(
     return {entry.name: providers.Resource(entry.build, deps) for entry in catalog.CATALOG}
 
 
+def _after_sweep(_swept: None, **deps: Any) -> catalog.BackendDeps:
+    """The backends' pieces, once the leftovers of dead processes are gone (`Core.swept`)."""
+    return catalog.BackendDeps(**deps)
+
+
 def _auto_candidates(named: providers.Aggregate[Backend]) -> list[providers.Provider[Backend]]:
     return [named.providers[name] for name in catalog.AUTO_ORDER]
 
@@ -125,6 +130,11 @@ class Core(containers.DeclarativeContainer):
     placeholders = providers.Resource(_owned, factories.workspace_placeholders)
     tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
     cgroups = providers.Resource(factories.cgroups)
+    # What dead processes of this user left behind, removed once: before the first backend
+    # of this root is built (`Backends.deps` needs it).
+    swept = providers.Resource(
+        factories.sweep_leftovers, placeholders=placeholders.provider, cgroups=cgroups.provider
+    )
 
 
 class Backends(containers.DeclarativeContainer):
@@ -135,7 +145,8 @@ class Backends(containers.DeclarativeContainer):
     core = providers.DependenciesContainer()
 
     deps = providers.Singleton(
-        catalog.BackendDeps,
+        _after_sweep,
+        core.swept,
         runner=core.runner,
         host=core.host,
         egress=core.egress.provider,

@@ -9,6 +9,7 @@ import os
 import pathlib
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,7 +54,9 @@ def require_backend(name: str) -> None:
         app.shutdown_resources()
 
 
-def start_cli(workspace: pathlib.Path, *options: str, token: str) -> subprocess.Popen[bytes]:
+def start_cli(
+    workspace: pathlib.Path, *options: str, token: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """`mechasandbox run` of SCRIPT in `workspace`, returned once the command has started."""
     (workspace / "out").mkdir(exist_ok=True)
     process = subprocess.Popen(
@@ -74,6 +77,7 @@ def start_cli(workspace: pathlib.Path, *options: str, token: str) -> subprocess.
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=workspace,
+        env=env,
     )
     deadline = time.monotonic() + 60
     while not (workspace / "out" / "started").exists():
@@ -208,3 +212,112 @@ def test_between_runs_it_stops_the_next_run_at_once_and_no_later_one(kind: str) 
         assert (after.exit_code, after.stdout, after.interrupted) == (0, b"cleanup\n", None)
     finally:
         runner.close()
+
+
+# --- SIGKILL: what is left is swept by the next start ---------------------------------------
+
+# The next start: a backend that uses none of what the killed ones left.
+NEXT_START = (sys.executable, "-m", "mechasandbox", "run", "--backend", "process", "--best-effort")
+
+
+def cgroups_of(pid: int) -> list[str]:
+    """The pooled cgroups named after `pid` (see `limits.cgroup`), in every hierarchy."""
+    found = []
+    for root, directories, _files in os.walk("/sys/fs/cgroup"):
+        found += [
+            os.path.join(root, d) for d in directories if d.startswith(f"mechasandbox-p{pid}-")
+        ]
+        directories[:] = [d for d in directories if not d.startswith("mechasandbox-")]
+    return found
+
+
+def test_what_a_killed_cli_leaves_is_swept_by_the_next_start(tmp_path: pathlib.Path) -> None:
+    """SIGKILL a CLI in the middle of a bubblewrap run (placeholders for the missing
+    protected paths, their journal, pooled cgroups) and one in the middle of a landlock run
+    (its private tmp dir): the trees die with their helpers, and the next `mechasandbox run`,
+    on a backend that uses none of these, leaves nothing of them."""
+    require_backend("bubblewrap")
+    require_backend("landlock")
+    temp, state = tmp_path / "tmp", tmp_path / "state"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "XDG_STATE_HOME": str(state)}
+    clis, tokens, workspaces = [], [], []
+    for backend, options in (PATHS["bubblewrap"], PATHS["landlock"]):
+        workspace = tmp_path / f"ws-{backend}"
+        workspace.mkdir()
+        tokens.append(f"msb-killed-{secrets.token_hex(4)}")
+        clis.append(start_cli(workspace, "--backend", backend, *options, token=tokens[-1], env=env))
+        workspaces.append(workspace)
+    for cli, token in zip(clis, tokens, strict=True):  # both at once: each started alive
+        cli.kill()
+        cli.communicate()
+        assert_tree_gone(token)
+    # What they left, which the next start must remove.
+    assert (workspaces[0] / ".envrc").is_dir()  # a placeholder
+    assert list((state / "mechasandbox" / "placeholders").glob("*.paths"))  # its journal
+    assert [p.name for p in temp.iterdir() if p.name.startswith("mechasandbox-landlock-")]
+    assert cgroups_of(clis[0].pid)
+
+    done = subprocess.run(
+        [*NEXT_START, "--workspace", str(tmp_path), "--", "true"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+
+    for workspace in workspaces:  # exactly as the commands left them
+        assert sorted(p.name for p in workspace.iterdir()) == ["out"]
+        assert [p.name for p in (workspace / "out").iterdir()] == ["started"]
+    assert not list((state / "mechasandbox" / "placeholders").glob("*.paths"))
+    assert not list((state / "mechasandbox" / "placeholders").glob("*.stash"))
+    assert list(temp.iterdir()) == []
+    for cli in clis:
+        assert cgroups_of(cli.pid) == []
+
+
+def test_what_a_killed_docker_cli_leaves_is_swept_by_the_next_start(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The container backends' temp dirs (the read-only empty directory, the seccomp
+    profile, the command's input) of a CLI killed mid-run go at the next start; the
+    container itself goes with the helper (it runs the engine's `rm --force`)."""
+    require_backend("docker")
+    temp, state = tmp_path / "tmp", tmp_path / "state"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "XDG_STATE_HOME": str(state)}
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    token = f"msb-killed-{secrets.token_hex(4)}"
+    cli = start_cli(workspace, "--backend", "docker", *PATHS["docker"][1], token=token, env=env)
+    cli.kill()
+    cli.communicate()
+    assert_tree_gone(token)
+    left = sorted(p.name.split("-")[1] for p in temp.iterdir())
+    assert "empty" in left and "seccomp" in left
+    owner = f"mechasandbox.owner={socket.gethostname()}:{cli.pid}"
+
+    def containers() -> str:
+        listed = subprocess.run(
+            ["docker", "ps", "--all", "--quiet", "--filter", f"label={owner}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return listed.stdout.strip()
+
+    deadline = time.monotonic() + 30
+    while containers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not containers()
+
+    done = subprocess.run(
+        [*NEXT_START, "--workspace", str(tmp_path), "--", "true"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert list(temp.iterdir()) == []
+    assert sorted(p.name for p in workspace.iterdir()) == ["out"]
+    assert not list((state / "mechasandbox" / "placeholders").glob("*.paths"))

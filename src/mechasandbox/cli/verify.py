@@ -41,6 +41,7 @@ from mechasandbox.domain.policy import (
 )
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
+from mechasandbox.leftovers import temp_prefix
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
 
@@ -504,7 +505,7 @@ ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
 def verify_backend(backend: Backend) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
     for title, attack in ATTACKS:
-        with tempfile.TemporaryDirectory(prefix="mechasandbox-verify-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=temp_prefix("verify")) as scratch:
             arena = Arena(workspace=Path(scratch, "workspace"), outside=Path(scratch, "outside"))
             arena.workspace.mkdir()
             arena.outside.mkdir()

@@ -53,6 +53,7 @@ from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.placeholders import (
     is_placeholder,
+    journal_placeholders,
     make_placeholders,
     placeholder_state_directory,
     remove_empty,
@@ -70,6 +71,7 @@ from mechasandbox.domain.errors import (
 from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Usage
+from mechasandbox.leftovers import temp_prefix
 from mechasandbox.network.bridge import (
     BRIDGE_FAILED,
     BRIDGE_PREFIX,
@@ -359,7 +361,7 @@ def _is_held_placeholder(path: str) -> bool:
 def empty_directory() -> str:
     with _EMPTY_LOCK:
         if not _EMPTY or not os.path.isdir(_EMPTY[0]):
-            path = tempfile.mkdtemp(prefix="mechasandbox-empty-")
+            path = tempfile.mkdtemp(prefix=temp_prefix("empty"))
             os.chmod(path, 0o500)  # read-only for its owner too
             _EMPTY[:] = [path]
         return _EMPTY[0]
@@ -372,6 +374,7 @@ def hold_placeholders(workspace: str, paths: tuple[str, ...]) -> bool:
     with _EMPTY_LOCK:
         if not _WORKSPACE_USERS.get(workspace) and not _workspace_locks().enter(workspace):
             return False
+        journal_placeholders(workspace, paths)  # swept by the next start if we die
         _WORKSPACE_USERS[workspace] = _WORKSPACE_USERS.get(workspace, 0) + 1
         for path in paths:
             _PLACEHOLDER_USERS[path] = _PLACEHOLDER_USERS.get(path, 0) + 1

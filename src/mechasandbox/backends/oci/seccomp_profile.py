@@ -48,6 +48,7 @@ from mechasandbox.backends.linux.seccomp import (
     MODE_ARGUMENT,
     SETID_BITS,
 )
+from mechasandbox.leftovers import temp_prefix
 
 # The calls docker's default profile allows a container without capabilities on every
 # architecture (moby profiles/seccomp/default.json, its first and unconditional entry).
@@ -215,7 +216,7 @@ def profile_path(machine: str | None = None) -> str | None:
         path = _WRITTEN.get(key)
         if path is not None and os.path.isfile(path):
             return path
-        directory = tempfile.mkdtemp(prefix="mechasandbox-seccomp-")
+        directory = tempfile.mkdtemp(prefix=temp_prefix("seccomp"))
         path = os.path.join(directory, f"{key}.json")
         with open(path, "x", encoding="utf-8") as handle:
             json.dump(profile, handle, indent=1, sort_keys=True)
