@@ -28,6 +28,7 @@ import shutil
 import stat
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 _OWNED = re.compile(r"(?:mechasandbox-[a-z]+|msb-net)-(\d+)-(\d+)-[A-Za-z0-9_]+")
@@ -44,6 +45,23 @@ def start_time(pid: int) -> str | None:
     except (OSError, IndexError):
         return None
     return fields[19].decode() if len(fields) > 19 else None
+
+
+def state_directory() -> Path | None:
+    """This user's state directory of the package (`$XDG_STATE_HOME/mechasandbox`; None: no
+    usable home)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
+    if not os.path.isabs(base):
+        return None
+    return Path(base, "mechasandbox")
+
+
+def holds_any(directory: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether `directory` holds an entry named with one of `suffixes` (one listing)."""
+    try:
+        return any(name.endswith(suffixes) for name in os.listdir(directory))
+    except OSError:
+        return False
 
 
 def owner_stamp() -> str:

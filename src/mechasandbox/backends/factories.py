@@ -122,11 +122,15 @@ def sweep_leftovers(
     journals list and those journals, their pooled cgroups. One listing per place, only
     what belonged to a process that is gone. A composition root calls it once, before it
     builds its first backend (see docs/failure-semantics.md)."""
-    from mechasandbox.leftovers import sweep_temp_dir
+    from mechasandbox.leftovers import holds_any, state_directory, sweep_temp_dir
 
     sweep_temp_dir()
     if sys.platform.startswith("linux"):
-        placeholders().sweep()
+        state = state_directory()
+        # Journals (and their stashes) exist only while a process has placeholders, or
+        # after one died: without any, the placeholders' state is not even imported.
+        if state is not None and holds_any(state / "placeholders", (".paths", ".stash")):
+            placeholders().sweep()
         manager = cgroups()
         if not isinstance(manager, str):
             manager.sweep()

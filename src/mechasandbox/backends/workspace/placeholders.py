@@ -42,7 +42,7 @@ from mechasandbox.backends.workspace.placeholder_stash import (
     remove_stash,
 )
 from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks
-from mechasandbox.leftovers import start_time
+from mechasandbox.leftovers import start_time, state_directory
 
 # Missing protected paths whose placeholder is a file, not a directory: git reads them as
 # files, and a directory there (or an empty file) would break git in the sandbox and on the
@@ -152,10 +152,8 @@ def remove_placeholders(paths: Iterable[str]) -> None:
 
 def placeholder_state_directory() -> Path | None:
     """Where journals, stashes and workspace locks live (None: no usable home)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
-    if not os.path.isabs(base):
-        return None
-    return Path(base, "mechasandbox", "placeholders")
+    base = state_directory()
+    return base / "placeholders" if base is not None else None
 
 
 def _journal_name(name: str) -> tuple[int, str, str] | None:
