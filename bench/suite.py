@@ -44,6 +44,7 @@ from mechasandbox.backends.linux.bwrap_compiler import ARGS_FD, SECCOMP_FD
 from mechasandbox.backends.linux.bwrap_hooks import seccomp_program
 from mechasandbox.backends.linux.landlock import LandlockBackend
 from mechasandbox.backends.process import ProcessBackend
+from mechasandbox.backends.template import Job
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
@@ -139,14 +140,14 @@ class Contenders:
         if "bubblewrap" in self.backends:
             direct = RunRequest(argv=["true"], workspace=self.direct_workspace)
             bubblewrap = self.backends["bubblewrap"]
-            compiled = bubblewrap._compile(
-                direct,
-                POLICY,
-                self.runner_host(),
-                os.path.realpath(self.direct_workspace),
-                bubblewrap._features(),
+            job = Job(
+                request=direct,
+                policy=POLICY,
+                host=self.runner_host(),
+                workspace=os.path.realpath(self.direct_workspace),
             )
-            command, _ = compiled.unwrap()
+            compiled = bubblewrap.compile(job, bubblewrap.plan_setting(POLICY))
+            command, _ = compiled.unwrap().compiled
             self.bwrap_argv = list(command.argv)
             self.bwrap_fds = {SECCOMP_FD: seccomp_program(), ARGS_FD: command.arguments_on_fd}
         self.docker = shutil.which("docker") if "docker" in self.backends else None

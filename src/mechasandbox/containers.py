@@ -130,6 +130,8 @@ class Core(containers.DeclarativeContainer):
     placeholders = providers.Resource(_owned, factories.workspace_placeholders)
     tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
     cgroups = providers.Resource(factories.cgroups)
+    # docker's and podman's (one, as they share the workspaces they protect).
+    engine_state = providers.Resource(_owned, factories.engine_state)
     # What dead processes of this user left behind, removed once: before the first backend
     # of this root is built (`Backends.deps` needs it).
     swept = providers.Resource(
@@ -153,6 +155,7 @@ class Backends(containers.DeclarativeContainer):
         placeholders=core.placeholders.provider,
         tmp_dirs=core.tmp_dirs.provider,
         cgroups=core.cgroups.provider,
+        engine_state=core.engine_state.provider,
         probe_cache=core.probe_cache,
         image=config.image,
         runtime=config.runtime,
@@ -187,7 +190,11 @@ class Services(containers.DeclarativeContainer):
         _compose_policy, core.base_policy, limits, network
     )
     sandbox: providers.Provider[Sandbox] = providers.Singleton(
-        Sandbox, backend=backends.selected, policy=policy, workspace=config.workspace
+        Sandbox,
+        backend=backends.selected,
+        policy=policy,
+        workspace=config.workspace,
+        backend_chosen_by=config.backend_chosen_by,
     )
 
 
@@ -200,6 +207,7 @@ CONFIG_DEFAULTS: Mapping[str, Any] = {
     "workspace": None,  # runs' default workspace (None: the current directory)
     "files": (),  # the configuration files read, lowest layer first
     "warnings": (),  # project settings that were ignored, and why
+    "backend_chosen_by": None,  # the project file that chose `backend`, if one did
 }
 
 
@@ -214,6 +222,7 @@ def configuration(resolved: ResolvedConfig, workspace: str | None) -> dict[str, 
         "workspace": workspace,
         "files": resolved.files,
         "warnings": resolved.warnings,
+        "backend_chosen_by": resolved.backend_chosen_by,
     }
 
 
@@ -255,7 +264,7 @@ class Application(containers.DeclarativeContainer):
         """
         import os
 
-        root = workspace or os.getcwd()
+        root = os.getcwd() if workspace is None else workspace  # "" is refused, not "here"
         resolved = load_policy(
             workspace=root, user_file=user_file, extra_files=tuple(files), overrides=settings
         )

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
-from returns.result import Failure, Result
+from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
-from mechasandbox.domain.errors import ConfigInvalid, SandboxError
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, with_notes
+from mechasandbox.config.validation import policy_problems
+from mechasandbox.domain.errors import BackendUnavailable, ConfigInvalid, SandboxError
 from mechasandbox.domain.policy import Policy
-from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.request import RunRequest, argv_problem, workspace_problem
 from mechasandbox.domain.result import RunResult
 
 if TYPE_CHECKING:
@@ -22,25 +23,52 @@ if TYPE_CHECKING:
 @attrs.frozen(kw_only=True)
 class Sandbox:
     """Runs commands through `backend` under `policy` unless a call passes its own, in
-    `workspace` unless a call names another (None: the current directory of the call)."""
+    `workspace` unless a call names another (None: the current directory of the call).
+
+    Whatever a caller hands in is checked before the backend sees it, and a bad value is a
+    `Failure(ConfigInvalid)` naming it, as a configuration file would be told: a string
+    for argv, a NUL byte, an empty or NUL-holding workspace, a policy with a relative path
+    or an invalid variable (`config.validation`).
+    """
 
     backend: Backend
     policy: Policy = Policy()
     workspace: str | None = None
+    # Where a project file chose `backend` (`ResolvedConfig.backend_chosen_by`): said when
+    # that backend is unavailable here, since the user did not choose it.
+    backend_chosen_by: str | None = None
 
     def request(
         self, argv: Sequence[str], *, workspace: str | None = None, stdin: bytes | None = None
     ) -> Result[RunRequest, SandboxError]:
+        problem = argv_problem(argv)
+        if problem is not None:
+            return Failure(ConfigInvalid(problem=problem, field="argv"))
+        # `""` is not "the default": it is a mistake, said as one.
+        where = workspace if workspace is not None else self.workspace
+        where = os.getcwd() if where is None else where
+        problem = workspace_problem(where)
+        if problem is not None:
+            return Failure(ConfigInvalid(problem=problem, field="workspace"))
         try:
-            return Result.from_value(
-                RunRequest(
-                    argv=tuple(argv),
-                    workspace=workspace or self.workspace or os.getcwd(),
-                    stdin=stdin,
-                )
-            )
+            return Success(RunRequest(argv=argv, workspace=where, stdin=stdin))
         except (TypeError, ValueError) as error:
             return Failure(ConfigInvalid(problem=str(error), field="argv"))
+
+    def _checked(self, policy: Policy | None) -> Result[Policy, SandboxError]:
+        chosen = self.policy if policy is None else policy
+        problem = policy_problems(chosen)
+        return Success(chosen) if problem is None else Failure(problem)
+
+    def _said_who_chose(self, error: SandboxError) -> SandboxError:
+        if self.backend_chosen_by is None or not isinstance(error, BackendUnavailable):
+            return error
+        return attrs.evolve(
+            error,
+            reason=f"{error.reason}; the project chose it ({self.backend_chosen_by}), and "
+            "a project's choice is never swapped for another backend: choose one with "
+            "--backend, or backend.name in your own configuration",
+        )
 
     async def run_async(
         self,
@@ -53,7 +81,11 @@ class Sandbox:
         request = self.request(argv, workspace=workspace, stdin=stdin)
         if isinstance(request, Failure):
             return Failure(request.failure())
-        return await self.backend.run(request.unwrap(), policy or self.policy)
+        checked = self._checked(policy)
+        if isinstance(checked, Failure):
+            return Failure(checked.failure())
+        ran = await self.backend.run(request.unwrap(), checked.unwrap())
+        return ran.map(lambda result: with_notes(result, self.backend)).alt(self._said_who_chose)
 
     def run(
         self,
@@ -87,6 +119,12 @@ class Sandbox:
         self, argv: Sequence[str], *, workspace: str | None = None, policy: Policy | None = None
     ) -> Result[LaunchPlan, SandboxError]:
         """What the backend would do, without running anything."""
-        return self.request(argv, workspace=workspace).bind(
-            lambda request: self.backend.plan(request, policy or self.policy, HostContext.current())
+        return (
+            self.request(argv, workspace=workspace)
+            .bind(
+                lambda request: self._checked(policy).bind(
+                    lambda checked: self.backend.plan(request, checked, HostContext.current())
+                )
+            )
+            .alt(self._said_who_chose)
         )

@@ -21,12 +21,12 @@ from returns.result import Failure, Success
 
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.oci import OciBackend, Runtime
+from mechasandbox.backends.oci.cli import owner_id
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
     LABEL_RUN,
     TMP_BYTES_WITHOUT_MEMORY_LIMIT,
 )
-from mechasandbox.backends.oci.engine import owner_id
 from mechasandbox.domain import (
     MIB,
     BackendUnavailable,

@@ -19,16 +19,16 @@ import pytest
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.oci import OciBackend
-from mechasandbox.backends.oci.compiler import LABEL_OWNER
-from mechasandbox.backends.oci.engine import owner_id
-from mechasandbox.backends.oci.pool import (
+from mechasandbox.backends.oci import (
     AfterUse,
+    OciBackend,
     PooledBackend,
     PoolExhausted,
     PoolSettings,
     WhenExhausted,
 )
+from mechasandbox.backends.oci.cli import owner_id
+from mechasandbox.backends.oci.compiler import LABEL_OWNER
 from mechasandbox.domain import MIB, MemoryLimit, RunRequest, Timeout
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner.runner import HelperProcessRunner

@@ -12,11 +12,7 @@ from returns.result import Failure, Success
 
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.linux.bubblewrap import _signal_decoded
-from mechasandbox.backends.linux.bwrap_compiler import (
-    BwrapCommand,
-    compile_bwrap,
-    compile_bwrap_argv,
-)
+from mechasandbox.backends.linux.bwrap_compiler import BwrapCommand, compile_bwrap
 from mechasandbox.backends.linux.bwrap_hooks import seccomp_program, unix_socket_plan
 from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures, HostLayout, PathFact, PathKind
 from mechasandbox.backends.linux.bwrap_mounts import paths_to_survey
@@ -124,8 +120,8 @@ def test_golden_argv_for_a_git_workspace_in_home() -> None:
     policy = Policy(filesystem=SMALL)
     facts = layout(policy, overrides=GIT_WORKSPACE)
     request = RunRequest(argv=["echo", "hi"], workspace=WS)
-    argv = compile_bwrap_argv(request, policy, HOST, workspace=WS, layout=facts, features=FEATURES)
-    assert argv == Success(tuple(shlex.split(GOLDEN)))
+    compiled = compile_bwrap(request, policy, HOST, workspace=WS, layout=facts, features=FEATURES)
+    assert compiled.map(lambda command: command.argv) == Success(tuple(shlex.split(GOLDEN)))
 
 
 def test_the_environment_is_read_from_a_descriptor_never_from_the_argv() -> None:
@@ -370,10 +366,10 @@ def test_old_bwrap_gets_no_disable_userns() -> None:
     policy = Policy(filesystem=SMALL)
     request = RunRequest(argv=["true"], workspace=WS)
     old = BwrapFeatures(path="bwrap", version=(0, 6, 1))
-    argv = compile_bwrap_argv(
+    compiled = compile_bwrap(
         request, policy, HOST, workspace=WS, layout=layout(policy), features=old
     )
-    assert "--disable-userns" not in argv.unwrap()
+    assert "--disable-userns" not in compiled.unwrap().argv
 
 
 def _outcome(exit_code: int | None, sig: int | None) -> ProcessOutcome:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mechasandbox.backends.oci import DockerBackend, engine
+from mechasandbox.backends.oci import DockerBackend
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.backends.oci_contract import TEST_IMAGE, OciContract, ok, policy
@@ -47,9 +47,9 @@ async def test_a_container_of_another_process_keeps_its_covers_when_the_first_en
     then create `.envrc`. They stay until the last container ends, and go then."""
     backend = DockerBackend(runner=runner, image=TEST_IMAGE)
     require_available(backend)
-    # The other host must lock in the same place as this process (whose locks were set up
-    # by the first test that ran a container: under that test's XDG_STATE_HOME).
-    locks = engine._workspace_locks().directory
+    # The other host must lock in the same place as this backend (under this test's
+    # XDG_STATE_HOME, where its placeholders' locks are set up at first use).
+    locks = backend.state.placeholders.locks().directory
     assert locks is not None
     env = {**os.environ, "XDG_STATE_HOME": str(locks.parents[2]), "PYTHONPATH": SRC}
     workspace = tmp_path / "ws"

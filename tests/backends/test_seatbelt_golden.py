@@ -21,8 +21,10 @@ from mechasandbox.backends.macos.seatbelt import (
     PLAN_TAG,
     SANDBOX_EXEC,
     SeatbeltBackend,
+    SeatbeltSetting,
     seatbelt_rlimits,
 )
+from mechasandbox.backends.template import Job
 from mechasandbox.domain import (
     BackendUnavailable,
     ConfigInvalid,
@@ -354,12 +356,16 @@ def test_plan_renders_the_profile_and_scrubs_the_environment(
     assert "RLIMIT_NPROC soft=912" in sections["rlimits"]  # 400 running + 512 allowed
 
 
+def job(request: RunRequest, policy: Policy) -> Job:
+    """`request` to compile as a run would, in its own workspace."""
+    return Job(request=request, policy=policy, host=HOST, workspace=request.workspace)
+
+
 def test_spawn_spec_runs_sandbox_exec(runner: HelperProcessRunner, tmp_path: Path) -> None:
     seatbelt = backend(runner)
     request = RunRequest(argv=["ls", "-la"], workspace=str(tmp_path))
-    spec, profile, environment = seatbelt._spec(
-        request, Policy(), HOST, str(tmp_path), TMPDIR
-    ).unwrap()
+    launch = seatbelt.compile(job(request, Policy()), SeatbeltSetting(tmpdir=TMPDIR)).unwrap()
+    spec, (profile, environment) = launch.spec, launch.compiled
     assert spec.executable == SANDBOX_EXEC
     assigned = tuple(f"{name}={value}" for name, value in environment)
     assert spec.argv == (
@@ -387,9 +393,8 @@ def test_sandbox_exec_starts_with_no_variable_of_the_command(
     loader = (("DYLD_INSERT_LIBRARIES", "/tmp/evil.dylib"), ("LD_PRELOAD", "/tmp/evil.so"))
     policy = Policy(environment=EnvironmentPolicy(set=loader))
     request = RunRequest(argv=["env"], workspace=str(tmp_path))
-    spec, _, environment = (
-        backend(runner)._spec(request, policy, HOST, str(tmp_path), TMPDIR).unwrap()
-    )
+    launch = backend(runner).compile(job(request, policy), SeatbeltSetting(tmpdir=TMPDIR)).unwrap()
+    spec, (_, environment) = launch.spec, launch.compiled
     assert spec.env == ()
     assert set(loader) <= set(environment)
     launched = spec.argv[spec.argv.index("--") + 1 :]
@@ -416,7 +421,7 @@ def test_what_env_would_misread_is_refused(
 ) -> None:
     policy = Policy(environment=EnvironmentPolicy(set=variables))
     request = RunRequest(argv=argv, workspace=str(tmp_path))
-    built = backend(runner)._spec(request, policy, HOST, str(tmp_path), TMPDIR)
+    built = backend(runner).compile(job(request, policy), SeatbeltSetting(tmpdir=TMPDIR))
     assert isinstance(built, Failure), built
     assert isinstance(built.failure(), kind)
 
@@ -435,11 +440,12 @@ def test_the_runs_proxy_port_and_token_reach_profile_and_environment(
     """The per-run proxy (port and token) is wired into the SBPL rule and the variables."""
     seatbelt = backend(runner, egress=EgressProxy())
     url = "http://sandbox:TOKEN@127.0.0.1:41234"
-    built = seatbelt._spec(
-        RunRequest(argv=["true"], workspace="/w"), RESTRICTIVE, HOST, "/w", TMPDIR, (41234, url)
+    built = seatbelt.compile(
+        job(RunRequest(argv=["true"], workspace="/w"), RESTRICTIVE),
+        SeatbeltSetting(tmpdir=TMPDIR, proxy=(41234, url)),
     )
     assert isinstance(built, Success), built
-    _spec, profile, environment = built.unwrap()
+    profile, environment = built.unwrap().compiled
     assert '(allow network-outbound (remote ip "localhost:41234"))' in profile.text
     assert "(allow network*)" not in profile.text
     env = dict(environment)

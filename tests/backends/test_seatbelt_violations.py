@@ -116,4 +116,5 @@ def test_denials_are_attached_or_their_absence_explained() -> None:
     assert [v.kind for v in seen.violations] == ["filesystem"]
     refused = _with_denials(finished, DenialLog(TAG, problem="`log stream` exited with 64"))
     assert refused.violations == ()
-    assert refused.warnings == ("violations not reported: `log stream` exited with 64",)
+    assert refused.notes == ("violations not reported: `log stream` exited with 64",)
+    assert refused.warnings == ()

@@ -17,7 +17,7 @@ from tests.conftest import require_exec_shim
 
 UNAVAILABLE_HERE = "seatbelt" if sys.platform.startswith("linux") else "bubblewrap"
 
-JSON_KEYS = {
+JSON_KEYS = {  # docs/cli.md
     "backend",
     "exit_code",
     "signal",
@@ -29,6 +29,7 @@ JSON_KEYS = {
     "usage",
     "violations",
     "warnings",
+    "notes",
     "error",
 }
 
@@ -363,4 +364,230 @@ def test_version() -> None:
         0,
         f"mechasandbox {mechasandbox.__version__}\n",
         "",
+    )
+
+
+# --- bad input: every option's value checked as the files' are, named by the option --------
+@pytest.mark.parametrize(
+    ("argv", "source", "fragment"),
+    [
+        (["--env", "1X=y"], "--env", "'1X' is not a valid environment variable name"),
+        (["--env", "=y"], "--env", "non-empty variable name"),
+        (["--allow-read", ""], "--allow-read", "non-empty path"),
+        (["--allow-write", ""], "--allow-write", "non-empty path"),
+        (["--deny-read", ""], "--deny-read", "non-empty path"),
+        (["--deny-write", ""], "--deny-write", "non-empty path"),
+        (["--pass-env", ""], "--pass-env", "non-empty variable name"),
+        (["--pass-env", "MY-VAR"], "--pass-env", "'MY-VAR' is not a valid"),
+        (["--allow-domain", ""], "--allow-domain", "non-empty domain pattern"),
+        (["--deny-domain", ""], "--deny-domain", "non-empty domain pattern"),
+        (["--allow-unix-socket", ""], "--allow-unix-socket", "non-empty path"),
+        (["--image", ""], "--image", "non-empty image name"),
+        (["--allow-read", "data"], "--allow-read", "'data' is relative"),
+        (["--allow-write", "./out"], "--allow-write", "'./out' is relative"),
+        (["--deny-read", "secret"], "--deny-read", "'secret' is relative"),
+        (["--deny-write", "../up"], "--deny-write", "'../up' is relative"),
+        (["--max-open-files", "2"], "--max-open-files", "2 is below the minimum 16"),
+        (["--max-open-files", "15"], "--max-open-files", "15 is below the minimum 16"),
+        (["--memory", "5t"], "--memory", "5t is above the maximum 1t"),
+        (["--memory", "5120G"], "--memory", "5120G is above the maximum 1t"),
+        (["--max-file-size", "2t"], "--max-file-size", "2t is above the maximum 1t"),
+        (["--timeout", "30000h"], "--timeout", "30000h is above the maximum 168h"),
+        (["--max-output", "unlimited"], "--max-output", "cannot be unlimited"),
+        (["--workspace", ""], "workspace", "workspace '' is not an existing directory"),
+    ],
+)
+def test_bad_option_values_are_refused_by_name(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+    argv: list[str],
+    source: str,
+    fragment: str,
+) -> None:
+    code, obj = cli(capsys, "run", "--json", "--workspace", str(tmp_path), *argv, "--", "true")
+    error = obj["error"]
+    assert isinstance(error, dict), obj
+    assert (code, error["kind"]) == (125, "config_invalid"), error
+    assert error["message"].startswith(f"{source}: "), error
+    assert fragment in error["message"], error
+    assert "_bytes" not in error["message"]  # the option's name, never the field's
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "start"),
+    [
+        ([], ["echo", "a\0b"], "argv: argument 1 holds a NUL byte"),
+        (["--env", "A=x\0y"], ["true"], "--env: A: expected a string value without NUL"),
+        (["--pass-env", "A\0B"], ["true"], "--pass-env: expected a non-empty variable name"),
+        (["--allow-read", "/a\0b"], ["true"], "--allow-read: expected a non-empty path"),
+    ],
+)
+def test_a_nul_byte_is_refused_by_name(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+    argv: list[str],
+    command: list[str],
+    start: str,
+) -> None:
+    """No real command line carries a NUL; `main` called in-process (or by a wrapper that
+    builds its arguments) can, and it must not reach a backend as "Input/output error"."""
+    code, obj = cli(capsys, "run", "--json", "--workspace", str(tmp_path), *argv, "--", *command)
+    error = obj["error"]
+    assert isinstance(error, dict), obj
+    assert (code, error["kind"]) == (125, "config_invalid"), error
+    assert error["message"].startswith(start), error
+
+
+def test_an_empty_workspace_is_not_the_current_directory(tmp_path: pathlib.Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mechasandbox", "run", "--workspace", "", "--", "touch", "made"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 125, proc.stderr
+    assert "config_invalid: workspace: workspace '' is not an existing directory" in proc.stderr
+    assert not (tmp_path / "made").exists()
+
+
+def test_limits_may_be_unlimited_on_the_command_line_as_in_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    argv = ["policy", "--backend", "process", "--workspace", str(tmp_path)]
+    assert main([*argv, "--max-open-files", "unlimited", "--", "true"]) == 0
+    assert "RLIMIT_NOFILE" not in capsys.readouterr().out
+    assert main([*argv, "--max-open-files", "16", "--", "true"]) == 0
+    assert "RLIMIT_NOFILE soft=16 hard=16" in capsys.readouterr().out
+
+
+def test_the_minimum_of_open_files_starts_every_backend_here(tmp_path: pathlib.Path) -> None:
+    """The minimum is what the launchers need: at it, each backend available here runs."""
+    ran = []
+    for backend, extra in (
+        ("bubblewrap", ["--network", "allowlist", "--allow-domain", "example.com"]),
+        ("landlock", ["--host-processes", "visible"]),
+        ("docker", ["--image", "mechasandbox-test:busybox"]),
+        ("podman", ["--image", "mechasandbox-test:busybox"]),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mechasandbox", "run", "--json", "--backend", backend,
+             *extra, "--max-open-files", "16", "--workspace", str(tmp_path), "--", "true"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        error = json.loads(proc.stdout)["error"]
+        if error and error["kind"] == "backend_unavailable":
+            continue
+        assert proc.returncode == 0, (backend, proc.stdout)
+        ran.append(backend)
+    if not ran:
+        pytest.skip("no backend that takes an open-files limit is available here")
+
+
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
+
+
+def _documented_project_json() -> str:
+    text = (DOCS / "configuration.md").read_text()
+    example = text.split("Example (accepted with the default user policy")[1]
+    return example.split("```json\n")[1].split("```")[0]
+
+
+def test_the_documented_project_json_runs_here(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    code, obj = cli(capsys, "run", "--json", "--workspace", str(tmp_path), "--", "true")
+    if code != 0:
+        pytest.skip(f"no run without a project file either: {obj['error']}")
+    (tmp_path / ".openagents").mkdir()
+    (tmp_path / ".openagents" / "project.json").write_text(_documented_project_json())
+    code, obj = cli(capsys, "run", "--json", "--workspace", str(tmp_path), "--", "true")
+    assert code == 0, obj
+
+
+def test_a_project_backend_unavailable_here_says_who_chose_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    project = tmp_path / ".openagents" / "project.json"
+    project.parent.mkdir()
+    project.write_text(json.dumps({"sandbox": {"backend": UNAVAILABLE_HERE}}))
+    code, obj = cli(capsys, "run", "--json", "--workspace", str(tmp_path), "--", "true")
+    error = obj["error"]
+    assert isinstance(error, dict)
+    assert (code, error["kind"]) == (125, "backend_unavailable")  # closed: no other backend
+    assert f"the project chose it ({project}: sandbox.backend)" in error["message"]
+    assert "--backend" in error["message"]
+    # The user's own choice stands over the project's, and then nothing is said of it.
+    code, obj = cli(
+        capsys, "run", "--json", "--backend", UNAVAILABLE_HERE, "--workspace", str(tmp_path),
+        "--", "true",
+    )  # fmt: skip
+    assert code == 125
+    assert "project" not in obj["error"]["message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        (
+            ".mechasandbox.toml",
+            '[network]\nmode = "full"\n[limits]\nmemory = "64g"\n',
+            ["network.mode: would widen", "; limits.memory: would widen the policy: 64g"],
+        ),
+        (
+            ".openagents/project.json",
+            json.dumps(
+                {
+                    "sandbox": {
+                        "memoryLimit": "64g",
+                        "networkEnabled": False,
+                        "limits": {"timeout": "1h"},
+                    }
+                }
+            ),
+            ["sandbox.limits.timeout: would widen", "; sandbox.memoryLimit: would widen"],
+        ),
+        (
+            ".openagents/project.json",
+            json.dumps({"sandbox": {"memoryLimt": "1g"}}),
+            [
+                "sandbox.memoryLimt: unknown key; expected one of: enabled, backend, image, "
+                "memoryLimit, networkEnabled, ",
+                "(did you mean 'memoryLimit'?)",
+            ],
+        ),
+    ],
+)
+def test_a_project_file_is_told_everything_at_once(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+    name: str,
+    content: str,
+    fragments: list[str],
+) -> None:
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(content)
+    code, obj = cli(capsys, "run", "--json", "--workspace", str(tmp_path), "--", "true")
+    error = obj["error"]
+    assert isinstance(error, dict)
+    assert (code, error["kind"]) == (125, "config_invalid")
+    assert error["message"].startswith(f"{path}: ")
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]
+
+
+@pytest.mark.parametrize("name", ["", "a\0b"])
+def test_a_config_option_that_names_no_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, name: str
+) -> None:
+    code, obj = cli(
+        capsys, "run", "--json", "--config", name, "--workspace", str(tmp_path), "--", "true"
+    )
+    error = obj["error"]
+    assert isinstance(error, dict)
+    assert (code, error["kind"]) == (125, "config_invalid")
+    assert error["message"] == (
+        f"configuration file: expected a non-empty file name without NUL bytes, got {name!r}"
     )

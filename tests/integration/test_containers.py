@@ -122,8 +122,8 @@ def test_docker_pool_is_wired_and_shut_down(tmp_path: pathlib.Path) -> None:
     import pytest
 
     from mechasandbox.backends.oci import PooledBackend
+    from mechasandbox.backends.oci.cli import owner_id
     from mechasandbox.backends.oci.compiler import LABEL_OWNER
-    from mechasandbox.backends.oci.engine import owner_id
     from tests.conftest import require_available
 
     if not sys.platform.startswith("linux"):

@@ -12,8 +12,10 @@ import pytest
 from mechasandbox.backends.base import Backend
 from mechasandbox.backends.process import ProcessBackend
 from mechasandbox.cli.verify import (
+    ATTACKS,
     ENV_SECRET_NAME,
     Arena,
+    attempt,
     launcher_loader,
     leave_setuid_file,
     plant_environment_secret,
@@ -52,17 +54,45 @@ def _planted_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_SECRET_NAME, os.environ[ENV_SECRET_NAME])  # undone after the test
 
 
+CLAIMED_BY_PROCESS = {
+    "read a host API key from the environment",
+    "leave a setsid/nohup process running after the run",
+}
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_checks_catch_the_escapes_of_an_unconfined_backend(runner: HelperProcessRunner) -> None:
-    outcomes = {c["attack"]: c["outcome"] for c in verify_backend(ProcessBackend(runner=runner))}
-    for attack in ESCAPES_ON_PROCESS:
-        assert outcomes[attack] == "FAILED", attack
+    """Made even where not claimed (`attempt`), every check sees the escape it looks for."""
+    backend = ProcessBackend(runner=runner)
+    verdicts = {attack.title: attempt(attack, backend) for attack in ATTACKS}
+    for title in ESCAPES_ON_PROCESS:
+        assert verdicts[title] is False, title
     # A sysctl file is root's to write: unconfined, root writes the host's settings, and an
     # ordinary user cannot.
-    assert outcomes[KERNEL_SETTINGS] == ("FAILED" if os.geteuid() == 0 else "held")
+    assert verdicts[KERNEL_SETTINGS] is (os.geteuid() != 0)
     # What `process` does enforce is seen to hold:
-    assert outcomes["read a host API key from the environment"] == "held"
-    assert outcomes["leave a setsid/nohup process running after the run"] == "held"
+    for title in CLAIMED_BY_PROCESS:
+        assert verdicts[title] is True, title
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_verify_attacks_only_what_a_backend_claims(runner: HelperProcessRunner) -> None:
+    """`process` claims no file system, network or pid protection: those checks say "not
+    claimed" with the backend's own reason, never FAILED; the claimed ones held."""
+    checks = verify_backend(ProcessBackend(runner=runner))
+    assert {c["attack"] for c in checks} == {attack.title for attack in ATTACKS}
+    outcomes = {c["attack"]: c["outcome"] for c in checks}
+    for title, outcome in outcomes.items():
+        if title in CLAIMED_BY_PROCESS:
+            assert outcome == "held", (title, outcome)
+        else:
+            assert outcome.startswith("not claimed ("), (title, outcome)
+    assert outcomes["kill a host process"] == (
+        "not claimed (pid-isolation: host processes can be signalled and traced)"
+    )
+    protections = {c["attack"]: c["protections"] for c in checks}
+    assert protections["write outside the workspace"] == ["filesystem-write"]
+    assert protections[HOSTILE_PROJECT] == ["filesystem-read", "protected-paths"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only")
@@ -71,8 +101,10 @@ def test_every_check_holds_on_bubblewrap(runner: HelperProcessRunner) -> None:
 
     backend = BubblewrapBackend(runner=runner)
     require_available(backend)
-    outcomes = {c["attack"]: c["outcome"] for c in verify_backend(backend)}
-    assert set(outcomes.values()) == {"held"}, outcomes
+    checks = verify_backend(backend)
+    outcomes = {c["attack"]: c["outcome"] for c in checks}
+    assert set(outcomes.values()) == {"held"}, outcomes  # every one claimed, and held
+    assert all(c["protections"] for c in checks)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="landlock is Linux-only")

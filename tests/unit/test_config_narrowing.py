@@ -12,6 +12,7 @@ from returns.result import Result
 from mechasandbox.config import (
     BackendChoice,
     BackendSettings,
+    LimitsSettings,
     Settings,
     narrow,
     narrow_backend,
@@ -328,7 +329,12 @@ def test_the_real_file_system_is_consulted(tmp_path: Any) -> None:
 
 def test_bounds_are_still_checked_for_project_values() -> None:
     base = attrs.evolve(BASE, limits=Limits(memory_bytes=None))
-    result = narrow(base, project({"limits": {"memory": "2t"}}), SOURCE, workspace=WS)
+    # Read from a file, the value is refused as it is read...
+    read = structure_settings({"limits": {"memory": "2t"}}, SOURCE)
+    assert "2t is above the maximum 1t" in read.failure().problem
+    # ...and `Settings` built in code, when they are laid over the policy.
+    settings = Settings(limits=LimitsSettings(memory=2 * 1024**4))
+    result = narrow(base, settings, SOURCE, workspace=WS)
     error = result.failure()
     assert error.field == "limits.memory"
     assert "above the maximum" in error.problem
@@ -433,3 +439,25 @@ def test_a_relative_unix_socket_name_is_invalid() -> None:
     result = structure_settings({"network": {"allow_unix_sockets": ["agent.sock"]}}, SOURCE)
     assert not is_successful(result)
     assert "relative" in result.failure().problem
+
+
+def test_every_widening_of_a_project_file_at_once() -> None:
+    settings = project(
+        {
+            "backend": {"name": "none"},
+            "network": {"mode": "full"},
+            "limits": {"memory": "64g", "timeout": "unlimited"},
+            "environment": {"pass": ["AWS_SECRET_ACCESS_KEY"]},
+        }
+    )
+    error = narrow(BASE, settings, SOURCE, workspace=WS).failure()
+    assert [error.field, *(more.field for more in error.more)] == [
+        "network.mode",
+        "limits.timeout",
+        "limits.memory",
+        "environment.pass",
+        "backend.name",
+    ]
+    assert all(more.source == SOURCE for more in error.more)
+    assert error.message.count("would widen the policy") == 5
+    assert error.message.count("a project file may only narrow") == 1

@@ -178,3 +178,49 @@ def test_json_syntax_error_names_the_line(workspace: Path) -> None:
     assert error.source == str(path)
     assert error.field == "line 3, column 16"
     assert error.problem.startswith("invalid JSON")
+
+
+def test_an_unknown_key_lists_the_openagents_keys(workspace: Path) -> None:
+    path = project_json(workspace, block(memoryLimt="1g"))
+    error = refuse(workspace)
+    assert (error.source, error.field) == (path, "sandbox.memoryLimt")
+    assert error.problem == (
+        "unknown key; expected one of: enabled, backend, image, memoryLimit, networkEnabled, "
+        "filesystem, network, limits, environment, enforcement, host_processes "
+        "(did you mean 'memoryLimit'?)"
+    )
+
+
+def test_every_unknown_key_at_once(workspace: Path) -> None:
+    project_json(workspace, block(memoryLimt="1g", netwrkEnabled=False))
+    error = refuse(workspace)
+    assert [error.field, *(more.field for more in error.more)] == [
+        "sandbox.memoryLimt",
+        "sandbox.netwrkEnabled",
+    ]
+    assert "did you mean 'networkEnabled'?" in error.message
+
+
+def test_every_widening_at_once(workspace: Path) -> None:
+    path = project_json(
+        workspace,
+        block(memoryLimit="8g", limits={"timeout": "1h"}, enforcement="best-effort"),
+    )
+    error = refuse(workspace)
+    fields = [error.field, *(more.field for more in error.more)]
+    assert fields == ["sandbox.limits.timeout", "sandbox.memoryLimit", "sandbox.enforcement"]
+    assert error.message.startswith(f"{path}: sandbox.limits.timeout: would widen the policy")
+    assert "; sandbox.memoryLimit: would widen the policy: 8g is above the inherited 4g" in (
+        error.message
+    )
+    assert error.message.count(path) == 1
+    assert error.message.count("a project file may only narrow") == 1
+
+
+def test_the_project_that_chose_the_backend_is_remembered(workspace: Path) -> None:
+    path = project_json(workspace, SEED)
+    assert load(workspace).backend_chosen_by == f"{path}: sandbox.backend"
+    project_json(workspace, block(backend={"name": "docker"}))
+    assert load(workspace).backend_chosen_by == f"{path}: sandbox.backend.name"
+    project_json(workspace, block(memoryLimit="1g"))
+    assert load(workspace).backend_chosen_by is None

@@ -117,9 +117,15 @@ def test_unknown_key_lists_the_accepted_ones() -> None:
     assert "mode, allow, deny" in bad({"network": {"mood": "none"}}).problem
 
 
-def test_several_problems_are_counted() -> None:
+def test_several_problems_are_all_reported() -> None:
     error = bad({"limits": {"memory": "x", "timeout": "y"}})
-    assert "1 more problem" in error.problem
+    assert [(error.field, error.source)] + [(p.field, p.source) for p in error.more] == [
+        ("limits.timeout", "f.toml"),
+        ("limits.memory", "f.toml"),
+    ]
+    assert error.message.startswith("f.toml: limits.timeout: invalid duration 'y'")
+    assert "; limits.memory: invalid size 'x'" in error.message
+    assert error.message.count("f.toml") == 1
 
 
 def test_no_env_interpolation() -> None:

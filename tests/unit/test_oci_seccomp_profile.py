@@ -20,9 +20,9 @@ from mechasandbox.backends.linux.seccomp import (
 from mechasandbox.backends.oci.seccomp_profile import (
     ENGINE_ARCH_ALLOWED,
     ENGINE_DEFAULT_ALLOWED,
+    SeccompProfiles,
     allowed_names,
     container_profile,
-    profile_path,
 )
 
 # What must never be callable in a container of ours, whatever docker's default allows.
@@ -130,11 +130,15 @@ def test_architecture_calls_only_on_their_architecture() -> None:
     assert container_profile("s390x") is None  # clone's arguments are in another order
 
 
-def test_the_profile_file_is_private_and_written_once() -> None:
-    path = profile_path("x86_64")
+def test_the_profile_file_is_private_written_once_and_removed_on_close() -> None:
+    profiles = SeccompProfiles()
+    path = profiles.path("x86_64")
     assert path is not None
-    assert profile_path("x86_64") == path
+    assert profiles.path("x86_64") == path
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
     with open(path, encoding="utf-8") as handle:
         assert json.load(handle) == container_profile("x86_64")
+    profiles.close()
+    assert not os.path.exists(os.path.dirname(path))
+    profiles.close()  # again: nothing left to do

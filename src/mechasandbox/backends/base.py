@@ -64,7 +64,8 @@ class LaunchPlan:
 
     backend: str
     sections: tuple[tuple[str, str], ...]
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # protections a run would not get
+    notes: tuple[str, ...] = ()  # information that is no gap
 
 
 class Backend(Protocol):
@@ -133,6 +134,17 @@ def check_enforcement(
         for p in missing
     )
     return Success(capabilities.warnings + warnings)
+
+
+def with_notes(result: RunResult, backend: Backend) -> RunResult:
+    """`result` with the notes of `backend`'s capabilities (the engine's version, the image,
+    a pool: information, not gaps), when `backend` is the one that ran it; each note once,
+    so that a wrapper (`auto`) and the facade may both ask."""
+    probed = backend.probe()
+    if isinstance(probed, Failure) or probed.unwrap().backend != result.backend:
+        return result
+    fresh = tuple(note for note in probed.unwrap().notes if note not in result.notes)
+    return attrs.evolve(result, notes=result.notes + fresh) if fresh else result
 
 
 # Directories that are never a workspace: the command may write its whole workspace, and

@@ -23,6 +23,7 @@ from mechasandbox.backends import factories
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
     from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
+    from mechasandbox.backends.oci.state import EngineState
     from mechasandbox.backends.probe_cache import ProbeCache
     from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
     from mechasandbox.limits.cgroup import CgroupManager
@@ -38,8 +39,9 @@ class BackendDeps:
 
     `egress` and the state objects are callables, not values: each is made when the first
     backend that keeps it is built, not for every composition. The state objects (what
-    backends remember across runs: placeholders, private tmp dirs, the pool of cgroups)
-    belong to the root, which closes them in `shutdown_resources()`.
+    backends remember across runs: placeholders, private tmp dirs, the pool of cgroups,
+    the container engines' live containers) belong to the root, which closes them in
+    `shutdown_resources()`.
     """
 
     runner: ProcessRunner
@@ -48,6 +50,7 @@ class BackendDeps:
     placeholders: Callable[[], WorkspacePlaceholders]
     tmp_dirs: Callable[[], PrivateTmpDirs]
     cgroups: Callable[[], CgroupManager | str]
+    engine_state: Callable[[], EngineState]
     probe_cache: ProbeCache | None = None
     image: str | None = None
     runtime: str | None = None
@@ -122,6 +125,7 @@ def _engine(engine: str, deps: BackendDeps) -> Backend:
         image=deps.image,
         runtime=deps.runtime,
         egress=deps.egress(),
+        state=deps.engine_state(),
     )
 
 

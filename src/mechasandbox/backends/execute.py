@@ -167,17 +167,18 @@ async def execute_spec(
         if manager is not None and cgroup_run is not None:
             with contextlib.suppress(OSError):
                 manager.destroy(cgroup_run)
-    if isinstance(outcome, Failure):
-        return Failure(outcome.failure())
-    if outcome.unwrap().stopped is not None:  # the spec's watch stopped it: see SpawnSpec
-        return Failure(
-            BackendFailed(backend=backend, reason=f"stopped: {outcome.unwrap().stopped}")
+
+    def classified(raw: ProcessOutcome) -> Result[RunResult, SandboxError]:
+        if raw.stopped is not None:  # the spec's watch stopped it: see SpawnSpec
+            return Failure(BackendFailed(backend=backend, reason=f"stopped: {raw.stopped}"))
+        finished = raw if adjust is None else adjust(raw)
+        return classify(
+            run_result(backend, finished, warnings=warnings, violations=violations),
+            limits=policy.limits,
+            timed_out=finished.timed_out,
+            events=events,
+            interrupted=finished.interrupted,
         )
-    finished = outcome.unwrap() if adjust is None else adjust(outcome.unwrap())
-    return classify(
-        run_result(backend, finished, warnings=warnings, violations=violations),
-        limits=policy.limits,
-        timed_out=finished.timed_out,
-        events=events,
-        interrupted=finished.interrupted,
-    )
+
+    ran: Result[ProcessOutcome, SandboxError] = outcome
+    return ran.bind(classified)

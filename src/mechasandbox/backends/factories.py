@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
     from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
+    from mechasandbox.backends.oci.state import EngineState
     from mechasandbox.backends.probe_cache import ProbeCache
     from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
     from mechasandbox.limits.cgroup import CgroupManager
@@ -157,13 +158,18 @@ def container_engine(
     image: str | None,
     runtime: str | None,
     egress: EgressProxy,
+    state: EngineState | None = None,
 ) -> Backend:
-    """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor)."""
+    """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor).
+    `state`: what the backend keeps across runs (`engine_state`; None: its own), one
+    shared by docker and podman, closed on shutdown."""
     from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
     from mechasandbox.backends.registry import MissingBackend
 
     backend_class = DockerBackend if engine == "docker" else PodmanBackend
     options: dict[str, Any] = {"runner": runner, "host": host, "egress": egress}
+    if state is not None:
+        options["state"] = state
     if image:
         options["image"] = image
     if runtime:
@@ -176,6 +182,14 @@ def container_engine(
             )
     built: Backend = backend_class(**options)
     return built
+
+
+def engine_state() -> EngineState:
+    """The live containers, placeholders, profile files... the docker and podman backends
+    keep across runs (see `EngineState`): a resource, closed on shutdown."""
+    from mechasandbox.backends.oci.state import EngineState
+
+    return EngineState()
 
 
 def pooled(backend: Backend, size: int | None) -> Iterator[Backend]:

@@ -142,6 +142,15 @@ class Repository:
     worktree: str
     gitfile: str | None = None
 
+    def config_files(self, home: str) -> ConfigFiles:
+        """Its own configuration: the common `config`, and the `config.worktree` files."""
+        paths = (
+            os.path.join(self.commondir, "config"),
+            os.path.join(self.commondir, "config.worktree"),
+            os.path.join(self.gitdir, "config.worktree"),
+        )
+        return read_config_files(tuple(dict.fromkeys(paths)), home=home)
+
 
 def _gitfile_target(path: str) -> str | None:
     """The git directory a `.git` file names (`gitdir: X`, X relative to the file)."""
@@ -280,18 +289,7 @@ class _Collector:
             self.add(repository.gitfile)
         if repository.worktree != repository.gitdir:
             self.add(os.path.join(repository.worktree, ".gitmodules"))
-        own = read_config_files(
-            tuple(
-                dict.fromkeys(
-                    (
-                        os.path.join(repository.commondir, "config"),
-                        os.path.join(repository.commondir, "config.worktree"),
-                        os.path.join(repository.gitdir, "config.worktree"),
-                    )
-                )
-            ),
-            home=self.home,
-        )
+        own = repository.config_files(self.home)
         worktree = _configured_worktree(own.entries, repository)
         if worktree != repository.worktree:
             repository = attrs.evolve(repository, worktree=worktree)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-from mechasandbox.backends.git_config import read_config_files
 from mechasandbox.backends.git_indirections import (
     PATH_KEYS,
     Repository,
@@ -48,18 +47,7 @@ def armed(repository: Repository, home: str) -> str | None:
                 return f"hook {hooks[0]}"
     if os.path.lexists(os.path.join(repository.gitdir, "commondir")):
         return "a commondir"
-    files = read_config_files(
-        tuple(
-            dict.fromkeys(
-                (
-                    os.path.join(repository.commondir, "config"),
-                    os.path.join(repository.commondir, "config.worktree"),
-                    os.path.join(repository.gitdir, "config.worktree"),
-                )
-            )
-        ),
-        home=home,
-    )
+    files = repository.config_files(home)
     if files.includes:
         return "an include"
     for entry in files.entries:

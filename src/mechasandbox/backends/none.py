@@ -1,38 +1,35 @@
 """The `none` backend: no confinement at all. Only ever used when named explicitly.
 
 It still scrubs the environment, applies the timeout and caps output (those are the
-runner's), and every result carries a warning saying the command ran unconfined.
+runner's), and every result carries a warning saying that commands run unconfined.
 """
 
 from __future__ import annotations
 
 import attrs
-from returns.result import Failure, Result, Success
+from returns.result import Result, Success
 
-from mechasandbox.backends.base import (
-    HostContext,
-    LaunchPlan,
-    check_workspace,
-    resolve_command,
-    scrubbed_environment,
-)
-from mechasandbox.backends.execute import execute_spec, prepare_run
-from mechasandbox.domain.capabilities import Capabilities, Protection
+from mechasandbox.backends.base import HostContext, LaunchPlan
+from mechasandbox.backends.capability_table import RUNNER, CapabilityTable
+from mechasandbox.backends.template import Job, Launch, SpawningBackend, direct_spec
+from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.protocol import ProcessRunner
-from mechasandbox.runner.spec import SpawnSpec
 
+# Worded to be true wherever it is shown: `doctor` (where nothing ran), `policy`, and
+# every result.
 UNCONFINED_WARNING = (
-    "backend 'none': the command ran UNCONFINED with your full privileges "
-    "(filesystem, network, processes); only the timeout, output cap and environment applied"
+    "backend 'none': commands run UNCONFINED with your full privileges "
+    "(filesystem, network, processes); only the timeout, output cap and environment apply"
 )
+_UNCONFINED = RUNNER | CapabilityTable(warnings=(UNCONFINED_WARNING,))
 
 
 @attrs.frozen(kw_only=True)
-class NoneBackend:
+class NoneBackend(SpawningBackend[None, None]):
     runner: ProcessRunner
     host: HostContext = attrs.field(factory=HostContext.current)
 
@@ -41,51 +38,22 @@ class NoneBackend:
         return "none"
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
-        return Success(
-            Capabilities(
-                backend=self.name,
-                enforced=frozenset({Protection.ENVIRONMENT, Protection.TIMEOUT}),
-                warnings=(UNCONFINED_WARNING,),
-            )
-        )
+        return Success(_UNCONFINED.capabilities(self.name))
 
-    def _spec(
-        self, request: RunRequest, policy: Policy, workspace: str
-    ) -> Result[SpawnSpec, SandboxError]:
-        env = scrubbed_environment(policy.environment, dict(self.host.env))
-        return resolve_command(request.argv[0], env, workspace).map(
-            lambda executable: SpawnSpec(
-                argv=request.argv,
-                env=tuple(sorted(env.items())),
-                cwd=workspace,
-                stdin=request.stdin,
-                timeout_s=policy.limits.timeout_s,
-                max_output_bytes=policy.limits.max_output_bytes,
-                umask=0o022,
-                executable=executable,
-            )
-        )
+    def compile(self, job: Job, setting: None) -> Result[Launch[None], SandboxError]:
+        return direct_spec(job, umask=0o022).map(lambda spec: Launch(spec=spec, compiled=None))
 
-    def plan(
-        self, request: RunRequest, policy: Policy, host: HostContext
-    ) -> Result[LaunchPlan, SandboxError]:
-        workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(lambda workspace: self._spec(request, policy, workspace)).map(
-            lambda spec: LaunchPlan(
-                backend=self.name,
-                sections=(("argv", " ".join(spec.argv)), ("cwd", spec.cwd)),
-                warnings=(UNCONFINED_WARNING,),
-            )
+    def plan_setting(self, policy: Policy) -> None:
+        return None
+
+    def describe(self, job: Job, launch: Launch[None], setting: None) -> LaunchPlan:
+        return LaunchPlan(
+            backend=self.name,
+            sections=(("argv", " ".join(launch.spec.argv)), ("cwd", launch.spec.cwd)),
+            warnings=(UNCONFINED_WARNING,),
         )
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         # Naming `none` is the opt-in: every gap becomes a warning instead of a refusal.
         unconfined = attrs.evolve(policy, enforcement=Enforcement.BEST_EFFORT)
-        prepared = prepare_run(self, request, unconfined)
-        if isinstance(prepared, Failure):
-            return Failure(prepared.failure())
-        warnings, workspace, _unconfined = prepared.unwrap()
-        spec = self._spec(request, policy, workspace)
-        if isinstance(spec, Failure):
-            return Failure(spec.failure())
-        return await execute_spec(self.name, self.runner, spec.unwrap(), policy, warnings=warnings)
+        return await super().run(request, unconfined)

@@ -6,37 +6,69 @@ capabilities say so, so a strict policy refuses it and best-effort lists each ga
 
 from __future__ import annotations
 
-import attrs
-from returns.result import Failure, Result, Success
+import functools
 
-from mechasandbox.backends.base import (
-    HostContext,
-    LaunchPlan,
-    check_workspace,
-    resolve_command,
-    scrubbed_environment,
-)
-from mechasandbox.backends.execute import execute_spec, prepare_run
+import attrs
+from returns.result import Result, Success
+
+from mechasandbox.backends.base import HostContext, LaunchPlan
+from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
 from mechasandbox.backends.resources import (
     UMASK,
     default_cgroups,
-    describe_cgroups,
     resource_support,
     run_rlimits,
+)
+from mechasandbox.backends.template import (
+    Job,
+    Launch,
+    SpawningBackend,
+    command_sections,
+    direct_spec,
+    limit_sections,
 )
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Policy
-from mechasandbox.domain.request import RunRequest
-from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
-from mechasandbox.limits.rlimits import describe
 from mechasandbox.runner.protocol import ProcessRunner
-from mechasandbox.runner.spec import SpawnSpec
+
+_NO_ISOLATION = (
+    RUNNER
+    | RLIMITS
+    | CapabilityTable(
+        gaps={
+            Protection.FILESYSTEM_READ: "no filesystem isolation: the command reads what you can",
+            Protection.FILESYSTEM_WRITE: "no filesystem isolation: the command writes where "
+            "you can",
+            Protection.PROTECTED_PATHS: "no filesystem isolation",
+            Protection.NETWORK_NONE: "no network isolation",
+            Protection.NETWORK_ALLOWLIST: "no network isolation",
+            Protection.NAMED_UNIX_SOCKETS: "every host unix socket is reachable",
+            Protection.PID_ISOLATION: "host processes can be signalled and traced",
+            Protection.HOST_PROCESSES_HIDDEN: "host processes are visible",
+        }
+    )
+)
+_SUBREAPER = CapabilityTable(
+    enforced={Protection.TREE_TEARDOWN: "spawn helper is child subreaper; kills the whole tree"}
+)
+_GROUP_ONLY = CapabilityTable(
+    gaps={Protection.TREE_TEARDOWN: "process group only: a setsid'd child can escape"}
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _capabilities(linux: bool, cgroups: CgroupManager | str, uid: int) -> Capabilities:
+    """Computed once per host (every run probes)."""
+    teardown = _SUBREAPER if linux else _GROUP_ONLY
+    memory = "RLIMIT_AS (address space; best-effort on macOS)"
+    resources = resource_support(cgroups, uid, memory_rlimit=memory)
+    return (_NO_ISOLATION | teardown | resources).capabilities("process")
 
 
 @attrs.frozen(kw_only=True)
-class ProcessBackend:
+class ProcessBackend(SpawningBackend[None, None]):
     runner: ProcessRunner
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
     host: HostContext = attrs.field(factory=HostContext.current)
@@ -47,106 +79,19 @@ class ProcessBackend:
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
         linux = self.host.platform.startswith("linux")
-        enforced = {
-            Protection.ENVIRONMENT,
-            Protection.TIMEOUT,
-            Protection.CPU,
-            Protection.OPEN_FILES,
-            Protection.FILE_SIZE,
-        }
-        details = [
-            (Protection.FILESYSTEM_READ, "no filesystem isolation: the command reads what you can"),
-            (
-                Protection.FILESYSTEM_WRITE,
-                "no filesystem isolation: the command writes where you can",
-            ),
-            (Protection.PROTECTED_PATHS, "no filesystem isolation"),
-            (Protection.NETWORK_NONE, "no network isolation"),
-            (Protection.NETWORK_ALLOWLIST, "no network isolation"),
-            (Protection.NAMED_UNIX_SOCKETS, "every host unix socket is reachable"),
-            (Protection.PID_ISOLATION, "host processes can be signalled and traced"),
-            (Protection.HOST_PROCESSES_HIDDEN, "host processes are visible"),
-            (Protection.CPU, "RLIMIT_CPU"),
-            (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
-            (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
-        ]
-        warnings: list[str] = []
-        if linux:
-            enforced.add(Protection.TREE_TEARDOWN)
-            details.append(
-                (Protection.TREE_TEARDOWN, "spawn helper is child subreaper; kills the whole tree")
-            )
-        else:
-            details.append(
-                (Protection.TREE_TEARDOWN, "process group only: a setsid'd child can escape")
-            )
-        resources = resource_support(
-            self.cgroups,
-            self.host.uid,
-            memory_rlimit="RLIMIT_AS (address space; best-effort on macOS)",
-        )
-        enforced |= resources.enforced
-        details += resources.details
-        warnings += resources.warnings
-        return Success(
-            Capabilities(
-                backend=self.name,
-                enforced=frozenset(enforced),
-                details=tuple(details),
-                warnings=tuple(warnings),
-            )
+        return Success(_capabilities(linux, self.cgroups, self.host.uid))
+
+    def compile(self, job: Job, setting: None) -> Result[Launch[None], SandboxError]:
+        rlimits = run_rlimits(job.policy.limits, self.cgroups)
+        return direct_spec(job, umask=UMASK, rlimits=rlimits).map(
+            lambda spec: Launch(spec=spec, compiled=None, cgroups=self.cgroups)
         )
 
-    def _spec(
-        self, request: RunRequest, policy: Policy, host: HostContext, workspace: str
-    ) -> Result[SpawnSpec, SandboxError]:
-        env = scrubbed_environment(policy.environment, dict(host.env))
-        rlimits = run_rlimits(policy.limits, self.cgroups)
-        return resolve_command(request.argv[0], env, workspace).map(
-            lambda executable: SpawnSpec(
-                argv=request.argv,
-                env=tuple(sorted(env.items())),
-                cwd=workspace,
-                stdin=request.stdin,
-                timeout_s=policy.limits.timeout_s,
-                max_output_bytes=policy.limits.max_output_bytes,
-                umask=UMASK,
-                rlimits=rlimits,
-                executable=executable,
-            )
-        )
+    def plan_setting(self, policy: Policy) -> None:
+        return None
 
-    def plan(
-        self, request: RunRequest, policy: Policy, host: HostContext
-    ) -> Result[LaunchPlan, SandboxError]:
-        def render(spec: SpawnSpec) -> LaunchPlan:
-            cgroup = describe_cgroups(self.cgroups)
-            return LaunchPlan(
-                backend=self.name,
-                sections=(
-                    ("argv", " ".join(spec.argv)),
-                    ("executable", spec.executable or ""),
-                    ("cwd", spec.cwd),
-                    ("environment", " ".join(name for name, _ in spec.env)),
-                    ("umask", f"{spec.umask:04o}"),
-                    ("rlimits", describe(spec.rlimits)),
-                    ("cgroup", cgroup),
-                ),
-            )
-
-        workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(lambda workspace: self._spec(request, policy, host, workspace)).map(
-            render
-        )
-
-    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = prepare_run(self, request, policy)
-        if isinstance(prepared, Failure):
-            return Failure(prepared.failure())
-        warnings, workspace, policy = prepared.unwrap()
-        spec = self._spec(request, policy, self.host, workspace)
-        if isinstance(spec, Failure):
-            return Failure(spec.failure())
-        return await execute_spec(
-            self.name, self.runner, spec.unwrap(), policy, warnings=warnings, cgroups=self.cgroups
+    def describe(self, job: Job, launch: Launch[None], setting: None) -> LaunchPlan:
+        return LaunchPlan(
+            backend=self.name,
+            sections=command_sections(launch.spec) + limit_sections(launch.spec, launch.cgroups),
         )

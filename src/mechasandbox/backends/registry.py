@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, with_notes
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, PolicyUnsupported, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
@@ -101,4 +101,6 @@ class AutoBackend:
         chosen = choose(self.candidates, policy)
         if isinstance(chosen, Failure):
             return Failure(chosen.failure())
-        return await chosen.unwrap().run(request, policy)
+        backend = chosen.unwrap()
+        ran = await backend.run(request, policy)
+        return ran.map(lambda result: with_notes(result, backend))

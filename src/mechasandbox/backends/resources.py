@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import sys
 
-import attrs
-
+from mechasandbox.backends.capability_table import CapabilityTable
 from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.limits import Limits
 from mechasandbox.limits.cgroup import CgroupManager
@@ -27,35 +26,22 @@ def default_cgroups() -> CgroupManager | str:
     return CgroupManager.probe()
 
 
-@attrs.frozen(kw_only=True)
-class ResourceSupport:
-    enforced: frozenset[Protection]
-    details: tuple[tuple[Protection, str], ...]
-    warnings: tuple[str, ...]
-
-
 def resource_support(
     cgroups: CgroupManager | str, uid: int, *, memory_rlimit: str = "RLIMIT_AS (address space)"
-) -> ResourceSupport:
+) -> CapabilityTable:
     """MEMORY and PROCESSES: by the cgroup, or by rlimits (RLIMIT_NPROC does not bind root
     and counts every process of the user, so it is reported for what it is)."""
     if isinstance(cgroups, CgroupManager):
         how = cgroups.describe()
-        return ResourceSupport(
-            enforced=frozenset({Protection.MEMORY, Protection.PROCESSES}),
-            details=((Protection.MEMORY, how), (Protection.PROCESSES, how)),
-            warnings=(),
-        )
-    enforced = {Protection.MEMORY}
-    details = [(Protection.MEMORY, memory_rlimit)]
-    if uid == 0:
-        details.append((Protection.PROCESSES, "RLIMIT_NPROC does not apply to root and no cgroup"))
-    else:
-        enforced.add(Protection.PROCESSES)
-        details.append((Protection.PROCESSES, "RLIMIT_NPROC (counts all of the user's processes)"))
-    return ResourceSupport(
-        enforced=frozenset(enforced), details=tuple(details), warnings=(f"no cgroup: {cgroups}",)
+        return CapabilityTable(enforced={Protection.MEMORY: how, Protection.PROCESSES: how})
+    memory = CapabilityTable(
+        enforced={Protection.MEMORY: memory_rlimit}, warnings=(f"no cgroup: {cgroups}",)
     )
+    if uid == 0:
+        why = "RLIMIT_NPROC does not apply to root and no cgroup"
+        return memory | CapabilityTable(gaps={Protection.PROCESSES: why})
+    how = "RLIMIT_NPROC (counts all of the user's processes)"
+    return memory | CapabilityTable(enforced={Protection.PROCESSES: how})
 
 
 def run_rlimits(limits: Limits, cgroups: CgroupManager | str) -> tuple[RlimitSetting, ...]:

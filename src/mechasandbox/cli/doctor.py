@@ -39,6 +39,7 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
                 "enforces": {p.value: p in capabilities.enforced for p in Protection},
                 "details": {p.value: text for p, text in capabilities.details},
                 "warnings": list(capabilities.warnings),
+                "notes": list(capabilities.notes),
             }
         )
     candidates = [app.backends.named(name) for name in AUTO_ORDER]
@@ -91,6 +92,7 @@ def _table(data: dict[str, Any]) -> str:
         )
     lines += ["", header]
     unavailable: list[str] = []
+    warnings: list[str] = []
     notes: list[str] = []
     for entry in data["backends"]:
         if not entry["available"]:
@@ -98,11 +100,14 @@ def _table(data: dict[str, Any]) -> str:
             continue
         cells = [("+" if entry["enforces"][p.value] else "-").center(len(_SHORT[p])) for p in shown]
         lines.append(entry["name"].ljust(width) + " ".join(cells))
-        notes.extend(f"  {entry['name']}: {warning}" for warning in entry["warnings"])
+        warnings.extend(f"  {entry['name']}: {warning}" for warning in entry["warnings"])
+        notes.extend(f"  {entry['name']}: {note}" for note in entry["notes"])
     if unavailable:
         lines += ["", "unavailable here:", *unavailable]
+    if warnings:
+        lines += ["", "warnings:", *warnings]
     if notes:
-        lines += ["", "warnings:", *notes]
+        lines += ["", "notes:", *notes]
     lines.append("")
     if data["auto"]:
         lines.append(f"auto picks: {data['auto']} (for the default policy)")
@@ -110,6 +115,17 @@ def _table(data: dict[str, Any]) -> str:
         lines.append(f"auto picks nothing for the default policy: {data['auto_reason']}")
     lines.append("details: mechasandbox doctor --json; attacks: mechasandbox doctor --verify")
     return "\n".join(lines)
+
+
+def _tally(checks: list[dict[str, Any]]) -> str:
+    """`3 held, 0 FAILED, 14 not claimed`: a FAILED is a claimed protection that did not hold."""
+    counts = {"held": 0, "FAILED": 0, "not claimed": 0, "error": 0}
+    for check in checks:
+        outcome = str(check["outcome"])
+        kind = next((k for k in counts if outcome == k or outcome.startswith(k + " ")), "error")
+        counts[kind] += 1
+    shown = [f"{n} {kind}" for kind, n in counts.items() if n or kind in ("held", "FAILED")]
+    return ", ".join(shown)
 
 
 def main(*, as_json: bool, verify: bool, host: HostContext) -> int:
@@ -134,6 +150,7 @@ def main(*, as_json: bool, verify: bool, host: HostContext) -> int:
             for name, checks in data["verify"].items():
                 for check in checks:
                     print(f"verify {name}: {check['attack']}: {check['outcome']}")
+                print(f"verify {name}: {_tally(checks)}")
         return 0
     finally:
         app.shutdown_resources()

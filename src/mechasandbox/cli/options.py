@@ -6,17 +6,16 @@ Parse errors never print a traceback: they become `ConfigInvalid` naming the opt
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from typing import NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import NoReturn
 
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.catalog import NAMES
 from mechasandbox.config.changes import PolicyChanges
+from mechasandbox.config.validation import LIMIT_RULES
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import HostProcesses, NetworkMode
-
-T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -29,12 +28,31 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `run` and `policy` (docs/cli.md), each with its help text."""
     add = parser.add_argument
     add("--backend", default=None, choices=NAMES, help="sandbox backend (default: auto)")
     add("--workspace", default=None, help="working directory and writable tree (default: .)")
-    add("--network", default=None, choices=[m.value for m in NetworkMode])
-    add("--allow-domain", action="append", default=[], metavar="PATTERN")
-    add("--deny-domain", action="append", default=[], metavar="PATTERN")
+    add(
+        "--network",
+        default=None,
+        choices=[m.value for m in NetworkMode],
+        help="none (default): no network; allowlist: only --allow-domain; full: everything",
+    )
+    add(
+        "--allow-domain",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="repeatable: a host the allowlist reaches (example.com, *.example.com, "
+        "example.com:443, 127.0.0.1:8080)",
+    )
+    add(
+        "--deny-domain",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="repeatable: a host never reached, even when allowed",
+    )
     add(
         "--allow-unix-socket",
         action="append",
@@ -42,69 +60,122 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help='a host unix socket the command may connect to (e.g. "$SSH_AUTH_SOCK")',
     )
-    add("--allow-read", action="append", default=[], metavar="PATH")
-    add("--allow-write", action="append", default=[], metavar="PATH")
-    add("--deny-read", action="append", default=[], metavar="PATH")
-    add("--deny-write", action="append", default=[], metavar="PATH")
-    add("--timeout", default=None, metavar="DURATION")
-    add("--cpu-time", default=None, metavar="DURATION")
-    add("--memory", default=None, metavar="SIZE")
-    add("--max-processes", default=None, metavar="N")
-    add("--max-open-files", default=None, metavar="N")
-    add("--max-file-size", default=None, metavar="SIZE")
-    add("--max-output", default=None, metavar="SIZE")
-    add("--env", action="append", default=[], metavar="NAME=VALUE")
-    add("--pass-env", action="append", default=[], metavar="NAME")
+    add(
+        "--allow-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path outside the workspace the command may read",
+    )
+    add(
+        "--allow-write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path outside the workspace the command may write",
+    )
+    add(
+        "--deny-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path never readable (wins over every allow)",
+    )
+    add(
+        "--deny-write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: a path never writable (wins over every allow)",
+    )
+    add(
+        "--timeout",
+        default=None,
+        metavar="DURATION",
+        help="wall-clock limit: 30, 1.5, 500ms, 2m (seconds when no unit)",
+    )
+    add("--cpu-time", default=None, metavar="DURATION", help="CPU-time limit, as --timeout")
+    add(
+        "--memory",
+        default=None,
+        metavar="SIZE",
+        help="memory limit: 512m, 2g, 1.5GiB, 1048576 (bytes when no unit)",
+    )
+    add("--max-processes", default=None, metavar="N", help="most processes at once")
+    add("--max-open-files", default=None, metavar="N", help="most open files per process")
+    add("--max-file-size", default=None, metavar="SIZE", help="largest file the command writes")
+    add(
+        "--max-output",
+        default=None,
+        metavar="SIZE",
+        help="captured bytes per stream; beyond it output is dropped and marked truncated",
+    )
+    add(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="repeatable: set a variable in the command's environment",
+    )
+    add(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="repeatable: pass the host's value of a variable through",
+    )
     add("--image", default=None, help="container image (docker, podman, apple-container)")
-    add("--config", action="append", default=[], metavar="FILE")
+    add(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="repeatable: a configuration file merged over the user's and the project's",
+    )
     add(
         "--host-processes",
         default=None,
         choices=[h.value for h in HostProcesses],
         help="hidden (default; needs a pid namespace) or visible (lets landlock run)",
     )
-    add("--best-effort", action="store_true")
+    add(
+        "--best-effort",
+        action="store_true",
+        help="run even where the backend cannot enforce every protection; each gap is a warning",
+    )
     add("--json", action="store_true", help="print one JSON object instead of the output")
+    add(
+        "--verbose",
+        action="store_true",
+        help="also print the notes (backend version, image, pool...) on stderr",
+    )
     add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
 
-def _field(option: str, parsed: Result[T, str]) -> Result[T, ConfigInvalid]:
-    return parsed.alt(lambda problem: ConfigInvalid(problem=problem, source=option))
-
-
-def _count(option: str, text: str) -> Result[int, ConfigInvalid]:
-    if text.isdigit() and int(text) > 0:
-        return Success(int(text))
-    return Failure(
-        ConfigInvalid(problem=f"expected a positive whole number, got {text!r}", source=option)
-    )
-
-
-def _optional(
-    option: str, text: str | None, parse: Callable[[str, str], Result[T, ConfigInvalid]]
-) -> Result[T | None, ConfigInvalid]:
-    if text is None:
-        return Success(None)
-    return parse(option, text)
-
-
-def _size(option: str, text: str) -> Result[int, ConfigInvalid]:
-    from mechasandbox.domain.units import parse_size  # decimal: only for calls that use it
-
-    return _field(option, parse_size(text))
-
-
-def _duration(option: str, text: str) -> Result[float, ConfigInvalid]:
-    from mechasandbox.domain.units import parse_duration
-
-    return _field(option, parse_duration(text))
+def _limits(
+    args: argparse.Namespace,
+) -> Result[tuple[tuple[str, float | None], ...], ConfigInvalid]:
+    """The limit options given, read as a file's `limits` are (`validation.LIMIT_RULES`):
+    a problem names the option and quotes what was written (`--memory: 5t is above ...`)."""
+    limits: list[tuple[str, float | None]] = []
+    for rule in LIMIT_RULES:
+        text = getattr(args, rule.option.removeprefix("--").replace("-", "_"))
+        if text is None:
+            continue
+        checked = rule.checked(text)
+        if isinstance(checked, Failure):
+            return Failure(ConfigInvalid(problem=checked.failure(), source=rule.option))
+        limits.append((rule.attribute, checked.unwrap()))
+    return Success(tuple(limits))
 
 
 def _env_pairs(values: Sequence[str]) -> Result[tuple[tuple[str, str], ...], ConfigInvalid]:
+    """`--env NAME=VALUE` split; the name and value are checked with the rest of the
+    changes (`PolicyChanges.problems`), as a file's `environment.set` is."""
     pairs: list[tuple[str, str]] = []
     for value in values:
         name, sep, content = value.partition("=")
-        if not sep or not name or not name.replace("_", "a").isalnum():
+        if not sep:
             return Failure(
                 ConfigInvalid(problem=f"expected NAME=VALUE, got {value!r}", source="--env")
             )
@@ -112,40 +183,11 @@ def _env_pairs(values: Sequence[str]) -> Result[tuple[tuple[str, str], ...], Con
     return Success(tuple(pairs))
 
 
-def _socket_paths(values: Sequence[str]) -> Result[tuple[str, ...], ConfigInvalid]:
-    for value in values:
-        if not value.startswith(("/", "~")):
-            return Failure(
-                ConfigInvalid(
-                    problem=f"{value!r} is relative; write an absolute path or one starting with ~",
-                    source="--allow-unix-socket",
-                )
-            )
-    return Success(tuple(values))
-
-
 def policy_changes(args: argparse.Namespace) -> Result[PolicyChanges, ConfigInvalid]:
     """What the options the user gave change on top of the configuration files."""
-    limit_options = (
-        ("timeout_s", "--timeout", args.timeout, _duration),
-        ("cpu_time_s", "--cpu-time", args.cpu_time, _duration),
-        ("memory_bytes", "--memory", args.memory, _size),
-        ("max_processes", "--max-processes", args.max_processes, _count),
-        ("max_open_files", "--max-open-files", args.max_open_files, _count),
-        ("max_file_size_bytes", "--max-file-size", args.max_file_size, _size),
-        ("max_output_bytes", "--max-output", args.max_output, _size),
-    )
-    limits: list[tuple[str, float | int]] = []
-    for field, option, text, parse in limit_options:
-        parsed = _optional(option, text, parse)
-        if isinstance(parsed, Failure):
-            return Failure(parsed.failure())
-        value = parsed.unwrap()
-        if value is not None:
-            limits.append((field, value))
-    return _env_pairs(args.env).bind(
-        lambda env_pairs: _socket_paths(args.allow_unix_socket).map(
-            lambda sockets: PolicyChanges(
+    return _limits(args).bind(
+        lambda limits: _env_pairs(args.env).map(
+            lambda env_pairs: PolicyChanges(
                 allow_read=tuple(args.allow_read),
                 allow_write=tuple(args.allow_write),
                 deny_read=tuple(args.deny_read),
@@ -153,10 +195,10 @@ def policy_changes(args: argparse.Namespace) -> Result[PolicyChanges, ConfigInva
                 network=NetworkMode(args.network) if args.network else None,
                 allow_domains=tuple(args.allow_domain),
                 deny_domains=tuple(args.deny_domain),
-                allow_unix_sockets=sockets,
+                allow_unix_sockets=tuple(args.allow_unix_socket),
                 pass_env=tuple(args.pass_env),
                 set_env=env_pairs,
-                limits=tuple(limits),
+                limits=limits,
                 best_effort=bool(args.best_effort),
                 host_processes=(
                     HostProcesses(args.host_processes) if args.host_processes else None
@@ -166,6 +208,11 @@ def policy_changes(args: argparse.Namespace) -> Result[PolicyChanges, ConfigInva
             )
         )
     )
+
+
+def options_given(args: argparse.Namespace) -> bool:
+    """Whether the options change anything over the configuration files."""
+    return policy_changes(args).map(lambda changes: changes != PolicyChanges()).value_or(False)
 
 
 def command_of(args: argparse.Namespace) -> list[str]:

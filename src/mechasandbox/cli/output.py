@@ -27,7 +27,7 @@ def _text(data: bytes) -> str:
 def result_object(
     result: RunResult | None, error: SandboxError | None, backend: str
 ) -> dict[str, Any]:
-    """Exactly the JSON object of CLI.md (partial output included on timeouts and limits)."""
+    """The JSON object of docs/cli.md (partial output included on timeouts and limits)."""
     shown = result or (partial_result(error) if error is not None else None)
     return {
         "backend": shown.backend if shown else backend,
@@ -46,6 +46,7 @@ def result_object(
         if shown
         else [],
         "warnings": list(shown.warnings) if shown else [],
+        "notes": list(shown.notes) if shown else [],
         "error": {"kind": error.kind, "message": error.message} if error is not None else None,
     }
 

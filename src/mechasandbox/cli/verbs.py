@@ -23,7 +23,6 @@ from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_resu
 VERBS = ("run", "policy", "doctor", "build-shim")
 
 if TYPE_CHECKING:
-    from mechasandbox.backends.base import LaunchPlan
     from mechasandbox.containers import Application
     from mechasandbox.domain.result import RunResult
     from mechasandbox.runner.client import SpawnHelperClient
@@ -43,8 +42,12 @@ def build_parser(verb: str | None = None) -> Parser:
         if verb in (None, name) or verb not in VERBS:
             add_run_options(verb_parser)
     doctor_parser = commands.add_parser("doctor", help="what each backend enforces here")
-    doctor_parser.add_argument("--json", action="store_true")
-    doctor_parser.add_argument("--verify", action="store_true", help="run built-in attacks")
+    doctor_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    doctor_parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="attack each available backend; report which claimed protections held",
+    )
     commands.add_parser("build-shim", help="compile the exec shim: faster runs (Linux, needs cc)")
     return parser
 
@@ -57,7 +60,9 @@ def _fail(error: SandboxError, *, as_json: bool, backend: str) -> int:
     return exit_status(None, error)
 
 
-def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: str) -> int:
+def _report(
+    result: Result[RunResult, SandboxError], *, as_json: bool, backend: str, verbose: bool
+) -> int:
     finished = result.value_or(None)
     error = result.failure() if isinstance(result, Failure) else None
     if as_json:
@@ -70,6 +75,9 @@ def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: 
         sys.stderr.buffer.write(shown.stderr)
         for warning in shown.warnings:
             print(f"mechasandbox: warning: {warning}", file=sys.stderr)
+        if verbose:
+            for note in shown.notes:
+                print(f"mechasandbox: note: {note}", file=sys.stderr)
         for violation in shown.violations:
             print(f"mechasandbox: blocked ({violation.kind}): {violation.detail}", file=sys.stderr)
         if shown.stdout_truncated or shown.stderr_truncated:
@@ -79,29 +87,6 @@ def _report(result: Result[RunResult, SandboxError], *, as_json: bool, backend: 
     if error is not None:
         print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
     return exit_status(finished, error)
-
-
-def _print_plan(planned: Result[LaunchPlan, SandboxError], *, as_json: bool, backend: str) -> int:
-    if isinstance(planned, Failure):
-        return _fail(planned.failure(), as_json=as_json, backend=backend)
-    plan = planned.unwrap()
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "backend": plan.backend,
-                    "sections": dict(plan.sections),
-                    "warnings": list(plan.warnings),
-                }
-            )
-        )
-    else:
-        print(f"# backend: {plan.backend}")
-        for title, text in plan.sections:
-            print(f"## {title}\n{text}")
-        for warning in plan.warnings:
-            print(f"# warning: {warning}")
-    return 0
 
 
 def _execute(
@@ -116,7 +101,16 @@ def _execute(
     sandbox = app.services.sandbox()
     backend = app.config.backend()
     if args.verb == "policy":
-        return _print_plan(sandbox.plan(command), as_json=as_json, backend=backend)
+        from mechasandbox.cli import policy_verb
+        from mechasandbox.cli.options import options_given
+
+        return policy_verb.main(
+            app,
+            command,
+            as_json=as_json,
+            options=options_given(args),
+            fail=lambda error: _fail(error, as_json=as_json, backend=backend),
+        )
     if with_loop:
         result = sandbox.run_sync(command)
     else:
@@ -125,7 +119,7 @@ def _execute(
         result = complete(sandbox.run_async(command))
     if interruption is not None and interruption.signal is not None:
         result = interrupted(result, interruption.signal, backend)
-    return _report(result, as_json=as_json, backend=backend)
+    return _report(result, as_json=as_json, backend=backend, verbose=bool(args.verbose))
 
 
 def _run_or_plan(
@@ -133,7 +127,7 @@ def _run_or_plan(
 ) -> int:
     as_json = bool(getattr(args, "json", False))
     command = command_of(args)
-    if not command:
+    if not command and args.verb == "run":  # `policy` plans a stand-in
         return _fail(
             ConfigInvalid(problem="no command given (mechasandbox run [OPTIONS] -- COMMAND)"),
             as_json=as_json,

@@ -3,7 +3,10 @@
 Every check runs the attack in the real sandbox and then looks at the *host* for its
 effect (the file exists, the secret was printed, the process died, the listener saw a
 connection). A check reports "held", "FAILED" (the attack worked), or "error" with the
-reason when the attack could not be run at all — never a pass it did not observe.
+reason when the attack could not be run at all — never a pass it did not observe. An
+attack on a protection the backend does not claim (`Capabilities.enforced`) is not made:
+it reports "not claimed" with the backend's own reason, so that a FAILED always means a
+claimed protection did not hold.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from typing import Any
 
 import anyio
 import attrs
-from returns.result import Failure
+from returns.result import Failure, Success
 
 from mechasandbox.backends.base import Backend
 from mechasandbox.backends.catalog import AUTO_ORDER
 from mechasandbox.containers import Application
+from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.errors import partial_result
 from mechasandbox.domain.policy import (
     Enforcement,
@@ -66,6 +70,14 @@ def _run(
         partial = partial_result(error)
         return partial if partial is not None else f"{error.kind}: {error.message}"
     return result.unwrap()
+
+
+def _held_after(
+    backend: Backend, arena: Arena, script: str, held: Callable[[RunResult], bool | str]
+) -> bool | str:
+    """`sh -c script` run: why it could not be, or what `held` says after it."""
+    outcome = _run(backend, arena, ["sh", "-c", script])
+    return outcome if isinstance(outcome, str) else held(outcome)
 
 
 def read_secret(backend: Backend, arena: Arena) -> bool | str:
@@ -109,10 +121,12 @@ def write_git_hook(backend: Backend, arena: Arena) -> bool | str:
         "echo x > .git/hooks/pre-commit; mv .git g 2>/dev/null && mkdir -p g/hooks"
         " && echo x > g/hooks/post-checkout && mv g .git"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
-    return not (hooks / "pre-commit").exists() and not (hooks / "post-checkout").exists()
+    return _held_after(
+        backend,
+        arena,
+        script,
+        lambda _: not (hooks / "pre-commit").exists() and not (hooks / "post-checkout").exists(),
+    )
 
 
 def write_git_config_after_host_rewrite(backend: Backend, arena: Arena) -> bool | str:
@@ -149,24 +163,31 @@ def write_git_config_after_host_rewrite(backend: Backend, arena: Arena) -> bool 
     return "evil" not in config.read_text()
 
 
+def _repository(git: Path, config: str) -> Path:
+    """A git directory `git` with a hooks directory, a HEAD and `config`."""
+    (git / "hooks").mkdir(parents=True)
+    (git / "config").write_text(config)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    return git
+
+
 def redirect_git(backend: Backend, arena: Arena) -> bool | str:
     """A `.git/commondir` naming a directory of the workspace makes the host's git read
     that directory's config and run its hooks; a submodule's repository under
     `.git/modules` has hooks of its own. Held when neither was left on the host."""
-    git = arena.workspace / ".git"
-    (git / "hooks").mkdir(parents=True)
-    (git / "config").write_text("[core]\n")
-    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    git = _repository(arena.workspace / ".git", "[core]\n")
     (arena.workspace / "src").mkdir()  # where even a carved workspace lets the command write
     script = (
         "mkdir -p src/evil/hooks; echo x > src/evil/hooks/pre-commit; "
         "echo ../src/evil > .git/commondir; "
         "mkdir -p .git/modules/sub/hooks; echo x > .git/modules/sub/hooks/post-checkout"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
-    return not (git / "commondir").exists() and not (git / "modules" / "sub").exists()
+    return _held_after(
+        backend,
+        arena,
+        script,
+        lambda _: not (git / "commondir").exists() and not (git / "modules" / "sub").exists(),
+    )
 
 
 def hostile_project(backend: Backend, arena: Arena) -> bool | str:
@@ -263,31 +284,28 @@ def follow_git_settings(backend: Backend, arena: Arena) -> bool | str:
     """Git runs what its settings lead to: a `core.hooksPath` directory (missing here), an
     included configuration file, a nested repository's configuration. Held when none of
     them could be planted."""
-    git = arena.workspace / ".git"
-    (git / "hooks").mkdir(parents=True)
-    (git / "HEAD").write_text("ref: refs/heads/main\n")
-    (git / "config").write_text(
-        "[core]\n\thooksPath = tools/hooks\n[include]\n\tpath = ../tools/extra.gitconfig\n"
+    _repository(
+        arena.workspace / ".git",
+        "[core]\n\thooksPath = tools/hooks\n[include]\n\tpath = ../tools/extra.gitconfig\n",
     )
     tools = arena.workspace / "tools"
     tools.mkdir()
     (tools / "extra.gitconfig").write_text("")
-    nested = arena.workspace / "src" / "lib" / ".git"
-    nested.mkdir(parents=True)
-    (nested / "HEAD").write_text("ref: refs/heads/main\n")
-    (nested / "config").write_text("[core]\n")
+    nested = _repository(arena.workspace / "src" / "lib" / ".git", "[core]\n")
     script = (
         "mkdir -p tools/hooks; echo x > tools/hooks/pre-commit; "
         "echo '[core] fsmonitor = evil' >> tools/extra.gitconfig; "
         "echo '[core] fsmonitor = evil' >> src/lib/.git/config"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
-    return (
-        not (tools / "hooks" / "pre-commit").exists()
-        and "evil" not in (tools / "extra.gitconfig").read_text()
-        and "evil" not in (nested / "config").read_text()
+    return _held_after(
+        backend,
+        arena,
+        script,
+        lambda _: (
+            not (tools / "hooks" / "pre-commit").exists()
+            and "evil" not in (tools / "extra.gitconfig").read_text()
+            and "evil" not in (nested / "config").read_text()
+        ),
     )
 
 
@@ -302,11 +320,10 @@ def make_armed_repository(backend: Backend, arena: Arena) -> bool | str:
         "echo 'ref: refs/heads/main' > src/new/.git/HEAD; "
         "printf '[core]\\n\\tfsmonitor = evil\\n' > src/new/.git/config"
     )
-    outcome = _run(backend, arena, ["sh", "-c", script])
-    if isinstance(outcome, str):
-        return outcome
     config = arena.workspace / "src" / "new" / ".git" / "config"
-    return not (config.exists() and "evil" in config.read_text())
+    return _held_after(
+        backend, arena, script, lambda _: not (config.exists() and "evil" in config.read_text())
+    )
 
 
 def env_secret(backend: Backend, arena: Arena) -> bool | str:
@@ -469,51 +486,123 @@ def outlive_the_run(backend: Backend, arena: Arena) -> bool | str:
     return not survivors
 
 
-ATTACKS: tuple[tuple[str, Callable[[Backend, Arena], bool | str]], ...] = (
-    ("read a secret outside the workspace (directly and via a planted symlink)", read_secret),
-    ("read a denied file inside the workspace (deny_read)", read_denied_in_workspace),
-    ("write outside the workspace", write_outside),
-    ("plant a git hook (directly and by renaming .git)", write_git_hook),
-    (
+@attrs.frozen(kw_only=True)
+class Attack:
+    """One check: what it tries, how, and the protections it tests (`targets`). A backend
+    whose capabilities do not claim them all is not attacked: the attack would work, and
+    that says nothing the capabilities do not already say ("not claimed")."""
+
+    title: str
+    attempt: Callable[[Backend, Arena], bool | str]
+    targets: frozenset[Protection]
+
+
+def _attack(
+    title: str, attempt: Callable[[Backend, Arena], bool | str], *targets: Protection
+) -> Attack:
+    return Attack(title=title, attempt=attempt, targets=frozenset(targets))
+
+
+_READ = Protection.FILESYSTEM_READ
+_WRITE = Protection.FILESYSTEM_WRITE
+_PROTECTED = Protection.PROTECTED_PATHS
+
+ATTACKS: tuple[Attack, ...] = (
+    _attack(
+        "read a secret outside the workspace (directly and via a planted symlink)",
+        read_secret,
+        _READ,
+    ),
+    _attack("read a denied file inside the workspace (deny_read)", read_denied_in_workspace, _READ),
+    _attack("write outside the workspace", write_outside, _WRITE),
+    _attack("plant a git hook (directly and by renaming .git)", write_git_hook, _PROTECTED),
+    _attack(
         "write .git/config after a host `git config` replaced it during the run",
         write_git_config_after_host_rewrite,
+        _PROTECTED,
     ),
-    ("redirect git to planted hooks (.git/commondir, .git/modules)", redirect_git),
-    (
+    _attack(
+        "redirect git to planted hooks (.git/commondir, .git/modules)", redirect_git, _PROTECTED
+    ),
+    _attack(
         "read outside and plant a git hook through a hostile project file and a planted symlink",
         hostile_project,
+        _READ,
+        _PROTECTED,
     ),
-    ("write kernel settings (/proc/sys; the value they have)", write_kernel_setting),
-    (
+    # /proc/sys is outside the writable tree.
+    _attack("write kernel settings (/proc/sys; the value they have)", write_kernel_setting, _WRITE),
+    _attack(
         "plant what git's settings lead to (core.hooksPath, an include, a nested repository)",
         follow_git_settings,
+        _PROTECTED,
     ),
-    ("make a repository whose settings run a command on the host", make_armed_repository),
-    ("leave a setuid/setgid file in the workspace", leave_setuid_file),
-    ("read a host API key from the environment", env_secret),
-    (
+    _attack(
+        "make a repository whose settings run a command on the host",
+        make_armed_repository,
+        _PROTECTED,
+    ),
+    # A setuid file is one more thing of the workspace that runs later, with more power.
+    _attack("leave a setuid/setgid file in the workspace", leave_setuid_file, _PROTECTED),
+    _attack("read a host API key from the environment", env_secret, Protection.ENVIRONMENT),
+    # The loader's report is a file written outside the writable tree by a host process.
+    _attack(
         "reach the host's loader through the policy's variables (LD_*, DYLD_*)",
         launcher_loader,
+        _WRITE,
     ),
-    ("kill a host process", signal_host_process),
-    ("connect to a loopback TCP server of the host", loopback_connect),
-    ("reach a host unix socket with full network", unix_socket_with_full_network),
-    ("leave a setsid/nohup process running after the run", outlive_the_run),
+    _attack("kill a host process", signal_host_process, Protection.PID_ISOLATION),
+    _attack(
+        "connect to a loopback TCP server of the host", loopback_connect, Protection.NETWORK_NONE
+    ),
+    # Unnamed host unix sockets stay out in every network mode (`NetworkPolicy`) wherever
+    # the network is isolated at all, which is what NETWORK_NONE claims; NAMED_UNIX_SOCKETS
+    # is about telling named ones from the rest, and this attack names none.
+    _attack(
+        "reach a host unix socket with full network",
+        unix_socket_with_full_network,
+        Protection.NETWORK_NONE,
+    ),
+    _attack(
+        "leave a setsid/nohup process running after the run",
+        outlive_the_run,
+        Protection.TREE_TEARDOWN,
+    ),
 )
 
 
+def attempt(attack: Attack, backend: Backend) -> bool | str:
+    """`attack` on `backend` in a fresh arena, claimed or not: True when it held, False
+    when it worked, else why it could not be made."""
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("verify")) as scratch:
+        arena = Arena(workspace=Path(scratch, "workspace"), outside=Path(scratch, "outside"))
+        arena.workspace.mkdir()
+        arena.outside.mkdir()
+        return attack.attempt(backend, arena)
+
+
 def verify_backend(backend: Backend) -> list[dict[str, Any]]:
+    """Each attack's outcome: "held", "FAILED" (it worked against a protection the backend
+    claims: what matters), "not claimed (...)" (not attempted), or "error (...)"."""
+    probed = backend.probe()
+    capabilities = probed.unwrap() if isinstance(probed, Success) else None
     checks: list[dict[str, Any]] = []
-    for title, attack in ATTACKS:
-        with tempfile.TemporaryDirectory(prefix=temp_prefix("verify")) as scratch:
-            arena = Arena(workspace=Path(scratch, "workspace"), outside=Path(scratch, "outside"))
-            arena.workspace.mkdir()
-            arena.outside.mkdir()
-            verdict = attack(backend, arena)
-        if isinstance(verdict, str):
-            checks.append({"attack": title, "outcome": f"error ({verdict})"})
+    for attack in ATTACKS:
+        targets = [p for p in Protection if p in attack.targets]
+        check: dict[str, Any] = {"attack": attack.title, "protections": [p.value for p in targets]}
+        unclaimed = [p for p in targets if capabilities and p not in capabilities.enforced]
+        if unclaimed and capabilities is not None:
+            reasons = "; ".join(
+                p.value + (f": {why}" if (why := capabilities.detail(p)) else "") for p in unclaimed
+            )
+            check["outcome"] = f"not claimed ({reasons})"
         else:
-            checks.append({"attack": title, "outcome": "held" if verdict else "FAILED"})
+            verdict = attempt(attack, backend)
+            if isinstance(verdict, str):
+                check["outcome"] = f"error ({verdict})"
+            else:
+                check["outcome"] = "held" if verdict else "FAILED"
+        checks.append(check)
     return checks
 
 

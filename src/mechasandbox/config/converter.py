@@ -3,13 +3,14 @@
 One `cattrs.Converter(forbid_extra_keys=True)` with a hook per field: a typo such as
 `network.mood` must be an error, never a silently ignored key, and a bad value must be
 reported as `limits.memory: invalid size '5 zettabytes' ...` — file, dotted key, the text
-as written, and what would have been accepted.
+as written, and what would have been accepted. The values are checked by `validation`,
+which the command line's options and the API share: one bad value, one message. Every
+problem of a file is reported, not the first (`ConfigInvalid.more`).
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends import catalog
+from mechasandbox.config import validation
 from mechasandbox.config.schema import (
     UNLIMITED,
     BackendSettings,
@@ -33,12 +35,10 @@ from mechasandbox.config.schema import (
 )
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode
-from mechasandbox.domain.units import parse_duration, parse_size
 
 T = TypeVar("T")
 E = TypeVar("E", bound="enum.Enum")
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_ENTRIES = 4096  # a list longer than this in a policy file is a mistake or an attack
 
 
@@ -46,86 +46,44 @@ class _BadValueError(ValueError):
     """A value that has the right place but the wrong content; the message is user-facing."""
 
 
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise _BadValueError(f"expected {what} as a string, got {value!r}")
-    if not value or "\0" in value:
-        raise _BadValueError(f"expected a non-empty {what} without NUL bytes, got {value!r}")
-    return value
+def _valid(checked: Result[T, str]) -> T:
+    """The value of a shared check (`validation`), or its problem raised for cattrs to
+    collect under the key."""
+    if isinstance(checked, Failure):
+        raise _BadValueError(checked.failure())
+    return checked.unwrap()
 
 
-def _list(value: object, what: str, item: Callable[[object], str]) -> tuple[str, ...]:
+def _list(value: object, what: str, item: Callable[[object], Result[str, str]]) -> tuple[str, ...]:
     # A bare string is refused rather than wrapped: `readable = "/opt"` is usually a
     # mistake for a list, and guessing would hide it.
     if not isinstance(value, list | tuple):
         raise _BadValueError(f"expected a list of {what}, got {value!r}")
     if len(value) > _MAX_ENTRIES:
         raise _BadValueError(f"too many entries ({len(value)}); at most {_MAX_ENTRIES}")
-    problems = []
-    items = []
-    for index, entry in enumerate(value):
-        try:
-            items.append(item(entry))
-        except _BadValueError as exc:
-            problems.append(f"entry {index}: {exc}")
-    if problems:
-        raise _BadValueError("; ".join(problems))
-    return tuple(items)
-
-
-def _host_path(value: object) -> str:
-    path = _text(value, "path")
-    if not (path.startswith(("/", "~"))):
-        raise _BadValueError(f"{path!r} is relative; write an absolute path or one starting with ~")
-    return path
-
-
-def _protected_path(value: object) -> str:
-    return _text(value, "path")  # relative entries are relative to the workspace
-
-
-def _pattern(value: object) -> str:
-    pattern = _text(value, "domain pattern")
-    if any(ch.isspace() for ch in pattern):
-        raise _BadValueError(f"domain pattern {pattern!r} contains whitespace")
-    return pattern
-
-
-def _env_name(value: object) -> str:
-    name = _text(value, "variable name")
-    if not _ENV_NAME.fullmatch(name):
-        raise _BadValueError(f"{name!r} is not a valid environment variable name")
-    return name
+    return _valid(validation.entries(value, item))
 
 
 def _paths(value: object, _type: Any) -> tuple[str, ...]:
-    return _list(value, "absolute paths", _host_path)
+    return _list(value, "absolute paths", validation.host_path)
 
 
 def _protected(value: object, _type: Any) -> tuple[str, ...]:
-    return _list(value, "paths", _protected_path)
+    return _list(value, "paths", validation.protected_path)
 
 
 def _patterns(value: object, _type: Any) -> tuple[str, ...]:
-    return _list(value, "domain patterns", _pattern)
+    return _list(value, "domain patterns", validation.domain_pattern)
 
 
 def _env_names(value: object, _type: Any) -> tuple[str, ...]:
-    return _list(value, "variable names", _env_name)
+    return _list(value, "variable names", validation.env_name)
 
 
 def _env_set(value: object, _type: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, Mapping):
         raise _BadValueError(f'expected a table of NAME = "value", got {value!r}')
-    pairs = []
-    for name, text in value.items():
-        env_name = _env_name(name)
-        if not isinstance(text, str) or "\0" in text:
-            raise _BadValueError(
-                f"{env_name}: expected a string value without NUL bytes, got {text!r}"
-            )
-        pairs.append((env_name, text))
-    return tuple(pairs)
+    return tuple(_valid(validation.env_pair(name, text)) for name, text in value.items())
 
 
 def _choice(kind: type[E], what: str) -> Callable[[object, Any], E]:
@@ -149,68 +107,33 @@ def _backend_name(value: object, _type: Any) -> str:
 
 
 def _pool_size(value: object, _type: Any) -> int:
-    return _count(value)
+    return _valid(validation.count(value))
 
 
 def _optional_text(what: str) -> Callable[[object, Any], str]:
     def hook(value: object, _type: Any) -> str:
-        return _text(value, what)
+        return _valid(validation.text(value, what))
 
     return hook
 
 
-def _unlimited_or(parse: Callable[[object], T]) -> Callable[[object, Any], T | Unlimited]:
-    def hook(value: object, _type: Any) -> T | Unlimited:
-        if value == UNLIMITED.value:
-            return UNLIMITED
-        return parse(value)
+def _limit(key: str) -> Callable[[object, Any], float | int | Unlimited]:
+    """The limit `key` as written, read and bounded by the rule the options share."""
+    rule = validation.RULE_OF_KEY[key]
+
+    def hook(value: object, _type: Any) -> float | int | Unlimited:
+        checked = _valid(rule.checked(value))
+        return UNLIMITED if checked is None else checked
 
     return hook
-
-
-def _duration(value: object) -> float:
-    if not isinstance(value, str | int | float):
-        raise _BadValueError(
-            f"invalid duration {value!r}: expected a number or a string like '30s'"
-        )
-    parsed = parse_duration(value)
-    if isinstance(parsed, Failure):
-        raise _BadValueError(parsed.failure())
-    return parsed.unwrap()
-
-
-def _size(value: object) -> int:
-    if isinstance(value, float):  # TOML `memory = 1.5`: a fraction of a byte needs a unit
-        raise _BadValueError(
-            f"invalid size {value!r}: write a whole number or a string like '1.5g'"
-        )
-    if not isinstance(value, str | int):
-        raise _BadValueError(f"invalid size {value!r}: expected a number or a string like '512m'")
-    parsed = parse_size(value)
-    if isinstance(parsed, Failure):
-        raise _BadValueError(parsed.failure())
-    return parsed.unwrap()
-
-
-def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _BadValueError(f"expected a positive whole number or 'unlimited', got {value!r}")
-    if value <= 0:
-        raise _BadValueError(f"must be greater than zero, got {value!r}")
-    return value
-
-
-def _size_hook(value: object, _type: Any) -> int:
-    if value == UNLIMITED.value:
-        raise _BadValueError("cannot be unlimited: captured output is held in memory; give a size")
-    return _size(value)
 
 
 # Keys as written in files, per settings class; used for `unknown key` messages.
 _RENAMES: dict[str, str] = {"pass_": "pass"}
 
 
-def _keys(cls: type) -> tuple[str, ...]:
+def keys_of(cls: type) -> tuple[str, ...]:
+    """The keys of a settings class as files spell them."""
     return tuple(_RENAMES.get(field.name, field.name) for field in attrs.fields(cls))
 
 
@@ -238,15 +161,7 @@ def converter() -> cattrs.Converter:
             "deny": override(struct_hook=_patterns),
             "allow_unix_sockets": override(struct_hook=_paths),
         },
-        LimitsSettings: {
-            "timeout": override(struct_hook=_unlimited_or(_duration)),
-            "cpu_time": override(struct_hook=_unlimited_or(_duration)),
-            "memory": override(struct_hook=_unlimited_or(_size)),
-            "max_processes": override(struct_hook=_unlimited_or(_count)),
-            "max_open_files": override(struct_hook=_unlimited_or(_count)),
-            "max_file_size": override(struct_hook=_unlimited_or(_size)),
-            "max_output": override(struct_hook=_size_hook),
-        },
+        LimitsSettings: {key: override(struct_hook=_limit(key)) for key in validation.RULE_OF_KEY},
         EnvironmentSettings: {
             "allow": override(struct_hook=_env_names),
             "pass_": override(rename="pass", struct_hook=_env_names),
@@ -291,9 +206,8 @@ def _problems(exc: BaseException, path: tuple[str, ...]) -> Iterator[tuple[str, 
         for inner in without_i:
             yield from _problems(inner, path)
     elif isinstance(exc, ForbiddenExtraKeysError):
-        expected = ", ".join(_keys(exc.cl))
         for key in sorted(exc.extra_fields):
-            yield ".".join((*path, key)), f"unknown key; expected one of: {expected}"
+            yield ".".join((*path, key)), validation.unknown_key(key, keys_of(exc.cl))
     elif isinstance(exc, _BadValueError):
         yield ".".join(path), str(exc)
     else:  # a cattrs or attrs complaint we did not anticipate: still name the key
@@ -305,8 +219,12 @@ def structure_settings(data: Mapping[str, object], source: str) -> Result[Settin
     try:
         return Success(converter().structure(data, Settings))
     except (ClassValidationError, ForbiddenExtraKeysError, _BadValueError) as exc:
-        problems = list(_problems(exc, ()))
-        field, problem = problems[0] if problems else ("", str(exc))
-        if len(problems) > 1:
-            problem += f" (and {len(problems) - 1} more problem(s) in this file)"
-        return Failure(ConfigInvalid(problem=problem, source=source, field=field or None))
+        problems = list(_problems(exc, ())) or [("", str(exc))]
+        return Failure(
+            ConfigInvalid.together(
+                [
+                    ConfigInvalid(problem=problem, source=source, field=field or None)
+                    for field, problem in problems
+                ]
+            )
+        )

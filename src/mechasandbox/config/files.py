@@ -18,6 +18,7 @@ from typing import Any
 
 from returns.result import Failure, Result, Success
 
+from mechasandbox.config import validation
 from mechasandbox.domain.errors import ConfigInvalid
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -46,6 +47,9 @@ def _read_regular(path: str, *, follow: bool) -> bytes:
 def read_text(path: str, *, follow: bool = True) -> Result[str, ConfigInvalid]:
     """The UTF-8 text of `path`, or why it cannot be had (missing, a directory, not a
     regular file, too big; with `follow=False`, a symlink)."""
+    named = validation.text(path, "file name")  # `--config ''` names no file
+    if isinstance(named, Failure):
+        return Failure(ConfigInvalid(problem=named.failure(), source="configuration file"))
     try:
         data = _read_regular(path, follow=follow)
     except FileNotFoundError:

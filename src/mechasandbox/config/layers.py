@@ -37,7 +37,8 @@ class _State:
     backend: BackendChoice
     files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    # The project file that chose the backend, while no user layer has chosen one since.
+    # Where a project file chose the backend (`file: backend.name`), while no user layer
+    # has chosen one since.
     project_backend: str | None = None
 
     def resolved(self) -> ResolvedConfig:
@@ -49,6 +50,7 @@ class _State:
             pool_size=self.backend.pool_size,
             files=self.files,
             warnings=self.warnings,
+            backend_chosen_by=self.project_backend,
         )
 
 
@@ -104,6 +106,7 @@ def _narrow(
     source: str,
     workspace: str,
     rename: Callable[[ConfigInvalid], ConfigInvalid] = lambda error: error,
+    spelling: Callable[[str], str] = lambda field: field,
 ) -> Result[_State, ConfigInvalid]:
     policy = narrow(state.policy, settings, source, workspace=workspace).alt(rename)
     backend = narrow_backend(state.backend, settings.backend, source).alt(rename)
@@ -116,7 +119,9 @@ def _narrow(
                 files=(*state.files, source),
                 warnings=(*state.warnings, *chosen.warnings),
                 project_backend=(
-                    source if chosen.choice.name != state.backend.name else state.project_backend
+                    f"{source}: {spelling('backend.name')}"
+                    if chosen.choice.name != state.backend.name
+                    else state.project_backend
                 ),
             )
         )
@@ -158,7 +163,7 @@ def _project_json(state: _State, workspace: str) -> Result[_State, ConfigInvalid
     noted = attrs.evolve(state, warnings=(*state.warnings, *warnings))
     if layer.settings is None:
         return Success(attrs.evolve(noted, files=(*noted.files, path)))
-    return _narrow(noted, layer.settings, path, workspace, layer.rename)
+    return _narrow(noted, layer.settings, path, workspace, layer.rename, layer.spelling)
 
 
 def resolve(
@@ -193,7 +198,7 @@ def _backend_kept_strict(state: _State) -> _State:
     if state.project_backend is None or state.policy.enforcement is not Enforcement.BEST_EFFORT:
         return state
     warning = (
-        f"{state.project_backend}: backend.name = {state.backend.name!r} ignored: a "
+        f"{state.project_backend} = {state.backend.name!r} ignored: a "
         "project file chooses the backend of strict runs only (this one is best-effort)"
     )
     return attrs.evolve(

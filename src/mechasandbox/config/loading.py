@@ -58,6 +58,9 @@ class ResolvedConfig:
     files: tuple[str, ...]  # every file read, lowest layer first
     pool_size: int | None = None  # docker: containers started ahead of runs
     warnings: tuple[str, ...] = ()  # project settings that were ignored, and why
+    # Where a project file chose `backend` (`path: sandbox.backend`), None when the user's
+    # own layers (or `auto`) did: a run that finds it unavailable says who chose it.
+    backend_chosen_by: str | None = None
 
 
 def default_user_file(environ: Mapping[str, str] | None = None) -> str:
@@ -101,7 +104,7 @@ def _has_project_files(root: str) -> bool:
 
 
 def _workspace(workspace: str) -> Result[str, ConfigInvalid]:
-    if not workspace or not os.path.isdir(workspace):
+    if not workspace or "\0" in workspace or not os.path.isdir(workspace):
         return Failure(
             ConfigInvalid(
                 problem=f"workspace {workspace!r} is not an existing directory",

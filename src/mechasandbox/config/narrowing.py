@@ -4,7 +4,8 @@ A repository is written by whoever wrote the code the agent works on, possibly a
 Its `.mechasandbox.toml` (or `.openagents/project.json`) may tighten what the user allows —
 deny more, limit more, cut the network — but never loosen it. Anything that would loosen it
 is refused with `ConfigInvalid` naming the file and key, rather than silently dropped, so the
-author of the project file learns why their setting has no effect.
+author of the project file learns why their setting has no effect; every key that would
+loosen it is named at once, not just the first.
 
 The deny lists (`deny_read`, `deny_write`, `protected`, `network.deny`) of a project layer
 *add* to the inherited ones: an entry of the project's never replaces or erases one it
@@ -19,15 +20,16 @@ likely as any honest path, and a path is only inside the workspace if its real p
 from __future__ import annotations
 
 import os.path
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.catalog import AUTO, UNCONFINED
-from mechasandbox.config.overlay import LIMIT_FIELDS, BackendChoice, apply_settings
+from mechasandbox.config.overlay import BackendChoice, apply_settings
 from mechasandbox.config.schema import BackendSettings, Settings
+from mechasandbox.config.validation import LIMIT_RULES
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import (
     Enforcement,
@@ -139,7 +141,9 @@ def pattern_covers(wider: str, narrower: str) -> bool:
     return False
 
 
-def _check_paths(base: Policy, new: Policy, workspace: str, resolve: Resolve) -> _Widening | None:
+def _check_paths(
+    base: Policy, new: Policy, workspace: str, resolve: Resolve
+) -> Iterator[_Widening]:
     """Each path the project adds leads inside what the inherited policy allows (the
     workspace too, for reading). Entries inherited as they are stay the user's business."""
     old_fs, new_fs = base.filesystem, new.filesystem
@@ -147,7 +151,7 @@ def _check_paths(base: Policy, new: Policy, workspace: str, resolve: Resolve) ->
         if entry in old_fs.readable:
             continue
         if not _covered(entry, (workspace, *old_fs.readable), workspace, resolve):
-            return _Widening(
+            yield _Widening(
                 field="filesystem.readable",
                 detail=f"{entry!r} ({_where(entry, workspace, resolve)}) is outside the "
                 "workspace and not readable under the policy it narrows",
@@ -156,18 +160,17 @@ def _check_paths(base: Policy, new: Policy, workspace: str, resolve: Resolve) ->
         if entry in old_fs.writable:
             continue
         if not _covered(entry, old_fs.writable, workspace, resolve):
-            return _Widening(
+            yield _Widening(
                 field="filesystem.writable",
                 detail=f"{entry!r} ({_where(entry, workspace, resolve)}) is not writable "
                 "under the policy it narrows",
             )
-    return None
 
 
-def _check_network(base: Policy, new: Policy) -> _Widening | None:
+def _check_network(base: Policy, new: Policy) -> Iterator[_Widening]:
     old_net, new_net = base.network, new.network
     if _NETWORK_RANK[new_net.mode] > _NETWORK_RANK[old_net.mode]:
-        return _Widening(
+        yield _Widening(
             field="network.mode",
             detail=f"network mode {new_net.mode.value!r} is wider than the inherited "
             f"{old_net.mode.value!r}",
@@ -175,7 +178,7 @@ def _check_network(base: Policy, new: Policy) -> _Widening | None:
     if old_net.mode is not NetworkMode.FULL:
         for pattern in new_net.allow:
             if not any(pattern_covers(allowed, pattern) for allowed in old_net.allow):
-                return _Widening(
+                yield _Widening(
                     field="network.allow",
                     detail=f"{pattern!r} is not allowed by the inherited allowlist",
                 )
@@ -185,43 +188,42 @@ def _check_network(base: Policy, new: Policy) -> _Widening | None:
     named = {os.path.normpath(path) for path in old_net.allow_unix_sockets}
     for path in new_net.allow_unix_sockets:
         if os.path.normpath(path) not in named:
-            return _Widening(
+            yield _Widening(
                 field="network.allow_unix_sockets",
                 detail=f"{path!r} is not a unix socket the inherited policy names",
             )
-    return None
 
 
-def _check_limits(base: Policy, new: Policy) -> _Widening | None:
-    for key, (attribute, show) in LIMIT_FIELDS.items():
-        old_value: float | None = getattr(base.limits, attribute)
-        new_value: float | None = getattr(new.limits, attribute)
+def _check_limits(base: Policy, new: Policy) -> Iterator[_Widening]:
+    for rule in LIMIT_RULES:
+        key, show = rule.key, rule.show
+        old_value: float | None = getattr(base.limits, rule.attribute)
+        new_value: float | None = getattr(new.limits, rule.attribute)
         if old_value is None or new_value == old_value:
             continue
         if new_value is None:
-            return _Widening(
+            yield _Widening(
                 field=f"limits.{key}",
                 detail=f"removes the inherited limit of {show(old_value)}",
             )
-        if new_value > old_value:
-            return _Widening(
+        elif new_value > old_value:
+            yield _Widening(
                 field=f"limits.{key}",
                 detail=f"{show(new_value)} is above the inherited {show(old_value)}",
             )
-    return None
 
 
-def _check_environment(base: Policy, new: Policy) -> _Widening | None:
+def _check_environment(base: Policy, new: Policy) -> Iterator[_Widening]:
     old_env, new_env = base.environment, new.environment
     for name in new_env.allow:
         if name not in old_env.allow:
-            return _Widening(
+            yield _Widening(
                 field="environment.allow",
                 detail=f"{name!r} is not in the inherited allow list",
             )
     for name in new_env.pass_through:
         if name not in old_env.allow and name not in old_env.pass_through:
-            return _Widening(
+            yield _Widening(
                 field="environment.pass",
                 detail=f"passes the host's {name!r}, which the policy it narrows does not",
             )
@@ -229,37 +231,44 @@ def _check_environment(base: Policy, new: Policy) -> _Widening | None:
     old_set = dict(old_env.set)
     for name, value in new_set.items():
         if is_loader_variable(name) and value != old_set.get(name):
-            return _Widening(
+            yield _Widening(
                 field="environment.set",
                 detail=f"sets {name}, which tells the dynamic loader what to load: a project "
                 "file may not choose code for programs to load",
             )
     for name, value in old_env.set:
         if new_set.get(name) != value:
-            return _Widening(
+            yield _Widening(
                 field="environment.set",
                 detail=f"changes {name}, which the policy it narrows sets",
             )
-    return None
 
 
-def _check_enforcement(base: Policy, new: Policy) -> _Widening | None:
+def _check_enforcement(base: Policy, new: Policy) -> Iterator[_Widening]:
     if _ENFORCEMENT_RANK[new.enforcement] > _ENFORCEMENT_RANK[base.enforcement]:
-        return _Widening(
+        yield _Widening(
             field="enforcement",
             detail=f"{new.enforcement.value!r} is weaker than the inherited "
             f"{base.enforcement.value!r}",
         )
-    return None
 
 
-def _check_host_processes(base: Policy, new: Policy) -> _Widening | None:
+def _check_host_processes(base: Policy, new: Policy) -> Iterator[_Widening]:
     if base.host_processes is HostProcesses.HIDDEN and new.host_processes is HostProcesses.VISIBLE:
-        return _Widening(
+        yield _Widening(
             field="host_processes",
             detail="'visible' is weaker than the inherited 'hidden'",
         )
-    return None
+
+
+def _check_backend(project: BackendSettings) -> Iterator[_Widening]:
+    # A backend that confines neither the file system nor the network: choosing one is
+    # never a narrowing, whatever the policy says.
+    if project.name in UNCONFINED:
+        yield _Widening(
+            field="backend.name",
+            detail=f"backend {project.name!r} confines neither files nor network",
+        )
 
 
 def narrow(
@@ -280,25 +289,33 @@ def narrow(
     if isinstance(merged, Failure):
         return merged
     new = merged.unwrap()
-    checks: tuple[Callable[[], _Widening | None], ...] = (
-        lambda: _check_paths(base, new, workspace, resolve),
-        lambda: _check_network(base, new),
-        lambda: _check_limits(base, new),
-        lambda: _check_environment(base, new),
-        lambda: _check_enforcement(base, new),
-        lambda: _check_host_processes(base, new),
-    )
-    for check in checks:
-        widening = check()
-        if widening is not None:
-            return Failure(
-                ConfigInvalid(
-                    problem=f"would widen the policy: {widening.detail}{_ADVICE}",
-                    source=source,
-                    field=widening.field,
-                )
+    widenings = [
+        *_check_paths(base, new, workspace, resolve),
+        *_check_network(base, new),
+        *_check_limits(base, new),
+        *_check_environment(base, new),
+        *_check_enforcement(base, new),
+        *_check_host_processes(base, new),
+        *_check_backend(project.backend),
+    ]
+    if not widenings:
+        return Success(new)
+    return Failure(_widened(widenings, source))
+
+
+def _widened(widenings: Sequence[_Widening], source: str) -> ConfigInvalid:
+    """Every widening of one file in one error, the advice said once, at the end."""
+    last = len(widenings) - 1
+    return ConfigInvalid.together(
+        [
+            ConfigInvalid(
+                problem=f"would widen the policy: {w.detail}{_ADVICE if i == last else ''}",
+                source=source,
+                field=w.field,
             )
-    return Success(new)
+            for i, w in enumerate(widenings)
+        ]
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -316,17 +333,9 @@ def narrow_backend(
     already chose, the user's choice stands and the project's is reported as ignored: that
     keeps the user's protection and still lets the same repository work for other users.
     """
-    # A backend that confines neither the file system nor the network: choosing one is
-    # never a narrowing, whatever the policy says.
-    if project.name in UNCONFINED:
-        return Failure(
-            ConfigInvalid(
-                problem=f"would widen the policy: backend {project.name!r} confines "
-                f"neither files nor network{_ADVICE}",
-                source=source,
-                field="backend.name",
-            )
-        )
+    unconfined = list(_check_backend(project))
+    if unconfined:
+        return Failure(_widened(unconfined, source))
     warnings: list[str] = []
     if project.pool_size is not None:
         # Containers started ahead of runs are the user's resources to spend.

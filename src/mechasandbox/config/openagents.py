@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.config.converter import structure_settings
+from mechasandbox.config import validation
+from mechasandbox.config.converter import keys_of, structure_settings
 from mechasandbox.config.schema import Settings
 from mechasandbox.domain.errors import ConfigInvalid
 
@@ -31,6 +32,16 @@ _ALIASES = {
     "network.mode": "sandbox.networkEnabled",
 }
 _OPENAGENTS_KEYS = ("enabled", "image", "memoryLimit", "networkEnabled")
+# Every key the block takes, the OpenAgents ones first (`backend` is both: a name is
+# OpenAgents', a table ours), for the unknown-key message.
+_BLOCK_KEYS = (
+    "enabled",
+    "backend",
+    "image",
+    "memoryLimit",
+    "networkEnabled",
+    *(key for key in keys_of(Settings) if key != "backend"),
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -43,8 +54,17 @@ class OpenAgentsLayer:
     aliases: tuple[tuple[str, str], ...] = ()
 
     def rename(self, error: ConfigInvalid) -> ConfigInvalid:
-        """`error` with its field spelled as in project.json (`sandbox.memoryLimit`)."""
-        return attrs.evolve(error, field=_rename(error.field, dict(self.aliases)))
+        """`error` (and the problems with it) with fields spelled as in project.json
+        (`sandbox.memoryLimit`)."""
+        return attrs.evolve(
+            error,
+            field=self.spelling(error.field),
+            more=tuple(self.rename(problem) for problem in error.more),
+        )
+
+    def spelling(self, field: str | None) -> str:
+        """Our dotted key as this file spells it: `limits.memory` -> `sandbox.memoryLimit`."""
+        return _rename(field, dict(self.aliases))
 
 
 def _invalid(problem: str, source: str, field: str | None) -> Failure[ConfigInvalid]:
@@ -71,6 +91,20 @@ def openagents_layer(document: object, source: str) -> Result[OpenAgentsLayer, C
                     f"{source}: sandbox.enabled is false; the block is ignored and the "
                     "command is still confined",
                 ),
+            )
+        )
+    unknown = [key for key in block if key not in _BLOCK_KEYS]
+    if unknown:
+        return Failure(
+            ConfigInvalid.together(
+                [
+                    ConfigInvalid(
+                        problem=validation.unknown_key(key, _BLOCK_KEYS),
+                        source=source,
+                        field=f"sandbox.{key}",
+                    )
+                    for key in unknown
+                ]
             )
         )
     network = block.get("networkEnabled")

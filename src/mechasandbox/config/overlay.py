@@ -8,7 +8,6 @@ its bounds) is reported under its own key instead of as an exception.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -16,22 +15,15 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.catalog import AUTO
 from mechasandbox.config.schema import BackendSettings, Settings, Unlimited
+from mechasandbox.config.validation import LIMIT_RULES, limit_value
 from mechasandbox.domain.errors import ConfigInvalid
-from mechasandbox.domain.limits import (
-    MAX_MEMORY_BYTES,
-    MAX_OPEN_FILES,
-    MAX_OUTPUT_BYTES,
-    MAX_PROCESSES,
-    MAX_TIMEOUT_S,
-    Limits,
-)
+from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import (
     EnvironmentPolicy,
     FilesystemPolicy,
     NetworkPolicy,
     Policy,
 )
-from mechasandbox.domain.units import format_duration, format_size
 
 
 @attrs.frozen(kw_only=True)
@@ -44,49 +36,26 @@ class BackendChoice:
     pool_size: int | None = None
 
 
-# settings key -> (Limits attribute, how to show a value of it)
-LIMIT_FIELDS: dict[str, tuple[str, Callable[[float], str]]] = {
-    "timeout": ("timeout_s", format_duration),
-    "cpu_time": ("cpu_time_s", format_duration),
-    "memory": ("memory_bytes", lambda v: format_size(int(v))),
-    "max_processes": ("max_processes", lambda v: str(int(v))),
-    "max_open_files": ("max_open_files", lambda v: str(int(v))),
-    "max_file_size": ("max_file_size_bytes", lambda v: format_size(int(v))),
-    "max_output": ("max_output_bytes", lambda v: format_size(int(v))),
-}
-
-
-# The domain's upper bounds, checked here first so the message can use file spelling.
-_BOUNDS: dict[str, float] = {
-    "timeout_s": MAX_TIMEOUT_S,
-    "cpu_time_s": MAX_TIMEOUT_S,
-    "memory_bytes": MAX_MEMORY_BYTES,
-    "max_processes": MAX_PROCESSES,
-    "max_open_files": MAX_OPEN_FILES,
-    "max_file_size_bytes": MAX_MEMORY_BYTES,
-    "max_output_bytes": MAX_OUTPUT_BYTES,
-}
-
-
 def _apply_limits(limits: Limits, settings: Settings, source: str) -> Result[Limits, ConfigInvalid]:
-    for key, (attribute, show) in LIMIT_FIELDS.items():
-        value = getattr(settings.limits, key)
+    for rule in LIMIT_RULES:
+        value = getattr(settings.limits, rule.key)
         if value is None:
             continue
         new = None if isinstance(value, Unlimited) else value
-        if isinstance(new, int | float) and not isinstance(new, bool) and new > _BOUNDS[attribute]:
+        # Checked again (the converter's hooks did for files): `Settings` built in code
+        # reach here too, and the message is the one a file would get.
+        checked = limit_value(rule, new)
+        if isinstance(checked, Failure):
             return Failure(
-                ConfigInvalid(
-                    problem=f"{show(new)} is above the maximum {show(_BOUNDS[attribute])}",
-                    source=source,
-                    field=f"limits.{key}",
-                )
+                ConfigInvalid(problem=checked.failure(), source=source, field=f"limits.{rule.key}")
             )
         try:
-            changes: dict[str, Any] = {attribute: new}
+            changes: dict[str, Any] = {rule.attribute: new}
             limits = attrs.evolve(limits, **changes)
         except (TypeError, ValueError) as exc:  # the domain's own validators
-            return Failure(ConfigInvalid(problem=str(exc), source=source, field=f"limits.{key}"))
+            return Failure(
+                ConfigInvalid(problem=str(exc), source=source, field=f"limits.{rule.key}")
+            )
     return Success(limits)
 
 

@@ -76,7 +76,11 @@ class Capabilities:
     # How each enforced protection is achieved, or why a missing one is not ("memory":
     # "cgroup v1 memory controller"). Shown by `doctor`.
     details: tuple[tuple[Protection, str], ...] = ()
+    # Protections weaker than asked or not enforced here: every run's result repeats them.
     warnings: tuple[str, ...] = ()
+    # Information, no gap (the engine's version, the image, a warm pool's size): results
+    # carry them under `notes`, which the CLI prints only with `--verbose`.
+    notes: tuple[str, ...] = ()
 
     def missing(self, policy: Policy) -> tuple[Protection, ...]:
         """Protections `policy` needs that this backend cannot give, in a stable order."""

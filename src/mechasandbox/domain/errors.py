@@ -7,6 +7,7 @@ interruption errors carry the partial result captured before the run was stopped
 from __future__ import annotations
 
 import signal as signals
+from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
@@ -21,22 +22,51 @@ class ConfigInvalid:
     problem: str
     source: str | None = None  # file (or "--option") the bad value came from
     field: str | None = None  # dotted path inside it
+    # The other problems found at the same time (a file that widens two things is told
+    # both at once), each with its own source and field; `message` lists them all.
+    more: tuple[ConfigInvalid, ...] = ()
+
+    @staticmethod
+    def together(problems: Sequence[ConfigInvalid]) -> ConfigInvalid:
+        """One error for several (at least one): the first, with the rest in `more`."""
+        flat = [one for problem in problems for one in (problem, *problem.more)]
+        return attrs.evolve(flat[0], more=tuple(attrs.evolve(p, more=()) for p in flat[1:]))
 
     @property
     def message(self) -> str:
-        where = ": ".join(part for part in (self.source, self.field) if part)
+        shown = [self._located(None)]
+        shown += [problem._located(self.source) for problem in self.more]
+        return "; ".join(shown)
+
+    def _located(self, known_source: str | None) -> str:
+        """`source: field: problem`, the source left out where the reader has just read it."""
+        source = None if self.source == known_source else self.source
+        where = ": ".join(part for part in (source, self.field) if part)
         return f"{where}: {self.problem}" if where else self.problem
 
 
 @attrs.frozen(kw_only=True)
-class BackendUnavailable:
-    kind: ClassVar[str] = "backend_unavailable"
-    backend: str
-    reason: str
+class _Told:
+    """An error whose message is its `told` template filled in with its fields."""
+
+    kind: ClassVar[str]
+    told: ClassVar[str]  # a `str.format` template over the fields
 
     @property
     def message(self) -> str:
-        return f"backend {self.backend!r} is unavailable: {self.reason}"
+        return self.told.format(**attrs.asdict(self, recurse=False))
+
+
+@attrs.frozen(kw_only=True)
+class _BackendProblem(_Told):
+    backend: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class BackendUnavailable(_BackendProblem):
+    kind: ClassVar[str] = "backend_unavailable"
+    told: ClassVar[str] = "backend {backend!r} is unavailable: {reason}"
 
 
 # How a user would stop asking for a protection, when that is a reasonable choice.
@@ -66,41 +96,39 @@ class PolicyUnsupported:
 
 
 @attrs.frozen(kw_only=True)
-class SpawnFailed:
+class SpawnFailed(_Told):
     """The command never started. `exit_status` is 127 (not found) or 126 (not executable)."""
 
     kind: ClassVar[str] = "spawn_failed"
+    told: ClassVar[str] = "cannot run {command!r}: {reason}"
     command: str
     reason: str
     exit_status: int = 126
 
-    @property
-    def message(self) -> str:
-        return f"cannot run {self.command!r}: {self.reason}"
-
 
 @attrs.frozen(kw_only=True)
-class Timeout:
-    kind: ClassVar[str] = "timeout"
-    timeout_s: float
+class _Stopped(_Told):
+    """A run stopped before its end: what it had written by then is kept."""
+
     partial: RunResult
 
-    @property
-    def message(self) -> str:
-        return f"wall-clock timeout of {self.timeout_s:g}s reached; the process tree was killed"
+
+@attrs.frozen(kw_only=True)
+class Timeout(_Stopped):
+    kind: ClassVar[str] = "timeout"
+    told: ClassVar[str] = (
+        "wall-clock timeout of {timeout_s:g}s reached; the process tree was killed"
+    )
+    timeout_s: float
 
 
 @attrs.frozen(kw_only=True)
-class LimitExceeded:
-    """Common shape of the resource-limit errors: what was exceeded, and the partial result."""
+class LimitExceeded(_Stopped):
+    """The resource-limit errors: what was exceeded (`detail`), and the partial result."""
 
     kind: ClassVar[str] = "limit"
+    told: ClassVar[str] = "{detail}"
     detail: str
-    partial: RunResult
-
-    @property
-    def message(self) -> str:
-        return self.detail
 
 
 @attrs.frozen(kw_only=True)
@@ -124,14 +152,14 @@ class FileSizeLimit(LimitExceeded):
 
 
 @attrs.frozen(kw_only=True)
-class Interrupted:
+class Interrupted(_Stopped):
     """The caller was told to stop (SIGINT or SIGTERM to the CLI; see
     `runner.interruption`): the run's tree was killed. `partial` is what the run had
     written by then (nothing, when it had not started)."""
 
     kind: ClassVar[str] = "interrupted"
+    told: ClassVar[str] = "interrupted by {name}; the process tree was killed"
     signal: int
-    partial: RunResult
 
     @property
     def message(self) -> str:
@@ -139,18 +167,13 @@ class Interrupted:
             name = signals.Signals(self.signal).name
         except ValueError:
             name = f"signal {self.signal}"
-        return f"interrupted by {name}; the process tree was killed"
+        return self.told.format(name=name)
 
 
 @attrs.frozen(kw_only=True)
-class BackendFailed:
+class BackendFailed(_BackendProblem):
     kind: ClassVar[str] = "backend_failed"
-    backend: str
-    reason: str
-
-    @property
-    def message(self) -> str:
-        return f"backend {self.backend!r} failed: {self.reason}"
+    told: ClassVar[str] = "backend {backend!r} failed: {reason}"
 
 
 SandboxError = (
@@ -171,6 +194,6 @@ SandboxError = (
 def partial_result(error: SandboxError) -> RunResult | None:
     """The output captured before a timeout, a limit or an interruption stopped the run,
     if any."""
-    if isinstance(error, Timeout | LimitExceeded | Interrupted):
+    if isinstance(error, _Stopped):
         return error.partial
     return None

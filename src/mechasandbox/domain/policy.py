@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -138,13 +139,26 @@ def is_loader_variable(name: str) -> bool:
     return name.startswith(LOADER_VARIABLE_PREFIXES) or name in LOADER_VARIABLES
 
 
+def _pairs(values: object) -> tuple[tuple[str, str], ...]:
+    """`set` as (name, value) pairs: a mapping (`{"CI": "1"}`, as a file's `set = { CI =
+    "1" }` reads) or pairs. Only the shape is made here: a policy is a hashable value, and
+    a dict inside it would fail far from where it was written. Names and values are
+    checked where every policy is (`config.validation`): a bad one is a `ConfigInvalid`."""
+    if isinstance(values, Mapping):
+        return tuple(values.items())
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise TypeError(f"expected a mapping of names to values, got {values!r}")
+    return tuple(tuple(pair) if isinstance(pair, list | tuple) else pair for pair in values)
+
+
 @attrs.frozen(kw_only=True)
 class EnvironmentPolicy:
-    """The command sees only `allow`ed host variables, `pass_through` ones, and `set` ones."""
+    """The command sees only `allow`ed host variables, `pass_through` ones, and `set` ones
+    (a mapping of names to values, kept as pairs)."""
 
     allow: tuple[str, ...] = attrs.field(default=DEFAULT_ENV_ALLOW, converter=_str_tuple)
     pass_through: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
-    set: tuple[tuple[str, str], ...] = ()
+    set: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
 
 
 @attrs.frozen(kw_only=True)

@@ -5,6 +5,32 @@ from __future__ import annotations
 import attrs
 
 
+def argv_problem(values: object) -> str | None:
+    """Why `values` cannot be a command line, if it cannot: a string (`"ls -la"` would be
+    taken apart letter by letter: there is no implicit shell), no command, or a NUL byte,
+    which no argument of an `execve` can carry (it would end the argument early)."""
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        return (
+            f"must be a sequence of strings, got {type(values).__name__} {values!r:.60} "
+            "(no implicit shell: write ['sh', '-c', '...'] to have one)"
+        )
+    if not values or not str(values[0]):
+        return "must name a command"
+    for index, value in enumerate(values):
+        if "\0" in str(value):
+            return f"argument {index} holds a NUL byte, which no command line can carry"
+    return None
+
+
+def workspace_problem(path: object) -> str | None:
+    """Why `path` cannot be a workspace before anything looks at it, if it cannot."""
+    if not isinstance(path, str) or not path:
+        return f"expected a directory, got {path!r}"
+    if "\0" in path:
+        return f"{path!r} holds a NUL byte, which no path can"
+    return None
+
+
 def _argv(values: object) -> tuple[str, ...]:
     if isinstance(values, str) or not isinstance(values, list | tuple):
         raise TypeError("argv must be a sequence of strings (no implicit shell)")
@@ -19,12 +45,19 @@ class RunRequest:
     """
 
     argv: tuple[str, ...] = attrs.field(converter=_argv)
-    workspace: str
+    workspace: str = attrs.field()
     stdin: bytes | None = None
 
     @argv.validator
-    def _non_empty(
+    def _valid_argv(
         self, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
     ) -> None:
-        if not value or not value[0]:
-            raise ValueError("argv must name a command")
+        problem = argv_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+
+    @workspace.validator
+    def _valid_workspace(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        problem = workspace_problem(value)
+        if problem is not None:
+            raise ValueError(problem)

@@ -33,4 +33,7 @@ class RunResult:
     duration_s: float = 0.0
     usage: Usage = Usage()
     violations: tuple[Violation, ...] = ()
+    # Protections not enforced in this run (best-effort gaps, weaker limits, lost guards).
     warnings: tuple[str, ...] = ()
+    # Information about the run that is no gap: the engine's version, the image, a pool.
+    notes: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation, localcontext
 
 from returns.result import Failure, Result, Success
@@ -99,6 +100,31 @@ def _number_text(value: int | float, kind: str, help_text: str) -> Result[str, s
     return Success(format(Decimal(repr(value)), "f"))
 
 
+def _amount(
+    value: object, kind: str, units: Mapping[str, int | Decimal], help_text: str
+) -> Result[tuple[str, Decimal], str]:
+    """`value` (text, or a number read as text) times its unit, with the text it was read
+    from (for the messages of the checks that follow)."""
+    if isinstance(value, int | float):
+        as_text = _number_text(value, kind, help_text)
+        if isinstance(as_text, Failure):
+            return as_text
+        value = as_text.unwrap()
+    if not isinstance(value, str):
+        return Failure(f"invalid {kind} {value!r}: not a number or text; {help_text}")
+    text = value
+
+    def scaled(split: tuple[Decimal, str]) -> Result[tuple[str, Decimal], str]:
+        number, unit = split
+        multiple = units.get(unit)
+        if multiple is None:
+            return Failure(f"invalid {kind} {_quote(text)}: unknown unit {unit!r}; {help_text}")
+        with localcontext(prec=2 * _MAX_TEXT):  # exact: the input has at most _MAX_TEXT digits
+            return Success((text, number * multiple))
+
+    return _split(text, kind, help_text).bind(scaled)
+
+
 def parse_size(text: str | int) -> Result[int, str]:
     """Bytes in `text`: `512m`, `2g`, `1.5GiB`, `1048576` (bytes when there is no unit).
 
@@ -112,23 +138,11 @@ def parse_size(text: str | int) -> Result[int, str]:
             f"invalid size {value!r}: write a whole number of bytes, or a string with a "
             f"unit such as '1.5g'; {_SIZE_HELP}"
         )
-    if isinstance(value, int):
-        as_text = _number_text(value, "size", _SIZE_HELP)
-        if isinstance(as_text, Failure):
-            return as_text
-        value = as_text.unwrap()
-    if not isinstance(value, str):
-        return Failure(f"invalid size {value!r}: not a number or text; {_SIZE_HELP}")
-    text = value
-    split = _split(text, "size", _SIZE_HELP)
-    if isinstance(split, Failure):
-        return split
-    number, unit = split.unwrap()
-    multiple = _SIZE_UNITS.get(unit)
-    if multiple is None:
-        return Failure(f"invalid size {_quote(text)}: unknown unit {unit!r}; {_SIZE_HELP}")
-    with localcontext(prec=2 * _MAX_TEXT):  # exact: the input has at most _MAX_TEXT digits
-        total = number * multiple
+    return _amount(value, "size", _SIZE_UNITS, _SIZE_HELP).bind(_checked_size)
+
+
+def _checked_size(amount: tuple[str, Decimal]) -> Result[int, str]:
+    text, total = amount
     if total != total.to_integral_value():
         return Failure(f"invalid size {_quote(text)}: not a whole number of bytes; {_SIZE_HELP}")
     if total <= 0:
@@ -154,24 +168,11 @@ def parse_duration(text: str | int | float) -> Result[float, str]:
 
     Zero is refused: a zero timeout would kill every command before it starts.
     """
-    value: object = text
-    if isinstance(value, int | float):
-        as_text = _number_text(value, "duration", _DURATION_HELP)
-        if isinstance(as_text, Failure):
-            return as_text
-        value = as_text.unwrap()
-    if not isinstance(value, str):
-        return Failure(f"invalid duration {value!r}: not a number or text; {_DURATION_HELP}")
-    text = value
-    split = _split(text, "duration", _DURATION_HELP)
-    if isinstance(split, Failure):
-        return split
-    number, unit = split.unwrap()
-    multiple = _DURATION_UNITS.get(unit)
-    if multiple is None:
-        return Failure(f"invalid duration {_quote(text)}: unknown unit {unit!r}; {_DURATION_HELP}")
-    with localcontext(prec=2 * _MAX_TEXT):
-        seconds = number * multiple
+    return _amount(text, "duration", _DURATION_UNITS, _DURATION_HELP).bind(_checked_duration)
+
+
+def _checked_duration(amount: tuple[str, Decimal]) -> Result[float, str]:
+    text, seconds = amount
     if seconds <= 0:
         return Failure(
             f"invalid duration {_quote(text)}: must be greater than zero; {_DURATION_HELP}"

@@ -11,6 +11,9 @@ cgroup whose run has ended, that is empty and holds (almost) no memory charge, i
 handed to the next run with every limit rewritten. Its event counters cannot be reset, so
 a run records them when it gets the cgroup and reports the difference. Pooled cgroups are
 removed when the host exits; those of a host that died are swept by the next manager.
+
+`ProcessCgroup` only reads: the cgroup an engine made for a container, found from its init's
+pid (the warm pool's usage and limit events).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import attrs
 
 from mechasandbox.domain.limits import Limits
+from mechasandbox.runner.proctree import pid_exists
 
 _V2_MOUNTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 _V1_ROOT = Path("/sys/fs/cgroup")
@@ -86,15 +90,32 @@ def _counter(text: str, key: str) -> int:
     return 0
 
 
+def _memberships(pid: int | str) -> list[tuple[str, str]]:
+    """(controllers, path) of each hierarchy the process is in ("" controllers: v2)."""
+    found: list[tuple[str, str]] = []
+    for line in _read(f"/proc/{pid}/cgroup").splitlines():
+        _id, controllers, path = line.split(":", 2)
+        found.append((controllers, path))
+    return found
+
+
 def _own_cgroup(controller: str | None) -> str:
     """This process's cgroup path in the v1 hierarchy of `controller` (v2 when None)."""
-    for line in _read(Path("/proc/self/cgroup")).splitlines():
-        _id, controllers, path = line.split(":", 2)
+    for controllers, path in _memberships("self"):
         if (controller is None and controllers == "") or (
             controller is not None and controller in controllers.split(",")
         ):
             return path
     return "/"
+
+
+def _events(memory_dir: str | None, pids_dir: str | None, *, v2: bool) -> CgroupEvents:
+    """The OOM kills and pids-limit hits counted so far (0 for a directory not known)."""
+    memory = "memory.events" if v2 else "memory.oom_control"
+    return CgroupEvents(
+        oom_kills=_counter(_read(f"{memory_dir}/{memory}"), "oom_kill") if memory_dir else 0,
+        pids_max_hits=_counter(_read(f"{pids_dir}/pids.events"), "max") if pids_dir else 0,
+    )
 
 
 def _writable_dir(path: Path) -> bool:
@@ -107,16 +128,6 @@ def _write(directory: str, name: str, value: object) -> None:
         os.write(fd, str(value).encode())
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Pool:
@@ -270,7 +281,7 @@ class CgroupManager:
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
                 for entry in entries:
                     owned = _OWNED.fullmatch(entry.name)
-                    if owned and not _pid_alive(int(owned.group(1))):
+                    if owned and not pid_exists(int(owned.group(1))):
                         try:
                             os.rmdir(entry.path)
                         except OSError:
@@ -310,17 +321,7 @@ class CgroupManager:
             _write(pids_dir, "pids.max", "max" if processes is None else processes)
 
     def _counters(self, run: CgroupRun) -> CgroupEvents:
-        if self.version == 2:
-            (directory,) = run.directories
-            return CgroupEvents(
-                oom_kills=_counter(_read(f"{directory}/memory.events"), "oom_kill"),
-                pids_max_hits=_counter(_read(f"{directory}/pids.events"), "max"),
-            )
-        memory_dir, pids_dir = run.directories
-        return CgroupEvents(
-            oom_kills=_counter(_read(f"{memory_dir}/memory.oom_control"), "oom_kill"),
-            pids_max_hits=_counter(_read(f"{pids_dir}/pids.events"), "max"),
-        )
+        return _events(run.directories[0], run.directories[-1], v2=self.version == 2)
 
     def events(self, run: CgroupRun) -> CgroupEvents:
         """The run's events: the counters now, minus those when it got the cgroup."""
@@ -414,3 +415,70 @@ def _close_pool(version: int, parents: tuple[str, ...], pool: _Pool) -> None:
     object.__setattr__(manager, "_pool", pool)  # the frozen manager of this very pool
     pool.finalizer = None
     manager._drain()
+
+
+@attrs.frozen(kw_only=True)
+class ProcessCgroup:
+    """The cgroup another manager made for a process of this host (an engine's container,
+    whose init is that process), read from here: its usage and events.
+
+    `directories`: (controller, directory) per v1 hierarchy read, or ("", directory) on v2.
+    """
+
+    directories: tuple[tuple[str, str], ...]
+
+    @staticmethod
+    def of(pid: int) -> ProcessCgroup | None:
+        """Where the process `pid` is accounted (None: nowhere this process can read)."""
+        found: list[tuple[str, str]] = []
+        for controllers, path in _memberships(pid):
+            if controllers == "":
+                for root in _V2_MOUNTS:
+                    candidate = root + path
+                    if os.path.exists(candidate + "/cgroup.procs") and os.path.exists(
+                        root + "/cgroup.controllers"
+                    ):
+                        found.append(("", candidate))
+                        break
+                continue
+            for controller in controllers.split(","):
+                if controller in ("memory", "pids", "cpuacct"):
+                    candidate = f"{_V1_ROOT}/{controller}{path}"
+                    if os.path.isdir(candidate):
+                        found.append((controller, candidate))
+        v1 = [item for item in found if item[0]]
+        return ProcessCgroup(directories=tuple(v1 or found)) if found else None
+
+    def _dir(self, controller: str) -> str | None:
+        for name, directory in self.directories:
+            if name in (controller, ""):
+                return directory
+        return None
+
+    def _read(self, controller: str, filename: str) -> str:
+        directory = self._dir(controller)
+        return "" if directory is None else _read(f"{directory}/{filename}")
+
+    @property
+    def v2(self) -> bool:
+        return any(name == "" for name, _ in self.directories)
+
+    def cpu_ns(self) -> int:
+        if self.v2:
+            return _counter(self._read("", "cpu.stat"), "usage_usec") * 1000
+        text = self._read("cpuacct", "cpuacct.usage").strip()
+        return int(text) if text.isdigit() else 0
+
+    def memory_peak(self) -> int:
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        text = self._read("memory", name).strip()
+        return int(text) if text.isdigit() else 0
+
+    def reset_memory_peak(self) -> None:
+        directory = self._dir("memory")
+        if directory is not None and not self.v2:
+            with contextlib.suppress(OSError):
+                _write(directory, "memory.max_usage_in_bytes", 0)
+
+    def events(self) -> CgroupEvents:
+        return _events(self._dir("memory"), self._dir("pids"), v2=self.v2)

@@ -112,7 +112,7 @@ def _wait_exited(pids: list[int], deadline: float) -> None:
 def _running(pid: int) -> bool:
     """Still there and not a zombie (Linux: its /proc state; elsewhere any process)."""
     if not _IS_LINUX:
-        return _exists(pid)
+        return pid_exists(pid)
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
@@ -120,7 +120,7 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _exists(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
     """Still in the process table (possibly a zombie not yet reaped), on any platform."""
     try:
         os.kill(pid, 0)

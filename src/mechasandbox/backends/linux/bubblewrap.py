@@ -7,7 +7,8 @@ The pieces: `bwrap_layout` (what the compiler knows of the host), `bwrap_mounts`
 `bwrap_compiler` (the pure compiler: the mounts, then the argv; see there what a sandbox is
 made of), `bwrap_hooks` (the seccomp program, the command's environment and the unix-socket
 plan, handed to bwrap by the spawn helper), `bwrap_probe` (whether bwrap works here) and
-this module (the backend: plan and run).
+this module (the backend: its capabilities, `compile`, the setting and the `launch` that
+surround each run; `plan` and `run` come from `backends.template`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import os
 import shlex
 import shutil
 import signal
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -27,24 +27,17 @@ from mechasandbox.backends.base import (
     LAUNCHER_ENVIRONMENT,
     HostContext,
     LaunchPlan,
-    check_workspace,
     resolve_command,
     scrubbed_environment,
 )
-from mechasandbox.backends.execute import (
-    disarm_after,
-    execute_spec,
-    prepare_run,
-    run_started,
-)
-from mechasandbox.backends.git_indirections import planned_policy
+from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
 from mechasandbox.backends.linux.bwrap_compiler import BwrapCommand, compile_bwrap
 from mechasandbox.backends.linux.bwrap_hooks import (
-    LANDLOCK_SCOPE_ABI,
+    UnixSocketPlan,
     describe_scope,
     environment_hook,
     landlock_abi,
-    named_sockets_detail,
+    named_sockets_row,
     seccomp_summary,
     unix_socket_plan,
 )
@@ -53,14 +46,16 @@ from mechasandbox.backends.linux.bwrap_mounts import paths_to_survey, protected_
 from mechasandbox.backends.linux.bwrap_probe import probe_bwrap, remembered_probe
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.probe_cache import ProbeCache
-from mechasandbox.backends.resources import (
-    UMASK,
-    default_cgroups,
-    describe_cgroups,
-    resource_support,
-    run_rlimits,
+from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
+from mechasandbox.backends.template import (
+    Job,
+    Launch,
+    SpawningBackend,
+    launcher_environment,
+    limit_sections,
+    spawn_spec,
 )
-from mechasandbox.backends.unix_sockets import NO_NAMED_SOCKETS, find_named_sockets
+from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
@@ -72,10 +67,8 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
 )
 from mechasandbox.domain.policy import NetworkMode, Policy
-from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
-from mechasandbox.limits.rlimits import describe
 from mechasandbox.network.bridge import (
     BRIDGE_FAILED,
     BRIDGE_PREFIX,
@@ -86,7 +79,7 @@ from mechasandbox.network.bridge import (
 )
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.runner.protocol import ProcessRunner
-from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+from mechasandbox.runner.spec import ProcessOutcome
 
 if TYPE_CHECKING:
     from mechasandbox.network.proxy import RunningProxy
@@ -109,10 +102,6 @@ def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
 
 
 _BWRAP_PREFIX = b"bwrap: "
-
-
-def _describe_launcher_environment(env: Iterable[tuple[str, str]]) -> str:
-    return " ".join(f"{name}={value}" for name, value in env) or "none"
 
 
 def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
@@ -151,11 +140,81 @@ def _which(name: str, path: str) -> str | None:
         return None
 
 
+@attrs.frozen(kw_only=True)
+class BwrapSetting:
+    """What a run's compile gets besides the policy: bwrap's features, the run's proxy
+    socket; for a plan where bwrap cannot run, why not (the defaults' argv is shown)."""
+
+    features: BwrapFeatures
+    proxy_socket: str = PROXY_SOCKET_PLACEHOLDER
+    unavailable: str | None = None
+
+
+BwrapCompiled = tuple[BwrapCommand, UnixSocketPlan]
+
+_BWRAP = (
+    RUNNER
+    | RLIMITS
+    | CapabilityTable(
+        enforced={
+            Protection.FILESYSTEM_WRITE: "mount namespace: only the workspace, writable paths "
+            "and private tmpfs; kernel settings (/proc/sys...) read-only, kernel information "
+            "masked",
+            Protection.PROTECTED_PATHS: "read-only self-binds; parents pinned against rename; "
+            "missing paths covered; a run whose cover a host process replaces is stopped "
+            "(50 ms watch)",
+            Protection.NETWORK_NONE: "network namespace with loopback only",
+            Protection.PID_ISOLATION: "pid namespace; ptrace denied by seccomp",
+            Protection.HOST_PROCESSES_HIDDEN: "pid namespace with a fresh /proc",
+            Protection.ENVIRONMENT: "scrubbed environment, handed to the command only (bwrap "
+            "starts with none)",
+            Protection.TREE_TEARDOWN: "pid namespace (its init's death kills all), "
+            "--die-with-parent, subreaper",
+        }
+    )
+)
+
+
+def _allowlist_row(socat: str | None) -> CapabilityTable:
+    if socat is None:
+        why = (
+            "needs socat in the system trees (Debian package socat) for the bridge to the "
+            "proxy; best-effort runs with no network at all"
+        )
+        return CapabilityTable(gaps={Protection.NETWORK_ALLOWLIST: why})
+    how = (
+        "network namespace with loopback only; the run's proxy socket bound in and "
+        f"{socat} forwarding 127.0.0.1:{PROXY_PORT} to it; no route, no DNS inside"
+    )
+    return CapabilityTable(enforced={Protection.NETWORK_ALLOWLIST: how})
+
+
+@functools.lru_cache(maxsize=16)
+def _capabilities(
+    version: tuple[int, ...], socat: str | None, abi: int, cgroups: CgroupManager | str, uid: int
+) -> Capabilities:
+    """What bwrap `version` gives here; computed once per set of facts (every run probes)."""
+    read = (
+        f"bwrap {'.'.join(map(str, version))}: empty root, system trees read-only, home "
+        "hidden, deny_read and /etc secrets masked"
+    )
+    table = (
+        _BWRAP
+        | CapabilityTable(enforced={Protection.FILESYSTEM_READ: read})
+        | _allowlist_row(socat)
+        | named_sockets_row(abi)
+        | resource_support(cgroups, uid)
+    )
+    return table.capabilities(NAME)
+
+
 # --- the backend ----------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
-class BubblewrapBackend:
+class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
     """Runs each command in a fresh bubblewrap sandbox. `bwrap`: the executable (default:
     found on the host's PATH)."""
+
+    protects_workspace: ClassVar[bool] = True
 
     runner: ProcessRunner
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
@@ -206,85 +265,10 @@ class BubblewrapBackend:
         features = self._features()
         if isinstance(features, str):
             return Failure(BackendUnavailable(backend=NAME, reason=features))
-        version = ".".join(map(str, features.version))
-        enforced = {
-            Protection.FILESYSTEM_READ,
-            Protection.FILESYSTEM_WRITE,
-            Protection.PROTECTED_PATHS,
-            Protection.NETWORK_NONE,
-            Protection.PID_ISOLATION,
-            Protection.HOST_PROCESSES_HIDDEN,
-            Protection.ENVIRONMENT,
-            Protection.TIMEOUT,
-            Protection.TREE_TEARDOWN,
-            Protection.CPU,
-            Protection.OPEN_FILES,
-            Protection.FILE_SIZE,
-        }
-        details = [
-            (
-                Protection.FILESYSTEM_READ,
-                f"bwrap {version}: empty root, system trees read-only, home hidden, "
-                "deny_read and /etc secrets masked",
-            ),
-            (
-                Protection.FILESYSTEM_WRITE,
-                "mount namespace: only the workspace, writable paths and private tmpfs; "
-                "kernel settings (/proc/sys...) read-only, kernel information masked",
-            ),
-            (
-                Protection.PROTECTED_PATHS,
-                "read-only self-binds; parents pinned against rename; missing paths covered; "
-                "a run whose cover a host process replaces is stopped (50 ms watch)",
-            ),
-            (Protection.NETWORK_NONE, "network namespace with loopback only"),
-            self._allowlist_detail(),
-            (Protection.PID_ISOLATION, "pid namespace; ptrace denied by seccomp"),
-            (Protection.HOST_PROCESSES_HIDDEN, "pid namespace with a fresh /proc"),
-            (
-                Protection.ENVIRONMENT,
-                "scrubbed environment, handed to the command only (bwrap starts with none)",
-            ),
-            (
-                Protection.TREE_TEARDOWN,
-                "pid namespace (its init's death kills all), --die-with-parent, subreaper",
-            ),
-            (Protection.CPU, "RLIMIT_CPU"),
-            (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
-            (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
-        ]
-        if self._socat() is not None:
-            enforced.add(Protection.NETWORK_ALLOWLIST)
-        abi = landlock_abi()
-        if abi >= LANDLOCK_SCOPE_ABI:
-            enforced.add(Protection.NAMED_UNIX_SOCKETS)
-        details.append(named_sockets_detail(abi))
-        warnings: list[str] = []
-        resources = resource_support(self.cgroups, self.host.uid)
-        enforced |= resources.enforced
-        details += resources.details
-        warnings += resources.warnings
         return Success(
-            Capabilities(
-                backend=NAME,
-                enforced=frozenset(enforced),
-                details=tuple(details),
-                warnings=tuple(warnings),
+            _capabilities(
+                features.version, self._socat(), landlock_abi(), self.cgroups, self.host.uid
             )
-        )
-
-    def _allowlist_detail(self) -> tuple[Protection, str]:
-        socat = self._socat()
-        if socat is None:
-            return (
-                Protection.NETWORK_ALLOWLIST,
-                "needs socat in the system trees (Debian package socat) for the bridge to "
-                "the proxy; best-effort runs with no network at all",
-            )
-        return (
-            Protection.NETWORK_ALLOWLIST,
-            "network namespace with loopback only; the run's proxy socket bound in and "
-            f"{socat} forwarding 127.0.0.1:{PROXY_PORT} to it; no route, no DNS inside",
         )
 
     def _bridge(self, policy: Policy, socket: str) -> ProxyBridge | None:
@@ -293,21 +277,16 @@ class BubblewrapBackend:
             return None
         return ProxyBridge(socket=socket, socat=socat)
 
-    def _compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        workspace: str,
-        features: BwrapFeatures,
-        proxy_socket: str = PROXY_SOCKET_PLACEHOLDER,
-    ) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
+    def compile(
+        self, job: Job, setting: BwrapSetting
+    ) -> Result[Launch[BwrapCompiled], SandboxError]:
+        request, policy, host, workspace = job.request, job.policy, job.host, job.workspace
         layout = HostLayout.survey(
             paths_to_survey(workspace, policy, host),
             placeholders=self.placeholders.active(workspace),
             hollowness_of=protected_parents(workspace, policy, host),
         )
-        bridge = self._bridge(policy, proxy_socket)
+        bridge = self._bridge(policy, setting.proxy_socket)
         env = scrubbed_environment(policy.environment, dict(host.env))
         if bridge is not None:
             env.update(proxy_environment(PROXY_URL))
@@ -318,132 +297,115 @@ class BubblewrapBackend:
             host,
             workspace=workspace,
             layout=layout,
-            features=features,
+            features=setting.features,
             bridge=bridge,
             environment=env,
             sockets=unix.sockets,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
-        def resolved(command: BwrapCommand) -> Result[tuple[BwrapCommand, SpawnSpec], SandboxError]:
-            found = resolve_command(request.argv[0], env, workspace)
-            if isinstance(found, Failure):
-                return Failure(found.failure())
-            executable = os.path.realpath(found.unwrap())
+        def launched(
+            command: BwrapCommand, executable: str
+        ) -> Result[Launch[BwrapCompiled], SandboxError]:
             if not command.visible(executable):
-                return Failure(
-                    SpawnFailed(
-                        command=request.argv[0],
-                        reason=f"{executable} is not visible inside the sandbox",
-                        exit_status=127,
-                    )
-                )
-            spec = SpawnSpec(
+                reason = f"{executable} is not visible inside the sandbox"
+                return Failure(SpawnFailed(command=request.argv[0], reason=reason, exit_status=127))
+            spec = spawn_spec(
+                job,
                 argv=command.argv,
                 env=LAUNCHER_ENVIRONMENT,
-                cwd=workspace,
-                stdin=request.stdin,
-                timeout_s=policy.limits.timeout_s,
-                max_output_bytes=policy.limits.max_output_bytes,
-                umask=UMASK,
+                executable=setting.features.path,
                 rlimits=rlimits,
                 hooks=(*unix.hooks, environment_hook(command)),
-                executable=features.path,
             )
-            return Success((command, spec))
+            return Success(
+                Launch(
+                    spec=spec,
+                    compiled=(command, unix),
+                    warnings=command.warnings,
+                    cgroups=self.cgroups,
+                    adjust=_signal_decoded,
+                )
+            )
+
+        def resolved(command: BwrapCommand) -> Result[Launch[BwrapCompiled], SandboxError]:
+            found: Result[str, SandboxError] = resolve_command(request.argv[0], env, workspace)
+            return found.bind(lambda path: launched(command, os.path.realpath(path)))
 
         return compiled.bind(resolved)
 
-    def plan(
-        self, request: RunRequest, policy: Policy, host: HostContext
-    ) -> Result[LaunchPlan, SandboxError]:
+    def plan_setting(self, policy: Policy) -> BwrapSetting:
         found = self._features()
-        features = found if isinstance(found, BwrapFeatures) else BwrapFeatures()
-        unavailable = (
-            (f"bubblewrap is unavailable here: {found}",) if isinstance(found, str) else ()
+        if isinstance(found, str):
+            return BwrapSetting(features=BwrapFeatures(), unavailable=found)
+        return BwrapSetting(features=found)
+
+    def describe(
+        self, job: Job, launch: Launch[BwrapCompiled], setting: BwrapSetting
+    ) -> LaunchPlan:
+        command, unix = launch.compiled
+        unavailable = () if setting.unavailable is None else (setting.unavailable,)
+        return LaunchPlan(
+            backend=NAME,
+            sections=(
+                ("bwrap", shlex.join(command.argv)),
+                ("environment", command.describe_environment()),
+                ("bwrap's own environment", launcher_environment(launch.spec)),
+                ("seccomp (fd 3)", seccomp_summary(unix.allowed)),
+                ("landlock", describe_scope(unix)),
+                ("placeholders", "\n".join(command.placeholders) or "none"),
+                *limit_sections(launch.spec, launch.cgroups),
+            ),
+            warnings=tuple(f"bubblewrap is unavailable here: {why}" for why in unavailable)
+            + launch.warnings,
         )
-        unix = unix_socket_plan(policy, NO_NAMED_SOCKETS, landlock_abi())
 
-        def render(compiled: tuple[BwrapCommand, SpawnSpec]) -> LaunchPlan:
-            command, spec = compiled
-            cgroup = describe_cgroups(self.cgroups)
-            return LaunchPlan(
-                backend=NAME,
-                sections=(
-                    ("bwrap", shlex.join(command.argv)),
-                    ("environment", command.describe_environment()),
-                    ("bwrap's own environment", _describe_launcher_environment(spec.env)),
-                    ("seccomp (fd 3)", seccomp_summary(unix.allowed)),
-                    ("landlock", describe_scope(unix)),
-                    ("placeholders", "\n".join(command.placeholders) or "none"),
-                    ("umask", f"{spec.umask:04o}"),
-                    ("rlimits", describe(spec.rlimits)),
-                    ("cgroup", cgroup),
-                ),
-                warnings=unavailable + command.warnings,
-            )
-
-        workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(
-            lambda path: self._compile(
-                request, planned_policy(policy, path, host), host, path, features
-            )
-        ).map(render)
-
-    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = prepare_run(self, request, policy)
-        if isinstance(prepared, Failure):
-            return Failure(prepared.failure())
-        warnings, workspace, policy = prepared.unwrap()
+    def open_setting(self, workspace: str, policy: Policy) -> Result[BwrapSetting, SandboxError]:
         features = self._features()
         if isinstance(features, str):  # probed fine a moment ago; cached, so not reached
             return Failure(BackendUnavailable(backend=NAME, reason=features))
+        if not self.placeholders.enter(workspace):
+            return Failure(BackendFailed(backend=NAME, reason=locked_too_long("run")))
+        return Success(BwrapSetting(features=features))
 
-        async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
-            socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
-            if not self.placeholders.enter(workspace):
-                return Failure(BackendFailed(backend=NAME, reason=locked_too_long("run")))
-            try:
-                compiled = self._compile(request, policy, self.host, workspace, features, socket)
-                if isinstance(compiled, Failure):
-                    return Failure(compiled.failure())
-                command, spec = compiled.unwrap()
-                self.placeholders.created(workspace, command.placeholders)
-                self.placeholders.make(workspace, command.placeholders)
-                guards = GuardSet(
-                    command.guards + tuple((p, "write") for p in command.placeholders)
-                )
-                try:
-                    result = await execute_spec(
-                        NAME,
-                        self.runner,
-                        attrs.evolve(spec, watch=guards.watcher()),
-                        policy,
-                        warnings=warnings + command.warnings,
-                        cgroups=self.cgroups,
-                        adjust=_signal_decoded,
-                    )
-                    late = guards.warnings()  # lost since the watcher's last look
-                finally:
-                    guards.close()
-            finally:
-                # After the guards' last look: taking the placeholders out changes their entries.
-                self.placeholders.leave(workspace)
-            if isinstance(result, Success):
-                failed = _setup_failure(result.unwrap(), request.argv[0])
-                if failed is not None:
-                    return Failure(failed)
-                if late:
-                    value = result.unwrap()
-                    return Success(attrs.evolve(value, warnings=value.warnings + late))
-            return result
+    def close_setting(self, setting: BwrapSetting, workspace: str) -> None:
+        self.placeholders.leave(workspace)
 
-        started = run_started()
+    def proxy_for(self, policy: Policy) -> EgressProxy | None:
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
-            # no bridge: best-effort allowlist runs with no network
-            return disarm_after(await body(None), workspace, policy, started)
-        # The proxy (and with it asyncio) is imported only by runs that need it.
-        from mechasandbox.network.session import EgressProxy, run_with_proxy
+            return None  # no bridge: best-effort allowlist runs with no network
+        from mechasandbox.network.session import EgressProxy
 
-        proxied = await run_with_proxy(self.egress or EgressProxy(), policy.network, body)
-        return disarm_after(proxied, workspace, policy, started)
+        return self.egress or EgressProxy()
+
+    def with_proxy(self, setting: BwrapSetting, proxy: RunningProxy) -> BwrapSetting:
+        return attrs.evolve(setting, proxy_socket=str(proxy.socket_path))
+
+    async def launch(
+        self, job: Job, launch: Launch[BwrapCompiled], setting: BwrapSetting
+    ) -> Result[RunResult, SandboxError]:
+        """The placeholders made and the guards watching while the command runs; the
+        placeholders come out when the setting closes, after the guards' last look (taking
+        them out changes their entries)."""
+        command, _unix = launch.compiled
+        self.placeholders.created(job.workspace, command.placeholders)
+        self.placeholders.make(job.workspace, command.placeholders)
+        guards = GuardSet(command.guards + tuple((p, "write") for p in command.placeholders))
+        watched = attrs.evolve(launch, spec=attrs.evolve(launch.spec, watch=guards.watcher()))
+        try:
+            result = await super().launch(job, watched, setting)
+            late = guards.warnings()  # lost since the watcher's last look
+        finally:
+            guards.close()
+        return result.bind(lambda finished: _checked(finished, job.request.argv[0], late))
+
+
+def _checked(
+    result: RunResult, command: str, late: tuple[str, ...]
+) -> Result[RunResult, SandboxError]:
+    """A run bwrap (or the bridge) could not set up is its failure; the guards' late
+    warnings on the others."""
+    failed = _setup_failure(result, command)
+    if failed is not None:
+        return Failure(failed)
+    return Success(attrs.evolve(result, warnings=result.warnings + late) if late else result)

@@ -160,28 +160,3 @@ def compile_bwrap(
             environment=variables,
         )
     )
-
-
-def compile_bwrap_argv(
-    request: RunRequest,
-    policy: Policy,
-    host: HostContext,
-    *,
-    workspace: str,
-    layout: HostLayout,
-    features: BwrapFeatures = DEFAULT_FEATURES,
-    bridge: ProxyBridge | None = None,
-    sockets: NamedSockets = NO_NAMED_SOCKETS,
-) -> Result[tuple[str, ...], ConfigInvalid]:
-    """Just the argv of `compile_bwrap`."""
-    compiled = compile_bwrap(
-        request,
-        policy,
-        host,
-        workspace=workspace,
-        layout=layout,
-        features=features,
-        bridge=bridge,
-        sockets=sockets,
-    )
-    return compiled.map(lambda command: command.argv)

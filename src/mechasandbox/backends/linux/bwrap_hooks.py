@@ -9,6 +9,7 @@ from socket import AF_UNIX
 
 import attrs
 
+from mechasandbox.backends.capability_table import CapabilityTable
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.bwrap_compiler import ARGS_FD, SECCOMP_FD, BwrapCommand
 from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
@@ -84,23 +85,22 @@ class UnixSocketPlan:
         return (seccomp_hook(self.allowed), *scope)
 
 
-def named_sockets_detail(abi: int) -> tuple[Protection, str]:
+def named_sockets_row(abi: int) -> CapabilityTable:
     how = (
         "named sockets bound read-only at their real path, no other host path socket "
         "mounted; with full network socket(AF_UNIX) is refused unless sockets are named"
     )
     if abi >= LANDLOCK_SCOPE_ABI:
-        return (
-            Protection.NAMED_UNIX_SOCKETS,
-            f"{how}, and then the host's abstract sockets are kept out by Landlock's scope "
-            "(set on bwrap)",
+        how += (
+            ", and then the host's abstract sockets are kept out by Landlock's scope (set on bwrap)"
         )
-    return (
-        Protection.NAMED_UNIX_SOCKETS,
+        return CapabilityTable(enforced={Protection.NAMED_UNIX_SOCKETS: how})
+    why = (
         f"{how}; naming sockets with full network would open the host's abstract sockets "
         f"(the session bus, X11) too: Landlock ABI {abi} < {LANDLOCK_SCOPE_ABI} cannot "
-        "scope them (Linux 6.12 can)",
+        "scope them (Linux 6.12 can)"
     )
+    return CapabilityTable(gaps={Protection.NAMED_UNIX_SOCKETS: why})
 
 
 def describe_scope(unix: UnixSocketPlan) -> str:

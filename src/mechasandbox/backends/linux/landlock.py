@@ -17,24 +17,13 @@ import errno
 import functools
 import platform
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import (
-    HostContext,
-    LaunchPlan,
-    check_workspace,
-    resolve_command,
-)
-from mechasandbox.backends.execute import (
-    disarm_after,
-    execute_spec,
-    prepare_run,
-    run_started,
-)
-from mechasandbox.backends.git_indirections import planned_policy
+from mechasandbox.backends.base import HostContext, LaunchPlan, resolve_command
+from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_compiler import (
     TMP_PLACEHOLDER,
@@ -43,21 +32,21 @@ from mechasandbox.backends.linux.landlock_compiler import (
     render_handled,
 )
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
-from mechasandbox.backends.resources import (
-    default_cgroups,
-    describe_cgroups,
-    resource_support,
-    run_rlimits,
+from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
+from mechasandbox.backends.template import (
+    Job,
+    Launch,
+    SpawningBackend,
+    command_sections,
+    limit_sections,
+    loopback_proxy,
+    spawn_spec,
 )
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
-from mechasandbox.domain.request import RunRequest
-from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
-from mechasandbox.limits.rlimits import describe
 from mechasandbox.runner.protocol import ProcessRunner
-from mechasandbox.runner.spec import SpawnSpec
 
 if TYPE_CHECKING:
     from mechasandbox.network.proxy import RunningProxy
@@ -112,135 +101,134 @@ def describe_abi(abi: int) -> str:
     return "\n".join(f"ABI {level}: {text}" for level, text in ABI_FEATURES if level <= abi)
 
 
+_LANDLOCK = (
+    RUNNER
+    | RLIMITS
+    | CapabilityTable(
+        enforced={
+            Protection.FILESYSTEM_READ: "Landlock allow-list: system roots, /proc (read), "
+            "workspace, private tmp; home and everything else unreadable",
+            Protection.ENVIRONMENT: "scrubbed environment; no inherited descriptors",
+            Protection.TREE_TEARDOWN: "spawn helper is child subreaper; kills the whole tree",
+            Protection.CPU: "RLIMIT_CPU; capabilities dropped so it cannot be raised",
+        },
+        gaps={
+            Protection.HOST_PROCESSES_HIDDEN: "no pid namespace: host processes are listed in "
+            '/proc with their command lines (set host_processes = "visible" to accept this)',
+        },
+        warnings=(
+            "landlock: file metadata (chmod, utimes, xattrs) of host files the user owns is "
+            "not confined; contents are",
+        ),
+    )
+)
+
+
+def _network_rows(abi: int) -> CapabilityTable:
+    """No network, the allowlist and named unix sockets, as far as the ABI can."""
+    none = (
+        "seccomp refuses socket() for every family (socketpair only)"
+        + ("; Landlock denies TCP bind/connect" if abi >= 4 else "")
+        + ("; abstract unix sockets scoped" if abi >= 6 else "")
+    )
+    sockets = (
+        "Landlock does not govern connect() to a unix socket: naming one lets seccomp "
+        "allow AF_UNIX, and with it every host unix socket the command can find "
+        "(docker.sock, the ssh agent)"
+        + ("; abstract ones stay scoped" if abi >= 6 else ", abstract ones included")
+    )
+    rows = CapabilityTable(
+        enforced={Protection.NETWORK_NONE: none}, gaps={Protection.NAMED_UNIX_SOCKETS: sockets}
+    )
+    if abi < 4:
+        why = (
+            f"Landlock ABI {abi} < 4 has no TCP rules to confine the command to the proxy; "
+            "best-effort runs with no network at all"
+        )
+        return rows | CapabilityTable(gaps={Protection.NETWORK_ALLOWLIST: why})
+    how = (
+        "the run's proxy on 127.0.0.1:PORT (random per run, token required); Landlock "
+        "grants TCP connect to PORT only and seccomp allows only IPv4 TCP sockets (no "
+        "UDP, no DNS, no unix sockets). Landlock matches ports, not addresses: a "
+        "connection to PORT on another address (a catch-all server prepared outside) "
+        "is not stopped"
+    )
+    return rows | CapabilityTable(enforced={Protection.NETWORK_ALLOWLIST: how})
+
+
+def _write_rows(abi: int, carve_protected: bool) -> CapabilityTable:
+    if abi < 3:
+        why = f"Landlock ABI {abi} < 3 does not handle truncate: files can be emptied"
+        return CapabilityTable(
+            gaps={Protection.FILESYSTEM_WRITE: why, Protection.PROTECTED_PATHS: why}
+        )
+    write = CapabilityTable(
+        enforced={
+            Protection.FILESYSTEM_WRITE: "Landlock: contents and directory entries change "
+            "only in the workspace and private tmp (metadata such as chmod/utimes is not a "
+            "Landlock right)"
+        }
+    )
+    if not carve_protected:
+        why = "Landlock cannot take a right back below a granted directory (carving disabled)"
+        return write | CapabilityTable(gaps={Protection.PROTECTED_PATHS: why})
+    how = (
+        "workspace granted entry by entry around protected paths; the workspace top level "
+        "and the directories holding protected paths accept no new entries"
+    )
+    return write | CapabilityTable(enforced={Protection.PROTECTED_PATHS: how})
+
+
+def _signal_rows(abi: int) -> CapabilityTable:
+    ptrace = "ptrace, environ and mem of host processes refused (Landlock ptrace rules)"
+    if abi >= 6:
+        how = "signals outside the sandbox blocked (Landlock scope); " + ptrace
+        return CapabilityTable(enforced={Protection.PID_ISOLATION: how})
+    return CapabilityTable(
+        gaps={
+            Protection.PID_ISOLATION: "host processes of the user can be signalled (Landlock "
+            "ABI < 6); " + ptrace
+        },
+        warnings=(f"Landlock ABI {abi}: host processes of the same user can be signalled",),
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def capabilities_for(
     abi: int, cgroups: CgroupManager | str, uid: int, *, carve_protected: bool = True
 ) -> Capabilities:
     """What Landlock at `abi` + seccomp + the spawn helper give; pure (golden-testable),
     so computed once per set of arguments (every run probes)."""
-    enforced = {
-        Protection.FILESYSTEM_READ,
-        Protection.NETWORK_NONE,
-        Protection.ENVIRONMENT,
-        Protection.TIMEOUT,
-        Protection.TREE_TEARDOWN,
-        Protection.CPU,
-        Protection.OPEN_FILES,
-        Protection.FILE_SIZE,
-    }
-    details: list[tuple[Protection, str]] = [
-        (
-            Protection.FILESYSTEM_READ,
-            "Landlock allow-list: system roots, /proc (read), workspace, private tmp; "
-            "home and everything else unreadable",
-        ),
-        (
-            Protection.NETWORK_NONE,
-            "seccomp refuses socket() for every family (socketpair only)"
-            + ("; Landlock denies TCP bind/connect" if abi >= 4 else "")
-            + ("; abstract unix sockets scoped" if abi >= 6 else ""),
-        ),
-        (
-            Protection.NETWORK_ALLOWLIST,
-            (
-                "the run's proxy on 127.0.0.1:PORT (random per run, token required); Landlock "
-                "grants TCP connect to PORT only and seccomp allows only IPv4 TCP sockets (no "
-                "UDP, no DNS, no unix sockets). Landlock matches ports, not addresses: a "
-                "connection to PORT on another address (a catch-all server prepared outside) "
-                "is not stopped"
-                if abi >= 4
-                else f"Landlock ABI {abi} < 4 has no TCP rules to confine the command to the "
-                "proxy; best-effort runs with no network at all"
-            ),
-        ),
-        (
-            Protection.NAMED_UNIX_SOCKETS,
-            "Landlock does not govern connect() to a unix socket: naming one lets seccomp "
-            "allow AF_UNIX, and with it every host unix socket the command can find "
-            "(docker.sock, the ssh agent)"
-            + ("; abstract ones stay scoped" if abi >= 6 else ", abstract ones included"),
-        ),
-        (
-            Protection.PID_ISOLATION,
-            (
-                "signals outside the sandbox blocked (Landlock scope); "
-                if abi >= 6
-                else "host processes of the user can be signalled (Landlock ABI < 6); "
-            )
-            + "ptrace, environ and mem of host processes refused (Landlock ptrace rules)",
-        ),
-        (
-            Protection.HOST_PROCESSES_HIDDEN,
-            "no pid namespace: host processes are listed in /proc with their command lines "
-            '(set host_processes = "visible" to accept this)',
-        ),
-        (Protection.ENVIRONMENT, "scrubbed environment; no inherited descriptors"),
-        (Protection.TREE_TEARDOWN, "spawn helper is child subreaper; kills the whole tree"),
-        (Protection.CPU, "RLIMIT_CPU; capabilities dropped so it cannot be raised"),
-        (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
-        (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
-    ]
-    warnings: list[str] = [
-        "landlock: file metadata (chmod, utimes, xattrs) of host files the user owns is not "
-        "confined; contents are"
-    ]
-    if abi >= 3:
-        enforced.add(Protection.FILESYSTEM_WRITE)
-        details.append(
-            (
-                Protection.FILESYSTEM_WRITE,
-                "Landlock: contents and directory entries change only in the workspace and "
-                "private tmp (metadata such as chmod/utimes is not a Landlock right)",
-            )
-        )
-        if carve_protected:
-            enforced.add(Protection.PROTECTED_PATHS)
-            details.append(
-                (
-                    Protection.PROTECTED_PATHS,
-                    "workspace granted entry by entry around protected paths; the workspace "
-                    "top level and the directories holding protected paths accept no new "
-                    "entries",
-                )
-            )
-        else:
-            details.append(
-                (
-                    Protection.PROTECTED_PATHS,
-                    "Landlock cannot take a right back below a granted directory "
-                    "(carving disabled)",
-                )
-            )
-    else:
-        reason = f"Landlock ABI {abi} < 3 does not handle truncate: files can be emptied"
-        details.append((Protection.FILESYSTEM_WRITE, reason))
-        details.append((Protection.PROTECTED_PATHS, reason))
-    resources = resource_support(cgroups, uid)
-    enforced |= resources.enforced
-    details += resources.details
-    warnings += resources.warnings
-    if abi >= 4:
-        enforced.add(Protection.NETWORK_ALLOWLIST)
-    if abi >= 6:
-        enforced.add(Protection.PID_ISOLATION)
-    else:
-        warnings.append(f"Landlock ABI {abi}: host processes of the same user can be signalled")
-    return Capabilities(
-        backend="landlock",
-        enforced=frozenset(enforced),
-        details=tuple(details),
-        warnings=tuple(warnings),
+    table = (
+        _LANDLOCK
+        | _network_rows(abi)
+        | _write_rows(abi, carve_protected)
+        | resource_support(cgroups, uid)
+        | _signal_rows(abi)
     )
+    return table.capabilities("landlock")
 
 
 @attrs.frozen(kw_only=True)
-class LandlockBackend:
+class LandlockSetting:
+    """What a run's compile gets besides the policy: its private tmp dir, and the run's
+    proxy port and URL in allowlist mode."""
+
+    tmp_dir: str
+    proxy: tuple[int, str] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
     """Landlock + seccomp + no_new_privs + rlimits/cgroup, spawned by the helper.
 
     `carve_protected`: keep the policy's protected paths read-only by granting the
     workspace entry by entry (the top level then accepts no new entries). False grants the
     whole workspace and reports PROTECTED_PATHS as not enforced.
     """
+
+    protects_workspace: ClassVar[bool] = True
+    proxy_over_tcp: ClassVar[bool] = True
 
     runner: ProcessRunner
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
@@ -269,107 +257,73 @@ class LandlockBackend:
         abi = probe_abi()
         return abi if isinstance(abi, int) else 7
 
-    def _spec(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        workspace: str,
-        tmp_dir: str,
-        proxy: tuple[int, str] | None = None,
-    ) -> Result[tuple[SpawnSpec, LandlockRuleset], SandboxError]:
+    def compile(
+        self, job: Job, setting: LandlockSetting
+    ) -> Result[Launch[LandlockRuleset], SandboxError]:
+        policy = job.policy
+        proxy = setting.proxy
         if proxy is None and policy.network.mode is NetworkMode.ALLOWLIST:
             proxy = (PROXY_PORT_PLACEHOLDER, PROXY_URL_PLACEHOLDER)  # `plan` only
         ruleset = compile_landlock_rules(
-            request,
+            job.request,
             policy,
-            self.host,
+            job.host,
             abi=self._abi(),
-            workspace=workspace,
-            tmp_dir=tmp_dir,
+            workspace=job.workspace,
+            tmp_dir=setting.tmp_dir,
             carve_protected=self.carve_protected,
             proxy=proxy,
         )
-        env = dict(ruleset.env)
         rlimits = run_rlimits(policy.limits, self.cgroups)
-        return resolve_command(request.argv[0], env, workspace).map(
-            lambda executable: (
-                SpawnSpec(
-                    argv=request.argv,
+        return resolve_command(job.request.argv[0], dict(ruleset.env), job.workspace).map(
+            lambda executable: Launch(
+                spec=spawn_spec(
+                    job,
+                    argv=tuple(job.request.argv),
                     env=ruleset.env,
-                    cwd=workspace,
-                    stdin=request.stdin,
-                    timeout_s=policy.limits.timeout_s,
-                    max_output_bytes=policy.limits.max_output_bytes,
+                    executable=executable,
                     umask=UMASK,
                     rlimits=rlimits,
                     hooks=ruleset.child_hooks(),
-                    executable=executable,
                 ),
-                ruleset,
+                compiled=ruleset,
+                cgroups=self.cgroups,
             )
         )
 
-    def plan(
-        self, request: RunRequest, policy: Policy, host: HostContext
-    ) -> Result[LaunchPlan, SandboxError]:
-        def render(built: tuple[SpawnSpec, LandlockRuleset]) -> LaunchPlan:
-            spec, ruleset = built
-            cgroup = describe_cgroups(self.cgroups)
-            return LaunchPlan(
-                backend=self.name,
-                sections=(
-                    ("argv", " ".join(spec.argv)),
-                    ("executable", spec.executable or ""),
-                    ("cwd", spec.cwd),
-                    ("environment", " ".join(name for name, _ in spec.env)),
-                    ("landlock abi", describe_abi(ruleset.abi)),
-                    ("landlock handled", render_handled(ruleset)),
-                    ("landlock rules", ruleset.render_rules()),
-                    ("seccomp", ruleset.seccomp.summary()),
-                    ("capabilities", "all dropped (bounding, ambient, effective, permitted)"),
-                    ("umask", f"{spec.umask:04o}"),
-                    ("rlimits", describe(spec.rlimits)),
-                    ("cgroup", cgroup),
-                ),
-            )
+    def plan_setting(self, policy: Policy) -> LandlockSetting:
+        return LandlockSetting(tmp_dir=TMP_PLACEHOLDER)
 
-        workspace: Result[str, SandboxError] = check_workspace(request)
-        backend = attrs.evolve(self, host=host)
-        return workspace.bind(
-            lambda path: backend._spec(
-                request, planned_policy(policy, path, host), path, TMP_PLACEHOLDER
-            )
-        ).map(render)
+    def describe(
+        self, job: Job, launch: Launch[LandlockRuleset], setting: LandlockSetting
+    ) -> LaunchPlan:
+        ruleset = launch.compiled
+        return LaunchPlan(
+            backend=self.name,
+            sections=(
+                *command_sections(launch.spec),
+                ("landlock abi", describe_abi(ruleset.abi)),
+                ("landlock handled", render_handled(ruleset)),
+                ("landlock rules", ruleset.render_rules()),
+                ("seccomp", ruleset.seccomp.summary()),
+                ("capabilities", "all dropped (bounding, ambient, effective, permitted)"),
+                *limit_sections(launch.spec, launch.cgroups),
+            ),
+        )
 
-    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = prepare_run(self, request, policy)
-        if isinstance(prepared, Failure):
-            return Failure(prepared.failure())
-        warnings, workspace, policy = prepared.unwrap()
-        tmp_dir = self.tmp_dirs.take(self.tmp_parent)
+    def open_setting(self, workspace: str, policy: Policy) -> Result[LandlockSetting, SandboxError]:
+        return Success(LandlockSetting(tmp_dir=self.tmp_dirs.take(self.tmp_parent)))
 
-        async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
-            proxy: tuple[int, str] | None = None
-            if running is not None and running.tcp_address is not None and running.tcp_url:
-                proxy = (running.tcp_address[1], running.tcp_url)
-            built = self._spec(request, policy, workspace, tmp_dir, proxy)
-            if isinstance(built, Failure):
-                return Failure(built.failure())
-            spec, _ruleset = built.unwrap()
-            return await execute_spec(
-                self.name, self.runner, spec, policy, warnings=warnings, cgroups=self.cgroups
-            )
+    def close_setting(self, setting: LandlockSetting, workspace: str) -> None:
+        self.tmp_dirs.give_back(self.tmp_parent, setting.tmp_dir)
 
-        started = run_started()
-        try:
-            if policy.network.mode is not NetworkMode.ALLOWLIST or self._abi() < 4:
-                # ABI < 4, no TCP rules: allowlist runs offline
-                return disarm_after(await body(None), workspace, policy, started)
-            # The proxy (and with it asyncio) is imported only by runs that need it.
-            from mechasandbox.network.session import EgressProxy, run_with_proxy
+    def proxy_for(self, policy: Policy) -> EgressProxy | None:
+        # ABI < 4, no TCP rules: allowlist runs offline
+        if policy.network.mode is not NetworkMode.ALLOWLIST or self._abi() < 4:
+            return None
+        from mechasandbox.network.session import EgressProxy
 
-            egress = self.egress or EgressProxy()
-            proxied = await run_with_proxy(egress, policy.network, body, listen_tcp=True)
-            return disarm_after(proxied, workspace, policy, started)
-        finally:
-            self.tmp_dirs.give_back(self.tmp_parent, tmp_dir)
+        return self.egress or EgressProxy()
+
+    def with_proxy(self, setting: LandlockSetting, proxy: RunningProxy) -> LandlockSetting:
+        return attrs.evolve(setting, proxy=loopback_proxy(proxy))

@@ -31,13 +31,9 @@ import anyio
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import (
-    HostContext,
-    LaunchPlan,
-    check_workspace,
-    scrubbed_environment,
-)
-from mechasandbox.backends.execute import execute_spec, prepare_run
+from mechasandbox.backends.base import HostContext, LaunchPlan, scrubbed_environment
+from mechasandbox.backends.capability_table import RUNNER, CapabilityTable
+from mechasandbox.backends.template import Job, Launch, SpawningBackend, spawn_spec
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendUnavailable,
@@ -182,34 +178,31 @@ def compile_args(
         return Failure(
             PolicyUnsupported(backend="apple-container", missing=(Protection.NETWORK_ALLOWLIST,))
         )
-    mounted = _mounts(request, policy, host, realpath)
-    if isinstance(mounted, Failure):
-        return Failure(mounted.failure())
-    mounts = mounted.unwrap()
-    warnings = _carve_outs(policy, host, mounts, realpath)
-    content = _container_env(policy, host)
-    if isinstance(warnings, Failure):
-        return Failure(warnings.failure())
-    if isinstance(content, Failure):
-        return Failure(content.failure())
 
-    argv: list[str] = [cli, "run", "--rm", "--name", name]
-    if policy.network.mode is NetworkMode.NONE:
-        argv += ["--network", "none"]
-    if policy.limits.memory_bytes is not None:
-        argv += ["--memory", f"{max(1, math.ceil(policy.limits.memory_bytes / MIB))}M"]
-    if cpus is not None:
-        argv += ["--cpus", str(cpus)]
-    for path, readonly in mounts:
-        suffix = ",readonly" if readonly else ""
-        argv += ["--mount", f"type=bind,source={path},target={path}{suffix}"]
-    argv += ["--workdir", mounts[0][0], "--env-file", env_file]
-    argv += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
-    return Success(
-        ContainerInvocation(
-            argv=tuple(argv), name=name, env_file=content.unwrap(), warnings=warnings.unwrap()
+    def invocation(mounts: tuple[Mount, ...]) -> Result[ContainerInvocation, SandboxError]:
+        argv: list[str] = [cli, "run", "--rm", "--name", name]
+        if policy.network.mode is NetworkMode.NONE:
+            argv += ["--network", "none"]
+        if policy.limits.memory_bytes is not None:
+            argv += ["--memory", f"{max(1, math.ceil(policy.limits.memory_bytes / MIB))}M"]
+        if cpus is not None:
+            argv += ["--cpus", str(cpus)]
+        for path, readonly in mounts:
+            suffix = ",readonly" if readonly else ""
+            argv += ["--mount", f"type=bind,source={path},target={path}{suffix}"]
+        argv += ["--workdir", mounts[0][0], "--env-file", env_file]
+        argv += ["--entrypoint", request.argv[0], image, *request.argv[1:]]
+        warnings = _carve_outs(policy, host, mounts, realpath)
+        content = _container_env(policy, host)
+        return warnings.bind(
+            lambda found: content.map(
+                lambda text: ContainerInvocation(
+                    argv=tuple(argv), name=name, env_file=text, warnings=found
+                )
+            )
         )
-    )
+
+    return _mounts(request, policy, host, realpath).bind(invocation)
 
 
 def _macos_version() -> tuple[int, ...]:
@@ -236,7 +229,39 @@ def _system_status(cli: str) -> str | None:
 
 
 @attrs.frozen(kw_only=True)
-class AppleContainerBackend:
+class ContainerSetting:
+    """What a run's compile gets besides the policy: the CLI, the container's name and the
+    env-file's path."""
+
+    cli: str
+    name: str
+    env_file: str
+
+
+_VM = "not limited per run; the VM boundary contains the damage"
+_APPLE_CONTAINER = RUNNER | CapabilityTable(
+    enforced={
+        Protection.FILESYSTEM_READ: "VM sees only the image and the mounts",
+        Protection.FILESYSTEM_WRITE: "only the mounts reach the host; VM disk discarded",
+        Protection.NETWORK_NONE: "--network none: no interface in the VM",
+        Protection.PID_ISOLATION: "separate kernel per run",
+        Protection.TREE_TEARDOWN: "container kill + delete on timeout/cancel",
+        Protection.MEMORY: "--memory of the VM",
+    },
+    gaps={
+        Protection.PROTECTED_PATHS: "the workspace is one read-write mount",
+        Protection.NETWORK_ALLOWLIST: "no bridge from the VM to the host proxy",
+        Protection.NAMED_UNIX_SOCKETS: "host unix sockets are not passed to the VM",
+        Protection.CPU: f"CPU time {_VM}",
+        Protection.PROCESSES: f"process count {_VM}",
+        Protection.OPEN_FILES: f"open files {_VM}",
+        Protection.FILE_SIZE: f"file size {_VM}",
+    },
+)
+
+
+@attrs.frozen(kw_only=True)
+class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSetting]):
     """Runs each command as `container run --rm … IMAGE argv` in a fresh VM.
 
     `image` must provide the command's toolchain and must be configured: without one the
@@ -280,159 +305,103 @@ class AppleContainerBackend:
         return Success(cli)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
-        return self._cli().map(lambda _cli: self._capabilities())
-
-    def _capabilities(self) -> Capabilities:
-        vm = "not limited per run; the VM boundary contains the damage"
-        return Capabilities(
-            backend=self.name,
-            enforced=frozenset(
-                {
-                    Protection.FILESYSTEM_READ,
-                    Protection.FILESYSTEM_WRITE,
-                    Protection.NETWORK_NONE,
-                    Protection.PID_ISOLATION,
-                    Protection.ENVIRONMENT,
-                    Protection.TIMEOUT,
-                    Protection.TREE_TEARDOWN,
-                    Protection.MEMORY,
-                }
-            ),
-            details=(
-                (Protection.FILESYSTEM_READ, "VM sees only the image and the mounts"),
-                (Protection.FILESYSTEM_WRITE, "only the mounts reach the host; VM disk discarded"),
-                (Protection.PROTECTED_PATHS, "the workspace is one read-write mount"),
-                (Protection.NETWORK_NONE, "--network none: no interface in the VM"),
-                (Protection.NETWORK_ALLOWLIST, "no bridge from the VM to the host proxy"),
-                (Protection.NAMED_UNIX_SOCKETS, "host unix sockets are not passed to the VM"),
-                (Protection.PID_ISOLATION, "separate kernel per run"),
-                (Protection.TREE_TEARDOWN, "container kill + delete on timeout/cancel"),
-                (Protection.MEMORY, "--memory of the VM"),
-                (Protection.CPU, f"CPU time {vm}"),
-                (Protection.PROCESSES, f"process count {vm}"),
-                (Protection.OPEN_FILES, f"open files {vm}"),
-                (Protection.FILE_SIZE, f"file size {vm}"),
-            ),
-        )
+        return self._cli().map(lambda _cli: _APPLE_CONTAINER.capabilities(self.name))
 
     def compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        *,
-        cli: str,
-        name: str,
-        env_file: str,
-    ) -> Result[ContainerInvocation, SandboxError]:
-        return compile_args(
-            request,
-            policy,
-            host,
-            cli=cli,
+        self, job: Job, setting: ContainerSetting
+    ) -> Result[Launch[ContainerInvocation], SandboxError]:
+        compiled = compile_args(
+            attrs.evolve(job.request, workspace=job.workspace),
+            job.policy,
+            job.host,
+            cli=setting.cli,
             image=self.image or IMAGE_PLACEHOLDER,
-            name=name,
-            env_file=env_file,
+            name=setting.name,
+            env_file=setting.env_file,
             cpus=self.cpus,
             realpath=self.realpath,
         )
-
-    def plan(
-        self, request: RunRequest, policy: Policy, host: HostContext
-    ) -> Result[LaunchPlan, SandboxError]:
-        cli = self.which("container") or "container"
-
-        def render(invocation: ContainerInvocation) -> LaunchPlan:
-            names = " ".join(line.split("=", 1)[0] for line in invocation.env_file.splitlines())
-            return LaunchPlan(
-                backend=self.name,
-                sections=(
-                    ("argv", " ".join(invocation.argv)),
-                    ("environment", names),
-                    ("image", self.image or IMAGE_PLACEHOLDER),
+        return compiled.map(
+            lambda invocation: Launch(
+                spec=spawn_spec(
+                    job, argv=invocation.argv, env=_cli_env(job.host), executable=setting.cli
                 ),
-                warnings=invocation.warnings
-                + (() if self.image else ("no image configured: runs are refused",)),
+                compiled=invocation,
+                warnings=invocation.warnings,
             )
+        )
 
-        workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(
-            lambda path: self.compile(
-                attrs.evolve(request, workspace=path),
-                policy,
-                host,
-                cli=cli,
-                name=NAME_PREFIX + "<run-id>",
-                env_file="<private env file>",
-            )
-        ).map(render)
+    def plan_setting(self, policy: Policy) -> ContainerSetting:
+        return ContainerSetting(
+            cli=self.which("container") or "container",
+            name=NAME_PREFIX + "<run-id>",
+            env_file="<private env file>",
+        )
 
-    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = prepare_run(self, request, policy)
-        if isinstance(prepared, Failure):
-            return Failure(prepared.failure())
-        warnings, workspace, policy = prepared.unwrap()
-        cli_found = self._cli()
-        if isinstance(cli_found, Failure):
-            return Failure(cli_found.failure())
-        cli = cli_found.unwrap()
-        name = NAME_PREFIX + uuid.uuid4().hex[:16]
-        with tempfile.TemporaryDirectory(prefix=NAME_PREFIX) as private:
-            env_path = os.path.join(private, "env")
-            compiled = self.compile(
-                attrs.evolve(request, workspace=workspace),
-                policy,
-                self.host,
-                cli=cli,
-                name=name,
-                env_file=env_path,
-            )
-            if isinstance(compiled, Failure):
-                return Failure(compiled.failure())
-            invocation = compiled.unwrap()
-            fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(invocation.env_file)
-            spec = SpawnSpec(
-                argv=invocation.argv,
-                env=self._cli_env(),
-                cwd=workspace,
-                stdin=request.stdin,
-                timeout_s=policy.limits.timeout_s,
-                max_output_bytes=policy.limits.max_output_bytes,
-                executable=cli,
-            )
-            finished = False
-            try:
-                result = await execute_spec(
-                    self.name,
-                    self.runner,
-                    spec,
-                    policy,
-                    warnings=warnings + invocation.warnings,
-                )
-                finished = isinstance(result, Success) and result.unwrap().exit_code is not None
-            finally:
-                if not finished:
-                    with anyio.CancelScope(shield=True):
-                        await self._remove(cli, name, workspace)
+    def describe(
+        self, job: Job, launch: Launch[ContainerInvocation], setting: ContainerSetting
+    ) -> LaunchPlan:
+        invocation = launch.compiled
+        names = " ".join(line.split("=", 1)[0] for line in invocation.env_file.splitlines())
+        return LaunchPlan(
+            backend=self.name,
+            sections=(
+                ("argv", " ".join(invocation.argv)),
+                ("environment", names),
+                ("image", self.image or IMAGE_PLACEHOLDER),
+            ),
+            warnings=invocation.warnings
+            + (() if self.image else ("no image configured: runs are refused",)),
+        )
+
+    def open_setting(
+        self, workspace: str, policy: Policy
+    ) -> Result[ContainerSetting, SandboxError]:
+        def opened(cli: str) -> ContainerSetting:
+            private = tempfile.mkdtemp(prefix=NAME_PREFIX)
+            name = NAME_PREFIX + uuid.uuid4().hex[:16]
+            return ContainerSetting(cli=cli, name=name, env_file=os.path.join(private, "env"))
+
+        found: Result[str, SandboxError] = self._cli()
+        return found.map(opened)
+
+    def close_setting(self, setting: ContainerSetting, workspace: str) -> None:
+        shutil.rmtree(os.path.dirname(setting.env_file), ignore_errors=True)
+
+    async def launch(
+        self, job: Job, launch: Launch[ContainerInvocation], setting: ContainerSetting
+    ) -> Result[RunResult, SandboxError]:
+        """The env-file written (private, as the directory it is in); after a run that did
+        not finish, the container killed and deleted."""
+        fd = os.open(setting.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(launch.compiled.env_file)
+        finished = False
+        try:
+            result = await super().launch(job, launch, setting)
+            finished = isinstance(result, Success) and result.unwrap().exit_code is not None
+        finally:
+            if not finished:
+                with anyio.CancelScope(shield=True):
+                    await self._remove(setting.cli, setting.name, job.workspace)
         return result
-
-    def _cli_env(self) -> tuple[tuple[str, str], ...]:
-        """The CLI itself needs little: it talks to the container services over XPC."""
-        host_env = dict(self.host.env)
-        keep = ("HOME", "PATH", "TMPDIR", "USER")
-        return tuple(sorted((k, host_env[k]) for k in keep if k in host_env))
 
     async def _remove(self, cli: str, name: str, cwd: str) -> None:
         """Kill and delete the container: killing the CLI alone leaves the VM running."""
         for argv in ((cli, "kill", name), (cli, "delete", "--force", name)):
             spec = SpawnSpec(
                 argv=argv,
-                env=self._cli_env(),
+                env=_cli_env(self.host),
                 cwd=cwd,
                 timeout_s=_CLEANUP_TIMEOUT_S,
                 executable=cli,
             )
             with contextlib.suppress(Exception):
                 await self.runner.run(spec)
+
+
+def _cli_env(host: HostContext) -> tuple[tuple[str, str], ...]:
+    """The CLI itself needs little: it talks to the container services over XPC."""
+    host_env = dict(host.env)
+    keep = ("HOME", "PATH", "TMPDIR", "USER")
+    return tuple(sorted((k, host_env[k]) for k in keep if k in host_env))

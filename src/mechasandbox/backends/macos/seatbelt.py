@@ -36,6 +36,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
+from typing import ClassVar
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -44,20 +45,22 @@ from mechasandbox.backends.base import (
     LAUNCHER_ENVIRONMENT,
     HostContext,
     LaunchPlan,
-    check_workspace,
     resolve_command,
     scrubbed_environment,
     unsafe_variable,
 )
-from mechasandbox.backends.execute import (
-    disarm_after,
-    execute_spec,
-    prepare_run,
-    run_started,
-)
-from mechasandbox.backends.git_indirections import planned_policy
+from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
 from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
+from mechasandbox.backends.template import (
+    Job,
+    Launch,
+    SpawningBackend,
+    launcher_environment,
+    limit_sections,
+    loopback_proxy,
+    spawn_spec,
+)
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -67,14 +70,13 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
 )
 from mechasandbox.domain.policy import NetworkMode, Policy
-from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
-from mechasandbox.limits.rlimits import describe, rlimits_for
+from mechasandbox.limits.rlimits import rlimits_for
 from mechasandbox.network.environment import proxy_environment
 from mechasandbox.network.proxy import RunningProxy
-from mechasandbox.network.session import EgressProxy, run_with_proxy
+from mechasandbox.network.session import EgressProxy
 from mechasandbox.runner.protocol import ProcessRunner
-from mechasandbox.runner.spec import RlimitSetting, SpawnSpec
+from mechasandbox.runner.spec import RlimitSetting
 
 # Only the system's copy: a `sandbox-exec` earlier on PATH could be anything.
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"
@@ -190,7 +192,42 @@ def seatbelt_rlimits(
 
 
 @attrs.frozen(kw_only=True)
-class SeatbeltBackend:
+class SeatbeltSetting:
+    """What a run's compile gets besides the policy: its private TMPDIR, the run's proxy
+    port and URL (token included) in allowlist mode, the tag of its denials in the log."""
+
+    tmpdir: str
+    proxy: tuple[int, str] | None = None
+    tag: str | None = None
+
+
+SeatbeltCompiled = tuple[SbplProfile, tuple[tuple[str, str], ...]]  # and the environment
+
+_SEATBELT = (
+    RUNNER
+    | RLIMITS
+    | CapabilityTable(
+        enforced={
+            Protection.FILESYSTEM_READ: "SBPL: system trees, workspace, TMPDIR; deny_read last",
+            Protection.FILESYSTEM_WRITE: "SBPL: workspace, private TMPDIR, policy paths",
+            Protection.PROTECTED_PATHS: "SBPL deny file-write* + no unlink/rename of parents",
+            Protection.NETWORK_NONE: "SBPL: no network rule (deny default)",
+            Protection.NAMED_UNIX_SOCKETS: "SBPL: connect to the named sockets' paths only "
+            "(full network: IP, not `network*`; the resolver's socket)",
+            Protection.MEMORY: "RLIMIT_AS (best-effort on macOS)",
+        },
+        gaps={
+            Protection.PID_ISOLATION: "host processes are visible; signals only same-sandbox",
+            Protection.TREE_TEARDOWN: "descendants from the sysctl process table, and the "
+            "run's process group after its root exits; a child that left the group (setsid) "
+            "and was orphaned to launchd before teardown escapes",
+        },
+    )
+)
+
+
+@attrs.frozen(kw_only=True)
+class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
     """Runs each command under `sandbox-exec -p PROFILE -D… -- argv`.
 
     `egress`: start the allowlist proxy per run on a random loopback port with the run's
@@ -202,6 +239,9 @@ class SeatbeltBackend:
     each run's denials are read from the unified log (`log_command stream`) and attached
     to its result; turn it off to save the bounded wait that costs.
     """
+
+    protects_workspace: ClassVar[bool] = True
+    proxy_over_tcp: ClassVar[bool] = True
 
     runner: ProcessRunner
     host: HostContext = attrs.field(factory=HostContext.current)
@@ -229,108 +269,38 @@ class SeatbeltBackend:
             return Failure(
                 BackendUnavailable(backend=self.name, reason=f"{SANDBOX_EXEC} is missing")
             )
-        enforced = {
-            Protection.FILESYSTEM_READ,
-            Protection.FILESYSTEM_WRITE,
-            Protection.PROTECTED_PATHS,
-            Protection.NETWORK_NONE,
-            Protection.NAMED_UNIX_SOCKETS,
-            Protection.ENVIRONMENT,
-            Protection.TIMEOUT,
-            Protection.CPU,
-            Protection.MEMORY,
-            Protection.OPEN_FILES,
-            Protection.FILE_SIZE,
-        }
-        details = [
-            (Protection.FILESYSTEM_READ, "SBPL: system trees, workspace, TMPDIR; deny_read last"),
-            (Protection.FILESYSTEM_WRITE, "SBPL: workspace, private TMPDIR, policy paths"),
-            (Protection.PROTECTED_PATHS, "SBPL deny file-write* + no unlink/rename of parents"),
-            (Protection.NETWORK_NONE, "SBPL: no network rule (deny default)"),
-            (
-                Protection.NAMED_UNIX_SOCKETS,
-                "SBPL: connect to the named sockets' paths only (full network: IP, not "
-                "`network*`; the resolver's socket)",
-            ),
-            (Protection.PID_ISOLATION, "host processes are visible; signals only same-sandbox"),
-            (
-                Protection.TREE_TEARDOWN,
-                "descendants from the sysctl process table, and the run's process group "
-                "after its root exits; a child that left the group (setsid) and was "
-                "orphaned to launchd before teardown escapes",
-            ),
-            (Protection.CPU, "RLIMIT_CPU"),
-            (Protection.MEMORY, "RLIMIT_AS (best-effort on macOS)"),
-            (Protection.OPEN_FILES, "RLIMIT_NOFILE"),
-            (Protection.FILE_SIZE, "RLIMIT_FSIZE"),
-        ]
         if self.egress is not None:
-            enforced.add(Protection.NETWORK_ALLOWLIST)
-            details.append(
-                (
-                    Protection.NETWORK_ALLOWLIST,
-                    "SBPL: only localhost:PORT, the run's own proxy (random port, per-run "
-                    "token in the proxy variables)",
-                )
+            allowlist = CapabilityTable(
+                enforced={
+                    Protection.NETWORK_ALLOWLIST: "SBPL: only localhost:PORT, the run's own "
+                    "proxy (random port, per-run token in the proxy variables)"
+                }
             )
         elif self.proxy_port is not None:
-            enforced.add(Protection.NETWORK_ALLOWLIST)
-            details.append(
-                (Protection.NETWORK_ALLOWLIST, f"SBPL: only localhost:{self.proxy_port} (proxy)")
-            )
+            how = f"SBPL: only localhost:{self.proxy_port} (proxy)"
+            allowlist = CapabilityTable(enforced={Protection.NETWORK_ALLOWLIST: how})
         else:
-            details.append((Protection.NETWORK_ALLOWLIST, "no allowlist proxy configured"))
+            why = "no allowlist proxy configured"
+            allowlist = CapabilityTable(gaps={Protection.NETWORK_ALLOWLIST: why})
         if self.host.uid == 0:
-            details.append((Protection.PROCESSES, "RLIMIT_NPROC does not apply to root"))
+            why = "RLIMIT_NPROC does not apply to root"
+            processes = CapabilityTable(gaps={Protection.PROCESSES: why})
         else:
-            enforced.add(Protection.PROCESSES)
-            details.append(
-                (Protection.PROCESSES, "RLIMIT_NPROC over the user's current process count")
-            )
-        return Success(
-            Capabilities(
-                backend=self.name,
-                enforced=frozenset(enforced),
-                details=tuple(details),
-                warnings=(MEMORY_NOTE, VIOLATIONS_NOTE)
-                if self.report_violations
-                else (MEMORY_NOTE,),
-            )
-        )
+            how = "RLIMIT_NPROC over the user's current process count"
+            processes = CapabilityTable(enforced={Protection.PROCESSES: how})
+        notes = (VIOLATIONS_NOTE,) if self.report_violations else ()
+        facts = CapabilityTable(warnings=(MEMORY_NOTE,), notes=notes)
+        table = _SEATBELT | allowlist | processes | facts
+        return Success(table.capabilities(self.name))
 
     def compile(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        tmpdir: str,
-        proxy_port: int | None = None,
-        log_tag: str | None = None,
-    ) -> Result[SbplProfile, SandboxError]:
-        return compile_profile(
-            request,
-            policy,
-            host,
-            tmpdir=tmpdir,
-            realpath=self.realpath,
-            proxy_port=proxy_port if proxy_port is not None else self.proxy_port,
-            log_tag=log_tag,
-        )
-
-    def _spec(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        host: HostContext,
-        workspace: str,
-        tmpdir: str,
-        proxy: tuple[int, str] | None = None,
-        log_tag: str | None = None,
-    ) -> Result[tuple[SpawnSpec, SbplProfile, tuple[tuple[str, str], ...]], SandboxError]:
-        """The spawn, the profile and the command's environment. `proxy`: the run's proxy
-        port and URL (token included) in allowlist mode."""
+        self, job: Job, setting: SeatbeltSetting
+    ) -> Result[Launch[SeatbeltCompiled], SandboxError]:
+        """The spawn, with the profile and the command's environment."""
+        request, policy, host, workspace = job.request, job.policy, job.host, job.workspace
+        proxy = setting.proxy
         env = scrubbed_environment(policy.environment, dict(host.env))
-        env["TMPDIR"] = tmpdir
+        env["TMPDIR"] = setting.tmpdir
         if proxy is not None and policy.network.mode is NetworkMode.ALLOWLIST:
             env.update(proxy_environment(proxy[1]))
         rlimits = seatbelt_rlimits(
@@ -339,111 +309,98 @@ class SeatbeltBackend:
             user_processes=self.process_count(host.uid),
             nproc_hard=_nproc_hard_limit(),
         )
-        located = attrs.evolve(request, workspace=workspace)
-        profile = self.compile(located, policy, host, tmpdir, proxy[0] if proxy else None, log_tag)
-        if isinstance(profile, Failure):
-            return Failure(profile.failure())
-        compiled = profile.unwrap()
-        environment = tuple(sorted(env.items()))
-        problem = _environment_problem(environment, tuple(request.argv))
-        if problem is not None:
-            return Failure(problem)
-        command = command_argv(environment, tuple(request.argv))
-        resolved: Result[str, SandboxError] = resolve_command(request.argv[0], env, workspace)
-        return resolved.map(
-            lambda _executable: (
-                SpawnSpec(
-                    argv=(SANDBOX_EXEC, *compiled.sandbox_exec_args(), "--", *command),
-                    env=LAUNCHER_ENVIRONMENT,
-                    cwd=workspace,
-                    stdin=request.stdin,
-                    timeout_s=policy.limits.timeout_s,
-                    max_output_bytes=policy.limits.max_output_bytes,
-                    umask=UMASK,
-                    rlimits=rlimits,
-                    executable=SANDBOX_EXEC,
-                ),
-                compiled,
-                environment,
-            )
+        profile = compile_profile(
+            attrs.evolve(request, workspace=workspace),
+            policy,
+            host,
+            tmpdir=setting.tmpdir,
+            realpath=self.realpath,
+            proxy_port=proxy[0] if proxy is not None else self.proxy_port,
+            log_tag=setting.tag,
         )
+        environment = tuple(sorted(env.items()))
 
-    def plan(
-        self, request: RunRequest, policy: Policy, host: HostContext
-    ) -> Result[LaunchPlan, SandboxError]:
-        tmpdir = posixpath.join(self.tmp_root, TMP_PREFIX + "XXXXXXXX")
-
-        def render(
-            built: tuple[SpawnSpec, SbplProfile, tuple[tuple[str, str], ...]],
-        ) -> LaunchPlan:
-            spec, profile, environment = built
-            masked = tuple((name, "\u2026") for name, _ in environment)
-            command = command_argv(masked, tuple(request.argv))
-            return LaunchPlan(
-                backend=self.name,
-                sections=(
-                    ("argv", f"{SANDBOX_EXEC} -p PROFILE -D... -- " + " ".join(command)),
-                    ("cwd", spec.cwd),
-                    ("environment", " ".join(name for name, _ in environment)),
-                    (
-                        "sandbox-exec's own environment",
-                        " ".join(f"{name}={value}" for name, value in spec.env) or "none",
+        def launched(compiled: SbplProfile) -> Result[Launch[SeatbeltCompiled], SandboxError]:
+            problem = _environment_problem(environment, tuple(request.argv))
+            if problem is not None:
+                return Failure(problem)
+            command = command_argv(environment, tuple(request.argv))
+            found: Result[str, SandboxError] = resolve_command(request.argv[0], env, workspace)
+            return found.map(
+                lambda _executable: Launch(
+                    spec=spawn_spec(
+                        job,
+                        argv=(SANDBOX_EXEC, *compiled.sandbox_exec_args(), "--", *command),
+                        env=LAUNCHER_ENVIRONMENT,
+                        executable=SANDBOX_EXEC,
+                        rlimits=rlimits,
                     ),
-                    ("umask", f"{spec.umask:04o}"),
-                    ("rlimits", describe(spec.rlimits)),
-                    ("sbpl", profile.render()),
-                ),
-                warnings=(MEMORY_NOTE, DEPRECATION_NOTE),
+                    compiled=(compiled, environment),
+                )
             )
 
+        return profile.bind(launched)
+
+    def plan_setting(self, policy: Policy) -> SeatbeltSetting:
         proxy = None
         if self.egress is not None and policy.network.mode is NetworkMode.ALLOWLIST:
             proxy = (PLAN_PROXY_PORT, PLAN_PROXY_URL)  # chosen per run
-        workspace: Result[str, SandboxError] = check_workspace(request)
-        tag = PLAN_TAG if self.report_violations else None
-        return workspace.bind(
-            lambda path: self._spec(
-                request, planned_policy(policy, path, host), host, path, tmpdir, proxy, tag
-            )
-        ).map(render)
+        return SeatbeltSetting(
+            tmpdir=posixpath.join(self.tmp_root, TMP_PREFIX + "XXXXXXXX"),
+            proxy=proxy,
+            tag=PLAN_TAG if self.report_violations else None,
+        )
 
-    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = prepare_run(self, request, policy)
-        if isinstance(prepared, Failure):
-            return Failure(prepared.failure())
-        warnings, workspace, policy = prepared.unwrap()
+    def describe(
+        self, job: Job, launch: Launch[SeatbeltCompiled], setting: SeatbeltSetting
+    ) -> LaunchPlan:
+        profile, environment = launch.compiled
+        masked = tuple((name, "\u2026") for name, _ in environment)
+        command = command_argv(masked, tuple(job.request.argv))
+        return LaunchPlan(
+            backend=self.name,
+            sections=(
+                ("argv", f"{SANDBOX_EXEC} -p PROFILE -D... -- " + " ".join(command)),
+                ("cwd", launch.spec.cwd),
+                ("environment", " ".join(name for name, _ in environment)),
+                ("sandbox-exec's own environment", launcher_environment(launch.spec)),
+                *limit_sections(launch.spec),
+                ("sbpl", profile.render()),
+            ),
+            warnings=(MEMORY_NOTE,),
+            notes=(DEPRECATION_NOTE,),
+        )
+
+    def open_setting(self, workspace: str, policy: Policy) -> Result[SeatbeltSetting, SandboxError]:
         try:
             tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
         except OSError as error:
             return Failure(BackendFailed(backend=self.name, reason=f"private TMPDIR: {error}"))
         tag = TAG_PREFIX + uuid.uuid4().hex[:16] if self.report_violations else None
+        return Success(SeatbeltSetting(tmpdir=tmpdir, tag=tag))
 
-        async def body(running: RunningProxy | None) -> Result[RunResult, SandboxError]:
-            proxy = None
-            if running is not None and running.tcp_address is not None and running.tcp_url:
-                proxy = (running.tcp_address[1], running.tcp_url)
-            built = self._spec(request, policy, self.host, workspace, tmpdir, proxy, tag)
-            if isinstance(built, Failure):
-                return Failure(built.failure())
-            spec, _profile, _environment = built.unwrap()
-            if tag is None:
-                return await execute_spec(self.name, self.runner, spec, policy, warnings=warnings)
-            async with violations.watch_denials(tag, command=self.log_command) as log:
-                outcome = await execute_spec(
-                    self.name, self.runner, spec, policy, warnings=warnings
-                )
-            return outcome.map(lambda finished: _with_denials(finished, log))
+    def close_setting(self, setting: SeatbeltSetting, workspace: str) -> None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(setting.tmpdir, ignore_errors=True)
 
-        started = run_started()
-        try:
-            if self.egress is None:
-                result = await body(None)
-            else:
-                result = await run_with_proxy(self.egress, policy.network, body, listen_tcp=True)
-        finally:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmpdir, ignore_errors=True)
-        return disarm_after(result.bind(self._profile_rejected), workspace, policy, started)
+    def proxy_for(self, policy: Policy) -> EgressProxy | None:
+        return self.egress
+
+    def with_proxy(self, setting: SeatbeltSetting, proxy: RunningProxy) -> SeatbeltSetting:
+        return attrs.evolve(setting, proxy=loopback_proxy(proxy))
+
+    async def launch(
+        self, job: Job, launch: Launch[SeatbeltCompiled], setting: SeatbeltSetting
+    ) -> Result[RunResult, SandboxError]:
+        """With the run's denials read from the log; `sandbox-exec` refusing the profile
+        is a failure of the backend, not the command's exit."""
+        if setting.tag is None:
+            result = await super().launch(job, launch, setting)
+        else:
+            async with violations.watch_denials(setting.tag, command=self.log_command) as log:
+                outcome = await super().launch(job, launch, setting)
+            result = outcome.map(lambda finished: _with_denials(finished, log))
+        return result.bind(self._profile_rejected)
 
     def _profile_rejected(self, result: RunResult) -> Result[RunResult, SandboxError]:
         """`sandbox-exec` refusing the profile is our failure, not the command's exit."""
@@ -454,9 +411,10 @@ class SeatbeltBackend:
 
 
 def _with_denials(result: RunResult, log: violations.DenialLog) -> RunResult:
-    """`result` with the run's sandbox denials, or a warning saying why there are none."""
+    """`result` with the run's sandbox denials, or a note saying why there are none (the
+    protections held all the same: only their report is missing)."""
     if log.problem is not None:
         return attrs.evolve(
-            result, warnings=(*result.warnings, f"violations not reported: {log.problem}")
+            result, notes=(*result.notes, f"violations not reported: {log.problem}")
         )
     return attrs.evolve(result, violations=(*result.violations, *log.violations()))

@@ -10,9 +10,9 @@ from mechasandbox.backends.oci.compiler import (
 from mechasandbox.backends.oci.docker import DockerBackend
 from mechasandbox.backends.oci.engine import DEFAULT_IMAGE, OciBackend, reap_leftovers
 from mechasandbox.backends.oci.podman import PodmanBackend
-from mechasandbox.backends.oci.pool import (
+from mechasandbox.backends.oci.pool import PooledBackend
+from mechasandbox.backends.oci.pool_settings import (
     AfterUse,
-    PooledBackend,
     PoolExhausted,
     PoolSettings,
     WhenExhausted,

@@ -132,7 +132,7 @@ class ContainerRun:
     `mounts`: the policy's readable, writable and masked paths (see `policy_mounts`); a
     protection mount at or below a mask is left out (the mask covers it).
 
-    `seccomp_profile`: the file of `seccomp_profile.profile_path()` (None: the engine's
+    `seccomp_profile`: the file of `SeccompProfiles.path()` (None: the engine's
     default profile). `lifeline`: how the container is tied to this process (None: not
     tied, for an image without /bin/sh; see `lifeline`).
     """

@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 import attrs
 
 from mechasandbox.backends.oci.compiler import EngineTraits
-from mechasandbox.backends.oci.engine import EngineInfo, OciBackend
+from mechasandbox.backends.oci.engine import OciBackend
+from mechasandbox.backends.oci.probe import EngineInfo
 
 # How runsc must be registered with dockerd: without its own `--network=none`, gVisor
 # refuses to start on some hosts ("cannot run with network enabled in root network
@@ -34,9 +35,7 @@ class DockerBackend(OciBackend):
     """`DockerBackend(runner=..., image=..., runtime=Runtime.RUNSC, executable="docker")`."""
 
     kind: ClassVar[str] = "docker"
-
-    def _info_args(self) -> tuple[str, ...]:
-        return ("info", "--format", "{{json .}}")
+    info_args: ClassVar[tuple[str, ...]] = ("info", "--format", "{{json .}}")
 
     def _default_traits(self) -> EngineTraits:
         return EngineTraits.docker()
@@ -50,11 +49,10 @@ class DockerBackend(OciBackend):
         runtimes: dict[str, Any] = document.get("Runtimes") or {}
         runsc_problem = None
         warnings: list[str] = []
+        notes: list[str] = []
         runsc_args = list((runtimes.get("runsc") or {}).get("runtimeArgs") or [])
         if "runsc" in runtimes and not _has_network_none(runsc_args):
-            warnings.append(
-                "runsc is registered without --network=none; if it fails: " + RUNSC_HINT
-            )
+            notes.append("runsc is registered without --network=none; if it fails: " + RUNSC_HINT)
         if "runsc" in runtimes and not _has_oci_seccomp(runsc_args):
             runsc_problem = (
                 "runsc is registered without --oci-seccomp: gVisor would ignore the "
@@ -71,4 +69,5 @@ class DockerBackend(OciBackend):
             pids=bool(document.get("PidsLimit", True)),
             runsc_problem=runsc_problem,
             warnings=tuple(warnings),
+            notes=tuple(notes),
         )

@@ -229,32 +229,38 @@ class Attached:
 
 # -- the sweep ------------------------------------------------------------------------------
 
-_SWEPT: set[tuple[str, str]] = set()
-_SWEPT_LOCK = threading.Lock()
 
+class Sweeps:
+    """The engines swept so far (see `sweep_beside`): once each, by the first run."""
 
-def claim_sweep(key: tuple[str, str]) -> bool:
-    """Whether this run makes the process's sweep for this engine (the first one does)."""
-    with _SWEPT_LOCK:
-        if key in _SWEPT:
-            return False
-        _SWEPT.add(key)
-        return True
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._swept: set[tuple[str, str]] = set()
+
+    def claim(self, key: tuple[str, str]) -> bool:
+        """Whether this run makes the sweep for this engine (the first one does)."""
+        with self._lock:
+            if key in self._swept:
+                return False
+            self._swept.add(key)
+            return True
 
 
 async def sweep_beside(
+    sweeps: Sweeps,
     key: tuple[str, str],
     sweep: Callable[[], Awaitable[object]],
     run: Callable[[], Awaitable[Result[Any, SandboxError]]],
     *,
     concurrently: bool = True,
 ) -> Result[Any, SandboxError]:
-    """`run()`, with this process's first run on an engine also removing the containers
-    that processes of ours which died left behind (`OciBackend.reap_leftovers`): beside the
-    run (its result waits for that, which is over long before a container is), or first,
+    """`run()`, with the first run on an engine (the first `sweeps` sees) also removing the
+    containers that processes of ours which died left behind (`OciBackend.reap_leftovers`):
+    beside the run (its result waits for that, which is over long before a container is),
+    or first,
     where the engine's CLI calls must not overlap (`concurrently=False`: podman, whose
     conmon the spawn helper takes for a stray of whichever run ends first)."""
-    if not claim_sweep(key):
+    if not sweeps.claim(key):
         return await run()
 
     async def quietly() -> None:

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import attrs
 
 from mechasandbox.backends.oci.compiler import EngineTraits
-from mechasandbox.backends.oci.engine import EngineInfo, OciBackend
+from mechasandbox.backends.oci.engine import OciBackend
+from mechasandbox.backends.oci.probe import EngineInfo
 
 CATATONIT_PATHS = (
     "/usr/libexec/podman/catatonit",
@@ -43,16 +44,12 @@ class PodmanBackend(OciBackend):
     """`PodmanBackend(runner=..., image=..., runtime=Runtime.RUNSC, executable="podman")`."""
 
     kind: ClassVar[str] = "podman"
-
-    def _info_args(self) -> tuple[str, ...]:
-        return ("info", "--format", "json")
+    info_args: ClassVar[tuple[str, ...]] = ("info", "--format", "json")
+    label_template: ClassVar[str] = '{{{{index .Labels "{key}"}}}}'
 
     def _default_traits(self) -> EngineTraits:
         init, init_path = find_init()
         return EngineTraits.podman(init=init, init_path=init_path, rootless=os.getuid() != 0)
-
-    def _label_template(self, key: str) -> str:
-        return f'{{{{index .Labels "{key}"}}}}'
 
     def _parse_info(self, document: Any) -> EngineInfo | str:
         host = document["host"]
@@ -65,8 +62,9 @@ class PodmanBackend(OciBackend):
         }
         init, init_path = find_init()
         warnings: list[str] = []
+        notes: list[str] = []
         if not init:
-            warnings.append("no catatonit or static tini: the command runs as PID 1 (no --init)")
+            notes.append("no catatonit or static tini: the command runs as PID 1 (no --init)")
         if "memory" not in controllers:
             warnings.append("podman cannot use the memory cgroup here (rootless on cgroup v1?)")
         if "pids" not in controllers:
@@ -78,4 +76,5 @@ class PodmanBackend(OciBackend):
             memory="memory" in controllers,
             pids="pids" in controllers,
             warnings=tuple(warnings),
+            notes=tuple(notes),
         )

@@ -31,7 +31,6 @@ input into (no `-t`; its own devpts).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -39,8 +38,10 @@ import platform
 import shutil
 import tempfile
 import threading
+import weakref
 from typing import Any
 
+from mechasandbox.leftovers import temp_prefix
 from mechasandbox.backends.linux.seccomp import (
     CLONE_NAMESPACE_FLAGS,
     DEFAULT_DENIED,
@@ -48,7 +49,6 @@ from mechasandbox.backends.linux.seccomp import (
     MODE_ARGUMENT,
     SETID_BITS,
 )
-from mechasandbox.leftovers import temp_prefix
 
 # The calls docker's default profile allows a container without capabilities on every
 # architecture (moby profiles/seccomp/default.json, its first and unconditional entry).
@@ -199,39 +199,49 @@ def summary() -> str:
     )
 
 
-# The profile is written once per process to a private directory of its own (mkdtemp:
-# 0700, a fresh name): the engine CLI reads it at each `run`, and nobody else can swap it.
-_WRITTEN: dict[str, str] = {}
-_WRITTEN_LOCK = threading.Lock()
+class SeccompProfiles:
+    """The profile files written so far, one per architecture, each to a private directory
+    of its own (mkdtemp: 0700, a fresh name): the engine CLI reads it at each `run`, and
+    nobody else can swap it. `close` removes them, as the interpreter's exit does at the
+    latest."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._written: dict[str, str] = {}
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
-def profile_path(machine: str | None = None) -> str | None:
-    """The profile's file for `--security-opt seccomp=`, written on first use (None: no
-    profile for this architecture)."""
-    profile = container_profile(machine)
-    if profile is None:
-        return None
-    key = machine_name(machine)
-    with _WRITTEN_LOCK:
-        path = _WRITTEN.get(key)
-        if path is not None and os.path.isfile(path):
+    def path(self, machine: str | None = None) -> str | None:
+        """The profile's file for `--security-opt seccomp=`, written on first use (None: no
+        profile for this architecture)."""
+        profile = container_profile(machine)
+        if profile is None:
+            return None
+        key = machine_name(machine)
+        with self._lock:
+            path = self._written.get(key)
+            if path is not None and os.path.isfile(path):
+                return path
+            if self._finalizer is None or not self._finalizer.alive:
+                self._finalizer = weakref.finalize(self, _remove, self._written, self._lock)
+            directory = tempfile.mkdtemp(prefix=temp_prefix("seccomp"))
+            path = os.path.join(directory, f"{key}.json")
+            self._written[key] = path
+            with open(path, "x", encoding="utf-8") as handle:
+                json.dump(profile, handle, indent=1, sort_keys=True)
+            os.chmod(path, 0o600)  # the engine CLI runs as the caller and reads it
             return path
-        directory = tempfile.mkdtemp(prefix=temp_prefix("seccomp"))
-        path = os.path.join(directory, f"{key}.json")
-        with open(path, "x", encoding="utf-8") as handle:
-            json.dump(profile, handle, indent=1, sort_keys=True)
-        os.chmod(path, 0o600)  # the engine CLI runs as the caller and reads it
-        _WRITTEN[key] = path
-        return path
+
+    def close(self) -> None:
+        with self._lock:
+            finalizer = self._finalizer
+        if finalizer is not None:
+            finalizer()
 
 
-def _remove_at_exit() -> None:
-    with _WRITTEN_LOCK:
-        paths = list(_WRITTEN.values())
-        _WRITTEN.clear()
+def _remove(written: dict[str, str], lock: threading.Lock) -> None:
+    with lock:
+        paths = list(written.values())
+        written.clear()
     for path in paths:
         with contextlib.suppress(OSError):
             shutil.rmtree(os.path.dirname(path))
-
-
-atexit.register(_remove_at_exit)

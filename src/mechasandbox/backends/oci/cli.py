@@ -1,0 +1,154 @@
+"""Calling an engine's CLI (`docker`, `podman`): its environment, its specs, its answers.
+
+Everything is driven through the engine's CLI, spawned by the injected `ProcessRunner`
+(why the CLI and not docker-py: see docs/backends-containers.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from returns.result import Failure, Result
+
+from mechasandbox.backends.oci.env_file import env_file_hook
+from mechasandbox.backends.oci.portal import Portal
+from mechasandbox.domain.errors import SpawnFailed
+from mechasandbox.runner.proctree import pid_exists
+from mechasandbox.runner.protocol import ProcessRunner
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+
+# Host variables the engine CLI itself needs (where the engine is, its config and
+# credentials). The CLI gets these and nothing else, so that a bare `NAME` can never pick up
+# a host secret; the command's environment is passed as explicit NAME=VALUE lines of an env
+# file on a descriptor (see `env_file`), never on the CLI's command line.
+CLI_ENV_NAMES = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_API_VERSION",
+    "CONTAINER_HOST",
+    "CONTAINER_CONNECTION",
+    "CONTAINER_SSHKEY",
+    "CONTAINERS_CONF",
+    "CONTAINERS_STORAGE_CONF",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+)
+
+CLI_TIMEOUT_S = 60.0
+CLI_OUTPUT_BYTES = 1024 * 1024
+SIGNAL_BASE = 128  # the engine reports "killed by signal N" as exit status 128 + N
+ENGINE_ERROR = 125  # the engine failed before or while starting the container
+
+
+def cli_environment(host_env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    env = {name: host_env[name] for name in CLI_ENV_NAMES if name in host_env}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return tuple(sorted(env.items()))
+
+
+def find_executable(command: str, host_env: Mapping[str, str]) -> str | None:
+    """`command` as given (a path) or found on the host's PATH, if it can be run."""
+    if os.sep in command:
+        return command if os.access(command, os.X_OK) else None
+    return shutil.which(command, path=host_env.get("PATH", os.defpath))
+
+
+@attrs.frozen(kw_only=True)
+class EngineCli:
+    """One engine CLI as this process calls it: through `runner`, with `env` only."""
+
+    runner: ProcessRunner
+    executable: str
+    env: tuple[tuple[str, str], ...]
+
+    def spec(
+        self,
+        args: tuple[str, ...],
+        *,
+        stdin: bytes | None = None,
+        timeout_s: float | None = CLI_TIMEOUT_S,
+        max_output_bytes: int = CLI_OUTPUT_BYTES,
+        env_file: bytes | None = None,
+    ) -> SpawnSpec:
+        """`env_file`: the command's env file, readable by the CLI on `ENV_FILE_FD`."""
+        return SpawnSpec(
+            argv=(self.executable, *args),
+            env=self.env,
+            cwd="/",
+            stdin=stdin,
+            timeout_s=timeout_s,
+            max_output_bytes=max_output_bytes,
+            executable=self.executable,
+            hooks=() if env_file is None else (env_file_hook(env_file),),
+        )
+
+    async def run(self, *args: str) -> Result[ProcessOutcome, SpawnFailed]:
+        """`ENGINE ARGS...` with the default timeout and output cap."""
+        return await self.runner.run(self.spec(args))
+
+    def run_blocking(self, portal: Portal, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
+        """`spec` (one of this CLI's) run to completion on `portal`: from synchronous code
+        (a probe, a removal on close or at exit), even inside a running event loop."""
+        return portal.call(functools.partial(self.runner.run, spec))
+
+    async def state(self, name: str) -> dict[str, Any] | None:
+        """The container's `.State` (OOMKilled, Error, ExitCode), or None if there is none."""
+        inspected = await self.run("inspect", "--format", "{{json .State}}", name)
+        if isinstance(inspected, Failure) or inspected.unwrap().exit_code != 0:
+            return None
+        try:
+            state = json.loads(inspected.unwrap().stdout)
+        except ValueError:
+            return None
+        return state if isinstance(state, dict) else None
+
+
+def owner_id() -> str:
+    """This host process, as written into every container's owner label."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_gone(owner: str) -> bool:
+    """The owner label names a process of this host that no longer exists."""
+    hostname, _, pid_text = owner.rpartition(":")
+    if hostname != socket.gethostname() or not pid_text.isdigit():
+        return False
+    return not pid_exists(int(pid_text))
+
+
+def tail(data: bytes, limit: int = 500) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text[-limit:] if text else "(no output)"
+
+
+def exit_status(code: int | None, signal: int | None) -> tuple[int | None, int | None]:
+    """(exit code, signal) of the command, from what the engine CLI ended with: the engine
+    reports a command killed by signal N as status 128 + N."""
+    if code is not None and SIGNAL_BASE < code <= SIGNAL_BASE + 64:
+        return None, code - SIGNAL_BASE
+    return code, signal
+
+
+def gone(removed: Result[ProcessOutcome, SpawnFailed]) -> bool:
+    """Whether an `rm --force` left the engine without the container: it succeeded, or
+    there was none. A container is forgotten only then: a removal that failed (the engine
+    busy, the CLI cut short) would otherwise leave it running with nobody to remove it."""
+    if isinstance(removed, Failure):
+        return False
+    outcome = removed.unwrap()
+    return outcome.exit_code == 0 or b"no such container" in outcome.stderr.lower()

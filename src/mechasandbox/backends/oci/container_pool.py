@@ -1,0 +1,581 @@
+"""The containers of one warm pool: keys, members, the maintenance thread (see `pool`)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import attrs
+from anyio.from_thread import start_blocking_portal
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.oci import lifeline, live, protection
+from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, tail
+from mechasandbox.backends.oci.compiler import (
+    ContainerRun,
+    compile_container_args,
+    compile_exec_args,
+)
+from mechasandbox.backends.oci.engine import OciBackend
+from mechasandbox.backends.oci.lifeline import Attached, Lifeline
+from mechasandbox.backends.oci.policy_mounts import PolicyMounts
+from mechasandbox.backends.oci.pool_settings import (
+    AfterUse,
+    PoolExhausted,
+    PoolSettings,
+    WhenExhausted,
+)
+from mechasandbox.backends.oci.portal import Portal
+from mechasandbox.backends.outcome import classify, run_result
+from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.backends.workspace.workspace_locks import locked_too_long
+from mechasandbox.domain.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    MemoryLimit,
+    SandboxError,
+    SpawnFailed,
+)
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult, Usage
+from mechasandbox.limits.cgroup import CgroupEvents, ProcessCgroup
+from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
+
+_POLL_S = 0.02
+_MAINTENANCE_TICK_S = 0.1
+_START_TIMEOUT_S = 60.0
+_START_POLL_S = 0.05
+_GONE_MARKERS = (b"No such container", b"no such container", b"is not running")
+
+
+def _exec_failure(outcome: ProcessOutcome) -> bytes | None:
+    """The engine's message when `exec` could not start the command (docker writes it to
+    stdout, podman to stderr), judged by the first line only."""
+    for stream in (outcome.stderr, outcome.stdout):
+        first = stream.lstrip().split(b"\n", 1)[0]
+        if b"exec failed:" in first and (b"OCI" in first or b"runc" in first or b"crun" in first):
+            return first.strip()
+    return None
+
+
+# -- pool members and keys ------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Member:
+    run: ContainerRun
+    placeholders: tuple[str, ...]
+    created: float
+    last_used: float
+    # The host paths its protection mounts stand on, held from before it was created: one
+    # replaced since took its mount off in this container (see `linux.guards`).
+    guards: GuardSet = attrs.field(factory=lambda: GuardSet(()))
+    cgroup: ProcessCgroup | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """The containers of one key, and how to make another."""
+
+    key: tuple[str, ...]
+    make_run: Callable[[], ContainerRun]
+    compile: Callable[[ContainerRun], tuple[str, ...]]
+    idle: list[_Member] = attrs.field(factory=list)
+    busy: set[_Member] = attrs.field(factory=set)
+    starting: int = 0
+    last_used: float = 0.0
+    retired: bool = False
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + len(self.busy) + self.starting
+
+
+class ContainerPool:
+    """The containers of one `PooledBackend` (see the module's doc)."""
+
+    def __init__(self, backend: OciBackend, settings: PoolSettings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._slots: dict[tuple[str, ...], _Slot] = {}
+        # Starts, removals and the idle timeout run in the background, on a loop of their own.
+        self._maintenance = Portal("mechasandbox-pool", background=self._expire)
+        self._closed = False
+        self._members: dict[str, _Member] = {}  # every container made and not yet removed
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def _submit(self, job: Callable[[], Awaitable[None]]) -> None:
+        with self._lock:
+            closed = self._closed
+        if closed:
+            # No maintenance any more: do it now, on a loop of its own.
+            with start_blocking_portal(name="mechasandbox-pool-closed") as portal:
+                portal.call(job)
+            return
+        self._maintenance.start_soon(job)
+
+    async def _expire(self, stopping: threading.Event) -> None:
+        """Stop the containers idle for too long, until the pool closes. (Its jobs under
+        way finish then: a start cut short could leave a container the engine creates after
+        our `rm`; a start that ends after close removes its own.)"""
+        async with anyio.create_task_group() as group:
+            while not (stopping.is_set() or self._closed):
+                self._expire_idle(group)
+                await anyio.sleep(_MAINTENANCE_TICK_S)
+
+    def _expire_idle(self, group: anyio.abc.TaskGroup) -> None:
+        now = time.monotonic()
+        doomed: list[_Member] = []
+        with self._lock:
+            for key, slot in list(self._slots.items()):
+                timeout = self.settings.idle_timeout_s
+                keep = [m for m in slot.idle if now - m.last_used < timeout]
+                doomed += [m for m in slot.idle if m not in keep]
+                slot.idle = keep
+                if slot.total == 0 and (slot.retired or now - slot.last_used >= timeout):
+                    del self._slots[key]
+        for member in doomed:
+            group.start_soon(self._remove, member)
+
+    # -- engine calls --------------------------------------------------------------------
+
+    def _cli(self) -> EngineCli:
+        return self.backend._cli(self.backend._engine().unwrap()[2])
+
+    async def _remove(self, member: _Member) -> None:
+        cli = self._cli()
+        with anyio.CancelScope(shield=True):
+            removed = await cli.run(*self.backend._remove_args(member.name))
+        if gone(removed):
+            self._forget(member)
+        # Otherwise it stays known: `close` and the exit handler remove it again.
+
+    def _forget(self, member: _Member) -> None:
+        with self._lock:
+            known = self._members.pop(member.name, None)
+        self.backend.state.live.discard(member.name)
+        if known is not None:
+            member.guards.close()
+            self.backend.state.placeholders.release(member.run.workspace, member.placeholders)
+
+    async def _start(self, slot: _Slot) -> Result[_Member, SandboxError]:
+        """Create and start one container of `slot` and check it answers an `exec`."""
+        backend = self.backend
+        cli = self._cli()
+        run = slot.make_run()
+        placeholders = protection.placeholder_paths(run)
+        if not backend.state.placeholders.hold(run.workspace, placeholders):
+            return Failure(BackendFailed(backend=backend.name, reason=locked_too_long("container")))
+        backend.state.live.add(run.name, cli)
+        member = _Member(
+            run=run,
+            placeholders=placeholders,
+            created=time.monotonic(),
+            last_used=0.0,
+            guards=protection.guards(run),
+        )
+        with self._lock:
+            self._members[member.name] = member
+        ok = False
+        try:
+            spec = cli.spec(slot.compile(run), timeout_s=_START_TIMEOUT_S)
+            problem = await (
+                self._start_detached(member, spec)
+                if run.lifeline is None
+                else self._start_attached(member, spec)
+            )
+            if problem is not None:
+                return Failure(BackendFailed(backend=backend.name, reason=problem))
+            member.cgroup = await self._find_cgroup(member)
+            member.last_used = time.monotonic()
+            ok = True
+            return Success(member)
+        finally:
+            if not ok:
+                with anyio.CancelScope(shield=True):
+                    # The CLI may have been cut short while the engine was still creating it.
+                    await live.remove(cli, run.name, run.run_id, thorough=True)
+                self._forget(member)
+
+    async def _start_detached(self, member: _Member, spec: SpawnSpec) -> str | None:
+        """An untied keeper (`run --detach`): started once the CLI returns."""
+        started = await self.backend.runner.run(spec)
+        if isinstance(started, Failure):
+            return str(started.failure().message)
+        if started.unwrap().exit_code != 0:
+            return f"cannot start a pool container: {tail(started.unwrap().stderr)}"
+        if not await self._healthy(member):
+            return "a new pool container is unhealthy"
+        return None
+
+    async def _start_attached(self, member: _Member, spec: SpawnSpec) -> str | None:
+        """A keeper tied to this process (see `lifeline`): its CLI stays attached, in a
+        thread of its own, for as long as the container lives; started once it answers an
+        `exec`."""
+        removal = (self._cli().executable, *self.backend._remove_args(member.name))
+        attached = Attached(
+            self.backend.runner.run,
+            lifeline.tie(attrs.evolve(spec, timeout_s=None), removal=removal),
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not attached.done():
+            if await self._healthy(member):
+                return None
+            if time.monotonic() > deadline:
+                return "a new pool container did not start in time"
+            await anyio.sleep(_START_POLL_S)
+        return f"cannot start a pool container: {attached.failure_reason()}"
+
+    async def _healthy(self, member: _Member) -> bool:
+        spec = self._cli().spec(("exec", member.name, "true"), timeout_s=20.0)
+        checked = await self.backend.runner.run(spec)
+        return isinstance(checked, Success) and checked.unwrap().exit_code == 0
+
+    async def _find_cgroup(self, member: _Member) -> ProcessCgroup | None:
+        env = dict(self.backend.host.env)
+        if any(env.get(name) for name in ("DOCKER_HOST", "CONTAINER_HOST", "DOCKER_CONTEXT")):
+            return None  # a remote engine: its cgroups are not ours to read
+        inspected = await self._cli().run("inspect", "--format", "{{.State.Pid}}", member.name)
+        if isinstance(inspected, Failure) or inspected.unwrap().exit_code != 0:
+            return None
+        text = inspected.unwrap().stdout.decode().strip()
+        return ProcessCgroup.of(int(text)) if text.isdigit() and int(text) > 0 else None
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def _slot(
+        self, request: RunRequest, policy: Policy, workspace: str, mounts: PolicyMounts
+    ) -> _Slot:
+        backend = self.backend
+        traits = backend._traits()
+        layout = backend._protection_layout(workspace, policy)
+
+        tied = backend._engine().map(lambda found: found[1].shell).value_or(False)
+
+        def make_run() -> ContainerRun:
+            run = backend._container_run(workspace, policy, layout=layout, mounts=mounts)
+            return attrs.evolve(run, lifeline=Lifeline()) if tied else run
+
+        def compile_args(run: ContainerRun) -> tuple[str, ...]:
+            return compile_container_args(
+                request,
+                policy,
+                backend.host,
+                backend.image,
+                backend.runtime,
+                traits,
+                run=run,
+                cpus=backend.cpus,
+                keeper=True,
+            )
+
+        # The key: the creation arguments with this container's own name and labels left out.
+        sample = attrs.evolve(make_run(), run_id="KEY", owner="KEY")
+        key = (self._cli().executable, *compile_args(sample))
+        now = time.monotonic()
+        evicted: list[_Member] = []
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = _Slot(key=key, make_run=make_run, compile=compile_args)
+                self._slots[key] = slot
+                evicted = self._evict_keys(keep=slot)
+            slot.last_used = now
+        for member in evicted:
+            self._submit(functools.partial(self._remove, member))
+        return slot
+
+    def _evict_keys(self, *, keep: _Slot) -> list[_Member]:
+        """Beyond `max_keys`: retire the least recently used keys (their idle containers
+        now, their busy ones when they come back). Called with the lock held."""
+        evicted: list[_Member] = []
+        live = [s for s in self._slots.values() if s is not keep and not s.retired]
+        excess = len(live) + 1 - self.settings.max_keys
+        for slot in sorted(live, key=lambda s: s.last_used)[: max(excess, 0)]:
+            slot.retired = True
+            evicted += slot.idle
+            slot.idle = []
+            if slot.total == 0:
+                del self._slots[slot.key]
+        return evicted
+
+    def _replenish(self, slot: _Slot) -> None:
+        """Start containers in the background until the slot has `size` of them."""
+        with self._lock:
+            if self._closed or slot.retired:
+                return
+            missing = self.settings.size - slot.total
+            slot.starting += max(missing, 0)
+        for _ in range(max(missing, 0)):
+            self._submit(lambda: self._start_into(slot))
+
+    async def _start_into(self, slot: _Slot) -> None:
+        started = await self._start(slot)
+        with self._lock:
+            slot.starting -= 1
+            if isinstance(started, Success) and not (self._closed or slot.retired):
+                slot.idle.append(started.unwrap())
+                return
+        if isinstance(started, Success):
+            await self._remove(started.unwrap())
+
+    async def _acquire(self, slot: _Slot) -> Result[_Member, SandboxError]:
+        settings = self.settings
+        began = time.monotonic()
+        while True:
+            member: _Member | None = None
+            start_here = False
+            with self._lock:
+                if self._closed:
+                    return Failure(
+                        BackendUnavailable(backend=self.backend.name, reason="the pool is closed")
+                    )
+                slot.last_used = time.monotonic()
+                if slot.idle:
+                    member = slot.idle.pop()
+                    slot.busy.add(member)
+                elif slot.total < settings.size:
+                    slot.starting += 1
+                    start_here = True
+            if member is not None:
+                if member.guards.lost():  # its mounts no longer cover what they did
+                    self._discard(slot, member)
+                    continue
+                stale = time.monotonic() - member.last_used > settings.health_check_after_s
+                if stale and not await self._healthy(member):
+                    self._discard(slot, member)
+                    continue
+                self._replenish(slot)
+                return Success(member)
+            if start_here:
+                # Nothing warm: this caller pays for one start; the rest come in the background.
+                started = await self._start(slot)
+                with self._lock:
+                    slot.starting -= 1
+                    if isinstance(started, Success):
+                        slot.busy.add(started.unwrap())
+                if isinstance(started, Success):
+                    self._replenish(slot)
+                return started
+            waited = time.monotonic() - began
+            if settings.when_exhausted is WhenExhausted.FAIL or waited >= settings.wait_timeout_s:
+                return Failure(
+                    PoolExhausted(
+                        backend=self.backend.name,
+                        reason=(
+                            f"all {settings.size} pool containers for this workspace and "
+                            f"policy are busy (waited {waited:.1f}s)"
+                        ),
+                        size=settings.size,
+                        waited_s=waited,
+                    )
+                )
+            await anyio.sleep(_POLL_S)
+
+    def _discard(self, slot: _Slot, member: _Member) -> None:
+        """Remove `member` in the background and start a replacement."""
+        with self._lock:
+            slot.busy.discard(member)
+        self._submit(lambda: self._remove(member))
+        self._replenish(slot)
+
+    def _give_back(self, slot: _Slot, member: _Member, *, reusable: bool) -> None:
+        member.last_used = time.monotonic()
+        if reusable and self.settings.after_use is AfterUse.REUSE:
+            with self._lock:
+                slot.busy.discard(member)
+                if not (self._closed or slot.retired):
+                    slot.idle.append(member)
+                    return
+            self._submit(lambda: self._remove(member))
+            return
+        self._discard(slot, member)
+
+    # -- running -------------------------------------------------------------------------
+
+    def warm(
+        self, request: RunRequest, policy: Policy, workspace: str, mounts: PolicyMounts
+    ) -> None:
+        """Start `size` containers for this key in the background, before the first run."""
+        self._replenish(self._slot(request, policy, workspace, mounts))
+
+    async def run(
+        self,
+        request: RunRequest,
+        policy: Policy,
+        workspace: str,
+        warnings: tuple[str, ...],
+        mounts: PolicyMounts,
+    ) -> Result[RunResult, SandboxError]:
+        made = self.backend._env_file(policy, self.backend.host)
+        if isinstance(made, Failure):
+            return Failure(made.failure())
+        slot = self._slot(request, policy, workspace, mounts)
+        acquired = await self._acquire(slot)
+        if isinstance(acquired, Failure):
+            return Failure(acquired.failure())
+        member = acquired.unwrap()
+        backend = self.backend
+        args = compile_exec_args(
+            request, policy, backend.host, container=member.name, workspace=workspace
+        )
+        spec = self._cli().spec(
+            args,
+            stdin=request.stdin,
+            timeout_s=policy.limits.timeout_s,
+            max_output_bytes=policy.limits.max_output_bytes,
+            env_file=made.unwrap(),
+        )
+        cgroup = member.cgroup
+        before = (cgroup.cpu_ns(), cgroup.events()) if cgroup is not None else None
+        if cgroup is not None:
+            cgroup.reset_memory_peak()
+        reusable = False
+        killed = True
+        try:
+            launched = await backend.runner.run(attrs.evolve(spec, watch=member.guards.watcher()))
+            if isinstance(launched, Failure):
+                return Failure(
+                    BackendFailed(backend=backend.name, reason=launched.failure().message)
+                )
+            outcome = launched.unwrap()
+            if outcome.stopped is not None:  # a guard came off: the container goes
+                return Failure(
+                    BackendFailed(backend=backend.name, reason=f"stopped: {outcome.stopped}")
+                )
+            if outcome.timed_out:
+                # `exec` has no kill: the container goes (in the finally, before we return),
+                # with everything the command started.
+                result = self._result(outcome, warnings, member, before, code=None, sig=None)
+                return classify(result, limits=policy.limits, timed_out=True)
+            killed = False
+            concluded = await self._conclude(request, policy, outcome, warnings, member, before)
+            reusable = isinstance(concluded, Success) and concluded.unwrap().signal is None
+            return concluded
+        finally:
+            if killed:
+                with anyio.CancelScope(shield=True):
+                    await self._kill(member)
+            self._give_back(slot, member, reusable=reusable and not killed)
+
+    async def _kill(self, member: _Member) -> None:
+        """Force-remove now (the timeout or cancel path): nothing the command started survives."""
+        with anyio.CancelScope(shield=True):
+            await self._cli().run(*self.backend._remove_args(member.name))
+
+    def _result(
+        self,
+        outcome: ProcessOutcome,
+        warnings: tuple[str, ...],
+        member: _Member,
+        before: tuple[int, CgroupEvents] | None,
+        *,
+        code: int | None,
+        sig: int | None,
+    ) -> RunResult:
+        usage = Usage()
+        cgroup = member.cgroup
+        if cgroup is not None and before is not None:
+            cpu_ns = max(cgroup.cpu_ns() - before[0], 0)
+            usage = Usage(cpu_s=cpu_ns / 1e9, max_rss_bytes=cgroup.memory_peak())
+        result = run_result(self.backend.name, outcome, warnings=warnings)
+        return attrs.evolve(result, exit_code=code, signal=sig, usage=usage)
+
+    async def _conclude(
+        self,
+        request: RunRequest,
+        policy: Policy,
+        outcome: ProcessOutcome,
+        warnings: tuple[str, ...],
+        member: _Member,
+        before: tuple[int, CgroupEvents] | None,
+    ) -> Result[RunResult, SandboxError]:
+        backend = self.backend
+        status = outcome.exit_code
+        code, sig = exit_status(status, outcome.signal)
+        result = self._result(outcome, warnings, member, before, code=code, sig=sig)
+        failure = _exec_failure(outcome)
+        if status in (126, 127) and failure is not None:
+            reason = "command not found" if b"not found" in failure else "not executable"
+            return Failure(
+                SpawnFailed(
+                    command=request.argv[0],
+                    reason=f"{reason} in image {backend.image!r}: {tail(failure, 200)}",
+                    exit_status=127 if reason == "command not found" else 126,
+                )
+            )
+        gone = status not in (0, None) and any(m in outcome.stderr for m in _GONE_MARKERS)
+        if gone and not await self._healthy(member):
+            reason = f"the pool container went away: {tail(outcome.stderr)}"
+            return Failure(BackendFailed(backend=backend.name, reason=reason))
+        events: CgroupEvents | None = None
+        cgroup = member.cgroup
+        if cgroup is not None and before is not None:
+            after = cgroup.events()
+            events = CgroupEvents(
+                oom_kills=after.oom_kills - before[1].oom_kills,
+                pids_max_hits=after.pids_max_hits - before[1].pids_max_hits,
+            )
+        elif (
+            sig == signal.SIGKILL
+            and policy.limits.memory_bytes is not None
+            and await self._oom_killed(member)
+        ):
+            detail = (
+                f"memory limit of {policy.limits.memory_bytes} bytes exceeded; "
+                "the command was OOM-killed"
+            )
+            return Failure(MemoryLimit(detail=detail, partial=result))
+        return classify(result, limits=policy.limits, timed_out=False, events=events)
+
+    async def _oom_killed(self, member: _Member) -> bool:
+        """Without the cgroup: the engine's OOMKilled flag (set when the keeper died too)."""
+        state = await self._cli().state(member.name)
+        return state is not None and bool(state.get("OOMKilled"))
+
+    # -- shutting down -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Containers by state, over every key (for tests and diagnostics)."""
+        with self._lock:
+            slots = list(self._slots.values())
+            return {
+                "keys": len(slots),
+                "idle": sum(len(s.idle) for s in slots),
+                "busy": sum(len(s.busy) for s in slots),
+                "starting": sum(s.starting for s in slots),
+            }
+
+    def close(self) -> None:
+        """Remove every container of the pool (idle or busy) and stop its thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._slots.clear()
+        self._maintenance.close()
+        engine = self.backend._engine()
+        if isinstance(engine, Failure):
+            return
+        cli = self.backend._cli(engine.unwrap()[2])
+        with self._lock:
+            members = list(self._members.values())
+        for member in members:
+            removed: Result[ProcessOutcome, SpawnFailed] | None = None
+            with contextlib.suppress(Exception):
+                spec = cli.spec(self.backend._remove_args(member.name))
+                removed = cli.run_blocking(self.backend.state.portal, spec)
+            if removed is not None and gone(removed):
+                self._forget(member)  # else the exit handler tries once more

@@ -1,0 +1,76 @@
+"""How a warm pool behaves (`PoolSettings`), and why it refuses what it cannot do."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+import attrs
+
+from mechasandbox.domain.errors import BackendUnavailable
+
+# Why pooled runs have no allowlist bridge: a keeper container outlives the runs, but each
+# run's proxy is a fresh unix socket in its own private directory, and a bind mount cannot
+# be added to a running container; the bridge's socat would also have to be started per exec
+# and outlive none. Strict allowlist runs are refused; best-effort ones have no network.
+POOLED_ALLOWLIST = (
+    "not bridged in the warm pool: each run's proxy socket is new, and a running "
+    "container cannot get a new mount; use the backend without a pool for allowlist runs "
+    "(best-effort runs here have no network at all)"
+)
+# gVisor applies the container's seccomp profile to its first process only: a command that
+# comes in by `exec` runs without it (setuid files, io_uring, unshare all allowed again).
+GVISOR_UNSUPPORTED = (
+    "the warm pool cannot run under gVisor (runsc): it applies no seccomp filter to the "
+    "commands a pool hands in by `exec`; run without pool_size"
+)
+# `podman run --detach` leaves conmon behind to keep the container; the process runner kills
+# everything a run leaves behind (its helper is the subreaper), so the container stops.
+PODMAN_UNSUPPORTED = (
+    "the warm pool needs docker: podman's conmon must outlive `podman run --detach`, and "
+    "the process runner kills whatever a run leaves behind"
+)
+
+
+class AfterUse(enum.Enum):
+    """What happens to a container after a command ran in it."""
+
+    DISCARD = "discard"  # removed; a fresh one is started in the background
+    REUSE = "reuse"  # handed to the next command as it is (state carries over)
+
+
+class WhenExhausted(enum.Enum):
+    """What `run` does when every container of its key is busy and the pool is full."""
+
+    WAIT = "wait"  # wait up to `wait_timeout_s` for one, then PoolExhausted
+    FAIL = "fail"  # PoolExhausted at once
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class PoolSettings:
+    """`size`: containers per key (idle + busy + starting), at most; `max_keys`: keys kept
+    at once (the least recently used key's idle containers go first); `idle_timeout_s`:
+    an idle container is stopped after this long; `health_check_after_s`: a container
+    idle for longer is checked (`exec true`) before it is handed out."""
+
+    size: int = attrs.field(default=2, validator=_positive)
+    after_use: AfterUse = AfterUse.DISCARD
+    when_exhausted: WhenExhausted = WhenExhausted.WAIT
+    wait_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    idle_timeout_s: float = attrs.field(default=300.0, validator=_positive)
+    health_check_after_s: float = 10.0
+    max_keys: int = attrs.field(default=4, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class PoolExhausted(BackendUnavailable):
+    """Every container of the key is busy and the pool is at its size."""
+
+    kind: ClassVar[str] = "pool_exhausted"
+    size: int = 0
+    waited_s: float = 0.0
