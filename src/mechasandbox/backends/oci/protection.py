@@ -26,8 +26,8 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.oci.compiler import ContainerRun
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.placeholders import (
-    journal_placeholders,
     is_placeholder,
+    journal_placeholders,
     make_placeholders,
     placeholder_state_directory,
     remove_empty,

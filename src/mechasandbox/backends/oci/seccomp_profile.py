@@ -41,7 +41,6 @@ import threading
 import weakref
 from typing import Any
 
-from mechasandbox.leftovers import temp_prefix
 from mechasandbox.backends.linux.seccomp import (
     CLONE_NAMESPACE_FLAGS,
     DEFAULT_DENIED,
@@ -49,6 +48,7 @@ from mechasandbox.backends.linux.seccomp import (
     MODE_ARGUMENT,
     SETID_BITS,
 )
+from mechasandbox.leftovers import temp_prefix
 
 # The calls docker's default profile allows a container without capabilities on every
 # architecture (moby profiles/seccomp/default.json, its first and unconditional entry).
