@@ -36,6 +36,7 @@ from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import NetworkPolicy, Policy
 from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.sandbox import Sandbox
 
@@ -43,11 +44,13 @@ if TYPE_CHECKING:
     from mechasandbox.config.schema import Settings
 
 
-def _runner(helper: SpawnHelperClient | None) -> Iterator[ProcessRunner]:
+def _runner(
+    helper: SpawnHelperClient | None, interruption: Interruption | None
+) -> Iterator[ProcessRunner]:
     # Imported here: it brings anyio, which the CLI's loop-free path does without.
     from mechasandbox.runner.runner import HelperProcessRunner
 
-    runner = HelperProcessRunner(helper=helper)
+    runner = HelperProcessRunner(helper=helper, interruption=interruption)
     try:
         yield runner
     finally:
@@ -96,6 +99,11 @@ def _each_backend(
     }
 
 
+def _after_sweep(_swept: None, **deps: Any) -> catalog.BackendDeps:
+    """The backends' pieces, once the leftovers of dead processes are gone (`Core.swept`)."""
+    return catalog.BackendDeps(**deps)
+
+
 def _auto_candidates(named: providers.Aggregate[Backend]) -> list[providers.Provider[Backend]]:
     return [named.providers[name] for name in catalog.AUTO_ORDER]
 
@@ -108,7 +116,12 @@ class Core(containers.DeclarativeContainer):
     # The spawn helper's client the runner uses (None: its own). The CLI hands in the one
     # it started first thing, so that the helper's start overlaps its own.
     helper: providers.Provider[SpawnHelperClient | None] = providers.Object(None)
-    runner: providers.Provider[ProcessRunner] = providers.Resource(_runner, helper=helper)
+    # What stops the runs when the caller is told to stop (`runner.interruption`; the CLI
+    # hands in the one its SIGINT and SIGTERM handlers feed). None: signals do as they do.
+    interruption: providers.Provider[Interruption | None] = providers.Object(None)
+    runner: providers.Provider[ProcessRunner] = providers.Resource(
+        _runner, helper=helper, interruption=interruption
+    )
     # The policy every layer of configuration resolved to (`from_config`).
     base_policy: providers.Provider[Policy] = providers.Callable(lambda p: p, config.policy)
     # Names the allowlist proxy resolves; tests override it with a fake mapping names to
@@ -127,8 +140,23 @@ class Backends(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
     core = providers.DependenciesContainer()
 
+    # What backends remember across runs, shared by the backends of this root (made when
+    # the first backend that keeps one is built). They are in this container, handed
+    # to each backend's resource directly, so that `shutdown_resources()` closes the
+    # backends first (docker's pool ends its containers) and their state after.
+    placeholders = providers.Resource(_owned, factories.workspace_placeholders)
+    tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
+    cgroups = providers.Resource(factories.cgroups)
+    # docker's and podman's (one, as they share the workspaces they protect).
+    engine_state = providers.Resource(_owned, factories.engine_state)
+    # What dead processes of this user left behind, removed once: before the first backend
+    # of this root is built (`deps` needs it).
+    swept = providers.Resource(
+        factories.sweep_leftovers, placeholders=placeholders.provider, cgroups=cgroups.provider
+    )
     deps = providers.Singleton(
-        catalog.BackendDeps,
+        _after_sweep,
+        swept,
         runner=core.runner,
         host=core.host,
         egress=core.egress.provider,
@@ -139,15 +167,6 @@ class Backends(containers.DeclarativeContainer):
     )
     # A Resource each: a backend that holds something (docker's pool) is closed by
     # `shutdown_resources()`. `named("bubblewrap")` builds (once) and returns one.
-    # What backends remember across runs, shared by the backends of this root (made when
-    # the first backend that keeps one is built). They are in this container, handed
-    # to each backend's resource directly, so that `shutdown_resources()` closes the
-    # backends first (docker's pool ends its containers) and their state after.
-    placeholders = providers.Resource(_owned, factories.workspace_placeholders)
-    tmp_dirs = providers.Resource(_owned, factories.private_tmp_dirs)
-    cgroups = providers.Resource(factories.cgroups)
-    # docker's and podman's (one, as they share the workspaces they protect).
-    engine_state = providers.Resource(_owned, factories.engine_state)
     named: providers.Aggregate[Backend] = providers.Aggregate(
         _each_backend(
             deps,

@@ -1,9 +1,12 @@
 """The cgroup pool: a reused cgroup gets every limit rewritten and reports only its own
-run's events; pooled cgroups are removed on close."""
+run's events; pooled cgroups are removed on close, those of a dead host by the next sweep."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -84,3 +87,31 @@ def test_events_of_a_reused_cgroup_are_its_own_runs(
     finally:
         manager.destroy(second)
         manager.close()
+
+
+def test_the_sweep_empties_and_removes_the_cgroups_of_a_dead_host(manager: CgroupManager) -> None:
+    """A host killed mid-run leaves its pooled cgroups, possibly with a process inside (a
+    warm child not yet gone): the next manager's sweep kills it and removes them, and leaves
+    those of live hosts alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    left = f"mechasandbox-p{dead.pid}-{os.urandom(6).hex()}"
+    alive = f"mechasandbox-p{os.getpid()}-{os.urandom(6).hex()}"
+    directories = [os.path.join(p, name) for p in manager.parents for name in (left, alive)]
+    for directory in directories:
+        os.mkdir(directory)
+    inside = subprocess.Popen(["sleep", "60"])
+    try:
+        for parent in manager.parents:
+            Path(parent, left, "cgroup.procs").write_text(str(inside.pid))
+        CgroupManager(version=manager.version, parents=manager.parents).sweep()
+        assert inside.wait(timeout=10) == -signal.SIGKILL
+        for parent in manager.parents:
+            assert not os.path.exists(os.path.join(parent, left))
+            assert os.path.isdir(os.path.join(parent, alive))
+    finally:
+        inside.kill()
+        inside.wait()
+        for directory in directories:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)

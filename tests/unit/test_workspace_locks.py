@@ -1,7 +1,8 @@
 """Placeholders of runs in one workspace go only when no process runs there any more.
 
-Two `WorkspaceLocks` open the lock file separately, so their `flock` locks conflict as those
-of two processes do; the cross-process attack itself is in test_bubblewrap_security.py."""
+Two `WorkspaceLocks` open the lock file separately, so their locks (open file description
+locks, or `flock`) conflict as those of two processes do; the cross-process attack itself is
+in test_bubblewrap_security.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import pytest
 
 from mechasandbox.backends.workspace import workspace_locks
 from mechasandbox.backends.workspace.placeholders import remove_placeholders
-from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks, bucket_of
+from mechasandbox.backends.workspace.workspace_locks import (
+    WorkspaceLocks,
+    bucket_of,
+    byte_of,
+    try_lock,
+)
 
 
 def _remove(_workspace: str, paths: list[str]) -> None:
@@ -23,6 +29,12 @@ def _remove(_workspace: str, paths: list[str]) -> None:
 def _placeholder(workspace: Path, name: str) -> str:
     (workspace / name).mkdir()
     return str(workspace / name)
+
+
+def _lock_exclusive(fd: int, workspace: Path) -> bool:
+    """Lock `workspace` in its bucket's file `fd` as another process would, without
+    waiting."""
+    return try_lock(fd, byte_of(str(workspace)), fcntl.F_WRLCK) is True
 
 
 def test_the_last_process_to_leave_removes_what_the_others_made(tmp_path: Path) -> None:
@@ -122,9 +134,7 @@ def test_a_child_forked_mid_run_does_not_keep_the_workspace_locked(tmp_path: Pat
         parent.leave(str(workspace), [], _remove)
         lock = os.open(state / f"{bucket_of(str(workspace))}.lock", os.O_RDWR)
         try:  # not blocking: a regression must fail here, not hang
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pytest.fail("the workspace stayed locked through the child's copy")
+            assert _lock_exclusive(lock, workspace), "locked through the child's copy"
         finally:
             os.close(lock)
     finally:
@@ -145,7 +155,7 @@ def test_a_run_does_not_start_while_another_process_holds_the_lock_too_long(
     locks.leave(str(workspace), [], _remove)
     holder = os.open(state / f"{bucket_of(str(workspace))}.lock", os.O_RDWR)
     try:
-        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert _lock_exclusive(holder, workspace)
         assert not locks.enter(str(workspace))
     finally:
         os.close(holder)
@@ -169,7 +179,7 @@ def test_a_kept_lock_file_that_was_replaced_is_opened_afresh(
     path.unlink()
     holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # another process's new file
     try:
-        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert _lock_exclusive(holder, workspace)
         assert not locks.enter(str(workspace))  # it waited on the new file, and gave up
     finally:
         os.close(holder)
@@ -190,3 +200,61 @@ def test_few_lock_files_of_idle_buckets_stay_open(tmp_path: Path) -> None:
     assert len({bucket_of(w) for w in workspaces}) > workspace_locks._IDLE_KEPT
     assert len(locks._fds) == workspace_locks._IDLE_KEPT
     locks.close()
+
+
+def _same_bucket(parent: Path) -> tuple[Path, Path]:
+    seen: dict[str, Path] = {}
+    for index in range(10_000):
+        candidate = parent / f"ws{index}"
+        if bucket_of(str(candidate)) in seen:
+            first = seen[bucket_of(str(candidate))]
+            first.mkdir()
+            candidate.mkdir()
+            return first, candidate
+        seen[bucket_of(str(candidate))] = candidate
+    raise AssertionError("no two names of one bucket")
+
+
+needs_byte_locks = pytest.mark.skipif(
+    byte_of("/") is None, reason="without byte locks, a bucket's workspaces wait for each other"
+)
+
+
+@needs_byte_locks
+@pytest.mark.parametrize("processes", ["one process", "two processes"])
+def test_a_run_elsewhere_in_the_bucket_does_not_hold_placeholders_back(
+    tmp_path: Path, processes: str
+) -> None:
+    state = tmp_path / "state"
+    a, b = _same_bucket(tmp_path)
+    first = WorkspaceLocks(state)
+    second = first if processes == "one process" else WorkspaceLocks(state)
+    assert second.enter(str(b))
+    assert first.enter(str(a))
+    envrc = _placeholder(a, ".envrc")
+    first.leave(str(a), [envrc], _remove)
+    assert not os.path.exists(envrc), "held back by a run in another workspace"
+    assert first.enter(str(a))  # and a run there starts at once
+    first.leave(str(a), [], _remove)
+    second.leave(str(b), [], _remove)
+
+
+@needs_byte_locks
+def test_a_drain_leaves_pending_what_still_has_a_run(tmp_path: Path) -> None:
+    """Pending placeholders of a workspace go with its last run, not with the end of a run
+    in another workspace of the bucket."""
+    state = tmp_path / "state"
+    a, b = _same_bucket(tmp_path)
+    left, staying, elsewhere = WorkspaceLocks(state), WorkspaceLocks(state), WorkspaceLocks(state)
+    left.enter(str(a))
+    staying.enter(str(a))
+    git = _placeholder(a, ".git")
+    left.leave(str(a), [git], _remove)  # pending: `staying` still runs in A
+    elsewhere.enter(str(b))
+    idea = _placeholder(b, ".idea")
+    elsewhere.leave(str(b), [idea], _remove)  # drains the bucket's pending list
+    assert not os.path.exists(idea)
+    assert os.path.isdir(git), "removed under a run in its workspace"
+    staying.leave(str(a), [], _remove)
+    assert not os.path.exists(git)
+    assert (state / f"{bucket_of(str(a))}.pending").stat().st_size == 0

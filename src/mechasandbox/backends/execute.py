@@ -177,6 +177,7 @@ async def execute_spec(
             limits=policy.limits,
             timed_out=finished.timed_out,
             events=events,
+            interrupted=finished.interrupted,
         )
 
     ran: Result[ProcessOutcome, SandboxError] = outcome

@@ -12,7 +12,8 @@ composition root can pass one it shares and closes at shutdown.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -111,6 +112,29 @@ def private_tmp_dirs() -> PrivateTmpDirs:
     from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
 
     return PrivateTmpDirs()
+
+
+def sweep_leftovers(
+    placeholders: Callable[[], WorkspacePlaceholders],
+    cgroups: Callable[[], CgroupManager | str],
+) -> None:
+    """Remove what dead processes of this user left behind (after SIGKILL, a crash): the
+    temp dirs and files named after their owner (`leftovers`), the placeholders their
+    journals list and those journals, their pooled cgroups. One listing per place, only
+    what belonged to a process that is gone. A composition root calls it once, before it
+    builds its first backend (see docs/failure-semantics.md)."""
+    from mechasandbox.leftovers import holds_any, state_directory, sweep_temp_dir
+
+    sweep_temp_dir()
+    if sys.platform.startswith("linux"):
+        state = state_directory()
+        # Journals (and their stashes) exist only while a process has placeholders, or
+        # after one died: without any, the placeholders' state is not even imported.
+        if state is not None and holds_any(state / "placeholders", (".paths", ".stash")):
+            placeholders().sweep()
+        manager = cgroups()
+        if not isinstance(manager, str):
+            manager.sweep()
 
 
 def seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Backend:

@@ -9,6 +9,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.domain.errors import (
     CpuLimit,
     FileSizeLimit,
+    Interrupted,
     MemoryLimit,
     ProcessLimit,
     SandboxError,
@@ -48,8 +49,12 @@ def classify(
     limits: Limits,
     timed_out: bool,
     events: CgroupEvents | None = None,
+    interrupted: int | None = None,
 ) -> Result[RunResult, SandboxError]:
-    """A completed run, or the typed error for the limit that stopped it (with the output)."""
+    """A completed run, or the typed error for what stopped it (with the output): the
+    caller's interruption (`interrupted`: its signal), the deadline, or a limit."""
+    if interrupted is not None:
+        return Failure(Interrupted(signal=interrupted, partial=result))
     if timed_out:
         return Failure(Timeout(timeout_s=limits.timeout_s or 0.0, partial=result))
     if events is not None and events.oom_kills and limits.memory_bytes is not None:

@@ -119,6 +119,8 @@ class ProbeCache:
         that cannot be written only costs the next process a probe."""
         import tempfile  # only a process that probed writes: not on the start-up path
 
+        from mechasandbox.leftovers import sweep_temp_dir, temp_prefix
+
         record = {"format": FORMAT, "at": time.time(), "key": dict(key), "value": dict(value)}
         if not _in_own_tree(self.directory):
             return
@@ -128,7 +130,8 @@ class ProbeCache:
                 os.mkdir(self.directory, 0o700)
             if not self._directory_ok():
                 return
-            fd, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=self.directory)
+            sweep_temp_dir(self.directory)  # what a process killed while storing left
+            fd, temporary = tempfile.mkstemp(prefix=temp_prefix("probe"), dir=self.directory)
             try:
                 with os.fdopen(fd, "w") as file:  # mkstemp: mode 0600
                     json.dump(record, file)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 
+from mechasandbox.leftovers import sweep_temp_dir, temp_prefix
 from mechasandbox.runner import native
 
 # The Makefile's flags for `make shim`: the same binary either way.
@@ -63,7 +64,8 @@ def build(destination: str) -> None:
     directory = os.path.dirname(destination)
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, partial = tempfile.mkstemp(prefix=f".{native.SHIM_NAME}.", dir=directory)
+        sweep_temp_dir(directory)  # what a build killed midway left
+        fd, partial = tempfile.mkstemp(prefix=temp_prefix("shim"), dir=directory)
     except OSError as error:
         raise BuildFailed(
             f"cannot write to {directory} ({error.strerror}): set {native.SHIM_ENV} to a "

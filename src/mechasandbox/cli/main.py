@@ -3,11 +3,16 @@
 A `run` needs the spawn helper, a second Python process that takes a few tens of
 milliseconds to start. It is started here, before anything else is imported, so that its
 start-up overlaps all of the host's own.
+
+A `run` told to stop (SIGINT, SIGTERM) stops its command and answers with what it has
+(`interrupted`, exit 128+N; see docs/failure-semantics.md): from here on, those signals only
+feed an `Interruption`, which the runner acts on (`runner.interruption`).
 """
 
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -29,14 +34,21 @@ def _early_helper(raw: Sequence[str]) -> SpawnHelperClient | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
-    helper = _early_helper(raw)
-    try:
+    if raw[:1] != ["run"]:
         from mechasandbox.cli.verbs import run_verb
 
-        return run_verb(raw, helper)
-    finally:
-        if helper is not None:
-            helper.close()
+        return run_verb(raw, None)
+    from mechasandbox.runner.interruption import Interruption
+
+    with Interruption().catching(signal.SIGINT, signal.SIGTERM) as interruption:
+        helper = _early_helper(raw)
+        try:
+            from mechasandbox.cli.verbs import run_verb
+
+            return run_verb(raw, helper, interruption)
+        finally:
+            if helper is not None:
+                helper.close()
 
 
 def entry_point() -> NoReturn:
@@ -44,8 +56,13 @@ def entry_point() -> NoReturn:
     lives for one command. The cyclic garbage collector stays off (start-up allocates a lot
     and frees little; a collection would only traverse it), and what is left at the end is
     frozen, so that the interpreter's teardown does not traverse it either: the operating
-    system frees the memory at exit. Exit handlers run as usual."""
+    system frees the memory at exit. Exit handlers run as usual. Ctrl-C where no run
+    handles it (another verb, the first imports) ends the program without a traceback."""
     gc.disable()
-    status = main()
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("mechasandbox: interrupted", file=sys.stderr)
+        status = 128 + signal.SIGINT
     gc.freeze()
     sys.exit(status)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend
     from mechasandbox.containers import Application
     from mechasandbox.runner.client import SpawnHelperClient
+    from mechasandbox.runner.interruption import Interruption
 
 
 def _first_loopless(app: Application, name: str) -> Backend | None:
@@ -42,15 +43,23 @@ def _first_loopless(app: Application, name: str) -> Backend | None:
     return None
 
 
-def go_loopless(app: Application, helper: SpawnHelperClient | None, *, runs: bool) -> bool:
+def go_loopless(
+    app: Application,
+    helper: SpawnHelperClient | None,
+    *,
+    runs: bool,
+    interruption: Interruption | None = None,
+) -> bool:
     """Set `app` up for the loop-free path when its configuration allows it: its runner is
     then a blocking one and its selected backend the one `auto` would pick. False: `app`
-    is left as it was. `runs`: the command will run (not only be planned)."""
+    is left as it was. `runs`: the command will run (not only be planned); `interruption`:
+    the runner's (see `runner.interruption`)."""
     from mechasandbox.runner.blocking import BlockingHelperRunner
 
     if runs and app.services.policy().network.mode is NetworkMode.ALLOWLIST:
         return False
-    app.core.runner.override(providers.Object(BlockingHelperRunner(helper, prestart=False)))
+    runner = BlockingHelperRunner(helper, prestart=False, interruption=interruption)
+    app.core.runner.override(providers.Object(runner))
     backend = _first_loopless(app, app.config.backend())
     if backend is None:
         # Forget the backends built with the blocking runner; none of them holds anything.

@@ -5,7 +5,15 @@ from __future__ import annotations
 import signal as signals
 from typing import Any
 
-from mechasandbox.domain.errors import SandboxError, SpawnFailed, Timeout, partial_result
+from returns.result import Failure, Result
+
+from mechasandbox.domain.errors import (
+    Interrupted,
+    SandboxError,
+    SpawnFailed,
+    Timeout,
+    partial_result,
+)
 from mechasandbox.domain.result import RunResult
 
 EXIT_TIMEOUT = 124
@@ -43,8 +51,26 @@ def result_object(
     }
 
 
+def interrupted(
+    result: Result[RunResult, SandboxError], signum: int, backend: str
+) -> Result[RunResult, SandboxError]:
+    """The answer of a run whose caller was told to stop by `signum` (see
+    `runner.interruption`), whenever it came: `interrupted`, carrying what the run gave
+    (its output so far, or all of it when the command ended first; nothing when it never
+    started)."""
+    error = result.failure() if isinstance(result, Failure) else None
+    if isinstance(error, Interrupted):
+        return result
+    shown = result.value_or(None) or (partial_result(error) if error is not None else None)
+    partial = shown or RunResult(backend=backend, exit_code=None, signal=None)
+    return Failure(Interrupted(signal=signum, partial=partial))
+
+
 def exit_status(result: RunResult | None, error: SandboxError | None) -> int:
-    """The command's status, 128+N for signal N, 124 timeout, 125 sandbox failure, 126/127."""
+    """The command's status, 128+N for signal N, 124 timeout, 125 sandbox failure, 126/127,
+    128+N when the CLI was interrupted by signal N."""
+    if isinstance(error, Interrupted):
+        return 128 + error.signal
     if isinstance(error, Timeout):
         return EXIT_TIMEOUT
     if isinstance(error, SpawnFailed):

@@ -17,7 +17,7 @@ from returns.result import Failure, Result
 
 from mechasandbox import __version__
 from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
-from mechasandbox.cli.output import exit_status, result_object, signal_name
+from mechasandbox.cli.output import exit_status, interrupted, result_object, signal_name
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
 
 VERBS = ("run", "policy", "doctor", "build-shim")
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mechasandbox.containers import Application
     from mechasandbox.domain.result import RunResult
     from mechasandbox.runner.client import SpawnHelperClient
+    from mechasandbox.runner.interruption import Interruption
 
 
 def build_parser(verb: str | None = None) -> Parser:
@@ -89,7 +90,12 @@ def _report(
 
 
 def _execute(
-    args: argparse.Namespace, app: Application, command: list[str], *, with_loop: bool
+    args: argparse.Namespace,
+    app: Application,
+    command: list[str],
+    *,
+    with_loop: bool,
+    interruption: Interruption | None,
 ) -> int:
     as_json = bool(args.json)
     sandbox = app.services.sandbox()
@@ -111,10 +117,14 @@ def _execute(
         from mechasandbox.runner.blocking import complete
 
         result = complete(sandbox.run_async(command))
+    if interruption is not None and interruption.signal is not None:
+        result = interrupted(result, interruption.signal, backend)
     return _report(result, as_json=as_json, backend=backend, verbose=bool(args.verbose))
 
 
-def _run_or_plan(args: argparse.Namespace, helper: SpawnHelperClient | None) -> int:
+def _run_or_plan(
+    args: argparse.Namespace, helper: SpawnHelperClient | None, interruption: Interruption | None
+) -> int:
     as_json = bool(getattr(args, "json", False))
     command = command_of(args)
     if not command and args.verb == "run":  # `policy` plans a stand-in
@@ -123,11 +133,17 @@ def _run_or_plan(args: argparse.Namespace, helper: SpawnHelperClient | None) -> 
             as_json=as_json,
             backend=args.backend or "auto",
         )
-    return _resolved_and_run(args, command, helper if args.verb == "run" else None)
+    runs = args.verb == "run"
+    return _resolved_and_run(
+        args, command, helper if runs else None, interruption if runs else None
+    )
 
 
 def _resolved_and_run(
-    args: argparse.Namespace, command: list[str], helper: SpawnHelperClient | None
+    args: argparse.Namespace,
+    command: list[str],
+    helper: SpawnHelperClient | None,
+    interruption: Interruption | None,
 ) -> int:
     """The command run (or planned) by the application every configuration layer and
     option make: the same `Application.from_config` a library user calls."""
@@ -151,17 +167,21 @@ def _resolved_and_run(
         print(f"mechasandbox: warning: {warning}", file=sys.stderr)
     app.core.probe_cache.override(providers.Object(ProbeCache()))
     try:
-        if go_loopless(app, helper, runs=args.verb == "run"):
-            return _execute(args, app, command, with_loop=False)
+        if go_loopless(app, helper, runs=args.verb == "run", interruption=interruption):
+            return _execute(args, app, command, with_loop=False, interruption=interruption)
         if helper is not None:
             app.core.helper.override(providers.Object(helper))
-        return _execute(args, app, command, with_loop=True)
+        app.core.interruption.override(providers.Object(interruption))
+        return _execute(args, app, command, with_loop=True, interruption=interruption)
     finally:
         app.shutdown_resources()
 
 
-def run_verb(raw: list[str], helper: SpawnHelperClient | None) -> int:
-    """Parse `raw` and do what it says. `helper`: a started spawn helper for a `run`."""
+def run_verb(
+    raw: list[str], helper: SpawnHelperClient | None, interruption: Interruption | None = None
+) -> int:
+    """Parse `raw` and do what it says. `helper`: a started spawn helper for a `run`;
+    `interruption`: what the CLI's SIGINT and SIGTERM handlers feed, for a `run`."""
     try:
         args = build_parser(raw[0] if raw else None).parse_args(raw)
     except UsageError as error:
@@ -177,7 +197,7 @@ def run_verb(raw: list[str], helper: SpawnHelperClient | None) -> int:
             from mechasandbox.cli import build_shim
 
             return build_shim.main()
-        return _run_or_plan(args, helper)
+        return _run_or_plan(args, helper, interruption)
     except BrokenPipeError:
         # The reader of our output went away (`| head`): not an error of the run.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -45,6 +45,7 @@ from mechasandbox.domain.policy import (
 )
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
+from mechasandbox.leftovers import temp_prefix
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
 
@@ -573,7 +574,7 @@ ATTACKS: tuple[Attack, ...] = (
 def attempt(attack: Attack, backend: Backend) -> bool | str:
     """`attack` on `backend` in a fresh arena, claimed or not: True when it held, False
     when it worked, else why it could not be made."""
-    with tempfile.TemporaryDirectory(prefix="mechasandbox-verify-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("verify")) as scratch:
         arena = Arena(workspace=Path(scratch, "workspace"), outside=Path(scratch, "outside"))
         arena.workspace.mkdir()
         arena.outside.mkdir()

@@ -1,11 +1,12 @@
 """Every way a run can fail, as typed values. `SandboxError` is their union.
 
-A non-zero exit status is not here: it is a successful `RunResult`. Timeout and limit
-errors carry the partial result captured before the run was stopped.
+A non-zero exit status is not here: it is a successful `RunResult`. Timeout, limit and
+interruption errors carry the partial result captured before the run was stopped.
 """
 
 from __future__ import annotations
 
+import signal as signals
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -151,6 +152,25 @@ class FileSizeLimit(LimitExceeded):
 
 
 @attrs.frozen(kw_only=True)
+class Interrupted(_Stopped):
+    """The caller was told to stop (SIGINT or SIGTERM to the CLI; see
+    `runner.interruption`): the run's tree was killed. `partial` is what the run had
+    written by then (nothing, when it had not started)."""
+
+    kind: ClassVar[str] = "interrupted"
+    told: ClassVar[str] = "interrupted by {name}; the process tree was killed"
+    signal: int
+
+    @property
+    def message(self) -> str:
+        try:
+            name = signals.Signals(self.signal).name
+        except ValueError:
+            name = f"signal {self.signal}"
+        return self.told.format(name=name)
+
+
+@attrs.frozen(kw_only=True)
 class BackendFailed(_BackendProblem):
     kind: ClassVar[str] = "backend_failed"
     told: ClassVar[str] = "backend {backend!r} failed: {reason}"
@@ -166,12 +186,14 @@ SandboxError = (
     | CpuLimit
     | ProcessLimit
     | FileSizeLimit
+    | Interrupted
     | BackendFailed
 )
 
 
 def partial_result(error: SandboxError) -> RunResult | None:
-    """The output captured before a timeout or limit stopped the run, if any."""
+    """The output captured before a timeout, a limit or an interruption stopped the run,
+    if any."""
     if isinstance(error, _Stopped):
         return error.partial
     return None

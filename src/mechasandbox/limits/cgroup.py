@@ -253,12 +253,19 @@ class CgroupManager:
             pool.idle.extend(made)
             return tuple(tuple(f"{d}/cgroup.procs" for d in group) for group in pool.idle)
 
-    def _take(self) -> tuple[str, ...] | None:
+    def sweep(self) -> None:
+        """Remove, once, the cgroups of hosts that died without removing them (the first
+        run does it if nobody called this before)."""
         pool = self._pool
         with pool.lock:
             if not pool.swept:
                 pool.swept = True
                 self._sweep()
+
+    def _take(self) -> tuple[str, ...] | None:
+        self.sweep()
+        pool = self._pool
+        with pool.lock:
             if pool.finalizer is None:
                 # The pool goes at `close`, or at exit for an owner that never closed it.
                 pool.finalizer = weakref.finalize(
@@ -267,14 +274,21 @@ class CgroupManager:
             return pool.idle.pop(0) if pool.idle else None
 
     def _sweep(self) -> None:
-        """Remove the pooled cgroups of hosts that died without removing them."""
+        """Remove the pooled cgroups of hosts that died without removing them (one listing
+        per hierarchy). What is still inside one (a warm child not yet gone with its
+        helper, something a run left) was the dead host's: it is killed first."""
         for parent in self.parents:
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
                 for entry in entries:
                     owned = _OWNED.fullmatch(entry.name)
                     if owned and not pid_exists(int(owned.group(1))):
-                        with contextlib.suppress(OSError):
+                        try:
                             os.rmdir(entry.path)
+                        except OSError:
+                            left = CgroupRun(version=self.version, directories=(entry.path,))
+                            if self._empty(left):
+                                with contextlib.suppress(OSError):
+                                    os.rmdir(entry.path)
 
     def _apply(self, run: CgroupRun, limits: Limits, *, fresh: bool = True) -> None:
         """Write every limit; on a reused cgroup also reset the ones this run leaves unset."""

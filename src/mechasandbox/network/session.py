@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.domain.errors import LimitExceeded, SandboxError, Timeout
+from mechasandbox.domain.errors import Interrupted, LimitExceeded, SandboxError, Timeout
 from mechasandbox.domain.policy import NetworkMode, NetworkPolicy
 from mechasandbox.domain.result import RunResult, Violation
+from mechasandbox.leftovers import temp_prefix
 from mechasandbox.network.addresses import (
     AddressRules,
     InterfaceAddresses,
@@ -61,7 +62,7 @@ class EgressProxy:
         self, network: NetworkPolicy, *, listen_tcp: bool = False
     ) -> AsyncIterator[RunningProxy]:
         """Serve this run's proxy on a fresh unix socket (and loopback TCP with a token)."""
-        run_dir = tempfile.mkdtemp(prefix="msb-net-", dir=self.run_parent)
+        run_dir = tempfile.mkdtemp(prefix=temp_prefix("net"), dir=self.run_parent)
         try:
             os.chmod(run_dir, 0o700)
             settings = self.settings
@@ -95,7 +96,7 @@ def with_violations(
         finished = result.unwrap()
         return Success(attrs.evolve(finished, violations=finished.violations + extra))
     error = result.failure()
-    if isinstance(error, Timeout | LimitExceeded):
+    if isinstance(error, Timeout | LimitExceeded | Interrupted):
         partial = error.partial
         updated = attrs.evolve(partial, violations=partial.violations + extra)
         return Failure(attrs.evolve(error, partial=updated))

@@ -27,6 +27,7 @@ from returns.result import Failure, Result
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
 from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 from mechasandbox.runner.submission import Submitted, request_kill, submit
 from mechasandbox.runner.supervision import STDERR, STDOUT, Supervision
@@ -121,10 +122,19 @@ class BlockingHelperRunner:
     module's docstring for where it fits). It asks for no warm children: a one-shot caller
     has no next run to prepare them for."""
 
-    def __init__(self, helper: SpawnHelperClient | None = None, *, prestart: bool = True) -> None:
+    def __init__(
+        self,
+        helper: SpawnHelperClient | None = None,
+        *,
+        prestart: bool = True,
+        interruption: Interruption | None = None,
+    ) -> None:
         """`helper`: a client to share (its helper may already be starting); `prestart`:
-        start the helper now, so that its start-up overlaps with the caller's own."""
+        start the helper now, so that its start-up overlaps with the caller's own;
+        `interruption`: what stops the runs when the caller is told to stop (see
+        `runner.interruption`)."""
         self._helper = helper or SpawnHelperClient()
+        self._interruption = interruption
         if prestart:
             self._helper.prestart()
 
@@ -142,6 +152,9 @@ class BlockingHelperRunner:
         run = submitted.unwrap()
         supervision = Supervision(spec, now=run.started)
         selector = selectors.DefaultSelector()
+        interruption = self._interruption
+        if interruption is not None:
+            interruption.enter(supervision, run.sock)
         try:
             try:
                 _wait(run, supervision, selector)
@@ -156,5 +169,7 @@ class BlockingHelperRunner:
                 raise
             return supervision.outcome(duration_s=run.elapsed())
         finally:
+            if interruption is not None:
+                interruption.leave(supervision)
             selector.close()
             run.close()

@@ -11,6 +11,7 @@ from returns.result import Failure, Result
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
 from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 from mechasandbox.runner.submission import Submitted, request_kill, spawn_request, submit
@@ -59,10 +60,19 @@ async def _until_last_word(run: Submitted, supervision: Supervision) -> None:
 class HelperProcessRunner:
     """Runs processes through the spawn helper (see `helper` for why)."""
 
-    def __init__(self, helper: SpawnHelperClient | None = None, *, prestart: bool = True) -> None:
+    def __init__(
+        self,
+        helper: SpawnHelperClient | None = None,
+        *,
+        prestart: bool = True,
+        interruption: Interruption | None = None,
+    ) -> None:
         """`prestart`: start the spawn helper now, so that its start-up overlaps with the
-        host's own (imports, probes, policy compilation) instead of delaying the first run."""
+        host's own (imports, probes, policy compilation) instead of delaying the first run.
+        `interruption`: what stops the runs when the caller is told to stop (see
+        `runner.interruption`)."""
         self._helper = helper or SpawnHelperClient()
+        self._interruption = interruption
         if prestart:
             self._helper.prestart()
 
@@ -91,6 +101,9 @@ class HelperProcessRunner:
         """Pump the output from submission on; the helper answers once the process is gone
         (`failed` if it never exec'd, else `started` then `exited`)."""
         supervision = Supervision(spec, now=anyio.current_time())
+        interruption = self._interruption
+        if interruption is not None:
+            interruption.enter(supervision, run.sock)
         try:
             async with anyio.create_task_group() as pumps:
                 pumps.start_soon(_pump, run, run.out_r, STDOUT, supervision)
@@ -109,4 +122,7 @@ class HelperProcessRunner:
                     while supervision.last is None:
                         await _receive(run.sock, supervision)
             raise
+        finally:
+            if interruption is not None:
+                interruption.leave(supervision)
         return supervision.outcome(duration_s=run.elapsed())

@@ -85,7 +85,9 @@ WATCH_INTERVAL_S = 0.05
 @attrs.frozen(kw_only=True)
 class ProcessOutcome:
     """How the process ended. `timed_out` means the runner killed the tree at the deadline;
-    `stopped`, that it killed it because the spec's `watch` gave this reason."""
+    `stopped`, that it killed it because the spec's `watch` gave this reason; `interrupted`,
+    that it killed it because the caller was told to stop by this signal (see
+    `runner.interruption`)."""
 
     exit_code: int | None
     signal: int | None
@@ -97,3 +99,4 @@ class ProcessOutcome:
     usage: Usage
     timed_out: bool = False
     stopped: str | None = None
+    interrupted: int | None = None

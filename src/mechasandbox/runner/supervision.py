@@ -3,9 +3,10 @@
 The runners differ only in how they wait (`runner`: anyio tasks and cancel scopes;
 `blocking`: one `select` loop in the calling thread). Everything else is decided here, from
 the events they feed in: output read (or its end), a message from the helper on the run's
-socket, the time passing. `Supervision` says until when its driver may wait without
-calling `tick` (`wake_at`), whether the helper must be asked to kill the run's tree now
-(`tick`: the deadline passed, or the spec's `watch` gave a reason), when the run is over
+socket, the time passing, an interruption (`interrupt`, called by `runner.interruption`).
+`Supervision` says until when its driver may wait without calling `tick` (`wake_at`),
+whether the helper must be asked to kill the run's tree now (`tick`: the deadline passed,
+or the spec's `watch` gave a reason; `interrupt`: the caller is going away), when the run is over
 (`done`), and builds the outcome. It reads and writes no file descriptor and reads no
 clock: every time is one of its driver's (anyio's clock, or `time.monotonic`).
 
@@ -58,6 +59,7 @@ class Supervision:
         self.killing = False  # the helper was asked to kill the tree (by `tick`)
         self.timed_out = False
         self.stopped: str | None = None  # the reason `spec.watch` gave, if it did
+        self.interrupted: int | None = None  # the signal that told the caller to stop
         self._deadline = math.inf if spec.timeout_s is None else now + spec.timeout_s
         self._next_watch = math.inf if spec.watch is None else now + WATCH_INTERVAL_S
         self._open = {STDOUT, STDERR}  # the streams not at their end yet
@@ -101,6 +103,16 @@ class Supervision:
         self.killing = True
         return True
 
+    def interrupt(self, signum: int) -> bool:
+        """The caller was told to stop by `signum` (see `runner.interruption`): True when
+        the helper must be asked to kill the run's tree now, as for `tick` (False once the
+        run is over or being killed already: the outcome then says what ended it)."""
+        if self.last is not None or self.killing:
+            return False
+        self.interrupted = signum
+        self.killing = True
+        return True
+
     # --- what the driver asks -----------------------------------------------------------
     def wake_at(self) -> float:
         """Until when the driver may wait for a message or output without calling `tick`
@@ -136,5 +148,6 @@ class Supervision:
                 usage=Usage(cpu_s=float(last["cpu_s"]), max_rss_bytes=int(last["max_rss_bytes"])),
                 timed_out=self.timed_out,
                 stopped=self.stopped,
+                interrupted=self.interrupted,
             )
         )

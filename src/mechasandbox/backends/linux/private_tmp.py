@@ -8,7 +8,9 @@ again. A kept directory is checked again when it is handed out (something of the
 may have touched it meanwhile). What is kept is removed by `close` (the composition root's
 shutdown), or at exit for an owner that never closed it. A process forked from the host
 keeps nothing of its parent's: two processes handing out one directory would give their
-runs a shared TMPDIR.
+runs a shared TMPDIR. The directories are named after their owner (`leftovers`): those of
+a host that died are removed by the next one's sweep (of the host's temp dir at start, of
+another parent at its first use here).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import tempfile
 import threading
 import weakref
 
-_PREFIX = "mechasandbox-landlock-"
+from mechasandbox.leftovers import sweep_temp_dir, temp_prefix
+
 _KEPT_PER_PARENT = 4  # runs going at once that each find one ready
 
 
@@ -72,6 +75,7 @@ class PrivateTmpDirs:
         # Removes the kept directories at `close`, or at exit if nobody closed (see
         # `_remove_kept`); made when the first directory is kept.
         self._finalizer: weakref.finalize[..., PrivateTmpDirs] | None = None
+        self._swept: set[str] = set()  # parents other than the temp dir swept already
 
     def _mine(self) -> dict[str | None, list[str]]:
         """The kept directories, none in a process forked since (they are its parent's).
@@ -92,7 +96,10 @@ class PrivateTmpDirs:
             if _pristine(path):
                 return path
             _remove(path)
-        return os.path.realpath(tempfile.mkdtemp(prefix=_PREFIX, dir=parent))
+        if parent is not None and parent not in self._swept:
+            self._swept.add(parent)  # the temp dir is swept at start (`leftovers`)
+            sweep_temp_dir(parent)
+        return os.path.realpath(tempfile.mkdtemp(prefix=temp_prefix("landlock"), dir=parent))
 
     def give_back(self, parent: str | None, path: str) -> None:
         if _pristine(path):

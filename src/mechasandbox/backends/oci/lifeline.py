@@ -50,6 +50,7 @@ import attrs
 from returns.result import Failure, Result
 
 from mechasandbox.domain.errors import SandboxError, SpawnFailed
+from mechasandbox.leftovers import temp_prefix
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 WATCH_NAME = "mechasandbox-watch"
@@ -171,7 +172,7 @@ def write_input(data: bytes | None, *, uid: int, gid: int) -> str | None:
     the container's user (the caller's uid, or the one a root caller runs it as)."""
     if data is None:
         return None
-    directory = tempfile.mkdtemp(prefix="mechasandbox-stdin-")
+    directory = tempfile.mkdtemp(prefix=temp_prefix("stdin"))
     path = os.path.join(directory, "stdin")
     with open(path, "xb") as handle:
         handle.write(data)

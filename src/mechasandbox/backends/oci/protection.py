@@ -27,12 +27,14 @@ from mechasandbox.backends.oci.compiler import ContainerRun
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.placeholders import (
     is_placeholder,
+    journal_placeholders,
     make_placeholders,
     placeholder_state_directory,
     remove_empty,
 )
 from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError
+from mechasandbox.leftovers import temp_prefix
 
 # A comma or quote would be read as the next field of `--mount`, a newline ends it.
 _UNMOUNTABLE = ",\n\"'"
@@ -211,7 +213,7 @@ class WorkspacePlaceholders:
         with held.lock:
             if held.empty is None or not os.path.isdir(held.empty):
                 self._holding()
-                held.empty = tempfile.mkdtemp(prefix="mechasandbox-empty-")
+                held.empty = tempfile.mkdtemp(prefix=temp_prefix("empty"))
                 os.chmod(held.empty, 0o500)  # read-only for its owner too
             return held.empty
 
@@ -225,6 +227,7 @@ class WorkspacePlaceholders:
             users = held.workspace_users
             if not users.get(workspace) and not held.workspace_locks().enter(workspace):
                 return False
+            journal_placeholders(workspace, paths)  # swept by the next start if we die
             self._holding()
             users[workspace] = users.get(workspace, 0) + 1
             for path in paths:

@@ -48,6 +48,7 @@ from mechasandbox.backends.linux.seccomp import (
     MODE_ARGUMENT,
     SETID_BITS,
 )
+from mechasandbox.leftovers import temp_prefix
 
 # The calls docker's default profile allows a container without capabilities on every
 # architecture (moby profiles/seccomp/default.json, its first and unconditional entry).
@@ -222,7 +223,7 @@ class SeccompProfiles:
                 return path
             if self._finalizer is None or not self._finalizer.alive:
                 self._finalizer = weakref.finalize(self, _remove, self._written, self._lock)
-            directory = tempfile.mkdtemp(prefix="mechasandbox-seccomp-")
+            directory = tempfile.mkdtemp(prefix=temp_prefix("seccomp"))
             path = os.path.join(directory, f"{key}.json")
             self._written[key] = path
             with open(path, "x", encoding="utf-8") as handle:

@@ -42,6 +42,7 @@ from mechasandbox.backends.workspace.placeholder_stash import (
     remove_stash,
 )
 from mechasandbox.backends.workspace.workspace_locks import WorkspaceLocks
+from mechasandbox.leftovers import start_time, state_directory
 
 # Missing protected paths whose placeholder is a file, not a directory: git reads them as
 # files, and a directory there (or an empty file) would break git in the sandbox and on the
@@ -151,21 +152,8 @@ def remove_placeholders(paths: Iterable[str]) -> None:
 
 def placeholder_state_directory() -> Path | None:
     """Where journals, stashes and workspace locks live (None: no usable home)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
-    if not os.path.isabs(base):
-        return None
-    return Path(base, "mechasandbox", "placeholders")
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (field 22 of /proc/PID/stat): with the pid,
-    it names a process even after the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[19].decode() if len(fields) > 19 else None
+    base = state_directory()
+    return base / "placeholders" if base is not None else None
 
 
 def _journal_name(name: str) -> tuple[int, str, str] | None:
@@ -235,7 +223,7 @@ class _Journal:
     def _open_path(self) -> Path | None:
         self._mine()
         if self.path is None and self.directory is not None:
-            start = _start_time(os.getpid())
+            start = start_time(os.getpid())
             if start is None:
                 return None
             try:
@@ -267,7 +255,7 @@ class _Journal:
                 if named is None:
                     continue
                 pid, start, kind = named
-                if _start_time(pid) == start:
+                if start_time(pid) == start:
                     continue  # alive: its placeholders may be in use
                 if kind == ".stash":
                     remove_stash(Path(entry.path))
@@ -311,6 +299,19 @@ class _Journal:
         self._forget()
 
 
+# The journal of the placeholders made by code that keeps no `WorkspacePlaceholders` (the
+# container backends' mount points, `backends.oci.engine`): one per process.
+_PROCESS_JOURNAL = _Journal(None)
+_PROCESS_JOURNAL_LOCK = threading.Lock()
+
+
+def journal_placeholders(workspace: str, paths: Iterable[str]) -> None:
+    """Record placeholders about to be made in `workspace` by such code, so that those of a
+    process that dies are swept like the others (see the module's docstring)."""
+    with _PROCESS_JOURNAL_LOCK:
+        _PROCESS_JOURNAL.record(workspace, paths)
+
+
 def remove_empty(_workspace: str, paths: list[str]) -> None:
     """`remove_placeholders` as a `workspace_locks.Remover`."""
     remove_placeholders(paths)
@@ -348,6 +349,14 @@ class WorkspacePlaceholders:
     def active(self, workspace: str) -> tuple[str, ...]:
         with self._lock:
             return tuple(self._created.get(workspace, ()))
+
+    def sweep(self) -> None:
+        """Remove what the journals of dead processes list, once (see the module's
+        docstring); the first run does it if nobody called this before."""
+        with self._lock:
+            self._mine()
+            if not self._journal.swept:
+                self._journal.sweep(self._workspace_locks())
 
     def enter(self, workspace: str) -> bool:
         """A run starts in `workspace`. False: another process has been removing

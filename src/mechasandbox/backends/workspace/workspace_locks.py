@@ -5,14 +5,19 @@ cover of a missing protected path (`.env`, `.git`...), and a sandbox of another 
 started meanwhile in the same workspace found that directory and bound it read-only in turn.
 Removing or renaming a directory that is a mount point in another mount namespace succeeds
 (Linux >= 3.18) and detaches the mounts on it there: the other sandbox could then create
-`.env` or `.git/hooks/...` for real. So the processes of one user coordinate through a lock
-file in the state directory, per workspace (hashed into `_BUCKETS` files, so that they stay
-few: workspaces of one bucket only wait for each other's cleanup). A process holds its
-bucket's lock shared while it has runs there, and removes placeholders only once it gets the
-lock exclusive, i.e. when no run of any process is left in the bucket. One that cannot get it
-appends its placeholders to the bucket's pending file, then tries once more: whoever gets the
-lock exclusive next removes what is pending (empty directories only), so that the last run to
-end cleans up.
+`.env` or `.git/hooks/...` for real. So the processes of one user coordinate through lock
+files in the state directory: a workspace is hashed into one of `_BUCKETS` files (so that
+they stay few), and locks one byte of its file, at an offset hashed from the workspace too
+(open file description locks, Linux >= 3.15: they belong to the descriptor, as `flock`'s
+do, so two `WorkspaceLocks` of one process conflict as two processes do). A process holds
+its workspace's byte shared while it has runs there, and removes placeholders only once it
+gets the byte exclusive, i.e. when no run of any process is left in that workspace (runs in
+other workspaces of the same file do not hold it back: a finished run leaves its workspace
+as its command left it). One that cannot get it appends its placeholders to the file's
+pending list, then tries once more: whoever gets a workspace's byte exclusive next removes
+what is pending there (empty directories only), so that the last run to end cleans up.
+Where there are no such locks (macOS), a process locks the whole file with `flock`: the
+workspaces of one file then wait for each other's cleanup.
 
 The lock files are outside every sandbox (the home directory is hidden; see
 docs/backends-bubblewrap.md), so a sandboxed process cannot hold them. A lock held exclusive
@@ -32,6 +37,7 @@ import functools
 import hashlib
 import json
 import os
+import struct
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -63,6 +69,39 @@ def bucket_of(workspace: str) -> str:
     return f"{digest[0] % _BUCKETS:02x}"
 
 
+# Open file description locks on one byte per workspace where the platform has them; None
+# (the whole file, by `flock`) elsewhere.
+_BYTE_LOCKS = hasattr(fcntl, "F_OFD_SETLK")
+# struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for these locks), padding.
+_FLOCK = struct.Struct("hhqqi4x")
+
+
+def byte_of(workspace: str) -> int | None:
+    """The offset of the byte `workspace` locks in its bucket's file (None: the whole file
+    is locked, see the module's docstring)."""
+    if not _BYTE_LOCKS:
+        return None
+    digest = hashlib.sha256(os.fsencode(workspace)).digest()
+    return int.from_bytes(digest[1:9], "big") >> 2  # below 2**62: any file offset
+
+
+def try_lock(fd: int, byte: int | None, kind: int) -> bool | None:
+    """Lock `byte` of `fd` (None: the whole file) without waiting; `kind` is `fcntl`'s
+    F_RDLCK, F_WRLCK or F_UNLCK. True: done; False: another holds a conflicting lock;
+    None: the file cannot be locked here (some network file systems)."""
+    try:
+        if byte is None:
+            operation = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX}
+            fcntl.flock(fd, operation.get(kind, fcntl.LOCK_UN) | fcntl.LOCK_NB)
+        else:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+    except (BlockingIOError, PermissionError):  # EWOULDBLOCK, EACCES: held by another
+        return False
+    except OSError:
+        return None
+    return True
+
+
 def _close_descriptors(fds: dict[str, int], owner: int) -> None:
     """Close the lock files in `fds` (only in the process `owner` that opened them)."""
     if os.getpid() != owner:
@@ -88,8 +127,11 @@ class WorkspaceLocks:
         self._owner = os.getpid()
         self._fds: dict[str, int] = {}
         self._idle: dict[str, None] = {}  # buckets whose fd is kept unlocked, oldest first
-        self._busy: dict[str, int] = {}  # by bucket: its workspaces this process runs in
-        self._deferred: dict[str, list[tuple[str, list[str]]]] = {}  # by bucket
+        # What one lock covers (a workspace, or a bucket without byte locks): how many times
+        # this process entered it, and the placeholders waiting for its last run to end.
+        self._busy: dict[str, int] = {}
+        self._deferred: dict[str, list[tuple[str, list[str]]]] = {}
+        self._users: dict[str, int] = {}  # by bucket: its units this process holds
         self._finalizer: weakref.finalize[..., WorkspaceLocks] | None = None
         self._fork_hook = False
 
@@ -103,6 +145,13 @@ class WorkspaceLocks:
         the same as `forget_inherited`."""
         if self._owner != os.getpid():
             self.forget_inherited()
+
+    @staticmethod
+    def _unit(workspace: str) -> tuple[str, str, int | None]:
+        """(bucket, what its lock covers, the byte locked: see `byte_of`)."""
+        bucket = bucket_of(workspace)
+        byte = byte_of(workspace)
+        return bucket, workspace if byte is not None else bucket, byte
 
     def _fd(self, bucket: str) -> int | None:
         if bucket in self._fds:
@@ -131,88 +180,105 @@ class WorkspaceLocks:
         return fd
 
     def enter(self, workspace: str) -> bool:
-        """The first run of this process in `workspace` starts: hold its bucket shared
-        (waits while another process removes placeholders there, up to `ENTER_WAIT_S`).
-        False: it could not, and the run must not start (its covers could be removed under
-        it); nothing is held then."""
+        """The first run of this process in `workspace` starts: hold its lock shared (waits
+        while another process removes placeholders there, up to `ENTER_WAIT_S`). False: it
+        could not, and the run must not start (its covers could be removed under it);
+        nothing is held then."""
         self._mine()
-        bucket = bucket_of(workspace)
-        if not self._busy.get(bucket):
+        bucket, unit, byte = self._unit(workspace)
+        if not self._busy.get(unit):
             fd = self._fd(bucket)
-            if fd is not None and not self._shared(fd):
-                self._close(bucket)
+            if fd is not None and not self._shared(fd, byte):
+                self._release(bucket, used=False)
                 return False
-        self._busy[bucket] = self._busy.get(bucket, 0) + 1
+            self._users[bucket] = self._users.get(bucket, 0) + 1
+        self._busy[unit] = self._busy.get(unit, 0) + 1
         return True
 
     @staticmethod
-    def _shared(fd: int) -> bool:
+    def _shared(fd: int, byte: int | None) -> bool:
         deadline = time.monotonic() + ENTER_WAIT_S
         pause = 0.001
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-            except OSError:  # not lockable here (some network file systems): no coordination
+            locked = try_lock(fd, byte, fcntl.F_RDLCK)
+            if locked is not False:  # None: not lockable here, no coordination
                 return True
-            else:
-                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def leave(self, workspace: str, placeholders: list[str], remove: Remover) -> None:
         """The last run of this process in `workspace` ended: its placeholders go once no
-        run of any process is left in the bucket (now, or by whoever ends last)."""
+        run of any process is left there (now, or by whoever ends last)."""
         self._mine()
-        bucket = bucket_of(workspace)
+        bucket, unit, byte = self._unit(workspace)
         if placeholders:
-            self._deferred.setdefault(bucket, []).append((workspace, placeholders))
-        self._busy[bucket] -= 1
-        if self._busy[bucket]:
-            return  # another workspace of the bucket still runs here: later
-        del self._busy[bucket]
-        self._settle(bucket, self._deferred.pop(bucket, []), remove)
+            self._deferred.setdefault(unit, []).append((workspace, placeholders))
+        self._busy[unit] -= 1
+        if self._busy[unit]:
+            return  # (without byte locks) another workspace of the bucket still runs here
+        del self._busy[unit]
+        self._users[bucket] -= 1
+        self._settle(bucket, byte, self._deferred.pop(unit, []), remove)
 
     def hand_over(self, entries: Iterable[tuple[str, str]], remove: Remover) -> None:
         """Placeholders a dead process left (workspace, path): removed, or made pending."""
         self._mine()
-        by_bucket: dict[str, dict[str, list[str]]] = {}
+        by_unit: dict[tuple[str, str, int | None], dict[str, list[str]]] = {}
         for workspace, path in entries:
-            by_bucket.setdefault(bucket_of(workspace), {}).setdefault(workspace, []).append(path)
-        for bucket, workspaces in by_bucket.items():
-            if self._busy.get(bucket):
+            by_unit.setdefault(self._unit(workspace), {}).setdefault(workspace, []).append(path)
+        for (bucket, unit, byte), workspaces in by_unit.items():
+            if self._busy.get(unit):
                 self._append_pending(bucket, list(workspaces.items()))
             else:
-                self._settle(bucket, list(workspaces.items()), remove)
+                self._settle(bucket, byte, list(workspaces.items()), remove)
 
-    def _settle(self, bucket: str, owned: list[tuple[str, list[str]]], remove: Remover) -> None:
+    def _settle(
+        self,
+        bucket: str,
+        byte: int | None,
+        owned: list[tuple[str, list[str]]],
+        remove: Remover,
+    ) -> None:
+        """Remove `owned` once this process holds the lock of `byte` exclusive (no run of
+        anyone left there), else leave it pending; then let go of that lock."""
         fd = self._fd(bucket)
         if fd is None:  # no state directory: nothing to coordinate with
             for workspace, paths in owned:
                 remove(workspace, paths)
+            self._release(bucket)
             return
         try:
-            if self._exclusive(fd):
+            if self._exclusive(fd, byte):
                 for workspace, paths in owned:
                     remove(workspace, paths)
-                self._drain_pending(bucket, remove)
+                self._drain_pending(bucket, fd, byte, remove)
                 return
-            # Someone still runs in the bucket: pending, then once more, in case the last
-            # of them ended (and drained) between our try and the append.
+            # Someone still runs there: pending, then once more, in case the last of them
+            # ended (and drained) between our try and the append.
             self._append_pending(bucket, owned)
-            if self._exclusive(fd):
-                self._drain_pending(bucket, remove)
+            if self._exclusive(fd, byte):
+                self._drain_pending(bucket, fd, byte, remove)
         finally:
             # Unlocked explicitly: a child forked meanwhile shares the descriptor, and a
-            # close alone would leave the lock held through its copy. Kept open for the
-            # next run there, while few are (see `_IDLE_KEPT`).
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            self._idle[bucket] = None
-            while len(self._idle) > _IDLE_KEPT:
-                self._close(next(iter(self._idle)))
+            # close alone would leave the lock held through its copy.
+            try_lock(fd, byte, fcntl.F_UNLCK)
+            self._release(bucket)
+
+    def _release(self, bucket: str, *, used: bool = True) -> None:
+        """A bucket none of whose locks this process holds any more keeps its descriptor
+        open for the next run there, while few are (see `_IDLE_KEPT`); `used`: False when
+        it was opened for nothing (a run that could not start), then closed."""
+        if self._users.get(bucket) or bucket not in self._fds:
+            return
+        self._users.pop(bucket, None)
+        if not used:
+            self._close(bucket)
+            return
+        self._idle[bucket] = None
+        while len(self._idle) > _IDLE_KEPT:
+            self._close(next(iter(self._idle)))
 
     def _close(self, bucket: str) -> None:
         self._idle.pop(bucket, None)
@@ -231,12 +297,9 @@ class WorkspaceLocks:
         return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
     @staticmethod
-    def _exclusive(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by another (EWOULDBLOCK), or not lockable: remove nothing
-            return False
-        return True
+    def _exclusive(fd: int, byte: int | None) -> bool:
+        # Held by another, or not lockable: remove nothing.
+        return try_lock(fd, byte, fcntl.F_WRLCK) is True
 
     def _pending_path(self, bucket: str) -> Path:
         assert self._directory is not None
@@ -260,31 +323,59 @@ class WorkspaceLocks:
             finally:
                 os.close(fd)
 
-    def _drain_pending(self, bucket: str, remove: Remover) -> None:
-        """Called holding the bucket exclusive: remove what other processes left pending."""
+    def _drain_pending(self, bucket: str, fd: int, held: int | None, remove: Remover) -> None:
+        """Called holding the lock of byte `held` (or of the whole file) exclusive: remove
+        what other processes left pending where nobody runs any more (the workspace of
+        `held`, and the others whose lock this process gets exclusive now); the rest stays
+        pending."""
         path = self._pending_path(bucket)
         try:
             if not os.stat(path).st_size:
                 return
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            pending = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
             return
+        taken: dict[str, list[str]] = {}
+        locked: list[int] = []  # bytes locked here for the removal, let go of after it
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                text = handle.read()
-            os.ftruncate(fd, 0)
+            fcntl.flock(pending, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(pending), "rb") as handle:
+                lines = handle.read().splitlines()
+            kept: list[bytes] = []
+            for line in lines:
+                try:
+                    workspace, placeholder = (str(part) for part in json.loads(line))
+                except (ValueError, TypeError):
+                    continue
+                if workspace not in taken and not self._takes(fd, workspace, held, locked):
+                    kept.append(line + b"\n")
+                    continue
+                taken.setdefault(workspace, []).append(placeholder)
+            os.ftruncate(pending, 0)
+            if kept:
+                os.pwrite(pending, b"".join(kept), 0)
         except OSError:
-            return
+            pass
         finally:
-            os.close(fd)
-        by_workspace: dict[str, list[str]] = {}
-        for line in text.splitlines():
-            with contextlib.suppress(ValueError, TypeError):
-                workspace, placeholder = json.loads(line)
-                by_workspace.setdefault(str(workspace), []).append(str(placeholder))
-        for workspace, paths in by_workspace.items():
-            remove(workspace, paths)
+            os.close(pending)
+        try:
+            for workspace, paths in taken.items():
+                remove(workspace, paths)
+        finally:
+            for byte in locked:
+                try_lock(fd, byte, fcntl.F_UNLCK)
+
+    def _takes(self, fd: int, workspace: str, held: int | None, locked: list[int]) -> bool:
+        """Whether the pending placeholders of `workspace` may go now: nobody runs there
+        (its lock is `held`, or this process gets it exclusive now: then `locked` gets its
+        byte)."""
+        byte = byte_of(workspace)
+        if byte is None or byte == held:  # the whole file, or the byte held: ours already
+            return True
+        if self._busy.get(workspace) or not self._exclusive(fd, byte):
+            return False
+        locked.append(byte)
+        return True
 
     def forget_inherited(self) -> None:
         """In a child just forked: close the copies of the parent's lock descriptors, so
@@ -300,6 +391,7 @@ class WorkspaceLocks:
         self._idle = {}
         self._busy = {}
         self._deferred = {}
+        self._users = {}
 
     def close(self) -> None:
         """Close the lock files kept open (idempotent; they are opened again if needed)."""
