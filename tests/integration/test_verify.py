@@ -11,17 +11,15 @@ import pytest
 
 from mechasandbox.backends.base import Backend
 from mechasandbox.backends.process import ProcessBackend
-from mechasandbox.cli.verify import (
-    ATTACKS,
+from mechasandbox.cli.attacks import (
     ENV_SECRET_NAME,
     Arena,
-    attempt,
     launcher_loader,
     leave_setuid_file,
     plant_environment_secret,
     read_denied_in_workspace,
-    verify_backend,
 )
+from mechasandbox.cli.verify import ATTACKS, attempt, verify_backend
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
 

@@ -14,7 +14,8 @@ from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.catalog import AUTO_ORDER, CATALOG
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.registry import choose
-from mechasandbox.cli.verify import plant_environment_secret, verify_backends
+from mechasandbox.cli.attacks import plant_environment_secret
+from mechasandbox.cli.verify import verify_backends
 from mechasandbox.containers import Application
 from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.policy import Policy
