@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mechasandbox.runner.proctree import pid_exists
+
 _OWNED = re.compile(r"(?:mechasandbox-[a-z]+|msb-net)-(\d+)-(\d+)-[A-Za-z0-9_]+")
 _FAMILIES = ("mechasandbox-", "msb-net-")
 _stamps: dict[int, str] = {}  # by pid: this process's stamp (a forked child has its own)
@@ -86,13 +88,7 @@ def temp_prefix(kind: str) -> str:
 def owner_alive(pid: int, start: str) -> bool:
     """Whether the process that stamped `PID-START` still runs."""
     if start == "0":
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_exists(pid)
     return start_time(pid) == start
 
 
