@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pathlib
 import signal
-from collections.abc import Callable
 
 import anyio
 import attrs
@@ -26,37 +25,12 @@ from mechasandbox.domain import (
 from mechasandbox.domain.errors import SandboxError
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
-from mechasandbox.runner.runner import HelperProcessRunner
-from tests.conftest import require_available
+from tests.backends.host_backends import backend
+
+__all__ = ["backend"]  # the fixture: each test runs on process, landlock and bubblewrap
 
 PYTHON = "/usr/bin/python3"
 BEST_EFFORT = Policy(enforcement=Enforcement.BEST_EFFORT)
-
-
-def _process(runner: HelperProcessRunner) -> Backend:
-    from mechasandbox.backends.process import ProcessBackend
-
-    return ProcessBackend(runner=runner)
-
-
-def _landlock(runner: HelperProcessRunner) -> Backend:
-    from mechasandbox.backends.linux.landlock import LandlockBackend
-
-    return LandlockBackend(runner=runner)
-
-
-def _bubblewrap(runner: HelperProcessRunner) -> Backend:
-    from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
-
-    return BubblewrapBackend(runner=runner)
-
-
-@pytest.fixture(params=[_process, _landlock, _bubblewrap], ids=lambda make: make.__name__[1:])
-def backend(request: pytest.FixtureRequest, runner: HelperProcessRunner) -> Backend:
-    make: Callable[[HelperProcessRunner], Backend] = request.param
-    made = make(runner)
-    require_available(made)
-    return made
 
 
 def _run(

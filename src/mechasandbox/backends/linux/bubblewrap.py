@@ -41,8 +41,8 @@ from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.linux.bwrap_compiler import BwrapCommand, compile_bwrap
 from mechasandbox.backends.linux.bwrap_hooks import (
     LANDLOCK_SCOPE_ABI,
+    command_hooks,
     describe_scope,
-    environment_hook,
     landlock_abi,
     named_sockets_detail,
     seccomp_summary,
@@ -347,7 +347,7 @@ class BubblewrapBackend:
                 max_output_bytes=policy.limits.max_output_bytes,
                 umask=UMASK,
                 rlimits=rlimits,
-                hooks=(*unix.hooks, environment_hook(command)),
+                hooks=(*unix.hooks, *command_hooks(command)),
                 executable=features.path,
             )
             return Success((command, spec))
