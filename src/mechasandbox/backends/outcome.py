@@ -164,7 +164,7 @@ def classify(
 
 def _killed(result: RunResult, ended_by: int, by: str) -> str:
     if result.signal is not None:
-        return f"the command was killed by {by}"
+        return f"a process was killed by {by}"
     return f"exit status {_SIGNALLED_BASE + ended_by} reports a process killed by {by}"
 
 

@@ -108,7 +108,7 @@ def _execute(
 ) -> int:
     as_json = bool(args.json)
     sandbox = app.services.sandbox()
-    backend = app.config.backend()
+    backend = sandbox.backend.name  # the one `auto` chose: it answers, whatever the outcome
     if args.verb == "policy":
         return _print_plan(sandbox.plan(command), as_json=as_json, backend=backend)
     if with_loop:
