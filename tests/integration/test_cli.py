@@ -23,6 +23,8 @@ JSON_KEYS = {  # docs/cli.md
     "signal",
     "stdout",
     "stderr",
+    "stdout_b64",
+    "stderr_b64",
     "stdout_truncated",
     "stderr_truncated",
     "duration_s",

@@ -14,6 +14,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import check_enforcement, check_workspace
+from mechasandbox.backends.command_line import exec_problem
 from mechasandbox.backends.git_indirections import with_git_indirections
 from mechasandbox.backends.git_new_repositories import disarm_new_repositories
 from mechasandbox.backends.outcome import classify, run_result
@@ -141,6 +142,9 @@ async def execute_spec(
 
     `adjust`: the backend's reading of the raw outcome before it is classified (bubblewrap
     turns its init's "128+N" back into signal N)."""
+    too_long = exec_problem(spec.argv, spec.env, executable=spec.executable)
+    if too_long is not None:  # said before anything starts, naming the kernel's limit
+        return Failure(too_long)
     manager = cgroups if isinstance(cgroups, CgroupManager) else None
     cgroup_run: CgroupRun | None = None
     if manager is not None:

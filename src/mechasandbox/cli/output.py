@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import signal as signals
 from typing import Any
 
@@ -24,17 +25,39 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _exact(data: bytes) -> str | None:
+    """The bytes in base64 when the text form loses some (not valid UTF-8), else None."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii")
+    return None
+
+
+def answering_backend(result: RunResult | None, error: SandboxError | None, configured: str) -> str:
+    """The backend that ran the command or refused it, rather than the one configured
+    (`auto`): the result's, the error's own, else the configured name (nothing answered)."""
+    if result is not None:
+        return result.backend
+    named: object = getattr(error, "backend", None)
+    return named if isinstance(named, str) else configured
+
+
 def result_object(
     result: RunResult | None, error: SandboxError | None, backend: str
 ) -> dict[str, Any]:
-    """The JSON object of docs/cli.md (partial output included on timeouts and limits)."""
+    """Exactly the JSON object of docs/cli.md (partial output included on timeouts and
+    limits). `backend`: the one that answered when the error does not say (see
+    `answering_backend`)."""
     shown = result or (partial_result(error) if error is not None else None)
     return {
-        "backend": shown.backend if shown else backend,
+        "backend": answering_backend(shown, error, backend),
         "exit_code": shown.exit_code if shown else None,
         "signal": shown.signal if shown else None,
         "stdout": _text(shown.stdout) if shown else "",
         "stderr": _text(shown.stderr) if shown else "",
+        "stdout_b64": _exact(shown.stdout) if shown else None,
+        "stderr_b64": _exact(shown.stderr) if shown else None,
         "stdout_truncated": shown.stdout_truncated if shown else False,
         "stderr_truncated": shown.stderr_truncated if shown else False,
         "duration_s": round(shown.duration_s, 6) if shown else 0.0,
@@ -42,7 +65,9 @@ def result_object(
             "cpu_s": round(shown.usage.cpu_s, 6) if shown else 0.0,
             "max_rss_bytes": shown.usage.max_rss_bytes if shown else 0,
         },
-        "violations": [{"kind": v.kind, "detail": v.detail} for v in shown.violations]
+        "violations": [
+            {"kind": v.kind, "detail": v.detail, "count": v.count} for v in shown.violations
+        ]
         if shown
         else [],
         "warnings": list(shown.warnings) if shown else [],

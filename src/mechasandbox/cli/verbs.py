@@ -99,7 +99,7 @@ def _execute(
 ) -> int:
     as_json = bool(args.json)
     sandbox = app.services.sandbox()
-    backend = app.config.backend()
+    backend = sandbox.backend.name  # the one `auto` chose: it answers, whatever the outcome
     if args.verb == "policy":
         from mechasandbox.cli import policy_verb
         from mechasandbox.cli.options import options_given

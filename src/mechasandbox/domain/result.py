@@ -13,10 +13,13 @@ class Usage:
 
 @attrs.frozen(kw_only=True)
 class Violation:
-    """Something the sandbox stopped, written for the agent to read (kind: network, ...)."""
+    """Something the sandbox stopped, written for the agent to read (kind: network,
+    process_limit, memory_limit, ...). `count`: how many times, where it is counted (the
+    forks a process limit refused); None where each is its own violation."""
 
     kind: str
     detail: str
+    count: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -23,6 +24,12 @@ _APPLIED = frozenset((*_PREPARED_LIKE, "prepare"))
 # requests (a host that alternates between backends); in a pooled cgroup, the newest.
 _OFFERS_UNGROUPED = 4
 _OFFERS_GROUPED = 1
+# Groups of cgroups whose offers are kept, the most recently offered: a pooled cgroup is
+# retired (removed, its warm child with it) when its last run left memory charged, and a new
+# one takes its place, so the groups ever seen grow with the runs; the live ones are the
+# manager's pool (eight) and those of the runs under way. An offer dropped here is only a
+# warm child less (the helper forks one), while each kept one holds a socket.
+_OFFER_GROUPS = 16
 
 
 class _Offer:
@@ -161,6 +168,8 @@ class SpawnHelperClient:
         # The shim first, then one prepared like the run.
         offer = min(usable, key=lambda o: (not o.native, o.ahead != ahead))
         group.remove(offer)
+        if not group:
+            del self._offers[tuple(request["cgroup_procs"])]
         sent = request
         if offer.ahead:  # it applied the ahead hooks already: less to encode and decode
             sent = {name: value for name, value in request.items() if name not in _APPLIED}
@@ -212,13 +221,43 @@ class SpawnHelperClient:
             self._keep(tuple(offer["key"]), found)
 
     def _keep(self, key: tuple[str, ...], offer: _Offer) -> None:
-        group = self._offers.setdefault(key, [])
+        if key not in self._offers:  # a new cgroup, most often in place of a retired one
+            self._drop_gone()
+        group = self._offers.pop(key, [])
+        self._offers[key] = group  # the most recent group last: the oldest go first
         for older in [o for o in group if o.ahead == offer.ahead]:
             group.remove(older)
             older.runs.close()
         group.append(offer)
         while len(group) > (_OFFERS_GROUPED if key else _OFFERS_UNGROUPED):
             group.pop(0).runs.close()
+        while len(self._offers) > _OFFER_GROUPS:
+            for stale in self._offers.pop(next(iter(self._offers))):
+                stale.runs.close()
+
+    def _drop_gone(self) -> None:
+        """Drop the offers no run can take: those whose child has exited (its socket hung
+        up), and those of a cgroup removed since (a retired pooled cgroup: its child died
+        with it, or, prepared as it was being removed, never got in and waits outside it;
+        cgroup names are never reused, so no run will name it again). One poll over the
+        kept sockets (a warm child never sends on it) and one stat per group."""
+        poller = select.poll()
+        doomed: list[tuple[tuple[str, ...], _Offer]] = []
+        polled: dict[int, tuple[tuple[str, ...], _Offer]] = {}
+        for key, group in self._offers.items():
+            if key and not os.path.exists(key[0]):
+                doomed += [(key, offer) for offer in group]
+                continue
+            for offer in group:
+                polled[offer.runs.fileno()] = (key, offer)
+                poller.register(offer.runs.fileno(), select.POLLIN)
+        doomed += [polled[fd] for fd, _events in poller.poll(0)]
+        for key, offer in doomed:
+            group = self._offers[key]
+            group.remove(offer)
+            offer.runs.close()
+            if not group:
+                del self._offers[key]
 
     def _drop_offers(self) -> None:
         for group in self._offers.values():

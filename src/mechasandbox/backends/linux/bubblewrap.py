@@ -34,8 +34,8 @@ from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTa
 from mechasandbox.backends.linux.bwrap_compiler import BwrapCommand, compile_bwrap
 from mechasandbox.backends.linux.bwrap_hooks import (
     UnixSocketPlan,
+    command_hooks,
     describe_scope,
-    environment_hook,
     landlock_abi,
     named_sockets_row,
     seccomp_summary,
@@ -316,7 +316,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
                 env=LAUNCHER_ENVIRONMENT,
                 executable=setting.features.path,
                 rlimits=rlimits,
-                hooks=(*unix.hooks, environment_hook(command)),
+                hooks=(*unix.hooks, *command_hooks(command)),
             )
             return Success(
                 Launch(

@@ -50,6 +50,8 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, unsafe_variable
+from mechasandbox.backends.command_line import exec_problem
+from mechasandbox.backends.linux.bwrap_command_line import TRAMPOLINE, command_script, fits_bwrap
 from mechasandbox.backends.linux.bwrap_layout import DEFAULT_FEATURES, BwrapFeatures, HostLayout
 from mechasandbox.backends.linux.bwrap_mounts import Mount, covering_mount, mount_plan
 from mechasandbox.backends.unix_sockets import NO_NAMED_SOCKETS, NamedSockets
@@ -74,6 +76,9 @@ class BwrapCommand:
     mounts: tuple[Mount, ...] = ()
     # The command's environment, which bwrap reads from ARGS_FD (values stay out of reprs).
     environment: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    # The command line, when too long for bwrap's argv: the script the trampoline runs from
+    # COMMAND_FD (see `bwrap_command_line`); empty when the argv carries the command.
+    command_script: bytes = attrs.field(default=b"", repr=False)
 
     @property
     def arguments_on_fd(self) -> bytes:
@@ -124,6 +129,9 @@ def compile_bwrap(
     unsafe = unsafe_variable(variables)
     if unsafe is not None:
         return Failure(ConfigInvalid(problem=unsafe, field="environment"))
+    too_long = exec_problem(request.argv, variables)  # the command's own exec, inside
+    if too_long is not None:
+        return Failure(too_long)
     planned = mount_plan(workspace, policy, host, layout)
     if isinstance(planned, ConfigInvalid):
         return Failure(planned)
@@ -146,11 +154,17 @@ def compile_bwrap(
         argv += mount.args
     for path in sockets.bind:
         argv += ["--ro-bind", path, path]
-    if bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST:
+    bridged = bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST
+    if bridge is not None and bridged:
         argv += ["--ro-bind", bridge.socket, PROXY_SOCKET]
-        argv += ["--", *bridge_argv(bridge, request.argv)]
-    else:
-        argv += ["--", *request.argv]
+
+    def started(command: tuple[str, ...]) -> list[str]:
+        return bridge_argv(bridge, command) if bridge is not None and bridged else [*command]
+
+    script = b""
+    if not fits_bwrap(argv, 3 * len(variables), started(request.argv)):
+        script = command_script(request.argv)
+    argv += ["--", *started(TRAMPOLINE if script else request.argv)]
     return Success(
         BwrapCommand(
             argv=tuple(argv),
@@ -158,5 +172,6 @@ def compile_bwrap(
             warnings=warnings + sockets.warnings,
             mounts=mounts,
             environment=variables,
+            command_script=script,
         )
     )

@@ -11,6 +11,7 @@ import attrs
 
 from mechasandbox.backends.capability_table import CapabilityTable
 from mechasandbox.backends.linux import seccomp
+from mechasandbox.backends.linux.bwrap_command_line import COMMAND_FD
 from mechasandbox.backends.linux.bwrap_compiler import ARGS_FD, SECCOMP_FD, BwrapCommand
 from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
 from mechasandbox.backends.unix_sockets import NamedSockets
@@ -48,11 +49,16 @@ def seccomp_hook(unix_sockets: bool = True) -> ChildHook:
     )
 
 
-def environment_hook(command: BwrapCommand) -> ChildHook:
-    """The command's environment on ARGS_FD, where bwrap reads it (`--args`)."""
-    return ChildHook(
+def command_hooks(command: BwrapCommand) -> tuple[ChildHook, ...]:
+    """The command's environment on ARGS_FD, where bwrap reads it (`--args`), and its
+    command line on COMMAND_FD when bwrap's argv cannot carry it (`bwrap_command_line`)."""
+    environment = ChildHook(
         target=fd_data.TARGET, argument=fd_data.argument(ARGS_FD, command.arguments_on_fd)
     )
+    if not command.command_script:
+        return (environment,)
+    script = fd_data.argument(COMMAND_FD, command.command_script)
+    return environment, ChildHook(target=fd_data.TARGET, argument=script)
 
 
 def abstract_scope_hook(abi: int) -> ChildHook:
