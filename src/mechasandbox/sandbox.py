@@ -1,10 +1,11 @@
-"""The facade agent code calls: one backend, one default policy, runs as `FutureResult`s."""
+"""The facade agent code calls: one backend, one default policy, runs as `FutureResult`s,
+their output as it comes (callbacks), or as a stream of events ending in the result."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -12,12 +13,43 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, with_notes
 from mechasandbox.config.validation import policy_problems
 from mechasandbox.domain.errors import BackendUnavailable, ConfigInvalid, SandboxError
+from mechasandbox.domain.events import OutputSink, RunEvent
 from mechasandbox.domain.policy import Policy
-from mechasandbox.domain.request import RunRequest, argv_problem, workspace_problem
+from mechasandbox.domain.request import (
+    RunRequest,
+    StreamedInput,
+    argv_problem,
+    workspace_problem,
+)
 from mechasandbox.domain.result import RunResult
+from mechasandbox.streaming import OutputRelay, events_of
 
 if TYPE_CHECKING:
     from returns.future import FutureResult
+
+
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+# A command's input: bytes; a descriptor (an int, or an open file: its descriptor, read
+# directly, so data the file object buffered already is not seen) streamed to the command
+# as it reads (see `StreamedInput`); None: /dev/null.
+Stdin: TypeAlias = bytes | int | HasFileno | StreamedInput | None
+# Called with each chunk of output as it comes (`on_stdout`, `on_stderr`).
+Chunks: TypeAlias = Callable[[bytes], None]
+
+
+def _input(stdin: Stdin) -> Result[bytes | StreamedInput | None, SandboxError]:
+    if stdin is None or isinstance(stdin, bytes | StreamedInput):
+        return Success(stdin)
+    try:
+        fd = stdin if isinstance(stdin, int) else stdin.fileno()
+        os.fstat(fd)
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        problem = f"expected bytes, a descriptor or an open file, got {stdin!r}: {error}"
+        return Failure(ConfigInvalid(problem=problem, field="stdin"))
+    return Success(StreamedInput(fd))
 
 
 @attrs.frozen(kw_only=True)
@@ -39,7 +71,12 @@ class Sandbox:
     backend_chosen_by: str | None = None
 
     def request(
-        self, argv: Sequence[str], *, workspace: str | None = None, stdin: bytes | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: str | None = None,
+        stdin: Stdin = None,
+        on_output: OutputSink | None = None,
     ) -> Result[RunRequest, SandboxError]:
         problem = argv_problem(argv)
         if problem is not None:
@@ -50,8 +87,13 @@ class Sandbox:
         problem = workspace_problem(where)
         if problem is not None:
             return Failure(ConfigInvalid(problem=problem, field="workspace"))
+        given = _input(stdin)
+        if isinstance(given, Failure):
+            return Failure(given.failure())
         try:
-            return Success(RunRequest(argv=argv, workspace=where, stdin=stdin))
+            return Success(
+                RunRequest(argv=argv, workspace=where, stdin=given.unwrap(), on_output=on_output)
+            )
         except (TypeError, ValueError) as error:
             return Failure(ConfigInvalid(problem=str(error), field="argv"))
 
@@ -75,10 +117,29 @@ class Sandbox:
         argv: Sequence[str],
         *,
         workspace: str | None = None,
-        stdin: bytes | None = None,
+        stdin: Stdin = None,
         policy: Policy | None = None,
+        on_stdout: Chunks | None = None,
+        on_stderr: Chunks | None = None,
     ) -> Result[RunResult, SandboxError]:
-        request = self.request(argv, workspace=workspace, stdin=stdin)
+        """Run `argv`; `on_stdout`/`on_stderr`: called with each chunk of its output as it
+        comes (what the output cap keeps), in the runner: they should return quickly, and
+        one that raises stops the run (its tree is killed) and its exception propagates."""
+        relay = OutputRelay.of_callbacks(on_stdout, on_stderr)
+        finished = await self._run(argv, workspace, stdin, policy, relay)
+        if relay is not None:
+            relay.finish(finished)
+        return finished
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        workspace: str | None,
+        stdin: Stdin,
+        policy: Policy | None,
+        on_output: OutputSink | None,
+    ) -> Result[RunResult, SandboxError]:
+        request = self.request(argv, workspace=workspace, stdin=stdin, on_output=on_output)
         if isinstance(request, Failure):
             return Failure(request.failure())
         checked = self._checked(policy)
@@ -92,28 +153,62 @@ class Sandbox:
         argv: Sequence[str],
         *,
         workspace: str | None = None,
-        stdin: bytes | None = None,
+        stdin: Stdin = None,
         policy: Policy | None = None,
+        on_stdout: Chunks | None = None,
+        on_stderr: Chunks | None = None,
     ) -> FutureResult[RunResult, SandboxError]:
         """The composable form: `sandbox.run([...]).bind(...)`, awaited once at the end."""
         from returns.future import FutureResult  # imported by the callers that compose
 
-        return FutureResult(self.run_async(argv, workspace=workspace, stdin=stdin, policy=policy))
+        return FutureResult(
+            self.run_async(
+                argv,
+                workspace=workspace,
+                stdin=stdin,
+                policy=policy,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
+        )
 
     def run_sync(
         self,
         argv: Sequence[str],
         *,
         workspace: str | None = None,
-        stdin: bytes | None = None,
+        stdin: Stdin = None,
         policy: Policy | None = None,
+        on_stdout: Chunks | None = None,
+        on_stderr: Chunks | None = None,
     ) -> Result[RunResult, SandboxError]:
         """For scripts: runs its own event loop."""
         import anyio  # not at import: the CLI runs most commands without an event loop
 
         return anyio.run(
-            lambda: self.run_async(argv, workspace=workspace, stdin=stdin, policy=policy)
+            lambda: self.run_async(
+                argv,
+                workspace=workspace,
+                stdin=stdin,
+                policy=policy,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
         )
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: str | None = None,
+        stdin: Stdin = None,
+        policy: Policy | None = None,
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events as they come (see `domain.events`): its output in chunks, then
+        its warnings and violations, and last a `ResultEvent` whose `value` is what
+        `run_async` returns. Leaving the loop early is safe: closing the iterator (or its
+        collection) stops the run and kills its tree; `contextlib.aclosing` does it at once."""
+        return events_of(lambda sink: self._run(argv, workspace, stdin, policy, sink))
 
     def plan(
         self, argv: Sequence[str], *, workspace: str | None = None, policy: Policy | None = None

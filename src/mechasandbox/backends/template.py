@@ -219,13 +219,15 @@ def spawn_spec(
     rlimits: tuple[RlimitSetting, ...] = (),
     hooks: tuple[ChildHook, ...] = (),
 ) -> SpawnSpec:
-    """The spawn of `job` in its workspace: its stdin, and the policy's timeout and output
-    cap; `argv` is the command's, or its launcher's (`bwrap`, `sandbox-exec`)."""
+    """The spawn of `job` in its workspace: its stdin and output sink, and the policy's
+    timeout and output cap; `argv` is the command's, or its launcher's (`bwrap`,
+    `sandbox-exec`)."""
     return SpawnSpec(
         argv=argv,
         env=env,
         cwd=job.workspace,
         stdin=job.request.stdin,
+        on_output=job.request.on_output,
         timeout_s=job.policy.limits.timeout_s,
         max_output_bytes=job.policy.limits.max_output_bytes,
         umask=umask,

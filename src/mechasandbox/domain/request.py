@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from mechasandbox.domain.events import OutputSink
+
 
 def argv_problem(values: object) -> str | None:
     """Why `values` cannot be a command line, if it cannot: a string (`"ls -la"` would be
@@ -37,16 +39,34 @@ def _argv(values: object) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
+@attrs.frozen
+class StreamedInput:
+    """The command's input read from the open file descriptor `fd` while it runs (a pipe,
+    a socket, a file, a terminal), as the command takes it: one chunk at a time, so any
+    size goes through in bounded memory. The descriptor itself never enters the sandbox
+    (a terminal would let the command type into the caller's shell, a socket would be a
+    way out): what it gives is written to a pipe of the run's own. It stays the caller's:
+    never closed, never made non-blocking. When the run ends first, up to one chunk read
+    from it is lost."""
+
+    fd: int
+
+
 @attrs.frozen(kw_only=True)
 class RunRequest:
-    """One command: argv (never a shell string), its workspace, extra environment, stdin.
+    """One command: argv (never a shell string), its workspace, its stdin, and where its
+    output goes as it comes.
 
-    `workspace` is the command's working directory and its writable tree.
+    `workspace` is the command's working directory and its writable tree. `stdin`: bytes,
+    or a descriptor to stream from (None: /dev/null). `on_output`: called with each chunk
+    of output the run keeps, as it comes (see `domain.events`); a backend that does not
+    stream leaves it to the caller (`Sandbox` then passes the collected output at the end).
     """
 
     argv: tuple[str, ...] = attrs.field(converter=_argv)
     workspace: str = attrs.field()
-    stdin: bytes | None = None
+    stdin: bytes | StreamedInput | None = None
+    on_output: OutputSink | None = attrs.field(default=None, eq=False, repr=False)
 
     @argv.validator
     def _valid_argv(

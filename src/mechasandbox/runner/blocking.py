@@ -15,6 +15,7 @@ allowlist proxy, would never get it). Use `HelperProcessRunner` there.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import selectors
 import socket
@@ -27,6 +28,7 @@ from returns.result import Failure, Result
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
 from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.feed import InputFeed
 from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 from mechasandbox.runner.submission import Submitted, request_kill, submit
@@ -89,32 +91,53 @@ def _wait(run: Submitted, supervision: Supervision, selector: selectors.BaseSele
     selector.register(run.sock, selectors.EVENT_READ)
     selector.register(run.out_r, selectors.EVENT_READ, STDOUT)
     selector.register(run.err_r, selectors.EVENT_READ, STDERR)
-    pending = memoryview(supervision.spec.stdin or b"")
-    if run.stdin_w is not None and pending:
-        selector.register(run.stdin_w, selectors.EVENT_WRITE)
-    else:
-        run.input_written()
+    feed = InputFeed(run.stdin, supervision.spec.stdin)
+    feeding: dict[int, int] = {}  # the feed's descriptors watched now, with their events
     while not supervision.done(now := time.monotonic()):
         if supervision.tick(now):
             request_kill(run.sock)  # then wait for its last word, however long
+        if feed.wants_source() and not feed.polled:
+            feed.read_source()
+        _watch_feed(selector, feed, feeding)
         wake_at = supervision.wake_at()
         timeout = None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
         for key, _events in selector.select(timeout):
-            if key.fd == run.sock.fileno():
+            if key.data is _SOURCE:
+                feed.read_source()
+            elif key.data is _PIPE:
+                feed.write_pipe()
+            elif key.fd == run.sock.fileno():
                 _receive(run.sock, supervision)
                 if supervision.last is not None:
                     selector.unregister(run.sock)
-            elif key.fd == run.stdin_w:
-                pending = run.write_input(pending)
-                if not pending:
-                    selector.unregister(key.fd)
-                    run.input_written()
             else:
                 data = run.read(key.fd)
                 if data is not None:
                     supervision.output(key.data, data)
                     if not data:
                         selector.unregister(key.fd)
+
+
+_SOURCE = "source"
+_PIPE = "pipe"
+
+
+def _watch_feed(selector: selectors.BaseSelector, feed: InputFeed, feeding: dict[int, int]) -> None:
+    """Watch the feed's descriptors for what it waits for now, and only those (the pipe
+    may be closed meanwhile: it is forgotten without asking the selector)."""
+    wanted: dict[int, tuple[int, str]] = {}
+    if feed.wants_pipe() and feed.pipe.fd is not None:
+        wanted[feed.pipe.fd] = (selectors.EVENT_WRITE, _PIPE)
+    elif feed.wants_source() and feed.polled and feed.source is not None:
+        wanted[feed.source] = (selectors.EVENT_READ, _SOURCE)
+    for fd in [fd for fd in feeding if fd not in wanted]:
+        del feeding[fd]
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            selector.unregister(fd)
+    for fd, (events, role) in wanted.items():
+        if fd not in feeding:
+            selector.register(fd, events, role)
+            feeding[fd] = events
 
 
 class BlockingHelperRunner:

@@ -16,15 +16,17 @@ class CappedBuffer:
         self._kept = 0
         self.dropped = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Keep what of `data` fits; returns that part (b"" once the cap is reached)."""
         room = self._cap - self._kept
-        if room > 0:
-            kept = data[:room]
-            self._chunks.append(kept)
-            self._kept += len(kept)
-            self.dropped += len(data) - len(kept)
-        else:
+        if room <= 0:
             self.dropped += len(data)
+            return b""
+        kept = data[:room]
+        self._chunks.append(kept)
+        self._kept += len(kept)
+        self.dropped += len(data) - len(kept)
+        return kept
 
     @property
     def truncated(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from collections.abc import Sequence
 
@@ -9,15 +11,17 @@ import anyio
 from returns.result import Failure, Result
 
 from mechasandbox.domain.errors import SpawnFailed
+from mechasandbox.domain.request import StreamedInput
 from mechasandbox.runner import framing
 from mechasandbox.runner.client import SpawnHelperClient
+from mechasandbox.runner.feed import InputFeed, StdinPipe
 from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 from mechasandbox.runner.submission import Submitted, request_kill, spawn_request, submit
 from mechasandbox.runner.supervision import STDERR, STDOUT, Supervision
 
-__all__ = ["HelperProcessRunner", "PreparesCgroups", "ProcessRunner"]
+__all__ = ["HelperProcessRunner", "PreparesCgroups", "ProcessRunner", "feed_fifo"]
 
 
 async def _receive(sock: socket.socket, supervision: Supervision) -> None:
@@ -32,18 +36,51 @@ async def _pump(run: Submitted, fd: int, stream: int, supervision: Supervision) 
         data = run.read(fd)
         if data is not None:
             supervision.output(stream, data)
+            if supervision.tick(anyio.current_time()):  # `on_output` raised: stop the run
+                request_kill(run.sock)
             if not data:
                 return
 
 
-async def _feed(run: Submitted, fd: int, data: bytes) -> None:
-    pending = memoryview(data)
+async def _feed(feed: InputFeed) -> None:
+    """Feed a run's stdin (see `feed`) until there is nothing more; the run's end cancels it."""
+    while not feed.done:
+        if feed.wants_pipe() and feed.pipe.fd is not None:
+            await anyio.wait_writable(feed.pipe.fd)
+            feed.write_pipe()
+        else:
+            if feed.polled and feed.source is not None:
+                await anyio.wait_readable(feed.source)
+            feed.read_source()
+
+
+async def _feed_within(feed: InputFeed, scope: anyio.CancelScope) -> None:
+    with scope:
+        await _feed(feed)
+
+
+async def feed_fifo(path: str, stdin: StreamedInput) -> None:
+    """Feed `stdin` into the FIFO at `path`, opened for writing once something opened it
+    for reading (checked every `FIFO_POLL_S`: a FIFO gives no other sign), until the input
+    ends or the caller cancels this (when the run is over). For a process whose input is a
+    FIFO it opens rather than its stdin: a container whose stdin is its lifeline (see
+    `backends.oci.lifeline`)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            break
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # not our FIFO any more: nothing to feed
+                return
+        await anyio.sleep(FIFO_POLL_S)
+    pipe = StdinPipe(fd)
     try:
-        while pending:
-            await anyio.wait_writable(fd)
-            pending = run.write_input(pending)
+        await _feed(InputFeed(pipe, stdin))
     finally:
-        run.input_written()
+        pipe.close()
+
+
+FIFO_POLL_S = 0.02
 
 
 async def _until_last_word(run: Submitted, supervision: Supervision) -> None:
@@ -108,9 +145,12 @@ class HelperProcessRunner:
             async with anyio.create_task_group() as pumps:
                 pumps.start_soon(_pump, run, run.out_r, STDOUT, supervision)
                 pumps.start_soon(_pump, run, run.err_r, STDERR, supervision)
-                if run.stdin_w is not None:
-                    pumps.start_soon(_feed, run, run.stdin_w, spec.stdin or b"")
+                feed = InputFeed(run.stdin, spec.stdin)
+                feeding = anyio.CancelScope()
+                if not feed.done:
+                    pumps.start_soon(_feed_within, feed, feeding)
                 await _until_last_word(run, supervision)
+                feeding.cancel()  # what the source still holds is no longer wanted
                 # Leave the pumps until EOF, bounded by the grace period.
                 pumps.cancel_scope.deadline = supervision.wake_at()
         except BaseException:

@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from mechasandbox.domain.events import OutputSink
+from mechasandbox.domain.request import StreamedInput
 from mechasandbox.domain.result import Usage
 
 
@@ -53,7 +55,9 @@ class SpawnSpec:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     cwd: str
-    stdin: bytes | None = None
+    # The process's input: bytes, or a descriptor the runner reads as the process takes
+    # it (see `StreamedInput`); None: /dev/null.
+    stdin: bytes | StreamedInput | None = None
     # After `stdin` is written its pipe stays open until the process ends: the process sees
     # end-of-file only if this host process dies (a lifeline; see `backends.oci.lifeline`).
     hold_stdin: bool = False
@@ -77,6 +81,10 @@ class SpawnSpec:
     # becomes the outcome's `stopped`. For what the host must keep an eye on during a run
     # (bubblewrap: the guards of existing host paths, see `backends.workspace.guards`).
     watch: Callable[[], str | None] | None = attrs.field(default=None, eq=False, repr=False)
+    # Called by the runner with each chunk of output it keeps (under `max_output_bytes`),
+    # as it comes: the run's live output (see `domain.events`). An exception it raises
+    # stops the run as an interruption does (the tree is killed) and propagates.
+    on_output: OutputSink | None = attrs.field(default=None, eq=False, repr=False)
 
 
 WATCH_INTERVAL_S = 0.05

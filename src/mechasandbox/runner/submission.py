@@ -17,6 +17,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
 from mechasandbox.runner.client import HelperUnavailable, SpawnHelperClient
+from mechasandbox.runner.feed import StdinPipe
 from mechasandbox.runner.spec import SpawnSpec
 
 READ_CHUNK = 256 * 1024
@@ -43,15 +44,14 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
 @attrs.define
 class Submitted:
     """A run the helper has: its socket (closing it kills the run's whole tree) and the
-    host's ends of its stdio, non-blocking; `hold_stdin` as in `SpawnSpec`. `close` closes
-    whatever is still open."""
+    host's ends of its stdio, non-blocking (`stdin`: see `feed`). `close` closes whatever
+    is still open."""
 
     sock: socket.socket
-    stdin_w: int | None
+    stdin: StdinPipe
     out_r: int
     err_r: int
     started: float  # time.monotonic() at submission
-    hold_stdin: bool = False
 
     def read(self, fd: int) -> bytes | None:
         """What output `fd` holds (b"": its end), None when nothing came after all."""
@@ -60,36 +60,11 @@ class Submitted:
         except BlockingIOError:
             return None
 
-    def write_input(self, pending: memoryview) -> memoryview:
-        """Write what of `pending` the stdin pipe takes now; the rest (nothing once the
-        command stopped reading: not an error of ours)."""
-        if self.stdin_w is None or not pending:
-            return pending[:0]
-        try:
-            written = os.write(self.stdin_w, pending)
-        except BlockingIOError:
-            return pending
-        except BrokenPipeError:
-            return pending[:0]
-        return pending[written:]
-
-    def input_written(self) -> None:
-        """All the input is written: close the pipe, unless the run holds it open (it then
-        stays open until the run is over)."""
-        if not self.hold_stdin:
-            self.close_stdin()
-
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def close_stdin(self) -> None:
-        if self.stdin_w is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.stdin_w)
-            self.stdin_w = None
-
     def close(self) -> None:
-        self.close_stdin()
+        self.stdin.close()
         for fd in (self.out_r, self.err_r):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -98,7 +73,8 @@ class Submitted:
 
 def submit(helper: SpawnHelperClient, spec: SpawnSpec) -> Result[Submitted, SpawnFailed]:
     """Send `spec` to the helper with fresh pipes for its stdio (stdin: /dev/null unless the
-    spec has input or holds its stdin open)."""
+    spec has input or holds its stdin open). A `StreamedInput` stays on the host: the run
+    gets a pipe of its own, which the runner fills (see `feed`)."""
     local: list[int] = []
     remote: list[int] = []
     try:
@@ -121,7 +97,8 @@ def submit(helper: SpawnHelperClient, spec: SpawnSpec) -> Result[Submitted, Spaw
         except (HelperUnavailable, framing.FrameError) as error:
             return Failure(SpawnFailed(command=spec.argv[0], reason=str(error)))
         local.clear()
-        return Success(Submitted(sock, stdin_w, out_r, err_r, started, spec.hold_stdin))
+        stdin = StdinPipe(stdin_w, hold=spec.hold_stdin)
+        return Success(Submitted(sock, stdin, out_r, err_r, started))
     finally:
         for fd in remote + local:
             with contextlib.suppress(OSError):

@@ -6,8 +6,9 @@ the events they feed in: output read (or its end), a message from the helper on 
 socket, the time passing, an interruption (`interrupt`, called by `runner.interruption`).
 `Supervision` says until when its driver may wait without calling `tick` (`wake_at`),
 whether the helper must be asked to kill the run's tree now (`tick`: the deadline passed,
-or the spec's `watch` gave a reason; `interrupt`: the caller is going away), when the run is over
-(`done`), and builds the outcome. It reads and writes no file descriptor and reads no
+the spec's `watch` gave a reason, or its `on_output` raised; `interrupt`: the caller is
+going away), when the run is over (`done`), and builds the outcome. It passes the output
+it keeps on to the spec's `on_output`, and reads and writes no file descriptor and reads no
 clock: every time is one of its driver's (anyio's clock, or `time.monotonic`).
 
 No event loop is imported here: the CLI's one-shot path uses it (see `blocking`).
@@ -23,6 +24,7 @@ from typing import Any
 from returns.result import Failure, Result, Success
 
 from mechasandbox.domain.errors import SpawnFailed
+from mechasandbox.domain.events import OutputEvent
 from mechasandbox.domain.result import Usage
 from mechasandbox.runner.capture import CappedBuffer
 from mechasandbox.runner.spec import WATCH_INTERVAL_S, ProcessOutcome, SpawnSpec
@@ -60,6 +62,8 @@ class Supervision:
         self.timed_out = False
         self.stopped: str | None = None  # the reason `spec.watch` gave, if it did
         self.interrupted: int | None = None  # the signal that told the caller to stop
+        # What `spec.on_output` raised, if it did: the run is stopped as at its deadline.
+        self.sink_failure: Exception | None = None
         self._deadline = math.inf if spec.timeout_s is None else now + spec.timeout_s
         self._next_watch = math.inf if spec.watch is None else now + WATCH_INTERVAL_S
         self._open = {STDOUT, STDERR}  # the streams not at their end yet
@@ -67,13 +71,17 @@ class Supervision:
 
     # --- events -----------------------------------------------------------------------
     def output(self, stream: int, data: bytes) -> None:
-        """`data` read from `stream` (`STDOUT` or `STDERR`); b"" is its end."""
+        """`data` read from `stream` (`STDOUT` or `STDERR`); b"" is its end. What the cap
+        keeps goes to the spec's `on_output` too, at once."""
         if not data:
             self._open.discard(stream)
-        elif stream == STDOUT:
-            self.out.feed(data)
-        else:
-            self.err.feed(data)
+            return
+        kept = (self.out if stream == STDOUT else self.err).feed(data)
+        if kept and self.spec.on_output is not None and self.sink_failure is None:
+            try:
+                self.spec.on_output(OutputEvent("stdout" if stream == STDOUT else "stderr", kept))
+            except Exception as error:  # the caller's: raised by `outcome`, once all is over
+                self.sink_failure = error
 
     def message(self, message: dict[str, Any], *, now: float) -> None:
         """A frame from the helper on the run's socket. Its last word (`exited` or `failed`)
@@ -86,12 +94,15 @@ class Supervision:
     def tick(self, now: float) -> bool:
         """Time passed (call it at `wake_at` at the latest; sooner does no harm): True when
         the helper must be asked to kill the run's tree now, because the deadline passed
-        (`timed_out`) or the spec's `watch`, called every `WATCH_INTERVAL_S`, gave a
-        reason to stop (`stopped`). True once at most: then the last word is waited for,
-        however long it takes."""
+        (`timed_out`), the spec's `watch`, called every `WATCH_INTERVAL_S`, gave a reason
+        to stop (`stopped`), or its `on_output` raised (`sink_failure`; call `tick` after
+        `output` for it: `wake_at` is now then). True once at most: then the last word is
+        waited for, however long it takes."""
         if self.last is not None or self.killing:
             return False
-        if now >= self._deadline:
+        if self.sink_failure is not None:
+            pass
+        elif now >= self._deadline:
             self.timed_out = True
         elif now >= self._next_watch and self.spec.watch is not None:
             self._next_watch = now + WATCH_INTERVAL_S
@@ -122,6 +133,8 @@ class Supervision:
             return self._drain_until
         if self.killing:
             return math.inf
+        if self.sink_failure is not None:
+            return -math.inf  # now: `tick` asks for the kill
         return min(self._deadline, self._next_watch)
 
     def done(self, now: float) -> bool:
@@ -129,10 +142,13 @@ class Supervision:
         return self.last is not None and (not self._open or now >= self._drain_until)
 
     def outcome(self, *, duration_s: float) -> Result[ProcessOutcome, SpawnFailed]:
-        """The run's outcome, from the last word (which must have come) and the output."""
+        """The run's outcome, from the last word (which must have come) and the output.
+        Raises what `spec.on_output` raised, if it did (the run was stopped for it)."""
         last = self.last
         if last is None:
             raise RuntimeError("the run is not over: the helper has not answered yet")
+        if self.sink_failure is not None:
+            raise self.sink_failure
         if last.get("event") == "failed":
             return Failure(spawn_failure(self.spec, int(last["errno"]), str(last["stage"])))
         status = int(last["status"])

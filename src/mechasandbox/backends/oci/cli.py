@@ -20,6 +20,8 @@ from returns.result import Failure, Result
 from mechasandbox.backends.oci.env_file import env_file_hook
 from mechasandbox.backends.oci.portal import Portal
 from mechasandbox.domain.errors import SpawnFailed
+from mechasandbox.domain.events import OutputSink
+from mechasandbox.domain.request import StreamedInput
 from mechasandbox.runner.proctree import pid_exists
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
@@ -80,17 +82,20 @@ class EngineCli:
         self,
         args: tuple[str, ...],
         *,
-        stdin: bytes | None = None,
+        stdin: bytes | StreamedInput | None = None,
         timeout_s: float | None = CLI_TIMEOUT_S,
         max_output_bytes: int = CLI_OUTPUT_BYTES,
         env_file: bytes | None = None,
+        on_output: OutputSink | None = None,
     ) -> SpawnSpec:
-        """`env_file`: the command's env file, readable by the CLI on `ENV_FILE_FD`."""
+        """`env_file`: the command's env file, readable by the CLI on `ENV_FILE_FD`;
+        `on_output`: where the run's output goes as it comes (the container's)."""
         return SpawnSpec(
             argv=(self.executable, *args),
             env=self.env,
             cwd="/",
             stdin=stdin,
+            on_output=on_output,
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
             executable=self.executable,

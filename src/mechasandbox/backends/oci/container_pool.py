@@ -437,6 +437,7 @@ class ContainerPool:
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
             env_file=made.unwrap(),
+            on_output=request.on_output,
         )
         cgroup = member.cgroup
         before = (cgroup.cpu_ns(), cgroup.events()) if cgroup is not None else None

@@ -417,7 +417,8 @@ class OciBackend:
             tied = attrs.evolve(launch.run, lifeline=_lifeline(launch.policy, stdin_file))
             launch = attrs.evolve(launch, run=tied)
         try:
-            return await self._launch_tied(launch, made.unwrap())
+            async with lifeline.feeding(launch.request.stdin, stdin_file):
+                return await self._launch_tied(launch, made.unwrap())
         finally:
             lifeline.remove_input(stdin_file)
 
@@ -442,6 +443,7 @@ class OciBackend:
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
             env_file=env_file,
+            on_output=request.on_output,
         )
         if run.lifeline is not None:
             spec = lifeline.tie(spec, removal=(cli.executable, *self._remove_args(run.name)))

@@ -22,8 +22,9 @@ the command running, writing the workspace, long after. So the container is tied
   status, which ends the PID namespace. A deadline `sleep` that ends early (a command's
   `pkill sleep`) is started again for what is left (`date +%s`). Without tini, orphans
   the command leaves stay zombies until then: they count under `--pids-limit`.
-- The command's input (the request's stdin bytes) cannot share the lifeline: it comes from
-  a private file of the run mounted read-only at `STDIN_PATH`.
+- The command's input (the request's stdin) cannot share the lifeline: it comes from a
+  private file of the run mounted read-only at `STDIN_PATH`; streamed input, from a FIFO
+  there that the host fills as the command reads (`feeding`).
 - A warm pool's keeper is the same loop without a command: the pool keeps its attached CLI
   running in a thread, and commands come in by `exec`.
 - What stays behind (the stopped container; nothing runs in it) is removed by the sweep a
@@ -42,7 +43,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -50,7 +51,9 @@ import attrs
 from returns.result import Failure, Result
 
 from mechasandbox.domain.errors import SandboxError, SpawnFailed
+from mechasandbox.domain.request import StreamedInput
 from mechasandbox.leftovers import temp_prefix
+from mechasandbox.runner.runner import feed_fifo
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
 WATCH_NAME = "mechasandbox-watch"
@@ -167,21 +170,38 @@ def exec_failure(outcome: ProcessOutcome, command: str, *, image: str) -> Sandbo
 # -- the command's input ------------------------------------------------------------------
 
 
-def write_input(data: bytes | None, *, uid: int, gid: int) -> str | None:
+def write_input(data: bytes | StreamedInput | None, *, uid: int, gid: int) -> str | None:
     """The request's stdin in a fresh private directory (None for no input); readable by
-    the container's user (the caller's uid, or the one a root caller runs it as)."""
+    the container's user (the caller's uid, or the one a root caller runs it as). Streamed
+    input: a FIFO there, which `feeding` fills as the command reads it."""
     if data is None:
         return None
     directory = tempfile.mkdtemp(prefix=temp_prefix("stdin"))
     path = os.path.join(directory, "stdin")
-    with open(path, "xb") as handle:
-        handle.write(data)
+    if isinstance(data, StreamedInput):
+        os.mkfifo(path, 0o600)
+    else:
+        with open(path, "xb") as handle:
+            handle.write(data)
     if os.geteuid() == 0 and (uid, gid) != (0, 0):
         # Root runs the container as another user: hand that user the file (and the way in).
         os.chown(directory, uid, gid)
         os.chown(path, uid, gid)
     os.chmod(path, 0o400)
     return path
+
+
+@contextlib.asynccontextmanager
+async def feeding(data: bytes | StreamedInput | None, path: str | None) -> AsyncIterator[None]:
+    """While the body runs: streamed input fed into its FIFO at `path` (see `write_input`)
+    as the command reads it, from the moment the watcher opens it for the command."""
+    if not isinstance(data, StreamedInput) or path is None:
+        yield
+        return
+    async with anyio.create_task_group() as feeder:
+        feeder.start_soon(feed_fifo, path, data)
+        yield
+        feeder.cancel_scope.cancel()  # the run is over: what the source still holds stays
 
 
 def remove_input(path: str | None) -> None:
