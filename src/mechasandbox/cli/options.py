@@ -27,6 +27,18 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+_STDIN_HELP = (
+    "the command's input: none (/dev/null), inherit (this program's stdin), or a FILE; "
+    "streamed to the command as it reads. Default: inherit, but none when stdin is a "
+    "terminal (a terminal never enters the sandbox: with inherit, what you type is passed "
+    "on through a pipe, Ctrl-D ends it)"
+)
+_JSONL_HELP = (
+    "print the run as JSON lines as it goes: stdout/stderr chunks, warnings, violations, "
+    'then the --json object (with "event": "result")'
+)
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options of `run` and `policy` (docs/cli.md), each with its help text."""
     add = parser.add_argument
@@ -149,6 +161,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also print the notes (backend version, image, pool...) on stderr",
     )
+    add("--jsonl", action="store_true", help=_JSONL_HELP)
+    add("--stdin", default=None, metavar="none|inherit|FILE", help=_STDIN_HELP)
     add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
 

@@ -8,6 +8,7 @@ one-shot path without an event loop (`oneshot`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -52,8 +53,12 @@ def build_parser(verb: str | None = None) -> Parser:
     return parser
 
 
-def _fail(error: SandboxError, *, as_json: bool, backend: str) -> int:
-    if as_json:
+def _fail(error: SandboxError, *, as_json: bool, backend: str, jsonl: bool = False) -> int:
+    if jsonl:
+        from mechasandbox.cli.live import result_line
+
+        print(json.dumps(result_line(Failure(error), backend=backend)))
+    elif as_json:
         print(json.dumps(result_object(None, error, backend)))
     else:
         print(f"mechasandbox: error: {error.kind}: {error.message}", file=sys.stderr)
@@ -61,8 +66,14 @@ def _fail(error: SandboxError, *, as_json: bool, backend: str) -> int:
 
 
 def _report(
-    result: Result[RunResult, SandboxError], *, as_json: bool, backend: str, verbose: bool
+    result: Result[RunResult, SandboxError],
+    *,
+    as_json: bool,
+    backend: str,
+    verbose: bool,
+    live: bool = False,
 ) -> int:
+    """`live`: the output was printed as it came (see `live`); the rest is printed here."""
     finished = result.value_or(None)
     error = result.failure() if isinstance(result, Failure) else None
     if as_json:
@@ -70,9 +81,10 @@ def _report(
         return exit_status(finished, error)
     shown = finished or (partial_result(error) if error is not None else None)
     if shown is not None:
-        sys.stdout.buffer.write(shown.stdout)
-        sys.stdout.flush()
-        sys.stderr.buffer.write(shown.stderr)
+        if not live:
+            sys.stdout.buffer.write(shown.stdout)
+            sys.stdout.flush()
+            sys.stderr.buffer.write(shown.stderr)
         for warning in shown.warnings:
             print(f"mechasandbox: warning: {warning}", file=sys.stderr)
         if verbose:
@@ -111,15 +123,34 @@ def _execute(
             options=options_given(args),
             fail=lambda error: _fail(error, as_json=as_json, backend=backend),
         )
-    if with_loop:
-        result = sandbox.run_sync(command)
-    else:
-        from mechasandbox.runner.blocking import complete
+    from mechasandbox.cli.live import JsonLines, LiveOutput, command_input
 
-        result = complete(sandbox.run_async(command))
+    with contextlib.ExitStack() as files:
+        given = command_input(args.stdin, files)
+        if isinstance(given, Failure):
+            return _fail(given.failure(), as_json=as_json, backend=backend, jsonl=args.jsonl)
+        printer = None if as_json else JsonLines() if args.jsonl else LiveOutput()
+        stdin = given.unwrap()
+        on_stdout = printer.stdout if printer is not None else None
+        on_stderr = printer.stderr if printer is not None else None
+        if with_loop:
+            result = sandbox.run_sync(
+                command, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr
+            )
+        else:
+            from mechasandbox.runner.blocking import complete
+
+            result = complete(
+                sandbox.run_async(command, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr)
+            )
     if interruption is not None and interruption.signal is not None:
         result = interrupted(result, interruption.signal, backend)
-    return _report(result, as_json=as_json, backend=backend, verbose=bool(args.verbose))
+    if isinstance(printer, JsonLines):
+        return printer.finish(result, backend=backend)
+    if printer is not None:
+        printer.close()
+    live = printer is not None
+    return _report(result, as_json=as_json, backend=backend, verbose=bool(args.verbose), live=live)
 
 
 def _run_or_plan(
@@ -127,11 +158,19 @@ def _run_or_plan(
 ) -> int:
     as_json = bool(getattr(args, "json", False))
     command = command_of(args)
+    problem = None
     if not command and args.verb == "run":  # `policy` plans a stand-in
+        problem = ConfigInvalid(problem="no command given (mechasandbox run [OPTIONS] -- COMMAND)")
+    elif as_json and args.jsonl:
+        problem = ConfigInvalid(
+            problem="--json and --jsonl exclude each other", source="command line"
+        )
+    if problem is not None:
         return _fail(
-            ConfigInvalid(problem="no command given (mechasandbox run [OPTIONS] -- COMMAND)"),
+            problem,
             as_json=as_json,
             backend=args.backend or "auto",
+            jsonl=args.jsonl and not as_json,
         )
     runs = args.verb == "run"
     return _resolved_and_run(
@@ -161,7 +200,9 @@ def _resolved_and_run(
         )
     )
     if isinstance(built, Failure):
-        return _fail(built.failure(), as_json=as_json, backend=args.backend or "auto")
+        return _fail(
+            built.failure(), as_json=as_json, backend=args.backend or "auto", jsonl=args.jsonl
+        )
     app = built.unwrap()
     for warning in app.config.warnings():
         print(f"mechasandbox: warning: {warning}", file=sys.stderr)
@@ -186,7 +227,7 @@ def run_verb(
         args = build_parser(raw[0] if raw else None).parse_args(raw)
     except UsageError as error:
         problem = ConfigInvalid(problem=str(error), source="command line")
-        return _fail(problem, as_json="--json" in raw, backend="auto")
+        return _fail(problem, as_json="--json" in raw, backend="auto", jsonl="--jsonl" in raw)
     try:
         if args.verb == "doctor":
             from mechasandbox.backends.base import HostContext
