@@ -126,9 +126,10 @@ class Sandbox:
         comes (what the output cap keeps), in the runner: they should return quickly, and
         one that raises stops the run (its tree is killed) and its exception propagates."""
         relay = OutputRelay.of_callbacks(on_stdout, on_stderr)
-        finished = await self._run(argv, workspace, stdin, policy, relay)
-        if relay is not None:
-            relay.finish(finished)
+        if relay is None:
+            return await self._run(argv, workspace, stdin, policy, None)
+        finished = await relay.raised(self._run(argv, workspace, stdin, policy, relay))
+        relay.finish(finished)
         return finished
 
     async def _run(

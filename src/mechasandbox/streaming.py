@@ -36,6 +36,9 @@ class OutputRelay:
     def __init__(self, deliver: OutputSink) -> None:
         self._deliver = deliver
         self._sent = {"stdout": 0, "stderr": 0}
+        # What `deliver` raised: it stopped the run, and is what the caller gets (see
+        # `raised`), however the backend passed it on.
+        self.failure: Exception | None = None
 
     @staticmethod
     def of_callbacks(on_stdout: Chunks | None, on_stderr: Chunks | None) -> OutputRelay | None:
@@ -53,7 +56,23 @@ class OutputRelay:
 
     def __call__(self, event: OutputEvent) -> None:
         self._sent[event.stream] += len(event.data)
-        self._deliver(event)
+        try:
+            self._deliver(event)
+        except Exception as error:
+            self.failure = error
+            raise
+
+    async def raised(
+        self, run: Awaitable[Result[RunResult, SandboxError]]
+    ) -> Result[RunResult, SandboxError]:
+        """`run`, awaited; should the run fail because `deliver` raised, that exception
+        itself, not what a backend wrapped it in (a task group's exception group)."""
+        try:
+            return await run
+        except Exception:
+            if self.failure is not None:
+                raise self.failure from None
+            raise
 
     def finish(self, value: Result[RunResult, SandboxError]) -> None:
         run = shown(value)
@@ -87,7 +106,7 @@ async def events_of(run: Run) -> AsyncIterator[RunEvent]:
         try:
             with send, stop:
                 relay = OutputRelay(send.send_nowait)
-                value = await run(relay)
+                value = await relay.raised(run(relay))
                 relay.finish(value)
                 for event in closing_events(value):
                     send.send_nowait(event)

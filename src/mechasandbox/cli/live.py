@@ -11,10 +11,9 @@ import contextlib
 import json
 import os
 import queue
-import select
 import sys
 import threading
-from typing import Any
+from typing import Any, BinaryIO
 
 from returns.result import Failure, Result, Success
 
@@ -67,15 +66,15 @@ class _Writer:
     def __init__(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        self._queue: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[BinaryIO, bytes] | None] = queue.SimpleQueue()
         self._broken: OSError | None = None
         self._thread = threading.Thread(target=self._write_all, name="output", daemon=True)
         self._thread.start()
 
-    def put(self, fd: int, data: bytes) -> None:
+    def put(self, stream: BinaryIO, data: bytes) -> None:
         if self._broken is not None:
             raise self._broken
-        self._queue.put((fd, data))
+        self._queue.put((stream, data))
 
     def close(self) -> None:
         """Wait until everything is written; raise what stopped the writing, if anything."""
@@ -87,19 +86,12 @@ class _Writer:
     def _write_all(self) -> None:
         while (item := self._queue.get()) is not None:
             if self._broken is None:
+                stream, data = item
                 try:
-                    _write_fully(*item)
+                    stream.write(data)
+                    stream.flush()
                 except OSError as error:
                     self._broken = error
-
-
-def _write_fully(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:  # someone made the descriptor non-blocking: wait for it
-            select.select([], [fd], [])
 
 
 class LiveOutput:
@@ -110,10 +102,10 @@ class LiveOutput:
         self._writer = _Writer()
 
     def stdout(self, data: bytes) -> None:
-        self._writer.put(sys.stdout.fileno(), data)
+        self._writer.put(sys.stdout.buffer, data)
 
     def stderr(self, data: bytes) -> None:
-        self._writer.put(sys.stderr.fileno(), data)
+        self._writer.put(sys.stderr.buffer, data)
 
     def close(self) -> None:
         self._writer.close()
@@ -144,7 +136,7 @@ class JsonLines:
             self._line({"event": name, "data": text})
 
     def _line(self, event: dict[str, Any]) -> None:
-        self._writer.put(sys.stdout.fileno(), (json.dumps(event) + "\n").encode())
+        self._writer.put(sys.stdout.buffer, (json.dumps(event) + "\n").encode())
 
     def finish(self, result: Result[RunResult, SandboxError], *, backend: str) -> int:
         """Print the events that end the run (see `domain.events`); its exit status."""
