@@ -20,6 +20,7 @@ import os
 import pathlib
 import secrets
 import sys
+import threading
 import time
 
 import anyio
@@ -44,9 +45,10 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
     Timeout,
 )
+from mechasandbox.domain.events import OutputEvent, OutputSink
 from mechasandbox.domain.limits import MIB, Limits
 from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, Policy
-from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.request import RunRequest, StreamedInput
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
 from mechasandbox.runner.proctable import alive_with_marker
@@ -66,9 +68,12 @@ class BackendContract:
         workspace: pathlib.Path,
         *,
         policy: Policy | None = None,
-        stdin: bytes | None = None,
+        stdin: bytes | StreamedInput | None = None,
+        on_output: OutputSink | None = None,
     ) -> Result[RunResult, SandboxError]:
-        request = RunRequest(argv=tuple(argv), workspace=str(workspace), stdin=stdin)
+        request = RunRequest(
+            argv=tuple(argv), workspace=str(workspace), stdin=stdin, on_output=on_output
+        )
         return anyio.run(backend.run, request, policy or self.policy())
 
     def test_echo_and_exit_code(self, backend: Backend, tmp_path: pathlib.Path) -> None:
@@ -89,6 +94,96 @@ class BackendContract:
         data = b"line\n" * 50_000
         finished = self.run(backend, ["wc", "-c"], tmp_path, stdin=data).unwrap()
         assert finished.stdout.strip() == str(len(data)).encode()
+
+    def test_streamed_stdin_reaches_the_command(
+        self, backend: Backend, tmp_path: pathlib.Path
+    ) -> None:
+        """Input streamed from a caller's pipe (`StreamedInput`), bigger than any pipe."""
+        data = secrets.token_bytes(2 * MIB)
+        read_end, write_end = os.pipe()
+        writer = _write_and_close(write_end, data)
+        try:
+            finished = self.run(backend, ["cat"], tmp_path, stdin=StreamedInput(read_end))
+        finally:
+            writer.join(30)
+            os.close(read_end)
+        assert finished.unwrap().stdout == data
+
+    def test_stdin_that_never_ends_does_not_hold_the_run(
+        self, backend: Backend, tmp_path: pathlib.Path
+    ) -> None:
+        """`sleep 100 | mechasandbox run -- true`: the run ends with its command (the pipe is
+        closed after a minute at the latest, lest a failure hang the suite)."""
+        read_end, write_end = os.pipe()
+        gave_up = threading.Event()
+
+        def give_up() -> None:
+            gave_up.set()
+            os.close(write_end)
+
+        safety = threading.Timer(60.0, give_up)
+        safety.start()
+        try:
+            started = time.monotonic()
+            finished = self.run(backend, ["true"], tmp_path, stdin=StreamedInput(read_end))
+            elapsed = time.monotonic() - started
+        finally:
+            safety.cancel()
+            safety.join()
+            if not gave_up.is_set():
+                os.close(write_end)
+            os.close(read_end)
+        assert finished.unwrap().exit_code == 0
+        assert elapsed < 20.0
+
+    def test_a_terminal_never_becomes_the_commands_stdin(
+        self, backend: Backend, tmp_path: pathlib.Path
+    ) -> None:
+        """What a terminal gives goes through a pipe: the command cannot reach the terminal
+        itself (TIOCSTI would type into the caller's shell)."""
+        import pty
+
+        controller, terminal = pty.openpty()
+        try:
+            os.write(controller, b"typed\n\x04")  # a line, then end-of-file
+            script = "if [ -t 0 ]; then echo terminal; else echo pipe; fi; cat"
+            finished = self.run(
+                backend, ["sh", "-c", script], tmp_path, stdin=StreamedInput(terminal)
+            )
+        finally:
+            os.close(controller)
+            os.close(terminal)
+        assert finished.unwrap().stdout == b"pipe\ntyped\n"
+
+    def test_output_arrives_as_it_comes(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        """A line written before a sleep reaches `on_output` before the command ends."""
+        seen: list[tuple[float, OutputEvent]] = []
+        script = "echo first; sleep 2; echo second"
+        finished = self.run(
+            backend,
+            ["sh", "-c", script],
+            tmp_path,
+            on_output=lambda event: seen.append((time.monotonic(), event)),
+        ).unwrap()
+        ended = time.monotonic()
+        assert seen, "no output reached on_output"
+        assert seen[0][1] == OutputEvent("stdout", b"first\n")
+        assert ended - seen[0][0] > 1.5
+        assert b"".join(event.data for _, event in seen) == finished.stdout == b"first\nsecond\n"
+
+    def test_live_output_is_capped(self, backend: Backend, tmp_path: pathlib.Path) -> None:
+        seen: list[bytes] = []
+        policy = attrs.evolve(self.policy(), limits=Limits(max_output_bytes=1 * MIB))
+        finished = self.run(
+            backend,
+            ["sh", "-c", "yes | head -c 5000000"],
+            tmp_path,
+            policy=policy,
+            on_output=lambda event: seen.append(event.data),
+        ).unwrap()
+        assert b"".join(seen) == finished.stdout
+        assert len(finished.stdout) == 1 * MIB
+        assert finished.stdout_truncated
 
     def test_workspace_writes_reach_the_host(
         self, backend: Backend, tmp_path: pathlib.Path
@@ -198,3 +293,15 @@ class BackendContract:
         for protection in missing:
             assert any(protection.value in warning for warning in best.warnings)
         assert Protection.ENVIRONMENT in capabilities.enforced
+
+
+def _write_and_close(fd: int, data: bytes) -> threading.Thread:
+    """A thread that writes `data` to `fd`, then closes it."""
+
+    def write() -> None:
+        with os.fdopen(fd, "wb") as writer:
+            writer.write(data)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
