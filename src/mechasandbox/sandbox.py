@@ -4,7 +4,7 @@ their output as it comes (callbacks), or as a stream of events ending in the res
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import attrs
@@ -204,7 +204,7 @@ class Sandbox:
         workspace: str | None = None,
         stdin: Stdin = None,
         policy: Policy | None = None,
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent, None]:
         """The run's events as they come (see `domain.events`): its output in chunks, then
         its warnings and violations, and last a `ResultEvent` whose `value` is what
         `run_async` returns. Leaving the loop early is safe: closing the iterator (or its

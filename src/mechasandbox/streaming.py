@@ -8,7 +8,7 @@ one-shot path relays output without one.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from returns.result import Result
@@ -84,7 +84,7 @@ class OutputRelay:
                 self(OutputEvent(event.stream, rest))
 
 
-async def events_of(run: Run) -> AsyncIterator[RunEvent]:
+async def events_of(run: Run) -> AsyncGenerator[RunEvent, None]:
     """The events of `run` (called with the sink its output goes to), the result last.
 
     The run goes on in a task of its own, not in a task group of this generator: a

@@ -13,10 +13,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from returns.result import Success
 
+from mechasandbox.backends.base import Backend
 from mechasandbox.cli.live import JsonLines
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.proctable import alive_with_marker
@@ -48,13 +50,13 @@ def backend(request: pytest.FixtureRequest, runner: HelperProcessRunner) -> tupl
     name: str = request.param
     if name == "docker" and shutil.which("docker") is None:
         pytest.skip("docker is not installed")
-    made = {
+    makers: dict[str, Callable[[], Backend]] = {
         "bubblewrap": lambda: BubblewrapBackend(runner=runner),
         "landlock": lambda: LandlockBackend(runner=runner),
         "process": lambda: ProcessBackend(runner=runner),
         "docker": lambda: DockerBackend(runner=runner, image=TEST_IMAGE),
-    }[name]()
-    require_available(made)
+    }
+    require_available(makers[name]())
     return OPTIONS[name]
 
 
@@ -68,17 +70,18 @@ def command(*argv: str) -> list[str]:
 
 
 def cli(
-    workspace: pathlib.Path, *argv: str, given: bytes | None = None, **options: object
+    workspace: pathlib.Path, *argv: str, given: bytes | None = None, stdin: int | None = None
 ) -> subprocess.CompletedProcess[bytes]:
+    """`argv` run by the CLI in `workspace`, `given` as its input (or `stdin`)."""
     return subprocess.run(
         command(*argv),
         input=given,
+        stdin=stdin,
         capture_output=True,
         cwd=workspace,
         env={**os.environ, "PYTHONPATH": SRC},
         timeout=60,
         check=False,
-        **options,  # type: ignore[arg-type]
     )
 
 
