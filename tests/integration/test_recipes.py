@@ -50,3 +50,17 @@ def test_the_testing_recipes_run_as_written(pytester: pytest.Pytester) -> None:
         assert not required_backends() & {"bubblewrap", "landlock", "seatbelt"}
     else:
         result.stdout.fnmatch_lines([real + " PASSED*"])
+
+
+def test_the_streaming_recipe_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Section 4 as written, in a workspace of its own holding the `big.log` it reads."""
+    (block,) = section_blocks("## 4. Stream a run")
+    (tmp_path / "big.log").write_text("ERROR one\nfine\nERROR two\n")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "recipes.md", "exec"), {"__name__": "recipe"})
+    out = capfd.readouterr().out
+    assert "out: 1\nout: 2\nout: 3\n" in out
+    assert "live: checking\nlive: done\nexit status: 0\n" in out
+    assert out.endswith("2\n\n")

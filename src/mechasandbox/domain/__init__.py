@@ -17,6 +17,13 @@ from mechasandbox.domain.errors import (
     Timeout,
     partial_result,
 )
+from mechasandbox.domain.events import (
+    OutputEvent,
+    ResultEvent,
+    RunEvent,
+    ViolationEvent,
+    WarningEvent,
+)
 from mechasandbox.domain.limits import GIB, KIB, MIB, Limits
 from mechasandbox.domain.policy import (
     Enforcement,
@@ -27,7 +34,7 @@ from mechasandbox.domain.policy import (
     NetworkPolicy,
     Policy,
 )
-from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.request import RunRequest, StreamedInput
 from mechasandbox.domain.result import RunResult, Usage, Violation
 
 __all__ = [
@@ -50,17 +57,23 @@ __all__ = [
     "MemoryLimit",
     "NetworkMode",
     "NetworkPolicy",
+    "OutputEvent",
     "Policy",
     "PolicyUnsupported",
     "ProcessLimit",
     "Protection",
+    "ResultEvent",
+    "RunEvent",
     "RunRequest",
     "RunResult",
     "SandboxError",
     "SpawnFailed",
+    "StreamedInput",
     "Timeout",
     "Usage",
     "Violation",
+    "ViolationEvent",
+    "WarningEvent",
     "partial_result",
     "required_protections",
 ]
