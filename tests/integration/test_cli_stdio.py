@@ -4,6 +4,7 @@ printed as it comes on the loop-free and the event-loop path, `--jsonl`, the cap
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -242,17 +243,26 @@ def test_json_and_jsonl_exclude_each_other(workspace: pathlib.Path) -> None:
     assert json.loads(both.stdout)["error"]["kind"] == "config_invalid"
 
 
-def test_jsonl_keeps_a_character_split_between_chunks_whole(
+def test_jsonl_keeps_a_character_split_between_chunks_whole_and_every_byte(
     capsysbinary: pytest.CaptureFixture[bytes],
 ) -> None:
+    """The text of the chunks joins into whole characters (invalid bytes replaced); where a
+    chunk's text is not its bytes, `data_b64` holds them: the output is exact."""
+    chunks = ["é".encode()[:1], "é".encode()[1:] + b"\xff", b"plain\n"]
     lines = JsonLines()
-    lines.stdout("é".encode()[:1])
-    lines.stdout("é".encode()[1:] + b"\xff")
+    for chunk in chunks:
+        lines.stdout(chunk)
     status = lines.finish(
         Success(RunResult(backend="bubblewrap", exit_code=3, signal=None)), backend="bubblewrap"
     )
     events = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
     assert status == 3
-    assert events[0] == {"event": "stdout", "data": "é\ufffd"}
+    output = [event for event in events if event["event"] == "stdout"]
+    assert "".join(event["data"] for event in output) == "é\ufffdplain\n"
+    exact = b"".join(
+        base64.b64decode(event["data_b64"]) if "data_b64" in event else event["data"].encode()
+        for event in output
+    )
+    assert exact == b"".join(chunks)
+    assert "data_b64" not in output[-1]
     assert events[-1]["event"] == "result"
-    assert len(events) == 2

@@ -6,6 +6,7 @@ No event loop here: the one-shot path prints live too (see `oneshot`).
 
 from __future__ import annotations
 
+import base64
 import codecs
 import contextlib
 import json
@@ -112,10 +113,11 @@ class LiveOutput:
 
 
 class JsonLines:
-    """The run as JSON lines on stdout as it goes: `{"event": "stdout"|"stderr", "data":
-    TEXT}` per chunk (UTF-8, a character split between chunks kept whole; undecodable
-    bytes replaced), then `{"event": "warning", "message": ...}` and `{"event":
-    "violation", "kind": ..., "detail": ...}`, and last the `--json` object with `"event":
+    """The run as JSON lines on stdout as it goes (docs/cli.md): `{"event": "stdout"|
+    "stderr", "data": TEXT}` per chunk (UTF-8, a character split between chunks kept whole,
+    undecodable bytes replaced; `data_b64`: the chunk's exact bytes, where `data` is not
+    them), then `{"event": "warning", "message": ...}` and `{"event": "violation", "kind":
+    ..., "detail": ..., "count": ...}`, and last the `--json` object with `"event":
     "result"` (whose stdout and stderr hold the whole output again)."""
 
     def __init__(self) -> None:
@@ -131,9 +133,15 @@ class JsonLines:
         self._chunk("stderr", data)
 
     def _chunk(self, name: str, data: bytes, *, final: bool = False) -> None:
+        """One chunk's event; its exact bytes too (`data_b64`) where its text is not them:
+        bytes that are no UTF-8, or a character split at its end or start. A reader gets
+        the exact output by joining `data_b64` where there is one, else `data` encoded."""
         text = self._decoders[name].decode(data, final=final)
-        if text:
-            self._line({"event": name, "data": text})
+        event: dict[str, Any] = {"event": name, "data": text}
+        if text.encode() != data:
+            event["data_b64"] = base64.b64encode(data).decode("ascii")
+        if text or data:
+            self._line(event)
 
     def _line(self, event: dict[str, Any]) -> None:
         self._writer.put(sys.stdout.buffer, (json.dumps(event) + "\n").encode())
@@ -148,7 +156,12 @@ class JsonLines:
             elif isinstance(event, ViolationEvent):
                 violation = event.violation
                 self._line(
-                    {"event": "violation", "kind": violation.kind, "detail": violation.detail}
+                    {
+                        "event": "violation",
+                        "kind": violation.kind,
+                        "detail": violation.detail,
+                        "count": violation.count,
+                    }
                 )
             elif isinstance(event, ResultEvent):
                 self._line(result_line(event.value, backend=backend))
