@@ -16,7 +16,8 @@ A backend supplies
 A run: `prepare_run` (probe, enforcement, workspace, git indirections), the setting
 opened, the proxy started where there is one, `compile` with the real setting, `launch`
 (by default `execute_spec`: cgroup, runner, classification), the setting closed, and for a
-backend that protects the workspace, the repositories the run made disarmed. A plan: the
+backend that protects the workspace, the repositories the run made disarmed; and for one
+with a `refusal_view`, the refusals the run reported explained (`refusal_hints`). A plan: the
 workspace checked, `compile` with the plan's setting, `describe`.
 """
 
@@ -38,6 +39,8 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import disarm_after, execute_spec, prepare_run, run_started
 from mechasandbox.backends.git_indirections import planned_policy
+from mechasandbox.backends.refusal_hints import explained
+from mechasandbox.backends.refusals import RefusalView
 from mechasandbox.backends.resources import UMASK, describe_cgroups
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
@@ -128,6 +131,11 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         """The allowlist proxy a run under `policy` talks to (None: no proxy)."""
         return None
 
+    def refusal_view(self, job: Job, setting: Setting) -> RefusalView | None:
+        """What the run's sandbox showed and let change, to explain its refusals after it
+        (see `refusals`); None: nothing to explain (the command saw the host as it is)."""
+        return None
+
     def with_proxy(self, setting: Setting, proxy: RunningProxy) -> Setting:
         """The setting once the run's proxy listens."""
         return setting
@@ -203,9 +211,10 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
                 )
         finally:
             self.close_setting(setting, job.workspace)
-        if not self.protects_workspace:
-            return result
-        return disarm_after(result, job.workspace, job.policy, started)
+        if self.protects_workspace:
+            result = disarm_after(result, job.workspace, job.policy, started)
+        view = self.refusal_view(job, setting)
+        return result if view is None else explained(result, view, job.policy, job.host)
 
 
 # --- pieces the backends share ----------------------------------------------------------------

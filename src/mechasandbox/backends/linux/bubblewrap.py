@@ -42,10 +42,16 @@ from mechasandbox.backends.linux.bwrap_hooks import (
     unix_socket_plan,
 )
 from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures, HostLayout
-from mechasandbox.backends.linux.bwrap_mounts import paths_to_survey, protected_parents, under
+from mechasandbox.backends.linux.bwrap_mounts import (
+    PRIVATE_TMP_DIRS,
+    paths_to_survey,
+    protected_parents,
+    under,
+)
 from mechasandbox.backends.linux.bwrap_probe import probe_bwrap, remembered_probe
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.probe_cache import ProbeCache
+from mechasandbox.backends.refusals import RefusalView, refusal_view
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
@@ -370,6 +376,17 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
 
     def close_setting(self, setting: BwrapSetting, workspace: str) -> None:
         self.placeholders.leave(workspace)
+
+    def refusal_view(self, job: Job, setting: BwrapSetting) -> RefusalView:
+        return refusal_view(
+            NAME,
+            job.policy,
+            job.host,
+            job.workspace,
+            system=SYSTEM_ROOTS,
+            scratch=(*PRIVATE_TMP_DIRS, job.host.home),
+            cover="an empty read-only directory",
+        )
 
     def proxy_for(self, policy: Policy) -> EgressProxy | None:
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:

@@ -28,10 +28,13 @@ from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_compiler import (
     TMP_PLACEHOLDER,
     LandlockRuleset,
+    carved_directories,
     compile_landlock_rules,
     render_handled,
 )
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
+from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
+from mechasandbox.backends.refusals import RefusalView, refusal_view
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
@@ -209,6 +212,12 @@ def capabilities_for(
     return table.capabilities("landlock")
 
 
+def _unreachable(entries: tuple[str, ...]) -> str:
+    if not entries:
+        return "none"
+    return " ".join(entries) + " (no rule lets anything there run)"
+
+
 @attrs.frozen(kw_only=True)
 class LandlockSetting:
     """What a run's compile gets besides the policy: its private tmp dir, and the run's
@@ -305,6 +314,7 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
                 ("landlock abi", describe_abi(ruleset.abi)),
                 ("landlock handled", render_handled(ruleset)),
                 ("landlock rules", ruleset.render_rules()),
+                ("PATH left out", _unreachable(ruleset.unreachable_path)),
                 ("seccomp", ruleset.seccomp.summary()),
                 ("capabilities", "all dropped (bounding, ambient, effective, permitted)"),
                 *limit_sections(launch.spec, launch.cgroups),
@@ -316,6 +326,26 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
 
     def close_setting(self, setting: LandlockSetting, workspace: str) -> None:
         self.tmp_dirs.give_back(self.tmp_parent, setting.tmp_dir)
+
+    def refusal_view(self, job: Job, setting: LandlockSetting) -> RefusalView:
+        ruleset = compile_landlock_rules(
+            job.request,
+            job.policy,
+            job.host,
+            abi=self._abi(),
+            workspace=job.workspace,
+            tmp_dir=setting.tmp_dir,
+            carve_protected=self.carve_protected,
+        )
+        return refusal_view(
+            self.name,
+            job.policy,
+            job.host,
+            job.workspace,
+            system=SYSTEM_ROOTS,
+            scratch=(setting.tmp_dir,),
+            closed=carved_directories(ruleset, job.workspace),
+        )
 
     def proxy_for(self, policy: Policy) -> EgressProxy | None:
         # ABI < 4, no TCP rules: allowlist runs offline
