@@ -33,6 +33,17 @@ from mechasandbox.backends.base import HostContext
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.result import RunResult, Violation
 
+# What `doctor` and `policy` say of these violations (the backends' capability notes).
+REFUSALS_NOTE = (
+    "filesystem violations are read from the command's own error output (a refused write "
+    "leaves the host nothing to read): a refusal it printed with the path is reported with "
+    "the rule that made it; one it did not print is not"
+)
+LANDLOCK_AUDIT_NOTE = (
+    "Landlock's own denial records (audit, ABI 7) are not read: the kernel's audit is off "
+    "unless auditd or audit=1 turns it on, and reading it needs CAP_AUDIT_READ"
+)
+
 # At most this many filesystem violations per run, and stderr lines looked at.
 MAX_VIOLATIONS = 20
 MAX_LINES = 2000
@@ -217,14 +228,17 @@ def _protected(absolute: str, protected: str, entry: str, view: RefusalView) -> 
 
 def _closed(absolute: str, view: RefusalView) -> str:
     parent = os.path.dirname(absolute)
-    where = (
-        "the workspace's top level" if parent == view.workspace else _shown(parent, view.workspace)
+    top = parent == view.workspace
+    where = "the workspace's top level" if top else _shown(parent, view.workspace) + "/"
+    instead = (
+        "existing files there can be rewritten in place; create new ones in a subdirectory"
+        if top
+        else "so commands that add entries there fail (in .git/: git add, commit, checkout)"
     )
     return (
-        f"{where} takes no new entry, rename or removal on {view.backend}: it holds protected "
-        "paths, and a right granted on a directory holds for everything below it; existing "
-        "files there can be rewritten in place. Create it in a subdirectory, or use the "
-        "bubblewrap backend"
+        f"{where} takes no new entry, rename or removal on {view.backend}: it holds "
+        "protected paths, and a right granted on a directory holds for everything below "
+        f"it; {instead}, or use the bubblewrap backend"
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import platform
 import sys
 from typing import TYPE_CHECKING, ClassVar
@@ -34,7 +35,12 @@ from mechasandbox.backends.linux.landlock_compiler import (
 )
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
-from mechasandbox.backends.refusals import RefusalView, refusal_view
+from mechasandbox.backends.refusals import (
+    LANDLOCK_AUDIT_NOTE,
+    REFUSALS_NOTE,
+    RefusalView,
+    refusal_view,
+)
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
@@ -123,6 +129,7 @@ _LANDLOCK = (
             "landlock: file metadata (chmod, utimes, xattrs) of host files the user owns is "
             "not confined; contents are",
         ),
+        notes=(REFUSALS_NOTE, LANDLOCK_AUDIT_NOTE),
     )
 )
 
@@ -210,6 +217,24 @@ def capabilities_for(
         | _signal_rows(abi)
     )
     return table.capabilities("landlock")
+
+
+def _workspace_rights(ruleset: LandlockRuleset, workspace: str) -> str:
+    """What the command may change in the workspace, carving included."""
+    closed = carved_directories(ruleset, workspace)
+    if not closed:
+        return "read+write+exec, new entries anywhere"
+    shown = ", ".join(
+        "the top level" if path == workspace else os.path.relpath(path, workspace) + "/"
+        for path in closed
+    )
+    return (
+        "read+write+exec below, but protected paths are read-only, and these directories "
+        f"take no new entry, rename or removal: {shown}. Their existing files can be "
+        "rewritten in place; create new files and directories in a subdirectory (Landlock "
+        "cannot grant a new entry at a directory without granting it everywhere below, "
+        "protected paths included)"
+    )
 
 
 def _unreachable(entries: tuple[str, ...]) -> str:
@@ -313,6 +338,7 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
                 *command_sections(launch.spec),
                 ("landlock abi", describe_abi(ruleset.abi)),
                 ("landlock handled", render_handled(ruleset)),
+                ("workspace", _workspace_rights(ruleset, job.workspace)),
                 ("landlock rules", ruleset.render_rules()),
                 ("PATH left out", _unreachable(ruleset.unreachable_path)),
                 ("seccomp", ruleset.seccomp.summary()),
