@@ -12,12 +12,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 
 import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
-from mechasandbox.backends.refusals import RefusalView, filesystem_violations
+from mechasandbox.backends.refusals import (
+    RefusalView,
+    filesystem_violations,
+    may_report_refusals,
+)
 from mechasandbox.domain.errors import SandboxError, SpawnFailed
 from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.result import RunResult, Violation
@@ -126,17 +131,26 @@ def _inside(path: str, root: str) -> bool:
 
 
 def explained(
-    result: Result[RunResult, SandboxError], view: RefusalView, policy: Policy, host: HostContext
+    result: Result[RunResult, SandboxError],
+    view_of: Callable[[], RefusalView],
+    policy: Policy,
+    host: HostContext,
 ) -> Result[RunResult, SandboxError]:
     """`result` with its refusals explained: a command the sandbox could not see gets the
     option that shows it; a completed run, the filesystem refusals it reported (see
-    `refusals`) and the network it lacked, as violations."""
+    `refusals`) and the network it lacked, as violations. `view_of` gives the run's view,
+    asked only when there is something to explain: most runs cost a search of their
+    stderr."""
     if isinstance(result, Failure):
         error = result.failure()
-        return Failure(spawn_hint(error, host, view)) if isinstance(error, SpawnFailed) else result
+        if not isinstance(error, SpawnFailed):
+            return result
+        return Failure(spawn_hint(error, host, view_of()))
     finished = result.unwrap()
-    found = filesystem_violations(finished, view)
     offline = offline_violation(finished, policy)
+    found: tuple[Violation, ...] = ()
+    if may_report_refusals(finished.stderr):
+        found = filesystem_violations(finished, view_of())
     more = (*found, *(() if offline is None else (offline,)))
     if not more:
         return result

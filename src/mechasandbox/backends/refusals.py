@@ -55,6 +55,7 @@ _REFUSED = re.compile(
     r"|device or resource busy|invalid cross-device link|\be(?:rofs|acces|perm)\b",
     re.IGNORECASE,
 )
+_REFUSED_BYTES = re.compile(_REFUSED.pattern.encode(), re.IGNORECASE)
 _IS_A_DIRECTORY = re.compile(r"is a directory", re.IGNORECASE)
 # 'path', "path", the typographic quotes of coreutils in a UTF-8 locale, `path'.
 _QUOTED = re.compile("'([^'\n]+)'|\"([^\"\n]+)\"|\u2018([^\u2019\n]+)\u2019|`([^'`\n]+)'")
@@ -115,6 +116,11 @@ def refusal_view(
         closed=closed,
         cover=cover,
     )
+
+
+def may_report_refusals(stderr: bytes) -> bool:
+    """Whether `stderr` holds a refusal's text at all (searched in bytes, undecoded)."""
+    return _REFUSED_BYTES.search(stderr) is not None
 
 
 def filesystem_violations(result: RunResult, view: RefusalView) -> tuple[Violation, ...]:

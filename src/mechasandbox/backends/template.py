@@ -17,8 +17,8 @@ A run: `prepare_run` (probe, enforcement, workspace, git indirections), the sett
 opened, the proxy started where there is one, `compile` with the real setting, `launch`
 (by default `execute_spec`: cgroup, runner, classification), the setting closed, and for a
 backend that protects the workspace, the repositories the run made disarmed; and for one
-with a `refusal_view`, the refusals the run reported explained (`refusal_hints`). A plan: the
-workspace checked, `compile` with the plan's setting, `describe`.
+that `explains_refusals`, the refusals the run reported explained (`refusal_hints`). A plan:
+the workspace checked, `compile` with the plan's setting, `describe`.
 """
 
 from __future__ import annotations
@@ -98,6 +98,10 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     # It protects paths of the workspace: `plan` shows the policy with the workspace's git
     # indirections protected too, and the repositories a run made are disarmed after it.
     protects_workspace: ClassVar[bool] = False
+    # Its refusals are explained after a run (`refusal_view`, `refusal_hints.explained`):
+    # a backend whose command sees less of the host than the host does, and that cuts the
+    # network when the policy says `none`.
+    explains_refusals: ClassVar[bool] = False
     # Its allowlist proxy listens on loopback TCP too (else on its unix socket only).
     proxy_over_tcp: ClassVar[bool] = False
 
@@ -131,10 +135,10 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         """The allowlist proxy a run under `policy` talks to (None: no proxy)."""
         return None
 
-    def refusal_view(self, job: Job, setting: Setting) -> RefusalView | None:
+    def refusal_view(self, job: Job, setting: Setting) -> RefusalView:
         """What the run's sandbox showed and let change, to explain its refusals after it
-        (see `refusals`); None: nothing to explain (the command saw the host as it is)."""
-        return None
+        (see `refusals`); asked of a backend with `explains_refusals` only."""
+        raise NotImplementedError(f"{self.name} explains no refusals")
 
     def with_proxy(self, setting: Setting, proxy: RunningProxy) -> Setting:
         """The setting once the run's proxy listens."""
@@ -213,8 +217,9 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
             self.close_setting(setting, job.workspace)
         if self.protects_workspace:
             result = disarm_after(result, job.workspace, job.policy, started)
-        view = self.refusal_view(job, setting)
-        return result if view is None else explained(result, view, job.policy, job.host)
+        if not self.explains_refusals:
+            return result
+        return explained(result, lambda: self.refusal_view(job, setting), job.policy, job.host)
 
 
 # --- pieces the backends share ----------------------------------------------------------------

@@ -222,6 +222,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
     found on the host's PATH)."""
 
     protects_workspace: ClassVar[bool] = True
+    explains_refusals: ClassVar[bool] = True
 
     runner: ProcessRunner
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)

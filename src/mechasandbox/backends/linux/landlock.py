@@ -262,6 +262,7 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
     """
 
     protects_workspace: ClassVar[bool] = True
+    explains_refusals: ClassVar[bool] = True
     proxy_over_tcp: ClassVar[bool] = True
 
     runner: ProcessRunner
