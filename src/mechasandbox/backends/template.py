@@ -16,8 +16,9 @@ A backend supplies
 A run: `prepare_run` (probe, enforcement, workspace, git indirections), the setting
 opened, the proxy started where there is one, `compile` with the real setting, `launch`
 (by default `execute_spec`: cgroup, runner, classification), the setting closed, and for a
-backend that protects the workspace, the repositories the run made disarmed. A plan: the
-workspace checked, `compile` with the plan's setting, `describe`.
+backend that protects the workspace, the repositories the run made disarmed; and for one
+that `explains_refusals`, the refusals the run reported explained (`refusal_hints`). A plan:
+the workspace checked, `compile` with the plan's setting, `describe`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from mechasandbox.backends.base import (
 )
 from mechasandbox.backends.execute import disarm_after, execute_spec, prepare_run, run_started
 from mechasandbox.backends.git_indirections import planned_policy
+from mechasandbox.backends.refusal_hints import explained
+from mechasandbox.backends.refusals import RefusalView
 from mechasandbox.backends.resources import UMASK, describe_cgroups
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
@@ -95,6 +98,10 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     # It protects paths of the workspace: `plan` shows the policy with the workspace's git
     # indirections protected too, and the repositories a run made are disarmed after it.
     protects_workspace: ClassVar[bool] = False
+    # Its refusals are explained after a run (`refusal_view`, `refusal_hints.explained`):
+    # a backend whose command sees less of the host than the host does, and that cuts the
+    # network when the policy says `none`.
+    explains_refusals: ClassVar[bool] = False
     # Its allowlist proxy listens on loopback TCP too (else on its unix socket only).
     proxy_over_tcp: ClassVar[bool] = False
 
@@ -127,6 +134,11 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     def proxy_for(self, policy: Policy) -> EgressProxy | None:
         """The allowlist proxy a run under `policy` talks to (None: no proxy)."""
         return None
+
+    def refusal_view(self, job: Job, setting: Setting) -> RefusalView:
+        """What the run's sandbox showed and let change, to explain its refusals after it
+        (see `refusals`); asked of a backend with `explains_refusals` only."""
+        raise NotImplementedError(f"{self.name} explains no refusals")
 
     def with_proxy(self, setting: Setting, proxy: RunningProxy) -> Setting:
         """The setting once the run's proxy listens."""
@@ -203,9 +215,11 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
                 )
         finally:
             self.close_setting(setting, job.workspace)
-        if not self.protects_workspace:
+        if self.protects_workspace:
+            result = disarm_after(result, job.workspace, job.policy, started)
+        if not self.explains_refusals:
             return result
-        return disarm_after(result, job.workspace, job.policy, started)
+        return explained(result, lambda: self.refusal_view(job, setting), job.policy, job.host)
 
 
 # --- pieces the backends share ----------------------------------------------------------------

@@ -42,10 +42,16 @@ from mechasandbox.backends.linux.bwrap_hooks import (
     unix_socket_plan,
 )
 from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures, HostLayout
-from mechasandbox.backends.linux.bwrap_mounts import paths_to_survey, protected_parents, under
+from mechasandbox.backends.linux.bwrap_mounts import (
+    PRIVATE_TMP_DIRS,
+    paths_to_survey,
+    protected_parents,
+    under,
+)
 from mechasandbox.backends.linux.bwrap_probe import probe_bwrap, remembered_probe
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.probe_cache import ProbeCache
+from mechasandbox.backends.refusals import REFUSALS_NOTE, RefusalView, refusal_view
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
@@ -57,7 +63,7 @@ from mechasandbox.backends.template import (
 )
 from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.backends.workspace.guards import GuardSet
-from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
+from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders, file_placeholder
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
@@ -170,7 +176,8 @@ _BWRAP = (
             "starts with none)",
             Protection.TREE_TEARDOWN: "pid namespace (its init's death kills all), "
             "--die-with-parent, subreaper",
-        }
+        },
+        notes=(REFUSALS_NOTE,),
     )
 )
 
@@ -215,6 +222,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
     found on the host's PATH)."""
 
     protects_workspace: ClassVar[bool] = True
+    explains_refusals: ClassVar[bool] = True
 
     runner: ProcessRunner
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
@@ -353,7 +361,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
                 ("bwrap's own environment", launcher_environment(launch.spec)),
                 ("seccomp (fd 3)", seccomp_summary(unix.allowed)),
                 ("landlock", describe_scope(unix)),
-                ("placeholders", "\n".join(command.placeholders) or "none"),
+                ("placeholders", _placeholders(command.placeholders)),
                 *limit_sections(launch.spec, launch.cgroups),
             ),
             warnings=tuple(f"bubblewrap is unavailable here: {why}" for why in unavailable)
@@ -370,6 +378,17 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
 
     def close_setting(self, setting: BwrapSetting, workspace: str) -> None:
         self.placeholders.leave(workspace)
+
+    def refusal_view(self, job: Job, setting: BwrapSetting) -> RefusalView:
+        return refusal_view(
+            NAME,
+            job.policy,
+            job.host,
+            job.workspace,
+            system=SYSTEM_ROOTS,
+            scratch=(*PRIVATE_TMP_DIRS, job.host.home),
+            cover="an empty read-only directory",
+        )
 
     def proxy_for(self, policy: Policy) -> EgressProxy | None:
         if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
@@ -398,6 +417,24 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         finally:
             guards.close()
         return result.bind(lambda finished: _checked(finished, job.request.argv[0], late))
+
+
+def _placeholders(paths: tuple[str, ...]) -> str:
+    """The covers of missing protected paths, as the command sees them."""
+    if not paths:
+        return "none"
+    shown = [
+        f"{path} (empty read-only directory)"
+        if (content := file_placeholder(path)) is None
+        else f"{path} (read-only file holding {content!r})"
+        for path in paths
+    ]
+    seen = (
+        "missing protected paths cannot be created: each is covered for the run, and the "
+        "command sees the cover (`ls -a` lists it; `cat .env` says 'Is a directory'). A "
+        "mount needs an entry to cover, and bwrap has no way to keep a name absent"
+    )
+    return "\n".join((seen, *shown))
 
 
 def _checked(

@@ -20,7 +20,7 @@ from mechasandbox.backends.workspace.placeholders import file_placeholder, path_
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Enforcement, Policy
 
-_PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 # Where the host keeps its unix sockets (docker.sock, the session bus, the ssh agent under
 # /run/user): a read-only bind does not stop connect(), so a policy's bind that shows them
 # (`readable = ["/"]`, `["/run"]`) gets an empty tmpfs over them: a socket is reachable
@@ -164,7 +164,7 @@ def _base_mounts(layout: HostLayout) -> list[Mount]:
     mounts += [_PROC, Mount(dest="/dev", args=("--dev", "/dev"), exposes=False)]
     mounts += [
         Mount(dest=path, args=("--perms", "1777", "--tmpfs", path), exposes=False)
-        for path in _PRIVATE_TMP
+        for path in PRIVATE_TMP_DIRS
     ]
     return mounts
 
@@ -213,12 +213,12 @@ def _own_trees_kept(base: list[Mount], tree: list[Mount], layout: HostLayout) ->
     bind of a tmp dir itself (`writable = ["/tmp"]`) shares it on purpose, and stays."""
     again: list[Mount] = []
     for own in base:
-        if own.dest not in ("/proc", "/dev", *_PRIVATE_TMP):
+        if own.dest not in ("/proc", "/dev", *PRIVATE_TMP_DIRS):
             continue
         covering = covering_mount(tree + again, own.dest)
         if covering is None or covering is own:
             continue
-        if own.dest in _PRIVATE_TMP and covering.dest == own.dest:
+        if own.dest in PRIVATE_TMP_DIRS and covering.dest == own.dest:
             continue
         again.append(own)
     for path in _HOST_SOCKET_TREES:

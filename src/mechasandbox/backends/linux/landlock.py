@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import platform
 import sys
 from typing import TYPE_CHECKING, ClassVar
@@ -28,10 +29,18 @@ from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_compiler import (
     TMP_PLACEHOLDER,
     LandlockRuleset,
+    carved_directories,
     compile_landlock_rules,
     render_handled,
 )
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
+from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
+from mechasandbox.backends.refusals import (
+    LANDLOCK_AUDIT_NOTE,
+    REFUSALS_NOTE,
+    RefusalView,
+    refusal_view,
+)
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
@@ -120,6 +129,7 @@ _LANDLOCK = (
             "landlock: file metadata (chmod, utimes, xattrs) of host files the user owns is "
             "not confined; contents are",
         ),
+        notes=(REFUSALS_NOTE, LANDLOCK_AUDIT_NOTE),
     )
 )
 
@@ -209,6 +219,30 @@ def capabilities_for(
     return table.capabilities("landlock")
 
 
+def _workspace_rights(ruleset: LandlockRuleset, workspace: str) -> str:
+    """What the command may change in the workspace, carving included."""
+    closed = carved_directories(ruleset, workspace)
+    if not closed:
+        return "read+write+exec, new entries anywhere"
+    shown = ", ".join(
+        "the top level" if path == workspace else os.path.relpath(path, workspace) + "/"
+        for path in closed
+    )
+    return (
+        "read+write+exec below, but protected paths are read-only, and these directories "
+        f"take no new entry, rename or removal: {shown}. Their existing files can be "
+        "rewritten in place; create new files and directories in a subdirectory (Landlock "
+        "cannot grant a new entry at a directory without granting it everywhere below, "
+        "protected paths included)"
+    )
+
+
+def _unreachable(entries: tuple[str, ...]) -> str:
+    if not entries:
+        return "none"
+    return " ".join(entries) + " (no rule lets anything there run)"
+
+
 @attrs.frozen(kw_only=True)
 class LandlockSetting:
     """What a run's compile gets besides the policy: its private tmp dir, and the run's
@@ -228,6 +262,7 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
     """
 
     protects_workspace: ClassVar[bool] = True
+    explains_refusals: ClassVar[bool] = True
     proxy_over_tcp: ClassVar[bool] = True
 
     runner: ProcessRunner
@@ -304,7 +339,9 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
                 *command_sections(launch.spec),
                 ("landlock abi", describe_abi(ruleset.abi)),
                 ("landlock handled", render_handled(ruleset)),
+                ("workspace", _workspace_rights(ruleset, job.workspace)),
                 ("landlock rules", ruleset.render_rules()),
+                ("PATH left out", _unreachable(ruleset.unreachable_path)),
                 ("seccomp", ruleset.seccomp.summary()),
                 ("capabilities", "all dropped (bounding, ambient, effective, permitted)"),
                 *limit_sections(launch.spec, launch.cgroups),
@@ -316,6 +353,26 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
 
     def close_setting(self, setting: LandlockSetting, workspace: str) -> None:
         self.tmp_dirs.give_back(self.tmp_parent, setting.tmp_dir)
+
+    def refusal_view(self, job: Job, setting: LandlockSetting) -> RefusalView:
+        ruleset = compile_landlock_rules(
+            job.request,
+            job.policy,
+            job.host,
+            abi=self._abi(),
+            workspace=job.workspace,
+            tmp_dir=setting.tmp_dir,
+            carve_protected=self.carve_protected,
+        )
+        return refusal_view(
+            self.name,
+            job.policy,
+            job.host,
+            job.workspace,
+            system=SYSTEM_ROOTS,
+            scratch=(setting.tmp_dir,),
+            closed=carved_directories(ruleset, job.workspace),
+        )
 
     def proxy_for(self, policy: Policy) -> EgressProxy | None:
         # ABI < 4, no TCP rules: allowlist runs offline

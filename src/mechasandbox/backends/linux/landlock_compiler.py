@@ -174,6 +174,8 @@ class LandlockRuleset:
     env: tuple[tuple[str, str], ...]
     tmp_dir: str
     drop_capabilities: bool = True
+    # `PATH` entries left out: nothing in them may run (see `runnable_path`).
+    unreachable_path: tuple[str, ...] = ()
 
     def to_hook_argument(self) -> dict[str, object]:
         return {
@@ -348,6 +350,9 @@ def compile_landlock_rules(
         env.update(proxy_environment(proxy[1]))
     for name in ("TMPDIR", "TMP", "TEMP"):
         env[name] = tmp_dir
+    unreachable: tuple[str, ...] = ()
+    if "PATH" in env:
+        env["PATH"], unreachable = runnable_path(env["PATH"], rules, root)
     return LandlockRuleset(
         abi=abi,
         handled_fs=handled_fs,
@@ -358,7 +363,60 @@ def compile_landlock_rules(
         seccomp=program,
         env=tuple(sorted(env.items())),
         tmp_dir=tmp_dir,
+        unreachable_path=unreachable,
     )
+
+
+def carved_directories(ruleset: LandlockRuleset, workspace: str) -> tuple[str, ...]:
+    """The directories of the workspace that keep only read rights (see `expand_rules`):
+    each one above a path its rule excludes, the workspace itself first. They take no new
+    entry, rename or removal."""
+    root = _normal(workspace)
+    carved: set[str] = set()
+    for rule in ruleset.rules:
+        if rule.path != root:
+            continue
+        for path, _ in rule.exclusions:
+            parent = os.path.dirname(path)
+            while _inside(parent, root):
+                carved.add(parent)
+                if parent == root:
+                    break
+                parent = os.path.dirname(parent)
+    return tuple(sorted(carved))
+
+
+def runnable_path(
+    value: str, rules: tuple[PathRule, ...], root: str
+) -> tuple[str, tuple[str, ...]]:
+    """`PATH` without the directories the ruleset grants no execute right on, and those.
+
+    Landlock leaves the path walk alone: a directory outside every rule can still be
+    listed in `PATH` and `stat`ed, though nothing in it may run. A shell then runs the next
+    `python3` on `PATH` (`/usr/bin/python3`), while that interpreter looks for itself along
+    `PATH`, finds the first one (`~/.pyenv/versions/3.11.7/bin/python3`, which it may not
+    read), takes its prefix for its own and fails: `No module named 'encodings'`. Without
+    the unreachable entries, both find the same program. Relative entries name the
+    workspace (the command's directory) and stay."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    for entry in value.split(os.pathsep):
+        directory = _normal(os.path.join(root, entry))
+        (kept if _executable_under(directory, rules) else dropped).append(entry)
+    return os.pathsep.join(kept), tuple(dropped)
+
+
+def _executable_under(directory: str, rules: tuple[PathRule, ...]) -> bool:
+    """Whether a rule grants execute beneath `directory` (the deepest rule decides: a carved
+    exclusion or a denied path inside a grant keeps only its residual rights)."""
+    granted = False
+    for rule in rules:
+        if not _inside(directory, rule.path) or not rule.access & FS_EXECUTE:
+            continue
+        below = [access for path, access in rule.exclusions if _inside(directory, path)]
+        if all(access & FS_EXECUTE for access in below):
+            granted = True
+    return granted
 
 
 def render_handled(ruleset: LandlockRuleset) -> str:
