@@ -148,6 +148,8 @@ class Backends(containers.DeclarativeContainer):
     cgroups = providers.Resource(factories.cgroups)
     # docker's and podman's (one, as they share the workspaces they protect).
     engine_state = providers.Resource(_owned, factories.engine_state)
+    # What the search for git indirections read, for every backend that protects paths.
+    git_facts = providers.Resource(_owned, factories.git_facts)
     named: providers.Aggregate[Backend] = providers.Aggregate(
         _each_backend(
             deps,
@@ -156,6 +158,7 @@ class Backends(containers.DeclarativeContainer):
                 catalog.TMP_DIRS: tmp_dirs,
                 catalog.CGROUPS: cgroups,
                 catalog.ENGINE_STATE: engine_state,
+                catalog.GIT_FACTS: git_facts,
             },
         )
     )

@@ -50,6 +50,8 @@ from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, RlimitSetting, SpawnSpec
 
 if TYPE_CHECKING:
+    from mechasandbox.backends.git_facts import GitFacts
+    from mechasandbox.backends.workspace.placeholders import FileContents
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
 
@@ -76,13 +78,15 @@ class Launch(Generic[Compiled]):
 class Job:
     """One command to compile: its request, the policy (for a run, with the workspace's git
     indirections protected: see `prepare_run`), the host, the workspace's real path (a
-    checked one), and the warnings a run has gathered so far."""
+    checked one), the warnings a run has gathered so far, and the protected paths whose
+    placeholder is a file, with their content (see `with_git_indirections`)."""
 
     request: RunRequest
     policy: Policy
     host: HostContext
     workspace: str
     warnings: tuple[str, ...] = ()
+    file_placeholders: FileContents = ()
 
 
 class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
@@ -95,6 +99,9 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     # It protects paths of the workspace: `plan` shows the policy with the workspace's git
     # indirections protected too, and the repositories a run made are disarmed after it.
     protects_workspace: ClassVar[bool] = False
+    # What its searches for git indirections read, reused by the next (a field of a backend
+    # that protects the workspace: see `GitFacts`; None: each search reads everything).
+    git: GitFacts | None = None
     # Its allowlist proxy listens on loopback TCP too (else on its unix socket only).
     proxy_over_tcp: ClassVar[bool] = False
 
@@ -153,8 +160,18 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         setting = self.plan_setting(policy)
 
         def job(workspace: str) -> Job:
-            shown = planned_policy(policy, workspace, host) if self.protects_workspace else policy
-            return Job(request=request, policy=shown, host=host, workspace=workspace)
+            shown, files = (
+                planned_policy(policy, workspace, host, self.git)
+                if self.protects_workspace
+                else (policy, ())
+            )
+            return Job(
+                request=request,
+                policy=shown,
+                host=host,
+                workspace=workspace,
+                file_placeholders=files,
+            )
 
         def described(job: Job) -> Result[LaunchPlan, SandboxError]:
             compiled = self.compile(job, setting)
@@ -165,19 +182,20 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         def opened(
-            found: tuple[tuple[str, ...], str, Policy],
+            found: tuple[tuple[str, ...], str, Policy, FileContents],
         ) -> Result[tuple[Job, Setting], SandboxError]:
-            warnings, workspace, chosen = found
+            warnings, workspace, chosen, files = found
             job = Job(
                 request=request,
                 policy=chosen,
                 host=self.host,
                 workspace=workspace,
                 warnings=warnings,
+                file_placeholders=files,
             )
             return self.open_setting(workspace, chosen).map(lambda setting: (job, setting))
 
-        prepared = prepare_run(self, request, policy).bind(opened)
+        prepared = prepare_run(self, request, policy, self.git).bind(opened)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         job, setting = prepared.unwrap()
@@ -205,7 +223,7 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
             self.close_setting(setting, job.workspace)
         if not self.protects_workspace:
             return result
-        return disarm_after(result, job.workspace, job.policy, started)
+        return disarm_after(result, job.workspace, job.policy, started, self.git)
 
 
 # --- pieces the backends share ----------------------------------------------------------------
