@@ -1,8 +1,9 @@
 """The empty directories made in a workspace as mount points for missing protected paths
-(`.git`, `.envrc`... covered read-only for the run), and their removal. Two paths git reads
-as files get a file instead (`FILE_PLACEHOLDERS`: a directory there would break git, in
-the sandbox and on the host, while the run goes), holding what git makes of the path being
-absent; it is removed only if it still holds exactly that.
+(`.git`, `.envrc`... covered read-only for the run), and their removal. Paths git reads
+as files get a file instead (`FILE_PLACEHOLDERS`, and those a run names: `FileContents`; a
+directory there would break git, in the sandbox and on the host, while the run goes),
+holding what git makes of the path being absent; it is removed only if it still holds
+exactly that.
 
 They stay while any run of this process still uses their workspace: removing one while
 another run's bwrap is setting up (or running) over the same workspace would break that run
