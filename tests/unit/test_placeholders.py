@@ -106,3 +106,29 @@ def test_the_state_removes_the_file_placeholders_of_its_runs(tmp_path: Path) -> 
         assert not os.path.exists(included)
     finally:
         placeholders.close()
+
+
+def test_the_file_placeholders_a_dead_host_made_are_removed_by_the_next(tmp_path: Path) -> None:
+    """The journal keeps a run's file placeholder with its content, so that the next host
+    removes it (untouched only) after a crash, whatever its own runs find."""
+    workspace = tmp_path / "ws"
+    (workspace / ".git").mkdir(parents=True)
+    included, changed = (str(workspace / ".git" / name) for name in ("extra.cfg", "b.cfg"))
+    state = tmp_path / "state"
+    crashed = WorkspacePlaceholders(state_directory=state)
+    assert crashed.enter(str(workspace))
+    crashed.created(str(workspace), [included, changed], ((included, b""), (changed, b"")))
+    crashed.make(str(workspace), [included, changed])
+    Path(changed).write_text("[user]\n")  # someone's since: stays
+    (journal,) = state.glob("*.paths")
+    journal.rename(state / "999999999-1.paths")  # as if its process had died
+    crashed._journal._forget()
+    crashed._workspace_locks().close()  # its lock on the workspace went with it
+    nxt = WorkspacePlaceholders(state_directory=state)
+    try:
+        assert nxt.enter(str(workspace))  # sweeps the dead journals
+        nxt.leave(str(workspace))
+        assert os.listdir(workspace / ".git") == ["b.cfg"]
+    finally:
+        nxt.close()
+        crashed.close()

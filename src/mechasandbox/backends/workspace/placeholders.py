@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import secrets
@@ -208,19 +209,27 @@ def _remove_journal(path: Path, owner: int) -> None:
             os.unlink(path)
 
 
-def _journal_entry(line: str) -> tuple[str | None, str]:
-    """(workspace, placeholder) of a journal line: a JSON pair, or (from an earlier
-    version) a bare path."""
+def _journal_entry(line: str) -> tuple[str | None, str, bytes | None]:
+    """(workspace, placeholder, its content if a run named it a file placeholder) of a
+    journal line: a JSON list, or (from an earlier version) a bare path."""
     if line.startswith("["):
         with contextlib.suppress(ValueError, TypeError):
-            workspace, path = json.loads(line)
-            return str(workspace), str(path)
-    return None, line
+            workspace, path, *content = json.loads(line)
+            file = str(content[0]).encode("latin-1") if content else None
+            return str(workspace), str(path), file
+    return None, line, None
+
+
+def _journal_line(workspace: str, path: str, files: Mapping[str, bytes]) -> str:
+    content = files.get(path)
+    entry = [workspace, path] if content is None else [workspace, path, content.decode("latin-1")]
+    return json.dumps(entry) + "\n"
 
 
 class _Journal:
     """This process's list of the placeholders it made (one JSON [workspace, path] per
-    line)."""
+    line, [workspace, path, content] for a file placeholder a run named: see
+    `FileContents`)."""
 
     def __init__(self, directory: Path | None) -> None:
         self._directory = directory
@@ -298,13 +307,17 @@ class _Journal:
                 with contextlib.suppress(OSError):
                     lines = Path(entry.path).read_text().splitlines()
                     listed = [_journal_entry(line) for line in lines]
-                    remove_placeholders(path for ws, path in listed if ws is None)
+                    files = {path: file for _, path, file in listed if file is not None}
+                    remove_placeholders(path for ws, path, _ in listed if ws is None)
                     locks.hand_over(
-                        ((ws, path) for ws, path in listed if ws is not None), remove_empty
+                        ((ws, path) for ws, path, _ in listed if ws is not None),
+                        functools.partial(remove_empty, files=files),
                     )
                     os.unlink(entry.path)
 
-    def record(self, workspace: str, paths: Iterable[str]) -> None:
+    def record(
+        self, workspace: str, paths: Iterable[str], files: Mapping[str, bytes] = NO_FILES
+    ) -> None:
         self._mine()
         new = [p for p in paths if p not in self.written]
         if not new:
@@ -315,7 +328,7 @@ class _Journal:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, "".join(json.dumps([workspace, p]) + "\n" for p in new).encode())
+                os.write(fd, "".join(_journal_line(workspace, p, files) for p in new).encode())
             finally:
                 os.close(fd)
         except OSError:
@@ -408,7 +421,7 @@ class WorkspacePlaceholders:
         self._files.add(files)
         with self._lock:
             self._created.setdefault(workspace, set()).update(paths)
-            self._journal.record(workspace, paths)
+            self._journal.record(workspace, paths, self._files)
 
     def leave(self, workspace: str) -> None:
         with self._lock:
