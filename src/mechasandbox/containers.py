@@ -149,6 +149,8 @@ class Backends(containers.DeclarativeContainer):
     cgroups = providers.Resource(factories.cgroups)
     # docker's and podman's (one, as they share the workspaces they protect).
     engine_state = providers.Resource(_owned, factories.engine_state)
+    # What the search for git indirections read, for every backend that protects paths.
+    git_facts = providers.Resource(_owned, factories.git_facts)
     # What dead processes of this user left behind, removed once: before the first backend
     # of this root is built (`deps` needs it).
     swept = providers.Resource(
@@ -175,6 +177,7 @@ class Backends(containers.DeclarativeContainer):
                 catalog.TMP_DIRS: tmp_dirs,
                 catalog.CGROUPS: cgroups,
                 catalog.ENGINE_STATE: engine_state,
+                catalog.GIT_FACTS: git_facts,
             },
         )
     )

@@ -192,6 +192,7 @@ def test_backend_state_belongs_to_the_root(tmp_path: Path) -> None:
         bubblewrap = app.backends.named("bubblewrap")
         assert isinstance(bubblewrap, BubblewrapBackend)
         assert bubblewrap.placeholders is app.backends.placeholders()
+        assert landlock.git is bubblewrap.git is app.backends.git_facts()
         result = app.services.sandbox().run_sync(
             ["sh", "-c", 'echo "$TMPDIR"'], workspace=str(tmp_path)
         )
@@ -215,7 +216,7 @@ def test_backend_state_belongs_to_the_root(tmp_path: Path) -> None:
 def test_backends_close_before_the_state_they_keep(monkeypatch: pytest.MonkeyPatch) -> None:
     """`shutdown_resources()` ends the backends (docker's warm pool ends its containers
     there) before the state they keep (the placeholders those containers stand on)."""
-    from mechasandbox.backends.oci import PooledBackend
+    from mechasandbox.backends.oci import OciBackend, PooledBackend
     from mechasandbox.backends.oci.state import EngineState
 
     closed: list[str] = []
@@ -230,7 +231,10 @@ def test_backends_close_before_the_state_they_keep(monkeypatch: pytest.MonkeyPat
     app = Application()
     app.config.from_dict({"backend": "docker", "pool_size": 1})
     app.core.runner.override(FakeRunner())
-    assert isinstance(app.backends.selected(), PooledBackend)
-    app.backends.named("podman")  # shares the engine state
+    pooled = app.backends.selected()
+    assert isinstance(pooled, PooledBackend)
+    podman = app.backends.named("podman")  # shares the engine state and the git facts
+    assert isinstance(podman, OciBackend)
+    assert podman.git is pooled.backend.git is app.backends.git_facts()
     app.shutdown_resources()
     assert closed == ["pool", "engine state"]

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.git_indirections import (
     command_words,
     find_indirections,
@@ -101,17 +102,17 @@ def test_nested_repositories_gitfiles_and_submodule_paths(tmp_path: Path) -> Non
 def test_the_policy_gets_them_unless_it_leaves_git_config_writable(tmp_path: Path) -> None:
     git("init", "-q", cwd=tmp_path)
     git("config", "core.hooksPath", "hooks-here", cwd=tmp_path)
-    policy, _ = with_git_indirections(Policy(), str(tmp_path), home="/nonexistent", env=ENV)
+    policy, _, _ = with_git_indirections(Policy(), str(tmp_path), home="/nonexistent", env=ENV)
     assert "hooks-here" in policy.filesystem.protected
     assert policy.filesystem.protected.count(".git/hooks") == 1
     open_git = Policy(filesystem=FilesystemPolicy(protected=(".env",)))
-    unchanged, _ = with_git_indirections(open_git, str(tmp_path), home="/nonexistent", env=ENV)
+    unchanged, _, _ = with_git_indirections(open_git, str(tmp_path), home="/nonexistent", env=ENV)
     assert unchanged == open_git
 
 
 def test_a_new_armed_repository_is_renamed_aside_and_a_plain_one_stays(tmp_path: Path) -> None:
     git("init", "-q", cwd=tmp_path)
-    policy, _ = with_git_indirections(Policy(), str(tmp_path), home="/nonexistent", env=ENV)
+    policy, _, _ = with_git_indirections(Policy(), str(tmp_path), home="/nonexistent", env=ENV)
     started = time.time_ns() - 20_000_000
     (tmp_path / "plain").mkdir()
     git("init", "-q", cwd=tmp_path / "plain")
@@ -124,3 +125,33 @@ def test_a_new_armed_repository_is_renamed_aside_and_a_plain_one_stays(tmp_path:
     assert (tmp_path / "armed" / ".git-disarmed-1").is_dir()
     assert len(warnings) == 1
     assert "core.fsmonitor" in warnings[0]
+
+
+def test_the_file_placeholders_come_with_the_run(tmp_path: Path) -> None:
+    """A missing include target is covered by an empty file (what git makes of its
+    absence): the run is told so, with the policy, instead of a registry remembering it."""
+    git("init", "-q", cwd=tmp_path)
+    git("config", "include.path", "extra.cfg", cwd=tmp_path)
+    policy, _, files = with_git_indirections(Policy(), str(tmp_path), home="/nonexistent", env=ENV)
+    assert ".git/extra.cfg" in policy.filesystem.protected
+    assert (str(tmp_path / ".git" / "extra.cfg"), b"") in files
+    open_git = Policy(filesystem=FilesystemPolicy(protected=(".env",)))
+    assert with_git_indirections(open_git, str(tmp_path), home="/nonexistent", env=ENV)[2] == ()
+
+
+def test_what_a_search_reads_is_kept_by_the_facts_it_is_given(tmp_path: Path) -> None:
+    """Searches given the same `GitFacts` reuse its listings and parsed files and find the
+    same; a change is seen; `close` forgets."""
+    git("init", "-q", cwd=tmp_path)
+    git("config", "core.hooksPath", "hooks-here", cwd=tmp_path)
+    facts = GitFacts()
+    first = find_indirections(str(tmp_path), home="/nonexistent", env=ENV, facts=facts)
+    assert first == find_indirections(str(tmp_path), home="/nonexistent", env=ENV, facts=facts)
+    assert "hooks-here" in first.protected
+    (tmp_path / "inner").mkdir()
+    git("init", "-q", cwd=tmp_path / "inner")
+    again = find_indirections(str(tmp_path), home="/nonexistent", env=ENV, facts=facts)
+    assert "inner/.git/config" in again.protected
+    facts.close()
+    facts.close()
+    assert find_indirections(str(tmp_path), home="/nonexistent", env=ENV, facts=facts) == again

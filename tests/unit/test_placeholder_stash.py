@@ -110,7 +110,7 @@ def test_a_forked_host_keeps_a_journal_of_its_own(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child removed its parent's journal"
     lines = parent_journal.read_text().splitlines()
-    assert [_journal_entry(line) for line in lines] == [(workspace, str(tmp_path / ".envrc"))]
+    assert [_journal_entry(line) for line in lines] == [(workspace, str(tmp_path / ".envrc"), None)]
     placeholders.leave(workspace)
     placeholders._journal.close()
 

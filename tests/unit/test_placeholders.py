@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 from mechasandbox.backends.workspace.placeholders import (
+    WorkspacePlaceholders,
+    file_placeholder,
     is_placeholder,
     make_placeholders,
     remove_placeholders,
@@ -70,3 +72,63 @@ def test_a_file_placeholder_is_never_made_over_what_is_there(tmp_path: Path) -> 
     (git / "commondir").write_text("../..\n")
     make_placeholders([str(git / "commondir")])
     assert (git / "commondir").read_text() == "../..\n"
+
+
+def test_a_runs_own_file_placeholders_are_files_with_their_content(tmp_path: Path) -> None:
+    """An include target the run found (`files`) is covered by a file holding its content,
+    and removed only with that content; without `files` it is a directory placeholder."""
+    git = tmp_path / ".git"
+    git.mkdir()
+    included = str(git / "extra.cfg")
+    files = {included: b""}
+    assert file_placeholder(included) is None
+    make_placeholders([included], files)
+    assert (git / "extra.cfg").read_bytes() == b""
+    assert is_placeholder(included, files)
+    assert not is_placeholder(included)
+    remove_placeholders([included])
+    assert (git / "extra.cfg").exists()  # taken for a directory: left as it is
+    remove_placeholders([included], files)
+    assert os.listdir(git) == []
+
+
+def test_the_state_removes_the_file_placeholders_of_its_runs(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / ".git").mkdir(parents=True)
+    included = str(workspace / ".git" / "extra.cfg")
+    placeholders = WorkspacePlaceholders(state_directory=tmp_path / "state")
+    try:
+        assert placeholders.enter(str(workspace))
+        placeholders.created(str(workspace), [included], ((included, b""),))
+        placeholders.make(str(workspace), [included])
+        assert os.path.isfile(included)
+        placeholders.leave(str(workspace))
+        assert not os.path.exists(included)
+    finally:
+        placeholders.close()
+
+
+def test_the_file_placeholders_a_dead_host_made_are_removed_by_the_next(tmp_path: Path) -> None:
+    """The journal keeps a run's file placeholder with its content, so that the next host
+    removes it (untouched only) after a crash, whatever its own runs find."""
+    workspace = tmp_path / "ws"
+    (workspace / ".git").mkdir(parents=True)
+    included, changed = (str(workspace / ".git" / name) for name in ("extra.cfg", "b.cfg"))
+    state = tmp_path / "state"
+    crashed = WorkspacePlaceholders(state_directory=state)
+    assert crashed.enter(str(workspace))
+    crashed.created(str(workspace), [included, changed], ((included, b""), (changed, b"")))
+    crashed.make(str(workspace), [included, changed])
+    Path(changed).write_text("[user]\n")  # someone's since: stays
+    (journal,) = state.glob("*.paths")
+    journal.rename(state / "999999999-1.paths")  # as if its process had died
+    crashed._journal._forget()
+    crashed._workspace_locks().close()  # its lock on the workspace went with it
+    nxt = WorkspacePlaceholders(state_directory=state)
+    try:
+        assert nxt.enter(str(workspace))  # sweeps the dead journals
+        nxt.leave(str(workspace))
+        assert os.listdir(workspace / ".git") == ["b.cfg"]
+    finally:
+        nxt.close()
+        crashed.close()

@@ -22,6 +22,7 @@ from mechasandbox.backends import factories
 
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
+    from mechasandbox.backends.git_facts import GitFacts
     from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
     from mechasandbox.backends.oci.state import EngineState
     from mechasandbox.backends.probe_cache import ProbeCache
@@ -72,8 +73,9 @@ class BackendEntry:
     `settings`: the backend settings of the configuration it reads.
     `state`: the state objects of the root it keeps (`STATE`'s names), handed to `build`
     as keyword arguments: what backends remember across runs (placeholders, private tmp
-    dirs, the pool of cgroups, the container engines' live containers) belongs to the
-    root, shared by its backends and closed in `shutdown_resources()` after them.
+    dirs, the pool of cgroups, the container engines' live containers, what the search
+    for git indirections read) belongs to the root, shared by its backends and closed in
+    `shutdown_resources()` after them.
     """
 
     name: str
@@ -91,6 +93,7 @@ PLACEHOLDERS = "placeholders"
 TMP_DIRS = "tmp_dirs"
 CGROUPS = "cgroups"
 ENGINE_STATE = "engine_state"
+GIT_FACTS = "git_facts"
 
 
 def _none(deps: BackendDeps) -> Backend:
@@ -102,7 +105,11 @@ def _process(deps: BackendDeps, *, cgroups: CgroupManager | str) -> Backend:
 
 
 def _bubblewrap(
-    deps: BackendDeps, *, placeholders: WorkspacePlaceholders, cgroups: CgroupManager | str
+    deps: BackendDeps,
+    *,
+    placeholders: WorkspacePlaceholders,
+    cgroups: CgroupManager | str,
+    git_facts: GitFacts,
 ) -> Backend:
     return factories.bubblewrap(
         deps.runner,
@@ -111,18 +118,28 @@ def _bubblewrap(
         probe_cache=deps.probe_cache,
         placeholders=placeholders,
         cgroups=cgroups,
+        git=git_facts,
     )
 
 
 def _landlock(
-    deps: BackendDeps, *, tmp_dirs: PrivateTmpDirs, cgroups: CgroupManager | str
+    deps: BackendDeps,
+    *,
+    tmp_dirs: PrivateTmpDirs,
+    cgroups: CgroupManager | str,
+    git_facts: GitFacts,
 ) -> Backend:
     return factories.landlock(
-        deps.runner, deps.host, egress=deps.egress(), tmp_dirs=tmp_dirs, cgroups=cgroups
+        deps.runner,
+        deps.host,
+        egress=deps.egress(),
+        tmp_dirs=tmp_dirs,
+        cgroups=cgroups,
+        git=git_facts,
     )
 
 
-def _engine(engine: str, deps: BackendDeps, state: EngineState) -> Backend:
+def _engine(engine: str, deps: BackendDeps, state: EngineState, git: GitFacts) -> Backend:
     return factories.container_engine(
         engine,
         runner=deps.runner,
@@ -131,20 +148,23 @@ def _engine(engine: str, deps: BackendDeps, state: EngineState) -> Backend:
         runtime=deps.runtime,
         egress=deps.egress(),
         state=state,
+        git=git,
     )
 
 
-def _docker(deps: BackendDeps, *, engine_state: EngineState) -> Iterator[Backend]:
+def _docker(
+    deps: BackendDeps, *, engine_state: EngineState, git_facts: GitFacts
+) -> Iterator[Backend]:
     """Docker behind a warm pool of pre-started containers when `pool_size` is set."""
-    yield from factories.pooled(_engine("docker", deps, engine_state), deps.pool_size)
+    yield from factories.pooled(_engine("docker", deps, engine_state, git_facts), deps.pool_size)
 
 
-def _podman(deps: BackendDeps, *, engine_state: EngineState) -> Backend:
-    return _engine("podman", deps, engine_state)
+def _podman(deps: BackendDeps, *, engine_state: EngineState, git_facts: GitFacts) -> Backend:
+    return _engine("podman", deps, engine_state, git_facts)
 
 
-def _seatbelt(deps: BackendDeps) -> Backend:
-    return factories.seatbelt(deps.runner, deps.host, egress=deps.egress())
+def _seatbelt(deps: BackendDeps, *, git_facts: GitFacts) -> Backend:
+    return factories.seatbelt(deps.runner, deps.host, egress=deps.egress(), git=git_facts)
 
 
 def _apple_container(deps: BackendDeps) -> Backend:
@@ -178,7 +198,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="Linux Landlock rules and seccomp in the child, no namespaces",
         auto_rank=2,
         loopless=True,
-        state=frozenset({TMP_DIRS, CGROUPS}),
+        state=frozenset({TMP_DIRS, CGROUPS, GIT_FACTS}),
     ),
     BackendEntry(
         name="bubblewrap",
@@ -186,7 +206,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="Linux namespaces with bubblewrap: own mount, PID, network view",
         auto_rank=1,
         loopless=True,
-        state=frozenset({PLACEHOLDERS, CGROUPS}),
+        state=frozenset({PLACEHOLDERS, CGROUPS, GIT_FACTS}),
     ),
     BackendEntry(
         name="docker",
@@ -194,7 +214,7 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="a Docker container per run (optionally gVisor, optionally a warm pool)",
         auto_rank=5,
         settings=frozenset({IMAGE, RUNTIME, POOL_SIZE}),
-        state=frozenset({ENGINE_STATE}),
+        state=frozenset({ENGINE_STATE, GIT_FACTS}),
     ),
     BackendEntry(
         name="podman",
@@ -202,13 +222,14 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="a Podman container per run (optionally gVisor)",
         auto_rank=6,
         settings=frozenset({IMAGE, RUNTIME}),
-        state=frozenset({ENGINE_STATE}),
+        state=frozenset({ENGINE_STATE, GIT_FACTS}),
     ),
     BackendEntry(
         name="seatbelt",
         build=_seatbelt,
         summary="macOS: a sandbox-exec profile",
         auto_rank=4,
+        state=frozenset({GIT_FACTS}),
     ),
     BackendEntry(
         name="apple-container",

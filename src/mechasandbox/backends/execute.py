@@ -15,9 +15,11 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import check_enforcement, check_workspace
 from mechasandbox.backends.command_line import exec_problem
+from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.git_indirections import with_git_indirections
 from mechasandbox.backends.git_new_repositories import disarm_new_repositories
 from mechasandbox.backends.outcome import classify, run_result
+from mechasandbox.backends.workspace.placeholders import FileContents
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 from mechasandbox.domain.policy import Enforcement, Policy
@@ -33,14 +35,15 @@ if TYPE_CHECKING:
 
 
 def prepare_run(
-    backend: Backend, request: RunRequest, policy: Policy
-) -> Result[tuple[tuple[str, ...], str, Policy], SandboxError]:
+    backend: Backend, request: RunRequest, policy: Policy, git: GitFacts | None
+) -> Result[_Prepared, SandboxError]:
     """Probe, check the policy against what the backend enforces, check the workspace.
 
-    Gives the warnings to attach (best-effort gaps), the workspace's real path, and the
-    policy to compile: the given one with the workspace's git indirections protected too
-    (see `git_indirections`; read now, just before the run). Bad allow/deny patterns are a
-    `ConfigInvalid` naming the pattern, before anything starts.
+    Gives the warnings to attach (best-effort gaps), the workspace's real path, the policy
+    to compile: the given one with the workspace's git indirections protected too (see
+    `git_indirections`; read now, just before the run, reusing what `git`, the backend's,
+    read before), and the run's file placeholders (`FileContents`). Bad allow/deny
+    patterns are a `ConfigInvalid` naming the pattern, before anything starts.
     """
     probed: Result[Capabilities, SandboxError] = backend.probe()
     checked: Result[tuple[str, ...], SandboxError] = probed.bind(
@@ -53,24 +56,26 @@ def prepare_run(
     enforced = probed.unwrap().enforced if isinstance(probed, Success) else frozenset()
     protects = Protection.PROTECTED_PATHS in enforced
 
-    def prepared(warnings: tuple[str, ...], path: str) -> tuple[tuple[str, ...], str, Policy]:
+    def prepared(warnings: tuple[str, ...], path: str) -> _Prepared:
         if not protects:
-            return warnings, path, policy
-        protected, found = with_git_indirections(policy, path)
-        return (*warnings, *found), path, protected
+            return warnings, path, policy, ()
+        protected, found, files = with_git_indirections(policy, path, facts=git)
+        return (*warnings, *found), path, protected, files
 
-    def linked(found: tuple[tuple[str, ...], str, Policy]) -> Result[_Prepared, SandboxError]:
+    def linked(found: _Prepared) -> Result[_Prepared, SandboxError]:
         if Protection.FILESYSTEM_READ not in enforced:
             return Success(found)
-        warnings, path, chosen = found
-        return denied_links(chosen, path).map(lambda more: ((*warnings, *more), path, chosen))
+        warnings, path, chosen, files = found
+        return denied_links(chosen, path).map(
+            lambda more: ((*warnings, *more), path, chosen, files)
+        )
 
     return checked.bind(lambda warnings: workspace.map(lambda path: prepared(warnings, path))).bind(
         linked
     )
 
 
-_Prepared = tuple[tuple[str, ...], str, Policy]
+_Prepared = tuple[tuple[str, ...], str, Policy, FileContents]
 
 
 def denied_links(policy: Policy, workspace: str) -> Result[tuple[str, ...], SandboxError]:
@@ -108,11 +113,16 @@ _TICK_NS = 20_000_000
 
 
 def disarm_after(
-    result: Result[RunResult, SandboxError], workspace: str, policy: Policy, started: int
+    result: Result[RunResult, SandboxError],
+    workspace: str,
+    policy: Policy,
+    started: int,
+    git: GitFacts | None,
 ) -> Result[RunResult, SandboxError]:
     """After a run: the repositories it made that would run code on the host are disarmed
-    (see `git_new_repositories`), and a successful result says so."""
-    warnings = disarm_new_repositories(workspace, policy, since_ns=started)
+    (see `git_new_repositories`; `git`: the backend's, as for `prepare_run`), and a
+    successful result says so."""
+    warnings = disarm_new_repositories(workspace, policy, since_ns=started, facts=git)
     if not warnings or not isinstance(result, Success):
         return result
     value = result.unwrap()

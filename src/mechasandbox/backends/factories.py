@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mechasandbox.backends.base import Backend, HostContext
+    from mechasandbox.backends.git_facts import GitFacts
     from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
     from mechasandbox.backends.oci.state import EngineState
     from mechasandbox.backends.probe_cache import ProbeCache
@@ -55,9 +56,11 @@ def bubblewrap(
     probe_cache: ProbeCache | None = None,
     placeholders: WorkspacePlaceholders | None = None,
     cgroups: CgroupManager | str | None = None,
+    git: GitFacts | None = None,
 ) -> Backend:
     """`probe_cache`: where a successful probe is remembered across processes.
-    `placeholders`, `cgroups`: state (None: the backend's own)."""
+    `placeholders`, `cgroups`, `git` (what the search for git indirections read): state
+    (None: the backend's own)."""
     from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
 
     return BubblewrapBackend(
@@ -65,7 +68,7 @@ def bubblewrap(
         host=host,
         egress=egress,
         probe_cache=probe_cache,
-        **_given(placeholders=placeholders, cgroups=cgroups),
+        **_given(placeholders=placeholders, cgroups=cgroups, git=git),
     )
 
 
@@ -75,13 +78,17 @@ def landlock(
     egress: EgressProxy | None = None,
     tmp_dirs: PrivateTmpDirs | None = None,
     cgroups: CgroupManager | str | None = None,
+    git: GitFacts | None = None,
 ) -> Backend:
-    """`tmp_dirs` (the private tmp dirs kept for later runs), `cgroups`: state (None: the
-    backend's own)."""
+    """`tmp_dirs` (the private tmp dirs kept for later runs), `cgroups`, `git`: state
+    (None: the backend's own)."""
     from mechasandbox.backends.linux.landlock import LandlockBackend
 
     return LandlockBackend(
-        runner=runner, host=host, egress=egress, **_given(tmp_dirs=tmp_dirs, cgroups=cgroups)
+        runner=runner,
+        host=host,
+        egress=egress,
+        **_given(tmp_dirs=tmp_dirs, cgroups=cgroups, git=git),
     )
 
 
@@ -137,10 +144,21 @@ def sweep_leftovers(
             manager.sweep()
 
 
-def seatbelt(runner: ProcessRunner, host: HostContext, egress: EgressProxy) -> Backend:
+def git_facts() -> GitFacts:
+    """What the search for git indirections reads, for a composition root to share between
+    the backends that protect the workspace (it holds nothing outside the process)."""
+    from mechasandbox.backends.git_facts import GitFacts
+
+    return GitFacts()
+
+
+def seatbelt(
+    runner: ProcessRunner, host: HostContext, egress: EgressProxy, git: GitFacts | None = None
+) -> Backend:
+    """`git`: state (None: the backend's own)."""
     from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
 
-    return SeatbeltBackend(runner=runner, host=host, egress=egress)
+    return SeatbeltBackend(runner=runner, host=host, egress=egress, **_given(git=git))
 
 
 def apple_container(runner: ProcessRunner, host: HostContext, image: str | None) -> Backend:
@@ -159,17 +177,18 @@ def container_engine(
     runtime: str | None,
     egress: EgressProxy,
     state: EngineState | None = None,
+    git: GitFacts | None = None,
 ) -> Backend:
     """Docker or Podman with the configured image and OCI runtime (`runsc` for gVisor).
     `state`: what the backend keeps across runs (`engine_state`; None: its own), one
-    shared by docker and podman, closed on shutdown."""
+    shared by docker and podman, closed on shutdown; `git`: likewise, what the search for
+    git indirections read."""
     from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
     from mechasandbox.backends.registry import MissingBackend
 
     backend_class = DockerBackend if engine == "docker" else PodmanBackend
     options: dict[str, Any] = {"runner": runner, "host": host, "egress": egress}
-    if state is not None:
-        options["state"] = state
+    options.update(_given(state=state, git=git))
     if image:
         options["image"] = image
     if runtime:

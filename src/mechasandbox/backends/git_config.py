@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 
@@ -236,35 +237,59 @@ def read_regular(path: str, limit: int = MAX_CONFIG_BYTES) -> str | None:
     return _read_regular(path, limit)[0]
 
 
-# Parsed files by path, with the stamp of the file parsed (see `_parsed`).
-_PARSED: dict[str, tuple[tuple[int, ...], tuple[ConfigEntry, ...]]] = {}
 _PARSED_MAX = 256
 _SETTLE_NS = 2_000_000_000
 
 
-def _parsed(path: str) -> tuple[ConfigEntry, ...] | None:
-    """The entries of the file at `path` (None: no regular file there). A file whose
-    identity, size, mtime and ctime are those of the last parse is not parsed again,
-    unless it changed less than `_SETTLE_NS` before (coarse file system clocks)."""
-    stamp: tuple[int, ...] | None = None
+class ParsedConfigs:
+    """Parsed configuration files by path, with the stamp of the file parsed: read before
+    every run, mostly unchanged. A file whose identity, size, mtime and ctime are those of
+    the last parse is not parsed again, unless it changed less than `_SETTLE_NS` before
+    (coarse file system clocks). Bounded (`_PARSED_MAX` files, the oldest forgotten).
 
-    def stamped(info: os.stat_result) -> bool:
-        nonlocal stamp
-        stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        cached = _PARSED.get(path)
-        return cached is not None and cached[0] == stamp
+    Holds nothing outside the process: `close` forgets."""
 
-    text, unchanged = _read_regular(path, MAX_CONFIG_BYTES, stamped)
-    if unchanged:
-        return _PARSED[path][1]
-    if text is None:
-        return None
-    entries = parse_config(text, origin=path)
-    if stamp is not None and stamp[4] < time.time_ns() - _SETTLE_NS:
-        _PARSED[path] = (stamp, entries)
-        while len(_PARSED) > _PARSED_MAX:
-            del _PARSED[next(iter(_PARSED))]
-    return entries
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parsed: dict[str, tuple[tuple[int, ...], tuple[ConfigEntry, ...]]] = {}
+
+    def entries(self, path: str) -> tuple[ConfigEntry, ...] | None:
+        """The entries of the file at `path` (None: no regular file there)."""
+        stamp: tuple[int, ...] | None = None
+        cached: tuple[ConfigEntry, ...] | None = None
+
+        def stamped(info: os.stat_result) -> bool:
+            nonlocal stamp, cached
+            stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+            with self._lock:
+                known = self._parsed.get(path)
+            if known is not None and known[0] == stamp:
+                cached = known[1]
+            return cached is not None
+
+        text, unchanged = _read_regular(path, MAX_CONFIG_BYTES, stamped)
+        if unchanged:
+            return cached
+        if text is None:
+            return None
+        entries = parse_config(text, origin=path)
+        if stamp is not None and stamp[4] < time.time_ns() - _SETTLE_NS:
+            with self._lock:
+                self._parsed[path] = (stamp, entries)
+                while len(self._parsed) > _PARSED_MAX:
+                    del self._parsed[next(iter(self._parsed))]
+        return entries
+
+    def close(self) -> None:
+        with self._lock:
+            self._parsed.clear()
+
+
+def _parsed(path: str, parsed: ParsedConfigs | None) -> tuple[ConfigEntry, ...] | None:
+    if parsed is not None:
+        return parsed.entries(path)
+    text = read_regular(path)
+    return None if text is None else parse_config(text, origin=path)
 
 
 def _read_regular(
@@ -297,18 +322,21 @@ def _read_regular(
             os.close(fd)
 
 
-def read_config_files(paths: tuple[str, ...], *, home: str) -> ConfigFiles:
+def read_config_files(
+    paths: tuple[str, ...], *, home: str, parsed: ParsedConfigs | None = None
+) -> ConfigFiles:
     """Read `paths` in order (missing ones are skipped, as git does), following includes
     to `MAX_INCLUDE_DEPTH`. Relative include paths are relative to the including file's
-    directory."""
+    directory. `parsed`: the files parsed before, reused while unchanged (None: every
+    file parsed now)."""
     entries: list[ConfigEntry] = []
     includes: list[str] = []
 
     def read(path: str, depth: int) -> None:
-        parsed = _parsed(path)
-        if parsed is None:
+        found = _parsed(path, parsed)
+        if found is None:
             return
-        for entry in parsed:
+        for entry in found:
             entries.append(entry)
             if not is_include(entry) or entry.value is None:
                 continue

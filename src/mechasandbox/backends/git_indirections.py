@@ -38,13 +38,15 @@ from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.git_config import (
     ConfigEntry,
     ConfigFiles,
+    ParsedConfigs,
     expand_path,
     parse_config,
     read_config_files,
     read_regular,
 )
-from mechasandbox.backends.git_walk import MAX_WALK_DIRECTORIES, WALKER, is_bare_repository
-from mechasandbox.backends.workspace.placeholders import register_file_placeholders
+from mechasandbox.backends.git_facts import GitFacts
+from mechasandbox.backends.git_walk import MAX_WALK_DIRECTORIES, is_bare_repository
+from mechasandbox.backends.workspace.placeholders import FileContents
 from mechasandbox.domain.policy import Policy
 
 # Repositories whose places are protected (the workspace's own and nested ones).
@@ -142,14 +144,15 @@ class Repository:
     worktree: str
     gitfile: str | None = None
 
-    def config_files(self, home: str) -> ConfigFiles:
-        """Its own configuration: the common `config`, and the `config.worktree` files."""
+    def config_files(self, home: str, parsed: ParsedConfigs | None = None) -> ConfigFiles:
+        """Its own configuration: the common `config`, and the `config.worktree` files
+        (`parsed`: see `read_config_files`)."""
         paths = (
             os.path.join(self.commondir, "config"),
             os.path.join(self.commondir, "config.worktree"),
             os.path.join(self.gitdir, "config.worktree"),
         )
-        return read_config_files(tuple(dict.fromkeys(paths)), home=home)
+        return read_config_files(tuple(dict.fromkeys(paths)), home=home, parsed=parsed)
 
 
 def _gitfile_target(path: str) -> str | None:
@@ -233,9 +236,10 @@ class Indirections:
 
 
 class _Collector:
-    def __init__(self, workspace: str, home: str) -> None:
+    def __init__(self, workspace: str, home: str, parsed: ParsedConfigs) -> None:
         self.workspace = workspace
         self.home = home
+        self.parsed = parsed
         self.paths: dict[str, None] = {}
         self.files: dict[str, bytes] = {}
 
@@ -289,7 +293,7 @@ class _Collector:
             self.add(repository.gitfile)
         if repository.worktree != repository.gitdir:
             self.add(os.path.join(repository.worktree, ".gitmodules"))
-        own = repository.config_files(self.home)
+        own = repository.config_files(self.home, self.parsed)
         worktree = _configured_worktree(own.entries, repository)
         if worktree != repository.worktree:
             repository = attrs.evolve(repository, worktree=worktree)
@@ -329,18 +333,21 @@ def find_indirections(
     home: str,
     env: Mapping[str, str],
     max_directories: int = MAX_WALK_DIRECTORIES,
+    facts: GitFacts | None = None,
 ) -> Indirections:
     """What to protect in `workspace` (a real path) besides the policy's own entries.
 
     `gitdir_entries`: the entries of every git directory to protect (those the policy
-    protects in `.git/`), applied to the other repositories found."""
-    collector = _Collector(workspace, home)
-    common = read_config_files(global_config_paths(home, env), home=home)
+    protects in `.git/`), applied to the other repositories found. `facts`: what earlier
+    searches read, reused where unchanged (None: everything read now)."""
+    git = facts if facts is not None else GitFacts()
+    collector = _Collector(workspace, home, git.configs)
+    common = read_config_files(global_config_paths(home, env), home=home, parsed=git.configs)
     repositories: list[Repository] = []
     own = enclosing_repository(workspace)
     if own is not None:
         repositories.append(own)
-    walk = WALKER.walk(workspace, max_directories=max_directories)
+    walk = git.walker.walk(workspace, max_directories=max_directories)
     for top in walk.worktrees:
         found = repository_at(top)
         if found is not None:
@@ -384,22 +391,26 @@ def with_git_indirections(
     *,
     home: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> tuple[Policy, tuple[str, ...]]:
-    """`policy` with the workspace's git indirections added to its protected paths, and
-    the warnings of the search. Only when the policy protects `.git/config`: a policy
-    that lets the command write the repository's configuration protects nothing by
-    protecting what that configuration names."""
+    facts: GitFacts | None = None,
+) -> tuple[Policy, tuple[str, ...], FileContents]:
+    """`policy` with the workspace's git indirections added to its protected paths, the
+    warnings of the search, and the protected paths whose placeholder is a file (with its
+    content: see `FILE_CONTENTS`), which the run carries to what makes and removes its
+    placeholders. Only when the policy protects `.git/config`: a policy that lets the
+    command write the repository's configuration protects nothing by protecting what that
+    configuration names. `facts`: see `find_indirections`."""
     fs = policy.filesystem
     if ".git/config" not in fs.protected:
-        return policy, ()
+        return policy, (), ()
     environment = os.environ if env is None else env
     found = find_indirections(
         workspace,
         gitdir_entries=gitdir_entries(policy),
         home=home if home is not None else environment.get("HOME", ""),
         env=environment,
+        facts=facts,
     )
-    register_file_placeholders((os.path.join(workspace, path), c) for path, c in found.files)
+    files = tuple((os.path.join(workspace, path), content) for path, content in found.files)
     covered = set(fs.protected)
     kept: list[str] = []
     for entry in found.protected:  # sorted: an entry comes before the ones below it
@@ -408,15 +419,22 @@ def with_git_indirections(
             kept.append(entry)
             covered.add(entry)
     if not kept:
-        return policy, found.warnings
+        return policy, found.warnings, files
     protected = (*fs.protected, *kept)
-    return attrs.evolve(policy, filesystem=attrs.evolve(fs, protected=protected)), found.warnings
+    evolved = attrs.evolve(policy, filesystem=attrs.evolve(fs, protected=protected))
+    return evolved, found.warnings, files
 
 
-def planned_policy(policy: Policy, workspace: str, host: HostContext) -> Policy:
-    """What `plan` shows: the policy a run in `workspace` would compile, now (see
-    `with_git_indirections`; the run reads the workspace again when it starts)."""
-    return with_git_indirections(policy, workspace, home=host.home, env=dict(host.env))[0]
+def planned_policy(
+    policy: Policy, workspace: str, host: HostContext, facts: GitFacts | None
+) -> tuple[Policy, FileContents]:
+    """What `plan` shows: the policy a run in `workspace` would compile, now, and its file
+    placeholders (see `with_git_indirections`; the run reads the workspace again when it
+    starts)."""
+    planned, _warnings, files = with_git_indirections(
+        policy, workspace, home=host.home, env=dict(host.env), facts=facts
+    )
+    return planned, files
 
 
 def gitdir_protected(policy: Policy, workspace: str, gitdir: str) -> bool:

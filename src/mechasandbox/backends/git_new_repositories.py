@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from mechasandbox.backends.git_config import ParsedConfigs
+from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.git_indirections import (
     PATH_KEYS,
     Repository,
@@ -26,7 +28,7 @@ from mechasandbox.backends.git_indirections import (
     repository_at,
     runs_command,
 )
-from mechasandbox.backends.git_walk import MAX_WALK_DIRECTORIES, WALKER
+from mechasandbox.backends.git_walk import MAX_WALK_DIRECTORIES
 from mechasandbox.domain.policy import Policy
 
 SUFFIX = "-disarmed"
@@ -36,7 +38,7 @@ def _inside(path: str, workspace: str) -> bool:
     return os.path.normpath(path).startswith(workspace.rstrip("/") + "/")
 
 
-def armed(repository: Repository, home: str) -> str | None:
+def armed(repository: Repository, home: str, parsed: ParsedConfigs | None = None) -> str | None:
     """What git would run of this repository's own (None: nothing)."""
     for directory in dict.fromkeys((repository.gitdir, repository.commondir)):
         with contextlib.suppress(OSError):
@@ -47,7 +49,7 @@ def armed(repository: Repository, home: str) -> str | None:
                 return f"hook {hooks[0]}"
     if os.path.lexists(os.path.join(repository.gitdir, "commondir")):
         return "a commondir"
-    files = repository.config_files(home)
+    files = repository.config_files(home, parsed)
     if files.includes:
         return "an include"
     for entry in files.entries:
@@ -94,16 +96,23 @@ def _changed_since(path: str, since_ns: int) -> bool:
 
 
 def disarm_new_repositories(
-    workspace: str, policy: Policy, *, since_ns: int, home: str | None = None
+    workspace: str,
+    policy: Policy,
+    *,
+    since_ns: int,
+    home: str | None = None,
+    facts: GitFacts | None = None,
 ) -> tuple[str, ...]:
     """Disarm the armed repositories the run (started at `since_ns`, file system time)
     made or changed and did not protect; the warnings that say so. Only where the policy
     protects `.git/config` (see `with_git_indirections`). A repository left unprotected
-    for being beyond the search's bounds but untouched by the run stays as it was."""
+    for being beyond the search's bounds but untouched by the run stays as it was.
+    `facts`: what the search before the run read (None: everything read now)."""
     if ".git/config" not in policy.filesystem.protected:
         return ()
     home = home if home is not None else os.environ.get("HOME", "")
-    walk = WALKER.walk(workspace)
+    git = facts if facts is not None else GitFacts()
+    walk = git.walker.walk(workspace)
     found: list[tuple[str, Repository]] = []
     for top in walk.worktrees:
         repository = repository_at(top)
@@ -128,7 +137,7 @@ def disarm_new_repositories(
             continue  # another's (outside), or protected during the run: as it was
         if not (_changed_since(aside, since_ns) or _changed_since(gitdir, since_ns)):
             continue
-        reason = armed(repository, home)
+        reason = armed(repository, home, git.configs)
         if reason is None:
             continue
         renamed = _rename_aside(aside)

@@ -89,7 +89,8 @@ def _list(path: str, stamp: _Stamp) -> _Listing:
 class NestedWalker:
     """Walks workspaces breadth first, not into `.git` directories nor symlinks (into bare
     repositories too: a repository can hide below a directory that looks like one),
-    reusing the listings of unchanged directories (see the module)."""
+    reusing the listings of unchanged directories (see the module): those of the last
+    `_WORKSPACES` workspaces walked. Holds nothing outside the process: `close` forgets."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -137,5 +138,6 @@ class NestedWalker:
             unreadable=tuple(unreadable),
         )
 
-
-WALKER = NestedWalker()
+    def close(self) -> None:
+        with self._lock:
+            self._listings.clear()

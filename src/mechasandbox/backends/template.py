@@ -53,6 +53,8 @@ from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ChildHook, ProcessOutcome, RlimitSetting, SpawnSpec
 
 if TYPE_CHECKING:
+    from mechasandbox.backends.git_facts import GitFacts
+    from mechasandbox.backends.workspace.placeholders import FileContents
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
 
@@ -79,13 +81,15 @@ class Launch(Generic[Compiled]):
 class Job:
     """One command to compile: its request, the policy (for a run, with the workspace's git
     indirections protected: see `prepare_run`), the host, the workspace's real path (a
-    checked one), and the warnings a run has gathered so far."""
+    checked one), the warnings a run has gathered so far, and the protected paths whose
+    placeholder is a file, with their content (see `with_git_indirections`)."""
 
     request: RunRequest
     policy: Policy
     host: HostContext
     workspace: str
     warnings: tuple[str, ...] = ()
+    file_placeholders: FileContents = ()
 
 
 class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
@@ -102,6 +106,9 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     # a backend whose command sees less of the host than the host does, and that cuts the
     # network when the policy says `none`.
     explains_refusals: ClassVar[bool] = False
+    # What its searches for git indirections read, reused by the next (a field of a backend
+    # that protects the workspace: see `GitFacts`; None: each search reads everything).
+    git: GitFacts | None = None
     # Its allowlist proxy listens on loopback TCP too (else on its unix socket only).
     proxy_over_tcp: ClassVar[bool] = False
 
@@ -165,8 +172,18 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         setting = self.plan_setting(policy)
 
         def job(workspace: str) -> Job:
-            shown = planned_policy(policy, workspace, host) if self.protects_workspace else policy
-            return Job(request=request, policy=shown, host=host, workspace=workspace)
+            shown, files = (
+                planned_policy(policy, workspace, host, self.git)
+                if self.protects_workspace
+                else (policy, ())
+            )
+            return Job(
+                request=request,
+                policy=shown,
+                host=host,
+                workspace=workspace,
+                file_placeholders=files,
+            )
 
         def described(job: Job) -> Result[LaunchPlan, SandboxError]:
             compiled = self.compile(job, setting)
@@ -177,19 +194,20 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
         def opened(
-            found: tuple[tuple[str, ...], str, Policy],
+            found: tuple[tuple[str, ...], str, Policy, FileContents],
         ) -> Result[tuple[Job, Setting], SandboxError]:
-            warnings, workspace, chosen = found
+            warnings, workspace, chosen, files = found
             job = Job(
                 request=request,
                 policy=chosen,
                 host=self.host,
                 workspace=workspace,
                 warnings=warnings,
+                file_placeholders=files,
             )
             return self.open_setting(workspace, chosen).map(lambda setting: (job, setting))
 
-        prepared = prepare_run(self, request, policy).bind(opened)
+        prepared = prepare_run(self, request, policy, self.git).bind(opened)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         job, setting = prepared.unwrap()
@@ -216,7 +234,7 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         finally:
             self.close_setting(setting, job.workspace)
         if self.protects_workspace:
-            result = disarm_after(result, job.workspace, job.policy, started)
+            result = disarm_after(result, job.workspace, job.policy, started, self.git)
         if not self.explains_refusals:
             return result
         return explained(result, lambda: self.refusal_view(job, setting), job.policy, job.host)

@@ -31,6 +31,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
+from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.linux.bwrap_compiler import BwrapCommand, compile_bwrap
 from mechasandbox.backends.linux.bwrap_hooks import (
     UnixSocketPlan,
@@ -240,6 +241,9 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
     placeholders: WorkspacePlaceholders = attrs.field(
         factory=WorkspacePlaceholders, eq=False, repr=False
     )
+    # What its searches for git indirections read, reused by the next runs (state; a
+    # composition root passes one it shares).
+    git: GitFacts = attrs.field(factory=GitFacts, eq=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -309,6 +313,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             bridge=bridge,
             environment=env,
             sockets=unix.sockets,
+            file_placeholders=job.file_placeholders,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
@@ -407,7 +412,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         placeholders come out when the setting closes, after the guards' last look (taking
         them out changes their entries)."""
         command, _unix = launch.compiled
-        self.placeholders.created(job.workspace, command.placeholders)
+        self.placeholders.created(job.workspace, command.placeholders, job.file_placeholders)
         self.placeholders.make(job.workspace, command.placeholders)
         guards = GuardSet(command.guards + tuple((p, "write") for p in command.placeholders))
         watched = attrs.evolve(launch, spec=attrs.evolve(launch.spec, watch=guards.watcher()))

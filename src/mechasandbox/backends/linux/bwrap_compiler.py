@@ -55,6 +55,7 @@ from mechasandbox.backends.linux.bwrap_command_line import TRAMPOLINE, command_s
 from mechasandbox.backends.linux.bwrap_layout import DEFAULT_FEATURES, BwrapFeatures, HostLayout
 from mechasandbox.backends.linux.bwrap_mounts import Mount, covering_mount, mount_plan
 from mechasandbox.backends.unix_sockets import NO_NAMED_SOCKETS, NamedSockets
+from mechasandbox.backends.workspace.placeholders import FileContents
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
@@ -115,6 +116,7 @@ def compile_bwrap(
     bridge: ProxyBridge | None = None,
     environment: Mapping[str, str] | None = None,
     sockets: NamedSockets = NO_NAMED_SOCKETS,
+    file_placeholders: FileContents = (),
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
@@ -124,6 +126,7 @@ def compile_bwrap(
     `environment`: the command's, read by bwrap from ARGS_FD (see `arguments_on_fd`).
     `sockets`: the host unix sockets the policy names, bound read-only at their real path
     (connect() needs no write access to the mount).
+    `file_placeholders`: the protected paths whose placeholder is a file (see `mount_plan`).
     """
     variables = tuple(sorted((environment or {}).items()))
     unsafe = unsafe_variable(variables)
@@ -132,7 +135,7 @@ def compile_bwrap(
     too_long = exec_problem(request.argv, variables)  # the command's own exec, inside
     if too_long is not None:
         return Failure(too_long)
-    planned = mount_plan(workspace, policy, host, layout)
+    planned = mount_plan(workspace, policy, host, layout, file_placeholders)
     if isinstance(planned, ConfigInvalid):
         return Failure(planned)
     mounts, placeholders, warnings = planned

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import functools
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
 
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.linux.bwrap_layout import HostLayout, PathKind
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
-from mechasandbox.backends.workspace.placeholders import file_placeholder, path_depth
+from mechasandbox.backends.workspace.placeholders import (
+    FileContents,
+    file_placeholder,
+    path_depth,
+)
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Enforcement, Policy
 
@@ -237,7 +241,9 @@ class _Protection:
     problem: str | None = None
 
 
-def _protect(target: str, mounts: list[Mount], layout: HostLayout) -> _Protection:
+def _protect(
+    target: str, mounts: list[Mount], layout: HostLayout, files: Mapping[str, bytes]
+) -> _Protection:
     """Make `target` unwritable, unrenameable and uncreatable where the sandbox can write.
 
     Walk down from the writable mount above it: existing directories on the way are pinned
@@ -264,7 +270,7 @@ def _protect(target: str, mounts: list[Mount], layout: HostLayout) -> _Protectio
                 )
             )
         if fact.kind is PathKind.MISSING:
-            if last and file_placeholder(path) is not None:
+            if last and file_placeholder(path, files) is not None:
                 # A file the host makes with harmless content (see `placeholders`), pinned
                 # read-only like an existing one: it cannot be written nor replaced.
                 cover = ("--ro-bind", path, path)
@@ -369,7 +375,12 @@ def _check_writable_entries(
 
 
 def _protections(
-    workspace: str, policy: Policy, host: HostContext, layout: HostLayout, mounts: list[Mount]
+    workspace: str,
+    policy: Policy,
+    host: HostContext,
+    layout: HostLayout,
+    mounts: list[Mount],
+    files: Mapping[str, bytes],
 ) -> tuple[list[str], list[str]] | ConfigInvalid:
     """Adds the protection mounts to `mounts`; gives the placeholders and warnings. A path
     that cannot be protected refuses a strict run and warns in a best-effort one."""
@@ -379,7 +390,7 @@ def _protections(
     strict = policy.enforcement is Enforcement.STRICT
     for field, entries in (("filesystem.protected", fs.protected), ("deny_write", fs.deny_write)):
         for entry in entries:
-            outcome = _protect(_absolute(entry, host, workspace), mounts, layout)
+            outcome = _protect(_absolute(entry, host, workspace), mounts, layout, files)
             if outcome.problem is not None:
                 if strict:
                     return ConfigInvalid(problem=outcome.problem, field=field)
@@ -411,11 +422,17 @@ MountPlan = tuple[tuple[Mount, ...], tuple[str, ...], tuple[str, ...]]
 
 @functools.lru_cache(maxsize=64)
 def mount_plan(
-    workspace: str, policy: Policy, host: HostContext, layout: HostLayout
+    workspace: str,
+    policy: Policy,
+    host: HostContext,
+    layout: HostLayout,
+    file_placeholders: FileContents = (),
 ) -> MountPlan | ConfigInvalid:
     """The mounts, placeholders and warnings of a run. A pure function of values (the
     layout is surveyed afresh for every run), so an agent's next command in the same
-    workspace, under the same policy and with the same paths present, reuses it."""
+    workspace, under the same policy and with the same paths present, reuses it.
+    `file_placeholders`: the missing protected paths covered by a file, not a directory
+    (see `with_git_indirections`), besides `FILE_PLACEHOLDERS`."""
     checked = _check_workspace_placement(workspace, policy, host)
     if checked is not None:
         return checked
@@ -424,7 +441,8 @@ def mount_plan(
     if writable is not None:
         return writable
     mounts = base + _own_trees_kept(base, _tree_mounts(workspace, policy, host, layout), layout)
-    protected = _protections(workspace, policy, host, layout, mounts)
+    files = dict(file_placeholders)
+    protected = _protections(workspace, policy, host, layout, mounts, files)
     if isinstance(protected, ConfigInvalid):
         return protected
     placeholders, warnings = protected

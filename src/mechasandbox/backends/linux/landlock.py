@@ -25,6 +25,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan, resolve_command
 from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
+from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_compiler import (
     TMP_PLACEHOLDER,
@@ -275,6 +276,9 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
     # The runs' private tmp dirs kept for the next runs (state: its `close` removes them);
     # a backend built directly keeps its own, a composition root passes one it closes.
     tmp_dirs: PrivateTmpDirs = attrs.field(factory=PrivateTmpDirs, eq=False, repr=False)
+    # What its searches for git indirections read, reused by the next runs (state; a
+    # composition root passes one it shares).
+    git: GitFacts = attrs.field(factory=GitFacts, eq=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -59,8 +59,6 @@ _STATUS_TTL_S = 30.0
 # `-v`/`--mount` values are split on these: a path holding one cannot be passed safely.
 _MOUNT_SEPARATORS = (":", ",", "=", "\n", "\x00")
 
-_status_ok_until: dict[str, float] = {}
-
 
 @attrs.frozen(kw_only=True)
 class ContainerInvocation:
@@ -210,22 +208,29 @@ def _macos_version() -> tuple[int, ...]:
     return tuple(int(part) for part in release.split(".") if part.isdigit())
 
 
-def _system_status(cli: str) -> str | None:
-    """None when `container system status` says the services run, else why not."""
-    now = time.monotonic()
-    if _status_ok_until.get(cli, 0.0) > now:
+class SystemStatus:
+    """`container system status` of a CLI: None when it says the services run, else why
+    not. A "running" is believed for `_STATUS_TTL_S` (every probe asks; the answer takes
+    a process). State of a backend (its field); it holds nothing outside the process."""
+
+    def __init__(self) -> None:
+        self._ok_until: dict[str, float] = {}
+
+    def __call__(self, cli: str) -> str | None:
+        now = time.monotonic()
+        if self._ok_until.get(cli, 0.0) > now:
+            return None
+        try:
+            completed = subprocess.run(
+                [cli, "system", "status"], capture_output=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"`container system status` failed: {error}"
+        if completed.returncode != 0:
+            output = (completed.stdout + completed.stderr).decode(errors="replace").strip()
+            return f"container services are not running (`container system start`): {output}"
+        self._ok_until[cli] = now + _STATUS_TTL_S
         return None
-    try:
-        completed = subprocess.run(
-            [cli, "system", "status"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"`container system status` failed: {error}"
-    if completed.returncode != 0:
-        output = (completed.stdout + completed.stderr).decode(errors="replace").strip()
-        return f"container services are not running (`container system start`): {output}"
-    _status_ok_until[cli] = now + _STATUS_TTL_S
-    return None
 
 
 @attrs.frozen(kw_only=True)
@@ -277,7 +282,10 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
     realpath: Callable[[str], str] = os.path.realpath
     which: Callable[[str], str | None] = shutil.which
     macos_version: Callable[[], tuple[int, ...]] = _macos_version
-    system_status: Callable[[str], str | None] = _system_status
+    # (Remembers a "running" for a while: see `SystemStatus`.)
+    system_status: Callable[[str], str | None] = attrs.field(
+        factory=SystemStatus, eq=False, repr=False
+    )
 
     @property
     def name(self) -> str:

@@ -50,6 +50,7 @@ from mechasandbox.backends.base import (
     unsafe_variable,
 )
 from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
+from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.macos import violations
 from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.backends.template import (
@@ -253,6 +254,9 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
     process_count: Callable[[int], int | None] = darwin_user_process_count
     report_violations: bool = True
     log_command: str = violations.LOG_COMMAND
+    # What its searches for git indirections read, reused by the next runs (state; a
+    # composition root passes one it shares).
+    git: GitFacts = attrs.field(factory=GitFacts, eq=False, repr=False)
 
     @property
     def name(self) -> str:

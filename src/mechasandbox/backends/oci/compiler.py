@@ -21,7 +21,7 @@ from mechasandbox.backends.oci.lifeline import (
     watched_argv,
 )
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts, mount_args
-from mechasandbox.backends.workspace.placeholders import file_placeholder
+from mechasandbox.backends.workspace.placeholders import FileContents, file_placeholder
 from mechasandbox.domain.limits import GIB, Limits
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
@@ -125,7 +125,8 @@ class ContainerRun:
     read-only empty directory `empty_dir` so that they cannot be created (the caller makes
     the mount point on the host before the container, and removes it afterwards); those
     git reads as files (`.git/commondir`, see `placeholders.FILE_PLACEHOLDERS`) by the file
-    the caller makes there, bound read-only onto itself.
+    the caller makes there, bound read-only onto itself, as are `file_placeholders` (the
+    run's others: see `with_git_indirections`).
     `unix_sockets`: real paths of the host unix sockets the policy names, bound read-only at
     the same path (see `unix_sockets.find_named_sockets`); no other host socket is mounted.
 
@@ -149,6 +150,7 @@ class ContainerRun:
     mounts: PolicyMounts = PolicyMounts()
     seccomp_profile: str | None = None
     lifeline: Lifeline | None = None
+    file_placeholders: FileContents = ()
 
     @property
     def name(self) -> str:
@@ -214,6 +216,7 @@ def _bind(source: str, target: str, *, readonly: bool) -> list[str]:
 def _protection_mounts(run: ContainerRun) -> list[str]:
     """Pinned parents, read-only protected entries and placeholders, shallowest first."""
     workspace = run.workspace
+    files = dict(run.file_placeholders)
     wanted: list[tuple[int, int, list[str]]] = []
     for order, (entries, kind) in enumerate(
         ((run.pinned, "pin"), (run.protected, "ro"), (run.placeholders, "placeholder"))
@@ -225,7 +228,7 @@ def _protection_mounts(run: ContainerRun) -> list[str]:
                 continue  # a deny_read mask covers it (a mount there would uncover it)
             if kind == "pin":
                 mount = _bind(path, path, readonly=False)
-            elif kind == "ro" or file_placeholder(path) is not None:
+            elif kind == "ro" or file_placeholder(path, files) is not None:
                 # (a file placeholder: the file the host made, pinned read-only)
                 mount = _bind(path, path, readonly=True)
             elif run.empty_dir is not None:

@@ -33,6 +33,7 @@ from mechasandbox.backends.oci.pool_settings import (
 from mechasandbox.backends.oci.portal import Portal
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.backends.workspace.placeholders import FileContents
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.errors import (
     BackendFailed,
@@ -176,7 +177,7 @@ class ContainerPool:
         cli = self._cli()
         run = slot.make_run()
         placeholders = protection.placeholder_paths(run)
-        if not backend.state.placeholders.hold(run.workspace, placeholders):
+        if not backend.state.placeholders.hold(run.workspace, placeholders, run.file_placeholders):
             return Failure(BackendFailed(backend=backend.name, reason=locked_too_long("container")))
         backend.state.live.add(run.name, cli)
         member = _Member(
@@ -256,7 +257,12 @@ class ContainerPool:
     # -- slots ---------------------------------------------------------------------------
 
     def _slot(
-        self, request: RunRequest, policy: Policy, workspace: str, mounts: PolicyMounts
+        self,
+        request: RunRequest,
+        policy: Policy,
+        workspace: str,
+        mounts: PolicyMounts,
+        files: FileContents,
     ) -> _Slot:
         backend = self.backend
         traits = backend._traits()
@@ -265,7 +271,9 @@ class ContainerPool:
         tied = backend._engine().map(lambda found: found[1].shell).value_or(False)
 
         def make_run() -> ContainerRun:
-            run = backend._container_run(workspace, policy, layout=layout, mounts=mounts)
+            run = backend._container_run(
+                workspace, policy, layout=layout, mounts=mounts, file_placeholders=files
+            )
             return attrs.evolve(run, lifeline=Lifeline()) if tied else run
 
         def compile_args(run: ContainerRun) -> tuple[str, ...]:
@@ -406,10 +414,16 @@ class ContainerPool:
     # -- running -------------------------------------------------------------------------
 
     def warm(
-        self, request: RunRequest, policy: Policy, workspace: str, mounts: PolicyMounts
+        self,
+        request: RunRequest,
+        policy: Policy,
+        workspace: str,
+        mounts: PolicyMounts,
+        files: FileContents,
     ) -> None:
-        """Start `size` containers for this key in the background, before the first run."""
-        self._replenish(self._slot(request, policy, workspace, mounts))
+        """Start `size` containers for this key in the background, before the first run
+        (`files`: the run's file placeholders, see `ContainerRun`)."""
+        self._replenish(self._slot(request, policy, workspace, mounts, files))
 
     async def run(
         self,
@@ -418,11 +432,12 @@ class ContainerPool:
         workspace: str,
         warnings: tuple[str, ...],
         mounts: PolicyMounts,
+        files: FileContents,
     ) -> Result[RunResult, SandboxError]:
         made = self.backend._env_file(policy, self.backend.host)
         if isinstance(made, Failure):
             return Failure(made.failure())
-        slot = self._slot(request, policy, workspace, mounts)
+        slot = self._slot(request, policy, workspace, mounts, files)
         acquired = await self._acquire(slot)
         if isinstance(acquired, Failure):
             return Failure(acquired.failure())

@@ -21,6 +21,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
+from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.oci import forwarders, lifeline, live, protection
 from mechasandbox.backends.oci.cli import (
@@ -57,6 +58,7 @@ from mechasandbox.backends.oci.protection import ProtectionLayout, protection_la
 from mechasandbox.backends.oci.state import EngineState
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.backends.unix_sockets import find_named_sockets
+from mechasandbox.backends.workspace.placeholders import FileContents
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import (
@@ -92,6 +94,7 @@ class PreparedRun:
     warnings: tuple[str, ...]
     layout: ProtectionLayout
     mounts: PolicyMounts
+    file_placeholders: FileContents = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -132,6 +135,8 @@ class OciBackend:
     probe_ttl_s: float = PROBE_TTL_S
     egress: EgressProxy = attrs.field(factory=EgressProxy)
     state: EngineState = attrs.field(factory=EngineState, eq=False, repr=False)
+    # What its searches for git indirections read (see `GitFacts`; its own unless given).
+    git: GitFacts = attrs.field(factory=GitFacts, eq=False, repr=False)
     _cache: ProbeCache = attrs.field(factory=ProbeCache, init=False, eq=False, repr=False)
 
     @property
@@ -237,6 +242,7 @@ class OciBackend:
         *,
         layout: ProtectionLayout | None = None,
         mounts: PolicyMounts | None = None,
+        file_placeholders: FileContents = (),
     ) -> ContainerRun:
         if layout is None:
             layout = self._protection_layout(workspace, policy)
@@ -251,6 +257,7 @@ class OciBackend:
             unix_sockets=find_named_sockets(policy, self.host, workspace).bind,
             mounts=mounts or PolicyMounts(),
             seccomp_profile=self.state.profiles.path(),
+            file_placeholders=file_placeholders,
         )
 
     @staticmethod
@@ -285,10 +292,10 @@ class OciBackend:
     ) -> Result[PreparedRun, SandboxError]:
         """`prepare_run` (with `probed`'s capabilities: this backend's, or its pool's),
         then the workspace's protection and the policy's paths as the host shows them."""
-        prepared = prepare_run(probed, request, policy)
+        prepared = prepare_run(probed, request, policy, self.git)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        warnings, workspace, policy = prepared.unwrap()
+        warnings, workspace, policy, files = prepared.unwrap()
         mountable = protection.check_mountable(workspace)
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())
@@ -306,6 +313,7 @@ class OciBackend:
                 warnings=(*warnings, *checked.unwrap()),
                 layout=layout,
                 mounts=mounts.unwrap(),
+                file_placeholders=files,
             )
         )
 
@@ -313,11 +321,13 @@ class OciBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         def render(workspace: str) -> Result[LaunchPlan, SandboxError]:
-            planned = planned_policy(policy, workspace, host)
+            planned, files = planned_policy(policy, workspace, host, self.git)
             mounts: Result[PolicyMounts, SandboxError] = survey(workspace, planned, host)
             if isinstance(mounts, Failure):
                 return Failure(mounts.failure())
-            run = self._container_run(workspace, planned, mounts=mounts.unwrap())
+            run = self._container_run(
+                workspace, planned, mounts=mounts.unwrap(), file_placeholders=files
+            )
             engine = self._engine()
             info = engine.unwrap()[1] if isinstance(engine, Success) else None
             socat = info.socat if info is not None else None
@@ -383,7 +393,13 @@ class OciBackend:
         workspace, policy = ready.workspace, ready.policy
         _capabilities, info, executable = self._engine().unwrap()
         named = find_named_sockets(policy, self.host, workspace)
-        run = self._container_run(workspace, policy, layout=ready.layout, mounts=ready.mounts)
+        run = self._container_run(
+            workspace,
+            policy,
+            layout=ready.layout,
+            mounts=ready.mounts,
+            file_placeholders=ready.file_placeholders,
+        )
         launch = _Launch(
             cli=self._cli(executable),
             info=info,
@@ -396,7 +412,7 @@ class OciBackend:
         started = run_started()
         if forwarders.bridge_for(info.socat, policy, PROXY_SOCKET_PLACEHOLDER) is None:
             # No bridge: a best-effort allowlist run has no network at all.
-            return disarm_after(await self._launch(launch), workspace, policy, started)
+            return disarm_after(await self._launch(launch), workspace, policy, started, self.git)
 
         async def body(proxy: RunningProxy | None) -> Result[RunResult, SandboxError]:
             socket = str(proxy.socket_path) if proxy is not None else PROXY_SOCKET_PLACEHOLDER
@@ -404,7 +420,7 @@ class OciBackend:
             return await self._launch(attrs.evolve(launch, bridge=bridge))
 
         proxied = await run_with_proxy(self.egress, policy.network, body)
-        return disarm_after(proxied, workspace, policy, started)
+        return disarm_after(proxied, workspace, policy, started, self.git)
 
     async def _launch(self, launch: _Launch) -> Result[RunResult, SandboxError]:
         made = self._env_file(launch.policy, self.host, launch.bridge)
@@ -448,7 +464,7 @@ class OciBackend:
         if run.lifeline is not None:
             spec = lifeline.tie(spec, removal=(cli.executable, *self._remove_args(run.name)))
         placeholders = protection.placeholder_paths(run)
-        if not self.state.placeholders.hold(run.workspace, placeholders):
+        if not self.state.placeholders.hold(run.workspace, placeholders, run.file_placeholders):
             return Failure(BackendFailed(backend=self.name, reason=locked_too_long("container")))
         self.state.live.add(run.name, cli)
         guards = protection.guards(run)

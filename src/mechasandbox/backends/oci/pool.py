@@ -117,14 +117,14 @@ class PooledBackend:
 
     def warm(self, request: RunRequest, policy: Policy) -> Result[None, SandboxError]:
         """Pre-start the pool for the request's workspace and this policy."""
-        prepared = prepare_run(self, request, policy)
+        prepared = prepare_run(self, request, policy, self.backend.git)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
-        _warnings, workspace, protected = prepared.unwrap()
+        _warnings, workspace, protected, files = prepared.unwrap()
         mounts: Result[PolicyMounts, SandboxError] = survey(workspace, protected, self.backend.host)
         if isinstance(mounts, Failure):
             return Failure(mounts.failure())
-        self._pool.warm(request, protected, workspace, mounts.unwrap())
+        self._pool.warm(request, protected, workspace, mounts.unwrap(), files)
         return Success(None)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
@@ -147,9 +147,14 @@ class PooledBackend:
         ready = prepared.unwrap()
         started = run_started()
         ran = await self._pool.run(
-            request, ready.policy, ready.workspace, ready.warnings, ready.mounts
+            request,
+            ready.policy,
+            ready.workspace,
+            ready.warnings,
+            ready.mounts,
+            ready.file_placeholders,
         )
-        return disarm_after(ran, ready.workspace, ready.policy, started)
+        return disarm_after(ran, ready.workspace, ready.policy, started, self.backend.git)
 
     async def reap_leftovers(
         self, *, include_live: bool = False

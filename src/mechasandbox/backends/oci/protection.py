@@ -12,6 +12,7 @@ another process of this user (`workspace_locks`, shared with bubblewrap's runs).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.oci.compiler import ContainerRun
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.placeholders import (
+    FileContents,
+    KnownFiles,
     is_placeholder,
     journal_placeholders,
     make_placeholders,
@@ -147,7 +150,7 @@ def guards(run: ContainerRun) -> GuardSet:
     mounts are not on this host's directory entries."""
     if not sys.platform.startswith("linux"):
         return GuardSet(())
-    make_placeholders(placeholder_paths(run))
+    make_placeholders(placeholder_paths(run), dict(run.file_placeholders))
     relative = (*run.pinned, *run.protected, *run.placeholders)
     guarded = [(os.path.join(run.workspace, p.strip("/")), "write") for p in relative]
     return GuardSet((*guarded, *((path, "read") for path in run.mounts.masks)))
@@ -171,6 +174,8 @@ class _Held:
     workspace_users: dict[str, int] = attrs.field(factory=dict)
     unused: dict[str, list[str]] = attrs.field(factory=dict)
     locks: WorkspaceLocks | None = None
+    # The file placeholders of the runs, with their content (what removal compares with).
+    files: KnownFiles = attrs.field(factory=KnownFiles)
 
     def workspace_locks(self) -> WorkspaceLocks:
         """(Called with `lock` held.) Made at first use, where the user's state is then."""
@@ -206,7 +211,7 @@ class WorkspacePlaceholders:
         path to re-bind)."""
         with self._held.lock:
             held = path in self._held.placeholder_users
-        return held and is_placeholder(path)
+        return held and is_placeholder(path, self._held.files)
 
     def empty_directory(self) -> str:
         held = self._held
@@ -217,12 +222,13 @@ class WorkspacePlaceholders:
                 os.chmod(held.empty, 0o500)  # read-only for its owner too
             return held.empty
 
-    def hold(self, workspace: str, paths: tuple[str, ...]) -> bool:
-        """A container of ours in `workspace` (with these placeholders) is about to start;
-        its mounts may also stand on another process's placeholders, hence the workspace's
-        lock. False: it could not be had (see `WorkspaceLocks.enter`): do not start, do not
-        release."""
+    def hold(self, workspace: str, paths: tuple[str, ...], files: FileContents = ()) -> bool:
+        """A container of ours in `workspace` (with these placeholders; `files`: its file
+        placeholders) is about to start; its mounts may also stand on another process's
+        placeholders, hence the workspace's lock. False: it could not be had (see
+        `WorkspaceLocks.enter`): do not start, do not release."""
         held = self._held
+        held.files.add(files)
         with held.lock:
             users = held.workspace_users
             if not users.get(workspace) and not held.workspace_locks().enter(workspace):
@@ -265,7 +271,9 @@ def _release(held: _Held, workspace: str, paths: tuple[str, ...]) -> None:
             return
         del held.workspace_users[workspace]
         unused = held.unused.pop(workspace, [])
-        held.workspace_locks().leave(workspace, unused, remove_empty)
+        held.workspace_locks().leave(
+            workspace, unused, functools.partial(remove_empty, files=held.files)
+        )
 
 
 def _release_all(held: _Held) -> None:

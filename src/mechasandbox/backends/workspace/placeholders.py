@@ -1,8 +1,9 @@
 """The empty directories made in a workspace as mount points for missing protected paths
-(`.git`, `.envrc`... covered read-only for the run), and their removal. Two paths git reads
-as files get a file instead (`FILE_PLACEHOLDERS`: a directory there would break git, in
-the sandbox and on the host, while the run goes), holding what git makes of the path being
-absent; it is removed only if it still holds exactly that.
+(`.git`, `.envrc`... covered read-only for the run), and their removal. Paths git reads
+as files get a file instead (`FILE_PLACEHOLDERS`, and those a run names: `FileContents`; a
+directory there would break git, in the sandbox and on the host, while the run goes),
+holding what git makes of the path being absent; it is removed only if it still holds
+exactly that.
 
 They stay while any run of this process still uses their workspace: removing one while
 another run's bwrap is setting up (or running) over the same workspace would break that run
@@ -27,14 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import secrets
 import stat
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from mechasandbox.backends.workspace.placeholder_stash import (
     PlaceholderStash,
@@ -53,26 +56,47 @@ FILE_PLACEHOLDERS = {
 }
 
 
-# Other paths whose placeholder is a file, by absolute path: the configuration files a
-# repository's settings include (see `git_indirections`). Bounded: one forgotten while its
-# placeholder stands is taken for a directory placeholder, and so left as it is (empty).
-_REGISTERED: dict[str, bytes] = {}
-_REGISTERED_MAX = 4096
+# Other paths whose placeholder is a file, as (absolute path, content): the configuration
+# files a repository's settings include (see `git_indirections`), found for each run and
+# carried with it to what makes and removes its placeholders.
+FileContents = tuple[tuple[str, bytes], ...]
+NO_FILES: Mapping[str, bytes] = MappingProxyType({})
+_KNOWN_MAX = 4096
 
 
-def register_file_placeholders(items: Iterable[tuple[str, bytes]]) -> None:
-    """Make the placeholders of these paths files with that content (from now on, in this
-    process)."""
-    for path, content in items:
-        _REGISTERED.pop(path, None)
-        _REGISTERED[path] = content
-    while len(_REGISTERED) > _REGISTERED_MAX:
-        del _REGISTERED[next(iter(_REGISTERED))]
+class KnownFiles(Mapping[str, bytes]):
+    """The file placeholders (`FileContents`) of the runs a state object made placeholders
+    for, by path: what their removal, after the run, compares with. Bounded: one forgotten
+    while its placeholder stands is taken for a directory placeholder, and so left as it
+    is (a file)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, bytes] = {}
+
+    def add(self, files: FileContents) -> None:
+        with self._lock:
+            for path, content in files:
+                self._files.pop(path, None)
+                self._files[path] = content
+            while len(self._files) > _KNOWN_MAX:
+                del self._files[next(iter(self._files))]
+
+    def __getitem__(self, path: str) -> bytes:
+        return self._files[path]
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(tuple(self._files))
+
+    def __len__(self) -> int:
+        return len(self._files)
 
 
-def file_placeholder(path: str) -> bytes | None:
-    """The content of the file placeholder at `path`, or None: a directory placeholder."""
-    registered = _REGISTERED.get(path)
+def file_placeholder(path: str, files: Mapping[str, bytes] = NO_FILES) -> bytes | None:
+    """The content of the file placeholder at `path`, or None: a directory placeholder.
+    `files`: the run's others, by path (see `FileContents`)."""
+    registered = files.get(path)
     if registered is not None:
         return registered
     for tail, content in FILE_PLACEHOLDERS.items():
@@ -81,10 +105,10 @@ def file_placeholder(path: str) -> bytes | None:
     return None
 
 
-def is_placeholder(path: str) -> bool:
+def is_placeholder(path: str, files: Mapping[str, bytes] = NO_FILES) -> bool:
     """Whether `path` is, right now, what a placeholder of ours there would be: an empty
     directory, or a file placeholder holding exactly its content (not a symlink)."""
-    content = file_placeholder(path)
+    content = file_placeholder(path, files)
     if content is None:
         return not os.path.islink(path) and is_empty_directory(path)
     try:
@@ -123,13 +147,13 @@ def path_depth(path: str) -> int:
     return path.rstrip("/").count("/")
 
 
-def make_placeholders(paths: Iterable[str]) -> None:
+def make_placeholders(paths: Iterable[str], files: Mapping[str, bytes] = NO_FILES) -> None:
     """Make the placeholders before bwrap would (shallowest first): then the host knows
     which directory entries the sandbox's covers stand on, and watches them as it watches
     its other guards (see `guards`). One that exists already (another run's) is used as
     it is; one that cannot be made is left to bwrap, which fails the run if it cannot."""
     for path in sorted(paths, key=path_depth):
-        content = file_placeholder(path)
+        content = file_placeholder(path, files)
         with contextlib.suppress(OSError):
             if content is None:
                 os.mkdir(path, 0o700)
@@ -137,12 +161,12 @@ def make_placeholders(paths: Iterable[str]) -> None:
                 _make_file(path, content)
 
 
-def remove_placeholders(paths: Iterable[str]) -> None:
+def remove_placeholders(paths: Iterable[str], files: Mapping[str, bytes] = NO_FILES) -> None:
     """Remove empty directories and file placeholders that hold just their content,
     deepest first; anything else (someone on the host put content there meanwhile, or
     something else is there) stays."""
     for path in sorted(paths, key=path_depth, reverse=True):
-        content = file_placeholder(path)
+        content = file_placeholder(path, files)
         with contextlib.suppress(OSError):
             if content is None:
                 os.rmdir(path)
@@ -173,19 +197,27 @@ def _remove_journal(path: Path, owner: int) -> None:
             os.unlink(path)
 
 
-def _journal_entry(line: str) -> tuple[str | None, str]:
-    """(workspace, placeholder) of a journal line: a JSON pair, or (from an earlier
-    version) a bare path."""
+def _journal_entry(line: str) -> tuple[str | None, str, bytes | None]:
+    """(workspace, placeholder, its content if a run named it a file placeholder) of a
+    journal line: a JSON list, or (from an earlier version) a bare path."""
     if line.startswith("["):
         with contextlib.suppress(ValueError, TypeError):
-            workspace, path = json.loads(line)
-            return str(workspace), str(path)
-    return None, line
+            workspace, path, *content = json.loads(line)
+            file = str(content[0]).encode("latin-1") if content else None
+            return str(workspace), str(path), file
+    return None, line, None
+
+
+def _journal_line(workspace: str, path: str, files: Mapping[str, bytes]) -> str:
+    content = files.get(path)
+    entry = [workspace, path] if content is None else [workspace, path, content.decode("latin-1")]
+    return json.dumps(entry) + "\n"
 
 
 class _Journal:
     """This process's list of the placeholders it made (one JSON [workspace, path] per
-    line)."""
+    line, [workspace, path, content] for a file placeholder a run named: see
+    `FileContents`)."""
 
     def __init__(self, directory: Path | None) -> None:
         self._directory = directory
@@ -263,13 +295,17 @@ class _Journal:
                 with contextlib.suppress(OSError):
                     lines = Path(entry.path).read_text().splitlines()
                     listed = [_journal_entry(line) for line in lines]
-                    remove_placeholders(path for ws, path in listed if ws is None)
+                    files = {path: file for _, path, file in listed if file is not None}
+                    remove_placeholders(path for ws, path, _ in listed if ws is None)
                     locks.hand_over(
-                        ((ws, path) for ws, path in listed if ws is not None), remove_empty
+                        ((ws, path) for ws, path, _ in listed if ws is not None),
+                        functools.partial(remove_empty, files=files),
                     )
                     os.unlink(entry.path)
 
-    def record(self, workspace: str, paths: Iterable[str]) -> None:
+    def record(
+        self, workspace: str, paths: Iterable[str], files: Mapping[str, bytes] = NO_FILES
+    ) -> None:
         self._mine()
         new = [p for p in paths if p not in self.written]
         if not new:
@@ -280,7 +316,7 @@ class _Journal:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, "".join(json.dumps([workspace, p]) + "\n" for p in new).encode())
+                os.write(fd, "".join(_journal_line(workspace, p, files) for p in new).encode())
             finally:
                 os.close(fd)
         except OSError:
@@ -312,9 +348,9 @@ def journal_placeholders(workspace: str, paths: Iterable[str]) -> None:
         _PROCESS_JOURNAL.record(workspace, paths)
 
 
-def remove_empty(_workspace: str, paths: list[str]) -> None:
-    """`remove_placeholders` as a `workspace_locks.Remover`."""
-    remove_placeholders(paths)
+def remove_empty(_workspace: str, paths: list[str], files: Mapping[str, bytes] = NO_FILES) -> None:
+    """`remove_placeholders` as a `workspace_locks.Remover` (with `files` bound)."""
+    remove_placeholders(paths, files)
 
 
 class WorkspacePlaceholders:
@@ -330,6 +366,7 @@ class WorkspacePlaceholders:
         self._created: dict[str, set[str]] = {}
         self._journal = _Journal(state_directory)
         self._locks: WorkspaceLocks | None = None
+        self._files = KnownFiles()
         self._owner = os.getpid()
 
     def _workspace_locks(self) -> WorkspaceLocks:
@@ -377,19 +414,23 @@ class WorkspacePlaceholders:
         stash's pool of empty directories where it has them, by a rename (see
         `placeholder_stash`), the rest by `mkdir`."""
         paths = sorted(placeholders, key=path_depth)
-        directories = [path for path in paths if file_placeholder(path) is None]
+        directories = [path for path in paths if file_placeholder(path, self._files) is None]
         stash = self._journal.stash() if directories else None
         left = stash.place(workspace, directories) if stash else directories
         placed = set(directories) - set(left)
-        make_placeholders(path for path in paths if path not in placed)
+        make_placeholders((path for path in paths if path not in placed), self._files)
 
-    def created(self, workspace: str, placeholders: Iterable[str]) -> None:
+    def created(
+        self, workspace: str, placeholders: Iterable[str], files: FileContents = ()
+    ) -> None:
         """Record placeholders as soon as they are known (before they are made), for runs
-        that start meanwhile and for the journal."""
+        that start meanwhile and for the journal; `files`: the run's file placeholders
+        (see `FileContents`), for making and removing them."""
         paths = tuple(placeholders)
+        self._files.add(files)
         with self._lock:
             self._created.setdefault(workspace, set()).update(paths)
-            self._journal.record(workspace, paths)
+            self._journal.record(workspace, paths, self._files)
 
     def leave(self, workspace: str) -> None:
         with self._lock:
@@ -410,4 +451,4 @@ class WorkspacePlaceholders:
     def _retire(self, workspace: str, paths: list[str]) -> None:
         """Out of the workspace through the stash where it can, else removed in place."""
         stash = self._journal.stash() if paths else None
-        remove_placeholders(stash.retire(workspace, paths) if stash else paths)
+        remove_placeholders(stash.retire(workspace, paths) if stash else paths, self._files)
