@@ -29,8 +29,8 @@ from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.placeholders import (
     FileContents,
     KnownFiles,
+    PlaceholderJournal,
     is_placeholder,
-    journal_placeholders,
     make_placeholders,
     placeholder_state_directory,
     remove_empty,
@@ -174,6 +174,8 @@ class _Held:
     workspace_users: dict[str, int] = attrs.field(factory=dict)
     unused: dict[str, list[str]] = attrs.field(factory=dict)
     locks: WorkspaceLocks | None = None
+    # The placeholders made, for the next start to sweep should this process die.
+    journal: PlaceholderJournal = attrs.field(factory=PlaceholderJournal)
     # The file placeholders of the runs, with their content (what removal compares with).
     files: KnownFiles = attrs.field(factory=KnownFiles)
 
@@ -233,7 +235,7 @@ class WorkspacePlaceholders:
             users = held.workspace_users
             if not users.get(workspace) and not held.workspace_locks().enter(workspace):
                 return False
-            journal_placeholders(workspace, paths)  # swept by the next start if we die
+            held.journal.record(workspace, paths)  # swept by the next start if we die
             self._holding()
             users[workspace] = users.get(workspace, 0) + 1
             for path in paths:
@@ -296,3 +298,4 @@ def _release_all(held: _Held) -> None:
             held.empty = None
         if held.locks is not None:
             held.locks.close()
+        held.journal.close()

@@ -335,17 +335,24 @@ class _Journal:
         self._forget()
 
 
-# The journal of the placeholders made by code that keeps no `WorkspacePlaceholders` (the
-# container backends' mount points, `backends.oci.engine`): one per process.
-_PROCESS_JOURNAL = _Journal(None)
-_PROCESS_JOURNAL_LOCK = threading.Lock()
+class PlaceholderJournal:
+    """The journal of placeholders made by code that keeps no `WorkspacePlaceholders` (the
+    container backends' mount points, `backends.oci.protection`), so that those of a
+    process that dies are swept like the others (see the module's docstring). State of its
+    owner: `close` removes it (at exit at the latest)."""
 
+    def __init__(self) -> None:
+        self._journal = _Journal(None)
+        self._lock = threading.Lock()
 
-def journal_placeholders(workspace: str, paths: Iterable[str]) -> None:
-    """Record placeholders about to be made in `workspace` by such code, so that those of a
-    process that dies are swept like the others (see the module's docstring)."""
-    with _PROCESS_JOURNAL_LOCK:
-        _PROCESS_JOURNAL.record(workspace, paths)
+    def record(self, workspace: str, paths: Iterable[str]) -> None:
+        """Placeholders about to be made in `workspace`."""
+        with self._lock:
+            self._journal.record(workspace, paths)
+
+    def close(self) -> None:
+        with self._lock:
+            self._journal.close()
 
 
 def remove_empty(_workspace: str, paths: list[str], files: Mapping[str, bytes] = NO_FILES) -> None:
