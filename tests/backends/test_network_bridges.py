@@ -433,7 +433,11 @@ def test_cli_reports_the_violation_in_json(
     )
     report = json.loads(capsys.readouterr().out)
     assert report["violations"] == [
-        {"kind": "network", "detail": "blocked GET evil.test:80: not in the allowlist"}
+        {
+            "kind": "network",
+            "detail": "blocked GET evil.test:80: not in the allowlist",
+            "count": None,
+        }
     ]
     assert report["error"] is None
     assert status == report["exit_code"]
