@@ -6,8 +6,9 @@ helper start fast; type checkers see the real imports.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mechasandbox.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from mechasandbox.config.changes import PolicyChanges
@@ -94,7 +95,4 @@ _LOCATIONS.update(dict.fromkeys(_DOMAIN, "mechasandbox.domain"))
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LOCATIONS:
-        return getattr(importlib.import_module(_LOCATIONS[name]), name)
-    raise AttributeError(f"module 'mechasandbox' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LOCATIONS)

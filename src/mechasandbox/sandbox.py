@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypedDict, Unpack
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -38,6 +38,22 @@ class HasFileno(Protocol):
 Stdin: TypeAlias = bytes | int | HasFileno | StreamedInput | None
 # Called with each chunk of output as it comes (`on_stdout`, `on_stderr`).
 Chunks: TypeAlias = Callable[[bytes], None]
+
+
+class StreamOptions(TypedDict, total=False):
+    """The options of a streamed run besides its command (`Sandbox.run_async` says what
+    each does)."""
+
+    workspace: str | None
+    stdin: Stdin
+    policy: Policy | None
+
+
+class RunOptions(StreamOptions, total=False):
+    """The options of a run besides its command (`Sandbox.run_async` says what each does)."""
+
+    on_stdout: Chunks | None
+    on_stderr: Chunks | None
 
 
 def _input(stdin: Stdin) -> Result[bytes | StreamedInput | None, SandboxError]:
@@ -150,65 +166,31 @@ class Sandbox:
         return ran.map(lambda result: with_notes(result, self.backend)).alt(self._said_who_chose)
 
     def run(
-        self,
-        argv: Sequence[str],
-        *,
-        workspace: str | None = None,
-        stdin: Stdin = None,
-        policy: Policy | None = None,
-        on_stdout: Chunks | None = None,
-        on_stderr: Chunks | None = None,
+        self, argv: Sequence[str], **options: Unpack[RunOptions]
     ) -> FutureResult[RunResult, SandboxError]:
-        """The composable form: `sandbox.run([...]).bind(...)`, awaited once at the end."""
+        """The composable form: `sandbox.run([...]).bind(...)`, awaited once at the end.
+        `options`: those of `run_async`."""
         from returns.future import FutureResult  # imported by the callers that compose
 
-        return FutureResult(
-            self.run_async(
-                argv,
-                workspace=workspace,
-                stdin=stdin,
-                policy=policy,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-            )
-        )
+        return FutureResult(self.run_async(argv, **options))
 
     def run_sync(
-        self,
-        argv: Sequence[str],
-        *,
-        workspace: str | None = None,
-        stdin: Stdin = None,
-        policy: Policy | None = None,
-        on_stdout: Chunks | None = None,
-        on_stderr: Chunks | None = None,
+        self, argv: Sequence[str], **options: Unpack[RunOptions]
     ) -> Result[RunResult, SandboxError]:
-        """For scripts: runs its own event loop."""
+        """For scripts: runs its own event loop. `options`: those of `run_async`."""
         import anyio  # not at import: the CLI runs most commands without an event loop
 
-        return anyio.run(
-            lambda: self.run_async(
-                argv,
-                workspace=workspace,
-                stdin=stdin,
-                policy=policy,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-            )
-        )
+        return anyio.run(lambda: self.run_async(argv, **options))
 
     def stream(
-        self,
-        argv: Sequence[str],
-        *,
-        workspace: str | None = None,
-        stdin: Stdin = None,
-        policy: Policy | None = None,
+        self, argv: Sequence[str], **options: Unpack[StreamOptions]
     ) -> AsyncGenerator[RunEvent, None]:
         """The run's events as they come (see `domain.events`): its output in chunks, then
         its warnings and violations, and last a `ResultEvent` whose `value` is what
         `run_async` returns. Leaving the loop early is safe: closing the iterator (or its
         collection) stops the run and kills its tree; `contextlib.aclosing` does it at once."""
+        workspace, stdin = options.get("workspace"), options.get("stdin")
+        policy = options.get("policy")
         return events_of(lambda sink: self._run(argv, workspace, stdin, policy, sink))
 
     def plan(

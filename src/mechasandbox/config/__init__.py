@@ -6,8 +6,9 @@ packaged defaults imports `loading` only (see there); type checkers see the real
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mechasandbox.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from mechasandbox.config.converter import structure_settings
@@ -95,8 +96,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LOCATIONS:
-        module = importlib.import_module(f"mechasandbox.config.{_LOCATIONS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'mechasandbox.config' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LOCATIONS)

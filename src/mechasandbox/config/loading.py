@@ -143,18 +143,3 @@ def load_policy(
     from mechasandbox.config import layers  # cattrs, tomllib: only when there is a layer
 
     return layers.resolve(root, user_path, extra_files, overrides)
-
-
-__all__ = [
-    "DEFAULTS_DIGEST",
-    "DEFAULTS_FILE",
-    "DEFAULTS_SOURCE",
-    "DISCOVER",
-    "OVERRIDES_SOURCE",
-    "PROJECT_JSON",
-    "PROJECT_TOML",
-    "ResolvedConfig",
-    "UserFile",
-    "default_user_file",
-    "load_policy",
-]

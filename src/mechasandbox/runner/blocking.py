@@ -27,11 +27,9 @@ from returns.result import Failure, Result
 
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner import framing
-from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.feed import InputFeed
-from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
-from mechasandbox.runner.submission import Submitted, request_kill, submit
+from mechasandbox.runner.submission import HelpedRunner, Submitted, request_kill, submit
 from mechasandbox.runner.supervision import STDERR, STDOUT, Supervision
 
 T = TypeVar("T")
@@ -140,30 +138,10 @@ def _watch_feed(selector: selectors.BaseSelector, feed: InputFeed, feeding: dict
             feeding[fd] = events
 
 
-class BlockingHelperRunner:
+class BlockingHelperRunner(HelpedRunner):
     """A `ProcessRunner` whose `run` never suspends: it waits in the calling thread (see the
     module's docstring for where it fits). It asks for no warm children: a one-shot caller
     has no next run to prepare them for."""
-
-    def __init__(
-        self,
-        helper: SpawnHelperClient | None = None,
-        *,
-        prestart: bool = True,
-        interruption: Interruption | None = None,
-    ) -> None:
-        """`helper`: a client to share (its helper may already be starting); `prestart`:
-        start the helper now, so that its start-up overlaps with the caller's own;
-        `interruption`: what stops the runs when the caller is told to stop (see
-        `runner.interruption`)."""
-        self._helper = helper or SpawnHelperClient()
-        self._interruption = interruption
-        if prestart:
-            self._helper.prestart()
-
-    def close(self) -> None:
-        """Kill every run still going and stop the helper."""
-        self._helper.close()
 
     async def run(self, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
         return self.run_blocking(spec)

@@ -13,12 +13,16 @@ from returns.result import Failure, Result
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.domain.request import StreamedInput
 from mechasandbox.runner import framing
-from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.feed import InputFeed, StdinPipe
-from mechasandbox.runner.interruption import Interruption
 from mechasandbox.runner.protocol import PreparesCgroups, ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
-from mechasandbox.runner.submission import Submitted, request_kill, spawn_request, submit
+from mechasandbox.runner.submission import (
+    HelpedRunner,
+    Submitted,
+    request_kill,
+    spawn_request,
+    submit,
+)
 from mechasandbox.runner.supervision import STDERR, STDOUT, Supervision
 
 __all__ = ["HelperProcessRunner", "PreparesCgroups", "ProcessRunner", "feed_fifo"]
@@ -94,28 +98,8 @@ async def _until_last_word(run: Submitted, supervision: Supervision) -> None:
             request_kill(run.sock)
 
 
-class HelperProcessRunner:
+class HelperProcessRunner(HelpedRunner):
     """Runs processes through the spawn helper (see `helper` for why)."""
-
-    def __init__(
-        self,
-        helper: SpawnHelperClient | None = None,
-        *,
-        prestart: bool = True,
-        interruption: Interruption | None = None,
-    ) -> None:
-        """`prestart`: start the spawn helper now, so that its start-up overlaps with the
-        host's own (imports, probes, policy compilation) instead of delaying the first run.
-        `interruption`: what stops the runs when the caller is told to stop (see
-        `runner.interruption`)."""
-        self._helper = helper or SpawnHelperClient()
-        self._interruption = interruption
-        if prestart:
-            self._helper.prestart()
-
-    def close(self) -> None:
-        """Kill every run still going and stop the helper."""
-        self._helper.close()
 
     def prepare_cgroups(
         self, groups: Sequence[tuple[str, ...]], like: SpawnSpec | None = None

@@ -9,7 +9,7 @@ import contextlib
 import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -19,6 +19,9 @@ from mechasandbox.runner import framing
 from mechasandbox.runner.client import HelperUnavailable, SpawnHelperClient
 from mechasandbox.runner.feed import StdinPipe
 from mechasandbox.runner.spec import SpawnSpec
+
+if TYPE_CHECKING:
+    from mechasandbox.runner.interruption import Interruption
 
 READ_CHUNK = 256 * 1024
 
@@ -109,3 +112,28 @@ def request_kill(sock: socket.socket) -> None:
     """Ask the helper to kill the run's whole tree (it answers with its last word)."""
     with contextlib.suppress(OSError):
         framing.send(sock, {"op": "kill"})
+
+
+class HelpedRunner:
+    """What both runners (`HelperProcessRunner`, `BlockingHelperRunner`) share: the spawn
+    helper they hand runs to, and what stops their runs when the caller is told to stop."""
+
+    def __init__(
+        self,
+        helper: SpawnHelperClient | None = None,
+        *,
+        prestart: bool = True,
+        interruption: Interruption | None = None,
+    ) -> None:
+        """`helper`: a client to share (its helper may already be starting); `prestart`:
+        start the helper now, so that its start-up overlaps with the caller's own (imports,
+        probes, policy compilation) instead of delaying the first run; `interruption`: what
+        stops the runs when the caller is told to stop (see `runner.interruption`)."""
+        self._helper = helper or SpawnHelperClient()
+        self._interruption = interruption
+        if prestart:
+            self._helper.prestart()
+
+    def close(self) -> None:
+        """Kill every run still going and stop the helper."""
+        self._helper.close()

@@ -23,8 +23,9 @@ proxy's non-blocking sockets), `core` (per-run settings, counters and violations
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mechasandbox.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from mechasandbox.network.proxy.resolver import Resolver, SystemResolver
@@ -59,8 +60,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LOCATIONS:
-        module = importlib.import_module(f"mechasandbox.network.proxy.{_LOCATIONS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'mechasandbox.network.proxy' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LOCATIONS)
