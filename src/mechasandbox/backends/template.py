@@ -33,12 +33,13 @@ from mechasandbox.backends.base import (
     HostContext,
     LaunchPlan,
     check_workspace,
-    resolve_command,
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import disarm_after, execute_spec, prepare_run, run_started
 from mechasandbox.backends.git_indirections import planned_policy
-from mechasandbox.backends.resources import UMASK, describe_cgroups
+from mechasandbox.backends.lookup import resolve_command
+from mechasandbox.backends.resources import describe_cgroups
+from mechasandbox.backends.toolchains import find_toolchains
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Policy
@@ -97,6 +98,9 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     protects_workspace: ClassVar[bool] = False
     # Its allowlist proxy listens on loopback TCP too (else on its unix socket only).
     proxy_over_tcp: ClassVar[bool] = False
+    # It hides the home directory from the command: the toolchains there that the policy
+    # names (`filesystem.toolchains`) are made readable for each run (see `toolchains`).
+    hides_home: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -147,9 +151,18 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         )
 
     # --- derived --------------------------------------------------------------------------
+    def with_toolchains(self, request: RunRequest, policy: Policy, host: HostContext) -> Policy:
+        """`policy` with the toolchains it names readable, for a backend that hides the
+        home directory (read now, when the run starts: see `backends.toolchains`)."""
+        if not self.hides_home or not policy.filesystem.toolchains:
+            return policy
+        argv0 = request.argv[0] if request.argv else ""
+        return find_toolchains(policy.filesystem, argv0, host).applied(policy)
+
     def plan(
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
+        policy = self.with_toolchains(request, policy, host)
         setting = self.plan_setting(policy)
 
         def job(workspace: str) -> Job:
@@ -177,6 +190,7 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
             )
             return self.open_setting(workspace, chosen).map(lambda setting: (job, setting))
 
+        policy = self.with_toolchains(request, policy, self.host)
         prepared = prepare_run(self, request, policy).bind(opened)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
@@ -215,12 +229,11 @@ def spawn_spec(
     argv: tuple[str, ...],
     env: tuple[tuple[str, str], ...],
     executable: str,
-    umask: int = UMASK,
     rlimits: tuple[RlimitSetting, ...] = (),
     hooks: tuple[ChildHook, ...] = (),
 ) -> SpawnSpec:
-    """The spawn of `job` in its workspace: its stdin, and the policy's timeout and output
-    cap; `argv` is the command's, or its launcher's (`bwrap`, `sandbox-exec`)."""
+    """The spawn of `job` in its workspace: its stdin, and the policy's timeout, output
+    cap and umask; `argv` is the command's, or its launcher's (`bwrap`, `sandbox-exec`)."""
     return SpawnSpec(
         argv=argv,
         env=env,
@@ -228,7 +241,7 @@ def spawn_spec(
         stdin=job.request.stdin,
         timeout_s=job.policy.limits.timeout_s,
         max_output_bytes=job.policy.limits.max_output_bytes,
-        umask=umask,
+        umask=job.policy.filesystem.umask,
         rlimits=rlimits,
         hooks=hooks,
         executable=executable,
@@ -236,17 +249,20 @@ def spawn_spec(
 
 
 def direct_spec(
-    job: Job, *, umask: int, rlimits: tuple[RlimitSetting, ...] = ()
+    job: Job, *, rlimits: tuple[RlimitSetting, ...] = ()
 ) -> Result[SpawnSpec, SandboxError]:
-    """The command itself spawned, with the scrubbed environment and nothing around it."""
+    """The command itself spawned, with the scrubbed environment and nothing around it.
+    Its HOME is the user's (unless the policy sets one): such a backend hides no file, so
+    a private home would only break the tools that keep their state there."""
     env = scrubbed_environment(job.policy.environment, dict(job.host.env))
+    if job.host.home:
+        env.setdefault("HOME", job.host.home)
     return resolve_command(job.request.argv[0], env, job.workspace).map(
         lambda executable: spawn_spec(
             job,
             argv=tuple(job.request.argv),
             env=tuple(sorted(env.items())),
             executable=executable,
-            umask=umask,
             rlimits=rlimits,
         )
     )

@@ -22,7 +22,7 @@ import threading
 import weakref
 
 _PREFIX = "mechasandbox-landlock-"
-_KEPT_PER_PARENT = 4  # runs going at once that each find one ready
+_KEPT_PER_PARENT = 8  # runs going at once that each find theirs ready (two each: TMPDIR, HOME)
 
 
 def _pristine(path: str) -> bool:
