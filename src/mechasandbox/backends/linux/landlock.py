@@ -332,8 +332,10 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         )
 
     def close_setting(self, setting: LandlockSetting, workspace: str) -> None:
-        self.tmp_dirs.give_back(self.tmp_parent, setting.tmp_dir)
+        # In the reverse order of `take` (last in, first out): a run's next one gets the
+        # same TMPDIR and HOME back, each where it was.
         self.tmp_dirs.give_back(self.tmp_parent, setting.home_dir)
+        self.tmp_dirs.give_back(self.tmp_parent, setting.tmp_dir)
 
     def proxy_for(self, policy: Policy) -> EgressProxy | None:
         # ABI < 4, no TCP rules: allowlist runs offline
