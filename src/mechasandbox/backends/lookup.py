@@ -14,8 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -41,16 +40,24 @@ def _real_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(os.path.realpath(path) for path in paths)
 
 
+@functools.lru_cache(maxsize=64)
+def _prefixes(paths: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The real paths of `paths` as the paths they are and the prefixes of what is inside
+    them: whether a path is in one of them is then one set lookup and one `startswith`
+    (`/` holds all). Remembered, as `_real_paths` is."""
+    roots = _real_paths(paths)
+    return frozenset(roots), tuple("/" if root == "/" else root.rstrip("/") + "/" for root in roots)
+
+
 def tree_view(readable: Iterable[str], denied: Iterable[str] = ()) -> Visible:
     """The view of a sandbox that reads the trees `readable` but nothing in `denied`
     (absolute paths; symlinks among them resolved)."""
-    roots = _real_paths(tuple(readable))
-    hidden = _real_paths(tuple(denied))
+    roots, inside = _prefixes(tuple(readable))
+    hidden, inside_hidden = _prefixes(tuple(denied))
 
     def visible(path: str) -> bool:
-        return any(_inside(path, root) for root in roots) and not any(
-            _inside(path, denied) for denied in hidden
-        )
+        shown = path in roots or path.startswith(inside)
+        return shown and path not in hidden and not path.startswith(inside_hidden)
 
     return visible
 
@@ -121,6 +128,16 @@ def _hidden(argv0: str, path: str, view: View) -> SpawnFailed:
     return SpawnFailed(command=argv0, reason=reason, exit_status=127)
 
 
+def executables(argv0: str, search: str, cwd: str) -> Iterator[str]:
+    """Where `search` (a PATH) has the executable `argv0`, first first: as execvp looks (an
+    empty entry is the working directory), as `shutil.which` would for each directory but
+    without its per-call overhead (every run asks this)."""
+    for entry in search.split(os.pathsep):
+        found = os.path.join(entry if os.path.isabs(entry) else os.path.join(cwd, entry), argv0)
+        if os.path.isfile(found) and os.access(found, os.X_OK):
+            yield found
+
+
 def resolve_command(
     argv0: str, env: Mapping[str, str], cwd: str, view: View = EVERYTHING
 ) -> Result[str, SpawnFailed]:
@@ -136,14 +153,8 @@ def resolve_command(
         if not view.shows(path):
             return Failure(_hidden(argv0, path, view))
         return Success(path)
-    search = env.get("PATH", "")
     first_hidden: str | None = None
-    for entry in search.split(os.pathsep):
-        directory = entry or "."
-        found = shutil.which(argv0, path=directory if os.path.isabs(directory) else
-                             os.path.join(cwd, directory))  # fmt: skip
-        if found is None:
-            continue
+    for found in executables(argv0, env.get("PATH", ""), cwd):
         if view.shows(found):
             return Success(found)
         first_hidden = first_hidden or found

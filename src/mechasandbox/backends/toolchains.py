@@ -19,10 +19,10 @@ policy's: a project file may set `PATH`, and must not choose what becomes readab
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import posixpath
-import shutil
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -147,8 +147,10 @@ def _host_root(toolchain: Toolchain, env: Mapping[str, str], home: str) -> str:
     return posixpath.normpath(home + toolchain.root[1:])
 
 
-def _denied(path: str, deny_read: Iterable[str]) -> bool:
-    return any(_inside(path, denied) for denied in deny_read)
+def _under_any(path: str, roots: tuple[str, ...]) -> bool:
+    """Whether `path` is one of `roots` (normalised, absolute) or inside one: one
+    `startswith` for them all (every run asks this of each root it finds)."""
+    return path in roots or path.startswith(tuple(root.rstrip("/") + "/" for root in roots))
 
 
 def _secrets(root: str, patterns: Iterable[str]) -> list[str]:
@@ -159,24 +161,54 @@ def _secrets(root: str, patterns: Iterable[str]) -> list[str]:
     return found
 
 
+# Where, among the candidates, the roots of the command itself go (see `_Candidates`).
+_COMMAND = ""
+
+
+@attrs.frozen
+class _Candidates:
+    """What a policy and a host make candidates, in order (a root, and the known toolchain
+    it is): what needs no file system, worked out once per policy and host (see
+    `_candidates`); whether each exists is asked at every run."""
+
+    home: str
+    deny_read: tuple[str, ...]
+    roots: tuple[tuple[str, Toolchain | None], ...]
+    path: str  # the host's PATH, where the command's own root is looked for
+
+
+@functools.lru_cache(maxsize=32)
+def _candidates(fs: FilesystemPolicy, host: HostContext) -> _Candidates:
+    home = posixpath.normpath(host.home) if host.home else "/"
+    env = dict(host.env)
+    deny_read = tuple(posixpath.normpath(host.expand(entry)) for entry in fs.deny_read)
+    roots: list[tuple[str, Toolchain | None]] = []
+    for entry in fs.toolchains:
+        if entry == TOOLCHAINS_AUTO:
+            roots += [(_host_root(toolchain, env, home), toolchain) for toolchain in TOOLCHAINS]
+            roots.append((_COMMAND, None))
+        else:
+            roots.append((posixpath.normpath(host.expand(entry)), _toolchain_named(entry, host)))
+    allowed = tuple(
+        (root, toolchain)
+        for root, toolchain in roots
+        if root == _COMMAND or (_acceptable_root(root, home) and not _under_any(root, deny_read))
+    )
+    return _Candidates(home=home, deny_read=deny_read, roots=allowed, path=env.get("PATH", ""))
+
+
 def find_toolchains(fs: FilesystemPolicy, argv0: str, host: HostContext) -> FoundToolchains:
     """What `fs.toolchains` adds to a run of `argv0` on `host` (reads the file system)."""
     if not fs.toolchains:
         return FoundToolchains()
-    home = posixpath.normpath(host.home) if host.home else "/"
-    env = dict(host.env)
-    deny_read = [posixpath.normpath(host.expand(entry)) for entry in fs.deny_read]
+    candidates = _candidates(fs, host)
     roots: list[str] = []
     denied: list[str] = []
     variables: list[tuple[str, str]] = []
 
     def add(root: str, toolchain: Toolchain | None) -> None:
-        if (
-            not _acceptable_root(root, home)
-            or _denied(root, deny_read)
-            or any(_inside(root, seen) for seen in roots)
-            or not os.path.isdir(root)
-        ):
+        # Most known roots are missing: the cheapest answer first.
+        if not os.path.isdir(root) or _under_any(root, tuple(roots)):
             return
         roots.append(root)
         if toolchain is not None:
@@ -186,16 +218,14 @@ def find_toolchains(fs: FilesystemPolicy, argv0: str, host: HostContext) -> Foun
                 for name, relative in toolchain.variables
             )
 
-    for entry in fs.toolchains:
-        if entry != TOOLCHAINS_AUTO:
-            add(posixpath.normpath(host.expand(entry)), _toolchain_named(entry, host))
+    for root, toolchain in candidates.roots:
+        if root != _COMMAND:
+            add(root, toolchain)
             continue
-        for toolchain in TOOLCHAINS:
-            add(_host_root(toolchain, env, home), toolchain)
-        for path in _command_paths(argv0, env.get("PATH", "")):
-            root = command_root(path, home)
-            if root is not None:
-                add(root, None)
+        for path in _command_paths(argv0, candidates.path):
+            found = command_root(path, candidates.home)
+            if found is not None and not _under_any(found, candidates.deny_read):
+                add(found, None)
     return FoundToolchains(
         roots=tuple(roots), denied=tuple(dict.fromkeys(denied)), variables=tuple(variables)
     )
@@ -213,11 +243,12 @@ def _toolchain_named(entry: str, host: HostContext) -> Toolchain | None:
 def _command_paths(argv0: str, path: str) -> tuple[str, ...]:
     """Where the host's PATH has `argv0`, and where that leads (a symlink's target): a
     bare name only; a path the caller wrote chooses no reader."""
-    if not argv0 or "/" in argv0 or not path:
+    if not argv0 or "/" in argv0:
         return ()
-    found = shutil.which(argv0, path=path)
-    if found is None:
-        return ()
-    found = posixpath.normpath(posixpath.abspath(found))
-    real = os.path.realpath(found)
-    return (found,) if real == found else (found, real)
+    for entry in path.split(os.pathsep):
+        # Absolute entries only: a relative one is the caller's directory, no toolchain.
+        found = posixpath.normpath(posixpath.join(entry, argv0))
+        if posixpath.isabs(entry) and os.path.isfile(found) and os.access(found, os.X_OK):
+            real = os.path.realpath(found)
+            return (found,) if real == found else (found, real)
+    return ()
