@@ -383,6 +383,8 @@ def test_spawn_spec_runs_sandbox_exec(runner: HelperProcessRunner, tmp_path: Pat
     )
     env = dict(environment)
     assert env["TMPDIR"] == TMPDIR
+    assert env["HOME"] == f"{TMPDIR}/home"  # the run's private home, inside its TMPDIR
+    assert spec.umask == 0o022
     assert "OPENAI_API_KEY" not in env
     assert posixpath.isabs(spec.cwd)
 

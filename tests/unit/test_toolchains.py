@@ -172,3 +172,24 @@ def test_a_denied_tree_inside_a_visible_one_is_hidden(tmp_path: Path) -> None:
     assert visible(str(tmp_path / "a"))
     assert not visible(str(tmp_path / "secret/a"))
     assert not visible("/elsewhere")
+
+
+def test_a_command_in_what_the_command_writes_chooses_no_reader(home: Path, tmp_path: Path) -> None:
+    """The host's PATH lists a directory of the workspace (an activated venv): a symlink the
+    command planted there must not make another tree of the home readable."""
+    _executable(home / "other/bin/tool")
+    workspace = tmp_path / "ws"
+    (workspace / ".venv/bin").mkdir(parents=True)
+    (workspace / ".venv/bin/tool").symlink_to(home / "other/bin/tool")
+    path = f"{workspace}/.venv/bin:/usr/bin"
+    found = find_toolchains(FilesystemPolicy(), "tool", host(home, PATH=path), str(workspace))
+    assert str(home / "other") not in found.roots
+    writable = FilesystemPolicy(writable=(str(workspace),))
+    assert str(home / "other") not in find_toolchains(writable, "tool", host(home, PATH=path)).roots
+    # The same link in a directory of the user's own: its target's root is read.
+    (home / "bin").mkdir()
+    (home / "bin/tool").symlink_to(home / "other/bin/tool")
+    found = find_toolchains(
+        FilesystemPolicy(), "tool", host(home, PATH=f"{home}/bin"), str(workspace)
+    )
+    assert str(home / "other") in found.roots

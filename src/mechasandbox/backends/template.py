@@ -23,6 +23,7 @@ workspace checked, `compile` with the plan's setting, `describe`.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
@@ -157,7 +158,8 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         if not self.hides_home or not policy.filesystem.toolchains:
             return policy
         argv0 = request.argv[0] if request.argv else ""
-        return find_toolchains(policy.filesystem, argv0, host).applied(policy)
+        workspace = os.path.realpath(request.workspace)
+        return find_toolchains(policy.filesystem, argv0, host, workspace).applied(policy)
 
     def plan(
         self, request: RunRequest, policy: Policy, host: HostContext

@@ -175,6 +175,7 @@ class _Candidates:
     deny_read: tuple[str, ...]
     roots: tuple[tuple[str, Toolchain | None], ...]
     path: str  # the host's PATH, where the command's own root is looked for
+    writable: tuple[str, ...]  # the policy's writable paths: the command's to fill
 
 
 @functools.lru_cache(maxsize=32)
@@ -194,11 +195,20 @@ def _candidates(fs: FilesystemPolicy, host: HostContext) -> _Candidates:
         for root, toolchain in roots
         if root == _COMMAND or (_acceptable_root(root, home) and not _under_any(root, deny_read))
     )
-    return _Candidates(home=home, deny_read=deny_read, roots=allowed, path=env.get("PATH", ""))
+    writable = tuple(posixpath.normpath(host.expand(entry)) for entry in fs.writable)
+    return _Candidates(
+        home=home, deny_read=deny_read, roots=allowed, path=env.get("PATH", ""), writable=writable
+    )
 
 
-def find_toolchains(fs: FilesystemPolicy, argv0: str, host: HostContext) -> FoundToolchains:
-    """What `fs.toolchains` adds to a run of `argv0` on `host` (reads the file system)."""
+def find_toolchains(
+    fs: FilesystemPolicy, argv0: str, host: HostContext, workspace: str | None = None
+) -> FoundToolchains:
+    """What `fs.toolchains` adds to a run of `argv0` on `host` (reads the file system).
+    `workspace` (a real path) and the policy's writable paths are the command's to write:
+    a command found there, or leading there, chooses no reader (a symlink planted in a
+    directory of the host's PATH inside them, `.venv/bin/x -> ~/elsewhere/bin/x`, would
+    otherwise make `~/elsewhere` readable at the next run)."""
     if not fs.toolchains:
         return FoundToolchains()
     candidates = _candidates(fs, host)
@@ -222,7 +232,11 @@ def find_toolchains(fs: FilesystemPolicy, argv0: str, host: HostContext) -> Foun
         if root != _COMMAND:
             add(root, toolchain)
             continue
-        for path in _command_paths(argv0, candidates.path):
+        paths = _command_paths(argv0, candidates.path)
+        writable = (*candidates.writable, *(() if workspace is None else (workspace,)))
+        if writable and any(_under_any(path, writable) for path in paths):
+            continue
+        for path in paths:
             found = command_root(path, candidates.home)
             if found is not None and not _under_any(found, candidates.deny_read):
                 add(found, None)

@@ -97,7 +97,7 @@ def backend_document(app: Application) -> dict[str, Any]:
 
 
 def toolchains_document(
-    app: Application, policy: Policy, backend: str, argv0: str
+    app: Application, policy: Policy, backend: str, argv0: str, workspace: str
 ) -> dict[str, Any]:
     """What `filesystem.toolchains` adds to a run of `argv0` on `backend` here (found now,
     as a run finds it when it starts: see `backends.toolchains`)."""
@@ -106,7 +106,7 @@ def toolchains_document(
     if not hides_home:
         why = f"{backend} does not hide the home directory (containers: the image's own)"
         return {"applied": False, "why": why}
-    found = find_toolchains(policy.filesystem, argv0, HostContext.current())
+    found = find_toolchains(policy.filesystem, argv0, HostContext.current(), workspace)
     return {
         "applied": True,
         "readable": list(found.roots),
@@ -223,7 +223,9 @@ def main(
         "warnings": _once(plan.warnings, warnings),
         "notes": _once(plan.notes, notes),
         **document,
-        "toolchains": toolchains_document(app, policy, plan.backend, argv[0]),
+        "toolchains": toolchains_document(
+            app, policy, plan.backend, argv[0], os.path.realpath(workspace)
+        ),
     }
     if as_json:
         print(json.dumps(document))
