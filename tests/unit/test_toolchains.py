@@ -193,3 +193,12 @@ def test_a_command_in_what_the_command_writes_chooses_no_reader(home: Path, tmp_
         FilesystemPolicy(), "tool", host(home, PATH=f"{home}/bin"), str(workspace)
     )
     assert str(home / "other") in found.roots
+
+
+def test_a_policy_built_in_code_spells_toolchains_as_files_do() -> None:
+    assert FilesystemPolicy(toolchains="none").toolchains == ()
+    assert FilesystemPolicy(toolchains="auto").toolchains == ("auto",)
+    assert FilesystemPolicy().toolchains == ("auto",)
+    assert FilesystemPolicy().umask == 0o022
+    with pytest.raises(ValueError, match="umask"):
+        FilesystemPolicy(umask=0o1000)

@@ -31,13 +31,12 @@ from mechasandbox.domain.limits import (
     MAX_TIMEOUT_S,
     MIN_OPEN_FILES,
 )
-from mechasandbox.domain.policy import TOOLCHAINS_AUTO, Policy
+from mechasandbox.domain.policy import TOOLCHAINS_AUTO, TOOLCHAINS_NONE, Policy
 
 T = TypeVar("T")
 Checked = Result[T, str]  # the value, or what is wrong with it, as a person reads it
 
 UNLIMITED_TEXT = "unlimited"
-TOOLCHAINS_NONE = "none"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -77,6 +77,7 @@ DEFAULT_DENY_READ: tuple[str, ...] = (
 # `FilesystemPolicy.toolchains`: the toolchains under the home directory that exist, found
 # when a run starts (see `backends.toolchains`).
 TOOLCHAINS_AUTO = "auto"
+TOOLCHAINS_NONE = "none"
 # The umask of a run unless the policy says otherwise: what the command creates is
 # readable by others, as it would be outside the sandbox (mode 644 files, 755 directories).
 DEFAULT_UMASK = 0o022
@@ -109,6 +110,11 @@ DEFAULT_PROTECTED: tuple[str, ...] = (
 )
 
 
+def _toolchains(values: object) -> tuple[str, ...]:
+    """`toolchains`: "none" is no toolchain, as in a file; otherwise as `_str_tuple`."""
+    return () if values == TOOLCHAINS_NONE else _str_tuple(values)
+
+
 def _umask(_instance: object, _attribute: object, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
         raise ValueError(f"umask must be a number from 0 to 0o777, got {value!r}")
@@ -130,7 +136,7 @@ class FilesystemPolicy:
     # Toolchain roots under the home directory made readable (never writable): "auto" for
     # those of the known toolchains that exist and the root of the command found on the
     # host's PATH, or paths; () for none. Credential files inside them stay denied.
-    toolchains: tuple[str, ...] = attrs.field(default=(TOOLCHAINS_AUTO,), converter=_str_tuple)
+    toolchains: tuple[str, ...] = attrs.field(default=(TOOLCHAINS_AUTO,), converter=_toolchains)
     umask: int = attrs.field(default=DEFAULT_UMASK, validator=_umask)
 
 
