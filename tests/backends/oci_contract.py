@@ -440,7 +440,7 @@ class OciContract:
 
     # -- the policy's own paths (readable, writable, deny_read) ---------------------------
 
-    def with_paths(self, **paths: tuple[str, ...]) -> Policy:
+    def with_paths(self, **paths: Any) -> Policy:  # tuples of paths
         base = policy()
         return attrs.evolve(base, filesystem=attrs.evolve(base.filesystem, **paths))
 

@@ -513,7 +513,9 @@ def test_environment_secrets_absent(sandbox: Sandbox) -> None:
     run = sandbox.sh("env")
     assert SECRET not in out(run)
     assert "MY_API_KEY" not in out(run)
-    assert "HOME=" not in out(run)
+    # HOME is the run's private home, never the host's
+    assert f"HOME={sandbox.home}" not in out(run)
+    assert "HOME=/tmp/mechasandbox-landlock-" in out(run)
 
 
 def test_no_inherited_descriptors(sandbox: Sandbox) -> None:

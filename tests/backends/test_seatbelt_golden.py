@@ -348,10 +348,12 @@ def test_plan_renders_the_profile_and_scrubs_the_environment(
     plan = seatbelt.plan(request, Policy(), HOST).unwrap()
     sections = dict(plan.sections)
     assert sections["argv"] == (
-        f"{SANDBOX_EXEC} -p PROFILE -D... -- /usr/bin/env -i -- PATH=\u2026 TMPDIR=\u2026 ls -la"
+        f"{SANDBOX_EXEC} -p PROFILE -D... -- /usr/bin/env -i -- HOME=\u2026 PATH=\u2026 "
+        "TMPDIR=\u2026 ls -la"
     )
     assert f'(deny default (with message "{PLAN_TAG}"))' in sections["sbpl"]
-    assert sections["environment"].split() == ["PATH", "TMPDIR"]
+    # HOME: the run's private one, in its TMPDIR
+    assert sections["environment"].split() == ["HOME", "PATH", "TMPDIR"]
     assert sections["sandbox-exec's own environment"] == "none"
     assert "RLIMIT_NPROC soft=912" in sections["rlimits"]  # 400 running + 512 allowed
 
@@ -381,6 +383,8 @@ def test_spawn_spec_runs_sandbox_exec(runner: HelperProcessRunner, tmp_path: Pat
     )
     env = dict(environment)
     assert env["TMPDIR"] == TMPDIR
+    assert env["HOME"] == f"{TMPDIR}/home"  # the run's private home, inside its TMPDIR
+    assert spec.umask == 0o022
     assert "OPENAI_API_KEY" not in env
     assert posixpath.isabs(spec.cwd)
 

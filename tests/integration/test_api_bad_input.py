@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -128,7 +129,7 @@ def test_bad_pairs_in_environment_set(sandbox: Sandbox) -> None:
 def test_a_relative_path_in_a_policy(sandbox: Sandbox, key: str) -> None:
     """Relative to what? Landlock would take it literally (the helper's directory), bwrap
     another way: refused, as the files refuse it."""
-    changes: dict[str, object] = {key: ("data",)}
+    changes: dict[str, Any] = {key: ("data",)}
     policy = attrs.evolve(sandbox.policy, filesystem=FilesystemPolicy(**changes))
     error = refused(sandbox.run_sync(["true"], policy=policy))
     assert error.field == f"filesystem.{key}"

@@ -461,3 +461,45 @@ def test_every_widening_of_a_project_file_at_once() -> None:
     assert all(more.source == SOURCE for more in error.more)
     assert error.message.count("would widen the policy") == 5
     assert error.message.count("a project file may only narrow") == 1
+
+
+# --- toolchains and umask ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("toolchains", "expected"),
+    [
+        ("none", ()),
+        ([], ()),
+        ("auto", ("auto",)),
+        (["~/.cargo"], ("~/.cargo",)),  # known roots, one by one, under "auto"
+        (["~/.pyenv", "~/.local/bin"], ("~/.pyenv", "~/.local/bin")),
+    ],
+)
+def test_a_project_may_name_fewer_toolchains(toolchains: object, expected: tuple[str]) -> None:
+    assert narrowed({"filesystem": {"toolchains": toolchains}}).filesystem.toolchains == expected
+
+
+@pytest.mark.parametrize(
+    ("base", "toolchains"),
+    [
+        (("auto",), ["~/secrets"]),
+        (("auto",), ["/opt/other"]),
+        ((), ["auto"]),
+        (("~/.cargo",), ["~/.pyenv"]),
+    ],
+)
+def test_a_project_may_not_add_a_toolchain(base: tuple[str, ...], toolchains: list[str]) -> None:
+    inherited = attrs.evolve(BASE, filesystem=attrs.evolve(BASE.filesystem, toolchains=base))
+    error = widened({"filesystem": {"toolchains": toolchains}}, inherited)
+    assert error.field == "filesystem.toolchains"
+
+
+@pytest.mark.parametrize(
+    ("umask", "allowed"),
+    [("077", True), ("027", True), ("022", True), ("002", False), ("000", False)],
+)
+def test_a_project_may_only_mask_more(umask: str, allowed: bool) -> None:
+    data = {"filesystem": {"umask": umask}}
+    if allowed:
+        assert narrowed(data).filesystem.umask == int(umask, 8)
+    else:
+        assert widened(data).field == "filesystem.umask"

@@ -104,6 +104,11 @@ def test_every_section_structures() -> None:
         ({"environment": {"set": {"A": 1}}}, "environment.set", "string value"),
         ({"environment": {"set": ["A=1"]}}, "environment.set", "table"),
         ({"enforcement": "lenient"}, "enforcement", "unknown enforcement 'lenient'"),
+        ({"filesystem": {"toolchains": "some"}}, "filesystem.toolchains", '"auto", "none"'),
+        ({"filesystem": {"toolchains": ["rel"]}}, "filesystem.toolchains", "relative"),
+        ({"filesystem": {"umask": "0888"}}, "filesystem.umask", "octal"),
+        ({"filesystem": {"umask": 0o1000}}, "filesystem.umask", "octal"),
+        ({"filesystem": {"umask": True}}, "filesystem.umask", "octal"),
     ],
 )
 def test_bad_input_names_the_key(data: dict[str, Any], field: str, fragment: str) -> None:
@@ -137,3 +142,19 @@ def test_huge_list_is_refused() -> None:
     error = bad({"network": {"allow": ["a.example"] * 5000}})
     assert error.field == "network.allow"
     assert "too many entries" in error.problem
+
+
+@pytest.mark.parametrize(
+    ("written", "toolchains"),
+    [("auto", ("auto",)), ("none", ()), (["auto", "~/sdk"], ("auto", "~/sdk")), ([], ())],
+)
+def test_toolchains_spellings(written: object, toolchains: tuple[str, ...]) -> None:
+    assert ok({"filesystem": {"toolchains": written}}).filesystem.toolchains == toolchains
+
+
+@pytest.mark.parametrize(
+    ("written", "umask"), [("022", 0o022), ("0o077", 0o077), (0o027, 0o027), ("0", 0)]
+)
+def test_umask_spellings(written: object, umask: int) -> None:
+    """Octal text, or TOML's own octal number (`umask = 0o027`)."""
+    assert ok({"filesystem": {"umask": written}}).filesystem.umask == umask

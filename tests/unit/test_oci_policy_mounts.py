@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 from returns.result import Failure
@@ -17,7 +18,7 @@ def host(home: Path) -> HostContext:
     return attrs.evolve(HostContext.current(), home=str(home))
 
 
-def policy(**paths: tuple[str, ...]) -> Policy:
+def policy(**paths: Any) -> Policy:  # tuples of paths
     return Policy(filesystem=FilesystemPolicy(**paths))
 
 

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import os
 import pwd
-import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Protocol
@@ -20,7 +19,6 @@ from mechasandbox.domain.errors import (
     ConfigInvalid,
     PolicyUnsupported,
     SandboxError,
-    SpawnFailed,
 )
 from mechasandbox.domain.policy import Enforcement, EnvironmentPolicy, Policy
 from mechasandbox.domain.request import RunRequest
@@ -250,24 +248,3 @@ def check_workspace(request: RunRequest) -> Result[str, ConfigInvalid]:
             )
         )
     return Success(real)
-
-
-def resolve_command(argv0: str, env: Mapping[str, str], cwd: str) -> Result[str, SpawnFailed]:
-    """Find the executable as the sandboxed command would (its PATH, its cwd).
-
-    Answers 127/126 before anything is spawned, so that "not found" is never confused with
-    a command that itself exits 127.
-    """
-    if os.sep in argv0:
-        path = argv0 if os.path.isabs(argv0) else os.path.join(cwd, argv0)
-        if not os.path.exists(path):
-            return Failure(SpawnFailed(command=argv0, reason="command not found", exit_status=127))
-        if os.path.isdir(path) or not os.access(path, os.X_OK):
-            return Failure(SpawnFailed(command=argv0, reason="not executable", exit_status=126))
-        return Success(path)
-    found = shutil.which(argv0, path=env.get("PATH", ""))
-    if found is None:
-        return Failure(
-            SpawnFailed(command=argv0, reason="command not found on PATH", exit_status=127)
-        )
-    return Success(found)

@@ -41,7 +41,7 @@ class NoneBackend(SpawningBackend[None, None]):
         return Success(_UNCONFINED.capabilities(self.name))
 
     def compile(self, job: Job, setting: None) -> Result[Launch[None], SandboxError]:
-        return direct_spec(job, umask=0o022).map(lambda spec: Launch(spec=spec, compiled=None))
+        return direct_spec(job).map(lambda spec: Launch(spec=spec, compiled=None))
 
     def plan_setting(self, policy: Policy) -> None:
         return None

@@ -13,12 +13,7 @@ from returns.result import Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
-from mechasandbox.backends.resources import (
-    UMASK,
-    default_cgroups,
-    resource_support,
-    run_rlimits,
-)
+from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
     Launch,
@@ -83,7 +78,7 @@ class ProcessBackend(SpawningBackend[None, None]):
 
     def compile(self, job: Job, setting: None) -> Result[Launch[None], SandboxError]:
         rlimits = run_rlimits(job.policy.limits, self.cgroups)
-        return direct_spec(job, umask=UMASK, rlimits=rlimits).map(
+        return direct_spec(job, rlimits=rlimits).map(
             lambda spec: Launch(spec=spec, compiled=None, cgroups=self.cgroups)
         )
 

@@ -13,9 +13,6 @@ from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.limits.rlimits import rlimits_for
 from mechasandbox.runner.spec import RlimitSetting
 
-# The umask of every run of a host-process backend: what it creates is the user's alone.
-UMASK = 0o077
-
 
 def default_cgroups() -> CgroupManager | str:
     """This host's cgroup manager (its own pool of cgroups), or why there is none. A

@@ -24,6 +24,7 @@ the workspace checked, `compile` with the plan's setting, `describe`.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
@@ -34,14 +35,15 @@ from mechasandbox.backends.base import (
     HostContext,
     LaunchPlan,
     check_workspace,
-    resolve_command,
     scrubbed_environment,
 )
 from mechasandbox.backends.execute import disarm_after, execute_spec, prepare_run, run_started
 from mechasandbox.backends.git_indirections import planned_policy
+from mechasandbox.backends.lookup import resolve_command
 from mechasandbox.backends.refusal_hints import explained
 from mechasandbox.backends.refusals import RefusalView
-from mechasandbox.backends.resources import UMASK, describe_cgroups
+from mechasandbox.backends.resources import describe_cgroups
+from mechasandbox.backends.toolchains import find_toolchains
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import Policy
@@ -111,6 +113,9 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
     git: GitFacts | None = None
     # Its allowlist proxy listens on loopback TCP too (else on its unix socket only).
     proxy_over_tcp: ClassVar[bool] = False
+    # It hides the home directory from the command: the toolchains there that the policy
+    # names (`filesystem.toolchains`) are made readable for each run (see `toolchains`).
+    hides_home: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -166,9 +171,19 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
         )
 
     # --- derived --------------------------------------------------------------------------
+    def with_toolchains(self, request: RunRequest, policy: Policy, host: HostContext) -> Policy:
+        """`policy` with the toolchains it names readable, for a backend that hides the
+        home directory (read now, when the run starts: see `backends.toolchains`)."""
+        if not self.hides_home or not policy.filesystem.toolchains:
+            return policy
+        argv0 = request.argv[0] if request.argv else ""
+        workspace = os.path.realpath(request.workspace)
+        return find_toolchains(policy.filesystem, argv0, host, workspace).applied(policy)
+
     def plan(
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
+        policy = self.with_toolchains(request, policy, host)
         setting = self.plan_setting(policy)
 
         def job(workspace: str) -> Job:
@@ -207,6 +222,7 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
             )
             return self.open_setting(workspace, chosen).map(lambda setting: (job, setting))
 
+        policy = self.with_toolchains(request, policy, self.host)
         prepared = prepare_run(self, request, policy, self.git).bind(opened)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
@@ -247,12 +263,11 @@ def spawn_spec(
     argv: tuple[str, ...],
     env: tuple[tuple[str, str], ...],
     executable: str,
-    umask: int = UMASK,
     rlimits: tuple[RlimitSetting, ...] = (),
     hooks: tuple[ChildHook, ...] = (),
 ) -> SpawnSpec:
     """The spawn of `job` in its workspace: its stdin and output sink, and the policy's
-    timeout and output cap; `argv` is the command's, or its launcher's (`bwrap`,
+    timeout, output cap and umask; `argv` is the command's, or its launcher's (`bwrap`,
     `sandbox-exec`)."""
     return SpawnSpec(
         argv=argv,
@@ -262,7 +277,7 @@ def spawn_spec(
         on_output=job.request.on_output,
         timeout_s=job.policy.limits.timeout_s,
         max_output_bytes=job.policy.limits.max_output_bytes,
-        umask=umask,
+        umask=job.policy.filesystem.umask,
         rlimits=rlimits,
         hooks=hooks,
         executable=executable,
@@ -270,17 +285,20 @@ def spawn_spec(
 
 
 def direct_spec(
-    job: Job, *, umask: int, rlimits: tuple[RlimitSetting, ...] = ()
+    job: Job, *, rlimits: tuple[RlimitSetting, ...] = ()
 ) -> Result[SpawnSpec, SandboxError]:
-    """The command itself spawned, with the scrubbed environment and nothing around it."""
+    """The command itself spawned, with the scrubbed environment and nothing around it.
+    Its HOME is the user's (unless the policy sets one): such a backend hides no file, so
+    a private home would only break the tools that keep their state there."""
     env = scrubbed_environment(job.policy.environment, dict(job.host.env))
+    if job.host.home:
+        env.setdefault("HOME", job.host.home)
     return resolve_command(job.request.argv[0], env, job.workspace).map(
         lambda executable: spawn_spec(
             job,
             argv=tuple(job.request.argv),
             env=tuple(sorted(env.items())),
             executable=executable,
-            umask=umask,
             rlimits=rlimits,
         )
     )

@@ -14,6 +14,7 @@ from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.catalog import AUTO_ORDER, CATALOG
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.registry import choose
+from mechasandbox.backends.toolchains import find_toolchains
 from mechasandbox.cli.attacks import plant_environment_secret
 from mechasandbox.cli.verify import verify_backends
 from mechasandbox.containers import Application
@@ -51,6 +52,10 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
         "auto_reason": chosen.failure().message if isinstance(chosen, Failure) else None,
         "backends": backends,
     }
+    # What `filesystem.toolchains` makes readable for a backend that hides the home (for a
+    # command by name its own root is added too: `mechasandbox policy -- CMD` shows it).
+    found = find_toolchains(app.services.policy().filesystem, "", host)
+    data["toolchains"] = {"readable": list(found.roots), "denied": list(found.denied)}
     if host.platform.startswith("linux"):  # the shim is Linux only: its path, or None
         shim = native.shim_path()
         data["exec_shim"] = shim if shim and native.speaks_protocol(shim) else None
@@ -109,6 +114,14 @@ def _table(data: dict[str, Any]) -> str:
         lines += ["", "warnings:", *warnings]
     if notes:
         lines += ["", "notes:", *notes]
+    toolchains = data["toolchains"]
+    lines += [
+        "",
+        "toolchains readable where the home is hidden (filesystem.toolchains): "
+        + (", ".join(toolchains["readable"]) or "none"),
+    ]
+    if toolchains["denied"]:
+        lines.append("  their credentials, denied: " + ", ".join(toolchains["denied"]))
     lines.append("")
     if data["auto"]:
         lines.append(f"auto picks: {data['auto']} (for the default policy)")

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from returns.result import Failure
 
-from mechasandbox.backends.base import check_enforcement
+from mechasandbox.backends.base import HostContext, check_enforcement
+from mechasandbox.backends.toolchains import find_toolchains
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.units import format_duration, format_size
 
@@ -58,6 +59,8 @@ def policy_document(policy: Policy, workspace: str) -> dict[str, Any]:
             "deny_read": list(fs.deny_read),
             "deny_write": list(fs.deny_write),
             "protected": list(fs.protected),
+            "toolchains": list(fs.toolchains) or "none",
+            "umask": f"{fs.umask:03o}",
         },
         "network": {
             "mode": net.mode.value,
@@ -90,6 +93,25 @@ def backend_document(app: Application) -> dict[str, Any]:
         "image": app.config.image(),
         "runtime": app.config.runtime(),
         "pool_size": app.config.pool_size(),
+    }
+
+
+def toolchains_document(
+    app: Application, policy: Policy, backend: str, argv0: str, workspace: str
+) -> dict[str, Any]:
+    """What `filesystem.toolchains` adds to a run of `argv0` on `backend` here (found now,
+    as a run finds it when it starts: see `backends.toolchains`)."""
+    named = app.backends.named
+    hides_home = backend in named.providers and getattr(named(backend), "hides_home", False)
+    if not hides_home:
+        why = f"{backend} does not hide the home directory (containers: the image's own)"
+        return {"applied": False, "why": why}
+    found = find_toolchains(policy.filesystem, argv0, HostContext.current(), workspace)
+    return {
+        "applied": True,
+        "readable": list(found.roots),
+        "denied": list(found.denied),
+        "variables": [name for name, _ in found.variables_under(policy)],
     }
 
 
@@ -151,6 +173,10 @@ def _policy_lines(document: dict[str, Any]) -> list[str]:
         policy["host_processes"],
     ]
     lines += _section("filesystem", policy["filesystem"])
+    toolchains = document.get("toolchains")
+    if toolchains is not None:
+        shown = {k: v for k, v in toolchains.items() if k != "applied"}
+        lines += _section("toolchains found (read-only for this run)", shown)
     lines += _section("network", policy["network"])
     lines += _section("limits", policy["limits"])
     lines += _section("environment", environment)
@@ -197,6 +223,9 @@ def main(
         "warnings": _once(plan.warnings, warnings),
         "notes": _once(plan.notes, notes),
         **document,
+        "toolchains": toolchains_document(
+            app, policy, plan.backend, argv[0], os.path.realpath(workspace)
+        ),
     }
     if as_json:
         print(json.dumps(document))

@@ -72,6 +72,16 @@ def _protected(value: object, _type: Any) -> tuple[str, ...]:
     return _list(value, "paths", validation.protected_path)
 
 
+def _toolchains(value: object, _type: Any) -> tuple[str, ...]:
+    if isinstance(value, list | tuple) and len(value) > _MAX_ENTRIES:
+        raise _BadValueError(f"too many entries ({len(value)}); at most {_MAX_ENTRIES}")
+    return _valid(validation.toolchains(value))
+
+
+def _umask(value: object, _type: Any) -> int:
+    return _valid(validation.umask(value))
+
+
 def _patterns(value: object, _type: Any) -> tuple[str, ...]:
     return _list(value, "domain patterns", validation.domain_pattern)
 
@@ -154,6 +164,8 @@ def converter() -> cattrs.Converter:
             "deny_read": override(struct_hook=_paths),
             "deny_write": override(struct_hook=_paths),
             "protected": override(struct_hook=_protected),
+            "toolchains": override(struct_hook=_toolchains),
+            "umask": override(struct_hook=_umask),
         },
         NetworkSettings: {
             "mode": override(struct_hook=_choice(NetworkMode, "network mode")),

@@ -34,7 +34,7 @@ PROJECT_JSON = ".openagents/project.json"
 DEFAULTS_SOURCE = "<package defaults>"
 OVERRIDES_SOURCE = "<overrides>"
 # sha256 of defaults/default.toml as the unit test that holds it equal to `Policy()` saw it.
-DEFAULTS_DIGEST = "d8c090d5d2879c2e5150a2312887e110019f061ae6c6c065e78cca22d77889a1"
+DEFAULTS_DIGEST = "ef809ccb6b57b272d9dd37eb7d61a0ec01e5295b3ae0186c1b28ded02f3008c8"
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "defaults", "default.toml")
 
 

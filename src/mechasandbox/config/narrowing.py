@@ -27,11 +27,13 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.catalog import AUTO, UNCONFINED
+from mechasandbox.backends.toolchains import KNOWN_ROOTS
 from mechasandbox.config.overlay import BackendChoice, apply_settings
 from mechasandbox.config.schema import BackendSettings, Settings
 from mechasandbox.config.validation import LIMIT_RULES
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import (
+    TOOLCHAINS_AUTO,
     Enforcement,
     HostProcesses,
     NetworkMode,
@@ -167,6 +169,31 @@ def _check_paths(
             )
 
 
+def _check_toolchains(base: Policy, new: Policy) -> Iterator[_Widening]:
+    """A project may keep, drop or name fewer toolchains; under "auto", it may name known
+    roots one by one (`~/.cargo`), which "auto" would show anyway when they exist."""
+    old = base.filesystem.toolchains
+    for entry in new.filesystem.toolchains:
+        if entry in old:
+            continue
+        if TOOLCHAINS_AUTO in old and os.path.normpath(entry) in KNOWN_ROOTS:
+            continue
+        yield _Widening(
+            field="filesystem.toolchains",
+            detail=f"{entry!r} is not a toolchain the policy it narrows makes readable",
+        )
+
+
+def _check_umask(base: Policy, new: Policy) -> Iterator[_Widening]:
+    old, umask = base.filesystem.umask, new.filesystem.umask
+    if umask & old != old:
+        yield _Widening(
+            field="filesystem.umask",
+            detail=f"{umask:03o} lets others read or write what the inherited {old:03o} keeps "
+            "from them",
+        )
+
+
 def _check_network(base: Policy, new: Policy) -> Iterator[_Widening]:
     old_net, new_net = base.network, new.network
     if _NETWORK_RANK[new_net.mode] > _NETWORK_RANK[old_net.mode]:
@@ -291,6 +318,8 @@ def narrow(
     new = merged.unwrap()
     widenings = [
         *_check_paths(base, new, workspace, resolve),
+        *_check_toolchains(base, new),
+        *_check_umask(base, new),
         *_check_network(base, new),
         *_check_limits(base, new),
         *_check_environment(base, new),

@@ -89,6 +89,8 @@ def apply_settings(
                 deny_read=_pick(fs.deny_read, policy.filesystem.deny_read),
                 deny_write=_pick(fs.deny_write, policy.filesystem.deny_write),
                 protected=_pick(fs.protected, policy.filesystem.protected),
+                toolchains=_pick(fs.toolchains, policy.filesystem.toolchains),
+                umask=policy.filesystem.umask if fs.umask is None else fs.umask,
             ),
             network=NetworkPolicy(
                 mode=policy.network.mode if net.mode is None else net.mode,

@@ -44,6 +44,8 @@ class FilesystemSettings:
     deny_read: Paths | None = None
     deny_write: Paths | None = None
     protected: Paths | None = None
+    toolchains: Paths | None = None  # "auto" and paths; "none" in a file is ()
+    umask: int | None = None
 
 
 @attrs.frozen(kw_only=True)

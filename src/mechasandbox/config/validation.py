@@ -31,7 +31,7 @@ from mechasandbox.domain.limits import (
     MAX_TIMEOUT_S,
     MIN_OPEN_FILES,
 )
-from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.policy import TOOLCHAINS_AUTO, TOOLCHAINS_NONE, Policy
 
 T = TypeVar("T")
 Checked = Result[T, str]  # the value, or what is wrong with it, as a person reads it
@@ -67,6 +67,35 @@ def host_path(value: object) -> Checked[str]:
 def protected_path(value: object) -> Checked[str]:
     """A `protected` entry: relative entries are relative to the workspace."""
     return text(value, "path")
+
+
+def toolchain_entry(value: object) -> Checked[str]:
+    """A `filesystem.toolchains` entry: "auto" or a host path."""
+    if value == TOOLCHAINS_AUTO:
+        return Success(TOOLCHAINS_AUTO)
+    return host_path(value)
+
+
+def toolchains(value: object) -> Checked[tuple[str, ...]]:
+    """`filesystem.toolchains`: "auto", "none", or a list of "auto" and host paths."""
+    if value == TOOLCHAINS_NONE:
+        return Success(())
+    if value == TOOLCHAINS_AUTO:
+        return Success((TOOLCHAINS_AUTO,))
+    if not isinstance(value, list | tuple):
+        return Failure(f'expected "auto", "none" or a list of paths (and "auto"), got {value!r}')
+    return entries(value, toolchain_entry)
+
+
+def umask(value: object) -> Checked[int]:
+    """A umask: octal digits as text (`"022"`, `"0o027"`) or a number (TOML's `0o022`)."""
+    if isinstance(value, str):
+        digits = value.strip().lower().removeprefix("0o")
+        if digits and len(digits) <= 4 and all(ch in "01234567" for ch in digits):
+            value = int(digits, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        return Failure(f'expected a umask in octal such as "022" or "077", got {value!r}')
+    return Success(value)
 
 
 def _without_whitespace(pattern: str) -> Checked[str]:
@@ -329,6 +358,7 @@ def _problems(policy: Policy) -> tuple[ConfigInvalid, ...]:
     ):
         found += _located(f"filesystem.{key}", entries(paths, host_path))
     found += _located("filesystem.protected", entries(fs.protected, protected_path))
+    found += _located("filesystem.toolchains", entries(fs.toolchains, toolchain_entry))
     found += _located("network.allow", entries(net.allow, domain_pattern))
     found += _located("network.deny", entries(net.deny, domain_pattern))
     found += _located("network.allow_unix_sockets", entries(net.allow_unix_sockets, host_path))

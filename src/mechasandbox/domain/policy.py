@@ -61,7 +61,26 @@ DEFAULT_DENY_READ: tuple[str, ...] = (
     "~/.npmrc",
     "~/.pypirc",
     "~/.password-store",
+    # Tokens of package managers whose toolchains are readable by default (see
+    # `FilesystemPolicy.toolchains`): inside a toolchain's root, or beside it in the home.
+    "~/.cargo/credentials",
+    "~/.cargo/credentials.toml",
+    "~/.local/share/uv/credentials",
+    "~/.yarnrc",
+    "~/.yarnrc.yml",
+    "~/.bunfig.toml",
+    "~/.gem/credentials",
+    "~/.m2/settings.xml",
+    "~/.gradle/gradle.properties",
 )
+
+# `FilesystemPolicy.toolchains`: the toolchains under the home directory that exist, found
+# when a run starts (see `backends.toolchains`).
+TOOLCHAINS_AUTO = "auto"
+TOOLCHAINS_NONE = "none"
+# The umask of a run unless the policy says otherwise: what the command creates is
+# readable by others, as it would be outside the sandbox (mode 644 files, 755 directories).
+DEFAULT_UMASK = 0o022
 
 # Paths inside the workspace whose content runs later, outside the sandbox: writing them
 # would let a command plant code that the user's tools execute unconfined.
@@ -91,6 +110,16 @@ DEFAULT_PROTECTED: tuple[str, ...] = (
 )
 
 
+def _toolchains(values: object) -> tuple[str, ...]:
+    """`toolchains`: "none" is no toolchain, as in a file; otherwise as `_str_tuple`."""
+    return () if values == TOOLCHAINS_NONE else _str_tuple(values)
+
+
+def _umask(_instance: object, _attribute: object, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ValueError(f"umask must be a number from 0 to 0o777, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class FilesystemPolicy:
     """Where a command may read and write, beyond the workspace and the system roots.
@@ -104,6 +133,11 @@ class FilesystemPolicy:
     deny_read: tuple[str, ...] = attrs.field(default=DEFAULT_DENY_READ, converter=_str_tuple)
     deny_write: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     protected: tuple[str, ...] = attrs.field(default=DEFAULT_PROTECTED, converter=_str_tuple)
+    # Toolchain roots under the home directory made readable (never writable): "auto" for
+    # those of the known toolchains that exist and the root of the command found on the
+    # host's PATH, or paths; () for none. Credential files inside them stay denied.
+    toolchains: tuple[str, ...] = attrs.field(default=(TOOLCHAINS_AUTO,), converter=_toolchains)
+    umask: int = attrs.field(default=DEFAULT_UMASK, validator=_umask)
 
 
 @attrs.frozen(kw_only=True)

@@ -27,7 +27,6 @@ from mechasandbox.backends.base import (
     LAUNCHER_ENVIRONMENT,
     HostContext,
     LaunchPlan,
-    resolve_command,
     scrubbed_environment,
 )
 from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
@@ -42,7 +41,7 @@ from mechasandbox.backends.linux.bwrap_hooks import (
     seccomp_summary,
     unix_socket_plan,
 )
-from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures, HostLayout
+from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures, HostLayout, PathKind
 from mechasandbox.backends.linux.bwrap_mounts import (
     PRIVATE_TMP_DIRS,
     paths_to_survey,
@@ -51,6 +50,7 @@ from mechasandbox.backends.linux.bwrap_mounts import (
 )
 from mechasandbox.backends.linux.bwrap_probe import probe_bwrap, remembered_probe
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
+from mechasandbox.backends.lookup import View, resolve_command, with_sandbox_path
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.refusals import REFUSALS_NOTE, RefusalView, refusal_view
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
@@ -125,6 +125,19 @@ def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
         status = 127 if "No such file" in message else 126
         return SpawnFailed(command=command, reason=message, exit_status=status)
     return BackendFailed(backend=NAME, reason=message)
+
+
+def _home_inside(host: HostContext, layout: HostLayout) -> str:
+    """The command's HOME: the home directory's real path, where the sandbox has an empty
+    tmpfs of its own (see `bwrap_mounts`: writable, gone with the run) with the toolchains
+    the policy shows bound read-only at their places; the private /tmp when the host has
+    no home directory."""
+    home = os.path.normpath(host.home or "/")
+    fact = layout.fact(home)
+    real, kind = (
+        (fact.real or home, fact.real_kind) if fact.kind is PathKind.SYMLINK else (home, fact.kind)
+    )
+    return real if kind is PathKind.DIRECTORY and real != "/" else "/tmp"
 
 
 @functools.cache
@@ -224,6 +237,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
 
     protects_workspace: ClassVar[bool] = True
     explains_refusals: ClassVar[bool] = True
+    hides_home: ClassVar[bool] = True
 
     runner: ProcessRunner
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
@@ -300,6 +314,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         )
         bridge = self._bridge(policy, setting.proxy_socket)
         env = scrubbed_environment(policy.environment, dict(host.env))
+        env.setdefault("HOME", _home_inside(host, layout))
         if bridge is not None:
             env.update(proxy_environment(PROXY_URL))
         unix = unix_socket_plan(policy, find_named_sockets(policy, host, workspace), landlock_abi())
@@ -317,12 +332,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
-        def launched(
-            command: BwrapCommand, executable: str
-        ) -> Result[Launch[BwrapCompiled], SandboxError]:
-            if not command.visible(executable):
-                reason = f"{executable} is not visible inside the sandbox"
-                return Failure(SpawnFailed(command=request.argv[0], reason=reason, exit_status=127))
+        def launched(command: BwrapCommand) -> Launch[BwrapCompiled]:
             spec = spawn_spec(
                 job,
                 argv=command.argv,
@@ -331,19 +341,26 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
                 rlimits=rlimits,
                 hooks=(*unix.hooks, *command_hooks(command)),
             )
-            return Success(
-                Launch(
-                    spec=spec,
-                    compiled=(command, unix),
-                    warnings=command.warnings,
-                    cgroups=self.cgroups,
-                    adjust=_signal_decoded,
-                )
+            return Launch(
+                spec=spec,
+                compiled=(command, unix),
+                warnings=command.warnings,
+                cgroups=self.cgroups,
+                adjust=_signal_decoded,
             )
 
         def resolved(command: BwrapCommand) -> Result[Launch[BwrapCompiled], SandboxError]:
-            found: Result[str, SandboxError] = resolve_command(request.argv[0], env, workspace)
-            return found.bind(lambda path: launched(command, os.path.realpath(path)))
+            # Looked up, and PATH handed on, as the sandbox's mounts show the host.
+            view = View(visible=command.visible, host=host, deny_read=policy.filesystem.deny_read)
+            shown = with_sandbox_path(env, view)
+            found: Result[str, SandboxError] = resolve_command(
+                request.argv[0], env, workspace, view
+            )
+            return found.map(
+                lambda _path: launched(
+                    attrs.evolve(command, environment=tuple(sorted(shown.items())))
+                )
+            )
 
         return compiled.bind(resolved)
 

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, ClassVar
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.base import HostContext, LaunchPlan, resolve_command
+from mechasandbox.backends.base import HostContext, LaunchPlan
 from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
 from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_compiler import (
+    HOME_PLACEHOLDER,
     TMP_PLACEHOLDER,
     LandlockRuleset,
     carved_directories,
@@ -36,6 +37,7 @@ from mechasandbox.backends.linux.landlock_compiler import (
 )
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
+from mechasandbox.backends.lookup import View, resolve_command, tree_view, with_sandbox_path
 from mechasandbox.backends.refusals import (
     LANDLOCK_AUDIT_NOTE,
     REFUSALS_NOTE,
@@ -61,8 +63,6 @@ from mechasandbox.runner.protocol import ProcessRunner
 if TYPE_CHECKING:
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
-
-UMASK = 0o077
 
 # `plan` runs no proxy: its port and token are shown as placeholders.
 PROXY_PORT_PLACEHOLDER = 0
@@ -246,10 +246,11 @@ def _unreachable(entries: tuple[str, ...]) -> str:
 
 @attrs.frozen(kw_only=True)
 class LandlockSetting:
-    """What a run's compile gets besides the policy: its private tmp dir, and the run's
-    proxy port and URL in allowlist mode."""
+    """What a run's compile gets besides the policy: its private tmp and home dirs, and the
+    run's proxy port and URL in allowlist mode."""
 
     tmp_dir: str
+    home_dir: str = HOME_PLACEHOLDER
     proxy: tuple[int, str] | None = None
 
 
@@ -265,6 +266,7 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
     protects_workspace: ClassVar[bool] = True
     explains_refusals: ClassVar[bool] = True
     proxy_over_tcp: ClassVar[bool] = True
+    hides_home: ClassVar[bool] = True
 
     runner: ProcessRunner
     cgroups: CgroupManager | str = attrs.field(factory=default_cgroups)
@@ -310,22 +312,31 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
             abi=self._abi(),
             workspace=job.workspace,
             tmp_dir=setting.tmp_dir,
+            home_dir=setting.home_dir,
             carve_protected=self.carve_protected,
             proxy=proxy,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
-        return resolve_command(job.request.argv[0], dict(ruleset.env), job.workspace).map(
+        # Looked up, and PATH handed on, as the rules let the command read the host.
+        readable, hidden = ruleset.readable_trees()
+        view = View(
+            visible=tree_view(readable, hidden),
+            host=job.host,
+            deny_read=policy.filesystem.deny_read,
+        )
+        env = dict(ruleset.env)
+        shown = attrs.evolve(ruleset, env=tuple(sorted(with_sandbox_path(env, view).items())))
+        return resolve_command(job.request.argv[0], env, job.workspace, view).map(
             lambda executable: Launch(
                 spec=spawn_spec(
                     job,
                     argv=tuple(job.request.argv),
-                    env=ruleset.env,
+                    env=shown.env,
                     executable=executable,
-                    umask=UMASK,
                     rlimits=rlimits,
-                    hooks=ruleset.child_hooks(),
+                    hooks=shown.child_hooks(),
                 ),
-                compiled=ruleset,
+                compiled=shown,
                 cgroups=self.cgroups,
             )
         )
@@ -353,9 +364,18 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         )
 
     def open_setting(self, workspace: str, policy: Policy) -> Result[LandlockSetting, SandboxError]:
-        return Success(LandlockSetting(tmp_dir=self.tmp_dirs.take(self.tmp_parent)))
+        # Two private directories of the same kind: the run's TMPDIR and its HOME.
+        return Success(
+            LandlockSetting(
+                tmp_dir=self.tmp_dirs.take(self.tmp_parent),
+                home_dir=self.tmp_dirs.take(self.tmp_parent),
+            )
+        )
 
     def close_setting(self, setting: LandlockSetting, workspace: str) -> None:
+        # In the reverse order of `take` (last in, first out): a run's next one gets the
+        # same TMPDIR and HOME back, each where it was.
+        self.tmp_dirs.give_back(self.tmp_parent, setting.home_dir)
         self.tmp_dirs.give_back(self.tmp_parent, setting.tmp_dir)
 
     def refusal_view(self, job: Job, setting: LandlockSetting) -> RefusalView:

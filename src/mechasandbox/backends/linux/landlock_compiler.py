@@ -110,6 +110,7 @@ KERNEL_ROOTS: tuple[str, ...] = ("/proc", "/sys")
 DEVICES: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 TMP_PLACEHOLDER = "<per-run tmp dir>"
+HOME_PLACEHOLDER = "<per-run home dir>"
 
 
 def format_access(access: int) -> str:
@@ -201,6 +202,18 @@ class LandlockRuleset:
             ChildHook(target=ISOLATE_TARGET, argument=isolating, ahead=True),
             ChildHook(target=RESTRICT_TARGET, argument=argument, rehearsal=REHEARSAL_TARGET),
         )
+
+    def readable_trees(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The trees the rules let the command read, and those inside them they hide
+        (exclusions left without read): for looking the command up (`lookup.tree_view`)."""
+        readable = tuple(rule.path for rule in self.rules if rule.access & FS_READ_FILE)
+        hidden = tuple(
+            path
+            for rule in self.rules
+            for path, access in rule.exclusions
+            if rule.access & FS_READ_FILE and not access & FS_READ_FILE
+        )
+        return readable, hidden
 
     def render_rules(self) -> str:
         lines = []
@@ -303,13 +316,15 @@ def compile_landlock_rules(
     abi: int = 7,
     workspace: str | None = None,
     tmp_dir: str = TMP_PLACEHOLDER,
+    home_dir: str | None = None,
     carve_protected: bool = True,
     proxy: tuple[int, str] | None = None,
 ) -> LandlockRuleset:
     """The ruleset for one run. Pure: no filesystem access, golden-testable.
 
     `workspace` is the workspace's real path (the request's path when not given);
-    `tmp_dir` the per-run private tmp created by the host. `carve_protected`: keep
+    `tmp_dir` the per-run private tmp created by the host; `home_dir` the per-run private
+    home (writable, the command's HOME unless the policy sets one). `carve_protected`: keep
     protected paths read-only by granting the workspace child by child (see docs).
     `proxy`: in allowlist mode (ABI >= 4), the run's proxy port on 127.0.0.1 and its URL
     (with the per-run token): TCP connect is granted to that port only, sockets are
@@ -321,7 +336,12 @@ def compile_landlock_rules(
     )
     handled_fs = handled_fs_for(abi)
     tmp_rule = _handled(denials.rule(tmp_dir, WRITE, required=True), handled_fs)
-    rules = head + tuple(r for r in (tmp_rule, workspace_rule) if r is not None)
+    home_rule = (
+        None
+        if home_dir is None
+        else _handled(denials.rule(home_dir, WRITE, required=True), handled_fs)
+    )
+    rules = head + tuple(r for r in (tmp_rule, home_rule, workspace_rule) if r is not None)
     mode = policy.network.mode
     handled_net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 and mode is not NetworkMode.FULL else 0
     # Abstract unix sockets of the host (the session bus, X11, containerd...) are out of
@@ -350,6 +370,8 @@ def compile_landlock_rules(
         env.update(proxy_environment(proxy[1]))
     for name in ("TMPDIR", "TMP", "TEMP"):
         env[name] = tmp_dir
+    if home_dir is not None:
+        env.setdefault("HOME", home_dir)
     unreachable: tuple[str, ...] = ()
     if "PATH" in env:
         env["PATH"], unreachable = runnable_path(env["PATH"], rules, root)

@@ -25,7 +25,7 @@ import weakref
 
 from mechasandbox.leftovers import sweep_temp_dir, temp_prefix
 
-_KEPT_PER_PARENT = 4  # runs going at once that each find one ready
+_KEPT_PER_PARENT = 8  # runs going at once that each find theirs ready (two each: TMPDIR, HOME)
 
 
 def _pristine(path: str) -> bool:

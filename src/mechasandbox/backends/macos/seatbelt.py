@@ -45,14 +45,20 @@ from mechasandbox.backends.base import (
     LAUNCHER_ENVIRONMENT,
     HostContext,
     LaunchPlan,
-    resolve_command,
     scrubbed_environment,
     unsafe_variable,
 )
 from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
 from mechasandbox.backends.git_facts import GitFacts
+from mechasandbox.backends.lookup import (
+    View,
+    Visible,
+    resolve_command,
+    tree_view,
+    with_sandbox_path,
+)
 from mechasandbox.backends.macos import violations
-from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
+from mechasandbox.backends.macos.sbpl import SYSTEM_READ_SUBPATHS, SbplProfile, compile_profile
 from mechasandbox.backends.template import (
     Job,
     Launch,
@@ -83,7 +89,6 @@ from mechasandbox.runner.spec import RlimitSetting
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"
 # What hands the command its environment inside the sandbox (the system's copy, as above).
 ENV = "/usr/bin/env"
-UMASK = 0o077
 TMP_PREFIX = "mechasandbox-"
 DEPRECATION_NOTE = (
     "sandbox-exec is deprecated by Apple (still shipped and used by browsers and coding "
@@ -243,6 +248,7 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
 
     protects_workspace: ClassVar[bool] = True
     proxy_over_tcp: ClassVar[bool] = True
+    hides_home: ClassVar[bool] = True
 
     runner: ProcessRunner
     host: HostContext = attrs.field(factory=HostContext.current)
@@ -305,6 +311,7 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
         proxy = setting.proxy
         env = scrubbed_environment(policy.environment, dict(host.env))
         env["TMPDIR"] = setting.tmpdir
+        env.setdefault("HOME", private_home(setting.tmpdir))
         if proxy is not None and policy.network.mode is NetworkMode.ALLOWLIST:
             env.update(proxy_environment(proxy[1]))
         rlimits = seatbelt_rlimits(
@@ -322,14 +329,20 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
             proxy_port=proxy[0] if proxy is not None else self.proxy_port,
             log_tag=setting.tag,
         )
-        environment = tuple(sorted(env.items()))
+        # Looked up, and PATH handed on, as the profile lets the command read the host.
+        view = View(
+            visible=_visible(job, setting.tmpdir), host=host, deny_read=policy.filesystem.deny_read
+        )
+        environment = tuple(sorted(with_sandbox_path(env, view).items()))
 
         def launched(compiled: SbplProfile) -> Result[Launch[SeatbeltCompiled], SandboxError]:
             problem = _environment_problem(environment, tuple(request.argv))
             if problem is not None:
                 return Failure(problem)
             command = command_argv(environment, tuple(request.argv))
-            found: Result[str, SandboxError] = resolve_command(request.argv[0], env, workspace)
+            found: Result[str, SandboxError] = resolve_command(
+                request.argv[0], env, workspace, view
+            )
             return found.map(
                 lambda _executable: Launch(
                     spec=spawn_spec(
@@ -378,6 +391,7 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
     def open_setting(self, workspace: str, policy: Policy) -> Result[SeatbeltSetting, SandboxError]:
         try:
             tmpdir = self.realpath(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp_root))
+            os.mkdir(private_home(tmpdir), 0o700)
         except OSError as error:
             return Failure(BackendFailed(backend=self.name, reason=f"private TMPDIR: {error}"))
         tag = TAG_PREFIX + uuid.uuid4().hex[:16] if self.report_violations else None
@@ -412,6 +426,19 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
             reason = result.stderr.decode(errors="replace").strip().splitlines()[0]
             return Failure(BackendFailed(backend=self.name, reason=reason))
         return Success(result)
+
+
+def private_home(tmpdir: str) -> str:
+    """The run's HOME: a directory of its private TMPDIR (writable, removed with it)."""
+    return posixpath.join(tmpdir, "home")
+
+
+def _visible(job: Job, tmpdir: str) -> Visible:
+    """What the profile lets the command read, as trees (its single files aside)."""
+    fs, host = job.policy.filesystem, job.host
+    extra = (host.expand(path) for path in (*fs.readable, *fs.writable))
+    readable = (*SYSTEM_READ_SUBPATHS, job.workspace, tmpdir, *extra)
+    return tree_view(readable, tuple(host.expand(path) for path in fs.deny_read))
 
 
 def _with_denials(result: RunResult, log: violations.DenialLog) -> RunResult:
