@@ -311,13 +311,16 @@ def test_a_command_outside_the_sandbox_names_the_allow_read_that_shows_it(
     tool.write_text("#!/bin/sh\necho tool ran\n")
     tool.chmod(0o755)
     box = _box(name, runner, tmp_path, path=f"{tool.parent}:{SYSTEM_PATH}")
-    result = box.run("mytool")
+    # Without toolchains: by default the root of a command found on the host's PATH in the
+    # home is made readable (see test_toolchains), and this one would simply run.
+    closed = attrs.evolve(POLICY, filesystem=attrs.evolve(POLICY.filesystem, toolchains=()))
+    result = box.run("mytool", policy=closed)
     assert isinstance(result, Failure), result
     error = result.failure()
     assert isinstance(error, SpawnFailed), error
     assert "--allow-read ~/.tool (filesystem.readable)" in error.message
     allowed = attrs.evolve(
-        POLICY, filesystem=attrs.evolve(POLICY.filesystem, readable=("~/.tool",))
+        closed, filesystem=attrs.evolve(closed.filesystem, readable=("~/.tool",))
     )
     ran = box.run("mytool", policy=allowed)
     assert isinstance(ran, Success), ran
@@ -346,12 +349,15 @@ def test_an_interpreter_on_path_where_nothing_may_run_still_starts(
     (prefix / "lib" / version / "os.py").write_text("")  # the landmark of a prefix
     shutil.copy(system, prefix / "bin" / "python3")
     box = _box(name, runner, tmp_path, path=f"{prefix / 'bin'}:{SYSTEM_PATH}")
-    run = box.sh("python3 -c 'import sys; print(sys.prefix)'")
+    # Toolchains off: by default ~/.pyenv would be readable (see test_toolchains), and this
+    # test is about an installation the sandbox cannot read.
+    closed = attrs.evolve(POLICY, filesystem=attrs.evolve(POLICY.filesystem, toolchains=()))
+    run = box.sh("python3 -c 'import sys; print(sys.prefix)'", policy=closed)
     assert run.exit_code == 0, run.stderr.decode()
     assert str(prefix) not in run.stdout.decode()
     if name == "landlock":
         plan = box.backend.plan(
-            RunRequest(argv=["true"], workspace=str(box.workspace)), POLICY, box.backend.host
+            RunRequest(argv=["true"], workspace=str(box.workspace)), closed, box.backend.host
         )
         assert isinstance(plan, Success)
         assert str(prefix / "bin") in dict(plan.unwrap().sections)["PATH left out"]
