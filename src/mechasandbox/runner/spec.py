@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from mechasandbox.domain.events import OutputSink
-from mechasandbox.domain.request import StreamedInput
+from mechasandbox.domain.request import StreamedInput, Terminal
 from mechasandbox.domain.result import Usage
 
 
@@ -56,8 +56,9 @@ class SpawnSpec:
     env: tuple[tuple[str, str], ...]
     cwd: str
     # The process's input: bytes, or a descriptor the runner reads as the process takes
-    # it (see `StreamedInput`); None: /dev/null.
-    stdin: bytes | StreamedInput | None = None
+    # it (see `StreamedInput`); a pty's slave, which is then its stdout and stderr too and
+    # the controlling terminal of its session (see `Terminal`); None: /dev/null.
+    stdin: bytes | StreamedInput | Terminal | None = None
     # After `stdin` is written its pipe stays open until the process ends: the process sees
     # end-of-file only if this host process dies (a lifeline; see `backends.oci.lifeline`).
     hold_stdin: bool = False

@@ -105,6 +105,14 @@ class BwrapCommand:
         return tuple((m.dest, m.guards) for m in self.mounts if m.guards is not None)
 
 
+def terminal_mounts(terminal: str) -> list[str]:
+    """The run's pty slave at its host path inside, and no other: `--dev` gave the sandbox
+    a devpts of its own, where the host's node is not, so `tty` and `ttyname` would find
+    nothing; an empty /dev/pts with that one node bound in (the caller's own terminal and
+    the host's other ptys stay out of sight). The sandbox then opens no new pty."""
+    return ["--tmpfs", "/dev/pts", "--dev-bind", terminal, terminal]
+
+
 def compile_bwrap(
     request: RunRequest,
     policy: Policy,
@@ -117,6 +125,7 @@ def compile_bwrap(
     environment: Mapping[str, str] | None = None,
     sockets: NamedSockets = NO_NAMED_SOCKETS,
     file_placeholders: FileContents = (),
+    terminal: str | None = None,
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
@@ -127,6 +136,7 @@ def compile_bwrap(
     `sockets`: the host unix sockets the policy names, bound read-only at their real path
     (connect() needs no write access to the mount).
     `file_placeholders`: the protected paths whose placeholder is a file (see `mount_plan`).
+    `terminal`: the host path of the run's own pty slave (see `Terminal`), when it has one.
     """
     variables = tuple(sorted((environment or {}).items()))
     unsafe = unsafe_variable(variables)
@@ -145,16 +155,22 @@ def compile_bwrap(
         argv.append("--share-net")
     if features.disable_userns:
         argv.append("--disable-userns")
+    argv += ["--cap-drop", "ALL", "--die-with-parent"]
+    # `--new-session` keeps a command away from a terminal it was given (TIOCSTI). With a
+    # pty of the run's own, the runner made a session already, whose controlling terminal
+    # that pty is (a new one would leave the shell inside without a terminal), and the
+    # seccomp filter refuses TIOCSTI anyway.
+    if terminal is None:
+        argv.append("--new-session")
     argv += [
-        "--cap-drop", "ALL",
-        "--die-with-parent",
-        "--new-session",
         "--seccomp", str(SECCOMP_FD),
         "--clearenv", "--args", str(ARGS_FD),
         "--chdir", workspace,
     ]  # fmt: skip
     for mount in mounts:
         argv += mount.args
+    if terminal is not None:
+        argv += terminal_mounts(terminal)
     for path in sockets.bind:
         argv += ["--ro-bind", path, path]
     bridged = bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST
