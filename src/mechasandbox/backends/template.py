@@ -250,10 +250,11 @@ def spawn_spec(
     umask: int = UMASK,
     rlimits: tuple[RlimitSetting, ...] = (),
     hooks: tuple[ChildHook, ...] = (),
+    terminal_session: bool = True,
 ) -> SpawnSpec:
     """The spawn of `job` in its workspace: its stdin and output sink, and the policy's
     timeout and output cap; `argv` is the command's, or its launcher's (`bwrap`,
-    `sandbox-exec`)."""
+    `sandbox-exec`). `terminal_session`: see `SpawnSpec.terminal_session`."""
     return SpawnSpec(
         argv=argv,
         env=env,
@@ -266,6 +267,7 @@ def spawn_spec(
         rlimits=rlimits,
         hooks=hooks,
         executable=executable,
+        terminal_session=terminal_session,
     )
 
 

@@ -62,6 +62,9 @@ class SpawnSpec:
     # After `stdin` is written its pipe stays open until the process ends: the process sees
     # end-of-file only if this host process dies (a lifeline; see `backends.oci.lifeline`).
     hold_stdin: bool = False
+    # With a `Terminal` stdin: the runner makes it the controlling terminal of the run's
+    # session. False: the launcher makes a session inside, whose terminal it is (bubblewrap).
+    terminal_session: bool = True
     # What the spawn helper starts, detached and with this spec's environment, if the host
     # goes away while the process runs (after killing it): for what killing the process does
     # not end, a container (its engine's CLI is the process; `rm --force` stops it).

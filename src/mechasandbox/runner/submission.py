@@ -42,7 +42,7 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
         "executable": spec.executable,
         "prepare": [list(group) for group in spec.prepare_after],
         "on_host_loss": list(spec.on_host_loss),
-        "terminal": isinstance(spec.stdin, Terminal),
+        "terminal": isinstance(spec.stdin, Terminal) and spec.terminal_session,
     }
 
 

@@ -122,6 +122,12 @@ def terminal_path(request: RunRequest) -> str | None:
         return None
 
 
+@functools.cache
+def _setsid() -> str | None:
+    """util-linux's setsid in a system directory (bound in every sandbox)."""
+    return shutil.which("setsid", path="/usr/bin:/bin")
+
+
 def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
     """bwrap's own failures (a mount it could not make, an exec that failed inside) end with
     status 1 and a `bwrap: ` message before the command ever ran; the bridge's, with 125
@@ -326,6 +332,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             sockets=unix.sockets,
             file_placeholders=job.file_placeholders,
             terminal=terminal_path(request),
+            setsid=_setsid() if isinstance(request.stdin, Terminal) else None,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
@@ -337,6 +344,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
                 return Failure(SpawnFailed(command=request.argv[0], reason=reason, exit_status=127))
             spec = spawn_spec(
                 job,
+                terminal_session=False,  # made inside (see `terminal_command`)
                 argv=command.argv,
                 env=LAUNCHER_ENVIRONMENT,
                 executable=setting.features.path,

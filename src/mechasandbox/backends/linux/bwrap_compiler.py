@@ -113,6 +113,19 @@ def terminal_mounts(terminal: str) -> list[str]:
     return ["--tmpfs", "/dev/pts", "--dev-bind", terminal, terminal]
 
 
+def terminal_command(command: tuple[str, ...], setsid: str | None) -> tuple[str, ...]:
+    """`command` in a session whose controlling terminal is the run's pty. Made inside: the
+    session bwrap leaves (`--new-session`, which keeps TIOCSTI off any terminal of the
+    host's) has its process group outside the pid namespace, where a shell's job control
+    could not give the terminal back. `setsid -w -c` forks, starts a session, takes the
+    pty (no session has it: the runner leaves that to the launcher here), waits and
+    answers with the command's status. Without setsid, the command still has the pty as
+    its stdio, but no controlling terminal."""
+    if setsid is None:
+        return command
+    return (setsid, "-w", "-c", *command)
+
+
 def compile_bwrap(
     request: RunRequest,
     policy: Policy,
@@ -126,6 +139,7 @@ def compile_bwrap(
     sockets: NamedSockets = NO_NAMED_SOCKETS,
     file_placeholders: FileContents = (),
     terminal: str | None = None,
+    setsid: str | None = None,
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
@@ -136,7 +150,9 @@ def compile_bwrap(
     `sockets`: the host unix sockets the policy names, bound read-only at their real path
     (connect() needs no write access to the mount).
     `file_placeholders`: the protected paths whose placeholder is a file (see `mount_plan`).
-    `terminal`: the host path of the run's own pty slave (see `Terminal`), when it has one.
+    `terminal`: the host path of the run's own pty slave (see `Terminal`), when it has one,
+    and `setsid`, util-linux's, which makes it the controlling terminal of a session inside
+    (see `terminal_command`).
     """
     variables = tuple(sorted((environment or {}).items()))
     unsafe = unsafe_variable(variables)
@@ -155,14 +171,10 @@ def compile_bwrap(
         argv.append("--share-net")
     if features.disable_userns:
         argv.append("--disable-userns")
-    argv += ["--cap-drop", "ALL", "--die-with-parent"]
-    # `--new-session` keeps a command away from a terminal it was given (TIOCSTI). With a
-    # pty of the run's own, the runner made a session already, whose controlling terminal
-    # that pty is (a new one would leave the shell inside without a terminal), and the
-    # seccomp filter refuses TIOCSTI anyway.
-    if terminal is None:
-        argv.append("--new-session")
     argv += [
+        "--cap-drop", "ALL",
+        "--die-with-parent",
+        "--new-session",
         "--seccomp", str(SECCOMP_FD),
         "--clearenv", "--args", str(ARGS_FD),
         "--chdir", workspace,
@@ -183,7 +195,10 @@ def compile_bwrap(
     script = b""
     if not fits_bwrap(argv, 3 * len(variables), started(request.argv)):
         script = command_script(request.argv)
-    argv += ["--", *started(TRAMPOLINE if script else request.argv)]
+    command = TRAMPOLINE if script else request.argv
+    if terminal is not None:
+        command = terminal_command(command, setsid)
+    argv += ["--", *started(command)]
     return Success(
         BwrapCommand(
             argv=tuple(argv),
