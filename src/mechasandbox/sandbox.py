@@ -18,6 +18,7 @@ from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import (
     RunRequest,
     StreamedInput,
+    Terminal,
     argv_problem,
     workspace_problem,
 )
@@ -34,8 +35,9 @@ class HasFileno(Protocol):
 
 # A command's input: bytes; a descriptor (an int, or an open file: its descriptor, read
 # directly, so data the file object buffered already is not seen) streamed to the command
-# as it reads (see `StreamedInput`); None: /dev/null.
-Stdin: TypeAlias = bytes | int | HasFileno | StreamedInput | None
+# as it reads (see `StreamedInput`); a pty's slave for all its stdio (see `Terminal`);
+# None: /dev/null.
+Stdin: TypeAlias = bytes | int | HasFileno | StreamedInput | Terminal | None
 # Called with each chunk of output as it comes (`on_stdout`, `on_stderr`).
 Chunks: TypeAlias = Callable[[bytes], None]
 
@@ -56,8 +58,11 @@ class RunOptions(StreamOptions, total=False):
     on_stderr: Chunks | None
 
 
-def _input(stdin: Stdin) -> Result[bytes | StreamedInput | None, SandboxError]:
-    if stdin is None or isinstance(stdin, bytes | StreamedInput):
+def _input(stdin: Stdin) -> Result[bytes | StreamedInput | Terminal | None, SandboxError]:
+    if isinstance(stdin, Terminal) and not _is_terminal(stdin.fd):
+        problem = f"{stdin!r} is not an open terminal (the slave of os.openpty())"
+        return Failure(ConfigInvalid(problem=problem, field="stdin"))
+    if stdin is None or isinstance(stdin, bytes | StreamedInput | Terminal):
         return Success(stdin)
     try:
         fd = stdin if isinstance(stdin, int) else stdin.fileno()
@@ -66,6 +71,13 @@ def _input(stdin: Stdin) -> Result[bytes | StreamedInput | None, SandboxError]:
         problem = f"expected bytes, a descriptor or an open file, got {stdin!r}: {error}"
         return Failure(ConfigInvalid(problem=problem, field="stdin"))
     return Success(StreamedInput(fd))
+
+
+def _is_terminal(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 @attrs.frozen(kw_only=True)

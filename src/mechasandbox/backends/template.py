@@ -265,10 +265,11 @@ def spawn_spec(
     executable: str,
     rlimits: tuple[RlimitSetting, ...] = (),
     hooks: tuple[ChildHook, ...] = (),
+    terminal_session: bool = True,
 ) -> SpawnSpec:
     """The spawn of `job` in its workspace: its stdin and output sink, and the policy's
     timeout, output cap and umask; `argv` is the command's, or its launcher's (`bwrap`,
-    `sandbox-exec`)."""
+    `sandbox-exec`). `terminal_session`: see `SpawnSpec.terminal_session`."""
     return SpawnSpec(
         argv=argv,
         env=env,
@@ -281,6 +282,7 @@ def spawn_spec(
         rlimits=rlimits,
         hooks=hooks,
         executable=executable,
+        terminal_session=terminal_session,
     )
 
 

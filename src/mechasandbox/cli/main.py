@@ -21,9 +21,14 @@ if TYPE_CHECKING:
     from mechasandbox.runner.client import SpawnHelperClient
 
 
+def _runs(raw: Sequence[str]) -> bool:
+    """Whether the verb (the first argument) runs a command: `run`, `shell`."""
+    return raw[:1] in (["run"], ["shell"])
+
+
 def _early_helper(raw: Sequence[str]) -> SpawnHelperClient | None:
-    """A spawn helper already starting, when the verb is `run` (the first argument)."""
-    if raw[:1] != ["run"]:
+    """A spawn helper already starting, when the verb runs a command (the first argument)."""
+    if not _runs(raw):
         return None
     from mechasandbox.runner.client import SpawnHelperClient
 
@@ -34,7 +39,7 @@ def _early_helper(raw: Sequence[str]) -> SpawnHelperClient | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
-    if raw[:1] != ["run"]:
+    if not _runs(raw):
         from mechasandbox.cli.verbs import run_verb
 
         return run_verb(raw, None)

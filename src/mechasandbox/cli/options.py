@@ -6,6 +6,7 @@ Parse errors never print a traceback: they become `ConfigInvalid` naming the opt
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -39,8 +40,16 @@ _JSONL_HELP = (
 )
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options of `run` and `policy` (docs/cli.md), each with its help text."""
+_TTY_HELP = (
+    "give the command a terminal: a new pseudo-terminal for the run (never this one), "
+    "this terminal in raw mode while it lasts, its window size forwarded; excludes "
+    "--json, --jsonl and --stdin (bubblewrap, landlock, process, seatbelt)"
+)
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, command: bool = True) -> None:
+    """The options of `run` and `policy` (docs/cli.md), each with its help text; without
+    `command`, those of `shell` (which is `run --tty` of the user's shell)."""
     add = parser.add_argument
     add("--backend", default=None, choices=NAMES, help="sandbox backend (default: auto)")
     add("--workspace", default=None, help="working directory and writable tree (default: .)")
@@ -163,7 +172,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--jsonl", action="store_true", help=_JSONL_HELP)
     add("--stdin", default=None, metavar="none|inherit|FILE", help=_STDIN_HELP)
-    add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    if command:
+        add("--tty", action="store_true", help=_TTY_HELP)
+        add("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
 
 def _limits(
@@ -230,6 +241,9 @@ def options_given(args: argparse.Namespace) -> bool:
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
+    """The command to run: what follows `--`, or for `shell` the user's shell, interactive."""
+    if args.verb == "shell":
+        return [os.environ.get("SHELL") or "/bin/sh", "-i"]
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]

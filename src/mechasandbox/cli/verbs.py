@@ -1,4 +1,4 @@
-"""`mechasandbox run | doctor | policy | build-shim` (the contract is docs/cli.md; keep it stable).
+"""`mechasandbox run | shell | doctor | policy | build-shim` (the contract is docs/cli.md).
 
 Each call pays for what its verb needs and no more: modules are imported where they are
 used, a `run`'s spawn helper is already starting (see `main`), and most runs take the
@@ -14,17 +14,18 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from returns.result import Failure, Result
+from returns.result import Failure, Result, Success
 
 from mechasandbox import __version__
 from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
 from mechasandbox.cli.output import exit_status, interrupted, result_object, signal_name
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
 
-VERBS = ("run", "policy", "doctor", "build-shim")
+VERBS = ("run", "shell", "policy", "doctor", "build-shim")
 
 if TYPE_CHECKING:
     from mechasandbox.containers import Application
+    from mechasandbox.domain.request import StreamedInput, Terminal
     from mechasandbox.domain.result import RunResult
     from mechasandbox.runner.client import SpawnHelperClient
     from mechasandbox.runner.interruption import Interruption
@@ -39,9 +40,12 @@ def build_parser(verb: str | None = None) -> Parser:
     commands = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     run = commands.add_parser("run", help="run a command in the sandbox")
     policy = commands.add_parser("policy", help="print what the backend would do; run nothing")
-    for name, verb_parser in (("run", run), ("policy", policy)):
+    shell = commands.add_parser(
+        "shell", help="an interactive shell in the sandbox: run --tty -- $SHELL -i"
+    )
+    for name, verb_parser in (("run", run), ("policy", policy), ("shell", shell)):
         if verb in (None, name) or verb not in VERBS:
-            add_run_options(verb_parser)
+            add_run_options(verb_parser, command=name != "shell")
     doctor_parser = commands.add_parser("doctor", help="what each backend enforces here")
     doctor_parser.add_argument("--json", action="store_true", help="print one JSON object")
     doctor_parser.add_argument(
@@ -126,10 +130,17 @@ def _execute(
     from mechasandbox.cli.live import JsonLines, LiveOutput, command_input
 
     with contextlib.ExitStack() as files:
-        given = command_input(args.stdin, files)
+        if args.tty:  # its output goes to the terminal as it comes, not to a printer
+            from mechasandbox.cli.terminal import terminal_for_run
+
+            given: Result[StreamedInput | Terminal | None, ConfigInvalid] = Success(
+                files.enter_context(terminal_for_run())
+            )
+        else:
+            given = command_input(args.stdin, files)
         if isinstance(given, Failure):
             return _fail(given.failure(), as_json=as_json, backend=backend, jsonl=args.jsonl)
-        printer = None if as_json else JsonLines() if args.jsonl else LiveOutput()
+        printer = None if as_json or args.tty else JsonLines() if args.jsonl else LiveOutput()
         stdin = given.unwrap()
         on_stdout = printer.stdout if printer is not None else None
         on_stderr = printer.stderr if printer is not None else None
@@ -149,7 +160,7 @@ def _execute(
         return printer.finish(result, backend=backend)
     if printer is not None:
         printer.close()
-    live = printer is not None
+    live = printer is not None or args.tty
     return _report(result, as_json=as_json, backend=backend, verbose=bool(args.verbose), live=live)
 
 
@@ -158,6 +169,7 @@ def _run_or_plan(
 ) -> int:
     as_json = bool(getattr(args, "json", False))
     command = command_of(args)
+    args.tty = args.verb == "shell" or (args.verb == "run" and args.tty)
     problem = None
     if not command and args.verb == "run":  # `policy` plans a stand-in
         problem = ConfigInvalid(problem="no command given (mechasandbox run [OPTIONS] -- COMMAND)")
@@ -165,6 +177,8 @@ def _run_or_plan(
         problem = ConfigInvalid(
             problem="--json and --jsonl exclude each other", source="command line"
         )
+    elif args.tty:
+        problem = _terminal_conflict(args)
     if problem is not None:
         return _fail(
             problem,
@@ -172,10 +186,23 @@ def _run_or_plan(
             backend=args.backend or "auto",
             jsonl=args.jsonl and not as_json,
         )
-    runs = args.verb == "run"
+    runs = args.verb in ("run", "shell")
     return _resolved_and_run(
         args, command, helper if runs else None, interruption if runs else None
     )
+
+
+def _terminal_conflict(args: argparse.Namespace) -> ConfigInvalid | None:
+    """What excludes a terminal: a terminal's output is the terminal's, its input too."""
+    given = "shell" if args.verb == "shell" else "--tty"
+    for option, used in (
+        ("--json", args.json),
+        ("--jsonl", args.jsonl),
+        ("--stdin", args.stdin is not None),
+    ):
+        if used:
+            return ConfigInvalid(problem=f"{given} and {option} exclude each other", source=option)
+    return None
 
 
 def _resolved_and_run(
@@ -208,7 +235,8 @@ def _resolved_and_run(
         print(f"mechasandbox: warning: {warning}", file=sys.stderr)
     app.core.probe_cache.override(providers.Object(ProbeCache()))
     try:
-        if go_loopless(app, helper, runs=args.verb == "run", interruption=interruption):
+        runs = args.verb in ("run", "shell")
+        if go_loopless(app, helper, runs=runs, interruption=interruption):
             return _execute(args, app, command, with_loop=False, interruption=interruption)
         if helper is not None:
             app.core.helper.override(providers.Object(helper))

@@ -34,7 +34,7 @@ from mechasandbox.domain.policy import (
     NetworkPolicy,
     Policy,
 )
-from mechasandbox.domain.request import RunRequest, StreamedInput
+from mechasandbox.domain.request import RunRequest, StreamedInput, Terminal
 from mechasandbox.domain.result import RunResult, Usage, Violation
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "SandboxError",
     "SpawnFailed",
     "StreamedInput",
+    "Terminal",
     "Timeout",
     "Usage",
     "Violation",

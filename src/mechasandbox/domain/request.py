@@ -52,20 +52,49 @@ class StreamedInput:
     fd: int
 
 
+@attrs.frozen
+class Terminal:
+    """The command's stdin, stdout and stderr are `fd`, the slave end of a pseudo-terminal
+    the caller opened for this run (`os.openpty()`), and it is the controlling terminal of
+    the command's session: an interactive program (a shell, an editor) sees a terminal.
+    The caller keeps the master end: it writes the input there and reads the output, which
+    the run's result does not hold (its stdout and stderr stay empty). Never the caller's
+    own terminal: a command's TIOCSTI then reaches only this pty's input, which the command
+    itself reads. Not every backend can hand it in (a container backend refuses it)."""
+
+    fd: int
+
+
+def piped(stdin: bytes | StreamedInput | Terminal | None) -> bytes | StreamedInput | None:
+    """`stdin` for a backend that refuses a `Terminal` before it gets this far."""
+    if isinstance(stdin, Terminal):
+        raise TypeError("a terminal reached a backend that refuses one")
+    return stdin
+
+
+def terminal_refused(backend: str) -> str:
+    """What a backend that cannot hand a `Terminal` in says (with `field="stdin"`)."""
+    return (
+        f"the {backend} backend does not give the command a terminal (--tty, "
+        "stdin=Terminal(...)): use bubblewrap, landlock or process, or run without one"
+    )
+
+
 @attrs.frozen(kw_only=True)
 class RunRequest:
     """One command: argv (never a shell string), its workspace, its stdin, and where its
     output goes as it comes.
 
     `workspace` is the command's working directory and its writable tree. `stdin`: bytes,
-    or a descriptor to stream from (None: /dev/null). `on_output`: called with each chunk
-    of output the run keeps, as it comes (see `domain.events`); a backend that does not
-    stream leaves it to the caller (`Sandbox` then passes the collected output at the end).
+    a descriptor to stream from, or a terminal for all its stdio (None: /dev/null).
+    `on_output`: called with each chunk of output the run keeps, as it comes (see
+    `domain.events`); a backend that does not stream leaves it to the caller (`Sandbox`
+    then passes the collected output at the end).
     """
 
     argv: tuple[str, ...] = attrs.field(converter=_argv)
     workspace: str = attrs.field()
-    stdin: bytes | StreamedInput | None = None
+    stdin: bytes | StreamedInput | Terminal | None = None
     on_output: OutputSink | None = attrs.field(default=None, eq=False, repr=False)
 
     @argv.validator

@@ -75,7 +75,16 @@ class Launch:
     """A spawn request decoded in the helper, so that the forked child has little to do:
     every Python object it touches after the fork is a page the kernel must copy."""
 
-    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "executable", "rlimits", "umask")
+    __slots__ = (
+        "argv",
+        "cgroup_procs",
+        "cwd",
+        "env",
+        "executable",
+        "rlimits",
+        "terminal",
+        "umask",
+    )
 
     def __init__(self, request: dict[str, Any]) -> None:
         self.argv: list[str] = list(request["argv"])
@@ -83,6 +92,8 @@ class Launch:
         self.executable: str = request.get("executable") or self.argv[0]
         self.cwd: str = request["cwd"]
         self.umask = int(request.get("umask", 0o077))
+        # stdin is a pty's slave (so are stdout and stderr), to be the session's terminal
+        self.terminal = bool(request.get("terminal"))
         self.cgroup_procs: list[bytes] = [os.fsencode(p) for p in request.get("cgroup_procs", ())]
         self.rlimits: list[tuple[int, tuple[int, int]]] = [
             (getattr(resource, name), (int(soft), int(hard)))
@@ -116,6 +127,10 @@ def exec_run(
         stage = "stdio"
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
+        if launch.terminal:
+            stage = "terminal"
+            set_controlling_terminal(0)
+            stage = "stdio"
         # Keep only 0-2 and the report pipe (close-on-exec): nothing of the host leaks in.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 65536)
@@ -144,6 +159,16 @@ def exec_run(
         os.write(report_fd, f"{errno.EIO}:{stage}".encode())
     finally:
         os._exit(127)
+
+
+def set_controlling_terminal(fd: int) -> None:
+    """Make the terminal `fd` the controlling terminal of this process's session (it is a
+    session leader with none, after `setsid`): an interactive program inside gets job
+    control, and /dev/tty is this terminal."""
+    import fcntl  # only runs with a terminal pay for these imports
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
 
 
 def join(procs_files: list[bytes]) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import os
 import stat
 
-from mechasandbox.domain.request import StreamedInput
+from mechasandbox.domain.request import StreamedInput, Terminal
 
 # The pipe's own capacity on Linux: a chunk read is usually written at once.
 CHUNK = 64 * 1024
@@ -74,7 +74,7 @@ class InputFeed:
     is writable), reads when `wants_source` (once `source` is readable, or at once unless
     `polled`), and stops when neither (`done`) or when the run is over."""
 
-    def __init__(self, pipe: StdinPipe, stdin: bytes | StreamedInput | None) -> None:
+    def __init__(self, pipe: StdinPipe, stdin: bytes | StreamedInput | Terminal | None) -> None:
         self.pipe = pipe
         self.pending = memoryview(stdin if isinstance(stdin, bytes) else b"")
         self.source = stdin.fd if isinstance(stdin, StreamedInput) else None

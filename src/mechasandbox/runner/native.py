@@ -194,6 +194,8 @@ def _hooks(records: Records, hooks: list[Any]) -> None:
 
 
 def _records(request: dict[str, Any]) -> Records:
+    if request.get("terminal"):
+        raise NotNative("a controlling terminal to set (see `child.set_controlling_terminal`)")
     executable = str(request.get("executable") or request["argv"][0])
     records = Records()
     records.chdir(request["cwd"])

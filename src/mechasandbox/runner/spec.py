@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from mechasandbox.domain.events import OutputSink
-from mechasandbox.domain.request import StreamedInput
+from mechasandbox.domain.request import StreamedInput, Terminal
 from mechasandbox.domain.result import Usage
 
 
@@ -56,11 +56,15 @@ class SpawnSpec:
     env: tuple[tuple[str, str], ...]
     cwd: str
     # The process's input: bytes, or a descriptor the runner reads as the process takes
-    # it (see `StreamedInput`); None: /dev/null.
-    stdin: bytes | StreamedInput | None = None
+    # it (see `StreamedInput`); a pty's slave, which is then its stdout and stderr too and
+    # the controlling terminal of its session (see `Terminal`); None: /dev/null.
+    stdin: bytes | StreamedInput | Terminal | None = None
     # After `stdin` is written its pipe stays open until the process ends: the process sees
     # end-of-file only if this host process dies (a lifeline; see `backends.oci.lifeline`).
     hold_stdin: bool = False
+    # With a `Terminal` stdin: the runner makes it the controlling terminal of the run's
+    # session. False: the launcher makes a session inside, whose terminal it is (bubblewrap).
+    terminal_session: bool = True
     # What the spawn helper starts, detached and with this spec's environment, if the host
     # goes away while the process runs (after killing it): for what killing the process does
     # not end, a container (its engine's CLI is the process; `rm --force` stops it).

@@ -15,6 +15,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.domain.errors import SpawnFailed
+from mechasandbox.domain.request import Terminal
 from mechasandbox.runner import framing
 from mechasandbox.runner.client import HelperUnavailable, SpawnHelperClient
 from mechasandbox.runner.feed import StdinPipe
@@ -41,6 +42,7 @@ def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
         "executable": spec.executable,
         "prepare": [list(group) for group in spec.prepare_after],
         "on_host_loss": list(spec.on_host_loss),
+        "terminal": isinstance(spec.stdin, Terminal) and spec.terminal_session,
     }
 
 
@@ -77,10 +79,14 @@ class Submitted:
 def submit(helper: SpawnHelperClient, spec: SpawnSpec) -> Result[Submitted, SpawnFailed]:
     """Send `spec` to the helper with fresh pipes for its stdio (stdin: /dev/null unless the
     spec has input or holds its stdin open). A `StreamedInput` stays on the host: the run
-    gets a pipe of its own, which the runner fills (see `feed`)."""
+    gets a pipe of its own, which the runner fills (see `feed`). A `Terminal` is all three
+    of the run's stdio; its output pipes then stay empty (the output is on the caller's
+    master end)."""
     local: list[int] = []
     remote: list[int] = []
     try:
+        if isinstance(spec.stdin, Terminal):
+            return _submit_with_terminal(helper, spec, spec.stdin.fd)
         if spec.stdin is None and not spec.hold_stdin:
             remote.append(os.open(os.devnull, os.O_RDONLY))
             stdin_w = None
@@ -106,6 +112,30 @@ def submit(helper: SpawnHelperClient, spec: SpawnSpec) -> Result[Submitted, Spaw
         for fd in remote + local:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _submit_with_terminal(
+    helper: SpawnHelperClient, spec: SpawnSpec, terminal: int
+) -> Result[Submitted, SpawnFailed]:
+    remote = [os.dup(terminal) for _ in range(3)]
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    for fd in (out_w, err_w):  # ended at once: the runner sees no output of its own
+        os.close(fd)
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+    started = time.monotonic()
+    try:
+        sock = helper.submit(spawn_request(spec), remote)
+    except (HelperUnavailable, framing.FrameError) as error:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        return Failure(SpawnFailed(command=spec.argv[0], reason=str(error)))
+    finally:
+        for fd in remote:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return Success(Submitted(sock, StdinPipe(None), out_r, err_r, started))
 
 
 def request_kill(sock: socket.socket) -> None:

@@ -74,6 +74,7 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
 )
 from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.request import RunRequest, Terminal
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.network.bridge import (
@@ -109,6 +110,22 @@ def _signal_decoded(outcome: ProcessOutcome) -> ProcessOutcome:
 
 
 _BWRAP_PREFIX = b"bwrap: "
+
+
+def terminal_path(request: RunRequest) -> str | None:
+    """The host path of the run's pty slave (see `Terminal`), bound in at that path."""
+    if not isinstance(request.stdin, Terminal):
+        return None
+    try:
+        return os.ttyname(request.stdin.fd)
+    except OSError:
+        return None
+
+
+@functools.cache
+def _setsid() -> str | None:
+    """util-linux's setsid in a system directory (bound in every sandbox)."""
+    return shutil.which("setsid", path="/usr/bin:/bin")
 
 
 def _setup_failure(result: RunResult, command: str) -> SandboxError | None:
@@ -329,12 +346,15 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             environment=env,
             sockets=unix.sockets,
             file_placeholders=job.file_placeholders,
+            terminal=terminal_path(request),
+            setsid=_setsid() if isinstance(request.stdin, Terminal) else None,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
         def launched(command: BwrapCommand) -> Launch[BwrapCompiled]:
             spec = spawn_spec(
                 job,
+                terminal_session=False,  # made inside (see `terminal_command`)
                 argv=command.argv,
                 env=LAUNCHER_ENVIRONMENT,
                 executable=setting.features.path,

@@ -105,6 +105,27 @@ class BwrapCommand:
         return tuple((m.dest, m.guards) for m in self.mounts if m.guards is not None)
 
 
+def terminal_mounts(terminal: str) -> list[str]:
+    """The run's pty slave at its host path inside, and no other: `--dev` gave the sandbox
+    a devpts of its own, where the host's node is not, so `tty` and `ttyname` would find
+    nothing; an empty /dev/pts with that one node bound in (the caller's own terminal and
+    the host's other ptys stay out of sight). The sandbox then opens no new pty."""
+    return ["--tmpfs", "/dev/pts", "--dev-bind", terminal, terminal]
+
+
+def terminal_command(command: tuple[str, ...], setsid: str | None) -> tuple[str, ...]:
+    """`command` in a session whose controlling terminal is the run's pty. Made inside: the
+    session bwrap leaves (`--new-session`, which keeps TIOCSTI off any terminal of the
+    host's) has its process group outside the pid namespace, where a shell's job control
+    could not give the terminal back. `setsid -w -c` forks, starts a session, takes the
+    pty (no session has it: the runner leaves that to the launcher here), waits and
+    answers with the command's status. Without setsid, the command still has the pty as
+    its stdio, but no controlling terminal."""
+    if setsid is None:
+        return command
+    return (setsid, "-w", "-c", *command)
+
+
 def compile_bwrap(
     request: RunRequest,
     policy: Policy,
@@ -117,6 +138,8 @@ def compile_bwrap(
     environment: Mapping[str, str] | None = None,
     sockets: NamedSockets = NO_NAMED_SOCKETS,
     file_placeholders: FileContents = (),
+    terminal: str | None = None,
+    setsid: str | None = None,
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
@@ -127,6 +150,9 @@ def compile_bwrap(
     `sockets`: the host unix sockets the policy names, bound read-only at their real path
     (connect() needs no write access to the mount).
     `file_placeholders`: the protected paths whose placeholder is a file (see `mount_plan`).
+    `terminal`: the host path of the run's own pty slave (see `Terminal`), when it has one,
+    and `setsid`, util-linux's, which makes it the controlling terminal of a session inside
+    (see `terminal_command`).
     """
     variables = tuple(sorted((environment or {}).items()))
     unsafe = unsafe_variable(variables)
@@ -155,6 +181,8 @@ def compile_bwrap(
     ]  # fmt: skip
     for mount in mounts:
         argv += mount.args
+    if terminal is not None:
+        argv += terminal_mounts(terminal)
     for path in sockets.bind:
         argv += ["--ro-bind", path, path]
     bridged = bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST
@@ -167,7 +195,10 @@ def compile_bwrap(
     script = b""
     if not fits_bwrap(argv, 3 * len(variables), started(request.argv)):
         script = command_script(request.argv)
-    argv += ["--", *started(TRAMPOLINE if script else request.argv)]
+    command = TRAMPOLINE if script else request.argv
+    if terminal is not None:
+        command = terminal_command(command, setsid)
+    argv += ["--", *started(command)]
     return Success(
         BwrapCommand(
             argv=tuple(argv),

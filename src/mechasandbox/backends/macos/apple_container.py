@@ -43,7 +43,7 @@ from mechasandbox.domain.errors import (
 )
 from mechasandbox.domain.limits import MIB
 from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
-from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.request import RunRequest, Terminal, terminal_refused
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
@@ -318,6 +318,8 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
     def compile(
         self, job: Job, setting: ContainerSetting
     ) -> Result[Launch[ContainerInvocation], SandboxError]:
+        if isinstance(job.request.stdin, Terminal):  # its CLI would need the caller's pty
+            return Failure(ConfigInvalid(problem=terminal_refused(self.name), field="stdin"))
         compiled = compile_args(
             attrs.evolve(job.request, workspace=job.workspace),
             job.policy,

@@ -43,7 +43,7 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
 )
 from mechasandbox.domain.policy import Policy
-from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.request import RunRequest, piped
 from mechasandbox.domain.result import RunResult, Usage
 from mechasandbox.limits.cgroup import CgroupEvents, ProcessCgroup
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
@@ -448,7 +448,7 @@ class ContainerPool:
         )
         spec = self._cli().spec(
             args,
-            stdin=request.stdin,
+            stdin=piped(request.stdin),
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
             env_file=made.unwrap(),

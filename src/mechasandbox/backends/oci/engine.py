@@ -70,7 +70,7 @@ from mechasandbox.domain.errors import (
     SpawnFailed,
 )
 from mechasandbox.domain.policy import Enforcement, Policy
-from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.request import RunRequest, Terminal, piped, terminal_refused
 from mechasandbox.domain.result import RunResult, Usage
 from mechasandbox.network.bridge import BRIDGE_PREFIX, PROXY_SOCKET_PLACEHOLDER, ProxyBridge
 from mechasandbox.network.proxy import RunningProxy
@@ -373,6 +373,8 @@ class OciBackend:
     # -- running --------------------------------------------------------------------------
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        if isinstance(request.stdin, Terminal):  # `docker run -t` would need the caller's pty
+            return Failure(ConfigInvalid(problem=terminal_refused(self.name), field="stdin"))
         engine = self._engine()
         if isinstance(engine, Failure):
             return await self._run(request, policy)  # (prepare_run reports it)
@@ -428,12 +430,12 @@ class OciBackend:
             return Failure(made.failure())
         stdin_file = None
         if launch.info.shell:
-            stdin = launch.request.stdin
+            stdin = piped(launch.request.stdin)
             stdin_file = lifeline.write_input(stdin, uid=self.host.uid, gid=self.host.gid)
             tied = attrs.evolve(launch.run, lifeline=_lifeline(launch.policy, stdin_file))
             launch = attrs.evolve(launch, run=tied)
         try:
-            async with lifeline.feeding(launch.request.stdin, stdin_file):
+            async with lifeline.feeding(piped(launch.request.stdin), stdin_file):
                 return await self._launch_tied(launch, made.unwrap())
         finally:
             lifeline.remove_input(stdin_file)
@@ -455,7 +457,7 @@ class OciBackend:
         )
         spec = cli.spec(
             args,
-            stdin=request.stdin,
+            stdin=piped(request.stdin),
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
             env_file=env_file,
