@@ -680,6 +680,21 @@ class OciContract:
             assert isinstance(result.failure(), Timeout | ProcessLimit)
         assert self.leftovers() == []
 
+    async def test_an_argument_that_is_not_utf8_is_refused(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """The engines turn bytes that are not UTF-8 into U+FFFD on the way to the command
+        (`printf %s $'\\xff'` printed `\\xef\\xbf\\xbd`): such a run is refused, naming the
+        argument, rather than run with other bytes than given."""
+        argument = b"\xff\xfe".decode("utf-8", "surrogateescape")  # as sys.argv holds it
+        request = RunRequest(argv=["printf", "%s", argument], workspace=str(tmp_path))
+        error = failed(await backend.run(request, policy()))
+        assert isinstance(error, ConfigInvalid), error
+        assert error.field == "argv" and "argument 2" in error.problem, error
+        plan = backend.plan(request, policy(), HostContext.current())
+        assert isinstance(plan, Failure) and isinstance(plan.failure(), ConfigInvalid)
+        assert self.leftovers() == []
+
     async def test_cpu_time_limit(self, backend: OciBackend, tmp_path: Path) -> None:
         request = RunRequest(argv=["sh", "-c", "while :; do :; done"], workspace=str(tmp_path))
         error = failed(await backend.run(request, policy(cpu_time_s=1.0, timeout_s=30.0)))

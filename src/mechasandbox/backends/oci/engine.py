@@ -55,6 +55,7 @@ from mechasandbox.backends.oci.probe import (
 )
 from mechasandbox.backends.oci.protection import ProtectionLayout, protection_layout
 from mechasandbox.backends.oci.state import EngineState
+from mechasandbox.backends.oci.text import check_text
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
@@ -289,7 +290,9 @@ class OciBackend:
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         warnings, workspace, policy = prepared.unwrap()
-        mountable = protection.check_mountable(workspace)
+        mountable = protection.check_mountable(workspace).bind(
+            lambda _: check_text(request.argv, workspace)
+        )
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())
         layout = self._protection_layout(workspace, policy)
@@ -313,6 +316,9 @@ class OciBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         def render(workspace: str) -> Result[LaunchPlan, SandboxError]:
+            text: Result[None, SandboxError] = check_text(request.argv, workspace)
+            if isinstance(text, Failure):
+                return Failure(text.failure())
             planned = planned_policy(policy, workspace, host)
             mounts: Result[PolicyMounts, SandboxError] = survey(workspace, planned, host)
             if isinstance(mounts, Failure):
