@@ -10,6 +10,7 @@ in `protection`.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 import time
@@ -512,6 +513,10 @@ class OciBackend:
             unstarted = lifeline.exec_failure(outcome, command, image=self.image)
             if unstarted is not None:
                 return Failure(unstarted)
+        else:
+            unstarted = _catatonit_failure(outcome, command, image=self.image)
+            if unstarted is not None:
+                return Failure(unstarted)
         code, signal = exit_status(outcome.exit_code, outcome.signal)
         result = self._result(outcome, launch.warnings, exit_code=code, signal=signal)
         status = outcome.exit_code
@@ -559,6 +564,26 @@ class OciBackend:
 def _lifeline(policy: Policy, stdin_file: str | None) -> Lifeline:
     return Lifeline(
         deadline_s=lifeline.deadline_for(policy.limits.timeout_s), stdin_file=stdin_file
+    )
+
+
+# catatonit (podman's --init) reports a command it cannot exec this way and exits 1.
+_CATATONIT_EXEC = re.compile(rb"^ERROR \(catatonit:\d+\): failed to exec pid1: (.+)$", re.MULTILINE)
+
+
+def _catatonit_failure(outcome: ProcessOutcome, command: str, *, image: str) -> SpawnFailed | None:
+    """podman's init could not exec the command: `spawn_failed` with the status a shell
+    gives (127 not found, 126 otherwise), as tini's report and the other backends."""
+    found = _CATATONIT_EXEC.search(outcome.stderr) if outcome.exit_code == 1 else None
+    if found is None:
+        return None
+    cause = found.group(1).decode("utf-8", "replace").strip()
+    status = 127 if cause in ("No such file or directory", "Not a directory") else 126
+    reason = "command not found" if status == 127 else "not executable"
+    return SpawnFailed(
+        command=command,
+        reason=f"{reason} in image {image!r}: {found.group(0).decode('utf-8', 'replace')}",
+        exit_status=status,
     )
 
 
