@@ -252,19 +252,30 @@ async def sweep_beside(
     run: Callable[[], Awaitable[Result[Any, SandboxError]]],
     *,
     concurrently: bool = True,
+    pending: Callable[[], Awaitable[object]] | None = None,
+    budget_s: float | None = None,
 ) -> Result[Any, SandboxError]:
     """`run()`, with the first run on an engine (the first `sweeps` sees) also removing the
     containers that processes of ours which died left behind (`OciBackend.reap_leftovers`):
     beside the run (its result waits for that, which is over long before a container is),
     or first,
     where the engine's CLI calls must not overlap (`concurrently=False`: podman, whose
-    conmon the spawn helper takes for a stray of whichever run ends first)."""
-    if not sweeps.claim(key):
+    conmon the spawn helper takes for a stray of whichever run ends first).
+    `pending`: the containers earlier runs of this process left (their engine was lost),
+    removed the same way by any run while there are some. `budget_s`: how long the sweep
+    may take (the run's deadline: a hung engine must not hold the answer)."""
+    first = sweeps.claim(key)
+    if not first and pending is None:
         return await run()
 
     async def quietly() -> None:
-        with contextlib.suppress(Exception):  # best effort: the next process sweeps again
-            await sweep()
+        limit = math.inf if budget_s is None else max(0.0, budget_s)
+        with anyio.move_on_after(limit), contextlib.suppress(Exception):
+            # (best effort: the next run, or the next process, sweeps again)
+            if pending is not None:
+                await pending()
+            if first:
+                await sweep()
 
     if not concurrently:
         await quietly()
