@@ -667,6 +667,26 @@ class OciContract:
         assert result.exit_code not in (None, 0)
         assert self.leftovers() == []
 
+    async def test_refused_forks_are_a_violation_of_the_completed_run(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """Docker never reported the process limit: a command whose forks `--pids-limit`
+        refused looked like any other. As on the other backends, a run that then
+        completed has a `process_limit` violation (its `error` stays null, the status is
+        the command's own), and stderr holds only what the command wrote."""
+        script = (
+            "(i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done) 2>/dev/null; "
+            "echo survived >&2; echo survived"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy(max_processes=16)))
+        assert result.exit_code == 0 and result.stdout == b"survived\n", result
+        assert result.stderr == b"survived\n", result
+        kinds = [violation.kind for violation in result.violations]
+        assert kinds == ["process_limit"], result
+        assert "process limit of 16" in result.violations[0].detail
+        assert self.leftovers() == []
+
     async def test_fork_bomb_is_contained_and_removed(
         self, backend: OciBackend, tmp_path: Path
     ) -> None:

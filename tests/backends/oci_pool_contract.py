@@ -63,6 +63,15 @@ class OciPoolContract(OciContract):
     def settle(self, backend: Any) -> None:
         backend.close()  # warm containers keep their placeholders on the host
 
+    async def test_refused_forks_are_a_violation_of_the_completed_run(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        pytest.skip(
+            "the pool reads the container's cgroup counters itself and hands them to "
+            "outcome.classify, where the rule for limits (a refused fork is a violation) "
+            "is decided for every backend"
+        )
+
     def all_containers(self) -> list[str]:
         listed = subprocess.run(
             [self.cli, "ps", "--all", "--format", "{{.Names}}", "--filter",

@@ -72,7 +72,7 @@ from mechasandbox.domain.errors import (
 )
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
-from mechasandbox.domain.result import RunResult, Usage
+from mechasandbox.domain.result import RunResult, Usage, Violation
 from mechasandbox.network.bridge import PROXY_SOCKET_PLACEHOLDER, ProxyBridge
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
@@ -551,8 +551,16 @@ class OciBackend:
         if isinstance(launched, Failure):
             failed = BackendFailed(backend=self.name, reason=launched.failure().message)
             return Ended(answer=Failure(failed), over=True)
-        outcome = launched.unwrap()
+        outcome, refused = launched.unwrap(), 0
+        if launch.run.lifeline is not None:
+            outcome, refused = lifeline.refused_forks(outcome)
         unfinished = self._result(outcome, launch.warnings, exit_code=None, signal=None)
+        limit = launch.policy.limits.max_processes
+        if refused and limit is not None:
+            # What a limit refused in a run is a violation; it ends no run (EAGAIN only).
+            detail = f"process limit of {limit} reached: {refused} forks refused"
+            violation = Violation(kind="process_limit", detail=detail)
+            unfinished = attrs.evolve(unfinished, violations=(*unfinished.violations, violation))
         if outcome.stopped is not None:  # a guard came off: it is removed after
             stopped = BackendFailed(backend=self.name, reason=f"stopped: {outcome.stopped}")
             return Ended(answer=Failure(stopped), partial=unfinished)

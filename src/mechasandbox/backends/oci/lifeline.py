@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -75,19 +76,21 @@ in=$2
 shift 2
 up() { while read -r k v _; do [ "$k" = State: ] && { [ "$v" != Z ]; return; }; done \
 <"/proc/$1/status"; return 1; }
+forks() { for f in /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do \
+[ -r "$f" ] && { read -r _ n <"$f"; [ "${n:-0}" != 0 ] && echo "$1 $n" >&4; return; }; done; }
 w=0
 trap w=1 CHLD
 (exec "$@") <"$in" 3<&- &
 c=$!
-exec 2>/dev/null
+exec 4>&2 2>/dev/null
 d=
 e=
-if [ "$t" != 0 ]; then e=$(date +%s); e=$((${e:-0} + t)); sleep "$t" 3<&- & d=$!; fi
+if [ "$t" != 0 ]; then e=$(date +%s); e=$((${e:-0} + t)); sleep "$t" 3<&- 4>&- & d=$!; fi
 k=
 while up "$c"; do
   if [ -z "$k" ] || ! up "$k"; then
     if [ -n "$k" ]; then wait "$k"; fi
-    sleep 1 3<&- & k=$!
+    sleep 1 3<&- 4>&- & k=$!
   fi
   w=0
   read -r _ <&3 && continue
@@ -96,13 +99,14 @@ while up "$c"; do
     n=$(date +%s)
     if [ -z "$n" ] || [ "$n" -ge "$e" ]; then break; fi
     wait "$d"
-    sleep $((e - n)) 3<&- & d=$!
+    sleep $((e - n)) 3<&- 4>&- & d=$!
   fi
 done
 if up "$c"; then kill -9 -1; exit 137; fi
 wait "$c"
 s=$?
 kill -9 -1
+forks "$0: pids.max"
 exit "$s"
 """
 # A pool's keeper, PID 1 too: waits on its lifeline; commands come in by `exec`. SIGCHLD
@@ -144,6 +148,23 @@ def tie(spec: SpawnSpec, *, removal: tuple[str, ...]) -> SpawnSpec:
     open PID 1's stdin through `/proc/1/fd/0` for writing), so the helper, outside the
     container and alive after us, removes it too."""
     return attrs.evolve(spec, stdin=b"", hold_stdin=True, on_host_loss=removal)
+
+
+_REFUSED_FORKS = re.compile(rb"(?:^|\n)" + re.escape(WATCH_PREFIX) + rb"pids\.max (\d+)\n\Z")
+
+
+def refused_forks(outcome: ProcessOutcome) -> tuple[ProcessOutcome, int]:
+    """The outcome without the watcher's last word, and the forks the container's pids
+    limit refused (0: none, or not known). After the command ended and everything else in
+    the container was killed, the watcher reads the container's `pids.events` (mounted
+    read-only at /sys/fs/cgroup: the container's own cgroup) and, when the limit refused
+    forks, says how many as the last line of stderr: nothing can write after it. (The
+    engine removes the cgroup when the container ends, before the host could read it.)"""
+    found = _REFUSED_FORKS.search(outcome.stderr)
+    if found is None or outcome.stderr_truncated:
+        return outcome, 0
+    stderr = outcome.stderr[: found.start()] + (b"\n" if found.group(0).startswith(b"\n") else b"")
+    return attrs.evolve(outcome, stderr=stderr), int(found.group(1))
 
 
 def exec_failure(outcome: ProcessOutcome, command: str, *, image: str) -> SandboxError | None:
