@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 import attrs
-from returns.result import Failure, Result
+from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.oci import forwarders, lifeline
 from mechasandbox.backends.oci.cli import (
@@ -33,6 +33,7 @@ from mechasandbox.domain.errors import (
     MemoryLimit,
     SandboxError,
     SpawnFailed,
+    partial_result,
 )
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
@@ -145,3 +146,31 @@ def _catatonit_failure(outcome: ProcessOutcome, command: str, *, image: str) -> 
 def _is_init_exec_failure(stderr: bytes) -> bool:
     """tini (docker --init, podman-init) could not exec the command."""
     return b"[FATAL tini (" in stderr and b"exec " in stderr and b" failed: " in stderr
+
+
+def answer_after_removal(
+    ended: Ended, left: str | None, fate: str | None, *, name: str, backend: str
+) -> Result[RunResult, SandboxError]:
+    """The run's answer, now that its container is removed (`left` None), or is known not
+    to be (`left`: why; `fate`: what became of its processes, when they were stopped from
+    this host)."""
+    answer = ended.answer
+    if left is None:
+        return answer
+    if isinstance(answer, Success):  # the command ended: only its container is left
+        note = (
+            f"container {name} could not be removed ({left}); it is removed by the "
+            "next run, at close or at exit"
+        )
+        result = answer.unwrap()
+        return Success(attrs.evolve(result, warnings=(*result.warnings, note)))
+    error = answer.failure()
+    if isinstance(error, EngineLost):
+        return Failure(attrs.evolve(error, reason=f"{error.reason}; {fate or left}"))
+    if ended.over:
+        return answer
+    partial = partial_result(error) or ended.partial
+    if partial is None:
+        return answer
+    reason = f"{error.message}; then its container could not be removed ({left}); {fate}"
+    return Failure(EngineLost(backend=backend, reason=reason, partial=partial))

@@ -42,7 +42,7 @@ from mechasandbox.backends.oci.compiler import (
     compile_container_args,
     tmp_bytes,
 )
-from mechasandbox.backends.oci.conclusion import Ended, Launch, conclude
+from mechasandbox.backends.oci.conclusion import Ended, Launch, answer_after_removal, conclude
 from mechasandbox.backends.oci.env_file import ENV_FILE_FD, env_file
 from mechasandbox.backends.oci.lifeline import Lifeline
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts, survey
@@ -51,6 +51,7 @@ from mechasandbox.backends.oci.probe import (
     EngineInfo,
     ProbeCache,
     Probed,
+    ProbedOnce,
     capabilities,
     runtime_problem,
 )
@@ -68,7 +69,6 @@ from mechasandbox.domain.errors import (
     EngineLost,
     SandboxError,
     SpawnFailed,
-    partial_result,
 )
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
@@ -408,7 +408,7 @@ class OciBackend:
         engine: Result[Probed, BackendUnavailable],
         deadline: Deadline,
     ) -> Result[RunResult, SandboxError]:
-        known = _ProbedOnce(backend=self, found=engine.map(lambda done: done[0]))
+        known = ProbedOnce(backend=self, found=engine.map(lambda done: done[0]))
         prepared = self._prepare(request, policy, probed=known)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
@@ -519,32 +519,7 @@ class OciBackend:
             else:  # removed at the next run, at close() or at exit (see LiveContainers)
                 self.state.live.left_behind(run.name)
             self.state.placeholders.release(run.workspace, placeholders)
-        return self._answer(ended, left, fate, run.name)
-
-    def _answer(
-        self, ended: Ended, left: str | None, fate: str | None, name: str
-    ) -> Result[RunResult, SandboxError]:
-        """The run's answer, now that its container is removed, or is known not to be."""
-        answer = ended.answer
-        if left is None:
-            return answer
-        if isinstance(answer, Success):  # the command ended: only its container is left
-            note = (
-                f"container {name} could not be removed ({left}); it is removed by the "
-                "next run, at close or at exit"
-            )
-            result = answer.unwrap()
-            return Success(attrs.evolve(result, warnings=(*result.warnings, note)))
-        error = answer.failure()
-        if isinstance(error, EngineLost):
-            return Failure(attrs.evolve(error, reason=f"{error.reason}; {fate or left}"))
-        if ended.over:
-            return answer
-        partial = partial_result(error) or ended.partial
-        if partial is None:
-            return answer
-        reason = f"{error.message}; then its container could not be removed ({left}); {fate}"
-        return Failure(EngineLost(backend=self.name, reason=reason, partial=partial))
+        return answer_after_removal(ended, left, fate, name=run.name, backend=self.name)
 
     async def _read(self, launch: Launch, launched: Result[ProcessOutcome, SpawnFailed]) -> Ended:
         """What the engine CLI's end says; `over` once the container's end is known."""
@@ -615,30 +590,6 @@ class OciBackend:
             owner_template=self.label_template.format(key=LABEL_OWNER),
             include_live=include_live,
         )
-
-
-@attrs.frozen(kw_only=True)
-class _ProbedOnce:
-    """`backend` with the probe its run made: a run probes once, within its deadline (with
-    a short `probe_ttl_s` a second probe came without one)."""
-
-    backend: OciBackend
-    found: Result[Capabilities, BackendUnavailable]
-
-    @property
-    def name(self) -> str:
-        return self.backend.name
-
-    def probe(self) -> Result[Capabilities, BackendUnavailable]:
-        return self.found
-
-    def plan(
-        self, request: RunRequest, policy: Policy, host: HostContext
-    ) -> Result[LaunchPlan, SandboxError]:
-        return self.backend.plan(request, policy, host)
-
-    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        return await self.backend.run(request, policy)
 
 
 def _lifeline(policy: Policy, stdin_file: str | None) -> Lifeline:
