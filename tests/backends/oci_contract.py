@@ -667,6 +667,26 @@ class OciContract:
         assert result.exit_code not in (None, 0)
         assert self.leftovers() == []
 
+    async def test_refused_forks_are_a_violation_of_the_completed_run(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """Docker never reported the process limit: a command whose forks `--pids-limit`
+        refused looked like any other. As on the other backends, a run that then
+        completed has a `process_limit` violation (its `error` stays null, the status is
+        the command's own), and stderr holds only what the command wrote."""
+        script = (
+            "(i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done) 2>/dev/null; "
+            "echo survived >&2; echo survived"
+        )
+        request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+        result = ok(await backend.run(request, policy(max_processes=16)))
+        assert result.exit_code == 0 and result.stdout == b"survived\n", result
+        assert result.stderr == b"survived\n", result
+        kinds = [violation.kind for violation in result.violations]
+        assert kinds == ["process_limit"], result
+        assert "process limit of 16" in result.violations[0].detail
+        assert self.leftovers() == []
+
     async def test_fork_bomb_is_contained_and_removed(
         self, backend: OciBackend, tmp_path: Path
     ) -> None:
@@ -678,6 +698,21 @@ class OciContract:
         assert isinstance(result, Failure | Success)
         if isinstance(result, Failure):
             assert isinstance(result.failure(), Timeout | ProcessLimit)
+        assert self.leftovers() == []
+
+    async def test_an_argument_that_is_not_utf8_is_refused(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """The engines turn bytes that are not UTF-8 into U+FFFD on the way to the command
+        (`printf %s $'\\xff'` printed `\\xef\\xbf\\xbd`): such a run is refused, naming the
+        argument, rather than run with other bytes than given."""
+        argument = b"\xff\xfe".decode("utf-8", "surrogateescape")  # as sys.argv holds it
+        request = RunRequest(argv=["printf", "%s", argument], workspace=str(tmp_path))
+        error = failed(await backend.run(request, policy()))
+        assert isinstance(error, ConfigInvalid), error
+        assert error.field == "argv" and "argument 2" in error.problem, error
+        plan = backend.plan(request, policy(), HostContext.current())
+        assert isinstance(plan, Failure) and isinstance(plan.failure(), ConfigInvalid)
         assert self.leftovers() == []
 
     async def test_cpu_time_limit(self, backend: OciBackend, tmp_path: Path) -> None:

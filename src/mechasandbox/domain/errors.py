@@ -1,7 +1,8 @@
 """Every way a run can fail, as typed values. `SandboxError` is their union.
 
-A non-zero exit status is not here: it is a successful `RunResult`. Timeout, limit and
-interruption errors carry the partial result captured before the run was stopped.
+A non-zero exit status is not here: it is a successful `RunResult`. Timeout, limit,
+interruption and engine-loss errors carry the partial result captured before the run was
+stopped.
 """
 
 from __future__ import annotations
@@ -171,6 +172,20 @@ class Interrupted(_Stopped):
 
 
 @attrs.frozen(kw_only=True)
+class EngineLost(_Stopped):
+    """The container engine (dockerd, podman's service) went away or stopped answering
+    during the run: killed, stopped, hung. `reason` says what was seen and what became of
+    the command (its processes killed from this host, or why they could not be); `partial`
+    is the output read until then. A run never ends this way while its command still runs
+    where this host can stop it (docs/failure-semantics.md)."""
+
+    kind: ClassVar[str] = "engine_lost"
+    told: ClassVar[str] = "backend {backend!r} lost its container engine during the run: {reason}"
+    backend: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
 class BackendFailed(_BackendProblem):
     kind: ClassVar[str] = "backend_failed"
     told: ClassVar[str] = "backend {backend!r} failed: {reason}"
@@ -187,6 +202,7 @@ SandboxError = (
     | ProcessLimit
     | FileSizeLimit
     | Interrupted
+    | EngineLost
     | BackendFailed
 )
 

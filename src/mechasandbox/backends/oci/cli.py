@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,9 +53,52 @@ CLI_ENV_NAMES = (
 )
 
 CLI_TIMEOUT_S = 60.0
+# What a run's engine calls may take beyond its timeout, together: the removal of its
+# container (and the reading of its state) after the command's own time, or a probe and a
+# sweep before it. A hung engine (SIGSTOP, a deadlock) otherwise kept an answer waiting for
+# 4 removal attempts of a 60 s CLI timeout each.
+ENGINE_GRACE_S = 5.0
+# The least time an engine call is given once a run's deadline has passed (the removal of
+# a container whose command timed out still gets its chance).
+_LAST_CALL_S = 1.0
 CLI_OUTPUT_BYTES = 1024 * 1024
 SIGNAL_BASE = 128  # the engine reports "killed by signal N" as exit status 128 + N
 ENGINE_ERROR = 125  # the engine failed before or while starting the container
+
+
+@attrs.frozen
+class Deadline:
+    """When a run must have its answer (`time.monotonic()`; None: no deadline): its timeout
+    plus `ENGINE_GRACE_S`. Every engine call of the run is given what is left of it."""
+
+    at: float | None = None
+
+    @staticmethod
+    def after(timeout_s: float | None) -> Deadline:
+        if timeout_s is None:
+            return Deadline()
+        return Deadline(time.monotonic() + timeout_s + ENGINE_GRACE_S)
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    def call_timeout(self, default: float = CLI_TIMEOUT_S) -> float:
+        """An engine call's timeout: its default, but no later than the deadline (at least
+        `_LAST_CALL_S`)."""
+        left = self.remaining()
+        return default if left is None else max(_LAST_CALL_S, min(default, left))
+
+    def command_timeout(self, timeout_s: float | None) -> float | None:
+        """The run's own CLI call: the command's timeout, counted from when the run began
+        (what the probe took before it comes off), leaving `ENGINE_GRACE_S` for after."""
+        left = self.remaining()
+        if left is None or timeout_s is None:
+            return timeout_s
+        return max(_LAST_CALL_S, min(timeout_s, left - ENGINE_GRACE_S))
+
+    def passed(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0
 
 
 def cli_environment(host_env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -102,9 +146,11 @@ class EngineCli:
             hooks=() if env_file is None else (env_file_hook(env_file),),
         )
 
-    async def run(self, *args: str) -> Result[ProcessOutcome, SpawnFailed]:
-        """`ENGINE ARGS...` with the default timeout and output cap."""
-        return await self.runner.run(self.spec(args))
+    async def run(
+        self, *args: str, timeout_s: float = CLI_TIMEOUT_S
+    ) -> Result[ProcessOutcome, SpawnFailed]:
+        """`ENGINE ARGS...` with the default output cap."""
+        return await self.runner.run(self.spec(args, timeout_s=timeout_s))
 
     def run_blocking(self, portal: Portal, spec: SpawnSpec) -> Result[ProcessOutcome, SpawnFailed]:
         """`spec` (one of this CLI's) run to completion on `portal`: from synchronous code
@@ -113,7 +159,20 @@ class EngineCli:
 
     async def state(self, name: str) -> dict[str, Any] | None:
         """The container's `.State` (OOMKilled, Error, ExitCode), or None if there is none."""
-        inspected = await self.run("inspect", "--format", "{{json .State}}", name)
+        found = await self.inspect_state(name)
+        return found if isinstance(found, dict) else None
+
+    async def inspect_state(
+        self, name: str, *, timeout_s: float = CLI_TIMEOUT_S
+    ) -> dict[str, Any] | Unreachable | None:
+        """The container's `.State`; None if the engine has no such container (or its
+        answer cannot be read); `Unreachable` if the engine could not be asked."""
+        inspected = await self.run(
+            "inspect", "--format", "{{json .State}}", name, timeout_s=timeout_s
+        )
+        lost = unreachable(inspected)
+        if lost is not None:
+            return lost
         if isinstance(inspected, Failure) or inspected.unwrap().exit_code != 0:
             return None
         try:
@@ -121,6 +180,42 @@ class EngineCli:
         except ValueError:
             return None
         return state if isinstance(state, dict) else None
+
+
+@attrs.frozen
+class Unreachable:
+    """The engine did not answer a call: `reason` says how (timed out, cannot connect)."""
+
+    reason: str
+
+
+# What the engine CLIs print when the engine is not there, or went away mid-call.
+_LOST_MARKS = (
+    b"cannot connect to the docker daemon",
+    b"is the docker daemon running",
+    b"cannot connect to podman",
+    b"connection refused",
+    b"connection reset",
+    b"unexpected eof",
+    b"broken pipe",
+    b"error during connect",
+)
+
+
+def unreachable(answer: Result[ProcessOutcome, SpawnFailed]) -> Unreachable | None:
+    """Whether this engine CLI call's answer says the engine did not answer: the call
+    timed out, or the CLI says it cannot reach the engine (or lost it during the call)."""
+    if isinstance(answer, Failure):
+        return None
+    outcome = answer.unwrap()
+    if outcome.timed_out:
+        return Unreachable(f"no answer within {outcome.duration_s:.1f}s")
+    if outcome.exit_code == 0:
+        return None
+    text = outcome.stderr.lower()
+    if any(mark in text for mark in _LOST_MARKS):
+        return Unreachable(tail(outcome.stderr, 300))
+    return None
 
 
 def owner_id() -> str:

@@ -135,7 +135,9 @@ class ContainerRun:
 
     `seccomp_profile`: the file of `SeccompProfiles.path()` (None: the engine's
     default profile). `lifeline`: how the container is tied to this process (None: not
-    tied, for an image without /bin/sh; see `lifeline`).
+    tied, for an image without /bin/sh; see `lifeline`). `cidfile`: where the engine CLI
+    writes the container's id (`--cidfile`), for finding its processes on this host if the
+    engine goes away (see `engine_loss`).
     """
 
     run_id: str
@@ -151,6 +153,7 @@ class ContainerRun:
     seccomp_profile: str | None = None
     lifeline: Lifeline | None = None
     file_placeholders: FileContents = ()
+    cidfile: str | None = None
 
     @property
     def name(self) -> str:
@@ -359,6 +362,7 @@ def compile_container_args(
         f"{LABEL_RUN}={run.run_id}",
         "--label",
         f"{LABEL_OWNER}={run.owner}",
+        *(["--cidfile", run.cidfile] if run.cidfile is not None else []),
         "--pull",
         "never",  # never reach a registry: the image must already be there
         "--log-driver",

@@ -23,15 +23,15 @@ from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, check_w
 from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
 from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.git_indirections import planned_policy
-from mechasandbox.backends.oci import forwarders, lifeline, live, protection
+from mechasandbox.backends.oci import engine_loss, forwarders, lifeline, live, protection
 from mechasandbox.backends.oci.cli import (
-    ENGINE_ERROR,
+    Deadline,
     EngineCli,
     cli_environment,
-    exit_status,
     find_executable,
     owner_id,
     tail,
+    unreachable,
 )
 from mechasandbox.backends.oci.compiler import (
     LABEL_OWNER,
@@ -43,6 +43,7 @@ from mechasandbox.backends.oci.compiler import (
     compile_container_args,
     tmp_bytes,
 )
+from mechasandbox.backends.oci.conclusion import Ended, Launch, answer_after_removal, conclude
 from mechasandbox.backends.oci.env_file import ENV_FILE_FD, env_file
 from mechasandbox.backends.oci.lifeline import Lifeline
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts, survey
@@ -51,11 +52,13 @@ from mechasandbox.backends.oci.probe import (
     EngineInfo,
     ProbeCache,
     Probed,
+    ProbedOnce,
     capabilities,
     runtime_problem,
 )
 from mechasandbox.backends.oci.protection import ProtectionLayout, protection_layout
 from mechasandbox.backends.oci.state import EngineState
+from mechasandbox.backends.oci.text import check_text
 from mechasandbox.backends.outcome import classify, run_result
 from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.backends.workspace.placeholders import FileContents
@@ -65,14 +68,14 @@ from mechasandbox.domain.errors import (
     BackendFailed,
     BackendUnavailable,
     ConfigInvalid,
-    MemoryLimit,
+    EngineLost,
     SandboxError,
     SpawnFailed,
 )
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest, Terminal, piped, terminal_refused
-from mechasandbox.domain.result import RunResult, Usage
-from mechasandbox.network.bridge import BRIDGE_PREFIX, PROXY_SOCKET_PLACEHOLDER, ProxyBridge
+from mechasandbox.domain.result import RunResult, Usage, Violation
+from mechasandbox.network.bridge import PROXY_SOCKET_PLACEHOLDER, ProxyBridge
 from mechasandbox.network.proxy import RunningProxy
 from mechasandbox.network.session import EgressProxy, run_with_proxy
 from mechasandbox.runner.protocol import ProcessRunner
@@ -95,19 +98,6 @@ class PreparedRun:
     layout: ProtectionLayout
     mounts: PolicyMounts
     file_placeholders: FileContents = ()
-
-
-@attrs.frozen(kw_only=True)
-class _Launch:
-    """One container about to be started, and what its outcome is read with."""
-
-    cli: EngineCli
-    info: EngineInfo
-    request: RunRequest
-    policy: Policy
-    run: ContainerRun
-    warnings: tuple[str, ...]
-    bridge: ProxyBridge | None
 
 
 @attrs.frozen(kw_only=True)
@@ -160,15 +150,20 @@ class OciBackend:
         env = cli_environment(dict(self.host.env))
         return EngineCli(runner=self.runner, executable=executable, env=env)
 
-    def _probe_engine(self) -> Result[Probed, BackendUnavailable]:
+    def _probe_engine(self, deadline: Deadline) -> Result[Probed, BackendUnavailable]:
         command = self.executable or self.kind
         executable = find_executable(command, dict(self.host.env))
         if executable is None:
             return Failure(self._unavailable(f"{command} CLI not found on PATH"))
         cli = self._cli(executable)
-        info = cli.run_blocking(self.state.portal, cli.spec(self.info_args, timeout_s=20.0))
+        info = cli.run_blocking(
+            self.state.portal, cli.spec(self.info_args, timeout_s=deadline.call_timeout(20.0))
+        )
         if isinstance(info, Failure):
             return Failure(self._unavailable(f"cannot run {executable}: {info.failure().reason}"))
+        silent = unreachable(info)
+        if silent is not None:
+            return Failure(self._unavailable(f"engine not reachable: {silent.reason}"))
         outcome = info.unwrap()
         if outcome.exit_code != 0:
             return Failure(self._unavailable(f"engine not reachable: {tail(outcome.stderr)}"))
@@ -183,8 +178,14 @@ class OciBackend:
             return Failure(self._unavailable(problem))
         image = cli.run_blocking(
             self.state.portal,
-            cli.spec(("image", "inspect", "--format", "{{.Id}}", self.image), timeout_s=20.0),
+            cli.spec(
+                ("image", "inspect", "--format", "{{.Id}}", self.image),
+                timeout_s=deadline.call_timeout(20.0),
+            ),
         )
+        silent = unreachable(image)
+        if silent is not None:
+            return Failure(self._unavailable(f"engine not reachable: {silent.reason}"))
         if isinstance(image, Failure) or image.unwrap().exit_code != 0:
             return Failure(
                 self._unavailable(
@@ -193,35 +194,49 @@ class OciBackend:
                     "(`python -m mechasandbox.images` says where and how)"
                 )
             )
-        parsed = self._with_forwarder(parsed, cli, image.unwrap().stdout.decode().strip())
+        image_id = image.unwrap().stdout.decode().strip()
+        with_forwarder = self._with_forwarder(parsed, cli, image_id, deadline)
+        if isinstance(with_forwarder, str):
+            return Failure(self._unavailable(with_forwarder))
         found = capabilities(
-            parsed, backend=self.name, kind=self.kind, image=self.image, runtime=self.runtime
+            with_forwarder,
+            backend=self.name,
+            kind=self.kind,
+            image=self.image,
+            runtime=self.runtime,
         )
-        return Success((found, parsed, executable))
+        return Success((found, with_forwarder, executable))
 
-    def _with_forwarder(self, info: EngineInfo, cli: EngineCli, image_id: str) -> EngineInfo:
+    def _with_forwarder(
+        self, info: EngineInfo, cli: EngineCli, image_id: str, deadline: Deadline
+    ) -> EngineInfo | str:
         """`info` with the image's /bin/sh and socat, found by running the image once
         (cached per image id); the lifeline's watcher needs the one, the allowlist bridge
-        the other."""
+        the other. A string: why the engine could not be asked."""
         key = (cli.executable, image_id)
         found = self.state.forwarders.get(key)
         if found is None:
             empty = self.state.placeholders.empty_directory()
             run = ContainerRun(run_id=secrets.token_hex(8), owner=owner_id(), workspace=empty)
             args = forwarders.probe_args(self.host, self.image, info.traits, run)
-            spec = cli.spec(args, timeout_s=30.0, env_file=b"")
-            found = forwarders.read_probe(cli.run_blocking(self.state.portal, spec))
+            spec = cli.spec(args, timeout_s=deadline.call_timeout(30.0), env_file=b"")
+            answer = cli.run_blocking(self.state.portal, spec)
+            silent = unreachable(answer)
+            if silent is not None:  # not what the image has: not remembered
+                return f"engine not reachable: {silent.reason}"
+            found = forwarders.read_probe(answer)
             self.state.forwarders.put(key, found)
         shell, socat = found
         socat, no_bridge = forwarders.verdict(socat, runtime=self.runtime, image=self.image)
         return attrs.evolve(info, shell=shell, socat=socat, no_bridge=no_bridge)
 
-    def _engine(self) -> Result[Probed, BackendUnavailable]:
-        now = time.monotonic()
+    def _engine(self, deadline: Deadline | None = None) -> Result[Probed, BackendUnavailable]:
+        """The probe's findings, probed again once `probe_ttl_s` has passed since the last
+        probe *ended* (a slow probe stamped with its start expired the moment it was cached)."""
         cached = self._cache.value
-        if cached is None or now - self._cache.at > self.probe_ttl_s:
-            cached = self._probe_engine()
-            self._cache.value, self._cache.at = cached, now
+        if cached is None or time.monotonic() - self._cache.at > self.probe_ttl_s:
+            cached = self._probe_engine(deadline or Deadline())
+            self._cache.value, self._cache.at = cached, time.monotonic()
         return cached
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
@@ -296,7 +311,9 @@ class OciBackend:
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         warnings, workspace, policy, files = prepared.unwrap()
-        mountable = protection.check_mountable(workspace)
+        mountable = protection.check_mountable(workspace).bind(
+            lambda _: check_text(request.argv, workspace)
+        )
         if isinstance(mountable, Failure):
             return Failure(mountable.failure())
         layout = self._protection_layout(workspace, policy)
@@ -321,6 +338,9 @@ class OciBackend:
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
         def render(workspace: str) -> Result[LaunchPlan, SandboxError]:
+            text: Result[None, SandboxError] = check_text(request.argv, workspace)
+            if isinstance(text, Failure):
+                return Failure(text.failure())
             planned, files = planned_policy(policy, workspace, host, self.git)
             mounts: Result[PolicyMounts, SandboxError] = survey(workspace, planned, host)
             if isinstance(mounts, Failure):
@@ -373,27 +393,43 @@ class OciBackend:
     # -- running --------------------------------------------------------------------------
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        """The answer comes within the run's timeout plus `ENGINE_GRACE_S` (and the second
+        or two a local kill takes, see `engine_loss`), whatever the engine does."""
         if isinstance(request.stdin, Terminal):  # `docker run -t` would need the caller's pty
             return Failure(ConfigInvalid(problem=terminal_refused(self.name), field="stdin"))
-        engine = self._engine()
+        deadline = Deadline.after(policy.limits.timeout_s)
+        engine = self._engine(deadline)
         if isinstance(engine, Failure):
-            return await self._run(request, policy)  # (prepare_run reports it)
-        key = (self.kind, engine.unwrap()[2])
+            return await self._run(request, policy, engine, deadline)  # (prepare_run reports it)
+        probed = engine.unwrap()
+        live = self.state.live
         return await lifeline.sweep_beside(
             self.state.sweeps,
-            key,
-            self.reap_leftovers,
-            lambda: self._run(request, policy),
-            concurrently=engine.unwrap()[1].traits.kind is not EngineKind.PODMAN,
+            (self.kind, probed[2]),
+            lambda: self._reap(probed[2]),
+            lambda: self._run(request, policy, engine, deadline),
+            concurrently=probed[1].traits.kind is not EngineKind.PODMAN,
+            pending=(lambda: live.remove_left_behind(deadline)) if live.any_left_behind() else None,
+            budget_s=deadline.remaining(),
         )
 
-    async def _run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        prepared = self._prepare(request, policy, probed=self)
+    async def _run(
+        self,
+        request: RunRequest,
+        policy: Policy,
+        engine: Result[Probed, BackendUnavailable],
+        deadline: Deadline,
+    ) -> Result[RunResult, SandboxError]:
+        known = ProbedOnce(backend=self, found=engine.map(lambda done: done[0]))
+        prepared = self._prepare(request, policy, probed=known)
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
+        if isinstance(engine, Failure):  # (prepare_run reported it: not reached)
+            return Failure(engine.failure())
+        probed = engine.unwrap()
         ready = prepared.unwrap()
         workspace, policy = ready.workspace, ready.policy
-        _capabilities, info, executable = self._engine().unwrap()
+        _capabilities, info, executable = probed
         named = find_named_sockets(policy, self.host, workspace)
         run = self._container_run(
             workspace,
@@ -402,14 +438,15 @@ class OciBackend:
             mounts=ready.mounts,
             file_placeholders=ready.file_placeholders,
         )
-        launch = _Launch(
+        launch = Launch(
             cli=self._cli(executable),
             info=info,
             request=request,
             policy=policy,
-            run=run,
+            run=attrs.evolve(run, cidfile=self.state.run_files.cidfile(run.run_id)),
             warnings=(*ready.warnings, *named.warnings),
             bridge=None,
+            deadline=deadline,
         )
         started = run_started()
         if forwarders.bridge_for(info.socat, policy, PROXY_SOCKET_PLACEHOLDER) is None:
@@ -424,7 +461,7 @@ class OciBackend:
         proxied = await run_with_proxy(self.egress, policy.network, body)
         return disarm_after(proxied, workspace, policy, started, self.git)
 
-    async def _launch(self, launch: _Launch) -> Result[RunResult, SandboxError]:
+    async def _launch(self, launch: Launch) -> Result[RunResult, SandboxError]:
         made = self._env_file(launch.policy, self.host, launch.bridge)
         if isinstance(made, Failure):
             return Failure(made.failure())
@@ -439,11 +476,13 @@ class OciBackend:
                 return await self._launch_tied(launch, made.unwrap())
         finally:
             lifeline.remove_input(stdin_file)
+            engine_loss.forget_cidfile(launch.run.cidfile)
 
     async def _launch_tied(
-        self, launch: _Launch, env_file: bytes
+        self, launch: Launch, env_file: bytes
     ) -> Result[RunResult, SandboxError]:
         request, policy, run, cli = launch.request, launch.policy, launch.run, launch.cli
+        deadline = launch.deadline
         args = compile_container_args(
             request,
             policy,
@@ -458,45 +497,82 @@ class OciBackend:
         spec = cli.spec(
             args,
             stdin=piped(request.stdin),
-            timeout_s=policy.limits.timeout_s,
+            timeout_s=deadline.command_timeout(policy.limits.timeout_s),
             max_output_bytes=policy.limits.max_output_bytes,
             env_file=env_file,
             on_output=request.on_output,
         )
+        removal = self._remove_args(run.name, launch.info.traits)
         if run.lifeline is not None:
-            spec = lifeline.tie(spec, removal=(cli.executable, *self._remove_args(run.name)))
+            spec = lifeline.tie(spec, removal=(cli.executable, *removal))
         placeholders = protection.placeholder_paths(run)
         if not self.state.placeholders.hold(run.workspace, placeholders, run.file_placeholders):
             return Failure(BackendFailed(backend=self.name, reason=locked_too_long("container")))
         self.state.live.add(run.name, cli)
         guards = protection.guards(run)
-        interrupted = True
+        # Until the engine has said how the container ended, its command may still run.
+        ended = Ended(answer=Failure(BackendFailed(backend=self.name, reason="cancelled")))
+        left: str | None = None
         try:
             launched = await self.runner.run(attrs.evolve(spec, watch=guards.watcher()))
-            if isinstance(launched, Failure):
-                interrupted = False
-                return Failure(BackendFailed(backend=self.name, reason=launched.failure().message))
-            outcome = launched.unwrap()
-            if outcome.stopped is not None:  # a guard came off: the finally removes it
-                return Failure(
-                    BackendFailed(backend=self.name, reason=f"stopped: {outcome.stopped}")
-                )
-            if outcome.timed_out:
-                # Killing the CLI client does not stop the container: the finally removes it.
-                result = self._result(outcome, launch.warnings, exit_code=None, signal=None)
-                return classify(result, limits=policy.limits, timed_out=True)
-            interrupted = False
-            return await self._conclude(launch, outcome)
+            ended = await self._read(launch, launched)
         finally:
             guards.close()
             with anyio.CancelScope(shield=True):
-                await live.remove(cli, run.name, run.run_id, thorough=interrupted)
-            self.state.live.discard(run.name)
+                left = await live.remove(
+                    cli,
+                    run.name,
+                    run.run_id,
+                    thorough=not ended.over,
+                    deadline=deadline,
+                    removal=removal,
+                )
+                fate = None
+                if left is not None and not ended.over:
+                    # The engine cannot stop it: this host does, where it can.
+                    fate = await anyio.to_thread.run_sync(
+                        engine_loss.stop_container_processes,
+                        engine_loss.read_cidfile(run.cidfile),
+                    )
+            if left is None:
+                self.state.live.discard(run.name)
+            else:  # removed at the next run, at close() or at exit (see LiveContainers)
+                self.state.live.left_behind(run.name)
             self.state.placeholders.release(run.workspace, placeholders)
+        return answer_after_removal(ended, left, fate, name=run.name, backend=self.name)
 
-    def _remove_args(self, name: str) -> tuple[str, ...]:
-        """`rm` a container at once (podman would first wait for its stop timeout)."""
-        if self._traits().kind is EngineKind.PODMAN:
+    async def _read(self, launch: Launch, launched: Result[ProcessOutcome, SpawnFailed]) -> Ended:
+        """What the engine CLI's end says; `over` once the container's end is known."""
+        if isinstance(launched, Failure):
+            failed = BackendFailed(backend=self.name, reason=launched.failure().message)
+            return Ended(answer=Failure(failed), over=True)
+        outcome, refused = launched.unwrap(), 0
+        if launch.run.lifeline is not None:
+            outcome, refused = lifeline.refused_forks(outcome)
+        unfinished = self._result(outcome, launch.warnings, exit_code=None, signal=None)
+        limit = launch.policy.limits.max_processes
+        if refused and limit is not None:
+            # What a limit refused in a run is a violation; it ends no run (EAGAIN only).
+            detail = f"process limit of {limit} reached: {refused} forks refused"
+            violation = Violation(kind="process_limit", detail=detail)
+            unfinished = attrs.evolve(unfinished, violations=(*unfinished.violations, violation))
+        if outcome.stopped is not None:  # a guard came off: it is removed after
+            stopped = BackendFailed(backend=self.name, reason=f"stopped: {outcome.stopped}")
+            return Ended(answer=Failure(stopped), partial=unfinished)
+        if outcome.timed_out:
+            # Killing the CLI client does not stop the container: it is removed after.
+            return Ended(
+                answer=classify(unfinished, limits=launch.policy.limits, timed_out=True),
+                partial=unfinished,
+            )
+        concluded = await conclude(launch, outcome, unfinished, backend=self.name, image=self.image)
+        lost = isinstance(concluded, Failure) and isinstance(concluded.failure(), EngineLost)
+        return Ended(answer=concluded, over=not lost, partial=unfinished)
+
+    def _remove_args(self, name: str, traits: EngineTraits | None = None) -> tuple[str, ...]:
+        """`rm` a container at once (podman would first wait for its stop timeout).
+        `traits`: the engine's, when known (else probed, or from the cache)."""
+        if (traits or self._traits()).kind is EngineKind.PODMAN:
             return ("rm", "--force", "--time", "0", name)
         return ("rm", "--force", name)
 
@@ -512,45 +588,6 @@ class OciBackend:
         result = run_result(self.name, outcome, warnings=warnings)
         return attrs.evolve(result, exit_code=exit_code, signal=signal, usage=Usage())
 
-    async def _conclude(
-        self, launch: _Launch, outcome: ProcessOutcome
-    ) -> Result[RunResult, SandboxError]:
-        command, limits = launch.request.argv[0], launch.policy.limits
-        if launch.bridge is not None and outcome.stderr.startswith(BRIDGE_PREFIX):
-            failed = forwarders.bridge_failure(
-                outcome, command, backend=self.name, image=self.image
-            )
-            if failed is not None:
-                return Failure(failed)
-        if launch.run.lifeline is not None:
-            unstarted = lifeline.exec_failure(outcome, command, image=self.image)
-            if unstarted is not None:
-                return Failure(unstarted)
-        code, signal = exit_status(outcome.exit_code, outcome.signal)
-        result = self._result(outcome, launch.warnings, exit_code=code, signal=signal)
-        status = outcome.exit_code
-        if status in (ENGINE_ERROR, 126, 127) or signal is not None:
-            state = await launch.cli.state(launch.run.name)
-            never_started = state is None or bool(state.get("Error"))
-            if state is not None and state.get("OOMKilled") and limits.memory_bytes:
-                detail = (
-                    f"memory limit of {limits.memory_bytes} bytes exceeded; "
-                    "the container was OOM-killed"
-                )
-                return Failure(MemoryLimit(detail=detail, partial=result))
-            if status == ENGINE_ERROR and never_started:
-                return Failure(BackendFailed(backend=self.name, reason=tail(outcome.stderr)))
-            if status in (126, 127) and (never_started or _is_init_exec_failure(outcome.stderr)):
-                reason = "command not found" if status == 127 else "not executable"
-                return Failure(
-                    SpawnFailed(
-                        command=command,
-                        reason=f"{reason} in image {self.image!r}: {tail(outcome.stderr, 200)}",
-                        exit_status=status,
-                    )
-                )
-        return classify(result, limits=limits, timed_out=False)
-
     async def reap_leftovers(
         self, *, include_live: bool = False
     ) -> Result[tuple[str, ...], SandboxError]:
@@ -562,8 +599,13 @@ class OciBackend:
         engine = self._engine()
         if isinstance(engine, Failure):
             return Failure(engine.failure())
+        return await self._reap(engine.unwrap()[2], include_live=include_live)
+
+    async def _reap(
+        self, executable: str, *, include_live: bool = False
+    ) -> Result[tuple[str, ...], SandboxError]:
         return await live.reap(
-            self._cli(engine.unwrap()[2]),
+            self._cli(executable),
             backend=self.name,
             owner_template=self.label_template.format(key=LABEL_OWNER),
             include_live=include_live,
@@ -574,11 +616,6 @@ def _lifeline(policy: Policy, stdin_file: str | None) -> Lifeline:
     return Lifeline(
         deadline_s=lifeline.deadline_for(policy.limits.timeout_s), stdin_file=stdin_file
     )
-
-
-def _is_init_exec_failure(stderr: bytes) -> bool:
-    """tini (docker --init, podman-init) could not exec the command."""
-    return b"[FATAL tini (" in stderr and b"exec " in stderr and b" failed: " in stderr
 
 
 async def reap_leftovers(

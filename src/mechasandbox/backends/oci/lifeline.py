@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -79,19 +80,21 @@ in=$2
 shift 2
 up() { while read -r k v _; do [ "$k" = State: ] && { [ "$v" != Z ]; return; }; done \
 <"/proc/$1/status"; return 1; }
+forks() { for f in /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do \
+[ -r "$f" ] && { read -r _ n <"$f"; [ "${n:-0}" != 0 ] && echo "$1 $n" >&4; return; }; done; }
 w=0
 trap w=1 CHLD
 (exec "$@") <"$in" 3<&- &
 c=$!
-exec 2>/dev/null
+exec 4>&2 2>/dev/null
 d=
 e=
-if [ "$t" != 0 ]; then e=$(date +%s); e=$((${e:-0} + t)); sleep "$t" 3<&- & d=$!; fi
+if [ "$t" != 0 ]; then e=$(date +%s); e=$((${e:-0} + t)); sleep "$t" 3<&- 4>&- & d=$!; fi
 k=
 while up "$c"; do
   if [ -z "$k" ] || ! up "$k"; then
     if [ -n "$k" ]; then wait "$k"; fi
-    sleep 1 3<&- & k=$!
+    sleep 1 3<&- 4>&- & k=$!
   fi
   w=0
   read -r _ <&3 && continue
@@ -100,13 +103,14 @@ while up "$c"; do
     n=$(date +%s)
     if [ -z "$n" ] || [ "$n" -ge "$e" ]; then break; fi
     wait "$d"
-    sleep $((e - n)) 3<&- & d=$!
+    sleep $((e - n)) 3<&- 4>&- & d=$!
   fi
 done
 if up "$c"; then kill -9 -1; exit 137; fi
 wait "$c"
 s=$?
 kill -9 -1
+forks "$0: pids.max"
 exit "$s"
 """
 # A pool's keeper, PID 1 too: waits on its lifeline; commands come in by `exec`. SIGCHLD
@@ -148,6 +152,23 @@ def tie(spec: SpawnSpec, *, removal: tuple[str, ...]) -> SpawnSpec:
     open PID 1's stdin through `/proc/1/fd/0` for writing), so the helper, outside the
     container and alive after us, removes it too."""
     return attrs.evolve(spec, stdin=b"", hold_stdin=True, on_host_loss=removal)
+
+
+_REFUSED_FORKS = re.compile(rb"(?:^|\n)" + re.escape(WATCH_PREFIX) + rb"pids\.max (\d+)\n\Z")
+
+
+def refused_forks(outcome: ProcessOutcome) -> tuple[ProcessOutcome, int]:
+    """The outcome without the watcher's last word, and the forks the container's pids
+    limit refused (0: none, or not known). After the command ended and everything else in
+    the container was killed, the watcher reads the container's `pids.events` (mounted
+    read-only at /sys/fs/cgroup: the container's own cgroup) and, when the limit refused
+    forks, says how many as the last line of stderr: nothing can write after it. (The
+    engine removes the cgroup when the container ends, before the host could read it.)"""
+    found = _REFUSED_FORKS.search(outcome.stderr)
+    if found is None or outcome.stderr_truncated:
+        return outcome, 0
+    stderr = outcome.stderr[: found.start()] + (b"\n" if found.group(0).startswith(b"\n") else b"")
+    return attrs.evolve(outcome, stderr=stderr), int(found.group(1))
 
 
 def exec_failure(outcome: ProcessOutcome, command: str, *, image: str) -> SandboxError | None:
@@ -273,19 +294,30 @@ async def sweep_beside(
     run: Callable[[], Awaitable[Result[Any, SandboxError]]],
     *,
     concurrently: bool = True,
+    pending: Callable[[], Awaitable[object]] | None = None,
+    budget_s: float | None = None,
 ) -> Result[Any, SandboxError]:
     """`run()`, with the first run on an engine (the first `sweeps` sees) also removing the
     containers that processes of ours which died left behind (`OciBackend.reap_leftovers`):
     beside the run (its result waits for that, which is over long before a container is),
     or first,
     where the engine's CLI calls must not overlap (`concurrently=False`: podman, whose
-    conmon the spawn helper takes for a stray of whichever run ends first)."""
-    if not sweeps.claim(key):
+    conmon the spawn helper takes for a stray of whichever run ends first).
+    `pending`: the containers earlier runs of this process left (their engine was lost),
+    removed the same way by any run while there are some. `budget_s`: how long the sweep
+    may take (the run's deadline: a hung engine must not hold the answer)."""
+    first = sweeps.claim(key)
+    if not first and pending is None:
         return await run()
 
     async def quietly() -> None:
-        with contextlib.suppress(Exception):  # best effort: the next process sweeps again
-            await sweep()
+        limit = math.inf if budget_s is None else max(0.0, budget_s)
+        with anyio.move_on_after(limit), contextlib.suppress(Exception):
+            # (best effort: the next run, or the next process, sweeps again)
+            if pending is not None:
+                await pending()
+            if first:
+                await sweep()
 
     if not concurrently:
         await quietly()

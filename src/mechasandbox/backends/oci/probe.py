@@ -10,11 +10,15 @@ from __future__ import annotations
 import attrs
 from returns.result import Result
 
+from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
 from mechasandbox.backends.oci.compiler import EngineTraits, Runtime
 from mechasandbox.backends.oci.env_file import ENV_FILE_FD
 from mechasandbox.backends.oci.forwarders import allowlist_detail
 from mechasandbox.domain.capabilities import Capabilities, Protection
-from mechasandbox.domain.errors import BackendUnavailable
+from mechasandbox.domain.errors import BackendUnavailable, SandboxError
+from mechasandbox.domain.policy import Policy
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
 
 PROBE_TTL_S = 30.0
 
@@ -166,3 +170,28 @@ def _teardown_detail(info: EngineInfo, image: str) -> tuple[Protection, str]:
         "caller leaves nothing running; the next run removes the stopped container); "
         "the deadline is enforced inside too",
     )
+
+
+@attrs.frozen(kw_only=True)
+class ProbedOnce:
+    """`backend` with the probe its run made: a run probes once, within its deadline (with
+    a short `probe_ttl_s` a second probe came without one, and could find the engine gone
+    after the first found it)."""
+
+    backend: Backend
+    found: Result[Capabilities, BackendUnavailable]
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        return self.found
+
+    def plan(
+        self, request: RunRequest, policy: Policy, host: HostContext
+    ) -> Result[LaunchPlan, SandboxError]:
+        return self.backend.plan(request, policy, host)
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        return await self.backend.run(request, policy)

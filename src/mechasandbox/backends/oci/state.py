@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from mechasandbox.backends.oci.engine_loss import RunFiles
 from mechasandbox.backends.oci.forwarders import ForwarderCache
 from mechasandbox.backends.oci.lifeline import Sweeps
 from mechasandbox.backends.oci.live import LiveContainers
@@ -31,7 +32,8 @@ class EngineState:
     """`portal`: runs engine CLI calls for synchronous code (probes, removals on close);
     `live`: the containers of runs still going; `placeholders`: the placeholders they hold
     in their workspaces; `profiles`: the seccomp profile files; `forwarders`: what each
-    image offers; `sweeps`: the engines whose leftovers were removed."""
+    image offers; `sweeps`: the engines whose leftovers were removed; `run_files`: where
+    the engine CLI writes each run's container id."""
 
     portal: Portal = attrs.field(factory=_portal)
     live: LiveContainers = attrs.field(default=attrs.Factory(_live, takes_self=True))
@@ -39,6 +41,7 @@ class EngineState:
     profiles: SeccompProfiles = attrs.field(factory=SeccompProfiles)
     forwarders: ForwarderCache = attrs.field(factory=ForwarderCache)
     sweeps: Sweeps = attrs.field(factory=Sweeps)
+    run_files: RunFiles = attrs.field(factory=RunFiles)
 
     def close(self) -> None:
         """Remove the live containers, then their placeholders (a placeholder goes only once
@@ -46,4 +49,5 @@ class EngineState:
         self.live.close()
         self.placeholders.close()
         self.profiles.close()
+        self.run_files.close()
         self.portal.close()
