@@ -37,7 +37,7 @@ def command_input(
     if choice == "none":
         return Success(None)
     if choice == "inherit":
-        return Success(None if _closed(0) else StreamedInput(0))
+        return Success(StreamedInput(0) if is_open(0) else None)
     try:
         handle = files.enter_context(open(os.path.expanduser(choice), "rb"))  # noqa: SIM115
     except OSError as error:
@@ -46,16 +46,17 @@ def command_input(
     return Success(StreamedInput(handle.fileno()))
 
 
-def _closed(fd: int) -> bool:
+def is_open(fd: int) -> bool:
+    """Whether this process has a descriptor `fd` (the CLI's stdin may be closed)."""
     try:
         os.fstat(fd)
     except OSError:
-        return True
-    return False
+        return False
+    return True
 
 
 def _terminal_or_closed(fd: int) -> bool:
-    return _closed(fd) or os.isatty(fd)
+    return not is_open(fd) or os.isatty(fd)
 
 
 class _Writer:

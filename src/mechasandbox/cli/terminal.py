@@ -28,6 +28,7 @@ import tty
 from collections.abc import Iterator
 from types import FrameType
 
+from mechasandbox.cli.live import is_open
 from mechasandbox.domain.request import Terminal
 
 CHUNK = 64 * 1024
@@ -127,7 +128,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def terminal_for_run() -> Iterator[Terminal]:
     """A new pty for one run: its slave as the run's `Terminal`, relayed to this process's
     stdin and stdout (see the module's docstring) until the `with` ends, after the run."""
-    caller_in = 0 if _usable(0) else None
+    caller_in = 0 if is_open(0) else None
     caller_tty = caller_in if caller_in is not None and os.isatty(caller_in) else None
     master, slave = os.openpty()
     saved = termios.tcgetattr(caller_tty) if caller_tty is not None else None
@@ -161,11 +162,3 @@ def terminal_for_run() -> Iterator[Terminal]:
         if previous_handler is not None:
             signal.signal(signal.SIGWINCH, previous_handler)
         os.close(master)
-
-
-def _usable(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True

@@ -22,17 +22,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends import catalog
-from mechasandbox.config import validation
-from mechasandbox.config.schema import (
-    UNLIMITED,
-    BackendSettings,
-    EnvironmentSettings,
-    FilesystemSettings,
-    LimitsSettings,
-    NetworkSettings,
-    Settings,
-    Unlimited,
-)
+from mechasandbox.config import schema, validation
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Enforcement, HostProcesses, NetworkMode
 
@@ -127,13 +117,13 @@ def _optional_text(what: str) -> Callable[[object, Any], str]:
     return hook
 
 
-def _limit(key: str) -> Callable[[object, Any], float | int | Unlimited]:
+def _limit(key: str) -> Callable[[object, Any], float | int | schema.Unlimited]:
     """The limit `key` as written, read and bounded by the rule the options share."""
     rule = validation.RULE_OF_KEY[key]
 
-    def hook(value: object, _type: Any) -> float | int | Unlimited:
+    def hook(value: object, _type: Any) -> float | int | schema.Unlimited:
         checked = _valid(rule.checked(value))
-        return UNLIMITED if checked is None else checked
+        return schema.UNLIMITED if checked is None else checked
 
     return hook
 
@@ -152,13 +142,13 @@ def converter() -> cattrs.Converter:
     """The one converter for settings; built once, since hook generation is not free."""
     conv = cattrs.Converter(forbid_extra_keys=True)
     hooks: dict[type, dict[str, Any]] = {
-        BackendSettings: {
+        schema.BackendSettings: {
             "name": override(struct_hook=_backend_name),
             "pool_size": override(struct_hook=_pool_size),
             "image": override(struct_hook=_optional_text("image name")),
             "runtime": override(struct_hook=_optional_text("runtime name")),
         },
-        FilesystemSettings: {
+        schema.FilesystemSettings: {
             "readable": override(struct_hook=_paths),
             "writable": override(struct_hook=_paths),
             "deny_read": override(struct_hook=_paths),
@@ -167,19 +157,21 @@ def converter() -> cattrs.Converter:
             "toolchains": override(struct_hook=_toolchains),
             "umask": override(struct_hook=_umask),
         },
-        NetworkSettings: {
+        schema.NetworkSettings: {
             "mode": override(struct_hook=_choice(NetworkMode, "network mode")),
             "allow": override(struct_hook=_patterns),
             "deny": override(struct_hook=_patterns),
             "allow_unix_sockets": override(struct_hook=_paths),
         },
-        LimitsSettings: {key: override(struct_hook=_limit(key)) for key in validation.RULE_OF_KEY},
-        EnvironmentSettings: {
+        schema.LimitsSettings: {
+            key: override(struct_hook=_limit(key)) for key in validation.RULE_OF_KEY
+        },
+        schema.EnvironmentSettings: {
             "allow": override(struct_hook=_env_names),
             "pass_": override(rename="pass", struct_hook=_env_names),
             "set": override(struct_hook=_env_set),
         },
-        Settings: {
+        schema.Settings: {
             "enforcement": override(struct_hook=_choice(Enforcement, "enforcement")),
             "host_processes": override(struct_hook=_choice(HostProcesses, "host_processes")),
         },
@@ -226,10 +218,12 @@ def _problems(exc: BaseException, path: tuple[str, ...]) -> Iterator[tuple[str, 
         yield ".".join(path), f"invalid value: {exc}"
 
 
-def structure_settings(data: Mapping[str, object], source: str) -> Result[Settings, ConfigInvalid]:
-    """Raw data of one layer (a parsed file, or values built by the CLI) as `Settings`."""
+def structure_settings(
+    data: Mapping[str, object], source: str
+) -> Result[schema.Settings, ConfigInvalid]:
+    """Raw data of one layer (a parsed file, or values built by the CLI) as `schema.Settings`."""
     try:
-        return Success(converter().structure(data, Settings))
+        return Success(converter().structure(data, schema.Settings))
     except (ClassValidationError, ForbiddenExtraKeysError, _BadValueError) as exc:
         problems = list(_problems(exc, ())) or [("", str(exc))]
         return Failure(

@@ -256,7 +256,7 @@ class ContainerPool:
 
     # -- slots ---------------------------------------------------------------------------
 
-    def _slot(
+    def slot(
         self,
         request: RunRequest,
         policy: Policy,
@@ -264,6 +264,7 @@ class ContainerPool:
         mounts: PolicyMounts,
         files: FileContents,
     ) -> _Slot:
+        """Where a run with these goes: the containers started alike (see `_Slot`)."""
         backend = self.backend
         traits = backend._traits()
         layout = backend._protection_layout(workspace, policy)
@@ -413,17 +414,10 @@ class ContainerPool:
 
     # -- running -------------------------------------------------------------------------
 
-    def warm(
-        self,
-        request: RunRequest,
-        policy: Policy,
-        workspace: str,
-        mounts: PolicyMounts,
-        files: FileContents,
-    ) -> None:
-        """Start `size` containers for this key in the background, before the first run
-        (`files`: the run's file placeholders, see `ContainerRun`)."""
-        self._replenish(self._slot(request, policy, workspace, mounts, files))
+    def warm(self, slot: _Slot) -> None:
+        """Start `size` containers for `slot` (see `slot`) in the background, before the
+        first run."""
+        self._replenish(slot)
 
     async def run(
         self,
@@ -437,7 +431,7 @@ class ContainerPool:
         made = self.backend._env_file(policy, self.backend.host)
         if isinstance(made, Failure):
             return Failure(made.failure())
-        slot = self._slot(request, policy, workspace, mounts, files)
+        slot = self.slot(request, policy, workspace, mounts, files)
         acquired = await self._acquire(slot)
         if isinstance(acquired, Failure):
             return Failure(acquired.failure())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shlex
 import time
 from typing import Any, ClassVar
 
@@ -22,7 +21,6 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.base import Backend, HostContext, LaunchPlan, check_workspace
 from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
 from mechasandbox.backends.git_facts import GitFacts
-from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.oci import engine_loss, forwarders, lifeline, live, protection
 from mechasandbox.backends.oci.cli import (
     Deadline,
@@ -41,11 +39,10 @@ from mechasandbox.backends.oci.compiler import (
     Runtime,
     command_environment,
     compile_container_args,
-    tmp_bytes,
 )
 from mechasandbox.backends.oci.conclusion import Ended, Launch, answer_after_removal, conclude
-from mechasandbox.backends.oci.env_file import ENV_FILE_FD, env_file
-from mechasandbox.backends.oci.lifeline import Lifeline
+from mechasandbox.backends.oci.env_file import env_file
+from mechasandbox.backends.oci.plan import render_plan
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts, survey
 from mechasandbox.backends.oci.probe import (
     PROBE_TTL_S,
@@ -83,7 +80,6 @@ from mechasandbox.runner.spec import ProcessOutcome
 
 # The image the recipe in mechasandbox/images builds (Dockerfile online, busybox offline).
 DEFAULT_IMAGE = "mechasandbox/sandbox:latest"
-STDIN_PLACEHOLDER = "<per-run input file>"
 
 
 @attrs.frozen(kw_only=True)
@@ -337,58 +333,10 @@ class OciBackend:
     def plan(
         self, request: RunRequest, policy: Policy, host: HostContext
     ) -> Result[LaunchPlan, SandboxError]:
-        def render(workspace: str) -> Result[LaunchPlan, SandboxError]:
-            text: Result[None, SandboxError] = check_text(request.argv, workspace)
-            if isinstance(text, Failure):
-                return Failure(text.failure())
-            planned, files = planned_policy(policy, workspace, host, self.git)
-            mounts: Result[PolicyMounts, SandboxError] = survey(workspace, planned, host)
-            if isinstance(mounts, Failure):
-                return Failure(mounts.failure())
-            run = self._container_run(
-                workspace, planned, mounts=mounts.unwrap(), file_placeholders=files
-            )
-            engine = self._engine()
-            info = engine.unwrap()[1] if isinstance(engine, Success) else None
-            socat = info.socat if info is not None else None
-            bridge = forwarders.bridge_for(socat, policy, PROXY_SOCKET_PLACEHOLDER)
-            env = command_environment(policy, host, bridge=bridge)
-            checked = self._env_file(policy, host, bridge)
-            if isinstance(checked, Failure):
-                return Failure(checked.failure())
-            if info is not None and info.shell:
-                stdin = None if request.stdin is None else STDIN_PLACEHOLDER
-                run = attrs.evolve(run, lifeline=_lifeline(policy, stdin))
-            args = compile_container_args(
-                request,
-                planned,
-                host,
-                self.image,
-                self.runtime,
-                self._traits(),
-                run=run,
-                cpus=self.cpus,
-                bridge=bridge,
-            )
-            return Success(
-                LaunchPlan(
-                    backend=self.name,
-                    sections=(
-                        ("engine", self.executable or self.kind),
-                        ("image", self.image),
-                        ("runtime", self.runtime.value),
-                        ("argv", shlex.join((self.executable or self.kind, *args))),
-                        (
-                            f"environment (env file on descriptor {ENV_FILE_FD})",
-                            " ".join(f"{name}=…" for name in sorted(env)),
-                        ),
-                        ("/tmp", f"tmpfs of {tmp_bytes(policy.limits)} bytes"),
-                    ),
-                )
-            )
-
         workspace: Result[str, SandboxError] = check_workspace(request)
-        return workspace.bind(protection.check_mountable).bind(render)
+        return workspace.bind(protection.check_mountable).bind(
+            lambda checked: render_plan(self, request, policy, host, checked)
+        )
 
     # -- running --------------------------------------------------------------------------
 
@@ -469,7 +417,7 @@ class OciBackend:
         if launch.info.shell:
             stdin = piped(launch.request.stdin)
             stdin_file = lifeline.write_input(stdin, uid=self.host.uid, gid=self.host.gid)
-            tied = attrs.evolve(launch.run, lifeline=_lifeline(launch.policy, stdin_file))
+            tied = attrs.evolve(launch.run, lifeline=lifeline.for_policy(launch.policy, stdin_file))
             launch = attrs.evolve(launch, run=tied)
         try:
             async with lifeline.feeding(piped(launch.request.stdin), stdin_file):
@@ -610,12 +558,6 @@ class OciBackend:
             owner_template=self.label_template.format(key=LABEL_OWNER),
             include_live=include_live,
         )
-
-
-def _lifeline(policy: Policy, stdin_file: str | None) -> Lifeline:
-    return Lifeline(
-        deadline_s=lifeline.deadline_for(policy.limits.timeout_s), stdin_file=stdin_file
-    )
 
 
 async def reap_leftovers(

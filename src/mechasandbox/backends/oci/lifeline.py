@@ -52,6 +52,7 @@ import attrs
 from returns.result import Failure, Result
 
 from mechasandbox.domain.errors import SandboxError, SpawnFailed
+from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import StreamedInput
 from mechasandbox.leftovers import temp_prefix
 from mechasandbox.runner.runner import feed_fifo
@@ -326,3 +327,12 @@ async def sweep_beside(
         group.start_soon(quietly)
         result = await run()
     return result
+
+
+def for_policy(policy: Policy, stdin_file: str | None) -> Lifeline:
+    """The lifeline of a run under `policy` (`stdin_file`: where its input waits, if any)."""
+    return Lifeline(deadline_s=deadline_for(policy.limits.timeout_s), stdin_file=stdin_file)
+
+
+# Where a planned run's input would wait (each run's own file: `mechasandbox policy` shows this).
+STDIN_PLACEHOLDER = "<per-run input file>"

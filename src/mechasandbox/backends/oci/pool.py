@@ -124,7 +124,7 @@ class PooledBackend:
         mounts: Result[PolicyMounts, SandboxError] = survey(workspace, protected, self.backend.host)
         if isinstance(mounts, Failure):
             return Failure(mounts.failure())
-        self._pool.warm(request, protected, workspace, mounts.unwrap(), files)
+        self._pool.warm(self._pool.slot(request, protected, workspace, mounts.unwrap(), files))
         return Success(None)
 
     async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
