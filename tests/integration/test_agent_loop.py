@@ -159,7 +159,12 @@ def _user_file(config_home: Path, backend: str) -> None:
     (config_home / "mechasandbox/config.toml").write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture(scope="module", params=["bubblewrap", "landlock"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=pytest.mark.backend(name)) for name in ("bubblewrap", "landlock")
+    ],
+)
 def loop(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Loop]:
