@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
 from mechasandbox.backends.base import HostContext
@@ -149,3 +150,54 @@ def test_a_spawn_hint_only_for_what_the_sandbox_cannot_see(tmp_path: Path) -> No
     assert hinted.reason.endswith("--allow-read ~/.tool (filesystem.readable)"), hinted
     shown = SpawnFailed(command="sh", reason="command not found on PATH", exit_status=127)
     assert spawn_hint(shown, host, view) == shown  # /usr/bin/sh: the sandbox sees it
+
+
+def _bubblewrap_found(stderr: str, tmp_path: Path, home: Path) -> dict[str, str]:
+    """As bubblewrap sees it: the home an empty tmpfs, a toolchain in it bound read-only."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir(exist_ok=True)
+    policy = Policy()
+    policy = attrs.evolve(
+        policy,
+        filesystem=attrs.evolve(policy.filesystem, readable=(str(home / ".pyenv"),)),
+    )
+    view = refusal_view(
+        "bubblewrap",
+        policy,
+        _host(str(home)),
+        str(workspace),
+        system=("/usr", "/etc"),
+        scratch=("/tmp", str(home)),
+    )
+    run = RunResult(backend="bubblewrap", exit_code=1, signal=None, stderr=stderr.encode())
+    return {v.detail.split(": ", 1)[0]: v.detail for v in filesystem_violations(run, view)}
+
+
+def test_a_secret_the_sandbox_hides_is_missing_inside_and_explained(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh/id_rsa").write_text("key\n")
+    (home / "notes").write_text("mine\n")
+    found = _bubblewrap_found(
+        f"cat: {home}/.ssh/id_rsa: No such file or directory\n"
+        f"cat: {home}/notes: No such file or directory\n"
+        f"cat: {home}/.ssh/id_ed25519: No such file or directory\n"  # not on the host either
+        f"Error: ENOENT: no such file or directory, open '{tmp_path}/ws/gone'\n",
+        tmp_path,
+        home,
+    )
+    assert list(found) == [f"{home}/.ssh/id_rsa", f"{home}/notes"]
+    assert "hidden: filesystem.deny_read '~/.ssh'" in found[f"{home}/.ssh/id_rsa"]
+    assert "outside what the sandbox shows" in found[f"{home}/notes"]
+
+
+def test_a_toolchain_bound_read_only_in_a_scratch_home_is_read_only(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    found = _bubblewrap_found(
+        f"sh: 1: cannot create {home}/.pyenv/shims/x: Read-only file system\n"
+        f"touch: cannot touch '{home}/scratch': Read-only file system\n",
+        tmp_path,
+        home,
+    )
+    assert list(found) == [f"{home}/.pyenv/shims/x"]
+    assert "read-only in the sandbox" in found[f"{home}/.pyenv/shims/x"]

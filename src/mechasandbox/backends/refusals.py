@@ -17,8 +17,10 @@ violation is the command's report, explained, not proof of an attempt).
 The rules, most specific first: a protected path (and, for a missing one, that it may not
 be created), `deny_write`, `deny_read`, a directory that takes no new entries (Landlock's
 carved directories: the workspace's top level when it holds protected paths), and a path
-outside what the sandbox may write or see. `/proc`, `/sys` and `/dev` are left out: their
-refusals are the kernel interfaces' covers, documented per backend.
+outside what the sandbox may write or see. A path the command found missing (`No such file
+or directory`) is a refusal only when the host has it and a rule hides it: a secret under
+bubblewrap's empty home is absent inside, not refused. `/proc`, `/sys` and `/dev` are left
+out: their refusals are the kernel interfaces' covers, documented per backend.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ MAX_LINES = 2000
 # in lower case), by what they tell.
 _REFUSED = re.compile(
     r"read-only file system|permission denied|operation not permitted|is a directory"
-    r"|device or resource busy|invalid cross-device link|\be(?:rofs|acces|perm)\b",
+    r"|device or resource busy|invalid cross-device link|\be(?:rofs|acces|perm)\b"
+    r"|no such file or directory|\benoent\b",
     re.IGNORECASE,
 )
 _REFUSED_BYTES = re.compile(_REFUSED.pattern.encode(), re.IGNORECASE)
 _IS_A_DIRECTORY = re.compile(r"is a directory", re.IGNORECASE)
+# A path the sandbox hides may look missing (bubblewrap's tmpfs home): a refusal only when
+# the host has it (see `_hidden`).
+_MISSING = re.compile(r"no such file or directory|\benoent\b", re.IGNORECASE)
 # 'path', "path", the typographic quotes of coreutils in a UTF-8 locale, `path'.
 _QUOTED = re.compile("'([^'\n]+)'|\"([^\"\n]+)\"|\u2018([^\u2019\n]+)\u2019|`([^'`\n]+)'")
 _QUOTES = "'\"`\u2018\u2019"
@@ -130,7 +136,12 @@ def filesystem_violations(result: RunResult, view: RefusalView) -> tuple[Violati
         for path in _paths(line, refusal):
             if path in found:
                 continue
-            rule = _rule(path, view, is_a_directory=bool(_IS_A_DIRECTORY.search(refusal)))
+            rule = _rule(
+                path,
+                view,
+                is_a_directory=bool(_IS_A_DIRECTORY.search(refusal)),
+                missing=bool(_MISSING.search(refusal)),
+            )
             if rule is None:
                 continue
             found[path] = Violation(
@@ -170,11 +181,15 @@ def _paths(line: str, refusal: str) -> Iterator[str]:
             yield words[-1].strip(_QUOTES)
 
 
-def _rule(path: str, view: RefusalView, *, is_a_directory: bool) -> str | None:
+def _rule(
+    path: str, view: RefusalView, *, is_a_directory: bool, missing: bool = False
+) -> str | None:
     """Why `view`'s sandbox refused `path`, as a rule of the policy; None: no rule does."""
     absolute = _normal(os.path.join(view.workspace, path))
     if any(_inside(absolute, tree) for tree in _KERNEL_TREES):
         return None
+    if missing:
+        return _hidden(absolute, view)
     for protected, entry in view.protected:
         if not _inside(absolute, protected):
             continue
@@ -204,19 +219,43 @@ def _denied(absolute: str, view: RefusalView) -> str | None:
     return None
 
 
+_READ_ONLY = (
+    "read-only in the sandbox: only the workspace and filesystem.writable are "
+    "writable (--allow-write PATH)"
+)
+_OUTSIDE = (
+    "outside what the sandbox shows: only the system trees, the workspace and "
+    "filesystem.readable/writable are (--allow-read PATH)"
+)
+
+
 def _unreachable(absolute: str, view: RefusalView) -> str | None:
-    """A path outside what the sandbox lets the command write, or see."""
-    if any(_inside(absolute, place) for place in (*view.writable, *view.scratch)):
+    """A path outside what the sandbox lets the command write, or see. Between a scratch
+    place and a readable tree, the innermost holding the path says: a toolchain made
+    readable inside bubblewrap's tmpfs home is bound read-only over it."""
+    if any(_inside(absolute, place) for place in view.writable):
         return None
-    if any(_inside(absolute, tree) for tree in view.readable):
-        return (
-            "read-only in the sandbox: only the workspace and filesystem.writable are "
-            "writable (--allow-write PATH)"
-        )
-    return (
-        "outside what the sandbox shows: only the system trees, the workspace and "
-        "filesystem.readable/writable are (--allow-read PATH)"
-    )
+    holding: list[tuple[int, str | None]] = [
+        (len(place), None) for place in view.scratch if _inside(absolute, place)
+    ]
+    holding += [(len(tree), _READ_ONLY) for tree in view.readable if _inside(absolute, tree)]
+    if holding:
+        return max(holding, key=lambda held: held[0])[1]
+    return _OUTSIDE
+
+
+def _hidden(absolute: str, view: RefusalView) -> str | None:
+    """A path the command was told does not exist although the host has it: hidden by a
+    deny rule, or outside what the sandbox shows (a scratch place is a private, empty one:
+    bubblewrap's tmpfs home). A path missing on the host too is simply missing."""
+    if not os.path.lexists(absolute):
+        return None
+    for denied, entry in view.deny_read:
+        if _inside(absolute, denied):
+            return f"hidden: filesystem.deny_read {entry!r}"
+    if any(_inside(absolute, place) for place in (*view.writable, *view.readable)):
+        return None
+    return _OUTSIDE
 
 
 def _protected(absolute: str, protected: str, entry: str, view: RefusalView) -> str:
