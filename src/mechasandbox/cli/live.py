@@ -48,11 +48,10 @@ def command_input(
 
 def is_open(fd: int) -> bool:
     """Whether this process has a descriptor `fd` (the CLI's stdin may be closed)."""
-    try:
+    with contextlib.suppress(OSError):
         os.fstat(fd)
-    except OSError:
-        return False
-    return True
+        return True
+    return False
 
 
 def _terminal_or_closed(fd: int) -> bool:
