@@ -143,7 +143,10 @@ class BackendContract:
         itself (TIOCSTI would type into the caller's shell)."""
         import pty
 
-        controller, terminal = pty.openpty()
+        try:
+            controller, terminal = pty.openpty()
+        except OSError as error:  # devpts mounted with ptmxmode=000: only root gets a pty
+            pytest.skip(f"no pseudo-terminal for this user here: {error}")
         try:
             os.write(controller, b"typed\n\x04")  # a line, then end-of-file
             script = "if [ -t 0 ]; then echo terminal; else echo pipe; fi; cat"
