@@ -62,10 +62,13 @@ def go_loopless(
     app.core.runner.override(providers.Object(runner))
     backend = _first_loopless(app, app.config.backend())
     if backend is None:
-        # Forget the backends built with the blocking runner; none of them holds anything.
+        # Forget the backends built with the blocking runner (none of them holds anything);
+        # the state they were handed, and the start's sweep, stay for the ones built next.
         app.core.runner.reset_override()
         app.backends.deps.reset()
-        app.backends.shutdown_resources()
+        for built in app.backends.named.providers.values():
+            if isinstance(built, providers.Resource):
+                built.shutdown()
         return False
     app.backends.selected.override(providers.Object(backend))
     return True
