@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -298,6 +299,24 @@ def test_an_offline_hint_only_for_failed_runs_without_network(box: Box) -> None:
     assert network(box.sh(failed.format(6), policy=full)) == []
     assert network(box.sh("echo 'no such thing' >&2; exit 6")) == []
     assert len(network(box.sh(failed.format(6)))) == 1
+
+
+def test_a_refused_loopback_connection_says_the_hosts_localhost_is_not_there(box: Box) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        # (a client that prints the address it tries, as wget and curl do, then Python's)
+        script = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)"
+        run = box.sh(f"echo 'Connecting to 127.0.0.1:{port}' >&2; python3 -c \"{script}\"")
+        with pytest.raises(BlockingIOError):
+            server.accept()  # the host's listener was never reached
+    assert run.exit_code != 0
+    (hint,) = network(run)
+    if box.name == "bubblewrap":  # its own loopback answers: refused
+        assert "services listening on the host's localhost are not reachable" in hint, hint
+        assert f"--network allowlist --allow-domain 127.0.0.1:{port}" in hint, hint
+    else:  # landlock: no socket at all
+        assert "--network allowlist" in hint, hint
 
 
 # --- commands the sandbox cannot see ------------------------------------------------------------

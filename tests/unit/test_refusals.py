@@ -201,3 +201,25 @@ def test_a_toolchain_bound_read_only_in_a_scratch_home_is_read_only(tmp_path: Pa
     )
     assert list(found) == [f"{home}/.pyenv/shims/x"]
     assert "read-only in the sandbox" in found[f"{home}/.pyenv/shims/x"]
+
+
+@pytest.mark.parametrize(
+    ("stderr", "address"),
+    [
+        ("curl: (7) Failed to connect to localhost port 8080 after 0 ms: Connection refused",
+         "127.0.0.1:8080"),
+        ("Connecting to 127.0.0.1:5432... failed: Connection refused.", "127.0.0.1:5432"),
+        ("ConnectionRefusedError: [Errno 111] Connection refused", "127.0.0.1:PORT"),
+        ("Error: connect ECONNREFUSED ::1:3000", "127.0.0.1:3000"),
+    ],
+)  # fmt: skip
+def test_a_refused_loopback_connection_names_the_one_address_to_allow(
+    stderr: str, address: str
+) -> None:
+    run = RunResult(backend="bubblewrap", exit_code=7, signal=None, stderr=stderr.encode())
+    found = offline_violation(run, Policy())
+    assert found is not None
+    assert "not reachable from it" in found.detail
+    assert found.detail.endswith(f"--network allowlist --allow-domain {address}")
+    full = Policy(network=NetworkPolicy(mode=NetworkMode.FULL))
+    assert offline_violation(run, full) is None

@@ -43,6 +43,12 @@ _HOSTS = (
     re.compile(r"https?://([A-Za-z0-9.-]+\.[A-Za-z]{2,})"),
     re.compile(r"lookup ([A-Za-z0-9.-]+\.[A-Za-z]{2,})"),
 )
+# A refused connection to a loopback address: under network `none` the sandbox's loopback
+# is its own (or closed), so a service listening on the host's is not there.
+_LOOPBACK_REFUSED = re.compile(r"connection refused|ECONNREFUSED", re.IGNORECASE)
+_LOOPBACK_PORT = re.compile(
+    r"(?:localhost|127(?:\.\d{1,3}){3}|\[?::1\]?)(?::| port )(\d{1,5})\b", re.IGNORECASE
+)
 # A host that is reached only together with another one.
 _COMPANIONS = {"pypi.org": ("files.pythonhosted.org",)}
 # pip names only the index's path when it retries (`...': /simple/requests/`).
@@ -58,7 +64,7 @@ def offline_violation(result: RunResult, policy: Policy) -> Violation | None:
     text = result.stderr.decode(errors="replace")
     found = _OFFLINE.search(text)
     if found is None:
-        return None
+        return _loopback_violation(text)
     hosts: list[str] = ["pypi.org"] if _PIP_INDEX.search(text) else []
     for pattern in _HOSTS:
         hosts.extend(h for h in pattern.findall(text) if h not in ("localhost", "127.0.0.1"))
@@ -71,6 +77,25 @@ def offline_violation(result: RunResult, policy: Policy) -> Violation | None:
         detail=f"the command needed the network{seen} and this run has none "
         f'("{found.group(0)}"): network = "none". Allow what it needs with '
         f'--network allowlist {domains} (network.mode = "allowlist", network.allow)',
+    )
+
+
+def _loopback_violation(text: str) -> Violation | None:
+    """A refused connection to loopback under network `none`: what the host listens on
+    there is not the sandbox's, and the one way to reach it (through the proxy, an HTTP
+    client's only) names the address explicitly."""
+    refused = _LOOPBACK_REFUSED.search(text)
+    if refused is None:
+        return None
+    port = _LOOPBACK_PORT.search(text)
+    address = f"127.0.0.1:{port.group(1)}" if port else "127.0.0.1:PORT"
+    return Violation(
+        kind="network",
+        detail=f'a connection was refused ("{refused.group(0)}") and this run has no '
+        'network: network = "none" gives the command a loopback of its own (or none), so '
+        "services listening on the host's localhost are not reachable from it. Start the "
+        "service inside the run, or let an HTTP client through the proxy to that one "
+        f"address: --network allowlist --allow-domain {address}",
     )
 
 
