@@ -86,6 +86,21 @@ def test_a_success_is_remembered_for_the_next_process(
     assert probes.calls == 1
 
 
+def test_the_landlock_abi_is_remembered_with_it_and_an_older_record_probed_again(
+    monkeypatch: pytest.MonkeyPatch, cache: ProbeCache, tool: Path
+) -> None:
+    probed = BwrapFeatures(path=str(tool), version=(0, 9, 0), landlock_abi=6)
+    probes = fake_probe(monkeypatch, probed)
+    assert again(tool, cache) == probed
+    assert again(tool, cache) == probed  # the ABI from the record: no Landlock loaded
+    assert probes.calls == 1
+    key = probe_key(str(tool))
+    assert key is not None
+    cache.store(PROBE_NAME, key, {"version": [0, 9, 0]})  # written before the ABI was kept
+    assert again(tool, cache) == probed
+    assert probes.calls == 2
+
+
 def test_a_failure_is_never_remembered(
     monkeypatch: pytest.MonkeyPatch, cache: ProbeCache, tool: Path
 ) -> None:
@@ -180,7 +195,7 @@ def test_a_stale_success_fails_closed(
     broken.chmod(0o755)
     key = probe_key(str(broken))
     assert key is not None
-    cache.store(PROBE_NAME, key, {"version": [0, 8, 0]})
+    cache.store(PROBE_NAME, key, {"version": [0, 8, 0], "landlock_abi": 0})
     backend = BubblewrapBackend(runner=runner, bwrap=str(broken), probe_cache=cache)
     assert not isinstance(backend.probe(), Failure)  # believed available
     workspace = tmp_path / "ws"

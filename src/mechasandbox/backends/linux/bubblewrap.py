@@ -36,7 +36,6 @@ from mechasandbox.backends.linux.bwrap_hooks import (
     UnixSocketPlan,
     command_hooks,
     describe_scope,
-    landlock_abi,
     named_sockets_row,
     seccomp_summary,
     unix_socket_plan,
@@ -310,7 +309,11 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             return Failure(BackendUnavailable(backend=NAME, reason=features))
         return Success(
             _capabilities(
-                features.version, self._socat(), landlock_abi(), self.cgroups, self.host.uid
+                features.version,
+                self._socat(),
+                features.landlock_abi,
+                self.cgroups,
+                self.host.uid,
             )
         )
 
@@ -334,7 +337,8 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         env.setdefault("HOME", _home_inside(host, layout))
         if bridge is not None:
             env.update(proxy_environment(PROXY_URL))
-        unix = unix_socket_plan(policy, find_named_sockets(policy, host, workspace), landlock_abi())
+        sockets = find_named_sockets(policy, host, workspace)
+        unix = unix_socket_plan(policy, sockets, setting.features.landlock_abi)
         compiled: Result[BwrapCommand, SandboxError] = compile_bwrap(
             request,
             policy,

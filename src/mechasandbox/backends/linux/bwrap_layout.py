@@ -135,10 +135,13 @@ def _lstat_fact(path: str) -> PathFact:
 
 @attrs.frozen(kw_only=True)
 class BwrapFeatures:
-    """The bwrap executable and what its version supports."""
+    """The bwrap executable and what its version supports, and the kernel's Landlock ABI
+    (0: none), with which bwrap's own hooks scope abstract unix sockets: found by the same
+    probe, so that a run does not load the Landlock backend to ask."""
 
     path: str = "bwrap"
     version: tuple[int, ...] = DISABLE_USERNS_VERSION
+    landlock_abi: int = 0
 
     @property
     def disable_userns(self) -> bool:

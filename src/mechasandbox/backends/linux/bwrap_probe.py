@@ -11,7 +11,9 @@ import os
 import re
 import subprocess
 
-from mechasandbox.backends.linux.bwrap_hooks import seccomp_program
+import attrs
+
+from mechasandbox.backends.linux.bwrap_hooks import landlock_abi, seccomp_program
 from mechasandbox.backends.linux.bwrap_layout import BwrapFeatures
 from mechasandbox.backends.linux.host_facts import executable_facts, namespace_facts
 from mechasandbox.backends.probe_cache import ProbeCache
@@ -81,7 +83,7 @@ def probe_bwrap(path: str) -> BwrapFeatures | str:
     if ran.returncode != 0:
         reason = ran.stderr.decode(errors="replace").strip() or f"exit status {ran.returncode}"
         return f"bwrap cannot create its namespaces here: {reason}"
-    return features
+    return attrs.evolve(features, landlock_abi=landlock_abi())
 
 
 PROBE_NAME = "bwrap"
@@ -107,13 +109,20 @@ def remembered_probe(path: str, cache: ProbeCache) -> BwrapFeatures | str:
     key = probe_key(path)
     if key is None:
         return probe_bwrap(path)
-    recorded = cache.load(PROBE_NAME, key)
-    version = recorded.get("version") if recorded is not None else None
-    if isinstance(version, list) and version and all(isinstance(v, int) for v in version):
-        return BwrapFeatures(path=path, version=tuple(version))
+    recorded = cache.load(PROBE_NAME, key) or {}
+    version, abi = recorded.get("version"), recorded.get("landlock_abi")
+    if (
+        isinstance(version, list)
+        and version
+        and all(isinstance(v, int) for v in version)
+        and isinstance(abi, int)
+        and abi >= 0
+    ):
+        return BwrapFeatures(path=path, version=tuple(version), landlock_abi=abi)
     probed = probe_bwrap(path)
     if isinstance(probed, BwrapFeatures):
-        cache.store(PROBE_NAME, key, {"version": list(probed.version)})
+        record = {"version": list(probed.version), "landlock_abi": probed.landlock_abi}
+        cache.store(PROBE_NAME, key, record)
     else:
         cache.forget(PROBE_NAME)
     return probed
