@@ -1,0 +1,30 @@
+"""The backend contract suite, every command of it run inside a session (one per test's
+workspace): what a one-shot run guarantees, a session's command guarantees too."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from mechasandbox.backends.base import Backend
+from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.testing import BackendContract
+from mechasandbox.testing.sessions import InSession
+from tests.conftest import require_available, require_session_agent
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backend")
+
+
+@linux_only
+class TestBubblewrapSessionContract(BackendContract):
+    @pytest.fixture
+    def backend(self, runner: HelperProcessRunner) -> Iterator[Backend]:
+        from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend
+
+        require_session_agent()
+        bubblewrap = BubblewrapBackend(runner=runner)
+        require_available(bubblewrap)
+        with InSession(bubblewrap) as in_session:
+            yield in_session
