@@ -19,14 +19,17 @@ Not yet: allowlist networking (its proxy lives for one run: a typed refusal), a 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from typing import TYPE_CHECKING
 
-import anyio
 import attrs
 from returns.result import Failure, Result, Success
 
+from mechasandbox.backends.agent_process import (
+    AgentProcess,
+    agent_argv,
+    session_agent,
+    start_agent,
+)
 from mechasandbox.backends.agent_session import AgentSession
 from mechasandbox.backends.execute import disarm_after, prepare_run
 from mechasandbox.backends.linux.bwrap_compiler import SESSION_AGENT, BwrapCommand
@@ -43,11 +46,7 @@ from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest, Terminal
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
-from mechasandbox.runner import framing
-from mechasandbox.runner.session_client import HELLO_TIMEOUT_S, AgentChannel
-from mechasandbox.runner.session_protocol import StdioMode, agent_path, agent_speaks
 from mechasandbox.runner.spec import ChildHook, SpawnSpec
-from mechasandbox.runner.submission import HelpedRunner, Submitted
 
 if TYPE_CHECKING:
     from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend, BwrapSetting
@@ -55,19 +54,6 @@ if TYPE_CHECKING:
 NAME = "bubblewrap"
 # Landlock's signal scope (ABI 6, include/uapi/linux/landlock.h).
 SCOPE_SIGNAL = 1 << 1
-# How long the sandbox may take to end once its agent was told to (bwrap's init, then the
-# helper's tree kill of what is left, are both quicker).
-END_TIMEOUT_S = 5.0
-
-
-def agent_argv(settings: SessionSettings) -> tuple[str, ...]:
-    """The agent's command line inside: its idle timeout and lifetime, enforced inside."""
-    argv = [SESSION_AGENT]
-    if settings.idle_timeout_s is not None:
-        argv += ["--idle-ms", str(max(1, round(settings.idle_timeout_s * 1000)))]
-    if settings.max_lifetime_s is not None:
-        argv += ["--lifetime-ms", str(max(1, round(settings.max_lifetime_s * 1000)))]
-    return tuple(argv)
 
 
 def command_scope(abi: int) -> tuple[ChildHook, ...]:
@@ -89,7 +75,7 @@ class BwrapSessionSandbox:
     manager: CgroupManager | None
     cgroup: CgroupRun | None
     scope: tuple[ChildHook, ...]
-    process: Submitted | None = None
+    process: AgentProcess | None = None
     _closed: bool = False
 
     def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
@@ -135,34 +121,13 @@ class BwrapSessionSandbox:
             result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
         )
 
-    def launcher_message(self) -> str:
-        """What bwrap (or the agent) said on stderr before the session could start."""
-        if self.process is None:
-            return ""
-        said = b""
-        with contextlib.suppress(OSError):
-            while chunk := os.read(self.process.err_r, 65536):
-                said += chunk
-        return said.decode(errors="replace").strip()
-
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        process = self.process
-        if process is not None:
-            with anyio.move_on_after(END_TIMEOUT_S):
-                while True:
-                    await anyio.wait_readable(process.sock)
-                    try:
-                        message, _ = framing.receive(process.sock)
-                    except framing.FrameError:
-                        break
-                    if message.get("event") in ("exited", "failed"):
-                        break
         try:
-            if process is not None:
-                process.close()  # what is left of the tree dies with the run's socket
+            if self.process is not None:
+                await self.process.end()
         finally:
             self.guards.close()
             if self.manager is not None and self.cgroup is not None:
@@ -176,19 +141,14 @@ async def open_bwrap_session(
 ) -> Result[BackendSession, SandboxError]:
     """Set the sandbox up as a one-shot run of `policy` in `workspace` would be, with the
     agent as its command, and wait for the agent's HELLO."""
-    agent = agent_path()
-    if agent is None or not agent_speaks(agent):
-        why = "the session agent is not built here (`make shim`)"
-        return Failure(no_sessions(NAME, why))
-    runner = backend.runner
-    if not isinstance(runner, HelpedRunner):
-        return Failure(no_sessions(NAME, "its process runner cannot start a session's sandbox"))
+    found = session_agent(NAME, backend.runner)
+    if isinstance(found, Failure):
+        return Failure(found.failure())
+    agent = found.unwrap()
     if policy.network.mode is NetworkMode.ALLOWLIST:
-        why = (
-            "allowlist networking has none yet (its proxy lives for one run): network none or full"
-        )
+        why = "allowlist networking has none yet (its proxy lives for one run): use none or full"
         return Failure(no_sessions(NAME, why))
-    request = RunRequest(argv=agent_argv(settings), workspace=workspace)
+    request = RunRequest(argv=agent_argv(SESSION_AGENT, settings), workspace=workspace)
     policy = backend.with_toolchains(request, policy, backend.host)
     prepared = prepare_run(backend, request, policy, backend.git)
     if isinstance(prepared, Failure):
@@ -233,24 +193,11 @@ async def open_bwrap_session(
             await sandbox.aclose()
             return Failure(BackendFailed(backend=NAME, reason=f"cgroup: {error}"))
         spec = attrs.evolve(spec, cgroup_procs=spec.cgroup_procs + sandbox.cgroup.procs_files)
-    host_end, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with inside:
-        started = runner.start(spec, inside.fileno())
+    started = await start_agent(NAME, backend.runner, spec)
     if isinstance(started, Failure):
-        host_end.close()
         await sandbox.aclose()
         return Failure(started.failure())
-    sandbox.process = started.unwrap()
-    channel = AgentChannel.over_socket(host_end, backend=NAME, mode=StdioMode.FDS)
-    hello: Result[object, str] = Failure(f"the agent did not answer in {HELLO_TIMEOUT_S:g} s")
-    with anyio.move_on_after(HELLO_TIMEOUT_S):
-        hello = await channel.wait_hello()
-    if isinstance(hello, Failure):
-        channel.close()
-        await sandbox.aclose()
-        said = sandbox.launcher_message()
-        reason = f"the session's sandbox did not start: {said or hello.failure()}"
-        return Failure(BackendFailed(backend=NAME, reason=reason))
+    channel, sandbox.process = started.unwrap()
     return Success(
         AgentSession(
             name=NAME,
