@@ -71,9 +71,9 @@ class AgentSession:
 
     name: str
     workspace: str
-    policy: Policy
-    channel: AgentChannel
-    sandbox: SessionSandbox
+    policy: Policy = attrs.field(repr=False)
+    channel: AgentChannel = attrs.field(repr=False)
+    sandbox: SessionSandbox = attrs.field(repr=False)
     settings: SessionSettings
     warnings: tuple[str, ...] = ()
     opened_at: float = attrs.field(factory=time.monotonic)
