@@ -2,17 +2,24 @@
 shim (the `DEVELOPER_N` parameter), python3, node, clang with modules, a TLS client in
 allowlist mode. They run only on macOS runners (the `macos` workflow, where
 MECHASANDBOX_REQUIRE_BACKENDS=seatbelt makes a missing backend fail); elsewhere they skip
-with the reason. A tool missing from the runner skips with its name; the TLS test needs the
-internet and runs only where MECHASANDBOX_NETWORK_TESTS=1 (the macOS workflow sets it)."""
+with the reason. A tool missing from the runner skips with its name. No test sends traffic
+beyond loopback: the TLS test serves HTTPS itself on 127.0.0.1."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
+import socket
+import ssl
+import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
+import attrs
 import pytest
 from returns.result import Success
 
@@ -108,37 +115,219 @@ def test_clang_modules_land_in_the_private_tmpdir(
     assert result.stdout.split() == [b"ok", b"cached"]
 
 
-@pytest.mark.skipif(
-    os.environ.get("MECHASANDBOX_NETWORK_TESTS") != "1",
-    reason="reaches the internet (set MECHASANDBOX_NETWORK_TESTS=1; the macOS workflow does)",
-)
-def test_tls_client_in_allowlist_mode(runner: HelperProcessRunner, tmp_path: Path) -> None:
-    """Go's client verifies certificates through the Security framework (trustd, the
-    security server, the network configuration): the allowlist's TLS services."""
+def test_tls_clients_in_allowlist_mode(runner: HelperProcessRunner, tmp_path: Path) -> None:
+    """TLS clients reach an allowed HTTPS server through the run's proxy, and only it.
+
+    Loopback only: the server is this test's, on 127.0.0.1 with a certificate from a CA the
+    test makes and throws away, listed as an IP literal (`127.0.0.1:PORT`: the proxy
+    refuses loopback unless a literal names it). A second server of the test, not listed,
+    must see no connection. curl takes the CA with `--cacert`, Python with `cafile`.
+
+    Go on macOS ignores `SSL_CERT_FILE` (since Go 1.18 its system roots are the platform
+    verifier's, `crypto/x509/root_darwin.go`) and never proxies a loopback address taken
+    from the environment (`httpproxy`), so the program names both itself: it adds the CA to
+    the system pool and uses the proxy URL of `HTTPS_PROXY`. Go then asks the platform
+    verifier first (the Security framework: trustd and the security server, the
+    allowances under test), which does not trust the throwaway CA, and falls back to its
+    own verifier with the added root. So the Go check shows that the platform path ran
+    without a denial of those services (when the log was readable), not that the platform
+    trusted the CA: that would need the CA in a keychain, a change to the host.
+    """
     backend = SeatbeltBackend(runner=runner, egress=EgressProxy())
     require_available(backend)
-    policy = Policy(
-        network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=("pypi.org",)),
-        enforcement=Enforcement.BEST_EFFORT,
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    ca = make_throwaway_ca(tmp_path / "pki", workspace)
+    with TlsServer(ca) as allowed, TlsServer(ca) as unlisted:
+        policy = Policy(
+            network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=(f"127.0.0.1:{allowed.port}",)),
+            enforcement=Enforcement.BEST_EFFORT,
+        )
+        curl = run(
+            backend,
+            workspace,
+            ["/usr/bin/curl", "-sSf", "--cacert", "ca.pem", allowed.url],
+            policy,
+        )
+        assert curl.exit_code == 0, curl.stderr
+        assert curl.stdout == TlsServer.BODY
+
+        denied = run(
+            backend,
+            workspace,
+            ["/usr/bin/curl", "-sSf", "--cacert", "ca.pem", unlisted.url],
+            policy,
+        )
+        assert denied.exit_code != 0
+        assert unlisted.connections == 0
+        assert any(str(unlisted.port) in v.detail for v in denied.violations), denied
+
+        script = (
+            "import os, ssl, sys, urllib.request as u\n"
+            "opener = u.build_opener(u.ProxyHandler({'https': os.environ['HTTPS_PROXY']}),\n"
+            "    u.HTTPSHandler(context=ssl.create_default_context(cafile='ca.pem')))\n"
+            "sys.stdout.buffer.write(opener.open(sys.argv[1], timeout=30).read())\n"
+        )
+        python = run(backend, workspace, [need("python3"), "-c", script, allowed.url], policy)
+        assert python.exit_code == 0, python.stderr
+        assert python.stdout == TlsServer.BODY
+
+        go = need("go")
+        (workspace / "main.go").write_text(GO_CLIENT)
+        result = run(backend, workspace, [go, "run", "main.go", allowed.url], policy)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout == TlsServer.BODY
+        if not any(note.startswith("violations not reported") for note in result.notes):
+            services = platform.MACH_SERVICES_TLS
+            refused = [v for v in result.violations if any(s in v.detail for s in services)]
+            assert not refused, refused
+        assert unlisted.connections == 0
+
+
+GO_CLIENT = """package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+)
+
+func main() {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		panic(err)
+	}
+	ca, err := os.ReadFile("ca.pem")
+	if err != nil || !pool.AppendCertsFromPEM(ca) {
+		panic("ca.pem")
+	}
+	proxy, err := url.Parse(os.Getenv("HTTPS_PROXY"))
+	if err != nil {
+		panic(err)
+	}
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:           http.ProxyURL(proxy),
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+	}}
+	response, err := client.Get(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	defer response.Body.Close()
+	if _, err := io.Copy(os.Stdout, response.Body); err != nil {
+		panic(err)
+	}
+}
+"""
+
+# A CA and a server certificate for 127.0.0.1, made with the system's `openssl` (LibreSSL on
+# macOS): classic `req`/`x509` options and a config file, which LibreSSL and OpenSSL both
+# read. Short-lived, RSA 2048, SHA-256, serverAuth: within Apple's rules for TLS servers.
+OPENSSL_CONFIG = """[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = mechasandbox throwaway test CA
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[leaf]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+@attrs.frozen
+class ThrowawayCa:
+    certificate: Path  # in the workspace, as `ca.pem`, for the clients
+    server_certificate: Path
+    server_key: Path
+
+
+def make_throwaway_ca(directory: Path, workspace: Path) -> ThrowawayCa:
+    """A fresh CA (its key stays in `directory`, outside the workspace) and a certificate
+    for 127.0.0.1 signed by it; the CA certificate is copied into the workspace."""
+    openssl = need("openssl")
+    directory.mkdir()
+    config = directory / "openssl.cnf"
+    config.write_text(OPENSSL_CONFIG)
+    new_key = ["-newkey", "rsa:2048", "-nodes", "-sha256", "-config", str(config)]
+    steps = [
+        [openssl, "req", "-x509", *new_key, "-extensions", "ca", "-days", "2",
+         "-keyout", "ca.key", "-out", "ca.pem"],
+        [openssl, "req", "-new", *new_key, "-subj", "/CN=127.0.0.1",
+         "-keyout", "server.key", "-out", "server.csr"],
+        [openssl, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-set_serial", "2", "-days", "2", "-sha256", "-extfile", str(config),
+         "-extensions", "leaf", "-out", "server.pem"],
+    ]  # fmt: skip
+    for argv in steps:
+        subprocess.run(argv, cwd=directory, check=True, capture_output=True, timeout=60)
+    shutil.copyfile(directory / "ca.pem", workspace / "ca.pem")
+    return ThrowawayCa(
+        certificate=workspace / "ca.pem",
+        server_certificate=directory / "server.pem",
+        server_key=directory / "server.key",
     )
-    curl = run(
-        backend,
-        tmp_path,
-        ["/usr/bin/curl", "-sSf", "-o", "/dev/null", "https://pypi.org/simple/"],
-        policy,
-    )
-    assert curl.exit_code == 0, curl.stderr
-    denied = run(backend, tmp_path, ["/usr/bin/curl", "-sSf", "https://example.com/"], policy)
-    assert denied.exit_code != 0
-    go = need("go")
-    (tmp_path / "main.go").write_text(
-        'package main\nimport ("fmt"; "net/http")\n'
-        'func main() { r, err := http.Get("https://pypi.org/simple/"); '
-        "if err != nil { panic(err) }; fmt.Println(r.StatusCode) }\n"
-    )
-    result = run(backend, tmp_path, [go, "run", "main.go"], policy)
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == b"200"
+
+
+class TlsServer:
+    """An HTTPS server on 127.0.0.1 (a random port) in a thread, for the test's duration;
+    `connections` counts the connections it accepted."""
+
+    BODY = b"hello over TLS\n"
+
+    def __init__(self, ca: ThrowawayCa) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(ca.server_certificate, ca.server_key)
+        self.connections = 0
+        counted = self
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                connection, address = self.socket.accept()
+                counted.connections += 1
+                connection.settimeout(30)
+                # The handshake happens on the first read, in the connection's own thread,
+                # so a client that stalls it does not hold up the next accept.
+                wrapped = context.wrap_socket(
+                    connection, server_side=True, do_handshake_on_connect=False
+                )
+                return wrapped, address
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(TlsServer.BODY)))
+                self.end_headers()
+                self.wfile.write(TlsServer.BODY)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"https://127.0.0.1:{self.port}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TlsServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
 
 
 def _readlink(path: str) -> str | None:
