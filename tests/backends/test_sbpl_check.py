@@ -51,7 +51,9 @@ def test_tagged_profile_passes() -> None:
         log_tag="mechasandbox-0123abcd",
     ).unwrap()
     assert '(deny default (with message "mechasandbox-0123abcd"))' in profile.text
-    assert profile.text.count('(with message "mechasandbox-0123abcd")') == 6
+    # deny default, deny_read, its renames, deny_write, protected paths, their parents,
+    # git's and husky's places at any depth and their renames
+    assert profile.text.count('(with message "mechasandbox-0123abcd")') == 8
     assert problems(profile, CASES["restrictive"][0]) == ()
 
 
@@ -104,7 +106,48 @@ def broken(old: str, new: str) -> tuple[str, ...]:
         ),
         ('(subpath (param "WORKSPACE"))', '(subpath "/Users/dev/proj")', "not parameterised"),
         ('(subpath (param "WORKSPACE"))', '(subpath (param "NOPE"))', "not defined"),
-        ('(subpath (param "WORKSPACE"))', '(subpath "/usr")', "never used: WORKSPACE"),
+        ('(subpath (param "TMPDIR"))', '(subpath "/usr/bin")', "never used: TMPDIR"),
+        # Too open: /usr and /opt wholesale (Homebrew's var), loopback's every port
+        ('(subpath "/usr/bin")', '(subpath "/usr")', "literal path '/usr' is not parameterised"),
+        ('(subpath "/opt/homebrew/bin")', '(subpath "/opt")', "'/opt' is not parameterised"),
+        (
+            '(subpath "/opt/homebrew/bin")',
+            '(subpath "/opt/homebrew/var")',
+            "is not parameterised",
+        ),
+        (
+            "(allow process-fork)",
+            '(allow network-outbound (remote ip "localhost:*"))',
+            '"*:*" is expected',
+        ),
+        # TLS and DNS services only where the network is reachable
+        (
+            "(allow user-preference-read)",
+            '(allow mach-lookup (global-name "com.apple.trustd.agent"))',
+            "network services com.apple.trustd.agent although the mode is none",
+        ),
+        (
+            '(sysctl-name "kern.grade_cputype")',
+            '(sysctl-name "kern.tcsm_enable")',
+            "sysctl-write beyond",
+        ),
+        (
+            '(sysctl-name "kern.grade_cputype")',
+            '(sysctl-name-prefix "kern.")',
+            "sysctl-write beyond",
+        ),
+        # git's places at any depth: the rule must be there, scoped to the workspace
+        (
+            '(require-all (subpath (param "WORKSPACE")) (require-any (regex',
+            '(require-all (subpath (param "TMPDIR")) (require-any (regex',
+            "the workspace lacks the deny of 2 protected names",
+        ),
+        # deny_write and protected paths: the path itself, not only what is under it
+        (
+            '(literal (param "PROTECTED_0"))',
+            '(literal (param "TMPDIR"))',
+            "PROTECTED_0 is not denied as literal",
+        ),
         ("(version 1)", "(version 2)", "does not start with (version 1)"),
         ('(regex #"^/dev/ttys[0-9]+$")', '(regex #"^/.*$")', "unexpected regex"),
     ],

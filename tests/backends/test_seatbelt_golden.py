@@ -53,6 +53,8 @@ HOST = HostContext(
     platform="darwin",
 )
 TMPDIR = "/private/var/folders/zz/abc/T/mechasandbox-run1"
+# Where runner images keep Xcode (`/Applications/Xcode.app` a link to it).
+XCODE = "/Applications/Xcode_16.2.app"
 HOSTILE = '/tmp/ws") (allow default) ; \\"x\n(allow network*)'
 # What macOS resolves: /tmp and /var live under /private; ~/link is a symlink to ~/elsewhere.
 SYMLINKS = {"/tmp": "/private/tmp", "/var": "/private/var", f"{HOME}/link": f"{HOME}/elsewhere"}
@@ -84,6 +86,7 @@ def compile_ok(
         tmpdir=TMPDIR,
         realpath=fake_realpath,
         proxy_port=proxy_port,
+        developer=(XCODE,),
     )
     assert isinstance(result, Success), result
     profile: SbplProfile = result.unwrap()
@@ -315,7 +318,10 @@ def test_capabilities_are_honest(runner: HelperProcessRunner) -> None:
     assert {Protection.FILESYSTEM_READ, Protection.PROTECTED_PATHS, Protection.NETWORK_NONE} <= (
         capabilities.enforced
     )
-    assert "best-effort" in (capabilities.detail(Protection.MEMORY) or "")
+    # memory: no RLIMIT_AS on macOS, so not enforced, and said so
+    assert Protection.MEMORY not in capabilities.enforced
+    assert "not limited" in (capabilities.detail(Protection.MEMORY) or "")
+    assert Protection.MEMORY in capabilities.missing(Policy())
     # a strict policy is refused: processes of the host stay visible
     assert Protection.PID_ISOLATION in capabilities.missing(Policy())
     with_proxy = backend(runner, proxy_port=8877).probe().unwrap()
@@ -347,15 +353,19 @@ def test_plan_renders_the_profile_and_scrubs_the_environment(
     seatbelt = backend(runner)
     plan = seatbelt.plan(request, Policy(), HOST).unwrap()
     sections = dict(plan.sections)
+    names = ["CLANG_MODULE_CACHE_PATH", "GOCACHE", "HOME", "PATH", "PIP_CACHE_DIR", "TMPDIR"]
+    names.append("npm_config_cache")
     assert sections["argv"] == (
-        f"{SANDBOX_EXEC} -p PROFILE -D... -- /usr/bin/env -i -- HOME=\u2026 PATH=\u2026 "
-        "TMPDIR=\u2026 ls -la"
+        f"{SANDBOX_EXEC} -p PROFILE -D... -- /usr/bin/env -i -- "
+        + " ".join(f"{name}=\u2026" for name in names)
+        + " ls -la"
     )
     assert f'(deny default (with message "{PLAN_TAG}"))' in sections["sbpl"]
-    # HOME: the run's private one, in its TMPDIR
-    assert sections["environment"].split() == ["HOME", "PATH", "TMPDIR"]
+    # HOME and the tools' caches: the run's private ones, in its TMPDIR
+    assert sections["environment"].split() == names
     assert sections["sandbox-exec's own environment"] == "none"
     assert "RLIMIT_NPROC soft=912" in sections["rlimits"]  # 400 running + 512 allowed
+    assert "RLIMIT_AS" not in sections["rlimits"]  # macOS: refused or breaks V8, the JVM
 
 
 def job(request: RunRequest, policy: Policy) -> Job:

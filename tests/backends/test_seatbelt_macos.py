@@ -3,28 +3,37 @@ the reason, or fail when MECHASANDBOX_REQUIRE_BACKENDS names `seatbelt`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import attrs
 import pytest
-from returns.result import Success
+from returns.result import Failure, Success
 
+from mechasandbox.backends.base import Backend
 from mechasandbox.backends.macos.seatbelt import SeatbeltBackend
 from mechasandbox.domain import (
     Enforcement,
     EnvironmentPolicy,
     FilesystemPolicy,
+    Limits,
     NetworkMode,
     NetworkPolicy,
     Policy,
     RunRequest,
     RunResult,
+    Timeout,
 )
+from mechasandbox.runner.escapers import ESCAPERS, PeakCounter, escaper_script
+from mechasandbox.runner.proctable import alive_with_marker
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.testing import BackendContract
 from tests.conftest import require_available
@@ -203,3 +212,25 @@ class TestSeatbeltContract(BackendContract):
         backend = SeatbeltBackend(runner=runner)
         require_available(backend)
         return backend
+
+    def test_timeout_kills_the_whole_tree(self, backend: Backend, tmp_path: Path) -> None:
+        """The contract's escapers, but the double-forked daemon: it left the session and
+        was adopted by launchd before teardown, so nothing links it to the run any more
+        (tree-teardown: not enforced, see proctree_darwin). The background child and the
+        `setsid` child are killed; what escaped is killed here, not left to the runner."""
+        marker = f"contract-{secrets.token_hex(4)}"
+        policy = attrs.evolve(self.policy(), limits=Limits(timeout_s=1.5))
+        try:
+            with PeakCounter(marker) as seen:
+                result = self.run(
+                    backend, ["sh", "-c", escaper_script(marker)], tmp_path, policy=policy
+                )
+            assert isinstance(result, Failure)
+            assert isinstance(result.failure(), Timeout)
+            assert seen.peak >= ESCAPERS, "the escapers must have been running (else: vacuous)"
+            time.sleep(0.2)
+            assert len(alive_with_marker(marker)) <= 1  # at most the daemon escaped
+        finally:
+            for pid in alive_with_marker(marker):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

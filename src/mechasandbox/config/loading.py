@@ -34,7 +34,7 @@ PROJECT_JSON = ".openagents/project.json"
 DEFAULTS_SOURCE = "<package defaults>"
 OVERRIDES_SOURCE = "<overrides>"
 # sha256 of defaults/default.toml as the unit test that holds it equal to `Policy()` saw it.
-DEFAULTS_DIGEST = "ef809ccb6b57b272d9dd37eb7d61a0ec01e5295b3ae0186c1b28ded02f3008c8"
+DEFAULTS_DIGEST = "8da326cf694d114ea34bdc30d013428ea1ab685a96c904fd8f99af87190e6143"
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "defaults", "default.toml")
 
 

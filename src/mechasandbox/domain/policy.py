@@ -72,6 +72,32 @@ DEFAULT_DENY_READ: tuple[str, ...] = (
     "~/.gem/credentials",
     "~/.m2/settings.xml",
     "~/.gradle/gradle.properties",
+    # Tokens of infrastructure, secret-manager and AI tools' command lines.
+    "~/.terraform.d",
+    "~/.vault-token",
+    "~/.config/op",
+    "~/.cache/huggingface/token",
+    "~/.cache/huggingface/stored_tokens",
+    "~/.huggingface/token",
+    "~/.codex/auth.json",
+    "~/.claude/.credentials.json",
+    "~/.claude.json",
+    # Keychains, cookies and browser profiles (saved passwords, session cookies): macOS's
+    # places under ~/Library, then the Linux ones.
+    "~/Library/Keychains",
+    "~/Library/Cookies",
+    "~/Library/Safari",
+    "~/Library/Application Support/Google/Chrome",
+    "~/Library/Application Support/Chromium",
+    "~/Library/Application Support/BraveSoftware",
+    "~/Library/Application Support/Microsoft Edge",
+    "~/Library/Application Support/Arc",
+    "~/Library/Application Support/Firefox",
+    "~/.mozilla",
+    "~/.config/google-chrome",
+    "~/.config/chromium",
+    "~/.config/BraveSoftware",
+    "~/.config/microsoft-edge",
 )
 
 # `FilesystemPolicy.toolchains`: the toolchains under the home directory that exist, found

@@ -2,15 +2,20 @@
 
 What it enforces: the command sees only the image and the mounts we give it (the
 workspace read-write at its own path, the policy's extra paths), so host secrets are out
-of reach and writes land only in the workspace or the VM's throw-away disk; host processes
-are in another kernel; `--network none` leaves the VM without a network interface;
-`--memory` bounds the whole VM. Timeouts and cancellation kill and delete the container.
+of reach and writes land only in the workspace or the private `/tmp` (a tmpfs: the image's
+root is read-only); host processes are in another kernel; `--network none` leaves the VM
+without a network interface; `--memory` bounds the whole VM. The command runs as the
+caller's uid and gid with every capability dropped, so the rlimits given with `--ulimit`
+bind it (CPU time, open files, file size, and the process count, which in its VM counts
+only the run's processes). Timeouts and cancellation kill and delete the container.
 
 What it does not: protected paths *inside* the workspace (the mount is one read-write
 tree), `deny_read`/`deny_write` paths inside a mount, the network allowlist (no bridge to
-the host proxy yet), and per-run CPU time, process count, open files and file size (the
-command runs as root in its VM, where rlimits do not bind; the VM boundary contains the
-damage, but no limit is enforced). Its capabilities say so.
+the host proxy yet), and the process count for a root caller (RLIMIT_NPROC does not bind
+root). Its capabilities say so.
+
+The flags need a recent `container` CLI (`CLI_FLAG_VERSIONS`); the probe reads
+`container --version` and says which flag an older one lacks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import math
 import os
 import platform
 import posixpath
+import re
 import shutil
 import subprocess
 import tempfile
@@ -45,6 +51,7 @@ from mechasandbox.domain.limits import MIB
 from mechasandbox.domain.policy import Enforcement, NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest, Terminal, terminal_refused
 from mechasandbox.domain.result import RunResult
+from mechasandbox.limits.rlimits import rlimits_for
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import SpawnSpec
 
@@ -53,6 +60,22 @@ IMAGE_PLACEHOLDER = "<no image configured>"
 MIN_MACOS = (26,)
 # Inside the Linux VM the host's PATH (/opt/homebrew/bin, ...) means nothing.
 LINUX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The home directory the command sees, unless the policy sets one: the host's does not
+# exist in the image, and the read-only root leaves the private /tmp as the one writable
+# place outside the mounts (as for docker and podman).
+CONTAINER_HOME = "/tmp"
+# Each flag the backend emits and the CLI release that brought it (apple/container's
+# `Flags.swift` at each tag). Below the newest of them the backend is unavailable: an
+# older CLI refuses the unknown flag, so no run would start anyway.
+CLI_FLAG_VERSIONS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("--network none", (0, 6, 0)),
+    ("--read-only", (0, 8, 0)),
+    ("--ulimit", (0, 9, 0)),
+    ("--cap-drop", (0, 12, 0)),
+)
+MIN_CLI_VERSION = max(version for _flag, version in CLI_FLAG_VERSIONS)
+# `container --version`: "container CLI version 0.12.3 (build: release, commit: 1a2b3c4)".
+_CLI_VERSION = re.compile(r"\bversion (\d+)\.(\d+)\.(\d+)\b")
 NAME_PREFIX = "mechasandbox-"
 _CLEANUP_TIMEOUT_S = 30.0
 _STATUS_TTL_S = 30.0
@@ -138,10 +161,12 @@ def _carve_outs(
 
 
 def _container_env(policy: Policy, host: HostContext) -> Result[str, SandboxError]:
-    """The env-file content: the scrubbed environment, with a Linux PATH unless set."""
+    """The env-file content: the scrubbed environment, with a Linux PATH unless set and
+    HOME in the private /tmp unless the policy passes or sets one."""
     env = scrubbed_environment(policy.environment, dict(host.env))
     if "PATH" not in dict(policy.environment.set):
         env["PATH"] = LINUX_PATH
+    env.setdefault("HOME", CONTAINER_HOME)
     for key, value in env.items():
         # The CLI splits its env-file on every Unicode line break, and on the first "=".
         if len(f"{key}={value}".splitlines()) != 1 or "=" in key:
@@ -152,6 +177,24 @@ def _container_env(policy: Policy, host: HostContext) -> Result[str, SandboxErro
                 )
             )
     return Success("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
+
+
+def _identity_and_limits(policy: Policy, host: HostContext) -> list[str]:
+    """The command as the caller's uid and gid, without capabilities, on a read-only root
+    with a private /tmp, under the policy's rlimits.
+
+    Not root, and no CAP_SYS_RESOURCE: the rlimits bind and cannot be raised. RLIMIT_NPROC
+    counts the processes of the uid, and in the run's own VM only the run's have it; for a
+    root caller (uid 0 here too) it does not bind and is left out. Memory is the VM's
+    (`--memory`), not RLIMIT_AS.
+    """
+    args = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL"]
+    args += ["--uid", str(host.uid), "--gid", str(host.gid)]
+    settings = rlimits_for(policy.limits, memory_by_rlimit=False, processes_by_rlimit=host.uid != 0)
+    for setting in settings:  # RLIMIT_NOFILE -> nofile: the CLI's names
+        name = setting.resource.removeprefix("RLIMIT_").lower()
+        args += ["--ulimit", f"{name}={setting.soft}:{setting.hard}"]
+    return args
 
 
 def compile_args(
@@ -171,6 +214,7 @@ def compile_args(
     The workspace is mounted read-write at its own host path, so paths the agent prints
     mean the same inside and out; extra readable/writable paths likewise, read-only or not.
     `--entrypoint` is the command itself, so an image's entrypoint never wraps it.
+    `--interactive` only when the request has stdin: otherwise the CLI keeps it closed.
     """
     if policy.network.mode is NetworkMode.ALLOWLIST:
         return Failure(
@@ -179,8 +223,11 @@ def compile_args(
 
     def invocation(mounts: tuple[Mount, ...]) -> Result[ContainerInvocation, SandboxError]:
         argv: list[str] = [cli, "run", "--rm", "--name", name]
+        if request.stdin is not None:
+            argv.append("--interactive")
         if policy.network.mode is NetworkMode.NONE:
             argv += ["--network", "none"]
+        argv += _identity_and_limits(policy, host)
         if policy.limits.memory_bytes is not None:
             argv += ["--memory", f"{max(1, math.ceil(policy.limits.memory_bytes / MIB))}M"]
         if cpus is not None:
@@ -201,6 +248,59 @@ def compile_args(
         )
 
     return _mounts(request, policy, host, realpath).bind(invocation)
+
+
+def parse_cli_version(output: str) -> tuple[int, int, int] | None:
+    """The release in `container --version`'s output, None when it names none."""
+    match = _CLI_VERSION.search(output)
+    if match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return (major, minor, patch)
+
+
+def cli_version_problem(output: str) -> str | None:
+    """None when `container --version`'s output names a release new enough for every flag
+    of `CLI_FLAG_VERSIONS`; else why not, naming the release and what it lacks."""
+    version = parse_cli_version(output)
+    needed = ".".join(map(str, MIN_CLI_VERSION))
+    if version is None:
+        shown = output.strip()[:200] or "nothing"
+        return f"cannot tell the `container` CLI's release (`container --version` said {shown})"
+    if version >= MIN_CLI_VERSION:
+        return None
+    lacking = ", ".join(flag for flag, since in CLI_FLAG_VERSIONS if version < since)
+    shown = ".".join(map(str, version))
+    return f"the `container` CLI is {shown}; {needed} or newer is needed (it lacks {lacking})"
+
+
+class CliVersion:
+    """`container --version` of a CLI: its output, or why it gave none. Read once per
+    binary (path, inode and modification time, so an upgrade is read again). State of a
+    backend (its field); it holds nothing outside the process."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, int, int], str] = {}
+
+    def __call__(self, cli: str) -> Result[str, str]:
+        try:
+            status = os.stat(cli)
+        except OSError as error:
+            return Failure(f"`container --version` failed: {error}")
+        key = (cli, status.st_ino, status.st_mtime_ns)
+        if key in self._seen:
+            return Success(self._seen[key])
+        try:
+            completed = subprocess.run(
+                [cli, "--version"], capture_output=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return Failure(f"`container --version` failed: {error}")
+        output = (completed.stdout + completed.stderr).decode(errors="replace").strip()
+        if completed.returncode != 0:
+            return Failure(f"`container --version` exited {completed.returncode}: {output}")
+        self._seen[key] = output
+        return Success(output)
 
 
 def _macos_version() -> tuple[int, ...]:
@@ -243,25 +343,34 @@ class ContainerSetting:
     env_file: str
 
 
-_VM = "not limited per run; the VM boundary contains the damage"
+_RLIMIT = "in the VM, as the caller's uid without capabilities"
 _APPLE_CONTAINER = RUNNER | CapabilityTable(
     enforced={
         Protection.FILESYSTEM_READ: "VM sees only the image and the mounts",
-        Protection.FILESYSTEM_WRITE: "only the mounts reach the host; VM disk discarded",
+        Protection.FILESYSTEM_WRITE: "only the mounts reach the host; read-only root, "
+        "private /tmp (tmpfs)",
         Protection.NETWORK_NONE: "--network none: no interface in the VM",
         Protection.PID_ISOLATION: "separate kernel per run",
         Protection.TREE_TEARDOWN: "container kill + delete on timeout/cancel",
         Protection.MEMORY: "--memory of the VM",
+        Protection.CPU: f"--ulimit cpu (RLIMIT_CPU) {_RLIMIT}",
+        Protection.OPEN_FILES: f"--ulimit nofile (RLIMIT_NOFILE) {_RLIMIT}",
+        Protection.FILE_SIZE: f"--ulimit fsize (RLIMIT_FSIZE) {_RLIMIT}",
     },
     gaps={
         Protection.PROTECTED_PATHS: "the workspace is one read-write mount",
         Protection.NETWORK_ALLOWLIST: "no bridge from the VM to the host proxy",
         Protection.NAMED_UNIX_SOCKETS: "host unix sockets are not passed to the VM",
-        Protection.CPU: f"CPU time {_VM}",
-        Protection.PROCESSES: f"process count {_VM}",
-        Protection.OPEN_FILES: f"open files {_VM}",
-        Protection.FILE_SIZE: f"file size {_VM}",
     },
+)
+_PROCESSES = CapabilityTable(
+    enforced={
+        Protection.PROCESSES: "--ulimit nproc (RLIMIT_NPROC): the caller's uid has only "
+        "the run's processes in its VM"
+    }
+)
+_PROCESSES_ROOT = CapabilityTable(
+    gaps={Protection.PROCESSES: "RLIMIT_NPROC does not apply to root (the caller's uid, 0)"}
 )
 
 
@@ -272,7 +381,8 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
     `image` must provide the command's toolchain and must be configured: without one the
     backend is unavailable (so `auto` moves on to Seatbelt) rather than pulling a public
     image the user never chose. `cpus` sets the VM's CPU count. The
-    callables are injection points for tests (CLI lookup, macOS version, service status).
+    callables are injection points for tests (CLI lookup, macOS version, the CLI's
+    `--version`, service status).
     """
 
     runner: ProcessRunner
@@ -282,6 +392,10 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
     realpath: Callable[[str], str] = os.path.realpath
     which: Callable[[str], str | None] = shutil.which
     macos_version: Callable[[], tuple[int, ...]] = _macos_version
+    # (Reads each binary's release once: see `CliVersion`.)
+    cli_version: Callable[[str], Result[str, str]] = attrs.field(
+        factory=CliVersion, eq=False, repr=False
+    )
     # (Remembers a "running" for a while: see `SystemStatus`.)
     system_status: Callable[[str], str | None] = attrs.field(
         factory=SystemStatus, eq=False, repr=False
@@ -305,6 +419,12 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
         cli = self.which("container")
         if cli is None:
             return unavailable("the `container` CLI is not installed (github.com/apple/container)")
+        output = self.cli_version(cli)
+        if isinstance(output, Failure):
+            return unavailable(output.failure())
+        too_old = cli_version_problem(output.unwrap())
+        if too_old is not None:
+            return unavailable(too_old)
         problem = self.system_status(cli)
         if problem is not None:
             return unavailable(problem)
@@ -313,7 +433,9 @@ class AppleContainerBackend(SpawningBackend[ContainerInvocation, ContainerSettin
         return Success(cli)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
-        return self._cli().map(lambda _cli: _APPLE_CONTAINER.capabilities(self.name))
+        processes = _PROCESSES_ROOT if self.host.uid == 0 else _PROCESSES
+        table = _APPLE_CONTAINER | processes
+        return self._cli().map(lambda _cli: table.capabilities(self.name))
 
     def compile(
         self, job: Job, setting: ContainerSetting

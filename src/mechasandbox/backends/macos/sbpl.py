@@ -2,7 +2,9 @@
 
 How the profile is built, and why:
 
-- `(deny default)` first, then only what a command-line toolchain needs.
+- `(deny default)` first, then only what a command-line toolchain needs: the fixed
+  allowances of `platform` (each with its reason and the peer that grants it), the
+  selected Xcode at its real path (a parameter), the policy's trees.
 - **Last match wins** in SBPL: when several rules match an operation, the one written last
   decides. So every allow comes first and every deny (`deny_write`, protected paths,
   `deny_read`) is written at the end, where it overrides the broader allows above it.
@@ -20,6 +22,8 @@ How the profile is built, and why:
   protected path therefore also denies `file-write-unlink` (unlink and rename away) of its
   ancestors below the workspace, e.g. `.git` itself for `.git/hooks`. The same applies to
   `deny_read` paths inside writable trees, so a secret cannot be moved to a readable name.
+- Git's and husky's places below the workspace's root (nested repositories, submodules,
+  worktrees) are denied by path-free regexes scoped to the writable roots' parameters.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext
+from mechasandbox.backends.macos import platform
 from mechasandbox.domain.capabilities import Protection
 from mechasandbox.domain.errors import ConfigInvalid, PolicyUnsupported, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
@@ -41,80 +46,6 @@ Realpath = Callable[[str], str]
 
 # A run's log tag is written into the profile text (it is not a path): a strict alphabet.
 LOG_TAG = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-# Read-only system trees a toolchain needs: binaries, libraries, frameworks, the dyld shared
-# cache (under /System/Library and the cryptexes), developer tools, package managers.
-# `/System` is not allowed as a whole: `/System/Volumes/Data` is a second view of the
-# user's data volume, home directories included.
-SYSTEM_READ_SUBPATHS: tuple[str, ...] = (
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/System/Library",
-    "/System/Cryptexes",
-    "/System/Volumes/Preboot/Cryptexes",
-    "/System/iOSSupport",
-    "/Library/Apple",
-    "/Library/Developer",
-    "/Library/Frameworks",
-    "/Library/Java",
-    "/Library/Preferences",
-    "/Library/Fonts",
-    "/Applications/Xcode.app",
-    "/opt",
-    "/nix",
-    "/private/etc",
-    "/private/var/db/timezone",
-    "/private/var/db/dyld",
-    "/private/var/select",
-)
-
-# Single files: `/bin/sh` follows /private/var/select/sh, `xcrun` reads the selected Xcode.
-SYSTEM_READ_LITERALS: tuple[str, ...] = (
-    "/private/var/db/xcode_select_link",
-    "/dev/random",
-    "/dev/urandom",
-    "/dev/zero",
-    "/dev/null",
-    "/dev/dtracehelper",
-)
-
-# The firmlink-style symlinks every path lookup may cross (`/tmp` -> `private/tmp`).
-SYSTEM_METADATA_LITERALS: tuple[str, ...] = ("/", "/etc", "/tmp", "/var", "/private", "/dev")
-
-# sysctls that describe the machine and the OS, and nothing about other users' data.
-SYSCTL_PREFIXES: tuple[str, ...] = ("hw.", "machdep.cpu.", "kern.proc.pid.")
-SYSCTL_NAMES: tuple[str, ...] = (
-    "kern.argmax",
-    "kern.boottime",
-    "kern.hostname",
-    "kern.maxfilesperproc",
-    "kern.maxproc",
-    "kern.ngroups",
-    "kern.osproductversion",
-    "kern.osrelease",
-    "kern.ostype",
-    "kern.osvariant_status",
-    "kern.osversion",
-    "kern.secure_kernel",
-    "kern.usrstack64",
-    "kern.version",
-    "sysctl.proc_cputype",
-    "sysctl.proc_translated",
-    "vm.loadavg",
-)
-
-# getpwuid/getgrgid (whoami, git, ssh config lookups) and libnotify (timezone changes).
-MACH_SERVICES: tuple[str, ...] = (
-    "com.apple.system.opendirectoryd.libinfo",
-    "com.apple.system.notification_center",
-)
-# Only where the command may reach the network at all: TLS trust evaluation, and (full
-# network only) the system resolver.
-MACH_SERVICES_TLS: tuple[str, ...] = ("com.apple.trustd.agent",)
-MACH_SERVICES_DNS: tuple[str, ...] = ("com.apple.dnssd.service",)
-# The system resolver's socket: getaddrinfo asks mDNSResponder through it (full network only).
-MDNS_RESPONDER_SOCKET = "/private/var/run/mDNSResponder"
 
 
 @attrs.frozen(kw_only=True)
@@ -143,8 +74,9 @@ class _Params:
         self.values: list[tuple[str, str]] = []
 
     def fixed(self, name: str, value: str) -> str:
-        self._names[(name, value)] = name
-        self.values.append((name, value))
+        if (name, value) not in self._names:
+            self._names[(name, value)] = name
+            self.values.append((name, value))
         return f'(param "{name}")'
 
     def ref(self, kind: str, value: str) -> str:
@@ -239,6 +171,7 @@ class _Inputs:
     deny_write: tuple[str, ...]
     protected: tuple[str, ...]
     unix_sockets: tuple[str, ...] = ()  # every spelling Seatbelt may match, see _socket_spellings
+    developer: tuple[str, ...] = ()  # the Xcode bundles, real paths (`platform.developer_roots`)
 
     @property
     def writable_roots(self) -> tuple[str, ...]:
@@ -246,7 +179,12 @@ class _Inputs:
 
 
 def _inputs(
-    request: RunRequest, policy: Policy, host: HostContext, tmpdir: str, realpath: Realpath
+    request: RunRequest,
+    policy: Policy,
+    host: HostContext,
+    tmpdir: str,
+    realpath: Realpath,
+    developer: tuple[str, ...],
 ) -> Result[_Inputs, SandboxError]:
     fs = policy.filesystem
     checked = [
@@ -284,6 +222,7 @@ def _inputs(
             unix_sockets=_dedupe(
                 s for p in sockets for s in _socket_spellings(p, realpath, writable_roots)
             ),
+            developer=_dedupe(developer),
         )
     )
 
@@ -303,7 +242,8 @@ def _socket_spellings(
 
 
 def _base_rules(tag: str | None) -> list[str]:
-    """What every run gets, independent of the policy: processes, system facts, system trees."""
+    """What every run gets, independent of the policy: processes, system facts, system
+    trees (the fixed allowances of `platform`, where each one's reason is written)."""
     default = "(deny default)" if tag is None else f"(deny default {_with_message(tag)})"
     return [
         "(version 1)",
@@ -318,33 +258,61 @@ def _base_rules(tag: str | None) -> list[str]:
         "(allow signal (target same-sandbox))",
         "(allow process-info* (target same-sandbox))",
         "",
-        "; Machine and OS facts that runtimes query at start-up.",
+        "; Machine, OS and process-table facts that runtimes query (never another",
+        "; process's arguments: kern.procargs2 stays denied).",
         _rule(
             "allow",
             "sysctl-read",
-            [f'(sysctl-name "{n}")' for n in SYSCTL_NAMES]
-            + [f'(sysctl-name-prefix "{p}")' for p in SYSCTL_PREFIXES],
+            [f'(sysctl-name "{n}")' for n in platform.SYSCTL_NAMES]
+            + [f'(sysctl-name-prefix "{p}")' for p in platform.SYSCTL_PREFIXES],
         ),
-        _rule("allow", "mach-lookup", [f'(global-name "{s}")' for s in MACH_SERVICES]),
-        "; POSIX semaphores (Python multiprocessing locks).",
+        "; Java reads the CPU grade through a sysctl write; nothing else is written.",
+        _rule(
+            "allow",
+            "sysctl-write",
+            [f'(sysctl-name "{n}")' for n in platform.SYSCTL_WRITE_NAMES],
+        ),
+        "; User and group lookups, notifications, the per-user directories, preferences.",
+        _rule(
+            "allow",
+            "mach-lookup",
+            [f'(global-name "{s}")' for s in platform.MACH_SERVICES]
+            + [f'(local-name "{s}")' for s in platform.MACH_LOCAL_SERVICES],
+        ),
+        "(allow user-preference-read)",
+        "; POSIX semaphores (Python multiprocessing locks); shared memory by name only: the",
+        "; daemons' published segments (read), the command's own Python and OpenMP ones.",
         "(allow ipc-posix-sem)",
+        _rule(
+            "allow",
+            "ipc-posix-shm-read-data ipc-posix-shm-read-metadata",
+            [f'(ipc-posix-name-prefix "{p}")' for p in platform.SHM_READ_PREFIXES]
+            + [f'(ipc-posix-name "{n}")' for n in platform.SHM_READ_NAMES],
+        ),
+        "(allow ipc-posix-shm-read-data ipc-posix-shm-read-metadata ipc-posix-shm-write-create",
+        "  ipc-posix-shm-write-data ipc-posix-shm-write-unlink",
+        f'  (ipc-posix-name-regex #"{platform.SHM_OWN_REGEX}"))',
         "; Pseudo-terminals the command opens itself; never the user's terminals.",
         "(allow pseudo-tty)",
         '(allow file-read* file-write* file-ioctl (literal "/dev/ptmx"))',
         "(allow file-read* file-write* file-ioctl",
-        '  (require-all (regex #"^/dev/ttys[0-9]+$") (extension "com.apple.sandbox.pty")))',
+        f'  (require-all (regex #"{platform.TTY_REGEX}") (extension "com.apple.sandbox.pty")))',
         "",
         "; System trees, read-only (and mappable as code: dylibs, frameworks).",
         _rule(
             "allow",
             "file-read* file-map-executable",
-            [f'(subpath "{p}")' for p in SYSTEM_READ_SUBPATHS],
+            [f'(subpath "{p}")' for p in platform.SYSTEM_READ_SUBPATHS],
         ),
-        _rule("allow", "file-read*", [f'(literal "{p}")' for p in SYSTEM_READ_LITERALS]),
+        _rule("allow", "file-read*", [f'(literal "{p}")' for p in platform.SYSTEM_READ_LITERALS]),
         '(allow file-write-data (literal "/dev/null") (literal "/dev/zero"))',
         '(allow file-read* file-write-data (subpath "/dev/fd"))',
+        "; dtrace's helper: runtimes with USDT probes (node, python, the JVM) register them.",
+        f'(allow file-read* file-write-data file-ioctl (literal "{platform.DTRACE_HELPER}"))',
         _rule(
-            "allow", "file-read-metadata", [f'(literal "{p}")' for p in SYSTEM_METADATA_LITERALS]
+            "allow",
+            "file-read-metadata",
+            [f'(literal "{p}")' for p in platform.SYSTEM_METADATA_LITERALS],
         ),
     ]
 
@@ -360,6 +328,15 @@ def _tree_rules(inputs: _Inputs, params: _Params) -> list[str]:
         f"  (subpath {ws})",
         f"  (subpath {tmp}))",
     ]
+    if inputs.developer:
+        rules += [
+            "; The selected Xcode, at its real path (xcrun shims: git, clang, make, python3).",
+            _rule(
+                "allow",
+                "file-read* file-map-executable",
+                [f"(subpath {params.ref('DEVELOPER', p)})" for p in inputs.developer],
+            ),
+        ]
     if inputs.readable:
         rules += [
             "; Extra read-only paths of the policy.",
@@ -380,7 +357,7 @@ def _tree_rules(inputs: _Inputs, params: _Params) -> list[str]:
         ]
     roots = (*inputs.writable_roots, *inputs.readable)
     ancestors = sorted({a for root in roots for a in _ancestors(root)})
-    ancestors = [a for a in ancestors if a not in SYSTEM_METADATA_LITERALS]
+    ancestors = [a for a in ancestors if a not in platform.SYSTEM_METADATA_LITERALS]
     if ancestors:
         rules += [
             "; stat() of the directories above the allowed trees (getcwd, realpath), but",
@@ -414,15 +391,24 @@ def _unix_socket_rules(inputs: _Inputs, params: _Params) -> list[str]:
 
 
 def _network_rules(mode: NetworkMode, proxy_port: int | None) -> list[str]:
+    services = platform.MACH_SERVICES_TLS
+    tls = _rule("allow", "mach-lookup", [f'(global-name "{s}")' for s in services])
     if mode is NetworkMode.NONE:
-        return ["", "; Network: none. No network rule at all: every socket is denied."]
+        return [
+            "",
+            "; Network: none. No network rule at all: every socket is denied, loopback too",
+            "; (the command's own servers included), and no TLS or DNS service.",
+        ]
     if mode is NetworkMode.ALLOWLIST:
         return [
             "",
             "; Network: allowlist. Only the allowlist proxy on loopback; it decides per host.",
             f'(allow network-outbound (remote ip "localhost:{proxy_port}"))',
-            _rule("allow", "mach-lookup", [f'(global-name "{s}")' for s in MACH_SERVICES_TLS]),
+            "; Certificate trust and network configuration for TLS clients (trustd and ocspd",
+            "; may fetch OCSP/CRL responses themselves, outside the proxy).",
+            tls,
         ]
+    dns = [f'(global-name "{s}")' for s in platform.MACH_SERVICES_DNS]
     return [
         "",
         "; Network: full. The internet, over IP; not the host's unix sockets (docker.sock,",
@@ -430,13 +416,11 @@ def _network_rules(mode: NetworkMode, proxy_port: int | None) -> list[str]:
         '(allow network-outbound (remote ip "*:*"))',
         '(allow network-inbound (local ip "*:*"))',
         '(allow network-bind (local ip "*:*"))',
-        f'(allow network-outbound (remote unix-socket (path-literal "{MDNS_RESPONDER_SOCKET}")))',
+        "(allow network-outbound (remote unix-socket (path-literal "
+        f'"{platform.MDNS_RESPONDER_SOCKET}")))',
         "(allow system-socket)",
-        _rule(
-            "allow",
-            "mach-lookup",
-            [f'(global-name "{s}")' for s in MACH_SERVICES_TLS + MACH_SERVICES_DNS],
-        ),
+        tls,
+        _rule("allow", "mach-lookup", dns),
     ]
 
 
@@ -452,20 +436,46 @@ def _within_writable(paths: Iterable[str], inputs: _Inputs, *, itself: bool) -> 
     )
 
 
+def _protected_name_rules(inputs: _Inputs, params: _Params, tag: str | None) -> list[str]:
+    """Git's and husky's places at any depth of the workspace and the writable paths (not
+    the private TMPDIR, removed with the run), by path-free regexes (`platform`)."""
+    roots = [params.fixed("WORKSPACE", inputs.workspace)] + [
+        params.ref("WRITABLE", p) for p in inputs.writable
+    ]
+    within = " ".join(f"(subpath {r})" for r in roots)
+    where = within if len(roots) == 1 else f"(require-any {within})"
+
+    def scoped(regexes: Iterable[str]) -> str:
+        names = " ".join(f'(regex #"{r}")' for r in regexes)
+        return f"(require-all {where} (require-any {names}))"
+
+    return [
+        "",
+        "; Nested repositories, submodules, worktrees and husky: their hooks and config run",
+        "; on the host later. Denied at any depth, in any letter case, and their",
+        "; directories cannot be renamed away and back.",
+        _rule("deny", "file-write*", [scoped(platform.PROTECTED_NAME_REGEXES)], tag),
+        _rule("deny", "file-write-unlink", [scoped((platform.KEEP_NAME_REGEX,))], tag),
+    ]
+
+
 def _deny_rules(inputs: _Inputs, params: _Params, tag: str | None) -> list[str]:
     """Denies, written after every allow so that they win (last match wins)."""
     rules: list[str] = []
     if inputs.deny_write:
+        refs = [params.ref("DENY_WRITE", p) for p in inputs.deny_write]
         rules += [
             "",
-            "; deny_write: never writable, whatever allowed it above.",
+            "; deny_write: never writable, whatever allowed it above; the path itself too",
+            "; (subpath alone would let the command create it when it is missing).",
             _rule(
                 "deny",
                 "file-write*",
-                [f"(subpath {params.ref('DENY_WRITE', p)})" for p in inputs.deny_write],
+                [f for r in refs for f in (f"(literal {r})", f"(subpath {r})")],
                 tag,
             ),
         ]
+    rules += _protected_name_rules(inputs, params, tag)
     if inputs.protected:
         refs = [params.ref("PROTECTED", p) for p in inputs.protected]
         keep = _within_writable(inputs.protected, inputs, itself=False)
@@ -520,6 +530,7 @@ def compile_profile(
     realpath: Realpath,
     proxy_port: int | None = None,
     log_tag: str | None = None,
+    developer: tuple[str, ...] = (),
 ) -> Result[SbplProfile, SandboxError]:
     """Compile `policy` for `request` into an SBPL profile and its parameters.
 
@@ -527,6 +538,7 @@ def compile_profile(
     `realpath` resolves host symlinks, `proxy_port` is the loopback port of the network
     allowlist proxy (required when the policy's network mode is `allowlist`: without the
     proxy there is nothing to allow, and the run is refused rather than silently offline).
+    `developer`: the selected Xcode bundles, real paths (`platform.developer_roots`).
     """
     mode = policy.network.mode
     if log_tag is not None and not LOG_TAG.fullmatch(log_tag):
@@ -549,7 +561,7 @@ def compile_profile(
         ]
         return SbplProfile(text="\n".join(sections) + "\n", params=tuple(params.values))
 
-    return _inputs(request, policy, host, tmpdir, realpath).map(build)
+    return _inputs(request, policy, host, tmpdir, realpath, developer).map(build)
 
 
 def _dedupe(values: Iterable[str]) -> tuple[str, ...]:

@@ -9,7 +9,12 @@ cases and property-generated policies alike) to the same rules:
 - every rule is `(allow|deny OPERATION... FILTER...)` with operations and filters from a
   fixed allowlist (what the compiler uses; anything else is a change to review);
 - no network operation is allowed when the policy's network mode is `none`, but connecting
-  to a named unix socket (`(remote unix-socket (path-literal (param ...)))`);
+  to a named unix socket (`(remote unix-socket (path-literal (param ...)))`), and no TLS
+  or DNS mach service either; loopback is only ever `localhost:PORT`, never `localhost:*`;
+- sysctls are written only by name, from `platform.SYSCTL_WRITE_NAMES`;
+- every `deny_write` and protected path is denied as a literal and as a subpath (creating a
+  missing one is a write too), and git's and husky's places are denied at any depth of the
+  workspace by the path-free regexes of `platform`;
 - no path of the policy appears in the text: every path filter takes either
   `(param "NAME")` or one of the compiler's fixed system paths, every referenced parameter
   is defined, and every defined parameter is used;
@@ -26,7 +31,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from mechasandbox.backends.macos import sbpl
+from mechasandbox.backends.macos import platform, sbpl
 
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"
 
@@ -39,8 +44,15 @@ OPERATIONS: frozenset[str] = frozenset(
         "process-info*",
         "signal",
         "sysctl-read",
+        "sysctl-write",
         "mach-lookup",
+        "user-preference-read",
         "ipc-posix-sem",
+        "ipc-posix-shm-read-data",
+        "ipc-posix-shm-read-metadata",
+        "ipc-posix-shm-write-create",
+        "ipc-posix-shm-write-data",
+        "ipc-posix-shm-write-unlink",
         "pseudo-tty",
         "file-read*",
         "file-read-metadata",
@@ -67,6 +79,10 @@ FILTERS: dict[str, str] = {
     "sysctl-name": "string",
     "sysctl-name-prefix": "string",
     "global-name": "string",
+    "local-name": "string",
+    "ipc-posix-name": "string",
+    "ipc-posix-name-prefix": "string",
+    "ipc-posix-name-regex": "regex",
     "extension": "string",
     "target": "symbol",
     "socket-domain": "domain",
@@ -77,17 +93,30 @@ FILTERS: dict[str, str] = {
 }
 TARGETS: frozenset[str] = frozenset({"same-sandbox"})
 SOCKET_DOMAINS: frozenset[str] = frozenset({"AF_UNIX"})
-# The only regex the compiler writes (the command's own pseudo-terminals).
-REGEXES: frozenset[str] = frozenset({"^/dev/ttys[0-9]+$"})
+# The regexes the compiler writes: the command's own pseudo-terminals and shared memory,
+# git's and husky's places (all path-free).
+REGEXES: frozenset[str] = frozenset(
+    {
+        platform.TTY_REGEX,
+        platform.SHM_OWN_REGEX,
+        *platform.PROTECTED_NAME_REGEXES,
+        platform.KEEP_NAME_REGEX,
+    }
+)
 FIXED_PATHS: frozenset[str] = frozenset(
     (
-        *sbpl.SYSTEM_READ_SUBPATHS,
-        *sbpl.SYSTEM_READ_LITERALS,
-        *sbpl.SYSTEM_METADATA_LITERALS,
+        *platform.SYSTEM_READ_SUBPATHS,
+        *platform.SYSTEM_READ_LITERALS,
+        *platform.SYSTEM_METADATA_LITERALS,
+        platform.DTRACE_HELPER,
         "/dev/ptmx",
         "/dev/fd",
-        sbpl.MDNS_RESPONDER_SOCKET,
+        platform.MDNS_RESPONDER_SOCKET,
     )
+)
+# Mach services that reach the network's configuration or fetch on their own.
+NETWORK_SERVICES: frozenset[str] = frozenset(
+    (*platform.MACH_SERVICES_TLS, *platform.MACH_SERVICES_DNS)
 )
 _REMOTE = re.compile(r"^localhost:[0-9]{1,5}$")
 _ANY_ADDRESS = "*:*"  # full network only
@@ -130,6 +159,22 @@ def _string(text: str, start: int) -> tuple[str, int]:
     raise ParseError(f"unterminated string at offset {start}")
 
 
+def _regex(text: str, start: int) -> tuple[str, int]:
+    """A regex literal `#"..."` whose opening quote is at `start`: raw (its backslashes
+    reach the regex engine), ended by the first quote no backslash escapes."""
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return text[start + 1 : i], i + 1
+        elif text[i] == "\n":
+            raise ParseError(f"line break inside a regex at offset {start}")
+        else:
+            i += 1
+    raise ParseError(f"unterminated regex at offset {start}")
+
+
 def tokenize(text: str) -> list[str | Atom]:
     """Parentheses as "(" and ")", everything else as atoms; comments dropped."""
     tokens: list[str | Atom] = []
@@ -148,7 +193,7 @@ def tokenize(text: str) -> list[str | Atom]:
             value, i = _string(text, i)
             tokens.append(Atom("string", value))
         elif text.startswith('#"', i):
-            value, i = _string(text, i + 1)
+            value, i = _regex(text, i + 1)
             tokens.append(Atom("regex", value))
         else:
             match = re.compile(r"[^\s()\";]+").match(text, i)
@@ -186,6 +231,10 @@ class _Walk:
     params_used: set[str]
     defined: frozenset[str]
     seen_default: bool = False
+    # (filter, parameter) of every `deny file-write*` filter naming a parameter directly.
+    denied_writes: set[tuple[str, str]] = attrs.field(factory=set)
+    # The regexes denied for writing (or unlinking) within the workspace.
+    workspace_regexes: set[str] = attrs.field(factory=set)
 
 
 def _symbol(form: Form) -> str | None:
@@ -352,6 +401,86 @@ def _check_operations(
         )
 
 
+def _strings(form: Form, filter_name: str) -> list[str]:
+    """The string arguments of every `(filter_name "...")` anywhere inside `form`."""
+    if not isinstance(form, list) or not form:
+        return []
+    if _symbol(form[0]) == filter_name and len(form) == 2 and isinstance(form[1], Atom):
+        return [form[1].value]
+    return [value for item in form[1:] for value in _strings(item, filter_name)]
+
+
+def _scoped_regexes(form: Form) -> list[str]:
+    """The regexes of `(require-all (subpath (param "WORKSPACE")) ... (regex ...))`."""
+    if not (isinstance(form, list) and form and _symbol(form[0]) == "require-all"):
+        return []
+    workspace = [Atom("symbol", "param"), Atom("string", "WORKSPACE")]
+    if not any(
+        isinstance(item, list) and [Atom("symbol", "subpath"), workspace] in _flat(item)
+        for item in form[1:]
+    ):
+        return []
+    return _strings(form, "regex")
+
+
+def _flat(form: list[Form]) -> list[Form]:
+    """`form` and every list nested in it."""
+    return [form, *(x for item in form if isinstance(item, list) for x in _flat(item))]
+
+
+def _check_grants(
+    action: str,
+    operations: list[str],
+    filters: list[Form],
+    walk: _Walk,
+    where: str,
+    *,
+    network_none: bool,
+) -> None:
+    """What a rule's operations may name: sysctl writes, network services; and what the
+    deny rules cover (recorded for the checks after the walk)."""
+    if action == "allow" and "sysctl-write" in operations:
+        names = [n for f in filters for n in _strings(f, "sysctl-name")]
+        if (
+            not names
+            or any(n not in platform.SYSCTL_WRITE_NAMES for n in names)
+            or any(_strings(f, "sysctl-name-prefix") for f in filters)
+        ):
+            walk.problems.append(f"{where}: sysctl-write beyond {platform.SYSCTL_WRITE_NAMES}")
+    if action == "allow" and "mach-lookup" in operations and network_none:
+        reached = sorted(
+            {n for f in filters for n in _strings(f, "global-name")} & NETWORK_SERVICES
+        )
+        if reached:
+            walk.problems.append(
+                f"{where}: network services {', '.join(reached)} although the mode is none"
+            )
+    if action != "deny":
+        return
+    for item in filters:
+        if "file-write*" in operations or "file-write-unlink" in operations:
+            walk.workspace_regexes.update(_scoped_regexes(item))
+        if "file-write*" in operations and isinstance(item, list) and len(item) == 2:
+            kind, arg = _symbol(item[0]), item[1]
+            if kind in ("literal", "subpath") and isinstance(arg, list) and len(arg) == 2:
+                name = arg[1]
+                if isinstance(name, Atom) and _symbol(arg[0]) == "param":
+                    walk.denied_writes.add((kind, name.value))
+
+
+def _check_coverage(names: Sequence[str], walk: _Walk) -> None:
+    """Every deny_write and protected path denied whole; git's places at any depth."""
+    for name in names:
+        if name.startswith(("DENY_WRITE_", "PROTECTED_")):
+            missing = [k for k in ("literal", "subpath") if (k, name) not in walk.denied_writes]
+            if missing:
+                walk.problems.append(f"{name} is not denied as {' and '.join(missing)}")
+    wanted = {*platform.PROTECTED_NAME_REGEXES, platform.KEEP_NAME_REGEX}
+    absent = sorted(wanted - walk.workspace_regexes)
+    if absent:
+        walk.problems.append(f"the workspace lacks the deny of {len(absent)} protected names")
+
+
 def _check_rule(form: Form, walk: _Walk, where: str, *, network_none: bool) -> None:
     """One top-level `(allow|deny OPERATION... FILTER...)` form."""
     if not isinstance(form, list) or not form:
@@ -379,6 +508,7 @@ def _check_rule(form: Form, walk: _Walk, where: str, *, network_none: bool) -> N
     _check_operations(
         action, operations, walk, where, network_none=network_none and not _named_socket_only(form)
     )
+    _check_grants(action, operations, filters, walk, where, network_none=network_none)
     for item in filters:
         if isinstance(item, list) and _check_remote(item, walk, where):
             continue
@@ -406,6 +536,7 @@ def check_profile(
         _check_rule(form, walk, f"form {index}", network_none=network_none)
     if not walk.seen_default:
         walk.problems.append("no (deny default)")
+    _check_coverage(names, walk)
     unused = sorted(set(names) - walk.params_used)
     if unused:
         walk.problems.append(f"parameters defined but never used: {', '.join(unused)}")

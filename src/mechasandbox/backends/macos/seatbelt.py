@@ -8,9 +8,9 @@ applied by the spawn helper (`setrlimit` in the child, inherited through `sandbo
 
 What it does not: host processes stay visible (`ps`); teardown walks the process table
 (no subreaper, no cgroup on macOS), so a child that calls `setsid` and is orphaned to
-launchd before the run ends is no longer known to be the run's and escapes;
-RLIMIT_AS is best-effort on macOS; RLIMIT_NPROC counts every process of the user, so the
-limit is set to the user's current count plus the policy's allowance.
+launchd before the run ends is no longer known to be the run's and escapes; memory is not
+limited (no RLIMIT_AS on macOS, see `seatbelt_rlimits`); RLIMIT_NPROC counts every process
+of the user, so the limit is set to the user's current count plus the policy's allowance.
 
 The environment: `sandbox-exec` runs on the host before the profile applies, so it starts
 with none of the command's (`LAUNCHER_ENVIRONMENT`: empty), whose variables a project layer
@@ -57,8 +57,8 @@ from mechasandbox.backends.lookup import (
     tree_view,
     with_sandbox_path,
 )
-from mechasandbox.backends.macos import violations
-from mechasandbox.backends.macos.sbpl import SYSTEM_READ_SUBPATHS, SbplProfile, compile_profile
+from mechasandbox.backends.macos import platform, violations
+from mechasandbox.backends.macos.sbpl import SbplProfile, compile_profile
 from mechasandbox.backends.template import (
     Job,
     Launch,
@@ -97,7 +97,20 @@ DEPRECATION_NOTE = (
 # `plan` runs no proxy: its port and token are placeholders.
 PLAN_PROXY_PORT = 3128
 PLAN_PROXY_URL = "http://sandbox:<per-run token>@127.0.0.1:<per-run port>"
-MEMORY_NOTE = "memory limit is RLIMIT_AS, which macOS may not enforce against every mapping"
+MEMORY_NOTE = (
+    "memory is not limited by seatbelt: macOS has no per-process memory limit that "
+    "sandbox-exec could apply (RLIMIT_AS breaks or refuses the run); use apple-container "
+    "for a memory bound"
+)
+# Caches the command's tools would otherwise write outside what it may write (clang's and
+# Swift's module caches go to the per-user cache directory, whatever HOME says) or share
+# with the host's builds: in the run's private TMPDIR, gone with it.
+CACHE_VARIABLES: tuple[tuple[str, str], ...] = (
+    ("CLANG_MODULE_CACHE_PATH", "clang-modules"),
+    ("GOCACHE", "go-build"),
+    ("npm_config_cache", "npm"),
+    ("PIP_CACHE_DIR", "pip"),
+)
 VIOLATIONS_NOTE = (
     "violations are read from the unified log (`log stream`): best-effort, needs a user "
     "allowed to stream the log, and adds up to "
@@ -138,6 +151,13 @@ def _nproc_hard_limit() -> int | None:
     return None if hard == resource.RLIM_INFINITY else int(hard)
 
 
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def _sandbox_exec_present() -> bool:
     return os.access(SANDBOX_EXEC, os.X_OK)
 
@@ -174,13 +194,19 @@ def seatbelt_rlimits(
     user_processes: int | None,
     nproc_hard: int | None,
 ) -> tuple[RlimitSetting, ...]:
-    """The policy's rlimits, with RLIMIT_NPROC shifted by the user's current process count.
+    """The policy's rlimits, with RLIMIT_NPROC shifted by the user's current process count
+    and no RLIMIT_AS.
 
     RLIMIT_NPROC is checked against every process of the user, and a Mac user typically
     runs several hundred: a bare `max_processes=512` would leave the command no fork at
     all. The allowance is added on top of what runs now, capped by the hard limit we have.
+
+    RLIMIT_AS is never set on macOS: XNU's `setrlimit` fails with EINVAL when the limit is
+    below the size the process's map already has (a forked Python maps several GB, more
+    on Apple silicon), and where it is accepted it breaks the large reservations of V8,
+    WebAssembly and the JVM. Memory is reported as not enforced instead (`MEMORY_NOTE`).
     """
-    settings = rlimits_for(policy.limits)
+    settings = rlimits_for(policy.limits, memory_by_rlimit=False)
     max_processes = policy.limits.max_processes
     if max_processes is None:
         return settings
@@ -220,9 +246,10 @@ _SEATBELT = (
             Protection.NETWORK_NONE: "SBPL: no network rule (deny default)",
             Protection.NAMED_UNIX_SOCKETS: "SBPL: connect to the named sockets' paths only "
             "(full network: IP, not `network*`; the resolver's socket)",
-            Protection.MEMORY: "RLIMIT_AS (best-effort on macOS)",
         },
         gaps={
+            Protection.MEMORY: "not limited: macOS has no per-process memory limit for "
+            "sandbox-exec (RLIMIT_AS refuses or breaks runs)",
             Protection.PID_ISOLATION: "host processes are visible; signals only same-sandbox",
             Protection.TREE_TEARDOWN: "descendants from the sysctl process table, and the "
             "run's process group after its root exits; a child that left the group (setsid) "
@@ -260,6 +287,7 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
     process_count: Callable[[int], int | None] = darwin_user_process_count
     report_violations: bool = True
     log_command: str = violations.LOG_COMMAND
+    readlink: Callable[[str], str | None] = attrs.field(default=_readlink)
     # What its searches for git indirections read, reused by the next runs (state; a
     # composition root passes one it shares).
     git: GitFacts = attrs.field(factory=GitFacts, eq=False, repr=False)
@@ -312,6 +340,8 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
         env = scrubbed_environment(policy.environment, dict(host.env))
         env["TMPDIR"] = setting.tmpdir
         env.setdefault("HOME", private_home(setting.tmpdir))
+        for name, directory in CACHE_VARIABLES:
+            env.setdefault(name, posixpath.join(setting.tmpdir, "cache", directory))
         if proxy is not None and policy.network.mode is NetworkMode.ALLOWLIST:
             env.update(proxy_environment(proxy[1]))
         rlimits = seatbelt_rlimits(
@@ -328,6 +358,9 @@ class SeatbeltBackend(SpawningBackend[SeatbeltCompiled, SeatbeltSetting]):
             realpath=self.realpath,
             proxy_port=proxy[0] if proxy is not None else self.proxy_port,
             log_tag=setting.tag,
+            developer=platform.developer_roots(
+                dict(host.env), readlink=self.readlink, realpath=self.realpath
+            ),
         )
         # Looked up, and PATH handed on, as the profile lets the command read the host.
         view = View(
@@ -437,7 +470,7 @@ def _visible(job: Job, tmpdir: str) -> Visible:
     """What the profile lets the command read, as trees (its single files aside)."""
     fs, host = job.policy.filesystem, job.host
     extra = (host.expand(path) for path in (*fs.readable, *fs.writable))
-    readable = (*SYSTEM_READ_SUBPATHS, job.workspace, tmpdir, *extra)
+    readable = (*platform.SYSTEM_READ_SUBPATHS, job.workspace, tmpdir, *extra)
     return tree_view(readable, tuple(host.expand(path) for path in fs.deny_read))
 
 

@@ -11,8 +11,9 @@ after it, sees that run's denials and no other run's, whatever the pids.
 
 Best-effort, by design: `log stream` may be refused (non-admin users), the kernel
 rate-limits repeated denials ("N duplicate reports for ..."), and a message can reach the
-stream after we stop reading. The cost is bounded: at most `ready_s` waiting for the
-stream to start, and `drain_s` after the run for late messages.
+stream after we stop reading. The system's own chatter (`NOISE`) is left out. The cost is
+bounded: at most `ready_s` waiting for the stream to start, and `drain_s` after the run
+for late messages.
 
 `parse_denials` is pure and golden-tested on any OS; `watch_denials` runs `log`.
 """
@@ -32,8 +33,19 @@ from mechasandbox.domain.result import Violation
 
 LOG_COMMAND = "/usr/bin/log"
 MAX_VIOLATIONS = 100
-READY_S = 0.5
+# `log stream` prints its "Filtering the log data" banner once it streams: waited for up to
+# READY_S (it usually comes well before; codex waits as long), then DRAIN_S after the run.
+READY_S = 2.0
 DRAIN_S = 0.3
+# What `log stream` said on stderr, kept for the note when it could not stream.
+MAX_STDERR = 2000
+# Denials that are the system's chatter, not the command's doing: the logging and analytics
+# lookups every framework makes. (sandbox-runtime also drops mDNSResponder's: kept here, as
+# under network `none` a denied name lookup is what explains a failed `curl`.)
+NOISE: tuple[tuple[str, str], ...] = (
+    ("mach-lookup", "com.apple.diagnosticd"),
+    ("mach-lookup", "com.apple.analyticsd"),
+)
 
 _DENIAL = re.compile(
     r"^Sandbox: (?P<process>.+?)\((?P<pid>\d+)\) deny\((?P<count>\d+)\) "
@@ -90,11 +102,17 @@ def _denial(message: str, tag: str) -> Violation | None:
     fields = match.groupdict()
     operation = fields["operation"]
     target = (fields.get("target") or "").strip()
+    if _noise(operation, target):
+        return None
     who = fields["process"] + (f" (pid {fields['pid']})" if fields.get("pid") else "")
     detail = f"{who} was denied {operation}" + (f": {target}" if target else "")
     if fields.get("repeats"):
         detail += f" ({fields['repeats']} more times)"
     return Violation(kind=kind_of(operation), detail=detail)
+
+
+def _noise(operation: str, target: str) -> bool:
+    return any(operation.startswith(op) and word in target for op, word in NOISE)
 
 
 def parse_denials(lines: Iterable[str], tag: str) -> tuple[Violation, ...]:
@@ -156,14 +174,14 @@ async def watch_denials(
     log = DenialLog(tag)
     argv = [command, "stream", "--style", "ndjson", "--predicate", predicate(tag)]
     try:
-        process = await anyio.open_process(
-            argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        process = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except OSError as error:
         log.problem = f"`log stream` did not start: {error}"
         yield log
         return
     assert process.stdout is not None
+    assert process.stderr is not None
+    said = DenialLog(tag)  # what it wrote on stderr
     try:
         await _collect(process.stdout, log, ready_s, first_only=True)
         yield log
@@ -173,6 +191,10 @@ async def watch_denials(
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
+            await _collect(process.stderr, said, 0.1, first_only=False)
             await process.aclose()
     if process.returncode not in (0, -9) and not log.lines:
-        log.problem = f"`log stream` exited with status {process.returncode}"
+        stderr = "\n".join([*said.lines, said.pending.decode(errors="replace")]).strip()
+        log.problem = f"`log stream` exited with status {process.returncode}" + (
+            f": {stderr[:MAX_STDERR]}" if stderr else ""
+        )
