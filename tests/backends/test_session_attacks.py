@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 
+import attrs
 import pytest
 from returns.result import Failure, Success
 
@@ -227,7 +228,9 @@ def test_a_fork_bomb_is_bounded_and_gone_before_the_next_command(
         "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.001)\n"
     )
     with Sandbox(backend=backend, policy=policy).session_sync(workspace=str(workspace)) as s:
-        exploded = s.run(["python3", "-c", bomb, token], limits=Limits(timeout_s=2))
+        # (bubblewrap without a cgroup: the session's rlimits bound its commands' own)
+        briefly = attrs.evolve(policy.limits, timeout_s=2)
+        exploded = s.run(["python3", "-c", bomb, token], limits=briefly)
         assert isinstance(exploded, Failure) and isinstance(exploded.failure(), Timeout)
         assert processes(s, token) == b""
         forks = "for i in $(seq 40); do sleep 0.2 & done; wait; echo forked"
@@ -320,3 +323,55 @@ def _session_cgroups(pid: int) -> list[pathlib.Path]:
                 if group != parent and parent in group.parents and group.is_dir():
                     groups.append(group)
     return groups
+
+
+# --- a hostile repository ------------------------------------------------------------------
+def test_the_repositorys_indirections_stay_protected_for_every_command(
+    backend: Backend, workspace: pathlib.Path
+) -> None:
+    """What a one-shot run's set-up protects (a `core.hooksPath` directory, a nested
+    repository found before the run) stays protected for each command of the session, the
+    later ones included, whatever an earlier command did."""
+    hooks_path = ["git", "-C", str(workspace), "config", "core.hooksPath", "work/hooks"]
+    subprocess.run(hooks_path, check=True)
+    (workspace / "work" / "hooks").mkdir()
+    nested = workspace / "work" / "nested"
+    subprocess.run(["git", "init", "-q", str(nested)], check=True)
+    policy = Policy(enforcement=Enforcement.BEST_EFFORT)
+    attacks = (
+        "echo evil > work/hooks/pre-commit",
+        "echo evil > work/nested/.git/hooks/pre-commit",
+        "printf '[core]\\n\\tfsmonitor = evil\\n' >> work/nested/.git/config",
+        "mv work/nested/.git work/nested/g",
+        "mv work/hooks work/h",
+    )
+    with Sandbox(backend=backend, policy=policy).session_sync(workspace=str(workspace)) as s:
+        for _ in range(2):
+            for attack in attacks:
+                assert s.run(["sh", "-c", attack]).unwrap().exit_code != 0, attack
+    assert list((workspace / "work" / "hooks").iterdir()) == []
+    assert not (nested / ".git" / "hooks" / "pre-commit").exists()
+    assert "fsmonitor" not in (nested / ".git" / "config").read_text()
+
+
+def test_a_project_file_narrows_the_session_and_stays_unwritable(
+    backend: Backend, workspace: pathlib.Path
+) -> None:
+    """The session of an application configured for a workspace gets what its project file
+    narrowed, for every command; no command can rewrite that file for a later run."""
+    from mechasandbox import Application
+
+    (workspace / "work" / "secret.txt").write_text("secret")
+    secret = workspace / "work" / "secret.txt"
+    (workspace / ".mechasandbox.toml").write_text(f'[filesystem]\ndeny_read = ["{secret}"]\n')
+    app = Application.from_config(workspace=str(workspace), user_file=None).unwrap()
+    narrowed = attrs.evolve(app.services.sandbox().policy, enforcement=Enforcement.BEST_EFFORT)
+    assert str(secret) in narrowed.filesystem.deny_read
+    sandbox = Sandbox(backend=backend, policy=narrowed)
+    with sandbox.session_sync(workspace=str(workspace)) as s:
+        for _ in range(2):
+            read = s.run(["cat", "work/secret.txt"]).unwrap()
+            assert read.exit_code != 0 and b"secret" not in read.stdout
+            rewrite = "printf '[filesystem]\\n' > .mechasandbox.toml"
+            assert s.run(["sh", "-c", rewrite]).unwrap().exit_code != 0
+    assert "deny_read" in (workspace / ".mechasandbox.toml").read_text()
