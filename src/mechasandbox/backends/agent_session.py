@@ -44,9 +44,10 @@ class SessionSandbox(Protocol):
         ...
 
     def finished(
-        self, result: Result[RunResult, SandboxError], started_ns: int
+        self, result: Result[RunResult, SandboxError], since_ns: int
     ) -> Result[RunResult, SandboxError]:
-        """What follows each command (repositories it made disarmed, refusals explained)."""
+        """What follows each command (the repositories made since `since_ns`, the session's
+        start, disarmed; its refusals explained)."""
         ...
 
     async def aclose(self) -> None:
@@ -77,6 +78,13 @@ class AgentSession:
     settings: SessionSettings
     warnings: tuple[str, ...] = ()
     opened_at: float = attrs.field(factory=time.monotonic)
+    # The session's start in file system time (whose timestamps are coarse). After each
+    # command, every repository made since then is looked at again, not only those the
+    # command changed: one made by an earlier command is protected by nothing (the
+    # session's protections were set up before it existed), and a later command can arm it
+    # without touching its `.git` (a file written into `.git/hooks/`), which a one-shot run
+    # could not (its set-up protects the repositories it finds).
+    opened_ns: int = attrs.field(factory=lambda: time.time_ns() - 20_000_000)
     _lock: anyio.Lock = attrs.field(factory=anyio.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
@@ -99,7 +107,6 @@ class AgentSession:
                 return Failure(spec.failure())
             command = attrs.evolve(spec.unwrap(), timeout_s=self._deadline(chosen.timeout_s))
             before = self.sandbox.counters()
-            started_ns = time.time_ns() - 20_000_000  # file system timestamps are coarse
             ran = await self.channel.run(command)
             events = _since(self.sandbox.counters(), before)
             lifetime_ended = command.timeout_s != chosen.timeout_s
@@ -119,7 +126,7 @@ class AgentSession:
                     interrupted=raw.interrupted,
                 )
 
-            return self.sandbox.finished(ran.bind(classified), started_ns)
+            return self.sandbox.finished(ran.bind(classified), self.opened_ns)
 
     def _deadline(self, timeout_s: float | None) -> float | None:
         """The command's timeout, cut to what is left of the session's lifetime (the host

@@ -109,14 +109,14 @@ class BwrapSessionSandbox:
             return None
 
     def finished(
-        self, result: Result[RunResult, SandboxError], started_ns: int
+        self, result: Result[RunResult, SandboxError], since_ns: int
     ) -> Result[RunResult, SandboxError]:
         job, backend = self.job, self.backend
         late = self.guards.warnings()
         if late and isinstance(result, Success):
             value = result.unwrap()
             result = Success(attrs.evolve(value, warnings=value.warnings + late))
-        result = disarm_after(result, job.workspace, job.policy, started_ns, backend.git)
+        result = disarm_after(result, job.workspace, job.policy, since_ns, backend.git)
         return explained(
             result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
         )

@@ -131,6 +131,7 @@ SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "openat": (257, 56),
     "creat": (85, None),
     "openat2": (437, 437),
+    "prlimit64": (302, 261),
 }
 # Calls that take a file mode, and the index of that argument (also compiled into the
 # container profile, `backends.oci.seccomp_profile`).
@@ -145,7 +146,7 @@ MODE_ARGUMENT = {
 }
 SETID_BITS = 0o6000  # S_ISUID | S_ISGID
 _SPECIAL = frozenset(
-    {"clone", "clone3", "socket", "socketpair", "ioctl", "openat2", *MODE_ARGUMENT}
+    {"clone", "clone3", "socket", "socketpair", "ioctl", "openat2", "prlimit64", *MODE_ARGUMENT}
 )
 
 DEFAULT_DENIED: tuple[str, ...] = tuple(name for name in SYSCALLS if name not in _SPECIAL)
@@ -205,6 +206,7 @@ def _arch_body(
     deny_namespace_clone: bool,
     deny_terminal_injection: bool,
     deny_setid_modes: bool,
+    deny_foreign_rlimits: bool,
     x86: bool,
 ) -> list[bytes]:
     """The checks for one architecture. Every block ends in a return or falls through with
@@ -271,6 +273,24 @@ def _arch_body(
             ]
         # openat2 passes its mode in memory: ENOSYS makes callers fall back to openat.
         body += [_insn(_BPF_JMP_JEQ_K, 0, 1, numbers["openat2"]), _ret(_errno(errno.ENOSYS))]
+    if deny_foreign_rlimits:
+        # prlimit64 on another process needs only the same user ids: no ptrace check, no
+        # Landlock scope, not dumpable or not. A command could lower the limits of every
+        # process of its user it can name (a landlock run: the host's; a session: its agent,
+        # which then can neither list what a command left nor take its stdio) or raise their
+        # soft limits. Its own (pid 0) stays, and so does reading another's (no new limit;
+        # the pointer's both halves are checked: one whose low half is 0 is not NULL).
+        body += [
+            _insn(_BPF_JMP_JEQ_K, 0, 8, numbers["prlimit64"]),
+            _load(_arg_low(0)),
+            _insn(_BPF_JMP_JEQ_K, 5, 0, 0),
+            _load(_arg_low(2)),
+            _insn(_BPF_JMP_JEQ_K, 0, 2, 0),
+            _load(_arg_low(2) + 4),
+            _insn(_BPF_JMP_JEQ_K, 1, 0, 0),
+            eperm,
+            _ret(RET_ALLOW),
+        ]
     if deny_terminal_injection:
         body += [
             _insn(_BPF_JMP_JEQ_K, 0, 5, numbers["ioctl"]),
@@ -292,11 +312,13 @@ def build_filter(
     deny_namespace_clone: bool = True,
     deny_terminal_injection: bool = True,
     deny_setid_modes: bool = True,
+    deny_foreign_rlimits: bool = True,
 ) -> bytes:
     """The raw BPF program: listed syscalls fail with EPERM, socket families outside
     `deny_socket_families_except` (None: no family check) with EAFNOSUPPORT, namespace
     flags of clone() with EPERM, TIOCSTI/TIOCLINUX with EPERM, setuid/setgid bits in a
-    file mode (chmod, open with O_CREAT...) with EPERM; everything else is allowed.
+    file mode (chmod, open with O_CREAT...) with EPERM, prlimit64 setting another process's
+    limits with EPERM; everything else is allowed.
     `stream_only`: the allowed families only as TCP (SOCK_STREAM with protocol 0 or
     IPPROTO_TCP; anything else EPERM): no UDP (so no DNS), raw, SCTP or MPTCP sockets.
     Without AF_UNIX among the allowed families, socketpair() is allowed for stream and
@@ -321,6 +343,7 @@ def build_filter(
                 deny_namespace_clone=deny_namespace_clone,
                 deny_terminal_injection=deny_terminal_injection,
                 deny_setid_modes=deny_setid_modes,
+                deny_foreign_rlimits=deny_foreign_rlimits,
                 x86=x86,
             )
         )
@@ -352,7 +375,8 @@ def summary(
         "architectures: x86_64, aarch64 (any other: kill; x32 calls: EPERM)",
         "EPERM: " + " ".join(dict.fromkeys(denied)),
         "EPERM: clone() with namespace flags; ioctl TIOCSTI, TIOCLINUX; setuid/setgid mode "
-        "bits in chmod, fchmod, fchmodat, fchmodat2, open, openat, creat",
+        "bits in chmod, fchmod, fchmodat, fchmodat2, open, openat, creat; prlimit64 setting "
+        "another process's limits",
         "ENOSYS: clone3, openat2 (arguments out of a filter's reach; libc falls back)",
     ]
     if deny_socket_families_except is not None:
