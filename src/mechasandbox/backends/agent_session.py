@@ -63,6 +63,10 @@ def _since(after: CgroupEvents | None, before: CgroupEvents | None) -> CgroupEve
     )
 
 
+def _over(channel: AgentChannel) -> bool:
+    return channel.ended is not None
+
+
 @attrs.define(eq=False)
 class AgentSession:
     """A session whose commands the agent at the other end of `channel` runs (see the
@@ -119,7 +123,14 @@ class AgentSession:
                     interrupted=raw.interrupted,
                 )
 
-            return self.sandbox.finished(ran.bind(classified), started_ns)
+            result = self.sandbox.finished(ran.bind(classified), started_ns)
+            if _over(self.channel):
+                # The session ended during the command (its tree could not be killed, its
+                # lifetime passed, the agent died): the sandbox goes now, with whatever is
+                # left in it, not when the caller gets round to closing.
+                with anyio.CancelScope(shield=True):
+                    await self.sandbox.aclose()
+            return result
 
     def _deadline(self, timeout_s: float | None) -> float | None:
         """The command's timeout, cut to what is left of the session's lifetime (the host
