@@ -104,7 +104,15 @@ class AgentSession:
             command = attrs.evolve(spec.unwrap(), timeout_s=self._deadline(chosen.timeout_s))
             before = self.sandbox.counters()
             started_ns = time.time_ns() - 20_000_000  # file system timestamps are coarse
-            ran = await self.channel.run(command)
+            try:
+                ran = await self.channel.run(command)
+            except BaseException:
+                # Cancelled (the caller interrupted): the command's tree is dead (the
+                # channel waited for it), and what it made in the workspace is disarmed
+                # all the same before the cancellation goes on.
+                cancelled = BackendFailed(backend=self.name, reason="cancelled")
+                self.sandbox.finished(Failure(cancelled), started_ns)
+                raise
             events = _since(self.sandbox.counters(), before)
             lifetime_ended = command.timeout_s != chosen.timeout_s
 
