@@ -292,3 +292,20 @@ def test_bad_ids_and_verbs_are_usage_errors(runtime: pathlib.Path) -> None:
         said = mecha(runtime, *argv)
         assert said.returncode == 125 and b"Traceback" not in said.stderr, (argv, said)
     assert socket is not None
+
+
+def test_doctor_and_policy_describe_sessions(
+    runtime: pathlib.Path, workspace: pathlib.Path
+) -> None:
+    agent = require_session_agent()
+    doctor = json.loads(mecha(runtime, "doctor", "--json").stdout)["sessions"]
+    assert {"bubblewrap", "landlock"} & set(doctor["backends"]) and doctor["agent"] == agent
+    assert "process" not in doctor["backends"] and doctor["kept"] and doctor["per_command"]
+    planned = mecha(
+        runtime, "policy", "--json", "--backend", "bubblewrap", "--", "true", cwd=workspace
+    )
+    assert json.loads(planned.stdout)["session"]["supported"] is True
+    one_shot = mecha(
+        runtime, "policy", "--json", "--backend", "process", "--best-effort", "--", "true"
+    )
+    assert json.loads(one_shot.stdout)["session"]["supported"] is False
