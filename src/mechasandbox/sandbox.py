@@ -130,12 +130,16 @@ class Sandbox:
         except (TypeError, ValueError) as error:
             return Failure(ConfigInvalid(problem=str(error), field="argv"))
 
-    def _checked(self, policy: Policy | None) -> Result[Policy, SandboxError]:
+    def checked_policy(self, policy: Policy | None) -> Result[Policy, SandboxError]:
+        """`policy` (None: this sandbox's) checked as every run checks it: a bad value is a
+        `ConfigInvalid` naming it (sessions and other entry points share the check)."""
         chosen = self.policy if policy is None else policy
         problem = policy_problems(chosen)
         return Success(chosen) if problem is None else Failure(problem)
 
-    def _said_who_chose(self, error: SandboxError) -> SandboxError:
+    def said_who_chose(self, error: SandboxError) -> SandboxError:
+        """`error`, saying who chose an unavailable backend when a project file did (see
+        `backend_chosen_by`); any other error as it is."""
         if self.backend_chosen_by is None or not isinstance(error, BackendUnavailable):
             return error
         return attrs.evolve(
@@ -176,11 +180,11 @@ class Sandbox:
         request = self.request(argv, workspace=workspace, stdin=stdin, on_output=on_output)
         if isinstance(request, Failure):
             return Failure(request.failure())
-        checked = self._checked(policy)
+        checked = self.checked_policy(policy)
         if isinstance(checked, Failure):
             return Failure(checked.failure())
         ran = await self.backend.run(request.unwrap(), checked.unwrap())
-        return ran.map(lambda result: with_notes(result, self.backend)).alt(self._said_who_chose)
+        return ran.map(lambda result: with_notes(result, self.backend)).alt(self.said_who_chose)
 
     def run(
         self, argv: Sequence[str], **options: Unpack[RunOptions]
@@ -248,9 +252,9 @@ class Sandbox:
         return (
             self.request(argv, workspace=workspace)
             .bind(
-                lambda request: self._checked(policy).bind(
+                lambda request: self.checked_policy(policy).bind(
                     lambda checked: self.backend.plan(request, checked, HostContext.current())
                 )
             )
-            .alt(self._said_who_chose)
+            .alt(self.said_who_chose)
         )

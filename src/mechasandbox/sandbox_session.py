@@ -59,7 +59,7 @@ class Session:
         """Open the session (what `async with` does)."""
         sandbox = self._sandbox
         where = sandbox.request(["true"], workspace=self._workspace)
-        checked = sandbox._checked(self._policy)
+        checked = sandbox.checked_policy(self._policy)
         if isinstance(where, Failure):
             self.opened = Failure(where.failure())
         elif isinstance(checked, Failure):
@@ -68,7 +68,7 @@ class Session:
             opened = await open_session(
                 sandbox.backend, where.unwrap().workspace, checked.unwrap(), self._settings
             )
-            self.opened = opened.alt(sandbox._said_who_chose)
+            self.opened = opened.alt(sandbox.said_who_chose)
         return self.opened
 
     async def __aenter__(self) -> Session:

@@ -116,6 +116,56 @@ def test_a_process_left_running_dies_with_its_command(
     assert alive_with_marker(token) == []
 
 
+# A fork bomb that keeps forking whatever fails: its first process exits at once (the tree
+# kill starts while the rest fork: "leave") or runs until its timeout ("stay").
+# "hop": processes that each fork their successor and exit at once, so that a walk of the
+# tree always finds the one before.
+FORK_BOMB = """
+import os, sys, time
+if sys.argv[1] != "stay" and os.fork():
+    sys.exit(0)
+if sys.argv[1] == "hop":
+    for _ in range(8):
+        if os.fork() == 0:
+            break
+    while True:
+        try:
+            if os.fork():
+                os._exit(0)
+        except OSError:
+            pass
+while True:
+    try:
+        os.fork()
+    except OSError:
+        time.sleep(0.001)
+"""
+
+
+@pytest.mark.parametrize("how", ["leave", "stay", "hop"])
+def test_a_fork_bomb_cannot_outrun_the_tree_kill(
+    backend: Backend, workspace: pathlib.Path, how: str
+) -> None:
+    """Under the session's process limit, the next command meets none of a fork bomb's
+    processes, or the session has ended with a typed error (fail closed), never both."""
+    token = secrets.token_hex(6)
+    policy = Policy(
+        enforcement=Enforcement.BEST_EFFORT, limits=Limits(max_processes=64, timeout_s=30)
+    )
+    with Sandbox(backend=backend, policy=policy).session_sync(workspace=str(workspace)) as s:
+        for _round in range(3):
+            bomb = s.run(["python3", "-c", FORK_BOMB, how, token], limits=Limits(timeout_s=1))
+            after = s.run(["sh", "-c", f"sleep 0.2; ps -eo args | grep -c '^python3.*{token}'"])
+            if isinstance(after, Failure):  # the session ended rather than carry on
+                assert isinstance(bomb, Failure) and "could not all be killed" in str(bomb)
+                assert isinstance(after.failure(), BackendFailed)
+                assert "session over" in after.failure().message
+                break
+            assert after.unwrap().stdout == b"0\n", after
+            assert alive_with_marker(token) == []
+    assert alive_with_marker(token) == []
+
+
 def test_the_timeout_kills_the_tree_and_the_next_command_runs(
     session: SyncSession, workspace: pathlib.Path
 ) -> None:

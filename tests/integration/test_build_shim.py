@@ -7,15 +7,18 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import anyio
 import pytest
+from returns.result import Failure
 
 from mechasandbox.cli.main import main
-from mechasandbox.runner import native
+from mechasandbox.runner import native, session_protocol
 from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
+from mechasandbox.runner.session_protocol import AGENT_NAME
 from mechasandbox.runner.spec import SpawnSpec
 from tests.integration.offering import offers
 
@@ -35,6 +38,8 @@ def shim_target(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> path
         pytest.skip(reason)
     target = tmp_path / "lib" / native.SHIM_NAME
     monkeypatch.setenv(native.SHIM_ENV, str(target))
+    # the agent is built too: here, not over the checkout's
+    monkeypatch.setenv(session_protocol.AGENT_ENV, str(tmp_path / "agent" / AGENT_NAME))
     return target
 
 
@@ -93,3 +98,37 @@ def test_doctor_without_a_shim_names_the_verb_that_builds_it(
     assert main(["doctor"]) == 0
     assert "exec shim: none (not built" in (out := capsys.readouterr().out)
     assert "`mechasandbox build-shim`" in out
+
+
+def test_it_builds_the_session_agent_that_sessions_then_use(
+    shim_target: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent = tmp_path / "agent" / AGENT_NAME
+    assert main(["build-shim"]) == 0
+    assert f"session agent built: {agent}" in capsys.readouterr().out
+    assert session_protocol.agent_path() == str(agent)
+    assert session_protocol.agent_speaks(str(agent))
+    assert list(agent.parent.iterdir()) == [agent]
+    # statically linked: it needs nothing from a sandbox's file system
+    assert (
+        b"interp"
+        not in subprocess.run(
+            ["readelf", "-l", str(agent)], capture_output=True, check=False
+        ).stdout.lower()
+        or shutil.which("readelf") is None
+    )
+    # a session started now runs its commands through that binary
+    from mechasandbox.backends.linux.landlock import LandlockBackend
+    from mechasandbox.domain.policy import Enforcement, Policy
+    from mechasandbox.sandbox import Sandbox
+
+    workspace = tmp_path / "ws"
+    (workspace / "work").mkdir(parents=True)
+    backend = LandlockBackend(runner=HelperProcessRunner())
+    sandbox = Sandbox(backend=backend, policy=Policy(enforcement=Enforcement.BEST_EFFORT))
+    with sandbox.session_sync(workspace=str(workspace)) as session:
+        if isinstance(session.opened, Failure):
+            pytest.skip(f"no landlock session here: {session.opened.failure()}")
+        # (the agent is not dumpable: its exe link is closed to a command; its argv is not)
+        parent = session.run(["sh", "-c", "tr '\\0' '\\n' < /proc/$PPID/cmdline"]).unwrap()
+        assert parent.stdout.decode().split("\n")[0] == str(agent)

@@ -146,3 +146,71 @@ async def test_pipes_carry_frames() -> None:
     assert (await channel.run(spec("echo", "piped", stdin=b"x"))).unwrap().stdout == b"piped\n"
     channel.close()
     assert process.wait(timeout=5) == 0
+
+
+# --- the tree kill ---------------------------------------------------------------------------
+async def start_agent(*argv: str) -> tuple[AgentChannel, subprocess.Popen[bytes]]:
+    host, inside = socket.socketpair()
+    process = subprocess.Popen(list(argv), stdin=inside.fileno())
+    inside.close()
+    channel = AgentChannel.over_socket(host, backend="test", mode=protocol.StdioMode.FDS)
+    assert isinstance(await channel.wait_hello(), Success)
+    return channel, process
+
+
+def in_a_pid_namespace(agent: str) -> list[str]:
+    """The agent as the first process of a pid namespace of its own (as bwrap and a
+    container start it), or a skip where this user cannot make one."""
+    wrap = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"]
+    if subprocess.run([*wrap, "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("this user cannot make a pid namespace (unshare --user --pid)")
+    return [*wrap, agent]
+
+
+def test_the_pid_namespace_kill_is_refused_outside_one() -> None:
+    # kill(-1) on the host's namespace would reach the user's own processes
+    agent = require_session_agent()
+    refused = subprocess.run(
+        [agent, "--pid-namespace"], check=False, capture_output=True, timeout=5
+    )
+    assert refused.returncode == 2 and b"not the first of its namespace" in refused.stderr
+
+
+async def test_in_its_own_pid_namespace_what_a_command_leaves_dies(tmp_path: object) -> None:
+    agent = require_session_agent()
+    channel, process = await start_agent(*in_a_pid_namespace(agent), "--pid-namespace")
+    marker = f"/tmp/mechasandbox-agent-ns-{os.getpid()}"
+    script = f"setsid sh -c 'sleep 0.4; touch {marker}' & nohup sleep 0.4 >/dev/null &"
+    assert (await channel.run(spec("sh", "-c", script))).unwrap().exit_code == 0
+    slow = (await channel.run(spec("sh", "-c", f"{script} sleep 30", timeout_s=0.2))).unwrap()
+    assert slow.timed_out
+    await anyio.sleep(0.7)
+    assert not os.path.exists(marker)
+    assert (await channel.run(spec("echo", "next"))).unwrap().stdout == b"next\n"
+    channel.close()
+    assert process.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("own_namespace", [True, False])
+async def test_a_tree_that_cannot_be_killed_in_time_ends_the_session(own_namespace: bool) -> None:
+    # (a bound of 0 ms: whatever a command leaves outlives the first try; in its namespace
+    # kill(-1) tells at once that it reached a process)
+    agent = require_session_agent()
+    if own_namespace:
+        argv = [*in_a_pid_namespace(agent), "--pid-namespace", "--kill-bound-ms", "0"]
+    else:
+        argv = [agent, "--kill-bound-ms", "0"]
+    channel, process = await start_agent(*argv)
+    leaves = spec("sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 30 & done; exit 0")
+    for _attempt in range(20):  # without a namespace: until one is not yet reaped at the bound
+        ran = await channel.run(leaves)
+        if isinstance(ran, Failure):
+            break
+        assert not own_namespace, ran
+    assert isinstance(ran, Failure) and isinstance(ran.failure(), BackendFailed)
+    assert "could not all be killed" in ran.failure().reason
+    after = await channel.run(spec("true"))
+    assert isinstance(after, Failure) and isinstance(after.failure(), BackendFailed)
+    assert "session over" in after.failure().reason and "fail closed" in after.failure().reason
+    assert process.wait(timeout=5) == 0
+    channel.close()

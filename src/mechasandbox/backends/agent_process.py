@@ -36,9 +36,15 @@ def session_agent(backend: str, runner: ProcessRunner) -> Result[str, SandboxErr
     return Success(path)
 
 
-def agent_argv(path: str, settings: SessionSettings) -> tuple[str, ...]:
-    """The agent's command line: its idle timeout and lifetime, which it enforces."""
-    argv = [path]
+def agent_argv(
+    path: str, settings: SessionSettings, *, pid_namespace: bool = False
+) -> tuple[str, ...]:
+    """The agent's command line: its idle timeout and lifetime, which it enforces;
+    `pid_namespace`: the agent is pid 1 or 2 of a pid namespace that is the session's alone
+    (bubblewrap, a container), so its tree kill is kill(-1) (never say so elsewhere: there
+    kill(-1) would reach the user's own processes; the agent refuses to start when its pid
+    says otherwise)."""
+    argv = [path, "--pid-namespace"] if pid_namespace else [path]
     if settings.idle_timeout_s is not None:
         argv += ["--idle-ms", str(max(1, round(settings.idle_timeout_s * 1000)))]
     if settings.max_lifetime_s is not None:

@@ -64,6 +64,10 @@ def _since(after: CgroupEvents | None, before: CgroupEvents | None) -> CgroupEve
     )
 
 
+def _over(channel: AgentChannel) -> bool:
+    return channel.ended is not None
+
+
 @attrs.define(eq=False)
 class AgentSession:
     """A session whose commands the agent at the other end of `channel` runs (see the
@@ -107,7 +111,15 @@ class AgentSession:
                 return Failure(spec.failure())
             command = attrs.evolve(spec.unwrap(), timeout_s=self._deadline(chosen.timeout_s))
             before = self.sandbox.counters()
-            ran = await self.channel.run(command)
+            try:
+                ran = await self.channel.run(command)
+            except BaseException:
+                # Cancelled (the caller interrupted): the command's tree is dead (the
+                # channel waited for it), and what it made in the workspace is disarmed
+                # all the same before the cancellation goes on.
+                cancelled = BackendFailed(backend=self.name, reason="cancelled")
+                self.sandbox.finished(Failure(cancelled), self.opened_ns)
+                raise
             events = _since(self.sandbox.counters(), before)
             lifetime_ended = command.timeout_s != chosen.timeout_s
 
@@ -126,7 +138,14 @@ class AgentSession:
                     interrupted=raw.interrupted,
                 )
 
-            return self.sandbox.finished(ran.bind(classified), self.opened_ns)
+            result = self.sandbox.finished(ran.bind(classified), self.opened_ns)
+            if _over(self.channel):
+                # The session ended during the command (its tree could not be killed, its
+                # lifetime passed, the agent died): the sandbox goes now, with whatever is
+                # left in it, not when the caller gets round to closing.
+                with anyio.CancelScope(shield=True):
+                    await self.sandbox.aclose()
+            return result
 
     def _deadline(self, timeout_s: float | None) -> float | None:
         """The command's timeout, cut to what is left of the session's lifetime (the host

@@ -41,7 +41,7 @@ def default_directory(environ: Mapping[str, str] | None = None) -> str:
     return os.path.join(base, "mechasandbox")
 
 
-def _in_own_tree(path: str) -> bool:
+def in_own_tree(path: str) -> bool:
     """Whether the nearest existing directory at or above `path` is this user's: nothing is
     created in someone else's tree (`sudo` that keeps the caller's HOME, for one)."""
     current = os.path.abspath(path)
@@ -57,7 +57,7 @@ def _in_own_tree(path: str) -> bool:
             return False
 
 
-def _private(info: os.stat_result, kind: int) -> bool:
+def private_to_user(info: os.stat_result, kind: int) -> bool:
     """Ours, of the expected type, and nobody else may write (or read) it."""
     return (
         stat.S_IFMT(info.st_mode) == kind
@@ -82,7 +82,7 @@ class ProbeCache:
 
     def _directory_ok(self) -> bool:
         try:
-            return _private(os.lstat(self.directory), stat.S_IFDIR)
+            return private_to_user(os.lstat(self.directory), stat.S_IFDIR)
         except OSError:
             return False
 
@@ -95,7 +95,7 @@ class ProbeCache:
         except OSError:
             return None
         try:
-            if not _private(os.fstat(fd), stat.S_IFREG):
+            if not private_to_user(os.fstat(fd), stat.S_IFREG):
                 return None
             record = json.loads(os.read(fd, _MAX_BYTES))
         except (OSError, ValueError):
@@ -122,7 +122,7 @@ class ProbeCache:
         from mechasandbox.leftovers import sweep_temp_dir, temp_prefix
 
         record = {"format": FORMAT, "at": time.time(), "key": dict(key), "value": dict(value)}
-        if not _in_own_tree(self.directory):
+        if not in_own_tree(self.directory):
             return
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(self.directory) or ".", mode=0o700, exist_ok=True)

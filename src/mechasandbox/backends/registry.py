@@ -4,6 +4,7 @@ The names and the order live in `catalog`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -14,6 +15,9 @@ from mechasandbox.domain.errors import BackendUnavailable, PolicyUnsupported, Sa
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.session_base import BackendSession, SessionSettings
 
 __all__ = [
     "AutoBackend",
@@ -104,3 +108,15 @@ class AutoBackend:
         backend = chosen.unwrap()
         ran = await backend.run(request, policy)
         return ran.map(lambda result: with_notes(result, backend))
+
+    async def open_session(
+        self, workspace: str, policy: Policy, settings: SessionSettings
+    ) -> Result[BackendSession, SandboxError]:
+        """A session on the backend a run of `policy` would get (`no_sessions` when that
+        one has none: never another, weaker one for the session's sake)."""
+        from mechasandbox.backends.session_base import open_session
+
+        chosen = choose(self.candidates, policy)
+        if isinstance(chosen, Failure):
+            return Failure(chosen.failure())
+        return await open_session(chosen.unwrap(), workspace, policy, settings)

@@ -91,6 +91,37 @@ class SessionBackend(Protocol):
     ) -> Result[BackendSession, SandboxError]: ...
 
 
+# What `doctor` and `policy` say of sessions (docs/sessions.md has the whole story).
+KEPT_BETWEEN_COMMANDS = (
+    "the private /tmp (landlock: TMPDIR) and home, and what was installed there",
+    "the sandbox's mounts, namespaces, seccomp filter and protected-path covers",
+    "one cgroup: the policy's memory and process limits are the session's",
+)
+EACH_COMMAND_GETS = (
+    "the one-shot run's records: stdio, every other descriptor closed, directory, umask, "
+    "environment, hooks, exec",
+    "its own timeout, output cap and rlimits (session run: run's limit options)",
+    "a whole-tree kill when it ends; processes that survive it end the session",
+    "its own typed result; repositories it made disarmed, refusals explained",
+)
+
+
+def describe(backend: object) -> dict[str, Any]:
+    """Whether `backend` opens sessions here, and what a session keeps and gives: for
+    `doctor` and `policy`. The agent's presence is said for the backends that need it."""
+    from mechasandbox.runner.session_protocol import agent_path, agent_speaks
+
+    path = agent_path()
+    agent = path if path is not None and agent_speaks(path) else None
+    supported = isinstance(backend, SessionBackend)
+    return {
+        "supported": supported,
+        "agent": agent,
+        "kept": list(KEPT_BETWEEN_COMMANDS),
+        "per_command": list(EACH_COMMAND_GETS),
+    }
+
+
 def no_sessions(backend: str, why: str = "it has no sessions") -> BackendUnavailable:
     """What a backend without sessions answers (see the module's docstring)."""
     return BackendUnavailable(

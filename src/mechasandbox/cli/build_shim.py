@@ -1,11 +1,16 @@
-"""`mechasandbox build-shim`: compile the exec shim where the runner looks for it.
+"""`mechasandbox build-shim`: compile the exec shim, and the session agent, where the
+runner and the sessions look for them.
 
-The shim (`runner/shim/exec_shim.c`, see `runner.native`) ships as source: a built binary
-is for one platform, and the wheel is not. A checkout builds it with `make shim`; this is
-the same build for an installed package, with the system C compiler (`$CC`, else `cc`,
-`gcc` or `clang`), into `$MECHASANDBOX_EXEC_SHIM` when that names a path, else beside the
-package. The result is checked the way the spawn helper checks it (it must answer
-`--protocol` with ours), so a binary this prints is one the runner uses.
+The shim (`runner/shim/exec_shim.c`, see `runner.native`) and the agent
+(`runner/shim/session_agent.c`, see `runner.session_protocol`) ship as source: a built
+binary is for one platform, and the wheel is not. A checkout builds them with `make shim`;
+this is the same build for an installed package, with the system C compiler (`$CC`, else
+`cc`, `gcc` or `clang`), into `$MECHASANDBOX_EXEC_SHIM` / `$MECHASANDBOX_SESSION_AGENT`
+when those name a path, else beside the package. The agent is linked statically (it runs
+inside sandboxes whose file system it must not need: a static libc, Debian's libc6-dev).
+Each result is checked the way its user checks it (it must answer `--protocol` with ours),
+so a binary this prints is one that is used. The agent is optional: without it the shim
+still counts as built (sessions on bubblewrap and landlock say they need it).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 from mechasandbox.leftovers import sweep_temp_dir, temp_prefix
-from mechasandbox.runner import native
+from mechasandbox.runner import native, session_protocol
 
 # The Makefile's flags for `make shim`: the same binary either way.
 CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-Werror")
@@ -57,9 +63,40 @@ def compiler() -> list[str]:
     )
 
 
+def agent_target() -> str:
+    """Where the sessions look for the agent (see `session_protocol.agent_path`)."""
+    configured = os.environ.get(session_protocol.AGENT_ENV, "")
+    if configured and configured != "off":
+        if not os.path.isabs(configured):
+            raise BuildFailed(f"{session_protocol.AGENT_ENV}={configured} is not an absolute path")
+        return configured
+    return session_protocol.DEFAULT_AGENT
+
+
 def build(destination: str) -> None:
     """Compile the shim to `destination`, replacing what is there only with a binary that
     speaks our protocol."""
+    _compile(native.SHIM_SOURCE, destination, (), native.SHIM_ENV, native.speaks_protocol)
+
+
+def build_agent(destination: str) -> None:
+    """Compile the session agent (static) to `destination`, as `build` the shim."""
+    _compile(
+        session_protocol.AGENT_SOURCE,
+        destination,
+        ("-static",),
+        session_protocol.AGENT_ENV,
+        session_protocol.agent_speaks,
+    )
+
+
+def _compile(
+    source: str,
+    destination: str,
+    flags: tuple[str, ...],
+    variable: str,
+    speaks: Callable[[str], bool],
+) -> None:
     command = compiler()
     directory = os.path.dirname(destination)
     try:
@@ -68,14 +105,14 @@ def build(destination: str) -> None:
         fd, partial = tempfile.mkstemp(prefix=temp_prefix("shim"), dir=directory)
     except OSError as error:
         raise BuildFailed(
-            f"cannot write to {directory} ({error.strerror}): set {native.SHIM_ENV} to a "
+            f"cannot write to {directory} ({error.strerror}): set {variable} to a "
             "path you can write and run `mechasandbox build-shim` again with it set"
         ) from error
     os.close(fd)
     try:
         try:
             done = subprocess.run(
-                [*command, *CFLAGS, "-o", partial, native.SHIM_SOURCE],
+                [*command, *CFLAGS, *flags, "-o", partial, source],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -90,8 +127,10 @@ def build(destination: str) -> None:
                 f"{(done.stderr or done.stdout).strip()}"
             )
         os.chmod(partial, 0o755)  # noqa: S103 - a program, as `make shim` leaves it
-        if not native.speaks_protocol(partial):
-            raise BuildFailed(f"the built shim does not answer --protocol {native.PROTOCOL}")
+        if not speaks(partial):
+            raise BuildFailed(
+                f"the built {os.path.basename(destination)} does not speak our protocol"
+            )
         os.replace(partial, destination)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -112,4 +151,12 @@ def main() -> int:
     print(f"exec shim built: {destination} (protocol {native.PROTOCOL})")
     if os.environ.get(native.SHIM_ENV) == "off":
         print(f"note: {native.SHIM_ENV}=off: runs do not use it while that is set")
+    try:
+        agent = agent_target()
+        build_agent(agent)
+    except BuildFailed as error:
+        print(f"mechasandbox: warning: session agent not built: {error}", file=sys.stderr)
+        print("(no sessions on bubblewrap and landlock without it)", file=sys.stderr)
+        return 0
+    print(f"session agent built: {agent} (protocol {session_protocol.SESSION_PROTOCOL})")
     return 0

@@ -14,6 +14,7 @@ from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.catalog import AUTO_ORDER, CATALOG
 from mechasandbox.backends.probe_cache import ProbeCache
 from mechasandbox.backends.registry import choose
+from mechasandbox.backends.session_base import SessionBackend, describe
 from mechasandbox.backends.toolchains import find_toolchains
 from mechasandbox.cli.attacks import plant_environment_secret
 from mechasandbox.cli.verify import verify_backends
@@ -59,6 +60,14 @@ def report(app: Application, host: HostContext) -> dict[str, Any]:
     if host.platform.startswith("linux"):  # the shim is Linux only: its path, or None
         shim = native.shim_path()
         data["exec_shim"] = shim if shim and native.speaks_protocol(shim) else None
+    sessions = describe(None)
+    sessions["backends"] = [
+        entry["name"]
+        for entry in backends
+        if entry["available"] and isinstance(app.backends.named(entry["name"]), SessionBackend)
+    ]
+    del sessions["supported"]
+    data["sessions"] = sessions
     return data
 
 
@@ -127,6 +136,14 @@ def _table(data: dict[str, Any]) -> str:
         lines.append(f"auto picks: {data['auto']} (for the default policy)")
     else:
         lines.append(f"auto picks nothing for the default policy: {data['auto_reason']}")
+    sessions = data["sessions"]
+    agent = sessions["agent"] or "none (not built: `mechasandbox build-shim`, or `make shim`)"
+    lines += [
+        f"sessions (mechasandbox session, Sandbox.session): "
+        f"{', '.join(sessions['backends']) or 'none here'}; agent: {agent}",
+        "  kept between commands: " + "; ".join(sessions["kept"]),
+        "  each command gets: " + "; ".join(sessions["per_command"]),
+    ]
     lines.append("details: mechasandbox doctor --json; attacks: mechasandbox doctor --verify")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from returns.result import Failure
 
 from mechasandbox.backends.base import HostContext, check_enforcement
+from mechasandbox.backends.session_base import describe
 from mechasandbox.backends.toolchains import find_toolchains
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.units import format_duration, format_size
@@ -180,6 +181,16 @@ def _policy_lines(document: dict[str, Any]) -> list[str]:
     lines += _section("network", policy["network"])
     lines += _section("limits", policy["limits"])
     lines += _section("environment", environment)
+    session = document.get("session")
+    if session is not None:
+        lines.append("## session (mechasandbox session start, Sandbox.session)")
+        if session["supported"]:
+            agent = session["agent"] or "none built (`mechasandbox build-shim`): no session yet"
+            lines.append(f"yes: one sandbox for many commands; agent: {agent}")
+            lines.append("kept between commands: " + "; ".join(session["kept"]))
+            lines.append("each command gets: " + "; ".join(session["per_command"]))
+        else:
+            lines.append("no: this backend runs each command on its own")
     lines.append("# sources (lowest layer first)")
     lines += sources["files"]
     if sources["command_line"]:
@@ -226,6 +237,7 @@ def main(
         "toolchains": toolchains_document(
             app, policy, plan.backend, argv[0], os.path.realpath(workspace)
         ),
+        "session": describe(app.backends.named(plan.backend)),
     }
     if as_json:
         print(json.dumps(document))

@@ -21,7 +21,7 @@ from mechasandbox.cli.options import Parser, UsageError, add_run_options, comman
 from mechasandbox.cli.output import exit_status, interrupted, result_object, signal_name
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
 
-VERBS = ("run", "shell", "policy", "doctor", "build-shim")
+VERBS = ("run", "shell", "policy", "doctor", "build-shim", "session")
 
 if TYPE_CHECKING:
     from mechasandbox.containers import Application
@@ -54,6 +54,9 @@ def build_parser(verb: str | None = None) -> Parser:
         help="attack each available backend; report which claimed protections held",
     )
     commands.add_parser("build-shim", help="compile the exec shim: faster runs (Linux, needs cc)")
+    commands.add_parser(
+        "session", help="start|run|stop|list: one sandbox for many commands (docs/sessions.md)"
+    )
     return parser
 
 
@@ -251,6 +254,10 @@ def run_verb(
 ) -> int:
     """Parse `raw` and do what it says. `helper`: a started spawn helper for a `run`;
     `interruption`: what the CLI's SIGINT and SIGTERM handlers feed, for a `run`."""
+    if raw[:1] == ["session"]:  # its verbs parse their own options
+        from mechasandbox.cli import session_verb
+
+        return session_verb.main(raw[1:])
     try:
         args = build_parser(raw[0] if raw else None).parse_args(raw)
     except UsageError as error:

@@ -65,6 +65,7 @@ class AgentChannel:
         self._reader = protocol.FrameReader()
         self._messages: list[protocol.AgentMessage] = []
         self._taken: anyio.Event | None = None
+        self._tree_left: protocol.TreeLeft | None = None
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
 
@@ -89,6 +90,10 @@ class AgentChannel:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._read_fd = self._write_fd = -1
+
+    def tree_left(self) -> protocol.TreeLeft | None:
+        """What the agent said it could not kill of the last command (None: nothing)."""
+        return self._tree_left
 
     # --- the wire --------------------------------------------------------------------------
     async def _send(self, data: bytes, fds: list[int] | None = None) -> None:
@@ -189,6 +194,7 @@ class AgentChannel:
             return Failure(SpawnFailed(command=spec.argv[0], reason=reason))
         supervision = Supervision(spec, now=anyio.current_time())
         started = anyio.current_time()
+        self._tree_left = None
         if self.mode is protocol.StdioMode.FDS:
             stdin, out_r, err_r, remote = _host_stdio(spec)
             try:
@@ -208,6 +214,9 @@ class AgentChannel:
                 for fd in ends[1:]:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+        left = self.tree_left()
+        if left is not None:
+            return Failure(BackendFailed(backend=self.backend, reason=_tree_left(left)))
         if supervision.last is None:
             why = self.ended or "the agent's channel closed"
             reason = f"the session ended during the command: {why}"
@@ -277,6 +286,9 @@ class AgentChannel:
                 self._taken.set()
         elif isinstance(message, protocol.Bye):
             self._said_bye(message)
+        elif isinstance(message, protocol.TreeLeft):
+            self._tree_left = message
+            self._lost(f"the session ended: {protocol.BYE_TEXT[protocol.ByeReason.TREE]}")
 
     async def _pump(self, fd: int, stream: int, supervision: Supervision) -> None:
         while True:
@@ -309,6 +321,14 @@ class AgentChannel:
         self._taken = anyio.Event()
         await self._send(protocol.input_frame(chunk))
         await self._taken.wait()
+
+
+def _tree_left(message: protocol.TreeLeft) -> str:
+    count = f"{message.count} of them" if message.count else "some"
+    return (
+        f"the command's processes could not all be killed ({count} still alive at the "
+        "bound): the session ended rather than let them meet the next command"
+    )
 
 
 def _ints(fds: list[int]) -> bytes:

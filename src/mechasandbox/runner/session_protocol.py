@@ -21,8 +21,10 @@ Agent to host: HELLO (u32 protocol, u32 pid) once; per command STARTED (u32 pid,
 agent sees it), OUTPUT (u8 stream 1|2, bytes; a stream's end is an OUTPUT without bytes),
 INPUT_TAKEN, and its last word, EXITED (i32 wait status, u64 CPU µs of its tree, u64 peak
 RSS bytes) or ERROR (i32 errno, the stage text: it never ran, or the agent refused the
-frame); BYE (u8 reason) when the agent ends on its own. The channel closing ends the agent,
-killing the command under way first.
+frame), preceded by TREE_LEFT (u32 count, 0: uncounted) when processes of the command were
+still alive when the agent's bounded tree kill gave up, after which the agent ends the
+session (BYE `TREE`: fail closed); BYE (u8 reason) when the agent ends on its own. The
+channel closing ends the agent, killing the command under way first.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ INPUT_TAKEN = ord("A")
 EXITED = ord("X")
 ERROR = ord("E")
 BYE = ord("B")
+TREE_LEFT = ord("T")
 
 MAX_FRAME = native.MAX_FRAME + 16
 _HEADER = struct.Struct("!I")
@@ -78,12 +81,14 @@ class ByeReason(enum.IntEnum):
     IDLE = 1
     LIFETIME = 2
     SIGNAL = 3
+    TREE = 4
 
 
 BYE_TEXT: dict[int, str] = {
     ByeReason.IDLE: "its idle timeout passed",
     ByeReason.LIFETIME: "its maximum lifetime passed",
     ByeReason.SIGNAL: "the agent was told to stop (a signal)",
+    ByeReason.TREE: "a command's processes could not all be killed (fail closed)",
 }
 
 
@@ -149,7 +154,15 @@ class Bye:
     reason: int
 
 
-AgentMessage = Hello | Started | Output | InputTaken | Exited | Error | Bye
+@attrs.frozen
+class TreeLeft:
+    """The command's processes the agent could not kill (`count`, 0: uncounted): the
+    session ends after its last word."""
+
+    count: int
+
+
+AgentMessage = Hello | Started | Output | InputTaken | Exited | Error | Bye | TreeLeft
 
 
 class ProtocolError(Exception):
@@ -174,6 +187,8 @@ def _message(kind: int, body: bytes) -> AgentMessage:
             return Hello(protocol, pid)
         if kind == BYE:
             return Bye(body[0])
+        if kind == TREE_LEFT:
+            return TreeLeft(struct.unpack("<I", body)[0])
     except (struct.error, IndexError) as error:
         raise ProtocolError(f"a malformed frame of type {chr(kind)!r}: {error}") from error
     raise ProtocolError(f"an unknown frame of type {kind}")

@@ -148,7 +148,9 @@ async def open_bwrap_session(
     if policy.network.mode is NetworkMode.ALLOWLIST:
         why = "allowlist networking has none yet (its proxy lives for one run): use none or full"
         return Failure(no_sessions(NAME, why))
-    request = RunRequest(argv=agent_argv(SESSION_AGENT, settings), workspace=workspace)
+    # bwrap always unshares the pid namespace: its pid 1, the agent pid 2
+    argv = agent_argv(SESSION_AGENT, settings, pid_namespace=True)
+    request = RunRequest(argv=argv, workspace=workspace)
     policy = backend.with_toolchains(request, policy, backend.host)
     prepared = prepare_run(backend, request, policy, backend.git)
     if isinstance(prepared, Failure):

@@ -3,14 +3,15 @@
  * each command on request (see docs/sessions.md and runner/session_protocol.py).
  *
  *     mechasandbox-agent [--connect PATH | --pipes] [--idle-ms N] [--lifetime-ms N]
+ *                        [--pid-namespace] [--kill-bound-ms N]
  *     mechasandbox-agent --protocol
  *
  * The control channel: its stdin, a unix stream socket (default); the socket at PATH
  * (--connect); or frames read from stdin and written to stdout (--pipes: no descriptor
  * can travel, so every command's stdio goes as frames). Frames: a 4-byte big-endian length,
  * a type byte, the body (numbers little-endian). The agent says HELLO, then serves RUN,
- * INPUT, SIGNAL and KILL; it answers STARTED, OUTPUT, INPUT_TAKEN, EXITED, ERROR, and BYE
- * when it ends on its own (idle, lifetime, SIGTERM).
+ * INPUT, SIGNAL and KILL; it answers STARTED, OUTPUT, INPUT_TAKEN, TREE_LEFT, EXITED, ERROR,
+ * and BYE when it ends on its own (idle, lifetime, SIGTERM, a tree it could not kill).
  *
  * A RUN carries the records of runner/native.py (the one-shot exec shim's) and how the
  * command's stdio comes: three descriptors attached to the frame (SCM_RIGHTS), or pipes of
@@ -20,8 +21,11 @@
  * own code (records.h) before exec. One command at a time.
  *
  * What a command leaves running dies when it ends: the agent is a child subreaper and, once
- * the command's first process exits (or a KILL comes), kills every descendant it has, until
- * none is left, before it answers EXITED. It is not dumpable (no ptrace, no /proc/PID/fd
+ * the command's first process exits (or a KILL comes), kills every process the command left
+ * (--pid-namespace: every process of the namespace but the agent and its init, by kill(-1);
+ * else every descendant, frozen first), until none is left, before it answers EXITED. What
+ * cannot be killed within --kill-bound-ms (default END_BOUND_MS) ends the session (fail
+ * closed): TREE_LEFT before the last word, BYE, exit. It is not dumpable (no ptrace, no /proc/PID/fd
  * from an unprivileged command); the channel is never open in a command. It ends when its
  * channel closes (the caller died), killing the command under way first; the sandbox around
  * it (bwrap --die-with-parent, a container's lifeline) ends with it.
@@ -53,6 +57,7 @@
 #define MSG_EXITED 'X'
 #define MSG_ERROR 'E'
 #define MSG_BYE 'B'
+#define MSG_TREE_LEFT 'T'
 
 #define STDIO_FDS 0
 #define STDIO_FRAMED 1
@@ -60,6 +65,7 @@
 #define BYE_IDLE 1
 #define BYE_LIFETIME 2
 #define BYE_SIGNAL 3
+#define BYE_TREE 4
 
 #define CHUNK 65536
 /* The tree kill and the last output are bounded: a process stuck in the kernel, or one that
@@ -67,6 +73,12 @@
 #define END_BOUND_MS 2000
 
 static int in_fd = 0, out_fd = 0, channel_is_socket = 1;
+/* --pid-namespace: the agent is pid 1 or 2 of a pid namespace that is the session's alone. */
+static int own_pid_namespace = 0;
+/* --kill-bound-ms: how long a tree kill may take before the session ends instead. */
+static long long kill_bound_ms = END_BOUND_MS;
+
+static void end(unsigned char reason);
 
 static long long now_ms(void) {
     struct timespec t;
@@ -189,6 +201,7 @@ static struct {
     size_t pending_length, pending_done;
     int input_ended;
     long long ending_since; /* when the first process exited: the output's bound */
+    int tree_left;          /* processes the tree kill could not kill (-1: uncounted) */
 } command = {.report = -1, .output = {-1, -1, -1}, .input = -1};
 
 static void close_fd(int *fd) {
@@ -213,88 +226,129 @@ static void reap(void) {
     }
 }
 
-/* Every descendant of the agent, listed from /proc (each task's children: a thread's
- * children are its own); -1 when /proc cannot tell. */
-static int list_descendants(pid_t *found, int capacity) {
-    int count = 0;
-    pid_t self = getpid();
-    pid_t walk[8192];
-    int walk_count = 0, walk_at = 0;
-    walk[walk_count++] = self;
-    while (walk_at < walk_count) {
-        pid_t pid = walk[walk_at++];
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
-        DIR *tasks = opendir(path);
-        if (tasks == NULL) {
-            if (pid == self)
-                return -1;
-            continue; /* gone meanwhile */
+/* The children of every task of `pid` (a thread's children are its own), appended to
+ * `found` (up to `capacity`); -1 when /proc cannot tell. */
+static int children_of(pid_t pid, pid_t *found, int count, int capacity) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *tasks = opendir(path);
+    if (tasks == NULL)
+        return -1;
+    struct dirent *task;
+    while ((task = readdir(tasks)) != NULL) {
+        if (task->d_name[0] == '.')
+            continue;
+        char children_path[320];
+        snprintf(children_path, sizeof children_path, "/proc/%d/task/%s/children", (int)pid,
+                 task->d_name);
+        FILE *children = fopen(children_path, "re");
+        if (children == NULL)
+            continue;
+        int child;
+        while (fscanf(children, "%d", &child) == 1) {
+            if (count < capacity)
+                found[count++] = child;
         }
-        struct dirent *task;
-        while ((task = readdir(tasks)) != NULL) {
-            if (task->d_name[0] == '.')
-                continue;
-            char children_path[320];
-            snprintf(children_path, sizeof children_path, "/proc/%d/task/%s/children", (int)pid,
-                     task->d_name);
-            FILE *children = fopen(children_path, "re");
-            if (children == NULL) {
-                if (pid == self) {
-                    closedir(tasks);
-                    return -1;
-                }
-                continue;
-            }
-            int child;
-            while (fscanf(children, "%d", &child) == 1) {
-                if (count < capacity)
-                    found[count++] = child;
-                if (walk_count < (int)(sizeof walk / sizeof walk[0]))
-                    walk[walk_count++] = child;
-            }
-            fclose(children);
-        }
-        closedir(tasks);
+        fclose(children);
     }
+    closedir(tasks);
     return count;
 }
 
-/* Kill every descendant until none is left (each SIGKILLed one's children come back to the
- * agent, the subreaper, and are found on the next pass), bounded by END_BOUND_MS. Without
- * /proc: when the agent is pid 1 every other process of its namespace is a command's;
- * else the command's session (it made one). */
-static void kill_tree(void) {
-    long long until = now_ms() + END_BOUND_MS;
-    static pid_t found[8192];
+/* Whether the agent has a child still (living or not yet reaped). */
+static int has_children(void) {
+    siginfo_t info;
+    return !(waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) < 0 &&
+             errno == ECHILD);
+}
+
+static void pause_briefly(void) {
+    struct timespec pause = {0, 200000};
+    nanosleep(&pause, NULL);
+}
+
+#define MAX_TREE 16384
+
+/* The agent in a pid namespace of the session's own (bubblewrap, a container: the host
+ * says so with --pid-namespace, and the agent is its pid 1 or 2): every process of the
+ * namespace but the agent and its init is a command's, and kill(-1) reaches each of them
+ * at once, under the kernel's task list lock, so no fork can outrun it (a fork under way
+ * when SIGKILL comes is abandoned). Repeated, reaping, until no process is left to signal.
+ * Returns how many could not be killed (0: none; -1: some, uncounted). */
+static int kill_namespace(long long until) {
     for (;;) {
-        int count = list_descendants(found, (int)(sizeof found / sizeof found[0]));
-        if (count < 0) {
-            if (getpid() == 1)
-                kill(-1, SIGKILL);
-            else if (command.pid > 0)
-                kill(-command.pid, SIGKILL);
-            reap();
-            int status;
-            if ((waitpid(-1, &status, WNOHANG | __WALL) < 0 && errno == ECHILD) ||
-                now_ms() >= until)
-                return;
-            struct timespec pause = {0, 1000000};
-            nanosleep(&pause, NULL);
-            continue;
-        }
-        if (count == 0) {
-            reap();
-            return;
-        }
-        for (int i = 0; i < count; i++)
-            kill(found[i], SIGKILL);
+        int sent = kill(-1, SIGKILL);
+        int why = errno;
         reap();
+        if (sent < 0 && why == ESRCH)
+            return 0;
         if (now_ms() >= until)
-            return;
-        struct timespec pause = {0, 200000};
-        nanosleep(&pause, NULL);
+            return -1;
+        pause_briefly();
     }
+}
+
+/* Elsewhere (landlock: the host's pid namespace, where kill(-1) would reach the user's own
+ * processes) the agent's descendants, found from /proc: each is stopped (SIGSTOP) before
+ * its children are read, so a process that is found can fork no more (a fork under way
+ * when the signal comes is abandoned) and, stopped, reaps none of its children, whose pids
+ * then cannot be reused before the kill; the walk is repeated until it finds no process it
+ * had not stopped, then every one is killed and reaped. Returns how many were left at the
+ * bound (0: none). */
+static int kill_descendants(long long until) {
+    static pid_t stopped[MAX_TREE];
+    static pid_t walk[MAX_TREE];
+    int stopped_count = 0;
+    for (;;) {
+        int fresh = 0;
+        int walk_count = children_of(getpid(), walk, 0, MAX_TREE);
+        if (walk_count < 0) { /* no /proc: the command's session is what can be reached */
+            if (command.pid > 0)
+                kill(-command.pid, SIGKILL);
+            break;
+        }
+        for (int at = 0; at < walk_count; at++) {
+            pid_t pid = walk[at];
+            int known = 0;
+            for (int i = 0; i < stopped_count && !known; i++)
+                known = stopped[i] == pid;
+            if (!known) {
+                kill(pid, SIGSTOP);
+                if (stopped_count < MAX_TREE)
+                    stopped[stopped_count++] = pid;
+                fresh++;
+            }
+            int more = children_of(pid, walk, walk_count, MAX_TREE);
+            if (more > walk_count)
+                walk_count = more;
+        }
+        if (fresh == 0 || stopped_count >= MAX_TREE || now_ms() >= until)
+            break;
+    }
+    for (int i = 0; i < stopped_count; i++)
+        kill(stopped[i], SIGKILL);
+    for (;;) {
+        reap();
+        if (!has_children())
+            return 0;
+        if (now_ms() >= until) {
+            int left = children_of(getpid(), walk, 0, MAX_TREE);
+            return left > 0 ? left : -1;
+        }
+        /* what escaped the walk (found too late, or reparented here since): again */
+        int count = children_of(getpid(), walk, 0, MAX_TREE);
+        for (int i = 0; i < count; i++)
+            kill(walk[i], SIGKILL);
+        pause_briefly();
+    }
+}
+
+/* Kill every process the commands left, bounded by --kill-bound-ms (a process stuck in the
+ * kernel). What is left at the bound ends the session (see `finish_if_over`): returns how
+ * many (0: none, -1: some). */
+static int kill_tree(void) {
+    long long until = now_ms() + kill_bound_ms;
+    return own_pid_namespace ? kill_namespace(until) : kill_descendants(until);
 }
 
 static void cpu_and_rss(unsigned char *body) {
@@ -325,6 +379,7 @@ static void forget_command(void) {
     command.reaped = 0;
     command.report_length = 0;
     command.ending_since = 0;
+    command.tree_left = 0;
 }
 
 /* The command is over once its first process was reaped, the report pipe reached its end
@@ -335,7 +390,10 @@ static void finish_if_over(void) {
         return;
     if (command.ending_since == 0) {
         command.ending_since = now_ms();
-        kill_tree(); /* before the last output: nothing may write after it */
+        /* before the last output: nothing may write after it */
+        int left = kill_tree();
+        if (left != 0 && command.tree_left == 0)
+            command.tree_left = left;
     }
     int output_open = command.output[1] >= 0 || command.output[2] >= 0;
     if ((command.report >= 0 || output_open) && now_ms() - command.ending_since < END_BOUND_MS)
@@ -345,6 +403,11 @@ static void finish_if_over(void) {
             unsigned char end = (unsigned char)stream;
             send_frame(MSG_OUTPUT, &end, 1);
         }
+    }
+    if (command.tree_left != 0) {
+        unsigned char left[4];
+        put_u32(left, (uint32_t)(command.tree_left > 0 ? command.tree_left : 0));
+        send_frame(MSG_TREE_LEFT, left, sizeof left);
     }
     if (command.report_length > 0) {
         command.report_text[command.report_length] = 0;
@@ -356,7 +419,10 @@ static void finish_if_over(void) {
         cpu_and_rss(body + 4);
         send_frame(MSG_EXITED, body, sizeof body);
     }
+    int left = command.tree_left;
     forget_command();
+    if (left != 0) /* fail closed: nothing of it may meet the next command */
+        end(BYE_TREE);
 }
 
 /* --- the messages ------------------------------------------------------------------------- */
@@ -510,8 +576,11 @@ static void handle_frame(unsigned char type, const unsigned char *body, size_t l
         break;
     }
     case MSG_KILL:
-        if (command.pid != 0 && !command.reaped)
-            kill_tree();
+        if (command.pid != 0 && !command.reaped) {
+            int left = kill_tree();
+            if (left != 0 && command.tree_left == 0)
+                command.tree_left = left;
+        }
         break;
     default:
         break; /* a newer host's message this agent does not know */
@@ -564,6 +633,10 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--protocol") == 0) {
             printf("session %d records %d\n", SESSION_PROTOCOL, PROTOCOL);
             return 0;
+        } else if (strcmp(argv[i], "--kill-bound-ms") == 0 && i + 1 < argc) {
+            kill_bound_ms = atoll(argv[++i]);
+        } else if (strcmp(argv[i], "--pid-namespace") == 0) {
+            own_pid_namespace = 1;
         } else if (strcmp(argv[i], "--pipes") == 0) {
             pipes = 1;
         } else if (strcmp(argv[i], "--connect") == 0 && i + 1 < argc) {
@@ -578,6 +651,14 @@ int main(int argc, char **argv) {
         }
     }
     report_fd = 2; /* a failure of the agent's own set-up, before the channel works */
+    /* kill(-1) outside a namespace of the session's own would reach the user's processes:
+     * the agent must be its first process or the first's child (on the host, pids 1 and 2
+     * are init and kthreadd). */
+    if (own_pid_namespace && !(getpid() == 1 || (getpid() == 2 && getppid() == 1))) {
+        fprintf(stderr, "mechasandbox-agent: --pid-namespace, but pid %d is not the first of "
+                        "its namespace\n", (int)getpid());
+        return 2;
+    }
     if (connect_path != NULL) {
         in_fd = out_fd = connect_to(connect_path);
         if (in_fd < 0) {

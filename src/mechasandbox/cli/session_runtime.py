@@ -1,0 +1,112 @@
+"""Where the CLI's sessions live: a private per-user directory of unix sockets, one per
+session's supervisor (see `session_supervisor`), and the checks both ends make.
+
+The directory is `$XDG_RUNTIME_DIR/mechasandbox/sessions` when `XDG_RUNTIME_DIR` is this
+user's own, private directory, else `/tmp/mechasandbox-UID/sessions`. Every directory from
+the `mechasandbox` one down is created with mode 0700 and checked as the probe cache checks
+its own (`probe_cache.private_to_user`: this user's, of its type, and nobody else may read
+or write it; never followed through a symbolic link): a directory or socket that fails is
+refused, never repaired (someone else made `/tmp/mechasandbox-UID` first: use
+`XDG_RUNTIME_DIR`). A socket is this user's, mode 0600; a connection is served only when
+the peer's uid (SO_PEERCRED) is this process's, and a client talks only to a supervisor of
+its own uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import stat
+import struct
+
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.probe_cache import private_to_user
+
+_ID = re.compile(r"[0-9a-f]{16}")
+# sockaddr_un's sun_path (108 bytes on Linux, 104 on macOS), its terminating NUL included.
+MAX_SOCKET_PATH = 104
+
+
+def runtime_base(environ: dict[str, str] | None = None) -> str:
+    """The directory that holds this user's `mechasandbox` runtime directory."""
+    env = dict(os.environ) if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        with contextlib.suppress(OSError):
+            if private_to_user(os.lstat(runtime), stat.S_IFDIR):
+                return os.path.join(runtime, "mechasandbox")
+    return f"/tmp/mechasandbox-{os.geteuid()}"
+
+
+def sessions_dir(*, create: bool) -> Result[str, str]:
+    """The sessions directory, checked (made first when `create`), or why it cannot be."""
+    base = runtime_base()
+    directory = os.path.join(base, "sessions")
+    for path in (base, directory):
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return Failure(f"{path} does not exist (no session was started)")
+        except OSError as error:
+            return Failure(f"{path}: {error.strerror}")
+        if not private_to_user(info, stat.S_IFDIR):
+            return Failure(
+                f"{path} is not a private directory of this user's (owner uid "
+                f"{info.st_uid}, mode {stat.filemode(info.st_mode)}): refused; remove it, "
+                "or set XDG_RUNTIME_DIR to a directory of your own"
+            )
+    return Success(directory)
+
+
+def valid_id(session_id: str) -> bool:
+    return _ID.fullmatch(session_id) is not None
+
+
+def socket_path(directory: str, session_id: str) -> str:
+    return os.path.join(directory, f"{session_id}.sock")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected unix socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def connect(session_id: str) -> Result[socket.socket, str]:
+    """A connection to the supervisor of session `session_id`, checked: the socket this
+    user's and private, the peer this user."""
+    if not valid_id(session_id):
+        return Failure(f"{session_id!r} is not a session id (16 hexadecimal digits)")
+    found = sessions_dir(create=False)
+    if isinstance(found, Failure):
+        return Failure(found.failure())
+    path = socket_path(found.unwrap(), session_id)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return Failure(f"no session {session_id} (it ended, or was never started)")
+    except OSError as error:
+        return Failure(f"{path}: {error.strerror}")
+    if not private_to_user(info, stat.S_IFSOCK):
+        return Failure(f"{path} is not a private socket of this user's: refused")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as error:
+        sock.close()
+        if isinstance(error, ConnectionRefusedError):
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # its supervisor is gone
+            return Failure(f"no session {session_id} (its supervisor is gone)")
+        return Failure(f"cannot reach session {session_id}: {error.strerror}")
+    if peer_uid(sock) != os.geteuid():
+        sock.close()
+        return Failure(f"session {session_id}'s socket is served by another user: refused")
+    return Success(sock)

@@ -1,0 +1,295 @@
+"""`mechasandbox session start | run | stop | list`: sessions for shell-driven agents
+(docs/cli.md, docs/sessions.md).
+
+`start` starts a supervisor (`session_supervisor`) detached from the caller, which opens
+the session and serves it on a private socket (`session_runtime`); it prints the session's
+id (`--json`: an object). `run ID -- COMMAND` hands the supervisor this process's stdout
+and stderr (and the stdin to stream) and waits for the command's exit status: the output
+is written by `run`'s own code, so it is what `mechasandbox run` prints, live, `--json` or
+`--jsonl`, with `run`'s exit statuses. SIGINT and SIGTERM are passed on (the command's tree
+is killed: `interrupted`, 128+N); this process's death kills the command too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from returns.result import Failure
+
+from mechasandbox.cli import session_runtime
+from mechasandbox.cli.options import Parser, UsageError
+from mechasandbox.config.validation import LIMIT_RULES
+from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
+from mechasandbox.runner import framing
+
+# How long `start` waits for the session to open (a container's image may be pulled).
+START_TIMEOUT_S = 300.0
+
+
+def _run_parser() -> Parser:
+    parser = Parser(prog="mechasandbox session run")
+    add = parser.add_argument
+    add("session", metavar="ID", help="the id `session start` printed")
+    add("--json", action="store_true", help="print one JSON object instead of the output")
+    add("--jsonl", action="store_true", help="print the run as JSON lines as it goes")
+    add("--verbose", action="store_true", help="also print the notes on stderr")
+    add("--stdin", default=None, metavar="none|inherit|FILE", help="the command's input")
+    for rule in LIMIT_RULES:  # this command's own limits (the session's cgroup stays)
+        add(rule.option, default=None, help=f"this command's {rule.key.split('.')[-1]}")
+    add("command", nargs="*", help="-- COMMAND [ARG...]")
+    return parser
+
+
+def _fail(error: SandboxError, *, as_json: bool, jsonl: bool = False) -> int:
+    from mechasandbox.cli.verbs import _fail as fail
+
+    return fail(error, as_json=as_json, backend="session", jsonl=jsonl)
+
+
+def _unreachable(why: str) -> BackendFailed:
+    return BackendFailed(backend="session", reason=why)
+
+
+def start(raw: list[str]) -> int:
+    from mechasandbox.cli.session_supervisor import settings_of, start_parser
+
+    as_json = "--json" in raw
+    try:
+        args = start_parser().parse_args(raw)
+    except UsageError as error:
+        return _fail(ConfigInvalid(problem=str(error), source="command line"), as_json=as_json)
+    checked = settings_of(args)
+    if isinstance(checked, Failure):
+        return _fail(checked.failure(), as_json=as_json)
+    directory = session_runtime.sessions_dir(create=True)
+    if isinstance(directory, Failure):
+        problem = ConfigInvalid(problem=directory.failure(), source="sessions directory")
+        return _fail(problem, as_json=as_json)
+    session_id = secrets.token_hex(8)
+    log_path = os.path.join(directory.unwrap(), f"{session_id}.log")
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    read_end, write_end = os.pipe()
+    try:
+        supervisor = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mechasandbox.cli.session_supervisor",
+                "--id",
+                session_id,
+                "--ready-fd",
+                str(write_end),
+                *raw,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(write_end,),
+            start_new_session=True,  # no terminal: the caller's Ctrl-C is not the session's
+            cwd=os.getcwd(),
+        )
+    finally:
+        os.close(write_end)
+        os.close(log)
+    said = _read_ready(read_end)
+    if "session" not in said:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            supervisor.wait(timeout=5)
+        failure = said.get("error") or {
+            "kind": "backend_failed",
+            "message": f"the session's supervisor ended without an answer (see {log_path})",
+        }
+        return _print_failure(failure, said.get("backend", "auto"), as_json=as_json)
+    if as_json:
+        print(json.dumps(said))
+    else:
+        for warning in said.get("warnings", []):
+            print(f"mechasandbox: warning: {warning}", file=sys.stderr)
+        print(said["session"])
+    return 0
+
+
+def _read_ready(fd: int) -> dict[str, Any]:
+    """The supervisor's one line (the session, or its error); {} when it died first."""
+    data = b""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with open(fd, "rb") as ready:
+        while time.monotonic() < deadline and not data.endswith(b"\n"):
+            chunk = ready.read1(4096)
+            if not chunk:
+                break
+            data += chunk
+    try:
+        said = json.loads(data)
+    except ValueError:
+        return {}
+    return said if isinstance(said, dict) else {}
+
+
+def _print_failure(error: dict[str, Any], backend: str, *, as_json: bool) -> int:
+    kind, message = str(error.get("kind")), str(error.get("message"))
+    if as_json:
+        print(json.dumps({"session": None, "backend": backend, "error": error}))
+    else:
+        print(f"mechasandbox: error: {kind}: {message}", file=sys.stderr)
+    return 125
+
+
+def run(raw: list[str]) -> int:
+    from mechasandbox.cli.live import command_input
+
+    as_json, jsonl = "--json" in raw, "--jsonl" in raw
+    # `run ID [OPTIONS] -- COMMAND`: the options may follow the id (before the `--`)
+    before, after = (
+        (raw[: raw.index("--")], raw[raw.index("--") + 1 :]) if "--" in raw else (raw, [])
+    )
+    try:
+        args = _run_parser().parse_args(before)
+    except UsageError as error:
+        return _fail(
+            ConfigInvalid(problem=str(error), source="command line"), as_json=as_json, jsonl=jsonl
+        )
+    command = list(args.command) + after
+    problem: str | None = None
+    if not command:
+        problem = "no command given (mechasandbox session run ID [OPTIONS] -- COMMAND)"
+    elif args.json and args.jsonl:
+        problem = "--json and --jsonl exclude each other"
+    limits: list[tuple[str, float | None]] = []
+    for rule in LIMIT_RULES:
+        text = getattr(args, rule.option.removeprefix("--").replace("-", "_"))
+        if text is not None and problem is None:
+            checked = rule.checked(text)
+            if isinstance(checked, Failure):
+                return _fail(
+                    ConfigInvalid(problem=checked.failure(), source=rule.option),
+                    as_json=as_json,
+                    jsonl=jsonl,
+                )
+            limits.append((rule.attribute, checked.unwrap()))
+    if problem is not None:
+        return _fail(ConfigInvalid(problem=problem, source="command line"), as_json=as_json)
+    connected = session_runtime.connect(args.session)
+    if isinstance(connected, Failure):
+        return _fail(_unreachable(connected.failure()), as_json=args.json, jsonl=args.jsonl)
+    with connected.unwrap() as sock, contextlib.ExitStack() as files:
+        given = command_input(args.stdin, files)
+        if isinstance(given, Failure):
+            return _fail(given.failure(), as_json=args.json, jsonl=args.jsonl)
+        stdin = given.unwrap()
+        request = {
+            "op": "run",
+            "argv": command,
+            "limits": limits,
+            "json": args.json,
+            "jsonl": args.jsonl,
+            "verbose": args.verbose,
+            "stdin": stdin is not None,
+        }
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fds = ([stdin.fd] if stdin is not None else []) + [1, 2]
+        framing.send(sock, request, fds)
+        with _passing_signals_to(sock):
+            try:
+                answer, _ = framing.receive(sock)
+            except (OSError, framing.FrameError):
+                answer = {}
+    status = answer.get("status")
+    if not isinstance(status, int):
+        why = "the session's supervisor went away during the command (the session ended)"
+        return _fail(_unreachable(why), as_json=args.json, jsonl=args.jsonl)
+    return status
+
+
+@contextlib.contextmanager
+def _passing_signals_to(sock: Any) -> Any:
+    def interrupt(number: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            framing.send(sock, {"op": "interrupt", "signal": number})
+
+    previous = {n: signal.signal(n, interrupt) for n in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _ask(session_id: str, request: dict[str, Any]) -> dict[str, Any] | str:
+    connected = session_runtime.connect(session_id)
+    if isinstance(connected, Failure):
+        why: str = connected.failure()
+        return why
+    with connected.unwrap() as sock:
+        framing.send(sock, request)
+        try:
+            answer = framing.receive(sock)[0]
+        except (OSError, framing.FrameError):
+            return f"session {session_id}'s supervisor did not answer"
+    return dict(answer)
+
+
+def stop(raw: list[str]) -> int:
+    parser = Parser(prog="mechasandbox session stop")
+    parser.add_argument("session", metavar="ID")
+    parser.add_argument("--json", action="store_true")
+    as_json = "--json" in raw
+    try:
+        args = parser.parse_args(raw)
+    except UsageError as error:
+        return _fail(ConfigInvalid(problem=str(error), source="command line"), as_json=as_json)
+    answer = _ask(args.session, {"op": "stop"})
+    if isinstance(answer, str):
+        return _fail(_unreachable(answer), as_json=as_json)
+    if as_json:
+        print(json.dumps({"session": args.session, "stopped": True}))
+    return 0
+
+
+def list_sessions(raw: list[str]) -> int:
+    parser = Parser(prog="mechasandbox session list")
+    parser.add_argument("--json", action="store_true")
+    as_json = "--json" in raw
+    try:
+        args = parser.parse_args(raw)
+    except UsageError as error:
+        return _fail(ConfigInvalid(problem=str(error), source="command line"), as_json=as_json)
+    found = session_runtime.sessions_dir(create=False)
+    names = [] if isinstance(found, Failure) else sorted(os.listdir(found.unwrap()))
+    sessions = []
+    for name in names:
+        session_id = name.removesuffix(".sock")
+        if name.endswith(".sock") and session_runtime.valid_id(session_id):
+            answer = _ask(session_id, {"op": "info"})
+            if isinstance(answer, dict):
+                sessions.append(answer)
+    if args.json:
+        print(json.dumps(sessions))
+    else:
+        for info in sessions:
+            print(f"{info['session']}  {info['backend']}  {info['workspace']}")
+    return 0
+
+
+VERBS = {"start": start, "run": run, "stop": stop, "list": list_sessions}
+
+
+def main(raw: list[str]) -> int:
+    """`session VERB ...`."""
+    verb = VERBS.get(raw[0]) if raw else None
+    if verb is None:
+        problem = "expected one of: session start|run|stop|list (see mechasandbox session --help)"
+        if raw[:1] in (["-h"], ["--help"]):
+            print("usage: mechasandbox session {start,run,stop,list} ...\n" + (__doc__ or ""))
+            return 0
+        return _fail(ConfigInvalid(problem=problem, source="command line"), as_json="--json" in raw)
+    return verb(raw[1:])
