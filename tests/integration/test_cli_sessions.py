@@ -309,3 +309,59 @@ def test_doctor_and_policy_describe_sessions(
         runtime, "policy", "--json", "--backend", "process", "--best-effort", "--", "true"
     )
     assert json.loads(one_shot.stdout)["session"]["supported"] is False
+
+
+@pytest.mark.parametrize("backend", ["bubblewrap", "landlock"])
+def test_allowlist_through_the_cli_reports_each_runs_own_refusals(
+    runtime: pathlib.Path, workspace: pathlib.Path, backend: str
+) -> None:
+    require_session_agent()
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"upstream " + self.path.encode() + b"\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    # loopback only: an IP literal listed as IP:port needs no resolver
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    start = ["session", "start", "--backend", backend, "--host-processes", "visible"]
+    allow = ["--network", "allowlist", "--allow-domain", f"127.0.0.1:{port}"]
+    started = mecha(runtime, *start, *allow, cwd=workspace)
+    if started.returncode != 0 and b"backend_unavailable" in started.stderr:
+        server.shutdown()
+        pytest.skip(started.stderr.decode())
+    assert started.returncode == 0, started.stderr
+    session_id = started.stdout.decode().strip()
+    try:
+
+        def curl(path: str, to: int = port) -> dict[str, object]:
+            url = f"http://127.0.0.1:{to}{path}"
+            ran = mecha(runtime, "session", "run", session_id, "--json", "--", "curl", "-sS", url)
+            answer: dict[str, object] = json.loads(ran.stdout)
+            return answer
+
+        reached = curl("/first")
+        assert reached["stdout"] == "upstream /first\n" and reached["violations"] == []
+        refused = curl("/", to=port + 1 if port < 65535 else port - 1)
+        assert "upstream" not in str(refused["stdout"])
+        violations = refused["violations"]
+        assert isinstance(violations, list) and len(violations) == 1, refused
+        assert violations[0]["kind"] == "network" and "127.0.0.1" in violations[0]["detail"]
+        again = curl("/again")
+        assert again["stdout"] == "upstream /again\n" and again["violations"] == []
+    finally:
+        mecha(runtime, "session", "stop", session_id)
+        server.shutdown()
+        server.server_close()

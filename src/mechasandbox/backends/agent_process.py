@@ -1,12 +1,15 @@
 """The session agent started by the spawn helper, as bubblewrap's and landlock's sessions
 start it: a long-lived run of the helper whose stdin is the agent's control socket (see
-`submission.submit_with_channel`), until its HELLO; and its end."""
+`submission.submit_with_channel`), until its HELLO; and its end. And the session's
+allowlist proxy, started before the sandbox (whose set-up names it)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -20,6 +23,11 @@ from mechasandbox.runner.session_client import HELLO_TIMEOUT_S, AgentChannel
 from mechasandbox.runner.session_protocol import StdioMode, agent_path, agent_speaks
 from mechasandbox.runner.spec import SpawnSpec
 from mechasandbox.runner.submission import HelpedRunner, Submitted
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.session_base import BackendSession
+    from mechasandbox.domain.policy import NetworkPolicy
+    from mechasandbox.network.session import EgressProxy, SessionProxy
 
 # How long the sandbox may take to end once its agent was told to (the agent's own tree
 # kill is bounded by 2 s; the helper's kill of what is left follows).
@@ -104,3 +112,34 @@ async def start_agent(
         reason = f"the session's sandbox did not start: {process.said() or hello.failure()}"
         return Failure(BackendFailed(backend=backend, reason=reason))
     return Success((channel, process))
+
+
+async def start_session_proxy(
+    backend: str, egress: EgressProxy | None, network: NetworkPolicy, *, listen_tcp: bool = False
+) -> Result[SessionProxy | None, SandboxError]:
+    """The session's allowlist proxy, for its life (None: `egress` is None, the backend's
+    `proxy_for` gave none: not allowlist, or best-effort with no network at all)."""
+    if egress is None:
+        return Success(None)
+    from mechasandbox.network.session import SessionProxy
+
+    try:
+        return Success(await SessionProxy.start(egress, network, listen_tcp=listen_tcp))
+    except OSError as error:
+        return Failure(BackendFailed(backend=backend, reason=f"the allowlist proxy: {error}"))
+
+
+async def with_proxy_closed_on_failure(
+    proxy: SessionProxy | None, opening: Awaitable[Result[BackendSession, SandboxError]]
+) -> Result[BackendSession, SandboxError]:
+    """`opening`'s session, the proxy stopped if it did not open (or was cancelled)."""
+    try:
+        opened = await opening
+    except BaseException:
+        if proxy is not None:
+            with anyio.CancelScope(shield=True):
+                await proxy.aclose()
+        raise
+    if isinstance(opened, Failure) and proxy is not None:
+        await proxy.aclose()
+    return opened

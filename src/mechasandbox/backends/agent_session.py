@@ -7,7 +7,9 @@ form, timeout and output cap), the cumulative counters of the session's cgroup, 
 after each command (`finished`), and its teardown. `AgentSession` serialises the commands,
 bounds each one's deadline by what is left of the session's lifetime, takes each command's
 share of the cgroup's counters (an OOM kill during a command is that command's), and
-classifies the outcome as `execute_spec` does a one-shot run's (`backends.outcome`).
+classifies the outcome as `execute_spec` does a one-shot run's (`backends.outcome`). In
+allowlist mode the session's proxy (`proxy`, one for its life) serves every command, and
+each result carries the refusals made while that command ran, as a one-shot run's does.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxErro
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
-from mechasandbox.domain.result import RunResult
+from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents
+from mechasandbox.network.session import SessionProxy, with_violations
 from mechasandbox.runner.session_client import AgentChannel
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 
@@ -81,6 +84,9 @@ class AgentSession:
     sandbox: SessionSandbox = attrs.field(repr=False)
     settings: SessionSettings
     warnings: tuple[str, ...] = ()
+    # The allowlist proxy the commands talk to (None: not allowlist, or best-effort without
+    # one); ended with the session.
+    proxy: SessionProxy | None = attrs.field(default=None, repr=False)
     opened_at: float = attrs.field(factory=time.monotonic)
     # The session's start in file system time (whose timestamps are coarse). After each
     # command, every repository made since then is looked at again, not only those the
@@ -119,6 +125,8 @@ class AgentSession:
                 # all the same before the cancellation goes on.
                 cancelled = BackendFailed(backend=self.name, reason="cancelled")
                 self.sandbox.finished(Failure(cancelled), self.opened_ns)
+                with anyio.CancelScope(shield=True):
+                    await self._refused()  # its own: never the next command's
                 raise
             events = _since(self.sandbox.counters(), before)
             lifetime_ended = command.timeout_s != chosen.timeout_s
@@ -138,14 +146,28 @@ class AgentSession:
                     interrupted=raw.interrupted,
                 )
 
-            result = self.sandbox.finished(ran.bind(classified), self.opened_ns)
+            refused = await self._refused()
+            result = self.sandbox.finished(
+                with_violations(ran.bind(classified), refused), self.opened_ns
+            )
             if _over(self.channel):
                 # The session ended during the command (its tree could not be killed, its
                 # lifetime passed, the agent died): the sandbox goes now, with whatever is
                 # left in it, not when the caller gets round to closing.
                 with anyio.CancelScope(shield=True):
-                    await self.sandbox.aclose()
+                    await self._end()
             return result
+
+    async def _refused(self) -> tuple[Violation, ...]:
+        """What the proxy refused during the command that just ended."""
+        return () if self.proxy is None else await self.proxy.violations()
+
+    async def _end(self) -> None:
+        try:
+            await self.sandbox.aclose()
+        finally:
+            if self.proxy is not None:
+                await self.proxy.aclose()
 
     def _deadline(self, timeout_s: float | None) -> float | None:
         """The command's timeout, cut to what is left of the session's lifetime (the host
@@ -162,4 +184,4 @@ class AgentSession:
         self._closed = True
         self.channel.close()
         with anyio.CancelScope(shield=True):
-            await self.sandbox.aclose()
+            await self._end()

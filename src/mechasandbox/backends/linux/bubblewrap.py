@@ -318,7 +318,9 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             )
         )
 
-    def _bridge(self, policy: Policy, socket: str) -> ProxyBridge | None:
+    def proxy_bridge(self, policy: Policy, socket: str) -> ProxyBridge | None:
+        """The forwarder to the proxy listening on `socket` in allowlist mode (None: not
+        allowlist, or no socat here: best-effort runs with no network)."""
         socat = self._socat()
         if policy.network.mode is not NetworkMode.ALLOWLIST or socat is None:
             return None
@@ -335,7 +337,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             placeholders=self.placeholders.active(workspace),
             hollowness_of=protected_parents(workspace, policy, host),
         )
-        bridge = self._bridge(policy, setting.proxy_socket)
+        bridge = self.proxy_bridge(policy, setting.proxy_socket)
         env = scrubbed_environment(policy.environment, dict(host.env))
         env.setdefault("HOME", _home_inside(host, layout))
         if bridge is not None:
@@ -451,7 +453,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         )
 
     def proxy_for(self, policy: Policy) -> EgressProxy | None:
-        if self._bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
+        if self.proxy_bridge(policy, PROXY_SOCKET_PLACEHOLDER) is None:
             return None  # no bridge: best-effort allowlist runs with no network
         from mechasandbox.network.session import EgressProxy
 

@@ -157,7 +157,9 @@ def compile_bwrap(
     and `setsid`, util-linux's, which makes it the controlling terminal of a session inside
     (see `terminal_command`).
     `agent`: the host path of a session's agent, bound read-only at `SESSION_AGENT` (the
-    request's argv then starts it, see `bwrap_session`).
+    request's argv then starts it, see `bwrap_session`); with a `bridge`, the proxy socket
+    is bound in but the agent is not started behind the forwarder: each command is (the
+    agent's tree kill after a command would kill a forwarder started once).
     """
     variables = tuple(sorted((environment or {}).items()))
     unsafe = unsafe_variable(variables)
@@ -197,7 +199,9 @@ def compile_bwrap(
         argv += ["--ro-bind", bridge.socket, PROXY_SOCKET]
 
     def started(command: tuple[str, ...]) -> list[str]:
-        return bridge_argv(bridge, command) if bridge is not None and bridged else [*command]
+        if bridge is not None and bridged and agent is None:
+            return bridge_argv(bridge, command)
+        return [*command]
 
     script = b""
     if not fits_bwrap(argv, 3 * len(variables), started(request.argv)):

@@ -13,7 +13,14 @@ the agent is not dumpable (no ptrace, no /proc/PID/fd) and bwrap's seccomp refus
 anyway. The guards of the protected paths are watched during each command, the new
 repositories a command made are disarmed after it, its refusals explained, as after a run.
 
-Not yet: allowlist networking (its proxy lives for one run: a typed refusal), a terminal.
+Allowlist networking: the session's proxy (one for its life, `SessionProxy`) listens on a
+unix socket bound in at `PROXY_SOCKET` as for a run, and each command is started behind
+the run's own bridge (`bridge_argv`: socat on the sandbox's loopback, then the command):
+per command, because the agent's tree kill after a command kills every process of the
+sandbox but bwrap's pid 1 and itself, a forwarder started once included. Each command's
+forwarder is its own and dies with it.
+
+Not yet: a terminal.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from mechasandbox.backends.agent_process import (
     agent_argv,
     session_agent,
     start_agent,
+    start_session_proxy,
+    with_proxy_closed_on_failure,
 )
 from mechasandbox.backends.agent_session import AgentSession
 from mechasandbox.backends.execute import disarm_after, prepare_run
@@ -37,23 +46,27 @@ from mechasandbox.backends.linux.bwrap_hooks import LANDLOCK_SCOPE_ABI, landlock
 from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
 from mechasandbox.backends.refusal_hints import explained
 from mechasandbox.backends.resources import run_rlimits
-from mechasandbox.backends.session_base import BackendSession, SessionSettings, no_sessions
+from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.backends.template import Job
 from mechasandbox.backends.workspace.guards import GuardSet
-from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
+from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError, SpawnFailed
 from mechasandbox.domain.limits import Limits
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest, Terminal
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
+from mechasandbox.network.bridge import BRIDGE_FAILED, BRIDGE_PREFIX, ProxyBridge, bridge_argv
 from mechasandbox.runner.spec import ChildHook, SpawnSpec
 
 if TYPE_CHECKING:
     from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend, BwrapSetting
+    from mechasandbox.network.session import SessionProxy
 
 NAME = "bubblewrap"
 # Landlock's signal scope (ABI 6, include/uapi/linux/landlock.h).
 SCOPE_SIGNAL = 1 << 1
+# What each command is started by in allowlist mode (`bridge_argv`'s shell).
+BRIDGE_SHELL = "/bin/sh"
 
 
 def command_scope(abi: int) -> tuple[ChildHook, ...]:
@@ -75,6 +88,7 @@ class BwrapSessionSandbox:
     manager: CgroupManager | None
     cgroup: CgroupRun | None
     scope: tuple[ChildHook, ...]
+    bridge: ProxyBridge | None = None
     process: AgentProcess | None = None
     _closed: bool = False
 
@@ -83,9 +97,12 @@ class BwrapSessionSandbox:
             problem = "a session gives its commands no terminal: run it on its own"
             return Failure(ConfigInvalid(problem=problem, field="stdin"))
         policy = self.job.policy
+        argv, executable = request.argv, request.argv[0]
+        if self.bridge is not None:
+            argv, executable = tuple(bridge_argv(self.bridge, argv)), BRIDGE_SHELL
         return Success(
             SpawnSpec(
-                argv=request.argv,
+                argv=argv,
                 env=self.command.environment,
                 cwd=self.job.workspace,
                 stdin=request.stdin,
@@ -95,7 +112,7 @@ class BwrapSessionSandbox:
                 umask=policy.filesystem.umask,
                 rlimits=run_rlimits(limits, self.backend.cgroups),
                 hooks=self.scope,
-                executable=request.argv[0],
+                executable=executable,
                 watch=self.guards.watcher(),
             )
         )
@@ -113,9 +130,13 @@ class BwrapSessionSandbox:
     ) -> Result[RunResult, SandboxError]:
         job, backend = self.job, self.backend
         late = self.guards.warnings()
-        if late and isinstance(result, Success):
+        if isinstance(result, Success):
             value = result.unwrap()
-            result = Success(attrs.evolve(value, warnings=value.warnings + late))
+            failed = None if self.bridge is None else bridge_failure(value)
+            if failed is not None:
+                result = Failure(failed)
+            elif late:
+                result = Success(attrs.evolve(value, warnings=value.warnings + late))
         result = disarm_after(result, job.workspace, job.policy, since_ns, backend.git)
         return explained(
             result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
@@ -140,14 +161,12 @@ async def open_bwrap_session(
     backend: BubblewrapBackend, workspace: str, policy: Policy, settings: SessionSettings
 ) -> Result[BackendSession, SandboxError]:
     """Set the sandbox up as a one-shot run of `policy` in `workspace` would be, with the
-    agent as its command, and wait for the agent's HELLO."""
+    agent as its command (and the session's proxy in allowlist mode), and wait for the
+    agent's HELLO."""
     found = session_agent(NAME, backend.runner)
     if isinstance(found, Failure):
         return Failure(found.failure())
     agent = found.unwrap()
-    if policy.network.mode is NetworkMode.ALLOWLIST:
-        why = "allowlist networking has none yet (its proxy lives for one run): use none or full"
-        return Failure(no_sessions(NAME, why))
     # bwrap always unshares the pid namespace: its pid 1, the agent pid 2
     argv = agent_argv(SESSION_AGENT, settings, pid_namespace=True)
     request = RunRequest(argv=argv, workspace=workspace)
@@ -160,6 +179,13 @@ async def open_bwrap_session(
     if isinstance(opened, Failure):
         return Failure(opened.failure())
     setting = opened.unwrap()
+    proxied = await start_session_proxy(NAME, backend.proxy_for(chosen), chosen.network)
+    if isinstance(proxied, Failure):
+        backend.close_setting(setting, real)
+        return Failure(proxied.failure())
+    proxy = proxied.unwrap()
+    if proxy is not None:
+        setting = backend.with_proxy(setting, proxy.running)
     job = Job(
         request=request,
         policy=chosen,
@@ -168,13 +194,27 @@ async def open_bwrap_session(
         warnings=warnings,
         file_placeholders=files,
     )
+    return await with_proxy_closed_on_failure(
+        proxy, _start(backend, job, setting, agent, settings, proxy)
+    )
+
+
+async def _start(
+    backend: BubblewrapBackend,
+    job: Job,
+    setting: BwrapSetting,
+    agent: str,
+    settings: SessionSettings,
+    proxy: SessionProxy | None,
+) -> Result[BackendSession, SandboxError]:
+    real, chosen = job.workspace, job.policy
     compiled = backend.compile(job, setting, agent=agent)
     if isinstance(compiled, Failure):
         backend.close_setting(setting, real)
         return Failure(compiled.failure())
     launch = compiled.unwrap()
     command, _unix = launch.compiled
-    backend.placeholders.created(real, command.placeholders, files)
+    backend.placeholders.created(real, command.placeholders, job.file_placeholders)
     backend.placeholders.make(real, command.placeholders)
     manager = launch.cgroups if isinstance(launch.cgroups, CgroupManager) else None
     sandbox = BwrapSessionSandbox(
@@ -186,6 +226,7 @@ async def open_bwrap_session(
         manager=manager,
         cgroup=None,
         scope=command_scope(landlock_abi()),
+        bridge=None if proxy is None else backend.proxy_bridge(chosen, setting.proxy_socket),
     )
     spec = attrs.evolve(launch.spec, timeout_s=None, stdin=None, on_output=None)
     if manager is not None:
@@ -208,6 +249,29 @@ async def open_bwrap_session(
             channel=channel,
             sandbox=sandbox,
             settings=settings,
-            warnings=warnings + launch.warnings,
+            warnings=job.warnings + launch.warnings,
+            proxy=proxy,
         )
     )
+
+
+def bridge_failure(result: RunResult) -> SandboxError | None:
+    """A command's bridge that failed before the command ran: the forwarder did not start
+    (BRIDGE_FAILED), or the command could not be executed (the bridge's shell says so,
+    with status 126 or 127), as a one-shot run's bwrap would have said."""
+    said = result.stderr
+    if not said.startswith(BRIDGE_PREFIX):
+        return None
+    message = said.decode(errors="replace").strip()
+    if result.exit_code == BRIDGE_FAILED:
+        return BackendFailed(backend=NAME, reason=message)
+    first = said.splitlines()[0]
+    if result.exit_code in (126, 127) and b": exec: " in first:
+        # dash: "mechasandbox-bridge: LINE: exec: COMMAND: WHY"
+        named, _, why = first.split(b": exec: ", 1)[1].rpartition(b": ")
+        return SpawnFailed(
+            command=named.decode(errors="replace"),
+            reason=why.decode(errors="replace"),
+            exit_status=result.exit_code,
+        )
+    return None

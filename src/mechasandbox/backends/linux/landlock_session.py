@@ -13,7 +13,12 @@ not dumpable, so a command can neither trace it nor open its descriptors, and a 
 domain keeps it from tracing anything outside. The session keeps one private TMPDIR and
 HOME, and one cgroup, for its life.
 
-Not yet: allowlist networking (its proxy lives for one run: a typed refusal), a terminal.
+Allowlist networking: the session's proxy (one for its life, `SessionProxy`) listens on
+loopback TCP with its token, as a run's does; every command's Landlock domain grants TCP
+connect to its port only and the seccomp filter (the agent's, inherited) allows only IPv4
+TCP sockets.
+
+Not yet: a terminal.
 """
 
 from __future__ import annotations
@@ -29,17 +34,19 @@ from mechasandbox.backends.agent_process import (
     agent_argv,
     session_agent,
     start_agent,
+    start_session_proxy,
+    with_proxy_closed_on_failure,
 )
 from mechasandbox.backends.agent_session import AgentSession
 from mechasandbox.backends.execute import disarm_after, prepare_run
 from mechasandbox.backends.linux.landlock_compiler import LandlockRuleset
 from mechasandbox.backends.refusal_hints import explained
 from mechasandbox.backends.resources import run_rlimits
-from mechasandbox.backends.session_base import BackendSession, SessionSettings, no_sessions
+from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.backends.template import Job
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 from mechasandbox.domain.limits import Limits
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest, Terminal
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
@@ -47,6 +54,7 @@ from mechasandbox.runner.spec import ChildHook, SpawnSpec
 
 if TYPE_CHECKING:
     from mechasandbox.backends.linux.landlock import LandlockBackend, LandlockSetting
+    from mechasandbox.network.session import SessionProxy
 
 NAME = "landlock"
 
@@ -119,15 +127,12 @@ class LandlockSessionSandbox:
 async def open_landlock_session(
     backend: LandlockBackend, workspace: str, policy: Policy, settings: SessionSettings
 ) -> Result[BackendSession, SandboxError]:
-    """Start the agent as a one-shot run's command would start (its isolation applied),
-    and wait for its HELLO."""
+    """Start the agent as a one-shot run's command would start (its isolation applied; the
+    session's proxy in allowlist mode), and wait for its HELLO."""
     found = session_agent(NAME, backend.runner)
     if isinstance(found, Failure):
         return Failure(found.failure())
     agent = found.unwrap()
-    if policy.network.mode is NetworkMode.ALLOWLIST:
-        why = "allowlist networking has none yet (its proxy lives for one run): use none or full"
-        return Failure(no_sessions(NAME, why))
     request = RunRequest(argv=agent_argv(agent, settings), workspace=workspace)
     policy = backend.with_toolchains(request, policy, backend.host)
     prepared = prepare_run(backend, request, policy, backend.git)
@@ -138,6 +143,14 @@ async def open_landlock_session(
     if isinstance(opened, Failure):
         return Failure(opened.failure())
     setting = opened.unwrap()
+    egress = backend.proxy_for(chosen)
+    proxied = await start_session_proxy(NAME, egress, chosen.network, listen_tcp=True)
+    if isinstance(proxied, Failure):
+        backend.close_setting(setting, real)
+        return Failure(proxied.failure())
+    proxy = proxied.unwrap()
+    if proxy is not None:
+        setting = backend.with_proxy(setting, proxy.running)
     job = Job(
         request=request,
         policy=chosen,
@@ -146,6 +159,20 @@ async def open_landlock_session(
         warnings=warnings,
         file_placeholders=files,
     )
+    return await with_proxy_closed_on_failure(
+        proxy, _start(backend, job, setting, agent, settings, proxy)
+    )
+
+
+async def _start(
+    backend: LandlockBackend,
+    job: Job,
+    setting: LandlockSetting,
+    agent: str,
+    settings: SessionSettings,
+    proxy: SessionProxy | None,
+) -> Result[BackendSession, SandboxError]:
+    real, chosen = job.workspace, job.policy
     compiled = backend.compile(job, setting, agent=agent)
     if isinstance(compiled, Failure):
         backend.close_setting(setting, real)
@@ -190,6 +217,7 @@ async def open_landlock_session(
             channel=channel,
             sandbox=sandbox,
             settings=settings,
-            warnings=warnings + launch.warnings,
+            warnings=job.warnings + launch.warnings,
+            proxy=proxy,
         )
     )

@@ -92,6 +92,19 @@ class RunningProxy:
     def violations(self) -> tuple[Violation, ...]:
         return tuple(self._core.violations)
 
+    def take_violations(self) -> tuple[Violation, ...]:
+        """What it refused since the last take (a session's proxy: each command's own, and
+        the bound on how many are kept applies to each command, not to the session's
+        life). Call it on the proxy's own loop."""
+        taken = tuple(self._core.violations)
+        self._core.violations.clear()
+        return taken
+
+    @property
+    def open_connections(self) -> int:
+        """The client connections it is serving now."""
+        return self._core.counters.active + self._core.counters.over_limit
+
     def stats(self) -> ProxyStats:
         c = self._core.counters
         return ProxyStats(
