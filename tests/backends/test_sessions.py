@@ -17,12 +17,19 @@ import time
 from collections.abc import Iterator
 
 import anyio
+import attrs
 import pytest
 from returns.result import Failure, Success
 
 from mechasandbox.backends.base import Backend
 from mechasandbox.backends.session_base import SessionSettings
-from mechasandbox.domain.errors import BackendFailed, MemoryLimit, SpawnFailed, Timeout
+from mechasandbox.domain.errors import (
+    BackendFailed,
+    ConfigInvalid,
+    MemoryLimit,
+    SpawnFailed,
+    Timeout,
+)
 from mechasandbox.domain.limits import MIB, Limits
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.runner.proctable import alive_with_marker
@@ -94,6 +101,32 @@ def test_limits_are_each_commands_own(session: SyncSession) -> None:
     few = Limits(max_open_files=64)
     assert sh(session, "ulimit -n", limits=few) == b"64\n"
     assert sh(session, "ulimit -n") == b"1024\n"
+
+
+def test_a_commands_limits_may_only_narrow_the_sessions(
+    backend: Backend, workspace: pathlib.Path
+) -> None:
+    limits = Limits(cpu_time_s=30, max_open_files=256, timeout_s=30)
+    policy = Policy(enforcement=Enforcement.BEST_EFFORT, limits=limits)
+    with Sandbox(backend=backend, policy=policy).session_sync(workspace=str(workspace)) as s:
+        narrow = attrs.evolve(limits, cpu_time_s=5, max_open_files=128)
+        assert sh(s, "ulimit -t; ulimit -n", limits=narrow) == b"5\n128\n"
+        for wider, field in (
+            (attrs.evolve(limits, cpu_time_s=60), "limits.cpu_time"),
+            (attrs.evolve(limits, max_open_files=None), "limits.max_open_files"),
+            (attrs.evolve(limits, timeout_s=31), "limits.timeout"),
+        ):
+            refused = s.run(["true"], limits=wider)
+            assert isinstance(refused, Failure), refused
+            error = refused.failure()
+            assert isinstance(error, ConfigInvalid) and error.field == field, error
+        assert sh(s, "ulimit -t; ulimit -n") == b"30\n256\n"
+        # The agent runs under no command's limits (bubblewrap: pid 2; landlock: the
+        # command's parent): its CPU time, whatever the commands make it do, is bounded by
+        # none of the policy's.
+        agent = "/proc/2/limits" if backend.name == "bubblewrap" else "/proc/$PPID/limits"
+        said = sh(s, f"grep -E 'Max (cpu time|open files)' {agent}").decode()
+        assert "unlimited" in said.splitlines()[0] and "256" not in said, said
 
 
 def test_a_process_left_running_dies_with_its_command(

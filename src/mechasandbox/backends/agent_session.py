@@ -23,7 +23,7 @@ import attrs
 from returns.result import Failure, Result
 
 from mechasandbox.backends.outcome import classify, run_result
-from mechasandbox.backends.session_base import SessionSettings
+from mechasandbox.backends.session_base import SessionSettings, command_limits
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import Policy
@@ -56,6 +56,10 @@ class SessionSandbox(Protocol):
     async def aclose(self) -> None:
         """Kill and wait for the sandbox, give back what it held (after the channel closed)."""
         ...
+
+
+# See `AgentSession._deadline`.
+LIFETIME_MARGIN_S = 0.25
 
 
 def _since(after: CgroupEvents | None, before: CgroupEvents | None) -> CgroupEvents | None:
@@ -107,7 +111,10 @@ class AgentSession:
                 "(a session has one workspace; open another session for another)"
             )
             return Failure(ConfigInvalid(problem=problem, field="workspace"))
-        chosen = self.policy.limits if limits is None else limits
+        narrowed = command_limits(limits, self.policy.limits)
+        if isinstance(narrowed, Failure):
+            return Failure(narrowed.failure())
+        chosen = narrowed.unwrap()
         async with self._lock:
             if self._closed or self.channel.ended is not None:
                 why = self.channel.ended or "the session was closed"
@@ -175,7 +182,11 @@ class AgentSession:
         lifetime = self.settings.max_lifetime_s
         if lifetime is None:
             return timeout_s
-        left = max(0.001, lifetime - (time.monotonic() - self.opened_at))
+        # `opened_at` is taken after the agent's HELLO, its own clock started before: the
+        # host's cut comes first by LIFETIME_MARGIN_S more, so that a busy event loop does
+        # not let the agent's end (a closed channel) beat it.
+        spent = time.monotonic() - self.opened_at + LIFETIME_MARGIN_S
+        left = max(0.001, lifetime - spent)
         return left if timeout_s is None or left < timeout_s else timeout_s
 
     async def aclose(self) -> None:

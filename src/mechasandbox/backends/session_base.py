@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
-from returns.result import Failure, Result
+from returns.result import Failure, Result, Success
 
-from mechasandbox.domain.errors import BackendUnavailable, SandboxError
+from mechasandbox.domain.errors import BackendUnavailable, ConfigInvalid, SandboxError
 from mechasandbox.domain.limits import MAX_TIMEOUT_S, Limits
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
@@ -49,7 +49,8 @@ class BackendSession(Protocol):
     `run` returns what a one-shot run of the same request under the session's policy
     returns (the same typed `Result`s, classified by `backends.outcome`), and streams its
     output to `request.on_output`; `limits`: this command's (None: the policy's) timeout,
-    output cap and rlimits; the session's cgroup (memory, processes) stays the policy's.
+    output cap and rlimits, which may only narrow the policy's (`command_limits`); the
+    session's cgroup (memory, processes) stays the policy's.
     After `aclose` (or once the session ended on its own: idle, lifetime) `run` is a
     `BackendFailed` saying why."""
 
@@ -100,7 +101,8 @@ KEPT_BETWEEN_COMMANDS = (
 EACH_COMMAND_GETS = (
     "the one-shot run's records: stdio, every other descriptor closed, directory, umask, "
     "environment, hooks, exec",
-    "its own timeout, output cap and rlimits (session run: run's limit options)",
+    "its own timeout, output cap and rlimits, within the session's policy (session run: "
+    "run's limit options)",
     "a whole-tree kill when it ends; processes that survive it end the session",
     "its own typed result; repositories it made disarmed, refusals explained",
 )
@@ -120,6 +122,35 @@ def describe(backend: object) -> dict[str, Any]:
         "kept": list(KEPT_BETWEEN_COMMANDS),
         "per_command": list(EACH_COMMAND_GETS),
     }
+
+
+def command_limits(limits: Limits | None, session: Limits) -> Result[Limits, SandboxError]:
+    """A command's own limits (None: the session's), which may only narrow the session's
+    policy: a value above the policy's, or none where the policy has one, is a
+    `ConfigInvalid` naming the field (`limits.cpu_time`), on every backend alike. The
+    policy given when the session opened bounds everything run in it, as a project file may
+    only narrow the user's policy (and the session's agent runs under no command's limits,
+    so that what a command makes it do counts toward none: see docs/sessions.md)."""
+    if limits is None:
+        return Success(session)
+    from mechasandbox.config.validation import LIMIT_RULES
+
+    problems = []
+    for rule in LIMIT_RULES:
+        bound: float | None = getattr(session, rule.attribute)
+        asked: float | None = getattr(limits, rule.attribute)
+        if bound is None or asked == bound:
+            continue
+        if asked is None or asked > bound:
+            shown = "no limit" if asked is None else rule.show(asked)
+            problem = (
+                f"a command's {rule.key} may only narrow the session's ({rule.show(bound)}), "
+                f"not {shown}: open the session with a policy that allows it"
+            )
+            problems.append(ConfigInvalid(problem=problem, field=f"limits.{rule.key}"))
+    if problems:
+        return Failure(ConfigInvalid.together(problems))
+    return Success(limits)
 
 
 def no_sessions(backend: str, why: str = "it has no sessions") -> BackendUnavailable:

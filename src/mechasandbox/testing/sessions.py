@@ -8,10 +8,11 @@ one-shot run::
             with InSession(MyBackend(runner=sandbox_runner)) as in_session:
                 yield in_session
 
-One session per workspace and policy (limits aside: each run's limits are that command's),
-opened on the first run there and kept until `close`, so a test's commands share one
-sandbox (its /tmp, its home), as an agent's do. The sessions live on an event loop of their
-own (a portal thread): the suite calls `anyio.run` once per command.
+One session per workspace and policy, opened on the first run there and kept until
+`close`, so a test's commands share one sandbox (its /tmp, its home), as an agent's do.
+Its limits are the session's, and each run's too (a command's may only narrow the
+session's: a run with other limits gets a session of its own). The sessions live on an
+event loop of their own (a portal thread): the suite calls `anyio.run` once per command.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 from contextlib import AbstractContextManager
 from types import TracebackType
 
-import attrs
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from returns.result import Failure, Result
 
@@ -28,7 +28,6 @@ from mechasandbox.backends.base import Backend, HostContext, LaunchPlan
 from mechasandbox.backends.session_base import BackendSession, SessionSettings, open_session
 from mechasandbox.domain.capabilities import Capabilities
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
-from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
@@ -60,7 +59,7 @@ class InSession:
         return self._portal.call(self._run, request, policy)
 
     async def _run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
-        key = (os.path.realpath(request.workspace), attrs.evolve(policy, limits=Limits()))
+        key = (os.path.realpath(request.workspace), policy)
         session = self.sessions.get(key)
         if session is None:
             opened = await open_session(self.backend, request.workspace, policy, self.settings)

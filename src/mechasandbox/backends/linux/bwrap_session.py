@@ -228,7 +228,9 @@ async def _start(
         scope=command_scope(landlock_abi()),
         bridge=None if proxy is None else backend.proxy_bridge(chosen, setting.proxy_socket),
     )
-    spec = attrs.evolve(launch.spec, timeout_s=None, stdin=None, on_output=None)
+    # bwrap and the agent under no rlimits: each command has its own (its CPU time is
+    # its own, and what it makes the agent do counts toward no limit of the agent's)
+    spec = attrs.evolve(launch.spec, timeout_s=None, stdin=None, on_output=None, rlimits=())
     if manager is not None:
         try:
             sandbox.cgroup = manager.create(chosen.limits)
