@@ -101,6 +101,7 @@ class AgentSession:
     opened_ns: int = attrs.field(factory=lambda: time.time_ns() - 20_000_000)
     _lock: anyio.Lock = attrs.field(factory=anyio.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _counted: CgroupEvents | None = attrs.field(default=None, init=False)
 
     async def run(
         self, request: RunRequest, *, limits: Limits | None = None
@@ -123,19 +124,26 @@ class AgentSession:
             if isinstance(spec, Failure):
                 return Failure(spec.failure())
             command = attrs.evolve(spec.unwrap(), timeout_s=self._deadline(chosen.timeout_s))
-            before = self.sandbox.counters()
+            # Nothing runs in the session's cgroup between commands (the agent waits, every
+            # command's tree is dead): the counters after the last command are those before
+            # this one, read once per command.
+            if self._counted is None:
+                self._counted = self.sandbox.counters()
+            before = self._counted
             try:
                 ran = await self.channel.run(command)
             except BaseException:
                 # Cancelled (the caller interrupted): the command's tree is dead (the
                 # channel waited for it), and what it made in the workspace is disarmed
                 # all the same before the cancellation goes on.
+                self._counted = None  # the next command reads them anew
                 cancelled = BackendFailed(backend=self.name, reason="cancelled")
                 self.sandbox.finished(Failure(cancelled), self.opened_ns)
                 with anyio.CancelScope(shield=True):
                     await self._refused()  # its own: never the next command's
                 raise
-            events = _since(self.sandbox.counters(), before)
+            self._counted = self.sandbox.counters()
+            events = _since(self._counted, before)
             lifetime_ended = command.timeout_s != chosen.timeout_s
 
             def classified(raw: ProcessOutcome) -> Result[RunResult, SandboxError]:
