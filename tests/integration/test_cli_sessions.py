@@ -5,6 +5,7 @@ command with it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -365,3 +366,45 @@ def test_allowlist_through_the_cli_reports_each_runs_own_refusals(
         mecha(runtime, "session", "stop", session_id)
         server.shutdown()
         server.server_close()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def test_the_supervisor_ends_with_its_session_and_removes_its_log(
+    runtime: pathlib.Path, session: str
+) -> None:
+    pid = supervisor_pid(runtime, session)
+    (log,) = runtime.glob(f"**/{session}.log")
+    assert mecha(runtime, "session", "run", session, "--", "true").returncode == 0
+    agents = []
+    for child in _descendants(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{child}/comm") as comm:
+            # bubblewrap binds it at /run/mechasandbox/agent, landlock runs it as built
+            if comm.read().strip() in ("agent", "mechasandbox-ag"):
+                agents.append(child)
+    assert agents, "the session's agent"
+    for agent in agents:  # the session ends on its own (as when it fails closed)
+        os.kill(agent, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the supervisor lingers"
+    assert not log.exists()
+    after = mecha(runtime, "session", "run", session, "--", "true")
+    assert after.returncode == 125

@@ -103,6 +103,16 @@ class AgentSession:
     _closed: bool = attrs.field(default=False, init=False)
     _counted: CgroupEvents | None = attrs.field(default=None, init=False)
 
+    @property
+    def ended(self) -> str | None:
+        """Why the session is over (closed, or ended on its own: idle, lifetime, fail
+        closed, the agent gone); None while it runs commands."""
+        if self._closed:
+            return "the session was closed"
+        if self._lock.locked():  # a command runs: its supervision reads the channel
+            return self.channel.ended
+        return self.channel.ended_between_commands()
+
     async def run(
         self, request: RunRequest, *, limits: Limits | None = None
     ) -> Result[RunResult, SandboxError]:

@@ -70,6 +70,13 @@ class BackendSession(Protocol):
         repeated on every result."""
         ...
 
+    @property
+    def ended(self) -> str | None:
+        """Why the session is over (closed, or ended on its own: idle timeout, lifetime,
+        fail closed, its sandbox gone), as its later runs say; None while it is open. A
+        holder such as the CLI's supervisor watches it to end with the session."""
+        ...
+
     async def run(
         self, request: RunRequest, *, limits: Limits | None = None
     ) -> Result[RunResult, SandboxError]: ...

@@ -97,7 +97,7 @@ class _Writer:
 
 class LiveOutput:
     """The command's stdout and stderr printed as they come, as they are; the rest of the
-    run (warnings, violations, errors) is `verbs._report`'s, after `close`."""
+    run (warnings, violations, errors) is `verbs.report`'s, after `close`."""
 
     def __init__(self) -> None:
         self._writer = _Writer()

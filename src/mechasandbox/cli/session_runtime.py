@@ -72,6 +72,36 @@ def socket_path(directory: str, session_id: str) -> str:
     return os.path.join(directory, f"{session_id}.sock")
 
 
+def log_path(directory: str, session_id: str) -> str:
+    """The supervisor's stdout and stderr: removed when it ends as it should (stop, idle,
+    lifetime, the session's own end, a signal); what a crashed one said stays, the last
+    crash's only (`prune_logs`)."""
+    return os.path.join(directory, f"{session_id}.log")
+
+
+def prune_logs(directory: str, *, older_than_s: float) -> None:
+    """Remove the logs of supervisors that died without removing theirs (no socket, not
+    written for `older_than_s`: not one that is starting), all but the newest."""
+    import time
+
+    dead: list[tuple[float, str]] = []
+    now = time.time()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            session_id = entry.name.removesuffix(".log")
+            if session_id == entry.name or os.path.lexists(socket_path(directory, session_id)):
+                continue
+            try:
+                written = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if now - written > older_than_s:
+                dead.append((written, entry.path))
+    for _, path in sorted(dead)[:-1]:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a connected unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

@@ -12,7 +12,7 @@ parent, the helper kills what is left).
 A connection (only from this uid: SO_PEERCRED) sends one request frame (`runner.framing`):
 `info`; `stop`; or `run`, with the caller's stdout and stderr (and the stdin to stream, if
 any) attached. The command's output, its warnings and its result are written to those
-descriptors by the same code as `mechasandbox run`'s (`verbs._report`, `live`), so that
+descriptors by the same code as `mechasandbox run`'s (`verbs.report`, `live`), so that
 `session run` prints exactly what `run` prints; the answer is `{"op": "done", "status":
 N}`, `run`'s exit status. During a run the caller may send `interrupt` (its SIGINT or
 SIGTERM: the command's tree is killed, the answer is `interrupted`, 128+N); a caller that
@@ -48,6 +48,8 @@ from mechasandbox.sandbox_session import Session
 
 # How long a connected caller may take to send its whole request frame.
 REQUEST_TIMEOUT_S = 5.0
+# How often the supervisor looks at the session's bounds and its end.
+WATCH_S = 0.5
 
 
 def start_parser() -> Parser:
@@ -139,9 +141,14 @@ class Supervisor:
                 tasks.start_soon(self._connection, conn, tasks.cancel_scope)
 
     async def _watch_bounds(self, scope: anyio.CancelScope) -> None:
-        """The idle timeout and the lifetime, as the agent enforces them inside."""
+        """The idle timeout and the lifetime, as the agent enforces them inside; and the
+        session's own end (fail closed, its sandbox gone), noticed within a second: a
+        supervisor whose session is over has nothing to serve."""
         idle, lifetime = self.settings.idle_timeout_s, self.settings.max_lifetime_s
         while True:
+            if self.session.opened.map(lambda s: s.ended).value_or("not open") is not None:
+                scope.cancel()
+                return
             now = time.monotonic()
             wake = [self.started + lifetime] if lifetime is not None else []
             if idle is not None and not self.running:
@@ -149,7 +156,7 @@ class Supervisor:
             if wake and now >= min(wake):
                 scope.cancel()
                 return
-            await anyio.sleep(min(1.0, max(0.01, min(wake) - now)) if wake else 1.0)
+            await anyio.sleep(min(WATCH_S, max(0.01, min(wake) - now)) if wake else WATCH_S)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as got:
@@ -188,7 +195,7 @@ class Supervisor:
     async def _run(self, conn: socket.socket, message: dict[str, Any], fds: list[int]) -> int:
         from mechasandbox.cli.live import JsonLines, LiveOutput
         from mechasandbox.cli.output import interrupted
-        from mechasandbox.cli.verbs import _fail, _report
+        from mechasandbox.cli.verbs import fail, report
 
         as_json, jsonl = bool(message.get("json")), bool(message.get("jsonl"))
         streamed = bool(message.get("stdin"))
@@ -201,7 +208,7 @@ class Supervisor:
                 command_limits = attrs.evolve(self.limits, **dict(limits))
             except (TypeError, ValueError) as error:
                 problem = ConfigInvalid(problem=str(error), source="session run")
-                return _fail(problem, as_json=as_json, backend=backend, jsonl=jsonl)
+                return fail(problem, as_json=as_json, backend=backend, jsonl=jsonl)
             printer = None if as_json else JsonLines() if jsonl else LiveOutput()
             kept = {1: bytearray(), 2: bytearray()}
 
@@ -245,7 +252,7 @@ class Supervisor:
                 if printer is not None:
                     printer.close()
                 verbose = bool(message.get("verbose"))
-                return _report(
+                return report(
                     result,
                     as_json=as_json,
                     backend=backend,
@@ -381,6 +388,11 @@ def main(argv: list[str]) -> int:
     if isinstance(settings, Failure):
         return _failed(known.ready_fd, settings.failure(), args.backend or "auto")
     status: int = anyio.run(_open_and_serve, args, known.id, known.ready_fd, settings.unwrap())
+    if status == 0:  # ended as it should: its log goes (a crash's stays, see session_runtime)
+        directory = session_runtime.sessions_dir(create=False)
+        if isinstance(directory, Success):
+            with contextlib.suppress(OSError):
+                os.unlink(session_runtime.log_path(directory.unwrap(), known.id))
     return status
 
 

@@ -49,7 +49,7 @@ def _run_parser() -> Parser:
 
 
 def _fail(error: SandboxError, *, as_json: bool, jsonl: bool = False) -> int:
-    from mechasandbox.cli.verbs import _fail as fail
+    from mechasandbox.cli.verbs import fail
 
     return fail(error, as_json=as_json, backend="session", jsonl=jsonl)
 
@@ -74,7 +74,9 @@ def start(raw: list[str]) -> int:
         problem = ConfigInvalid(problem=directory.failure(), source="sessions directory")
         return _fail(problem, as_json=as_json)
     session_id = secrets.token_hex(8)
-    log_path = os.path.join(directory.unwrap(), f"{session_id}.log")
+    with contextlib.suppress(OSError):
+        session_runtime.prune_logs(directory.unwrap(), older_than_s=START_TIMEOUT_S)
+    log_path = session_runtime.log_path(directory.unwrap(), session_id)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     read_end, write_end = os.pipe()
     try:
@@ -103,6 +105,9 @@ def start(raw: list[str]) -> int:
     if "session" not in said:
         with contextlib.suppress(subprocess.TimeoutExpired):
             supervisor.wait(timeout=5)
+        if "error" in said:  # it said why: nothing more in its log
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
         failure = said.get("error") or {
             "kind": "backend_failed",
             "message": f"the session's supervisor ended without an answer (see {log_path})",

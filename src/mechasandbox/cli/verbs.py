@@ -60,7 +60,9 @@ def build_parser(verb: str | None = None) -> Parser:
     return parser
 
 
-def _fail(error: SandboxError, *, as_json: bool, backend: str, jsonl: bool = False) -> int:
+def fail(error: SandboxError, *, as_json: bool, backend: str, jsonl: bool = False) -> int:
+    """Print `error` as `run` does (its error line, or its `--json`/`--jsonl` form) and
+    give its exit status; also `session start|run`'s."""
     if jsonl:
         from mechasandbox.cli.live import result_line
 
@@ -72,7 +74,7 @@ def _fail(error: SandboxError, *, as_json: bool, backend: str, jsonl: bool = Fal
     return exit_status(None, error)
 
 
-def _report(
+def report(
     result: Result[RunResult, SandboxError],
     *,
     as_json: bool,
@@ -80,7 +82,9 @@ def _report(
     verbose: bool,
     live: bool = False,
 ) -> int:
-    """`live`: the output was printed as it came (see `live`); the rest is printed here."""
+    """Print a run's result as `run` does and give its exit status (also `session run`'s,
+    printed by the session's supervisor). `live`: the output was printed as it came (see
+    `live`); the rest is printed here."""
     finished = result.value_or(None)
     error = result.failure() if isinstance(result, Failure) else None
     if as_json:
@@ -128,7 +132,7 @@ def _execute(
             command,
             as_json=as_json,
             options=options_given(args),
-            fail=lambda error: _fail(error, as_json=as_json, backend=backend),
+            fail=lambda error: fail(error, as_json=as_json, backend=backend),
         )
     from mechasandbox.cli.live import JsonLines, LiveOutput, command_input
 
@@ -142,7 +146,7 @@ def _execute(
         else:
             given = command_input(args.stdin, files)
         if isinstance(given, Failure):
-            return _fail(given.failure(), as_json=as_json, backend=backend, jsonl=args.jsonl)
+            return fail(given.failure(), as_json=as_json, backend=backend, jsonl=args.jsonl)
         printer = None if as_json or args.tty else JsonLines() if args.jsonl else LiveOutput()
         stdin = given.unwrap()
         on_stdout = printer.stdout if printer is not None else None
@@ -164,7 +168,7 @@ def _execute(
     if printer is not None:
         printer.close()
     live = printer is not None or args.tty
-    return _report(result, as_json=as_json, backend=backend, verbose=bool(args.verbose), live=live)
+    return report(result, as_json=as_json, backend=backend, verbose=bool(args.verbose), live=live)
 
 
 def _run_or_plan(
@@ -183,7 +187,7 @@ def _run_or_plan(
     elif args.tty:
         problem = _terminal_conflict(args)
     if problem is not None:
-        return _fail(
+        return fail(
             problem,
             as_json=as_json,
             backend=args.backend or "auto",
@@ -230,7 +234,7 @@ def _resolved_and_run(
         )
     )
     if isinstance(built, Failure):
-        return _fail(
+        return fail(
             built.failure(), as_json=as_json, backend=args.backend or "auto", jsonl=args.jsonl
         )
     app = built.unwrap()
@@ -262,7 +266,7 @@ def run_verb(
         args = build_parser(raw[0] if raw else None).parse_args(raw)
     except UsageError as error:
         problem = ConfigInvalid(problem=str(error), source="command line")
-        return _fail(problem, as_json="--json" in raw, backend="auto", jsonl="--jsonl" in raw)
+        return fail(problem, as_json="--json" in raw, backend="auto", jsonl="--jsonl" in raw)
     try:
         if args.verb == "doctor":
             from mechasandbox.backends.base import HostContext

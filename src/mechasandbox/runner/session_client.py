@@ -118,6 +118,13 @@ class AgentChannel:
         if self.ended is None:
             self.ended = why
 
+    def ended_between_commands(self) -> str | None:
+        """`ended`, after reading without waiting what the agent said while no command ran
+        (its BYE, its channel closed). Only between commands: during one, its reader
+        takes the agent's words."""
+        self._between_commands()
+        return self.ended
+
     def _between_commands(self) -> None:
         """What the agent said while no command ran (its BYE), read without waiting."""
         while self.ended is None:
