@@ -70,6 +70,21 @@ def session(
     mecha(runtime, "session", "stop", session_id)
 
 
+def _ends(pid: int, *, within_s: float) -> bool:
+    """Whether `pid` exits within `within_s`. A supervisor is not the test's child: once it
+    exits it waits, a zombie, for whatever reaps orphans here (which may be slow)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def supervisor_pid(runtime: pathlib.Path, session_id: str) -> int:
     listed = mecha(runtime, "session", "list", "--json")
     (info,) = [s for s in json.loads(listed.stdout) if s["session"] == session_id]
@@ -124,10 +139,7 @@ def test_stop_ends_it_and_a_later_run_is_a_typed_error(runtime: pathlib.Path, se
     after = mecha(runtime, "session", "run", session, "--json", "--", "true")
     assert after.returncode == 125
     assert json.loads(after.stdout)["error"]["kind"] == "backend_failed"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-        time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{pid}")
+    assert _ends(pid, within_s=10), "the supervisor outlives stop"
 
 
 def test_the_supervisors_death_leaves_no_sandbox(
@@ -209,7 +221,8 @@ body = json.dumps({"op": "run", "argv": ["touch", sys.argv[2]], "json": True}).e
 try:
     socket.send_fds(sock, [struct.pack("!I", len(body)) + body], [1, 2])
     print("answered" if sock.recv(100) else "closed")
-except ConnectionResetError:
+except (BrokenPipeError, ConnectionResetError):
+    # the supervisor closed it unanswered: before the request was sent (EPIPE) or after
     print("closed")
 """
 
@@ -277,8 +290,7 @@ def test_the_idle_timeout_ends_the_supervisor(
         pytest.skip(started.stdout.decode())
     info = json.loads(started.stdout)
     assert info["idle_timeout_s"] == 1.0 and info["max_lifetime_s"] == 8 * 3600
-    time.sleep(2.5)
-    assert not os.path.exists(f"/proc/{info['pid']}")
+    assert _ends(info["pid"], within_s=15), "the supervisor outlives its idle timeout"
     assert alive_with_marker(str(workspace)) == []
     after = mecha(runtime, "session", "run", info["session"], "--", "true")
     assert after.returncode == 125
@@ -401,10 +413,7 @@ def test_the_supervisor_ends_with_its_session_and_removes_its_log(
     assert agents, "the session's agent"
     for agent in agents:  # the session ends on its own (as when it fails closed)
         os.kill(agent, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{pid}"), "the supervisor lingers"
+    assert _ends(pid, within_s=10), "the supervisor lingers"
     assert not log.exists()
     after = mecha(runtime, "session", "run", session, "--", "true")
     assert after.returncode == 125
