@@ -67,6 +67,35 @@ def processes(session: SyncSession, marker: str) -> bytes:
 
 
 # --- the next command's confinement ----------------------------------------------------------
+ISOLATION = ("NoNewPrivs", "Seccomp", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def _isolation(status: bytes) -> dict[str, str]:
+    fields = dict(line.split(":", 1) for line in status.decode().splitlines() if ":" in line)
+    return {name: fields[name].strip() for name in (*ISOLATION, "Seccomp_filters")}
+
+
+def test_every_command_is_isolated_as_a_one_shot_run_is(
+    session: SyncSession, backend: Backend, workspace: pathlib.Path
+) -> None:
+    """No capability (nor a bounding set to regain one), no_new_privs and the seccomp filter
+    hold for every command as for a one-shot run of the policy: landlock's commands inherit
+    them from the agent rather than set them up again."""
+    policy = Policy(enforcement=Enforcement.BEST_EFFORT)
+    one_shot = Sandbox(backend=backend, policy=policy).run_sync(
+        ["cat", "/proc/self/status"], workspace=str(workspace)
+    )
+    expected = _isolation(one_shot.unwrap().stdout)
+    for _ in range(2):
+        got = _isolation(sh(session, "cat /proc/self/status"))
+        assert {n: got[n] for n in ISOLATION} == {n: expected[n] for n in ISOLATION}
+        assert int(got["Seccomp_filters"]) >= int(expected["Seccomp_filters"]) >= 1
+        assert got["NoNewPrivs"] == "1" and got["Seccomp"] == "2"
+    # the filter refuses in a session what it refuses in a one-shot run
+    refused = "unshare --user --map-root-user true 2>/dev/null && echo made || echo refused"
+    assert sh(session, refused) == b"refused\n"
+
+
 def test_a_repository_an_earlier_command_made_is_disarmed_when_a_later_one_arms_it(
     session: SyncSession, workspace: pathlib.Path
 ) -> None:

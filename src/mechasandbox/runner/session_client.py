@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
+import selectors
 import socket
 
 import anyio
@@ -29,7 +31,7 @@ from mechasandbox.runner.feed import CHUNK, InputFeed, StdinPipe, pollable
 from mechasandbox.runner.runner import feed_within
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 from mechasandbox.runner.submission import READ_CHUNK, spawn_request
-from mechasandbox.runner.supervision import STDERR, STDOUT, Supervision
+from mechasandbox.runner.supervision import DRAIN_GRACE_S, STDERR, STDOUT, Supervision
 
 # How long the agent may take to say HELLO (bwrap sets up in ~10 ms; a container's start
 # is the engine's business, so callers pass their own bound).
@@ -156,22 +158,28 @@ class AgentChannel:
             if self.ended is not None:
                 return None
             await anyio.wait_readable(self._read_fd)
-            try:
-                data = os.read(self._read_fd, READ_CHUNK)
-            except BlockingIOError:
-                continue
-            except OSError as error:
-                data = b""
-                self._lost(f"the agent's channel failed: {error.strerror}")
-            if not data:
-                self._lost("the agent's channel closed (the agent or its sandbox ended)")
-                return None
-            try:
-                self._messages += self._reader.feed(data)
-            except protocol.ProtocolError as error:
-                self._lost(f"the agent spoke out of protocol: {error}")
-                return None
+            self._messages += self._read_messages()
         return self._messages.pop(0)
+
+    def _read_messages(self) -> list[protocol.AgentMessage]:
+        """What the channel holds (it polled readable), as messages, and any queued before;
+        at its end or on nonsense `ended` says why."""
+        said, self._messages = self._messages, []
+        try:
+            data = os.read(self._read_fd, READ_CHUNK)
+        except BlockingIOError:
+            return said
+        except OSError as error:
+            data = b""
+            self._lost(f"the agent's channel failed: {error.strerror}")
+        if not data:
+            self._lost("the agent's channel closed (the agent or its sandbox ended)")
+            return said
+        try:
+            return said + self._reader.feed(data)
+        except protocol.ProtocolError as error:
+            self._lost(f"the agent spoke out of protocol: {error}")
+            return said
 
     async def wait_hello(self) -> Result[protocol.Hello, str]:
         """The agent's HELLO (call once, first), or why it did not come."""
@@ -238,18 +246,21 @@ class AgentChannel:
     ) -> None:
         feeding = anyio.CancelScope()
         try:
-            async with anyio.create_task_group() as tasks:
-                if ends is not None:
-                    tasks.start_soon(self._pump, ends[1], STDOUT, supervision)
-                    tasks.start_soon(self._pump, ends[2], STDERR, supervision)
-                    feed = InputFeed(ends[0], spec.stdin)
-                    if not feed.done:
-                        tasks.start_soon(feed_within, feed, feeding)
-                else:
+            if ends is None:
+                async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self._feed_frames, spec.stdin, feeding)
-                await self._until_last_word(supervision)
+                    await self._watch(supervision, {})
+                    feeding.cancel()
+                return
+            pipes = {ends[1]: STDOUT, ends[2]: STDERR}
+            feed = InputFeed(ends[0], spec.stdin)
+            if feed.done:  # no input to feed (most commands): no task at all
+                await self._watch(supervision, pipes)
+                return
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(feed_within, feed, feeding)
+                await self._watch(supervision, pipes)
                 feeding.cancel()
-                tasks.cancel_scope.deadline = supervision.wake_at()
         except BaseException:
             # Cancelled (or broken): the command's tree dies before control goes back.
             if supervision.last is None and self.ended is None:
@@ -260,17 +271,57 @@ class AgentChannel:
                             await self._take(supervision)
             raise
 
-    async def _until_last_word(self, supervision: Supervision) -> None:
-        while supervision.last is None and self.ended is None:
-            with anyio.CancelScope(deadline=supervision.wake_at(), shield=supervision.killing):
-                await self._take(supervision)
-            if supervision.tick(anyio.current_time()):
-                await self._send(protocol.kill_frame())
+    async def _watch(self, supervision: Supervision, pipes: dict[int, int]) -> None:
+        """The channel and the command's output pipes (`pipes`: fd -> stream), until the
+        agent's last word and the output's end (or its grace period). One selector holds
+        them all and the event loop waits on the selector's own descriptor: one wait per
+        event, whichever is ready, rather than a task per pipe and a wake-up for each."""
+        channel = self._read_fd
+        with selectors.DefaultSelector() as selector:
+            selector.register(channel, selectors.EVENT_READ)
+            for fd in pipes:
+                selector.register(fd, selectors.EVENT_READ)
+            watching = True  # the channel: until the last word
+            drain_until = math.inf
+            while True:
+                now = anyio.current_time()
+                if watching and (supervision.last is not None or self.ended is not None):
+                    selector.unregister(channel)
+                    watching = False
+                    if supervision.last is None:  # the agent is gone: the output's grace
+                        drain_until = now + DRAIN_GRACE_S
+                if not watching and (not pipes or supervision.done(now) or now >= drain_until):
+                    return
+                ready = selector.select(0)
+                if not ready:
+                    waiting_for_kill = supervision.killing and supervision.last is None
+                    deadline = min(supervision.wake_at(), drain_until)
+                    with anyio.CancelScope(deadline=deadline, shield=waiting_for_kill):
+                        await anyio.wait_readable(selector.fileno())
+                    ready = selector.select(0)
+                for key, _ in ready:
+                    if key.fd == channel:
+                        for message in self._read_messages():
+                            self._handle(supervision, message, anyio.current_time())
+                        continue
+                    try:
+                        data = os.read(key.fd, READ_CHUNK)
+                    except BlockingIOError:
+                        continue
+                    supervision.output(pipes[key.fd], data)
+                    if not data:
+                        selector.unregister(key.fd)
+                        del pipes[key.fd]
+                if supervision.tick(anyio.current_time()):  # the deadline, a watch, a sink
+                    await self._send(protocol.kill_frame())
 
     async def _take(self, supervision: Supervision) -> None:
         """One message of the agent's, handed to the supervision."""
         message = await self._next()
-        now = anyio.current_time()
+        if message is not None:
+            self._handle(supervision, message, anyio.current_time())
+
+    def _handle(self, supervision: Supervision, message: protocol.AgentMessage, now: float) -> None:
         if isinstance(message, protocol.Output):
             supervision.output(message.stream, message.data)
         elif isinstance(message, protocol.Exited):
@@ -296,19 +347,6 @@ class AgentChannel:
         elif isinstance(message, protocol.TreeLeft):
             self._tree_left = message
             self._lost(f"the session ended: {protocol.BYE_TEXT[protocol.ByeReason.TREE]}")
-
-    async def _pump(self, fd: int, stream: int, supervision: Supervision) -> None:
-        while True:
-            await anyio.wait_readable(fd)
-            try:
-                data = os.read(fd, READ_CHUNK)
-            except BlockingIOError:
-                continue
-            supervision.output(stream, data)
-            if supervision.tick(anyio.current_time()):  # `on_output` raised: stop it
-                await self._send(protocol.kill_frame())
-            if not data:
-                return
 
     async def _feed_frames(
         self, stdin: bytes | StreamedInput | Terminal | None, scope: anyio.CancelScope

@@ -4,10 +4,11 @@ The agent is started by the spawn helper as a one-shot landlock run of the same 
 start its command, with the policy's `isolate` applied to it before its exec (every
 capability dropped, no_new_privs, the seccomp filter): so the agent, and every command it
 forks, holds no capability and passes the filter (both inherit). Each command is then set up
-by the one-shot run's own records (`native`): `isolate` again and `restrict_self`, the
-policy's Landlock domain with its rules expanded for that command (so what the host carved
-out, protected paths, is read anew each time) and its scopes (ABI 6: no signal out of the
-domain, so none to the agent; no abstract unix socket out of it). The agent itself is in no
+by the one-shot run's own records (`native`) but for `isolate`, which it inherits whole from
+the agent (see `_start`): `restrict_self`, the policy's Landlock domain with its rules
+expanded for that command (so what the host carved out, protected paths, is read anew each
+time) and its scopes (ABI 6: no signal out of the domain, so none to the agent; no abstract
+unix socket out of it). The agent itself is in no
 Landlock domain (its binary, beside this package, is not a path the policy grants); it is
 not dumpable, so a command can neither trace it nor open its descriptors, and a command's
 domain keeps it from tracing anything outside. The session keeps one private TMPDIR and
@@ -179,12 +180,18 @@ async def _start(
         return Failure(compiled.failure())
     launch = compiled.unwrap()
     manager = launch.cgroups if isinstance(launch.cgroups, CgroupManager) else None
+    # A command's own set-up: what the agent was not given before its exec. The ahead hook
+    # (`isolate`: capabilities and their bounding set dropped, no_new_privs, the seccomp
+    # filter) is not repeated: a fork keeps all of it and exec cannot undo it (a filter
+    # cannot be removed, no_new_privs not cleared; with no_new_privs an exec gains no
+    # capability the agent lacks), so running it again only stacked a second copy of the
+    # same filter on every system call of the command (0.2 ms a command).
     sandbox = LandlockSessionSandbox(
         backend=backend,
         job=job,
         setting=setting,
         ruleset=launch.compiled,
-        hooks=launch.spec.hooks,
+        hooks=tuple(hook for hook in launch.spec.hooks if not hook.ahead),
         manager=manager,
     )
     # The agent: isolated (the ahead hook), no rlimits (each command has its own), no
