@@ -129,6 +129,10 @@ class Records:
     def add(self, op: bytes, payload: bytes = b"") -> None:
         self._parts.append(op + _LENGTH.pack(len(payload)) + payload)
 
+    def add_encoded(self, records: bytes) -> None:
+        """Records encoded already (another `Records`' `body`)."""
+        self._parts.append(records)
+
     def add_texts(self, op: bytes, values: Iterable[str]) -> None:
         self._parts.append(_texts(op, values))
 

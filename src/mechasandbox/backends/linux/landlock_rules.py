@@ -9,6 +9,7 @@ library only: the spawn helper imports it.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 
 from mechasandbox.runner import native
@@ -90,18 +91,39 @@ def encode_isolate(argument: dict[str, Any], records: native.Records) -> None:
 def encode_restrict(argument: dict[str, Any], records: native.Records) -> None:
     """`landlock_hook.restrict_self` as records. The rules are expanded here, in the host,
     a moment before the shim opens their paths (the hook lists them in the child): a path
-    that vanishes in between is skipped by both, as it is between listing and opening."""
-    records.landlock_ruleset(
-        int(argument["handled_fs"]),
-        int(argument["handled_net"]),
-        int(argument["scoped"]),
-        ruleset_attr_size(int(argument["abi"])),
+    that vanishes in between is skipped by both, as it is between listing and opening.
+    Expanded anew for every run; only their encoding is remembered (a session's commands
+    mostly expand to the same rules)."""
+    records.add_encoded(
+        _restrict_records(
+            (
+                int(argument["handled_fs"]),
+                int(argument["handled_net"]),
+                int(argument["scoped"]),
+                ruleset_attr_size(int(argument["abi"])),
+            ),
+            tuple(expand_rules(argument["rules"])),
+            tuple((int(port), int(access)) for port, access in argument["net_rules"]),
+            int(argument.get("restrict_flags", 0)),
+        )
     )
-    for path, access in expand_rules(argument["rules"]):
+
+
+@functools.lru_cache(maxsize=8)
+def _restrict_records(
+    handled: tuple[int, int, int, int],
+    rules: tuple[tuple[str, int], ...],
+    net_rules: tuple[tuple[int, int], ...],
+    flags: int,
+) -> bytes:
+    records = native.Records()
+    records.landlock_ruleset(*handled)
+    for path, access in rules:
         records.landlock_path(access, path)
-    for port, access in argument["net_rules"]:
-        records.landlock_port(int(access), int(port))
-    records.landlock_restrict(int(argument.get("restrict_flags", 0)))
+    for port, access in net_rules:
+        records.landlock_port(access, port)
+    records.landlock_restrict(flags)
+    return records.body()
 
 
 def scope_argument(argument: dict[str, Any]) -> dict[str, Any]:
