@@ -35,17 +35,6 @@ from mechasandbox.backends.base import HostContext
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.result import RunResult, Violation
 
-# What `doctor` and `policy` say of these violations (the backends' capability notes).
-REFUSALS_NOTE = (
-    "filesystem violations are read from the command's own error output (a refused write "
-    "leaves the host nothing to read): a refusal it printed with the path is reported with "
-    "the rule that made it; one it did not print is not"
-)
-LANDLOCK_AUDIT_NOTE = (
-    "Landlock's own denial records (audit, ABI 7) are not read: the kernel's audit is off "
-    "unless auditd or audit=1 turns it on, and reading it needs CAP_AUDIT_READ"
-)
-
 # At most this many filesystem violations per run, and stderr lines looked at.
 MAX_VIOLATIONS = 20
 MAX_LINES = 2000

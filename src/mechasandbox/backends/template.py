@@ -40,8 +40,6 @@ from mechasandbox.backends.base import (
 from mechasandbox.backends.execute import disarm_after, execute_spec, prepare_run, run_started
 from mechasandbox.backends.git_indirections import planned_policy
 from mechasandbox.backends.lookup import resolve_command
-from mechasandbox.backends.refusal_hints import explained
-from mechasandbox.backends.refusals import RefusalView
 from mechasandbox.backends.resources import describe_cgroups
 from mechasandbox.backends.toolchains import find_toolchains
 from mechasandbox.domain.capabilities import Capabilities
@@ -56,6 +54,7 @@ from mechasandbox.runner.spec import ChildHook, ProcessOutcome, RlimitSetting, S
 
 if TYPE_CHECKING:
     from mechasandbox.backends.git_facts import GitFacts
+    from mechasandbox.backends.refusals import RefusalView
     from mechasandbox.backends.workspace.placeholders import FileContents
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
@@ -253,10 +252,30 @@ class SpawningBackend(abc.ABC, Generic[Compiled, Setting]):
             result = disarm_after(result, job.workspace, job.policy, started, self.git)
         if not self.explains_refusals:
             return result
-        return explained(result, lambda: self.refusal_view(job, setting), job.policy, job.host)
+        return explain_refusals(
+            result, lambda: self.refusal_view(job, setting), job.policy, job.host
+        )
 
 
 # --- pieces the backends share ----------------------------------------------------------------
+def explain_refusals(
+    result: Result[RunResult, SandboxError],
+    view_of: Callable[[], RefusalView],
+    policy: Policy,
+    host: HostContext,
+) -> Result[RunResult, SandboxError]:
+    """`refusal_hints.explained`, for a run that may have something to explain: one that
+    succeeded with nothing on its stderr has none (and most runs are such, so the hints'
+    patterns are loaded only when one is not)."""
+    if isinstance(result, Success):
+        finished = result.unwrap()
+        if finished.exit_code == 0 and not finished.stderr:
+            return result
+    from mechasandbox.backends.refusal_hints import explained
+
+    return explained(result, view_of, policy, host)
+
+
 def spawn_spec(
     job: Job,
     *,

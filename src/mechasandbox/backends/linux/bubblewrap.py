@@ -29,7 +29,7 @@ from mechasandbox.backends.base import (
     LaunchPlan,
     scrubbed_environment,
 )
-from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
+from mechasandbox.backends.capability_table import REFUSALS_NOTE, RLIMITS, RUNNER, CapabilityTable
 from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.linux.bwrap_compiler import BwrapCommand, compile_bwrap
 from mechasandbox.backends.linux.bwrap_hooks import (
@@ -51,7 +51,6 @@ from mechasandbox.backends.linux.bwrap_probe import probe_bwrap, remembered_prob
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.lookup import View, resolve_command, with_sandbox_path
 from mechasandbox.backends.probe_cache import ProbeCache
-from mechasandbox.backends.refusals import REFUSALS_NOTE, RefusalView, refusal_view
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
@@ -89,6 +88,7 @@ from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome
 
 if TYPE_CHECKING:
+    from mechasandbox.backends.refusals import RefusalView
     from mechasandbox.backends.session_base import BackendSession, SessionSettings
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
@@ -442,6 +442,8 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         return await open_bwrap_session(self, workspace, policy, settings)
 
     def refusal_view(self, job: Job, setting: BwrapSetting) -> RefusalView:
+        from mechasandbox.backends.refusals import refusal_view
+
         return refusal_view(
             NAME,
             job.policy,

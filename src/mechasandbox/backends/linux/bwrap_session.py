@@ -44,10 +44,9 @@ from mechasandbox.backends.execute import disarm_after, prepare_run
 from mechasandbox.backends.linux.bwrap_compiler import SESSION_AGENT, BwrapCommand
 from mechasandbox.backends.linux.bwrap_hooks import LANDLOCK_SCOPE_ABI, landlock_abi
 from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
-from mechasandbox.backends.refusal_hints import explained
 from mechasandbox.backends.resources import run_rlimits
 from mechasandbox.backends.session_base import BackendSession, SessionSettings
-from mechasandbox.backends.template import Job
+from mechasandbox.backends.template import Job, explain_refusals
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError, SpawnFailed
 from mechasandbox.domain.limits import Limits
@@ -138,7 +137,7 @@ class BwrapSessionSandbox:
             elif late:
                 result = Success(attrs.evolve(value, warnings=value.warnings + late))
         result = disarm_after(result, job.workspace, job.policy, since_ns, backend.git)
-        return explained(
+        return explain_refusals(
             result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
         )
 

@@ -24,7 +24,13 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
-from mechasandbox.backends.capability_table import RLIMITS, RUNNER, CapabilityTable
+from mechasandbox.backends.capability_table import (
+    LANDLOCK_AUDIT_NOTE,
+    REFUSALS_NOTE,
+    RLIMITS,
+    RUNNER,
+    CapabilityTable,
+)
 from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.linux import seccomp
 from mechasandbox.backends.linux.landlock_compiler import (
@@ -38,12 +44,6 @@ from mechasandbox.backends.linux.landlock_compiler import (
 from mechasandbox.backends.linux.private_tmp import PrivateTmpDirs
 from mechasandbox.backends.linux.roots import SYSTEM_ROOTS
 from mechasandbox.backends.lookup import View, resolve_command, tree_view, with_sandbox_path
-from mechasandbox.backends.refusals import (
-    LANDLOCK_AUDIT_NOTE,
-    REFUSALS_NOTE,
-    RefusalView,
-    refusal_view,
-)
 from mechasandbox.backends.resources import default_cgroups, resource_support, run_rlimits
 from mechasandbox.backends.template import (
     Job,
@@ -61,6 +61,7 @@ from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.runner.protocol import ProcessRunner
 
 if TYPE_CHECKING:
+    from mechasandbox.backends.refusals import RefusalView
     from mechasandbox.backends.session_base import BackendSession, SessionSettings
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
@@ -395,6 +396,8 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         return await open_landlock_session(self, workspace, policy, settings)
 
     def refusal_view(self, job: Job, setting: LandlockSetting) -> RefusalView:
+        from mechasandbox.backends.refusals import refusal_view
+
         ruleset = compile_landlock_rules(
             job.request,
             job.policy,

@@ -41,10 +41,9 @@ from mechasandbox.backends.agent_process import (
 from mechasandbox.backends.agent_session import AgentSession
 from mechasandbox.backends.execute import disarm_after, prepare_run
 from mechasandbox.backends.linux.landlock_compiler import LandlockRuleset
-from mechasandbox.backends.refusal_hints import explained
 from mechasandbox.backends.resources import run_rlimits
 from mechasandbox.backends.session_base import BackendSession, SessionSettings
-from mechasandbox.backends.template import Job
+from mechasandbox.backends.template import Job, explain_refusals
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import Policy
@@ -107,7 +106,7 @@ class LandlockSessionSandbox:
     ) -> Result[RunResult, SandboxError]:
         job, backend = self.job, self.backend
         result = disarm_after(result, job.workspace, job.policy, since_ns, backend.git)
-        return explained(
+        return explain_refusals(
             result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
         )
 
