@@ -28,6 +28,7 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -106,20 +107,17 @@ def _packable(path: str, info: os.stat_result) -> str | None:
     return f"not carried: {path} is neither a file, a directory nor a symbolic link"
 
 
-class _Capped(io.RawIOBase):
-    """A sink that refuses to grow past `cap` bytes."""
+class _Capped(io.BytesIO):
+    """A buffer that refuses to grow past `cap` bytes."""
 
     def __init__(self, cap: int) -> None:
-        self.buffer = io.BytesIO()
+        super().__init__()
         self.cap = cap
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        if self.buffer.tell() + len(data) > self.cap:
+    def write(self, data: Any, /) -> int:
+        if self.tell() + len(data) > self.cap:
             raise _TooBigError
-        return self.buffer.write(data)
+        return super().write(data)
 
 
 class _TooBigError(Exception):
@@ -151,7 +149,7 @@ def _pack(
         return Failure(TransferRefused(reason=f"more than {cap} bytes to carry"))
     except OSError as error:
         return Failure(TransferRefused(reason=f"cannot read {error.filename}: {error.strerror}"))
-    return Success((sink.buffer.getvalue(), tuple(left_out)))
+    return Success((sink.getvalue(), tuple(left_out)))
 
 
 def pack_workspace(
