@@ -240,7 +240,9 @@ class RayBackend:
             return ended
         finished = ended.unwrap()
         applied = await anyio.to_thread.run_sync(_write_back, finished, workspace, protected, cap)
-        result = applied.map(lambda warnings: _with(finished, (*left_out, *warnings)))
+        result = applied.map(
+            lambda warnings: _with(finished, (*finished.warnings, *left_out, *warnings))
+        )
         outcome: Result[RunResult, SandboxError] = result.bind(_as_result)
         return disarm_after(outcome, workspace, guarded, started, self.git)
 

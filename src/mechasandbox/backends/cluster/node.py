@@ -181,10 +181,11 @@ def serve(run: NodeRun) -> Iterator[NodeStarted | NodeOutput | NodeFinished]:
         outcome: list[RunResult | SandboxError] = []
         yield from _streamed(app, run, workspace, policy, outcome)
         changes = transfer.pack_changes(workspace, before, run.max_transfer)
+        unwritten = unpacked.unwrap()
         if isinstance(changes, Success):
-            yield finished(outcome[0], changes=changes.unwrap())
+            yield finished(outcome[0], changes=changes.unwrap(), warnings=unwritten)
         else:
-            yield finished(outcome[0], refused=changes.failure().reason)
+            yield finished(outcome[0], refused=changes.failure().reason, warnings=unwritten)
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
 

@@ -52,3 +52,4 @@ class NodeFinished:
     outcome: RunResult | SandboxError
     changes: Changes | None = None
     refused: str | None = None
+    warnings: tuple[str, ...] = ()  # what of the workspace the node did not write

@@ -1,0 +1,298 @@
+"""The `ray` backend on a real two-node cluster (`ray_cluster`, in network namespaces):
+placement, the policy on the nodes, deadlines, what comes back into the workspace, and a
+node lost mid-run. The test that kills the worker node comes last and starts it again."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import stat
+import threading
+import time
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from returns.result import Failure, Result
+
+from mechasandbox.backends.cluster.wire import NodeFinished
+from mechasandbox.domain.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    MemoryLimit,
+    NodeLost,
+    PolicyUnsupported,
+    SandboxError,
+    Timeout,
+)
+from mechasandbox.domain.events import OutputEvent
+from mechasandbox.domain.limits import MIB, Limits
+from mechasandbox.domain.policy import (
+    HostProcesses,
+    NetworkMode,
+    NetworkPolicy,
+    Policy,
+)
+from mechasandbox.domain.request import RunRequest
+from mechasandbox.domain.result import RunResult
+from mechasandbox.testing.ray_cluster import GCS_PORT, HEAD_ADDRESS, WORKER_ADDRESS, NetnsCluster
+
+pytestmark = pytest.mark.ray
+
+POLICY = Policy()
+
+
+def run(
+    cluster: NetnsCluster,
+    argv: list[str],
+    workspace: pathlib.Path,
+    policy: Policy = POLICY,
+    *,
+    pinned_to: str | None = None,
+    on_output: Any = None,
+) -> Result[RunResult, SandboxError]:
+    request = RunRequest(argv=tuple(argv), workspace=str(workspace), on_output=on_output)
+    return anyio.run(cluster.backend(pinned_to).run, request, policy)
+
+
+def test_runs_spread_over_both_nodes(ray_cluster: NetnsCluster, tmp_path: pathlib.Path) -> None:
+    timed = ray_cluster.call("time", "ray", ("sleep", "0.3"), str(tmp_path), POLICY, 8, 8, None)
+    addresses = {node["node_id"]: node["address"] for node in ray_cluster.nodes()}
+    assert {addresses.get(node) for node in timed["nodes"]} == {HEAD_ADDRESS, WORKER_ADDRESS}
+
+
+@pytest.mark.parametrize("address", [HEAD_ADDRESS, WORKER_ADDRESS])
+def test_a_pinned_run_goes_to_its_node(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path, address: str
+) -> None:
+    node = ray_cluster.node_id(address)
+    for _ in range(3):
+        assert run(ray_cluster, ["true"], tmp_path, pinned_to=node).unwrap().node == node
+
+
+def test_no_network_inside_not_even_the_cluster(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """The cluster's own GCS port answers on the node's network (it is how the node
+    joined), yet the command cannot reach it."""
+    script = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(({HEAD_ADDRESS!r}, {GCS_PORT}), 3)\n"
+        "    print('connected')\n"
+        "except OSError as error:\n"
+        "    print('refused', error)\n"
+    )
+    finished = run(ray_cluster, ["python3", "-c", script], tmp_path).unwrap()
+    assert finished.stdout.startswith(b"refused"), finished
+
+
+def test_the_allowlist_never_reaches_the_cluster(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """Even an allowlist naming the head's address and port: Ray's port runs code for
+    whoever reaches it, so the proxy on the node refuses every address of the cluster."""
+    network = NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=(f"{HEAD_ADDRESS}:{GCS_PORT}",))
+    script = (
+        "import urllib.request\n"
+        "try:\n"
+        f"    urllib.request.urlopen('http://{HEAD_ADDRESS}:{GCS_PORT}/', timeout=5)\n"
+        "    print('reached')\n"
+        "except Exception as error:\n"
+        "    print('refused', error)\n"
+    )
+    node = ray_cluster.node_id(WORKER_ADDRESS)
+    policy = attrs.evolve(POLICY, network=network)
+    finished = run(ray_cluster, ["python3", "-c", script], tmp_path, policy, pinned_to=node)
+    result = finished.unwrap()
+    assert result.stdout.startswith(b"refused"), result
+    assert any(HEAD_ADDRESS in v.detail for v in result.violations if v.kind == "network"), result
+
+
+def test_timeout_on_the_node(ray_cluster: NetnsCluster, tmp_path: pathlib.Path) -> None:
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=1.0))
+    started = time.monotonic()
+    result = run(ray_cluster, ["sh", "-c", "echo started; sleep 30"], tmp_path, policy)
+    assert time.monotonic() - started < 4.0
+    assert isinstance(result, Failure)
+    error = result.failure()
+    assert isinstance(error, Timeout), error
+    assert error.partial.stdout == b"started\n"
+    assert error.partial.node is not None
+
+
+def test_out_of_memory_on_the_node(ray_cluster: NetnsCluster, tmp_path: pathlib.Path) -> None:
+    policy = attrs.evolve(POLICY, limits=Limits(memory_bytes=64 * MIB, timeout_s=30))
+    bomb = "b = bytearray(512 * 1024 * 1024); print(len(b))"
+    result = run(ray_cluster, ["python3", "-c", bomb], tmp_path, policy)
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), MemoryLimit), result
+
+
+def test_a_run_pinned_to_no_node_is_refused(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    result = run(ray_cluster, ["true"], tmp_path, pinned_to="00" * 28)
+    assert isinstance(result, Failure), result
+    assert isinstance(result.failure(), BackendUnavailable), result
+
+
+def test_a_node_refuses_what_its_backend_cannot_enforce(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """Fail closed on the node: a strict run handed to a node whose backend cannot
+    enforce its policy (placed by the variant's resource alone, so Ray lets it through)
+    is refused by that backend there, and nothing runs."""
+    policy = Policy(host_processes=HostProcesses.HIDDEN)
+    messages = ray_cluster.call(
+        "raw", "landlock", {"mechasandbox:landlock": 1.0}, policy, str(tmp_path)
+    )
+    finished = messages[-1]
+    assert isinstance(finished, NodeFinished)
+    assert isinstance(finished.outcome, PolicyUnsupported), finished
+
+
+def test_a_node_refuses_a_variant_it_does_not_advertise(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    messages = ray_cluster.call(
+        "raw", "docker+runsc", {"mechasandbox:bubblewrap": 1.0}, POLICY, str(tmp_path)
+    )
+    (finished,) = messages
+    assert isinstance(finished.outcome, BackendUnavailable), finished
+
+
+def test_strict_runs_go_only_where_the_policy_is_enforced(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """The caller's side: what no node enforces is refused before anything is sent."""
+    from mechasandbox.backends.cluster.resources import NodeView, missing_on_best
+    from mechasandbox.domain.capabilities import Protection
+
+    nodes = [
+        NodeView(node_id=n["node_id"], address=n["address"], resources=n["resources"])
+        for n in ray_cluster.nodes()
+    ]
+    hidden = Policy(host_processes=HostProcesses.HIDDEN)
+    assert missing_on_best(nodes, "landlock", hidden) == (Protection.HOST_PROCESSES_HIDDEN,)
+    assert missing_on_best(nodes, "bubblewrap", hidden) == ()
+    assert missing_on_best(nodes, "docker+runsc", hidden) is None
+
+
+# --- what comes back into the workspace ----------------------------------------------------
+def test_changes_come_back_and_removals_too(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "old.txt").write_text("old\n")
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "inside").write_text("x")
+    script = "cat old.txt > copy.txt; mkdir -p new/deep; echo hi > new/deep/f; rm -r gone"
+    run(ray_cluster, ["sh", "-c", script], tmp_path).unwrap()
+    assert (tmp_path / "copy.txt").read_text() == "old\n"
+    assert (tmp_path / "new" / "deep" / "f").read_text() == "hi\n"
+    assert not (tmp_path / "gone").exists()
+
+
+def test_link_tricks_do_not_come_back(ray_cluster: NetnsCluster, tmp_path: pathlib.Path) -> None:
+    """A link out of the workspace, a set-user-ID file, a write to a protected path: none
+    reaches the caller's workspace as the command meant it."""
+    script = (
+        "ln -s /etc/shadow shadow; ln -s ../../../../../../etc escape; ln -s inside.txt ok;"
+        " echo x > inside.txt; cp /bin/true suid; chmod 4755 suid;"
+        " mkdir -p .git/hooks; echo evil > .git/hooks/post-checkout 2>/dev/null; true"
+    )
+    finished = run(ray_cluster, ["sh", "-c", script], tmp_path).unwrap()
+    assert not os.path.lexists(tmp_path / "shadow")
+    assert not os.path.lexists(tmp_path / "escape")
+    assert os.readlink(tmp_path / "ok") == "inside.txt"
+    assert not (tmp_path / "suid").stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+    assert not (tmp_path / ".git" / "hooks" / "post-checkout").exists()
+    assert any("shadow" in w and "link out" in w for w in finished.warnings), finished.warnings
+
+
+def test_a_link_in_the_callers_workspace_is_never_written_through(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """The caller's workspace holds `out -> outside` (a link to a directory elsewhere): the
+    node sees a link out of its copy (not carried), the command makes `out/` a directory
+    with a file, and that file lands in a directory that replaced the link, never in
+    `outside`."""
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    workspace.mkdir()
+    outside.mkdir()
+    (workspace / "out").symlink_to(outside)
+    result = run(ray_cluster, ["sh", "-c", "mkdir -p out && echo pwned > out/f"], workspace)
+    finished = result.unwrap()
+    assert list(outside.iterdir()) == []
+    assert not (workspace / "out").is_symlink()
+    assert (workspace / "out" / "f").read_text() == "pwned\n"
+    assert any("out ->" in w for w in finished.warnings), finished.warnings
+
+
+def test_a_workspace_bomb_is_refused(ray_cluster: NetnsCluster, tmp_path: pathlib.Path) -> None:
+    """More than the cap (16 MiB for the driver of these tests) written by the command: the
+    changes are not carried back, and the run says so instead of leaving the workspace
+    silently behind."""
+    script = "head -c 20000000 /dev/zero > big; echo done"
+    result = run(ray_cluster, ["sh", "-c", script], tmp_path)
+    assert isinstance(result, Failure), result
+    error = result.failure()
+    assert isinstance(error, BackendFailed), error
+    assert "not carried back" in error.reason
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_workspace_too_big_to_send_is_refused(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "big").write_bytes(b"\0" * (17 << 20))
+    result = run(ray_cluster, ["true"], tmp_path)
+    assert isinstance(result, Failure), result
+    assert "cannot be sent" in result.failure().message
+
+
+# --- a node lost: last, it starts the worker node again ------------------------------------
+def test_a_node_killed_mid_run_is_a_typed_error_and_the_other_node_serves(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    worker = ray_cluster.node_id(WORKER_ADDRESS)
+    started = threading.Event()
+
+    def seen(event: OutputEvent) -> None:
+        if b"started" in event.data:
+            started.set()
+
+    def kill_when_started() -> None:
+        if started.wait(30):
+            ray_cluster.kill_worker()
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=60))
+    try:
+        began = time.monotonic()
+        result = run(
+            ray_cluster,
+            ["sh", "-c", "echo started; sleep 50; echo never > marker"],
+            tmp_path,
+            policy,
+            pinned_to=worker,
+            on_output=seen,
+        )
+        elapsed = time.monotonic() - began
+        killer.join()
+        assert isinstance(result, Failure), result
+        error = result.failure()
+        assert isinstance(error, NodeLost), error
+        assert error.node == worker
+        assert error.partial.stdout == b"started\n"
+        assert elapsed < 45, "lost, not waited for until the timeout"
+        assert not (tmp_path / "marker").exists()
+        # The head still serves.
+        again = run(ray_cluster, ["sh", "-c", "echo fine"], tmp_path).unwrap()
+        assert again.stdout == b"fine\n"
+        assert again.node == ray_cluster.node_id(HEAD_ADDRESS)
+    finally:
+        killer.join()
+        ray_cluster.restart_worker()
