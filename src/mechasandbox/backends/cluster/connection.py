@@ -8,6 +8,7 @@ composition root's `shutdown_resources()`) closes it.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -39,6 +40,10 @@ class ClusterConnection:
 
     def connect(self) -> Result[None, BackendUnavailable]:
         """Joined to the cluster (at once when already joined), or why not."""
+        if not self.settings.address and "ray" not in sys.modules:
+            # Nothing to join and no connection of this process: no need to import Ray
+            # (half a second) to say so (`doctor` probes every backend).
+            return Failure(BackendUnavailable(backend="ray", reason=NO_ADDRESS))
         try:
             import ray
         except ImportError:
