@@ -12,7 +12,9 @@ Prints a table and writes the same figures as JSON to `bench/results/` (gitignor
 4. 1 GiB of output through a 1 MiB cap: drain rate and host RSS growth;
 5. CLI wall time of `mechasandbox run --backend bubblewrap -- true` and of `doctor`;
 6. the proxy's figures (`bench/proxy_bench.py`, small sizes), and the docker warm pool's
-   next to our cold run and a bare `docker run --rm` (`bench/oci_latency.py`).
+   next to our cold run and a bare `docker run --rm` (`bench/oci_latency.py`);
+7. the `ray` backend on a two-node cluster in network namespaces (`bench/ray_bench.py`,
+   root and the `ray` extra): the latency it adds to `true`, throughput on one node and two.
 
     PYTHONPATH=src python bench/suite.py [--quick] [--runs N] [--seconds S] [--skip docker,...]
 """
@@ -538,6 +540,21 @@ def warm_pool(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any
     return {"command": f"bench/oci_latency.py docker {rounds}", "output": output}
 
 
+def ray(args: argparse.Namespace) -> dict[str, Any]:
+    """`bench/ray_bench.py` (it says itself why it is skipped where it cannot run)."""
+    rounds, runs = ("20", "50") if args.quick else ("60", "100")
+    done = subprocess.run(
+        [sys.executable, str(HERE / "ray_bench.py"), rounds, runs],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    output = done.stdout.strip() or f"(failed: {done.stderr.strip()[-300:]})"
+    return {"command": f"bench/ray_bench.py {rounds} {runs}", "output": output}
+
+
 # --- report ----------------------------------------------------------------------------------
 def print_report(report: dict[str, Any]) -> None:
     print(f"\n# mechasandbox bench ({report['host']['when']}, {report['host']['cpus']} cpus)")
@@ -600,9 +617,12 @@ def print_report(report: dict[str, Any]) -> None:
     if "pool" in report:
         print(f"\n## docker warm pool ({report['pool']['command']})")
         print(report["pool"]["output"])
+    if "ray" in report:
+        print(f"\n## ray backend ({report['ray']['command']})")
+        print(report["ray"]["output"])
 
 
-SECTIONS = ("latency", "sporadic", "heap", "throughput", "output", "cli", "proxy", "pool")
+SECTIONS = ("latency", "sporadic", "heap", "throughput", "output", "cli", "proxy", "pool", "ray")
 
 
 def main() -> None:
@@ -671,6 +691,8 @@ def main() -> None:
                     report[section] = proxy(args)
                 elif section == "pool":
                     report[section] = warm_pool(contenders, args)
+                elif section == "ray":
+                    report[section] = ray(args)
                 report.setdefault("section_seconds", {})[section] = round(
                     time.perf_counter() - section_started, 1
                 )

@@ -299,16 +299,35 @@ def _serve(socket_path: str, address: str, node_backend: str) -> None:
     if isinstance(probed, Failure):
         raise SystemExit(f"the driver cannot use the cluster: {probed.failure().message}")
     listener = Listener(socket_path, family="AF_UNIX", authkey=bytes.fromhex(_key()))
+    local = _LocalBackends()
     while True:
         connection = listener.accept()
-        threading.Thread(target=_answer, args=(connection, backend), daemon=True).start()
+        threading.Thread(target=_answer, args=(connection, backend, local), daemon=True).start()
+
+
+@attrs.define
+class _LocalBackends:
+    """The driver's node's own backends, built once (warm, as the nodes' are)."""
+
+    built: dict[str, Any] = attrs.field(factory=dict)
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def named(self, name: str) -> Any:
+        from mechasandbox.containers import Application
+
+        with self.lock:
+            if name not in self.built:
+                app = Application()
+                app.config.from_dict({**app.config(), "backend": name})
+                self.built[name] = app.backends.selected()
+            return self.built[name]
 
 
 def _key() -> str:
     return os.environ["MECHASANDBOX_DRIVER_KEY"]
 
 
-def _answer(connection: Connection, backend: Any) -> None:
+def _answer(connection: Connection, backend: Any, local: _LocalBackends) -> None:
     with connection:
         request = connection.recv()
         kind = request[0]
@@ -337,7 +356,9 @@ def _answer(connection: Connection, backend: Any) -> None:
         elif kind == "run":
             _run(connection, backend, request)
         elif kind == "time":
-            connection.send(_time(backend, *request[1:]))
+            via = request[1]
+            chosen = backend if via == "ray" else local.named(via)
+            connection.send(_time(chosen, *request[2:]))
         elif kind == "raw":
             connection.send(_raw(backend, *request[1:]))
 
@@ -387,7 +408,6 @@ def _raw(
 
 def _time(
     backend: Any,
-    via: str,
     argv: tuple[str, ...],
     workspace: str,
     policy: Policy,
@@ -395,16 +415,10 @@ def _time(
     concurrency: int,
     pinned_to: str | None,
 ) -> dict[str, Any]:
-    """`count` runs of `argv`, `concurrency` at a time, through the `ray` backend or (`via`
-    a backend name) that local backend of this node, timed here: each run's seconds, the
+    """`count` runs of `argv`, `concurrency` at a time, through `backend` (the `ray`
+    backend, or a local backend of the driver's node), timed here: each run's seconds, the
     whole, and the nodes that ran them."""
-    from mechasandbox.containers import Application
-
     chosen = backend if pinned_to is None else backend.pinned(pinned_to)
-    if via != "ray":
-        local = Application()
-        local.config.from_dict({**local.config(), "backend": via})
-        chosen = local.backends.selected()
     each: list[float] = []
     nodes: list[str | None] = []
 
