@@ -4,6 +4,7 @@ node lost mid-run. The test that kills the worker node comes last and starts it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import stat
@@ -250,6 +251,98 @@ def test_a_workspace_too_big_to_send_is_refused(
     result = run(ray_cluster, ["true"], tmp_path)
     assert isinstance(result, Failure), result
     assert "cannot be sent" in result.failure().message
+
+
+# --- the caller's side of a deadline, the caller killed -------------------------------------
+def started_event() -> tuple[threading.Event, Any]:
+    started = threading.Event()
+
+    def seen(event: OutputEvent) -> None:
+        if b"started" in event.data:
+            started.set()
+
+    return started, seen
+
+
+def test_a_hung_node_is_left_after_timeout_and_grace(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """The worker node stops answering (SIGSTOP to all of it) after the command started:
+    the node cannot enforce its timeout, so the caller cancels the task at timeout + grace
+    (1 s + 3 s for this driver) and ends the run at once as a
+    `Timeout` with the output that arrived. The command is gone once the node runs again."""
+    marker = f"hung-{os.getpid()}-{time.monotonic_ns()}"
+    started, seen = started_event()
+
+    def pause() -> None:
+        if started.wait(30):
+            ray_cluster.pause_worker()
+
+    pauser = threading.Thread(target=pause)
+    pauser.start()
+    policy = attrs.evolve(POLICY, limits=Limits(timeout_s=1.0))
+    try:
+        began = time.monotonic()
+        result = run(
+            ray_cluster,
+            ["sh", "-c", f"echo started; sleep 40 # {marker}"],
+            tmp_path,
+            policy,
+            pinned_to=ray_cluster.node_id(WORKER_ADDRESS),
+            on_output=seen,
+        )
+        elapsed = time.monotonic() - began
+        pauser.join()
+        assert isinstance(result, Failure), result
+        error = result.failure()
+        assert isinstance(error, Timeout), error
+        assert error.partial.stdout == b"started\n"
+        assert 4.0 <= elapsed < 15.0, elapsed
+    finally:
+        pauser.join()
+        ray_cluster.pause_worker(paused=False)
+        assert gone(marker, within_s=20)
+        ray_cluster.kill_worker()
+        ray_cluster.restart_worker()
+
+
+def gone(marker: str, within_s: float) -> bool:
+    from mechasandbox.runner.proctable import alive_with_marker
+
+    deadline = time.monotonic() + within_s
+    while alive_with_marker(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_the_caller_killed_mid_run_ends_the_command(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """The driver dies (SIGKILL) while its command runs on a node: Ray ends the tasks of a
+    driver that is gone, and the node's spawn helper kills the command's tree."""
+    from mechasandbox.runner.proctable import alive_with_marker
+
+    marker = f"orphan-{os.getpid()}-{time.monotonic_ns()}"
+    started, seen = started_event()
+    worker = ray_cluster.node_id(WORKER_ADDRESS)
+
+    def call() -> None:
+        argv = ["sh", "-c", f"echo started; sleep 60 # {marker}"]
+        with contextlib.suppress(EOFError, OSError):  # the driver is killed under it
+            run(ray_cluster, argv, tmp_path, pinned_to=worker, on_output=seen)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    try:
+        assert started.wait(30)
+        assert alive_with_marker(marker), "the command must be running (else: vacuous)"
+        ray_cluster.kill_driver()
+        assert gone(marker, within_s=30)
+    finally:
+        ray_cluster.restart_driver()
+        caller.join(10)
 
 
 # --- a node lost: last, it starts the worker node again ------------------------------------

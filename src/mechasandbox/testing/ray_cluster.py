@@ -164,6 +164,25 @@ class NetnsCluster:
         """SIGKILL to every process of the worker's namespace: the node is lost at once."""
         _kill_namespace(self.worker)
 
+    def pause_worker(self, *, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) to every process of the worker's namespace: a node that
+        hangs, answering nothing."""
+        for pid in _namespace_pids(self.worker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def kill_driver(self) -> None:
+        """The caller killed mid-run: SIGKILL to the driver."""
+        if self.driver is not None:
+            self.driver.kill()
+            self.driver.wait()
+
+    def restart_driver(self) -> None:
+        self.kill_driver()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.driver_socket)
+        self._start_driver()
+
     def _start_driver(self) -> None:
         self.driver_socket = os.path.join(self.temp_dir, "driver.sock")
         serve = [sys.executable, "-m", "mechasandbox.testing.ray_cluster", "serve"]

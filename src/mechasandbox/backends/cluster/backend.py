@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -337,6 +338,7 @@ class _Submission:
     node: str = "(not yet placed)"
     generator: Any = None
     timed_out: threading.Event = attrs.field(factory=threading.Event)
+    deadline: float | None = None  # time.monotonic() of the caller's deadline
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def cancel(self) -> None:
@@ -346,20 +348,36 @@ class _Submission:
 
                 ray.cancel(self.generator, force=True)
 
-    def _deadline(self) -> threading.Timer | None:
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def _expire(self) -> None:
+        """The deadline passed: the task is cancelled, and not waited for (a node that
+        hangs answers neither the run nor the cancel; Ray's own calls on its task may
+        wait for it until it is declared dead, minutes later)."""
+        self.timed_out.set()
+        threading.Thread(target=self.cancel, daemon=True).start()
+
+    def _get(self, reference: Any) -> object | None:
+        """A message, within the deadline (None: it did not come in time): an item can be
+        ready yet held by a node that no longer answers."""
+        import ray
+        import ray.exceptions as failures
+
+        try:
+            message: object = ray.get(reference, timeout=self._remaining())
+        except failures.GetTimeoutError:
+            self._expire()
+            return None
+        return message
+
+    def _limit_s(self) -> float | None:
+        """How long after the node took the run the caller waits for its end."""
         timeout_s = self.run.policy.limits.timeout_s
         if timeout_s is None:
             return None
         grace = self.backend.connection.settings.grace
-        limit = timeout_s + (DEFAULT_GRACE_S if grace is None else grace)
-
-        def expire() -> None:
-            self.timed_out.set()
-            self.cancel()
-
-        timer = threading.Timer(limit, expire)
-        timer.daemon = True
-        return timer
+        return timeout_s + (DEFAULT_GRACE_S if grace is None else grace)
 
     def partial(self) -> RunResult:
         backend, _ = split_variant(self.run.variant)
@@ -379,6 +397,10 @@ class _Submission:
                 anyio.from_thread.run_sync(self.sink, event)
 
     def wait(self) -> Result[NodeFinished, SandboxError]:
+        """Submit, then take the node's messages as they come. Once the node took the run,
+        its timeout + grace is the caller's deadline: past it the task is cancelled
+        (`ray.cancel(force=True)`) and the run is a `Timeout` with the output that
+        arrived."""
         import ray
         import ray.exceptions as failures
 
@@ -392,23 +414,30 @@ class _Submission:
         }
         with self.lock:
             self.generator = self.backend.connection.task().options(**options).remote(self.run)
-        timer = self._deadline()
+        self.deadline = None
         try:
-            for reference in self.generator:
-                message = ray.get(reference)
+            while True:
+                ready, _ = ray.wait([self.generator], timeout=self._remaining())
+                if not ready:
+                    self._expire()
+                    return Failure(self._lost(TimeoutError()))
+                try:
+                    reference = next(self.generator)
+                except StopIteration:
+                    break
+                message = self._get(reference)
+                if message is None:
+                    return Failure(self._lost(TimeoutError()))
                 if isinstance(message, NodeOutput):
                     self._output(message.events)
                 elif isinstance(message, NodeFinished):
                     return Success(message)
                 elif isinstance(message, NodeStarted):  # the node's timeout runs from now
                     self.node = message.node_id
-                    if timer is not None:
-                        timer.start()
+                    limit = self._limit_s()
+                    self.deadline = None if limit is None else time.monotonic() + limit
         except (failures.TaskCancelledError, failures.RayError) as error:
             return Failure(self._lost(error))
-        finally:
-            if timer is not None:
-                timer.cancel()
         return Failure(BackendFailed(backend="ray", reason="the node ended without a result"))
 
     def _lost(self, error: BaseException) -> SandboxError:
