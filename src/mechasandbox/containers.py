@@ -167,6 +167,7 @@ class Backends(containers.DeclarativeContainer):
         runtime=config.runtime,
         pool_size=config.pool_size,
         ray=config.ray,
+        interruption=core.interruption,
     )
     # A Resource each: a backend that holds something (docker's pool) is closed by
     # `shutdown_resources()`. `named("bubblewrap")` builds (once) and returns one.

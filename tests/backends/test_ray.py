@@ -345,6 +345,58 @@ def test_the_caller_killed_mid_run_ends_the_command(
         caller.join(10)
 
 
+def test_the_cli_on_the_cluster_and_ctrl_c(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """`mechasandbox run` with `[ray]` in a configuration file, in the head's namespace:
+    the JSON object names the node, the changes are back; a SIGINT stops the command on
+    its node at once (the task cancelled), and the CLI says `interrupted`."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from mechasandbox.runner.proctable import alive_with_marker
+
+    config = tmp_path / "ray.toml"
+    config.write_text(f'[backend]\nname = "ray"\n[ray]\naddress = "{ray_cluster.address}"\n')
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    cli = ["nsenter", f"--net=/run/netns/{ray_cluster.head}", "--", sys.executable]
+    cli += ["-m", "mechasandbox", "run", "--config", str(config), "--workspace", str(workspace)]
+    done = subprocess.run(
+        [*cli, "--json", "--", "sh", "-c", "echo hi; echo x > made"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    answer = json.loads(done.stdout)
+    assert (done.returncode, answer["stdout"], answer["error"]) == (0, "hi\n", None), done
+    assert answer["node"] in {node["node_id"] for node in ray_cluster.nodes()}
+    assert (workspace / "made").read_text() == "x\n"
+
+    marker = f"cli-{os.getpid()}-{time.monotonic_ns()}"
+    running = subprocess.Popen(
+        [*cli, "--", "sh", "-c", f"echo started; sleep 60 # {marker}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None
+        assert running.stdout.readline() == "started\n"
+        assert alive_with_marker(marker), "the command must be running (else: vacuous)"
+        running.send_signal(signal.SIGINT)
+        _, stderr = running.communicate(timeout=15)
+    finally:
+        running.kill()
+        running.wait()
+    assert running.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert gone(marker, within_s=10)
+
+
 # --- a node lost: last, it starts the worker node again ------------------------------------
 def test_a_node_killed_mid_run_is_a_typed_error_and_the_other_node_serves(
     ray_cluster: NetnsCluster, tmp_path: pathlib.Path

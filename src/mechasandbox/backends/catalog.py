@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mechasandbox.config.schema import RaySettings
     from mechasandbox.limits.cgroup import CgroupManager
     from mechasandbox.network.session import EgressProxy
+    from mechasandbox.runner.interruption import Interruption
     from mechasandbox.runner.protocol import ProcessRunner
 
 AUTO = "auto"
@@ -51,6 +52,9 @@ class BackendDeps:
     runtime: str | None = None
     pool_size: int | None = None
     ray: RaySettings | None = None
+    # What the caller's SIGINT/SIGTERM feed (`Core.interruption`), for a backend whose runs
+    # no runner of this process holds (ray).
+    interruption: Interruption | None = None
 
 
 # The configuration settings a backend reads besides the policy (`backend.image`...).
@@ -177,7 +181,9 @@ def _apple_container(deps: BackendDeps) -> Backend:
 def _ray(deps: BackendDeps) -> Iterator[Backend]:
     """Runs on the nodes of a Ray cluster, each with its own local backend (the extra
     `mechasandbox[ray]`); the connection it opened is closed with the root."""
-    yield from factories.ray_cluster(deps.ray, image=deps.image, runtime=deps.runtime)
+    yield from factories.ray_cluster(
+        deps.ray, image=deps.image, runtime=deps.runtime, interruption=deps.interruption
+    )
 
 
 # In the order `--backend` lists them (CLI.md); `auto_rank` orders `auto`'s candidates,

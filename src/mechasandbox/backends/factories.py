@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mechasandbox.limits.cgroup import CgroupManager
     from mechasandbox.network.proxy.resolver import Resolver
     from mechasandbox.network.session import EgressProxy
+    from mechasandbox.runner.interruption import Interruption
     from mechasandbox.runner.protocol import ProcessRunner
 
 
@@ -227,7 +228,11 @@ def pooled(backend: Backend, size: int | None) -> Iterator[Backend]:
 
 
 def ray_cluster(
-    settings: RaySettings | None, *, image: str | None, runtime: str | None
+    settings: RaySettings | None,
+    *,
+    image: str | None,
+    runtime: str | None,
+    interruption: Interruption | None = None,
 ) -> Iterator[Backend]:
     """The `ray` backend for `settings` (`[ray]`); unavailable, with the reason, without the
     extra or an address. The connection to the cluster it opens is closed afterwards."""
@@ -237,7 +242,9 @@ def ray_cluster(
 
     connection = ClusterConnection(settings=settings or NO_RAY)
     try:
-        yield RayBackend(connection=connection, image=image, runtime=runtime)
+        yield RayBackend(
+            connection=connection, image=image, runtime=runtime, interruption=interruption
+        )
     finally:
         connection.close()
 

@@ -22,6 +22,7 @@ The caller's side of a run (the node's is `node.serve`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -53,6 +54,7 @@ from mechasandbox.domain.errors import (
     BackendFailed,
     BackendUnavailable,
     ConfigInvalid,
+    Interrupted,
     NodeLost,
     PolicyUnsupported,
     SandboxError,
@@ -65,9 +67,13 @@ from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest, StreamedInput, Terminal, terminal_refused
 from mechasandbox.domain.result import RunResult
 from mechasandbox.network.validation import validate_network
+from mechasandbox.runner.interruption import Interruption
 
 DEFAULT_MAX_TRANSFER = 256 * MIB
 DEFAULT_GRACE_S = 10.0
+# The longest wait for the node without looking at the caller's signals (a ready message
+# ends a wait at once).
+_STEP_S = 0.25
 _CONTAINER_ENGINES = frozenset({"docker", "podman"})
 
 
@@ -95,6 +101,9 @@ class RayBackend:
     runtime: str | None = None
     pinned_to: str | None = None
     git: GitFacts = attrs.field(factory=GitFacts)
+    # The caller's SIGINT/SIGTERM (the CLI's): each stops the runs under way (their tasks
+    # cancelled), which end as `Interrupted` with the output that arrived.
+    interruption: Interruption | None = None
 
     @property
     def name(self) -> str:
@@ -197,7 +206,8 @@ class RayBackend:
         workspace = found.unwrap()
         if (refusal := self._refused(request, policy, workspace)) is not None:
             return Failure(refusal)
-        joined = await anyio.to_thread.run_sync(self.connection.connect)
+        # In this thread: Ray sets its signal handlers only from the main thread.
+        joined = self.connection.connect()
         if isinstance(joined, Failure):
             return Failure(joined.failure())
         placed = self._placement(policy)
@@ -232,8 +242,14 @@ class RayBackend:
         submitted = _Submission(
             backend=self, run=node_run, resources=placed.unwrap().resources, sink=request.on_output
         )
+        stopping = (
+            contextlib.nullcontext()
+            if self.interruption is None
+            else self.interruption.calling(submitted.interrupt)
+        )
         try:
-            ended = await anyio.to_thread.run_sync(submitted.wait, abandon_on_cancel=True)
+            with stopping:
+                ended = await anyio.to_thread.run_sync(submitted.wait, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             submitted.cancel()
             raise
@@ -339,6 +355,7 @@ class _Submission:
     generator: Any = None
     timed_out: threading.Event = attrs.field(factory=threading.Event)
     deadline: float | None = None  # time.monotonic() of the caller's deadline
+    interrupted: int | None = None  # the signal that told the caller to stop
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def cancel(self) -> None:
@@ -347,6 +364,12 @@ class _Submission:
                 import ray
 
                 ray.cancel(self.generator, force=True)
+
+    def interrupt(self, signum: int) -> None:
+        """The caller was told to stop: the task is cancelled (from a thread of its own:
+        this may run in a signal handler), and the run ends as `Interrupted`."""
+        self.interrupted = signum
+        threading.Thread(target=self.cancel, daemon=True).start()
 
     def _remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
@@ -417,10 +440,16 @@ class _Submission:
         self.deadline = None
         try:
             while True:
-                ready, _ = ray.wait([self.generator], timeout=self._remaining())
+                remaining = self._remaining()
+                step = _STEP_S if remaining is None else min(remaining, _STEP_S)
+                ready, _ = ray.wait([self.generator], timeout=step)
+                if self.interrupted is not None:  # not waiting on the node to confirm
+                    return Failure(self._lost(InterruptedError()))
                 if not ready:
-                    self._expire()
-                    return Failure(self._lost(TimeoutError()))
+                    if remaining is not None and remaining <= step:
+                        self._expire()
+                        return Failure(self._lost(TimeoutError()))
+                    continue
                 try:
                     reference = next(self.generator)
                 except StopIteration:
@@ -443,6 +472,8 @@ class _Submission:
     def _lost(self, error: BaseException) -> SandboxError:
         import ray.exceptions as failures
 
+        if self.interrupted is not None:
+            return Interrupted(signal=self.interrupted, partial=self.partial())
         if self.timed_out.is_set():
             return Timeout(
                 timeout_s=self.run.policy.limits.timeout_s or 0.0, partial=self.partial()
