@@ -231,6 +231,27 @@ def test_a_link_in_the_callers_workspace_is_never_written_through(
     assert any("out ->" in w for w in finished.warnings), finished.warnings
 
 
+def test_denied_paths_in_the_workspace_stay_denied_on_the_node(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """`deny_read` inside the workspace is never sent; `deny_write` inside it is the node
+    copy's (the policy's paths are moved there) and never written back."""
+    (tmp_path / "secret.txt").write_text("sk-live-123\n")
+    (tmp_path / "locked.txt").write_text("as it was\n")
+    fs = attrs.evolve(
+        POLICY.filesystem,
+        deny_read=(*POLICY.filesystem.deny_read, str(tmp_path / "secret.txt")),
+        deny_write=(str(tmp_path / "locked.txt"),),
+    )
+    script = "cat secret.txt; echo changed > locked.txt; cat locked.txt"
+    finished = run(ray_cluster, ["sh", "-c", script], tmp_path, attrs.evolve(POLICY, filesystem=fs))
+    result = finished.unwrap()
+    assert b"sk-live" not in result.stdout + result.stderr
+    assert b"changed" not in result.stdout, result
+    assert (tmp_path / "secret.txt").read_text() == "sk-live-123\n"
+    assert (tmp_path / "locked.txt").read_text() == "as it was\n"
+
+
 def test_a_workspace_bomb_is_refused(ray_cluster: NetnsCluster, tmp_path: pathlib.Path) -> None:
     """More than the cap (16 MiB for the driver of these tests) written by the command: the
     changes are not carried back, and the run says so instead of leaving the workspace

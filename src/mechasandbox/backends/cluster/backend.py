@@ -82,7 +82,9 @@ def _inside(path: str, root: str) -> bool:
 
 
 def _relative_inside(paths: tuple[str, ...], root: str) -> tuple[str, ...]:
-    return tuple(os.path.relpath(p, root) for p in paths if p.startswith("/") and _inside(p, root))
+    """Those of `paths` (absolute, or from `~`) inside the workspace `root`, relative."""
+    found = [os.path.expanduser(p) for p in paths]
+    return tuple(os.path.relpath(p, root) for p in found if p.startswith("/") and _inside(p, root))
 
 
 @attrs.frozen(kw_only=True)
