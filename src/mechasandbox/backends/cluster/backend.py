@@ -149,7 +149,9 @@ class RayBackend:
             return Failure(PolicyUnsupported(backend=f"ray/{closest[0]}", missing=closest[1]))
         where = f"node {self.pinned_to}" if self.pinned_to else "no node of the cluster"
         wanted = " or ".join(self._candidates())
-        reason = f"{where} advertises {wanted} (start nodes as docs/ray.md says)"
+        reason = (
+            f"{where} advertises {wanted} (start nodes with `mechasandbox-ray-node`, docs/ray.md)"
+        )
         return Failure(BackendUnavailable(backend="ray", reason=reason))
 
     # --- the Backend protocol --------------------------------------------------------------
