@@ -131,6 +131,27 @@ def test_out_of_memory_on_the_node(ray_cluster: NetnsCluster, tmp_path: pathlib.
     assert isinstance(result.failure(), MemoryLimit), result
 
 
+def test_docker_under_gvisor_on_the_nodes(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """`[ray] backend = "docker"` with `runtime = "runsc"`: the nodes advertise the variant
+    `docker+runsc` (started with `--image` and `--runtime runsc`) and run it; the kernel the
+    command sees is gVisor's, and its changes come back."""
+    from tests.conftest import required_backends
+
+    if not any("mechasandbox:docker+runsc" in n["resources"] for n in ray_cluster.nodes()):
+        reason = "no node advertises docker under runsc (no docker, gVisor or test image)"
+        if "docker" in required_backends():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    request = RunRequest(argv=("sh", "-c", "uname -r; echo made > f"), workspace=str(tmp_path))
+    backend = ray_cluster.backend(node_backend=("docker", "runsc"))
+    finished = anyio.run(backend.run, request, POLICY).unwrap()
+    assert finished.backend == "docker", finished
+    assert finished.stdout.decode().strip() != os.uname().release  # gVisor's own kernel
+    assert (tmp_path / "f").read_text() == "made\n"
+
+
 def test_a_run_pinned_to_no_node_is_refused(
     ray_cluster: NetnsCluster, tmp_path: pathlib.Path
 ) -> None:
@@ -158,7 +179,7 @@ def test_a_node_refuses_a_variant_it_does_not_advertise(
     ray_cluster: NetnsCluster, tmp_path: pathlib.Path
 ) -> None:
     messages = ray_cluster.call(
-        "raw", "docker+runsc", {"mechasandbox:bubblewrap": 1.0}, POLICY, str(tmp_path)
+        "raw", "seatbelt", {"mechasandbox:bubblewrap": 1.0}, POLICY, str(tmp_path)
     )
     (finished,) = messages
     assert isinstance(finished.outcome, BackendUnavailable), finished
@@ -178,7 +199,7 @@ def test_strict_runs_go_only_where_the_policy_is_enforced(
     hidden = Policy(host_processes=HostProcesses.HIDDEN)
     assert missing_on_best(nodes, "landlock", hidden) == (Protection.HOST_PROCESSES_HIDDEN,)
     assert missing_on_best(nodes, "bubblewrap", hidden) == ()
-    assert missing_on_best(nodes, "docker+runsc", hidden) is None
+    assert missing_on_best(nodes, "seatbelt", hidden) is None  # no node runs it
 
 
 # --- what comes back into the workspace ----------------------------------------------------

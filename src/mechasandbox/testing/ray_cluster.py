@@ -46,6 +46,8 @@ from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest, StreamedInput
 from mechasandbox.domain.result import RunResult
 
+# The image the nodes' container backends run in (scripts/ci-engines.sh builds it).
+IMAGE = "mechasandbox-test:busybox"
 HEAD_ADDRESS = "10.213.0.1"
 WORKER_ADDRESS = "10.213.0.2"
 GCS_PORT = 6379
@@ -142,7 +144,8 @@ class NetnsCluster:
             ]
         else:
             ray_arguments += [f"--address={self.address}", f"--node-ip-address={WORKER_ADDRESS}"]
-        start = [sys.executable, "-m", "mechasandbox.backends.cluster.start", "--", *ray_arguments]
+        start = [sys.executable, "-m", "mechasandbox.backends.cluster.start"]
+        start += ["--image", IMAGE, "--runtime", "runsc", "--", *ray_arguments]
         started = subprocess.run(
             _in_namespace(namespace, start),
             check=False,
@@ -221,8 +224,12 @@ class NetnsCluster:
                 raise RuntimeError(f"the cluster did not reach {count} live nodes")
             time.sleep(0.2)
 
-    def backend(self, pinned_to: str | None = None) -> DriverBackend:
-        return DriverBackend(cluster=self, pinned_to=pinned_to)
+    def backend(
+        self, pinned_to: str | None = None, node_backend: tuple[str, str | None] | None = None
+    ) -> DriverBackend:
+        """The driver's `ray` backend; `node_backend`: (name, runtime) the nodes run under
+        instead of `auto`."""
+        return DriverBackend(cluster=self, pinned_to=pinned_to, node_backend=node_backend)
 
     def stop(self) -> None:
         if self.driver is not None and self.driver.poll() is None:
@@ -260,6 +267,7 @@ class DriverBackend:
 
     cluster: NetnsCluster
     pinned_to: str | None = None
+    node_backend: tuple[str, str | None] | None = None
 
     @property
     def name(self) -> str:
@@ -287,7 +295,7 @@ class DriverBackend:
                 connection.send(
                     ("run", tuple(request.argv), request.workspace, stdin, streamed, policy)
                 )
-                connection.send(self.pinned_to)
+                connection.send((self.pinned_to, self.node_backend))
                 if isinstance(request.stdin, StreamedInput):
                     send_handle(connection, request.stdin.fd, self.cluster.driver_pid())
                 while True:
@@ -384,10 +392,18 @@ def _answer(connection: Connection, backend: Any, local: _LocalBackends) -> None
 
 def _run(connection: Connection, backend: Any, request: tuple[Any, ...]) -> None:
     _, argv, workspace, stdin, streamed, policy = request
-    pinned_to = connection.recv()
+    pinned_to, node_backend = connection.recv()
     if streamed:
         stdin = StreamedInput(recv_handle(connection))
     chosen = backend if pinned_to is None else backend.pinned(pinned_to)
+    if node_backend is not None:
+        from mechasandbox.backends.cluster.connection import ClusterConnection
+
+        name, runtime = node_backend
+        settings = attrs.evolve(chosen.connection.settings, backend=name)
+        chosen = attrs.evolve(
+            chosen, connection=ClusterConnection(settings=settings), runtime=runtime, image=IMAGE
+        )
 
     def send(event: Any) -> None:
         connection.send(("output", event))
