@@ -253,7 +253,11 @@ class RayBackend:
         )
         try:
             with stopping:
-                ended = await anyio.to_thread.run_sync(submitted.wait, abandon_on_cancel=True)
+                # A limiter of its own: the default one (40 threads) would cap a fleet's
+                # runs under way, which wait on their nodes rather than work here.
+                ended = await anyio.to_thread.run_sync(
+                    submitted.wait, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+                )
         except anyio.get_cancelled_exc_class():
             submitted.cancel()
             raise
