@@ -387,6 +387,68 @@ def test_the_caller_killed_mid_run_ends_the_command(
         caller.join(10)
 
 
+def test_a_lost_node_runs_the_command_again_only_when_the_caller_opted_in(
+    ray_cluster: NetnsCluster, tmp_path: pathlib.Path
+) -> None:
+    """`[ray] retries = 1`, the run preferring the worker: the worker is killed mid-run,
+    and Ray runs the command again on the head; the result is that run's. (Without the
+    opt-in it is a `NodeLost`: the test after this one.)"""
+    started, seen = started_event()
+    worker, head = ray_cluster.node_id(WORKER_ADDRESS), ray_cluster.node_id(HEAD_ADDRESS)
+    killed_while_running: list[bool] = []
+
+    def kill_when_started() -> None:
+        if started.wait(30):
+            # The first attempt runs on the worker (else: vacuous): its `sleep` is a child
+            # of a process in the worker's namespace.
+            killed_while_running.append(_runs_in(ray_cluster.worker, "sleep 5"))
+            ray_cluster.kill_worker()
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    request = RunRequest(
+        argv=("sh", "-c", "echo started; sleep 5; echo done"),
+        workspace=str(tmp_path),
+        on_output=seen,
+    )
+    backend = ray_cluster.backend(worker, preferred=True, retries=1)
+    try:
+        result = anyio.run(backend.run, request, POLICY)
+        killer.join()
+        finished = result.unwrap()
+        assert killed_while_running == [True]
+        assert finished.node == head, finished
+        assert finished.stdout == b"started\ndone\n"
+    finally:
+        killer.join()
+        ray_cluster.restart_worker()
+
+
+def _runs_in(namespace: str, command: str) -> bool:
+    """Whether a process running `command` descends from one in the network namespace
+    `namespace` (the sandbox's own processes are in a namespace of their own)."""
+    wanted = os.stat(f"/run/netns/{namespace}").st_ino
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            line = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if command.encode() not in line:
+            continue
+        pid = int(entry)
+        while pid > 1:
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino == wanted:
+                    return True
+                fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                break
+            pid = int(fields[1])
+    return False
+
+
 def test_the_cli_on_the_cluster_and_ctrl_c(
     ray_cluster: NetnsCluster, tmp_path: pathlib.Path
 ) -> None:

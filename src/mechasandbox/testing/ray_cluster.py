@@ -225,11 +225,23 @@ class NetnsCluster:
             time.sleep(0.2)
 
     def backend(
-        self, pinned_to: str | None = None, node_backend: tuple[str, str | None] | None = None
+        self,
+        pinned_to: str | None = None,
+        node_backend: tuple[str, str | None] | None = None,
+        *,
+        preferred: bool = False,
+        retries: int | None = None,
     ) -> DriverBackend:
-        """The driver's `ray` backend; `node_backend`: (name, runtime) the nodes run under
-        instead of `auto`."""
-        return DriverBackend(cluster=self, pinned_to=pinned_to, node_backend=node_backend)
+        """The driver's `ray` backend (`RayBackend.pinned` with `pinned_to`, `preferred`);
+        `node_backend`: (name, runtime) the nodes run under instead of `auto`; `retries`:
+        `[ray] retries`."""
+        return DriverBackend(
+            cluster=self,
+            pinned_to=pinned_to,
+            node_backend=node_backend,
+            preferred=preferred,
+            retries=retries,
+        )
 
     def stop(self) -> None:
         if self.driver is not None and self.driver.poll() is None:
@@ -268,6 +280,8 @@ class DriverBackend:
     cluster: NetnsCluster
     pinned_to: str | None = None
     node_backend: tuple[str, str | None] | None = None
+    preferred: bool = False
+    retries: int | None = None
 
     @property
     def name(self) -> str:
@@ -295,7 +309,7 @@ class DriverBackend:
                 connection.send(
                     ("run", tuple(request.argv), request.workspace, stdin, streamed, policy)
                 )
-                connection.send((self.pinned_to, self.node_backend))
+                connection.send((self.pinned_to, self.preferred, self.node_backend, self.retries))
                 if isinstance(request.stdin, StreamedInput):
                     send_handle(connection, request.stdin.fd, self.cluster.driver_pid())
                 while True:
@@ -392,18 +406,21 @@ def _answer(connection: Connection, backend: Any, local: _LocalBackends) -> None
 
 def _run(connection: Connection, backend: Any, request: tuple[Any, ...]) -> None:
     _, argv, workspace, stdin, streamed, policy = request
-    pinned_to, node_backend = connection.recv()
+    pinned_to, preferred, node_backend, retries = connection.recv()
     if streamed:
         stdin = StreamedInput(recv_handle(connection))
-    chosen = backend if pinned_to is None else backend.pinned(pinned_to)
-    if node_backend is not None:
+    chosen = backend if pinned_to is None else backend.pinned(pinned_to, preferred=preferred)
+    if node_backend is not None or retries is not None:
         from mechasandbox.backends.cluster.connection import ClusterConnection
 
-        name, runtime = node_backend
-        settings = attrs.evolve(chosen.connection.settings, backend=name)
-        chosen = attrs.evolve(
-            chosen, connection=ClusterConnection(settings=settings), runtime=runtime, image=IMAGE
-        )
+        settings = chosen.connection.settings
+        if retries is not None:
+            settings = attrs.evolve(settings, retries=retries)
+        if node_backend is not None:
+            name, runtime = node_backend
+            settings = attrs.evolve(settings, backend=name)
+            chosen = attrs.evolve(chosen, runtime=runtime, image=IMAGE)
+        chosen = attrs.evolve(chosen, connection=ClusterConnection(settings=settings))
 
     def send(event: Any) -> None:
         connection.send(("output", event))

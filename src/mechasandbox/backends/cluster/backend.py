@@ -95,13 +95,15 @@ class _Placement:
 
 @attrs.frozen(kw_only=True)
 class RayBackend:
-    """`pinned_to`: a node id every run goes to (`pinned`); None: Ray spreads the runs
-    over the nodes that enforce their policy."""
+    """`pinned_to`: a node id every run goes to (`pinned`; `preferred`: there while it
+    lives, elsewhere else); None: Ray spreads the runs over the nodes that enforce their
+    policy."""
 
     connection: ClusterConnection
     image: str | None = None
     runtime: str | None = None
     pinned_to: str | None = None
+    preferred: bool = False
     git: GitFacts = attrs.field(factory=GitFacts)
     # The caller's SIGINT/SIGTERM (the CLI's): each stops the runs under way (their tasks
     # cancelled), which end as `Interrupted` with the output that arrived.
@@ -111,9 +113,10 @@ class RayBackend:
     def name(self) -> str:
         return "ray"
 
-    def pinned(self, node_id: str) -> RayBackend:
-        """This backend with every run on the node `node_id` (and nowhere else)."""
-        return attrs.evolve(self, pinned_to=node_id)
+    def pinned(self, node_id: str, *, preferred: bool = False) -> RayBackend:
+        """This backend with every run on the node `node_id` (and nowhere else; with
+        `preferred`, elsewhere when that node is gone or cannot take it)."""
+        return attrs.evolve(self, pinned_to=node_id, preferred=preferred)
 
     # --- what runs where -------------------------------------------------------------------
     @property
@@ -130,7 +133,7 @@ class RayBackend:
 
     def _nodes(self) -> tuple[NodeView, ...]:
         nodes = self.connection.nodes()
-        if self.pinned_to is not None:
+        if self.pinned_to is not None and not self.preferred:
             nodes = tuple(node for node in nodes if node.node_id == self.pinned_to)
         return nodes
 
@@ -276,7 +279,7 @@ class RayBackend:
             return "SPREAD"
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        return NodeAffinitySchedulingStrategy(node_id=self.pinned_to, soft=False)
+        return NodeAffinitySchedulingStrategy(node_id=self.pinned_to, soft=self.preferred)
 
 
 def _input(
