@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The extras installed with the package: CI adds `ray` (EXTRAS=dev,ray) for the ray tests.
+EXTRAS ?= dev
 CC ?= cc
 SHIM_DIR := src/mechasandbox/runner/shim
 SHIM := $(SHIM_DIR)/mechasandbox-exec
@@ -13,7 +15,7 @@ AGENT := $(SHIM_DIR)/mechasandbox-agent
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[$(EXTRAS)]'
 	# An editable install leaves the package's own modules uncompiled: compile them now, or
 	# a CLI call compiles them all again whenever the interpreter may not write bytecode.
 	$(PY) -m compileall -q src

@@ -15,6 +15,8 @@ Prints a table and writes the same figures as JSON to `bench/results/` (gitignor
    next to our cold run and a bare `docker run --rm` (`bench/oci_latency.py`);
 7. sessions: `true` in a session next to bare `subprocess.run`, and a session's opening
    (`bench/sessions_bench.py`).
+8. the `ray` backend on a two-node cluster in network namespaces (`bench/ray_bench.py`,
+   root and the `ray` extra): the latency it adds to `true`, throughput on one node and two.
 
     PYTHONPATH=src python bench/suite.py [--quick] [--runs N] [--seconds S] [--skip docker,...]
 """
@@ -556,6 +558,21 @@ def sessions(args: argparse.Namespace) -> dict[str, Any]:
     return {"command": f"bench/sessions_bench.py {' '.join(sizes)}", "output": output}
 
 
+def ray(args: argparse.Namespace) -> dict[str, Any]:
+    """`bench/ray_bench.py` (it says itself why it is skipped where it cannot run)."""
+    rounds, runs = ("20", "50") if args.quick else ("60", "100")
+    done = subprocess.run(
+        [sys.executable, str(HERE / "ray_bench.py"), rounds, runs],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    output = done.stdout.strip() or f"(failed: {done.stderr.strip()[-300:]})"
+    return {"command": f"bench/ray_bench.py {rounds} {runs}", "output": output}
+
+
 # --- report ----------------------------------------------------------------------------------
 def print_report(report: dict[str, Any]) -> None:
     print(f"\n# mechasandbox bench ({report['host']['when']}, {report['host']['cpus']} cpus)")
@@ -621,6 +638,9 @@ def print_report(report: dict[str, Any]) -> None:
     if "sessions" in report:
         print(f"\n## sessions ({report['sessions']['command']})")
         print(report["sessions"]["output"])
+    if "ray" in report:
+        print(f"\n## ray backend ({report['ray']['command']})")
+        print(report["ray"]["output"])
 
 
 SECTIONS = (
@@ -633,6 +653,7 @@ SECTIONS = (
     "proxy",
     "pool",
     "sessions",
+    "ray",
 )
 
 
@@ -704,6 +725,8 @@ def main() -> None:
                     report[section] = warm_pool(contenders, args)
                 elif section == "sessions":
                     report[section] = sessions(args)
+                elif section == "ray":
+                    report[section] = ray(args)
                 report.setdefault("section_seconds", {})[section] = round(
                     time.perf_counter() - section_started, 1
                 )

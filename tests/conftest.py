@@ -15,7 +15,8 @@ from mechasandbox.runner.client import SpawnHelperClient
 from mechasandbox.runner.runner import HelperProcessRunner
 
 # host_secrets: a test that failed while the host replaced a masked /etc secret runs again.
-pytest_plugins = ("pytester", "tests.host_secrets")
+# ray_fixture: the session's Ray cluster in network namespaces (`ray_cluster`).
+pytest_plugins = ("pytester", "tests.host_secrets", "tests.ray_fixture")
 
 
 def _named_backends(variable: str) -> frozenset[str]:

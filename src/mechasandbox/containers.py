@@ -166,6 +166,8 @@ class Backends(containers.DeclarativeContainer):
         image=config.image,
         runtime=config.runtime,
         pool_size=config.pool_size,
+        ray=config.ray,
+        interruption=core.interruption,
     )
     # A Resource each: a backend that holds something (docker's pool) is closed by
     # `shutdown_resources()`. `named("bubblewrap")` builds (once) and returns one.
@@ -220,6 +222,7 @@ CONFIG_DEFAULTS: Mapping[str, Any] = {
     "image": None,
     "runtime": None,
     "pool_size": None,
+    "ray": None,  # `[ray]` (None: nothing set)
     "policy": Policy(),
     "workspace": None,  # runs' default workspace (None: the current directory)
     "files": (),  # the configuration files read, lowest layer first
@@ -235,6 +238,7 @@ def configuration(resolved: ResolvedConfig, workspace: str | None) -> dict[str, 
         "image": resolved.image,
         "runtime": resolved.runtime,
         "pool_size": resolved.pool_size,
+        "ray": resolved.ray,
         "policy": resolved.policy,
         "workspace": workspace,
         "files": resolved.files,

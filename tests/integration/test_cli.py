@@ -19,6 +19,7 @@ UNAVAILABLE_HERE = "seatbelt" if sys.platform.startswith("linux") else "bubblewr
 
 JSON_KEYS = {  # docs/cli.md
     "backend",
+    "node",
     "exit_code",
     "signal",
     "stdout",

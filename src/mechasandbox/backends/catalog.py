@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from mechasandbox.backends.oci.state import EngineState
     from mechasandbox.backends.probe_cache import ProbeCache
     from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
+    from mechasandbox.config.schema import RaySettings
     from mechasandbox.limits.cgroup import CgroupManager
     from mechasandbox.network.session import EgressProxy
+    from mechasandbox.runner.interruption import Interruption
     from mechasandbox.runner.protocol import ProcessRunner
 
 AUTO = "auto"
@@ -49,12 +51,17 @@ class BackendDeps:
     image: str | None = None
     runtime: str | None = None
     pool_size: int | None = None
+    ray: RaySettings | None = None
+    # What the caller's SIGINT/SIGTERM feed (`Core.interruption`), for a backend whose runs
+    # no runner of this process holds (ray).
+    interruption: Interruption | None = None
 
 
 # The configuration settings a backend reads besides the policy (`backend.image`...).
 IMAGE = "image"
 RUNTIME = "runtime"
 POOL_SIZE = "pool_size"
+RAY = "ray"
 
 
 @attrs.frozen(kw_only=True)
@@ -171,6 +178,14 @@ def _apple_container(deps: BackendDeps) -> Backend:
     return factories.apple_container(deps.runner, deps.host, image=deps.image)
 
 
+def _ray(deps: BackendDeps) -> Iterator[Backend]:
+    """Runs on the nodes of a Ray cluster, each with its own local backend (the extra
+    `mechasandbox[ray]`); the connection it opened is closed with the root."""
+    yield from factories.ray_cluster(
+        deps.ray, image=deps.image, runtime=deps.runtime, interruption=deps.interruption
+    )
+
+
 # In the order `--backend` lists them (CLI.md); `auto_rank` orders `auto`'s candidates,
 # strongest first. On macOS `auto` tries Apple Container (when its service runs and an
 # image is configured), then Seatbelt, then the container engines.
@@ -237,6 +252,13 @@ CATALOG: tuple[BackendEntry, ...] = (
         summary="macOS: one lightweight VM per run (Apple's `container`)",
         auto_rank=3,
         settings=frozenset({IMAGE}),
+    ),
+    BackendEntry(
+        name="ray",
+        build=_ray,
+        summary="each run on a node of a Ray cluster, under that node's own backend",
+        auto_rank=None,
+        settings=frozenset({RAY, IMAGE, RUNTIME}),
     ),
 )
 

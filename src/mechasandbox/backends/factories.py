@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from mechasandbox.backends.oci.state import EngineState
     from mechasandbox.backends.probe_cache import ProbeCache
     from mechasandbox.backends.workspace.placeholders import WorkspacePlaceholders
+    from mechasandbox.config.schema import RaySettings
     from mechasandbox.limits.cgroup import CgroupManager
     from mechasandbox.network.proxy.resolver import Resolver
     from mechasandbox.network.session import EgressProxy
+    from mechasandbox.runner.interruption import Interruption
     from mechasandbox.runner.protocol import ProcessRunner
 
 
@@ -223,6 +225,28 @@ def pooled(backend: Backend, size: int | None) -> Iterator[Backend]:
         yield pool
     finally:
         pool.close()
+
+
+def ray_cluster(
+    settings: RaySettings | None,
+    *,
+    image: str | None,
+    runtime: str | None,
+    interruption: Interruption | None = None,
+) -> Iterator[Backend]:
+    """The `ray` backend for `settings` (`[ray]`); unavailable, with the reason, without the
+    extra or an address. The connection to the cluster it opens is closed afterwards."""
+    from mechasandbox.backends.cluster.backend import RayBackend
+    from mechasandbox.backends.cluster.connection import ClusterConnection
+    from mechasandbox.config.schema import NO_RAY
+
+    connection = ClusterConnection(settings=settings or NO_RAY)
+    try:
+        yield RayBackend(
+            connection=connection, image=image, runtime=runtime, interruption=interruption
+        )
+    finally:
+        connection.close()
 
 
 def system_resolver() -> Resolver:

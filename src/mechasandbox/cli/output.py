@@ -72,6 +72,7 @@ def result_object(
         else [],
         "warnings": list(shown.warnings) if shown else [],
         "notes": list(shown.notes) if shown else [],
+        "node": shown.node if shown else None,
         "error": {"kind": error.kind, "message": error.message} if error is not None else None,
     }
 

@@ -110,6 +110,19 @@ def _pool_size(value: object, _type: Any) -> int:
     return _valid(validation.count(value))
 
 
+def _checked(check: Callable[[object], validation.Checked[T]]) -> Callable[[object, Any], T]:
+    def hook(value: object, _type: Any) -> T:
+        return _valid(check(value))
+
+    return hook
+
+
+def _retries(value: object, _type: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        raise _BadValueError(f"expected a whole number from 0 to 10, got {value!r}")
+    return value
+
+
 def _optional_text(what: str) -> Callable[[object, Any], str]:
     def hook(value: object, _type: Any) -> str:
         return _valid(validation.text(value, what))
@@ -147,6 +160,13 @@ def converter() -> cattrs.Converter:
             "pool_size": override(struct_hook=_pool_size),
             "image": override(struct_hook=_optional_text("image name")),
             "runtime": override(struct_hook=_optional_text("runtime name")),
+        },
+        schema.RaySettings: {
+            "address": override(struct_hook=_optional_text("cluster address")),
+            "backend": override(struct_hook=_backend_name),
+            "max_transfer": override(struct_hook=_checked(validation.size)),
+            "grace": override(struct_hook=_checked(validation.duration)),
+            "retries": override(struct_hook=_retries),
         },
         schema.FilesystemSettings: {
             "readable": override(struct_hook=_paths),

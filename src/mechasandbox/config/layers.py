@@ -48,6 +48,7 @@ class _State:
             image=self.backend.image,
             runtime=self.backend.runtime,
             pool_size=self.backend.pool_size,
+            ray=self.backend.ray,
             files=self.files,
             warnings=self.warnings,
             backend_chosen_by=self.project_backend,
@@ -93,7 +94,7 @@ def _widen(
         lambda policy: attrs.evolve(
             state,
             policy=policy,
-            backend=apply_backend(state.backend, settings.backend),
+            backend=apply_backend(state.backend, settings.backend, settings.ray),
             files=state.files if file is None else (*state.files, file),
             project_backend=(state.project_backend if settings.backend.name is None else None),
         )
@@ -109,7 +110,7 @@ def _narrow(
     spelling: Callable[[str], str] = lambda field: field,
 ) -> Result[_State, ConfigInvalid]:
     policy = narrow(state.policy, settings, source, workspace=workspace).alt(rename)
-    backend = narrow_backend(state.backend, settings.backend, source).alt(rename)
+    backend = narrow_backend(state.backend, settings.backend, source, settings.ray).alt(rename)
     return policy.bind(
         lambda narrowed: backend.map(
             lambda chosen: attrs.evolve(

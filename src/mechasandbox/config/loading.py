@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import attrs
 from returns.result import Failure, Result, Success
 
+from mechasandbox.config.schema import RaySettings
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import Policy
 
@@ -57,6 +58,7 @@ class ResolvedConfig:
     runtime: str | None
     files: tuple[str, ...]  # every file read, lowest layer first
     pool_size: int | None = None  # docker: containers started ahead of runs
+    ray: RaySettings = RaySettings()  # `[ray]`: where the `ray` backend sends runs
     warnings: tuple[str, ...] = ()  # project settings that were ignored, and why
     # Where a project file chose `backend` (`path: sandbox.backend`), None when the user's
     # own layers (or `auto`) did: a run that finds it unavailable says who chose it.

@@ -29,7 +29,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.catalog import AUTO, UNCONFINED
 from mechasandbox.backends.toolchains import KNOWN_ROOTS
 from mechasandbox.config.overlay import BackendChoice, apply_settings
-from mechasandbox.config.schema import BackendSettings, Settings
+from mechasandbox.config.schema import NO_RAY, BackendSettings, RaySettings, Settings
 from mechasandbox.config.validation import LIMIT_RULES
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import (
@@ -354,7 +354,10 @@ class NarrowedBackend:
 
 
 def narrow_backend(
-    base: BackendChoice, project: BackendSettings, source: str
+    base: BackendChoice,
+    project: BackendSettings,
+    source: str,
+    ray: RaySettings = NO_RAY,
 ) -> Result[NarrowedBackend, ConfigInvalid]:
     """A project may fill in the backend, image and runtime the user left open.
 
@@ -371,6 +374,15 @@ def narrow_backend(
         warnings.append(
             f"{source}: backend.pool_size ignored: only the user's configuration sets it"
         )
+    if ray != NO_RAY:
+        # Where runs (and the workspace with them) are sent is the user's to say.
+        warnings.append(f"{source}: ray ignored: only the user's configuration sets it")
+    if project.name == "ray":
+        warnings.append(
+            f"{source}: backend.name = 'ray' ignored: only the user's configuration sends "
+            "the workspace to a cluster"
+        )
+        project = attrs.evolve(project, name=None)
     choice = base
     wanted: tuple[tuple[str, object, object], ...] = (
         ("name", project.name, None if base.name == AUTO else base.name),

@@ -33,14 +33,15 @@ _ALIASES = {
 }
 _OPENAGENTS_KEYS = ("enabled", "image", "memoryLimit", "networkEnabled")
 # Every key the block takes, the OpenAgents ones first (`backend` is both: a name is
-# OpenAgents', a table ours), for the unknown-key message.
+# OpenAgents', a table ours), for the unknown-key message. Not `ray`: where runs are sent
+# is never a project's to say.
 _BLOCK_KEYS = (
     "enabled",
     "backend",
     "image",
     "memoryLimit",
     "networkEnabled",
-    *(key for key in keys_of(Settings) if key != "backend"),
+    *(key for key in keys_of(Settings) if key not in {"backend", "ray"}),
 )
 
 

@@ -14,7 +14,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.catalog import AUTO
-from mechasandbox.config.schema import BackendSettings, Settings, Unlimited
+from mechasandbox.config.schema import NO_RAY, BackendSettings, RaySettings, Settings, Unlimited
 from mechasandbox.config.validation import LIMIT_RULES, limit_value
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.limits import Limits
@@ -34,6 +34,7 @@ class BackendChoice:
     image: str | None = None
     runtime: str | None = None
     pool_size: int | None = None
+    ray: RaySettings = NO_RAY  # where `ray` sends runs (`[ray]`)
 
 
 def _apply_limits(limits: Limits, settings: Settings, source: str) -> Result[Limits, ConfigInvalid]:
@@ -118,11 +119,24 @@ def apply_settings(
     return Success(result)
 
 
-def apply_backend(choice: BackendChoice, settings: BackendSettings) -> BackendChoice:
-    """`choice` with whatever `settings` sets; backend keys never fail once structured."""
+def apply_backend(
+    choice: BackendChoice, settings: BackendSettings, ray: RaySettings = NO_RAY
+) -> BackendChoice:
+    """`choice` with whatever `settings` and `ray` set; backend keys never fail once
+    structured."""
     return BackendChoice(
         name=choice.name if settings.name is None else settings.name,
         image=choice.image if settings.image is None else settings.image,
         runtime=choice.runtime if settings.runtime is None else settings.runtime,
         pool_size=choice.pool_size if settings.pool_size is None else settings.pool_size,
+        ray=_apply_ray(choice.ray, ray),
     )
+
+
+def _apply_ray(old: RaySettings, new: RaySettings) -> RaySettings:
+    changes = {
+        field.name: value
+        for field in attrs.fields(RaySettings)
+        if (value := getattr(new, field.name)) is not None
+    }
+    return attrs.evolve(old, **changes) if changes else old

@@ -38,6 +38,21 @@ class BackendSettings:
 
 
 @attrs.frozen(kw_only=True)
+class RaySettings:
+    """`[ray]`: where `backend = "ray"` sends runs (the user's layers only: a project file
+    never sends the workspace to a cluster). None: the default (docs/ray.md)."""
+
+    address: str | None = None  # the cluster's GCS, "10.0.0.1:6379"; "auto": this node's
+    backend: str | None = None  # what each node runs: `auto` or a confining catalog name
+    max_transfer: int | None = None  # bytes of workspace each way (tar in, changes back)
+    grace: float | None = None  # seconds past the timeout before the caller cancels
+    retries: int | None = None  # runs again on a lost node only when > 0 (opt-in)
+
+
+NO_RAY = RaySettings()
+
+
+@attrs.frozen(kw_only=True)
 class FilesystemSettings:
     readable: Paths | None = None
     writable: Paths | None = None
@@ -81,6 +96,7 @@ class Settings:
     """One layer of configuration, as read from one file or given by one caller."""
 
     backend: BackendSettings = BackendSettings()
+    ray: RaySettings = RaySettings()
     filesystem: FilesystemSettings = FilesystemSettings()
     network: NetworkSettings = NetworkSettings()
     limits: LimitsSettings = LimitsSettings()

@@ -186,6 +186,19 @@ class EngineLost(_Stopped):
 
 
 @attrs.frozen(kw_only=True)
+class NodeLost(_Stopped):
+    """The cluster node running the command (`backend = "ray"`) died or became unreachable
+    during the run: `partial` holds the output that had arrived, the workspace is as it
+    was before the run (changes come back only with a finished run). The command is not
+    run again unless the caller opted in (`ray.retries`): it may have had side effects."""
+
+    kind: ClassVar[str] = "node_lost"
+    told: ClassVar[str] = "the cluster node {node} was lost during the run: {reason}"
+    node: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
 class BackendFailed(_BackendProblem):
     kind: ClassVar[str] = "backend_failed"
     told: ClassVar[str] = "backend {backend!r} failed: {reason}"
@@ -203,6 +216,7 @@ SandboxError = (
     | FileSizeLimit
     | Interrupted
     | EngineLost
+    | NodeLost
     | BackendFailed
 )
 

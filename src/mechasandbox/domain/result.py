@@ -40,3 +40,5 @@ class RunResult:
     warnings: tuple[str, ...] = ()
     # Information about the run that is no gap: the engine's version, the image, a pool.
     notes: tuple[str, ...] = ()
+    # The cluster node that ran it (a Ray node id, `backend = "ray"`); None: this host.
+    node: str | None = None

@@ -24,7 +24,7 @@ import contextlib
 import signal as signals
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mechasandbox.runner.submission import request_kill
@@ -41,6 +41,8 @@ class Interruption:
         self._lock = threading.RLock()
         self._runs: dict[int, tuple[Supervision, socket.socket]] = {}
         self._pending = False  # a request came while no run was under way
+        # Runs no spawn helper of this process holds (a cluster node's): told by calling.
+        self._callbacks: dict[int, Callable[[int], None]] = {}
 
     def request(self, signum: int) -> None:
         """Stop the runs under way (or the next one to start, when none is)."""
@@ -48,8 +50,11 @@ class Interruption:
             if self.signal is None:
                 self.signal = signum
             runs = list(self._runs.values())
-            if not runs:
+            callbacks = list(self._callbacks.values())
+            if not runs and not callbacks:
                 self._pending = True
+        for callback in callbacks:
+            callback(signum)
         for supervision, sock in runs:
             if supervision.interrupt(signum):
                 request_kill(sock)
@@ -62,6 +67,24 @@ class Interruption:
             self._runs[id(supervision)] = (supervision, sock)
         if stop_now and self.signal is not None and supervision.interrupt(self.signal):
             request_kill(sock)
+
+    @contextlib.contextmanager
+    def calling(self, callback: Callable[[int], None]) -> Iterator[None]:
+        """While the block runs, `callback(signum)` stops a run this process holds no
+        helper's socket of (the `ray` backend's, on a node); at once when the caller was
+        told to stop before it started, as `enter`."""
+        key = id(callback)
+        with self._lock:
+            stop_now = self._pending
+            self._pending = False
+            self._callbacks[key] = callback
+        try:
+            if stop_now and self.signal is not None:
+                callback(self.signal)
+            yield
+        finally:
+            with self._lock:
+                self._callbacks.pop(key, None)
 
     def leave(self, supervision: Supervision) -> None:
         with self._lock:
