@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 SHIM_DIR := src/mechasandbox/runner/shim
 SHIM := $(SHIM_DIR)/mechasandbox-exec
+AGENT := $(SHIM_DIR)/mechasandbox-agent
 
 .PHONY: install shim demo test test-security lint typecheck ci bench clean
 
@@ -31,9 +32,18 @@ shim:
 	elif ! $(MAKE) --no-print-directory $(SHIM); then \
 	  echo "note: the exec shim did not build (see above); runs take the slower, forked way"; \
 	fi
+	@if [ "$$(uname -s)" = Linux ] && command -v $(CC) >/dev/null 2>&1 && \
+	  ! $(MAKE) --no-print-directory $(AGENT); then \
+	  echo "note: the session agent did not build (see above; it needs a static libc, Debian: libc6-dev): no sessions on bubblewrap and landlock"; \
+	fi
 
-$(SHIM): $(SHIM_DIR)/exec_shim.c
+$(SHIM): $(SHIM_DIR)/exec_shim.c $(SHIM_DIR)/records.h
 	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -o $@.tmp $<
+	mv $@.tmp $@
+
+# The session agent (docs/sessions.md): static, so that it runs in any sandbox or image.
+$(AGENT): $(SHIM_DIR)/session_agent.c $(SHIM_DIR)/records.h
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -static -o $@.tmp $<
 	mv $@.tmp $@
 
 demo: install
@@ -66,4 +76,4 @@ bench: install
 	PYTHONPATH=src $(PY) bench/suite.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(SHIM)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(SHIM) $(AGENT)

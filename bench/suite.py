@@ -12,7 +12,9 @@ Prints a table and writes the same figures as JSON to `bench/results/` (gitignor
 4. 1 GiB of output through a 1 MiB cap: drain rate and host RSS growth;
 5. CLI wall time of `mechasandbox run --backend bubblewrap -- true` and of `doctor`;
 6. the proxy's figures (`bench/proxy_bench.py`, small sizes), and the docker warm pool's
-   next to our cold run and a bare `docker run --rm` (`bench/oci_latency.py`).
+   next to our cold run and a bare `docker run --rm` (`bench/oci_latency.py`);
+7. sessions: `true` in a session next to bare `subprocess.run`, and a session's opening
+   (`bench/sessions_bench.py`).
 
     PYTHONPATH=src python bench/suite.py [--quick] [--runs N] [--seconds S] [--skip docker,...]
 """
@@ -538,6 +540,22 @@ def warm_pool(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any
     return {"command": f"bench/oci_latency.py docker {rounds}", "output": output}
 
 
+def sessions(args: argparse.Namespace) -> dict[str, Any]:
+    """Sessions (`bench/sessions_bench.py`): `true` in a bubblewrap and a landlock session
+    next to bare `subprocess.run`, interleaved; the time to open one."""
+    sizes = ["--runs", "100", "--opens", "10"] if args.quick else ["--runs", "300"]
+    done = subprocess.run(
+        [sys.executable, str(HERE / "sessions_bench.py"), *sizes],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = done.stdout.strip() or f"(failed: {done.stderr.strip()[-300:]})"
+    return {"command": f"bench/sessions_bench.py {' '.join(sizes)}", "output": output}
+
+
 # --- report ----------------------------------------------------------------------------------
 def print_report(report: dict[str, Any]) -> None:
     print(f"\n# mechasandbox bench ({report['host']['when']}, {report['host']['cpus']} cpus)")
@@ -600,9 +618,22 @@ def print_report(report: dict[str, Any]) -> None:
     if "pool" in report:
         print(f"\n## docker warm pool ({report['pool']['command']})")
         print(report["pool"]["output"])
+    if "sessions" in report:
+        print(f"\n## sessions ({report['sessions']['command']})")
+        print(report["sessions"]["output"])
 
 
-SECTIONS = ("latency", "sporadic", "heap", "throughput", "output", "cli", "proxy", "pool")
+SECTIONS = (
+    "latency",
+    "sporadic",
+    "heap",
+    "throughput",
+    "output",
+    "cli",
+    "proxy",
+    "pool",
+    "sessions",
+)
 
 
 def main() -> None:
@@ -671,6 +702,8 @@ def main() -> None:
                     report[section] = proxy(args)
                 elif section == "pool":
                     report[section] = warm_pool(contenders, args)
+                elif section == "sessions":
+                    report[section] = sessions(args)
                 report.setdefault("section_seconds", {})[section] = round(
                     time.perf_counter() - section_started, 1
                 )

@@ -69,6 +69,19 @@ def require_exec_shim() -> str:
     return path
 
 
+def require_session_agent() -> str:
+    """The session agent's path (as `require_exec_shim`: CI requires it with the shim)."""
+    from mechasandbox.runner import session_protocol
+
+    path = session_protocol.agent_path()
+    if path is None or not session_protocol.agent_speaks(path):
+        reason = f"the session agent is not built ({session_protocol.DEFAULT_AGENT}; `make shim`)"
+        if os.environ.get("MECHASANDBOX_REQUIRE_SHIM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_config(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -26,7 +26,12 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.streaming import OutputRelay, events_of
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from returns.future import FutureResult
+
+    from mechasandbox.backends.session_base import SessionSettings
+    from mechasandbox.sandbox_session import Session, SyncSession
 
 
 class HasFileno(Protocol):
@@ -204,6 +209,37 @@ class Sandbox:
         workspace, stdin = options.get("workspace"), options.get("stdin")
         policy = options.get("policy")
         return events_of(lambda sink: self._run(argv, workspace, stdin, policy, sink))
+
+    def session(
+        self,
+        *,
+        workspace: str | None = None,
+        policy: Policy | None = None,
+        settings: SessionSettings | None = None,
+    ) -> Session:
+        """One sandbox for many commands, as an async context manager (`async with
+        sandbox.session() as s: await s.run_async([...])`): its private /tmp, home and
+        installed packages persist from command to command; each command gets its own
+        timeout, output cap, rlimits and whole-tree kill (see docs/sessions.md).
+        `settings`: its idle timeout and maximum lifetime."""
+        from mechasandbox.backends.session_base import SessionSettings
+        from mechasandbox.sandbox_session import Session
+
+        chosen = SessionSettings() if settings is None else settings
+        return Session(self, workspace, (policy, chosen))
+
+    def session_sync(
+        self,
+        *,
+        workspace: str | None = None,
+        policy: Policy | None = None,
+        settings: SessionSettings | None = None,
+    ) -> AbstractContextManager[SyncSession]:
+        """`session` for scripts without an event loop: `with sandbox.session_sync() as s:
+        s.run([...])`."""
+        from mechasandbox.sandbox_session import sync_session
+
+        return sync_session(self.session(workspace=workspace, policy=policy, settings=settings))
 
     def plan(
         self, argv: Sequence[str], *, workspace: str | None = None, policy: Policy | None = None

@@ -22,7 +22,7 @@ from mechasandbox.domain.request import StreamedInput, Terminal
 CHUNK = 64 * 1024
 
 
-def _waits(fd: int) -> bool:
+def pollable(fd: int) -> bool:
     """Whether a read of `fd` can block: a pipe, a socket, a terminal. (Only those can be
     waited for: epoll refuses regular files, and kqueue does not report their end.)"""
     try:
@@ -78,7 +78,7 @@ class InputFeed:
         self.pipe = pipe
         self.pending = memoryview(stdin if isinstance(stdin, bytes) else b"")
         self.source = stdin.fd if isinstance(stdin, StreamedInput) else None
-        self.polled = self.source is not None and _waits(self.source)
+        self.polled = self.source is not None and pollable(self.source)
         self._ended_if_written()
 
     def wants_pipe(self) -> bool:

@@ -169,10 +169,14 @@ class Records:
     def landlock_restrict(self, flags: int) -> None:
         self.add(b"R", struct.pack("<I", flags))
 
-    def frame(self) -> bytes:
+    def body(self) -> bytes:
         body = b"".join(self._parts)
         if len(body) > MAX_FRAME:
             raise NotNative("the run does not fit a frame")
+        return body
+
+    def frame(self) -> bytes:
+        body = self.body()
         return struct.pack("!I", len(body)) + body
 
 
@@ -218,4 +222,14 @@ def encode(request: dict[str, Any]) -> bytes | None:
     try:
         return _records(request).frame()
     except Exception:  # NotNative, or anything a hook's argument held: the Python way
+        return None
+
+
+def encode_records(request: dict[str, Any]) -> bytes | None:
+    """The records alone (no length): what a session's RUN carries to its agent (see
+    `session_protocol`), which carries them out with the shim's code; None when the
+    request cannot be told as records."""
+    try:
+        return _records(request).body()
+    except Exception:  # NotNative, or anything a hook's argument held
         return None

@@ -58,7 +58,8 @@ async def _feed(feed: InputFeed) -> None:
             feed.read_source()
 
 
-async def _feed_within(feed: InputFeed, scope: anyio.CancelScope) -> None:
+async def feed_within(feed: InputFeed, scope: anyio.CancelScope) -> None:
+    """Feed `feed` (see `_feed`) until done or until `scope` is cancelled (the run ended)."""
     with scope:
         await _feed(feed)
 
@@ -132,7 +133,7 @@ class HelperProcessRunner(HelpedRunner):
                 feed = InputFeed(run.stdin, spec.stdin)
                 feeding = anyio.CancelScope()
                 if not feed.done:
-                    pumps.start_soon(_feed_within, feed, feeding)
+                    pumps.start_soon(feed_within, feed, feeding)
                 await _until_last_word(run, supervision)
                 feeding.cancel()  # what the source still holds is no longer wanted
                 # Leave the pumps until EOF, bounded by the grace period.

@@ -138,6 +138,36 @@ def _submit_with_terminal(
     return Success(Submitted(sock, StdinPipe(None), out_r, err_r, started))
 
 
+def submit_with_channel(
+    helper: SpawnHelperClient, spec: SpawnSpec, channel: int
+) -> Result[Submitted, SpawnFailed]:
+    """Start `spec` as a long-lived process whose stdin is `channel` (a session agent's end
+    of its control socket, see `session_client`), whose stdout is /dev/null and whose stderr
+    is a pipe the host reads when the process ends (a launcher's own message: bwrap's).
+    `spec.stdin` is not used. Nobody supervises it: the caller reads the run's socket for
+    its end, and closing that socket kills its whole tree."""
+    remote = [
+        os.dup(channel),
+        os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC),
+    ]
+    err_r, err_w = os.pipe()
+    remote.append(err_w)
+    os.set_blocking(err_r, False)
+    started = time.monotonic()
+    try:
+        sock = helper.submit(spawn_request(spec), remote)
+    except (HelperUnavailable, framing.FrameError) as error:
+        os.close(err_r)
+        return Failure(SpawnFailed(command=spec.argv[0], reason=str(error)))
+    finally:
+        for fd in remote:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return Success(
+        Submitted(sock, StdinPipe(None), os.open(os.devnull, os.O_RDONLY), err_r, started)
+    )
+
+
 def request_kill(sock: socket.socket) -> None:
     """Ask the helper to kill the run's whole tree (it answers with its last word)."""
     with contextlib.suppress(OSError):
@@ -163,6 +193,10 @@ class HelpedRunner:
         self._interruption = interruption
         if prestart:
             self._helper.prestart()
+
+    def start(self, spec: SpawnSpec, channel: int) -> Result[Submitted, SpawnFailed]:
+        """Start a session's sandbox (see `submit_with_channel`), unsupervised."""
+        return submit_with_channel(self._helper, spec, channel)
 
     def close(self) -> None:
         """Kill every run still going and stop the helper."""

@@ -90,6 +90,7 @@ from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome
 
 if TYPE_CHECKING:
+    from mechasandbox.backends.session_base import BackendSession, SessionSettings
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
 
@@ -321,8 +322,10 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         return ProxyBridge(socket=socket, socat=socat)
 
     def compile(
-        self, job: Job, setting: BwrapSetting
+        self, job: Job, setting: BwrapSetting, *, agent: str | None = None
     ) -> Result[Launch[BwrapCompiled], SandboxError]:
+        """`agent`: the host path of a session's agent, which the request's argv starts
+        (see `bwrap_session`); the command's environment is then the sessions' commands'."""
         request, policy, host, workspace = job.request, job.policy, job.host, job.workspace
         layout = HostLayout.survey(
             paths_to_survey(workspace, policy, host),
@@ -348,6 +351,7 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             file_placeholders=job.file_placeholders,
             terminal=terminal_path(request),
             setsid=_setsid() if isinstance(request.stdin, Terminal) else None,
+            agent=agent,
         )
         rlimits = run_rlimits(policy.limits, self.cgroups)
 
@@ -373,8 +377,10 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
             # Looked up, and PATH handed on, as the sandbox's mounts show the host.
             view = View(visible=command.visible, host=host, deny_read=policy.filesystem.deny_read)
             shown = with_sandbox_path(env, view)
-            found: Result[str, SandboxError] = resolve_command(
-                request.argv[0], env, workspace, view
+            found: Result[str, SandboxError] = (
+                resolve_command(request.argv[0], env, workspace, view)
+                if agent is None
+                else Success(agent)  # each command is looked up inside, by the agent
             )
             return found.map(
                 lambda _path: launched(
@@ -420,6 +426,14 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
 
     def close_setting(self, setting: BwrapSetting, workspace: str) -> None:
         self.placeholders.leave(workspace)
+
+    async def open_session(
+        self, workspace: str, policy: Policy, settings: SessionSettings
+    ) -> Result[BackendSession, SandboxError]:
+        """One bwrap sandbox for many commands (see `bwrap_session`)."""
+        from mechasandbox.backends.linux.bwrap_session import open_bwrap_session
+
+        return await open_bwrap_session(self, workspace, policy, settings)
 
     def refusal_view(self, job: Job, setting: BwrapSetting) -> RefusalView:
         return refusal_view(

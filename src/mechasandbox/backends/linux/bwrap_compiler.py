@@ -63,6 +63,8 @@ from mechasandbox.network.bridge import PROXY_SOCKET, ProxyBridge, bridge_argv
 
 SECCOMP_FD = 3
 ARGS_FD = 4  # the command's environment, as `--setenv NAME VALUE` arguments
+# Where a session's agent (see `bwrap_session`) is bound read-only inside its sandbox.
+SESSION_AGENT = "/run/mechasandbox/agent"
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +142,7 @@ def compile_bwrap(
     file_placeholders: FileContents = (),
     terminal: str | None = None,
     setsid: str | None = None,
+    agent: str | None = None,
 ) -> Result[BwrapCommand, ConfigInvalid]:
     """The bwrap command line for one run. Pure: everything it knows is in its arguments.
 
@@ -153,6 +156,8 @@ def compile_bwrap(
     `terminal`: the host path of the run's own pty slave (see `Terminal`), when it has one,
     and `setsid`, util-linux's, which makes it the controlling terminal of a session inside
     (see `terminal_command`).
+    `agent`: the host path of a session's agent, bound read-only at `SESSION_AGENT` (the
+    request's argv then starts it, see `bwrap_session`).
     """
     variables = tuple(sorted((environment or {}).items()))
     unsafe = unsafe_variable(variables)
@@ -185,6 +190,8 @@ def compile_bwrap(
         argv += terminal_mounts(terminal)
     for path in sockets.bind:
         argv += ["--ro-bind", path, path]
+    if agent is not None:
+        argv += ["--ro-bind", agent, SESSION_AGENT]
     bridged = bridge is not None and policy.network.mode is NetworkMode.ALLOWLIST
     if bridge is not None and bridged:
         argv += ["--ro-bind", bridge.socket, PROXY_SOCKET]

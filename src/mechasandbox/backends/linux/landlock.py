@@ -61,6 +61,7 @@ from mechasandbox.limits.cgroup import CgroupManager
 from mechasandbox.runner.protocol import ProcessRunner
 
 if TYPE_CHECKING:
+    from mechasandbox.backends.session_base import BackendSession, SessionSettings
     from mechasandbox.network.proxy import RunningProxy
     from mechasandbox.network.session import EgressProxy
 
@@ -299,8 +300,10 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         return abi if isinstance(abi, int) else 7
 
     def compile(
-        self, job: Job, setting: LandlockSetting
+        self, job: Job, setting: LandlockSetting, *, agent: str | None = None
     ) -> Result[Launch[LandlockRuleset], SandboxError]:
+        """`agent`: the host path of a session's agent, which the request's argv starts
+        (see `landlock_session`): not looked up (each command is, by the agent)."""
         policy = job.policy
         proxy = setting.proxy
         if proxy is None and policy.network.mode is NetworkMode.ALLOWLIST:
@@ -326,7 +329,12 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         )
         env = dict(ruleset.env)
         shown = attrs.evolve(ruleset, env=tuple(sorted(with_sandbox_path(env, view).items())))
-        return resolve_command(job.request.argv[0], env, job.workspace, view).map(
+        found: Result[str, SandboxError] = (
+            resolve_command(job.request.argv[0], env, job.workspace, view)
+            if agent is None
+            else Success(agent)
+        )
+        return found.map(
             lambda executable: Launch(
                 spec=spawn_spec(
                     job,
@@ -377,6 +385,14 @@ class LandlockBackend(SpawningBackend[LandlockRuleset, LandlockSetting]):
         # same TMPDIR and HOME back, each where it was.
         self.tmp_dirs.give_back(self.tmp_parent, setting.home_dir)
         self.tmp_dirs.give_back(self.tmp_parent, setting.tmp_dir)
+
+    async def open_session(
+        self, workspace: str, policy: Policy, settings: SessionSettings
+    ) -> Result[BackendSession, SandboxError]:
+        """A confined agent that forks each command (see `landlock_session`)."""
+        from mechasandbox.backends.linux.landlock_session import open_landlock_session
+
+        return await open_landlock_session(self, workspace, policy, settings)
 
     def refusal_view(self, job: Job, setting: LandlockSetting) -> RefusalView:
         ruleset = compile_landlock_rules(

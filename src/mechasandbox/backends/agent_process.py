@@ -1,0 +1,100 @@
+"""The session agent started by the spawn helper, as bubblewrap's and landlock's sessions
+start it: a long-lived run of the helper whose stdin is the agent's control socket (see
+`submission.submit_with_channel`), until its HELLO; and its end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import anyio
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.session_base import SessionSettings, no_sessions
+from mechasandbox.domain.errors import BackendFailed, SandboxError
+from mechasandbox.runner import framing
+from mechasandbox.runner.protocol import ProcessRunner
+from mechasandbox.runner.session_client import HELLO_TIMEOUT_S, AgentChannel
+from mechasandbox.runner.session_protocol import StdioMode, agent_path, agent_speaks
+from mechasandbox.runner.spec import SpawnSpec
+from mechasandbox.runner.submission import HelpedRunner, Submitted
+
+# How long the sandbox may take to end once its agent was told to (the agent's own tree
+# kill is bounded by 2 s; the helper's kill of what is left follows).
+END_TIMEOUT_S = 5.0
+
+
+def session_agent(backend: str, runner: ProcessRunner) -> Result[str, SandboxError]:
+    """The agent's host path, if this host has one and `runner` can start it."""
+    path = agent_path()
+    if path is None or not agent_speaks(path):
+        return Failure(no_sessions(backend, "the session agent is not built here (`make shim`)"))
+    if not isinstance(runner, HelpedRunner):
+        return Failure(no_sessions(backend, "its process runner cannot start a session"))
+    return Success(path)
+
+
+def agent_argv(path: str, settings: SessionSettings) -> tuple[str, ...]:
+    """The agent's command line: its idle timeout and lifetime, which it enforces."""
+    argv = [path]
+    if settings.idle_timeout_s is not None:
+        argv += ["--idle-ms", str(max(1, round(settings.idle_timeout_s * 1000)))]
+    if settings.max_lifetime_s is not None:
+        argv += ["--lifetime-ms", str(max(1, round(settings.max_lifetime_s * 1000)))]
+    return tuple(argv)
+
+
+@attrs.define(eq=False)
+class AgentProcess:
+    """The helper's run that is the session's sandbox (bwrap, or the agent itself)."""
+
+    run: Submitted
+
+    def said(self) -> str:
+        """What it wrote on stderr (bwrap's own failure, the agent's)."""
+        said = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(self.run.err_r, 65536):
+                said += chunk
+        return said.decode(errors="replace").strip()
+
+    async def end(self) -> None:
+        """Wait (bounded) for it to end once its channel closed, then close its run: what
+        is left of its tree dies with the run's socket."""
+        sock = self.run.sock
+        with anyio.move_on_after(END_TIMEOUT_S):
+            while True:
+                await anyio.wait_readable(sock)
+                try:
+                    message, _ = framing.receive(sock)
+                except framing.FrameError:
+                    break
+                if message.get("event") in ("exited", "failed"):
+                    break
+        self.run.close()
+
+
+async def start_agent(
+    backend: str, runner: ProcessRunner, spec: SpawnSpec
+) -> Result[tuple[AgentChannel, AgentProcess], SandboxError]:
+    """Start `spec` (whose command is the agent) and wait for its HELLO."""
+    assert isinstance(runner, HelpedRunner)  # checked by `session_agent`
+    host_end, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with inside:
+        started = runner.start(spec, inside.fileno())
+    if isinstance(started, Failure):
+        host_end.close()
+        return Failure(started.failure())
+    process = AgentProcess(started.unwrap())
+    channel = AgentChannel.over_socket(host_end, backend=backend, mode=StdioMode.FDS)
+    hello: Result[object, str] = Failure(f"the agent did not answer in {HELLO_TIMEOUT_S:g} s")
+    with anyio.move_on_after(HELLO_TIMEOUT_S):
+        hello = await channel.wait_hello()
+    if isinstance(hello, Failure):
+        channel.close()
+        await process.end()
+        reason = f"the session's sandbox did not start: {process.said() or hello.failure()}"
+        return Failure(BackendFailed(backend=backend, reason=reason))
+    return Success((channel, process))

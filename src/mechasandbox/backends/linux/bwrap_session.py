@@ -1,0 +1,211 @@
+"""Bubblewrap sessions: one bwrap sandbox for many commands, the session agent inside it.
+
+The sandbox is the one a one-shot run of the same policy gets: the same compiler, mounts,
+namespaces, seccomp program (bwrap's `--seccomp`, inherited by the agent and every command),
+capability drop, placeholders and guards, and one cgroup with the policy's memory and process
+limits for the session's life. What differs: bwrap's command is the agent
+(`runner/shim/session_agent.c`, static, bound read-only at `SESSION_AGENT`), started by the
+spawn helper like any run, with its control socket as stdin. Each command then costs a fork
+and an exec inside: the agent sets it up with the records of its spawn (`native`: chdir,
+umask, rlimits, its environment, the exec), plus Landlock's signal scope where the kernel
+has it (ABI 6), so that no command can signal the agent or anything outside its own domain;
+the agent is not dumpable (no ptrace, no /proc/PID/fd) and bwrap's seccomp refuses ptrace
+anyway. The guards of the protected paths are watched during each command, the new
+repositories a command made are disarmed after it, its refusals explained, as after a run.
+
+Not yet: allowlist networking (its proxy lives for one run: a typed refusal), a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.agent_process import (
+    AgentProcess,
+    agent_argv,
+    session_agent,
+    start_agent,
+)
+from mechasandbox.backends.agent_session import AgentSession
+from mechasandbox.backends.execute import disarm_after, prepare_run
+from mechasandbox.backends.linux.bwrap_compiler import SESSION_AGENT, BwrapCommand
+from mechasandbox.backends.linux.bwrap_hooks import LANDLOCK_SCOPE_ABI, landlock_abi
+from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
+from mechasandbox.backends.refusal_hints import explained
+from mechasandbox.backends.resources import run_rlimits
+from mechasandbox.backends.session_base import BackendSession, SessionSettings, no_sessions
+from mechasandbox.backends.template import Job
+from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
+from mechasandbox.domain.limits import Limits
+from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.request import RunRequest, Terminal
+from mechasandbox.domain.result import RunResult
+from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
+from mechasandbox.runner.spec import ChildHook, SpawnSpec
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend, BwrapSetting
+
+NAME = "bubblewrap"
+# Landlock's signal scope (ABI 6, include/uapi/linux/landlock.h).
+SCOPE_SIGNAL = 1 << 1
+
+
+def command_scope(abi: int) -> tuple[ChildHook, ...]:
+    """Each command's own Landlock domain, scoping signals (none without ABI 6)."""
+    if abi < LANDLOCK_SCOPE_ABI:
+        return ()
+    return (ChildHook(target=SCOPE_TARGET, argument={"abi": abi, "scoped": SCOPE_SIGNAL}),)
+
+
+@attrs.define(eq=False)
+class BwrapSessionSandbox:
+    """A running session's bwrap and what it holds (see `agent_session.SessionSandbox`)."""
+
+    backend: BubblewrapBackend
+    job: Job
+    setting: BwrapSetting
+    command: BwrapCommand
+    guards: GuardSet
+    manager: CgroupManager | None
+    cgroup: CgroupRun | None
+    scope: tuple[ChildHook, ...]
+    process: AgentProcess | None = None
+    _closed: bool = False
+
+    def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
+        if isinstance(request.stdin, Terminal):
+            problem = "a session gives its commands no terminal: run it on its own"
+            return Failure(ConfigInvalid(problem=problem, field="stdin"))
+        policy = self.job.policy
+        return Success(
+            SpawnSpec(
+                argv=request.argv,
+                env=self.command.environment,
+                cwd=self.job.workspace,
+                stdin=request.stdin,
+                on_output=request.on_output,
+                timeout_s=limits.timeout_s,
+                max_output_bytes=limits.max_output_bytes,
+                umask=policy.filesystem.umask,
+                rlimits=run_rlimits(limits, self.backend.cgroups),
+                hooks=self.scope,
+                executable=request.argv[0],
+                watch=self.guards.watcher(),
+            )
+        )
+
+    def counters(self) -> CgroupEvents | None:
+        if self.manager is None or self.cgroup is None:
+            return None
+        try:
+            return self.manager.events(self.cgroup)
+        except OSError:
+            return None
+
+    def finished(
+        self, result: Result[RunResult, SandboxError], started_ns: int
+    ) -> Result[RunResult, SandboxError]:
+        job, backend = self.job, self.backend
+        late = self.guards.warnings()
+        if late and isinstance(result, Success):
+            value = result.unwrap()
+            result = Success(attrs.evolve(value, warnings=value.warnings + late))
+        result = disarm_after(result, job.workspace, job.policy, started_ns, backend.git)
+        return explained(
+            result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
+        )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.process is not None:
+                await self.process.end()
+        finally:
+            self.guards.close()
+            if self.manager is not None and self.cgroup is not None:
+                with contextlib.suppress(OSError):
+                    self.manager.destroy(self.cgroup)
+            self.backend.close_setting(self.setting, self.job.workspace)
+
+
+async def open_bwrap_session(
+    backend: BubblewrapBackend, workspace: str, policy: Policy, settings: SessionSettings
+) -> Result[BackendSession, SandboxError]:
+    """Set the sandbox up as a one-shot run of `policy` in `workspace` would be, with the
+    agent as its command, and wait for the agent's HELLO."""
+    found = session_agent(NAME, backend.runner)
+    if isinstance(found, Failure):
+        return Failure(found.failure())
+    agent = found.unwrap()
+    if policy.network.mode is NetworkMode.ALLOWLIST:
+        why = "allowlist networking has none yet (its proxy lives for one run): use none or full"
+        return Failure(no_sessions(NAME, why))
+    request = RunRequest(argv=agent_argv(SESSION_AGENT, settings), workspace=workspace)
+    policy = backend.with_toolchains(request, policy, backend.host)
+    prepared = prepare_run(backend, request, policy, backend.git)
+    if isinstance(prepared, Failure):
+        return Failure(prepared.failure())
+    warnings, real, chosen, files = prepared.unwrap()
+    opened = backend.open_setting(real, chosen)
+    if isinstance(opened, Failure):
+        return Failure(opened.failure())
+    setting = opened.unwrap()
+    job = Job(
+        request=request,
+        policy=chosen,
+        host=backend.host,
+        workspace=real,
+        warnings=warnings,
+        file_placeholders=files,
+    )
+    compiled = backend.compile(job, setting, agent=agent)
+    if isinstance(compiled, Failure):
+        backend.close_setting(setting, real)
+        return Failure(compiled.failure())
+    launch = compiled.unwrap()
+    command, _unix = launch.compiled
+    backend.placeholders.created(real, command.placeholders, files)
+    backend.placeholders.make(real, command.placeholders)
+    manager = launch.cgroups if isinstance(launch.cgroups, CgroupManager) else None
+    sandbox = BwrapSessionSandbox(
+        backend=backend,
+        job=job,
+        setting=setting,
+        command=command,
+        guards=GuardSet(command.guards + tuple((p, "write") for p in command.placeholders)),
+        manager=manager,
+        cgroup=None,
+        scope=command_scope(landlock_abi()),
+    )
+    spec = attrs.evolve(launch.spec, timeout_s=None, stdin=None, on_output=None)
+    if manager is not None:
+        try:
+            sandbox.cgroup = manager.create(chosen.limits)
+        except OSError as error:
+            await sandbox.aclose()
+            return Failure(BackendFailed(backend=NAME, reason=f"cgroup: {error}"))
+        spec = attrs.evolve(spec, cgroup_procs=spec.cgroup_procs + sandbox.cgroup.procs_files)
+    started = await start_agent(NAME, backend.runner, spec)
+    if isinstance(started, Failure):
+        await sandbox.aclose()
+        return Failure(started.failure())
+    channel, sandbox.process = started.unwrap()
+    return Success(
+        AgentSession(
+            name=NAME,
+            workspace=real,
+            policy=chosen,
+            channel=channel,
+            sandbox=sandbox,
+            settings=settings,
+            warnings=warnings + launch.warnings,
+        )
+    )

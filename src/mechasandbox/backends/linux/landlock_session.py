@@ -1,0 +1,195 @@
+"""Landlock sessions: a confined, long-lived agent that forks each command.
+
+The agent is started by the spawn helper as a one-shot landlock run of the same policy would
+start its command, with the policy's `isolate` applied to it before its exec (every
+capability dropped, no_new_privs, the seccomp filter): so the agent, and every command it
+forks, holds no capability and passes the filter (both inherit). Each command is then set up
+by the one-shot run's own records (`native`): `isolate` again and `restrict_self`, the
+policy's Landlock domain with its rules expanded for that command (so what the host carved
+out, protected paths, is read anew each time) and its scopes (ABI 6: no signal out of the
+domain, so none to the agent; no abstract unix socket out of it). The agent itself is in no
+Landlock domain (its binary, beside this package, is not a path the policy grants); it is
+not dumpable, so a command can neither trace it nor open its descriptors, and a command's
+domain keeps it from tracing anything outside. The session keeps one private TMPDIR and
+HOME, and one cgroup, for its life.
+
+Not yet: allowlist networking (its proxy lives for one run: a typed refusal), a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from mechasandbox.backends.agent_process import (
+    AgentProcess,
+    agent_argv,
+    session_agent,
+    start_agent,
+)
+from mechasandbox.backends.agent_session import AgentSession
+from mechasandbox.backends.execute import disarm_after, prepare_run
+from mechasandbox.backends.linux.landlock_compiler import LandlockRuleset
+from mechasandbox.backends.refusal_hints import explained
+from mechasandbox.backends.resources import run_rlimits
+from mechasandbox.backends.session_base import BackendSession, SessionSettings, no_sessions
+from mechasandbox.backends.template import Job
+from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
+from mechasandbox.domain.limits import Limits
+from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.request import RunRequest, Terminal
+from mechasandbox.domain.result import RunResult
+from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
+from mechasandbox.runner.spec import ChildHook, SpawnSpec
+
+if TYPE_CHECKING:
+    from mechasandbox.backends.linux.landlock import LandlockBackend, LandlockSetting
+
+NAME = "landlock"
+
+
+@attrs.define(eq=False)
+class LandlockSessionSandbox:
+    """A running session's agent and what it holds (see `agent_session.SessionSandbox`)."""
+
+    backend: LandlockBackend
+    job: Job
+    setting: LandlockSetting
+    ruleset: LandlockRuleset
+    hooks: tuple[ChildHook, ...]
+    manager: CgroupManager | None
+    cgroup: CgroupRun | None = None
+    process: AgentProcess | None = None
+    _closed: bool = False
+
+    def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
+        if isinstance(request.stdin, Terminal):
+            problem = "a session gives its commands no terminal: run it on its own"
+            return Failure(ConfigInvalid(problem=problem, field="stdin"))
+        return Success(
+            SpawnSpec(
+                argv=request.argv,
+                env=self.ruleset.env,
+                cwd=self.job.workspace,
+                stdin=request.stdin,
+                on_output=request.on_output,
+                timeout_s=limits.timeout_s,
+                max_output_bytes=limits.max_output_bytes,
+                umask=self.job.policy.filesystem.umask,
+                rlimits=run_rlimits(limits, self.backend.cgroups),
+                hooks=self.hooks,
+                executable=request.argv[0],
+            )
+        )
+
+    def counters(self) -> CgroupEvents | None:
+        if self.manager is None or self.cgroup is None:
+            return None
+        try:
+            return self.manager.events(self.cgroup)
+        except OSError:
+            return None
+
+    def finished(
+        self, result: Result[RunResult, SandboxError], started_ns: int
+    ) -> Result[RunResult, SandboxError]:
+        job, backend = self.job, self.backend
+        result = disarm_after(result, job.workspace, job.policy, started_ns, backend.git)
+        return explained(
+            result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
+        )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.process is not None:
+                await self.process.end()
+        finally:
+            if self.manager is not None and self.cgroup is not None:
+                with contextlib.suppress(OSError):
+                    self.manager.destroy(self.cgroup)
+            self.backend.close_setting(self.setting, self.job.workspace)
+
+
+async def open_landlock_session(
+    backend: LandlockBackend, workspace: str, policy: Policy, settings: SessionSettings
+) -> Result[BackendSession, SandboxError]:
+    """Start the agent as a one-shot run's command would start (its isolation applied),
+    and wait for its HELLO."""
+    found = session_agent(NAME, backend.runner)
+    if isinstance(found, Failure):
+        return Failure(found.failure())
+    agent = found.unwrap()
+    if policy.network.mode is NetworkMode.ALLOWLIST:
+        why = "allowlist networking has none yet (its proxy lives for one run): use none or full"
+        return Failure(no_sessions(NAME, why))
+    request = RunRequest(argv=agent_argv(agent, settings), workspace=workspace)
+    policy = backend.with_toolchains(request, policy, backend.host)
+    prepared = prepare_run(backend, request, policy, backend.git)
+    if isinstance(prepared, Failure):
+        return Failure(prepared.failure())
+    warnings, real, chosen, files = prepared.unwrap()
+    opened = backend.open_setting(real, chosen)
+    if isinstance(opened, Failure):
+        return Failure(opened.failure())
+    setting = opened.unwrap()
+    job = Job(
+        request=request,
+        policy=chosen,
+        host=backend.host,
+        workspace=real,
+        warnings=warnings,
+        file_placeholders=files,
+    )
+    compiled = backend.compile(job, setting, agent=agent)
+    if isinstance(compiled, Failure):
+        backend.close_setting(setting, real)
+        return Failure(compiled.failure())
+    launch = compiled.unwrap()
+    manager = launch.cgroups if isinstance(launch.cgroups, CgroupManager) else None
+    sandbox = LandlockSessionSandbox(
+        backend=backend,
+        job=job,
+        setting=setting,
+        ruleset=launch.compiled,
+        hooks=launch.spec.hooks,
+        manager=manager,
+    )
+    # The agent: isolated (the ahead hook), no rlimits (each command has its own), no
+    # Landlock domain of its own (see the module's docstring).
+    spec = attrs.evolve(
+        launch.spec,
+        timeout_s=None,
+        stdin=None,
+        on_output=None,
+        rlimits=(),
+        hooks=tuple(hook for hook in launch.spec.hooks if hook.ahead),
+    )
+    if manager is not None:
+        try:
+            sandbox.cgroup = manager.create(chosen.limits)
+        except OSError as error:
+            await sandbox.aclose()
+            return Failure(BackendFailed(backend=NAME, reason=f"cgroup: {error}"))
+        spec = attrs.evolve(spec, cgroup_procs=spec.cgroup_procs + sandbox.cgroup.procs_files)
+    started = await start_agent(NAME, backend.runner, spec)
+    if isinstance(started, Failure):
+        await sandbox.aclose()
+        return Failure(started.failure())
+    channel, sandbox.process = started.unwrap()
+    return Success(
+        AgentSession(
+            name=NAME,
+            workspace=real,
+            policy=chosen,
+            channel=channel,
+            sandbox=sandbox,
+            settings=settings,
+            warnings=warnings + launch.warnings,
+        )
+    )
