@@ -15,7 +15,7 @@ from anyio.from_thread import start_blocking_portal
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.oci import lifeline, live, protection
-from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, tail
+from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, remote_engine, tail
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     compile_container_args,
@@ -241,9 +241,8 @@ class ContainerPool:
         return f"cannot start a pool container: {attached.failure_reason()}"
 
     async def _find_cgroup(self, member: _Member) -> ProcessCgroup | None:
-        env = dict(self.backend.host.env)
-        if any(env.get(name) for name in ("DOCKER_HOST", "CONTAINER_HOST", "DOCKER_CONTEXT")):
-            return None  # a remote engine: its cgroups are not ours to read
+        if remote_engine(self.backend.host):
+            return None  # its cgroups are not ours to read
         pid = await self.engine.pid(member.name)
         return ProcessCgroup.of(pid) if pid is not None else None
 

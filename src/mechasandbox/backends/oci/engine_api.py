@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -119,6 +120,14 @@ class EngineApi:
         found = document.get("State") if isinstance(document, dict) else None
         return found if isinstance(found, dict) else None
 
+    async def image(self, name: str) -> dict[str, Any] | None:
+        """The image's `inspect` document (its `Config`: `Env`, `Cmd`...); None if none."""
+        answer = await self.request("GET", f"/images/{quote(name, safe='')}/json")
+        if isinstance(answer, Unreachable) or answer.status != 200:
+            return None
+        document = answer.json()
+        return document if isinstance(document, dict) else None
+
     async def remove(self, name: str) -> bool:
         """`rm --force` (kill, then remove at once): whether the engine has it no more."""
         answer = await self.request("DELETE", f"/containers/{quote(name)}?force=1")
@@ -152,3 +161,19 @@ async def locate(cli: EngineCli, *, podman: bool) -> EngineApi | None:
     api = EngineApi(path)
     ping = await api.request("GET", "/_ping", timeout_s=5.0)
     return api if isinstance(ping, Answer) and ping.status == 200 else None
+
+
+class EngineApis:
+    """The API socket of each engine CLI this process calls (`locate`d once per CLI)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[str, EngineApi | None] = {}
+
+    async def get(self, cli: EngineCli, *, podman: bool) -> EngineApi | None:
+        with self._lock:
+            if cli.executable in self._found:
+                return self._found[cli.executable]
+        found = await locate(cli, podman=podman)
+        with self._lock:
+            return self._found.setdefault(cli.executable, found)

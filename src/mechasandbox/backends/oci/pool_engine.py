@@ -11,7 +11,7 @@ from returns.result import Failure, Success
 
 from mechasandbox.backends.oci.cli import EngineCli, gone
 from mechasandbox.backends.oci.engine import OciBackend
-from mechasandbox.backends.oci.engine_api import EngineApi, locate
+from mechasandbox.backends.oci.engine_api import EngineApi
 
 
 class PoolEngine:
@@ -35,7 +35,8 @@ class PoolEngine:
     async def api(self) -> EngineApi | None:
         """The engine's API socket, where there is one: found once."""
         if not self._located:
-            found = await locate(self.cli(), podman=self.backend.kind == "podman")
+            cli = self.cli()
+            found = await self.backend.state.apis.get(cli, podman=self.backend.kind == "podman")
             with self._lock:
                 if not self._located:
                     self._api, self._located = found, True
