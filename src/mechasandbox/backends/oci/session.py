@@ -19,6 +19,8 @@ agent's stdin and stdout (`--pipes`, `StdioMode.FRAMED`: the command's output an
 travel as frames, since no descriptor crosses the engine). That holds for every runtime,
 gVisor included.
 
+Podman's CLI runs in a spawn helper of the session's own (see `open_oci_session`).
+
 The caller's death ends it: the socket's host end closes, so the CLI's stdin ends, the
 engine closes the agent's, and the agent kills the command under way and exits (PID 1:
 the container stops); the spawn helper, which outlives the caller, kills the CLI and runs
@@ -61,6 +63,7 @@ from mechasandbox.domain.request import RunRequest, Terminal
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupEvents, ProcessCgroup
 from mechasandbox.limits.rlimits import rlimits_for
+from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.session_protocol import StdioMode
 from mechasandbox.runner.spec import SpawnSpec
 
@@ -84,6 +87,7 @@ class OciSessionSandbox:
     placeholders: tuple[str, ...]
     cgroup: ProcessCgroup | None = None
     process: AgentProcess | None = None
+    launcher: HelperProcessRunner | None = None  # podman's: a spawn helper of its own
     _closed: bool = False
 
     def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
@@ -133,6 +137,8 @@ class OciSessionSandbox:
                 if self.process is not None:
                     await self.process.end()
             finally:
+                if self.launcher is not None:
+                    self.launcher.close()
                 removed = await _remove(self.backend, self.cli, self.api, self.run.name)
                 self.guards.close()
                 if removed:
@@ -236,8 +242,14 @@ async def open_oci_session(
     )
     removal = (cli.executable, *backend._remove_args(run.name, info.traits))
     spec = attrs.evolve(cli.spec(args, timeout_s=None), on_host_loss=removal)
+    launcher = backend.runner
+    if backend.kind == "podman":
+        # podman daemonizes conmon out of the CLI's session; the spawn helper kills such a
+        # stray whenever one of its runs ends: the session's CLI gets a helper of its own,
+        # where no other run ends while it lives.
+        launcher = sandbox.launcher = HelperProcessRunner()
     started = await start_agent(
-        name, backend.runner, spec, mode=StdioMode.FRAMED, hello_timeout_s=HELLO_TIMEOUT_S
+        name, launcher, spec, mode=StdioMode.FRAMED, hello_timeout_s=HELLO_TIMEOUT_S
     )
     if isinstance(started, Failure):
         await sandbox.aclose()
