@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import socket
 
@@ -245,11 +246,20 @@ class AgentChannel:
             raise
 
     async def _until_last_word(self, supervision: Supervision) -> None:
+        # An agent that does not answer its KILL is lost (a command stopped it: gVisor lets
+        # a container's process signal its PID 1): the session ends rather than hang.
+        answer_by = math.inf
         while supervision.last is None and self.ended is None:
-            with anyio.CancelScope(deadline=supervision.wake_at(), shield=supervision.killing):
+            wake = min(supervision.wake_at(), answer_by)
+            with anyio.CancelScope(deadline=wake, shield=supervision.killing):
                 await self._take(supervision)
-            if supervision.tick(anyio.current_time()):
+            now = anyio.current_time()
+            if supervision.last is None and now >= answer_by:
+                self._lost(f"the agent did not answer a kill within {KILL_ANSWER_S:g} s")
+                return
+            if supervision.tick(now):
                 await self._send(protocol.kill_frame())
+                answer_by = min(answer_by, now + KILL_ANSWER_S)
 
     async def _take(self, supervision: Supervision) -> None:
         """One message of the agent's, handed to the supervision."""
