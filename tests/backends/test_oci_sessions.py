@@ -270,16 +270,20 @@ def test_the_callers_death_leaves_no_container(backend: Backend, tmp_path: pathl
     assert caller.stdout.readline() == b"ready\n"
     label = f"label={LABEL_OWNER}={owner_id().rsplit(':', 1)[0]}:{caller.pid}"
     listing = [backend.name, "ps", "--all", "--quiet", "--filter", label]
-    assert subprocess.run(listing, capture_output=True, text=True).stdout.split() != []
+
+    def listed() -> list[str]:
+        return subprocess.run(listing, check=True, capture_output=True, text=True).stdout.split()
+
+    assert listed() != []
     caller.kill()
     caller.wait()
     caller.stdout.close()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if subprocess.run(listing, capture_output=True, text=True).stdout.split() == []:
+        if listed() == []:
             break
         time.sleep(0.2)
-    assert subprocess.run(listing, capture_output=True, text=True).stdout.split() == []
+    assert listed() == []
 
 
 def _engine_param(backend: Backend) -> str:
