@@ -21,6 +21,7 @@ from mechasandbox.backends.base import Backend
 from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
 from mechasandbox.backends.oci.cli import owner_id
 from mechasandbox.backends.oci.compiler import LABEL_OWNER
+from mechasandbox.backends.session_base import SessionSettings
 from mechasandbox.domain.errors import BackendFailed, MemoryLimit, SpawnFailed, Timeout
 from mechasandbox.domain.limits import MIB, Limits
 from mechasandbox.domain.policy import Enforcement, Policy
@@ -290,3 +291,34 @@ def _engine_param(backend: Backend) -> str:
     if isinstance(backend, DockerBackend) and backend.runtime is Runtime.RUNSC:
         return "docker-runsc"
     return backend.name
+
+
+# --- the warm pool of sessions ------------------------------------------------------------
+def test_the_pool_hands_out_ready_sessions_never_one_used_before(
+    runner: HelperProcessRunner, tmp_path: pathlib.Path
+) -> None:
+    from mechasandbox.backends.oci import PooledBackend, PoolSettings
+
+    docker = make_backend("docker", runner)
+    assert isinstance(docker, DockerBackend)
+    pooled = PooledBackend(backend=docker, settings=PoolSettings(size=1))
+    settings = SessionSettings()
+    try:
+        pooled.sessions.warm(str(tmp_path), POLICY, settings)
+        deadline = time.monotonic() + 30
+        while pooled.sessions.ready() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pooled.sessions.ready() == 1
+        sandbox = Sandbox(backend=pooled, policy=POLICY)
+        seen = []
+        for _ in range(2):
+            with sandbox.session_sync(workspace=str(tmp_path), settings=settings) as s:
+                seen.append(sh(s, "hostname; cat /proc/1/cpuset 2>/dev/null; ls /tmp"))
+                sh(s, "touch /tmp/left-behind")
+        assert b"left-behind" not in seen[1]  # a fresh container each time
+        deadline = time.monotonic() + 30
+        while pooled.sessions.ready() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pooled.close()
+    assert leftovers("docker") == []
