@@ -1,7 +1,8 @@
 """Calling an engine's CLI (`docker`, `podman`): its environment, its specs, its answers.
 
 Everything is driven through the engine's CLI, spawned by the injected `ProcessRunner`
-(why the CLI and not docker-py: see docs/backends-containers.md).
+(why the CLI, and where the API socket instead: docs/backends-containers.md, "The engine
+client").
 """
 
 from __future__ import annotations
