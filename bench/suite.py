@@ -17,6 +17,10 @@ Prints a table and writes the same figures as JSON to `bench/results/` (gitignor
    (`bench/sessions_bench.py`).
 8. the `ray` backend on a two-node cluster in network namespaces (`bench/ray_bench.py`,
    root and the `ray` extra): the latency it adds to `true`, throughput on one node and two.
+   (`bench/sessions_bench.py`);
+9. containers: 20 one-shot runs back to back through docker's warm pool next to a cold
+   `docker run`, and `true` in docker and podman sessions next to llm-sandbox's session
+   (`bench/pool_back_to_back.py`, `bench/oci_sessions_bench.py`).
 
     PYTHONPATH=src python bench/suite.py [--quick] [--runs N] [--seconds S] [--skip docker,...]
 """
@@ -542,6 +546,31 @@ def warm_pool(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any
     return {"command": f"bench/oci_latency.py docker {rounds}", "output": output}
 
 
+def containers(contenders: Contenders, args: argparse.Namespace) -> dict[str, Any]:
+    """Docker's one-shot pool back to back (`bench/pool_back_to_back.py`), and container
+    sessions next to llm-sandbox's and a cold `docker run` (`bench/oci_sessions_bench.py`,
+    which installs llm-sandbox in a venv of its own); skipped without a docker engine."""
+    scripts = (
+        ("pool_back_to_back.py", ["--rounds", "2" if args.quick else "4"]),
+        ("oci_sessions_bench.py", ["--rounds", "3" if args.quick else "8", "--podman"]),
+    )
+    if contenders.docker is None:
+        return {"command": "", "output": "(skipped: no docker backend here)"}
+    outputs, commands = [], []
+    for script, options in scripts:
+        done = subprocess.run(
+            [sys.executable, str(HERE / script), *options],
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        outputs.append(done.stdout.strip() or f"(failed: {done.stderr.strip()[-300:]})")
+        commands.append(f"bench/{script} {' '.join(options)}")
+    return {"command": "; ".join(commands), "output": "\n\n".join(outputs)}
+
+
 def sessions(args: argparse.Namespace) -> dict[str, Any]:
     """Sessions (`bench/sessions_bench.py`): `true` in a bubblewrap and a landlock session
     next to bare `subprocess.run`, interleaved; the time to open one."""
@@ -641,6 +670,9 @@ def print_report(report: dict[str, Any]) -> None:
     if "ray" in report:
         print(f"\n## ray backend ({report['ray']['command']})")
         print(report["ray"]["output"])
+    if "containers" in report:
+        print(f"\n## container pool and sessions ({report['containers']['command']})")
+        print(report["containers"]["output"])
 
 
 SECTIONS = (
@@ -654,6 +686,7 @@ SECTIONS = (
     "pool",
     "sessions",
     "ray",
+    "containers",
 )
 
 
@@ -727,6 +760,8 @@ def main() -> None:
                     report[section] = sessions(args)
                 elif section == "ray":
                     report[section] = ray(args)
+                elif section == "containers":
+                    report[section] = containers(contenders, args)
                 report.setdefault("section_seconds", {})[section] = round(
                     time.perf_counter() - section_started, 1
                 )

@@ -29,6 +29,7 @@ from mechasandbox.backends.oci import (
 )
 from mechasandbox.backends.oci.cli import owner_id
 from mechasandbox.backends.oci.compiler import LABEL_OWNER
+from mechasandbox.backends.oci.engine_api import EngineApi, locate
 from mechasandbox.domain import MIB, MemoryLimit, RunRequest, Timeout
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner.runner import HelperProcessRunner
@@ -319,6 +320,10 @@ class OciPoolContract(OciContract):
             self.backend_class(runner=flaky, image=TEST_IMAGE), PoolSettings(size=1)
         )
         require_available(backend)
+        cli = backend.backend._cli(backend.backend._engine().unwrap()[2])
+        api = await locate(cli, podman=backend.backend.kind == "podman")
+        if api is not None:  # its removals fail too: the pool falls back to the CLI's
+            backend.pool.engine.use_api(_RefusingApi(api.socket_path))
         ok(await backend.run(RunRequest(argv=["true"], workspace=str(tmp_path)), policy()))
         for _ in range(100):  # discarded after use, in the background
             if flaky.refused is not None:
@@ -328,6 +333,14 @@ class OciPoolContract(OciContract):
         assert flaky.refused in self.all_containers()  # the failed removal left it there
         backend.close()
         assert flaky.refused not in self.all_containers()
+
+
+@attrs.frozen
+class _RefusingApi(EngineApi):
+    """The engine's API, except that no container is ever removed through it."""
+
+    async def remove(self, name: str) -> bool:
+        return False
 
 
 class _FirstRemovalFails:

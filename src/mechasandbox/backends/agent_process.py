@@ -91,20 +91,27 @@ class AgentProcess:
 
 
 async def start_agent(
-    backend: str, runner: ProcessRunner, spec: SpawnSpec
+    backend: str,
+    runner: ProcessRunner,
+    spec: SpawnSpec,
+    *,
+    mode: StdioMode = StdioMode.FDS,
+    hello_timeout_s: float = HELLO_TIMEOUT_S,
 ) -> Result[tuple[AgentChannel, AgentProcess], SandboxError]:
-    """Start `spec` (whose command is the agent) and wait for its HELLO."""
+    """Start `spec` (whose command is the agent) and wait for its HELLO. `mode`: FRAMED for
+    an agent that speaks on its stdio through a launcher that relays them (an engine CLI
+    attached to its container: the channel is then its stdout too)."""
     assert isinstance(runner, HelpedRunner)  # checked by `session_agent`
     host_end, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with inside:
-        started = runner.start(spec, inside.fileno())
+        started = runner.start(spec, inside.fileno(), stdout=mode is StdioMode.FRAMED)
     if isinstance(started, Failure):
         host_end.close()
         return Failure(started.failure())
     process = AgentProcess(started.unwrap())
-    channel = AgentChannel.over_socket(host_end, backend=backend, mode=StdioMode.FDS)
-    hello: Result[object, str] = Failure(f"the agent did not answer in {HELLO_TIMEOUT_S:g} s")
-    with anyio.move_on_after(HELLO_TIMEOUT_S):
+    channel = AgentChannel.over_socket(host_end, backend=backend, mode=mode)
+    hello: Result[object, str] = Failure(f"the agent did not answer in {hello_timeout_s:g} s")
+    with anyio.move_on_after(hello_timeout_s):
         hello = await channel.wait_hello()
     if isinstance(hello, Failure):
         channel.close()

@@ -275,7 +275,9 @@ class AgentChannel:
         """The channel and the command's output pipes (`pipes`: fd -> stream), until the
         agent's last word and the output's end (or its grace period). One selector holds
         them all and the event loop waits on the selector's own descriptor: one wait per
-        event, whichever is ready, rather than a task per pipe and a wake-up for each."""
+        event, whichever is ready, rather than a task per pipe and a wake-up for each. An
+        agent that does not answer its KILL is lost (a command stopped it: gVisor lets a
+        container's process signal its PID 1): the session ends rather than hang."""
         channel = self._read_fd
         with selectors.DefaultSelector() as selector:
             selector.register(channel, selectors.EVENT_READ)
@@ -283,8 +285,11 @@ class AgentChannel:
                 selector.register(fd, selectors.EVENT_READ)
             watching = True  # the channel: until the last word
             drain_until = math.inf
+            answer_by = math.inf
             while True:
                 now = anyio.current_time()
+                if watching and supervision.last is None and now >= answer_by:
+                    self._lost(f"the agent did not answer a kill within {KILL_ANSWER_S:g} s")
                 if watching and (supervision.last is not None or self.ended is not None):
                     selector.unregister(channel)
                     watching = False
@@ -295,25 +300,38 @@ class AgentChannel:
                 ready = selector.select(0)
                 if not ready:
                     waiting_for_kill = supervision.killing and supervision.last is None
-                    deadline = min(supervision.wake_at(), drain_until)
+                    deadline = min(supervision.wake_at(), drain_until, answer_by)
                     with anyio.CancelScope(deadline=deadline, shield=waiting_for_kill):
                         await anyio.wait_readable(selector.fileno())
                     ready = selector.select(0)
-                for key, _ in ready:
-                    if key.fd == channel:
-                        for message in self._read_messages():
-                            self._handle(supervision, message, anyio.current_time())
-                        continue
-                    try:
-                        data = os.read(key.fd, READ_CHUNK)
-                    except BlockingIOError:
-                        continue
-                    supervision.output(pipes[key.fd], data)
-                    if not data:
-                        selector.unregister(key.fd)
-                        del pipes[key.fd]
-                if supervision.tick(anyio.current_time()):  # the deadline, a watch, a sink
+                self._read_ready(ready, selector, supervision, pipes)
+                now = anyio.current_time()
+                if supervision.tick(now):  # the deadline, a watch, a sink
                     await self._send(protocol.kill_frame())
+                    answer_by = min(answer_by, now + KILL_ANSWER_S)
+
+    def _read_ready(
+        self,
+        ready: list[tuple[selectors.SelectorKey, int]],
+        selector: selectors.BaseSelector,
+        supervision: Supervision,
+        pipes: dict[int, int],
+    ) -> None:
+        """What the ready descriptors hold: the agent's words, the command's output (a pipe
+        at its end leaves the selector)."""
+        for key, _ in ready:
+            if key.fd == self._read_fd:
+                for message in self._read_messages():
+                    self._handle(supervision, message, anyio.current_time())
+                continue
+            try:
+                data = os.read(key.fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            supervision.output(pipes[key.fd], data)
+            if not data:
+                selector.unregister(key.fd)
+                del pipes[key.fd]
 
     async def _take(self, supervision: Supervision) -> None:
         """One message of the agent's, handed to the supervision."""

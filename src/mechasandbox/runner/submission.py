@@ -139,16 +139,18 @@ def _submit_with_terminal(
 
 
 def submit_with_channel(
-    helper: SpawnHelperClient, spec: SpawnSpec, channel: int
+    helper: SpawnHelperClient, spec: SpawnSpec, channel: int, *, stdout: bool = False
 ) -> Result[Submitted, SpawnFailed]:
     """Start `spec` as a long-lived process whose stdin is `channel` (a session agent's end
-    of its control socket, see `session_client`), whose stdout is /dev/null and whose stderr
-    is a pipe the host reads when the process ends (a launcher's own message: bwrap's).
+    of its control socket, see `session_client`), whose stdout is /dev/null (`stdout`: the
+    channel too, for an agent that speaks on its stdio: an engine CLI attached to a
+    container) and whose stderr is a pipe the host reads when the process ends (a
+    launcher's own message: bwrap's).
     `spec.stdin` is not used. Nobody supervises it: the caller reads the run's socket for
     its end, and closing that socket kills its whole tree."""
     remote = [
         os.dup(channel),
-        os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC),
+        os.dup(channel) if stdout else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC),
     ]
     err_r, err_w = os.pipe()
     remote.append(err_w)
@@ -194,9 +196,11 @@ class HelpedRunner:
         if prestart:
             self._helper.prestart()
 
-    def start(self, spec: SpawnSpec, channel: int) -> Result[Submitted, SpawnFailed]:
+    def start(
+        self, spec: SpawnSpec, channel: int, *, stdout: bool = False
+    ) -> Result[Submitted, SpawnFailed]:
         """Start a session's sandbox (see `submit_with_channel`), unsupervised."""
-        return submit_with_channel(self._helper, spec, channel)
+        return submit_with_channel(self._helper, spec, channel, stdout=stdout)
 
     def close(self) -> None:
         """Kill every run still going and stop the helper."""

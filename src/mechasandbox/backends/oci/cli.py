@@ -1,7 +1,8 @@
 """Calling an engine's CLI (`docker`, `podman`): its environment, its specs, its answers.
 
 Everything is driven through the engine's CLI, spawned by the injected `ProcessRunner`
-(why the CLI and not docker-py: see docs/backends-containers.md).
+(why the CLI, and where the API socket instead: docs/backends-containers.md, "The engine
+client").
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import attrs
 from returns.result import Failure, Result
 
+from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.oci.env_file import env_file_hook
 from mechasandbox.backends.oci.portal import Portal
 from mechasandbox.domain.errors import SpawnFailed
@@ -216,6 +218,13 @@ def unreachable(answer: Result[ProcessOutcome, SpawnFailed]) -> Unreachable | No
     if any(mark in text for mark in _LOST_MARKS):
         return Unreachable(tail(outcome.stderr, 300))
     return None
+
+
+def remote_engine(host: HostContext) -> bool:
+    """The engine may be on another host (`DOCKER_HOST`, `CONTAINER_HOST`, a context): its
+    containers' pids and cgroups are not this host's to read."""
+    env = dict(host.env)
+    return any(env.get(name) for name in ("DOCKER_HOST", "CONTAINER_HOST", "DOCKER_CONTEXT"))
 
 
 def owner_id() -> str:

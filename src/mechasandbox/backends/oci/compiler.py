@@ -137,7 +137,8 @@ class ContainerRun:
     default profile). `lifeline`: how the container is tied to this process (None: not
     tied, for an image without /bin/sh; see `lifeline`). `cidfile`: where the engine CLI
     writes the container's id (`--cidfile`), for finding its processes on this host if the
-    engine goes away (see `engine_loss`).
+    engine goes away (see `engine_loss`). `agent`: a session's container, whose process is
+    the session agent (see `oci.session`).
     """
 
     run_id: str
@@ -154,10 +155,24 @@ class ContainerRun:
     lifeline: Lifeline | None = None
     file_placeholders: FileContents = ()
     cidfile: str | None = None
+    agent: SessionAgent | None = None
 
     @property
     def name(self) -> str:
         return NAME_PREFIX + self.run_id
+
+
+# Where a session's agent binary is bound, read-only (it needs nothing from the image).
+AGENT_PATH = "/run/mechasandbox/agent"
+
+
+@attrs.frozen
+class SessionAgent:
+    """A session container's process: the static agent at `host_path` on this host, bound
+    read-only at `AGENT_PATH`, run with `arguments` (its channel, idle timeout, lifetime)."""
+
+    host_path: str
+    arguments: tuple[str, ...]
 
 
 def container_environment(policy: Policy, host: HostContext) -> dict[str, str]:
@@ -296,6 +311,8 @@ def _entry(
 ) -> list[str]:
     """The container's process: the command (behind the bridge script, under the
     watcher), or a pool's keeper."""
+    if run.agent is not None:
+        return [AGENT_PATH, *run.agent.arguments]
     if keeper:
         return keeper_argv() if run.lifeline is not None else list(KEEPER_ARGV)
     argv = request.argv if bridge is None else tuple(bridge_argv(bridge, request.argv))
@@ -312,9 +329,30 @@ def _input_mount(run: ContainerRun, *, keeper: bool) -> list[str]:
 def _extra_processes(run: ContainerRun, *, keeper: bool) -> int:
     """Processes of ours under the pids limit besides the command's: the keeper, or the
     watcher."""
-    if keeper:
+    if keeper or run.agent is not None:
         return 1
     return WATCHER_PROCESSES if run.lifeline is not None else 0
+
+
+def _process_args(
+    request: RunRequest, run: ContainerRun, engine: EngineTraits, *, keeper: bool
+) -> list[str]:
+    """Its init, and how the CLI stays attached (or not)."""
+    args: list[str] = []
+    if engine.init and run.lifeline is None and run.agent is None:
+        # A real PID 1 that reaps zombies and forwards signals; the command is its child.
+        # (A tied container's PID 1 is its watcher, which the command cannot signal; a
+        # session's is its agent, a child subreaper that kills what each command leaves.)
+        args.append("--init")
+        if engine.init_path is not None:
+            args += ["--init-path", engine.init_path]
+    if run.lifeline is not None or run.agent is not None:
+        args.append("--interactive")  # the lifeline, or the session agent's channel
+    elif request.stdin is not None and not keeper:
+        args.append("--interactive")
+    elif keeper:
+        args.append("--detach")
+    return args
 
 
 def compile_container_args(
@@ -351,6 +389,9 @@ def compile_container_args(
     """
     limits = policy.limits
     workspace = run.workspace
+    # A session's container is kept like a pool's: its agent starts each command with that
+    # command's own environment, from the records it is sent.
+    keeper = keeper or run.agent is not None
     if keeper:
         request = RunRequest(argv=KEEPER_ARGV, workspace=request.workspace)
         bridge = None
@@ -368,16 +409,7 @@ def compile_container_args(
         "--log-driver",
         "none",  # output goes to us only, not also to an unbounded log on the engine's disk
     ]
-    if engine.init and run.lifeline is None:
-        # A real PID 1 that reaps zombies and forwards signals; the command is its child.
-        # (A tied container's PID 1 is its watcher, which the command cannot signal.)
-        args.append("--init")
-        if engine.init_path is not None:
-            args += ["--init-path", engine.init_path]
-    if run.lifeline is not None or (request.stdin is not None and not keeper):
-        args.append("--interactive")
-    elif keeper:
-        args.append("--detach")
+    args += _process_args(request, run, engine, keeper=keeper)
     args += [
         "--network",
         "none",
@@ -405,6 +437,8 @@ def compile_container_args(
     args += _policy_mounts(run, engine)
     args += _bridge_mount(bridge)
     args += _input_mount(run, keeper=keeper)
+    if run.agent is not None:
+        args += _bind(run.agent.host_path, AGENT_PATH, readonly=True)
     args += ["--workdir", workspace]
     if limits.memory_bytes is not None:
         memory = str(limits.memory_bytes)

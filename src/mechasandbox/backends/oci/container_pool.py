@@ -15,7 +15,7 @@ from anyio.from_thread import start_blocking_portal
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.oci import lifeline, live, protection
-from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, tail
+from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, remote_engine, tail
 from mechasandbox.backends.oci.compiler import (
     ContainerRun,
     compile_container_args,
@@ -24,6 +24,7 @@ from mechasandbox.backends.oci.compiler import (
 from mechasandbox.backends.oci.engine import OciBackend
 from mechasandbox.backends.oci.lifeline import Attached, Lifeline
 from mechasandbox.backends.oci.policy_mounts import PolicyMounts
+from mechasandbox.backends.oci.pool_engine import PoolEngine
 from mechasandbox.backends.oci.pool_settings import (
     AfterUse,
     PoolExhausted,
@@ -52,6 +53,7 @@ _POLL_S = 0.02
 _MAINTENANCE_TICK_S = 0.1
 _START_TIMEOUT_S = 60.0
 _START_POLL_S = 0.05
+_START_POLL_API_S = 0.01  # an `inspect` on the socket costs 0.3 ms, an `exec` 50 ms
 _GONE_MARKERS = (b"No such container", b"no such container", b"is not running")
 
 
@@ -114,6 +116,7 @@ class ContainerPool:
         self._maintenance = Portal("mechasandbox-pool", background=self._expire)
         self._closed = False
         self._members: dict[str, _Member] = {}  # every container made and not yet removed
+        self.engine = PoolEngine(backend)
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -153,13 +156,10 @@ class ContainerPool:
     # -- engine calls --------------------------------------------------------------------
 
     def _cli(self) -> EngineCli:
-        return self.backend._cli(self.backend._engine().unwrap()[2])
+        return self.engine.cli()
 
     async def _remove(self, member: _Member) -> None:
-        cli = self._cli()
-        with anyio.CancelScope(shield=True):
-            removed = await cli.run(*self.backend._remove_args(member.name))
-        if gone(removed):
+        if await self.engine.remove(member.name):
             self._forget(member)
         # Otherwise it stays known: `close` and the exit handler remove it again.
 
@@ -217,7 +217,7 @@ class ContainerPool:
             return str(started.failure().message)
         if started.unwrap().exit_code != 0:
             return f"cannot start a pool container: {tail(started.unwrap().stderr)}"
-        if not await self._healthy(member):
+        if not await self.engine.running(member.name):
             return "a new pool container is unhealthy"
         return None
 
@@ -231,28 +231,20 @@ class ContainerPool:
             lifeline.tie(attrs.evolve(spec, timeout_s=None), removal=removal),
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
+        poll = _START_POLL_API_S if await self.engine.api() is not None else _START_POLL_S
         while not attached.done():
-            if await self._healthy(member):
+            if await self.engine.running(member.name):
                 return None
             if time.monotonic() > deadline:
                 return "a new pool container did not start in time"
-            await anyio.sleep(_START_POLL_S)
+            await anyio.sleep(poll)
         return f"cannot start a pool container: {attached.failure_reason()}"
 
-    async def _healthy(self, member: _Member) -> bool:
-        spec = self._cli().spec(("exec", member.name, "true"), timeout_s=20.0)
-        checked = await self.backend.runner.run(spec)
-        return isinstance(checked, Success) and checked.unwrap().exit_code == 0
-
     async def _find_cgroup(self, member: _Member) -> ProcessCgroup | None:
-        env = dict(self.backend.host.env)
-        if any(env.get(name) for name in ("DOCKER_HOST", "CONTAINER_HOST", "DOCKER_CONTEXT")):
-            return None  # a remote engine: its cgroups are not ours to read
-        inspected = await self._cli().run("inspect", "--format", "{{.State.Pid}}", member.name)
-        if isinstance(inspected, Failure) or inspected.unwrap().exit_code != 0:
-            return None
-        text = inspected.unwrap().stdout.decode().strip()
-        return ProcessCgroup.of(int(text)) if text.isdigit() and int(text) > 0 else None
+        if remote_engine(self.backend.host):
+            return None  # its cgroups are not ours to read
+        pid = await self.engine.pid(member.name)
+        return ProcessCgroup.of(pid) if pid is not None else None
 
     # -- slots ---------------------------------------------------------------------------
 
@@ -363,7 +355,7 @@ class ContainerPool:
                     self._discard(slot, member)
                     continue
                 stale = time.monotonic() - member.last_used > settings.health_check_after_s
-                if stale and not await self._healthy(member):
+                if stale and not await self.engine.running(member.name):
                     self._discard(slot, member)
                     continue
                 self._replenish(slot)
@@ -482,8 +474,7 @@ class ContainerPool:
 
     async def _kill(self, member: _Member) -> None:
         """Force-remove now (the timeout or cancel path): nothing the command started survives."""
-        with anyio.CancelScope(shield=True):
-            await self._cli().run(*self.backend._remove_args(member.name))
+        await self.engine.remove(member.name)
 
     def _result(
         self,
@@ -527,7 +518,7 @@ class ContainerPool:
                 )
             )
         gone = status not in (0, None) and any(m in outcome.stderr for m in _GONE_MARKERS)
-        if gone and not await self._healthy(member):
+        if gone and not await self.engine.running(member.name):
             reason = f"the pool container went away: {tail(outcome.stderr)}"
             return Failure(BackendFailed(backend=backend.name, reason=reason))
         events: CgroupEvents | None = None
@@ -541,7 +532,7 @@ class ContainerPool:
         elif (
             sig == signal.SIGKILL
             and policy.limits.memory_bytes is not None
-            and await self._oom_killed(member)
+            and await self.engine.oom_killed(member.name)
         ):
             detail = (
                 f"memory limit of {policy.limits.memory_bytes} bytes exceeded; "
@@ -549,11 +540,6 @@ class ContainerPool:
             )
             return Failure(MemoryLimit(detail=detail, partial=result))
         return classify(result, limits=policy.limits, timed_out=False, events=events)
-
-    async def _oom_killed(self, member: _Member) -> bool:
-        """Without the cgroup: the engine's OOMKilled flag (set when the keeper died too)."""
-        state = await self._cli().state(member.name)
-        return state is not None and bool(state.get("OOMKilled"))
 
     # -- shutting down -------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ from mechasandbox.backends.oci.protection import ProtectionLayout, protection_la
 from mechasandbox.backends.oci.state import EngineState
 from mechasandbox.backends.oci.text import check_text
 from mechasandbox.backends.outcome import classify, run_result
+from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.backends.unix_sockets import find_named_sockets
 from mechasandbox.backends.workspace.placeholders import FileContents
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
@@ -535,6 +536,14 @@ class OciBackend:
         # The CLI's rusage is not the container's: report none rather than a wrong figure.
         result = run_result(self.name, outcome, warnings=warnings)
         return attrs.evolve(result, exit_code=exit_code, signal=signal, usage=Usage())
+
+    async def open_session(
+        self, workspace: str, policy: Policy, settings: SessionSettings
+    ) -> Result[BackendSession, SandboxError]:
+        """One container for many commands, the session agent its process (see `session`)."""
+        from mechasandbox.backends.oci.session import open_oci_session
+
+        return await open_oci_session(self, workspace, policy, settings)
 
     async def reap_leftovers(
         self, *, include_live: bool = False

@@ -23,6 +23,9 @@ replacements, removes used containers, and stops containers idle for longer than
 maintenance and, like any run's, the backend's `EngineState` removes the containers;
 `reap_leftovers` covers pool containers (they carry the same labels as every other
 container of ours).
+
+Sessions (`open_session`) come from a pool of their own, ready sessions opened ahead per
+workspace, policy and settings (`session_pool`), `size` of each.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from mechasandbox.backends.oci.pool_settings import (
     POOLED_ALLOWLIST,
     PoolSettings,
 )
+from mechasandbox.backends.oci.session_pool import WarmSessions
+from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import BackendUnavailable, SandboxError
 from mechasandbox.domain.policy import NetworkMode, Policy
@@ -57,9 +62,14 @@ class PooledBackend:
     backend: OciBackend
     settings: PoolSettings = PoolSettings()
     _pool: ContainerPool = attrs.field(init=False, eq=False, repr=False)
+    _sessions: WarmSessions = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_pool", ContainerPool(self.backend, self.settings))
+        sessions = WarmSessions(
+            self.backend, size=self.settings.size, idle_timeout_s=self.settings.idle_timeout_s
+        )
+        object.__setattr__(self, "_sessions", sessions)
 
     @property
     def name(self) -> str:
@@ -68,6 +78,16 @@ class PooledBackend:
     @property
     def pool(self) -> ContainerPool:
         return self._pool
+
+    @property
+    def sessions(self) -> WarmSessions:
+        return self._sessions
+
+    async def open_session(
+        self, workspace: str, policy: Policy, settings: SessionSettings
+    ) -> Result[BackendSession, SandboxError]:
+        """A session opened ahead for these, if one is ready (see `session_pool`)."""
+        return await self._sessions.open_session(workspace, policy, settings)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
         if self.backend.kind == "podman":
@@ -162,4 +182,5 @@ class PooledBackend:
         return await self.backend.reap_leftovers(include_live=include_live)
 
     def close(self) -> None:
+        self._sessions.close()
         self._pool.close()

@@ -56,7 +56,8 @@ class PoolSettings:
     """`size`: containers per key (idle + busy + starting), at most; `max_keys`: keys kept
     at once (the least recently used key's idle containers go first); `idle_timeout_s`:
     an idle container is stopped after this long; `health_check_after_s`: a container
-    idle for longer is checked (`exec true`) before it is handed out."""
+    idle for longer is checked (its state on the API socket, else `exec true`) before it is
+    handed out."""
 
     size: int = attrs.field(default=2, validator=_positive)
     after_use: AfterUse = AfterUse.DISCARD

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from mechasandbox.backends.oci.engine_api import EngineApis
 from mechasandbox.backends.oci.engine_loss import RunFiles
 from mechasandbox.backends.oci.forwarders import ForwarderCache
 from mechasandbox.backends.oci.lifeline import Sweeps
@@ -33,7 +34,7 @@ class EngineState:
     `live`: the containers of runs still going; `placeholders`: the placeholders they hold
     in their workspaces; `profiles`: the seccomp profile files; `forwarders`: what each
     image offers; `sweeps`: the engines whose leftovers were removed; `run_files`: where
-    the engine CLI writes each run's container id."""
+    the engine CLI writes each run's container id; `apis`: each engine's API socket."""
 
     portal: Portal = attrs.field(factory=_portal)
     live: LiveContainers = attrs.field(default=attrs.Factory(_live, takes_self=True))
@@ -42,6 +43,7 @@ class EngineState:
     forwarders: ForwarderCache = attrs.field(factory=ForwarderCache)
     sweeps: Sweeps = attrs.field(factory=Sweeps)
     run_files: RunFiles = attrs.field(factory=RunFiles)
+    apis: EngineApis = attrs.field(factory=EngineApis)
 
     def close(self) -> None:
         """Remove the live containers, then their placeholders (a placeholder goes only once

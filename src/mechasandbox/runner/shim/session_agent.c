@@ -751,7 +751,11 @@ int main(int argc, char **argv) {
         if (fds[1].revents) {
             struct signalfd_siginfo info;
             while (read(signals, &info, sizeof info) == sizeof info) {
-                if (info.ssi_signo != SIGCHLD)
+                /* As PID 1 of its pid namespace (a container's process), a signal sent
+                 * from inside the namespace (a command's: the sender's pid there; one from
+                 * outside, the engine's stop, reads 0) asks nothing: a command must not end
+                 * its session, as the kernel spares an init what it has no handler for. */
+                if (info.ssi_signo != SIGCHLD && !(getpid() == 1 && info.ssi_pid != 0))
                     end(BYE_SIGNAL);
             }
             reap();
