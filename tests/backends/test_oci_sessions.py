@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import attrs
 import pytest
 from returns.result import Failure, Success
 
@@ -111,12 +112,16 @@ def test_a_process_left_running_dies_with_its_command(session: SyncSession) -> N
 
 
 def test_limits_are_each_commands_own(session: SyncSession) -> None:
+    # (a command's limits may only narrow the session's: each is the session's, narrowed)
+    def narrowed(**limits: int) -> Limits:
+        return attrs.evolve(POLICY.limits, **limits)
+
     capped = session.run(
-        ["sh", "-c", "head -c 100000 /dev/zero"], limits=Limits(max_output_bytes=10)
+        ["sh", "-c", "head -c 100000 /dev/zero"], limits=narrowed(max_output_bytes=10)
     )
     assert capped.unwrap().stdout_truncated
-    assert sh(session, "ulimit -n", limits=Limits(max_open_files=64)) == b"64\n"
-    assert sh(session, "ulimit -n", limits=Limits(max_open_files=128)) == b"128\n"
+    assert sh(session, "ulimit -n", limits=narrowed(max_open_files=64)) == b"64\n"
+    assert sh(session, "ulimit -n", limits=narrowed(max_open_files=128)) == b"128\n"
 
 
 def test_an_oom_kill_is_that_commands_and_the_session_goes_on(

@@ -196,7 +196,9 @@ async def open_oci_session(
     if isinstance(engine, Failure):
         return Failure(engine.failure())
     _caps, info, executable = engine.unwrap()
-    arguments = ("--pipes", *agent_argv(AGENT_PATH, settings)[1:])
+    # The container's pid namespace is the session's alone: what a command leaves is
+    # killed with kill(-1), which no fork outruns (see the agent's `kill_namespace`).
+    arguments = ("--pipes", *agent_argv(AGENT_PATH, settings, pid_namespace=True)[1:])
     request = RunRequest(argv=(AGENT_PATH, *arguments), workspace=workspace)
     prepared = backend._prepare(request, policy, probed=backend)
     if isinstance(prepared, Failure):
