@@ -169,14 +169,19 @@ class Hardening(OnEngine):
         """chmod, fchmod, fchmodat, fchmodat2 (which an older libseccomp does not know),
         the mode with garbage in its upper half, open(O_CREAT) with a setuid mode; and
         vsock (also behind upper bits), packet sockets, io_uring, keyrings, user
-        namespaces, bpf, ptrace, userfaultfd, perf events, device nodes and fifos."""
+        namespaces, bpf, ptrace, userfaultfd, perf events, device nodes and fifos; setting
+        another process's limits (reading them, and setting its own, stay)."""
         shutil.copy(syscall_probe, tmp_path / "probe")
         request = RunRequest(argv=["./probe", "victim"], workspace=str(tmp_path))
         result = ok(await backend.run(request, policy()))
         lines = probe_lines(result.stdout)
         assert setid_files(tmp_path) == [], lines
         refused = {name: outcome for name, outcome in lines.items() if outcome != "ok"}
-        assert set(lines) - set(refused) == {"socket AF_INET"}, lines
+        assert set(lines) - set(refused) == {
+            "socket AF_INET",
+            "prlimit pid 1 read",
+            "prlimit own",
+        }, lines
         # A newer call the engine's libseccomp may not know: refused all the same.
         assert refused["fchmodat2 4755"] in (
             "Operation not permitted",

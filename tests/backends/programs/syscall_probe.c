@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -65,6 +66,14 @@ int main(int argc, char **argv) {
      * setuid root for whoever runs the file. */
     unsigned int caps[5] = {0x02000001, 1u << 7, 0, 0, 0};
     report("setxattr security.capability", setxattr(f, "security.capability", caps, sizeof caps, 0));
+    /* Another process's limits (pid 1: the container's first process; in a session, the
+     * agent): set to what they already are, so that an allowed call changes nothing. */
+    struct rlimit core;
+    report("prlimit pid 1 read", prlimit(1, RLIMIT_CORE, NULL, &core));
+    report("prlimit pid 1 set", prlimit(1, RLIMIT_CORE, &core, NULL));
+    struct rlimit own;
+    getrlimit(RLIMIT_CORE, &own);
+    report("prlimit own", prlimit(0, RLIMIT_CORE, &own, NULL));
     report("socket AF_VSOCK", syscall(SYS_socket, 40, SOCK_STREAM, 0));
     report("socket AF_VSOCK upper bits", syscall(SYS_socket, 0x100000028L, SOCK_STREAM, 0));
     report("socket AF_PACKET", syscall(SYS_socket, 17, SOCK_RAW, 0));

@@ -153,7 +153,7 @@ def container_profile(machine: str | None = None) -> dict[str, Any] | None:
     arch = machine_name(machine)
     if arch not in ENGINE_ARCH_ALLOWED:
         return None
-    checked = {"clone", "clone3", "socket", "openat2", "personality", *MODE_ARGUMENT}
+    checked = {"clone", "clone3", "socket", "openat2", "personality", "prlimit64", *MODE_ARGUMENT}
     denied = set(DEFAULT_DENIED)
     plain = sorted(
         name
@@ -174,6 +174,13 @@ def container_profile(machine: str | None = None) -> dict[str, Any] | None:
     rules.append(_allow(["clone"], _argument(0, "SCMP_CMP_MASKED_EQ", CLONE_NAMESPACE_FLAGS, 0)))
     rules += [
         _allow(["personality"], _argument(0, "SCMP_CMP_EQ", value)) for value in PERSONALITIES
+    ]
+    # prlimit64 on its own limits (pid 0), or reading another's (no new limit): setting
+    # another process's needs only the same user ids (in a session: the agent's), as in
+    # the host backends' program (`seccomp.py`, `deny_foreign_rlimits`).
+    rules += [
+        _allow(["prlimit64"], _argument(0, "SCMP_CMP_EQ", 0)),
+        _allow(["prlimit64"], _argument(2, "SCMP_CMP_EQ", 0)),
     ]
     rules.append({"names": ["clone3", "openat2"], "action": "SCMP_ACT_ERRNO", "errnoRet": _ENOSYS})
     return {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "syscalls": rules}
