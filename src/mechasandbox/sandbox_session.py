@@ -24,7 +24,12 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import with_notes
-from mechasandbox.backends.session_base import BackendSession, SessionSettings, open_session
+from mechasandbox.backends.session_base import (
+    BackendSession,
+    ExportingSession,
+    SessionSettings,
+    open_session,
+)
 from mechasandbox.domain.errors import BackendFailed, SandboxError
 from mechasandbox.domain.events import OutputSink, RunEvent
 from mechasandbox.domain.limits import Limits
@@ -146,6 +151,17 @@ class Session:
             )
         )
 
+    async def export(self) -> Result[tuple[str, ...], SandboxError]:
+        """Bring the session's changes into the caller's workspace, for a backend whose
+        session works on a copy of it (`ray`: see docs/ray.md); the warnings of what was
+        not written. A local session works in the workspace itself: nothing to bring."""
+        if isinstance(self.opened, Failure):
+            return Failure(self.opened.failure())
+        session = self.opened.unwrap()
+        if isinstance(session, ExportingSession):
+            return await session.export()
+        return Success(())
+
     def stream(
         self, argv: Sequence[str], *, stdin: Stdin = None, limits: Limits | None = None
     ) -> AsyncGenerator[RunEvent, None]:
@@ -183,6 +199,13 @@ class SyncSession:
                 argv, stdin=stdin, limits=limits, on_stdout=on_stdout, on_stderr=on_stderr
             )
         )
+
+    def export(self) -> Result[tuple[str, ...], SandboxError]:
+        """`Session.export`."""
+        from anyio.from_thread import BlockingPortal
+
+        assert isinstance(self._portal, BlockingPortal)
+        return self._portal.call(self._session.export)
 
 
 @contextmanager

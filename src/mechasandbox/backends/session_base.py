@@ -88,6 +88,17 @@ class BackendSession(Protocol):
 
 
 @runtime_checkable
+class ExportingSession(Protocol):
+    """A session whose commands work on a copy of the workspace elsewhere (the `ray`
+    backend's, on its node): nothing reaches the caller's workspace until `export`, which
+    brings what changed since the last export (as a one-shot run's changes come back) and
+    returns the warnings of what was not written. A local session works in the workspace
+    itself and has nothing to export."""
+
+    async def export(self) -> Result[tuple[str, ...], SandboxError]: ...
+
+
+@runtime_checkable
 class SessionBackend(Protocol):
     """A backend that opens sessions."""
 

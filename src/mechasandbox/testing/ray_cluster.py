@@ -243,6 +243,19 @@ class NetnsCluster:
             retries=retries,
         )
 
+    @contextlib.contextmanager
+    def session(
+        self, workspace: str, policy: Policy, pinned_to: str | None = None
+    ) -> Iterator[Result[DriverSession, SandboxError]]:
+        """A session of the driver's `ray` backend (`RayBackend.open_session`), closed after
+        the block."""
+        opened: Result[str, SandboxError] = self.call("session_open", workspace, policy, pinned_to)
+        try:
+            yield opened.map(lambda key: DriverSession(cluster=self, key=key))
+        finally:
+            if isinstance(opened, Success):
+                self.call("session_close", opened.unwrap())
+
     def stop(self) -> None:
         if self.driver is not None and self.driver.poll() is None:
             self.driver.kill()
@@ -323,6 +336,37 @@ class DriverBackend:
         return await anyio.to_thread.run_sync(call)
 
 
+@attrs.frozen(kw_only=True)
+class DriverSession:
+    """A session held by the driver (`NetnsCluster.session`), driven over its socket."""
+
+    cluster: NetnsCluster
+    key: str
+
+    def facts(self) -> dict[str, Any]:
+        """`node`, `directory` (the node's copy), `warnings`, `ended` of the session."""
+        return dict(self.cluster.call("session_facts", self.key))
+
+    def run(
+        self, argv: Sequence[str], *, on_output: Any = None, limits: Any = None
+    ) -> Result[RunResult, SandboxError]:
+        with Client(self.cluster.driver_socket, authkey=self.cluster.authkey) as connection:
+            connection.send(("session_run", self.key, tuple(argv), limits))
+            while True:
+                kind, value = connection.recv()
+                if kind == "output" and on_output is not None:
+                    on_output(value)
+                elif kind == "result":
+                    outcome: Result[RunResult, SandboxError] = value
+                    return outcome
+
+    def export(self) -> Result[tuple[str, ...], SandboxError]:
+        exported: Result[tuple[str, ...], SandboxError] = self.cluster.call(
+            "session_export", self.key
+        )
+        return exported
+
+
 # --- the driver's side ---------------------------------------------------------------------
 def _serve(socket_path: str, address: str, node_backend: str) -> None:
     from mechasandbox.config.schema import BackendSettings, RaySettings, Settings
@@ -341,9 +385,51 @@ def _serve(socket_path: str, address: str, node_backend: str) -> None:
         raise SystemExit(f"the driver cannot use the cluster: {probed.failure().message}")
     listener = Listener(socket_path, family="AF_UNIX", authkey=bytes.fromhex(_key()))
     local = _LocalBackends()
-    while True:
-        connection = listener.accept()
-        threading.Thread(target=_answer, args=(connection, backend, local), daemon=True).start()
+    with anyio.from_thread.start_blocking_portal() as portal:
+        sessions = _Sessions(portal=portal)
+        while True:
+            connection = listener.accept()
+            arguments = (connection, backend, local, sessions)
+            threading.Thread(target=_answer, args=arguments, daemon=True).start()
+
+
+@attrs.define
+class _Sessions:
+    """The driver's open sessions, by key, all on one event loop (`portal`)."""
+
+    portal: Any
+    open: dict[str, Any] = attrs.field(factory=dict)
+
+    def answer(self, connection: Connection, backend: Any, request: tuple[Any, ...]) -> None:
+        from mechasandbox.backends.session_base import SessionSettings
+
+        kind, *rest = request
+        if kind == "session_open":
+            workspace, policy, pinned_to = rest
+            chosen = backend if pinned_to is None else backend.pinned(pinned_to)
+            opened = self.portal.call(chosen.open_session, workspace, policy, SessionSettings())
+            key = secrets.token_hex(8)
+            if isinstance(opened, Success):
+                self.open[key] = opened.unwrap()
+            connection.send(opened.map(lambda _: key))
+            return
+        session = self.open[rest[0]]
+        if kind == "session_facts":
+            facts = {"node": session.node, "directory": session.directory}
+            connection.send({**facts, "warnings": session.warnings, "ended": session.ended})
+        elif kind == "session_run":
+            _, argv, limits = rest
+
+            def send(event: Any) -> None:
+                connection.send(("output", event))
+
+            run = RunRequest(argv=argv, workspace=session.workspace, on_output=send)
+            connection.send(("result", self.portal.call(lambda: session.run(run, limits=limits))))
+        elif kind == "session_export":
+            connection.send(self.portal.call(session.export))
+        elif kind == "session_close":
+            self.portal.call(self.open.pop(rest[0]).aclose)
+            connection.send(None)
 
 
 @attrs.define
@@ -368,11 +454,15 @@ def _key() -> str:
     return os.environ["MECHASANDBOX_DRIVER_KEY"]
 
 
-def _answer(connection: Connection, backend: Any, local: _LocalBackends) -> None:
+def _answer(
+    connection: Connection, backend: Any, local: _LocalBackends, sessions: _Sessions
+) -> None:
     with connection:
         request = connection.recv()
         kind = request[0]
-        if kind == "pid":
+        if kind.startswith("session_"):
+            sessions.answer(connection, backend, request)
+        elif kind == "pid":
             connection.send(os.getpid())
         elif kind == "probe":
             connection.send(backend.probe())

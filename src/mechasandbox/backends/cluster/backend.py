@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from typing import Any
 
@@ -45,23 +44,22 @@ from mechasandbox.backends.cluster.resources import (
     split_variant,
     variant,
 )
-from mechasandbox.backends.cluster.wire import NodeFinished, NodeOutput, NodeRun, NodeStarted
+from mechasandbox.backends.cluster.submission import Submission
+from mechasandbox.backends.cluster.wire import NodeFinished, NodeRun
 from mechasandbox.backends.execute import disarm_after, run_started
 from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.git_indirections import with_git_indirections
+from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.domain.capabilities import Capabilities, Protection
 from mechasandbox.domain.errors import (
     BackendFailed,
     BackendUnavailable,
     ConfigInvalid,
-    Interrupted,
-    NodeLost,
     PolicyUnsupported,
     SandboxError,
     Timeout,
     partial_result,
 )
-from mechasandbox.domain.events import OutputEvent, OutputSink
 from mechasandbox.domain.limits import MIB
 from mechasandbox.domain.policy import Enforcement, Policy
 from mechasandbox.domain.request import RunRequest, StreamedInput, Terminal, terminal_refused
@@ -70,10 +68,6 @@ from mechasandbox.network.validation import validate_network
 from mechasandbox.runner.interruption import Interruption
 
 DEFAULT_MAX_TRANSFER = 256 * MIB
-DEFAULT_GRACE_S = 10.0
-# The longest wait for the node without looking at the caller's signals (a ready message
-# ends a wait at once).
-_STEP_S = 0.25
 _CONTAINER_ENGINES = frozenset({"docker", "podman"})
 
 
@@ -91,6 +85,22 @@ def _relative_inside(paths: tuple[str, ...], root: str) -> tuple[str, ...]:
 class _Placement:
     variant: str
     resources: dict[str, float]
+
+
+@attrs.frozen(kw_only=True)
+class Prepared:
+    """A run or a session checked and placed (`RayBackend.prepare`): the caller's real
+    `workspace`, the variant and Ray resources asked, the policy with the workspace's git
+    indirections protected (`guarded`), the relative paths never written back
+    (`protected`) nor sent (`leave_out`), and the transfer cap."""
+
+    workspace: str
+    variant: str
+    resources: dict[str, float]
+    guarded: Policy
+    protected: tuple[str, ...]
+    leave_out: tuple[str, ...]
+    cap: int
 
 
 @attrs.frozen(kw_only=True)
@@ -203,7 +213,9 @@ class RayBackend:
             return ConfigInvalid(problem=problem, field="network.allow_unix_sockets")
         return None
 
-    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+    def prepare(self, request: RunRequest, policy: Policy) -> Result[Prepared, SandboxError]:
+        """What a run or a session checks before anything is sent (see the module's
+        docstring, steps 1 and 2), and what it must keep out of the caller's workspace."""
         checked = validate_network(policy.network)
         if isinstance(checked, Failure):
             return Failure(checked.failure())
@@ -220,34 +232,76 @@ class RayBackend:
         placed = self._placement(policy)
         if isinstance(placed, Failure):
             return Failure(placed.failure())
-        settings = self.connection.settings
-        cap = settings.max_transfer or DEFAULT_MAX_TRANSFER
-        stdin = await anyio.to_thread.run_sync(_input, request.stdin, cap, policy.limits.timeout_s)
-        if isinstance(stdin, Failure):
-            return Failure(stdin.failure())
         guarded, _, _ = with_git_indirections(policy, workspace, facts=self.git)
         fs = guarded.filesystem
         protected = tuple(p for p in fs.protected if not p.startswith(("/", "..")))
         protected += _relative_inside(fs.deny_write, workspace)
-        leave_out = _relative_inside(fs.deny_read, workspace)
+        return Success(
+            Prepared(
+                workspace=workspace,
+                variant=placed.unwrap().variant,
+                resources=placed.unwrap().resources,
+                guarded=guarded,
+                protected=protected,
+                leave_out=_relative_inside(fs.deny_read, workspace),
+                cap=self.connection.settings.max_transfer or DEFAULT_MAX_TRANSFER,
+            )
+        )
+
+    async def open_session(
+        self, workspace: str, policy: Policy, settings: SessionSettings
+    ) -> Result[BackendSession, SandboxError]:
+        """A session on one node: see `session.RaySession`."""
+        from mechasandbox.backends.cluster.session import open_ray_session
+
+        prepared = self.prepare(RunRequest(argv=("true",), workspace=workspace), policy)
+        if isinstance(prepared, Failure):
+            return Failure(prepared.failure())
+        return await open_ray_session(self, prepared.unwrap(), policy, settings)
+
+    async def run(self, request: RunRequest, policy: Policy) -> Result[RunResult, SandboxError]:
+        ready = self.prepare(request, policy)
+        if isinstance(ready, Failure):
+            return Failure(ready.failure())
+        prepared = ready.unwrap()
+        workspace, cap, protected = prepared.workspace, prepared.cap, prepared.protected
+        settings = self.connection.settings
+        stdin = await anyio.to_thread.run_sync(
+            read_input, request.stdin, cap, policy.limits.timeout_s
+        )
+        if isinstance(stdin, Failure):
+            return Failure(stdin.failure())
         started = run_started()
-        packed = await anyio.to_thread.run_sync(transfer.pack_workspace, workspace, cap, leave_out)
+        packed = await anyio.to_thread.run_sync(pack, prepared)
         if isinstance(packed, Failure):
-            reason = f"the workspace cannot be sent: {packed.failure().reason}"
-            return Failure(BackendFailed(backend="ray", reason=reason))
+            return Failure(packed.failure())
         archive, left_out = packed.unwrap()
         node_run = NodeRun(
             argv=tuple(request.argv),
             stdin=stdin.unwrap(),
             policy=policy,
-            variant=placed.unwrap().variant,
+            variant=prepared.variant,
             image=self.image,
             workspace=archive,
             caller_workspace=workspace,
             max_transfer=cap,
         )
-        submitted = _Submission(
-            backend=self, run=node_run, resources=placed.unwrap().resources, sink=request.on_output
+        retries = settings.retries or 0
+        options: dict[str, Any] = {
+            "resources": prepared.resources,
+            "num_cpus": 1,
+            "max_retries": retries,
+            "retry_exceptions": False,
+            "scheduling_strategy": self.strategy(),
+        }
+        task = self.connection.task()
+        submitted = Submission(
+            launch=lambda: task.options(**options).remote(node_run),
+            stop=_cancel_task,
+            backend=split_variant(node_run.variant)[0],
+            timeout_s=policy.limits.timeout_s,
+            grace_s=settings.grace,
+            sink=request.on_output,
         )
         stopping = (
             contextlib.nullcontext()
@@ -267,12 +321,14 @@ class RayBackend:
         if isinstance(ended, Failure):
             return ended
         finished = ended.unwrap()
-        applied = await anyio.to_thread.run_sync(_write_back, finished, workspace, protected, cap)
-        result = applied.map(
-            lambda warnings: _with(finished, (*finished.warnings, *left_out, *warnings))
+        applied = await anyio.to_thread.run_sync(
+            write_back, finished.changes, finished.refused, workspace, protected, cap
         )
-        outcome: Result[RunResult, SandboxError] = result.bind(_as_result)
-        return disarm_after(outcome, workspace, guarded, started, self.git)
+        result = applied.map(
+            lambda warnings: marked(finished, (*finished.warnings, *left_out, *warnings))
+        )
+        outcome: Result[RunResult, SandboxError] = result.bind(as_result)
+        return disarm_after(outcome, workspace, prepared.guarded, started, self.git)
 
     def strategy(self) -> Any:
         if self.pinned_to is None:
@@ -282,7 +338,7 @@ class RayBackend:
         return NodeAffinitySchedulingStrategy(node_id=self.pinned_to, soft=self.preferred)
 
 
-def _input(
+def read_input(
     stdin: bytes | StreamedInput | Terminal | None, cap: int, timeout_s: float | None
 ) -> Result[bytes | None, SandboxError]:
     """The command's input as bytes: a stream is read to its end before the run is sent
@@ -290,7 +346,6 @@ def _input(
     if not isinstance(stdin, StreamedInput):
         return Success(stdin if isinstance(stdin, bytes) else None)
     import select
-    import time
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     chunks: list[bytes] = []
@@ -311,7 +366,7 @@ def _input(
         chunks.append(chunk)
 
 
-def _with(finished: NodeFinished, warnings: tuple[str, ...]) -> NodeFinished:
+def marked(finished: NodeFinished, warnings: tuple[str, ...]) -> NodeFinished:
     outcome = finished.outcome
     shown = outcome if isinstance(outcome, RunResult) else partial_result(outcome)
     if shown is None:
@@ -323,22 +378,34 @@ def _with(finished: NodeFinished, warnings: tuple[str, ...]) -> NodeFinished:
     return attrs.evolve(finished, outcome=attrs.evolve(stopped, partial=marked))
 
 
-def _as_result(finished: NodeFinished) -> Result[RunResult, SandboxError]:
+def as_result(finished: NodeFinished) -> Result[RunResult, SandboxError]:
     if isinstance(finished.outcome, RunResult):
         return Success(finished.outcome)
     return Failure(finished.outcome)
 
 
-def _write_back(
-    finished: NodeFinished, workspace: str, protected: tuple[str, ...], cap: int
+def pack(prepared: Prepared) -> Result[tuple[bytes, tuple[str, ...]], SandboxError]:
+    """The workspace's archive to send, and the warnings of what was left out."""
+    packed = transfer.pack_workspace(prepared.workspace, prepared.cap, prepared.leave_out)
+    if isinstance(packed, Failure):
+        reason = f"the workspace cannot be sent: {packed.failure().reason}"
+        return Failure(BackendFailed(backend="ray", reason=reason))
+    return Success(packed.unwrap())
+
+
+def write_back(
+    changes: transfer.Changes | None,
+    refused: str | None,
+    workspace: str,
+    protected: tuple[str, ...],
+    cap: int,
 ) -> Result[tuple[str, ...], SandboxError]:
-    """The run's changes in the caller's workspace; a refusal is the run's failure (its
-    changes did not all arrive), with the reason."""
-    changes = finished.changes
+    """A node's changes in the caller's workspace; a refusal (`refused`: the node could not
+    pack them) is a failure (they did not all arrive), with the reason."""
     if changes is None:
-        if finished.refused is None:  # refused before it ran: nothing changed
+        if refused is None:  # refused before it ran: nothing changed
             return Success(())
-        reason = f"the run's workspace changes were not carried back: {finished.refused}"
+        reason = f"the run's workspace changes were not carried back: {refused}"
         return Failure(BackendFailed(backend="ray", reason=reason))
     removed = transfer.remove(workspace, changes.removed, protected)
     written = removed.bind(
@@ -352,147 +419,7 @@ def _write_back(
     return Success(written.unwrap())
 
 
-@attrs.define
-class _Submission:
-    """One run handed to the cluster and waited for, in a thread of its own."""
+def _cancel_task(generator: Any) -> None:
+    import ray
 
-    backend: RayBackend
-    run: NodeRun
-    resources: dict[str, float]
-    sink: OutputSink | None
-    stdout: list[bytes] = attrs.field(factory=list)
-    stderr: list[bytes] = attrs.field(factory=list)
-    node: str = "(not yet placed)"
-    generator: Any = None
-    timed_out: threading.Event = attrs.field(factory=threading.Event)
-    deadline: float | None = None  # time.monotonic() of the caller's deadline
-    interrupted: int | None = None  # the signal that told the caller to stop
-    lock: threading.Lock = attrs.field(factory=threading.Lock)
-
-    def cancel(self) -> None:
-        with self.lock:
-            if self.generator is not None:
-                import ray
-
-                ray.cancel(self.generator, force=True)
-
-    def interrupt(self, signum: int) -> None:
-        """The caller was told to stop: the task is cancelled (from a thread of its own:
-        this may run in a signal handler), and the run ends as `Interrupted`."""
-        self.interrupted = signum
-        threading.Thread(target=self.cancel, daemon=True).start()
-
-    def _remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def _expire(self) -> None:
-        """The deadline passed: the task is cancelled, and not waited for (a node that
-        hangs answers neither the run nor the cancel; Ray's own calls on its task may
-        wait for it until it is declared dead, minutes later)."""
-        self.timed_out.set()
-        threading.Thread(target=self.cancel, daemon=True).start()
-
-    def _get(self, reference: Any) -> object | None:
-        """A message, within the deadline (None: it did not come in time): an item can be
-        ready yet held by a node that no longer answers."""
-        import ray
-        import ray.exceptions as failures
-
-        try:
-            message: object = ray.get(reference, timeout=self._remaining())
-        except failures.GetTimeoutError:
-            self._expire()
-            return None
-        return message
-
-    def _limit_s(self) -> float | None:
-        """How long after the node took the run the caller waits for its end."""
-        timeout_s = self.run.policy.limits.timeout_s
-        if timeout_s is None:
-            return None
-        grace = self.backend.connection.settings.grace
-        return timeout_s + (DEFAULT_GRACE_S if grace is None else grace)
-
-    def partial(self) -> RunResult:
-        backend, _ = split_variant(self.run.variant)
-        return RunResult(
-            backend=backend,
-            exit_code=None,
-            signal=None,
-            stdout=b"".join(self.stdout),
-            stderr=b"".join(self.stderr),
-            node=self.node if self.node != "(not yet placed)" else None,
-        )
-
-    def _output(self, events: tuple[OutputEvent, ...]) -> None:
-        for event in events:
-            (self.stdout if event.stream == "stdout" else self.stderr).append(event.data)
-            if self.sink is not None:
-                anyio.from_thread.run_sync(self.sink, event)
-
-    def wait(self) -> Result[NodeFinished, SandboxError]:
-        """Submit, then take the node's messages as they come. Once the node took the run,
-        its timeout + grace is the caller's deadline: past it the task is cancelled
-        (`ray.cancel(force=True)`) and the run is a `Timeout` with the output that
-        arrived."""
-        import ray
-        import ray.exceptions as failures
-
-        retries = self.backend.connection.settings.retries or 0
-        options: dict[str, Any] = {
-            "resources": self.resources,
-            "num_cpus": 1,
-            "max_retries": retries,
-            "retry_exceptions": False,
-            "scheduling_strategy": self.backend.strategy(),
-        }
-        with self.lock:
-            self.generator = self.backend.connection.task().options(**options).remote(self.run)
-        self.deadline = None
-        try:
-            while True:
-                remaining = self._remaining()
-                step = _STEP_S if remaining is None else min(remaining, _STEP_S)
-                ready, _ = ray.wait([self.generator], timeout=step)
-                if self.interrupted is not None:  # not waiting on the node to confirm
-                    return Failure(self._lost(InterruptedError()))
-                if not ready:
-                    if remaining is not None and remaining <= step:
-                        self._expire()
-                        return Failure(self._lost(TimeoutError()))
-                    continue
-                try:
-                    reference = next(self.generator)
-                except StopIteration:
-                    break
-                message = self._get(reference)
-                if message is None:
-                    return Failure(self._lost(TimeoutError()))
-                if isinstance(message, NodeOutput):
-                    self._output(message.events)
-                elif isinstance(message, NodeFinished):
-                    return Success(message)
-                elif isinstance(message, NodeStarted):  # the node's timeout runs from now
-                    self.node = message.node_id
-                    limit = self._limit_s()
-                    self.deadline = None if limit is None else time.monotonic() + limit
-        except (failures.TaskCancelledError, failures.RayError) as error:
-            return Failure(self._lost(error))
-        return Failure(BackendFailed(backend="ray", reason="the node ended without a result"))
-
-    def _lost(self, error: BaseException) -> SandboxError:
-        import ray.exceptions as failures
-
-        if self.interrupted is not None:
-            return Interrupted(signal=self.interrupted, partial=self.partial())
-        if self.timed_out.is_set():
-            return Timeout(
-                timeout_s=self.run.policy.limits.timeout_s or 0.0, partial=self.partial()
-            )
-        if isinstance(error, failures.RayTaskError) and not isinstance(
-            error, failures.TaskCancelledError
-        ):
-            reason = f"the node's side failed: {error.cause!r}"
-            return BackendFailed(backend="ray", reason=reason)
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        return NodeLost(node=self.node, reason=reason, partial=self.partial())
+    ray.cancel(generator, force=True)

@@ -36,6 +36,7 @@ class ClusterConnection:
     _nodes: tuple[NodeView, ...] = ()
     _nodes_read: float = float("-inf")
     _task: Any = None
+    _actor: Any = None
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def connect(self) -> Result[None, BackendUnavailable]:
@@ -96,6 +97,16 @@ class ClusterConnection:
 
             self._task = ray.remote(serve)
         return self._task
+
+    def session_actor(self) -> Any:
+        """The node's side of a session as a Ray actor class (made once)."""
+        if self._actor is None:
+            import ray
+
+            from mechasandbox.backends.cluster.node_session import SessionActor
+
+            self._actor = ray.remote(SessionActor)
+        return self._actor
 
     def close(self) -> None:
         """Leave the cluster if this connection joined it (idempotent)."""

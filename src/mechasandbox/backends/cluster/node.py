@@ -11,7 +11,7 @@ placed it on the resources it asked for, so this only happens to a node started 
 them), and the node's backend refuses a policy it cannot enforce, as it would locally.
 
 The node's applications (one per variant, holding the spawn helper and its warm
-children, which is what makes a warm run fast) live in `_NODE`, this module's one
+children, which is what makes a warm run fast) live in `NODE`, this module's one
 process-wide object: a Ray worker process runs task after task and has no other place to
 keep them (Ray offers no per-worker state for tasks). They end with the worker process:
 the spawn helper kills its runs when its control socket closes, and the next composition
@@ -45,7 +45,7 @@ from mechasandbox.leftovers import temp_prefix
 # How long the cluster's addresses are taken as known (one GCS call when older).
 _ADDRESSES_TTL_S = 5.0
 # Output gathered for this long at most before it is sent on (one message per batch).
-_BATCH_S = 0.02
+BATCH_S = 0.02
 
 
 @attrs.define
@@ -83,7 +83,7 @@ class _NodeState:
             return built
 
 
-_NODE = _NodeState()
+NODE = _NodeState()
 
 
 def _is_address(text: str) -> bool:
@@ -176,8 +176,8 @@ def serve(run: NodeRun) -> Iterator[NodeStarted | NodeOutput | NodeFinished]:
             yield finished(BackendFailed(backend="ray", reason=reason))
             return
         before = transfer.snapshot(workspace)
-        app = _NODE.application(run.variant, run.image)
-        policy = node_policy(run.policy, run.caller_workspace, workspace, _NODE.addresses)
+        app = NODE.application(run.variant, run.image)
+        policy = node_policy(run.policy, run.caller_workspace, workspace, NODE.addresses)
         outcome: list[RunResult | SandboxError] = []
         yield from _streamed(app, run, workspace, policy, outcome)
         changes = transfer.pack_changes(workspace, before, run.max_transfer)
@@ -228,7 +228,7 @@ def _streamed(
     while not ended:
         batch: list[OutputEvent] = []
         first = chunks.get()
-        deadline = time.monotonic() + _BATCH_S
+        deadline = time.monotonic() + BATCH_S
         item = first
         while True:
             if item is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from mechasandbox.backends.cluster.transfer import Changes
+from mechasandbox.backends.session_base import SessionSettings
 from mechasandbox.domain.errors import SandboxError
 from mechasandbox.domain.events import OutputEvent
 from mechasandbox.domain.policy import Policy
@@ -53,3 +54,38 @@ class NodeFinished:
     changes: Changes | None = None
     refused: str | None = None
     warnings: tuple[str, ...] = ()  # what of the workspace the node did not write
+
+
+@attrs.frozen(kw_only=True)
+class SessionOpen:
+    """A session for a node's actor (`node_session.SessionActor`): as `NodeRun` without a
+    command, and how long the session may live."""
+
+    policy: Policy
+    variant: str
+    image: str | None
+    workspace: bytes  # a tar archive (`transfer.pack_workspace`)
+    caller_workspace: str
+    max_transfer: int
+    settings: SessionSettings
+
+
+@attrs.frozen(kw_only=True)
+class SessionOpened:
+    """The actor's session is open on `node_id`, in `directory` (the node's copy of the
+    workspace); `warnings`: what of the workspace the node did not write, and the policy's
+    gaps on the node's backend (repeated on every result)."""
+
+    node_id: str
+    address: str
+    directory: str
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class SessionExport:
+    """What changed in the node's copy since the last export (None when it could not be
+    carried: `refused` says why)."""
+
+    changes: Changes | None = None
+    refused: str | None = None
