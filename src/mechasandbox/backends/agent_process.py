@@ -27,7 +27,8 @@ from mechasandbox.runner.submission import HelpedRunner, Submitted
 if TYPE_CHECKING:
     from mechasandbox.backends.session_base import BackendSession
     from mechasandbox.domain.policy import NetworkPolicy
-    from mechasandbox.network.session import EgressProxy, SessionProxy
+    from mechasandbox.network.session import EgressProxy
+    from mechasandbox.network.session_proxy import SessionProxy
 
 # How long the sandbox may take to end once its agent was told to (the agent's own tree
 # kill is bounded by 2 s; the helper's kill of what is left follows).
@@ -128,7 +129,7 @@ async def start_session_proxy(
     `proxy_for` gave none: not allowlist, or best-effort with no network at all)."""
     if egress is None:
         return Success(None)
-    from mechasandbox.network.session import SessionProxy
+    from mechasandbox.network.session_proxy import SessionProxy
 
     try:
         return Success(await SessionProxy.start(egress, network, listen_tcp=listen_tcp))

@@ -30,7 +30,8 @@ from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult, Violation
 from mechasandbox.limits.cgroup import CgroupEvents
-from mechasandbox.network.session import SessionProxy, with_violations
+from mechasandbox.network.session import with_violations
+from mechasandbox.network.session_proxy import SessionProxy
 from mechasandbox.runner.session_client import AgentChannel
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 

@@ -19,12 +19,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-import anyio.to_thread
 import attrs
 from returns.result import Failure, Result, Success
 
@@ -41,17 +38,11 @@ from mechasandbox.network.proxy.resolver import Resolver, SystemResolver
 from mechasandbox.network.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
-    from anyio.from_thread import BlockingPortal
-
     from mechasandbox.network.proxy.serving import RunningProxy
 
-__all__ = ["SOCKET_NAME", "EgressProxy", "SessionProxy", "run_with_proxy", "with_violations"]
+__all__ = ["SOCKET_NAME", "EgressProxy", "run_with_proxy", "with_violations"]
 
 SOCKET_NAME = "proxy.sock"
-# How long a session's command's refusals may take to land once it ended: the proxy
-# finishes deciding what the command's connections asked (a name being resolved), so that
-# a refusal is reported on the command that caused it, not on the next one.
-SETTLE_S = 1.0
 
 
 @attrs.frozen(kw_only=True)
@@ -132,54 +123,3 @@ async def run_with_proxy(
         result = await body(proxy)
         violations = proxy.violations()
     return with_violations(result, violations)
-
-
-@attrs.define(eq=False)
-class SessionProxy:
-    """A session's allowlist proxy: one `EgressProxy.session` for the session's life,
-    served on an event loop of its own in a thread of its own. (A session is opened and
-    ended by different tasks, in the sync form and the CLI's supervisor, while a proxy's
-    task group must be left by the task that entered it; its own loop also keeps the
-    proxy serving while the caller's loop waits on a command.)"""
-
-    running: RunningProxy
-    _portal: BlockingPortal
-    _stack: contextlib.ExitStack[bool | None]
-
-    @classmethod
-    async def start(
-        cls, egress: EgressProxy, network: NetworkPolicy, *, listen_tcp: bool = False
-    ) -> SessionProxy:
-        return await anyio.to_thread.run_sync(partial(cls._started, egress, network, listen_tcp))
-
-    @classmethod
-    def _started(cls, egress: EgressProxy, network: NetworkPolicy, tcp: bool) -> SessionProxy:
-        from anyio.from_thread import start_blocking_portal
-
-        stack = contextlib.ExitStack()
-        try:
-            portal = stack.enter_context(start_blocking_portal())
-            proxy = portal.wrap_async_context_manager(egress.session(network, listen_tcp=tcp))
-            return cls(stack.enter_context(proxy), portal, stack)
-        except BaseException:
-            stack.close()
-            raise
-
-    async def violations(self) -> tuple[Violation, ...]:
-        """What it refused since the last call (a command's own refusals: call it when the
-        command ended), once the connections open now are served (bounded by SETTLE_S)."""
-        running = self.running
-        # Read from this thread: nothing open and nothing refused is the common answer.
-        if not running.open_connections and not running.violations():
-            return ()
-        return await anyio.to_thread.run_sync(self._portal.call, self._settled)
-
-    async def _settled(self) -> tuple[Violation, ...]:
-        with anyio.move_on_after(SETTLE_S):
-            while self.running.open_connections:
-                await anyio.sleep(0.005)
-        return self.running.take_violations()
-
-    async def aclose(self) -> None:
-        """Stop serving, remove its socket and private directory. Idempotent."""
-        await anyio.to_thread.run_sync(self._stack.close)

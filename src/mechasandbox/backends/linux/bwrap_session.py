@@ -59,7 +59,7 @@ from mechasandbox.runner.spec import ChildHook, SpawnSpec
 
 if TYPE_CHECKING:
     from mechasandbox.backends.linux.bubblewrap import BubblewrapBackend, BwrapSetting
-    from mechasandbox.network.session import SessionProxy
+    from mechasandbox.network.session_proxy import SessionProxy
 
 NAME = "bubblewrap"
 # Landlock's signal scope (ABI 6, include/uapi/linux/landlock.h).

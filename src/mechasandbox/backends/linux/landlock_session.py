@@ -54,7 +54,7 @@ from mechasandbox.runner.spec import ChildHook, SpawnSpec
 
 if TYPE_CHECKING:
     from mechasandbox.backends.linux.landlock import LandlockBackend, LandlockSetting
-    from mechasandbox.network.session import SessionProxy
+    from mechasandbox.network.session_proxy import SessionProxy
 
 NAME = "landlock"
 
