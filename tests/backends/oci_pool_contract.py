@@ -106,6 +106,33 @@ class OciPoolContract(OciContract):
         assert ok(await backend.run(mark, policy())).stdout == b""  # nothing carried over
         assert backend.pool.stats()["busy"] == 0
 
+    async def test_a_pooled_runs_state_is_not_seen_by_the_next(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        """Each one-shot run gets a sandbox no earlier run touched: a file the first left in
+        /tmp and a process it left running are not there for the second, on ready sessions
+        (one command each) as on keepers."""
+        backend = self.fresh(runner, size=1)
+        assert backend.pool.sessions  # the helper runner starts the session agent
+        leave = RunRequest(
+            argv=["sh", "-c", "echo left > /tmp/mark; (exec sleep 4242) & echo started"],
+            workspace=str(tmp_path),
+        )
+        look = RunRequest(
+            argv=[
+                "sh",
+                "-c",
+                "cat /tmp/mark 2>/dev/null; "
+                "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done",
+            ],
+            workspace=str(tmp_path),
+        )
+        assert ok(await backend.run(leave, policy())).stdout == b"started\n"
+        seen = ok(await backend.run(look, policy())).stdout
+        assert b"left" not in seen, seen
+        assert b"sleep 4242" not in seen, seen
+        assert b"tr " in seen  # the listing itself ran: it sees its own processes
+
     async def test_reuse_keeps_the_container(
         self, runner: HelperProcessRunner, tmp_path: Path
     ) -> None:

@@ -1,4 +1,11 @@
-"""The containers of one warm pool: keys, members, the maintenance thread (see `pool`)."""
+"""The containers of one warm pool: keys, members, the maintenance thread (see `pool`).
+
+A member is a keeper container taking each command by `exec`, or, for one-shot runs that
+discard their container (`AfterUse.DISCARD`) where the runner can start the session agent,
+a ready session (`session.start_oci_session`) that runs one command and is closed.
+(Over 600 lines: keys, members, their lifecycle and the two ways of running share one lock
+and one set of counters; split, each half would reach into the other's state.)
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ import attrs
 from anyio.from_thread import start_blocking_portal
 from returns.result import Failure, Result, Success
 
+from mechasandbox.backends.agent_process import session_agent
+from mechasandbox.backends.agent_session import AgentSession
 from mechasandbox.backends.oci import lifeline, live, protection
 from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, remote_engine, tail
 from mechasandbox.backends.oci.compiler import (
@@ -32,7 +41,9 @@ from mechasandbox.backends.oci.pool_settings import (
     WhenExhausted,
 )
 from mechasandbox.backends.oci.portal import Portal
+from mechasandbox.backends.oci.session import OciSessionSandbox, start_oci_session
 from mechasandbox.backends.outcome import classify, run_result
+from mechasandbox.backends.session_base import SessionSettings
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.placeholders import FileContents
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
@@ -55,6 +66,9 @@ _START_TIMEOUT_S = 60.0
 _START_POLL_S = 0.05
 _START_POLL_API_S = 0.01  # an `inspect` on the socket costs 0.3 ms, an `exec` 50 ms
 _GONE_MARKERS = (b"No such container", b"no such container", b"is not running")
+# The agent of a ready session outlives the pool's idle timeout by this much: the pool,
+# not the agent, ends an idle one.
+_AGENT_IDLE_MARGIN_S = 60.0
 
 
 def _exec_failure(outcome: ProcessOutcome) -> bytes | None:
@@ -80,6 +94,12 @@ class _Member:
     # replaced since took its mount off in this container (see `linux.guards`).
     guards: GuardSet = attrs.field(factory=lambda: GuardSet(()))
     cgroup: ProcessCgroup | None = None
+    session: AgentSession | None = None  # a ready session (see the module), for one command
+
+    @property
+    def ended(self) -> bool:
+        """A session whose agent is gone (its container removed, its channel closed)."""
+        return self.session is not None and self.session.ended is not None
 
     @property
     def name(self) -> str:
@@ -91,6 +111,7 @@ class _Slot:
     """The containers of one key, and how to make another."""
 
     key: tuple[str, ...]
+    policy: Policy
     make_run: Callable[[], ContainerRun]
     compile: Callable[[ContainerRun], tuple[str, ...]]
     idle: list[_Member] = attrs.field(factory=list)
@@ -117,6 +138,10 @@ class ContainerPool:
         self._closed = False
         self._members: dict[str, _Member] = {}  # every container made and not yet removed
         self.engine = PoolEngine(backend)
+        # One-shot runs on ready sessions, one each (see the module).
+        self.sessions = settings.after_use is AfterUse.DISCARD and isinstance(
+            session_agent(backend.name, backend.runner), Success
+        )
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -159,7 +184,13 @@ class ContainerPool:
         return self.engine.cli()
 
     async def _remove(self, member: _Member) -> None:
-        if await self.engine.remove(member.name):
+        if member.session is not None:
+            await member.session.aclose()  # its agent ends, its container is removed
+            sandbox = member.session.sandbox
+            removed = isinstance(sandbox, OciSessionSandbox) and sandbox.removed
+        else:
+            removed = await self.engine.remove(member.name)
+        if removed:
             self._forget(member)
         # Otherwise it stays known: `close` and the exit handler remove it again.
 
@@ -191,15 +222,21 @@ class ContainerPool:
             self._members[member.name] = member
         ok = False
         try:
-            spec = cli.spec(slot.compile(run), timeout_s=_START_TIMEOUT_S)
-            problem = await (
-                self._start_detached(member, spec)
-                if run.lifeline is None
-                else self._start_attached(member, spec)
-            )
-            if problem is not None:
-                return Failure(BackendFailed(backend=backend.name, reason=problem))
-            member.cgroup = await self._find_cgroup(member)
+            if self.sessions:
+                opened = await self._start_session(slot, member)
+                if isinstance(opened, Failure):
+                    return Failure(opened.failure())
+                member.session = opened.unwrap()
+            else:
+                spec = cli.spec(slot.compile(run), timeout_s=_START_TIMEOUT_S)
+                problem = await (
+                    self._start_detached(member, spec)
+                    if run.lifeline is None
+                    else self._start_attached(member, spec)
+                )
+                if problem is not None:
+                    return Failure(BackendFailed(backend=backend.name, reason=problem))
+                member.cgroup = await self._find_cgroup(member)
             member.last_used = time.monotonic()
             ok = True
             return Success(member)
@@ -209,6 +246,20 @@ class ContainerPool:
                     # The CLI may have been cut short while the engine was still creating it.
                     await live.remove(cli, run.name, run.run_id, thorough=True)
                 self._forget(member)
+
+    async def _start_session(
+        self, slot: _Slot, member: _Member
+    ) -> Result[AgentSession, SandboxError]:
+        """A session agent as the container's process: the pool holds its placeholders and
+        counts it live (`registered=False`); no lifetime but the command's own timeout."""
+        settings = SessionSettings(
+            idle_timeout_s=self.settings.idle_timeout_s + _AGENT_IDLE_MARGIN_S,
+            max_lifetime_s=None,
+        )
+        api = await self.engine.api()
+        return await start_oci_session(
+            self.backend, member.run, slot.policy, settings, warnings=(), api=api, registered=False
+        )
 
     async def _start_detached(self, member: _Member, spec: SpawnSpec) -> str | None:
         """An untied keeper (`run --detach`): started once the CLI returns."""
@@ -261,7 +312,7 @@ class ContainerPool:
         traits = backend._traits()
         layout = backend._protection_layout(workspace, policy)
 
-        tied = backend._engine().map(lambda found: found[1].shell).value_or(False)
+        tied = not self.sessions and backend._engine().map(lambda f: f[1].shell).value_or(False)
 
         def make_run() -> ContainerRun:
             run = backend._container_run(
@@ -290,7 +341,7 @@ class ContainerPool:
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
-                slot = _Slot(key=key, make_run=make_run, compile=compile_args)
+                slot = _Slot(key=key, policy=policy, make_run=make_run, compile=compile_args)
                 self._slots[key] = slot
                 evicted = self._evict_keys(keep=slot)
             slot.last_used = now
@@ -351,7 +402,8 @@ class ContainerPool:
                     slot.starting += 1
                     start_here = True
             if member is not None:
-                if member.guards.lost():  # its mounts no longer cover what they did
+                # Its mounts no longer cover what they did, or its session's agent is gone.
+                if member.guards.lost() or member.ended:
                     self._discard(slot, member)
                     continue
                 stale = time.monotonic() - member.last_used > settings.health_check_after_s
@@ -428,6 +480,8 @@ class ContainerPool:
         if isinstance(acquired, Failure):
             return Failure(acquired.failure())
         member = acquired.unwrap()
+        if member.session is not None:
+            return await self._run_session(slot, member, request, warnings)
         backend = self.backend
         args = compile_exec_args(
             request, policy, backend.host, container=member.name, workspace=workspace
@@ -471,6 +525,20 @@ class ContainerPool:
                 with anyio.CancelScope(shield=True):
                     await self._kill(member)
             self._give_back(slot, member, reusable=reusable and not killed)
+
+    async def _run_session(
+        self, slot: _Slot, member: _Member, request: RunRequest, warnings: tuple[str, ...]
+    ) -> Result[RunResult, SandboxError]:
+        """The command on `member`'s session, which is then closed (in the background) and
+        replaced: it never runs another. The agent kills the command's whole tree when the
+        command ends, times out or is cancelled, before this returns."""
+        session = member.session
+        assert session is not None
+        session.warnings = warnings  # this run's, as a keeper's `exec` would report them
+        try:
+            return await session.run(request)
+        finally:
+            self._discard(slot, member)
 
     async def _kill(self, member: _Member) -> None:
         """Force-remove now (the timeout or cancel path): nothing the command started survives."""
@@ -560,8 +628,13 @@ class ContainerPool:
             if self._closed:
                 return
             self._closed = True
+            idle = [member for slot in self._slots.values() for member in slot.idle]
             self._slots.clear()
         self._maintenance.close()
+        for member in idle:
+            if member.session is not None:  # its agent and channel end with it
+                with contextlib.suppress(Exception):
+                    self.backend.state.portal.call(functools.partial(self._remove, member))
         engine = self.backend._engine()
         if isinstance(engine, Failure):
             return

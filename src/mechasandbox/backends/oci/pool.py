@@ -1,4 +1,9 @@
-"""A warm pool of pre-started containers: commands run by `exec` instead of `run`.
+"""A warm pool of pre-started containers: commands run in them instead of by `run`.
+
+One-shot runs that discard their container (the default) run on ready sessions where the
+runner can start the session agent: a member is then a session container, its command
+run by the agent, and the session closed after that one command (see `container_pool`).
+What follows describes keepers, the members otherwise (and for `after_use=REUSE`).
 
 `PooledBackend(backend=DockerBackend(...), settings=PoolSettings(size=2))` satisfies the
 `Backend` protocol. Containers are kept per key: (engine CLI, image, runtime, the creation
@@ -128,8 +133,9 @@ class PooledBackend:
                         "pool",
                         f"size {settings.size}, after use {settings.after_use.value}, "
                         f"when exhausted {settings.when_exhausted.value}: the container is "
-                        "created as above with `--detach` running `sleep infinity`, the "
-                        "command then runs by `exec`",
+                        "created as above, ahead, running the session agent (one command, "
+                        "then it is closed) or, for reuse, a keeper; the command then runs "
+                        "through the agent, or by `exec`",
                     ),
                 ),
             )

@@ -88,6 +88,10 @@ class OciSessionSandbox:
     cgroup: ProcessCgroup | None = None
     process: AgentProcess | None = None
     launcher: HelperProcessRunner | None = None  # podman's: a spawn helper of its own
+    # It holds its placeholders and counts among the live containers (else: its pool does).
+    registered: bool = True
+    # Its container is gone (after `aclose`: else it is still registered, see there).
+    removed: bool = False
     _closed: bool = False
 
     def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
@@ -140,8 +144,9 @@ class OciSessionSandbox:
                 if self.launcher is not None:
                     self.launcher.close()
                 removed = await _remove(self.backend, self.cli, self.api, self.run.name)
+                self.removed = removed
                 self.guards.close()
-                if removed:
+                if removed and self.registered:
                     self.backend.state.live.discard(self.run.name)
                     self.backend.state.placeholders.release(self.run.workspace, self.placeholders)
                 # Otherwise it stays registered: `close`, the exit handler or a sweep removes it.
@@ -185,13 +190,54 @@ async def open_oci_session(
 ) -> Result[BackendSession, SandboxError]:
     """Start the session's container as a one-shot run of `policy` in `workspace` would be,
     with the agent as its process, and wait for the agent's HELLO."""
-    name = backend.name
-    found = session_agent(name, backend.runner)
+    found = session_agent(backend.name, backend.runner)
     if isinstance(found, Failure):
         return Failure(found.failure())
     if policy.network.mode is NetworkMode.ALLOWLIST:
         why = "allowlist networking has none yet (its proxy lives for one run): use none"
-        return Failure(no_sessions(name, why))
+        return Failure(no_sessions(backend.name, why))
+    engine = backend._engine()
+    if isinstance(engine, Failure):
+        return Failure(engine.failure())
+    prepared = backend._prepare(
+        RunRequest(argv=(AGENT_PATH,), workspace=workspace), policy, probed=backend
+    )
+    if isinstance(prepared, Failure):
+        return Failure(prepared.failure())
+    ready = prepared.unwrap()
+    run = backend._container_run(
+        ready.workspace,
+        ready.policy,
+        layout=ready.layout,
+        mounts=ready.mounts,
+        file_placeholders=ready.file_placeholders,
+    )
+    cli = backend._cli(engine.unwrap()[2])
+    api = await backend.state.apis.get(cli, podman=backend.kind == "podman")
+    started = await start_oci_session(
+        backend, run, ready.policy, settings, warnings=ready.warnings, api=api
+    )
+    return started
+
+
+async def start_oci_session(
+    backend: OciBackend,
+    run: ContainerRun,
+    policy: Policy,
+    settings: SessionSettings,
+    *,
+    warnings: tuple[str, ...],
+    api: EngineApi | None,
+    registered: bool = True,
+) -> Result[AgentSession, SandboxError]:
+    """Start `run` (a prepared policy's container) with the agent as its process and wait
+    for its HELLO. `api`: the engine's, for its lifecycle calls (None: the CLI's);
+    `registered`: the session holds the run's placeholders and counts it among the live
+    containers itself (False: its caller does, the warm pool, before and after it)."""
+    name = backend.name
+    found = session_agent(name, backend.runner)
+    if isinstance(found, Failure):
+        return Failure(found.failure())
     engine = backend._engine()
     if isinstance(engine, Failure):
         return Failure(engine.failure())
@@ -199,42 +245,30 @@ async def open_oci_session(
     # The container's pid namespace is the session's alone: what a command leaves is
     # killed with kill(-1), which no fork outruns (see the agent's `kill_namespace`).
     arguments = ("--pipes", *agent_argv(AGENT_PATH, settings, pid_namespace=True)[1:])
-    request = RunRequest(argv=(AGENT_PATH, *arguments), workspace=workspace)
-    prepared = backend._prepare(request, policy, probed=backend)
-    if isinstance(prepared, Failure):
-        return Failure(prepared.failure())
-    ready = prepared.unwrap()
+    request = RunRequest(argv=(AGENT_PATH, *arguments), workspace=run.workspace)
     cli = backend._cli(executable)
-    api = await backend.state.apis.get(cli, podman=backend.kind == "podman")
-    env = command_environment(ready.policy, backend.host)
+    env = command_environment(policy, backend.host)
     env.setdefault("PATH", await _image_path(backend, cli, api))
-    run = attrs.evolve(
-        backend._container_run(
-            ready.workspace,
-            ready.policy,
-            layout=ready.layout,
-            mounts=ready.mounts,
-            file_placeholders=ready.file_placeholders,
-        ),
-        agent=SessionAgent(host_path=found.unwrap(), arguments=arguments),
-    )
+    run = attrs.evolve(run, agent=SessionAgent(host_path=found.unwrap(), arguments=arguments))
     placeholders = protection.placeholder_paths(run)
-    if not backend.state.placeholders.hold(run.workspace, placeholders, run.file_placeholders):
-        return Failure(BackendFailed(backend=name, reason=locked_too_long("container")))
-    backend.state.live.add(run.name, cli)
+    if registered:
+        if not backend.state.placeholders.hold(run.workspace, placeholders, run.file_placeholders):
+            return Failure(BackendFailed(backend=name, reason=locked_too_long("container")))
+        backend.state.live.add(run.name, cli)
     sandbox = OciSessionSandbox(
         backend=backend,
         cli=cli,
         api=api,
         run=run,
-        policy=ready.policy,
+        policy=policy,
         environment=tuple(sorted(env.items())),
         guards=protection.guards(run),
         placeholders=placeholders,
+        registered=registered,
     )
     args = compile_container_args(
         request,
-        ready.policy,
+        policy,
         backend.host,
         backend.image,
         backend.runtime,
@@ -263,11 +297,11 @@ async def open_oci_session(
     return Success(
         AgentSession(
             name=name,
-            workspace=ready.workspace,
-            policy=ready.policy,
+            workspace=run.workspace,
+            policy=policy,
             channel=channel,
             sandbox=sandbox,
             settings=settings,
-            warnings=ready.warnings,
+            warnings=warnings,
         )
     )
