@@ -9,7 +9,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
@@ -17,6 +17,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.session_base import SessionSettings, no_sessions
 from mechasandbox.domain.errors import BackendFailed, SandboxError
+from mechasandbox.domain.request import RunRequest
 from mechasandbox.runner import framing
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.session_client import HELLO_TIMEOUT_S, AgentChannel
@@ -26,9 +27,13 @@ from mechasandbox.runner.submission import HelpedRunner, Submitted
 
 if TYPE_CHECKING:
     from mechasandbox.backends.session_base import BackendSession
-    from mechasandbox.domain.policy import NetworkPolicy
+    from mechasandbox.backends.template import Job, SpawningBackend
+    from mechasandbox.domain.policy import NetworkPolicy, Policy
+    from mechasandbox.limits.cgroup import CgroupEvents, CgroupManager, CgroupRun
     from mechasandbox.network.session import EgressProxy
     from mechasandbox.network.session_proxy import SessionProxy
+
+Setting = TypeVar("Setting")
 
 # How long the sandbox may take to end once its agent was told to (the agent's own tree
 # kill is bounded by 2 s; the helper's kill of what is left follows).
@@ -135,6 +140,58 @@ async def start_session_proxy(
         return Success(await SessionProxy.start(egress, network, listen_tcp=listen_tcp))
     except OSError as error:
         return Failure(BackendFailed(backend=backend, reason=f"the allowlist proxy: {error}"))
+
+
+async def prepared_session(
+    backend: SpawningBackend[Any, Setting],
+    request: RunRequest,
+    policy: Policy,
+    *,
+    listen_tcp: bool = False,
+) -> Result[tuple[Job, Setting, SessionProxy | None], SandboxError]:
+    """What a host backend's session starts from, as a one-shot run of `request` (the
+    agent as its command) would: the toolchains, `prepare_run` (probe, enforcement, the
+    workspace, its git indirections), the run's setting, and the session's proxy in
+    allowlist mode (the setting told where it listens). On a failure nothing is left open."""
+    from mechasandbox.backends.execute import prepare_run
+    from mechasandbox.backends.template import Job
+
+    policy = backend.with_toolchains(request, policy, backend.host)
+    prepared = prepare_run(backend, request, policy, backend.git)
+    if isinstance(prepared, Failure):
+        return Failure(prepared.failure())
+    warnings, real, chosen, files = prepared.unwrap()
+    opened = backend.open_setting(real, chosen)
+    if isinstance(opened, Failure):
+        return Failure(opened.failure())
+    setting = opened.unwrap()
+    egress = backend.proxy_for(chosen)
+    proxied = await start_session_proxy(backend.name, egress, chosen.network, listen_tcp=listen_tcp)
+    if isinstance(proxied, Failure):
+        backend.close_setting(setting, real)
+        return Failure(proxied.failure())
+    proxy = proxied.unwrap()
+    if proxy is not None:
+        setting = backend.with_proxy(setting, proxy.running)
+    job = Job(
+        request=request,
+        policy=chosen,
+        host=backend.host,
+        workspace=real,
+        warnings=warnings,
+        file_placeholders=files,
+    )
+    return Success((job, setting, proxy))
+
+
+def cgroup_counters(manager: CgroupManager | None, cgroup: CgroupRun | None) -> CgroupEvents | None:
+    """A session cgroup's event counters (None: no cgroup, or it cannot be read)."""
+    if manager is None or cgroup is None:
+        return None
+    try:
+        return manager.events(cgroup)
+    except OSError:
+        return None
 
 
 async def with_proxy_closed_on_failure(

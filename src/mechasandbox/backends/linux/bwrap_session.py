@@ -34,15 +34,16 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.agent_process import (
     AgentProcess,
     agent_argv,
+    cgroup_counters,
+    prepared_session,
     session_agent,
     start_agent,
-    start_session_proxy,
     with_proxy_closed_on_failure,
 )
 from mechasandbox.backends.agent_session import AgentSession
-from mechasandbox.backends.execute import disarm_after, prepare_run
+from mechasandbox.backends.execute import disarm_after
 from mechasandbox.backends.linux.bwrap_compiler import SESSION_AGENT, BwrapCommand
-from mechasandbox.backends.linux.bwrap_hooks import LANDLOCK_SCOPE_ABI, landlock_abi
+from mechasandbox.backends.linux.bwrap_hooks import LANDLOCK_SCOPE_ABI
 from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
 from mechasandbox.backends.resources import run_rlimits
 from mechasandbox.backends.session_base import BackendSession, SessionSettings
@@ -117,12 +118,7 @@ class BwrapSessionSandbox:
         )
 
     def counters(self) -> CgroupEvents | None:
-        if self.manager is None or self.cgroup is None:
-            return None
-        try:
-            return self.manager.events(self.cgroup)
-        except OSError:
-            return None
+        return cgroup_counters(self.manager, self.cgroup)
 
     def finished(
         self, result: Result[RunResult, SandboxError], since_ns: int
@@ -169,30 +165,10 @@ async def open_bwrap_session(
     # bwrap always unshares the pid namespace: its pid 1, the agent pid 2
     argv = agent_argv(SESSION_AGENT, settings, pid_namespace=True)
     request = RunRequest(argv=argv, workspace=workspace)
-    policy = backend.with_toolchains(request, policy, backend.host)
-    prepared = prepare_run(backend, request, policy, backend.git)
+    prepared = await prepared_session(backend, request, policy)
     if isinstance(prepared, Failure):
         return Failure(prepared.failure())
-    warnings, real, chosen, files = prepared.unwrap()
-    opened = backend.open_setting(real, chosen)
-    if isinstance(opened, Failure):
-        return Failure(opened.failure())
-    setting = opened.unwrap()
-    proxied = await start_session_proxy(NAME, backend.proxy_for(chosen), chosen.network)
-    if isinstance(proxied, Failure):
-        backend.close_setting(setting, real)
-        return Failure(proxied.failure())
-    proxy = proxied.unwrap()
-    if proxy is not None:
-        setting = backend.with_proxy(setting, proxy.running)
-    job = Job(
-        request=request,
-        policy=chosen,
-        host=backend.host,
-        workspace=real,
-        warnings=warnings,
-        file_placeholders=files,
-    )
+    job, setting, proxy = prepared.unwrap()
     return await with_proxy_closed_on_failure(
         proxy, _start(backend, job, setting, agent, settings, proxy)
     )
@@ -224,7 +200,7 @@ async def _start(
         guards=GuardSet(command.guards + tuple((p, "write") for p in command.placeholders)),
         manager=manager,
         cgroup=None,
-        scope=command_scope(landlock_abi()),
+        scope=command_scope(setting.features.landlock_abi),
         bridge=None if proxy is None else backend.proxy_bridge(chosen, setting.proxy_socket),
     )
     # bwrap and the agent under no rlimits: each command has its own (its CPU time is

@@ -33,13 +33,14 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.agent_process import (
     AgentProcess,
     agent_argv,
+    cgroup_counters,
+    prepared_session,
     session_agent,
     start_agent,
-    start_session_proxy,
     with_proxy_closed_on_failure,
 )
 from mechasandbox.backends.agent_session import AgentSession
-from mechasandbox.backends.execute import disarm_after, prepare_run
+from mechasandbox.backends.execute import disarm_after
 from mechasandbox.backends.linux.landlock_compiler import LandlockRuleset
 from mechasandbox.backends.resources import run_rlimits
 from mechasandbox.backends.session_base import BackendSession, SessionSettings
@@ -94,12 +95,7 @@ class LandlockSessionSandbox:
         )
 
     def counters(self) -> CgroupEvents | None:
-        if self.manager is None or self.cgroup is None:
-            return None
-        try:
-            return self.manager.events(self.cgroup)
-        except OSError:
-            return None
+        return cgroup_counters(self.manager, self.cgroup)
 
     def finished(
         self, result: Result[RunResult, SandboxError], since_ns: int
@@ -134,31 +130,11 @@ async def open_landlock_session(
         return Failure(found.failure())
     agent = found.unwrap()
     request = RunRequest(argv=agent_argv(agent, settings), workspace=workspace)
-    policy = backend.with_toolchains(request, policy, backend.host)
-    prepared = prepare_run(backend, request, policy, backend.git)
+    # (its proxy on loopback TCP, as a one-shot landlock run reaches it)
+    prepared = await prepared_session(backend, request, policy, listen_tcp=True)
     if isinstance(prepared, Failure):
         return Failure(prepared.failure())
-    warnings, real, chosen, files = prepared.unwrap()
-    opened = backend.open_setting(real, chosen)
-    if isinstance(opened, Failure):
-        return Failure(opened.failure())
-    setting = opened.unwrap()
-    egress = backend.proxy_for(chosen)
-    proxied = await start_session_proxy(NAME, egress, chosen.network, listen_tcp=True)
-    if isinstance(proxied, Failure):
-        backend.close_setting(setting, real)
-        return Failure(proxied.failure())
-    proxy = proxied.unwrap()
-    if proxy is not None:
-        setting = backend.with_proxy(setting, proxy.running)
-    job = Job(
-        request=request,
-        policy=chosen,
-        host=backend.host,
-        workspace=real,
-        warnings=warnings,
-        file_placeholders=files,
-    )
+    job, setting, proxy = prepared.unwrap()
     return await with_proxy_closed_on_failure(
         proxy, _start(backend, job, setting, agent, settings, proxy)
     )
