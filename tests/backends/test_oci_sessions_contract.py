@@ -51,8 +51,14 @@ class TestGvisorSessionContract(_InContainerSessions):
         """As the contract's, seen from inside: gVisor's processes are not the host's (its
         sentry runs them), so the escapers are looked for by the session's next command."""
         marker = f"contract-{secrets.token_hex(4)}"
-        script = escaper_script(marker, then="echo started; ps -o args; wait")
-        policy = attrs.evolve(self.policy(), limits=Limits(timeout_s=1.5))
+        # gVisor starts processes slowly under load: the escapers are waited for (their
+        # sleeps seen, at most 3 s) before they are listed, or the count below is a race
+        waited = (
+            'i=0; while [ "$(ps -o args | grep -c "^[s]leep 30")" -lt '
+            f"{ESCAPERS} ] && [ $i -lt 60 ]; do sleep 0.05; i=$((i+1)); done; "
+        )
+        script = escaper_script(marker, then=waited + "echo started; ps -o args; wait")
+        policy = attrs.evolve(self.policy(), limits=Limits(timeout_s=5))
         result = self.run(backend, ["sh", "-c", script], tmp_path, policy=policy)
         assert isinstance(result, Failure)
         error = result.failure()
