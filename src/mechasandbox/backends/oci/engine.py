@@ -67,6 +67,7 @@ from mechasandbox.domain.errors import (
     BackendUnavailable,
     ConfigInvalid,
     EngineLost,
+    ProcessLimit,
     SandboxError,
     SpawnFailed,
 )
@@ -496,10 +497,19 @@ class OciBackend:
             failed = BackendFailed(backend=self.name, reason=launched.failure().message)
             return Ended(answer=Failure(failed), over=True)
         outcome, refused = launched.unwrap(), 0
+        limit = launch.policy.limits.max_processes
         if launch.run.lifeline is not None:
+            starved = lifeline.starved(outcome)
+            if starved is not None:
+                partial = self._result(starved, launch.warnings, exit_code=None, signal=None)
+                detail = (
+                    f"process limit of {limit} reached: the sandbox's watcher could not fork, "
+                    "and the run was ended"
+                )
+                starved_run = ProcessLimit(detail=detail, partial=partial)
+                return Ended(answer=Failure(starved_run), over=True)
             outcome, refused = lifeline.refused_forks(outcome)
         unfinished = self._result(outcome, launch.warnings, exit_code=None, signal=None)
-        limit = launch.policy.limits.max_processes
         if refused and limit is not None:
             # What a limit refused in a run is a violation; it ends no run (EAGAIN only).
             detail = f"process limit of {limit} reached: {refused} forks refused"

@@ -22,6 +22,13 @@ the command running, writing the workspace, long after. So the container is tied
   status, which ends the PID namespace. A deadline `sleep` that ends early (a command's
   `pkill sleep`) is started again for what is left (`date +%s`). Without tini, orphans
   the command leaves stay zombies until then: they count under `--pids-limit`.
+- The pids limit is the whole container's: the command can take every free slot, those
+  left for the watcher included. So the watcher starts its deadline and first tick before
+  the command (a command that forked up to the limit at once made the watcher's own first
+  fork fail, and a shell that cannot fork exits: the run ended with status 2 and no
+  output). A later fork of its own that the limit refuses (a tick, a deadline started
+  again) still ends the shell: its `EXIT` trap then kills everything and says `starved`,
+  and the run fails with `process_limit` instead of reporting the shell's status.
 - The command's input (the request's stdin) cannot share the lifeline: it comes from a
   private file of the run mounted read-only at `STDIN_PATH`; streamed input, from a FIFO
   there that the host fills as the command reads (`feeding`).
@@ -75,7 +82,7 @@ DEADLINE_GRACE_S = 3.0
 # command has started, so that it does not report the command's death ("Killed").
 # `up PID`: the process runs (neither gone nor a zombie: `kill -0` holds for a zombie).
 _WATCH_SCRIPT = """\
-exec 3<&0
+exec 3<&0 4>&2
 t=$1
 in=$2
 shift 2
@@ -83,18 +90,21 @@ up() { while read -r k v _; do [ "$k" = State: ] && { [ "$v" != Z ]; return; }; 
 <"/proc/$1/status"; return 1; }
 forks() { for f in /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do \
 [ -r "$f" ] && { read -r _ n <"$f"; [ "${n:-0}" != 0 ] && echo "$1 $n" >&4; return; }; done; }
+q=
+trap '[ -n "$q" ] || { kill -9 -1; echo "$0: starved" >&4; }' EXIT
 w=0
 trap w=1 CHLD
-(exec "$@") <"$in" 3<&- &
-c=$!
-exec 4>&2 2>/dev/null
 d=
 e=
 if [ "$t" != 0 ]; then e=$(date +%s); e=$((${e:-0} + t)); sleep "$t" 3<&- 4>&- & d=$!; fi
-k=
+sleep 1 3<&- 4>&- &
+k=$!
+(exec "$@") <"$in" 3<&- 4>&- &
+c=$!
+exec 2>/dev/null
 while up "$c"; do
-  if [ -z "$k" ] || ! up "$k"; then
-    if [ -n "$k" ]; then wait "$k"; fi
+  if ! up "$k"; then
+    wait "$k"
     sleep 1 3<&- 4>&- & k=$!
   fi
   w=0
@@ -107,6 +117,7 @@ while up "$c"; do
     sleep $((e - n)) 3<&- 4>&- & d=$!
   fi
 done
+q=1
 if up "$c"; then kill -9 -1; exit 137; fi
 wait "$c"
 s=$?
@@ -170,6 +181,19 @@ def refused_forks(outcome: ProcessOutcome) -> tuple[ProcessOutcome, int]:
         return outcome, 0
     stderr = outcome.stderr[: found.start()] + (b"\n" if found.group(0).startswith(b"\n") else b"")
     return attrs.evolve(outcome, stderr=stderr), int(found.group(1))
+
+
+_STARVED = re.compile(rb"(?:^|\n)" + re.escape(WATCH_PREFIX) + rb"starved\n\Z")
+
+
+def starved(outcome: ProcessOutcome) -> ProcessOutcome | None:
+    """The outcome without the watcher's last word when the pids limit refused one of the
+    watcher's own forks, which ended it (see the module); None otherwise."""
+    found = _STARVED.search(outcome.stderr)
+    if found is None:
+        return None
+    stderr = outcome.stderr[: found.start()] + (b"\n" if found.group(0).startswith(b"\n") else b"")
+    return attrs.evolve(outcome, stderr=stderr)
 
 
 def exec_failure(outcome: ProcessOutcome, command: str, *, image: str) -> SandboxError | None:
