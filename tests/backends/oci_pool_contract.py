@@ -41,6 +41,7 @@ from tests.conftest import require_available
 
 class OciPoolContract(OciContract):
     settings = PoolSettings(size=2)
+    watched_runs = False
 
     @pytest.fixture(autouse=True)
     def _close_pools(self) -> Iterator[None]:
