@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import attrs
 from returns.result import Failure, Result, Success
@@ -38,9 +38,20 @@ from mechasandbox.domain.result import RunResult
 from mechasandbox.streaming import OutputRelay, events_of
 
 if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
     from returns.future import FutureResult
 
     from mechasandbox.sandbox import Chunks, Sandbox, Stdin
+
+
+class SessionRunOptions(TypedDict, total=False):
+    """The options of a command in a session besides its argv (`Session.run_async` says
+    what each does)."""
+
+    stdin: Stdin
+    limits: Limits | None
+    on_stdout: Chunks | None
+    on_stderr: Chunks | None
 
 
 class Session:
@@ -134,22 +145,12 @@ class Session:
         return ran.map(lambda result: with_notes(result, self._sandbox.backend))
 
     def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: Stdin = None,
-        limits: Limits | None = None,
-        on_stdout: Chunks | None = None,
-        on_stderr: Chunks | None = None,
+        self, argv: Sequence[str], **options: Unpack[SessionRunOptions]
     ) -> FutureResult[RunResult, SandboxError]:
-        """The composable form of `run_async`."""
+        """The composable form of `run_async` (the same options)."""
         from returns.future import FutureResult
 
-        return FutureResult(
-            self.run_async(
-                argv, stdin=stdin, limits=limits, on_stdout=on_stdout, on_stderr=on_stderr
-            )
-        )
+        return FutureResult(self.run_async(argv, **options))
 
     async def export(self) -> Result[tuple[str, ...], SandboxError]:
         """Bring the session's changes into the caller's workspace, for a backend whose
@@ -175,36 +176,21 @@ class SyncSession:
     on the session's own loop, in a thread of its own."""
 
     _session: Session
-    _portal: object
+    _portal: BlockingPortal
 
     @property
     def opened(self) -> Result[BackendSession, SandboxError]:
         return self._session.opened
 
     def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: Stdin = None,
-        limits: Limits | None = None,
-        on_stdout: Chunks | None = None,
-        on_stderr: Chunks | None = None,
+        self, argv: Sequence[str], **options: Unpack[SessionRunOptions]
     ) -> Result[RunResult, SandboxError]:
-        from anyio.from_thread import BlockingPortal
-
-        assert isinstance(self._portal, BlockingPortal)
+        """`Session.run_async`, waited for (the same options)."""
         session = self._session
-        return self._portal.call(
-            lambda: session.run_async(
-                argv, stdin=stdin, limits=limits, on_stdout=on_stdout, on_stderr=on_stderr
-            )
-        )
+        return self._portal.call(lambda: session.run_async(argv, **options))
 
     def export(self) -> Result[tuple[str, ...], SandboxError]:
         """`Session.export`."""
-        from anyio.from_thread import BlockingPortal
-
-        assert isinstance(self._portal, BlockingPortal)
         return self._portal.call(self._session.export)
 
 

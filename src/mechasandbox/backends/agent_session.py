@@ -117,7 +117,8 @@ class AgentSession:
     async def run(
         self, request: RunRequest, *, limits: Limits | None = None
     ) -> Result[RunResult, SandboxError]:
-        if os.path.realpath(request.workspace) != self.workspace:
+        given = request.workspace
+        if given != self.workspace and os.path.realpath(given) != self.workspace:
             problem = (
                 f"the session's workspace is {self.workspace}, not {request.workspace!r} "
                 "(a session has one workspace; open another session for another)"

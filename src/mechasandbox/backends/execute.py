@@ -7,7 +7,7 @@ import functools
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 import attrs
@@ -118,11 +118,13 @@ def disarm_after(
     policy: Policy,
     started: int,
     git: GitFacts | None,
+    *,
+    skip: Collection[str] = (),
 ) -> Result[RunResult, SandboxError]:
     """After a run: the repositories it made that would run code on the host are disarmed
     (see `git_new_repositories`; `git`: the backend's, as for `prepare_run`), and a
     successful result says so."""
-    warnings = disarm_new_repositories(workspace, policy, since_ns=started, facts=git)
+    warnings = disarm_new_repositories(workspace, policy, since_ns=started, facts=git, skip=skip)
     if not warnings or not isinstance(result, Success):
         return result
     value = result.unwrap()

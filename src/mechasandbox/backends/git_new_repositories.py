@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Collection
 
 from mechasandbox.backends.git_config import ParsedConfigs
 from mechasandbox.backends.git_facts import GitFacts
@@ -102,17 +103,19 @@ def disarm_new_repositories(
     since_ns: int,
     home: str | None = None,
     facts: GitFacts | None = None,
+    skip: Collection[str] = (),
 ) -> tuple[str, ...]:
     """Disarm the armed repositories the run (started at `since_ns`, file system time)
     made or changed and did not protect; the warnings that say so. Only where the policy
     protects `.git/config` (see `with_git_indirections`). A repository left unprotected
     for being beyond the search's bounds but untouched by the run stays as it was.
-    `facts`: what the search before the run read (None: everything read now)."""
+    `facts`: what the search before the run read (None: everything read now); `skip`:
+    directories not to look into (see `NestedWalker.walk`)."""
     if ".git/config" not in policy.filesystem.protected:
         return ()
     home = home if home is not None else os.environ.get("HOME", "")
     git = facts if facts is not None else GitFacts()
-    walk = git.walker.walk(workspace)
+    walk = git.walker.walk(workspace, skip=skip)
     found: list[tuple[str, Repository]] = []
     for top in walk.worktrees:
         repository = repository_at(top)

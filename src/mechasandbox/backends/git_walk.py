@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Collection
 
 import attrs
 
@@ -98,7 +99,15 @@ class NestedWalker:
             collections.OrderedDict()
         )
 
-    def walk(self, workspace: str, *, max_directories: int = MAX_WALK_DIRECTORIES) -> NestedWalk:
+    def walk(
+        self,
+        workspace: str,
+        *,
+        max_directories: int = MAX_WALK_DIRECTORIES,
+        skip: Collection[str] = (),
+    ) -> NestedWalk:
+        """`skip`: directories not to walk into (a session's placeholders: empty, and
+        covered read-only in its sandbox for as long as their guards hold)."""
         with self._lock:
             known = self._listings.pop(workspace, {})
         listings: dict[str, _Listing] = {}
@@ -126,7 +135,8 @@ class NestedWalker:
                     worktrees.append(directory)
                 elif is_bare_repository(directory, listing.names):
                     bare.append(directory)
-            queue.extend(os.path.join(directory, name) for name in listing.subdirectories)
+            below = (os.path.join(directory, name) for name in listing.subdirectories)
+            queue.extend(path for path in below if path not in skip)
         with self._lock:
             self._listings[workspace] = listings
             while len(self._listings) > _WORKSPACES:

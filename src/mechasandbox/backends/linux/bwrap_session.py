@@ -124,7 +124,8 @@ class BwrapSessionSandbox:
         self, result: Result[RunResult, SandboxError], since_ns: int
     ) -> Result[RunResult, SandboxError]:
         job, backend = self.job, self.backend
-        late = self.guards.warnings()
+        lost = self.guards.lost()
+        late = self.guards.warnings(lost)
         if isinstance(result, Success):
             value = result.unwrap()
             failed = None if self.bridge is None else bridge_failure(value)
@@ -132,7 +133,13 @@ class BwrapSessionSandbox:
                 result = Failure(failed)
             elif late:
                 result = Success(attrs.evolve(value, warnings=value.warnings + late))
-        result = disarm_after(result, job.workspace, job.policy, since_ns, backend.git)
+        # The placeholders are the session's own, empty and covered read-only inside while
+        # their guards hold: nothing the commands do can make a repository in one.
+        replaced = {path for path, _ in lost}
+        covered = {path for path in self.command.placeholders if path not in replaced}
+        result = disarm_after(
+            result, job.workspace, job.policy, since_ns, backend.git, skip=covered
+        )
         return explain_refusals(
             result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host
         )

@@ -23,6 +23,7 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.agent_process import session_agent
 from mechasandbox.backends.agent_session import AgentSession
+from mechasandbox.backends.execute import disarm_after, run_started
 from mechasandbox.backends.oci import lifeline, live, protection
 from mechasandbox.backends.oci.cli import EngineCli, exit_status, gone, remote_engine, tail
 from mechasandbox.backends.oci.compiler import (
@@ -123,6 +124,14 @@ class _Slot:
     @property
     def total(self) -> int:
         return len(self.idle) + len(self.busy) + self.starting
+
+    def held(self, after_use: AfterUse) -> int:
+        """The containers the size bound counts before starting more: all of them when
+        used ones come back; when they are discarded, those ready or starting (one taken
+        for a run is replaced at once: see `ContainerPool._acquire`)."""
+        if after_use is AfterUse.REUSE:
+            return self.total
+        return len(self.idle) + self.starting
 
 
 class ContainerPool:
@@ -368,7 +377,7 @@ class ContainerPool:
         with self._lock:
             if self._closed or slot.retired:
                 return
-            missing = self.settings.size - slot.total
+            missing = self.settings.size - slot.held(self.settings.after_use)
             slot.starting += max(missing, 0)
         for _ in range(max(missing, 0)):
             self._submit(lambda: self._start_into(slot))
@@ -395,10 +404,15 @@ class ContainerPool:
                         BackendUnavailable(backend=self.backend.name, reason="the pool is closed")
                     )
                 slot.last_used = time.monotonic()
-                if slot.idle:
+                # At most `size` in use at once. Discarded after use, a member taken is
+                # replaced at once (`_replenish` counts those ready or starting), so that
+                # back-to-back runs find the next one started while they ran: the key holds
+                # at most `size` in use and `size` ready or starting.
+                room = len(slot.busy) < settings.size
+                if room and slot.idle:
                     member = slot.idle.pop()
                     slot.busy.add(member)
-                elif slot.total < settings.size:
+                elif room and slot.held(settings.after_use) < settings.size:
                     slot.starting += 1
                     start_here = True
             if member is not None:
@@ -429,7 +443,7 @@ class ContainerPool:
                         backend=self.backend.name,
                         reason=(
                             f"all {settings.size} pool containers for this workspace and "
-                            f"policy are busy (waited {waited:.1f}s)"
+                            f"policy are busy or starting (waited {waited:.1f}s)"
                         ),
                         size=settings.size,
                         waited_s=waited,
@@ -472,9 +486,13 @@ class ContainerPool:
         mounts: PolicyMounts,
         files: FileContents,
     ) -> Result[RunResult, SandboxError]:
+        """The command on a member of its key; the repositories it made that would run
+        code on the host disarmed after it (see `execute.disarm_after`: a session's own
+        `finished` does so, from when it opened)."""
         made = self.backend._env_file(policy, self.backend.host)
         if isinstance(made, Failure):
             return Failure(made.failure())
+        started = run_started()
         slot = self.slot(request, policy, workspace, mounts, files)
         acquired = await self._acquire(slot)
         if isinstance(acquired, Failure):
@@ -482,6 +500,22 @@ class ContainerPool:
         member = acquired.unwrap()
         if member.session is not None:
             return await self._run_session(slot, member, request, warnings)
+        ran = await self._run_keeper(
+            slot, member, request, policy, workspace, warnings, made.unwrap()
+        )
+        return disarm_after(ran, workspace, policy, started, self.backend.git)
+
+    async def _run_keeper(
+        self,
+        slot: _Slot,
+        member: _Member,
+        request: RunRequest,
+        policy: Policy,
+        workspace: str,
+        warnings: tuple[str, ...],
+        env_file: bytes,
+    ) -> Result[RunResult, SandboxError]:
+        """The command by `exec` in `member`, a keeper's container."""
         backend = self.backend
         args = compile_exec_args(
             request, policy, backend.host, container=member.name, workspace=workspace
@@ -491,7 +525,7 @@ class ContainerPool:
             stdin=piped(request.stdin),
             timeout_s=policy.limits.timeout_s,
             max_output_bytes=policy.limits.max_output_bytes,
-            env_file=made.unwrap(),
+            env_file=env_file,
             on_output=request.on_output,
         )
         cgroup = member.cgroup

@@ -39,7 +39,7 @@ import attrs
 from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.base import HostContext, LaunchPlan
-from mechasandbox.backends.execute import disarm_after, prepare_run, run_started
+from mechasandbox.backends.execute import prepare_run
 from mechasandbox.backends.oci import lifeline
 from mechasandbox.backends.oci.compiler import EngineKind, Runtime
 from mechasandbox.backends.oci.container_pool import ContainerPool
@@ -171,8 +171,7 @@ class PooledBackend:
         if isinstance(prepared, Failure):
             return Failure(prepared.failure())
         ready = prepared.unwrap()
-        started = run_started()
-        ran = await self._pool.run(
+        return await self._pool.run(
             request,
             ready.policy,
             ready.workspace,
@@ -180,7 +179,6 @@ class PooledBackend:
             ready.mounts,
             ready.file_placeholders,
         )
-        return disarm_after(ran, ready.workspace, ready.policy, started, self.backend.git)
 
     async def reap_leftovers(
         self, *, include_live: bool = False

@@ -53,7 +53,10 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) 
 
 @attrs.frozen(kw_only=True)
 class PoolSettings:
-    """`size`: containers per key (idle + busy + starting), at most; `max_keys`: keys kept
+    """`size`: containers per key in use at once, at most; with `AfterUse.REUSE` also the
+    key's containers in all (idle + busy + starting); with `AfterUse.DISCARD` (the default)
+    a container taken for a run is replaced at once, so the key keeps `size` ready or
+    starting besides those in use (2 x `size` at most); `max_keys`: keys kept
     at once (the least recently used key's idle containers go first); `idle_timeout_s`:
     an idle container is stopped after this long; `health_check_after_s`: a container
     idle for longer is checked (its state on the API socket, else `exec true`) before it is
@@ -70,7 +73,8 @@ class PoolSettings:
 
 @attrs.frozen(kw_only=True)
 class PoolExhausted(BackendUnavailable):
-    """Every container of the key is busy and the pool is at its size."""
+    """`size` containers of the key are in use, or none is ready (all starting), and the
+    pool waited as long as its settings say."""
 
     kind: ClassVar[str] = "pool_exhausted"
     size: int = 0

@@ -84,9 +84,11 @@ class GuardSet:
 
         return check
 
-    def warnings(self) -> tuple[str, ...]:
-        """After the run: one warning per guard lost since the watcher's last look."""
-        return tuple(describe_lost((guard,)) + "; check it" for guard in self.lost())
+    def warnings(self, lost: Guards | None = None) -> tuple[str, ...]:
+        """After the run: one warning per guard lost since the watcher's last look (`lost`:
+        as `lost()` found just now, when the caller asked it already)."""
+        found = self.lost() if lost is None else lost
+        return tuple(describe_lost((guard,)) + "; check it" for guard in found)
 
     def close(self) -> None:
         for held in self._held.values():
