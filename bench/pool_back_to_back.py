@@ -5,8 +5,8 @@
 Each round: `--cold` cold `docker run --rm --network none IMAGE true`, then a burst of `--burst`
 runs of `true` through the pool (the default `discard`: every run gets a fresh container),
 each started as soon as the previous one answered, as an agent's tight loop would. The
-pool is warmed before the first round only (its `size` containers started); what a burst
-then costs includes waiting for replacements if the pool cannot keep up. Goal (issue 18):
+pool is at rest before each round (its `size` containers ready, no removal left); what a
+burst then costs includes waiting for replacements if the pool cannot keep up. Goal (issue 18):
 pool p50 <= 0.5x the cold run's p50.
 
 `--sessions`: also the same burst as one-shot runs on ready sessions (`WarmSessions`, the
@@ -78,7 +78,12 @@ def wait_sessions(sessions: WarmSessions, size: int) -> None:
 
 
 async def wait_warm(pooled: PooledBackend) -> None:
-    while pooled.pool.stats()["idle"] < pooled.settings.size:
+    """Until the pool is at rest: its `size` ready, no removal left (a removal under way
+    would slow the cold runs that follow, and flatter the pool's ratio)."""
+    while True:
+        stats = pooled.pool.stats()
+        if stats["idle"] >= pooled.settings.size and stats["removing"] == 0:
+            return
         await anyio.sleep(0.02)
 
 
@@ -117,6 +122,7 @@ def main() -> None:
             if args.sessions:
                 sessions.warm(workspace, Policy(), SessionSettings())
             for _ in range(args.rounds):
+                anyio.run(wait_warm, pooled)
                 colds += [cold(args.image) for _ in range(args.cold)]
                 pooled_walls += anyio.run(burst, pooled, request, args.burst)
                 if args.sessions:

@@ -242,7 +242,7 @@ class OciPoolContract(OciContract):
                     break
                 await anyio.sleep(0.05)
             stats = backend.pool.stats()
-            assert stats == {"keys": 1, "idle": 1, "busy": 1, "starting": 0}, stats
+            assert stats == {"keys": 1, "idle": 1, "busy": 1, "starting": 0, "removing": 0}
             group.cancel_scope.cancel()
 
     async def test_wait_when_exhausted_then_times_out_or_gets_one(
@@ -348,8 +348,9 @@ class OciPoolContract(OciContract):
         backend = self.fresh(runner, size=2)
         request = RunRequest(argv=["true"], workspace=str(tmp_path))
         ok(await backend.run(request, policy()))
-        for _ in range(100):
-            if backend.pool.stats()["idle"] == 2:
+        for _ in range(100):  # the used one's removal waits for the replacement's start
+            stats = backend.pool.stats()
+            if stats["idle"] == 2 and stats["removing"] == 0:
                 break
             await anyio.sleep(0.1)
         assert len(self.all_containers()) == 2
