@@ -133,6 +133,30 @@ def test_state_persists_and_each_run_answers_as_run_does(
     assert fed.stdout == b"IN"
 
 
+def test_export_on_a_local_session_has_nothing_to_bring(
+    runtime: pathlib.Path, session: str, workspace: pathlib.Path
+) -> None:
+    """A local session works in the workspace itself: `export` answers at once, with no
+    warning, and the file a command wrote is where it was written."""
+    assert (
+        mecha(runtime, "session", "run", session, "--", "sh", "-c", "echo x > work/made").returncode
+        == 0
+    )
+    plain = mecha(runtime, "session", "export", session)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, b"", b"")
+    said = mecha(runtime, "session", "export", session, "--json")
+    assert said.returncode == 0, said.stderr
+    assert json.loads(said.stdout) == {"session": session, "exported": True, "warnings": []}
+    assert (workspace / "work" / "made").read_text() == "x\n"
+
+
+def test_export_of_a_stopped_session_is_an_error(runtime: pathlib.Path, session: str) -> None:
+    assert mecha(runtime, "session", "stop", session).returncode == 0
+    said = mecha(runtime, "session", "export", session, "--json")
+    assert said.returncode == 125
+    assert json.loads(said.stdout)["error"]["kind"] == "backend_failed"
+
+
 def test_stop_ends_it_and_a_later_run_is_a_typed_error(runtime: pathlib.Path, session: str) -> None:
     pid = supervisor_pid(runtime, session)
     assert mecha(runtime, "session", "stop", session).returncode == 0

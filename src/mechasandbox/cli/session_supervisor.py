@@ -176,6 +176,10 @@ class Supervisor:
                     await self.session.aclose()
                     framing.send(conn, {"op": "stopped"})
                     scope.cancel()
+                elif kind == "export":
+                    async with self._lock:  # never beside a command
+                        exported = await self.session.export()
+                    framing.send(conn, _exported(exported))
                 elif kind == "run":
                     async with self._lock:
                         self.running = True
@@ -394,6 +398,14 @@ def main(argv: list[str]) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(session_runtime.log_path(directory.unwrap(), known.id))
     return status
+
+
+def _exported(exported: Result[tuple[str, ...], SandboxError]) -> dict[str, Any]:
+    """An `export`'s answer: its warnings (what was not written back), or its error."""
+    if isinstance(exported, Failure):
+        error = exported.failure()
+        return {"op": "exported", "error": {"kind": error.kind, "message": error.message}}
+    return {"op": "exported", "warnings": list(exported.unwrap())}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`mechasandbox session start | run | stop | list`: sessions for shell-driven agents
+"""`mechasandbox session start | run | stop | export | list`: sessions for shell-driven agents
 (docs/cli.md, docs/sessions.md).
 
 `start` starts a supervisor (`session_supervisor`) detached from the caller, which opens
@@ -260,6 +260,32 @@ def stop(raw: list[str]) -> int:
     return 0
 
 
+def export(raw: list[str]) -> int:
+    """The session's changes brought into the caller's workspace (`Session.export`: for a
+    session on a copy of it, `ray`; nothing to bring for a local one). Prints a warning
+    line per change not written back; `--json`: `{"session", "exported": true, "warnings"}`."""
+    parser = Parser(prog="mechasandbox session export")
+    parser.add_argument("session", metavar="ID")
+    parser.add_argument("--json", action="store_true")
+    as_json = "--json" in raw
+    try:
+        args = parser.parse_args(raw)
+    except UsageError as error:
+        return _fail(ConfigInvalid(problem=str(error), source="command line"), as_json=as_json)
+    answer = _ask(args.session, {"op": "export"})
+    if isinstance(answer, str):
+        return _fail(_unreachable(answer), as_json=as_json)
+    if "error" in answer:
+        return _print_failure(dict(answer["error"]), "session", as_json=as_json)
+    warnings = [str(warning) for warning in answer.get("warnings", [])]
+    if as_json:
+        print(json.dumps({"session": args.session, "exported": True, "warnings": warnings}))
+    else:
+        for warning in warnings:
+            print(f"mechasandbox: warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def list_sessions(raw: list[str]) -> int:
     parser = Parser(prog="mechasandbox session list")
     parser.add_argument("--json", action="store_true")
@@ -285,16 +311,20 @@ def list_sessions(raw: list[str]) -> int:
     return 0
 
 
-VERBS = {"start": start, "run": run, "stop": stop, "list": list_sessions}
+VERBS = {"start": start, "run": run, "stop": stop, "export": export, "list": list_sessions}
 
 
 def main(raw: list[str]) -> int:
     """`session VERB ...`."""
     verb = VERBS.get(raw[0]) if raw else None
     if verb is None:
-        problem = "expected one of: session start|run|stop|list (see mechasandbox session --help)"
+        problem = (
+            "expected one of: session start|run|stop|export|list (see mechasandbox session --help)"
+        )
         if raw[:1] in (["-h"], ["--help"]):
-            print("usage: mechasandbox session {start,run,stop,list} ...\n" + (__doc__ or ""))
+            print(
+                "usage: mechasandbox session {start,run,stop,export,list} ...\n" + (__doc__ or "")
+            )
             return 0
         return _fail(ConfigInvalid(problem=problem, source="command line"), as_json="--json" in raw)
     return verb(raw[1:])

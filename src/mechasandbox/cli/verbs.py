@@ -55,7 +55,8 @@ def build_parser(verb: str | None = None) -> Parser:
     )
     commands.add_parser("build-shim", help="compile the exec shim: faster runs (Linux, needs cc)")
     commands.add_parser(
-        "session", help="start|run|stop|list: one sandbox for many commands (docs/sessions.md)"
+        "session",
+        help="start|run|stop|export|list: one sandbox for many commands (docs/sessions.md)",
     )
     return parser
 
