@@ -6,7 +6,8 @@ allowed name is reached, a refused one refused and reported on the command that 
 state persists; a command that kills its forwarder or takes its port spoils nothing for the
 next; where the image offers no forwarder (gVisor) a strict policy is refused and a
 best-effort one has no network, as a one-shot run. The test image is busybox with socat: no
-curl or python (busybox wget honours http_proxy; `wget -Y off` ignores it)."""
+curl or python: busybox wget honours http_proxy (its `-T` makes this busybox crash: not
+used), socat speaks to an address directly."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class Net:
         return finished
 
     def wget(self, url: str, *options: str) -> RunResult:
-        return self.ok("wget", "-q", "-O-", "-T", "10", *options, url)
+        return self.ok("wget", "-q", "-O-", *options, url)
 
 
 def refusals(result: RunResult) -> list[str]:
@@ -145,13 +146,13 @@ def net(
 
 
 def test_allowed_reached_refused_reported_on_its_own_command_and_state_persists(net: Net) -> None:
-    first = net.ok("sh", "-c", f"wget -q -O- -T 10 http://api.test:{net.port}/one > /tmp/got")
+    first = net.ok("sh", "-c", f"wget -q -O- http://api.test:{net.port}/one > /tmp/got")
     assert first.exit_code == 0 and first.violations == (), out(first)
     refused = net.wget(f"http://evil.test:{net.port}/")
     assert refused.exit_code != 0 and b"hello from upstream" not in refused.stdout
     assert refusals(refused) == [f"blocked GET evil.test:{net.port}: not in the allowlist"]
     # the refusal was that command's own: none on the next, and the first's output is kept
-    again = net.ok("sh", "-c", f"cat /tmp/got; wget -q -O- -T 10 http://api.test:{net.port}/two")
+    again = net.ok("sh", "-c", f"cat /tmp/got; wget -q -O- http://api.test:{net.port}/two")
     assert again.violations == (), again
     assert again.stdout == b"hello from upstream: GET /one\nhello from upstream: GET /two\n"
 
@@ -169,8 +170,6 @@ def test_the_proxy_environment_and_a_read_only_socket_in_every_command(net: Net)
 
 def test_other_addresses_are_not_reached_directly(net: Net) -> None:
     before = len(net.upstream.requests)
-    direct = net.wget(f"http://127.0.0.1:{net.port}/", "-Y", "off")
-    assert direct.exit_code != 0, out(direct)
     raw = net.ok("socat", "-T", "5", "-", f"TCP:127.0.0.1:{net.port}")
     assert raw.exit_code != 0, out(raw)
     assert net.ok("cat", "/proc/net/route").stdout.decode().splitlines()[1:] == []
@@ -181,11 +180,11 @@ def test_a_command_that_kills_its_forwarder_and_takes_its_port_spoils_nothing(ne
     # Its forwarder killed, its port taken by a listener of its own, left running: the
     # command's tree kill ends it, and the next command's own forwarder reaches the proxy.
     hijack = (
-        "pkill -x socat; echo killed $?; sleep 0.2; "
+        "killall socat; echo killed $?; sleep 0.2; "
         "(socat TCP-LISTEN:3128,bind=127.0.0.1,reuseaddr,fork SYSTEM:'echo hijacked' "
         "</dev/null >/dev/null 2>&1 &); sleep 0.5; "
         "grep -q '0100007F:0C38 00000000:0000 0A' /proc/net/tcp && echo listening; "
-        f"wget -q -O- -T 5 http://api.test:{net.port}/hijacked"
+        f"wget -q -O- http://api.test:{net.port}/hijacked"
     )
     taken = net.ok("sh", "-c", hijack)
     assert taken.stdout.startswith(b"killed 0\nlistening\n"), out(taken)
@@ -260,8 +259,6 @@ def test_without_a_forwarder_strict_is_refused_best_effort_has_no_network(
         assert isinstance(session.opened, Success), session.opened
         assert os.listdir(proxies) == []  # no proxy for it
         net = Net(session, port, upstream)
-        cut = net.ok(
-            "sh", "-c", f"echo proxy=$http_proxy; wget -q -O- -T 5 http://api.test:{port}/"
-        )
+        cut = net.ok("sh", "-c", f"echo proxy=$http_proxy; wget -q -O- http://api.test:{port}/")
         assert cut.stdout.startswith(b"proxy=\n") and cut.exit_code != 0, out(cut)
         assert any("network-allowlist" in warning for warning in cut.warnings), cut.warnings
