@@ -179,11 +179,14 @@ def test_other_addresses_are_not_reached_directly(net: Net) -> None:
 def test_a_command_that_kills_its_forwarder_and_takes_its_port_spoils_nothing(net: Net) -> None:
     # Its forwarder killed, its port taken by a listener of its own, left running: the
     # command's tree kill ends it, and the next command's own forwarder reaches the proxy.
+    listener = "grep -q '0100007F:0C38 00000000:0000 0A' /proc/net/tcp"
     hijack = (
-        "killall socat; echo killed $?; sleep 0.2; "
+        "killall socat; echo killed $?; "
+        f"i=0; while {listener} && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
         "(socat TCP-LISTEN:3128,bind=127.0.0.1,reuseaddr,fork SYSTEM:'echo hijacked' "
-        "</dev/null >/dev/null 2>&1 &); sleep 0.5; "
-        "grep -q '0100007F:0C38 00000000:0000 0A' /proc/net/tcp && echo listening; "
+        "</dev/null >/dev/null 2>&1 &); "
+        f"i=0; until {listener} || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; "
+        f"{listener} && echo listening; "
         f"wget -q -O- http://api.test:{net.port}/hijacked"
     )
     taken = net.ok("sh", "-c", hijack)
