@@ -176,6 +176,17 @@ def test_other_addresses_are_not_reached_directly(net: Net) -> None:
     assert len(net.upstream.requests) == before
 
 
+def test_the_proxy_socket_spoken_to_directly_has_the_same_rules(net: Net) -> None:
+    ask = (
+        f"printf 'GET http://evil.test:{net.port}/ HTTP/1.1\\r\\nHost: evil.test\\r\\n\\r\\n' "
+        "| socat -t 5 - UNIX-CONNECT:/run/mechasandbox/proxy.sock"
+    )
+    direct = net.ok("sh", "-c", ask)
+    assert b" 403 " in direct.stdout.split(b"\r\n")[0], out(direct)
+    assert refusals(direct) == [f"blocked GET evil.test:{net.port}: not in the allowlist"]
+    assert net.wget(f"http://api.test:{net.port}/next").violations == ()
+
+
 def test_a_command_that_kills_its_forwarder_and_takes_its_port_spoils_nothing(net: Net) -> None:
     # Its forwarder killed, its port taken by a listener of its own, left running: the
     # command's tree kill ends it, and the next command's own forwarder reaches the proxy.
