@@ -8,7 +8,9 @@ from returns.result import Failure, Success
 from mechasandbox.backends.base import HostContext
 from mechasandbox.backends.oci import ContainerRun, EngineTraits, Runtime, compile_container_args
 from mechasandbox.backends.oci.compiler import (
+    AGENT_PATH,
     TMP_BYTES_WITHOUT_MEMORY_LIMIT,
+    SessionAgent,
     command_environment,
     compile_exec_args,
     tmp_bytes,
@@ -208,6 +210,25 @@ def test_allowlist_bridge_mounts_the_socket_and_wraps_the_command() -> None:
         keeper=True, bridge=bridge,
     )  # fmt: skip
     assert not any("proxy.sock" in arg for arg in keeper)
+
+
+def test_a_session_container_mounts_its_proxy_socket_and_runs_its_agent() -> None:
+    # The agent starts each command behind the bridge: the socket is the session's, mounted
+    # at the container's creation; the container's process stays the agent.
+    bridge = ProxyBridge(socket="/tmp/msb-net-x/proxy.sock", socat="/usr/bin/socat")
+    policy = Policy(network=NetworkPolicy(mode=NetworkMode.ALLOWLIST, allow=("api.test",)))
+    agent = SessionAgent(host_path="/opt/msb/session-agent", arguments=("--pipes",))
+    args = compile_container_args(
+        REQUEST, policy, HOST, "img:1", Runtime.DEFAULT, EngineTraits.docker(),
+        run=attrs.evolve(RUN, agent=agent), bridge=bridge,
+    )  # fmt: skip
+    assert args[args.index("--network") + 1] == "none"
+    mount = "type=bind,source=/tmp/msb-net-x/proxy.sock,target=/run/mechasandbox/proxy.sock"
+    assert mount + ",readonly" in args
+    assert args[args.index("--entrypoint") :] == (
+        "--entrypoint", AGENT_PATH, "img:1", "--pipes",
+    )  # fmt: skip
+    assert "--env-file" not in args  # each command's environment travels in its records
 
 
 def test_a_file_placeholder_is_bound_from_itself_a_directory_one_from_the_empty_dir() -> None:

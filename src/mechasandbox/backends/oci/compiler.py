@@ -385,16 +385,19 @@ def compile_container_args(
     `bridge` (allowlist mode): the run's proxy socket is mounted read-only at
     `PROXY_SOCKET`, the proxy variables point at `PROXY_URL`, and the command runs behind
     the bridge script, which first starts the image's socat on the container's loopback.
-    The container stays `--network none`. Not for keepers (see pool.py).
+    The container stays `--network none`. Not for keepers (see pool_settings); a session's
+    container (`run.agent`) gets the session proxy's socket mounted for its life, and its
+    agent starts each command behind the bridge (see `oci.session`).
     """
     limits = policy.limits
     workspace = run.workspace
+    if keeper:
+        bridge = None  # a keeper outlives each run's proxy socket (see POOLED_ALLOWLIST)
     # A session's container is kept like a pool's: its agent starts each command with that
     # command's own environment, from the records it is sent.
     keeper = keeper or run.agent is not None
     if keeper:
         request = RunRequest(argv=KEEPER_ARGV, workspace=request.workspace)
-        bridge = None
     args: list[str] = [
         "run",
         "--name",

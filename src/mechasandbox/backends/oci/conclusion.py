@@ -38,7 +38,7 @@ from mechasandbox.domain.errors import (
 from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
-from mechasandbox.network.bridge import BRIDGE_PREFIX, ProxyBridge
+from mechasandbox.network.bridge import ProxyBridge
 from mechasandbox.runner.spec import ProcessOutcome
 
 
@@ -73,7 +73,7 @@ async def conclude(
 ) -> Result[RunResult, SandboxError]:
     """The run's answer from the CLI's end (`unfinished`: its output, without a status)."""
     command, limits = launch.request.argv[0], launch.policy.limits
-    if launch.bridge is not None and outcome.stderr.startswith(BRIDGE_PREFIX):
+    if launch.bridge is not None:
         failed = forwarders.bridge_failure(outcome, command, backend=backend, image=image)
         if failed is not None:
             return Failure(failed)

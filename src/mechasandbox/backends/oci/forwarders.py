@@ -10,6 +10,7 @@ image id: starting a container to look is slow, and an image id never changes co
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 from returns.result import Failure, Result
 
@@ -27,6 +28,7 @@ from mechasandbox.domain.policy import NetworkMode, Policy
 from mechasandbox.domain.request import RunRequest
 from mechasandbox.network.bridge import (
     BRIDGE_FAILED,
+    BRIDGE_PREFIX,
     PROXY_PORT,
     PROXY_SOCKET,
     ProxyBridge,
@@ -118,19 +120,31 @@ def bridge_for(socat: str | None, policy: Policy, socket: str) -> ProxyBridge | 
     return ProxyBridge(socket=socket, socat=socat)
 
 
-def bridge_failure(
-    outcome: ProcessOutcome, command: str, *, backend: str, image: str
-) -> SandboxError | None:
+class Ended(Protocol):
+    """How a bridged command ended: the engine CLI's outcome (a run), or a session
+    command's result."""
+
+    @property
+    def exit_code(self) -> int | None: ...
+
+    @property
+    def stderr(self) -> bytes: ...
+
+
+def bridge_failure(ended: Ended, command: str, *, backend: str, image: str) -> SandboxError | None:
     """The bridge script's own failures: the forwarder did not start (125), or its shell
-    could not exec the command (`mechasandbox-bridge: ...: exec: X: not found`, 127/126)."""
-    message = tail(outcome.stderr, 300)
-    if outcome.exit_code == BRIDGE_FAILED:
+    could not exec the command (`mechasandbox-bridge: ...: exec: X: not found`, 127/126).
+    Both say so first on stderr, with the script's prefix."""
+    if not ended.stderr.startswith(BRIDGE_PREFIX):
+        return None
+    message = tail(ended.stderr, 300)
+    if ended.exit_code == BRIDGE_FAILED:
         return BackendFailed(backend=backend, reason=message)
-    if outcome.exit_code in (126, 127) and b": exec: " in outcome.stderr.split(b"\n")[0]:
-        reason = "command not found" if outcome.exit_code == 127 else "not executable"
+    if ended.exit_code in (126, 127) and b": exec: " in ended.stderr.split(b"\n")[0]:
+        reason = "command not found" if ended.exit_code == 127 else "not executable"
         return SpawnFailed(
             command=command,
             reason=f"{reason} in image {image!r}: {message}",
-            exit_status=outcome.exit_code,
+            exit_status=ended.exit_code,
         )
     return None

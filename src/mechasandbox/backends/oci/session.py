@@ -21,6 +21,17 @@ gVisor included.
 
 Podman's CLI runs in a spawn helper of the session's own (see `open_oci_session`).
 
+Allowlist networking: the session's proxy (one for its life, `SessionProxy`) listens on a
+unix socket mounted read-only into the container at its creation, where a one-shot run's
+is (`PROXY_SOCKET`), the proxy variables are in every command's environment, and each
+command is started behind the one-shot run's bridge (`bridge_argv`: the image's socat on
+the container's loopback, then the command). Per command, because the agent's tree kill
+after a command (kill(-1) in the container's pid namespace) kills a forwarder started
+once too; so a command that kills its forwarder, or listens on its port itself, leaves
+nothing for the next one. Where the image offers no forwarder (no socat; gVisor) the
+one-shot run's rule holds: a strict policy is refused (`prepare_run`: the capabilities
+say why), a best-effort one has no network at all, with a warning.
+
 The caller's death ends it: the socket's host end closes, so the CLI's stdin ends, the
 engine closes the agent's, and the agent kills the command under way and exits (PID 1:
 the container stops); the spawn helper, which outlives the caller, kills the CLI and runs
@@ -39,10 +50,17 @@ import anyio
 import attrs
 from returns.result import Failure, Result, Success
 
-from mechasandbox.backends.agent_process import AgentProcess, agent_argv, session_agent, start_agent
+from mechasandbox.backends.agent_process import (
+    AgentProcess,
+    agent_argv,
+    session_agent,
+    start_agent,
+    start_session_proxy,
+    with_proxy_closed_on_failure,
+)
 from mechasandbox.backends.agent_session import AgentSession
 from mechasandbox.backends.execute import disarm_after
-from mechasandbox.backends.oci import protection
+from mechasandbox.backends.oci import forwarders, protection
 from mechasandbox.backends.oci.cli import EngineCli, gone, remote_engine
 from mechasandbox.backends.oci.compiler import (
     AGENT_PATH,
@@ -53,16 +71,18 @@ from mechasandbox.backends.oci.compiler import (
 )
 from mechasandbox.backends.oci.engine import OciBackend
 from mechasandbox.backends.oci.engine_api import EngineApi
-from mechasandbox.backends.session_base import BackendSession, SessionSettings, no_sessions
+from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.backends.workspace.guards import GuardSet
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 from mechasandbox.domain.limits import Limits
-from mechasandbox.domain.policy import NetworkMode, Policy
+from mechasandbox.domain.policy import Policy
 from mechasandbox.domain.request import RunRequest, Terminal
 from mechasandbox.domain.result import RunResult
 from mechasandbox.limits.cgroup import CgroupEvents, ProcessCgroup
 from mechasandbox.limits.rlimits import rlimits_for
+from mechasandbox.network.bridge import PROXY_SOCKET_PLACEHOLDER, ProxyBridge, bridge_argv
+from mechasandbox.network.session_proxy import SessionProxy
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.session_protocol import StdioMode
 from mechasandbox.runner.spec import SpawnSpec
@@ -90,17 +110,25 @@ class OciSessionSandbox:
     launcher: HelperProcessRunner | None = None  # podman's: a spawn helper of its own
     # It holds its placeholders and counts among the live containers (else: its pool does).
     registered: bool = True
+    # In allowlist mode: the forwarder each command is started behind (None: no network).
+    bridge: ProxyBridge | None = None
     # Its container is gone (after `aclose`: else it is still registered, see there).
     removed: bool = False
     _closed: bool = False
+    # The command under way (its bridge's failure names it); commands come one at a time.
+    _command: str = ""
 
     def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
         if isinstance(request.stdin, Terminal):
             problem = "a session gives its commands no terminal: run it on its own"
             return Failure(ConfigInvalid(problem=problem, field="stdin"))
+        self._command = request.argv[0]
+        argv = request.argv
+        if self.bridge is not None:
+            argv = tuple(bridge_argv(self.bridge, argv))
         return Success(
             SpawnSpec(
-                argv=request.argv,
+                argv=argv,
                 env=self.environment,
                 cwd=self.run.workspace,
                 stdin=request.stdin,
@@ -110,7 +138,7 @@ class OciSessionSandbox:
                 umask=self.policy.filesystem.umask,
                 # Memory and processes are the container's cgroup's, for the session.
                 rlimits=rlimits_for(limits, memory_by_rlimit=False, processes_by_rlimit=False),
-                executable=request.argv[0],
+                executable=argv[0],
                 watch=self.guards.watcher(),
             )
         )
@@ -127,9 +155,17 @@ class OciSessionSandbox:
         self, result: Result[RunResult, SandboxError], started_ns: int
     ) -> Result[RunResult, SandboxError]:
         late = self.guards.warnings()
-        if late and isinstance(result, Success):
+        if isinstance(result, Success):
             value = result.unwrap()
-            result = Success(attrs.evolve(value, warnings=value.warnings + late))
+            failed = None
+            if self.bridge is not None:
+                failed = forwarders.bridge_failure(
+                    value, self._command, backend=self.backend.name, image=self.backend.image
+                )
+            if failed is not None:
+                result = Failure(failed)
+            elif late:
+                result = Success(attrs.evolve(value, warnings=value.warnings + late))
         return disarm_after(result, self.run.workspace, self.policy, started_ns, self.backend.git)
 
     async def aclose(self) -> None:
@@ -189,13 +225,11 @@ async def open_oci_session(
     backend: OciBackend, workspace: str, policy: Policy, settings: SessionSettings
 ) -> Result[BackendSession, SandboxError]:
     """Start the session's container as a one-shot run of `policy` in `workspace` would be,
-    with the agent as its process, and wait for the agent's HELLO."""
+    with the agent as its process (and the session's proxy in allowlist mode), and wait
+    for the agent's HELLO."""
     found = session_agent(backend.name, backend.runner)
     if isinstance(found, Failure):
         return Failure(found.failure())
-    if policy.network.mode is NetworkMode.ALLOWLIST:
-        why = "allowlist networking has none yet (its proxy lives for one run): use none"
-        return Failure(no_sessions(backend.name, why))
     engine = backend._engine()
     if isinstance(engine, Failure):
         return Failure(engine.failure())
@@ -212,12 +246,31 @@ async def open_oci_session(
         mounts=ready.mounts,
         file_placeholders=ready.file_placeholders,
     )
-    cli = backend._cli(engine.unwrap()[2])
+    _caps, info, executable = engine.unwrap()
+    cli = backend._cli(executable)
     api = await backend.state.apis.get(cli, podman=backend.kind == "podman")
-    started = await start_oci_session(
-        backend, run, ready.policy, settings, warnings=ready.warnings, api=api
+    # As a one-shot run: no forwarder in the image, no proxy (a strict policy was refused
+    # above; a best-effort one has no network at all).
+    bridged = forwarders.bridge_for(info.socat, ready.policy, PROXY_SOCKET_PLACEHOLDER)
+    egress = None if bridged is None else backend.egress
+    proxied = await start_session_proxy(backend.name, egress, ready.policy.network)
+    if isinstance(proxied, Failure):
+        return Failure(proxied.failure())
+    proxy = proxied.unwrap()
+    bridge = None
+    if proxy is not None:
+        bridge = forwarders.bridge_for(info.socat, ready.policy, str(proxy.running.socket_path))
+    started = start_oci_session(
+        backend,
+        run,
+        ready.policy,
+        settings,
+        warnings=ready.warnings,
+        api=api,
+        proxy=proxy,
+        bridge=bridge,
     )
-    return started
+    return await with_proxy_closed_on_failure(proxy, started)
 
 
 async def start_oci_session(
@@ -229,11 +282,15 @@ async def start_oci_session(
     warnings: tuple[str, ...],
     api: EngineApi | None,
     registered: bool = True,
+    proxy: SessionProxy | None = None,
+    bridge: ProxyBridge | None = None,
 ) -> Result[AgentSession, SandboxError]:
     """Start `run` (a prepared policy's container) with the agent as its process and wait
     for its HELLO. `api`: the engine's, for its lifecycle calls (None: the CLI's);
     `registered`: the session holds the run's placeholders and counts it among the live
-    containers itself (False: its caller does, the warm pool, before and after it)."""
+    containers itself (False: its caller does, the warm pool, before and after it);
+    `proxy` and `bridge` (allowlist mode): the session's proxy, which the session ends with
+    itself once it started, and the forwarder to it (the proxy's socket is mounted)."""
     name = backend.name
     found = session_agent(name, backend.runner)
     if isinstance(found, Failure):
@@ -247,7 +304,7 @@ async def start_oci_session(
     arguments = ("--pipes", *agent_argv(AGENT_PATH, settings, pid_namespace=True)[1:])
     request = RunRequest(argv=(AGENT_PATH, *arguments), workspace=run.workspace)
     cli = backend._cli(executable)
-    env = command_environment(policy, backend.host)
+    env = command_environment(policy, backend.host, bridge=bridge)
     env.setdefault("PATH", await _image_path(backend, cli, api))
     run = attrs.evolve(run, agent=SessionAgent(host_path=found.unwrap(), arguments=arguments))
     placeholders = protection.placeholder_paths(run)
@@ -265,6 +322,7 @@ async def start_oci_session(
         guards=protection.guards(run),
         placeholders=placeholders,
         registered=registered,
+        bridge=bridge,
     )
     args = compile_container_args(
         request,
@@ -275,6 +333,7 @@ async def start_oci_session(
         info.traits,
         run=run,
         cpus=backend.cpus,
+        bridge=bridge,
     )
     removal = (cli.executable, *backend._remove_args(run.name, info.traits))
     spec = attrs.evolve(cli.spec(args, timeout_s=None), on_host_loss=removal)
@@ -303,5 +362,6 @@ async def start_oci_session(
             sandbox=sandbox,
             settings=settings,
             warnings=warnings,
+            proxy=proxy,
         )
     )
