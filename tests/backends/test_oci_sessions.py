@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import anyio
 import attrs
 import pytest
 from returns.result import Failure, Success
@@ -22,7 +23,7 @@ from mechasandbox.backends.base import Backend
 from mechasandbox.backends.oci import DockerBackend, PodmanBackend, Runtime
 from mechasandbox.backends.oci.cli import owner_id
 from mechasandbox.backends.oci.compiler import LABEL_OWNER
-from mechasandbox.backends.session_base import SessionSettings
+from mechasandbox.backends.session_base import SessionSettings, open_session
 from mechasandbox.domain.errors import BackendFailed, MemoryLimit, SpawnFailed, Timeout
 from mechasandbox.domain.limits import MIB, Limits
 from mechasandbox.domain.policy import Enforcement, Policy
@@ -263,6 +264,23 @@ async def main() -> None:
 
 anyio.run(main)
 """
+
+
+@pytest.mark.parametrize("after_s", [0.05, 0.2, 0.5])
+def test_a_session_cancelled_while_it_opens_leaves_no_container(
+    backend: Backend, tmp_path: pathlib.Path, after_s: float
+) -> None:
+    """The caller gives up while the container starts (its timeout, a cancelled task):
+    nothing of it is left, whichever step it was at (the fixture checks the engine)."""
+
+    async def opening() -> None:
+        with anyio.move_on_after(after_s):
+            opened = await open_session(backend, str(tmp_path), POLICY, SessionSettings())
+            if isinstance(opened, Success):  # quicker than the delay: closed as usual
+                await opened.unwrap().aclose()
+
+    anyio.run(opening)
+    assert leftovers(backend.name) == []
 
 
 def test_the_callers_death_leaves_no_container(backend: Backend, tmp_path: pathlib.Path) -> None:

@@ -117,8 +117,16 @@ async def start_agent(
     process = AgentProcess(started.unwrap())
     channel = AgentChannel.over_socket(host_end, backend=backend, mode=mode)
     hello: Result[object, str] = Failure(f"the agent did not answer in {hello_timeout_s:g} s")
-    with anyio.move_on_after(hello_timeout_s):
-        hello = await channel.wait_hello()
+    try:
+        with anyio.move_on_after(hello_timeout_s):
+            hello = await channel.wait_hello()
+    except BaseException:
+        # Cancelled while the sandbox started: it goes now, not when the channel is
+        # collected (the caller never gets it to close).
+        channel.close()
+        with anyio.CancelScope(shield=True):
+            await process.end()
+        raise
     if isinstance(hello, Failure):
         channel.close()
         await process.end()

@@ -343,16 +343,23 @@ async def start_oci_session(
         # stray whenever one of its runs ends: the session's CLI gets a helper of its own,
         # where no other run ends while it lives.
         launcher = sandbox.launcher = HelperProcessRunner()
-    started = await start_agent(
-        name, launcher, spec, mode=StdioMode.FRAMED, hello_timeout_s=HELLO_TIMEOUT_S
-    )
-    if isinstance(started, Failure):
-        await sandbox.aclose()
-        return Failure(started.failure())
-    channel, sandbox.process = started.unwrap()
-    if not remote_engine(backend.host):
-        pid = await _pid(cli, api, run.name)
-        sandbox.cgroup = ProcessCgroup.of(pid) if pid is not None else None
+    try:
+        started = await start_agent(
+            name, launcher, spec, mode=StdioMode.FRAMED, hello_timeout_s=HELLO_TIMEOUT_S
+        )
+        if isinstance(started, Failure):
+            await sandbox.aclose()
+            return Failure(started.failure())
+        channel, sandbox.process = started.unwrap()
+        if not remote_engine(backend.host):
+            pid = await _pid(cli, api, run.name)
+            sandbox.cgroup = ProcessCgroup.of(pid) if pid is not None else None
+    except BaseException:
+        # Cancelled while it started: the container goes now (its caller never gets the
+        # session to close), with the agent's channel.
+        with anyio.CancelScope(shield=True):
+            await sandbox.aclose()
+        raise
     return Success(
         AgentSession(
             name=name,
