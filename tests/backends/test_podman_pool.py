@@ -1,4 +1,5 @@
-"""The warm pool refuses podman and gVisor, with the reason (see pool.PODMAN_UNSUPPORTED)."""
+"""The warm pool refuses podman's keepers and gVisor, with the reason (see
+pool_settings.PODMAN_UNSUPPORTED; podman's ready sessions: test_podman_pool_contract.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import shutil
 import pytest
 from returns.result import Failure
 
-from mechasandbox.backends.oci import PodmanBackend, PooledBackend
+from mechasandbox.backends.oci import AfterUse, PodmanBackend, PooledBackend, PoolSettings
 from mechasandbox.domain import BackendUnavailable
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.backends.oci_contract import TEST_IMAGE
 
 
-def test_pool_on_podman_is_unavailable_with_the_reason(runner: HelperProcessRunner) -> None:
+def test_pool_on_podman_with_keepers_is_unavailable_with_the_reason(
+    runner: HelperProcessRunner,
+) -> None:
     if shutil.which("podman") is None:
         pytest.skip("podman not installed")
-    pooled = PooledBackend(backend=PodmanBackend(runner=runner, image=TEST_IMAGE))
+    pooled = PooledBackend(
+        backend=PodmanBackend(runner=runner, image=TEST_IMAGE),
+        settings=PoolSettings(after_use=AfterUse.REUSE),
+    )
     probed = pooled.probe()
     assert isinstance(probed, Failure)
     assert isinstance(probed.failure(), BackendUnavailable)

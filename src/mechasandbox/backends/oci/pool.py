@@ -95,7 +95,9 @@ class PooledBackend:
         return await self._sessions.open_session(workspace, policy, settings)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
-        if self.backend.kind == "podman":
+        if self.backend.kind == "podman" and not self._pool.sessions:
+            # Its members would be keepers (REUSE, or no session agent), which podman's
+            # `run --detach` cannot keep; ready sessions serve it (their CLIs stay attached).
             return Failure(BackendUnavailable(backend=self.name, reason=PODMAN_UNSUPPORTED))
         if self.backend.runtime is Runtime.RUNSC:
             return Failure(BackendUnavailable(backend=self.name, reason=GVISOR_UNSUPPORTED))

@@ -27,8 +27,10 @@ GVISOR_UNSUPPORTED = (
 # `podman run --detach` leaves conmon behind to keep the container; the process runner kills
 # everything a run leaves behind (its helper is the subreaper), so the container stops.
 PODMAN_UNSUPPORTED = (
-    "the warm pool needs docker: podman's conmon must outlive `podman run --detach`, and "
-    "the process runner kills whatever a run leaves behind"
+    "the warm pool on podman serves only runs that discard their container (after_use "
+    "discard, with the session agent built: `make shim`): its keepers would need podman's "
+    "conmon to outlive `podman run --detach`, and the process runner kills whatever a run "
+    "leaves behind"
 )
 
 
