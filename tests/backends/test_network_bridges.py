@@ -555,8 +555,6 @@ def test_container_violations_survive_a_timeout(box: Net) -> None:
 def test_pooled_containers_do_not_claim_the_allowlist(box: Net) -> None:
     backend = box.backend
     assert isinstance(backend, DockerBackend | PodmanBackend)
-    if backend.kind != "docker":
-        pytest.skip("the warm pool is docker only")
     pooled = PooledBackend(backend=backend, settings=PoolSettings(size=1))
     try:
         caps = pooled.probe().unwrap()
