@@ -243,8 +243,10 @@ def _ask(session_id: str, request: dict[str, Any]) -> dict[str, Any] | str:
     return dict(answer)
 
 
-def stop(raw: list[str]) -> int:
-    parser = Parser(prog="mechasandbox session stop")
+def _ask_verb(raw: list[str], verb: str) -> tuple[str, dict[str, Any], bool] | int:
+    """`session VERB ID [--json]`: the supervisor asked for `verb`; (the id, its answer,
+    whether --json), or the exit status of a failure already printed."""
+    parser = Parser(prog=f"mechasandbox session {verb}")
     parser.add_argument("session", metavar="ID")
     parser.add_argument("--json", action="store_true")
     as_json = "--json" in raw
@@ -252,11 +254,19 @@ def stop(raw: list[str]) -> int:
         args = parser.parse_args(raw)
     except UsageError as error:
         return _fail(ConfigInvalid(problem=str(error), source="command line"), as_json=as_json)
-    answer = _ask(args.session, {"op": "stop"})
+    answer = _ask(args.session, {"op": verb})
     if isinstance(answer, str):
         return _fail(_unreachable(answer), as_json=as_json)
+    return args.session, answer, as_json
+
+
+def stop(raw: list[str]) -> int:
+    asked = _ask_verb(raw, "stop")
+    if isinstance(asked, int):
+        return asked
+    session_id, _answer, as_json = asked
     if as_json:
-        print(json.dumps({"session": args.session, "stopped": True}))
+        print(json.dumps({"session": session_id, "stopped": True}))
     return 0
 
 
@@ -264,22 +274,15 @@ def export(raw: list[str]) -> int:
     """The session's changes brought into the caller's workspace (`Session.export`: for a
     session on a copy of it, `ray`; nothing to bring for a local one). Prints a warning
     line per change not written back; `--json`: `{"session", "exported": true, "warnings"}`."""
-    parser = Parser(prog="mechasandbox session export")
-    parser.add_argument("session", metavar="ID")
-    parser.add_argument("--json", action="store_true")
-    as_json = "--json" in raw
-    try:
-        args = parser.parse_args(raw)
-    except UsageError as error:
-        return _fail(ConfigInvalid(problem=str(error), source="command line"), as_json=as_json)
-    answer = _ask(args.session, {"op": "export"})
-    if isinstance(answer, str):
-        return _fail(_unreachable(answer), as_json=as_json)
+    asked = _ask_verb(raw, "export")
+    if isinstance(asked, int):
+        return asked
+    session_id, answer, as_json = asked
     if "error" in answer:
         return _print_failure(dict(answer["error"]), "session", as_json=as_json)
     warnings = [str(warning) for warning in answer.get("warnings", [])]
     if as_json:
-        print(json.dumps({"session": args.session, "exported": True, "warnings": warnings}))
+        print(json.dumps({"session": session_id, "exported": True, "warnings": warnings}))
     else:
         for warning in warnings:
             print(f"mechasandbox: warning: {warning}", file=sys.stderr)
