@@ -37,6 +37,7 @@ from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
 from mechasandbox.testing.fakes import FakeRunner
 from tests.backends.oci_contract import TEST_IMAGE, OciContract, failed, ok, policy
 from tests.conftest import require_available
+from tests.git_attacks import git, git_ok
 
 
 class OciPoolContract(OciContract):
@@ -142,6 +143,91 @@ class OciPoolContract(OciContract):
         assert b"left" not in seen, seen
         assert b"sleep 4242" not in seen, seen
         assert b"tr " in seen  # the listing itself ran: it sees its own processes
+
+    @pytest.mark.parametrize(
+        "after_use",
+        [
+            AfterUse.DISCARD,
+            pytest.param(
+                AfterUse.REUSE,
+                marks=pytest.mark.xfail(
+                    strict=True,
+                    reason=(
+                        "a reused keeper keeps what a command left running (documented for "
+                        "/tmp and processes), and that process can arm a repository of the "
+                        "workspace after the run's disarm: the host's git then runs its "
+                        "command; killing what a command left after each `exec` would change "
+                        "what REUSE keeps"
+                    ),
+                ),
+            ),
+        ],
+    )
+    async def test_a_process_a_keepers_command_left_cannot_arm_a_repository_after_it(
+        self, runner: HelperProcessRunner, tmp_path: Path, after_use: AfterUse
+    ) -> None:
+        """The disarm after a run looks at the workspace once. On a keeper (without the
+        session agent, or with REUSE) `exec` cannot kill what its command left: a process
+        that arms a repository over and over must be gone before that look (a discarded
+        keeper is removed first), or the host's git runs its command."""
+        backend = self.fresh(runner, size=1, after_use=after_use)
+        backend.pool.sessions = False  # keepers, as where the runner cannot start the agent
+        git_ok("init", "-q", cwd=tmp_path)
+        (tmp_path / "src").mkdir()
+        marker = tmp_path / "planted-ran"
+        evil = "src/evil/.git"
+        config = f'[core]\\n\\tfsmonitor = "touch {marker}; false"\\n'
+        arm = (
+            f"(while :; do mkdir -p {evil}/hooks {evil}/objects {evil}/refs; "
+            f"echo 'ref: refs/heads/main' > {evil}/HEAD; printf '{config}' > src/c; "
+            f"mv -f src/c {evil}/config; sleep 0.01; done) >/dev/null 2>&1 & "
+            "sleep 0.3; echo started"
+        )
+        request = RunRequest(argv=["sh", "-c", arm], workspace=str(tmp_path))
+        assert ok(await backend.run(request, policy())).stdout == b"started\n"
+        await anyio.sleep(1.0)
+        if (tmp_path / "src" / "evil").is_dir():
+            git("status", cwd=tmp_path / "src" / "evil")
+        assert not marker.exists()
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason=(
+            "a used ready session's removal waits (up to 3 s) while any start is under way, "
+            "and under back-to-back concurrent runs one always is: used containers pile up "
+            "beyond `size` in use and `size` ready or starting (25 containers of one key "
+            "measured at size 2), uncounted by the bound (`_after_starts`)"
+        ),
+    )
+    async def test_concurrent_runs_keep_a_key_within_twice_its_size(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        """`PoolSettings`: with DISCARD a key holds `size` in use and `size` ready or
+        starting, 2 x `size` at most, whatever the load."""
+        size = 2
+        backend = self.fresh(runner, size=size)
+        request = RunRequest(argv=["sleep", "0.2"], workspace=str(tmp_path))
+        peak = 0
+        done = anyio.Event()
+
+        async def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, len(await anyio.to_thread.run_sync(self.all_containers)))
+                await anyio.sleep(0.05)
+
+        async def runs() -> None:
+            for _ in range(3):
+                assert ok(await backend.run(request, policy())).exit_code == 0
+
+        async with anyio.create_task_group() as sampling:
+            sampling.start_soon(sample)
+            async with anyio.create_task_group() as group:
+                for _ in range(10):
+                    group.start_soon(runs)
+            done.set()
+        assert backend.pool.stats()["busy"] == 0
+        assert peak <= 2 * size, peak
 
     async def test_reuse_keeps_the_container(
         self, runner: HelperProcessRunner, tmp_path: Path

@@ -580,7 +580,9 @@ class ContainerPool:
             reusable = isinstance(concluded, Success) and concluded.unwrap().signal is None
             return concluded
         finally:
-            if killed:
+            # Discarded, it goes before the disarm after the run (`run`): what the command
+            # left running in it could arm a repository of the workspace after that look.
+            if killed or self.settings.after_use is AfterUse.DISCARD:
                 with anyio.CancelScope(shield=True):
                     await self._kill(member)
             self._give_back(slot, member, reusable=reusable and not killed)
