@@ -345,3 +345,25 @@ def test_the_pool_hands_out_ready_sessions_never_one_used_before(
     finally:
         pooled.close()
     assert leftovers("docker") == []
+
+
+def test_a_pin_the_host_replaced_between_commands_is_no_way_in(
+    runner: HelperProcessRunner, tmp_path: pathlib.Path
+) -> None:
+    """`git config` on the host between two commands replaces the pinned `.git/config` by
+    a rename: its read-only cover is gone, and a quick command could append to it before
+    the watcher's first look (the host's git then runs what it wrote). The session stops
+    such a command before it starts, as a run is stopped."""
+    backend = make_backend("docker", runner)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    marker = tmp_path / "planted-ran"
+    plant = f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' >> .git/config"
+    with Sandbox(backend=backend, policy=POLICY).session_sync(workspace=str(tmp_path)) as s:
+        assert s.run(["true"]).unwrap().exit_code == 0
+        subprocess.run(["git", "-C", str(tmp_path), "config", "user.name", "x"], check=True)
+        ran = s.run(["sh", "-c", plant])
+        assert isinstance(ran, Failure), ran
+        assert "replaced on the host" in str(ran.failure())
+    subprocess.run(["git", "status"], cwd=tmp_path, capture_output=True, check=False)
+    assert not marker.exists()
+    assert leftovers(backend.name) == []

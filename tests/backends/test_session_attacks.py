@@ -394,6 +394,53 @@ def test_the_repositorys_indirections_stay_protected_for_every_command(
     assert "fsmonitor" not in (nested / ".git" / "config").read_text()
 
 
+def _replace_placeholder(workspace: pathlib.Path) -> None:
+    os.rmdir(workspace / ".vscode")
+    os.mkdir(workspace / ".vscode")
+
+
+def _git_config(workspace: pathlib.Path) -> None:
+    subprocess.run(["git", "-C", str(workspace), "config", "user.name", "x"], check=True)
+
+
+@pytest.mark.parametrize(
+    ("host_action", "plant"),
+    [
+        (
+            _replace_placeholder,
+            "mkdir -p .vscode/evil && git init -q .vscode/evil && "
+            "printf '[core]\\n\\tfsmonitor = \"touch %s; false\"\\n' >> .vscode/evil/.git/config",
+        ),
+        (_git_config, "printf '[core]\\n\\tfsmonitor = \"touch %s; false\"\\n' >> .git/config"),
+    ],
+    ids=["placeholder", "pinned-config"],
+)
+def test_a_cover_the_host_replaced_between_commands_is_no_way_in(
+    runner: HelperProcessRunner,
+    workspace: pathlib.Path,
+    host_action: object,
+    plant: str,
+) -> None:
+    """A protected path the host replaces between two commands (a placeholder it removes
+    and makes again, a `.git/config` that `git config` writes by a rename) has lost its
+    cover: the next command, quick enough to end before the watcher's first look, could
+    write it, and the host's git would run what it planted (the placeholder's walk was
+    skipped, the pinned config counted as protected). The session stops such a command
+    before it starts, as a run is stopped."""
+    backend = make_backend("bubblewrap", runner)
+    marker = workspace / "planted-ran"
+    policy = Policy(enforcement=Enforcement.BEST_EFFORT)
+    with Sandbox(backend=backend, policy=policy).session_sync(workspace=str(workspace)) as s:
+        assert s.run(["true"]).unwrap().exit_code == 0
+        host_action(workspace)  # type: ignore[operator]
+        ran = s.run(["sh", "-c", plant % marker])
+        assert isinstance(ran, Failure), ran
+        assert "replaced on the host" in str(ran.failure())
+    for gitdir in [workspace / ".git", *workspace.glob(".vscode/*/.git")]:
+        subprocess.run(["git", "status"], cwd=gitdir.parent, capture_output=True, check=False)
+    assert not marker.exists()
+
+
 def test_a_project_file_narrows_the_session_and_stays_unwritable(
     backend: Backend, workspace: pathlib.Path
 ) -> None:

@@ -127,6 +127,30 @@ def test_a_new_armed_repository_is_renamed_aside_and_a_plain_one_stays(tmp_path:
     assert "core.fsmonitor" in warnings[0]
 
 
+def test_a_repository_below_a_protected_path_whose_cover_came_off_is_disarmed(
+    tmp_path: Path,
+) -> None:
+    """A repository in a protected path (a placeholder such as `.vscode`) counts as
+    protected during the run, unless that path's guard was lost (the host replaced it,
+    and the command could write the new one): then it is the command's, disarmed."""
+    git("init", "-q", cwd=tmp_path)
+    policy, _, _ = with_git_indirections(Policy(), str(tmp_path), home="/nonexistent", env=ENV)
+    assert ".vscode" in policy.filesystem.protected
+    started = time.time_ns() - 20_000_000
+    planted = tmp_path / ".vscode" / "evil"
+    planted.mkdir(parents=True)
+    git("init", "-q", cwd=planted)
+    git("config", "core.fsmonitor", "touch x", cwd=planted)
+    kept = disarm_new_repositories(str(tmp_path), policy, since_ns=started, home="/h")
+    assert kept == () and (planted / ".git").is_dir()
+    exposed = (str(tmp_path / ".vscode"),)
+    warnings = disarm_new_repositories(
+        str(tmp_path), policy, since_ns=started, home="/h", exposed=exposed
+    )
+    assert not (planted / ".git").exists()
+    assert len(warnings) == 1 and "core.fsmonitor" in warnings[0]
+
+
 def test_the_file_placeholders_come_with_the_run(tmp_path: Path) -> None:
     """A missing include target is covered by an empty file (what git makes of its
     absence): the run is told so, with the policy, instead of a registry remembering it."""

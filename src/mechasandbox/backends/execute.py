@@ -120,11 +120,14 @@ def disarm_after(
     git: GitFacts | None,
     *,
     skip: Collection[str] = (),
+    exposed: Collection[str] = (),
 ) -> Result[RunResult, SandboxError]:
     """After a run: the repositories it made that would run code on the host are disarmed
-    (see `git_new_repositories`; `git`: the backend's, as for `prepare_run`), and a
-    successful result says so."""
-    warnings = disarm_new_repositories(workspace, policy, since_ns=started, facts=git, skip=skip)
+    (see `git_new_repositories`; `git`: the backend's, as for `prepare_run`; `exposed`: the
+    protected paths whose guard was lost), and a successful result says so."""
+    warnings = disarm_new_repositories(
+        workspace, policy, since_ns=started, facts=git, skip=skip, exposed=exposed
+    )
     if not warnings or not isinstance(result, Success):
         return result
     value = result.unwrap()

@@ -39,6 +39,12 @@ def _inside(path: str, workspace: str) -> bool:
     return os.path.normpath(path).startswith(workspace.rstrip("/") + "/")
 
 
+def _below_any(gitdir: str, exposed: Collection[str]) -> bool:
+    """Whether `gitdir` is a path of `exposed` or below one."""
+    gitdir = os.path.normpath(gitdir)
+    return any(gitdir == path or _inside(gitdir, path) for path in map(os.path.normpath, exposed))
+
+
 def armed(repository: Repository, home: str, parsed: ParsedConfigs | None = None) -> str | None:
     """What git would run of this repository's own (None: nothing)."""
     for directory in dict.fromkeys((repository.gitdir, repository.commondir)):
@@ -104,13 +110,17 @@ def disarm_new_repositories(
     home: str | None = None,
     facts: GitFacts | None = None,
     skip: Collection[str] = (),
+    exposed: Collection[str] = (),
 ) -> tuple[str, ...]:
     """Disarm the armed repositories the run (started at `since_ns`, file system time)
     made or changed and did not protect; the warnings that say so. Only where the policy
     protects `.git/config` (see `with_git_indirections`). A repository left unprotected
     for being beyond the search's bounds but untouched by the run stays as it was.
     `facts`: what the search before the run read (None: everything read now); `skip`:
-    directories not to look into (see `NestedWalker.walk`)."""
+    directories not to look into (see `NestedWalker.walk`); `exposed`: protected host paths
+    whose cover came off during the run (a guard lost: the host replaced the path, and the
+    command could write the new one: a placeholder such as `.vscode`), so a repository
+    below one is the command's, as if nothing had protected it."""
     if ".git/config" not in policy.filesystem.protected:
         return ()
     home = home if home is not None else os.environ.get("HOME", "")
@@ -136,8 +146,10 @@ def disarm_new_repositories(
         )
     for aside, repository in found:
         gitdir = repository.gitdir
-        if not _inside(gitdir, workspace) or gitdir_protected(policy, workspace, gitdir):
-            continue  # another's (outside), or protected during the run: as it was
+        if not _inside(gitdir, workspace):
+            continue  # another's: as it was
+        if gitdir_protected(policy, workspace, gitdir) and not _below_any(gitdir, exposed):
+            continue  # protected during the run: as it was
         if not (_changed_since(aside, since_ns) or _changed_since(gitdir, since_ns)):
             continue
         reason = armed(repository, home, git.configs)

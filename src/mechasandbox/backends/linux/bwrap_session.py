@@ -48,7 +48,7 @@ from mechasandbox.backends.linux.landlock_rules import SCOPE_TARGET
 from mechasandbox.backends.resources import run_rlimits
 from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.backends.template import Job, explain_refusals
-from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.backends.workspace.guards import GuardSet, describe_lost
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError, SpawnFailed
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import Policy
@@ -96,6 +96,12 @@ class BwrapSessionSandbox:
         if isinstance(request.stdin, Terminal):
             problem = "a session gives its commands no terminal: run it on its own"
             return Failure(ConfigInvalid(problem=problem, field="stdin"))
+        lost = self.guards.lost()
+        if lost:
+            # Replaced on the host between commands: its cover is off for every command
+            # from now on, and the watcher's first look could come after a quick one ended.
+            reason = f"stopped: {describe_lost(lost)}"
+            return Failure(BackendFailed(backend=NAME, reason=reason))
         policy = self.job.policy
         argv, executable = request.argv, request.argv[0]
         if self.bridge is not None:
@@ -134,11 +140,12 @@ class BwrapSessionSandbox:
             elif late:
                 result = Success(attrs.evolve(value, warnings=value.warnings + late))
         # The placeholders are the session's own, empty and covered read-only inside while
-        # their guards hold: nothing the commands do can make a repository in one.
+        # their guards hold: nothing the commands do can make a repository in one. A path
+        # whose guard was lost is the commands' to write: what is below it is looked at.
         replaced = {path for path, _ in lost}
         covered = {path for path in self.command.placeholders if path not in replaced}
         result = disarm_after(
-            result, job.workspace, job.policy, since_ns, backend.git, skip=covered
+            result, job.workspace, job.policy, since_ns, backend.git, skip=covered, exposed=replaced
         )
         return explain_refusals(
             result, lambda: backend.refusal_view(job, self.setting), job.policy, job.host

@@ -72,7 +72,7 @@ from mechasandbox.backends.oci.compiler import (
 from mechasandbox.backends.oci.engine import OciBackend
 from mechasandbox.backends.oci.engine_api import EngineApi
 from mechasandbox.backends.session_base import BackendSession, SessionSettings
-from mechasandbox.backends.workspace.guards import GuardSet
+from mechasandbox.backends.workspace.guards import GuardSet, describe_lost
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 from mechasandbox.domain.limits import Limits
@@ -122,6 +122,12 @@ class OciSessionSandbox:
         if isinstance(request.stdin, Terminal):
             problem = "a session gives its commands no terminal: run it on its own"
             return Failure(ConfigInvalid(problem=problem, field="stdin"))
+        lost = self.guards.lost()
+        if lost:
+            # Replaced on the host between commands: its cover is off for every command
+            # from now on, and the watcher's first look could come after a quick one ended.
+            reason = f"stopped: {describe_lost(lost)}"
+            return Failure(BackendFailed(backend=self.backend.name, reason=reason))
         self._command = request.argv[0]
         argv = request.argv
         if self.bridge is not None:
@@ -154,7 +160,8 @@ class OciSessionSandbox:
     def finished(
         self, result: Result[RunResult, SandboxError], started_ns: int
     ) -> Result[RunResult, SandboxError]:
-        late = self.guards.warnings()
+        lost = self.guards.lost()
+        late = self.guards.warnings(lost)
         if isinstance(result, Success):
             value = result.unwrap()
             failed = None
@@ -166,7 +173,11 @@ class OciSessionSandbox:
                 result = Failure(failed)
             elif late:
                 result = Success(attrs.evolve(value, warnings=value.warnings + late))
-        return disarm_after(result, self.run.workspace, self.policy, started_ns, self.backend.git)
+        # A path whose guard was lost is the commands' to write: what is below it is looked at.
+        exposed = [path for path, _ in lost]
+        return disarm_after(
+            result, self.run.workspace, self.policy, started_ns, self.backend.git, exposed=exposed
+        )
 
     async def aclose(self) -> None:
         if self._closed:
