@@ -170,6 +170,7 @@ class OciPoolContract(OciContract):
         session agent, or with REUSE) `exec` cannot kill what its command left: a process
         that arms a repository over and over must be gone before that look (a discarded
         keeper is removed first), or the host's git runs its command."""
+        self.need_keepers()
         backend = self.fresh(runner, size=1, after_use=after_use)
         backend.pool.sessions = False  # keepers, as where the runner cannot start the agent
         git_ok("init", "-q", cwd=tmp_path)
