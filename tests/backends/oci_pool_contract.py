@@ -191,30 +191,31 @@ class OciPoolContract(OciContract):
             git("status", cwd=tmp_path / "src" / "evil")
         assert not marker.exists()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "a used ready session's removal waits (up to 3 s) while any start is under way, "
-            "and under back-to-back concurrent runs one always is: used containers pile up "
-            "beyond `size` in use and `size` ready or starting (25 containers of one key "
-            "measured at size 2), uncounted by the bound (`_after_starts`)"
-        ),
-    )
-    async def test_concurrent_runs_keep_a_key_within_twice_its_size(
+    async def test_concurrent_runs_keep_a_key_within_its_bounds(
         self, runner: HelperProcessRunner, tmp_path: Path
     ) -> None:
         """`PoolSettings`: with DISCARD a key holds `size` in use and `size` ready or
-        starting, 2 x `size` at most, whatever the load."""
+        starting, and at most `size` used ones wait for the starts before their removal
+        (under a steady load a start is always under way: 25 containers of one key piled up
+        at size 2 when every removal waited); the engine's removals in flight come on top,
+        bounded by the engine. Sampled under 10 concurrent callers."""
         size = 2
         backend = self.fresh(runner, size=size)
         request = RunRequest(argv=["sleep", "0.2"], workspace=str(tmp_path))
-        peak = 0
+        worst: dict[str, int] = {}
+        containers = 0
         done = anyio.Event()
 
         async def sample() -> None:
-            nonlocal peak
+            nonlocal containers
             while not done.is_set():
-                peak = max(peak, len(await anyio.to_thread.run_sync(self.all_containers)))
+                stats = backend.pool.stats()
+                for key in ("busy", "waiting"):
+                    worst[key] = max(worst.get(key, 0), stats[key])
+                ready = stats["idle"] + stats["starting"]
+                worst["ready"] = max(worst.get("ready", 0), ready)
+                listed = await anyio.to_thread.run_sync(self.all_containers)
+                containers = max(containers, len(listed))
                 await anyio.sleep(0.05)
 
         async def runs() -> None:
@@ -228,7 +229,9 @@ class OciPoolContract(OciContract):
                     group.start_soon(runs)
             done.set()
         assert backend.pool.stats()["busy"] == 0
-        assert peak <= 2 * size, peak
+        assert worst["busy"] <= size and worst["ready"] <= size, worst
+        assert worst["waiting"] <= size, worst
+        assert containers < 25, containers  # what piled up before the cap
 
     async def test_reuse_keeps_the_container(
         self, runner: HelperProcessRunner, tmp_path: Path
@@ -338,7 +341,14 @@ class OciPoolContract(OciContract):
                     break
                 await anyio.sleep(0.05)
             stats = backend.pool.stats()
-            assert stats == {"keys": 1, "idle": 1, "busy": 1, "starting": 0, "removing": 0}
+            assert stats == {
+                "keys": 1,
+                "idle": 1,
+                "busy": 1,
+                "starting": 0,
+                "removing": 0,
+                "waiting": 0,
+            }
             group.cancel_scope.cancel()
 
     async def test_wait_when_exhausted_then_times_out_or_gets_one(

@@ -149,6 +149,7 @@ class ContainerPool:
         self._closed = False
         self._members: dict[str, _Member] = {}  # every container made and not yet removed
         self._removing = 0  # removals under way (or waiting for the starts: `_after_starts`)
+        self._waiting = 0  # removals waiting for the starts (`size` at most)
         self.engine = PoolEngine(backend)
         # One-shot runs on ready sessions, one each (see the module).
         self.sessions = settings.after_use is AfterUse.DISCARD and isinstance(
@@ -218,15 +219,25 @@ class ContainerPool:
 
     async def _after_starts(self) -> None:
         """Wait (`_REMOVAL_DELAY_S` at most) until no container of the pool is starting
-        (none once it is closed: `close` clears the keys)."""
-        waited = 0.0
-        while waited < _REMOVAL_DELAY_S:
-            with self._lock:
-                starting = any(slot.starting for slot in self._slots.values())
-            if not starting:
+        (none once it is closed: `close` clears the keys). At most `size` removals wait:
+        under a steady load a start is always under way, and used containers would pile up;
+        beyond those the removal goes at once."""
+        with self._lock:
+            if self._waiting >= self.settings.size:
                 return
-            await anyio.sleep(_POLL_S)
-            waited += _POLL_S
+            self._waiting += 1
+        try:
+            waited = 0.0
+            while waited < _REMOVAL_DELAY_S:
+                with self._lock:
+                    starting = any(slot.starting for slot in self._slots.values())
+                if not starting:
+                    return
+                await anyio.sleep(_POLL_S)
+                waited += _POLL_S
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def _forget(self, member: _Member) -> None:
         with self._lock:
@@ -682,6 +693,7 @@ class ContainerPool:
                 "busy": sum(len(s.busy) for s in slots),
                 "starting": sum(s.starting for s in slots),
                 "removing": self._removing,
+                "waiting": self._waiting,
             }
 
     def close(self) -> None:
