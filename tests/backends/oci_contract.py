@@ -193,6 +193,42 @@ class OciContract:
         self.settle(backend)
         assert self.leftovers() == []
 
+    async def test_a_repository_made_below_a_replaced_placeholder_is_disarmed(
+        self, backend: OciBackend, tmp_path: Path
+    ) -> None:
+        """The host removes the empty `.vscode` placeholder during the run (its cover comes
+        off with it): a command writing at once can make a repository below it before the
+        watcher stops the run. After the run it is disarmed as any repository the command
+        made, not left armed because `.vscode` is protected."""
+        git("init", "-q", cwd=tmp_path)
+        vscode = tmp_path / ".vscode"
+        marker = tmp_path / "planted-ran"
+
+        def recreate() -> None:
+            os.rmdir(vscode)
+            vscode.mkdir(exist_ok=True)  # (the command's `mkdir -p` may have made it first)
+
+        evil = ".vscode/evil/.git"
+        script = (
+            "touch started; "
+            f"until mkdir -p {evil}/hooks {evil}/objects {evil}/refs 2>/dev/null; do :; done; "
+            f"echo 'ref: refs/heads/main' > {evil}/HEAD; "
+            f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' > {evil}/config; "
+            "sleep 5"
+        )
+        thread = act_when_started(tmp_path / "started", recreate)
+        try:
+            request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
+            await backend.run(request, policy(timeout_s=10.0))
+        finally:
+            thread.join()
+        repository = vscode / "evil"
+        if (repository / ".git" / "config").exists():  # made before the stop
+            subprocess.run(["git", "status"], cwd=repository, capture_output=True, check=False)
+        assert not marker.exists()
+        self.settle(backend)
+        assert self.leftovers() == []
+
     async def test_kernel_settings_cannot_be_written(
         self, backend: OciBackend, tmp_path: Path
     ) -> None:

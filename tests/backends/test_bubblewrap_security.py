@@ -427,6 +427,41 @@ def test_a_run_whose_pin_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     assert "read-only cover" in _stopped_for(result, config)
 
 
+def test_a_repository_made_below_a_replaced_placeholder_before_the_stop_is_disarmed(
+    box: Box,
+) -> None:
+    """The watcher looks every 50 ms: a command that writes at once once a placeholder's
+    cover came off (the host made `.vscode` anew) can make a repository below it before the
+    run is stopped. After the run it is disarmed as any repository the command made (a
+    protected path whose guard was lost protects nothing), not left armed for the host's
+    git because `.vscode` is protected."""
+    subprocess.run(["git", "-C", str(box.workspace), "init", "-q"], check=True)
+    vscode = box.workspace / ".vscode"
+    marker = box.workspace / "planted-ran"
+
+    def recreate() -> None:
+        os.rmdir(vscode)
+        vscode.mkdir(exist_ok=True)  # (the command's `mkdir -p` may have made it first)
+
+    evil = ".vscode/evil/.git"
+    plant = (
+        "touch started; "
+        f"until mkdir -p {evil}/hooks {evil}/objects {evil}/refs 2>/dev/null; do :; done; "
+        f"echo 'ref: refs/heads/main' > {evil}/HEAD; "
+        f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' > {evil}/config; "
+        "sleep 5"
+    )
+    thread = act_when_started(box.workspace / "started", recreate)
+    try:
+        box.run("sh", "-c", plant)
+    finally:
+        thread.join()
+    repository = vscode / "evil"
+    if (repository / ".git" / "config").exists():  # made before the stop
+        subprocess.run(["git", "status"], cwd=repository, capture_output=True, check=False)
+    assert not marker.exists()
+
+
 def test_a_run_whose_placeholder_is_replaced_on_the_host_is_stopped(box: Box) -> None:
     """A missing `.vscode` is covered by an empty read-only directory mounted on the
     placeholder; a host process that removes the placeholder and makes the directory anew

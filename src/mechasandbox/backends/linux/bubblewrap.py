@@ -30,6 +30,7 @@ from mechasandbox.backends.base import (
     scrubbed_environment,
 )
 from mechasandbox.backends.capability_table import REFUSALS_NOTE, RLIMITS, RUNNER, CapabilityTable
+from mechasandbox.backends.execute import disarm_after, run_started
 from mechasandbox.backends.git_facts import GitFacts
 from mechasandbox.backends.linux.bwrap_compiler import BwrapCommand, compile_bwrap
 from mechasandbox.backends.linux.bwrap_hooks import (
@@ -475,11 +476,20 @@ class BubblewrapBackend(SpawningBackend[BwrapCompiled, BwrapSetting]):
         self.placeholders.make(job.workspace, command.placeholders)
         guards = GuardSet(command.guards + tuple((p, "write") for p in command.placeholders))
         watched = attrs.evolve(launch, spec=attrs.evolve(launch.spec, watch=guards.watcher()))
+        started = run_started()
         try:
             result = await super().launch(job, watched, setting)
-            late = guards.warnings()  # lost since the watcher's last look
+            lost = guards.lost()
+            late = guards.warnings(lost)  # lost since the watcher's last look
         finally:
             guards.close()
+        if lost and self.protects_workspace:
+            # Their covers came off during the run, before the watcher stopped it: what
+            # the command made below them is looked at as if nothing protected it.
+            exposed = [path for path, _ in lost]
+            result = disarm_after(
+                result, job.workspace, job.policy, started, self.git, exposed=exposed
+            )
         return result.bind(lambda finished: _checked(finished, job.request.argv[0], late))
 
 

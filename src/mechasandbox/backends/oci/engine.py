@@ -463,10 +463,13 @@ class OciBackend:
         # Until the engine has said how the container ended, its command may still run.
         ended = Ended(answer=Failure(BackendFailed(backend=self.name, reason="cancelled")))
         left: str | None = None
+        lost: tuple[str, ...] = ()
+        started = run_started()
         try:
             launched = await self.runner.run(attrs.evolve(spec, watch=guards.watcher()))
             ended = await self._read(launch, launched)
         finally:
+            lost = tuple(path for path, _ in guards.lost())
             guards.close()
             with anyio.CancelScope(shield=True):
                 left = await live.remove(
@@ -489,7 +492,13 @@ class OciBackend:
             else:  # removed at the next run, at close() or at exit (see LiveContainers)
                 self.state.live.left_behind(run.name)
             self.state.placeholders.release(run.workspace, placeholders)
-        return answer_after_removal(ended, left, fate, name=run.name, backend=self.name)
+        answer = answer_after_removal(ended, left, fate, name=run.name, backend=self.name)
+        if lost:
+            # Their covers came off during the run, before the watcher stopped it: what the
+            # command made below them is looked at as if nothing protected it (the
+            # container is gone: nothing of it writes after this look).
+            answer = disarm_after(answer, run.workspace, policy, started, self.git, exposed=lost)
+        return answer
 
     async def _read(self, launch: Launch, launched: Result[ProcessOutcome, SpawnFailed]) -> Ended:
         """What the engine CLI's end says; `over` once the container's end is known."""
