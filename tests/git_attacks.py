@@ -228,3 +228,40 @@ def sandboxed_script(attack: GitAttack, marker: Path, *, with_git: bool = True) 
     where the sandbox has no git, as the containers' test image)."""
     then = "git status --porcelain > /dev/null && echo git-works; " if with_git else ""
     return f"{attack.script(shlex.quote(str(marker)))} 2>/dev/null; {then}echo end"
+
+
+# A protected path's cover taken off during the run: the host removes the empty `.vscode`
+# placeholder (and makes it anew), and the command, writing at once, makes a repository
+# below it before the watcher's next look. See the backends' `..._replaced_placeholder_...`
+# tests.
+PLACEHOLDER = ".vscode"
+_BELOW = f"{PLACEHOLDER}/evil"
+
+
+def replace_placeholder(workspace: Path) -> None:
+    """The host's part: the placeholder removed and made anew (the command's `mkdir -p`
+    may have made it first)."""
+    (workspace / PLACEHOLDER).rmdir()
+    (workspace / PLACEHOLDER).mkdir(exist_ok=True)
+
+
+def plant_below_placeholder(marker: Path) -> str:
+    """The command's part: `touch started`, then a repository with `core.fsmonitor` below
+    the placeholder as soon as it can be made, then a wait for the stop."""
+    gitdir = f"{_BELOW}/.git"
+    fsmonitor = shlex.quote(f'[core]\n\tfsmonitor = "touch {marker}; false"\n')
+    return (
+        "touch started; "
+        f"until mkdir -p {gitdir}/hooks {gitdir}/objects {gitdir}/refs 2>/dev/null; do :; done; "
+        f"echo 'ref: refs/heads/main' > {gitdir}/HEAD; "
+        f"printf %s {fsmonitor} > {gitdir}/config; "
+        "sleep 5"
+    )
+
+
+def planted_below_placeholder_ran(workspace: Path, marker: Path) -> bool:
+    """The host's git in the repository the command made (if it made it before the stop)."""
+    repository = workspace / _BELOW
+    if (repository / ".git" / "config").exists():
+        subprocess.run(["git", "status"], cwd=repository, capture_output=True, check=False)
+    return marker.exists()

@@ -50,7 +50,16 @@ from mechasandbox.domain import (
 )
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available, skip_if_left_to_another_run
-from tests.git_attacks import GIT_ATTACKS, GitAttack, git, planted_ran, sandboxed_script
+from tests.git_attacks import (
+    GIT_ATTACKS,
+    GitAttack,
+    git,
+    plant_below_placeholder,
+    planted_below_placeholder_ran,
+    planted_ran,
+    replace_placeholder,
+    sandboxed_script,
+)
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 from tests.unix_servers import host_unix_servers
@@ -201,31 +210,15 @@ class OciContract:
         watcher stops the run. After the run it is disarmed as any repository the command
         made, not left armed because `.vscode` is protected."""
         git("init", "-q", cwd=tmp_path)
-        vscode = tmp_path / ".vscode"
         marker = tmp_path / "planted-ran"
-
-        def recreate() -> None:
-            os.rmdir(vscode)
-            vscode.mkdir(exist_ok=True)  # (the command's `mkdir -p` may have made it first)
-
-        evil = ".vscode/evil/.git"
-        script = (
-            "touch started; "
-            f"until mkdir -p {evil}/hooks {evil}/objects {evil}/refs 2>/dev/null; do :; done; "
-            f"echo 'ref: refs/heads/main' > {evil}/HEAD; "
-            f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' > {evil}/config; "
-            "sleep 5"
-        )
-        thread = act_when_started(tmp_path / "started", recreate)
+        thread = act_when_started(tmp_path / "started", lambda: replace_placeholder(tmp_path))
         try:
+            script = plant_below_placeholder(marker)
             request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
             await backend.run(request, policy(timeout_s=10.0))
         finally:
             thread.join()
-        repository = vscode / "evil"
-        if (repository / ".git" / "config").exists():  # made before the stop
-            subprocess.run(["git", "status"], cwd=repository, capture_output=True, check=False)
-        assert not marker.exists()
+        assert not planted_below_placeholder_ran(tmp_path, marker)
         self.settle(backend)
         assert self.leftovers() == []
 

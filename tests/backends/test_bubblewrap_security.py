@@ -47,7 +47,15 @@ from mechasandbox.domain.request import RunRequest
 from mechasandbox.domain.result import RunResult
 from mechasandbox.runner.runner import HelperProcessRunner
 from tests.conftest import require_available
-from tests.git_attacks import GIT_ATTACKS, GitAttack, planted_ran, sandboxed_script
+from tests.git_attacks import (
+    GIT_ATTACKS,
+    GitAttack,
+    plant_below_placeholder,
+    planted_below_placeholder_ran,
+    planted_ran,
+    replace_placeholder,
+    sandboxed_script,
+)
 from tests.host_actions import act_when_started, marking_library, processes_running
 from tests.kernel_attacks import WRITE_BACK, assert_nothing_written, host_values
 from tests.resource_limits import assert_fork_bomb_stopped, assert_memory_bomb_stopped
@@ -436,30 +444,13 @@ def test_a_repository_made_below_a_replaced_placeholder_before_the_stop_is_disar
     protected path whose guard was lost protects nothing), not left armed for the host's
     git because `.vscode` is protected."""
     subprocess.run(["git", "-C", str(box.workspace), "init", "-q"], check=True)
-    vscode = box.workspace / ".vscode"
     marker = box.workspace / "planted-ran"
-
-    def recreate() -> None:
-        os.rmdir(vscode)
-        vscode.mkdir(exist_ok=True)  # (the command's `mkdir -p` may have made it first)
-
-    evil = ".vscode/evil/.git"
-    plant = (
-        "touch started; "
-        f"until mkdir -p {evil}/hooks {evil}/objects {evil}/refs 2>/dev/null; do :; done; "
-        f"echo 'ref: refs/heads/main' > {evil}/HEAD; "
-        f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' > {evil}/config; "
-        "sleep 5"
-    )
-    thread = act_when_started(box.workspace / "started", recreate)
+    thread = act_when_started(box.workspace / "started", lambda: replace_placeholder(box.workspace))
     try:
-        box.run("sh", "-c", plant)
+        box.run("sh", "-c", plant_below_placeholder(marker))
     finally:
         thread.join()
-    repository = vscode / "evil"
-    if (repository / ".git" / "config").exists():  # made before the stop
-        subprocess.run(["git", "status"], cwd=repository, capture_output=True, check=False)
-    assert not marker.exists()
+    assert not planted_below_placeholder_ran(box.workspace, marker)
 
 
 def test_a_run_whose_placeholder_is_replaced_on_the_host_is_stopped(box: Box) -> None:
