@@ -691,6 +691,11 @@ class OciContract:
         if isinstance(outcome, Failure):  # where the pids cgroup's events can be read
             error = outcome.failure()
             assert isinstance(error, ProcessLimit), error
+            if "watcher could not fork" in error.detail:
+                # The forks took the watcher's slots too: it ended the run (killing the
+                # shell before it said anything) as a process-limit failure.
+                assert self.leftovers() == []
+                return
             outcome = Success(error.partial)
         result = ok(outcome)
         # The shell gets EAGAIN from fork and gives up: an ordinary (non-zero) exit.

@@ -26,6 +26,8 @@ def test_a_starved_watcher_is_read_off_the_end_of_stderr() -> None:
     assert left is not None and left.stderr == b"the command's\n"
     alone = lifeline.starved(_outcome(b"mechasandbox-watch: starved\n"))
     assert alone is not None and alone.stderr == b""
+    shell = lifeline.starved(_outcome(b"sh: mechasandbox-watch: starved\n"))
+    assert shell is not None and shell.stderr == b""
 
 
 def test_starved_only_as_the_last_line() -> None:

@@ -183,7 +183,8 @@ def refused_forks(outcome: ProcessOutcome) -> tuple[ProcessOutcome, int]:
     return attrs.evolve(outcome, stderr=stderr), int(found.group(1))
 
 
-_STARVED = re.compile(rb"(?:^|\n)" + re.escape(WATCH_PREFIX) + rb"starved\n\Z")
+# (busybox's sh may print it as `sh: mechasandbox-watch: starved` from its error exit.)
+_STARVED = re.compile(rb"(?:^|\n)(?:sh: )?" + re.escape(WATCH_PREFIX) + rb"starved\n\Z")
 
 
 def starved(outcome: ProcessOutcome) -> ProcessOutcome | None:
