@@ -119,6 +119,25 @@ def test_echo_exit_code_and_stdin(sandbox: Sandbox) -> None:
     assert any("host-processes-hidden" in w for w in run.warnings)
 
 
+def test_readable_paths_that_are_not_there_are_skipped(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The host no longer looks for each rule's path before a run: the child skips one
+    that is missing, below a file, or (as an ordinary user) below a directory it cannot
+    search, as the host's look did, and the command runs."""
+    locked = tmp_path / "locked"
+    (locked / "inside").mkdir(parents=True)
+    locked.chmod(0)
+    try:
+        filesystem = attrs.evolve(
+            POLICY.filesystem,
+            readable=("/nonexistent-mechasandbox", "/etc/passwd/below", str(locked / "inside")),
+        )
+        result = sandbox.run("cat", "README", policy=attrs.evolve(POLICY, filesystem=filesystem))
+    finally:
+        locked.chmod(0o755)
+    assert isinstance(result, Success), result
+    assert (result.unwrap().exit_code, result.unwrap().stdout) == (0, b"readme\n")
+
+
 def test_strict_policy_refuses_honestly(sandbox: Sandbox) -> None:
     result = sandbox.run("true", policy=Policy())
     assert isinstance(result, Failure)

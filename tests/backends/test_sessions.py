@@ -149,6 +149,35 @@ def test_a_process_left_running_dies_with_its_command(
     assert alive_with_marker(token) == []
 
 
+# A subreaper inside the command's tree: its orphan becomes its child, and the agent's (a
+# subreaper too) once it exits, so the orphan is never out of the agent's reach.
+SUBREAPER = """
+import ctypes, os, sys, time
+if os.fork():
+    sys.exit(0)
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+if os.fork() == 0:
+    if os.fork() == 0:
+        time.sleep(0.6)
+        open(sys.argv[1], "w").close()
+    os._exit(0)
+time.sleep(0.05)
+"""
+
+
+def test_an_orphan_of_a_subreaper_in_the_tree_dies_with_its_command(
+    session: SyncSession, workspace: pathlib.Path
+) -> None:
+    token = secrets.token_hex(6)
+    marker = f"work/subreaper-{token}"
+    for _ in range(3):
+        ran = session.run(["python3", "-c", SUBREAPER, marker, token]).unwrap()
+        assert ran.exit_code == 0, ran
+        assert alive_with_marker(token) == []
+    time.sleep(0.8)
+    assert not (workspace / marker).exists()
+
+
 # A fork bomb that keeps forking whatever fails: its first process exits at once (the tree
 # kill starts while the rest fork: "leave") or runs until its timeout ("stay").
 # "hop": processes that each fork their successor and exit at once, so that a walk of the

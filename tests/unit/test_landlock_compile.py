@@ -341,6 +341,7 @@ def test_expand_rules_carves_around_exclusions(tmp_path: Path) -> None:
         (f"{root}/.git/objects", WRITE),
         (f"{root}/README", WRITE),
         (f"{root}/src", WRITE),
+        ("/nonexistent", READ),  # not looked for: whoever opens it skips it
     ]
 
 

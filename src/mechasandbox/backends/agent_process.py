@@ -18,6 +18,7 @@ from returns.result import Failure, Result, Success
 from mechasandbox.backends.session_base import SessionSettings, no_sessions
 from mechasandbox.domain.errors import BackendFailed, SandboxError
 from mechasandbox.domain.request import RunRequest
+from mechasandbox.limits.cgroup import HeldEvents
 from mechasandbox.runner import framing
 from mechasandbox.runner.protocol import ProcessRunner
 from mechasandbox.runner.session_client import HELLO_TIMEOUT_S, AgentChannel
@@ -192,14 +193,28 @@ async def prepared_session(
     return Success((job, setting, proxy))
 
 
-def cgroup_counters(manager: CgroupManager | None, cgroup: CgroupRun | None) -> CgroupEvents | None:
-    """A session cgroup's event counters (None: no cgroup, or it cannot be read)."""
-    if manager is None or cgroup is None:
-        return None
-    try:
-        return manager.events(cgroup)
-    except OSError:
-        return None
+@attrs.define(eq=False)
+class SessionCounters:
+    """A session cgroup's event counters, read after every command through descriptors
+    opened at the first read (`HeldEvents`); `close` before the cgroup goes."""
+
+    _held: HeldEvents | None = None
+
+    def read(self, manager: CgroupManager | None, cgroup: CgroupRun | None) -> CgroupEvents | None:
+        """The counters now (None: no cgroup, or it cannot be read)."""
+        if manager is None or cgroup is None:
+            return None
+        try:
+            if self._held is None:
+                self._held = HeldEvents(cgroup)
+            return self._held.read()
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
 
 async def with_proxy_closed_on_failure(

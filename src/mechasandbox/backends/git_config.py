@@ -19,10 +19,11 @@ import contextlib
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 
 import attrs
+
+from mechasandbox.backends.stamps import settled
 
 # git's own limit on nested includes (config.c MAX_INCLUDE_DEPTH).
 MAX_INCLUDE_DEPTH = 10
@@ -238,14 +239,13 @@ def read_regular(path: str, limit: int = MAX_CONFIG_BYTES) -> str | None:
 
 
 _PARSED_MAX = 256
-_SETTLE_NS = 2_000_000_000
 
 
 class ParsedConfigs:
     """Parsed configuration files by path, with the stamp of the file parsed: read before
     every run, mostly unchanged. A file whose identity, size, mtime and ctime are those of
-    the last parse is not parsed again, unless it changed less than `_SETTLE_NS` before
-    (coarse file system clocks). Bounded (`_PARSED_MAX` files, the oldest forgotten).
+    the last parse is not parsed again, unless its stamp was too young to be trusted
+    (`stamps.settled`). Bounded (`_PARSED_MAX` files, the oldest forgotten).
 
     Holds nothing outside the process: `close` forgets."""
 
@@ -273,7 +273,7 @@ class ParsedConfigs:
         if text is None:
             return None
         entries = parse_config(text, origin=path)
-        if stamp is not None and stamp[4] < time.time_ns() - _SETTLE_NS:
+        if stamp is not None and settled(stamp[4]):
             with self._lock:
                 self._parsed[path] = (stamp, entries)
                 while len(self._parsed) > _PARSED_MAX:

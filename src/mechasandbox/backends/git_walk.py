@@ -4,9 +4,8 @@ Listing every directory of a large workspace before each run costs (a tree of 50
 in 2,550 directories: about 100 ms). A directory's entries change only with its ctime, so
 each walk keeps what it listed with the directory's identity and ctime (which, unlike the
 mtime, a command cannot set back), and the next walk lists again only the directories
-whose stamp changed: one `lstat` each (about 4 ms for that tree). A stamp younger than
-`_SETTLE_NS` is not trusted (file system clocks are coarse: an entry made in the same tick
-as the listing leaves the ctime as it was), so that directory is listed again next time.
+whose stamp changed: one `lstat` each (about 4 ms for that tree). A stamp too young to be
+trusted (`stamps.settled`) leaves that directory to be listed again next time.
 """
 
 from __future__ import annotations
@@ -15,14 +14,14 @@ import collections
 import os
 import stat
 import threading
-import time
 from collections.abc import Collection
 
 import attrs
 
+from mechasandbox.backends.stamps import settled
+
 # The walk stops after this many directories (a warning says so): every run pays for it.
 MAX_WALK_DIRECTORIES = 10_000
-_SETTLE_NS = 2_000_000_000
 _WORKSPACES = 8  # how many workspaces' listings are kept
 
 _Stamp = tuple[int, int, int]
@@ -78,9 +77,8 @@ def _list(path: str, stamp: _Stamp) -> _Listing:
                     continue
     except OSError:
         readable = False
-    settled = stamp[2] < time.time_ns() - _SETTLE_NS
     return _Listing(
-        stamp=stamp if settled else None,
+        stamp=stamp if settled(stamp[2]) else None,
         subdirectories=tuple(subdirectories),
         names=frozenset(names),
         readable=readable,

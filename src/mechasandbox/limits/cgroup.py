@@ -109,13 +109,49 @@ def _own_cgroup(controller: str | None) -> str:
     return "/"
 
 
+def _event_files(memory_dir: str, pids_dir: str, *, v2: bool) -> tuple[str, str]:
+    """The files holding the OOM kills and the pids-limit hits."""
+    return (
+        f"{memory_dir}/{'memory.events' if v2 else 'memory.oom_control'}",
+        f"{pids_dir}/pids.events",
+    )
+
+
 def _events(memory_dir: str | None, pids_dir: str | None, *, v2: bool) -> CgroupEvents:
     """The OOM kills and pids-limit hits counted so far (0 for a directory not known)."""
-    memory = "memory.events" if v2 else "memory.oom_control"
+    memory, pids = _event_files(memory_dir or "", pids_dir or "", v2=v2)
     return CgroupEvents(
-        oom_kills=_counter(_read(f"{memory_dir}/{memory}"), "oom_kill") if memory_dir else 0,
-        pids_max_hits=_counter(_read(f"{pids_dir}/pids.events"), "max") if pids_dir else 0,
+        oom_kills=_counter(_read(memory), "oom_kill") if memory_dir else 0,
+        pids_max_hits=_counter(_read(pids), "max") if pids_dir else 0,
     )
+
+
+class HeldEvents:
+    """A cgroup's event counters read through descriptors kept open: a session reads them
+    after each of its commands, one `pread` per file rather than an open, a read and a
+    close. Raises OSError when a file cannot be opened; `close` when done."""
+
+    def __init__(self, run: CgroupRun) -> None:
+        memory, pids = _event_files(run.directories[0], run.directories[-1], v2=run.version == 2)
+        self._memory = os.open(memory, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._pids = os.open(pids, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self._memory)
+            raise
+
+    def read(self) -> CgroupEvents:
+        """The counters now (OSError when the cgroup is gone)."""
+        return CgroupEvents(
+            oom_kills=_counter(os.pread(self._memory, 4096, 0).decode(), "oom_kill"),
+            pids_max_hits=_counter(os.pread(self._pids, 4096, 0).decode(), "max"),
+        )
+
+    def close(self) -> None:
+        for fd in (self._memory, self._pids):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._memory = self._pids = -1
 
 
 def _writable_dir(path: Path) -> bool:

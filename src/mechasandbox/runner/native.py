@@ -42,7 +42,9 @@ MAX_FRAME = 8 * 1024 * 1024
 # The records' format; the shim says which it speaks (`mechasandbox-exec --protocol`), and
 # one that speaks another (a binary left from an older build) is not used.
 # 2: record "f" fills a memory file of any size (1: a pipe, at most 64 KiB).
-PROTOCOL = 2
+# 3: a rule path that is not there (ENOENT, ENOTDIR, EACCES) is skipped: the host no longer
+#    drops the missing ones before (2 skipped ENOENT only).
+PROTOCOL = 3
 _MASK64 = (1 << 64) - 1
 
 

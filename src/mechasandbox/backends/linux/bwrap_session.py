@@ -33,8 +33,8 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.agent_process import (
     AgentProcess,
+    SessionCounters,
     agent_argv,
-    cgroup_counters,
     prepared_session,
     session_agent,
     start_agent,
@@ -90,6 +90,7 @@ class BwrapSessionSandbox:
     scope: tuple[ChildHook, ...]
     bridge: ProxyBridge | None = None
     process: AgentProcess | None = None
+    events: SessionCounters = attrs.field(factory=SessionCounters)
     _closed: bool = False
 
     def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
@@ -124,7 +125,7 @@ class BwrapSessionSandbox:
         )
 
     def counters(self) -> CgroupEvents | None:
-        return cgroup_counters(self.manager, self.cgroup)
+        return self.events.read(self.manager, self.cgroup)
 
     def finished(
         self, result: Result[RunResult, SandboxError], since_ns: int
@@ -160,6 +161,7 @@ class BwrapSessionSandbox:
                 await self.process.end()
         finally:
             self.guards.close()
+            self.events.close()
             if self.manager is not None and self.cgroup is not None:
                 with contextlib.suppress(OSError):
                     self.manager.destroy(self.cgroup)

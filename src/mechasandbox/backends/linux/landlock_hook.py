@@ -33,7 +33,7 @@ import stat
 
 from mechasandbox.backends.linux.landlock_rules import (
     FILE_RIGHTS,
-    expand_rules,
+    rule_pairs,
     ruleset_attr_size,
     scope_argument,
 )
@@ -181,6 +181,13 @@ def drop_capabilities() -> None:
     _check(_lib().capset(ctypes.byref(header), data), "capset")
 
 
+# A rule's path that cannot be reached as this process sees it (missing, a component not
+# a directory, or not searchable) grants nothing: its rule is skipped, as `os.path.lexists`
+# skipped it before the rules were expanded without looking (see `expand_rules`); the shim
+# skips the same errors.
+_NOT_THERE = (FileNotFoundError, NotADirectoryError, PermissionError)
+
+
 def _open_path(path: str) -> tuple[int, bool]:
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     return fd, stat.S_ISDIR(os.fstat(fd).st_mode)
@@ -194,8 +201,11 @@ def rehearse(argument: dict[str, Any]) -> None:
         handled_access_net=int(argument["handled_net"]),
         scoped=int(argument["scoped"]),
     )
-    for path, access in expand_rules(argument["rules"])[:1]:
-        fd, is_dir = _open_path(path)
+    for path, access in rule_pairs(argument)[:1]:
+        try:
+            fd, is_dir = _open_path(path)
+        except _NOT_THERE:
+            break
         try:
             beneath = _PathBeneathAttr(
                 allowed_access=access if is_dir else access & FILE_RIGHTS, parent_fd=fd
@@ -227,11 +237,11 @@ def restrict_self(argument: dict[str, Any]) -> None:
         "landlock_create_ruleset",
     )
     try:
-        for path, access in expand_rules(argument["rules"]):
+        for path, access in rule_pairs(argument):
             try:
                 fd, is_dir = _open_path(path)
-            except FileNotFoundError:
-                continue  # vanished between listing and opening: nothing to grant
+            except _NOT_THERE:
+                continue  # nothing to grant (see `_NOT_THERE`)
             try:
                 beneath = _PathBeneathAttr(
                     allowed_access=access if is_dir else access & FILE_RIGHTS, parent_fd=fd

@@ -16,7 +16,11 @@ from mechasandbox.runner import native
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: the spawn helper does not import `typing`
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    # A directory's entries: (path, whether it is a symlink), in name order.
+    Entries: TypeAlias = tuple[tuple[str, bool], ...]
 
 # Rights that mean something on a non-directory; a rule on a file with others is EINVAL.
 FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
@@ -26,8 +30,16 @@ RESTRICT_TARGET = "mechasandbox.backends.linux.landlock_hook:restrict_self"
 SCOPE_TARGET = "mechasandbox.backends.linux.landlock_hook:scope"
 
 
+def list_directory(path: str) -> Entries:
+    """The entries of the directory `path` in name order, each as (its path, whether it is
+    a symlink). FileNotFoundError / NotADirectoryError when `path` is not a directory."""
+    with os.scandir(path) as scan:
+        return tuple(sorted((entry.path, entry.is_symlink()) for entry in scan))
+
+
 def expand_rules(
     rules: list[list[Any]],
+    lister: Callable[[str], Entries] = list_directory,
 ) -> list[tuple[str, int]]:
     """Rules `[path, access, required, exclusions]` -> concrete `(path, access)` pairs.
 
@@ -37,7 +49,11 @@ def expand_rules(
     so it can still be listed), and each child is granted in turn: whole when no exclusion
     lies inside it, carved again when one does, with its residual rights when excluded.
     Symlinks are skipped: a rule on one would apply to its target, wherever that is.
-    Missing optional paths are skipped; a missing required one is an error.
+    `lister` lists a carved directory (`list_directory`; a session passes one that
+    remembers unchanged directories, see `landlock_listings`).
+    A path that does not exist is not looked for here: whoever opens the pairs' paths skips
+    one it does not find (the exec shim and `landlock_hook` both do), which costs a missing
+    path one failed open there instead of a look here at every path.
     """
     result: list[tuple[str, int]] = []
 
@@ -57,19 +73,26 @@ def expand_rules(
         if own:
             result.append((path, own))
         try:
-            entries = sorted(os.scandir(path), key=lambda entry: entry.name)
-        except NotADirectoryError:
+            entries = lister(path)
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for entry in entries:
-            if entry.is_symlink():
-                continue
-            grant(entry.path, access, dict(inside))
+        for entry, is_symlink in entries:
+            if not is_symlink:
+                grant(entry, access, dict(inside))
 
-    for path, access, required, exclusions in rules:
-        if not required and not os.path.lexists(path):
-            continue
+    for path, access, _required, exclusions in rules:
         grant(path, int(access), {str(p): int(a) for p, a in exclusions})
     return result
+
+
+def rule_pairs(argument: dict[str, Any]) -> list[tuple[str, int]]:
+    """The `(path, access)` pairs of a `restrict_self` argument: `expanded` when the caller
+    expanded its rules already (a session, see `landlock_session`), else its `rules`
+    expanded now."""
+    expanded = argument.get("expanded")
+    if expanded is not None:
+        return [(str(path), int(access)) for path, access in expanded]
+    return expand_rules(argument["rules"])
 
 
 def ruleset_attr_size(abi: int) -> int:
@@ -92,8 +115,8 @@ def encode_restrict(argument: dict[str, Any], records: native.Records) -> None:
     """`landlock_hook.restrict_self` as records. The rules are expanded here, in the host,
     a moment before the shim opens their paths (the hook lists them in the child): a path
     that vanishes in between is skipped by both, as it is between listing and opening.
-    Expanded anew for every run; only their encoding is remembered (a session's commands
-    mostly expand to the same rules)."""
+    Expanded anew for every run (a session's come expanded, see `rule_pairs`); only their
+    encoding is remembered (a session's commands mostly expand to the same rules)."""
     records.add_encoded(
         _restrict_records(
             (
@@ -102,7 +125,7 @@ def encode_restrict(argument: dict[str, Any], records: native.Records) -> None:
                 int(argument["scoped"]),
                 ruleset_attr_size(int(argument["abi"])),
             ),
-            tuple(expand_rules(argument["rules"])),
+            tuple(rule_pairs(argument)),
             tuple((int(port), int(access)) for port, access in argument["net_rules"]),
             int(argument.get("restrict_flags", 0)),
         )

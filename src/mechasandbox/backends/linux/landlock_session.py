@@ -6,12 +6,13 @@ capability dropped, no_new_privs, the seccomp filter): so the agent, and every c
 forks, holds no capability and passes the filter (both inherit). Each command is then set up
 by the one-shot run's own records (`native`) but for `isolate`, which it inherits whole from
 the agent (see `_start`): `restrict_self`, the policy's Landlock domain with its rules
-expanded for that command (so what the host carved out, protected paths, is read anew each
-time) and its scopes (ABI 6: no signal out of the domain, so none to the agent; no abstract
-unix socket out of it). The agent itself is in no
-Landlock domain (its binary, beside this package, is not a path the policy grants); it is
-not dumpable, so a command can neither trace it nor open its descriptors, and a command's
-domain keeps it from tracing anything outside. The session keeps one private TMPDIR and
+expanded for that command (what the host carved out, protected paths, is read anew each
+time: the expansion is made again whenever a carved directory's stamp changed, see
+`landlock_listings`) and its scopes (ABI 6: no signal out of the domain, so none to the
+agent; no abstract unix socket out of it). The agent itself is in no Landlock domain (its
+binary, beside this package, is not a path the policy grants); it is not dumpable, so a
+command can neither trace it nor open its descriptors, and a command's domain keeps it from
+tracing anything outside. The session keeps one private TMPDIR and
 HOME, and one cgroup, for its life.
 
 Allowlist networking: the session's proxy (one for its life, `SessionProxy`) listens on
@@ -32,8 +33,8 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.agent_process import (
     AgentProcess,
+    SessionCounters,
     agent_argv,
-    cgroup_counters,
     prepared_session,
     session_agent,
     start_agent,
@@ -42,6 +43,8 @@ from mechasandbox.backends.agent_process import (
 from mechasandbox.backends.agent_session import AgentSession
 from mechasandbox.backends.execute import disarm_after
 from mechasandbox.backends.linux.landlock_compiler import LandlockRuleset
+from mechasandbox.backends.linux.landlock_listings import RememberedExpansion
+from mechasandbox.backends.linux.landlock_rules import RESTRICT_TARGET
 from mechasandbox.backends.resources import run_rlimits
 from mechasandbox.backends.session_base import BackendSession, SessionSettings
 from mechasandbox.backends.template import Job, explain_refusals
@@ -72,6 +75,9 @@ class LandlockSessionSandbox:
     manager: CgroupManager | None
     cgroup: CgroupRun | None = None
     process: AgentProcess | None = None
+    events: SessionCounters = attrs.field(factory=SessionCounters)
+    # The rules' expansion, kept while the carved directories are unchanged.
+    expansion: RememberedExpansion = attrs.field(factory=RememberedExpansion)
     _closed: bool = False
 
     def command_spec(self, request: RunRequest, limits: Limits) -> Result[SpawnSpec, SandboxError]:
@@ -89,13 +95,25 @@ class LandlockSessionSandbox:
                 max_output_bytes=limits.max_output_bytes,
                 umask=self.job.policy.filesystem.umask,
                 rlimits=run_rlimits(limits, self.backend.cgroups),
-                hooks=self.hooks,
+                hooks=tuple(self._expanded(hook) for hook in self.hooks),
                 executable=request.argv[0],
             )
         )
 
+    def _expanded(self, hook: ChildHook) -> ChildHook:
+        """The Landlock hook with its rules expanded for this command, here, by the
+        session's remembered expansion (an unchanged workspace is not listed again); the
+        records carry the same pairs a fresh expansion makes (see `rule_pairs`)."""
+        if hook.target != RESTRICT_TARGET:
+            return hook
+        try:
+            pairs = self.expansion(hook.argument["rules"])
+        except OSError:
+            return hook  # expanded by the records' encoding, which fails the command
+        return attrs.evolve(hook, argument={**hook.argument, "expanded": pairs})
+
     def counters(self) -> CgroupEvents | None:
-        return cgroup_counters(self.manager, self.cgroup)
+        return self.events.read(self.manager, self.cgroup)
 
     def finished(
         self, result: Result[RunResult, SandboxError], since_ns: int
@@ -114,6 +132,7 @@ class LandlockSessionSandbox:
             if self.process is not None:
                 await self.process.end()
         finally:
+            self.events.close()
             if self.manager is not None and self.cgroup is not None:
                 with contextlib.suppress(OSError):
                     self.manager.destroy(self.cgroup)

@@ -31,7 +31,7 @@
 
 /* The records' format (runner/native.py's PROTOCOL): a helper uses a shim only if it
  * answers `--protocol` with this, so that a binary left from an older build is not used. */
-#define PROTOCOL 2
+#define PROTOCOL 3
 /* Where the report pipe is moved to: out of the low numbers a run's rlimit on open files
  * leaves to the set-up (the Landlock ruleset and each rule's path need one each). */
 #define REPORT_FD_FLOOR 64
@@ -228,8 +228,9 @@ static void data_on_fd(int target, const unsigned char *data, uint32_t length) {
 static void add_path_rule(int ruleset, uint64_t access, const char *path) {
     int fd = open(path, O_PATH | O_CLOEXEC);
     if (fd < 0) {
-        if (errno == ENOENT)
-            return; /* vanished between listing and opening: nothing to grant */
+        if (errno == ENOENT || errno == ENOTDIR || errno == EACCES)
+            return; /* not there as this process sees it: nothing to grant (the host does
+                       not look for each path first, see landlock_rules.expand_rules) */
         fail(errno);
     }
     struct stat info;

@@ -299,6 +299,13 @@ static int kill_descendants(long long until) {
     static pid_t stopped[MAX_TREE];
     static pid_t walk[MAX_TREE];
     int stopped_count = 0;
+    /* The agent is a subreaper: an orphan of the tree becomes its child, never anyone
+     * else's (a subreaper inside the tree hands its own orphans up when it dies), and a
+     * process that exits has handed its children over before it can be reaped. So with
+     * no child left, living or not yet reaped, nothing of the tree is left: no walk. */
+    reap();
+    if (!has_children())
+        return 0;
     for (;;) {
         int fresh = 0;
         int walk_count = children_of(getpid(), walk, 0, MAX_TREE);
