@@ -4,8 +4,13 @@ test_bubblewrap_security.py)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import pytest
+
+from mechasandbox.backends import stamps
+from mechasandbox.backends.workspace import guards as guards_module
 from mechasandbox.backends.workspace.guards import GuardSet
 
 
@@ -73,5 +78,87 @@ def test_a_guard_missing_from_the_start_is_lost_once_it_appears(tmp_path: Path) 
         assert guards.lost() == ()
         env.write_text("x")
         assert guards.lost() == ((str(env), "write"),)
+    finally:
+        guards.close()
+
+
+@pytest.fixture
+def looks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every stamp trusted at once (each test waits past a clock tick before a change);
+    the paths looked at one by one."""
+    monkeypatch.setattr(stamps, "SETTLE_NS", 0)
+    seen: list[str] = []
+    identity = guards_module._identity
+
+    def counting(path: str) -> tuple[int, int] | None:
+        seen.append(path)
+        return identity(path)
+
+    monkeypatch.setattr(guards_module, "_identity", counting)
+    return seen
+
+
+def test_an_unchanged_directory_is_one_look_for_all_its_guards(
+    tmp_path: Path, looks: list[str]
+) -> None:
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "config").write_text("a")
+    guards = GuardSet(((str(tmp_path / "config"), "write"), (str(tmp_path / "hooks"), "write")))
+    try:
+        assert guards.lost() == ()
+        assert len(looks) == 2
+        assert guards.lost() == ()
+        assert len(looks) == 2  # the directory's stamp, nothing else
+        (tmp_path / "config").write_text("rewritten in place")  # the same entry
+        assert guards.lost() == ()
+    finally:
+        guards.close()
+
+
+def test_a_replacement_after_a_trusted_look_is_lost(tmp_path: Path, looks: list[str]) -> None:
+    config, hooks = tmp_path / "config", tmp_path / "hooks"
+    config.write_text("a")
+    hooks.mkdir()
+    guards = GuardSet(((str(config), "write"), (str(hooks), "write")))
+    try:
+        assert guards.lost() == ()
+        time.sleep(0.05)
+        _replace(config, "new")
+        assert guards.lost() == ((str(config), "write"),)
+        assert guards.lost() == ((str(config), "write"),)  # and stays lost
+        time.sleep(0.05)
+        hooks.rmdir()
+        hooks.mkdir()
+        assert guards.lost() == ((str(config), "write"), (str(hooks), "write"))
+    finally:
+        guards.close()
+
+
+def test_a_directory_replaced_above_the_guards_is_seen(tmp_path: Path, looks: list[str]) -> None:
+    """The directory itself made anew (its stamp's inode changes): every guard in it is
+    looked at again."""
+    git = tmp_path / ".git"
+    git.mkdir()
+    (git / "config").write_text("a")
+    guards = GuardSet(((str(git / "config"), "write"),))
+    try:
+        assert guards.lost() == ()
+        time.sleep(0.05)
+        os.rename(git, tmp_path / "old")
+        git.mkdir()
+        (git / "config").write_text("planted")
+        assert guards.lost() == ((str(git / "config"), "write"),)
+    finally:
+        guards.close()
+
+
+def test_a_young_directory_is_looked_at_path_by_path(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("a")
+    guards = GuardSet(((str(config), "write"),))
+    try:
+        assert guards.lost() == ()
+        _replace(config, "new")  # within the same clock tick, perhaps: still seen
+        assert guards.lost() == ((str(config), "write"),)
     finally:
         guards.close()

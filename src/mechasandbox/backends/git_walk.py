@@ -43,7 +43,7 @@ class NestedWalk:
 @attrs.frozen
 class _Listing:
     stamp: _Stamp | None  # None: too recent to be trusted next time
-    subdirectories: tuple[str, ...]
+    subdirectories: tuple[str, ...]  # their paths (joined once, at the listing)
     names: frozenset[str]
     readable: bool = True
 
@@ -72,7 +72,7 @@ def _list(path: str, stamp: _Stamp) -> _Listing:
                 names.add(entry.name)
                 try:
                     if entry.name != ".git" and entry.is_dir(follow_symlinks=False):
-                        subdirectories.append(entry.name)
+                        subdirectories.append(entry.path)
                 except OSError:
                     continue
     except OSError:
@@ -133,8 +133,10 @@ class NestedWalker:
                     worktrees.append(directory)
                 elif is_bare_repository(directory, listing.names):
                     bare.append(directory)
-            below = (os.path.join(directory, name) for name in listing.subdirectories)
-            queue.extend(path for path in below if path not in skip)
+            if skip:
+                queue.extend(path for path in listing.subdirectories if path not in skip)
+            else:
+                queue.extend(listing.subdirectories)
         with self._lock:
             self._listings[workspace] = listings
             while len(self._listings) > _WORKSPACES:

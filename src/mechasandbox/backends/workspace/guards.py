@@ -17,6 +17,14 @@ original open is what makes comparing inode numbers sound: a file system may giv
 inode's number to the next file made (ext4 does, quickly), but not while it is held.
 Polling, not inotify: no ctypes in the host, and no per-user limit of inotify instances to
 run into with many runs at once. The cost is one descriptor per guarded path during the run.
+
+A look costs an `lstat` per guarded path (19 in a fresh workspace), and a session looks
+before and after every command. A path can lead elsewhere only once an entry of its
+directory changed (made, removed, renamed over), which changes the directory's ctime; so
+each look first takes the stamp of each guarded path's directory (device, inode, ctime:
+see `stamps`), and a directory whose stamp is the one of the last look, trusted then, has
+its guarded paths as they were then: one `stat` for all of them. The stamp is taken
+before the paths are looked at, so a change during the look changes the next stamp.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable
+
+from mechasandbox.backends.stamps import settled
 
 Guards = tuple[tuple[str, str], ...]  # (host path, "write" or "read")
 _Held = tuple[int, int, int] | None  # (fd, st_dev, st_ino) of the original; None: missing
@@ -35,6 +45,14 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (found.st_dev, found.st_ino)
+
+
+def _directory_stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        found = os.stat(path)  # followed, as the guarded paths' lstat follows it
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_ctime_ns)
 
 
 def _hold(path: str) -> _Held:
@@ -62,15 +80,33 @@ class GuardSet:
     def __init__(self, guards: Iterable[tuple[str, str]]) -> None:
         self.guards: Guards = tuple(guards)
         self._held = {path: _hold(path) for path, _ in self.guards}
+        # The guards by directory; per directory, its stamp at the last look (when trusted)
+        # and what that look found lost there.
+        self._by_directory: dict[str, list[tuple[str, str]]] = {}
+        for guard in self.guards:
+            self._by_directory.setdefault(os.path.dirname(guard[0]), []).append(guard)
+        self._looked: dict[str, tuple[tuple[int, int, int], list[tuple[str, str]]]] = {}
 
     def lost(self) -> Guards:
         """The guards whose path leads elsewhere now (or nowhere, or somewhere new)."""
-        changed: list[tuple[str, str]] = []
-        for path, kind in self.guards:
-            held = self._held.get(path)
-            if _identity(path) != (None if held is None else held[1:]):
-                changed.append((path, kind))
-        return tuple(changed)
+        changed: set[tuple[str, str]] = set()
+        for directory, guards in self._by_directory.items():
+            stamp = _directory_stamp(directory)
+            looked = self._looked.get(directory)
+            if stamp is not None and looked is not None and looked[0] == stamp:
+                changed.update(looked[1])
+                continue
+            found = [guard for guard in guards if self._moved(guard[0])]
+            if stamp is not None and settled(stamp[2]):
+                self._looked[directory] = (stamp, found)
+            else:
+                self._looked.pop(directory, None)
+            changed.update(found)
+        return tuple(guard for guard in self.guards if guard in changed)
+
+    def _moved(self, path: str) -> bool:
+        held = self._held.get(path)
+        return _identity(path) != (None if held is None else held[1:])
 
     def watcher(self) -> Callable[[], str | None] | None:
         """For `SpawnSpec.watch`: the reason to stop the run once a guard came off (None
@@ -96,3 +132,4 @@ class GuardSet:
                 with contextlib.suppress(OSError):
                     os.close(held[0])
         self._held = {}
+        self._looked = {}
