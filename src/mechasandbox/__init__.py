@@ -6,10 +6,9 @@ helper start fast; type checkers see the real imports.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mechasandbox.lazy import lazy_attributes
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing `typing` costs every start
 if TYPE_CHECKING:
     from mechasandbox.config.changes import PolicyChanges
     from mechasandbox.containers import Application

@@ -5,8 +5,11 @@ the CLI and the spawn helper start fast, while type checkers see the real import
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing `typing` costs every start
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 
 def lazy_attributes(package: str, locations: Mapping[str, str]) -> Callable[[str], Any]:

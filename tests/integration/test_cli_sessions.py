@@ -133,6 +133,38 @@ def test_state_persists_and_each_run_answers_as_run_does(
     assert fed.stdout == b"IN"
 
 
+def test_session_run_starts_with_the_standard_library_alone(
+    runtime: pathlib.Path, session: str
+) -> None:
+    """A shell-driven agent pays `session run`'s start-up on every command: the client
+    imports no `typing`, `attrs`, `returns`, event loop or dependency injection (see
+    `cli/session_run.py`); and a failure still answers as `run` does."""
+    ran = mecha(runtime, "session", "run", session, "--timeout", "30", "--", "echo", "hi")
+    assert (ran.returncode, ran.stdout) == (0, b"hi\n"), ran.stderr
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    argv = ["-X", "importtime", "-m", "mechasandbox", "session", "run", session, "--", "true"]
+    traced = subprocess.run(
+        [sys.executable, *argv],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in traced.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "mechasandbox.cli.session_run" in imported
+    heavy = {"typing", "attrs", "attr", "returns", "asyncio", "anyio", "dependency_injector"}
+    assert heavy.isdisjoint({name.split(".")[0] for name in imported}), sorted(imported)
+    bad = mecha(runtime, "session", "run", session, "--memory", "lots", "--json", "--", "true")
+    assert bad.returncode == 125
+    error = json.loads(bad.stdout)["error"]
+    assert error["kind"] == "config_invalid" and "--memory" in error["message"]
+
+
 def test_export_on_a_local_session_has_nothing_to_bring(
     runtime: pathlib.Path, session: str, workspace: pathlib.Path
 ) -> None:

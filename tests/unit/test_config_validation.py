@@ -143,3 +143,12 @@ def test_an_unknown_key_says_which_was_meant(tmp_path: Path) -> None:
     )
     far = by_file(tmp_path, "[network]\nzzz = 1\n")
     assert "did you mean" not in far.problem
+
+
+def test_the_session_clients_limit_options_are_the_rules_own() -> None:
+    """`session run` names the limit options without importing the rules (its start-up):
+    the same options, in the same order."""
+    from mechasandbox.cli.parser import LIMIT_OPTIONS
+    from mechasandbox.config.validation import LIMIT_RULES
+
+    assert tuple(rule.option for rule in LIMIT_RULES) == LIMIT_OPTIONS

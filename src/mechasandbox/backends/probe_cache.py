@@ -27,6 +27,8 @@ from typing import Any
 
 import attrs
 
+from mechasandbox.private_files import private_to_user
+
 FORMAT = 1
 MAX_AGE_S = 24 * 3600.0
 _MAX_BYTES = 64 * 1024
@@ -55,15 +57,6 @@ def in_own_tree(path: str) -> bool:
             current = parent
         except OSError:
             return False
-
-
-def private_to_user(info: os.stat_result, kind: int) -> bool:
-    """Ours, of the expected type, and nobody else may write (or read) it."""
-    return (
-        stat.S_IFMT(info.st_mode) == kind
-        and info.st_uid == os.geteuid()
-        and not info.st_mode & 0o077
-    )
 
 
 @attrs.frozen(kw_only=True)

@@ -10,7 +10,6 @@ import base64
 import codecs
 import contextlib
 import json
-import os
 import queue
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Any, BinaryIO
 from returns.result import Failure, Result, Success
 
 from mechasandbox.cli.output import exit_status, result_object
+from mechasandbox.cli.stdin_choice import UnreadableInput, input_fd
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError
 from mechasandbox.domain.events import ResultEvent, ViolationEvent, WarningEvent, closing_events
 from mechasandbox.domain.request import StreamedInput
@@ -28,34 +28,13 @@ from mechasandbox.domain.result import RunResult
 def command_input(
     choice: str | None, files: contextlib.ExitStack
 ) -> Result[StreamedInput | None, ConfigInvalid]:
-    """What `--stdin` gives the command: None (/dev/null), or a descriptor streamed to it
-    (this process's stdin, or FILE opened here and closed by `files`). By default this
-    process's stdin unless it is a terminal or closed: a command started from an
-    interactive shell does not wait for typing; an agent host's pipe reaches it."""
-    if choice is None:
-        choice = "none" if _terminal_or_closed(0) else "inherit"
-    if choice == "none":
-        return Success(None)
-    if choice == "inherit":
-        return Success(StreamedInput(0) if is_open(0) else None)
+    """What `--stdin` gives the command (see `stdin_choice.input_fd`): None (/dev/null), or
+    a descriptor streamed to it."""
     try:
-        handle = files.enter_context(open(os.path.expanduser(choice), "rb"))  # noqa: SIM115
-    except OSError as error:
-        problem = f"cannot read {choice!r}: {error.strerror or error}"
-        return Failure(ConfigInvalid(problem=problem, source="--stdin"))
-    return Success(StreamedInput(handle.fileno()))
-
-
-def is_open(fd: int) -> bool:
-    """Whether this process has a descriptor `fd` (the CLI's stdin may be closed)."""
-    with contextlib.suppress(OSError):
-        os.fstat(fd)
-        return True
-    return False
-
-
-def _terminal_or_closed(fd: int) -> bool:
-    return not is_open(fd) or os.isatty(fd)
+        fd = input_fd(choice, files)
+    except UnreadableInput as error:
+        return Failure(ConfigInvalid(problem=str(error), source="--stdin"))
+    return Success(None if fd is None else StreamedInput(fd))
 
 
 class _Writer:

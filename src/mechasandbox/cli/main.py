@@ -14,10 +14,12 @@ from __future__ import annotations
 import gc
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: `session run` does not import `typing`
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
+
     from mechasandbox.runner.client import SpawnHelperClient
 
 
@@ -39,6 +41,12 @@ def _early_helper(raw: Sequence[str]) -> SpawnHelperClient | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:2] == ["session", "run"]:
+        # Every command of a shell-driven agent's session: the client alone, which keeps
+        # its imports to the standard library (see `session_run`).
+        from mechasandbox.cli.session_run import run
+
+        return run(raw[2:])
     if not _runs(raw):
         from mechasandbox.cli.verbs import run_verb
 

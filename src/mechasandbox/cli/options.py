@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from typing import NoReturn
 
 from returns.result import Failure, Result, Success
 
@@ -17,16 +16,6 @@ from mechasandbox.config.changes import PolicyChanges
 from mechasandbox.config.validation import LIMIT_RULES
 from mechasandbox.domain.errors import ConfigInvalid
 from mechasandbox.domain.policy import HostProcesses, NetworkMode
-
-
-class UsageError(Exception):
-    """Raised by the parser instead of exiting, so the CLI can answer with exit 125."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
 
 _STDIN_HELP = (
     "the command's input: none (/dev/null), inherit (this program's stdin), or a FILE; "

@@ -4,12 +4,16 @@ session's supervisor (see `session_supervisor`), and the checks both ends make.
 The directory is `$XDG_RUNTIME_DIR/mechasandbox/sessions` when `XDG_RUNTIME_DIR` is this
 user's own, private directory, else `/tmp/mechasandbox-UID/sessions`. Every directory from
 the `mechasandbox` one down is created with mode 0700 and checked as the probe cache checks
-its own (`probe_cache.private_to_user`: this user's, of its type, and nobody else may read
-or write it; never followed through a symbolic link): a directory or socket that fails is
-refused, never repaired (someone else made `/tmp/mechasandbox-UID` first: use
+its own (`private_files.private_to_user`: this user's, of its type, and nobody else may
+read or write it; never followed through a symbolic link): a directory or socket that fails
+is refused, never repaired (someone else made `/tmp/mechasandbox-UID` first: use
 `XDG_RUNTIME_DIR`). A socket is this user's, mode 0600; a connection is served only when
 the peer's uid (SO_PEERCRED) is this process's, and a client talks only to a supervisor of
 its own uid.
+
+Standard library only, and what cannot be used raises `Unreachable` (not a `returns`
+Result, whose import costs `session run` more than the rest of its start-up): the session
+client imports this module (`session_client`).
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import socket
 import stat
 import struct
 
-from returns.result import Failure, Result, Success
-
-from mechasandbox.backends.probe_cache import private_to_user
+from mechasandbox.private_files import private_to_user
 
 _ID = re.compile(r"[0-9a-f]{16}")
 # sockaddr_un's sun_path (108 bytes on Linux, 104 on macOS), its terminating NUL included.
 MAX_SOCKET_PATH = 104
+
+
+class Unreachable(Exception):
+    """Why the sessions' directory, or a session's socket, cannot be used (its message)."""
 
 
 def runtime_base(environ: dict[str, str] | None = None) -> str:
@@ -41,8 +47,9 @@ def runtime_base(environ: dict[str, str] | None = None) -> str:
     return f"/tmp/mechasandbox-{os.geteuid()}"
 
 
-def sessions_dir(*, create: bool) -> Result[str, str]:
-    """The sessions directory, checked (made first when `create`), or why it cannot be."""
+def sessions_dir(*, create: bool) -> str:
+    """The sessions directory, checked (made first when `create`); `Unreachable` says why
+    it cannot be used."""
     base = runtime_base()
     directory = os.path.join(base, "sessions")
     for path in (base, directory):
@@ -52,16 +59,16 @@ def sessions_dir(*, create: bool) -> Result[str, str]:
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            return Failure(f"{path} does not exist (no session was started)")
+            raise Unreachable(f"{path} does not exist (no session was started)") from None
         except OSError as error:
-            return Failure(f"{path}: {error.strerror}")
+            raise Unreachable(f"{path}: {error.strerror}") from None
         if not private_to_user(info, stat.S_IFDIR):
-            return Failure(
+            raise Unreachable(
                 f"{path} is not a private directory of this user's (owner uid "
                 f"{info.st_uid}, mode {stat.filemode(info.st_mode)}): refused; remove it, "
                 "or set XDG_RUNTIME_DIR to a directory of your own"
             )
-    return Success(directory)
+    return directory
 
 
 def valid_id(session_id: str) -> bool:
@@ -109,23 +116,20 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-def connect(session_id: str) -> Result[socket.socket, str]:
+def connect(session_id: str) -> socket.socket:
     """A connection to the supervisor of session `session_id`, checked: the socket this
-    user's and private, the peer this user."""
+    user's and private, the peer this user. `Unreachable` says why there is none."""
     if not valid_id(session_id):
-        return Failure(f"{session_id!r} is not a session id (16 hexadecimal digits)")
-    found = sessions_dir(create=False)
-    if isinstance(found, Failure):
-        return Failure(found.failure())
-    path = socket_path(found.unwrap(), session_id)
+        raise Unreachable(f"{session_id!r} is not a session id (16 hexadecimal digits)")
+    path = socket_path(sessions_dir(create=False), session_id)
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        return Failure(f"no session {session_id} (it ended, or was never started)")
+        raise Unreachable(f"no session {session_id} (it ended, or was never started)") from None
     except OSError as error:
-        return Failure(f"{path}: {error.strerror}")
+        raise Unreachable(f"{path}: {error.strerror}") from None
     if not private_to_user(info, stat.S_IFSOCK):
-        return Failure(f"{path} is not a private socket of this user's: refused")
+        raise Unreachable(f"{path} is not a private socket of this user's: refused")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -134,9 +138,9 @@ def connect(session_id: str) -> Result[socket.socket, str]:
         if isinstance(error, ConnectionRefusedError):
             with contextlib.suppress(OSError):
                 os.unlink(path)  # its supervisor is gone
-            return Failure(f"no session {session_id} (its supervisor is gone)")
-        return Failure(f"cannot reach session {session_id}: {error.strerror}")
+            raise Unreachable(f"no session {session_id} (its supervisor is gone)") from None
+        raise Unreachable(f"cannot reach session {session_id}: {error.strerror}") from None
     if peer_uid(sock) != os.geteuid():
         sock.close()
-        return Failure(f"session {session_id}'s socket is served by another user: refused")
-    return Success(sock)
+        raise Unreachable(f"session {session_id}'s socket is served by another user: refused")
+    return sock

@@ -38,7 +38,8 @@ from returns.result import Failure, Result, Success
 
 from mechasandbox.backends.session_base import SessionSettings
 from mechasandbox.cli import session_runtime
-from mechasandbox.cli.options import Parser, UsageError, add_run_options, policy_changes
+from mechasandbox.cli.options import add_run_options, policy_changes
+from mechasandbox.cli.parser import Parser, UsageError
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.request import StreamedInput
@@ -324,11 +325,12 @@ async def _open_and_serve(
     app = built.unwrap()
     app.core.probe_cache.override(providers.Object(ProbeCache()))
     warnings = list(app.config.warnings())
-    directory = session_runtime.sessions_dir(create=True)
-    if isinstance(directory, Failure):
-        problem = ConfigInvalid(problem=directory.failure(), source="sessions directory")
+    try:
+        directory = session_runtime.sessions_dir(create=True)
+    except session_runtime.Unreachable as unreachable:
+        problem = ConfigInvalid(problem=str(unreachable), source="sessions directory")
         return _failed(ready_fd, problem, configured)
-    path = session_runtime.socket_path(directory.unwrap(), session_id)
+    path = session_runtime.socket_path(directory, session_id)
     if len(os.fsencode(path)) >= session_runtime.MAX_SOCKET_PATH:
         why = f"{path} is too long for a unix socket: set XDG_RUNTIME_DIR to a shorter path"
         return _failed(
@@ -393,10 +395,9 @@ def main(argv: list[str]) -> int:
         return _failed(known.ready_fd, settings.failure(), args.backend or "auto")
     status: int = anyio.run(_open_and_serve, args, known.id, known.ready_fd, settings.unwrap())
     if status == 0:  # ended as it should: its log goes (a crash's stays, see session_runtime)
-        directory = session_runtime.sessions_dir(create=False)
-        if isinstance(directory, Success):
-            with contextlib.suppress(OSError):
-                os.unlink(session_runtime.log_path(directory.unwrap(), known.id))
+        with contextlib.suppress(OSError, session_runtime.Unreachable):
+            directory = session_runtime.sessions_dir(create=False)
+            os.unlink(session_runtime.log_path(directory, known.id))
     return status
 
 

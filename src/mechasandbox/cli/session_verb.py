@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,28 +23,13 @@ from typing import Any
 
 from returns.result import Failure
 
-from mechasandbox.cli import session_runtime
-from mechasandbox.cli.options import Parser, UsageError
-from mechasandbox.config.validation import LIMIT_RULES
+from mechasandbox.cli import session_run, session_runtime
+from mechasandbox.cli.parser import Parser, UsageError
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 from mechasandbox.runner import framing
 
 # How long `start` waits for the session to open (a container's image may be pulled).
 START_TIMEOUT_S = 300.0
-
-
-def _run_parser() -> Parser:
-    parser = Parser(prog="mechasandbox session run")
-    add = parser.add_argument
-    add("session", metavar="ID", help="the id `session start` printed")
-    add("--json", action="store_true", help="print one JSON object instead of the output")
-    add("--jsonl", action="store_true", help="print the run as JSON lines as it goes")
-    add("--verbose", action="store_true", help="also print the notes on stderr")
-    add("--stdin", default=None, metavar="none|inherit|FILE", help="the command's input")
-    for rule in LIMIT_RULES:  # this command's own limits (the session's cgroup stays)
-        add(rule.option, default=None, help=f"this command's {rule.key.split('.')[-1]}")
-    add("command", nargs="*", help="-- COMMAND [ARG...]")
-    return parser
 
 
 def _fail(error: SandboxError, *, as_json: bool, jsonl: bool = False) -> int:
@@ -69,14 +53,14 @@ def start(raw: list[str]) -> int:
     checked = settings_of(args)
     if isinstance(checked, Failure):
         return _fail(checked.failure(), as_json=as_json)
-    directory = session_runtime.sessions_dir(create=True)
-    if isinstance(directory, Failure):
-        problem = ConfigInvalid(problem=directory.failure(), source="sessions directory")
-        return _fail(problem, as_json=as_json)
+    try:
+        directory = session_runtime.sessions_dir(create=True)
+    except session_runtime.Unreachable as why:
+        return _fail(ConfigInvalid(problem=str(why), source="sessions directory"), as_json=as_json)
     session_id = secrets.token_hex(8)
     with contextlib.suppress(OSError):
-        session_runtime.prune_logs(directory.unwrap(), older_than_s=START_TIMEOUT_S)
-    log_path = session_runtime.log_path(directory.unwrap(), session_id)
+        session_runtime.prune_logs(directory, older_than_s=START_TIMEOUT_S)
+    log_path = session_runtime.log_path(directory, session_id)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     read_end, write_end = os.pipe()
     try:
@@ -148,93 +132,12 @@ def _print_failure(error: dict[str, Any], backend: str, *, as_json: bool) -> int
     return 125
 
 
-def run(raw: list[str]) -> int:
-    from mechasandbox.cli.live import command_input
-
-    as_json, jsonl = "--json" in raw, "--jsonl" in raw
-    # `run ID [OPTIONS] -- COMMAND`: the options may follow the id (before the `--`)
-    before, after = (
-        (raw[: raw.index("--")], raw[raw.index("--") + 1 :]) if "--" in raw else (raw, [])
-    )
-    try:
-        args = _run_parser().parse_args(before)
-    except UsageError as error:
-        return _fail(
-            ConfigInvalid(problem=str(error), source="command line"), as_json=as_json, jsonl=jsonl
-        )
-    command = list(args.command) + after
-    problem: str | None = None
-    if not command:
-        problem = "no command given (mechasandbox session run ID [OPTIONS] -- COMMAND)"
-    elif args.json and args.jsonl:
-        problem = "--json and --jsonl exclude each other"
-    limits: list[tuple[str, float | None]] = []
-    for rule in LIMIT_RULES:
-        text = getattr(args, rule.option.removeprefix("--").replace("-", "_"))
-        if text is not None and problem is None:
-            checked = rule.checked(text)
-            if isinstance(checked, Failure):
-                return _fail(
-                    ConfigInvalid(problem=checked.failure(), source=rule.option),
-                    as_json=as_json,
-                    jsonl=jsonl,
-                )
-            limits.append((rule.attribute, checked.unwrap()))
-    if problem is not None:
-        return _fail(ConfigInvalid(problem=problem, source="command line"), as_json=as_json)
-    connected = session_runtime.connect(args.session)
-    if isinstance(connected, Failure):
-        return _fail(_unreachable(connected.failure()), as_json=args.json, jsonl=args.jsonl)
-    with connected.unwrap() as sock, contextlib.ExitStack() as files:
-        given = command_input(args.stdin, files)
-        if isinstance(given, Failure):
-            return _fail(given.failure(), as_json=args.json, jsonl=args.jsonl)
-        stdin = given.unwrap()
-        request = {
-            "op": "run",
-            "argv": command,
-            "limits": limits,
-            "json": args.json,
-            "jsonl": args.jsonl,
-            "verbose": args.verbose,
-            "stdin": stdin is not None,
-        }
-        sys.stdout.flush()
-        sys.stderr.flush()
-        fds = ([stdin.fd] if stdin is not None else []) + [1, 2]
-        framing.send(sock, request, fds)
-        with _passing_signals_to(sock):
-            try:
-                answer, _ = framing.receive(sock)
-            except (OSError, framing.FrameError):
-                answer = {}
-    status = answer.get("status")
-    if not isinstance(status, int):
-        why = "the session's supervisor went away during the command (the session ended)"
-        return _fail(_unreachable(why), as_json=args.json, jsonl=args.jsonl)
-    return status
-
-
-@contextlib.contextmanager
-def _passing_signals_to(sock: Any) -> Any:
-    def interrupt(number: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):
-            framing.send(sock, {"op": "interrupt", "signal": number})
-
-    previous = {n: signal.signal(n, interrupt) for n in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
 def _ask(session_id: str, request: dict[str, Any]) -> dict[str, Any] | str:
-    connected = session_runtime.connect(session_id)
-    if isinstance(connected, Failure):
-        why: str = connected.failure()
-        return why
-    with connected.unwrap() as sock:
+    try:
+        connected = session_runtime.connect(session_id)
+    except session_runtime.Unreachable as why:
+        return str(why)
+    with connected as sock:
         framing.send(sock, request)
         try:
             answer = framing.receive(sock)[0]
@@ -297,8 +200,10 @@ def list_sessions(raw: list[str]) -> int:
         args = parser.parse_args(raw)
     except UsageError as error:
         return _fail(ConfigInvalid(problem=str(error), source="command line"), as_json=as_json)
-    found = session_runtime.sessions_dir(create=False)
-    names = [] if isinstance(found, Failure) else sorted(os.listdir(found.unwrap()))
+    try:
+        names = sorted(os.listdir(session_runtime.sessions_dir(create=False)))
+    except session_runtime.Unreachable:
+        names = []
     sessions = []
     for name in names:
         session_id = name.removesuffix(".sock")
@@ -314,7 +219,13 @@ def list_sessions(raw: list[str]) -> int:
     return 0
 
 
-VERBS = {"start": start, "run": run, "stop": stop, "export": export, "list": list_sessions}
+VERBS = {
+    "start": start,
+    "run": session_run.run,
+    "stop": stop,
+    "export": export,
+    "list": list_sessions,
+}
 
 
 def main(raw: list[str]) -> int:

@@ -28,7 +28,7 @@ import tty
 from collections.abc import Iterator
 from types import FrameType
 
-from mechasandbox.cli.live import is_open
+from mechasandbox.cli.stdin_choice import is_open
 from mechasandbox.domain.request import Terminal
 
 CHUNK = 64 * 1024

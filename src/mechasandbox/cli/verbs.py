@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from returns.result import Failure, Result, Success
 
 from mechasandbox import __version__
-from mechasandbox.cli.options import Parser, UsageError, add_run_options, command_of
+from mechasandbox.cli.options import add_run_options, command_of
 from mechasandbox.cli.output import exit_status, interrupted, result_object, signal_name
+from mechasandbox.cli.parser import Parser, UsageError
 from mechasandbox.domain.errors import ConfigInvalid, SandboxError, partial_result
 
 VERBS = ("run", "shell", "policy", "doctor", "build-shim", "session")
