@@ -267,6 +267,37 @@ def test_protected_paths_and_rename_tricks(sandbox: Sandbox) -> None:
     assert (ws / ".git/objects/ok").exists()  # the rest of .git stays writable for git
 
 
+@pytest.mark.parametrize("above", ["parent", "root"])
+def test_a_writable_tree_around_the_workspace_leaves_protected_paths_read_only(
+    sandbox: Sandbox, above: str
+) -> None:
+    """Landlock grants a path every right of every rule on its way up: a writable rule on a
+    directory above the workspace (`writable = ["~"]` with the workspace in the home, or
+    `/`) must carve the protected paths too, or the workspace's own carving is undone. The
+    directories on the way down to them take no new entry then, as the workspace's top
+    level does not; what is below them stays writable."""
+    ws = sandbox.workspace
+    (ws.parent / "beside").mkdir()
+    around = str(ws.parent) if above == "parent" else "/"
+    filesystem = attrs.evolve(POLICY.filesystem, writable=(around,))
+    policy = attrs.evolve(POLICY, filesystem=filesystem)
+    run = sandbox.run(
+        "/bin/sh",
+        "-c",
+        "echo evil >> .git/config; echo evil > .git/hooks/pre-commit; echo evil > .envrc; "
+        "mv .git g; echo ok > src/ok; echo ok > ../beside/ok; echo new > ../new",
+        policy=policy,
+    )
+    assert isinstance(run, Success), run
+    assert (ws / ".git/config").read_text() == "[core]\n"
+    assert not (ws / ".git/hooks/pre-commit").exists()
+    assert not (ws / ".envrc").exists()
+    assert (ws / ".git").is_dir() and not (ws / "g").exists()
+    assert (ws / "src/ok").read_text() == "ok\n"  # the rest stays writable
+    assert (ws.parent / "beside/ok").read_text() == "ok\n"
+    assert not (ws.parent / "new").exists()
+
+
 def test_git_redirections_are_blocked(sandbox: Sandbox) -> None:
     """`.git/commondir` naming a directory of the workspace would make the host's git read
     that directory's config and hooks; `.git/modules` holds the submodules' repositories;

@@ -29,7 +29,7 @@ from mechasandbox.backends.linux.landlock_compiler import (
     handled_fs_for,
     seccomp_filter,
 )
-from mechasandbox.backends.linux.landlock_rules import expand_rules
+from mechasandbox.backends.linux.landlock_rules import READ_DIR, expand_rules
 from mechasandbox.domain import (
     EnvironmentPolicy,
     FilesystemPolicy,
@@ -142,6 +142,29 @@ def test_deny_read_inside_a_readable_root_is_carved_and_deny_wins() -> None:
     assert "/home/dev: read+exec\n  except /home/dev/.aws: none" in text
     assert "  except /home/dev/.ssh: none" in text
     assert "/home/dev/.ssh/sockets" not in text  # writable inside a denied path: dropped
+
+
+def test_a_writable_rule_above_the_workspace_carves_the_protected_paths() -> None:
+    """Landlock adds the rights of every rule on a path's way up: a writable home around
+    the workspace would undo the workspace's carving."""
+    policy = Policy(filesystem=FilesystemPolicy(writable=("/work",), readable=("/srv",)))
+    rules = {r.path: r for r in compile_landlock_rules(REQUEST, policy, HOST).rules}
+    assert ("/work/project/.git/config", READ) in rules["/work"].exclusions
+    assert ("/work/project/.envrc", READ) in rules["/work"].exclusions
+    assert rules["/srv"].exclusions == ()  # reading grants nothing a protected path lacks
+
+
+def test_a_path_excluded_twice_keeps_the_narrowest_rights(tmp_path: Path) -> None:
+    """Denied reading and protected (read-only): nothing is granted on it."""
+    (tmp_path / ".env").write_text("")
+    (tmp_path / "src").mkdir()
+    root = str(tmp_path)
+    for order in ((0, READ), (READ, 0)):
+        exclusions = [[f"{root}/.env", access] for access in order]
+        assert expand_rules([[root, WRITE, True, exclusions]]) == [
+            (root, READ_DIR),
+            (f"{root}/src", WRITE),
+        ]
 
 
 def test_deny_write_keeps_read() -> None:

@@ -298,14 +298,25 @@ def _fixed_rules(
     candidates += [rule(p, READ) for p in filter(outside, map(host.expand, fs.readable))]
     candidates += [rule(p, WRITE) for p in filter(outside, map(host.expand, fs.writable))]
     workspace_rule = rule(root, WRITE, required=True)
-    if workspace_rule is not None and carve_protected and denials.protected:
-        extra = tuple(sorted((p, READ) for p in denials.protected))
-        workspace_rule = attrs.evolve(
-            workspace_rule, exclusions=tuple(sorted(workspace_rule.exclusions + extra))
-        )
+    if carve_protected and denials.protected:
+        # Landlock grants a path every right of every rule on its way up: the workspace's
+        # carving holds only if each rule above it that grants more than reading carves
+        # the protected paths too (a writable home around the workspace).
+        candidates = [_protecting(c, denials.protected) for c in candidates]
+        workspace_rule = _protecting(workspace_rule, denials.protected)
     handled_fs = handled_fs_for(abi)
     head = tuple(r for r in (_handled(c, handled_fs) for c in candidates) if r is not None)
     return denials, head, _handled(workspace_rule, handled_fs)
+
+
+def _protecting(rule: PathRule | None, protected: tuple[str, ...]) -> PathRule | None:
+    """`rule`, with the protected paths below it kept read-only when it grants more."""
+    if rule is None or not rule.access & ~READ:
+        return rule
+    extra = tuple((p, READ) for p in protected if _inside(p, rule.path) and p != rule.path)
+    if not extra:
+        return rule
+    return attrs.evolve(rule, exclusions=tuple(sorted(rule.exclusions + extra)))
 
 
 def compile_landlock_rules(

@@ -81,8 +81,17 @@ def expand_rules(
                 grant(entry, access, dict(inside))
 
     for path, access, _required, exclusions in rules:
-        grant(path, int(access), {str(p): int(a) for p, a in exclusions})
+        grant(path, int(access), _narrowest(exclusions))
     return result
+
+
+def _narrowest(exclusions: list[list[Any]]) -> dict[str, int]:
+    """Exclusions by path; a path excluded twice (denied reading, and protected) keeps
+    only the rights both leave it."""
+    merged: dict[str, int] = {}
+    for path, access in exclusions:
+        merged[str(path)] = merged.get(str(path), -1) & int(access)
+    return merged
 
 
 def rule_pairs(argument: dict[str, Any]) -> list[tuple[str, int]]:
