@@ -30,7 +30,7 @@ from mechasandbox.backends.oci import (
 from mechasandbox.backends.oci.cli import owner_id
 from mechasandbox.backends.oci.compiler import LABEL_OWNER
 from mechasandbox.backends.oci.engine_api import EngineApi, locate
-from mechasandbox.domain import MIB, MemoryLimit, RunRequest, Timeout
+from mechasandbox.domain import MIB, BackendUnavailable, MemoryLimit, RunRequest, Timeout
 from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.runner.runner import HelperProcessRunner
 from mechasandbox.runner.spec import ProcessOutcome, SpawnSpec
@@ -43,8 +43,8 @@ from tests.git_attacks import git, git_ok
 class OciPoolContract(OciContract):
     settings = PoolSettings(size=2)
     watched_runs = False
-    # Whether the engine's pool can keep keeper containers (`REUSE`, a runner without the
-    # session agent): docker's can; podman's serves discard runs on ready sessions only.
+    # Whether the engine's pool can keep keeper containers (a runner without the session
+    # agent): docker's can; podman's runs on ready sessions only.
     keepers: ClassVar[bool] = True
 
     def need_keepers(self) -> None:
@@ -95,8 +95,6 @@ class OciPoolContract(OciContract):
             time.sleep(0.2)
 
     def fresh(self, runner: HelperProcessRunner, **settings: Any) -> PooledBackend:
-        if settings.get("after_use") is AfterUse.REUSE:
-            self.need_keepers()
         backend = self.pooled(
             self.backend_class(runner=runner, image=TEST_IMAGE), PoolSettings(**settings)
         )
@@ -145,34 +143,23 @@ class OciPoolContract(OciContract):
         assert b"tr " in seen  # the listing itself ran: it sees its own processes
 
     @pytest.mark.parametrize(
-        "after_use",
-        [
-            AfterUse.DISCARD,
-            pytest.param(
-                AfterUse.REUSE,
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason=(
-                        "a reused keeper keeps what a command left running (documented for "
-                        "/tmp and processes), and that process can arm a repository of the "
-                        "workspace after the run's disarm: the host's git then runs its "
-                        "command; killing what a command left after each `exec` would change "
-                        "what REUSE keeps"
-                    ),
-                ),
-            ),
-        ],
+        ("after_use", "sessions"),
+        [(AfterUse.DISCARD, False), (AfterUse.DISCARD, True), (AfterUse.REUSE, True)],
+        ids=["discard-keeper", "discard-session", "reuse-session"],
     )
-    async def test_a_process_a_keepers_command_left_cannot_arm_a_repository_after_it(
-        self, runner: HelperProcessRunner, tmp_path: Path, after_use: AfterUse
+    async def test_a_process_a_command_left_cannot_arm_a_repository_after_it(
+        self, runner: HelperProcessRunner, tmp_path: Path, after_use: AfterUse, sessions: bool
     ) -> None:
-        """The disarm after a run looks at the workspace once. On a keeper (without the
-        session agent, or with REUSE) `exec` cannot kill what its command left: a process
-        that arms a repository over and over must be gone before that look (a discarded
-        keeper is removed first), or the host's git runs its command."""
-        self.need_keepers()
+        """The disarm after a run looks at the workspace once: a process the command left
+        that arms a repository over and over must be gone before that look, or the host's
+        git runs its command. A keeper cannot kill what its `exec` started: a discarded
+        keeper is removed first; a session's agent kills the command's tree before the run
+        returns, whether the session is then closed or reused."""
+        if not sessions:
+            self.need_keepers()
         backend = self.fresh(runner, size=1, after_use=after_use)
-        backend.pool.sessions = False  # keepers, as where the runner cannot start the agent
+        if not sessions:
+            backend.pool.sessions = False  # keepers, as where the runner cannot start the agent
         git_ok("init", "-q", cwd=tmp_path)
         (tmp_path / "src").mkdir()
         marker = tmp_path / "planted-ran"
@@ -190,6 +177,43 @@ class OciPoolContract(OciContract):
         if (tmp_path / "src" / "evil").is_dir():
             git("status", cwd=tmp_path / "src" / "evil")
         assert not marker.exists()
+
+    async def test_reuse_keeps_a_commands_files_not_its_processes(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        """`REUSE` hands the next command of the key the same container: what the last one
+        wrote in /tmp is there, what it left running is not (the agent killed its tree)."""
+        backend = self.fresh(runner, size=1, after_use=AfterUse.REUSE)
+        leave = RunRequest(
+            argv=["sh", "-c", "echo left > /tmp/mark; (exec sleep 4242) & echo started"],
+            workspace=str(tmp_path),
+        )
+        look = RunRequest(
+            argv=[
+                "sh",
+                "-c",
+                "cat /tmp/mark; "
+                "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done",
+            ],
+            workspace=str(tmp_path),
+        )
+        assert ok(await backend.run(leave, policy())).stdout == b"started\n"
+        seen = ok(await backend.run(look, policy())).stdout
+        assert seen.startswith(b"left\n"), seen
+        assert b"sleep 4242" not in seen, seen
+        assert len(self.all_containers()) == 1
+
+    async def test_reuse_without_the_session_agent_is_refused(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        """Reused, a keeper would keep what a command left running (see the test above):
+        `REUSE` needs the agent, and says so."""
+        backend = self.fresh(runner, size=1, after_use=AfterUse.REUSE)
+        backend.pool.sessions = False  # as where the runner cannot start the agent
+        ran = await backend.run(RunRequest(argv=["true"], workspace=str(tmp_path)), policy())
+        assert isinstance(ran, Failure), ran
+        assert isinstance(ran.failure(), BackendUnavailable)
+        assert "session agent" in ran.failure().message
 
     async def test_concurrent_runs_keep_a_key_within_its_bounds(
         self, runner: HelperProcessRunner, tmp_path: Path

@@ -1,5 +1,6 @@
 """The warm pool refuses podman's keepers and gVisor, with the reason (see
-pool_settings.PODMAN_UNSUPPORTED; podman's ready sessions: test_podman_pool_contract.py)."""
+pool_settings.PODMAN_UNSUPPORTED; podman's ready sessions, for discard and reuse runs:
+test_podman_pool_contract.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def test_pool_on_podman_with_keepers_is_unavailable_with_the_reason(
         pytest.skip("podman not installed")
     pooled = PooledBackend(
         backend=PodmanBackend(runner=runner, image=TEST_IMAGE),
-        settings=PoolSettings(after_use=AfterUse.REUSE),
+        settings=PoolSettings(after_use=AfterUse.DISCARD),
     )
+    pooled.pool.sessions = False  # keepers, as where the runner cannot start the agent
     probed = pooled.probe()
     assert isinstance(probed, Failure)
     assert isinstance(probed.failure(), BackendUnavailable)

@@ -1,5 +1,5 @@
-"""The warm pool on a real podman engine: ready sessions as its members (see
-oci_pool_contract; `REUSE`, which needs keepers, is refused: test_podman_pool.py)."""
+"""The warm pool on a real podman engine: ready sessions as its members, for discard and
+reuse runs (see oci_pool_contract; keepers are refused: test_podman_pool.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """The containers of one warm pool: keys, members, the maintenance thread (see `pool`).
 
-A member is a keeper container taking each command by `exec`, or, for one-shot runs that
-discard their container (`AfterUse.DISCARD`) where the runner can start the session agent,
-a ready session (`session.start_oci_session`) that runs one command and is closed.
+A member is a ready session (`session.start_oci_session`) where the runner can start the
+session agent, which kills each command's whole tree before the run returns: closed after
+one command (`AfterUse.DISCARD`) or handed to the next command of its key (`REUSE`);
+otherwise a keeper container taking each command by `exec` (`DISCARD` only: see
+`pool_settings.REUSE_NEEDS_AGENT`).
 (Over 600 lines: keys, members, their lifecycle and the two ways of running share one lock
 and one set of counters; split, each half would reach into the other's state.)
 """
@@ -151,10 +153,8 @@ class ContainerPool:
         self._removing = 0  # removals under way (or waiting for the starts: `_after_starts`)
         self._waiting = 0  # removals waiting for the starts (`size` at most)
         self.engine = PoolEngine(backend)
-        # One-shot runs on ready sessions, one each (see the module).
-        self.sessions = settings.after_use is AfterUse.DISCARD and isinstance(
-            session_agent(backend.name, backend.runner), Success
-        )
+        # Runs on ready sessions (see the module).
+        self.sessions = isinstance(session_agent(backend.name, backend.runner), Success)
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -568,8 +568,6 @@ class ContainerPool:
         before = (cgroup.cpu_ns(), cgroup.events()) if cgroup is not None else None
         if cgroup is not None:
             cgroup.reset_memory_peak()
-        reusable = False
-        killed = True
         try:
             launched = await backend.runner.run(attrs.evolve(spec, watch=member.guards.watcher()))
             if isinstance(launched, Failure):
@@ -586,31 +584,35 @@ class ContainerPool:
                 # with everything the command started.
                 result = self._result(outcome, warnings, member, before, code=None, sig=None)
                 return classify(result, limits=policy.limits, timed_out=True)
-            killed = False
-            concluded = await self._conclude(request, policy, outcome, warnings, member, before)
-            reusable = isinstance(concluded, Success) and concluded.unwrap().signal is None
-            return concluded
+            return await self._conclude(request, policy, outcome, warnings, member, before)
         finally:
-            # Discarded, it goes before the disarm after the run (`run`): what the command
-            # left running in it could arm a repository of the workspace after that look.
-            if killed or self.settings.after_use is AfterUse.DISCARD:
-                with anyio.CancelScope(shield=True):
-                    await self._kill(member)
-            self._give_back(slot, member, reusable=reusable and not killed)
+            # A keeper is never reused (`pool_settings.REUSE_NEEDS_AGENT`), and goes before
+            # the disarm after the run (`run`): what the command left running in it could
+            # arm a repository of the workspace after that look.
+            with anyio.CancelScope(shield=True):
+                await self._kill(member)
+            self._give_back(slot, member, reusable=False)
 
     async def _run_session(
         self, slot: _Slot, member: _Member, request: RunRequest, warnings: tuple[str, ...]
     ) -> Result[RunResult, SandboxError]:
-        """The command on `member`'s session, which is then closed (in the background) and
-        replaced: it never runs another. The agent kills the command's whole tree when the
-        command ends, times out or is cancelled, before this returns."""
+        """The command on `member`'s session. The agent kills the command's whole tree when
+        the command ends, times out or is cancelled, before this returns; then the session
+        is closed (in the background) and replaced, or, with `REUSE`, after a run that
+        ended on its own (not by a signal, a timeout, a cancellation, the session's end),
+        handed to the next command of its key with its files as they are."""
         session = member.session
         assert session is not None
         session.warnings = warnings  # this run's, as a keeper's `exec` would report them
+        reusable = False
         try:
-            return await session.run(request)
+            ran = await session.run(request)
+            reusable = (
+                isinstance(ran, Success) and ran.unwrap().signal is None and session.ended is None
+            )
+            return ran
         finally:
-            self._discard(slot, member)
+            self._give_back(slot, member, reusable=reusable)
 
     async def _kill(self, member: _Member) -> None:
         """Force-remove now (the timeout or cancel path): nothing the command started survives."""

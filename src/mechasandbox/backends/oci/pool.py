@@ -1,9 +1,11 @@
 """A warm pool of pre-started containers: commands run in them instead of by `run`.
 
-One-shot runs that discard their container (the default) run on ready sessions where the
-runner can start the session agent: a member is then a session container, its command
-run by the agent, and the session closed after that one command (see `container_pool`).
-What follows describes keepers, the members otherwise (and for `after_use=REUSE`).
+Runs go to ready sessions where the runner can start the session agent: a member is then a
+session container, its command run by the agent, which kills the command's whole tree
+before the run returns; the session is closed after that one command (the default,
+`after_use=DISCARD`) or handed to the next command of its key (`after_use=REUSE`: its files
+carry over, never its processes; see `container_pool`). What follows describes keepers, the
+members otherwise (`DISCARD` only: `REUSE` needs the agent, `REUSE_NEEDS_AGENT`).
 
 `PooledBackend(backend=DockerBackend(...), settings=PoolSettings(size=2))` satisfies the
 `Backend` protocol. Containers are kept per key: (engine CLI, image, runtime, the creation
@@ -49,6 +51,8 @@ from mechasandbox.backends.oci.pool_settings import (
     GVISOR_UNSUPPORTED,
     PODMAN_UNSUPPORTED,
     POOLED_ALLOWLIST,
+    REUSE_NEEDS_AGENT,
+    AfterUse,
     PoolSettings,
 )
 from mechasandbox.backends.oci.session_pool import WarmSessions
@@ -95,6 +99,8 @@ class PooledBackend:
         return await self._sessions.open_session(workspace, policy, settings)
 
     def probe(self) -> Result[Capabilities, BackendUnavailable]:
+        if self.settings.after_use is AfterUse.REUSE and not self._pool.sessions:
+            return Failure(BackendUnavailable(backend=self.name, reason=REUSE_NEEDS_AGENT))
         if self.backend.kind == "podman" and not self._pool.sessions:
             # Its members would be keepers (REUSE, or no session agent), which podman's
             # `run --detach` cannot keep; ready sessions serve it (their CLIs stay attached).

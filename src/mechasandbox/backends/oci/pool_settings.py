@@ -27,10 +27,18 @@ GVISOR_UNSUPPORTED = (
 # `podman run --detach` leaves conmon behind to keep the container; the process runner kills
 # everything a run leaves behind (its helper is the subreaper), so the container stops.
 PODMAN_UNSUPPORTED = (
-    "the warm pool on podman serves only runs that discard their container (after_use "
-    "discard, with the session agent built: `make shim`): its keepers would need podman's "
-    "conmon to outlive `podman run --detach`, and the process runner kills whatever a run "
-    "leaves behind"
+    "the warm pool on podman serves runs on ready sessions only (the session agent built: "
+    "`mechasandbox build-shim`): its keepers would need podman's conmon to outlive "
+    "`podman run --detach`, and the process runner kills whatever a run leaves behind"
+)
+# A keeper runs each command by `exec`, which cannot kill what the command leaves running:
+# reused, such a process could arm a repository of the workspace after the disarm that
+# follows its run (the host's git would then run its command). On a ready session the agent
+# kills the command's whole tree before the run returns.
+REUSE_NEEDS_AGENT = (
+    "after_use reuse needs the session agent (`mechasandbox build-shim`): a container reused "
+    "without it keeps what a command left running, which could arm a repository of the "
+    "workspace after the run's disarm"
 )
 
 
@@ -38,7 +46,7 @@ class AfterUse(enum.Enum):
     """What happens to a container after a command ran in it."""
 
     DISCARD = "discard"  # removed; a fresh one is started in the background
-    REUSE = "reuse"  # handed to the next command as it is (state carries over)
+    REUSE = "reuse"  # handed to the next command: its files carry over, not its processes
 
 
 class WhenExhausted(enum.Enum):
