@@ -21,8 +21,9 @@ POOLED_ALLOWLIST = (
 # gVisor applies the container's seccomp profile to its first process only: a command that
 # comes in by `exec` runs without it (setuid files, io_uring, unshare all allowed again).
 GVISOR_UNSUPPORTED = (
-    "the warm pool cannot run under gVisor (runsc): it applies no seccomp filter to the "
-    "commands a pool hands in by `exec`; run without pool_size"
+    "the warm pool under gVisor (runsc) runs on ready sessions only (the session agent "
+    "built: `mechasandbox build-shim`): runsc applies the container's seccomp profile to its "
+    "first process and what descends from it, not to a command a keeper is handed by `exec`"
 )
 # `podman run --detach` leaves conmon behind to keep the container; the process runner kills
 # everything a run leaves behind (its helper is the subreaper), so the container stops.
