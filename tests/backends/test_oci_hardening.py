@@ -25,15 +25,7 @@ from typing import ClassVar
 import pytest
 from returns.result import Failure
 
-from mechasandbox.backends.oci import (
-    AfterUse,
-    DockerBackend,
-    OciBackend,
-    PodmanBackend,
-    PooledBackend,
-    PoolSettings,
-    Runtime,
-)
+from mechasandbox.backends.oci import DockerBackend, OciBackend, PodmanBackend, Runtime
 from mechasandbox.backends.oci.compiler import LABEL_OWNER
 from mechasandbox.domain import RunRequest
 from mechasandbox.runner.runner import HelperProcessRunner
@@ -222,30 +214,6 @@ class Hardening(OnEngine):
         result = ok(await backend.run(request, policy()))
         assert b"refused" in result.stdout, result
         assert setid_files(tmp_path) == []
-
-    @pytest.mark.parametrize("after_use", [AfterUse.DISCARD, AfterUse.REUSE])
-    async def test_gvisors_warm_pool_applies_the_profile_too(
-        self, runner: HelperProcessRunner, tmp_path: Path, after_use: AfterUse
-    ) -> None:
-        """Under gVisor the warm pool's members are ready sessions: each command descends
-        from the container's first process (the agent), so the profile holds for it; a
-        keeper's `exec` would run without it (refused: `test_podman_pool.py`)."""
-        inner = self.backend_class(runner=runner, image=TEST_IMAGE, runtime=Runtime.RUNSC)
-        pooled = PooledBackend(backend=inner, settings=PoolSettings(size=1, after_use=after_use))
-        try:
-            probed = pooled.probe()
-            if isinstance(probed, Failure):
-                pytest.skip(f"gVisor unavailable: {probed.failure().reason}")
-            assert pooled.pool.sessions
-            script = "cat /bin/sh > b; chmod 4755 b || echo refused; uname -r"
-            request = RunRequest(argv=["sh", "-c", script], workspace=str(tmp_path))
-            for _ in range(2):  # a fresh member, then the next (or the same one, reused)
-                result = ok(await pooled.run(request, policy()))
-                assert result.stdout.startswith(b"refused\n"), result
-                assert result.stdout.decode().split()[-1] != os.uname().release  # gVisor's
-                assert setid_files(tmp_path) == []
-        finally:
-            pooled.close()
 
     # -- a caller that dies -------------------------------------------------------------
 

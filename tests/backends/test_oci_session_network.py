@@ -4,10 +4,9 @@ behind its own forwarder; real engines, a real proxy, loopback only (the upstrea
 loopback server of test_network_bridges, names resolve through its fake resolver). An
 allowed name is reached, a refused one refused and reported on the command that asked only,
 state persists; a command that kills its forwarder or takes its port spoils nothing for the
-next; where the image offers no forwarder (gVisor) a strict policy is refused and a
-best-effort one has no network, as a one-shot run. The test image is busybox with socat: no
-curl or python: busybox wget honours http_proxy (its `-T` makes this busybox crash: not
-used), socat speaks to an address directly."""
+next. (No gVisor: no session runs under it, test_oci_sessions.py.) The test image is
+busybox with socat: no curl or python: busybox wget honours http_proxy (its `-T` makes this
+busybox crash: not used), socat speaks to an address directly."""
 
 from __future__ import annotations
 
@@ -27,11 +26,10 @@ from mechasandbox.backends.oci import (
     PodmanBackend,
     PooledBackend,
     PoolSettings,
-    Runtime,
 )
 from mechasandbox.backends.oci.engine import OciBackend
 from mechasandbox.domain.capabilities import Protection
-from mechasandbox.domain.errors import PolicyUnsupported, SpawnFailed
+from mechasandbox.domain.errors import SpawnFailed
 from mechasandbox.domain.limits import Limits
 from mechasandbox.domain.policy import (
     Enforcement,
@@ -241,38 +239,3 @@ def test_warm_sessions_are_bridged_too(
     finally:
         pooled.close()
     assert os.listdir(proxies) == []  # the ready session opened after it, closed too
-
-
-def test_without_a_forwarder_strict_is_refused_best_effort_has_no_network(
-    runner: HelperProcessRunner,
-    tmp_path: Path,
-    proxies: Path,
-    upstream: _Upstream,  # noqa: F811 (the fixture)
-) -> None:
-    # gVisor: runsc lets no container connect to a host unix socket (the image has socat).
-    require_session_agent()
-    backend = DockerBackend(
-        runner=runner,
-        host=_host(),
-        image=TEST_IMAGE,
-        runtime=Runtime.RUNSC,
-        egress=egress(proxies),
-    )
-    if isinstance(backend.probe(), Failure):
-        pytest.skip(f"gVisor unavailable: {backend.probe()}")
-    require_available(backend)
-    port = port_of(upstream)
-    strict = Sandbox(backend=backend, policy=allowlist(port))
-    with strict.session_sync(workspace=str(tmp_path)) as refused:
-        assert isinstance(refused.opened, Failure), refused.opened
-        error = refused.opened.failure()
-        assert isinstance(error, PolicyUnsupported), error
-        assert Protection.NETWORK_ALLOWLIST in error.missing
-    best_effort = Sandbox(backend=backend, policy=allowlist(port, Enforcement.BEST_EFFORT))
-    with best_effort.session_sync(workspace=str(tmp_path)) as session:
-        assert isinstance(session.opened, Success), session.opened
-        assert os.listdir(proxies) == []  # no proxy for it
-        net = Net(session, port, upstream)
-        cut = net.ok("sh", "-c", f"echo proxy=$http_proxy; wget -q -O- http://api.test:{port}/")
-        assert cut.stdout.startswith(b"proxy=\n") and cut.exit_code != 0, out(cut)
-        assert any("network-allowlist" in warning for warning in cut.warnings), cut.warnings

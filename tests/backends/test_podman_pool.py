@@ -1,4 +1,4 @@
-"""The warm pool refuses podman's keepers and gVisor's, with the reason (see
+"""The warm pool refuses podman's keepers and gVisor, with the reason (see
 pool_settings.PODMAN_UNSUPPORTED; podman's ready sessions, for discard and reuse runs:
 test_podman_pool_contract.py)."""
 
@@ -32,12 +32,10 @@ def test_pool_on_podman_with_keepers_is_unavailable_with_the_reason(
     pooled.close()
 
 
-def test_pool_of_keepers_under_gvisor_is_unavailable_with_the_reason(
-    runner: HelperProcessRunner,
-) -> None:
-    """gVisor gives a command that comes in by `exec` no seccomp filter: through a pool of
-    keepers it could leave a setuid-root file in the workspace. A run is refused before it
-    starts; ready sessions serve gVisor (`test_oci_hardening.py`)."""
+def test_pool_under_gvisor_is_unavailable_with_the_reason(runner: HelperProcessRunner) -> None:
+    """gVisor gives a command that comes in by `exec` no seccomp filter (through a pool of
+    keepers it could leave a setuid-root file in the workspace), and lets a ready session's
+    command write its agent's channel (`test_oci_sessions.py`). Refused before a run."""
     if shutil.which("docker") is None:
         pytest.skip("docker not installed")
     from mechasandbox.backends.oci import DockerBackend
@@ -46,7 +44,7 @@ def test_pool_of_keepers_under_gvisor_is_unavailable_with_the_reason(
     pooled = PooledBackend(
         backend=DockerBackend(runner=runner, image=TEST_IMAGE, runtime=Runtime.RUNSC)
     )
-    pooled.pool.sessions = False  # keepers, as where the runner cannot start the agent
+    assert pooled.pool.sessions  # ready sessions would not do either
     probed = pooled.probe()
     assert isinstance(probed, Failure)
     assert "gVisor" in probed.failure().reason

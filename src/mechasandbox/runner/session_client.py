@@ -276,8 +276,8 @@ class AgentChannel:
         agent's last word and the output's end (or its grace period). One selector holds
         them all and the event loop waits on the selector's own descriptor: one wait per
         event, whichever is ready, rather than a task per pipe and a wake-up for each. An
-        agent that does not answer its KILL is lost (a command stopped it: gVisor lets a
-        container's process signal its PID 1): the session ends rather than hang."""
+        agent that does not answer its KILL is lost (a command stopped it, where a runtime
+        lets a container's process signal its PID 1): the session ends rather than hang."""
         channel = self._read_fd
         with selectors.DefaultSelector() as selector:
             selector.register(channel, selectors.EVENT_READ)

@@ -105,7 +105,7 @@ class PooledBackend:
             # Its members would be keepers (REUSE, or no session agent), which podman's
             # `run --detach` cannot keep; ready sessions serve it (their CLIs stay attached).
             return Failure(BackendUnavailable(backend=self.name, reason=PODMAN_UNSUPPORTED))
-        if self.backend.runtime is Runtime.RUNSC and not self._pool.sessions:
+        if self.backend.runtime is Runtime.RUNSC:
             return Failure(BackendUnavailable(backend=self.name, reason=GVISOR_UNSUPPORTED))
         settings = self.settings
         note = (

@@ -18,12 +18,14 @@ POOLED_ALLOWLIST = (
     "container cannot get a new mount; use the backend without a pool for allowlist runs "
     "(best-effort runs here have no network at all)"
 )
-# gVisor applies the container's seccomp profile to its first process only: a command that
-# comes in by `exec` runs without it (setuid files, io_uring, unshare all allowed again).
+# gVisor applies the container's seccomp profile to its first process and what descends from
+# it: a command that comes in by `exec` runs without it (setuid files, io_uring, unshare all
+# allowed again); and its /proc lets a command write a session agent's channel (see
+# `session.GVISOR_NO_SESSIONS`): neither keepers nor ready sessions can serve it.
 GVISOR_UNSUPPORTED = (
-    "the warm pool under gVisor (runsc) runs on ready sessions only (the session agent "
-    "built: `mechasandbox build-shim`): runsc applies the container's seccomp profile to its "
-    "first process and what descends from it, not to a command a keeper is handed by `exec`"
+    "the warm pool cannot run under gVisor (runsc): a keeper's `exec` gets no seccomp "
+    "filter there, and a ready session's command can write its agent's channel; run "
+    "without pool_size"
 )
 # `podman run --detach` leaves conmon behind to keep the container; the process runner kills
 # everything a run leaves behind (its helper is the subreaper), so the container stops.

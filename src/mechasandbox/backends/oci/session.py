@@ -10,14 +10,19 @@ request, set up by the one-shot exec shim's records (its environment, directory,
 rlimits, exec), and kills what the command leaves when it ends. So a command costs a fork
 and an exec inside, not an engine `exec` (50-60 ms); the container's cgroup limits hold for
 the whole session (the policy's memory and process limits are the session's, as on
-bubblewrap), its seccomp profile too (inherited: under gVisor as well, which filters a
-container's first process only, so the warm pool's `exec`s cannot run there).
+bubblewrap), its seccomp profile too (inherited).
 
 The channel: the engine CLI's attached stdio (`ENGINE run --interactive`, its stdin and
 stdout the host's end of a socket pair, started by the spawn helper): frames on the
 agent's stdin and stdout (`--pipes`, `StdioMode.FRAMED`: the command's output and input
-travel as frames, since no descriptor crosses the engine). That holds for every runtime,
-gVisor included.
+travel as frames, since no descriptor crosses the engine).
+
+Not under gVisor (`GVISOR_NO_SESSIONS`): runsc's procfs ignores PR_SET_DUMPABLE, so a command
+can open its PID 1's descriptors (`/proc/1/fd/1`) and write the channel: a well-formed
+EXITED makes the host take the command for ended while it runs on, past the disarm that
+follows it, free to arm a repository of the workspace for the host's git (and every later
+result is the one before). A session under gVisor is refused with that reason; a one-shot
+gVisor run ends with its container.
 
 Podman's CLI runs in a spawn helper of the session's own (see `open_oci_session`).
 
@@ -65,13 +70,14 @@ from mechasandbox.backends.oci.cli import EngineCli, gone, remote_engine
 from mechasandbox.backends.oci.compiler import (
     AGENT_PATH,
     ContainerRun,
+    Runtime,
     SessionAgent,
     command_environment,
     compile_container_args,
 )
 from mechasandbox.backends.oci.engine import OciBackend
 from mechasandbox.backends.oci.engine_api import EngineApi
-from mechasandbox.backends.session_base import BackendSession, SessionSettings
+from mechasandbox.backends.session_base import BackendSession, SessionSettings, no_sessions
 from mechasandbox.backends.workspace.guards import GuardSet, describe_lost
 from mechasandbox.backends.workspace.workspace_locks import locked_too_long
 from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
@@ -89,6 +95,11 @@ from mechasandbox.runner.spec import SpawnSpec
 
 # The engine creates and starts the container before the agent can answer: its own time.
 HELLO_TIMEOUT_S = 60.0
+GVISOR_NO_SESSIONS = (
+    "not under gVisor (runsc): its /proc lets a command write the session agent's channel "
+    "(/proc/1/fd: runsc ignores PR_SET_DUMPABLE), so a command could say it ended while it "
+    "runs on past the disarm that follows it"
+)
 # Where the image names no PATH (docker's default for a container).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -238,6 +249,8 @@ async def open_oci_session(
     """Start the session's container as a one-shot run of `policy` in `workspace` would be,
     with the agent as its process (and the session's proxy in allowlist mode), and wait
     for the agent's HELLO."""
+    if backend.runtime is Runtime.RUNSC:
+        return Failure(no_sessions(backend.name, GVISOR_NO_SESSIONS))
     found = session_agent(backend.name, backend.runner)
     if isinstance(found, Failure):
         return Failure(found.failure())
@@ -303,6 +316,8 @@ async def start_oci_session(
     `proxy` and `bridge` (allowlist mode): the session's proxy, which the session ends with
     itself once it started, and the forwarder to it (the proxy's socket is mounted)."""
     name = backend.name
+    if backend.runtime is Runtime.RUNSC:
+        return Failure(no_sessions(name, GVISOR_NO_SESSIONS))
     found = session_agent(name, backend.runner)
     if isinstance(found, Failure):
         return Failure(found.failure())
