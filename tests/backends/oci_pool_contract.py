@@ -123,21 +123,7 @@ class OciPoolContract(OciContract):
         (one command each) as on keepers."""
         backend = self.fresh(runner, size=1)
         assert backend.pool.sessions  # the helper runner starts the session agent
-        leave = RunRequest(
-            argv=["sh", "-c", "echo left > /tmp/mark; (exec sleep 4242) & echo started"],
-            workspace=str(tmp_path),
-        )
-        look = RunRequest(
-            argv=[
-                "sh",
-                "-c",
-                "cat /tmp/mark 2>/dev/null; "
-                "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done",
-            ],
-            workspace=str(tmp_path),
-        )
-        assert ok(await backend.run(leave, policy())).stdout == b"started\n"
-        seen = ok(await backend.run(look, policy())).stdout
+        seen = await _leave_then_look(backend, tmp_path)
         assert b"left" not in seen, seen
         assert b"sleep 4242" not in seen, seen
         assert b"tr " in seen  # the listing itself ran: it sees its own processes
@@ -184,21 +170,7 @@ class OciPoolContract(OciContract):
         """`REUSE` hands the next command of the key the same container: what the last one
         wrote in /tmp is there, what it left running is not (the agent killed its tree)."""
         backend = self.fresh(runner, size=1, after_use=AfterUse.REUSE)
-        leave = RunRequest(
-            argv=["sh", "-c", "echo left > /tmp/mark; (exec sleep 4242) & echo started"],
-            workspace=str(tmp_path),
-        )
-        look = RunRequest(
-            argv=[
-                "sh",
-                "-c",
-                "cat /tmp/mark; "
-                "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done",
-            ],
-            workspace=str(tmp_path),
-        )
-        assert ok(await backend.run(leave, policy())).stdout == b"started\n"
-        seen = ok(await backend.run(look, policy())).stdout
+        seen = await _leave_then_look(backend, tmp_path)
         assert seen.startswith(b"left\n"), seen
         assert b"sleep 4242" not in seen, seen
         assert len(self.all_containers()) == 1
@@ -292,6 +264,9 @@ class OciPoolContract(OciContract):
         result = ok(await backend.run(attack, policy()))
         assert b"status=0" not in result.stdout, result
         assert "evil" not in config.read_text()
+        deadline = time.monotonic() + 10  # discarded: removed, in the background
+        while before in self.all_containers() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert before not in self.all_containers()
 
     async def test_a_container_is_never_reused_with_other_mounts(
@@ -516,6 +491,26 @@ class OciPoolContract(OciContract):
         assert flaky.refused in self.all_containers()  # the failed removal left it there
         backend.close()
         assert flaky.refused not in self.all_containers()
+
+
+async def _leave_then_look(backend: PooledBackend, workspace: Path) -> bytes:
+    """One command leaves a file in /tmp and a process running (`sleep 4242`); what the
+    next one sees: the file's content, then every process's command line."""
+    leave = RunRequest(
+        argv=["sh", "-c", "echo left > /tmp/mark; (exec sleep 4242) & echo started"],
+        workspace=str(workspace),
+    )
+    look = RunRequest(
+        argv=[
+            "sh",
+            "-c",
+            "cat /tmp/mark 2>/dev/null; "
+            "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done",
+        ],
+        workspace=str(workspace),
+    )
+    assert ok(await backend.run(leave, policy())).stdout == b"started\n"
+    return ok(await backend.run(look, policy())).stdout
 
 
 @attrs.frozen

@@ -125,7 +125,10 @@ def format_access(access: int) -> str:
 @attrs.frozen(kw_only=True)
 class PathRule:
     """Grant `access` beneath `path`, except `exclusions` (paths inside it) which keep only
-    their residual rights. `required`: fail the spawn when missing (else skip)."""
+    their residual rights. `required`: a path the run itself needs (the workspace, its
+    TMPDIR and HOME), shown as such by `policy`; the child skips any rule whose path it
+    cannot reach, required or not (a rule that grants nothing: `landlock_hook._NOT_THERE`),
+    and the run's own set-up fails first where a required one is missing (its `chdir`)."""
 
     path: str
     access: int
