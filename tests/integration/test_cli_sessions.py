@@ -363,6 +363,23 @@ def test_bad_ids_and_verbs_are_usage_errors(runtime: pathlib.Path) -> None:
     assert socket is not None
 
 
+def test_the_commands_own_words_never_change_how_session_run_answers(
+    runtime: pathlib.Path,
+) -> None:
+    """`--json` after the `--` is the command's (`curl --json ...`): a failure of `session
+    run` itself is still its error line on stderr, as `run`'s is; the option before the
+    `--` gives the JSON object."""
+    missing = "0123456789abcdef"
+    words = mecha(runtime, "session", "run", missing, "--", "curl", "--json", "{}")
+    assert words.returncode == 125 and words.stdout == b"", words
+    assert words.stderr.startswith(b"mechasandbox: error: backend_failed:"), words.stderr
+    lines = mecha(runtime, "session", "run", missing, "--", "sh", "-c", "echo --jsonl")
+    assert lines.returncode == 125 and lines.stdout == b"", lines
+    asked = mecha(runtime, "session", "run", missing, "--json", "--", "curl", "--jsonl")
+    assert asked.returncode == 125
+    assert json.loads(asked.stdout)["error"]["kind"] == "backend_failed"
+
+
 def test_doctor_and_policy_describe_sessions(
     runtime: pathlib.Path, workspace: pathlib.Path
 ) -> None:

@@ -46,8 +46,9 @@ def parser() -> Parser:
 
 
 def _fail(kind: str, problem: str, source: str, *, as_json: bool, jsonl: bool) -> int:
-    """`problem` printed as `run` prints a failure: `kind` "config" (ConfigInvalid, at
-    `source`) or "unreachable" (BackendFailed: the session cannot be reached)."""
+    """`problem` printed as `run` prints a failure (`verbs.fail`, JSON lines first): `kind`
+    "config" (ConfigInvalid, at `source`) or "unreachable" (BackendFailed: the session
+    cannot be reached)."""
     from mechasandbox.cli.verbs import fail
     from mechasandbox.domain.errors import BackendFailed, ConfigInvalid, SandboxError
 
@@ -56,7 +57,7 @@ def _fail(kind: str, problem: str, source: str, *, as_json: bool, jsonl: bool) -
         if kind == "config"
         else BackendFailed(backend=BACKEND, reason=problem)
     )
-    return fail(error, as_json=as_json, backend=BACKEND, jsonl=jsonl and not as_json)
+    return fail(error, as_json=as_json, backend=BACKEND, jsonl=jsonl)
 
 
 def _limits(args: Any) -> list[tuple[str, float | None]] | tuple[str, str]:
@@ -83,15 +84,18 @@ def _limits(args: Any) -> list[tuple[str, float | None]] | tuple[str, str]:
 
 
 def run(raw: list[str]) -> int:
-    as_json, jsonl = "--json" in raw, "--jsonl" in raw
     # `run ID [OPTIONS] -- COMMAND`: the options may follow the id (before the `--`)
     before, after = (
         (raw[: raw.index("--")], raw[raw.index("--") + 1 :]) if "--" in raw else (raw, [])
     )
     try:
         args = parser().parse_args(before)
-    except UsageError as error:
-        return _fail("config", str(error), "command line", as_json=as_json, jsonl=jsonl)
+    except UsageError as error:  # the words alone say how to answer, as for `run`
+        return _fail(
+            "config", str(error), "command line", as_json="--json" in raw, jsonl="--jsonl" in raw
+        )
+    # From here on the options parsed (not the command's own words) say how to answer.
+    as_json, jsonl = args.json, args.jsonl and not args.json
     command = list(args.command) + after
     problem: str | None = None
     if not command:

@@ -99,7 +99,7 @@ class _Member:
     # replaced since took its mount off in this container (see `linux.guards`).
     guards: GuardSet = attrs.field(factory=lambda: GuardSet(()))
     cgroup: ProcessCgroup | None = None
-    session: AgentSession | None = None  # a ready session (see the module), for one command
+    session: AgentSession | None = None  # a ready session (see the module)
 
     @property
     def ended(self) -> bool:

@@ -142,8 +142,9 @@ class PooledBackend:
                         f"size {settings.size}, after use {settings.after_use.value}, "
                         f"when exhausted {settings.when_exhausted.value}: the container is "
                         "created as above, ahead, running the session agent (one command, "
-                        "then it is closed) or, for reuse, a keeper; the command then runs "
-                        "through the agent, or by `exec`",
+                        "then it is closed; for reuse, handed to the next command of its "
+                        "key) or, without the agent, a keeper (discard only); the command "
+                        "then runs through the agent, or by `exec`",
                     ),
                 ),
             )
