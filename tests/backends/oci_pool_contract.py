@@ -175,6 +175,25 @@ class OciPoolContract(OciContract):
         assert b"sleep 4242" not in seen, seen
         assert len(self.all_containers()) == 1
 
+    async def test_reuse_retires_a_container_past_its_maximum_age(
+        self, runner: HelperProcessRunner, tmp_path: Path
+    ) -> None:
+        """`max_age_s`: a reused container started longer ago is not handed out again: the
+        next command gets a fresh one (nothing the last left in /tmp), the old one goes."""
+        backend = self.fresh(runner, size=1, after_use=AfterUse.REUSE, max_age_s=1.0)
+        mark = RunRequest(
+            argv=["sh", "-c", "cat /tmp/mark 2>/dev/null; echo again > /tmp/mark"],
+            workspace=str(tmp_path),
+        )
+        assert ok(await backend.run(mark, policy())).stdout == b""
+        (first,) = self.all_containers()
+        await anyio.sleep(1.2)
+        assert ok(await backend.run(mark, policy())).stdout == b""  # a fresh container
+        deadline = time.monotonic() + 10  # the old one removed, in the background
+        while first in self.all_containers() and time.monotonic() < deadline:
+            await anyio.sleep(0.2)
+        assert first not in self.all_containers()
+
     async def test_reuse_without_the_session_agent_is_refused(
         self, runner: HelperProcessRunner, tmp_path: Path
     ) -> None:

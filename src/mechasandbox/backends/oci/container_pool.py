@@ -452,8 +452,10 @@ class ContainerPool:
                     slot.starting += 1
                     start_here = True
             if member is not None:
-                # Its mounts no longer cover what they did, or its session's agent is gone.
-                if member.guards.lost() or member.ended:
+                # Its mounts no longer cover what they did, or its session's agent is gone,
+                # or it is older than the settings let one be handed out.
+                too_old = time.monotonic() - member.created > settings.max_age_s
+                if member.guards.lost() or member.ended or too_old:
                     self._discard(slot, member)
                     continue
                 stale = time.monotonic() - member.last_used > settings.health_check_after_s

@@ -73,7 +73,9 @@ class PoolSettings:
     at once (the least recently used key's idle containers go first); `idle_timeout_s`:
     an idle container is stopped after this long; `health_check_after_s`: a container
     idle for longer is checked (its state on the API socket, else `exec true`) before it is
-    handed out."""
+    handed out; `max_age_s`: a container started longer ago than this is not handed out
+    again (with `REUSE`, what commands left in its /tmp, which its memory limit counts, does
+    not pile up for ever): it is removed and a fresh one started, never during a command."""
 
     size: int = attrs.field(default=2, validator=_positive)
     after_use: AfterUse = AfterUse.DISCARD
@@ -82,6 +84,7 @@ class PoolSettings:
     idle_timeout_s: float = attrs.field(default=300.0, validator=_positive)
     health_check_after_s: float = 10.0
     max_keys: int = attrs.field(default=4, validator=_positive)
+    max_age_s: float = attrs.field(default=3600.0, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)
