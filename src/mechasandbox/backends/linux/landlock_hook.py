@@ -182,9 +182,8 @@ def drop_capabilities() -> None:
 
 
 # A rule's path that cannot be reached as this process sees it (missing, a component not
-# a directory, or not searchable) grants nothing: its rule is skipped, as `os.path.lexists`
-# skipped it before the rules were expanded without looking (see `expand_rules`); the shim
-# skips the same errors.
+# a directory, or not searchable) grants nothing: its rule is skipped. The host does not
+# look for each path before the run (see `expand_rules`); the shim skips the same errors.
 _NOT_THERE = (FileNotFoundError, NotADirectoryError, PermissionError)
 
 
