@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import collections
 import os
-import stat
 import threading
 from collections.abc import Collection
 
 import attrs
 
-from mechasandbox.backends.stamps import settled
+from mechasandbox.backends.stamps import Stamp, directory_stamp, settled
 
 # The walk stops after this many directories (a warning says so): every run pays for it.
 MAX_WALK_DIRECTORIES = 10_000
 _WORKSPACES = 8  # how many workspaces' listings are kept
-
-_Stamp = tuple[int, int, int]
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +39,7 @@ class NestedWalk:
 
 @attrs.frozen
 class _Listing:
-    stamp: _Stamp | None  # None: too recent to be trusted next time
+    stamp: Stamp | None  # None: too recent to be trusted next time
     subdirectories: tuple[str, ...]  # their paths (joined once, at the listing)
     names: frozenset[str]
     readable: bool = True
@@ -52,17 +49,15 @@ def is_bare_repository(path: str, names: frozenset[str] | set[str]) -> bool:
     return {"HEAD", "objects", "refs"} <= names and os.path.isfile(os.path.join(path, "HEAD"))
 
 
-def _stamp(path: str) -> _Stamp | None:
+def _stamp(path: str) -> Stamp | None:
+    """Not through a symlink: the walk does not follow them."""
     try:
-        info = os.lstat(path)
+        return directory_stamp(path, follow=False)
     except OSError:
         return None
-    if not stat.S_ISDIR(info.st_mode):
-        return None
-    return (info.st_dev, info.st_ino, info.st_ctime_ns)
 
 
-def _list(path: str, stamp: _Stamp) -> _Listing:
+def _list(path: str, stamp: Stamp) -> _Listing:
     subdirectories: list[str] = []
     names: set[str] = set()
     readable = True

@@ -11,11 +11,28 @@ two: FAT) as well as those that keep a kernel tick.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 
 SETTLE_NS = 2_000_000_000
+
+Stamp = tuple[int, int, int]  # (device, inode, ctime) of a directory
 
 
 def settled(ctime_ns: int) -> bool:
     """Whether a stamp with this ctime may be trusted next time (see the module)."""
     return ctime_ns < time.time_ns() - SETTLE_NS
+
+
+def directory_stamp(path: str, *, follow: bool = True) -> Stamp | None:
+    """The stamp of the directory at `path` (`follow`: through a symlink at `path`, as the
+    lookup of a path below it goes); None where there is no directory (missing, or not a
+    directory). Other errors (EACCES, ELOOP) raise OSError."""
+    try:
+        info = os.stat(path) if follow else os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_ctime_ns)

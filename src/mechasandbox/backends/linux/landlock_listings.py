@@ -13,12 +13,10 @@ change made during the listing leaves the next stamp different.
 
 from __future__ import annotations
 
-import os
-import stat
 from typing import TYPE_CHECKING, Any
 
 from mechasandbox.backends.linux.landlock_rules import expand_rules, list_directory
-from mechasandbox.backends.stamps import settled
+from mechasandbox.backends.stamps import directory_stamp, settled
 
 if TYPE_CHECKING:
     from mechasandbox.backends.linux.landlock_rules import Entries
@@ -35,13 +33,7 @@ _ABSENT: _Stamp = ()
 
 def _stamp(path: str) -> _Stamp:
     """Raises OSError for what the expansion does not expect either (EACCES, ELOOP)."""
-    try:
-        info = os.stat(path)  # followed, as the listing follows a symlinked rule path
-    except (FileNotFoundError, NotADirectoryError):
-        return _ABSENT
-    if not stat.S_ISDIR(info.st_mode):
-        return _ABSENT
-    return (info.st_dev, info.st_ino, info.st_ctime_ns)
+    return directory_stamp(path) or _ABSENT  # followed, as the listing follows a rule path
 
 
 class RememberedListings:

@@ -33,7 +33,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable
 
-from mechasandbox.backends.stamps import settled
+from mechasandbox.backends.stamps import Stamp, directory_stamp, settled
 
 Guards = tuple[tuple[str, str], ...]  # (host path, "write" or "read")
 _Held = tuple[int, int, int] | None  # (fd, st_dev, st_ino) of the original; None: missing
@@ -47,12 +47,12 @@ def _identity(path: str) -> tuple[int, int] | None:
     return (found.st_dev, found.st_ino)
 
 
-def _directory_stamp(path: str) -> tuple[int, int, int] | None:
+def _directory_stamp(path: str) -> Stamp | None:
+    """Followed, as the guarded paths' `lstat` follows it; None where it cannot be had."""
     try:
-        found = os.stat(path)  # followed, as the guarded paths' lstat follows it
+        return directory_stamp(path)
     except OSError:
         return None
-    return (found.st_dev, found.st_ino, found.st_ctime_ns)
 
 
 def _hold(path: str) -> _Held:
@@ -85,7 +85,7 @@ class GuardSet:
         self._by_directory: dict[str, list[tuple[str, str]]] = {}
         for guard in self.guards:
             self._by_directory.setdefault(os.path.dirname(guard[0]), []).append(guard)
-        self._looked: dict[str, tuple[tuple[int, int, int], list[tuple[str, str]]]] = {}
+        self._looked: dict[str, tuple[Stamp, list[tuple[str, str]]]] = {}
 
     def lost(self) -> Guards:
         """The guards whose path leads elsewhere now (or nowhere, or somewhere new)."""
